@@ -1,0 +1,58 @@
+//! The ractor actor that hosts one incarnation of a user's actor.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use ractor::{ActorProcessingErr, ActorRef};
+use tracing::Instrument;
+
+use super::slot::{Envelope, Run, Slot};
+use super::Actor;
+
+/// Builds a fresh instance: called at spawn and again on every restart.
+pub(crate) type Factory<A> = Arc<dyn Fn() -> BoxFuture<'static, Result<A, String>> + Send + Sync>;
+
+pub(crate) struct Host<A: Actor> {
+    pub(crate) slot: Arc<Slot<A>>,
+    pub(crate) factory: Factory<A>,
+}
+
+impl<A: Actor> ractor::Actor for Host<A> {
+    type Msg = Envelope<A>;
+    type State = A;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<A, ActorProcessingErr> {
+        // A panic here is caught by ractor and reported as a failed start.
+        Ok((self.factory)().await?)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        mut envelope: Envelope<A>,
+        actor: &mut A,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(job) = envelope.take_job() else {
+            return Ok(());
+        };
+        drop(envelope);
+        let method = job.method();
+        let info = &self.slot.info;
+        let outcome = match job.run(actor, info) {
+            Run::Done(outcome) => outcome,
+            Run::Pending(future) => {
+                future
+                    .instrument(tracing::trace_span!("actor_call", actor = info.id, method))
+                    .await
+            }
+        };
+        // A panic fails this incarnation (its state may be broken): the
+        // caller already has its error, the supervisor decides on a restart.
+        outcome.map_err(|panic| format!("{info} panicked in {method}: {panic}").into())
+    }
+}

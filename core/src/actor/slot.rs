@@ -1,0 +1,267 @@
+//! An actor's slot: what outlives its incarnations.
+//!
+//! The slot holds the current incarnation (swapped on restart), the calls
+//! parked while there is none, and whether the actor is dead for good. Calls
+//! that an incarnation had queued but never ran come back here when its
+//! mailbox is dropped, and are delivered again if `max_task_retries` allows.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
+use futures::future::BoxFuture;
+use ractor::{ActorRef, ActorStatus, MessagingErr};
+
+use super::{Actor, ActorOptions, InfoRef};
+use crate::error::ActorError;
+
+/// What running a call produced: done at once, or a future to await. The
+/// error is the panic message of a method that panicked.
+pub(crate) enum Run<'a> {
+    Done(Result<(), String>),
+    Pending(BoxFuture<'a, Result<(), String>>),
+}
+
+/// One call: the method to run and where its reply goes, with the types
+/// erased so that one mailbox carries calls of every method.
+pub(crate) trait Job<A>: Send + 'static {
+    fn method(&self) -> &'static str;
+    fn run<'a>(self: Box<Self>, actor: &'a mut A, info: &'a InfoRef) -> Run<'a>;
+    fn fail(self: Box<Self>, err: ActorError);
+}
+
+/// The message a host actor receives. If it is dropped unrun (its
+/// incarnation died), the call goes back to the slot.
+pub struct Envelope<A: Actor> {
+    job: Option<Box<dyn Job<A>>>,
+    deliveries: u32,
+    slot: Arc<Slot<A>>,
+}
+
+impl<A: Actor> ractor::Message for Envelope<A> {}
+
+impl<A: Actor> Envelope<A> {
+    pub(crate) fn take_job(&mut self) -> Option<Box<dyn Job<A>>> {
+        self.job.take()
+    }
+}
+
+impl<A: Actor> Drop for Envelope<A> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.slot.undelivered(job, self.deliveries);
+        }
+    }
+}
+
+struct Parked<A> {
+    queue: VecDeque<(Box<dyn Job<A>>, u32)>,
+    dead: Option<String>,
+    flushing: bool,
+}
+
+pub(crate) struct Slot<A: Actor> {
+    pub(crate) info: InfoRef,
+    pub(crate) options: ActorOptions,
+    current: ArcSwapOption<ActorRef<Envelope<A>>>,
+    /// True while calls are parked: new calls queue behind them to keep order.
+    has_parked: AtomicBool,
+    parked: Mutex<Parked<A>>,
+    /// Set by `kill(no_restart)`; the supervisor asks before restarting.
+    pub(crate) no_restart: AtomicBool,
+    /// Run once when the actor is dead for good (releases its name).
+    on_dead: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+fn is_live<M: ractor::Message>(actor: &ActorRef<M>) -> bool {
+    actor.get_status() <= ActorStatus::Running
+}
+
+impl<A: Actor> Slot<A> {
+    pub(crate) fn new(info: InfoRef, options: ActorOptions) -> Self {
+        Self {
+            info,
+            options,
+            current: ArcSwapOption::empty(),
+            has_parked: AtomicBool::new(false),
+            parked: Mutex::new(Parked {
+                queue: VecDeque::new(),
+                dead: None,
+                flushing: false,
+            }),
+            no_restart: AtomicBool::new(false),
+            on_dead: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Parked<A>> {
+        // A panic while holding this lock cannot leave the queue half-updated
+        // (every critical section is a push, a take or a flag write).
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_on_dead(&self, hook: Box<dyn FnOnce() + Send>) {
+        *self.on_dead.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// The current incarnation, if it is running.
+    pub(crate) fn current(&self) -> Option<ActorRef<Envelope<A>>> {
+        self.current
+            .load()
+            .as_deref()
+            .filter(|a| is_live(a))
+            .cloned()
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.lock().dead.is_some()
+    }
+
+    /// Sends a call: straight to the running incarnation when nothing is
+    /// parked (the hot path: one atomic load, one mailbox push), else parks it.
+    pub(crate) fn send(self: &Arc<Self>, job: Box<dyn Job<A>>) {
+        let mut job = job;
+        if !self.has_parked.load(Ordering::Acquire) {
+            if let Some(actor) = &*self.current.load() {
+                match actor.send_message(Envelope {
+                    job: Some(job),
+                    deliveries: 1,
+                    slot: self.clone(),
+                }) {
+                    Ok(()) => return,
+                    Err(MessagingErr::SendErr(mut envelope)) => match envelope.job.take() {
+                        Some(j) => job = j,
+                        None => return,
+                    },
+                    // The envelope was dropped inside ractor: its Drop parked it.
+                    Err(_) => return,
+                }
+            }
+        }
+        self.park(job, 0);
+    }
+
+    /// An incarnation died with this call delivered but not run.
+    fn undelivered(self: &Arc<Self>, job: Box<dyn Job<A>>, deliveries: u32) {
+        if self.options.max_task_retries.allows(deliveries) {
+            metrics::counter!("troupe_actor_calls_redelivered_total").increment(1);
+            self.park(job, deliveries);
+        } else {
+            let reason = "it died before running the call (max_task_retries exhausted)";
+            job.fail(self.died(reason.to_owned(), None));
+        }
+    }
+
+    pub(crate) fn died(&self, reason: String, method: Option<&'static str>) -> ActorError {
+        ActorError::ActorDied {
+            actor: self.info.clone(),
+            method: method.unwrap_or("a method"),
+            reason,
+        }
+    }
+
+    fn park(self: &Arc<Self>, job: Box<dyn Job<A>>, deliveries: u32) {
+        let mut parked = self.lock();
+        if let Some(reason) = parked.dead.clone() {
+            drop(parked);
+            let method = job.method();
+            job.fail(self.died(reason, Some(method)));
+            return;
+        }
+        parked.queue.push_back((job, deliveries));
+        self.has_parked.store(true, Ordering::Release);
+        drop(parked);
+        self.flush();
+    }
+
+    /// Delivers parked calls, in order, to the running incarnation. One
+    /// flusher at a time; sends happen outside the lock because a failed send
+    /// can drop an envelope, whose Drop parks (and locks) again.
+    fn flush(self: &Arc<Self>) {
+        let Some(actor) = self.current() else {
+            return;
+        };
+        {
+            let mut parked = self.lock();
+            if parked.flushing {
+                return;
+            }
+            parked.flushing = true;
+        }
+        loop {
+            let batch: Vec<(Box<dyn Job<A>>, u32)> = {
+                let mut parked = self.lock();
+                if parked.queue.is_empty() || parked.dead.is_some() {
+                    parked.flushing = false;
+                    if parked.queue.is_empty() {
+                        self.has_parked.store(false, Ordering::Release);
+                    }
+                    return;
+                }
+                parked.queue.drain(..).collect()
+            };
+            let mut rest = batch.into_iter();
+            while let Some((job, deliveries)) = rest.next() {
+                let envelope = Envelope {
+                    job: Some(job),
+                    deliveries: deliveries + 1,
+                    slot: self.clone(),
+                };
+                if let Err(MessagingErr::SendErr(mut envelope)) = actor.send_message(envelope) {
+                    // This incarnation died too: put the rest back, in order,
+                    // for the next one.
+                    let mut parked = self.lock();
+                    let mut back: Vec<_> = envelope
+                        .job
+                        .take()
+                        .map(|j| (j, deliveries))
+                        .into_iter()
+                        .chain(rest)
+                        .collect();
+                    while let Some(item) = back.pop() {
+                        parked.queue.push_front(item);
+                    }
+                    parked.flushing = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A new incarnation is running: make it current and deliver what waited.
+    pub(crate) fn publish(self: &Arc<Self>, actor: ActorRef<Envelope<A>>) {
+        self.current.store(Some(Arc::new(actor)));
+        {
+            let mut parked = self.lock();
+            parked.dead = None;
+        }
+        self.no_restart.store(false, Ordering::Release);
+        self.flush();
+    }
+
+    /// The actor is dead for good: fail everything parked, now and later.
+    pub(crate) fn mark_dead(&self, reason: String) {
+        let queue = {
+            let mut parked = self.lock();
+            if parked.dead.is_none() {
+                parked.dead = Some(reason.clone());
+            }
+            self.has_parked.store(false, Ordering::Release);
+            std::mem::take(&mut parked.queue)
+        };
+        self.current.store(None);
+        for (job, _) in queue {
+            let method = job.method();
+            job.fail(self.died(reason.clone(), Some(method)));
+        }
+        let hook = self
+            .on_dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}

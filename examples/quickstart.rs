@@ -1,0 +1,148 @@
+//! Troupe quickstart: a runtime, typed actors, a supervised tree and a restart.
+//!
+//! Run it with `cargo run --release --example quickstart`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use troupe::prelude::*;
+
+/// A stateful actor: a plain struct and its methods.
+struct Counter {
+    count: u64,
+}
+
+#[troupe::actor]
+impl Counter {
+    /// Adds `by` and returns the new count.
+    pub fn incr(&mut self, by: u64) -> u64 {
+        self.count += by;
+        self.count
+    }
+
+    /// Async methods work too; they still run one at a time.
+    pub async fn slow_get(&mut self, delay_ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        self.count
+    }
+
+    /// Panics on purpose, to show a restart.
+    pub fn crash(&mut self) {
+        panic!("asked to crash at count {}", self.count);
+    }
+}
+
+/// An actor that lives in a supervision tree and reports its own starts.
+struct Worker {
+    label: &'static str,
+    starts: u32,
+}
+
+#[troupe::actor]
+impl Worker {
+    pub fn hello(&self) -> String {
+        format!("worker {} (start #{})", self.label, self.starts)
+    }
+
+    pub fn fail(&mut self) {
+        panic!("worker {} failed", self.label);
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A plain `fn main`: the runtime brings its own tokio runtime.
+    // Inside an existing tokio runtime, use `troupe::init(config).await`.
+    // Panics below are on purpose; print them on one line.
+    std::panic::set_hook(Box::new(|info| eprintln!("  (user code panicked: {info})")));
+    let rt = Runtime::start(Config::default().name("quickstart"))?;
+    println!("runtime started in {:?}", rt.started_in());
+    rt.block_on(run(&rt))?;
+    rt.block_on(rt.shutdown())?;
+    println!("shut down; live actors: {}", rt.live_actors());
+    Ok(())
+}
+
+async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
+    let mut events = rt.subscribe();
+
+    // 1. A named actor that may restart twice.
+    let counter = rt
+        .spawn_actor(ActorOptions::new().name("counter").max_restarts(2), || {
+            Counter { count: 0 }
+        })
+        .await?;
+    println!("incr -> {}", counter.incr(5).await?);
+
+    // 2. Pipelining: send 1,000 calls, then await them all.
+    let pending: Vec<_> = (0..1000).map(|_| counter.incr(1)).collect();
+    let mut last = 0;
+    for reply in pending {
+        last = reply.await?;
+    }
+    println!("after 1,000 pipelined calls -> {last}");
+    println!("slow_get -> {}", counter.slow_get(10).await?);
+
+    // 3. Named lookup, typed.
+    let same = rt.get_actor::<Counter>("counter")?;
+    println!("looked up {} -> {}", same.info(), same.incr(0).await?);
+
+    // 4. A panic fails the call with a typed error; the actor restarts
+    //    (the constructor runs again, so the count starts over).
+    match counter.crash().await {
+        Err(err) => println!("crash -> {err}"),
+        Ok(()) => println!("crash -> unexpectedly returned"),
+    }
+    println!("after restart: incr -> {}", counter.incr(1).await?);
+
+    // 5. A one-for-all supervision tree: when one worker fails, both restart.
+    let starts = Arc::new(AtomicU32::new(0));
+    let mut tree = SupervisorSpec::new("workers", Strategy::OneForAll)
+        .intensity(Intensity::new(3, Duration::from_secs(5)));
+    let mut workers = Vec::new();
+    for label in ["a", "b"] {
+        let starts = starts.clone();
+        let (child, handle) =
+            rt.actor_child(ActorOptions::new().max_restarts(None), move || Worker {
+                label,
+                starts: starts.fetch_add(1, Ordering::SeqCst) + 1,
+            })?;
+        tree = tree.child(child.restart(Restart::Permanent));
+        workers.push(handle);
+    }
+    let sup = rt.spawn_supervisor(tree).await?;
+    for w in &workers {
+        println!("{}", w.hello().await?);
+    }
+    let _ = workers[0].fail().await;
+    // The replies wait for the new incarnations: no sleep needed.
+    for w in &workers {
+        println!("after one_for_all restart: {}", w.hello().await?);
+    }
+    println!(
+        "tree {:?} has {} children",
+        sup.name(),
+        sup.which_children().await?.len()
+    );
+
+    // 6. What the supervisors reported.
+    while let Ok(event) = events.try_recv() {
+        if let SupervisionEvent::ChildRestarted {
+            supervisor,
+            child,
+            restarts,
+        } = event
+        {
+            println!("event: {supervisor} restarted {child} (restart #{restarts})");
+        }
+    }
+
+    // 7. Kill for good: later calls fail fast and the name is free again.
+    counter.kill(true).await;
+    println!("call after kill -> {}", counter.incr(1).await.unwrap_err());
+    println!(
+        "lookup after kill -> {}",
+        rt.get_actor::<Counter>("counter").unwrap_err()
+    );
+    Ok(())
+}

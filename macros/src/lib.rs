@@ -1,0 +1,228 @@
+//! `#[troupe::actor]`: turns a plain `impl` block into a Troupe actor.
+//!
+//! For `impl Counter { pub fn incr(&mut self, by: u64) -> u64 {..} }` it
+//! keeps the block as written and generates:
+//! - `CounterHandle`, a cheap-to-clone typed handle with the management
+//!   methods of `troupe::ActorHandle` (`kill`, `id`, `info`, `is_alive`,
+//!   `is_dead`, `options`), unless an actor method has that name, and
+//!   `AsRef<troupe::ActorHandle<Counter>>`;
+//! - for each `pub` method taking `&self` or `&mut self`, a handle method of
+//!   the same name and arguments returning `troupe::Pending<R>`;
+//! - `impl troupe::Actor for Counter { type Handle = CounterHandle; }`.
+//!
+//! Methods without a receiver (constructors) and non-`pub` methods are left
+//! alone. Async methods are supported. Generic methods, `self` by value and
+//! `impl Trait` returns are rejected with an error that says why.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{parse_macro_input, FnArg, ImplItem, ItemImpl, Pat, ReturnType, Type, Visibility};
+
+/// Makes the struct of an `impl` block a Troupe actor. See the crate docs.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            Span::call_site(),
+            "#[troupe::actor] takes no arguments; pass options at spawn time with ActorOptions",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let block = parse_macro_input!(item as ItemImpl);
+    match expand(&block) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
+    if block.trait_.is_some() {
+        return Err(syn::Error::new(
+            block.span(),
+            "#[troupe::actor] goes on an inherent impl block (impl MyActor { .. }), not a trait impl",
+        ));
+    }
+    if !block.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            block.generics.span(),
+            "#[troupe::actor] does not support generic actors yet; wrap a concrete type",
+        ));
+    }
+    let self_ty = &block.self_ty;
+    let type_ident = match &**self_ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.clone())
+            .ok_or_else(|| syn::Error::new(self_ty.span(), "expected a type name"))?,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "#[troupe::actor] needs a named struct or enum type",
+            ))
+        }
+    };
+    let handle = format_ident!("{}Handle", type_ident);
+    let mut methods = Vec::new();
+    let mut taken = std::collections::HashSet::new();
+
+    for item in &block.items {
+        let ImplItem::Fn(method) = item else { continue };
+        if !matches!(method.vis, Visibility::Public(_)) {
+            continue;
+        }
+        let sig = &method.sig;
+        let Some(FnArg::Receiver(receiver)) = sig.inputs.first() else {
+            continue; // a constructor or associated function
+        };
+        if receiver.reference.is_none() {
+            return Err(syn::Error::new(
+                receiver.span(),
+                "actor methods take &self or &mut self; a method taking self by value would consume the actor",
+            ));
+        }
+        if !sig.generics.params.is_empty() {
+            return Err(syn::Error::new(
+                sig.generics.span(),
+                "actor methods cannot be generic (calls are type-erased messages); make it private or concrete",
+            ));
+        }
+        let output: TokenStream2 = match &sig.output {
+            ReturnType::Default => quote!(()),
+            ReturnType::Type(_, ty) => {
+                if matches!(**ty, Type::ImplTrait(_)) {
+                    return Err(syn::Error::new(
+                        ty.span(),
+                        "actor methods cannot return impl Trait: the reply type must be nameable",
+                    ));
+                }
+                quote!(#ty)
+            }
+        };
+        let name = &sig.ident;
+        let name_str = name.to_string();
+        taken.insert(name_str.clone());
+        let mut params = Vec::new();
+        let mut args = Vec::new();
+        for (i, input) in sig.inputs.iter().skip(1).enumerate() {
+            let FnArg::Typed(pat_ty) = input else {
+                continue;
+            };
+            let ident = match &*pat_ty.pat {
+                Pat::Ident(p) => p.ident.clone(),
+                _ => format_ident!("__arg{}", i),
+            };
+            let ty = &pat_ty.ty;
+            params.push(quote!(#ident: #ty));
+            args.push(quote!(#ident));
+        }
+        let docs: Vec<_> = method
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .collect();
+        let body = if sig.asyncness.is_some() {
+            quote! {
+                self.0.call_async(#name_str, move |this: &mut #self_ty| -> ::troupe::__private::BoxFuture<'_, #output> {
+                    ::std::boxed::Box::pin(this.#name(#(#args),*))
+                })
+            }
+        } else {
+            quote! {
+                self.0.call(#name_str, move |this: &mut #self_ty| this.#name(#(#args),*))
+            }
+        };
+        methods.push(quote! {
+            #(#docs)*
+            ///
+            /// Sends the call at once; await the result for the reply.
+            pub fn #name(&self, #(#params),*) -> ::troupe::Pending<#output> {
+                #body
+            }
+        });
+    }
+
+    let management: Vec<TokenStream2> = [
+        (
+            "id",
+            quote! {
+                /// The actor's id, unique in its runtime and stable across restarts.
+                pub fn id(&self) -> u64 { self.0.id() }
+            },
+        ),
+        (
+            "info",
+            quote! {
+                /// Who the actor is (id, name, type).
+                pub fn info(&self) -> &::troupe::ActorInfo { self.0.info() }
+            },
+        ),
+        (
+            "is_alive",
+            quote! {
+                /// Whether an incarnation is running now (false while restarting).
+                pub fn is_alive(&self) -> bool { self.0.is_alive() }
+            },
+        ),
+        (
+            "is_dead",
+            quote! {
+                /// Whether the actor is dead for good.
+                pub fn is_dead(&self) -> bool { self.0.is_dead() }
+            },
+        ),
+        (
+            "options",
+            quote! {
+                /// The options the actor was spawned with.
+                pub fn options(&self) -> &::troupe::ActorOptions { self.0.options() }
+            },
+        ),
+        (
+            "kill",
+            quote! {
+                /// Kills the running incarnation at once; with `no_restart` the
+                /// actor is dead for good. Returns once it has stopped.
+                pub async fn kill(&self, no_restart: bool) { self.0.kill(no_restart).await }
+            },
+        ),
+    ]
+    .into_iter()
+    .filter(|(name, _)| !taken.contains(*name))
+    .map(|(_, tokens)| tokens)
+    .collect();
+
+    let doc = format!("Typed handle to a [`{type_ident}`] actor, generated by `#[troupe::actor]`. Cheap to clone; valid across restarts.");
+    Ok(quote! {
+        #block
+
+        #[doc = #doc]
+        #[derive(Clone, Debug)]
+        pub struct #handle(::troupe::ActorHandle<#self_ty>);
+
+        impl ::std::convert::From<::troupe::ActorHandle<#self_ty>> for #handle {
+            fn from(handle: ::troupe::ActorHandle<#self_ty>) -> Self {
+                Self(handle)
+            }
+        }
+
+        impl ::std::convert::AsRef<::troupe::ActorHandle<#self_ty>> for #handle {
+            fn as_ref(&self) -> &::troupe::ActorHandle<#self_ty> {
+                &self.0
+            }
+        }
+
+        impl ::troupe::Actor for #self_ty {
+            type Handle = #handle;
+        }
+
+        impl #handle {
+            #(#methods)*
+            #(#management)*
+        }
+    })
+}

@@ -1,0 +1,47 @@
+//! # Troupe
+//!
+//! A distributed computing framework with the programming model of Ray,
+//! built on actors under Erlang/OTP supervisors.
+//!
+//! ```
+//! use troupe::prelude::*;
+//!
+//! struct Counter { n: u64 }
+//!
+//! #[troupe::actor]
+//! impl Counter {
+//!     pub fn incr(&mut self, by: u64) -> u64 { self.n += by; self.n }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = troupe::init(Config::default()).await?;
+//! let counter = rt.spawn_actor(ActorOptions::new().name("c"), || Counter { n: 0 }).await?;
+//! let pending: Vec<_> = (0..10).map(|_| counter.incr(1)).collect(); // pipelined
+//! for p in pending { p.await?; }
+//! assert_eq!(counter.incr(0).await?, 10);
+//! rt.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
+
+pub use troupe_core::{
+    actor, error, init, resources, runtime, supervisor, Actor, ActorError, ActorHandle, ActorInfo,
+    ActorOptions, Config, Limit, LookupError, Pending, Resources, Runtime, ShutdownError,
+    SpawnError, SupervisorError,
+};
+pub use troupe_macros::actor;
+
+#[doc(hidden)]
+pub use troupe_core::__private;
+
+/// The names most programs need.
+pub mod prelude {
+    pub use troupe_core::supervisor::{
+        Backoff, ChildSpec, Intensity, Restart, Shutdown, Strategy, SupervisionEvent, Supervisor,
+        SupervisorRef, SupervisorSpec,
+    };
+    pub use troupe_core::{
+        ActorError, ActorOptions, Config, Limit, Pending, Resources, Runtime, SpawnError,
+    };
+}
