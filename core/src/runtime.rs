@@ -454,7 +454,9 @@ impl Runtime {
         } else {
             Restart::Transient
         })
-        .max_restarts(max_restarts.finite())
+        // Temporary already means "never restart"; a zero cap would also
+        // block restarts the user asks for by overriding the restart type.
+        .max_restarts(max_restarts.finite().filter(|max| *max > 0))
         .shutdown(options.shutdown)
         .restart_if({
             let slot = slot.clone();

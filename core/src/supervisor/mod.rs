@@ -413,7 +413,8 @@ impl Supervisor {
             Some(backoff) => {
                 let delay = backoff.delay(state.window.len());
                 tracing::debug!(supervisor = %self.spec.name, ?delay, "restart backed off");
-                let _ = myself.send_after(delay, move || SupervisorMsg::RestartDue { keys });
+                // Detached timer: if we stop first, its message finds no one.
+                drop(myself.send_after(delay, move || SupervisorMsg::RestartDue { keys }));
                 Ok(())
             }
             None => self.start_again(myself, state, keys).await,
@@ -472,7 +473,7 @@ impl Supervisor {
                         .get_mut(key)
                         .ok_or("child vanished while restarting")?;
                     child.restarts += 1;
-                    if spec.max_restarts.is_some_and(|max| child.restarts > max) {
+                    if spec.max_restarts.is_some_and(|max| child.restarts >= max) {
                         let restarts = child.restarts;
                         self.remove_child(
                             state,
@@ -493,8 +494,9 @@ impl Supervisor {
                         .backoff
                         .map(|b| b.delay(state.window.len()))
                         .unwrap_or(Duration::ZERO);
-                    let _ =
-                        myself.send_after(delay, move || SupervisorMsg::RestartDue { keys: rest });
+                    drop(
+                        myself.send_after(delay, move || SupervisorMsg::RestartDue { keys: rest }),
+                    );
                     return Ok(());
                 }
             }
@@ -658,8 +660,10 @@ impl ractor::Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, abnormal, reason) = match event {
             ractor::SupervisionEvent::ActorTerminated(cell, last_state, reason) => {
-                // ractor hands back no state when the actor was killed.
-                let killed = last_state.is_none();
+                // A kill is abnormal (OTP's `killed`): ractor reports it as a
+                // termination with reason "killed", or with no state at all
+                // when it interrupted post_start or post_stop.
+                let killed = last_state.is_none() || reason.as_deref() == Some(KILLED);
                 let reason = reason.unwrap_or_else(|| "normal".to_owned());
                 (cell, killed, reason)
             }
@@ -719,6 +723,9 @@ impl ractor::Actor for Supervisor {
         self.restart(&myself, state, key).await
     }
 }
+
+/// The exit reason ractor gives an actor stopped by `kill`.
+const KILLED: &str = "killed";
 
 /// How long management calls wait for a supervisor that should answer at once.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,458 @@
+//! Typed actors: calls, pipelining, restarts, replay, names, kill, errors.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, next_event, within};
+use troupe::prelude::*;
+use troupe::{ActorError, LookupError};
+
+struct Counter {
+    count: u64,
+    /// Counts constructor runs across restarts.
+    builds: Arc<AtomicU32>,
+}
+
+#[troupe::actor]
+impl Counter {
+    pub fn new(start: u64, builds: Arc<AtomicU32>) -> Self {
+        builds.fetch_add(1, Ordering::SeqCst);
+        Self {
+            count: start,
+            builds,
+        }
+    }
+
+    pub fn incr(&mut self, by: u64) -> u64 {
+        self.count += by;
+        self.count
+    }
+
+    pub fn get(&self) -> u64 {
+        self.count
+    }
+
+    pub fn builds(&self) -> u32 {
+        self.builds.load(Ordering::SeqCst)
+    }
+
+    pub fn crash(&mut self) -> u64 {
+        panic!("crash at {}", self.count)
+    }
+
+    pub async fn sleep_then_get(&mut self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.count
+    }
+
+    pub async fn crash_async(&mut self) {
+        tokio::task::yield_now().await;
+        panic!("async crash")
+    }
+
+    pub async fn hang(&mut self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// Has no methods of its own named like the handle's management methods.
+struct Other;
+
+#[troupe::actor]
+impl Other {
+    pub fn ping(&self) -> &'static str {
+        "pong"
+    }
+}
+
+async fn runtime() -> Runtime {
+    troupe::init(Config::default())
+        .await
+        .expect("runtime starts")
+}
+
+async fn counter(rt: &Runtime, options: ActorOptions) -> (CounterHandle, Arc<AtomicU32>) {
+    let builds = Arc::new(AtomicU32::new(0));
+    let b = builds.clone();
+    let handle = rt
+        .spawn_actor(options, move || Counter::new(10, b.clone()))
+        .await
+        .expect("actor starts");
+    (handle, builds)
+}
+
+#[tokio::test]
+async fn calls_return_typed_values() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new()).await;
+    assert_eq!(c.incr(5).await.unwrap(), 15);
+    assert_eq!(c.get().await.unwrap(), 15);
+    assert_eq!(c.sleep_then_get(1).await.unwrap(), 15);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pipelined_calls_run_in_order() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new()).await;
+    let pending: Vec<_> = (1..=1000).map(|_| c.incr(1)).collect();
+    let mut values = Vec::new();
+    for p in pending {
+        values.push(p.await.unwrap());
+    }
+    assert_eq!(values, (11..=1010).collect::<Vec<_>>());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fire_and_forget_calls_still_run() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new()).await;
+    for _ in 0..100 {
+        c.incr(1).detach();
+    }
+    assert_eq!(c.get().await.unwrap(), 110);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn mut_methods_run_one_at_a_time_even_when_async() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new()).await;
+    // The async call holds the actor until it is done: the incr queued behind
+    // it cannot interleave, so the slow read still sees 10.
+    let slow = c.sleep_then_get(50);
+    let fast = c.incr(1);
+    assert_eq!(slow.await.unwrap(), 10);
+    assert_eq!(fast.await.unwrap(), 11);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn panicking_method_fails_the_call_and_restart_reruns_the_constructor() {
+    let rt = runtime().await;
+    let (c, builds) = counter(&rt, ActorOptions::new().max_restarts(2)).await;
+    c.incr(5).await.unwrap();
+    let err = within("panicking call answers", c.crash())
+        .await
+        .unwrap_err();
+    match &err {
+        ActorError::Panicked {
+            method, message, ..
+        } => {
+            assert_eq!(*method, "crash");
+            assert_eq!(message, "crash at 15");
+        }
+        other => panic!("expected Panicked, got {other}"),
+    }
+    // The new incarnation was built by the constructor, with its arguments.
+    assert_eq!(c.get().await.unwrap(), 10);
+    assert_eq!(builds.load(Ordering::SeqCst), 2);
+    let err = within("async panic answers", c.crash_async())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::Panicked { .. }), "{err}");
+    assert_eq!(c.get().await.unwrap(), 10);
+    assert_eq!(builds.load(Ordering::SeqCst), 3);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn restarts_exhausted_leaves_the_actor_dead() {
+    let rt = runtime().await;
+    let (c, builds) = counter(&rt, ActorOptions::new().max_restarts(1)).await;
+    assert!(c.crash().await.is_err());
+    assert_eq!(c.get().await.unwrap(), 10);
+    assert!(c.crash().await.is_err());
+    let err = within("call to a dead actor answers", c.get())
+        .await
+        .unwrap_err();
+    match &err {
+        ActorError::ActorDied { reason, .. } => {
+            assert!(
+                reason.contains("no") && reason.contains("max_restarts"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected ActorDied, got {other}"),
+    }
+    assert!(c.is_dead());
+    assert_eq!(builds.load(Ordering::SeqCst), 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_restarts_by_default() {
+    let rt = runtime().await;
+    let (c, builds) = counter(&rt, ActorOptions::new()).await;
+    assert!(c.crash().await.is_err());
+    let err = c.get().await.unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    assert_eq!(builds.load(Ordering::SeqCst), 1);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn at_most_once_fails_calls_queued_behind_a_crash() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().max_restarts(1)).await;
+    let crash = c.crash();
+    let queued: Vec<_> = (0..10).map(|_| c.incr(1)).collect();
+    assert!(matches!(crash.await, Err(ActorError::Panicked { .. })));
+    for q in queued {
+        let err = within("queued call answers", q).await.unwrap_err();
+        assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    }
+    // The actor itself restarted and serves new calls.
+    assert_eq!(c.incr(1).await.unwrap(), 11);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_task_retries_replays_calls_queued_behind_a_crash() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().max_restarts(1).max_task_retries(1)).await;
+    let crash = c.crash();
+    let queued: Vec<_> = (0..10).map(|_| c.incr(1)).collect();
+    assert!(matches!(crash.await, Err(ActorError::Panicked { .. })));
+    let mut values = Vec::new();
+    for q in queued {
+        values.push(within("replayed call answers", q).await.unwrap());
+    }
+    // Replayed on the new incarnation, in their original order.
+    assert_eq!(values, (11..=20).collect::<Vec<_>>());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn kill_restarts_unless_no_restart() {
+    let rt = runtime().await;
+    let (c, builds) = counter(&rt, ActorOptions::new().name("k").max_restarts(None)).await;
+    let hung = c.hang();
+    c.kill(false).await;
+    let err = within("call interrupted by kill answers", hung)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    assert_eq!(c.get().await.unwrap(), 10, "restarted after kill");
+    assert_eq!(builds.load(Ordering::SeqCst), 2);
+
+    c.kill(true).await;
+    let err = c.get().await.unwrap_err();
+    assert!(
+        matches!(err, ActorError::ActorDied { ref reason, .. } if reason.contains("no_restart")),
+        "{err}"
+    );
+    assert!(c.is_dead());
+    // The name is free again.
+    assert!(matches!(
+        rt.get_actor::<Counter>("k"),
+        Err(LookupError::NotFound(_))
+    ));
+    let (again, _) = counter(&rt, ActorOptions::new().name("k")).await;
+    assert_eq!(again.get().await.unwrap(), 10);
+    eventually("killed actor never restarts", || {
+        builds.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn named_lookup_is_typed() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().name("counter")).await;
+    let found = rt.get_actor::<Counter>("counter").unwrap();
+    assert_eq!(found.id(), c.id());
+    found.incr(1).await.unwrap();
+    assert_eq!(c.get().await.unwrap(), 11);
+
+    match rt.get_actor::<Other>("counter") {
+        Err(LookupError::WrongType {
+            expected, actual, ..
+        }) => {
+            assert!(expected.ends_with("Other") && actual.ends_with("Counter"));
+        }
+        other => panic!("expected WrongType, got {:?}", other.map(|h| h.id())),
+    }
+    assert_eq!(
+        rt.get_actor::<Counter>("nobody").unwrap_err(),
+        LookupError::NotFound("nobody".into())
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_taken_name_is_refused() {
+    let rt = runtime().await;
+    let _first = rt
+        .spawn_actor(ActorOptions::new().name("dup"), || Other)
+        .await
+        .unwrap();
+    let err = rt
+        .spawn_actor(ActorOptions::new().name("dup"), || Other)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SpawnError::NameTaken(ref n) if n == "dup"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already taken"));
+    // Names are per runtime: another runtime may use it.
+    let rt2 = runtime().await;
+    rt2.spawn_actor(ActorOptions::new().name("dup"), || Other)
+        .await
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    rt2.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn panicking_constructor_is_a_failed_spawn() {
+    let rt = runtime().await;
+    let err = rt
+        .spawn_actor(ActorOptions::new().name("boom"), || -> Other {
+            panic!("no config file")
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        SpawnError::StartFailed { cause, .. } => {
+            assert!(cause.contains("no config file"), "{cause}")
+        }
+        other => panic!("expected StartFailed, got {other}"),
+    }
+    // Nothing is left holding the name, and the runtime is fine.
+    assert!(rt.get_actor::<Other>("boom").is_err());
+    let ok = rt
+        .spawn_actor(ActorOptions::new().name("boom"), || Other)
+        .await
+        .unwrap();
+    assert_eq!(ok.ping().await.unwrap(), "pong");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fallible_async_constructor_error_is_reported() {
+    let rt = runtime().await;
+    let err = rt
+        .spawn_actor_with(ActorOptions::new(), || async {
+            Err::<Other, _>("database unreachable")
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("database unreachable"), "{err}");
+    let ok = rt
+        .spawn_actor_with(ActorOptions::new(), || async { Ok::<_, String>(Other) })
+        .await
+        .unwrap();
+    assert_eq!(ok.ping().await.unwrap(), "pong");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn constructor_failing_on_restart_leaves_the_actor_dead_with_a_reason() {
+    let rt = runtime().await;
+    let builds = Arc::new(AtomicU32::new(0));
+    let b = builds.clone();
+    let c = rt
+        .spawn_actor(ActorOptions::new().max_restarts(3), move || {
+            if b.fetch_add(1, Ordering::SeqCst) > 0 {
+                panic!("cannot rebuild");
+            }
+            Counter::new(0, Arc::new(AtomicU32::new(0)))
+        })
+        .await
+        .unwrap();
+    assert!(c.crash().await.is_err());
+    let err = within("call after failed restarts answers", c.get())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    eventually("actor dead for good", || c.is_dead()).await;
+    // 1 start + 3 restart attempts.
+    assert_eq!(builds.load(Ordering::SeqCst), 4);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn restarts_are_reported_as_events() {
+    let rt = runtime().await;
+    let mut events = rt.subscribe();
+    let (c, _) = counter(&rt, ActorOptions::new().max_restarts(1)).await;
+    let _ = c.crash().await;
+    let event = next_event(&mut events, |e| {
+        matches!(e, SupervisionEvent::ChildRestarted { .. })
+    })
+    .await;
+    match event {
+        SupervisionEvent::ChildRestarted {
+            supervisor,
+            child,
+            restarts,
+        } => {
+            assert_eq!(&*supervisor, "user");
+            assert!(child.contains("Counter"));
+            assert_eq!(restarts, 1);
+        }
+        _ => unreachable!(),
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn actors_in_user_trees_follow_the_strategy() {
+    let rt = runtime().await;
+    let builds = Arc::new(AtomicU32::new(0));
+    let mut tree = SupervisorSpec::new("pair", Strategy::OneForAll);
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let b = builds.clone();
+        let (child, handle) = rt
+            .actor_child(ActorOptions::new(), move || Counter::new(0, b.clone()))
+            .unwrap();
+        tree = tree.child(child.restart(Restart::Permanent));
+        handles.push(handle);
+    }
+    let sup = rt.spawn_supervisor(tree).await.unwrap();
+    handles[0].incr(3).await.unwrap();
+    handles[1].incr(4).await.unwrap();
+    assert!(handles[0].crash().await.is_err());
+    // one_for_all: both were rebuilt, so both counts start over.
+    assert_eq!(handles[0].get().await.unwrap(), 0);
+    assert_eq!(handles[1].get().await.unwrap(), 0);
+    assert_eq!(builds.load(Ordering::SeqCst), 4);
+    assert_eq!(sup.which_children().await.unwrap().len(), 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn resources_are_carried_with_the_actor() {
+    let rt = runtime().await;
+    let needs = Resources::cpus(1.0).with_gpus(0.5).with("disk", 2.0);
+    let a = rt
+        .spawn_actor(ActorOptions::new().resources(needs.clone()), || Other)
+        .await
+        .unwrap();
+    assert_eq!(a.options().get_resources(), &needs);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_after_shutdown_fail_fast() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().max_restarts(None)).await;
+    rt.shutdown().await.unwrap();
+    let err = within("call after shutdown answers", c.get())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    let err = rt
+        .spawn_actor(ActorOptions::new(), || Other)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SpawnError::RuntimeShutDown), "{err}");
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::broadcast;
+use troupe::supervisor::SupervisionEvent;
+
+/// How long any "eventually" in these tests may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it returns true, failing the test after `DEADLINE`.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Awaits a future, failing the test after `DEADLINE`.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Waits for the first event that matches, failing after `DEADLINE`.
+pub async fn next_event<F: FnMut(&SupervisionEvent) -> bool>(
+    rx: &mut broadcast::Receiver<SupervisionEvent>,
+    mut matches: F,
+) -> SupervisionEvent {
+    within("a matching supervision event", async {
+        loop {
+            match rx.recv().await {
+                Ok(event) if matches(&event) => return event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("event bus closed"),
+            }
+        }
+    })
+    .await
+}
+
+/// A shared, ordered log of what test actors did.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn push(&self, line: impl Into<String>) {
+        self.0.lock().unwrap().push(line.into());
+    }
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn count(&self, line: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|l| *l == line).count()
+    }
+}
+
+/// A plain ractor actor for supervision tests: logs its starts and stops,
+/// and crashes, stops or hangs on request.
+#[derive(Clone)]
+pub struct Probe {
+    pub name: &'static str,
+    pub log: Log,
+    /// Panic in `pre_start` on these start numbers (1-based).
+    pub fail_starts: Vec<usize>,
+}
+
+impl Probe {
+    pub fn new(name: &'static str, log: &Log) -> Self {
+        Self {
+            name,
+            log: log.clone(),
+            fail_starts: Vec::new(),
+        }
+    }
+}
+
+pub enum ProbeMsg {
+    Crash,
+    Stop,
+    Hang,
+    Ping(RpcReplyPort<&'static str>),
+}
+
+impl ractor::Message for ProbeMsg {}
+
+impl ractor::Actor for Probe {
+    type Msg = ProbeMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<ProbeMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        let start = self.log.count(&format!("start {}", self.name)) + 1;
+        self.log.push(format!("start {}", self.name));
+        if self.fail_starts.contains(&start) {
+            panic!("{} refuses start #{start}", self.name);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<ProbeMsg>, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        self.log.push(format!("stop {}", self.name));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ProbeMsg>,
+        msg: ProbeMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProbeMsg::Crash => panic!("{} crashed on request", self.name),
+            ProbeMsg::Stop => myself.stop(None),
+            ProbeMsg::Hang => std::future::pending::<()>().await,
+            ProbeMsg::Ping(reply) => {
+                let _ = reply.send(self.name);
+            }
+        }
+        Ok(())
+    }
+}
