@@ -1,1 +1,221 @@
-fn main() {}
+//! Troupe's headline numbers, one `metric value unit` line each on stdout.
+//!
+//! ```text
+//! cargo bench -p troupe --bench perf            # everything
+//! cargo bench -p troupe --bench perf -- actor   # metrics whose name contains "actor"
+//! ```
+//!
+//! Rates use the method of Ray's `ray_perf.py` `timeit`: warm up for 1 s,
+//! then 4 runs of 2 s each; the mean is printed, the standard deviation goes
+//! to stderr. `TROUPE_PERF_QUICK=1` shortens the runs (for smoke tests).
+//! The loops run in a tokio task on the runtime, as a service's code would.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use troupe::prelude::*;
+
+/// The actor used by every actor loop: does nothing but answer.
+struct Noop;
+
+#[troupe::actor]
+impl Noop {
+    pub fn noop(&self) -> u64 {
+        1
+    }
+}
+
+struct Timing {
+    warmup: Duration,
+    run: Duration,
+    runs: usize,
+}
+
+impl Timing {
+    fn from_env() -> Self {
+        if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+            Timing {
+                warmup: Duration::from_millis(100),
+                run: Duration::from_millis(200),
+                runs: 2,
+            }
+        } else {
+            Timing {
+                warmup: Duration::from_secs(1),
+                run: Duration::from_secs(2),
+                runs: 4,
+            }
+        }
+    }
+}
+
+/// Ray's `timeit`: runs `step` (which does `per_step` operations) repeatedly
+/// and returns the mean and standard deviation of operations per second.
+async fn timeit<F, Fut>(timing: &Timing, per_step: u64, mut step: F) -> (f64, f64)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let began = Instant::now();
+    while began.elapsed() < timing.warmup {
+        step().await;
+    }
+    let mut rates = Vec::with_capacity(timing.runs);
+    for _ in 0..timing.runs {
+        let began = Instant::now();
+        let mut steps = 0u64;
+        while began.elapsed() < timing.run {
+            step().await;
+            steps += 1;
+        }
+        rates.push((steps * per_step) as f64 / began.elapsed().as_secs_f64());
+    }
+    let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+    let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+    (mean, var.sqrt())
+}
+
+fn report(metric: &str, value: f64, unit: &str, std: Option<f64>) {
+    println!("{metric} {value:.3} {unit}");
+    if let Some(std) = std {
+        eprintln!("  {metric}: {value:.1} +- {std:.1} {unit}");
+    }
+}
+
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// In a fresh child process: start a runtime, let it idle, print its RSS.
+fn idle_child() {
+    let rt = Runtime::start(Config::default()).expect("runtime starts");
+    std::thread::sleep(Duration::from_millis(500));
+    match rss_mib() {
+        Some(mib) => println!("{mib:.1}"),
+        None => eprintln!("cannot read /proc/self/status"),
+    }
+    drop(rt);
+}
+
+fn main() {
+    if std::env::var_os("TROUPE_PERF_IDLE_CHILD").is_some() {
+        idle_child();
+        return;
+    }
+    // cargo bench passes `--bench`; anything else not starting with `-` filters.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted =
+        |metric: &str| filters.is_empty() || filters.iter().any(|f| metric.contains(f.as_str()));
+    let timing = Timing::from_env();
+
+    if wanted("runtime_start_ms") {
+        // Median of 21 boots of the whole supervision tree, each shut down.
+        let tokio = tokio::runtime::Runtime::new().expect("tokio");
+        let mut times: Vec<f64> = (0..21)
+            .map(|_| {
+                tokio.block_on(async {
+                    let began = Instant::now();
+                    let rt = troupe::init(Config::default())
+                        .await
+                        .expect("runtime starts");
+                    let took = began.elapsed();
+                    rt.shutdown().await.expect("shutdown");
+                    took.as_secs_f64() * 1e3
+                })
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        report("runtime_start_ms", times[times.len() / 2], "ms", None);
+    }
+
+    if wanted("idle_rss_mib") {
+        let exe = std::env::current_exe().expect("own path");
+        let out = std::process::Command::new(exe)
+            .env("TROUPE_PERF_IDLE_CHILD", "1")
+            .output()
+            .expect("child runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.trim().parse::<f64>() {
+            Ok(mib) => report("idle_rss_mib", mib, "MiB", None),
+            Err(_) => eprintln!("idle_rss_mib: child printed {text:?}"),
+        }
+    }
+
+    let rt = Runtime::start(Config::default()).expect("runtime starts");
+    let on_runtime = |fut: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>| {
+        rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
+    };
+
+    if wanted("actor_calls_sync_per_s") {
+        let actor = rt
+            .block_on(rt.spawn_actor(ActorOptions::new(), || Noop))
+            .expect("spawn");
+        let timing = Timing {
+            ..Timing::from_env()
+        };
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1, || {
+                let actor = actor.clone();
+                async move {
+                    actor.noop().await.expect("reply");
+                }
+            })
+            .await
+        }));
+        report("actor_calls_sync_per_s", mean, "calls/s", Some(std));
+    }
+
+    if wanted("actor_calls_async_per_s") {
+        let actor = rt
+            .block_on(rt.spawn_actor(ActorOptions::new(), || Noop))
+            .expect("spawn");
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1000, || {
+                let pending: Vec<_> = (0..1000).map(|_| actor.noop()).collect();
+                async move {
+                    for p in pending {
+                        p.await.expect("reply");
+                    }
+                }
+            })
+            .await
+        }));
+        report("actor_calls_async_per_s", mean, "calls/s", Some(std));
+    }
+
+    if wanted("actor_creation_per_s") {
+        let rt2 = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1000, || {
+                let rt = rt2.clone();
+                async move {
+                    let mut actors = Vec::with_capacity(1000);
+                    for _ in 0..1000 {
+                        let a = rt
+                            .spawn_actor(ActorOptions::new(), || Noop)
+                            .await
+                            .expect("spawn");
+                        a.noop().await.expect("reply");
+                        actors.push(a);
+                    }
+                    // Dropping the handles stops the actors (as Ray collects
+                    // them); that work overlaps the next step, as in Ray.
+                    drop(actors);
+                }
+            })
+            .await
+        }));
+        report("actor_creation_per_s", mean, "actors/s", Some(std));
+    }
+
+    let _ = rt.block_on(rt.shutdown());
+    let _ = timing;
+}

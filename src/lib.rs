@@ -32,6 +32,12 @@ pub use troupe_core::{
 };
 pub use troupe_macros::actor;
 
+/// With the `mimalloc` feature, Troupe installs mimalloc as the global
+/// allocator (actor creation is allocation-bound; see the README).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[doc(hidden)]
 pub use troupe_core::__private;
 

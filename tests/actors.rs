@@ -456,3 +456,64 @@ async fn calls_after_shutdown_fail_fast() {
         .unwrap_err();
     assert!(matches!(err, SpawnError::RuntimeShutDown), "{err}");
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_collects_an_unnamed_actor_after_it_answers() {
+    let rt = runtime().await;
+    let (c, builds) = counter(&rt, ActorOptions::new().max_restarts(None)).await;
+    let clone = c.clone();
+    drop(c);
+    // A clone still holds it.
+    assert_eq!(clone.incr(1).await.unwrap(), 11);
+    let before = rt.live_actors();
+    // Calls sent before the last handle goes are still answered.
+    let pending: Vec<_> = (0..100).map(|_| clone.incr(1)).collect();
+    drop(clone);
+    let mut last = 0;
+    for p in pending {
+        last = within("call sent before the drop answers", p)
+            .await
+            .unwrap();
+    }
+    assert_eq!(last, 111);
+    eventually("collected actor stops", || rt.live_actors() == before - 1).await;
+    // It is not restarted, whatever its max_restarts.
+    assert_eq!(builds.load(Ordering::SeqCst), 1);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn named_actors_outlive_their_handles() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().name("kept")).await;
+    c.incr(1).await.unwrap();
+    drop(c);
+    let again = rt.get_actor::<Counter>("kept").unwrap();
+    assert_eq!(again.get().await.unwrap(), 11);
+    drop(again);
+    assert_eq!(
+        rt.get_actor::<Counter>("kept")
+            .unwrap()
+            .get()
+            .await
+            .unwrap(),
+        11
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_after_a_panic_reply_reaches_the_restarted_actor() {
+    // Even under at-most-once, a call sent after the caller saw the panic
+    // must wait for the new incarnation, not die in the old mailbox.
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().max_restarts(None)).await;
+    for round in 0..200 {
+        assert!(matches!(c.crash().await, Err(ActorError::Panicked { .. })));
+        let value = within("call after panic answers", c.get())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(value, 10);
+    }
+    rt.shutdown().await.unwrap();
+}

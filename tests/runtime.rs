@@ -90,14 +90,17 @@ async fn several_runtimes_live_side_by_side() {
 async fn shutdown_stops_actors_in_reverse_spawn_order() {
     let rt = troupe::init(Config::default()).await.unwrap();
     let stops = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
     for label in 0..5 {
         let stops = stops.clone();
-        rt.spawn_actor(ActorOptions::new(), move || Tracked {
-            label,
-            stops: stops.clone(),
-        })
-        .await
-        .unwrap();
+        let handle = rt
+            .spawn_actor(ActorOptions::new(), move || Tracked {
+                label,
+                stops: stops.clone(),
+            })
+            .await
+            .unwrap();
+        handles.push(handle);
     }
     assert_eq!(rt.live_actors(), 3 + 5);
     rt.shutdown().await.unwrap();

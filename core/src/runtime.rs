@@ -362,7 +362,10 @@ impl Runtime {
         factory: Factory<A>,
     ) -> Result<A::Handle, SpawnError> {
         let user = self.user_supervisor()?;
-        let (spec, handle) = self.actor_spec(options, factory)?;
+        // Unnamed actors are collected with their last handle; named ones
+        // stay reachable through get_actor, so they live until killed.
+        let collect = options.name.is_none();
+        let (spec, handle) = self.actor_spec(options, factory, collect)?;
         match user.start_child(spec).await {
             Ok(_) => Ok(A::Handle::from(handle)),
             Err(err) => {
@@ -395,7 +398,7 @@ impl Runtime {
             let new = new.clone();
             Box::pin(async move { Ok(new()) })
         });
-        let (spec, handle) = self.actor_spec(options, factory)?;
+        let (spec, handle) = self.actor_spec(options, factory, false)?;
         Ok((spec, A::Handle::from(handle)))
     }
 
@@ -403,6 +406,7 @@ impl Runtime {
         &self,
         options: ActorOptions,
         factory: Factory<A>,
+        collect_on_drop: bool,
     ) -> Result<(ChildSpec, ActorHandle<A>), SpawnError> {
         if self.is_shut_down() {
             return Err(SpawnError::RuntimeShutDown);
@@ -466,7 +470,7 @@ impl Runtime {
             let slot = slot.clone();
             move |exit| slot.mark_dead(describe(&exit, max_restarts))
         });
-        Ok((spec, ActorHandle::new(slot)))
+        Ok((spec, ActorHandle::new(slot, collect_on_drop)))
     }
 
     /// Starts a supervision tree of your own under the user subtree. If it
@@ -525,7 +529,7 @@ impl Runtime {
                     expected,
                     actual: named.type_name,
                 })?;
-        Ok(A::Handle::from(ActorHandle::new(slot)))
+        Ok(A::Handle::from(ActorHandle::new(slot, false)))
     }
 
     /// How many actors of this runtime are running now, supervisors

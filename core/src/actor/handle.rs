@@ -11,33 +11,59 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use super::slot::{Job, Run, Slot};
+use super::slot::{Job, Panicked, Run, Slot};
 use super::{Actor, ActorInfo, ActorOptions, InfoRef};
 use crate::error::{panic_message, ActorError};
 
 /// An untyped-method handle to an actor; `#[troupe::actor]` wraps it in a
 /// typed handle. Cheap to clone; valid across restarts.
+///
+/// An unnamed actor spawned with `Runtime::spawn_actor` lives while a handle
+/// to it does: when the last one is dropped, it answers the calls already
+/// sent and stops (as Ray collects actors). Named actors and actors in your
+/// own trees live until killed, removed or shut down.
 pub struct ActorHandle<A: Actor> {
+    owner: Arc<Owner<A>>,
+}
+
+/// Shared by all clones of a handle; its drop is the last handle's drop.
+struct Owner<A: Actor> {
     slot: Arc<Slot<A>>,
+    collect_on_drop: bool,
+}
+
+impl<A: Actor> Drop for Owner<A> {
+    fn drop(&mut self) {
+        if self.collect_on_drop {
+            self.slot.release();
+        }
+    }
 }
 
 impl<A: Actor> Clone for ActorHandle<A> {
     fn clone(&self) -> Self {
         Self {
-            slot: self.slot.clone(),
+            owner: self.owner.clone(),
         }
     }
 }
 
 impl<A: Actor> std::fmt::Debug for ActorHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ActorHandle({})", self.slot.info)
+        write!(f, "ActorHandle({})", self.owner.slot.info)
     }
 }
 
 impl<A: Actor> ActorHandle<A> {
-    pub(crate) fn new(slot: Arc<Slot<A>>) -> Self {
-        Self { slot }
+    /// A handle; with `collect_on_drop`, dropping its last clone stops the
+    /// actor.
+    pub(crate) fn new(slot: Arc<Slot<A>>, collect_on_drop: bool) -> Self {
+        Self {
+            owner: Arc::new(Owner {
+                slot,
+                collect_on_drop,
+            }),
+        }
     }
 
     /// Calls a synchronous method. The call is sent before this returns, so
@@ -49,8 +75,10 @@ impl<A: Actor> ActorHandle<A> {
         R: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        self.slot.send(Box::new(SyncCall { f, reply, method }));
-        Pending::waiting(rx, &self.slot.info, method)
+        self.owner
+            .slot
+            .send(Box::new(SyncCall { f, reply, method }));
+        Pending::waiting(rx, &self.owner.slot.info, method)
     }
 
     /// Calls an async method; it still has the actor to itself until done.
@@ -60,33 +88,35 @@ impl<A: Actor> ActorHandle<A> {
         R: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        self.slot.send(Box::new(AsyncCall { f, reply, method }));
-        Pending::waiting(rx, &self.slot.info, method)
+        self.owner
+            .slot
+            .send(Box::new(AsyncCall { f, reply, method }));
+        Pending::waiting(rx, &self.owner.slot.info, method)
     }
 
     /// Who this actor is.
     pub fn info(&self) -> &ActorInfo {
-        &self.slot.info
+        &self.owner.slot.info
     }
 
     /// Its id, unique in its runtime and stable across restarts.
     pub fn id(&self) -> u64 {
-        self.slot.info.id
+        self.owner.slot.info.id
     }
 
     /// The options it was spawned with.
     pub fn options(&self) -> &ActorOptions {
-        &self.slot.options
+        &self.owner.slot.options
     }
 
     /// Whether an incarnation is running now (false while restarting).
     pub fn is_alive(&self) -> bool {
-        self.slot.current().is_some()
+        self.owner.slot.current().is_some()
     }
 
     /// Whether the actor is dead for good.
     pub fn is_dead(&self) -> bool {
-        self.slot.is_dead()
+        self.owner.slot.is_dead()
     }
 
     /// Kills the running incarnation at once, interrupting its current call
@@ -96,10 +126,12 @@ impl<A: Actor> ActorHandle<A> {
     /// Returns once the incarnation has stopped.
     pub async fn kill(&self, no_restart: bool) {
         if no_restart {
-            self.slot.no_restart.store(true, Ordering::Release);
-            self.slot.mark_dead("killed with no_restart".to_owned());
+            self.owner.slot.no_restart.store(true, Ordering::Release);
+            self.owner
+                .slot
+                .mark_dead("killed with no_restart".to_owned());
         }
-        if let Some(actor) = self.slot.current() {
+        if let Some(actor) = self.owner.slot.current() {
             let _ = actor.kill_and_wait(None).await;
         }
     }
@@ -129,15 +161,12 @@ where
                 let _ = reply.send(Ok(value));
                 Run::Done(Ok(()))
             }
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                let _ = reply.send(Err(ActorError::Panicked {
-                    actor: info.clone(),
-                    method,
-                    message: message.clone(),
-                }));
-                Run::Done(Err(message))
-            }
+            Err(payload) => Run::Done(Err(Panicked {
+                message: panic_message(payload.as_ref()),
+                reply: Box::new(move |err| {
+                    let _ = reply.send(Err(err));
+                }),
+            })),
         }
     }
 
@@ -162,8 +191,9 @@ where
         self.method
     }
 
-    fn run<'a>(self: Box<Self>, actor: &'a mut A, info: &'a InfoRef) -> Run<'a> {
-        let AsyncCall { f, reply, method } = *self;
+    fn run<'a>(self: Box<Self>, actor: &'a mut A, _info: &'a InfoRef) -> Run<'a> {
+        // The host instruments the whole future with the call's span.
+        let AsyncCall { f, reply, .. } = *self;
         Run::Pending(Box::pin(async move {
             match AssertUnwindSafe(async move { f(actor).await })
                 .catch_unwind()
@@ -173,15 +203,12 @@ where
                     let _ = reply.send(Ok(value));
                     Ok(())
                 }
-                Err(payload) => {
-                    let message = panic_message(payload.as_ref());
-                    let _ = reply.send(Err(ActorError::Panicked {
-                        actor: info.clone(),
-                        method,
-                        message: message.clone(),
-                    }));
-                    Err(message)
-                }
+                Err(payload) => Err(Panicked {
+                    message: panic_message(payload.as_ref()),
+                    reply: Box::new(move |err| {
+                        let _ = reply.send(Err(err));
+                    }),
+                }),
             }
         }))
     }
@@ -241,6 +268,6 @@ impl<R> Unpin for Pending<R> {}
 
 impl<A: Actor> ActorHandle<A> {
     pub(crate) fn slot(&self) -> &Arc<Slot<A>> {
-        &self.slot
+        &self.owner.slot
     }
 }

@@ -8,6 +8,7 @@ use tracing::Instrument;
 
 use super::slot::{Envelope, Run, Slot};
 use super::Actor;
+use crate::error::ActorError;
 
 /// Builds a fresh instance: called at spawn and again on every restart.
 pub(crate) type Factory<A> = Arc<dyn Fn() -> BoxFuture<'static, Result<A, String>> + Send + Sync>;
@@ -51,8 +52,18 @@ impl<A: Actor> ractor::Actor for Host<A> {
                     .await
             }
         };
-        // A panic fails this incarnation (its state may be broken): the
-        // caller already has its error, the supervisor decides on a restart.
-        outcome.map_err(|panic| format!("{info} panicked in {method}: {panic}").into())
+        // A panic fails this incarnation (its state may be broken); the
+        // supervisor decides on a restart. Retire it before telling the
+        // caller, so the caller's next call waits for the next incarnation.
+        outcome.map_err(|panicked| {
+            self.slot.retire_current();
+            let text = format!("{info} panicked in {method}: {}", panicked.message);
+            (panicked.reply)(ActorError::Panicked {
+                actor: info.clone(),
+                method,
+                message: panicked.message,
+            });
+            text.into()
+        })
     }
 }

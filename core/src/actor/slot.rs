@@ -16,11 +16,18 @@ use ractor::{ActorRef, ActorStatus, MessagingErr};
 use super::{Actor, ActorOptions, InfoRef};
 use crate::error::ActorError;
 
-/// What running a call produced: done at once, or a future to await. The
-/// error is the panic message of a method that panicked.
+/// What running a call produced: done at once, or a future to await.
 pub(crate) enum Run<'a> {
-    Done(Result<(), String>),
-    Pending(BoxFuture<'a, Result<(), String>>),
+    Done(Result<(), Panicked>),
+    Pending(BoxFuture<'a, Result<(), Panicked>>),
+}
+
+/// A method panicked. Its caller has not been told yet: the host first
+/// retires the incarnation, so that a call made after the caller sees the
+/// error goes to the next incarnation, never into the dying mailbox.
+pub(crate) struct Panicked {
+    pub(crate) message: String,
+    pub(crate) reply: Box<dyn FnOnce(ActorError) + Send>,
 }
 
 /// One call: the method to run and where its reply goes, with the types
@@ -70,6 +77,9 @@ pub(crate) struct Slot<A: Actor> {
     parked: Mutex<Parked<A>>,
     /// Set by `kill(no_restart)`; the supervisor asks before restarting.
     pub(crate) no_restart: AtomicBool,
+    /// Set when the last owning handle was dropped: the actor drains its
+    /// mailbox and stops, and is never restarted.
+    released: AtomicBool,
     /// Run once when the actor is dead for good (releases its name).
     on_dead: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -91,6 +101,7 @@ impl<A: Actor> Slot<A> {
                 flushing: false,
             }),
             no_restart: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             on_dead: Mutex::new(None),
         }
     }
@@ -177,11 +188,11 @@ impl<A: Actor> Slot<A> {
 
     /// Delivers parked calls, in order, to the running incarnation. One
     /// flusher at a time; sends happen outside the lock because a failed send
-    /// can drop an envelope, whose Drop parks (and locks) again.
+    /// can drop an envelope, whose Drop parks (and locks) again. The target
+    /// is read under the lock with each batch, and retire/publish change it
+    /// under the lock: a call parked after a retire never reaches the
+    /// retired incarnation.
     fn flush(self: &Arc<Self>) {
-        let Some(actor) = self.current() else {
-            return;
-        };
         {
             let mut parked = self.lock();
             if parked.flushing {
@@ -190,16 +201,21 @@ impl<A: Actor> Slot<A> {
             parked.flushing = true;
         }
         loop {
-            let batch: Vec<(Box<dyn Job<A>>, u32)> = {
+            let (actor, batch) = {
                 let mut parked = self.lock();
-                if parked.queue.is_empty() || parked.dead.is_some() {
-                    parked.flushing = false;
-                    if parked.queue.is_empty() {
-                        self.has_parked.store(false, Ordering::Release);
+                let target = self.current();
+                match target {
+                    Some(actor) if !parked.queue.is_empty() && parked.dead.is_none() => {
+                        (actor, parked.queue.drain(..).collect::<Vec<_>>())
                     }
-                    return;
+                    _ => {
+                        parked.flushing = false;
+                        if parked.queue.is_empty() {
+                            self.has_parked.store(false, Ordering::Release);
+                        }
+                        return;
+                    }
                 }
-                parked.queue.drain(..).collect()
             };
             let mut rest = batch.into_iter();
             while let Some((job, deliveries)) = rest.next() {
@@ -229,15 +245,44 @@ impl<A: Actor> Slot<A> {
         }
     }
 
+    /// The current incarnation is failing: calls from now on park until the
+    /// next one (or fail if there is none).
+    pub(crate) fn retire_current(&self) {
+        let _parked = self.lock();
+        self.current.store(None);
+    }
+
     /// A new incarnation is running: make it current and deliver what waited.
     pub(crate) fn publish(self: &Arc<Self>, actor: ActorRef<Envelope<A>>) {
-        self.current.store(Some(Arc::new(actor)));
         {
             let mut parked = self.lock();
+            self.current.store(Some(Arc::new(actor)));
             parked.dead = None;
+        }
+        if self.released.load(Ordering::Acquire) {
+            // Restarted after its last handle went away: answer what was
+            // parked, then stop.
+            self.flush();
+            self.drain_current();
+            return;
         }
         self.no_restart.store(false, Ordering::Release);
         self.flush();
+    }
+
+    /// No handle can reach the actor any more (Ray's actor garbage
+    /// collection): it answers the calls already sent, then stops for good.
+    pub(crate) fn release(&self) {
+        self.released.store(true, Ordering::Release);
+        self.no_restart.store(true, Ordering::Release);
+        self.drain_current();
+    }
+
+    fn drain_current(&self) {
+        if let Some(actor) = self.current() {
+            // Drain: a stop queued behind the calls already in the mailbox.
+            let _ = actor.drain();
+        }
     }
 
     /// The actor is dead for good: fail everything parked, now and later.

@@ -95,10 +95,13 @@ impl EventBus {
         }
     }
 
-    pub(crate) fn emit(&self, event: SupervisionEvent) {
+    /// Sends the event `make` builds, building it only if someone listens
+    /// (events clone names and reasons; spawning must not pay for that).
+    pub(crate) fn emit(&self, make: impl FnOnce() -> SupervisionEvent) {
         if let Some(tx) = &self.0 {
-            // No subscriber is not an error.
-            let _ = tx.send(event);
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(make());
+            }
         }
     }
 }

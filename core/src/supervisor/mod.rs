@@ -38,6 +38,7 @@ pub use event::{EventBus, SupervisionEvent};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -206,8 +207,16 @@ pub struct ChildInfo {
 /// Messages a supervisor accepts. Use [`SupervisorRef`] rather than sending
 /// these yourself.
 pub enum SupervisorMsg {
-    /// Start and adopt a child.
-    StartChild(ChildSpec, RpcReplyPort<Result<ChildKey, SpawnError>>),
+    /// Take charge of a child that `start_child` already started (linked to
+    /// this supervisor) in the caller's task.
+    Adopt {
+        /// Allocated by the caller, in start order.
+        key: ChildKey,
+        /// How to restart and stop it.
+        spec: ChildSpec,
+        /// The running child.
+        cell: ActorCell,
+    },
     /// Stop a child per its shutdown and forget its spec.
     TerminateChild(ChildKey, RpcReplyPort<bool>),
     /// List the children.
@@ -227,11 +236,24 @@ struct Child {
     restarts: u32,
 }
 
+/// What a linked actor is to its supervisor.
+enum Linked {
+    /// A child under this key.
+    Child(ChildKey),
+    /// A child the supervisor is stopping itself: its exit is expected.
+    Stopping,
+}
+
+/// How a child exited: abnormally or not, and why.
+type Exit = (bool, String);
+
 /// A supervisor's state: its children in start order and its restart window.
 pub struct SupervisorState {
     children: BTreeMap<ChildKey, Child>,
-    by_actor: HashMap<ActorId, ChildKey>,
-    next_key: u64,
+    by_actor: HashMap<ActorId, Linked>,
+    /// Exits of children started by `start_child` whose `Adopt` has not
+    /// arrived yet (supervision events overtake ordinary messages).
+    early_exits: HashMap<ActorId, Exit>,
     window: VecDeque<Instant>,
 }
 
@@ -239,6 +261,8 @@ pub struct SupervisorState {
 /// [`ChildSpec::supervisor`].
 pub struct Supervisor {
     spec: SupervisorSpec,
+    /// Child keys, shared with [`SupervisorRef`] so callers allocate them.
+    keys: Arc<AtomicU64>,
 }
 
 /// A handle to a running supervisor.
@@ -246,6 +270,8 @@ pub struct Supervisor {
 pub struct SupervisorRef {
     actor: ActorRef<SupervisorMsg>,
     name: Arc<str>,
+    keys: Arc<AtomicU64>,
+    events: EventBus,
 }
 
 impl fmt::Debug for SupervisorRef {
@@ -262,14 +288,7 @@ impl Supervisor {
     /// child fails to start, those already started are stopped in reverse
     /// order and the error names the child.
     pub async fn spawn(spec: SupervisorSpec) -> Result<SupervisorRef, SpawnError> {
-        let name = spec.name.clone();
-        ractor::Actor::spawn(None, Supervisor { spec }, ())
-            .await
-            .map(|(actor, _)| SupervisorRef {
-                actor,
-                name: name.clone(),
-            })
-            .map_err(|err| child::spawn_failed(&format!("supervisor {name:?}"), err))
+        Self::start(spec, None).await
     }
 
     /// Starts a supervisor linked to `parent`.
@@ -277,14 +296,36 @@ impl Supervisor {
         spec: SupervisorSpec,
         parent: ActorCell,
     ) -> Result<SupervisorRef, SpawnError> {
+        Self::start(spec, Some(parent)).await
+    }
+
+    async fn start(
+        spec: SupervisorSpec,
+        parent: Option<ActorCell>,
+    ) -> Result<SupervisorRef, SpawnError> {
         let name = spec.name.clone();
-        ractor::Actor::spawn_linked(None, Supervisor { spec }, (), parent)
-            .await
+        let events = spec.events.clone();
+        let keys = Arc::new(AtomicU64::new(0));
+        let supervisor = Supervisor {
+            spec,
+            keys: keys.clone(),
+        };
+        let started = match parent {
+            Some(parent) => ractor::Actor::spawn_linked(None, supervisor, (), parent).await,
+            None => ractor::Actor::spawn(None, supervisor, ()).await,
+        };
+        started
             .map(|(actor, _)| SupervisorRef {
                 actor,
                 name: name.clone(),
+                keys,
+                events,
             })
             .map_err(|err| child::spawn_failed(&format!("supervisor {name:?}"), err))
+    }
+
+    fn next_key(&self) -> ChildKey {
+        ChildKey(self.keys.fetch_add(1, Ordering::Relaxed))
     }
 
     async fn start_child(
@@ -316,17 +357,17 @@ impl Supervisor {
         state.window.len() <= limit.max_restarts as usize
     }
 
-    fn emit(&self, event: SupervisionEvent) {
-        self.spec.events.emit(event);
+    fn emit(&self, make: impl FnOnce() -> SupervisionEvent) {
+        self.spec.events.emit(make);
     }
 
     fn remove_child(&self, state: &mut SupervisorState, key: ChildKey, exit: ChildExit) {
         if let Some(child) = state.children.remove(&key) {
             if let Some(cell) = &child.cell {
-                state.by_actor.remove(&cell.get_id());
+                state.by_actor.insert(cell.get_id(), Linked::Stopping);
             }
             tracing::debug!(supervisor = %self.spec.name, child = %child.spec.id, ?exit, "child removed");
-            self.emit(SupervisionEvent::ChildRemoved {
+            self.emit(|| SupervisionEvent::ChildRemoved {
                 supervisor: self.spec.name.clone(),
                 child: child.spec.id.clone(),
             });
@@ -343,7 +384,8 @@ impl Supervisor {
                 continue;
             };
             if let Some(cell) = child.cell.take() {
-                state.by_actor.remove(&cell.get_id());
+                // Its exit event will still come: expect it.
+                state.by_actor.insert(cell.get_id(), Linked::Stopping);
                 stop_actor(&cell, child.spec.shutdown).await;
             }
         }
@@ -369,7 +411,7 @@ impl Supervisor {
         );
         metrics::counter!("troupe_supervisor_escalations_total", "supervisor" => self.spec.name.to_string())
             .increment(1);
-        self.emit(SupervisionEvent::IntensityExceeded {
+        self.emit(|| SupervisionEvent::IntensityExceeded {
             supervisor: self.spec.name.clone(),
             max_restarts: limit.max_restarts,
             period: limit.period,
@@ -448,12 +490,12 @@ impl Supervisor {
                         .get_mut(key)
                         .ok_or("child vanished while restarting")?;
                     child.restarts += 1;
-                    state.by_actor.insert(cell.get_id(), *key);
+                    state.by_actor.insert(cell.get_id(), Linked::Child(*key));
                     child.cell = Some(cell);
                     tracing::warn!(supervisor = %self.spec.name, child = %spec.id, restarts = child.restarts, "child restarted");
                     metrics::counter!("troupe_supervisor_restarts_total", "supervisor" => self.spec.name.to_string())
                         .increment(1);
-                    self.emit(SupervisionEvent::ChildRestarted {
+                    self.emit(|| SupervisionEvent::ChildRestarted {
                         supervisor: self.spec.name.clone(),
                         child: spec.id.clone(),
                         restarts: child.restarts,
@@ -463,7 +505,7 @@ impl Supervisor {
                     tracing::error!(supervisor = %self.spec.name, child = %spec.id, error = %err, "child failed to restart");
                     metrics::counter!("troupe_supervisor_start_failures_total", "supervisor" => self.spec.name.to_string())
                         .increment(1);
-                    self.emit(SupervisionEvent::ChildStartFailed {
+                    self.emit(|| SupervisionEvent::ChildStartFailed {
                         supervisor: self.spec.name.clone(),
                         child: spec.id.clone(),
                         error: err.to_string(),
@@ -539,15 +581,14 @@ impl ractor::Actor for Supervisor {
         let mut state = SupervisorState {
             children: BTreeMap::new(),
             by_actor: HashMap::new(),
-            next_key: 0,
+            early_exits: HashMap::new(),
             window: VecDeque::new(),
         };
         for spec in &self.spec.children {
             match self.start_child(&myself, spec).await {
                 Ok(cell) => {
-                    let key = ChildKey(state.next_key);
-                    state.next_key += 1;
-                    state.by_actor.insert(cell.get_id(), key);
+                    let key = self.next_key();
+                    state.by_actor.insert(cell.get_id(), Linked::Child(key));
                     state.children.insert(
                         key,
                         Child {
@@ -556,13 +597,13 @@ impl ractor::Actor for Supervisor {
                             restarts: 0,
                         },
                     );
-                    self.emit(SupervisionEvent::ChildStarted {
+                    self.emit(|| SupervisionEvent::ChildStarted {
                         supervisor: self.spec.name.clone(),
                         child: spec.id.clone(),
                     });
                 }
                 Err(err) => {
-                    self.emit(SupervisionEvent::ChildStartFailed {
+                    self.emit(|| SupervisionEvent::ChildStartFailed {
                         supervisor: self.spec.name.clone(),
                         child: spec.id.clone(),
                         error: err.to_string(),
@@ -583,7 +624,7 @@ impl ractor::Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         self.stop_all(state).await;
         tracing::debug!(supervisor = %self.spec.name, "supervisor stopped");
-        self.emit(SupervisionEvent::SupervisorStopped {
+        self.emit(|| SupervisionEvent::SupervisorStopped {
             supervisor: self.spec.name.clone(),
         });
         Ok(())
@@ -596,33 +637,29 @@ impl ractor::Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::StartChild(spec, reply) => {
-                let result = self.start_child(&myself, &spec).await.map(|cell| {
-                    let key = ChildKey(state.next_key);
-                    state.next_key += 1;
-                    state.by_actor.insert(cell.get_id(), key);
-                    state.children.insert(
-                        key,
-                        Child {
-                            spec: spec.clone(),
-                            cell: Some(cell),
-                            restarts: 0,
-                        },
-                    );
-                    self.emit(SupervisionEvent::ChildStarted {
-                        supervisor: self.spec.name.clone(),
-                        child: spec.id.clone(),
-                    });
-                    key
+            SupervisorMsg::Adopt { key, spec, cell } => {
+                let id = cell.get_id();
+                let early = state.early_exits.remove(&id);
+                self.emit(|| SupervisionEvent::ChildStarted {
+                    supervisor: self.spec.name.clone(),
+                    child: spec.id.clone(),
                 });
-                if let Err(err) = &result {
-                    self.emit(SupervisionEvent::ChildStartFailed {
-                        supervisor: self.spec.name.clone(),
-                        child: spec.id.clone(),
-                        error: err.to_string(),
-                    });
+                state.children.insert(
+                    key,
+                    Child {
+                        spec,
+                        cell: Some(cell),
+                        restarts: 0,
+                    },
+                );
+                match early {
+                    Some((abnormal, reason)) => {
+                        return self.on_exit(&myself, state, key, abnormal, reason).await;
+                    }
+                    None => {
+                        state.by_actor.insert(id, Linked::Child(key));
+                    }
                 }
-                let _ = reply.send(result);
             }
             SupervisorMsg::TerminateChild(key, reply) => {
                 let found = state.children.contains_key(&key);
@@ -670,10 +707,30 @@ impl ractor::Actor for Supervisor {
             ractor::SupervisionEvent::ActorFailed(cell, err) => (cell, true, err.to_string()),
             _ => return Ok(()),
         };
-        // Children we stopped ourselves were unmapped first: nothing to do.
-        let Some(key) = state.by_actor.remove(&cell.get_id()) else {
-            return Ok(());
+        let key = match state.by_actor.remove(&cell.get_id()) {
+            Some(Linked::Child(key)) => key,
+            // We stopped it ourselves.
+            Some(Linked::Stopping) => return Ok(()),
+            // Started by `start_child`, its Adopt still on the way.
+            None => {
+                state.early_exits.insert(cell.get_id(), (abnormal, reason));
+                return Ok(());
+            }
         };
+        self.on_exit(&myself, state, key, abnormal, reason).await
+    }
+}
+
+impl Supervisor {
+    /// A child exited: log it, then restart or remove it.
+    async fn on_exit(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        key: ChildKey,
+        abnormal: bool,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
         let Some(child) = state.children.get_mut(&key) else {
             return Ok(());
         };
@@ -684,7 +741,7 @@ impl ractor::Actor for Supervisor {
         } else {
             tracing::debug!(supervisor = %self.spec.name, child = %id, %reason, "child stopped");
         }
-        self.emit(SupervisionEvent::ChildExited {
+        self.emit(|| SupervisionEvent::ChildExited {
             supervisor: self.spec.name.clone(),
             child: id,
             abnormal,
@@ -720,7 +777,7 @@ impl ractor::Actor for Supervisor {
                 return Ok(());
             }
         }
-        self.restart(&myself, state, key).await
+        self.restart(myself, state, key).await
     }
 }
 
@@ -742,14 +799,44 @@ impl SupervisorRef {
     }
 
     /// Starts `spec` as a new child and returns its key.
+    ///
+    /// The child is started in the caller's task, linked to the supervisor,
+    /// then handed over: the supervisor never waits on a slow constructor,
+    /// and keeps handling its other children meanwhile.
     pub async fn start_child(&self, spec: ChildSpec) -> Result<ChildKey, SupervisorError> {
+        let key = ChildKey(self.keys.fetch_add(1, Ordering::Relaxed));
+        let ctx = StartContext {
+            supervisor: self.actor.get_cell(),
+            events: self.events.clone(),
+        };
+        let cell = match (spec.start)(ctx).await {
+            Ok(cell) => cell,
+            Err(err) => {
+                if !self.is_alive() {
+                    return Err(SupervisorError::Down(self.name.to_string()));
+                }
+                self.events.emit(|| SupervisionEvent::ChildStartFailed {
+                    supervisor: self.name.clone(),
+                    child: spec.id.clone(),
+                    error: err.to_string(),
+                });
+                return Err(err.into());
+            }
+        };
+        // No await between the start and this send: the child cannot be
+        // left linked but unadopted by a cancelled caller.
         match self
             .actor
-            .call(|reply| SupervisorMsg::StartChild(spec, reply), None)
-            .await
+            .send_message(SupervisorMsg::Adopt { key, spec, cell })
         {
-            Ok(CallResult::Success(result)) => Ok(result?),
-            _ => Err(SupervisorError::Down(self.name.to_string())),
+            Ok(()) => Ok(key),
+            Err(err) => {
+                // The supervisor died meanwhile; make sure the child did too.
+                if let ractor::MessagingErr::SendErr(SupervisorMsg::Adopt { cell, .. }) = err {
+                    cell.kill();
+                }
+                Err(SupervisorError::Down(self.name.to_string()))
+            }
         }
     }
 
