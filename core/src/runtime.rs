@@ -224,6 +224,19 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
     })
 }
 
+/// A factory from a plain constructor. It runs inside the host's
+/// `pre_start`, where ractor turns a panic into a failed start.
+fn factory_of<A, F>(new: F) -> Factory<A>
+where
+    A: Actor,
+    F: Fn() -> A + Send + Sync + 'static,
+{
+    Arc::new(move || {
+        let actor = new();
+        Box::pin(async move { Ok(actor) })
+    })
+}
+
 fn describe(exit: &ChildExit, max_restarts: Limit) -> String {
     match exit {
         ChildExit::Stopped => "it stopped".to_owned(),
@@ -327,12 +340,7 @@ impl Runtime {
         A: Actor,
         F: Fn() -> A + Send + Sync + 'static,
     {
-        let new = Arc::new(new);
-        let factory: Factory<A> = Arc::new(move || {
-            let new = new.clone();
-            Box::pin(async move { Ok(new()) })
-        });
-        self.spawn_with_factory(options, factory).await
+        self.spawn_with_factory(options, factory_of(new)).await
     }
 
     /// Like [`spawn_actor`](Self::spawn_actor) with an async, fallible
@@ -393,12 +401,7 @@ impl Runtime {
         A: Actor,
         F: Fn() -> A + Send + Sync + 'static,
     {
-        let new = Arc::new(new);
-        let factory: Factory<A> = Arc::new(move || {
-            let new = new.clone();
-            Box::pin(async move { Ok(new()) })
-        });
-        let (spec, handle) = self.actor_spec(options, factory, false)?;
+        let (spec, handle) = self.actor_spec(options, factory_of(new), false)?;
         Ok((spec, A::Handle::from(handle)))
     }
 

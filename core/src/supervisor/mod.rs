@@ -328,7 +328,8 @@ impl Supervisor {
         ChildKey(self.keys.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn start_child(
+    /// Runs a child's start function linked to this supervisor.
+    async fn run_start(
         &self,
         myself: &ActorRef<SupervisorMsg>,
         spec: &ChildSpec,
@@ -363,9 +364,8 @@ impl Supervisor {
 
     fn remove_child(&self, state: &mut SupervisorState, key: ChildKey, exit: ChildExit) {
         if let Some(child) = state.children.remove(&key) {
-            if let Some(cell) = &child.cell {
-                state.by_actor.insert(cell.get_id(), Linked::Stopping);
-            }
+            // Callers stop (or saw the exit of) the child first.
+            debug_assert!(child.cell.is_none(), "removing a running child");
             tracing::debug!(supervisor = %self.spec.name, child = %child.spec.id, ?exit, "child removed");
             self.emit(|| SupervisionEvent::ChildRemoved {
                 supervisor: self.spec.name.clone(),
@@ -483,7 +483,7 @@ impl Supervisor {
                 continue;
             }
             let spec = child.spec.clone();
-            match self.start_child(myself, &spec).await {
+            match self.run_start(myself, &spec).await {
                 Ok(cell) => {
                     let child = state
                         .children
@@ -585,7 +585,7 @@ impl ractor::Actor for Supervisor {
             window: VecDeque::new(),
         };
         for spec in &self.spec.children {
-            match self.start_child(&myself, spec).await {
+            match self.run_start(&myself, spec).await {
                 Ok(cell) => {
                     let key = self.next_key();
                     state.by_actor.insert(cell.get_id(), Linked::Child(key));
