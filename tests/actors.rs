@@ -66,6 +66,11 @@ impl Other {
     pub fn ping(&self) -> &'static str {
         "pong"
     }
+
+    /// `Self` in a signature means the actor type, not the handle.
+    pub fn echo_back(&self, others: Vec<Self>) -> usize {
+        others.len()
+    }
 }
 
 async fn runtime() -> Runtime {
@@ -426,6 +431,14 @@ async fn actors_in_user_trees_follow_the_strategy() {
     assert_eq!(handles[1].get().await.unwrap(), 0);
     assert_eq!(builds.load(Ordering::SeqCst), 4);
     assert_eq!(sup.which_children().await.unwrap().len(), 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn self_in_a_method_signature_is_the_actor_type() {
+    let rt = runtime().await;
+    let a = rt.spawn_actor(ActorOptions::new(), || Other).await.unwrap();
+    assert_eq!(a.echo_back(vec![Other, Other]).await.unwrap(), 2);
     rt.shutdown().await.unwrap();
 }
 

@@ -18,7 +18,30 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
 use syn::{parse_macro_input, FnArg, ImplItem, ItemImpl, Pat, ReturnType, Type, Visibility};
+
+/// Replaces `Self` with the actor's type: inside the generated handle's
+/// `impl`, `Self` would mean the handle.
+struct ReplaceSelf<'a>(&'a Type);
+
+impl VisitMut for ReplaceSelf<'_> {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::Path(path) = ty {
+            if path.qself.is_none() && path.path.is_ident("Self") {
+                *ty = self.0.clone();
+                return;
+            }
+        }
+        syn::visit_mut::visit_type_mut(self, ty);
+    }
+}
+
+fn concrete(ty: &Type, self_ty: &Type) -> Type {
+    let mut ty = ty.clone();
+    ReplaceSelf(self_ty).visit_type_mut(&mut ty);
+    ty
+}
 
 /// Makes the struct of an `impl` block a Troupe actor. See the crate docs.
 #[proc_macro_attribute]
@@ -100,6 +123,7 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
                         "actor methods cannot return impl Trait: the reply type must be nameable",
                     ));
                 }
+                let ty = concrete(ty, self_ty);
                 quote!(#ty)
             }
         };
@@ -116,7 +140,7 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
                 Pat::Ident(p) => p.ident.clone(),
                 _ => format_ident!("__arg{}", i),
             };
-            let ty = &pat_ty.ty;
+            let ty = concrete(&pat_ty.ty, self_ty);
             params.push(quote!(#ident: #ty));
             args.push(quote!(#ident));
         }
@@ -140,7 +164,7 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
             #(#docs)*
             ///
             /// Sends the call at once; await the result for the reply.
-            pub fn #name(&self, #(#params),*) -> ::troupe::Pending<#output> {
+            pub fn #name(&self #(, #params)*) -> ::troupe::Pending<#output> {
                 #body
             }
         });
@@ -225,4 +249,88 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
             #(#management)*
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(code: &str) -> String {
+        let block: ItemImpl = syn::parse_str(code).expect("test input parses");
+        match expand(&block) {
+            Ok(_) => panic!("expected an error for: {code}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn generates_a_handle_for_public_methods_only() {
+        let block: ItemImpl = syn::parse_str(
+            "impl Counter {
+                pub fn new() -> Self { Counter }
+                pub fn incr(&mut self, by: u64) -> u64 { by }
+                pub async fn slow(&self) {}
+                fn helper(&self) -> u8 { 0 }
+            }",
+        )
+        .unwrap();
+        let out = expand(&block).unwrap().to_string();
+        assert!(out.contains("pub struct CounterHandle"));
+        assert!(out.contains("pub fn incr (& self , by : u64) -> :: troupe :: Pending < u64 >"));
+        assert!(out.contains("call_async (\"slow\""));
+        assert!(!out.contains("fn helper (& self) -> :: troupe :: Pending"));
+        assert!(!out.contains("fn new (& self"));
+        assert!(out.contains("impl :: troupe :: Actor for Counter"));
+    }
+
+    #[test]
+    fn self_in_signatures_means_the_actor_type() {
+        let block: ItemImpl = syn::parse_str(
+            "impl Counter { pub fn merge(&mut self, other: Vec<Self>) -> Option<Self> { None } }",
+        )
+        .unwrap();
+        let out = expand(&block).unwrap().to_string();
+        assert!(out.contains("other : Vec < Counter >"), "{out}");
+        assert!(out.contains("Pending < Option < Counter > >"), "{out}");
+    }
+
+    #[test]
+    fn a_user_method_named_like_a_management_method_wins() {
+        let block: ItemImpl =
+            syn::parse_str("impl A { pub fn id(&self) -> String { String::new() } }").unwrap();
+        let out = expand(&block).unwrap().to_string();
+        assert!(out.contains("pub fn id (& self) -> :: troupe :: Pending < String >"));
+        assert!(!out.contains("pub fn id (& self) -> u64"));
+        assert!(out.contains("pub fn is_alive"));
+    }
+
+    #[test]
+    fn rejects_trait_impls() {
+        assert!(
+            error_of("impl Clone for A { fn clone(&self) -> Self { A } }")
+                .contains("inherent impl")
+        );
+    }
+
+    #[test]
+    fn rejects_generic_actors() {
+        assert!(error_of("impl<T> A<T> { pub fn f(&self) {} }").contains("generic actors"));
+    }
+
+    #[test]
+    fn rejects_generic_methods() {
+        assert!(error_of("impl A { pub fn f<T>(&self, t: T) {} }").contains("cannot be generic"));
+    }
+
+    #[test]
+    fn rejects_self_by_value() {
+        assert!(error_of("impl A { pub fn f(self) {} }").contains("&self or &mut self"));
+    }
+
+    #[test]
+    fn rejects_impl_trait_returns() {
+        assert!(
+            error_of("impl A { pub fn f(&self) -> impl Fn() { || {} } }").contains("impl Trait")
+        );
+    }
 }
