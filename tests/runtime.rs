@@ -177,3 +177,36 @@ async fn dropping_the_last_handle_stops_the_tree() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawning_and_dropping_many_actors_returns_to_baseline() {
+    // A long-running service creates actors in waves; collected actors must
+    // leave nothing behind in the tree, the supervisor or the registry.
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let baseline = rt.live_actors();
+    for wave in 0..5 {
+        let mut handles = Vec::new();
+        for i in 0..2_000 {
+            let a = rt
+                .spawn_actor(ActorOptions::new(), move || Tracked {
+                    label: i,
+                    stops: Arc::default(),
+                })
+                .await
+                .unwrap();
+            handles.push(a);
+        }
+        let replies: Vec<_> = handles.iter().map(|h| h.label()).collect();
+        for (i, r) in replies.into_iter().enumerate() {
+            assert_eq!(r.await.unwrap(), i as u32);
+        }
+        drop(handles);
+        eventually(&format!("wave {wave} collected"), || {
+            rt.live_actors() == baseline
+        })
+        .await;
+        let user = rt.user_supervisor().unwrap();
+        assert!(user.which_children().await.unwrap().is_empty());
+    }
+    rt.shutdown().await.unwrap();
+}

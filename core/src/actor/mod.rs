@@ -6,7 +6,7 @@
 //! at once and returns a [`Pending`] reply, so calls pipeline without awaiting
 //! each other, and `&mut self` methods run one at a time.
 //!
-//! Each actor runs in a [`Host`](host) ractor actor supervised by the
+//! Each actor runs in a `Host` ractor actor supervised by the
 //! runtime. A restart creates a new ractor actor; the handle survives it
 //! because it points at the actor's slot, which outlives incarnations.
 
