@@ -216,6 +216,113 @@ fn main() {
         report("actor_creation_per_s", mean, "actors/s", Some(std));
     }
 
+    objects(&rt, &wanted);
+
     let _ = rt.block_on(rt.shutdown());
     let _ = timing;
+}
+
+const LARGE: usize = 100 * 1000 * 1000; // 100 MB, as Ray's put benchmark
+
+/// Object store loops (Ray's `ray_perf.py` put/get/wait).
+fn objects(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+    let on_runtime = |fut: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>| {
+        rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
+    };
+
+    if wanted("put_small_per_s") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1000, || {
+                // Refs are dropped at once, so the store stays small.
+                for i in 0..1000u64 {
+                    drop(rt.put(i).expect("put"));
+                }
+                async {}
+            })
+            .await
+        }));
+        report("put_small_per_s", mean, "puts/s", Some(std));
+    }
+
+    if wanted("get_small_per_s") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            let r = rt.put(7u64).expect("put");
+            timeit(&timing, 1000, || {
+                let (rt, r) = (rt.clone(), r.clone());
+                async move {
+                    for _ in 0..1000 {
+                        std::hint::black_box(rt.get(&r).await.expect("get"));
+                    }
+                }
+            })
+            .await
+        }));
+        report("get_small_per_s", mean, "gets/s", Some(std));
+    }
+
+    let large = wanted("memcpy_gigabytes_per_s")
+        || wanted("put_gigabytes_per_s")
+        || wanted("get_gigabytes_per_s");
+    if large {
+        // The physical reference, measured in the same run: copying 100 MB.
+        let source = vec![1u8; LARGE];
+        let mut target = vec![0u8; LARGE];
+        let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+            target.copy_from_slice(&source);
+            std::hint::black_box(&target);
+            async {}
+        }));
+        let gbps = |per_s: f64| per_s * LARGE as f64 / 1e9;
+        report(
+            "memcpy_gigabytes_per_s",
+            gbps(mean),
+            "GB/s",
+            Some(gbps(std)),
+        );
+
+        // A put gives the store its own copy (the caller keeps its array),
+        // as Ray's put does: one allocation and one copy, no encoding.
+        let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+            drop(rt.put(source.clone()).expect("put"));
+            async {}
+        }));
+        report("put_gigabytes_per_s", gbps(mean), "GB/s", Some(gbps(std)));
+
+        // A get shares the stored value: O(1) whatever its size.
+        let r = rt.put(source.clone()).expect("put");
+        let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+            let r = r.clone();
+            async move {
+                std::hint::black_box(rt.get(&r).await.expect("get"));
+            }
+        }));
+        report("get_gigabytes_per_s", gbps(mean), "GB/s", Some(gbps(std)));
+    }
+
+    if wanted("wait_1k_refs_ms") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            let refs: Vec<_> = (0..1000u64).map(|i| rt.put(i).expect("put")).collect();
+            timeit(&timing, 1, || {
+                let (rt, refs) = (rt.clone(), refs.clone());
+                async move {
+                    let (ready, _) = rt.wait(refs, 1000, None).await;
+                    assert_eq!(ready.len(), 1000);
+                }
+            })
+            .await
+        }));
+        // timeit gives waits per second; the metric is milliseconds per wait.
+        report(
+            "wait_1k_refs_ms",
+            1e3 / mean,
+            "ms",
+            Some(1e3 * std / (mean * mean)),
+        );
+    }
 }

@@ -137,7 +137,26 @@ async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // 7. Kill for good: later calls fail fast and the name is free again.
+    // 7. Objects: put moves a value into the node's object store; get shares
+    //    it (an Arc, no copy); the object is freed with its last ref.
+    let observations = rt.put(vec![0.5f32; 1_000_000])?;
+    let a = rt.get(&observations).await?;
+    let b = rt.get(&observations).await?;
+    println!(
+        "object {} holds {} floats; two gets share one value: {}",
+        observations.id(),
+        a.len(),
+        Arc::ptr_eq(&a, &b)
+    );
+    let (ready, _) = rt.wait(vec![observations.clone()], 1, None).await;
+    println!("wait -> {} ready", ready.len());
+    drop((observations, ready));
+    println!(
+        "objects left after dropping the refs: {}",
+        rt.objects().len()
+    );
+
+    // 8. Kill for good: later calls fail fast and the name is free again.
     counter.kill(true).await;
     println!("call after kill -> {}", counter.incr(1).await.unwrap_err());
     println!(

@@ -26,9 +26,10 @@
 //! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
 
 pub use troupe_core::{
-    actor, error, init, resources, runtime, supervisor, Actor, ActorError, ActorHandle, ActorInfo,
-    ActorOptions, Config, Limit, LookupError, Pending, Resources, Runtime, ShutdownError,
-    SpawnError, SupervisorError,
+    actor, error, init, object_store, resources, runtime, supervisor, Actor, ActorError,
+    ActorHandle, ActorInfo, ActorOptions, Config, GetSize, Limit, LookupError, NodeId, Object,
+    ObjectError, ObjectId, ObjectRef, ObjectStore, Pending, Resources, Runtime, ShutdownError,
+    SpawnError, StoreConfig, SupervisorError,
 };
 pub use troupe_macros::actor;
 
@@ -48,6 +49,7 @@ pub mod prelude {
         SupervisorRef, SupervisorSpec,
     };
     pub use troupe_core::{
-        ActorError, ActorOptions, Config, Limit, Pending, Resources, Runtime, SpawnError,
+        ActorError, ActorOptions, Config, GetSize, Limit, ObjectError, ObjectRef, Pending,
+        Resources, Runtime, SpawnError, StoreConfig,
     };
 }

@@ -23,8 +23,11 @@ use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
+use troupe_objects::{NodeId, Object, ObjectError, ObjectRef, ObjectStore, StoreConfig};
+
 use crate::actor::{Actor, ActorHandle, ActorInfo, ActorOptions, Factory, Limit, Slot};
 use crate::error::{LookupError, ShutdownError, SpawnError, SupervisorError};
+use crate::object_store::ObjectStoreActor;
 use crate::supervisor::{
     ChildExit, ChildSpec, EventBus, Restart, Shutdown, StartContext, Strategy, SupervisionEvent,
     Supervisor, SupervisorRef, SupervisorSpec,
@@ -53,6 +56,8 @@ pub struct Config {
     /// Worker threads of the tokio runtime that `Runtime::start` builds
     /// (default: one per core). Ignored by `init`, which uses yours.
     pub worker_threads: Option<usize>,
+    /// The object store: memory budget, spill threshold and directory.
+    pub objects: StoreConfig,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             worker_threads: None,
+            objects: StoreConfig::default(),
         }
     }
 }
@@ -84,6 +90,12 @@ impl Config {
     /// Sets the shutdown deadline.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets the object store's settings.
+    pub fn objects(mut self, objects: StoreConfig) -> Self {
+        self.objects = objects;
         self
     }
 
@@ -121,6 +133,7 @@ struct Inner {
     user: Arc<ArcSwapOption<SupervisorRef>>,
     names: Arc<Names>,
     events: EventBus,
+    objects: ObjectStore,
     next_actor_id: AtomicU64,
     shut_down: AtomicBool,
     started_in: Duration,
@@ -190,12 +203,19 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
     let events = EventBus::new(config.event_capacity);
     let system = Arc::new(ArcSwapOption::empty());
     let user = Arc::new(ArcSwapOption::empty());
+    let objects = ObjectStore::with_node(NodeId::random(), config.objects.clone());
+    let system_spec = SupervisorSpec::new("system", Strategy::OneForOne)
+        .events(events.clone())
+        .child(ChildSpec::new(
+            "object_store",
+            ObjectStoreActor {
+                store: objects.clone(),
+            },
+            (),
+        ));
     let root_spec = SupervisorSpec::new("root", Strategy::RestForOne)
         .events(events.clone())
-        .child(publishing(
-            SupervisorSpec::new("system", Strategy::OneForOne).events(events.clone()),
-            system.clone(),
-        ))
+        .child(publishing(system_spec, system.clone()))
         .child(publishing(
             // Each user actor carries its own restart cap (max_restarts), so
             // one crash-looping actor cannot take the others down with it.
@@ -215,6 +235,7 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
             user,
             names: Arc::new(DashMap::new()),
             events,
+            objects,
             next_actor_id: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
             started_in,
@@ -269,6 +290,70 @@ impl Runtime {
     /// from synchronous code only (it panics inside async code, as tokio's).
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.inner.handle.block_on(future)
+    }
+
+    /// This node's id (it prefixes every object id made here).
+    pub fn node_id(&self) -> NodeId {
+        self.inner.objects.node()
+    }
+
+    /// The node's object store.
+    pub fn objects(&self) -> &ObjectStore {
+        &self.inner.objects
+    }
+
+    /// Stores a value (moved in, not copied) and returns its ref; the object
+    /// lives until the last clone of the ref is dropped (Ray's `put`).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = troupe_core::init(troupe_core::Config::default()).await?;
+    /// let r = rt.put(vec![1.5f32; 1000])?;
+    /// assert_eq!(rt.get(&r).await?.len(), 1000);
+    /// rt.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn put<T: Object>(&self, value: T) -> Result<ObjectRef<T>, ObjectError> {
+        self.inner.objects.put(value)
+    }
+
+    /// Reads an object, shared not copied, waiting while it is pending.
+    pub async fn get<T: Object>(&self, r: &ObjectRef<T>) -> Result<Arc<T>, ObjectError> {
+        self.inner.objects.get(r).await
+    }
+
+    /// Reads an object, waiting at most `timeout`.
+    pub async fn get_timeout<T: Object>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Duration,
+    ) -> Result<Arc<T>, ObjectError> {
+        self.inner.objects.get_timeout(r, Some(timeout)).await
+    }
+
+    /// Reads many objects in order, within one optional timeout.
+    pub async fn get_many<T: Object>(
+        &self,
+        refs: &[ObjectRef<T>],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Arc<T>>, ObjectError> {
+        self.inner.objects.get_many(refs, timeout).await
+    }
+
+    /// Ray's `wait`: `(ready, not_ready)` once `num_returns` are ready or
+    /// `timeout` passes, each in the order given.
+    pub async fn wait<T>(
+        &self,
+        refs: Vec<ObjectRef<T>>,
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+        self.inner.objects.wait(refs, num_returns, timeout).await
+    }
+
+    /// Frees objects now, whatever refs remain.
+    pub fn free<T>(&self, refs: &[ObjectRef<T>]) {
+        self.inner.objects.free(refs)
     }
 
     /// The configuration it was started with.
