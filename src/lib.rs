@@ -26,12 +26,13 @@
 //! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
 
 pub use troupe_core::{
-    actor, error, init, object_store, resources, runtime, supervisor, Actor, ActorError,
-    ActorHandle, ActorInfo, ActorOptions, Config, GetSize, Limit, LookupError, NodeId, Object,
-    ObjectError, ObjectId, ObjectRef, ObjectStore, Pending, Resources, Runtime, ShutdownError,
-    SpawnError, StoreConfig, SupervisorError,
+    actor, error, init, object_store, resources, runtime, scheduler, supervisor, task, Actor,
+    ActorError, ActorHandle, ActorInfo, ActorOptions, Config, GetSize, IntoArg, Limit, LookupError,
+    NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore, Pending, Resources, Runtime,
+    ShutdownError, SpawnError, StoreConfig, SupervisorError, TaskContext, TaskError, TaskId,
+    TaskOptions,
 };
-pub use troupe_macros::actor;
+pub use troupe_macros::{actor, remote};
 
 /// With the `mimalloc` feature, Troupe installs mimalloc as the global
 /// allocator (actor creation is allocation-bound; see the README).
@@ -50,6 +51,6 @@ pub mod prelude {
     };
     pub use troupe_core::{
         ActorError, ActorOptions, Config, GetSize, Limit, ObjectError, ObjectRef, Pending,
-        Resources, Runtime, SpawnError, StoreConfig,
+        Resources, Runtime, SpawnError, StoreConfig, TaskError, TaskOptions,
     };
 }

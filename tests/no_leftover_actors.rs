@@ -45,9 +45,9 @@ async fn no_actor_survives_shutdown() {
     for h in &handles {
         assert_eq!(h.echo(3).await.unwrap(), 3);
     }
-    // root, system, object store, user, 100 actors, the tree and its 2 children
-    assert_eq!(rt.live_actors(), 4 + 100 + 3);
-    assert_eq!(actors_in_process(), 4 + 100 + 3);
+    // root, system, object store, scheduler, user, 100 actors, a tree of 2
+    assert_eq!(rt.live_actors(), 5 + 100 + 3);
+    assert_eq!(actors_in_process(), 5 + 100 + 3);
 
     rt.shutdown().await.unwrap();
     // ractor unregisters an actor as its task ends; allow that to finish.

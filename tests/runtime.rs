@@ -40,8 +40,8 @@ async fn boots_a_tree_with_system_and_user_subtrees() {
     assert_eq!(ids, ["system", "user"]);
     assert_eq!(rt.system_supervisor().unwrap().name(), "system");
     assert_eq!(rt.user_supervisor().unwrap().name(), "user");
-    // root, system, the object store actor, user
-    assert_eq!(rt.live_actors(), 4);
+    // root, system (object store, scheduler), user
+    assert_eq!(rt.live_actors(), 5);
     rt.shutdown().await.unwrap();
     assert_eq!(rt.live_actors(), 0);
 }
@@ -102,7 +102,7 @@ async fn shutdown_stops_actors_in_reverse_spawn_order() {
             .unwrap();
         handles.push(handle);
     }
-    assert_eq!(rt.live_actors(), 4 + 5);
+    assert_eq!(rt.live_actors(), 5 + 5);
     rt.shutdown().await.unwrap();
     assert_eq!(*stops.lock().unwrap(), [4, 3, 2, 1, 0]);
     assert_eq!(rt.live_actors(), 0);

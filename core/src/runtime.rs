@@ -28,10 +28,12 @@ use troupe_objects::{NodeId, Object, ObjectError, ObjectRef, ObjectStore, StoreC
 use crate::actor::{Actor, ActorHandle, ActorInfo, ActorOptions, Factory, Limit, Slot};
 use crate::error::{LookupError, ShutdownError, SpawnError, SupervisorError};
 use crate::object_store::ObjectStoreActor;
+use crate::scheduler::{Queued, SchedulerActor, SchedulerCore, Units};
 use crate::supervisor::{
     ChildExit, ChildSpec, EventBus, Restart, Shutdown, StartContext, Strategy, SupervisionEvent,
     Supervisor, SupervisorRef, SupervisorSpec,
 };
+use crate::task::{Failure, Task, TaskContext, TaskId, TaskOptions};
 use crate::Resources;
 
 /// How to start a runtime.
@@ -134,6 +136,8 @@ struct Inner {
     names: Arc<Names>,
     events: EventBus,
     objects: ObjectStore,
+    scheduler: Arc<SchedulerCore>,
+    next_task: AtomicU64,
     next_actor_id: AtomicU64,
     shut_down: AtomicBool,
     started_in: Duration,
@@ -204,12 +208,20 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
     let system = Arc::new(ArcSwapOption::empty());
     let user = Arc::new(ArcSwapOption::empty());
     let objects = ObjectStore::with_node(NodeId::random(), config.objects.clone());
+    let scheduler = Arc::new(SchedulerCore::new(&config.resources, objects.clone()));
     let system_spec = SupervisorSpec::new("system", Strategy::OneForOne)
         .events(events.clone())
         .child(ChildSpec::new(
             "object_store",
             ObjectStoreActor {
                 store: objects.clone(),
+            },
+            (),
+        ))
+        .child(ChildSpec::new(
+            "scheduler",
+            SchedulerActor {
+                core: scheduler.clone(),
             },
             (),
         ));
@@ -236,6 +248,8 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
             names: Arc::new(DashMap::new()),
             events,
             objects,
+            scheduler,
+            next_task: AtomicU64::new(0),
             next_actor_id: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
             started_in,
@@ -349,6 +363,61 @@ impl Runtime {
         timeout: Option<Duration>,
     ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
         self.inner.objects.wait(refs, num_returns, timeout).await
+    }
+
+    /// Reads an object from synchronous code that may block: a sync task
+    /// body, or a plain thread. Not from async code (use `get`).
+    pub fn get_blocking<T: Object>(&self, r: &ObjectRef<T>) -> Result<Arc<T>, ObjectError> {
+        match self.inner.objects.try_get(r) {
+            Some(result) => result,
+            None => self.inner.handle.block_on(self.inner.objects.get(r)),
+        }
+    }
+
+    /// Submits a task; what `#[troupe::remote]` calls. The body runs once
+    /// per attempt, after every `deps` object is settled.
+    #[doc(hidden)]
+    pub fn submit<R, F>(
+        &self,
+        name: &'static str,
+        options: TaskOptions,
+        deps: Vec<troupe_objects::ObjectId>,
+        body: F,
+    ) -> ObjectRef<R>
+    where
+        R: Object,
+        F: Fn(TaskContext) -> futures::future::BoxFuture<'static, Result<R, Failure>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (result, completer) = self.inner.objects.pending::<R>();
+        let id = TaskId {
+            node: self.node_id(),
+            seq: self.inner.next_task.fetch_add(1, Ordering::Relaxed),
+        };
+        let needs = options.needs();
+        let units = Units::of(&needs);
+        let run = Arc::new(Task {
+            name,
+            options,
+            needs,
+            body,
+            result: Mutex::new(Some(completer)),
+        });
+        self.inner.scheduler.submit(Queued {
+            id,
+            needs: units,
+            deps,
+            run,
+            attempt: 1,
+        });
+        result
+    }
+
+    /// Tasks queued (arguments ready), waiting for arguments, and running.
+    pub fn task_counts(&self) -> (usize, usize, usize) {
+        self.inner.scheduler.counts()
     }
 
     /// Frees objects now, whatever refs remain.
@@ -642,6 +711,8 @@ impl Runtime {
             return Ok(());
         }
         let deadline = self.inner.config.shutdown_timeout;
+        // Tasks first: queued ones fail with ShutDown, running ones stop.
+        self.inner.scheduler.shut_down();
         let in_order = self.inner.root.stop(deadline).await;
         tracing::info!(runtime = %self.inner.config.name, in_order, "runtime shut down");
         if in_order {

@@ -19,7 +19,10 @@ use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{parse_macro_input, FnArg, ImplItem, ItemImpl, Pat, ReturnType, Type, Visibility};
+use syn::{
+    parse_macro_input, FnArg, GenericArgument, ImplItem, ItemFn, ItemImpl, Pat, PathArguments,
+    ReturnType, Type, Visibility,
+};
 
 /// Replaces `Self` with the actor's type: inside the generated handle's
 /// `impl`, `Self` would mean the handle.
@@ -247,6 +250,187 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
         impl #handle {
             #(#methods)*
             #(#management)*
+        }
+    })
+}
+
+/// Makes a function a remote function (a task).
+///
+/// For `fn add(a: u64, b: u64) -> u64` it keeps the function as written and
+/// adds a module `add` with `add::remote(&rt, a, b) -> ObjectRef<u64>` and
+/// `add::options(TaskOptions).remote(&rt, a, b)`. Each parameter of type `T`
+/// accepts a `T`, an `ObjectRef<T>` or a `&ObjectRef<T>`; refs are resolved
+/// before the body runs. Parameter types are `Clone` (each attempt gets its
+/// own copy) and storable; the result type is storable.
+///
+/// A function returning a type named `Result` is fallible: `Ok(v)` stores
+/// `v`, `Err(e)` fails the task with `e`'s text (retried only with
+/// `retry_exceptions`). Sync bodies run on the blocking pool, async ones on
+/// the runtime's workers. `NAME` is the function's stable name.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            Span::call_site(),
+            "#[troupe::remote] takes no arguments; pass TaskOptions with f::options(..)",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let func = parse_macro_input!(item as ItemFn);
+    match expand_remote(&func) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// `Result<T, E>` (or an alias `Result<T>`): its `T`.
+fn ok_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    }
+}
+
+fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &func.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "remote functions cannot be generic: they are registered and run by name",
+        ));
+    }
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
+        return Err(syn::Error::new(
+            r.span(),
+            "#[troupe::remote] goes on a free function; for methods, use #[troupe::actor]",
+        ));
+    }
+    let name = &sig.ident;
+    let vis = &func.vis;
+    let (result_ty, fallible): (TokenStream2, bool) = match &sig.output {
+        ReturnType::Default => (quote!(()), false),
+        ReturnType::Type(_, ty) => {
+            if matches!(**ty, Type::ImplTrait(_)) {
+                return Err(syn::Error::new(
+                    ty.span(),
+                    "remote functions cannot return impl Trait: the result is stored by type",
+                ));
+            }
+            match ok_type(ty) {
+                Some(ok) => (quote!(#ok), true),
+                None => (quote!(#ty), false),
+            }
+        }
+    };
+    let mut params = Vec::new();
+    let mut idents = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pat_ty) = input else {
+            continue;
+        };
+        let ident = match &*pat_ty.pat {
+            Pat::Ident(p) => p.ident.clone(),
+            _ => format_ident!("__arg{}", i),
+        };
+        let ty = &pat_ty.ty;
+        if matches!(**ty, Type::Reference(_)) {
+            return Err(syn::Error::new(
+                ty.span(),
+                "remote function parameters are owned values (the task may run later, elsewhere); take T, not &T",
+            ));
+        }
+        params.push((ident.clone(), (**ty).clone()));
+        idents.push(ident);
+    }
+    let arg_params = params
+        .iter()
+        .map(|(ident, ty)| quote!(#ident: impl ::troupe::IntoArg<#ty>));
+    let to_args = params.iter().map(|(ident, ty)| {
+        quote!(let #ident: ::troupe::__private::Arg<#ty> = ::troupe::IntoArg::into_arg(#ident);)
+    });
+    let resolves = idents
+        .iter()
+        .map(|ident| quote!(let #ident = #ident.resolve(&__store).await?;));
+    let clones = idents
+        .iter()
+        .map(|ident| quote!(let #ident = #ident.clone();));
+    let is_async = sig.asyncness.is_some();
+    let call = if is_async {
+        quote!(super::#name(#(#idents),*).await)
+    } else {
+        quote!(::troupe::__private::run_blocking(move || super::#name(#(#idents),*)).await?)
+    };
+    let finish = if !fallible && !is_async {
+        // Already a Result<R, Failure>: no `Ok(..?)` for clippy to flag in
+        // the user's crate.
+        quote!(::troupe::__private::run_blocking(move || super::#name(#(#idents),*)).await)
+    } else if fallible {
+        quote! {
+            match #call {
+                ::std::result::Result::Ok(value) => ::std::result::Result::Ok(value),
+                ::std::result::Result::Err(err) => ::std::result::Result::Err(
+                    ::troupe::__private::Failure::Error(err.to_string()),
+                ),
+            }
+        }
+    } else {
+        quote!(::std::result::Result::Ok(#call))
+    };
+    let arg_params2 = arg_params.clone();
+    let doc = format!("Remote form of [`{name}()`](fn@{name}), generated by `#[troupe::remote]`.");
+
+    Ok(quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(non_snake_case)]
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The function's stable name (its module path).
+            pub const NAME: &str = module_path!();
+
+            /// Submits the task with the default options (1 CPU, 3 retries)
+            /// and returns a ref to its result at once.
+            pub fn remote(rt: &::troupe::Runtime #(, #arg_params)*) -> ::troupe::ObjectRef<#result_ty> {
+                options(::troupe::TaskOptions::default()).remote(rt #(, #idents)*)
+            }
+
+            /// The task with other options (resources, retries).
+            pub fn options(options: ::troupe::TaskOptions) -> Options {
+                Options(options)
+            }
+
+            /// A remote function with options, ready to submit.
+            pub struct Options(::troupe::TaskOptions);
+
+            impl Options {
+                /// Submits the task and returns a ref to its result at once.
+                pub fn remote(self, rt: &::troupe::Runtime #(, #arg_params2)*) -> ::troupe::ObjectRef<#result_ty> {
+                    #(#to_args)*
+                    let mut deps: ::std::vec::Vec<::troupe::ObjectId> = ::std::vec::Vec::new();
+                    #(deps.extend(#idents.dependency());)*
+                    let __store = rt.objects().clone();
+                    rt.submit(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
+                        let __store = __store.clone();
+                        #(#clones)*
+                        ::std::boxed::Box::pin(async move {
+                            #(#resolves)*
+                            #finish
+                        })
+                    })
+                }
+            }
         }
     })
 }

@@ -62,3 +62,14 @@ pub enum ObjectError {
         cause: String,
     },
 }
+
+impl ObjectError {
+    /// The producer's error, when the object failed with one of type `E`
+    /// (a task's `TaskError`, for task results).
+    pub fn failure<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            ObjectError::Failed { cause, .. } => cause.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+}

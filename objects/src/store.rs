@@ -54,7 +54,8 @@ impl Codec {
 }
 
 enum State {
-    Pending,
+    /// Woken when it settles; readers of this object wait on it alone.
+    Pending(Arc<Notify>),
     Ready(AnyValue),
     Spilled(PathBuf),
     Failed(ObjectError),
@@ -292,13 +293,15 @@ impl Inner {
     fn settle(&self, id: ObjectId, state: State, size: u64) {
         let mut settled = false;
         if let Some(mut entry) = self.objects.get_mut(&id) {
-            if matches!(entry.state, State::Pending) {
+            if let State::Pending(notify) = &entry.state {
+                let notify = notify.clone();
                 if matches!(state, State::Ready(_)) {
                     entry.size = size;
                     entry.last_used.store(self.tick(), Ordering::Relaxed);
                 }
                 entry.state = state;
                 settled = true;
+                notify.notify_waiters();
             }
         }
         if settled && size > 0 {
@@ -316,7 +319,8 @@ impl Inner {
                         tracing::warn!(%id, ?path, %err, "could not delete a spilled object");
                     }
                 }
-                State::Pending | State::Failed(_) => {}
+                State::Pending(notify) => notify.notify_waiters(),
+                State::Failed(_) => {}
             }
         }
     }
@@ -411,7 +415,7 @@ impl ObjectStore {
     /// [`Completer`] that will give it its value or its error.
     pub fn pending<T: Object>(&self) -> (ObjectRef<T>, Completer<T>) {
         let r = self.new_ref(Entry {
-            state: State::Pending,
+            state: State::Pending(Arc::new(Notify::new())),
             size: 0,
             type_id: TypeId::of::<T>(),
             type_name: std::any::type_name::<T>(),
@@ -443,7 +447,7 @@ impl ObjectStore {
                 }));
             }
             match &entry.state {
-                State::Pending => return None,
+                State::Pending(_) => return None,
                 State::Failed(err) => return Some(Err(err.clone())),
                 State::Ready(value) => {
                     entry
@@ -518,29 +522,43 @@ impl ObjectStore {
         if let Some(result) = self.try_get(r) {
             return result;
         }
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut completions = self.inner.completions.subscribe();
+        let ready = self.ready(r.id());
+        let in_time = match timeout {
+            Some(t) => tokio::time::timeout(t, ready).await.is_ok(),
+            None => {
+                ready.await;
+                true
+            }
+        };
+        if !in_time {
+            return Err(ObjectError::Timeout {
+                id: r.id(),
+                after: timeout.unwrap_or_default(),
+            });
+        }
+        self.try_get(r)
+            .unwrap_or(Err(ObjectError::ProducerDropped(r.id())))
+    }
+
+    /// Resolves once the object is no longer pending (it holds a value or
+    /// an error, or was freed). Wakes only for this object.
+    pub async fn ready(&self, id: ObjectId) {
         loop {
-            // Subscribed before this check: a completion in between is seen.
-            if let Some(result) = self.try_get(r) {
-                return result;
-            }
-            let changed = completions.changed();
-            let woke = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, changed).await.ok(),
-                None => Some(changed.await),
+            let notify = match self.inner.objects.get(&id) {
+                Some(entry) => match &entry.state {
+                    State::Pending(notify) => notify.clone(),
+                    _ => return,
+                },
+                None => return,
             };
-            match woke {
-                Some(Ok(())) => {}
-                // The store itself is gone.
-                Some(Err(_)) => return Err(ObjectError::ProducerDropped(r.id())),
-                None => {
-                    return Err(ObjectError::Timeout {
-                        id: r.id(),
-                        after: timeout.unwrap_or_default(),
-                    })
-                }
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before the re-check: a settle in between is seen.
+            notified.as_mut().enable();
+            if self.is_settled(id) {
+                return;
             }
+            notified.await;
         }
     }
 
@@ -559,11 +577,13 @@ impl ObjectStore {
         Ok(out)
     }
 
-    fn is_ready(&self, id: ObjectId) -> bool {
+    /// Whether the object holds a value or an error (or is gone): anything
+    /// but pending.
+    pub fn is_settled(&self, id: ObjectId) -> bool {
         self.inner
             .objects
             .get(&id)
-            .is_none_or(|e| !matches!(e.state, State::Pending))
+            .is_none_or(|e| !matches!(e.state, State::Pending(_)))
     }
 
     /// Waits until `num_returns` of `refs` are ready (holding a value or an
@@ -579,7 +599,7 @@ impl ObjectStore {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut completions = self.inner.completions.subscribe();
         loop {
-            let ready = refs.iter().filter(|r| self.is_ready(r.id())).count();
+            let ready = refs.iter().filter(|r| self.is_settled(r.id())).count();
             if ready >= want {
                 break;
             }
@@ -596,7 +616,7 @@ impl ObjectStore {
         let mut ready = Vec::new();
         let mut not_ready = Vec::new();
         for r in refs {
-            if ready.len() < want && self.is_ready(r.id()) {
+            if ready.len() < want && self.is_settled(r.id()) {
                 ready.push(r);
             } else {
                 not_ready.push(r);

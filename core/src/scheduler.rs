@@ -1,0 +1,388 @@
+//! The scheduler: runs tasks when their arguments are ready and the node has
+//! the resources they need.
+//!
+//! What it guards (queues, free resources) lives in `SchedulerCore`, owned
+//! by the runtime; the [`SchedulerActor`] in the system subtree only pumps
+//! it. Submitting and finishing push into the core and nudge the actor (one
+//! message per burst, not per task), so a restarted actor finds every queued
+//! and running task where it was.
+//!
+//! Each attempt of a task runs as an ephemeral actor: a tokio task that runs
+//! the body under `catch_unwind` and reports its exit to the core, which acts
+//! as its supervisor (retry = restart). A ractor actor per task costs about
+//! 25 µs to spawn here, ten times this; see ARCHITECTURE.md.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
+use futures::FutureExt;
+use ractor::{ActorProcessingErr, ActorRef};
+use tokio::task::AbortHandle;
+use troupe_objects::{ObjectId, ObjectStore};
+
+use crate::error::panic_message;
+use crate::task::{Attempt, Failure, TaskContext, TaskError, TaskId, TaskRun, CONTEXT};
+use crate::Resources;
+
+/// Resources in fixed point (thousandths), so that fractions add up exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Units {
+    cpus: u64,
+    gpus: u64,
+    memory: u64,
+    custom: BTreeMap<String, u64>,
+}
+
+fn milli(x: f64) -> u64 {
+    (x.max(0.0) * 1000.0).round() as u64
+}
+
+impl Units {
+    pub(crate) fn of(r: &Resources) -> Self {
+        Units {
+            cpus: milli(r.num_cpus),
+            gpus: milli(r.num_gpus),
+            memory: r.memory,
+            custom: r
+                .custom
+                .iter()
+                .map(|(k, v)| (k.clone(), milli(*v)))
+                .collect(),
+        }
+    }
+
+    fn fits_in(&self, have: &Units) -> bool {
+        self.cpus <= have.cpus
+            && self.gpus <= have.gpus
+            && self.memory <= have.memory
+            && self
+                .custom
+                .iter()
+                .all(|(k, v)| *v == 0 || have.custom.get(k).is_some_and(|h| v <= h))
+    }
+
+    fn take_from(&self, have: &mut Units) {
+        have.cpus -= self.cpus;
+        have.gpus -= self.gpus;
+        have.memory -= self.memory;
+        for (k, v) in &self.custom {
+            if let Some(h) = have.custom.get_mut(k) {
+                *h -= v;
+            }
+        }
+    }
+
+    fn give_back(&self, have: &mut Units) {
+        have.cpus += self.cpus;
+        have.gpus += self.gpus;
+        have.memory += self.memory;
+        for (k, v) in &self.custom {
+            *have.custom.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// How many queued tasks that do not fit one pump looks past.
+const SKIP_LIMIT: usize = 64;
+
+/// A submitted task as the scheduler sees it.
+pub(crate) struct Queued {
+    pub(crate) id: TaskId,
+    pub(crate) needs: Units,
+    pub(crate) deps: Vec<ObjectId>,
+    pub(crate) run: Arc<dyn TaskRun>,
+    pub(crate) attempt: u32,
+}
+
+struct State {
+    free: Units,
+    submitted: VecDeque<Queued>,
+    ready: VecDeque<Queued>,
+    finished: Vec<(Queued, Attempt)>,
+    /// Running attempts: how to stop them and whose result they owe.
+    running: HashMap<TaskId, (AbortHandle, Arc<dyn TaskRun>)>,
+    waiting_on_deps: usize,
+    shut_down: bool,
+}
+
+/// The scheduler's data, owned by the runtime so that it survives restarts
+/// of the actor that drives it.
+pub(crate) struct SchedulerCore {
+    capacity: Units,
+    capacity_resources: Resources,
+    state: Mutex<State>,
+    nudged: AtomicBool,
+    actor: ArcSwapOption<ActorRef<SchedulerMsg>>,
+    store: ObjectStore,
+    node: troupe_objects::NodeId,
+}
+
+impl SchedulerCore {
+    pub(crate) fn new(capacity: &Resources, store: ObjectStore) -> Self {
+        let units = Units::of(capacity);
+        Self {
+            capacity: units.clone(),
+            capacity_resources: capacity.clone(),
+            state: Mutex::new(State {
+                free: units,
+                submitted: VecDeque::new(),
+                ready: VecDeque::new(),
+                finished: Vec::new(),
+                running: HashMap::new(),
+                waiting_on_deps: 0,
+                shut_down: false,
+            }),
+            nudged: AtomicBool::new(false),
+            actor: ArcSwapOption::empty(),
+            node: store.node(),
+            store,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few queue operations: a panic cannot
+        // leave it half-done, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a task. One that can never fit this node fails at once.
+    pub(crate) fn submit(self: &Arc<Self>, task: Queued) {
+        if !task.needs.fits_in(&self.capacity) {
+            let err = TaskError::Infeasible {
+                task: task.run.name(),
+                id: task.id,
+                needs: task.run.needs().clone(),
+                node: self.capacity_resources.clone(),
+            };
+            task.run.give_up(err);
+            return;
+        }
+        {
+            let mut state = self.lock();
+            if state.shut_down {
+                drop(state);
+                task.run.give_up(TaskError::ShutDown {
+                    task: task.run.name(),
+                    id: task.id,
+                });
+                return;
+            }
+            state.submitted.push_back(task);
+        }
+        metrics::counter!("troupe_tasks_submitted_total").increment(1);
+        self.nudge();
+    }
+
+    /// Wakes the actor, once per burst.
+    fn nudge(&self) {
+        if !self.nudged.swap(true, Ordering::AcqRel) {
+            if let Some(actor) = &*self.actor.load() {
+                if actor.send_message(SchedulerMsg::Pump).is_ok() {
+                    return;
+                }
+            }
+            // No actor right now (restarting): its successor pumps on start.
+            self.nudged.store(false, Ordering::Release);
+        }
+    }
+
+    fn finished(self: &Arc<Self>, task: Queued, attempt: Attempt) {
+        {
+            let mut state = self.lock();
+            state.running.remove(&task.id);
+            state.finished.push((task, attempt));
+        }
+        self.nudge();
+    }
+
+    fn deps_ready(self: &Arc<Self>, task: Queued) {
+        {
+            let mut state = self.lock();
+            state.waiting_on_deps -= 1;
+            state.ready.push_back(task);
+        }
+        self.nudge();
+    }
+
+    /// Moves everything forward: settles finished attempts (retrying or
+    /// failing them), sorts submitted tasks by readiness of their
+    /// arguments, and launches ready tasks while resources last.
+    pub(crate) fn pump(self: &Arc<Self>) {
+        self.nudged.store(false, Ordering::Release);
+        let mut give_ups = Vec::new();
+        let mut launches = Vec::new();
+        let mut waits = Vec::new();
+        {
+            let mut state = self.lock();
+            for (mut task, attempt) in std::mem::take(&mut state.finished) {
+                task.needs.give_back(&mut state.free);
+                match attempt {
+                    Attempt::Done => {}
+                    Attempt::Failed(failure) => {
+                        if task.run.retries(&failure, task.attempt) && !state.shut_down {
+                            tracing::warn!(task = %task.id, attempt = task.attempt, %failure, "task failed; retrying");
+                            metrics::counter!("troupe_task_retries_total").increment(1);
+                            task.attempt += 1;
+                            state.ready.push_front(task);
+                        } else {
+                            give_ups.push((task, failure));
+                        }
+                    }
+                }
+            }
+            while let Some(task) = state.submitted.pop_front() {
+                if task.deps.iter().all(|d| self.store.is_settled(*d)) {
+                    state.ready.push_back(task);
+                } else {
+                    state.waiting_on_deps += 1;
+                    waits.push(task);
+                }
+            }
+            // Launch what fits, in order. A task that does not fit now lets
+            // smaller ones behind it go, but the scan passes at most
+            // SKIP_LIMIT of them: a long queue must not make each pump O(n).
+            let mut i = 0;
+            let mut skipped = 0;
+            while i < state.ready.len() && skipped < SKIP_LIMIT {
+                if state.ready[i].needs.fits_in(&state.free) {
+                    if let Some(task) = state.ready.remove(i) {
+                        task.needs.take_from(&mut state.free);
+                        launches.push(task);
+                    }
+                } else {
+                    i += 1;
+                    skipped += 1;
+                }
+            }
+            metrics::gauge!("troupe_scheduler_queued_tasks").set(state.ready.len() as f64);
+        }
+        for (task, failure) in give_ups {
+            let err = task.run.error(task.id, task.attempt, failure);
+            tracing::warn!(task = %task.id, error = %err, "task failed for good");
+            metrics::counter!("troupe_tasks_failed_total").increment(1);
+            task.run.give_up(err);
+        }
+        for task in waits {
+            let core = self.clone();
+            tokio::spawn(async move {
+                for dep in &task.deps {
+                    core.store.ready(*dep).await;
+                }
+                core.deps_ready(task);
+            });
+        }
+        for task in launches {
+            self.launch(task);
+        }
+    }
+
+    /// Runs one attempt as an ephemeral actor.
+    fn launch(self: &Arc<Self>, task: Queued) {
+        let core = self.clone();
+        let id = task.id;
+        let run = task.run.clone();
+        let context = TaskContext {
+            task_id: id,
+            attempt: task.attempt,
+            node: self.node,
+            resources: task.run.needs().clone(),
+        };
+        // Spawned under the lock: its exit (which takes the lock) cannot be
+        // recorded before its abort handle is.
+        let mut state = self.lock();
+        let handle = tokio::spawn(async move {
+            let body = task.run.clone().attempt(context.clone());
+            let attempt = match CONTEXT
+                .scope(context, AssertUnwindSafe(body).catch_unwind())
+                .await
+            {
+                Ok(attempt) => attempt,
+                Err(payload) => Attempt::Failed(Failure::Panicked(panic_message(payload.as_ref()))),
+            };
+            core.finished(task, attempt);
+        });
+        state.running.insert(id, (handle.abort_handle(), run));
+    }
+
+    /// At runtime shutdown: abort running attempts, fail queued tasks.
+    pub(crate) fn shut_down(&self) {
+        let (queued, running) = {
+            let mut state = self.lock();
+            state.shut_down = true;
+            let mut queued: Vec<Queued> = state.submitted.drain(..).collect();
+            queued.extend(state.ready.drain(..));
+            (queued, std::mem::take(&mut state.running))
+        };
+        for (id, (abort, run)) in running {
+            // Fail the result first: an aborted attempt would only drop it.
+            run.give_up(TaskError::ShutDown {
+                task: run.name(),
+                id,
+            });
+            abort.abort();
+        }
+        for task in queued {
+            task.run.give_up(TaskError::ShutDown {
+                task: task.run.name(),
+                id: task.id,
+            });
+        }
+    }
+
+    /// Tasks queued, waiting on arguments, and running.
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        (
+            state.submitted.len() + state.ready.len(),
+            state.waiting_on_deps,
+            state.running.len(),
+        )
+    }
+}
+
+/// Messages of the scheduler actor.
+pub enum SchedulerMsg {
+    /// Something changed in the core: move it forward.
+    Pump,
+}
+
+impl ractor::Message for SchedulerMsg {}
+
+/// The scheduler actor, supervised in the system subtree.
+#[derive(Clone)]
+pub struct SchedulerActor {
+    pub(crate) core: Arc<SchedulerCore>,
+}
+
+impl ractor::Actor for SchedulerActor {
+    type Msg = SchedulerMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
+        self.core.actor.store(Some(Arc::new(myself.clone())));
+        // Pick up whatever arrived while no actor was listening.
+        self.core.nudged.store(false, Ordering::Release);
+        let _ = myself.send_message(SchedulerMsg::Pump);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SchedulerMsg>,
+        msg: SchedulerMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedulerMsg::Pump => self.core.pump(),
+        }
+        Ok(())
+    }
+}

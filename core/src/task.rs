@@ -1,0 +1,446 @@
+//! Remote functions (tasks): ids, options, arguments, errors, context.
+//!
+//! `#[troupe::remote]` on a function generates `f::remote(&rt, args..)` and
+//! `f::options(TaskOptions)`; each call submits a task to the node's
+//! scheduler and returns an [`ObjectRef`] to its result at once. Arguments
+//! are values or refs ([`IntoArg`]); refs are resolved before the body runs,
+//! so tasks chain into DAGs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use troupe_objects::{Completer, NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore};
+
+use crate::error::panic_message;
+use crate::Resources;
+
+/// A task, unique across nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId {
+    /// The node that submitted it.
+    pub node: NodeId,
+    /// Its number there.
+    pub seq: u64,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task-{}-{}", self.node, self.seq)
+    }
+}
+
+/// How to run a task (Ray's `.options(...)`). Serializable, so that the
+/// cluster can carry it unchanged.
+///
+/// ```
+/// use troupe_core::task::TaskOptions;
+/// let opts = TaskOptions::default().num_cpus(2.0).max_retries(0).retry_exceptions(true);
+/// assert_eq!(opts.needs().num_cpus, 2.0);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    num_cpus: f64,
+    num_gpus: f64,
+    memory: u64,
+    resources: BTreeMap<String, f64>,
+    max_retries: u32,
+    retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    /// One CPU, three retries for panics, none for errors (as Ray).
+    fn default() -> Self {
+        Self {
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+            memory: 0,
+            resources: BTreeMap::new(),
+            max_retries: 3,
+            retry_exceptions: false,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// CPUs held while running (default 1; 0 runs outside the CPU limit).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = n;
+        self
+    }
+
+    /// GPUs held while running (fractions share a device).
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = n;
+        self
+    }
+
+    /// Memory in bytes held while running.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// A custom resource held while running.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.insert(name.into(), amount);
+        self
+    }
+
+    /// Attempts after the first when the body panics (default 3), or also
+    /// when it returns `Err` with `retry_exceptions`.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Retry `Err` results too (default: only panics are retried).
+    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.retry_exceptions = yes;
+        self
+    }
+
+    /// What the task needs from a node.
+    pub fn needs(&self) -> Resources {
+        Resources {
+            num_cpus: self.num_cpus,
+            num_gpus: self.num_gpus,
+            memory: self.memory,
+            custom: self.resources.clone(),
+        }
+    }
+}
+
+/// What made an attempt fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskCause {
+    /// The body panicked; the panic message.
+    Panicked(String),
+    /// The body returned `Err`; its text.
+    Error(String),
+}
+
+impl fmt::Display for TaskCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskCause::Panicked(m) => write!(f, "panicked: {m}"),
+            TaskCause::Error(e) => write!(f, "returned an error: {e}"),
+        }
+    }
+}
+
+/// Why a task has no result. `get` on its ref returns
+/// `ObjectError::Failed` whose cause is this; read it with
+/// `err.failure::<TaskError>()`.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum TaskError {
+    /// Every allowed attempt failed.
+    #[error("task {task} ({id}) failed after {attempts} attempt(s); the last {cause}")]
+    Failed {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's failure.
+        cause: TaskCause,
+    },
+    /// An argument's task failed, so this one never ran (never retried).
+    #[error("task {task} ({id}) did not run: its argument {dependency} failed: {cause}")]
+    DependencyFailed {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+        /// The argument's object.
+        dependency: ObjectId,
+        /// Why that object has no value.
+        #[source]
+        cause: ObjectError,
+    },
+    /// The task needs more than this node has; it can never run here.
+    #[error("task {task} ({id}) needs {needs:?} but this node has only {node:?}; lower the task's options or add a node that fits")]
+    Infeasible {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+        /// What it asked for.
+        needs: Resources,
+        /// What the node has in all.
+        node: Resources,
+    },
+    /// The runtime shut down before the task finished.
+    #[error("task {task} ({id}) was abandoned: the runtime shut down")]
+    ShutDown {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+    },
+    /// The result could not be stored (larger than the store's budget).
+    #[error("task {task} ({id}) produced a result that could not be stored: {cause}")]
+    ResultNotStored {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+        /// The store's error.
+        cause: ObjectError,
+    },
+}
+
+impl TaskError {
+    /// Follows failed arguments back to the task where the failure began.
+    pub fn root_cause(&self) -> &TaskError {
+        let mut current = self;
+        while let TaskError::DependencyFailed { cause, .. } = current {
+            match cause.failure::<TaskError>() {
+                Some(inner) => current = inner,
+                None => break,
+            }
+        }
+        current
+    }
+}
+
+/// How one attempt ended. Internal to the scheduler.
+#[doc(hidden)]
+pub enum Attempt {
+    Done,
+    Failed(Failure),
+}
+
+/// Why one attempt failed. Used by code `#[troupe::remote]` generates.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum Failure {
+    Panicked(String),
+    Error(String),
+    Dependency(ObjectId, ObjectError),
+    Store(ObjectError),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Panicked(m) => write!(f, "panicked: {m}"),
+            Failure::Error(e) => write!(f, "returned an error: {e}"),
+            Failure::Dependency(id, e) => write!(f, "argument {id} failed: {e}"),
+            Failure::Store(e) => write!(f, "result not stored: {e}"),
+        }
+    }
+}
+
+/// Where a task runs, readable from its body with [`current`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskContext {
+    /// The task.
+    pub task_id: TaskId,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+    /// The node running it.
+    pub node: NodeId,
+    /// What it holds while it runs.
+    pub resources: Resources,
+}
+
+tokio::task_local! {
+    pub(crate) static CONTEXT: TaskContext;
+}
+
+thread_local! {
+    static BLOCKING_CONTEXT: std::cell::RefCell<Option<TaskContext>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The context of the task running this code, if any (async and sync
+/// bodies alike).
+pub fn current() -> Option<TaskContext> {
+    CONTEXT
+        .try_with(Clone::clone)
+        .ok()
+        .or_else(|| BLOCKING_CONTEXT.with(|c| c.borrow().clone()))
+}
+
+/// Runs a synchronous body on the blocking pool, so that a body that blocks
+/// never stalls the async workers. Used by generated code.
+#[doc(hidden)]
+pub async fn run_blocking<R, F>(f: F) -> Result<R, Failure>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let context = current();
+    let joined = tokio::task::spawn_blocking(move || {
+        BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = context);
+        let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+        BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = None);
+        result
+    })
+    .await;
+    match joined {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(payload)) => Err(Failure::Panicked(panic_message(payload.as_ref()))),
+        Err(join) => Err(Failure::Panicked(format!("blocking body was lost: {join}"))),
+    }
+}
+
+/// A task argument: a value, or a ref resolved before the body runs.
+#[derive(Debug)]
+pub enum Arg<T> {
+    /// Passed as is.
+    Value(T),
+    /// Resolved (waited for, then cloned out of the store) before the body
+    /// runs. Refs nested inside values are not resolved.
+    Ref(ObjectRef<T>),
+}
+
+impl<T: Clone> Clone for Arg<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Arg::Value(v) => Arg::Value(v.clone()),
+            Arg::Ref(r) => Arg::Ref(r.clone()),
+        }
+    }
+}
+
+/// What a remote function's parameter of type `T` accepts: a `T`, an
+/// `ObjectRef<T>`, or a `&ObjectRef<T>`.
+pub trait IntoArg<T> {
+    /// Converts.
+    fn into_arg(self) -> Arg<T>;
+}
+
+impl<T> IntoArg<T> for T {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Value(self)
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self)
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self.clone())
+    }
+}
+
+impl<T: Object + Clone> Arg<T> {
+    /// The object this argument waits for, if it is a ref.
+    pub fn dependency(&self) -> Option<ObjectId> {
+        match self {
+            Arg::Value(_) => None,
+            Arg::Ref(r) => Some(r.id()),
+        }
+    }
+
+    /// The value for one attempt (each attempt gets its own).
+    #[doc(hidden)]
+    pub async fn resolve(&self, store: &ObjectStore) -> Result<T, Failure> {
+        match self {
+            Arg::Value(v) => Ok(v.clone()),
+            Arg::Ref(r) => match store.get(r).await {
+                Ok(value) => Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| (*shared).clone())),
+                Err(err) => Err(Failure::Dependency(r.id(), err)),
+            },
+        }
+    }
+}
+
+/// A submitted task with its types erased, as the scheduler holds it.
+pub(crate) trait TaskRun: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn needs(&self) -> &Resources;
+    fn attempt(self: Arc<Self>, context: TaskContext) -> BoxFuture<'static, Attempt>;
+    /// Whether a failed attempt number `attempt` is retried.
+    fn retries(&self, failure: &Failure, attempt: u32) -> bool;
+    fn error(&self, id: TaskId, attempts: u32, failure: Failure) -> TaskError;
+    /// Fails the task's result object for good.
+    fn give_up(&self, err: TaskError);
+}
+
+pub(crate) struct Task<R, F> {
+    pub(crate) name: &'static str,
+    pub(crate) options: TaskOptions,
+    pub(crate) needs: Resources,
+    pub(crate) body: F,
+    pub(crate) result: Mutex<Option<Completer<R>>>,
+}
+
+impl<R, F> TaskRun for Task<R, F>
+where
+    R: Object,
+    F: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn needs(&self) -> &Resources {
+        &self.needs
+    }
+
+    fn attempt(self: Arc<Self>, context: TaskContext) -> BoxFuture<'static, Attempt> {
+        Box::pin(async move {
+            match (self.body)(context).await {
+                Ok(value) => {
+                    let completer = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    match completer.map(|c| c.complete(value)) {
+                        Some(Err(err)) => Attempt::Failed(Failure::Store(err)),
+                        _ => Attempt::Done,
+                    }
+                }
+                Err(failure) => Attempt::Failed(failure),
+            }
+        })
+    }
+
+    fn retries(&self, failure: &Failure, attempt: u32) -> bool {
+        let retryable = match failure {
+            Failure::Panicked(_) => true,
+            Failure::Error(_) => self.options.retry_exceptions,
+            Failure::Dependency(..) | Failure::Store(_) => false,
+        };
+        retryable && attempt <= self.options.max_retries
+    }
+
+    fn error(&self, id: TaskId, attempts: u32, failure: Failure) -> TaskError {
+        let task = self.name;
+        match failure {
+            Failure::Panicked(m) => TaskError::Failed {
+                task,
+                id,
+                attempts,
+                cause: TaskCause::Panicked(m),
+            },
+            Failure::Error(e) => TaskError::Failed {
+                task,
+                id,
+                attempts,
+                cause: TaskCause::Error(e),
+            },
+            Failure::Dependency(dependency, cause) => TaskError::DependencyFailed {
+                task,
+                id,
+                dependency,
+                cause,
+            },
+            Failure::Store(cause) => TaskError::ResultNotStored { task, id, cause },
+        }
+    }
+
+    fn give_up(&self, err: TaskError) {
+        let completer = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(completer) = completer {
+            completer.fail(Arc::new(err));
+        }
+    }
+}

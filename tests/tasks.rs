@@ -1,0 +1,394 @@
+//! Remote functions: chains, retries, errors, dependencies, resources,
+//! context, shutdown, and the scheduler's restart without loss.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{eventually, next_event, within};
+use troupe::prelude::*;
+use troupe::supervisor::SupervisionEvent;
+use troupe::task::TaskCause;
+
+#[troupe::remote]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[troupe::remote]
+async fn double_later(x: u64) -> u64 {
+    tokio::task::yield_now().await;
+    x * 2
+}
+
+#[troupe::remote]
+fn nothing() {}
+
+static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[troupe::remote]
+fn flaky() -> u32 {
+    let n = FLAKY_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n <= 2 {
+        panic!("attempt {n} fails");
+    }
+    troupe::task::current().map_or(0, |c| c.attempt)
+}
+
+static ALWAYS_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[troupe::remote]
+fn always_panics() -> u32 {
+    ALWAYS_CALLS.fetch_add(1, Ordering::SeqCst);
+    panic!("never works")
+}
+
+static ERR_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[troupe::remote]
+fn refuses(label: String) -> Result<u32, String> {
+    ERR_CALLS.fetch_add(1, Ordering::SeqCst);
+    Err(format!("no {label}"))
+}
+
+#[troupe::remote]
+async fn forever() -> u32 {
+    std::future::pending::<()>().await;
+    0
+}
+
+#[troupe::remote]
+fn context_of() -> (u64, u32, f64) {
+    let c = troupe::task::current().expect("inside a task");
+    (c.task_id.seq, c.attempt, c.resources.num_cpus)
+}
+
+async fn runtime() -> Runtime {
+    troupe::init(Config::default()).await.unwrap()
+}
+
+fn task_error(err: &ObjectError) -> &TaskError {
+    err.failure::<TaskError>()
+        .unwrap_or_else(|| panic!("expected a task error, got {err}"))
+}
+
+#[tokio::test]
+async fn tasks_return_refs_to_their_results() {
+    let rt = runtime().await;
+    let r = add::remote(&rt, 2, 3);
+    assert_eq!(*rt.get(&r).await.unwrap(), 5);
+    let d = double_later::remote(&rt, 21);
+    assert_eq!(*rt.get(&d).await.unwrap(), 42);
+    rt.get(&nothing::remote(&rt)).await.unwrap();
+    assert!(add::NAME.ends_with("tasks::add"), "{}", add::NAME);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn refs_as_arguments_chain_tasks() {
+    let rt = runtime().await;
+    let mut r = add::remote(&rt, 0, 1);
+    for _ in 0..1000 {
+        r = add::remote(&rt, &r, 1);
+    }
+    let two = rt.put(2u64).unwrap();
+    let diamond = add::remote(
+        &rt,
+        double_later::remote(&rt, &two),
+        double_later::remote(&rt, &two),
+    );
+    assert_eq!(*within("chain", rt.get(&r)).await.unwrap(), 1001);
+    assert_eq!(*rt.get(&diamond).await.unwrap(), 8);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panic_on_two_attempts_then_success() {
+    let rt = runtime().await;
+    let r = flaky::remote(&rt);
+    assert_eq!(
+        *within("flaky", rt.get(&r)).await.unwrap(),
+        3,
+        "succeeded on attempt 3"
+    );
+    assert_eq!(FLAKY_CALLS.load(Ordering::SeqCst), 3);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retries_exhausted_is_a_typed_error() {
+    let rt = runtime().await;
+    let r = always_panics::options(TaskOptions::default().max_retries(2)).remote(&rt);
+    let err = within("failing task", rt.get(&r)).await.unwrap_err();
+    match task_error(&err) {
+        TaskError::Failed {
+            task,
+            attempts,
+            cause,
+            ..
+        } => {
+            assert!(task.ends_with("always_panics"));
+            assert_eq!(*attempts, 3);
+            assert_eq!(cause, &TaskCause::Panicked("never works".into()));
+        }
+        other => panic!("expected Failed, got {other}"),
+    }
+    assert_eq!(ALWAYS_CALLS.load(Ordering::SeqCst), 3);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_are_retried_only_with_retry_exceptions() {
+    let rt = runtime().await;
+    let once = refuses::remote(&rt, "thanks".to_owned());
+    let err = rt.get(&once).await.unwrap_err();
+    assert!(
+        matches!(task_error(&err), TaskError::Failed { attempts: 1, cause: TaskCause::Error(e), .. } if e == "no thanks")
+    );
+    let before = ERR_CALLS.load(Ordering::SeqCst);
+    let retried = refuses::options(TaskOptions::default().retry_exceptions(true).max_retries(2))
+        .remote(&rt, "way".to_owned());
+    let err = rt.get(&retried).await.unwrap_err();
+    assert!(matches!(
+        task_error(&err),
+        TaskError::Failed { attempts: 3, .. }
+    ));
+    assert_eq!(ERR_CALLS.load(Ordering::SeqCst) - before, 3);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_dependency_fails_a_chain_of_100_at_once() {
+    let rt = runtime().await;
+    let first = refuses::remote(&rt, "root".to_owned());
+    // `refuses` gives a u32 and `add` takes u64s: widen in a task of its own.
+    let mut r = add::remote(&rt, widen::remote(&rt, first), 1);
+    for _ in 0..99 {
+        r = add::remote(&rt, &r, 1);
+    }
+    let err = within("the chain's end fails, never hangs", rt.get(&r))
+        .await
+        .unwrap_err();
+    let last = task_error(&err);
+    assert!(matches!(last, TaskError::DependencyFailed { .. }), "{last}");
+    match last.root_cause() {
+        TaskError::Failed {
+            cause: TaskCause::Error(e),
+            ..
+        } => assert_eq!(e, "no root"),
+        other => panic!("root cause should be the refusal, got {other}"),
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[troupe::remote]
+fn widen(x: u32) -> u64 {
+    x as u64
+}
+
+#[tokio::test]
+async fn get_with_a_timeout_on_a_task_that_never_finishes() {
+    let rt = runtime().await;
+    let r = forever::remote(&rt);
+    let err = rt
+        .get_timeout(&r, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ObjectError::Timeout { .. }), "{err}");
+    rt.shutdown().await.unwrap();
+    // Shutdown abandons it: the ref now says so instead of hanging.
+    let err = within("abandoned task", rt.get(&r)).await.unwrap_err();
+    assert!(
+        matches!(task_error(&err), TaskError::ShutDown { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_can_never_fit_fails_at_once() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(2.0)))
+        .await
+        .unwrap();
+    let r = add::options(TaskOptions::default().num_cpus(3.0)).remote(&rt, 1, 1);
+    let err = rt
+        .get_timeout(&r, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    match task_error(&err) {
+        TaskError::Infeasible { needs, node, .. } => {
+            assert_eq!(needs.num_cpus, 3.0);
+            assert_eq!(node.num_cpus, 2.0);
+        }
+        other => panic!("expected Infeasible, got {other}"),
+    }
+    let gpu = add::options(TaskOptions::default().num_gpus(0.5)).remote(&rt, 1, 1);
+    assert!(matches!(
+        task_error(&rt.get(&gpu).await.unwrap_err()),
+        TaskError::Infeasible { .. }
+    ));
+    let custom = add::options(TaskOptions::default().resource("tpu", 1.0)).remote(&rt, 1, 1);
+    assert!(matches!(
+        task_error(&rt.get(&custom).await.unwrap_err()),
+        TaskError::Infeasible { .. }
+    ));
+    rt.shutdown().await.unwrap();
+}
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static MAX_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+#[troupe::remote]
+async fn occupy(ms: u64) -> u64 {
+    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    MAX_RUNNING.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    RUNNING.fetch_sub(1, Ordering::SeqCst);
+    ms
+}
+
+#[tokio::test]
+async fn tasks_run_only_within_the_node_resources() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(2.0)))
+        .await
+        .unwrap();
+    let refs: Vec<_> = (0..8).map(|_| occupy::remote(&rt, 20)).collect();
+    let values = within("all finish", rt.get_many(&refs, None))
+        .await
+        .unwrap();
+    assert_eq!(values.len(), 8);
+    assert_eq!(
+        MAX_RUNNING.load(Ordering::SeqCst),
+        2,
+        "never more than 2 CPUs' worth"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn waiting_for_arguments_holds_no_resources() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let (input, complete_input) = rt.objects().pending::<u64>();
+    let blocked = add::remote(&rt, &input, 1);
+    // The only CPU is free for a task submitted later.
+    let free = add::remote(&rt, 1, 1);
+    assert_eq!(*within("later task runs", rt.get(&free)).await.unwrap(), 2);
+    assert!(rt.objects().try_get(&blocked).is_none());
+    assert_eq!(rt.task_counts().1, 1, "one task waits for its argument");
+    complete_input.complete(41).unwrap();
+    assert_eq!(
+        *within("blocked task runs", rt.get(&blocked)).await.unwrap(),
+        42
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_context_names_the_task_and_attempt() {
+    let rt = runtime().await;
+    let r = context_of::options(TaskOptions::default().num_cpus(0.5)).remote(&rt);
+    let (_, attempt, cpus) = *rt.get(&r).await.unwrap();
+    assert_eq!(attempt, 1);
+    assert_eq!(cpus, 0.5);
+    assert!(
+        troupe::task::current().is_none(),
+        "no context outside tasks"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+static BLOCKING_STARTED: AtomicUsize = AtomicUsize::new(0);
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+#[troupe::remote]
+fn block_a_thread() {
+    BLOCKING_STARTED.fetch_add(1, Ordering::SeqCst);
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while !RELEASE.load(Ordering::SeqCst) && std::time::Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+struct Echo;
+
+#[troupe::actor]
+impl Echo {
+    pub fn echo(&self, x: u32) -> u32 {
+        x
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_bodies_do_not_stall_the_async_workers() {
+    // 4 CPUs for the blockers, a fifth for the task that must still run.
+    let rt = troupe::init(Config::default().resources(Resources::cpus(5.0)))
+        .await
+        .unwrap();
+    let echo = rt.spawn_actor(ActorOptions::new(), || Echo).await.unwrap();
+    let blockers: Vec<_> = (0..4).map(|_| block_a_thread::remote(&rt)).collect();
+    eventually("4 blocking bodies run", || {
+        BLOCKING_STARTED.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    // Both tokio workers are free to answer, though 4 bodies block.
+    assert_eq!(within("actor answers", echo.echo(7)).await.unwrap(), 7);
+    assert_eq!(*rt.get(&add::remote(&rt, 1, 2)).await.unwrap(), 3);
+    RELEASE.store(true, Ordering::SeqCst);
+    rt.get_many(&blockers, None).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_scheduler_restart_loses_no_task() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let mut events = rt.subscribe();
+    let refs: Vec<_> = (0..50).map(|i| occupy::remote(&rt, i % 3)).collect();
+    let system = rt.system_supervisor().unwrap();
+    let scheduler = system
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| &*c.id == "scheduler")
+        .and_then(|c| c.actor)
+        .expect("scheduler runs");
+    scheduler.kill();
+    next_event(
+        &mut events,
+        |e| matches!(e, SupervisionEvent::ChildRestarted { child, .. } if &**child == "scheduler"),
+    )
+    .await;
+    let more: Vec<_> = (0..50).map(|i| add::remote(&rt, i, 1)).collect();
+    let done = within("every task completes", rt.get_many(&refs, None))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 50);
+    let sums = rt.get_many(&more, None).await.unwrap();
+    assert!(sums.iter().enumerate().all(|(i, s)| **s == i as u64 + 1));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn queued_tasks_fail_cleanly_at_shutdown() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let refs: Vec<_> = (0..20).map(|_| forever::remote(&rt)).collect();
+    rt.shutdown().await.unwrap();
+    for r in &refs {
+        let err = within("abandoned", rt.get(r)).await.unwrap_err();
+        assert!(
+            matches!(task_error(&err), TaskError::ShutDown { .. }),
+            "{err}"
+        );
+    }
+    let late = add::remote(&rt, 1, 1);
+    assert!(matches!(
+        task_error(&rt.get(&late).await.unwrap_err()),
+        TaskError::ShutDown { .. }
+    ));
+}
