@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 
 use troupe::prelude::*;
 
+/// The task used by every task loop: does nothing.
+#[troupe::remote]
+fn noop_task() {}
+
+/// Takes the previous link of a chain.
+#[troupe::remote]
+fn link(previous: u64) -> u64 {
+    previous + 1
+}
+
 /// The actor used by every actor loop: does nothing but answer.
 struct Noop;
 
@@ -216,10 +226,65 @@ fn main() {
         report("actor_creation_per_s", mean, "actors/s", Some(std));
     }
 
+    tasks(&rt, &wanted);
     objects(&rt, &wanted);
 
     let _ = rt.block_on(rt.shutdown());
     let _ = timing;
+}
+
+/// Task loops (Ray's `ray_perf.py` single-client task benchmarks).
+fn tasks(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+    let on_runtime = |fut: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>| {
+        rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
+    };
+    if wanted("tasks_sync_per_s") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1, || {
+                let rt = rt.clone();
+                async move {
+                    rt.get(&noop_task::remote(&rt)).await.expect("task");
+                }
+            })
+            .await
+        }));
+        report("tasks_sync_per_s", mean, "tasks/s", Some(std));
+    }
+    if wanted("tasks_async_per_s") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1000, || {
+                let rt = rt.clone();
+                async move {
+                    let refs: Vec<_> = (0..1000).map(|_| noop_task::remote(&rt)).collect();
+                    rt.get_many(&refs, None).await.expect("tasks");
+                }
+            })
+            .await
+        }));
+        report("tasks_async_per_s", mean, "tasks/s", Some(std));
+    }
+    if wanted("task_chain_per_s") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            timeit(&timing, 1000, || {
+                let rt = rt.clone();
+                async move {
+                    let mut r = link::remote(&rt, 0);
+                    for _ in 1..1000 {
+                        r = link::remote(&rt, r);
+                    }
+                    assert_eq!(*rt.get(&r).await.expect("chain"), 1000);
+                }
+            })
+            .await
+        }));
+        report("task_chain_per_s", mean, "tasks/s", Some(std));
+    }
 }
 
 const LARGE: usize = 100 * 1000 * 1000; // 100 MB, as Ray's put benchmark

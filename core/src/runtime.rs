@@ -33,7 +33,7 @@ use crate::supervisor::{
     ChildExit, ChildSpec, EventBus, Restart, Shutdown, StartContext, Strategy, SupervisionEvent,
     Supervisor, SupervisorRef, SupervisorSpec,
 };
-use crate::task::{Failure, Task, TaskContext, TaskId, TaskOptions};
+use crate::task::{Body, Failure, Task, TaskContext, TaskId, TaskOptions};
 use crate::Resources;
 
 /// How to start a runtime.
@@ -208,7 +208,11 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
     let system = Arc::new(ArcSwapOption::empty());
     let user = Arc::new(ArcSwapOption::empty());
     let objects = ObjectStore::with_node(NodeId::random(), config.objects.clone());
-    let scheduler = Arc::new(SchedulerCore::new(&config.resources, objects.clone()));
+    let scheduler = Arc::new(SchedulerCore::new(
+        &config.resources,
+        objects.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let system_spec = SupervisorSpec::new("system", Strategy::OneForOne)
         .events(events.clone())
         .child(ChildSpec::new(
@@ -258,6 +262,12 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
         }),
     })
 }
+
+/// The unused body type of a sync task (a function type, so it names no
+/// closure).
+type NoAsync<R> = fn(TaskContext) -> futures::future::BoxFuture<'static, Result<R, Failure>>;
+/// The unused body type of an async task.
+type NoBlocking<R> = fn(&TaskContext) -> Result<R, Failure>;
 
 /// A factory from a plain constructor. It runs inside the host's
 /// `pre_start`, where ractor turns a panic into a failed start.
@@ -374,8 +384,9 @@ impl Runtime {
         }
     }
 
-    /// Submits a task; what `#[troupe::remote]` calls. The body runs once
-    /// per attempt, after every `deps` object is settled.
+    /// Submits a task with an async body; what `#[troupe::remote]` calls
+    /// for an `async fn`. The body runs once per attempt, on the runtime's
+    /// workers, after every `deps` object is settled.
     #[doc(hidden)]
     pub fn submit<R, F>(
         &self,
@@ -390,6 +401,42 @@ impl Runtime {
             + Send
             + Sync
             + 'static,
+    {
+        self.submit_task::<R, F, NoBlocking<R>>(name, options, deps, Body::Async(Arc::new(body)))
+    }
+
+    /// Submits a task with a sync body (it may block); what
+    /// `#[troupe::remote]` calls for a plain `fn`. The body runs once per
+    /// attempt on a CPU thread, never on an async worker.
+    #[doc(hidden)]
+    pub fn submit_blocking<R, F>(
+        &self,
+        name: &'static str,
+        options: TaskOptions,
+        deps: Vec<troupe_objects::ObjectId>,
+        body: F,
+    ) -> ObjectRef<R>
+    where
+        R: Object,
+        F: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
+    {
+        self.submit_task::<R, NoAsync<R>, F>(name, options, deps, Body::Blocking(Arc::new(body)))
+    }
+
+    fn submit_task<R, A, S>(
+        &self,
+        name: &'static str,
+        options: TaskOptions,
+        deps: Vec<troupe_objects::ObjectId>,
+        body: Body<A, S>,
+    ) -> ObjectRef<R>
+    where
+        R: Object,
+        A: Fn(TaskContext) -> futures::future::BoxFuture<'static, Result<R, Failure>>
+            + Send
+            + Sync
+            + 'static,
+        S: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
     {
         let (result, completer) = self.inner.objects.pending::<R>();
         let id = TaskId {

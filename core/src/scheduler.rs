@@ -23,8 +23,9 @@ use ractor::{ActorProcessingErr, ActorRef};
 use tokio::task::AbortHandle;
 use troupe_objects::{ObjectId, ObjectStore};
 
+use crate::cpu_pool::CpuPool;
 use crate::error::panic_message;
-use crate::task::{Attempt, Failure, TaskContext, TaskError, TaskId, TaskRun, CONTEXT};
+use crate::task::{Attempt, Failure, Launch, TaskContext, TaskError, TaskId, TaskRun, CONTEXT};
 use crate::Resources;
 
 /// Resources in fixed point (thousandths), so that fractions add up exactly.
@@ -102,8 +103,9 @@ struct State {
     submitted: VecDeque<Queued>,
     ready: VecDeque<Queued>,
     finished: Vec<(Queued, Attempt)>,
-    /// Running attempts: how to stop them and whose result they owe.
-    running: HashMap<TaskId, (AbortHandle, Arc<dyn TaskRun>)>,
+    /// Running attempts: how to stop them (async ones) and whose result
+    /// they owe. A sync body cannot be interrupted; its result is dropped.
+    running: HashMap<TaskId, (Option<AbortHandle>, Arc<dyn TaskRun>)>,
     waiting_on_deps: usize,
     shut_down: bool,
 }
@@ -118,11 +120,20 @@ pub(crate) struct SchedulerCore {
     actor: ArcSwapOption<ActorRef<SchedulerMsg>>,
     store: ObjectStore,
     node: troupe_objects::NodeId,
+    /// Where async attempts and argument waits are spawned (from any
+    /// thread, CPU threads included).
+    tokio: tokio::runtime::Handle,
+    cpus: Arc<CpuPool>,
 }
 
 impl SchedulerCore {
-    pub(crate) fn new(capacity: &Resources, store: ObjectStore) -> Self {
+    pub(crate) fn new(
+        capacity: &Resources,
+        store: ObjectStore,
+        tokio: tokio::runtime::Handle,
+    ) -> Self {
         let units = Units::of(capacity);
+        let cpus = CpuPool::new(capacity.num_cpus.ceil().max(1.0) as usize);
         Self {
             capacity: units.clone(),
             capacity_resources: capacity.clone(),
@@ -139,6 +150,8 @@ impl SchedulerCore {
             actor: ArcSwapOption::empty(),
             node: store.node(),
             store,
+            tokio,
+            cpus,
         }
     }
 
@@ -189,13 +202,15 @@ impl SchedulerCore {
         }
     }
 
+    /// An attempt ended. The thread it ended on schedules what its
+    /// resources now allow, at once: no round trip through the actor.
     fn finished(self: &Arc<Self>, task: Queued, attempt: Attempt) {
         {
             let mut state = self.lock();
             state.running.remove(&task.id);
             state.finished.push((task, attempt));
         }
-        self.nudge();
+        self.pump();
     }
 
     fn deps_ready(self: &Arc<Self>, task: Queued) {
@@ -204,14 +219,14 @@ impl SchedulerCore {
             state.waiting_on_deps -= 1;
             state.ready.push_back(task);
         }
-        self.nudge();
+        self.pump();
     }
 
     /// Moves everything forward: settles finished attempts (retrying or
     /// failing them), sorts submitted tasks by readiness of their
-    /// arguments, and launches ready tasks while resources last.
+    /// arguments, and launches ready tasks while resources last. Runs on
+    /// the actor for submissions, inline where attempts finish.
     pub(crate) fn pump(self: &Arc<Self>) {
-        self.nudged.store(false, Ordering::Release);
         let mut give_ups = Vec::new();
         let mut launches = Vec::new();
         let mut waits = Vec::new();
@@ -267,7 +282,7 @@ impl SchedulerCore {
         }
         for task in waits {
             let core = self.clone();
-            tokio::spawn(async move {
+            self.tokio.spawn(async move {
                 for dep in &task.deps {
                     core.store.ready(*dep).await;
                 }
@@ -279,7 +294,8 @@ impl SchedulerCore {
         }
     }
 
-    /// Runs one attempt as an ephemeral actor.
+    /// Runs one attempt as an ephemeral actor: a tokio task for an async
+    /// body, a CPU-thread job for a sync one; either reports its exit here.
     fn launch(self: &Arc<Self>, task: Queued) {
         let core = self.clone();
         let id = task.id;
@@ -290,21 +306,34 @@ impl SchedulerCore {
             node: self.node,
             resources: task.run.needs().clone(),
         };
-        // Spawned under the lock: its exit (which takes the lock) cannot be
-        // recorded before its abort handle is.
+        // Started under the lock: its exit (which takes the lock) cannot be
+        // recorded before it is.
         let mut state = self.lock();
-        let handle = tokio::spawn(async move {
-            let body = task.run.clone().attempt(context.clone());
-            let attempt = match CONTEXT
-                .scope(context, AssertUnwindSafe(body).catch_unwind())
-                .await
-            {
-                Ok(attempt) => attempt,
-                Err(payload) => Attempt::Failed(Failure::Panicked(panic_message(payload.as_ref()))),
-            };
-            core.finished(task, attempt);
-        });
-        state.running.insert(id, (handle.abort_handle(), run));
+        match task.run.clone().attempt(context.clone()) {
+            Launch::Async(body) => {
+                let handle = self.tokio.spawn(async move {
+                    let attempt = match CONTEXT
+                        .scope(context, AssertUnwindSafe(body).catch_unwind())
+                        .await
+                    {
+                        Ok(attempt) => attempt,
+                        Err(payload) => {
+                            Attempt::Failed(Failure::Panicked(panic_message(payload.as_ref())))
+                        }
+                    };
+                    core.finished(task, attempt);
+                });
+                state.running.insert(id, (Some(handle.abort_handle()), run));
+            }
+            Launch::Blocking(body) => {
+                state.running.insert(id, (None, run));
+                // The job catches the body's panics itself.
+                self.cpus.execute(Box::new(move || {
+                    let attempt = body();
+                    core.finished(task, attempt);
+                }));
+            }
+        }
     }
 
     /// At runtime shutdown: abort running attempts, fail queued tasks.
@@ -322,8 +351,11 @@ impl SchedulerCore {
                 task: run.name(),
                 id,
             });
-            abort.abort();
+            if let Some(abort) = abort {
+                abort.abort();
+            }
         }
+        self.cpus.close();
         for task in queued {
             task.run.give_up(TaskError::ShutDown {
                 task: task.run.name(),
@@ -381,7 +413,10 @@ impl ractor::Actor for SchedulerActor {
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SchedulerMsg::Pump => self.core.pump(),
+            SchedulerMsg::Pump => {
+                self.core.nudged.store(false, Ordering::Release);
+                self.core.pump();
+            }
         }
         Ok(())
     }

@@ -266,27 +266,12 @@ pub fn current() -> Option<TaskContext> {
         .or_else(|| BLOCKING_CONTEXT.with(|c| c.borrow().clone()))
 }
 
-/// Runs a synchronous body on the blocking pool, so that a body that blocks
-/// never stalls the async workers. Used by generated code.
-#[doc(hidden)]
-pub async fn run_blocking<R, F>(f: F) -> Result<R, Failure>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    let context = current();
-    let joined = tokio::task::spawn_blocking(move || {
-        BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = context);
-        let result = std::panic::catch_unwind(AssertUnwindSafe(f));
-        BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = None);
-        result
-    })
-    .await;
-    match joined {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(payload)) => Err(Failure::Panicked(panic_message(payload.as_ref()))),
-        Err(join) => Err(Failure::Panicked(format!("blocking body was lost: {join}"))),
-    }
+/// Runs `f` with `context` as the current task context on this thread.
+fn with_blocking_context<T>(context: TaskContext, f: impl FnOnce() -> T) -> T {
+    BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = Some(context));
+    let out = f();
+    BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = None);
+    out
 }
 
 /// A task argument: a value, or a ref resolved before the body runs.
@@ -342,6 +327,26 @@ impl<T: Object + Clone> Arg<T> {
         }
     }
 
+    /// The value for one attempt of a sync body. The scheduler launches a
+    /// task only once its arguments are settled, so this never waits.
+    #[doc(hidden)]
+    pub fn resolve_now(&self, store: &ObjectStore) -> Result<T, Failure> {
+        match self {
+            Arg::Value(v) => Ok(v.clone()),
+            Arg::Ref(r) => match store.try_get(r) {
+                Some(Ok(value)) => {
+                    Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| (*shared).clone()))
+                }
+                Some(Err(err)) => Err(Failure::Dependency(r.id(), err)),
+                // Unreachable by the launch rule; a clear error all the same.
+                None => Err(Failure::Dependency(
+                    r.id(),
+                    ObjectError::ProducerDropped(r.id()),
+                )),
+            },
+        }
+    }
+
     /// The value for one attempt (each attempt gets its own).
     #[doc(hidden)]
     pub async fn resolve(&self, store: &ObjectStore) -> Result<T, Failure> {
@@ -355,11 +360,17 @@ impl<T: Object + Clone> Arg<T> {
     }
 }
 
+/// One attempt, ready to run: on the async workers, or on a CPU thread.
+pub(crate) enum Launch {
+    Async(BoxFuture<'static, Attempt>),
+    Blocking(Box<dyn FnOnce() -> Attempt + Send>),
+}
+
 /// A submitted task with its types erased, as the scheduler holds it.
 pub(crate) trait TaskRun: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn needs(&self) -> &Resources;
-    fn attempt(self: Arc<Self>, context: TaskContext) -> BoxFuture<'static, Attempt>;
+    fn attempt(self: Arc<Self>, context: TaskContext) -> Launch;
     /// Whether a failed attempt number `attempt` is retried.
     fn retries(&self, failure: &Failure, attempt: u32) -> bool;
     fn error(&self, id: TaskId, attempts: u32, failure: Failure) -> TaskError;
@@ -367,18 +378,42 @@ pub(crate) trait TaskRun: Send + Sync + 'static {
     fn give_up(&self, err: TaskError);
 }
 
-pub(crate) struct Task<R, F> {
+/// A task's body: async (runs on the workers) or sync (runs on a CPU
+/// thread, where it may block).
+pub(crate) enum Body<A, S> {
+    Async(Arc<A>),
+    Blocking(Arc<S>),
+}
+
+pub(crate) struct Task<R, A, S> {
     pub(crate) name: &'static str,
     pub(crate) options: TaskOptions,
     pub(crate) needs: Resources,
-    pub(crate) body: F,
+    pub(crate) body: Body<A, S>,
     pub(crate) result: Mutex<Option<Completer<R>>>,
 }
 
-impl<R, F> TaskRun for Task<R, F>
+impl<R: Object, A, S> Task<R, A, S> {
+    /// Stores a successful attempt's value.
+    fn store(&self, outcome: Result<R, Failure>) -> Attempt {
+        match outcome {
+            Ok(value) => {
+                let completer = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match completer.map(|c| c.complete(value)) {
+                    Some(Err(err)) => Attempt::Failed(Failure::Store(err)),
+                    _ => Attempt::Done,
+                }
+            }
+            Err(failure) => Attempt::Failed(failure),
+        }
+    }
+}
+
+impl<R, A, S> TaskRun for Task<R, A, S>
 where
     R: Object,
-    F: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
+    A: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
+    S: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
 {
     fn name(&self) -> &'static str {
         self.name
@@ -388,19 +423,30 @@ where
         &self.needs
     }
 
-    fn attempt(self: Arc<Self>, context: TaskContext) -> BoxFuture<'static, Attempt> {
-        Box::pin(async move {
-            match (self.body)(context).await {
-                Ok(value) => {
-                    let completer = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    match completer.map(|c| c.complete(value)) {
-                        Some(Err(err)) => Attempt::Failed(Failure::Store(err)),
-                        _ => Attempt::Done,
-                    }
-                }
-                Err(failure) => Attempt::Failed(failure),
+    fn attempt(self: Arc<Self>, context: TaskContext) -> Launch {
+        match &self.body {
+            Body::Async(body) => {
+                let body = body.clone();
+                Launch::Async(Box::pin(async move {
+                    let outcome = body(context).await;
+                    self.store(outcome)
+                }))
             }
-        })
+            Body::Blocking(body) => {
+                let body = body.clone();
+                Launch::Blocking(Box::new(move || {
+                    let outcome = with_blocking_context(context.clone(), || {
+                        std::panic::catch_unwind(AssertUnwindSafe(|| body(&context)))
+                    });
+                    match outcome {
+                        Ok(outcome) => self.store(outcome),
+                        Err(payload) => {
+                            Attempt::Failed(Failure::Panicked(panic_message(payload.as_ref())))
+                        }
+                    }
+                }))
+            }
+        }
     }
 
     fn retries(&self, failure: &Failure, attempt: u32) -> bool {
