@@ -1,4 +1,4 @@
-//! Troupe quickstart: a runtime, typed actors, a supervised tree and a restart.
+//! Troupe quickstart: tasks, typed actors, objects, a supervised tree and a restart.
 //!
 //! Run it with `cargo run --release --example quickstart`.
 
@@ -7,6 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use troupe::prelude::*;
+
+/// A remote function: `square::remote(&rt, x)` runs it as a task.
+#[troupe::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Remote functions may be async, and may fail.
+#[troupe::remote]
+async fn checked_sqrt(x: u64) -> Result<u64, String> {
+    let root = (x as f64).sqrt() as u64;
+    if root * root == x {
+        Ok(root)
+    } else {
+        Err(format!("{x} is not a perfect square"))
+    }
+}
 
 /// A stateful actor: a plain struct and its methods.
 struct Counter {
@@ -137,7 +154,26 @@ async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // 7. Objects: put moves a value into the node's object store; get shares
+    // 7. Tasks: refs come back at once; refs as arguments chain tasks.
+    let squares: Vec<_> = (1..=5).map(|x| square::remote(rt, x)).collect();
+    let root = checked_sqrt::remote(rt, &squares[3]);
+    let not_square = checked_sqrt::options(TaskOptions::default().max_retries(0)).remote(rt, 17);
+    let values: Vec<u64> = rt
+        .get_many(&squares, None)
+        .await?
+        .iter()
+        .map(|v| **v)
+        .collect();
+    println!(
+        "squares -> {values:?}; sqrt(16) -> {}",
+        rt.get(&root).await?
+    );
+    match rt.get(&not_square).await {
+        Err(err) => println!("sqrt(17) -> {err}"),
+        Ok(v) => println!("sqrt(17) -> unexpectedly {v}"),
+    }
+
+    // 8. Objects: put moves a value into the node's object store; get shares
     //    it (an Arc, no copy); the object is freed with its last ref.
     let observations = rt.put(vec![0.5f32; 1_000_000])?;
     let a = rt.get(&observations).await?;
@@ -156,7 +192,7 @@ async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
         rt.objects().len()
     );
 
-    // 8. Kill for good: later calls fail fast and the name is free again.
+    // 9. Kill for good: later calls fail fast and the name is free again.
     counter.kill(true).await;
     println!("call after kill -> {}", counter.incr(1).await.unwrap_err());
     println!(
