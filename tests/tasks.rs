@@ -235,6 +235,13 @@ async fn a_request_that_can_never_fit_fails_at_once() {
     rt.shutdown().await.unwrap();
 }
 
+/// Sleeps; unlike `occupy`, counts nothing (tests run in parallel).
+#[troupe::remote]
+async fn nap(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 static MAX_RUNNING: AtomicUsize = AtomicUsize::new(0);
 
@@ -346,7 +353,7 @@ async fn a_scheduler_restart_loses_no_task() {
         .await
         .unwrap();
     let mut events = rt.subscribe();
-    let refs: Vec<_> = (0..50).map(|i| occupy::remote(&rt, i % 3)).collect();
+    let refs: Vec<_> = (0..50).map(|i| nap::remote(&rt, i % 3)).collect();
     let system = rt.system_supervisor().unwrap();
     let scheduler = system
         .which_children()
@@ -391,4 +398,49 @@ async fn queued_tasks_fail_cleanly_at_shutdown() {
         task_error(&rt.get(&late).await.unwrap_err()),
         TaskError::ShutDown { .. }
     ));
+}
+
+#[troupe::remote]
+async fn outer_async(depth: u32) -> u32 {
+    if depth == 0 {
+        return 0;
+    }
+    let rt = troupe::task::runtime().expect("a task knows its runtime");
+    let inner = outer_async::remote(&rt, depth - 1);
+    *rt.get(&inner).await.expect("inner task") + 1
+}
+
+#[troupe::remote]
+fn outer_sync(depth: u32) -> u32 {
+    if depth == 0 {
+        return 0;
+    }
+    let rt = troupe::task::runtime().expect("a task knows its runtime");
+    let inner = outer_sync::remote(&rt, depth - 1);
+    *rt.get_blocking(&inner).expect("inner task") + 1
+}
+
+#[tokio::test]
+async fn tasks_waiting_on_tasks_lend_their_cpu_and_never_deadlock() {
+    // One CPU, and every level of the recursion holds a task waiting on the
+    // next: without lending, the second level could never start.
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let r = outer_async::remote(&rt, 10);
+    assert_eq!(*within("nested async tasks", rt.get(&r)).await.unwrap(), 10);
+    let r = outer_sync::remote(&rt, 10);
+    assert_eq!(*within("nested sync tasks", rt.get(&r)).await.unwrap(), 10);
+    // All CPUs are back once everything finished.
+    let free = add::remote(&rt, 1, 1);
+    assert_eq!(
+        *within("a later task runs", rt.get(&free)).await.unwrap(),
+        2
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn outside_a_task_there_is_no_task_runtime() {
+    assert!(troupe::task::runtime().is_none());
 }

@@ -128,7 +128,7 @@ impl Drop for OwnedTokio {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: Config,
     root: SupervisorRef,
     system: Arc<ArcSwapOption<SupervisorRef>>,
@@ -243,7 +243,7 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
     let root = Supervisor::spawn(root_spec).await?;
     let started_in = began.elapsed();
     tracing::info!(runtime = %config.name, ?started_in, "runtime started");
-    Ok(Runtime {
+    let runtime = Runtime {
         inner: Arc::new(Inner {
             config,
             root,
@@ -260,7 +260,12 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
             handle: tokio::runtime::Handle::current(),
             _tokio: tokio,
         }),
-    })
+    };
+    runtime
+        .inner
+        .scheduler
+        .set_runtime(Arc::downgrade(&runtime.inner));
+    Ok(runtime)
 }
 
 /// The unused body type of a sync task (a function type, so it names no
@@ -316,6 +321,19 @@ impl Runtime {
         self.inner.handle.block_on(future)
     }
 
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Inside a task of this runtime that is about to wait: lend its CPUs.
+    fn lend_while_waiting(&self) -> Option<crate::scheduler::Lent> {
+        let context = crate::task::current()?;
+        if context.task_id.node != self.node_id() {
+            return None;
+        }
+        self.inner.scheduler.lend(context.task_id)
+    }
+
     /// This node's id (it prefixes every object id made here).
     pub fn node_id(&self) -> NodeId {
         self.inner.objects.node()
@@ -342,7 +360,14 @@ impl Runtime {
     }
 
     /// Reads an object, shared not copied, waiting while it is pending.
+    ///
+    /// Inside a task, waiting lends the task's CPUs back to the node, so
+    /// tasks can wait on tasks without deadlock.
     pub async fn get<T: Object>(&self, r: &ObjectRef<T>) -> Result<Arc<T>, ObjectError> {
+        if let Some(ready) = self.inner.objects.try_get(r) {
+            return ready;
+        }
+        let _lent = self.lend_while_waiting();
         self.inner.objects.get(r).await
     }
 
@@ -352,6 +377,10 @@ impl Runtime {
         r: &ObjectRef<T>,
         timeout: Duration,
     ) -> Result<Arc<T>, ObjectError> {
+        if let Some(ready) = self.inner.objects.try_get(r) {
+            return ready;
+        }
+        let _lent = self.lend_while_waiting();
         self.inner.objects.get_timeout(r, Some(timeout)).await
     }
 
@@ -361,6 +390,7 @@ impl Runtime {
         refs: &[ObjectRef<T>],
         timeout: Option<Duration>,
     ) -> Result<Vec<Arc<T>>, ObjectError> {
+        let _lent = self.lend_while_waiting();
         self.inner.objects.get_many(refs, timeout).await
     }
 
@@ -372,6 +402,7 @@ impl Runtime {
         num_returns: usize,
         timeout: Option<Duration>,
     ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+        let _lent = self.lend_while_waiting();
         self.inner.objects.wait(refs, num_returns, timeout).await
     }
 
@@ -380,7 +411,10 @@ impl Runtime {
     pub fn get_blocking<T: Object>(&self, r: &ObjectRef<T>) -> Result<Arc<T>, ObjectError> {
         match self.inner.objects.try_get(r) {
             Some(result) => result,
-            None => self.inner.handle.block_on(self.inner.objects.get(r)),
+            None => {
+                let _lent = self.lend_while_waiting();
+                self.inner.handle.block_on(self.inner.objects.get(r))
+            }
         }
     }
 

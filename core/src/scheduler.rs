@@ -25,20 +25,24 @@ use troupe_objects::{ObjectId, ObjectStore};
 
 use crate::cpu_pool::CpuPool;
 use crate::error::panic_message;
-use crate::task::{Attempt, Failure, Launch, TaskContext, TaskError, TaskId, TaskRun, CONTEXT};
+use crate::task::{
+    Attempt, Current, Failure, Launch, TaskContext, TaskError, TaskId, TaskRun, CONTEXT,
+};
 use crate::Resources;
 
 /// Resources in fixed point (thousandths), so that fractions add up exactly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Units {
-    cpus: u64,
-    gpus: u64,
-    memory: u64,
-    custom: BTreeMap<String, u64>,
+    // Signed: a task that takes back the CPU it lent during a nested get
+    // may oversubscribe the node for a moment (as in Ray).
+    cpus: i64,
+    gpus: i64,
+    memory: i64,
+    custom: BTreeMap<String, i64>,
 }
 
-fn milli(x: f64) -> u64 {
-    (x.max(0.0) * 1000.0).round() as u64
+fn milli(x: f64) -> i64 {
+    (x.max(0.0) * 1000.0).round() as i64
 }
 
 impl Units {
@@ -46,7 +50,7 @@ impl Units {
         Units {
             cpus: milli(r.num_cpus),
             gpus: milli(r.num_gpus),
-            memory: r.memory,
+            memory: i64::try_from(r.memory).unwrap_or(i64::MAX),
             custom: r
                 .custom
                 .iter()
@@ -98,14 +102,24 @@ pub(crate) struct Queued {
     pub(crate) attempt: u32,
 }
 
+struct Running {
+    /// How to stop it (async bodies only).
+    abort: Option<AbortHandle>,
+    /// Whose result it owes.
+    run: Arc<dyn TaskRun>,
+    /// CPUs it holds, and how many of its nested gets have lent them back.
+    cpus: i64,
+    lending: u32,
+}
+
 struct State {
     free: Units,
     submitted: VecDeque<Queued>,
     ready: VecDeque<Queued>,
     finished: Vec<(Queued, Attempt)>,
-    /// Running attempts: how to stop them (async ones) and whose result
-    /// they owe. A sync body cannot be interrupted; its result is dropped.
-    running: HashMap<TaskId, (Option<AbortHandle>, Arc<dyn TaskRun>)>,
+    /// Running attempts. A sync body cannot be interrupted; its result is
+    /// dropped.
+    running: HashMap<TaskId, Running>,
     waiting_on_deps: usize,
     shut_down: bool,
 }
@@ -124,6 +138,8 @@ pub(crate) struct SchedulerCore {
     /// thread, CPU threads included).
     tokio: tokio::runtime::Handle,
     cpus: Arc<CpuPool>,
+    /// The runtime, for task bodies (`task::runtime()`); weak: it owns us.
+    runtime: std::sync::OnceLock<std::sync::Weak<crate::runtime::Inner>>,
 }
 
 impl SchedulerCore {
@@ -152,7 +168,37 @@ impl SchedulerCore {
             store,
             tokio,
             cpus,
+            runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    pub(crate) fn set_runtime(&self, runtime: std::sync::Weak<crate::runtime::Inner>) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// A running task is about to wait in `get`: give its CPUs back to the
+    /// node until the returned guard drops (no deadlock when tasks wait on
+    /// tasks, and no thread explosion: the CPU limit still holds).
+    pub(crate) fn lend(self: &Arc<Self>, id: TaskId) -> Option<Lent> {
+        {
+            let mut state = self.lock();
+            let running = state.running.get_mut(&id)?;
+            running.lending += 1;
+            if running.lending > 1 || running.cpus == 0 {
+                return Some(Lent {
+                    core: self.clone(),
+                    id,
+                });
+            }
+            let cpus = running.cpus;
+            state.free.cpus += cpus;
+        }
+        metrics::counter!("troupe_task_cpu_lends_total").increment(1);
+        self.pump();
+        Some(Lent {
+            core: self.clone(),
+            id,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -207,7 +253,12 @@ impl SchedulerCore {
     fn finished(self: &Arc<Self>, task: Queued, attempt: Attempt) {
         {
             let mut state = self.lock();
-            state.running.remove(&task.id);
+            if let Some(running) = state.running.remove(&task.id) {
+                // Ended while lending its CPUs: they are already back.
+                if running.lending > 0 {
+                    state.free.cpus -= running.cpus;
+                }
+            }
             state.finished.push((task, attempt));
         }
         self.pump();
@@ -300,20 +351,24 @@ impl SchedulerCore {
         let core = self.clone();
         let id = task.id;
         let run = task.run.clone();
-        let context = TaskContext {
-            task_id: id,
-            attempt: task.attempt,
-            node: self.node,
-            resources: task.run.needs().clone(),
+        let current = Current {
+            context: TaskContext {
+                task_id: id,
+                attempt: task.attempt,
+                node: self.node,
+                resources: task.run.needs().clone(),
+            },
+            runtime: self.runtime.get().cloned().unwrap_or_default(),
         };
+        let cpus = task.needs.cpus;
         // Started under the lock: its exit (which takes the lock) cannot be
         // recorded before it is.
         let mut state = self.lock();
-        match task.run.clone().attempt(context.clone()) {
+        match task.run.clone().attempt(current.clone()) {
             Launch::Async(body) => {
                 let handle = self.tokio.spawn(async move {
                     let attempt = match CONTEXT
-                        .scope(context, AssertUnwindSafe(body).catch_unwind())
+                        .scope(current, AssertUnwindSafe(body).catch_unwind())
                         .await
                     {
                         Ok(attempt) => attempt,
@@ -323,10 +378,26 @@ impl SchedulerCore {
                     };
                     core.finished(task, attempt);
                 });
-                state.running.insert(id, (Some(handle.abort_handle()), run));
+                state.running.insert(
+                    id,
+                    Running {
+                        abort: Some(handle.abort_handle()),
+                        run,
+                        cpus,
+                        lending: 0,
+                    },
+                );
             }
             Launch::Blocking(body) => {
-                state.running.insert(id, (None, run));
+                state.running.insert(
+                    id,
+                    Running {
+                        abort: None,
+                        run,
+                        cpus,
+                        lending: 0,
+                    },
+                );
                 // The job catches the body's panics itself.
                 self.cpus.execute(Box::new(move || {
                     let attempt = body();
@@ -345,7 +416,7 @@ impl SchedulerCore {
             queued.extend(state.ready.drain(..));
             (queued, std::mem::take(&mut state.running))
         };
-        for (id, (abort, run)) in running {
+        for (id, Running { abort, run, .. }) in running {
             // Fail the result first: an aborted attempt would only drop it.
             run.give_up(TaskError::ShutDown {
                 task: run.name(),
@@ -372,6 +443,25 @@ impl SchedulerCore {
             state.waiting_on_deps,
             state.running.len(),
         )
+    }
+}
+
+/// CPUs lent back by a task waiting in `get`; dropping it takes them back.
+pub(crate) struct Lent {
+    core: Arc<SchedulerCore>,
+    id: TaskId,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut state = self.core.lock();
+        let State { running, free, .. } = &mut *state;
+        if let Some(running) = running.get_mut(&self.id) {
+            running.lending -= 1;
+            if running.lending == 0 {
+                free.cpus -= running.cpus;
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -249,26 +249,46 @@ pub struct TaskContext {
     pub resources: Resources,
 }
 
+/// What a running attempt knows about itself: its context, and (weakly,
+/// to avoid a cycle) the runtime that runs it.
+#[derive(Clone)]
+pub(crate) struct Current {
+    pub(crate) context: TaskContext,
+    pub(crate) runtime: Weak<crate::runtime::Inner>,
+}
+
 tokio::task_local! {
-    pub(crate) static CONTEXT: TaskContext;
+    pub(crate) static CONTEXT: Current;
 }
 
 thread_local! {
-    static BLOCKING_CONTEXT: std::cell::RefCell<Option<TaskContext>> = const { std::cell::RefCell::new(None) };
+    static BLOCKING_CONTEXT: std::cell::RefCell<Option<Current>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_current<T>(f: impl Fn(&Current) -> T) -> Option<T> {
+    CONTEXT
+        .try_with(&f)
+        .ok()
+        .or_else(|| BLOCKING_CONTEXT.with(|c| c.borrow().as_ref().map(&f)))
 }
 
 /// The context of the task running this code, if any (async and sync
 /// bodies alike).
 pub fn current() -> Option<TaskContext> {
-    CONTEXT
-        .try_with(Clone::clone)
-        .ok()
-        .or_else(|| BLOCKING_CONTEXT.with(|c| c.borrow().clone()))
+    with_current(|c| c.context.clone())
 }
 
-/// Runs `f` with `context` as the current task context on this thread.
-fn with_blocking_context<T>(context: TaskContext, f: impl FnOnce() -> T) -> T {
-    BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = Some(context));
+/// The runtime running this task, if this code runs in one: how a task
+/// body submits further tasks and reads objects (Ray's implicit context).
+pub fn runtime() -> Option<crate::Runtime> {
+    with_current(|c| c.runtime.upgrade())
+        .flatten()
+        .map(crate::Runtime::from_inner)
+}
+
+/// Runs `f` with `current` as this thread's task.
+fn with_blocking_context<T>(current: Current, f: impl FnOnce() -> T) -> T {
+    BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = Some(current));
     let out = f();
     BLOCKING_CONTEXT.with(|c| *c.borrow_mut() = None);
     out
@@ -370,7 +390,7 @@ pub(crate) enum Launch {
 pub(crate) trait TaskRun: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn needs(&self) -> &Resources;
-    fn attempt(self: Arc<Self>, context: TaskContext) -> Launch;
+    fn attempt(self: Arc<Self>, current: Current) -> Launch;
     /// Whether a failed attempt number `attempt` is retried.
     fn retries(&self, failure: &Failure, attempt: u32) -> bool;
     fn error(&self, id: TaskId, attempts: u32, failure: Failure) -> TaskError;
@@ -423,10 +443,11 @@ where
         &self.needs
     }
 
-    fn attempt(self: Arc<Self>, context: TaskContext) -> Launch {
+    fn attempt(self: Arc<Self>, current: Current) -> Launch {
         match &self.body {
             Body::Async(body) => {
                 let body = body.clone();
+                let context = current.context;
                 Launch::Async(Box::pin(async move {
                     let outcome = body(context).await;
                     self.store(outcome)
@@ -435,7 +456,8 @@ where
             Body::Blocking(body) => {
                 let body = body.clone();
                 Launch::Blocking(Box::new(move || {
-                    let outcome = with_blocking_context(context.clone(), || {
+                    let context = current.context.clone();
+                    let outcome = with_blocking_context(current, || {
                         std::panic::catch_unwind(AssertUnwindSafe(|| body(&context)))
                     });
                     match outcome {
