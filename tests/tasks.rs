@@ -444,3 +444,107 @@ async fn tasks_waiting_on_tasks_lend_their_cpu_and_never_deadlock() {
 async fn outside_a_task_there_is_no_task_runtime() {
     assert!(troupe::task::runtime().is_none());
 }
+
+static CANCEL_SYNC_RAN: AtomicU32 = AtomicU32::new(0);
+
+#[troupe::remote]
+fn slow_sync(ms: u64) -> u64 {
+    CANCEL_SYNC_RAN.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn is_cancelled(err: &ObjectError) -> bool {
+    matches!(
+        err.failure::<TaskError>(),
+        Some(TaskError::Cancelled { .. })
+    )
+}
+
+#[tokio::test]
+async fn cancel_before_execution_drops_the_task() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let busy = forever::remote(&rt);
+    let queued = add::remote(&rt, 1, 2);
+    assert!(rt.cancel(&queued, false));
+    let err = within("cancelled ref answers", rt.get(&queued))
+        .await
+        .unwrap_err();
+    assert!(is_cancelled(&err), "{err}");
+    assert!(!rt.cancel(&queued, false), "nothing left to cancel");
+    // Cancelling the running one frees the CPU for what comes next.
+    assert!(rt.cancel(&busy, true));
+    assert!(is_cancelled(&rt.get(&busy).await.unwrap_err()));
+    assert_eq!(
+        *within("next task runs", rt.get(&add::remote(&rt, 2, 2)))
+            .await
+            .unwrap(),
+        4
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_during_execution_stops_an_async_body_and_never_retries() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let running = forever::options(TaskOptions::default().max_retries(5)).remote(&rt);
+    eventually("it runs", || rt.task_counts().2 == 1).await;
+    assert!(rt.cancel(&running, false));
+    assert!(is_cancelled(
+        &within("answers", rt.get(&running)).await.unwrap_err()
+    ));
+    eventually("nothing runs or waits", || rt.task_counts() == (0, 0, 0)).await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_sync_body_finishes_but_its_result_is_dropped() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let before = CANCEL_SYNC_RAN.load(Ordering::SeqCst);
+    let r = slow_sync::remote(&rt, 100);
+    eventually("it runs", || {
+        CANCEL_SYNC_RAN.load(Ordering::SeqCst) > before
+    })
+    .await;
+    assert!(rt.cancel(&r, true));
+    assert!(is_cancelled(
+        &within("answers at once", rt.get(&r)).await.unwrap_err()
+    ));
+    // Its CPU comes back when the body ends.
+    assert_eq!(
+        *within("next task runs", rt.get(&add::remote(&rt, 1, 1)))
+            .await
+            .unwrap(),
+        2
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_while_waiting_for_arguments() {
+    let rt = runtime().await;
+    let (input, complete_input) = rt.objects().pending::<u64>();
+    let waiting = add::remote(&rt, &input, 1);
+    eventually("it waits", || rt.task_counts().1 == 1).await;
+    assert!(rt.cancel(&waiting, false));
+    assert!(is_cancelled(&rt.get(&waiting).await.unwrap_err()));
+    complete_input.complete(1).unwrap();
+    eventually("the waiter is gone", || rt.task_counts() == (0, 0, 0)).await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_task_changes_nothing() {
+    let rt = runtime().await;
+    let r = add::remote(&rt, 1, 1);
+    assert_eq!(*rt.get(&r).await.unwrap(), 2);
+    assert!(!rt.cancel(&r, false));
+    assert_eq!(*rt.get(&r).await.unwrap(), 2);
+    rt.shutdown().await.unwrap();
+}

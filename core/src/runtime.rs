@@ -488,12 +488,27 @@ impl Runtime {
         });
         self.inner.scheduler.submit(Queued {
             id,
+            result: result.id(),
             needs: units,
             deps,
             run,
             attempt: 1,
         });
         result
+    }
+
+    /// Cancels the task that produces `result` (Ray's `ray.cancel`). A
+    /// queued task, or one waiting for its arguments, is dropped; a running
+    /// async body is stopped at its next await; a running sync body cannot
+    /// be interrupted in-process, so it runs to its end and its result is
+    /// dropped. `get` on the ref then fails with `TaskError::Cancelled`,
+    /// and the task is not retried. `force` is accepted for Ray's API: in
+    /// one process there is nothing stronger than stopping at the next
+    /// await, so both values behave the same. Returns whether an unfinished
+    /// task produced `result`.
+    pub fn cancel<T>(&self, result: &ObjectRef<T>, force: bool) -> bool {
+        let _ = force;
+        self.inner.scheduler.cancel(result.id())
     }
 
     /// Tasks queued (arguments ready), waiting for arguments, and running.

@@ -96,6 +96,8 @@ const SKIP_LIMIT: usize = 64;
 /// A submitted task as the scheduler sees it.
 pub(crate) struct Queued {
     pub(crate) id: TaskId,
+    /// The object its result goes to (what `cancel` is given).
+    pub(crate) result: ObjectId,
     pub(crate) needs: Units,
     pub(crate) deps: Vec<ObjectId>,
     pub(crate) run: Arc<dyn TaskRun>,
@@ -107,9 +109,22 @@ struct Running {
     abort: Option<AbortHandle>,
     /// Whose result it owes.
     run: Arc<dyn TaskRun>,
-    /// CPUs it holds, and how many of its nested gets have lent them back.
-    cpus: i64,
+    /// What it holds, and how many of its nested gets lend the CPUs back.
+    needs: Units,
     lending: u32,
+    /// Cancelled while running a sync body: it runs to its end, and what
+    /// it returns is dropped.
+    cancelled: bool,
+}
+
+impl Running {
+    /// Gives back what it holds (its CPUs are back already while lent).
+    fn release(&self, free: &mut Units) {
+        self.needs.give_back(free);
+        if self.lending > 0 {
+            free.cpus -= self.needs.cpus;
+        }
+    }
 }
 
 struct State {
@@ -120,6 +135,8 @@ struct State {
     /// Running attempts. A sync body cannot be interrupted; its result is
     /// dropped.
     running: HashMap<TaskId, Running>,
+    /// Every task not finished yet, by result object: what `cancel` finds.
+    live: HashMap<ObjectId, (TaskId, Arc<dyn TaskRun>)>,
     waiting_on_deps: usize,
     shut_down: bool,
 }
@@ -159,6 +176,7 @@ impl SchedulerCore {
                 ready: VecDeque::new(),
                 finished: Vec::new(),
                 running: HashMap::new(),
+                live: HashMap::new(),
                 waiting_on_deps: 0,
                 shut_down: false,
             }),
@@ -184,13 +202,13 @@ impl SchedulerCore {
             let mut state = self.lock();
             let running = state.running.get_mut(&id)?;
             running.lending += 1;
-            if running.lending > 1 || running.cpus == 0 {
+            if running.lending > 1 || running.needs.cpus == 0 {
                 return Some(Lent {
                     core: self.clone(),
                     id,
                 });
             }
-            let cpus = running.cpus;
+            let cpus = running.needs.cpus;
             state.free.cpus += cpus;
         }
         metrics::counter!("troupe_task_cpu_lends_total").increment(1);
@@ -229,6 +247,7 @@ impl SchedulerCore {
                 });
                 return;
             }
+            state.live.insert(task.result, (task.id, task.run.clone()));
             state.submitted.push_back(task);
         }
         metrics::counter!("troupe_tasks_submitted_total").increment(1);
@@ -253,13 +272,26 @@ impl SchedulerCore {
     fn finished(self: &Arc<Self>, task: Queued, attempt: Attempt) {
         {
             let mut state = self.lock();
-            if let Some(running) = state.running.remove(&task.id) {
-                // Ended while lending its CPUs: they are already back.
-                if running.lending > 0 {
-                    state.free.cpus -= running.cpus;
+            let State {
+                running,
+                free,
+                live,
+                finished,
+                ..
+            } = &mut *state;
+            match running.remove(&task.id) {
+                // Cancelled (async, aborted) or abandoned at shutdown: its
+                // resources are back and its result has failed already.
+                None => return,
+                Some(was) => {
+                    was.release(free);
+                    if was.cancelled {
+                        live.remove(&task.result);
+                    } else {
+                        finished.push((task, attempt));
+                    }
                 }
             }
-            state.finished.push((task, attempt));
         }
         self.pump();
     }
@@ -268,7 +300,10 @@ impl SchedulerCore {
         {
             let mut state = self.lock();
             state.waiting_on_deps -= 1;
-            state.ready.push_back(task);
+            // Not live any more: cancelled while it waited.
+            if state.live.contains_key(&task.result) {
+                state.ready.push_back(task);
+            }
         }
         self.pump();
     }
@@ -284,9 +319,10 @@ impl SchedulerCore {
         {
             let mut state = self.lock();
             for (mut task, attempt) in std::mem::take(&mut state.finished) {
-                task.needs.give_back(&mut state.free);
                 match attempt {
-                    Attempt::Done => {}
+                    Attempt::Done => {
+                        state.live.remove(&task.result);
+                    }
                     Attempt::Failed(failure) => {
                         if task.run.retries(&failure, task.attempt) && !state.shut_down {
                             tracing::warn!(task = %task.id, attempt = task.attempt, %failure, "task failed; retrying");
@@ -294,6 +330,7 @@ impl SchedulerCore {
                             task.attempt += 1;
                             state.ready.push_front(task);
                         } else {
+                            state.live.remove(&task.result);
                             give_ups.push((task, failure));
                         }
                     }
@@ -360,7 +397,7 @@ impl SchedulerCore {
             },
             runtime: self.runtime.get().cloned().unwrap_or_default(),
         };
-        let cpus = task.needs.cpus;
+        let needs = task.needs.clone();
         // Started under the lock: its exit (which takes the lock) cannot be
         // recorded before it is.
         let mut state = self.lock();
@@ -383,8 +420,9 @@ impl SchedulerCore {
                     Running {
                         abort: Some(handle.abort_handle()),
                         run,
-                        cpus,
+                        needs,
                         lending: 0,
+                        cancelled: false,
                     },
                 );
             }
@@ -394,8 +432,9 @@ impl SchedulerCore {
                     Running {
                         abort: None,
                         run,
-                        cpus,
+                        needs,
                         lending: 0,
+                        cancelled: false,
                     },
                 );
                 // The job catches the body's panics itself.
@@ -407,11 +446,59 @@ impl SchedulerCore {
         }
     }
 
+    /// Cancels the task whose result is `result` (Ray's `cancel`): queued
+    /// or waiting, it is dropped; running an async body, it is aborted at
+    /// its next await; running a sync body, it cannot be interrupted, so it
+    /// runs to its end and its result is dropped. Either way its ref fails
+    /// at once with `TaskError::Cancelled`, and it is never retried.
+    /// Returns false when no unfinished task has that result.
+    pub(crate) fn cancel(self: &Arc<Self>, result: ObjectId) -> bool {
+        let (id, run) = {
+            let mut state = self.lock();
+            let Some((id, run)) = state.live.remove(&result) else {
+                return false;
+            };
+            let State {
+                submitted,
+                ready,
+                running,
+                free,
+                ..
+            } = &mut *state;
+            if let Some(at) = submitted.iter().position(|t| t.id == id) {
+                submitted.remove(at);
+            } else if let Some(at) = ready.iter().position(|t| t.id == id) {
+                ready.remove(at);
+            } else if let Some(attempt) = running.get_mut(&id) {
+                match attempt.abort.take() {
+                    Some(abort) => {
+                        abort.abort();
+                        if let Some(was) = running.remove(&id) {
+                            was.release(free);
+                        }
+                    }
+                    None => attempt.cancelled = true,
+                }
+            }
+            // Otherwise it waits for its arguments; deps_ready drops it.
+            (id, run)
+        };
+        tracing::debug!(task = %id, "task cancelled");
+        metrics::counter!("troupe_tasks_cancelled_total").increment(1);
+        run.give_up(TaskError::Cancelled {
+            task: run.name(),
+            id,
+        });
+        self.pump();
+        true
+    }
+
     /// At runtime shutdown: abort running attempts, fail queued tasks.
     pub(crate) fn shut_down(&self) {
         let (queued, running) = {
             let mut state = self.lock();
             state.shut_down = true;
+            state.live.clear();
             let mut queued: Vec<Queued> = state.submitted.drain(..).collect();
             queued.extend(state.ready.drain(..));
             (queued, std::mem::take(&mut state.running))
@@ -459,7 +546,7 @@ impl Drop for Lent {
         if let Some(running) = running.get_mut(&self.id) {
             running.lending -= 1;
             if running.lending == 0 {
-                free.cpus -= running.cpus;
+                free.cpus -= running.needs.cpus;
             }
         }
     }

@@ -174,6 +174,14 @@ pub enum TaskError {
         /// What the node has in all.
         node: Resources,
     },
+    /// The task was cancelled (`Runtime::cancel`); it is never retried.
+    #[error("task {task} ({id}) was cancelled")]
+    Cancelled {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+    },
     /// The runtime shut down before the task finished.
     #[error("task {task} ({id}) was abandoned: the runtime shut down")]
     ShutDown {
