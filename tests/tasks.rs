@@ -548,3 +548,31 @@ async fn cancelling_a_finished_task_changes_nothing() {
     assert_eq!(*rt.get(&r).await.unwrap(), 2);
     rt.shutdown().await.unwrap();
 }
+
+static AFTER_CANCEL_RAN: AtomicU32 = AtomicU32::new(0);
+
+#[troupe::remote]
+fn count_runs(x: u64) -> u64 {
+    AFTER_CANCEL_RAN.fetch_add(1, Ordering::SeqCst);
+    x
+}
+
+#[tokio::test]
+async fn a_task_cancelled_while_its_argument_task_runs_never_runs() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let first = slow_sync::remote(&rt, 50);
+    let second = count_runs::remote(&rt, &first);
+    assert!(rt.cancel(&second, false));
+    assert_eq!(*within("first finishes", rt.get(&first)).await.unwrap(), 50);
+    let after = add::remote(&rt, 1, 1);
+    assert_eq!(*rt.get(&after).await.unwrap(), 2);
+    assert_eq!(
+        AFTER_CANCEL_RAN.load(Ordering::SeqCst),
+        0,
+        "the cancelled task never ran"
+    );
+    assert!(is_cancelled(&rt.get(&second).await.unwrap_err()));
+    rt.shutdown().await.unwrap();
+}

@@ -137,6 +137,10 @@ struct State {
     running: HashMap<TaskId, Running>,
     /// Every task not finished yet, by result object: what `cancel` finds.
     live: HashMap<ObjectId, (TaskId, Arc<dyn TaskRun>)>,
+    /// Tasks waiting for an argument that a task of ours produces, by that
+    /// argument: the thread that settles it moves them on, with no wake-up
+    /// of another thread (what makes chains fast).
+    dependents: HashMap<ObjectId, Vec<Queued>>,
     waiting_on_deps: usize,
     shut_down: bool,
 }
@@ -177,6 +181,7 @@ impl SchedulerCore {
                 finished: Vec::new(),
                 running: HashMap::new(),
                 live: HashMap::new(),
+                dependents: HashMap::new(),
                 waiting_on_deps: 0,
                 shut_down: false,
             }),
@@ -313,6 +318,25 @@ impl SchedulerCore {
     /// arguments, and launches ready tasks while resources last. Runs on
     /// the actor for submissions, inline where attempts finish.
     pub(crate) fn pump(self: &Arc<Self>) {
+        let mut settled = Vec::new();
+        loop {
+            self.pump_once(&mut settled);
+            if settled.is_empty() {
+                return;
+            }
+            // Results settled this round: their dependents go back to be
+            // sorted (and, if ready, launched) by the next round.
+            let mut state = self.lock();
+            for result in settled.drain(..) {
+                if let Some(waiting) = state.dependents.remove(&result) {
+                    state.waiting_on_deps -= waiting.len();
+                    state.submitted.extend(waiting);
+                }
+            }
+        }
+    }
+
+    fn pump_once(self: &Arc<Self>, settled: &mut Vec<ObjectId>) {
         let mut give_ups = Vec::new();
         let mut launches = Vec::new();
         let mut waits = Vec::new();
@@ -322,6 +346,7 @@ impl SchedulerCore {
                 match attempt {
                     Attempt::Done => {
                         state.live.remove(&task.result);
+                        settled.push(task.result);
                     }
                     Attempt::Failed(failure) => {
                         if task.run.retries(&failure, task.attempt) && !state.shut_down {
@@ -337,11 +362,21 @@ impl SchedulerCore {
                 }
             }
             while let Some(task) = state.submitted.pop_front() {
-                if task.deps.iter().all(|d| self.store.is_settled(*d)) {
-                    state.ready.push_back(task);
-                } else {
-                    state.waiting_on_deps += 1;
-                    waits.push(task);
+                if !state.live.contains_key(&task.result) {
+                    continue; // cancelled while it waited
+                }
+                match task.deps.iter().find(|d| !self.store.is_settled(**d)) {
+                    None => state.ready.push_back(task),
+                    Some(dep) => {
+                        state.waiting_on_deps += 1;
+                        if state.live.contains_key(dep) {
+                            state.dependents.entry(*dep).or_default().push(task);
+                        } else {
+                            // Produced elsewhere (a Completer, another
+                            // runtime): wait for it on the object itself.
+                            waits.push(task);
+                        }
+                    }
                 }
             }
             // Launch what fits, in order. A task that does not fit now lets
@@ -367,6 +402,7 @@ impl SchedulerCore {
             tracing::warn!(task = %task.id, error = %err, "task failed for good");
             metrics::counter!("troupe_tasks_failed_total").increment(1);
             task.run.give_up(err);
+            settled.push(task.result);
         }
         for task in waits {
             let core = self.clone();
@@ -489,6 +525,14 @@ impl SchedulerCore {
             task: run.name(),
             id,
         });
+        {
+            // Its dependents now see a failed argument.
+            let mut state = self.lock();
+            if let Some(waiting) = state.dependents.remove(&result) {
+                state.waiting_on_deps -= waiting.len();
+                state.submitted.extend(waiting);
+            }
+        }
         self.pump();
         true
     }
@@ -501,6 +545,9 @@ impl SchedulerCore {
             state.live.clear();
             let mut queued: Vec<Queued> = state.submitted.drain(..).collect();
             queued.extend(state.ready.drain(..));
+            let dependents: Vec<Queued> = state.dependents.drain().flat_map(|(_, w)| w).collect();
+            state.waiting_on_deps -= dependents.len();
+            queued.extend(dependents);
             (queued, std::mem::take(&mut state.running))
         };
         for (id, Running { abort, run, .. }) in running {
