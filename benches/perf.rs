@@ -7,7 +7,9 @@
 //!
 //! Rates use the method of Ray's `ray_perf.py` `timeit`: warm up for 1 s,
 //! then 4 runs of 2 s each; the mean is printed, the standard deviation goes
-//! to stderr. `TROUPE_PERF_QUICK=1` shortens the runs (for smoke tests).
+//! to stderr. `TROUPE_PERF_QUICK=1` shortens the runs (for smoke tests);
+//! `TROUPE_SOAK_TASKS=N` changes the soak's task count (growth that does not
+//! scale with N is the allocator keeping pages, not a leak).
 //! The loops run in a tokio task on the runtime, as a service's code would.
 
 use std::future::Future;
@@ -227,6 +229,7 @@ fn main() {
     }
 
     tasks(&rt, &wanted);
+    soak(&rt, &wanted);
     objects(&rt, &wanted);
 
     let _ = rt.block_on(rt.shutdown());
@@ -285,6 +288,44 @@ fn tasks(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         }));
         report("task_chain_per_s", mean, "tasks/s", Some(std));
     }
+}
+
+/// A long-running service: 1,000,000 tasks in waves of 10,000, each wave
+/// awaited and dropped; how much the process grew (RSS after minus before).
+fn soak(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+    if !wanted("soak_1m_tasks_rss_growth_mib") {
+        return;
+    }
+    let total: u64 = if let Some(n) = std::env::var("TROUPE_SOAK_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        n
+    } else if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+        50_000
+    } else {
+        1_000_000
+    };
+    let rt = rt.clone();
+    let growth = rt.clone().block_on(async move {
+        tokio::spawn(async move {
+            let wave = |rt: Runtime| async move {
+                let refs: Vec<_> = (0..10_000u64).map(|i| link::remote(&rt, i)).collect();
+                rt.get_many(&refs, None).await.expect("wave");
+            };
+            // One wave first, so that pools and maps reach their working size.
+            wave(rt.clone()).await;
+            let before = rss_mib().unwrap_or(0.0);
+            for _ in 1..total / 10_000 {
+                wave(rt.clone()).await;
+            }
+            assert_eq!(rt.objects().len(), 0, "objects left after the soak");
+            rss_mib().unwrap_or(0.0) - before
+        })
+        .await
+        .expect("soak")
+    });
+    report("soak_1m_tasks_rss_growth_mib", growth, "MiB", None);
 }
 
 const LARGE: usize = 100 * 1000 * 1000; // 100 MB, as Ray's put benchmark
