@@ -409,6 +409,29 @@ fn objects(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         report("get_gigabytes_per_s", gbps(mean), "GB/s", Some(gbps(std)));
     }
 
+    if wanted("get_object_containing_10k_refs_per_s") {
+        let rt = rt.clone();
+        let timing = Timing::from_env();
+        let (mean, std) = on_runtime(Box::pin(async move {
+            let refs: Vec<_> = (0..10_000u64).map(|i| rt.put(i).expect("put")).collect();
+            let holder = rt.put(refs).expect("put");
+            timeit(&timing, 1, || {
+                let (rt, holder) = (rt.clone(), holder.clone());
+                async move {
+                    let refs = rt.get(&holder).await.expect("get");
+                    assert_eq!(refs.len(), 10_000);
+                }
+            })
+            .await
+        }));
+        report(
+            "get_object_containing_10k_refs_per_s",
+            mean,
+            "gets/s",
+            Some(std),
+        );
+    }
+
     if wanted("wait_1k_refs_ms") {
         let rt = rt.clone();
         let timing = Timing::from_env();

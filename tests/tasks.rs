@@ -576,3 +576,32 @@ async fn a_task_cancelled_while_its_argument_task_runs_never_runs() {
     assert!(is_cancelled(&rt.get(&second).await.unwrap_err()));
     rt.shutdown().await.unwrap();
 }
+
+#[troupe::remote]
+async fn sum_nested(refs: Vec<ObjectRef<u64>>) -> u64 {
+    // Refs nested inside an argument stay refs: the body reads them itself.
+    let rt = troupe::task::runtime().expect("task runtime");
+    let values = rt.get_many(&refs, None).await.expect("nested refs");
+    values.iter().map(|v| **v).sum()
+}
+
+#[troupe::remote]
+fn count_values(values: Vec<u64>) -> usize {
+    values.len()
+}
+
+#[tokio::test]
+async fn ten_thousand_arguments_to_one_task() {
+    let rt = runtime().await;
+    let refs: Vec<_> = (0..10_000u64).map(|i| rt.put(i).unwrap()).collect();
+    let total = sum_nested::remote(&rt, refs);
+    assert_eq!(
+        *within("10k refs in one argument", rt.get(&total))
+            .await
+            .unwrap(),
+        49_995_000
+    );
+    let counted = count_values::remote(&rt, (0..10_000u64).collect::<Vec<_>>());
+    assert_eq!(*rt.get(&counted).await.unwrap(), 10_000);
+    rt.shutdown().await.unwrap();
+}

@@ -69,7 +69,46 @@ struct Entry {
     codec: Codec,
     /// Store clock at the last read, for least-recently-used spilling.
     last_used: AtomicU64,
+    /// The handle every ref to this object shares; a ref decoded from bytes
+    /// attaches to it, so the object still dies with its last ref.
+    handle: Weak<RefHandle>,
+    /// Its value holds refs: never spilled (dropping the value from memory
+    /// would drop those refs and free what they point to).
+    pinned: bool,
 }
+
+thread_local! {
+    /// Set when an `ObjectRef` is encoded: the value being spilled holds refs.
+    static ENCODED_A_REF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The store that refs decoded on this thread attach to.
+    static DECODING_FOR: std::cell::RefCell<Weak<Inner>> = const { std::cell::RefCell::new(Weak::new()) };
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    /// A ref encodes as its id. Values that hold refs are kept in memory,
+    /// never spilled; the wire (cluster) will carry ids this way.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ENCODED_A_REF.with(|f| f.set(true));
+        self.handle.id.serialize(serializer)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for ObjectRef<T> {
+    /// Decodes an id into a ref of the store that is decoding (refs cannot
+    /// be decoded elsewhere). A ref to an object that is gone reads as
+    /// [`ObjectError::Freed`].
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = ObjectId::deserialize(deserializer)?;
+        let store = DECODING_FOR.with(|s| s.borrow().upgrade()).ok_or_else(|| {
+            <D::Error as serde::de::Error>::custom(
+                "an ObjectRef can only be decoded by a Troupe object store",
+            )
+        })?;
+        Ok(store.attach(id))
+    }
+}
+
+impl<T> GetSize for ObjectRef<T> {}
 
 /// Object store settings.
 #[derive(Clone, Debug)]
@@ -256,6 +295,24 @@ pub struct SpillReport {
     pub bytes: u64,
 }
 
+impl Inner {
+    /// A ref to `id` sharing the live handle, or a detached one (reading
+    /// `Freed`) if the object is gone.
+    fn attach<T>(self: &Arc<Self>, id: ObjectId) -> ObjectRef<T> {
+        let live = self.objects.get(&id).and_then(|e| e.handle.upgrade());
+        let handle = live.unwrap_or_else(|| {
+            Arc::new(RefHandle {
+                id,
+                store: Weak::new(),
+            })
+        });
+        ObjectRef {
+            handle,
+            _type: PhantomData,
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Spilled files die with their store.
@@ -373,17 +430,19 @@ impl ObjectStore {
         self.inner.in_memory.load(Ordering::Acquire)
     }
 
-    fn new_ref<T>(&self, entry: Entry) -> ObjectRef<T> {
+    fn new_ref<T>(&self, mut entry: Entry) -> ObjectRef<T> {
         let id = ObjectId {
             node: self.inner.node,
             seq: self.inner.next.fetch_add(1, Ordering::Relaxed),
         };
+        let handle = Arc::new(RefHandle {
+            id,
+            store: Arc::downgrade(&self.inner),
+        });
+        entry.handle = Arc::downgrade(&handle);
         self.inner.objects.insert(id, entry);
         ObjectRef {
-            handle: Arc::new(RefHandle {
-                id,
-                store: Arc::downgrade(&self.inner),
-            }),
+            handle,
             _type: PhantomData,
         }
     }
@@ -405,6 +464,8 @@ impl ObjectStore {
             type_name: std::any::type_name::<T>(),
             codec: Codec::of::<T>(),
             last_used: AtomicU64::new(self.inner.tick()),
+            handle: Weak::new(),
+            pinned: false,
         });
         self.inner.account(size);
         metrics::counter!("troupe_object_store_put_bytes_total").increment(size);
@@ -421,6 +482,8 @@ impl ObjectStore {
             type_name: std::any::type_name::<T>(),
             codec: Codec::of::<T>(),
             last_used: AtomicU64::new(0),
+            handle: Weak::new(),
+            pinned: false,
         });
         let completer = Completer {
             id: r.id(),
@@ -480,7 +543,10 @@ impl ObjectStore {
             cause,
         };
         let bytes = std::fs::read(&path).map_err(|e| failed(e.to_string()))?;
-        let value = (codec.decode)(&bytes).map_err(failed)?;
+        DECODING_FOR.with(|s| *s.borrow_mut() = Arc::downgrade(&self.inner));
+        let decoded = (codec.decode)(&bytes);
+        DECODING_FOR.with(|s| *s.borrow_mut() = Weak::new());
+        let value = decoded.map_err(failed)?;
         let mut restored = false;
         let value = match self.inner.objects.get_mut(&id) {
             Some(mut entry) => match &entry.state {
@@ -657,7 +723,7 @@ impl ObjectStore {
             .inner
             .objects
             .iter()
-            .filter(|e| matches!(e.state, State::Ready(_)) && e.size > 0)
+            .filter(|e| matches!(e.state, State::Ready(_)) && e.size > 0 && !e.pinned)
             .map(|e| (e.last_used.load(Ordering::Relaxed), *e.key()))
             .collect();
         victims.sort_unstable();
@@ -681,7 +747,15 @@ impl ObjectStore {
                 },
                 None => continue,
             };
+            ENCODED_A_REF.with(|f| f.set(false));
             let bytes = (codec.encode)(&*value).map_err(failed)?;
+            if ENCODED_A_REF.with(|f| f.replace(false)) {
+                // It holds refs: keep it in memory for good.
+                if let Some(mut entry) = self.inner.objects.get_mut(&id) {
+                    entry.pinned = true;
+                }
+                continue;
+            }
             std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
             let tmp = path.with_extension("tmp");
             if let Err(err) =
@@ -716,6 +790,20 @@ impl ObjectStore {
             );
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+impl ObjectStore {
+    /// Test-only: decode a ref as this store would while restoring.
+    pub(crate) fn decode_ref_for_test<T>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<ObjectRef<T>, postcard::Error> {
+        DECODING_FOR.with(|s| *s.borrow_mut() = Arc::downgrade(&self.inner));
+        let decoded = postcard::from_bytes::<ObjectRef<T>>(bytes);
+        DECODING_FOR.with(|s| *s.borrow_mut() = Weak::new());
+        decoded
     }
 }
 
