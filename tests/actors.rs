@@ -530,3 +530,36 @@ async fn a_call_made_after_a_panic_reply_reaches_the_restarted_actor() {
     }
     rt.shutdown().await.unwrap();
 }
+
+struct Introspective;
+
+#[troupe::actor]
+impl Introspective {
+    pub fn whoami(&self) -> Option<(u64, Option<String>)> {
+        troupe::actor::current().map(|info| (info.id, info.name.clone()))
+    }
+
+    pub async fn whoami_async(&self) -> Option<u64> {
+        tokio::task::yield_now().await;
+        troupe::actor::current().map(|info| info.id)
+    }
+}
+
+#[tokio::test]
+async fn methods_see_their_actor_context() {
+    let rt = runtime().await;
+    let a = rt
+        .spawn_actor(ActorOptions::new().name("me"), || Introspective)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.whoami().await.unwrap(),
+        Some((a.id(), Some("me".to_owned())))
+    );
+    assert_eq!(a.whoami_async().await.unwrap(), Some(a.id()));
+    assert!(
+        troupe::actor::current().is_none(),
+        "no actor context outside actors"
+    );
+    rt.shutdown().await.unwrap();
+}

@@ -44,11 +44,21 @@ impl<A: Actor> ractor::Actor for Host<A> {
         drop(envelope);
         let method = job.method();
         let info = &self.slot.info;
-        let outcome = match job.run(actor, info) {
+        // Sync methods run inside `run`, under the thread's context; async
+        // ones are polled below, under the task's.
+        let run = super::with_current(info, || job.run(actor, info));
+        let outcome = match run {
             Run::Done(outcome) => outcome,
             Run::Pending(future) => {
-                future
-                    .instrument(tracing::trace_span!("actor_call", actor = info.id, method))
+                super::CURRENT_ASYNC
+                    .scope(
+                        info.clone(),
+                        future.instrument(tracing::trace_span!(
+                            "actor_call",
+                            actor = info.id,
+                            method
+                        )),
+                    )
                     .await
             }
         };

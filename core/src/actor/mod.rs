@@ -178,6 +178,31 @@ impl ActorOptions {
 
 pub(crate) type InfoRef = Arc<ActorInfo>;
 
+tokio::task_local! {
+    pub(crate) static CURRENT_ASYNC: InfoRef;
+}
+
+thread_local! {
+    static CURRENT_SYNC: std::cell::RefCell<Option<InfoRef>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` as the actor `info` on this thread (for sync methods).
+pub(crate) fn with_current<T>(info: &InfoRef, f: impl FnOnce() -> T) -> T {
+    let previous = CURRENT_SYNC.with(|c| c.replace(Some(info.clone())));
+    let out = f();
+    CURRENT_SYNC.with(|c| *c.borrow_mut() = previous);
+    out
+}
+
+/// The actor whose method is running this code, if any: its id, name and
+/// type (the runtime context of actors, as `task::current` is of tasks).
+pub fn current() -> Option<Arc<ActorInfo>> {
+    CURRENT_ASYNC
+        .try_with(Clone::clone)
+        .ok()
+        .or_else(|| CURRENT_SYNC.with(|c| c.borrow().clone()))
+}
+
 pub(crate) fn host_for<A: Actor>(slot: Arc<Slot<A>>, factory: Factory<A>) -> host::Host<A> {
     host::Host { slot, factory }
 }
