@@ -605,3 +605,76 @@ async fn ten_thousand_arguments_to_one_task() {
     assert_eq!(*rt.get(&counted).await.unwrap(), 10_000);
     rt.shutdown().await.unwrap();
 }
+
+#[troupe::remote(num_returns = 2)]
+fn split(x: u64) -> (u64, String) {
+    (x * 2, format!("#{x}"))
+}
+
+#[troupe::remote(num_returns = 3)]
+async fn three(x: u8) -> (u8, u16, u32) {
+    (x, x as u16 * 2, x as u32 * 3)
+}
+
+#[troupe::remote(num_returns = 2)]
+fn halves(x: u64) -> Result<(u64, u64), String> {
+    if x % 2 == 1 {
+        return Err(format!("{x} is odd"));
+    }
+    Ok((x / 2, x / 2))
+}
+
+#[tokio::test]
+async fn num_returns_gives_one_ref_per_value() {
+    let rt = runtime().await;
+    let (doubled, label) = split::remote(&rt, 21);
+    assert_eq!(*rt.get(&doubled).await.unwrap(), 42);
+    assert_eq!(*rt.get(&label).await.unwrap(), "#21");
+    // Each output is an object of its own: it feeds another task alone.
+    let plus = add::remote(&rt, &doubled, 1);
+    assert_eq!(*rt.get(&plus).await.unwrap(), 43);
+    drop(label);
+    assert_eq!(
+        *rt.get(&doubled).await.unwrap(),
+        42,
+        "one output outlives the other"
+    );
+
+    let (a, b, c) = three::remote(&rt, 5);
+    assert_eq!(
+        (
+            *rt.get(&a).await.unwrap(),
+            *rt.get(&b).await.unwrap(),
+            *rt.get(&c).await.unwrap()
+        ),
+        (5, 10, 15)
+    );
+
+    let (x, y) = halves::remote(&rt, 10);
+    assert_eq!(
+        (*rt.get(&x).await.unwrap(), *rt.get(&y).await.unwrap()),
+        (5, 5)
+    );
+    let (x, y) = halves::remote(&rt, 7);
+    for err in [rt.get(&x).await.unwrap_err(), rt.get(&y).await.unwrap_err()] {
+        assert!(
+            matches!(task_error(&err), TaskError::Failed { cause: TaskCause::Error(e), .. } if e == "7 is odd")
+        );
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn any_of_a_tasks_refs_cancels_it() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let busy = forever::remote(&rt);
+    let (first, second) = split::remote(&rt, 1);
+    assert!(rt.cancel(&second, false));
+    assert!(is_cancelled(&rt.get(&first).await.unwrap_err()));
+    assert!(is_cancelled(&rt.get(&second).await.unwrap_err()));
+    assert!(!rt.cancel(&first, false));
+    rt.cancel(&busy, true);
+    rt.shutdown().await.unwrap();
+}

@@ -33,8 +33,10 @@ use crate::supervisor::{
     ChildExit, ChildSpec, EventBus, Restart, Shutdown, StartContext, Strategy, SupervisionEvent,
     Supervisor, SupervisorRef, SupervisorSpec,
 };
-use crate::task::{Body, Failure, Task, TaskContext, TaskId, TaskOptions};
+use crate::task::{Body, Failure, Outputs, Returns, Task, TaskContext, TaskId, TaskOptions};
 use crate::Resources;
+use futures::future::BoxFuture;
+use troupe_objects::ObjectId;
 
 /// How to start a runtime.
 ///
@@ -426,17 +428,24 @@ impl Runtime {
         &self,
         name: &'static str,
         options: TaskOptions,
-        deps: Vec<troupe_objects::ObjectId>,
+        deps: Vec<ObjectId>,
         body: F,
     ) -> ObjectRef<R>
     where
         R: Object,
-        F: Fn(TaskContext) -> futures::future::BoxFuture<'static, Result<R, Failure>>
-            + Send
-            + Sync
-            + 'static,
+        F: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
     {
-        self.submit_task::<R, F, NoBlocking<R>>(name, options, deps, Body::Async(Arc::new(body)))
+        let (result, completer) = self.inner.objects.pending::<R>();
+        let ids = vec![result.id()];
+        self.submit_task::<R, _, F, NoBlocking<R>>(
+            name,
+            options,
+            deps,
+            Body::Async(Arc::new(body)),
+            completer,
+            ids,
+        );
+        result
     }
 
     /// Submits a task with a sync body (it may block); what
@@ -447,54 +456,116 @@ impl Runtime {
         &self,
         name: &'static str,
         options: TaskOptions,
-        deps: Vec<troupe_objects::ObjectId>,
+        deps: Vec<ObjectId>,
         body: F,
     ) -> ObjectRef<R>
     where
         R: Object,
         F: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
     {
-        self.submit_task::<R, NoAsync<R>, F>(name, options, deps, Body::Blocking(Arc::new(body)))
+        let (result, completer) = self.inner.objects.pending::<R>();
+        let ids = vec![result.id()];
+        self.submit_task::<R, _, NoAsync<R>, F>(
+            name,
+            options,
+            deps,
+            Body::Blocking(Arc::new(body)),
+            completer,
+            ids,
+        );
+        result
     }
 
-    fn submit_task<R, A, S>(
+    /// [`submit`](Self::submit) for a tuple stored one object per element
+    /// (`num_returns`).
+    #[doc(hidden)]
+    pub fn submit_n<R, F>(
         &self,
         name: &'static str,
         options: TaskOptions,
-        deps: Vec<troupe_objects::ObjectId>,
-        body: Body<A, S>,
-    ) -> ObjectRef<R>
+        deps: Vec<ObjectId>,
+        body: F,
+    ) -> R::Refs
     where
-        R: Object,
-        A: Fn(TaskContext) -> futures::future::BoxFuture<'static, Result<R, Failure>>
-            + Send
-            + Sync
-            + 'static,
+        R: Returns,
+        F: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
+    {
+        let (refs, outputs, ids) = R::pending(&self.inner.objects);
+        self.submit_task::<R, _, F, NoBlocking<R>>(
+            name,
+            options,
+            deps,
+            Body::Async(Arc::new(body)),
+            outputs,
+            ids,
+        );
+        refs
+    }
+
+    /// [`submit_blocking`](Self::submit_blocking) for a tuple stored one
+    /// object per element (`num_returns`).
+    #[doc(hidden)]
+    pub fn submit_blocking_n<R, F>(
+        &self,
+        name: &'static str,
+        options: TaskOptions,
+        deps: Vec<ObjectId>,
+        body: F,
+    ) -> R::Refs
+    where
+        R: Returns,
+        F: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
+    {
+        let (refs, outputs, ids) = R::pending(&self.inner.objects);
+        self.submit_task::<R, _, NoAsync<R>, F>(
+            name,
+            options,
+            deps,
+            Body::Blocking(Arc::new(body)),
+            outputs,
+            ids,
+        );
+        refs
+    }
+
+    fn submit_task<R, O, A, S>(
+        &self,
+        name: &'static str,
+        options: TaskOptions,
+        deps: Vec<ObjectId>,
+        body: Body<A, S>,
+        outputs: O,
+        results: Vec<ObjectId>,
+    ) where
+        R: Send + 'static,
+        O: Outputs<R>,
+        A: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
         S: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
     {
-        let (result, completer) = self.inner.objects.pending::<R>();
         let id = TaskId {
             node: self.node_id(),
             seq: self.inner.next_task.fetch_add(1, Ordering::Relaxed),
         };
         let needs = options.needs();
         let units = Units::of(&needs);
+        let result = results[0];
         let run = Arc::new(Task {
             name,
             options,
             needs,
             body,
-            result: Mutex::new(Some(completer)),
+            outputs: Mutex::new(Some(outputs)),
+            results,
+            _value: std::marker::PhantomData,
         });
         self.inner.scheduler.submit(Queued {
             id,
-            result: result.id(),
+            result,
             needs: units,
             deps,
             run,
             attempt: 1,
         });
-        result
     }
 
     /// Cancels the task that produces `result` (Ray's `ray.cancel`). A

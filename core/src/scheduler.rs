@@ -252,7 +252,9 @@ impl SchedulerCore {
                 });
                 return;
             }
-            state.live.insert(task.result, (task.id, task.run.clone()));
+            for result in task.run.results() {
+                state.live.insert(*result, (task.id, task.run.clone()));
+            }
             state.submitted.push_back(task);
         }
         metrics::counter!("troupe_tasks_submitted_total").increment(1);
@@ -291,7 +293,9 @@ impl SchedulerCore {
                 Some(was) => {
                     was.release(free);
                     if was.cancelled {
-                        live.remove(&task.result);
+                        for result in task.run.results() {
+                            live.remove(result);
+                        }
                     } else {
                         finished.push((task, attempt));
                     }
@@ -345,8 +349,10 @@ impl SchedulerCore {
             for (mut task, attempt) in std::mem::take(&mut state.finished) {
                 match attempt {
                     Attempt::Done => {
-                        state.live.remove(&task.result);
-                        settled.push(task.result);
+                        for result in task.run.results() {
+                            state.live.remove(result);
+                        }
+                        settled.extend_from_slice(task.run.results());
                     }
                     Attempt::Failed(failure) => {
                         if task.run.retries(&failure, task.attempt) && !state.shut_down {
@@ -355,7 +361,9 @@ impl SchedulerCore {
                             task.attempt += 1;
                             state.ready.push_front(task);
                         } else {
-                            state.live.remove(&task.result);
+                            for result in task.run.results() {
+                                state.live.remove(result);
+                            }
                             give_ups.push((task, failure));
                         }
                     }
@@ -402,7 +410,7 @@ impl SchedulerCore {
             tracing::warn!(task = %task.id, error = %err, "task failed for good");
             metrics::counter!("troupe_tasks_failed_total").increment(1);
             task.run.give_up(err);
-            settled.push(task.result);
+            settled.extend_from_slice(task.run.results());
         }
         for task in waits {
             let core = self.clone();
@@ -494,6 +502,10 @@ impl SchedulerCore {
             let Some((id, run)) = state.live.remove(&result) else {
                 return false;
             };
+            // Any of a task's refs cancels it, and all of them fail.
+            for other in run.results() {
+                state.live.remove(other);
+            }
             let State {
                 submitted,
                 ready,
@@ -528,9 +540,11 @@ impl SchedulerCore {
         {
             // Its dependents now see a failed argument.
             let mut state = self.lock();
-            if let Some(waiting) = state.dependents.remove(&result) {
-                state.waiting_on_deps -= waiting.len();
-                state.submitted.extend(waiting);
+            for result in run.results() {
+                if let Some(waiting) = state.dependents.remove(result) {
+                    state.waiting_on_deps -= waiting.len();
+                    state.submitted.extend(waiting);
+                }
             }
         }
         self.pump();

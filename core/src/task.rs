@@ -402,9 +402,80 @@ pub(crate) trait TaskRun: Send + Sync + 'static {
     /// Whether a failed attempt number `attempt` is retried.
     fn retries(&self, failure: &Failure, attempt: u32) -> bool;
     fn error(&self, id: TaskId, attempts: u32, failure: Failure) -> TaskError;
-    /// Fails the task's result object for good.
+    /// Fails the task's result objects for good.
     fn give_up(&self, err: TaskError);
+    /// The objects its value goes to (one per `num_returns`).
+    fn results(&self) -> &[ObjectId];
 }
+
+/// Where a task's value goes: one object, or one per element of a tuple
+/// (`num_returns`). Used by generated code.
+#[doc(hidden)]
+pub trait Outputs<R>: Send + 'static {
+    /// Stores the value(s); the first store error, if any.
+    fn complete(self, value: R) -> Result<(), ObjectError>;
+    /// Fails every output with `err`.
+    fn fail(self, err: Arc<TaskError>);
+}
+
+impl<R: Object> Outputs<R> for Completer<R> {
+    fn complete(self, value: R) -> Result<(), ObjectError> {
+        Completer::complete(self, value)
+    }
+
+    fn fail(self, err: Arc<TaskError>) {
+        Completer::fail(self, err);
+    }
+}
+
+/// A tuple returned as one object per element (`num_returns`). Used by
+/// generated code.
+#[doc(hidden)]
+pub trait Returns: Sized + Send + 'static {
+    /// One ref per element.
+    type Refs;
+    /// One completer per element.
+    type Outputs: Outputs<Self>;
+    /// Makes the pending objects.
+    fn pending(store: &ObjectStore) -> (Self::Refs, Self::Outputs, Vec<ObjectId>);
+}
+
+macro_rules! tuple_returns {
+    ($(($T:ident, $i:tt)),+) => {
+        impl<$($T: Object),+> Outputs<($($T,)+)> for ($(Completer<$T>,)+) {
+            fn complete(self, value: ($($T,)+)) -> Result<(), ObjectError> {
+                let mut first = Ok(());
+                $(
+                    if let Err(err) = self.$i.complete(value.$i) {
+                        if first.is_ok() {
+                            first = Err(err);
+                        }
+                    }
+                )+
+                first
+            }
+
+            fn fail(self, err: Arc<TaskError>) {
+                $( self.$i.fail(err.clone()); )+
+            }
+        }
+
+        impl<$($T: Object),+> Returns for ($($T,)+) {
+            type Refs = ($(ObjectRef<$T>,)+);
+            type Outputs = ($(Completer<$T>,)+);
+
+            fn pending(store: &ObjectStore) -> (Self::Refs, Self::Outputs, Vec<ObjectId>) {
+                let made = ($(store.pending::<$T>(),)+);
+                let ids = vec![$(made.$i.0.id()),+];
+                (($(made.$i.0,)+), ($(made.$i.1,)+), ids)
+            }
+        }
+    };
+}
+
+tuple_returns!((A, 0), (B, 1));
+tuple_returns!((A, 0), (B, 1), (C, 2));
+tuple_returns!((A, 0), (B, 1), (C, 2), (D, 3));
 
 /// A task's body: async (runs on the workers) or sync (runs on a CPU
 /// thread, where it may block).
@@ -413,21 +484,27 @@ pub(crate) enum Body<A, S> {
     Blocking(Arc<S>),
 }
 
-pub(crate) struct Task<R, A, S> {
+pub(crate) struct Task<R, O, A, S> {
     pub(crate) name: &'static str,
     pub(crate) options: TaskOptions,
     pub(crate) needs: Resources,
     pub(crate) body: Body<A, S>,
-    pub(crate) result: Mutex<Option<Completer<R>>>,
+    pub(crate) outputs: Mutex<Option<O>>,
+    pub(crate) results: Vec<ObjectId>,
+    pub(crate) _value: std::marker::PhantomData<fn() -> R>,
 }
 
-impl<R: Object, A, S> Task<R, A, S> {
+impl<R, O: Outputs<R>, A, S> Task<R, O, A, S> {
     /// Stores a successful attempt's value.
     fn store(&self, outcome: Result<R, Failure>) -> Attempt {
         match outcome {
             Ok(value) => {
-                let completer = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
-                match completer.map(|c| c.complete(value)) {
+                let outputs = self
+                    .outputs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                match outputs.map(|o| o.complete(value)) {
                     Some(Err(err)) => Attempt::Failed(Failure::Store(err)),
                     _ => Attempt::Done,
                 }
@@ -437,9 +514,10 @@ impl<R: Object, A, S> Task<R, A, S> {
     }
 }
 
-impl<R, A, S> TaskRun for Task<R, A, S>
+impl<R, O, A, S> TaskRun for Task<R, O, A, S>
 where
-    R: Object,
+    R: Send + 'static,
+    O: Outputs<R>,
     A: Fn(TaskContext) -> BoxFuture<'static, Result<R, Failure>> + Send + Sync + 'static,
     S: Fn(&TaskContext) -> Result<R, Failure> + Send + Sync + 'static,
 {
@@ -514,9 +592,17 @@ where
     }
 
     fn give_up(&self, err: TaskError) {
-        let completer = self.result.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(completer) = completer {
-            completer.fail(Arc::new(err));
+        let outputs = self
+            .outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(outputs) = outputs {
+            outputs.fail(Arc::new(err));
         }
+    }
+
+    fn results(&self) -> &[ObjectId] {
+        &self.results
     }
 }

@@ -267,21 +267,53 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
 /// `v`, `Err(e)` fails the task with `e`'s text (retried only with
 /// `retry_exceptions`). Sync bodies run on the blocking pool, async ones on
 /// the runtime's workers. `NAME` is the function's stable name.
+///
+/// `#[troupe::remote(num_returns = N)]` on a function returning an N-tuple
+/// (2 to 4) stores each element as its own object: `remote` returns a tuple
+/// of N refs.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(
-            Span::call_site(),
-            "#[troupe::remote] takes no arguments; pass TaskOptions with f::options(..)",
-        )
-        .to_compile_error()
-        .into();
-    }
+    let num_returns = match parse_num_returns(attr.into()) {
+        Ok(n) => n,
+        Err(err) => return err.to_compile_error().into(),
+    };
     let func = parse_macro_input!(item as ItemFn);
-    match expand_remote(&func) {
+    match expand_remote(&func, num_returns) {
         Ok(tokens) => tokens.into(),
         Err(err) => err.to_compile_error().into(),
     }
+}
+
+/// `num_returns = N`, or nothing (1).
+fn parse_num_returns(attr: TokenStream2) -> syn::Result<usize> {
+    if attr.is_empty() {
+        return Ok(1);
+    }
+    let pair: syn::MetaNameValue = syn::parse2(attr)?;
+    if !pair.path.is_ident("num_returns") {
+        return Err(syn::Error::new(
+            pair.path.span(),
+            "#[troupe::remote] takes only `num_returns = N`; other options go in f::options(TaskOptions)",
+        ));
+    }
+    let syn::Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Int(n),
+        ..
+    }) = &pair.value
+    else {
+        return Err(syn::Error::new(
+            pair.value.span(),
+            "num_returns takes an integer",
+        ));
+    };
+    let n: usize = n.base10_parse()?;
+    if !(1..=4).contains(&n) {
+        return Err(syn::Error::new(
+            n.span(),
+            "num_returns must be 1 to 4 (return a tuple of that many values)",
+        ));
+    }
+    Ok(n)
 }
 
 /// `Result<T, E>` (or an alias `Result<T>`): its `T`.
@@ -300,7 +332,7 @@ fn ok_type(ty: &Type) -> Option<&Type> {
     }
 }
 
-fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
+fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
@@ -330,6 +362,36 @@ fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
                 None => (quote!(#ty), false),
             }
         }
+    };
+    // With num_returns = N the value is an N-tuple, returned as N refs.
+    let refs_ty = if num_returns == 1 {
+        quote!(::troupe::ObjectRef<#result_ty>)
+    } else {
+        let value: Type = syn::parse2(result_ty.clone())?;
+        let Type::Tuple(tuple) = &value else {
+            return Err(syn::Error::new(
+                value.span(),
+                format!(
+                    "num_returns = {num_returns} needs a function returning a {num_returns}-tuple"
+                ),
+            ));
+        };
+        if tuple.elems.len() != num_returns {
+            return Err(syn::Error::new(
+                tuple.span(),
+                format!(
+                    "num_returns = {num_returns}, but the function returns a {}-tuple",
+                    tuple.elems.len()
+                ),
+            ));
+        }
+        let elems = tuple.elems.iter();
+        quote!((#(::troupe::ObjectRef<#elems>,)*))
+    };
+    let (submit_async, submit_blocking) = if num_returns == 1 {
+        (quote!(submit), quote!(submit_blocking))
+    } else {
+        (quote!(submit_n), quote!(submit_blocking_n))
     };
     let mut params = Vec::new();
     let mut idents = Vec::new();
@@ -386,7 +448,7 @@ fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
         .map(|ident| quote!(let #ident = #ident.resolve_now(&__store)?;));
     let submit = if is_async {
         quote! {
-            rt.submit(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
+            rt.#submit_async(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
                 let __store = __store.clone();
                 #(#clones)*
                 ::std::boxed::Box::pin(async move {
@@ -399,7 +461,7 @@ fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
         quote! {
             // A plain fn may block: it runs on a CPU thread, never on an
             // async worker; its arguments are settled before it starts.
-            rt.submit_blocking(NAME, self.0, deps, move |_context: &::troupe::TaskContext| {
+            rt.#submit_blocking(NAME, self.0, deps, move |_context: &::troupe::TaskContext| {
                 #(#resolves_now)*
                 #finish
             })
@@ -422,7 +484,7 @@ fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
 
             /// Submits the task with the default options (1 CPU, 3 retries)
             /// and returns a ref to its result at once.
-            pub fn remote(rt: &::troupe::Runtime #(, #arg_params)*) -> ::troupe::ObjectRef<#result_ty> {
+            pub fn remote(rt: &::troupe::Runtime #(, #arg_params)*) -> #refs_ty {
                 options(::troupe::TaskOptions::default()).remote(rt #(, #idents)*)
             }
 
@@ -436,7 +498,7 @@ fn expand_remote(func: &ItemFn) -> syn::Result<TokenStream2> {
 
             impl Options {
                 /// Submits the task and returns a ref to its result at once.
-                pub fn remote(self, rt: &::troupe::Runtime #(, #arg_params2)*) -> ::troupe::ObjectRef<#result_ty> {
+                pub fn remote(self, rt: &::troupe::Runtime #(, #arg_params2)*) -> #refs_ty {
                     #(#to_args)*
                     let mut deps: ::std::vec::Vec<::troupe::ObjectId> = ::std::vec::Vec::new();
                     #(deps.extend(#idents.dependency());)*
@@ -522,6 +584,36 @@ mod tests {
     #[test]
     fn rejects_self_by_value() {
         assert!(error_of("impl A { pub fn f(self) {} }").contains("&self or &mut self"));
+    }
+
+    fn remote_error_of(attr: &str, code: &str) -> String {
+        let func: ItemFn = syn::parse_str(code).expect("test input parses");
+        let n = match parse_num_returns(attr.parse().expect("attr tokens")) {
+            Ok(n) => n,
+            Err(err) => return err.to_string(),
+        };
+        match expand_remote(&func, n) {
+            Ok(_) => panic!("expected an error for: {attr} {code}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn remote_rejects_bad_num_returns() {
+        assert!(remote_error_of("num_returns = 2", "fn f() -> u32 { 0 }").contains("2-tuple"));
+        assert!(
+            remote_error_of("num_returns = 3", "fn f() -> (u8, u8) { (0, 0) }")
+                .contains("returns a 2-tuple")
+        );
+        assert!(remote_error_of("num_returns = 9", "fn f() {}").contains("1 to 4"));
+        assert!(remote_error_of("retries = 2", "fn f() {}").contains("only `num_returns"));
+    }
+
+    #[test]
+    fn remote_rejects_generic_fns_methods_and_borrowed_params() {
+        assert!(remote_error_of("", "fn f<T>(t: T) {}").contains("cannot be generic"));
+        assert!(remote_error_of("", "fn f(x: &u32) {}").contains("owned values"));
+        assert!(remote_error_of("", "fn f() -> impl Sized { 0 }").contains("impl Trait"));
     }
 
     #[test]
