@@ -678,3 +678,80 @@ async fn any_of_a_tasks_refs_cancels_it() {
     rt.cancel(&busy, true);
     rt.shutdown().await.unwrap();
 }
+
+#[troupe::remote(generator)]
+fn countdown(from: u64) -> impl Iterator<Item = u64> {
+    (0..=from).rev()
+}
+
+static GEN_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+#[troupe::remote(generator)]
+fn breaks_after_three(total: u32) -> impl Iterator<Item = u32> {
+    let attempt = GEN_ATTEMPTS.fetch_add(1, Ordering::SeqCst) + 1;
+    (0..total).inspect(move |i| {
+        if attempt == 1 && *i == 3 {
+            panic!("generator broke at {i}");
+        }
+    })
+}
+
+#[troupe::remote(generator)]
+fn always_breaks() -> impl Iterator<Item = u32> {
+    (0..10).inspect(|i| {
+        if *i == 2 {
+            panic!("broke at 2");
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_generator_yields_one_ref_per_item_in_order() {
+    let rt = runtime().await;
+    let mut stream = countdown::remote(&rt, 4);
+    let mut seen = Vec::new();
+    while let Some(item) = stream.next().await {
+        seen.push(*rt.get(&item.unwrap()).await.unwrap());
+    }
+    assert_eq!(seen, [4, 3, 2, 1, 0]);
+    rt.get(stream.completion()).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_generator_skips_what_it_already_yielded() {
+    let rt = runtime().await;
+    let refs = within("generator", breaks_after_three::remote(&rt, 6).collect())
+        .await
+        .unwrap();
+    let values: Vec<u32> = rt
+        .get_many(&refs, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| **v)
+        .collect();
+    assert_eq!(values, [0, 1, 2, 3, 4, 5], "no duplicates after the retry");
+    assert_eq!(GEN_ATTEMPTS.load(Ordering::SeqCst), 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_generator_ends_with_its_error_after_its_items() {
+    let rt = runtime().await;
+    let mut stream = always_breaks::options(TaskOptions::default().max_retries(0)).remote(&rt);
+    let mut items = Vec::new();
+    let mut failure = None;
+    while let Some(item) = within("next", stream.next()).await {
+        match item {
+            Ok(r) => items.push(*rt.get(&r).await.unwrap()),
+            Err(err) => failure = Some(err),
+        }
+    }
+    assert_eq!(items, [0, 1]);
+    let failure = failure.expect("the failure comes last");
+    assert!(
+        matches!(task_error(&failure), TaskError::Failed { cause: TaskCause::Panicked(m), .. } if m == "broke at 2")
+    );
+    rt.shutdown().await.unwrap();
+}

@@ -606,3 +606,111 @@ where
         &self.results
     }
 }
+
+/// The refs a generator task yields, in order, as it produces them (Ray's
+/// `ObjectRefGenerator`). Made by `#[troupe::remote(generator)]`.
+///
+/// `next().await` gives `Some(Ok(ref))` per item, then `Some(Err(e))` once
+/// if the task failed, then `None`.
+pub struct ObjectStream<T> {
+    items: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<T>>,
+    done: ObjectRef<()>,
+    store: ObjectStore,
+    ended: bool,
+    failure: Option<ObjectError>,
+}
+
+impl<T> ObjectStream<T> {
+    /// The task's completion: pass it to `Runtime::cancel` to stop the
+    /// generator, or `get` it to wait for the end.
+    pub fn completion(&self) -> &ObjectRef<()> {
+        &self.done
+    }
+
+    /// The next item's ref, waiting for the generator to yield it.
+    pub async fn next(&mut self) -> Option<Result<ObjectRef<T>, ObjectError>> {
+        loop {
+            // Items yielded before the end come first, always.
+            if let Ok(item) = self.items.try_recv() {
+                return Some(Ok(item));
+            }
+            if self.ended {
+                return self.failure.take().map(Err);
+            }
+            let end = tokio::select! {
+                biased;
+                item = self.items.recv() => match item {
+                    Some(item) => return Some(Ok(item)),
+                    // The sink is gone: the task has ended.
+                    None => self.store.get(&self.done).await,
+                },
+                end = self.store.get(&self.done) => end,
+            };
+            self.ended = true;
+            self.failure = end.err();
+        }
+    }
+
+    /// Collects every item's ref (until the end, or the first error).
+    pub async fn collect(mut self) -> Result<Vec<ObjectRef<T>>, ObjectError> {
+        let mut out = Vec::new();
+        while let Some(item) = self.next().await {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+}
+
+/// Where a generator task puts what it yields. Used by generated code.
+#[doc(hidden)]
+pub struct StreamSink<T> {
+    store: ObjectStore,
+    items: tokio::sync::mpsc::UnboundedSender<ObjectRef<T>>,
+    /// Items handed out so far: a retried attempt skips them (Ray's rule:
+    /// generators are assumed deterministic).
+    yielded: std::sync::atomic::AtomicUsize,
+}
+
+impl<T: Object> StreamSink<T> {
+    /// Runs one attempt's iterator, storing and sending each new item.
+    pub fn run(&self, items: impl Iterator<Item = T>) -> Result<(), Failure> {
+        use std::sync::atomic::Ordering;
+        let already = self.yielded.load(Ordering::Acquire);
+        for (n, item) in items.enumerate() {
+            if n < already {
+                continue;
+            }
+            let r = self.store.put(item).map_err(Failure::Store)?;
+            self.yielded.store(n + 1, Ordering::Release);
+            // A dropped stream only means nobody reads: keep the semantics
+            // of a task (run to the end) regardless.
+            let _ = self.items.send(r);
+        }
+        Ok(())
+    }
+}
+
+/// A stream and its sink, for a generator task. Used by generated code.
+#[doc(hidden)]
+pub fn stream<T: Object>(
+    store: &ObjectStore,
+) -> (
+    Arc<StreamSink<T>>,
+    impl FnOnce(ObjectRef<()>) -> ObjectStream<T>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = Arc::new(StreamSink {
+        store: store.clone(),
+        items: tx,
+        yielded: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let store = store.clone();
+    let finish = move |done: ObjectRef<()>| ObjectStream {
+        items: rx,
+        done,
+        store,
+        ended: false,
+        failure: None,
+    };
+    (sink, finish)
+}

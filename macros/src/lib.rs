@@ -271,9 +271,13 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
 /// `#[troupe::remote(num_returns = N)]` on a function returning an N-tuple
 /// (2 to 4) stores each element as its own object: `remote` returns a tuple
 /// of N refs.
+///
+/// `#[troupe::remote(generator)]` on a plain function returning
+/// `impl Iterator<Item = T>` makes a generator: `remote` returns an
+/// `ObjectStream<T>` that yields one ref per item as the body produces it.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let num_returns = match parse_num_returns(attr.into()) {
+    let num_returns = match parse_remote_attr(attr.into()) {
         Ok(n) => n,
         Err(err) => return err.to_compile_error().into(),
     };
@@ -284,16 +288,26 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// `num_returns = N`, or nothing (1).
-fn parse_num_returns(attr: TokenStream2) -> syn::Result<usize> {
+/// What `#[troupe::remote(..)]` was given: `num_returns` (1 by default), or
+/// 0 for `generator`.
+fn parse_remote_attr(attr: TokenStream2) -> syn::Result<usize> {
     if attr.is_empty() {
         return Ok(1);
+    }
+    if let Ok(ident) = syn::parse2::<syn::Ident>(attr.clone()) {
+        if ident == "generator" {
+            return Ok(GENERATOR);
+        }
+        return Err(syn::Error::new(
+            ident.span(),
+            "#[troupe::remote] takes `num_returns = N` or `generator`",
+        ));
     }
     let pair: syn::MetaNameValue = syn::parse2(attr)?;
     if !pair.path.is_ident("num_returns") {
         return Err(syn::Error::new(
             pair.path.span(),
-            "#[troupe::remote] takes only `num_returns = N`; other options go in f::options(TaskOptions)",
+            "#[troupe::remote] takes only `num_returns = N` or `generator`; other options go in f::options(TaskOptions)",
         ));
     }
     let syn::Expr::Lit(syn::ExprLit {
@@ -314,6 +328,32 @@ fn parse_num_returns(attr: TokenStream2) -> syn::Result<usize> {
         ));
     }
     Ok(n)
+}
+
+/// `num_returns` value that stands for `generator`.
+const GENERATOR: usize = 0;
+
+/// `impl Iterator<Item = T>`: its `T`.
+fn iterator_item(ty: &Type) -> Option<&Type> {
+    let Type::ImplTrait(imp) = ty else {
+        return None;
+    };
+    imp.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(t) = bound else {
+            return None;
+        };
+        let last = t.path.segments.last()?;
+        if last.ident != "Iterator" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|arg| match arg {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
 }
 
 /// `Result<T, E>` (or an alias `Result<T>`): its `T`.
@@ -348,7 +388,27 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
     }
     let name = &sig.ident;
     let vis = &func.vis;
+    let generator = num_returns == GENERATOR;
+    if generator && sig.asyncness.is_some() {
+        return Err(syn::Error::new(
+            sig.asyncness.span(),
+            "generators are plain fns returning impl Iterator<Item = T> (async generators are not supported yet)",
+        ));
+    }
+    let item_ty = match (&sig.output, generator) {
+        (ReturnType::Type(_, ty), true) => Some(iterator_item(ty).ok_or_else(|| {
+            syn::Error::new(ty.span(), "a generator returns impl Iterator<Item = T>")
+        })?),
+        (ReturnType::Default, true) => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                "a generator returns impl Iterator<Item = T>",
+            ))
+        }
+        _ => None,
+    };
     let (result_ty, fallible): (TokenStream2, bool) = match &sig.output {
+        _ if generator => (quote!(()), false),
         ReturnType::Default => (quote!(()), false),
         ReturnType::Type(_, ty) => {
             if matches!(**ty, Type::ImplTrait(_)) {
@@ -364,7 +424,9 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
         }
     };
     // With num_returns = N the value is an N-tuple, returned as N refs.
-    let refs_ty = if num_returns == 1 {
+    let refs_ty = if let Some(item) = item_ty {
+        quote!(::troupe::ObjectStream<#item>)
+    } else if num_returns == 1 {
         quote!(::troupe::ObjectRef<#result_ty>)
     } else {
         let value: Type = syn::parse2(result_ty.clone())?;
@@ -388,7 +450,7 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
         let elems = tuple.elems.iter();
         quote!((#(::troupe::ObjectRef<#elems>,)*))
     };
-    let (submit_async, submit_blocking) = if num_returns == 1 {
+    let (submit_async, submit_blocking) = if num_returns <= 1 {
         (quote!(submit), quote!(submit_blocking))
     } else {
         (quote!(submit_n), quote!(submit_blocking_n))
@@ -446,7 +508,17 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
     let resolves_now = idents
         .iter()
         .map(|ident| quote!(let #ident = #ident.resolve_now(&__store)?;));
-    let submit = if is_async {
+    let submit = if let Some(item) = item_ty {
+        quote! {
+            // Each item is stored and its ref sent as the body yields it.
+            let (__sink, __finish) = ::troupe::__private::stream::<#item>(rt.objects());
+            let __done = rt.submit_blocking(NAME, self.0, deps, move |_context: &::troupe::TaskContext| {
+                #(#resolves_now)*
+                __sink.run(super::#name(#(#idents),*))
+            });
+            __finish(__done)
+        }
+    } else if is_async {
         quote! {
             rt.#submit_async(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
                 let __store = __store.clone();
@@ -588,7 +660,7 @@ mod tests {
 
     fn remote_error_of(attr: &str, code: &str) -> String {
         let func: ItemFn = syn::parse_str(code).expect("test input parses");
-        let n = match parse_num_returns(attr.parse().expect("attr tokens")) {
+        let n = match parse_remote_attr(attr.parse().expect("attr tokens")) {
             Ok(n) => n,
             Err(err) => return err.to_string(),
         };
@@ -607,6 +679,17 @@ mod tests {
         );
         assert!(remote_error_of("num_returns = 9", "fn f() {}").contains("1 to 4"));
         assert!(remote_error_of("retries = 2", "fn f() {}").contains("only `num_returns"));
+    }
+
+    #[test]
+    fn generators_must_be_sync_iterators() {
+        assert!(remote_error_of("generator", "fn g() -> u32 { 0 }").contains("impl Iterator"));
+        assert!(remote_error_of(
+            "generator",
+            "async fn g() -> impl Iterator<Item = u8> { 0..1 }"
+        )
+        .contains("async generators"));
+        assert!(remote_error_of("stream", "fn g() {}").contains("`generator`"));
     }
 
     #[test]
