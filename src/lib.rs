@@ -27,10 +27,10 @@
 
 pub use troupe_core::{
     actor, error, init, object_store, resources, runtime, scheduler, supervisor, task, Actor,
-    ActorError, ActorHandle, ActorInfo, ActorOptions, Config, GetSize, IntoArg, Limit, LookupError,
-    NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending,
-    Resources, Runtime, ShutdownError, SpawnError, StoreConfig, SupervisorError, TaskContext,
-    TaskError, TaskId, TaskOptions,
+    ActorError, ActorHandle, ActorInfo, ActorOptions, AnyObjectRef, Config, GetSize, IntoArg,
+    Limit, LookupError, NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore,
+    ObjectStream, Pending, Resources, Runtime, ShutdownError, SpawnError, StoreConfig,
+    SupervisorError, TaskContext, TaskError, TaskId, TaskOptions,
 };
 pub use troupe_macros::{actor, remote};
 

@@ -755,3 +755,28 @@ async fn a_failing_generator_ends_with_its_error_after_its_items() {
     );
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn remote_functions_run_by_name_from_encoded_arguments() {
+    let rt = runtime().await;
+    // What another node would send: the name and the encoded arguments.
+    let args = postcard::to_allocvec(&(40u64, 2u64)).unwrap();
+    let r = rt.submit_by_name(add::NAME, TaskOptions::default(), &args).unwrap();
+    assert_eq!(*rt.get(&r.typed::<u64>()).await.unwrap(), 42);
+
+    // Refs travel as ids and attach to this node's objects.
+    let refs: Vec<ObjectRef<u64>> = (1..=3u64).map(|i| rt.put(i).unwrap()).collect();
+    // The sender keeps its refs while they are in flight.
+    let args = postcard::to_allocvec(&(&refs,)).unwrap();
+    let r = rt.submit_by_name(sum_nested::NAME, TaskOptions::default(), &args).unwrap();
+    assert_eq!(*rt.get(&r.typed::<u64>()).await.unwrap(), 6);
+
+    // A wrong type read back is an error, not a bad value.
+    assert!(matches!(rt.get(&r.typed::<String>()).await, Err(ObjectError::WrongType { .. })));
+    let err = rt.submit_by_name("no::such::function", TaskOptions::default(), &[]).unwrap_err();
+    assert!(err.to_string().contains("same build"), "{err}");
+    let err = rt.submit_by_name(add::NAME, TaskOptions::default(), &[1]).unwrap_err();
+    assert!(matches!(err, troupe::task::ByNameError::BadArguments { .. }), "{err}");
+    assert!(troupe::task::remote_function(add::NAME).is_some());
+    rt.shutdown().await.unwrap();
+}

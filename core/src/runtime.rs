@@ -568,6 +568,22 @@ impl Runtime {
         });
     }
 
+    /// Submits the remote function registered as `name` with arguments
+    /// encoded (postcard) as a tuple of its parameters' values: how a node
+    /// runs a task another node asked for. Refs in the arguments attach to
+    /// this node's objects. The returned ref keeps the result alive; read it
+    /// with `.typed::<R>()`.
+    pub fn submit_by_name(
+        &self,
+        name: &str,
+        options: TaskOptions,
+        encoded_args: &[u8],
+    ) -> Result<troupe_objects::AnyObjectRef, crate::task::ByNameError> {
+        let function = crate::task::remote_function(name)
+            .ok_or_else(|| crate::task::ByNameError::Unknown(name.to_owned()))?;
+        (function.submit)(self, options, encoded_args)
+    }
+
     /// Cancels the task that produces `result` (Ray's `ray.cancel`). A
     /// queued task, or one waiting for its arguments, is dropped; a running
     /// async body is stopped at its next await; a running sync body cannot

@@ -661,6 +661,49 @@ impl<T> ObjectStream<T> {
     }
 }
 
+/// A remote function as registered under its stable name, so that a node
+/// running the same binary can run it from its name and encoded arguments
+/// (`Runtime::submit_by_name`). `#[troupe::remote]` registers every
+/// single-result function; generators and `num_returns` functions are not
+/// registered yet.
+pub struct RemoteFunction {
+    /// The stable name (`f::NAME`: the function's module path).
+    pub name: &'static str,
+    /// Decodes the arguments (a postcard-encoded tuple of the parameters'
+    /// values, refs as ids) and submits the task on `rt`.
+    #[doc(hidden)]
+    pub submit: fn(
+        &crate::Runtime,
+        TaskOptions,
+        &[u8],
+    ) -> Result<troupe_objects::AnyObjectRef, ByNameError>,
+}
+
+inventory::collect!(RemoteFunction);
+
+/// The registered remote function named `name`.
+pub fn remote_function(name: &str) -> Option<&'static RemoteFunction> {
+    inventory::iter::<RemoteFunction>
+        .into_iter()
+        .find(|f| f.name == name)
+}
+
+/// Submitting by name failed before the task ran.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ByNameError {
+    /// No remote function has that name in this binary.
+    #[error("no remote function named {0:?} in this binary; is the node running the same build?")]
+    Unknown(String),
+    /// The arguments did not decode as the function's parameters.
+    #[error("the arguments for {name} did not decode as its parameters: {cause}")]
+    BadArguments {
+        /// The function.
+        name: &'static str,
+        /// What the decoder said.
+        cause: String,
+    },
+}
+
 /// Where a generator task puts what it yields. Used by generated code.
 #[doc(hidden)]
 pub struct StreamSink<T> {

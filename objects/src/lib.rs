@@ -23,7 +23,10 @@ mod store;
 pub use error::ObjectError;
 pub use get_size2::GetSize;
 pub use id::{NodeId, ObjectId};
-pub use store::{Completer, Object, ObjectRef, ObjectStore, SpillReport, StoreConfig};
+pub use postcard::Error as DecodeError;
+pub use store::{
+    AnyObjectRef, Completer, Object, ObjectRef, ObjectStore, SpillReport, StoreConfig,
+};
 
 #[cfg(test)]
 mod tests;

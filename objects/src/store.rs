@@ -228,6 +228,42 @@ impl<T> ObjectRef<T> {
     pub fn id(&self) -> ObjectId {
         self.handle.id
     }
+
+    /// The same ref with its type erased (it still keeps the object alive).
+    pub fn erase(self) -> AnyObjectRef {
+        AnyObjectRef {
+            handle: self.handle,
+        }
+    }
+}
+
+/// A ref whose value type is known only at run time (an object reached by
+/// name, or over the wire). It keeps the object alive like any ref.
+#[derive(Clone)]
+pub struct AnyObjectRef {
+    handle: Arc<RefHandle>,
+}
+
+impl std::fmt::Debug for AnyObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnyObjectRef({})", self.handle.id)
+    }
+}
+
+impl AnyObjectRef {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.handle.id
+    }
+
+    /// The typed ref. The type is checked when read: a wrong one gives
+    /// [`ObjectError::WrongType`], never a bad value.
+    pub fn typed<T>(&self) -> ObjectRef<T> {
+        ObjectRef {
+            handle: self.handle.clone(),
+            _type: PhantomData,
+        }
+    }
 }
 
 /// Completes a pending object exactly once. Dropping it without completing
@@ -641,6 +677,16 @@ impl ObjectStore {
             out.push(self.get_timeout(r, left).await?);
         }
         Ok(out)
+    }
+
+    /// Decodes bytes (postcard) in this store's context: refs inside attach
+    /// to its objects. How values that arrive as bytes (a task submitted by
+    /// name, later the wire) come back to life.
+    pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, postcard::Error> {
+        let previous = DECODING_FOR.with(|s| s.replace(Arc::downgrade(&self.inner)));
+        let decoded = postcard::from_bytes::<T>(bytes);
+        DECODING_FOR.with(|s| *s.borrow_mut() = previous);
+        decoded
     }
 
     /// Whether the object holds a value or an error (or is gone): anything
