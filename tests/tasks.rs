@@ -761,22 +761,65 @@ async fn remote_functions_run_by_name_from_encoded_arguments() {
     let rt = runtime().await;
     // What another node would send: the name and the encoded arguments.
     let args = postcard::to_allocvec(&(40u64, 2u64)).unwrap();
-    let r = rt.submit_by_name(add::NAME, TaskOptions::default(), &args).unwrap();
+    let r = rt
+        .submit_by_name(add::NAME, TaskOptions::default(), &args)
+        .unwrap();
     assert_eq!(*rt.get(&r.typed::<u64>()).await.unwrap(), 42);
 
     // Refs travel as ids and attach to this node's objects.
     let refs: Vec<ObjectRef<u64>> = (1..=3u64).map(|i| rt.put(i).unwrap()).collect();
     // The sender keeps its refs while they are in flight.
     let args = postcard::to_allocvec(&(&refs,)).unwrap();
-    let r = rt.submit_by_name(sum_nested::NAME, TaskOptions::default(), &args).unwrap();
+    let r = rt
+        .submit_by_name(sum_nested::NAME, TaskOptions::default(), &args)
+        .unwrap();
     assert_eq!(*rt.get(&r.typed::<u64>()).await.unwrap(), 6);
 
     // A wrong type read back is an error, not a bad value.
-    assert!(matches!(rt.get(&r.typed::<String>()).await, Err(ObjectError::WrongType { .. })));
-    let err = rt.submit_by_name("no::such::function", TaskOptions::default(), &[]).unwrap_err();
+    assert!(matches!(
+        rt.get(&r.typed::<String>()).await,
+        Err(ObjectError::WrongType { .. })
+    ));
+    let err = rt
+        .submit_by_name("no::such::function", TaskOptions::default(), &[])
+        .unwrap_err();
     assert!(err.to_string().contains("same build"), "{err}");
-    let err = rt.submit_by_name(add::NAME, TaskOptions::default(), &[1]).unwrap_err();
-    assert!(matches!(err, troupe::task::ByNameError::BadArguments { .. }), "{err}");
+    let err = rt
+        .submit_by_name(add::NAME, TaskOptions::default(), &[1])
+        .unwrap_err();
+    assert!(
+        matches!(err, troupe::task::ByNameError::BadArguments { .. }),
+        "{err}"
+    );
     assert!(troupe::task::remote_function(add::NAME).is_some());
+    rt.shutdown().await.unwrap();
+}
+
+#[troupe::remote(generator)]
+fn ticks(n: u64) -> impl futures::Stream<Item = u64> {
+    futures::stream::unfold(0u64, move |i| async move {
+        if i == n {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Some((i * 10, i + 1))
+    })
+}
+
+#[tokio::test]
+async fn an_async_generator_streams_refs_as_items_arrive() {
+    let rt = runtime().await;
+    let mut stream = ticks::remote(&rt, 5);
+    let first = within("first item", stream.next()).await.unwrap().unwrap();
+    assert_eq!(*rt.get(&first).await.unwrap(), 0);
+    let rest = within("the rest", stream.collect()).await.unwrap();
+    let values: Vec<u64> = rt
+        .get_many(&rest, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| **v)
+        .collect();
+    assert_eq!(values, [10, 20, 30, 40]);
     rt.shutdown().await.unwrap();
 }

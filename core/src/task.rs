@@ -733,6 +733,25 @@ impl<T: Object> StreamSink<T> {
     }
 }
 
+impl<T: Object> StreamSink<T> {
+    /// Runs one attempt's async stream, storing and sending each new item.
+    pub async fn run_stream(&self, items: impl futures::Stream<Item = T>) -> Result<(), Failure> {
+        use futures::StreamExt;
+        use std::sync::atomic::Ordering;
+        let already = self.yielded.load(Ordering::Acquire);
+        let mut items = std::pin::pin!(items.enumerate());
+        while let Some((n, item)) = items.next().await {
+            if n < already {
+                continue;
+            }
+            let r = self.store.put(item).map_err(Failure::Store)?;
+            self.yielded.store(n + 1, Ordering::Release);
+            let _ = self.items.send(r);
+        }
+        Ok(())
+    }
+}
+
 /// A stream and its sink, for a generator task. Used by generated code.
 #[doc(hidden)]
 pub fn stream<T: Object>(

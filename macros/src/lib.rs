@@ -333,8 +333,9 @@ fn parse_remote_attr(attr: TokenStream2) -> syn::Result<usize> {
 /// `num_returns` value that stands for `generator`.
 const GENERATOR: usize = 0;
 
-/// `impl Iterator<Item = T>`: its `T`.
-fn iterator_item(ty: &Type) -> Option<&Type> {
+/// `impl Iterator<Item = T>` or `impl Stream<Item = T>`: its `T`, and
+/// whether it is a stream.
+fn iterator_item(ty: &Type) -> Option<(&Type, bool)> {
     let Type::ImplTrait(imp) = ty else {
         return None;
     };
@@ -343,14 +344,17 @@ fn iterator_item(ty: &Type) -> Option<&Type> {
             return None;
         };
         let last = t.path.segments.last()?;
-        if last.ident != "Iterator" {
+        let is_stream = last.ident == "Stream";
+        if last.ident != "Iterator" && !is_stream {
             return None;
         }
         let PathArguments::AngleBracketed(args) = &last.arguments else {
             return None;
         };
         args.args.iter().find_map(|arg| match arg {
-            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(&assoc.ty),
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => {
+                Some((&assoc.ty, is_stream))
+            }
             _ => None,
         })
     })
@@ -392,20 +396,26 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
     if generator && sig.asyncness.is_some() {
         return Err(syn::Error::new(
             sig.asyncness.span(),
-            "generators are plain fns returning impl Iterator<Item = T> (async generators are not supported yet)",
+            "a generator is a plain fn returning impl Iterator<Item = T> (sync) or impl Stream<Item = T> (async); drop the `async`",
         ));
     }
-    let item_ty = match (&sig.output, generator) {
-        (ReturnType::Type(_, ty), true) => Some(iterator_item(ty).ok_or_else(|| {
-            syn::Error::new(ty.span(), "a generator returns impl Iterator<Item = T>")
-        })?),
+    let (item_ty, streaming) = match (&sig.output, generator) {
+        (ReturnType::Type(_, ty), true) => {
+            let (item, streaming) = iterator_item(ty).ok_or_else(|| {
+                syn::Error::new(
+                    ty.span(),
+                    "a generator returns impl Iterator<Item = T> or impl Stream<Item = T>",
+                )
+            })?;
+            (Some(item), streaming)
+        }
         (ReturnType::Default, true) => {
             return Err(syn::Error::new(
                 sig.ident.span(),
-                "a generator returns impl Iterator<Item = T>",
+                "a generator returns impl Iterator<Item = T> or impl Stream<Item = T>",
             ))
         }
-        _ => None,
+        _ => (None, false),
     };
     let (result_ty, fallible): (TokenStream2, bool) = match &sig.output {
         _ if generator => (quote!(()), false),
@@ -508,7 +518,23 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
     let resolves_now = idents
         .iter()
         .map(|ident| quote!(let #ident = #ident.resolve_now(&__store)?;));
-    let submit = if let Some(item) = item_ty {
+    let submit = if let (Some(item), true) = (item_ty, streaming) {
+        quote! {
+            // An async stream: consumed on the workers, each item stored and
+            // its ref sent as it arrives.
+            let (__sink, __finish) = ::troupe::__private::stream::<#item>(rt.objects());
+            let __done = rt.submit(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
+                let __store = __store.clone();
+                let __sink = __sink.clone();
+                #(#clones)*
+                ::std::boxed::Box::pin(async move {
+                    #(#resolves)*
+                    __sink.run_stream(super::#name(#(#idents),*)).await
+                })
+            });
+            __finish(__done)
+        }
+    } else if let Some(item) = item_ty {
         quote! {
             // Each item is stored and its ref sent as the body yields it.
             let (__sink, __finish) = ::troupe::__private::stream::<#item>(rt.objects());
@@ -711,13 +737,13 @@ mod tests {
     }
 
     #[test]
-    fn generators_must_be_sync_iterators() {
+    fn generators_return_an_iterator_or_a_stream() {
         assert!(remote_error_of("generator", "fn g() -> u32 { 0 }").contains("impl Iterator"));
         assert!(remote_error_of(
             "generator",
             "async fn g() -> impl Iterator<Item = u8> { 0..1 }"
         )
-        .contains("async generators"));
+        .contains("drop the `async`"));
         assert!(remote_error_of("stream", "fn g() {}").contains("`generator`"));
     }
 
