@@ -1,17 +1,22 @@
-//! Troupe's runtime core: supervisors, typed actors and the runtime that
-//! boots them as one supervision tree.
+//! Troupe's runtime core: supervisors, typed actors, tasks, the scheduler,
+//! and the runtime that boots them as one supervision tree.
 //!
 //! Most users want the facade crate `troupe`, which re-exports this crate
-//! and adds the `#[troupe::actor]` macro. The parts:
+//! and adds the `#[troupe::actor]` and `#[troupe::remote]` macros. The parts:
 //!
 //! - [`supervisor`]: Erlang/OTP supervisors for any `ractor::Actor`.
 //! - [`actor`]: Ray-style typed actors with restarts and named lookup.
+//! - [`task`]: remote functions: options, arguments, errors, context,
+//!   generators, the by-name registry.
+//! - [`scheduler`]: the system actor and the core that run tasks when their
+//!   arguments are ready and resources free.
 //! - [`runtime`]: [`init`] / [`Runtime::start`], the root of everything.
 //! - [`object_store`]: the system actor that spills the node's objects; the
 //!   store itself is [`troupe_objects`], reached through `Runtime::put/get`.
 //!
-//! Architecture invariant: this crate never opens a socket; the cluster
-//! crate plugs in through traits defined here.
+//! Architecture invariant: this crate never opens a socket. The cluster
+//! crate will plug in through traits defined here (none exist yet; the
+//! by-name task registry and global ids are the first seams).
 
 #![warn(missing_docs)]
 

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! root (rest_for_one)
-//! ├── system (one_for_one)      scheduler and object store (next issue)
+//! ├── system (one_for_one)
+//! │   ├── object_store          keeps the store within its memory budget
+//! │   └── scheduler             admits tasks; attempts report to its core
 //! └── user   (dynamic, per-actor restart caps)
 //!     ├── Host<Counter>#1       one per spawned actor
 //!     └── your supervisor trees
