@@ -87,6 +87,15 @@ where
     (mean, var.sqrt())
 }
 
+/// Runs a measurement in a task on the runtime, as a service's code would
+/// run (not on the calling thread, which would add a wake-up per step).
+fn on_runtime(
+    rt: &Runtime,
+    measurement: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>,
+) -> (f64, f64) {
+    rt.block_on(async { tokio::spawn(measurement).await.expect("bench task") })
+}
+
 fn report(metric: &str, value: f64, unit: &str, std: Option<f64>) {
     println!("{metric} {value:.3} {unit}");
     if let Some(std) = std {
@@ -160,10 +169,6 @@ fn main() {
     }
 
     let rt = Runtime::start(Config::default()).expect("runtime starts");
-    let on_runtime = |fut: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>| {
-        rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
-    };
-
     if wanted("actor_calls_sync_per_s") {
         let actor = rt
             .block_on(rt.spawn_actor(ActorOptions::new(), || Noop))
@@ -171,15 +176,18 @@ fn main() {
         let timing = Timing {
             ..Timing::from_env()
         };
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1, || {
-                let actor = actor.clone();
-                async move {
-                    actor.noop().await.expect("reply");
-                }
-            })
-            .await
-        }));
+        let (mean, std) = on_runtime(
+            &rt,
+            Box::pin(async move {
+                timeit(&timing, 1, || {
+                    let actor = actor.clone();
+                    async move {
+                        actor.noop().await.expect("reply");
+                    }
+                })
+                .await
+            }),
+        );
         report("actor_calls_sync_per_s", mean, "calls/s", Some(std));
     }
 
@@ -188,43 +196,49 @@ fn main() {
             .block_on(rt.spawn_actor(ActorOptions::new(), || Noop))
             .expect("spawn");
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1000, || {
-                let pending: Vec<_> = (0..1000).map(|_| actor.noop()).collect();
-                async move {
-                    for p in pending {
-                        p.await.expect("reply");
+        let (mean, std) = on_runtime(
+            &rt,
+            Box::pin(async move {
+                timeit(&timing, 1000, || {
+                    let pending: Vec<_> = (0..1000).map(|_| actor.noop()).collect();
+                    async move {
+                        for p in pending {
+                            p.await.expect("reply");
+                        }
                     }
-                }
-            })
-            .await
-        }));
+                })
+                .await
+            }),
+        );
         report("actor_calls_async_per_s", mean, "calls/s", Some(std));
     }
 
     if wanted("actor_creation_per_s") {
         let rt2 = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1000, || {
-                let rt = rt2.clone();
-                async move {
-                    let mut actors = Vec::with_capacity(1000);
-                    for _ in 0..1000 {
-                        let a = rt
-                            .spawn_actor(ActorOptions::new(), || Noop)
-                            .await
-                            .expect("spawn");
-                        a.noop().await.expect("reply");
-                        actors.push(a);
+        let (mean, std) = on_runtime(
+            &rt,
+            Box::pin(async move {
+                timeit(&timing, 1000, || {
+                    let rt = rt2.clone();
+                    async move {
+                        let mut actors = Vec::with_capacity(1000);
+                        for _ in 0..1000 {
+                            let a = rt
+                                .spawn_actor(ActorOptions::new(), || Noop)
+                                .await
+                                .expect("spawn");
+                            a.noop().await.expect("reply");
+                            actors.push(a);
+                        }
+                        // Dropping the handles stops the actors (as Ray collects
+                        // them); that work overlaps the next step, as in Ray.
+                        drop(actors);
                     }
-                    // Dropping the handles stops the actors (as Ray collects
-                    // them); that work overlaps the next step, as in Ray.
-                    drop(actors);
-                }
-            })
-            .await
-        }));
+                })
+                .await
+            }),
+        );
         report("actor_creation_per_s", mean, "actors/s", Some(std));
     }
 
@@ -237,55 +251,62 @@ fn main() {
 }
 
 /// Task loops (Ray's `ray_perf.py` single-client task benchmarks).
-fn tasks(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
-    let on_runtime = |fut: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>| {
-        rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
-    };
+fn tasks(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+    let rt = runtime;
     if wanted("tasks_sync_per_s") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1, || {
-                let rt = rt.clone();
-                async move {
-                    rt.get(&noop_task::remote(&rt)).await.expect("task");
-                }
-            })
-            .await
-        }));
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                timeit(&timing, 1, || {
+                    let rt = rt.clone();
+                    async move {
+                        rt.get(&noop_task::remote(&rt)).await.expect("task");
+                    }
+                })
+                .await
+            }),
+        );
         report("tasks_sync_per_s", mean, "tasks/s", Some(std));
     }
     if wanted("tasks_async_per_s") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1000, || {
-                let rt = rt.clone();
-                async move {
-                    let refs: Vec<_> = (0..1000).map(|_| noop_task::remote(&rt)).collect();
-                    rt.get_many(&refs, None).await.expect("tasks");
-                }
-            })
-            .await
-        }));
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                timeit(&timing, 1000, || {
+                    let rt = rt.clone();
+                    async move {
+                        let refs: Vec<_> = (0..1000).map(|_| noop_task::remote(&rt)).collect();
+                        rt.get_many(&refs, None).await.expect("tasks");
+                    }
+                })
+                .await
+            }),
+        );
         report("tasks_async_per_s", mean, "tasks/s", Some(std));
     }
     if wanted("task_chain_per_s") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1000, || {
-                let rt = rt.clone();
-                async move {
-                    let mut r = link::remote(&rt, 0);
-                    for _ in 1..1000 {
-                        r = link::remote(&rt, r);
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                timeit(&timing, 1000, || {
+                    let rt = rt.clone();
+                    async move {
+                        let mut r = link::remote(&rt, 0);
+                        for _ in 1..1000 {
+                            r = link::remote(&rt, r);
+                        }
+                        assert_eq!(*rt.get(&r).await.expect("chain"), 1000);
                     }
-                    assert_eq!(*rt.get(&r).await.expect("chain"), 1000);
-                }
-            })
-            .await
-        }));
+                })
+                .await
+            }),
+        );
         report("task_chain_per_s", mean, "tasks/s", Some(std));
     }
 }
@@ -331,42 +352,45 @@ fn soak(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
 const LARGE: usize = 100 * 1000 * 1000; // 100 MB, as Ray's put benchmark
 
 /// Object store loops (Ray's `ray_perf.py` put/get/wait).
-fn objects(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
-    let on_runtime = |fut: std::pin::Pin<Box<dyn Future<Output = (f64, f64)> + Send>>| {
-        rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
-    };
-
+fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+    let rt = runtime;
     if wanted("put_small_per_s") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            timeit(&timing, 1000, || {
-                // Refs are dropped at once, so the store stays small.
-                for i in 0..1000u64 {
-                    drop(rt.put(i).expect("put"));
-                }
-                async {}
-            })
-            .await
-        }));
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                timeit(&timing, 1000, || {
+                    // Refs are dropped at once, so the store stays small.
+                    for i in 0..1000u64 {
+                        drop(rt.put(i).expect("put"));
+                    }
+                    async {}
+                })
+                .await
+            }),
+        );
         report("put_small_per_s", mean, "puts/s", Some(std));
     }
 
     if wanted("get_small_per_s") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            let r = rt.put(7u64).expect("put");
-            timeit(&timing, 1000, || {
-                let (rt, r) = (rt.clone(), r.clone());
-                async move {
-                    for _ in 0..1000 {
-                        std::hint::black_box(rt.get(&r).await.expect("get"));
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                let r = rt.put(7u64).expect("put");
+                timeit(&timing, 1000, || {
+                    let (rt, r) = (rt.clone(), r.clone());
+                    async move {
+                        for _ in 0..1000 {
+                            std::hint::black_box(rt.get(&r).await.expect("get"));
+                        }
                     }
-                }
-            })
-            .await
-        }));
+                })
+                .await
+            }),
+        );
         report("get_small_per_s", mean, "gets/s", Some(std));
     }
 
@@ -412,18 +436,21 @@ fn objects(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
     if wanted("get_object_containing_10k_refs_per_s") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            let refs: Vec<_> = (0..10_000u64).map(|i| rt.put(i).expect("put")).collect();
-            let holder = rt.put(refs).expect("put");
-            timeit(&timing, 1, || {
-                let (rt, holder) = (rt.clone(), holder.clone());
-                async move {
-                    let refs = rt.get(&holder).await.expect("get");
-                    assert_eq!(refs.len(), 10_000);
-                }
-            })
-            .await
-        }));
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                let refs: Vec<_> = (0..10_000u64).map(|i| rt.put(i).expect("put")).collect();
+                let holder = rt.put(refs).expect("put");
+                timeit(&timing, 1, || {
+                    let (rt, holder) = (rt.clone(), holder.clone());
+                    async move {
+                        let refs = rt.get(&holder).await.expect("get");
+                        assert_eq!(refs.len(), 10_000);
+                    }
+                })
+                .await
+            }),
+        );
         report(
             "get_object_containing_10k_refs_per_s",
             mean,
@@ -435,17 +462,20 @@ fn objects(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
     if wanted("wait_1k_refs_ms") {
         let rt = rt.clone();
         let timing = Timing::from_env();
-        let (mean, std) = on_runtime(Box::pin(async move {
-            let refs: Vec<_> = (0..1000u64).map(|i| rt.put(i).expect("put")).collect();
-            timeit(&timing, 1, || {
-                let (rt, refs) = (rt.clone(), refs.clone());
-                async move {
-                    let (ready, _) = rt.wait(refs, 1000, None).await;
-                    assert_eq!(ready.len(), 1000);
-                }
-            })
-            .await
-        }));
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                let refs: Vec<_> = (0..1000u64).map(|i| rt.put(i).expect("put")).collect();
+                timeit(&timing, 1, || {
+                    let (rt, refs) = (rt.clone(), refs.clone());
+                    async move {
+                        let (ready, _) = rt.wait(refs, 1000, None).await;
+                        assert_eq!(ready.len(), 1000);
+                    }
+                })
+                .await
+            }),
+        );
         // timeit gives waits per second; the metric is milliseconds per wait.
         report(
             "wait_1k_refs_ms",
