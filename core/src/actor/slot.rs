@@ -131,6 +131,12 @@ impl<A: Actor> Slot<A> {
 
     /// Sends a call: straight to the running incarnation when nothing is
     /// parked (the hot path: one atomic load, one mailbox push), else parks it.
+    ///
+    /// Order: calls from one caller run in the order sent, except across a
+    /// crash. A call sent while the dying incarnation still accepted
+    /// messages, but after its mailbox was taken down, can be parked ahead
+    /// of an earlier call that comes back from that mailbox for
+    /// re-delivery (`max_task_retries`).
     pub(crate) fn send(self: &Arc<Self>, job: Box<dyn Job<A>>) {
         let mut job = job;
         if !self.has_parked.load(Ordering::Acquire) {
