@@ -535,8 +535,8 @@ struct Introspective;
 
 #[troupe::actor]
 impl Introspective {
-    pub fn whoami(&self) -> Option<(u64, Option<String>)> {
-        troupe::actor::current().map(|info| (info.id, info.name.clone()))
+    pub fn whoami(&self) -> Option<(u64, Option<String>, troupe::NodeId)> {
+        troupe::actor::current().map(|info| (info.id, info.name.clone(), info.node))
     }
 
     pub async fn whoami_async(&self) -> Option<u64> {
@@ -554,7 +554,7 @@ async fn methods_see_their_actor_context() {
         .unwrap();
     assert_eq!(
         a.whoami().await.unwrap(),
-        Some((a.id(), Some("me".to_owned())))
+        Some((a.id(), Some("me".to_owned()), rt.node_id()))
     );
     assert_eq!(a.whoami_async().await.unwrap(), Some(a.id()));
     assert!(

@@ -758,6 +758,7 @@ impl Runtime {
             id,
             name: options.name.clone(),
             type_name: std::any::type_name::<A>(),
+            node: self.node_id(),
         });
         let slot = Arc::new(Slot::<A>::new(info.clone(), options.clone()));
         if let Some(name) = &options.name {

@@ -41,6 +41,8 @@ pub struct ActorInfo {
     pub name: Option<String>,
     /// The Rust type of the actor.
     pub type_name: &'static str,
+    /// The node (runtime) it lives on.
+    pub node: troupe_objects::NodeId,
 }
 
 impl fmt::Display for ActorInfo {
