@@ -47,7 +47,7 @@ if [[ $# -eq 0 && -z "${TROUPE_PERF_QUICK:-}" ]]; then
     write=(--write "$root/benches/RESULTS.md")
 fi
 "$venv/bin/python" benches/ray/table.py "$out/ray.txt" "$out/troupe.txt" \
-    --command "benches/ray/compare.sh${*:+ $*}" \
+    --command "${TROUPE_PERF_QUICK:+TROUPE_PERF_QUICK=1 }benches/ray/compare.sh${*:+ $*}" \
     --ray-version "$("$venv/bin/python" -c 'import ray; print(ray.__version__)')" \
     --troupe-version "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
     --rustc "$(rustc --version)" \
