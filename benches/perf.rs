@@ -245,6 +245,8 @@ fn main() {
     tasks(&rt, &wanted);
     soak(&rt, &wanted);
     objects(&rt, &wanted);
+    #[cfg(feature = "gpu")]
+    gpu::run(&rt, &wanted);
 
     let _ = rt.block_on(rt.shutdown());
     let _ = timing;
@@ -483,5 +485,118 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
             "ms",
             Some(1e3 * std / (mean * mean)),
         );
+    }
+}
+
+/// Tensors and weight broadcast (`--features gpu`).
+#[cfg(feature = "gpu")]
+mod gpu {
+    use super::*;
+    use troupe::gpu::tch::nn;
+    use troupe::gpu::tch::{Device, Kind, Tensor};
+    use troupe::gpu::{TensorObject, Weights};
+
+    /// A CPU replica that loads broadcast weights.
+    pub struct Replica {
+        rt: Runtime,
+        vs: nn::VarStore,
+        _net: nn::Linear,
+    }
+
+    #[troupe::actor]
+    impl Replica {
+        pub async fn load(&mut self, weights: ObjectRef<Weights>) -> bool {
+            let weights = self.rt.get(&weights).await.expect("weights");
+            weights.load_into(&mut self.vs).expect("load");
+            true
+        }
+    }
+
+    fn linear(vs: &nn::VarStore) -> nn::Linear {
+        // 1000 x 1000 + 1000: about a million parameters.
+        nn::linear(vs.root() / "fc", 1000, 1000, Default::default())
+    }
+
+    pub fn run(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+        if wanted("tensor_put_gigabytes_per_s") || wanted("tensor_get_gigabytes_per_s") {
+            // 100 MB of float32, as the byte-array put.
+            let numel = (LARGE / 4) as i64;
+            let source = Tensor::ones([numel], (Kind::Float, Device::Cpu));
+            let gbps = |per_s: f64| per_s * LARGE as f64 / 1e9;
+            let mut target = vec![0u8; LARGE];
+            let bytes = vec![1u8; LARGE];
+            let (memcpy, _) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+                target.copy_from_slice(&bytes);
+                std::hint::black_box(&target);
+                async {}
+            }));
+            // The caller keeps its tensor, so the store gets a copy (as a
+            // Ray put): one allocation and one copy, no encoding.
+            let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+                let mut copy = source.empty_like();
+                copy.copy_(&source);
+                drop(rt.put(TensorObject::from(copy)).expect("put"));
+                async {}
+            }));
+            report(
+                "tensor_put_gigabytes_per_s",
+                gbps(mean),
+                "GB/s",
+                Some(gbps(std)),
+            );
+            report("tensor_put_vs_memcpy", mean / memcpy, "x", None);
+            let r = rt
+                .put(TensorObject::from(source.shallow_clone()))
+                .expect("put");
+            let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+                let r = r.clone();
+                async move {
+                    std::hint::black_box(rt.get(&r).await.expect("get"));
+                }
+            }));
+            report(
+                "tensor_get_gigabytes_per_s",
+                gbps(mean),
+                "GB/s",
+                Some(gbps(std)),
+            );
+        }
+        if wanted("weight_broadcast_1m_params_4_actors_ms") {
+            let learner = nn::VarStore::new(Device::Cpu);
+            let _net = linear(&learner);
+            let replicas: Vec<_> = (0..4)
+                .map(|_| {
+                    let rt2 = rt.clone();
+                    rt.block_on(rt.spawn_actor(ActorOptions::new(), move || {
+                        let vs = nn::VarStore::new(Device::Cpu);
+                        let _net = linear(&vs);
+                        Replica {
+                            rt: rt2.clone(),
+                            vs,
+                            _net,
+                        }
+                    }))
+                    .expect("spawn")
+                })
+                .collect();
+            // Snapshot, put once, every replica loads it: learner to replicas.
+            let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
+                let weights = rt
+                    .put(Weights::snapshot(&learner).expect("snapshot"))
+                    .expect("put");
+                let loads: Vec<_> = replicas.iter().map(|r| r.load(weights.clone())).collect();
+                async move {
+                    for load in loads {
+                        assert!(load.await.expect("load"));
+                    }
+                }
+            }));
+            report(
+                "weight_broadcast_1m_params_4_actors_ms",
+                1e3 / mean,
+                "ms",
+                Some(1e3 * std / (mean * mean)),
+            );
+        }
     }
 }

@@ -27,12 +27,17 @@
 
 pub use troupe_core::{
     actor, error, init, object_store, resources, runtime, scheduler, supervisor, task, Actor,
-    ActorError, ActorHandle, ActorInfo, ActorOptions, AnyObjectRef, Config, GetSize, IntoArg,
-    Limit, LookupError, NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore,
-    ObjectStream, Pending, Resources, Runtime, ShutdownError, SpawnError, StoreConfig,
+    ActorError, ActorHandle, ActorInfo, ActorOptions, AnyObjectRef, Config, GetSize, GpuDetector,
+    GpuInfo, IntoArg, Limit, LookupError, NodeId, Object, ObjectError, ObjectId, ObjectRef,
+    ObjectStore, ObjectStream, Pending, Resources, Runtime, ShutdownError, SpawnError, StoreConfig,
     SupervisorError, TaskContext, TaskError, TaskId, TaskOptions,
 };
 pub use troupe_macros::{actor, remote};
+
+/// GPU support on libtorch: device detection, devices for actors and
+/// tasks, tensors and weights as objects (the `gpu` feature).
+#[cfg(feature = "gpu")]
+pub use troupe_gpu as gpu;
 
 /// With the `mimalloc` feature, Troupe installs mimalloc as the global
 /// allocator (actor creation is allocation-bound; see the README).

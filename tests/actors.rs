@@ -443,14 +443,37 @@ async fn self_in_a_method_signature_is_the_actor_type() {
 }
 
 #[tokio::test]
-async fn resources_are_carried_with_the_actor() {
-    let rt = runtime().await;
+async fn resources_are_held_by_the_actor_and_given_back_when_it_dies() {
+    let node = Resources::cpus(2.0).with_gpus(1.0).with("disk", 2.0);
+    let rt = troupe::init(Config::default().resources(node))
+        .await
+        .unwrap();
     let needs = Resources::cpus(1.0).with_gpus(0.5).with("disk", 2.0);
     let a = rt
         .spawn_actor(ActorOptions::new().resources(needs.clone()), || Other)
         .await
         .unwrap();
     assert_eq!(a.options().get_resources(), &needs);
+    assert_eq!(a.info().resources, needs);
+    assert_eq!(a.info().gpu_ids, vec![0]);
+    // All the "disk" is held: a second such actor waits until the first dies.
+    let rt2 = rt.clone();
+    let needs2 = needs.clone();
+    let second = tokio::spawn(async move {
+        rt2.spawn_actor(ActorOptions::new().resources(needs2), || Other)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !second.is_finished(),
+        "placed while the resources were held"
+    );
+    a.kill(true).await;
+    let second = within("placed once the first died", second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.info().gpu_ids, vec![0]);
     rt.shutdown().await.unwrap();
 }
 

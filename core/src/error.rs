@@ -1,6 +1,8 @@
 //! Typed errors. Each says what happened and, where it helps, what to do.
 
 use std::sync::Arc;
+
+use crate::Resources;
 use std::time::Duration;
 
 use crate::actor::ActorInfo;
@@ -28,6 +30,31 @@ pub enum SpawnError {
     /// The runtime was shut down.
     #[error("the runtime has been shut down; start a new one with troupe::init")]
     RuntimeShutDown,
+    /// The actor asks for more than this node has; it can never be placed here.
+    #[error("{what} needs {needs:?} but this node has only {node:?}; lower the actor's resources or add a node that fits")]
+    Infeasible {
+        /// The actor type.
+        what: String,
+        /// What it asked for.
+        needs: Resources,
+        /// What the node has in all.
+        node: Resources,
+    },
+    /// An actor in a tree of your own (`actor_child`) asks for resources
+    /// that are taken now; trees start synchronously, so it cannot wait.
+    #[error("{what} needs {needs:?}, which other work holds now; spawn it with spawn_actor (which waits for them) or free them first")]
+    ResourcesBusy {
+        /// The actor type.
+        what: String,
+        /// What it asked for.
+        needs: Resources,
+    },
+    /// Resource amounts that make no sense (in the config or the actor's options).
+    #[error("invalid resources: {0}")]
+    InvalidResources(String),
+    /// The config's GPU detector failed; the runtime did not start.
+    #[error("GPU detection failed: {0}; check the NVIDIA driver (nvidia-smi), or start without a GPU detector to run on CPU")]
+    GpuDetection(String),
     /// The tokio runtime for `Runtime::start` could not be built.
     #[error("could not build the tokio runtime: {0}; check thread limits, or embed Troupe in your own tokio runtime with troupe::init")]
     Tokio(String),

@@ -50,3 +50,58 @@ impl Resources {
         self
     }
 }
+
+impl Resources {
+    /// Checks that the amounts make sense: finite, not negative, and GPUs
+    /// either a fraction of one device (`0.25`) or whole devices (`2`), as
+    /// Ray requires. The error says what to change.
+    ///
+    /// ```
+    /// use troupe_core::Resources;
+    /// assert!(Resources::cpus(1.0).with_gpus(0.5).validate().is_ok());
+    /// assert!(Resources::cpus(1.0).with_gpus(2.0).validate().is_ok());
+    /// assert!(Resources::cpus(1.0).with_gpus(1.5).validate().is_err());
+    /// assert!(Resources::cpus(-1.0).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        let amounts = [("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)]
+            .into_iter()
+            .chain(self.custom.iter().map(|(k, v)| (k.as_str(), *v)));
+        for (what, amount) in amounts {
+            if !amount.is_finite() || amount < 0.0 {
+                return Err(format!(
+                    "{what} = {amount} is not a finite, non-negative amount"
+                ));
+            }
+        }
+        if self.num_gpus > 1.0 && self.num_gpus.fract() != 0.0 {
+            return Err(format!(
+                "num_gpus = {} mixes whole and partial devices; ask for a fraction of one GPU (at most 1.0) or a whole number of GPUs",
+                self.num_gpus
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One GPU of a node: what a [`GpuDetector`] found, or what
+/// [`Config::resources`](crate::Config) declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// The device ordinal (CUDA's numbering on this node).
+    pub ordinal: u32,
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3" ("declared" when
+    /// the configuration declared it instead of a detector).
+    pub name: String,
+    /// Total device memory in bytes, when known.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Finds a node's GPUs when a runtime starts; they become its `GPU`
+/// resources. Core knows no GPU library: the `gpu` crate implements this
+/// with libtorch.
+pub trait GpuDetector: std::fmt::Debug + Send + Sync + 'static {
+    /// The node's GPUs, ordinals `0..n`. An error fails the runtime's start
+    /// (a machine whose driver is broken should say so, not run on CPU).
+    fn detect(&self) -> Result<Vec<GpuInfo>, String>;
+}

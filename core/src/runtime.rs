@@ -30,13 +30,13 @@ use troupe_objects::{NodeId, Object, ObjectError, ObjectRef, ObjectStore, StoreC
 use crate::actor::{Actor, ActorHandle, ActorInfo, ActorOptions, Factory, Limit, Slot};
 use crate::error::{LookupError, ShutdownError, SpawnError, SupervisorError};
 use crate::object_store::ObjectStoreActor;
-use crate::scheduler::{Queued, SchedulerActor, SchedulerCore, Units};
+use crate::scheduler::{Queued, Reservation, ReserveError, SchedulerActor, SchedulerCore, Units};
 use crate::supervisor::{
     ChildExit, ChildSpec, EventBus, Restart, Shutdown, StartContext, Strategy, SupervisionEvent,
     Supervisor, SupervisorRef, SupervisorSpec,
 };
 use crate::task::{Body, Failure, Outputs, Returns, Task, TaskContext, TaskId, TaskOptions};
-use crate::Resources;
+use crate::{GpuDetector, GpuInfo, Resources};
 use futures::future::BoxFuture;
 use troupe_objects::ObjectId;
 
@@ -64,6 +64,11 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// The object store: memory budget, spill threshold and directory.
     pub objects: StoreConfig,
+    /// Finds the node's GPUs at start (the `gpu` crate's libtorch detector,
+    /// say); they replace `resources.num_gpus`. Without one, the node has
+    /// `resources.num_gpus` GPUs as declared (ordinals `0..n`), which is how
+    /// tests exercise GPU placement on machines without GPUs.
+    pub gpu_detector: Option<Arc<dyn GpuDetector>>,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             event_capacity: 1024,
             worker_threads: None,
             objects: StoreConfig::default(),
+            gpu_detector: None,
         }
     }
 }
@@ -102,6 +108,12 @@ impl Config {
     /// Sets the object store's settings.
     pub fn objects(mut self, objects: StoreConfig) -> Self {
         self.objects = objects;
+        self
+    }
+
+    /// Detects the node's GPUs with `detector` when the runtime starts.
+    pub fn gpu_detector(mut self, detector: impl GpuDetector) -> Self {
+        self.gpu_detector = Some(Arc::new(detector));
         self
     }
 
@@ -134,6 +146,7 @@ impl Drop for OwnedTokio {
 
 pub(crate) struct Inner {
     config: Config,
+    gpus: Vec<GpuInfo>,
     root: SupervisorRef,
     system: Arc<ArcSwapOption<SupervisorRef>>,
     user: Arc<ArcSwapOption<SupervisorRef>>,
@@ -206,8 +219,33 @@ fn publishing(spec: SupervisorSpec, into: Arc<ArcSwapOption<SupervisorRef>>) -> 
     .shutdown(Shutdown::Infinity)
 }
 
-async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> {
+/// The node's GPUs: detected, or as declared by `resources.num_gpus`.
+fn node_gpus(config: &mut Config) -> Result<Vec<GpuInfo>, SpawnError> {
+    config
+        .resources
+        .validate()
+        .map_err(SpawnError::InvalidResources)?;
+    let gpus = match &config.gpu_detector {
+        Some(detector) => detector.detect().map_err(SpawnError::GpuDetection)?,
+        None => (0..config.resources.num_gpus as u32)
+            .map(|ordinal| GpuInfo {
+                ordinal,
+                name: "declared".to_owned(),
+                memory_bytes: None,
+            })
+            .collect(),
+    };
+    config.resources.num_gpus = gpus.len() as f64;
+    for gpu in &gpus {
+        tracing::info!(ordinal = gpu.ordinal, name = %gpu.name, memory_bytes = ?gpu.memory_bytes, "GPU");
+    }
+    metrics::gauge!("troupe_node_gpus").set(gpus.len() as f64);
+    Ok(gpus)
+}
+
+async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> {
     let began = Instant::now();
+    let gpus = node_gpus(&mut config)?;
     let events = EventBus::new(config.event_capacity);
     let system = Arc::new(ArcSwapOption::empty());
     let user = Arc::new(ArcSwapOption::empty());
@@ -250,6 +288,7 @@ async fn boot(config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> 
     let runtime = Runtime {
         inner: Arc::new(Inner {
             config,
+            gpus,
             root,
             system,
             user,
@@ -336,6 +375,11 @@ impl Runtime {
             return None;
         }
         self.inner.scheduler.lend(context.task_id)
+    }
+
+    /// The node's GPUs (detected, or declared in the config).
+    pub fn gpus(&self) -> &[GpuInfo] {
+        &self.inner.gpus
     }
 
     /// This node's id (it prefixes every object id made here).
@@ -712,7 +756,14 @@ impl Runtime {
         // Unnamed actors are collected with their last handle; named ones
         // stay reachable through get_actor, so they live until killed.
         let collect = options.name.is_none();
-        let (spec, handle) = self.actor_spec(options, factory, collect)?;
+        let reservation = match self.needs_of(&options)? {
+            None => None,
+            Some(needs) => {
+                let reserved = self.inner.scheduler.reserve(needs).await;
+                Some(self.reserved::<A>(&options, reserved)?)
+            }
+        };
+        let (spec, handle) = self.actor_spec(options, factory, collect, reservation)?;
         match user.start_child(spec).await {
             Ok(_) => Ok(A::Handle::from(handle)),
             Err(err) => {
@@ -740,8 +791,49 @@ impl Runtime {
         A: Actor,
         F: Fn() -> A + Send + Sync + 'static,
     {
-        let (spec, handle) = self.actor_spec(options, factory_of(new), false)?;
+        let reservation = match self.needs_of(&options)? {
+            None => None,
+            Some(needs) => {
+                let reserved = match self.inner.scheduler.try_reserve(&needs) {
+                    Ok(Some(granted)) => Ok(granted),
+                    Ok(None) => {
+                        return Err(SpawnError::ResourcesBusy {
+                            what: std::any::type_name::<A>().to_owned(),
+                            needs: options.resources.clone(),
+                        })
+                    }
+                    Err(err) => Err(err),
+                };
+                Some(self.reserved::<A>(&options, reserved)?)
+            }
+        };
+        let (spec, handle) = self.actor_spec(options, factory_of(new), false, reservation)?;
         Ok((spec, A::Handle::from(handle)))
+    }
+
+    /// What an actor's options ask the node to hold, if anything.
+    fn needs_of(&self, options: &ActorOptions) -> Result<Option<Units>, SpawnError> {
+        options
+            .resources
+            .validate()
+            .map_err(SpawnError::InvalidResources)?;
+        let needs = Units::of(&options.resources);
+        Ok((!needs.is_zero()).then_some(needs))
+    }
+
+    fn reserved<A>(
+        &self,
+        options: &ActorOptions,
+        reserved: Result<Reservation, ReserveError>,
+    ) -> Result<Reservation, SpawnError> {
+        reserved.map_err(|err| match err {
+            ReserveError::ShutDown => SpawnError::RuntimeShutDown,
+            ReserveError::Infeasible => SpawnError::Infeasible {
+                what: std::any::type_name::<A>().to_owned(),
+                needs: options.resources.clone(),
+                node: self.inner.scheduler.capacity().clone(),
+            },
+        })
     }
 
     fn actor_spec<A: Actor>(
@@ -749,6 +841,7 @@ impl Runtime {
         options: ActorOptions,
         factory: Factory<A>,
         collect_on_drop: bool,
+        reservation: Option<Reservation>,
     ) -> Result<(ChildSpec, ActorHandle<A>), SpawnError> {
         if self.is_shut_down() {
             return Err(SpawnError::RuntimeShutDown);
@@ -759,8 +852,17 @@ impl Runtime {
             name: options.name.clone(),
             type_name: std::any::type_name::<A>(),
             node: self.node_id(),
+            resources: options.resources.clone(),
+            gpu_ids: reservation
+                .as_ref()
+                .map(Reservation::gpu_ids)
+                .unwrap_or_default(),
         });
         let slot = Arc::new(Slot::<A>::new(info.clone(), options.clone()));
+        if let Some(reservation) = reservation {
+            // Held across restarts; given back once the actor is dead for good.
+            slot.on_dead(Box::new(move || drop(reservation)));
+        }
         if let Some(name) = &options.name {
             match self.inner.names.entry(name.clone()) {
                 dashmap::Entry::Occupied(_) => return Err(SpawnError::NameTaken(name.clone())),
@@ -775,7 +877,7 @@ impl Runtime {
             // Weak: the registry holds the slot, so the slot must not hold it.
             let names: Weak<Names> = Arc::downgrade(&self.inner.names);
             let name = name.clone();
-            slot.set_on_dead(Box::new(move || {
+            slot.on_dead(Box::new(move || {
                 if let Some(names) = names.upgrade() {
                     names.remove_if(&name, |_, named| named.id == id);
                 }

@@ -90,6 +90,92 @@ impl Units {
     }
 }
 
+impl Units {
+    pub(crate) fn is_zero(&self) -> bool {
+        self.cpus == 0
+            && self.gpus == 0
+            && self.memory == 0
+            && self.custom.values().all(|v| *v == 0)
+    }
+}
+
+/// A share of one GPU: its ordinal and the thousandths held.
+pub(crate) type GpuShare = (u32, i64);
+
+/// What is free on each GPU of the node, in thousandths of a device.
+///
+/// Placement follows Ray: a fraction (at most one device) goes to the
+/// fullest device it still fits on, so fractions pack and whole devices stay
+/// free; a whole number `n` takes `n` devices nobody uses.
+#[derive(Debug)]
+struct Gpus {
+    free: Vec<i64>,
+}
+
+impl Gpus {
+    fn new(devices: usize) -> Self {
+        Gpus {
+            free: vec![1000; devices],
+        }
+    }
+
+    fn place(&self, need: i64) -> Option<Vec<GpuShare>> {
+        if need == 0 {
+            return Some(Vec::new());
+        }
+        if need <= 1000 {
+            let (ordinal, _) = self
+                .free
+                .iter()
+                .enumerate()
+                .filter(|(_, free)| **free >= need)
+                .min_by_key(|(i, free)| (**free, *i))?;
+            return Some(vec![(ordinal as u32, need)]);
+        }
+        let whole = (need / 1000) as usize;
+        let idle: Vec<GpuShare> = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, free)| **free == 1000)
+            .map(|(i, _)| (i as u32, 1000))
+            .take(whole)
+            .collect();
+        (idle.len() == whole).then_some(idle)
+    }
+
+    fn take(&mut self, shares: &[GpuShare]) {
+        for (ordinal, amount) in shares {
+            if let Some(free) = self.free.get_mut(*ordinal as usize) {
+                *free -= amount;
+            }
+        }
+    }
+
+    fn give_back(&mut self, shares: &[GpuShare]) {
+        for (ordinal, amount) in shares {
+            if let Some(free) = self.free.get_mut(*ordinal as usize) {
+                *free += amount;
+            }
+        }
+    }
+}
+
+/// Whether `need` thousandths of GPUs could ever be placed on `devices`
+/// idle GPUs: a fraction of one, or whole ones.
+fn gpus_feasible(need: i64, devices: usize) -> bool {
+    match need {
+        0 => true,
+        1..=1000 => devices > 0,
+        _ => need % 1000 == 0 && (need / 1000) as usize <= devices,
+    }
+}
+
+/// The ordinals of a set of GPU shares, in order.
+pub(crate) fn ordinals(shares: &[GpuShare]) -> Vec<u32> {
+    shares.iter().map(|(ordinal, _)| *ordinal).collect()
+}
+
 /// How many queued tasks that do not fit one pump looks past.
 const SKIP_LIMIT: usize = 64;
 
@@ -109,8 +195,10 @@ struct Running {
     abort: Option<AbortHandle>,
     /// Whose result it owes.
     run: Arc<dyn TaskRun>,
-    /// What it holds, and how many of its nested gets lend the CPUs back.
+    /// What it holds (and on which GPUs), and how many of its nested gets
+    /// lend the CPUs back.
     needs: Units,
+    gpus: Vec<GpuShare>,
     lending: u32,
     /// Cancelled while running a sync body: it runs to its end, and what
     /// it returns is dropped.
@@ -119,8 +207,9 @@ struct Running {
 
 impl Running {
     /// Gives back what it holds (its CPUs are back already while lent).
-    fn release(&self, free: &mut Units) {
+    fn release(&self, free: &mut Units, gpus: &mut Gpus) {
         self.needs.give_back(free);
+        gpus.give_back(&self.gpus);
         if self.lending > 0 {
             free.cpus -= self.needs.cpus;
         }
@@ -129,6 +218,9 @@ impl Running {
 
 struct State {
     free: Units,
+    gpus: Gpus,
+    /// Actors waiting for resources to hold for their life, in order.
+    reservations: VecDeque<WaitingReservation>,
     submitted: VecDeque<Queued>,
     ready: VecDeque<Queued>,
     finished: Vec<(Queued, Attempt)>,
@@ -149,6 +241,7 @@ struct State {
 /// of the actor that drives it.
 pub(crate) struct SchedulerCore {
     capacity: Units,
+    gpu_devices: usize,
     capacity_resources: Resources,
     state: Mutex<State>,
     nudged: AtomicBool,
@@ -171,11 +264,15 @@ impl SchedulerCore {
     ) -> Self {
         let units = Units::of(capacity);
         let cpus = CpuPool::new(capacity.num_cpus.ceil().max(1.0) as usize);
+        let gpu_devices = capacity.num_gpus.floor() as usize;
         Self {
             capacity: units.clone(),
+            gpu_devices,
             capacity_resources: capacity.clone(),
             state: Mutex::new(State {
                 free: units,
+                gpus: Gpus::new(gpu_devices),
+                reservations: VecDeque::new(),
                 submitted: VecDeque::new(),
                 ready: VecDeque::new(),
                 finished: Vec::new(),
@@ -232,7 +329,15 @@ impl SchedulerCore {
 
     /// Queues a task. One that can never fit this node fails at once.
     pub(crate) fn submit(self: &Arc<Self>, task: Queued) {
-        if !task.needs.fits_in(&self.capacity) {
+        if let Err(reason) = task.run.needs().validate() {
+            task.run.give_up(TaskError::InvalidResources {
+                task: task.run.name(),
+                id: task.id,
+                reason,
+            });
+            return;
+        }
+        if !self.feasible(&task.needs) {
             let err = TaskError::Infeasible {
                 task: task.run.name(),
                 id: task.id,
@@ -261,6 +366,79 @@ impl SchedulerCore {
         self.nudge();
     }
 
+    /// Whether `needs` fits this node when nothing else runs.
+    fn feasible(&self, needs: &Units) -> bool {
+        needs.fits_in(&self.capacity) && gpus_feasible(needs.gpus, self.gpu_devices)
+    }
+
+    /// What the node has in all.
+    pub(crate) fn capacity(&self) -> &Resources {
+        &self.capacity_resources
+    }
+
+    /// Reserves `needs` for an actor's whole life (Ray holds an actor's
+    /// resources while it lives): at once if they are free, otherwise when
+    /// they are given back, in the order asked. Fails at once when the node
+    /// can never fit them.
+    pub(crate) async fn reserve(
+        self: &Arc<Self>,
+        needs: Units,
+    ) -> Result<Reservation, ReserveError> {
+        match self.try_reserve(&needs)? {
+            Some(granted) => Ok(granted),
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                {
+                    let mut state = self.lock();
+                    if state.shut_down {
+                        return Err(ReserveError::ShutDown);
+                    }
+                    state
+                        .reservations
+                        .push_back(WaitingReservation { needs, grant: tx });
+                }
+                metrics::counter!("troupe_actor_reservations_waited_total").increment(1);
+                // Granted by a pump once resources come back. Something may
+                // have come back between try_reserve and the push: pump now.
+                self.pump();
+                rx.await.map_err(|_| ReserveError::ShutDown)
+            }
+        }
+    }
+
+    /// Reserves `needs` if they are free now (`None` if not).
+    pub(crate) fn try_reserve(
+        self: &Arc<Self>,
+        needs: &Units,
+    ) -> Result<Option<Reservation>, ReserveError> {
+        if !self.feasible(needs) {
+            return Err(ReserveError::Infeasible);
+        }
+        let mut state = self.lock();
+        if state.shut_down {
+            return Err(ReserveError::ShutDown);
+        }
+        // Earlier waiters go first.
+        if !state.reservations.is_empty() {
+            return Ok(None);
+        }
+        Ok(Self::grant(self, &mut state, needs))
+    }
+
+    fn grant(core: &Arc<Self>, state: &mut State, needs: &Units) -> Option<Reservation> {
+        if !needs.fits_in(&state.free) {
+            return None;
+        }
+        let gpus = state.gpus.place(needs.gpus)?;
+        needs.take_from(&mut state.free);
+        state.gpus.take(&gpus);
+        Some(Reservation {
+            core: core.clone(),
+            needs: needs.clone(),
+            gpus,
+        })
+    }
+
     /// Wakes the actor, once per burst.
     fn nudge(&self) {
         if !self.nudged.swap(true, Ordering::AcqRel) {
@@ -282,6 +460,7 @@ impl SchedulerCore {
             let State {
                 running,
                 free,
+                gpus,
                 live,
                 finished,
                 ..
@@ -291,7 +470,7 @@ impl SchedulerCore {
                 // resources are back and its result has failed already.
                 None => return,
                 Some(was) => {
-                    was.release(free);
+                    was.release(free, gpus);
                     if was.cancelled {
                         for result in task.run.results() {
                             live.remove(result);
@@ -344,8 +523,23 @@ impl SchedulerCore {
         let mut give_ups = Vec::new();
         let mut launches = Vec::new();
         let mut waits = Vec::new();
+        let mut grants = Vec::new();
         {
             let mut state = self.lock();
+            // Actors waiting to be placed go before tasks, in order; one
+            // that does not fit yet holds back those behind it (no
+            // starvation of a large actor by small ones).
+            while let Some(waiting) = state.reservations.front() {
+                let needs = waiting.needs.clone();
+                match Self::grant(self, &mut state, &needs) {
+                    Some(granted) => {
+                        if let Some(waiting) = state.reservations.pop_front() {
+                            grants.push((waiting.grant, granted));
+                        }
+                    }
+                    None => break,
+                }
+            }
             for (mut task, attempt) in std::mem::take(&mut state.finished) {
                 match attempt {
                     Attempt::Done => {
@@ -393,10 +587,16 @@ impl SchedulerCore {
             let mut i = 0;
             let mut skipped = 0;
             while i < state.ready.len() && skipped < SKIP_LIMIT {
-                if state.ready[i].needs.fits_in(&state.free) {
+                let placed = if state.ready[i].needs.fits_in(&state.free) {
+                    state.gpus.place(state.ready[i].needs.gpus)
+                } else {
+                    None
+                };
+                if let Some(gpus) = placed {
                     if let Some(task) = state.ready.remove(i) {
                         task.needs.take_from(&mut state.free);
-                        launches.push(task);
+                        state.gpus.take(&gpus);
+                        launches.push((task, gpus));
                     }
                 } else {
                     i += 1;
@@ -404,6 +604,11 @@ impl SchedulerCore {
                 }
             }
             metrics::gauge!("troupe_scheduler_queued_tasks").set(state.ready.len() as f64);
+        }
+        // Outside the lock: a waiter that has gone drops its grant, which
+        // gives the resources back (and takes the lock).
+        for (grant, granted) in grants {
+            let _ = grant.send(granted);
         }
         for (task, failure) in give_ups {
             let err = task.run.error(task.id, task.attempt, failure);
@@ -421,14 +626,14 @@ impl SchedulerCore {
                 core.deps_ready(task);
             });
         }
-        for task in launches {
-            self.launch(task);
+        for (task, gpus) in launches {
+            self.launch(task, gpus);
         }
     }
 
     /// Runs one attempt as an ephemeral actor: a tokio task for an async
     /// body, a CPU-thread job for a sync one; either reports its exit here.
-    fn launch(self: &Arc<Self>, task: Queued) {
+    fn launch(self: &Arc<Self>, task: Queued, gpus: Vec<GpuShare>) {
         let core = self.clone();
         let id = task.id;
         let run = task.run.clone();
@@ -438,6 +643,7 @@ impl SchedulerCore {
                 attempt: task.attempt,
                 node: self.node,
                 resources: task.run.needs().clone(),
+                gpu_ids: ordinals(&gpus),
             },
             runtime: self.runtime.get().cloned().unwrap_or_default(),
         };
@@ -465,6 +671,7 @@ impl SchedulerCore {
                         abort: Some(handle.abort_handle()),
                         run,
                         needs,
+                        gpus,
                         lending: 0,
                         cancelled: false,
                     },
@@ -477,6 +684,7 @@ impl SchedulerCore {
                         abort: None,
                         run,
                         needs,
+                        gpus,
                         lending: 0,
                         cancelled: false,
                     },
@@ -511,6 +719,7 @@ impl SchedulerCore {
                 ready,
                 running,
                 free,
+                gpus,
                 ..
             } = &mut *state;
             if let Some(at) = submitted.iter().position(|t| t.id == id) {
@@ -522,7 +731,7 @@ impl SchedulerCore {
                     Some(abort) => {
                         abort.abort();
                         if let Some(was) = running.remove(&id) {
-                            was.release(free);
+                            was.release(free, gpus);
                         }
                     }
                     None => attempt.cancelled = true,
@@ -557,6 +766,8 @@ impl SchedulerCore {
             let mut state = self.lock();
             state.shut_down = true;
             state.live.clear();
+            // Waiting actors learn of the shutdown when their sender drops.
+            state.reservations.clear();
             let mut queued: Vec<Queued> = state.submitted.drain(..).collect();
             queued.extend(state.ready.drain(..));
             let dependents: Vec<Queued> = state.dependents.drain().flat_map(|(_, w)| w).collect();
@@ -591,6 +802,47 @@ impl SchedulerCore {
             state.waiting_on_deps,
             state.running.len(),
         )
+    }
+}
+
+/// An actor waiting for resources.
+struct WaitingReservation {
+    needs: Units,
+    grant: tokio::sync::oneshot::Sender<Reservation>,
+}
+
+/// Why resources could not be reserved for an actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReserveError {
+    /// The node can never fit them.
+    Infeasible,
+    /// The runtime is shutting down.
+    ShutDown,
+}
+
+/// Resources an actor holds for its life; dropping it gives them back and
+/// lets waiting actors and tasks use them.
+pub(crate) struct Reservation {
+    core: Arc<SchedulerCore>,
+    needs: Units,
+    gpus: Vec<GpuShare>,
+}
+
+impl Reservation {
+    /// The GPUs it holds, by ordinal.
+    pub(crate) fn gpu_ids(&self) -> Vec<u32> {
+        ordinals(&self.gpus)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        {
+            let mut state = self.core.lock();
+            self.needs.give_back(&mut state.free);
+            state.gpus.give_back(&self.gpus);
+        }
+        self.core.pump();
     }
 }
 

@@ -174,6 +174,17 @@ pub enum TaskError {
         /// What the node has in all.
         node: Resources,
     },
+    /// The task's resource options make no sense (negative, or GPUs that
+    /// mix whole and partial devices); it was not run.
+    #[error("task {task} ({id}) has invalid resource options: {reason}")]
+    InvalidResources {
+        /// The function's name.
+        task: &'static str,
+        /// The task.
+        id: TaskId,
+        /// What is wrong and what to change.
+        reason: String,
+    },
     /// The task was cancelled (`Runtime::cancel`); it is never retried.
     #[error("task {task} ({id}) was cancelled")]
     Cancelled {
@@ -255,6 +266,9 @@ pub struct TaskContext {
     pub node: NodeId,
     /// What it holds while it runs.
     pub resources: Resources,
+    /// The GPUs it was given, by ordinal (Ray's `get_gpu_ids()`): empty
+    /// unless it asked for `num_gpus`. A fraction shares one device.
+    pub gpu_ids: Vec<u32>,
 }
 
 /// What a running attempt knows about itself: its context, and (weakly,

@@ -1,6 +1,74 @@
-//! Troupe's GPU support: device detection, `num_gpus` resources, actors that
-//! own a `tch::Device`, tensors as objects.
+//! Troupe's GPU support, on libtorch through [`tch`].
 //!
-//! Not implemented yet (see the GPU issue): it needs a project-scripted
-//! libtorch install, and will sit behind the facade's `gpu` feature so that
-//! the default build never needs libtorch.
+//! - [`Detector`] finds a node's GPUs when its runtime starts; they become
+//!   its `GPU` resources, so tasks and actors can ask for `num_gpus`
+//!   (fractions of one device allowed).
+//! - [`device`] is the `tch::Device` the running actor or task was given:
+//!   an actor that asked for a GPU owns that device for its whole life, and
+//!   a restarted incarnation gets it again. Work that asked for none runs on
+//!   `Device::Cpu`, on every machine.
+//! - [`TensorObject`] and [`TypedTensor`] put tensors in the object store
+//!   and pass them to tasks and actors without copying their data;
+//!   [`Weights`] carries a model's variables from one actor to others.
+//!
+//! ```no_run
+//! use troupe_core::{ActorOptions, Config, Resources};
+//! use troupe_gpu::{device, Detector};
+//!
+//! struct Model { vs: tch::nn::VarStore }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = troupe_core::init(Config::default().gpu_detector(Detector)).await?;
+//! // An actor that asks for half a GPU builds its model on the device it
+//! // was given (Device::Cpu if it asked for none).
+//! let options = ActorOptions::new().resources(Resources::default().with_gpus(0.5));
+//! # let _ = options;
+//! let model = Model { vs: tch::nn::VarStore::new(device()?) };
+//! # let _ = model.vs;
+//! # Ok(()) }
+//! ```
+//!
+//! Architecture Invariant: this crate plugs into core only through core's
+//! public API (the [`GpuDetector`](troupe_core::GpuDetector) trait and the
+//! actor and task contexts); core knows nothing of libtorch.
+
+mod detect;
+mod error;
+mod tensor;
+mod weights;
+
+pub use detect::{cuda_available, Detector};
+pub use error::GpuError;
+pub use tensor::{TensorObject, TypedTensor};
+pub use weights::Weights;
+
+/// The libtorch binding this crate is built on, re-exported so that users
+/// name the same version.
+pub use tch;
+
+use tch::Device;
+
+/// The device the running actor or task was given: `Device::Cuda(n)` for
+/// the first GPU it holds, `Device::Cpu` if it asked for none (or outside
+/// any actor or task).
+///
+/// Fails if the work was given a GPU that libtorch cannot see, as happens
+/// when a node declares GPUs in its config on a machine without them:
+/// running on CPU instead would hide a misconfiguration.
+pub fn device() -> Result<Device, GpuError> {
+    let ids = troupe_core::actor::current()
+        .map(|actor| actor.gpu_ids.clone())
+        .or_else(|| troupe_core::task::current().map(|task| task.gpu_ids))
+        .unwrap_or_default();
+    match ids.first() {
+        None => Ok(Device::Cpu),
+        Some(&ordinal) => {
+            let visible = tch::Cuda::device_count();
+            if i64::from(ordinal) < visible {
+                Ok(Device::Cuda(ordinal as usize))
+            } else {
+                Err(GpuError::NoSuchDevice { ordinal, visible })
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ mod id;
 mod store;
 
 pub use error::ObjectError;
-pub use get_size2::GetSize;
+pub use get_size2::{GetSize, GetSizeTracker};
 pub use id::{NodeId, ObjectId};
 pub use postcard::Error as DecodeError;
 pub use store::{

@@ -29,7 +29,10 @@ impl<A: Actor> ractor::Actor for Host<A> {
         _: (),
     ) -> Result<A, ActorProcessingErr> {
         // A panic here is caught by ractor and reported as a failed start.
-        Ok((self.factory)().await?)
+        // The constructor sees its actor's context (its GPUs, say).
+        let info = &self.slot.info;
+        let building = super::with_current(info, || (self.factory)());
+        Ok(super::CURRENT_ASYNC.scope(info.clone(), building).await?)
     }
 
     async fn handle(

@@ -33,7 +33,7 @@ pub trait Actor: Send + Sized + 'static {
 }
 
 /// Who an actor is, for errors, logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActorInfo {
     /// Unique within its runtime, stable across restarts.
     pub id: u64,
@@ -43,6 +43,11 @@ pub struct ActorInfo {
     pub type_name: &'static str,
     /// The node (runtime) it lives on.
     pub node: troupe_objects::NodeId,
+    /// What it holds from its node for its whole life, restarts included.
+    pub resources: Resources,
+    /// The GPUs it holds, by ordinal: empty unless it asked for `num_gpus`.
+    /// A restarted incarnation keeps them.
+    pub gpu_ids: Vec<u32>,
 }
 
 impl fmt::Display for ActorInfo {
@@ -154,8 +159,11 @@ impl ActorOptions {
         self
     }
 
-    /// What the actor needs from its node (carried for the scheduler; the
-    /// default is nothing: like Ray, an actor holds no CPU while it runs).
+    /// What the actor holds from its node for its whole life, restarts
+    /// included (default: nothing; like Ray, an actor holds no CPU unless it
+    /// asks). Spawning waits until they are free, and fails at once if the
+    /// node can never fit them. GPUs it is given are in
+    /// [`ActorInfo::gpu_ids`] (see [`current`]).
     pub fn resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
         self

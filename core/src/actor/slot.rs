@@ -81,7 +81,7 @@ pub(crate) struct Slot<A: Actor> {
     /// mailbox and stops, and is never restarted.
     released: AtomicBool,
     /// Run once when the actor is dead for good (releases its name).
-    on_dead: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    on_dead: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 fn is_live<M: ractor::Message>(actor: &ActorRef<M>) -> bool {
@@ -102,7 +102,7 @@ impl<A: Actor> Slot<A> {
             }),
             no_restart: AtomicBool::new(false),
             released: AtomicBool::new(false),
-            on_dead: Mutex::new(None),
+            on_dead: Mutex::new(Vec::new()),
         }
     }
 
@@ -112,8 +112,12 @@ impl<A: Actor> Slot<A> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn set_on_dead(&self, hook: Box<dyn FnOnce() + Send>) {
-        *self.on_dead.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    /// Adds something to do once the actor is dead for good.
+    pub(crate) fn on_dead(&self, hook: Box<dyn FnOnce() + Send>) {
+        self.on_dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// The current incarnation, if it is running.
@@ -306,12 +310,8 @@ impl<A: Actor> Slot<A> {
             let method = job.method();
             job.fail(self.died(reason.clone(), Some(method)));
         }
-        let hook = self
-            .on_dead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(hook) = hook {
+        let hooks = std::mem::take(&mut *self.on_dead.lock().unwrap_or_else(|e| e.into_inner()));
+        for hook in hooks {
             hook();
         }
     }
