@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ray and Troupe side by side, on this machine, in one run:
 #
-#   benches/ray/compare.sh            # full run (about 8 minutes), writes benches/RESULTS.md
+#   benches/ray/compare.sh            # full run (about 9 minutes), writes benches/RESULTS.md
 #   benches/ray/compare.sh tasks      # only metrics whose name contains "tasks"
 #   TROUPE_PERF_QUICK=1 benches/ray/compare.sh   # short runs, a smoke test
 #
@@ -29,8 +29,9 @@ if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.troupe-reqs" 2>/dev/null)" != "$
     echo "$want" >"$venv/.troupe-reqs"
 fi
 
-echo "compare: building Troupe's perf bench" >&2
+echo "compare: building Troupe's perf bench (default, and with mimalloc)" >&2
 cargo bench -p troupe --bench perf --no-run --quiet
+cargo bench -p troupe --bench perf --no-run --quiet --features mimalloc
 
 echo "compare: running Ray (alone)" >&2
 # A Ray left over from an earlier run would share the machine: stop it.
@@ -40,6 +41,10 @@ echo "compare: running Ray (alone)" >&2
 
 echo "compare: running Troupe (alone)" >&2
 cargo bench -p troupe --bench perf --quiet -- "$@" >"$out/troupe.txt"
+# The same bench with the opt-in mimalloc feature (glibc's malloc maps every
+# 100 MB buffer afresh, and actor creation is allocation-bound).
+echo "compare: running Troupe with --features mimalloc (alone)" >&2
+cargo bench -p troupe --bench perf --quiet --features mimalloc -- "$@" >"$out/troupe-mimalloc.txt"
 
 # Only a full run (no filter, full timings) replaces the recorded results.
 write=()
@@ -47,6 +52,7 @@ if [[ $# -eq 0 && -z "${TROUPE_PERF_QUICK:-}" ]]; then
     write=(--write "$root/benches/RESULTS.md")
 fi
 "$venv/bin/python" benches/ray/table.py "$out/ray.txt" "$out/troupe.txt" \
+    --also "mimalloc" "$out/troupe-mimalloc.txt" \
     --command "${TROUPE_PERF_QUICK:+TROUPE_PERF_QUICK=1 }benches/ray/compare.sh${*:+ $*}" \
     --ray-version "$("$venv/bin/python" -c 'import ray; print(ray.__version__)')" \
     --troupe-version "$(git describe --always --dirty 2>/dev/null || echo unknown)" \

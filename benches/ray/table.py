@@ -41,6 +41,22 @@ def fmt(value):
     return f"{value:.3g}"
 
 
+def compare(name, ray, troupe):
+    """How Troupe fares against Ray on one metric, in words."""
+    if troupe is None:
+        return "not reported"
+    if name in REFERENCES:
+        return "(reference)"
+    if ray <= 0 or troupe <= 0:
+        return "n/a"
+    better = ray / troupe if name.endswith(LOWER_IS_BETTER) else troupe / ray
+    if better >= 1:
+        word = "less" if name.endswith(LOWER_IS_BETTER) else "faster"
+        return f"{better:,.1f}x {word}"
+    word = "more" if name.endswith(LOWER_IS_BETTER) else "slower"
+    return f"**{1 / better:,.1f}x {word}**"
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -62,6 +78,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("ray")
     p.add_argument("troupe")
+    p.add_argument("--also", nargs=2, metavar=("LABEL", "FILE"),
+                   help="a second Troupe run (another build) to show beside the first")
     p.add_argument("--command", required=True)
     p.add_argument("--ray-version", required=True)
     p.add_argument("--troupe-version", required=True)
@@ -69,11 +87,14 @@ def main():
     p.add_argument("--write")
     args = p.parse_args()
     ray, troupe = read(args.ray), read(args.troupe)
+    also = read(args.also[1]) if args.also else None
 
-    lines = [
-        "| metric | unit | Ray | Troupe | Troupe vs Ray |",
-        "|---|---|---:|---:|---:|",
-    ]
+    header = "| metric | unit | Ray | Troupe | Troupe vs Ray |"
+    rule = "|---|---|---:|---:|---:|"
+    if also is not None:
+        header += f" Troupe, {args.also[0]} | vs Ray |"
+        rule += "---:|---:|"
+    lines = [header, rule]
     names = [m for m in ORDER if m in ray or m in troupe]
     names += sorted(m for m in set(ray) | set(troupe) if m not in ORDER)
     only_troupe = []
@@ -82,18 +103,11 @@ def main():
             only_troupe.append(name)
             continue
         r, unit = ray[name]
-        t = troupe.get(name, (None, unit))[0]
-        if t is None:
-            ratio = "Troupe did not report it"
-        elif name in REFERENCES:
-            ratio = "(reference: memory bandwidth)"
-        elif r <= 0 or t <= 0:
-            ratio = "n/a"
-        elif name.endswith(LOWER_IS_BETTER):
-            ratio = f"{r / t:,.1f}x less"
-        else:
-            ratio = f"{t / r:,.1f}x faster"
-        lines.append(f"| {name} | {unit} | {fmt(r)} | {fmt(t) if t is not None else '-'} | {ratio} |")
+        row = f"| {name} | {unit} | {fmt(r)} |"
+        for run in [troupe] + ([also] if also is not None else []):
+            t = run.get(name, (None, unit))[0]
+            row += f" {fmt(t) if t is not None else '-'} | {compare(name, r, t)} |"
+        lines.append(row)
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
@@ -128,9 +142,19 @@ Ratios are from this one run; this VM moves by up to a quarter between runs.
 
 DOC_TAIL = """
 How to read it:
-- "Troupe vs Ray" is how many times faster (rates) or smaller (latency,
-  memory) Troupe is; memcpy is each side's own measure of the machine's
-  copy bandwidth, the ceiling for a 100 MB put.
+- "vs Ray" says how many times faster (rates) or smaller (latency, memory)
+  Troupe is, or, in bold, slower; memcpy is each side's own measure of the
+  machine's copy bandwidth, the ceiling for a 100 MB put.
+- Troupe runs twice: as built by default, and with its opt-in `mimalloc`
+  feature (a global allocator for binaries; a library must not choose its
+  users' allocator, so it is off by default).
+- put_gigabytes_per_s: both sides copy the caller's 100 MB into the store
+  (Troupe: `rt.put(array.clone())`, Ray: `ray.put(array)`). Ray copies into
+  shared memory it mapped at start; with glibc's malloc Troupe's copy goes
+  to a fresh 100 MB mapping whose pages fault in on first touch, which is
+  what the default column measures. An allocator that reuses memory
+  (the mimalloc column) copies at memory speed. Moving a value in
+  (`rt.put(array)`) copies nothing.
 - Ray's tasks and actors run in worker processes and every call crosses a
   socket; Troupe's run in the caller's process. That is the design difference
   the ratios measure, and it is also why a Troupe actor cannot outlive its
