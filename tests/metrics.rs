@@ -1,4 +1,4 @@
-//! Restarts and escalations are `metrics` counters.
+//! Restarts and escalations are `metrics` counters; GPUs in use a gauge.
 //!
 //! One test in its own binary: it installs the process-wide recorder (actors
 //! run on worker threads, so a thread-local recorder would see nothing).
@@ -84,4 +84,43 @@ async fn restarts_and_escalations_are_counted() {
         0
     );
     rt.shutdown().await.unwrap();
+
+    // GPUs in use: an actor holds half of one for its life.
+    let rt = troupe::init(Config::default().resources(Resources::cpus(2.0).with_gpus(2.0)))
+        .await
+        .unwrap();
+    assert_eq!(gauge(&snapshotter, "troupe_node_gpus"), Some(2.0));
+    let half = rt
+        .spawn_actor(
+            ActorOptions::new().resources(Resources::default().with_gpus(0.5)),
+            || Fragile,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        gauge(&snapshotter, "troupe_scheduler_gpus_in_use"),
+        Some(0.5)
+    );
+    half.kill(true).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&snapshotter, "troupe_scheduler_gpus_in_use") != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GPU never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    rt.shutdown().await.unwrap();
+}
+
+fn gauge(snapshotter: &Snapshotter, name: &str) -> Option<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, ..)| key.key().name() == name)
+        .and_then(|(.., value)| match value {
+            DebugValue::Gauge(g) => Some(g.into_inner()),
+            _ => None,
+        })
 }

@@ -764,6 +764,9 @@ impl Runtime {
             }
         };
         let (spec, handle) = self.actor_spec(options, factory, collect, reservation)?;
+        if !handle.slot().info.gpu_ids.is_empty() {
+            tracing::debug!(actor = %handle.slot().info, gpu_ids = ?handle.slot().info.gpu_ids, "actor placed on GPUs");
+        }
         match user.start_child(spec).await {
             Ok(_) => Ok(A::Handle::from(handle)),
             Err(err) => {

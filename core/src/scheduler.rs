@@ -145,19 +145,24 @@ impl Gpus {
     }
 
     fn take(&mut self, shares: &[GpuShare]) {
-        for (ordinal, amount) in shares {
-            if let Some(free) = self.free.get_mut(*ordinal as usize) {
-                *free -= amount;
-            }
-        }
+        self.adjust(shares, -1);
     }
 
     fn give_back(&mut self, shares: &[GpuShare]) {
+        self.adjust(shares, 1);
+    }
+
+    fn adjust(&mut self, shares: &[GpuShare], sign: i64) {
+        if shares.is_empty() {
+            return; // the common case (no GPU asked): no gauge update either
+        }
         for (ordinal, amount) in shares {
             if let Some(free) = self.free.get_mut(*ordinal as usize) {
-                *free += amount;
+                *free += sign * amount;
             }
         }
+        let in_use: i64 = self.free.iter().map(|free| 1000 - free).sum();
+        metrics::gauge!("troupe_scheduler_gpus_in_use").set(in_use as f64 / 1000.0);
     }
 }
 

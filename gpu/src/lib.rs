@@ -11,22 +11,25 @@
 //!   and pass them to tasks and actors without copying their data;
 //!   [`Weights`] carries a model's variables from one actor to others.
 //!
-//! ```no_run
-//! use troupe_core::{ActorOptions, Config, Resources};
+//! ```
+//! use troupe_core::{Config, Resources};
 //! use troupe_gpu::{device, Detector};
 //!
-//! struct Model { vs: tch::nn::VarStore }
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let rt = troupe_core::init(Config::default().gpu_detector(Detector)).await?;
-//! // An actor that asks for half a GPU builds its model on the device it
-//! // was given (Device::Cpu if it asked for none).
-//! let options = ActorOptions::new().resources(Resources::default().with_gpus(0.5));
-//! # let _ = options;
-//! let model = Model { vs: tch::nn::VarStore::new(device()?) };
-//! # let _ = model.vs;
+//! println!("GPUs: {:?}", rt.gpus()); // empty on a machine without one
+//! // An actor or task that asked for a GPU gets Device::Cuda(n) here; work
+//! // that asked for none (and code outside any) gets the CPU.
+//! assert_eq!(device()?, tch::Device::Cpu);
+//! let resources = Resources::default().with_gpus(if rt.gpus().is_empty() { 0.0 } else { 0.5 });
+//! # let _ = resources;
+//! rt.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! `examples/gpu_model.rs` in the repository shows the whole pattern: a
+//! learner actor that owns a model on its device, fed by producer actors
+//! through the object store, broadcasting its weights to CPU replicas.
 //!
 //! Architecture Invariant: this crate plugs into core only through core's
 //! public API (the [`GpuDetector`](troupe_core::GpuDetector) trait and the

@@ -84,12 +84,17 @@ fn kind_name(kind: Kind) -> String {
 /// clone therefore change the stored object; call `deep_copy` first to
 /// modify a tensor you got from the store.
 ///
-/// ```no_run
-/// # async fn run(rt: troupe_core::Runtime) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = troupe_core::init(troupe_core::Config::default()).await?;
 /// use troupe_gpu::TensorObject;
-/// let r = rt.put(TensorObject::from(tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0])))?;
-/// let back = rt.get(&r).await?;
+/// let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+/// let address = t.data_ptr();
+/// let r = rt.put(TensorObject::from(t))?; // moved in, not copied
+/// let back = rt.get(&r).await?;           // shared, not copied
 /// assert_eq!(back.size(), vec![3]);
+/// assert_eq!(back.data_ptr(), address);
+/// # rt.shutdown().await?;
 /// # Ok(()) }
 /// ```
 pub struct TensorObject(Tensor);
@@ -315,7 +320,7 @@ impl Visitor<'_> for Data {
 /// one from, or decoding one of, another dtype fails with
 /// [`GpuError::WrongDtype`].
 ///
-/// ```no_run
+/// ```
 /// use troupe_gpu::TypedTensor;
 /// let ok = TypedTensor::<f32>::new(tch::Tensor::from_slice(&[1.0f32]));
 /// assert!(ok.is_ok());

@@ -15,9 +15,10 @@ use crate::{GpuError, TensorObject};
 /// putting it moves it into the store; every reader shares it; each
 /// `load_into` copies it into that model's own variables.
 ///
-/// ```no_run
-/// # async fn run(rt: troupe_core::Runtime) -> Result<(), Box<dyn std::error::Error>> {
-/// use tch::nn::{self, Module};
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = troupe_core::init(troupe_core::Config::default()).await?;
+/// use tch::nn;
 /// use troupe_gpu::Weights;
 /// let learner = nn::VarStore::new(tch::Device::Cpu);
 /// let _net = nn::linear(learner.root() / "fc", 4, 2, Default::default());
@@ -26,6 +27,7 @@ use crate::{GpuError, TensorObject};
 /// let mut replica = nn::VarStore::new(tch::Device::Cpu);
 /// let _copy = nn::linear(replica.root() / "fc", 4, 2, Default::default());
 /// rt.get(&weights).await?.load_into(&mut replica)?;
+/// # rt.shutdown().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
