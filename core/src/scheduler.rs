@@ -460,8 +460,8 @@ impl SchedulerCore {
     /// An attempt ended. The thread it ended on schedules what its
     /// resources now allow, at once: no round trip through the actor.
     fn finished(self: &Arc<Self>, task: Queued, attempt: Attempt) {
-        {
-            let mut state = self.lock();
+        // Recorded under the pump's own lock: one lock per completion.
+        self.pump_with(Some(move |state: &mut State| {
             let State {
                 running,
                 free,
@@ -469,11 +469,11 @@ impl SchedulerCore {
                 live,
                 finished,
                 ..
-            } = &mut *state;
+            } = state;
             match running.remove(&task.id) {
                 // Cancelled (async, aborted) or abandoned at shutdown: its
                 // resources are back and its result has failed already.
-                None => return,
+                None => {}
                 Some(was) => {
                     was.release(free, gpus);
                     if was.cancelled {
@@ -485,8 +485,7 @@ impl SchedulerCore {
                     }
                 }
             }
-        }
-        self.pump();
+        }));
     }
 
     fn deps_ready(self: &Arc<Self>, task: Queued) {
@@ -506,31 +505,50 @@ impl SchedulerCore {
     /// arguments, and launches ready tasks while resources last. Runs on
     /// the actor for submissions, inline where attempts finish.
     pub(crate) fn pump(self: &Arc<Self>) {
+        self.pump_with(None::<fn(&mut State)>);
+    }
+
+    /// [`pump`](Self::pump), applying `first` to the state under the same
+    /// lock before anything else (how a finished attempt is recorded).
+    fn pump_with<F: FnOnce(&mut State)>(self: &Arc<Self>, first: Option<F>) {
         let mut settled = Vec::new();
+        let mut first = first;
         loop {
-            self.pump_once(&mut settled);
+            self.pump_once(&mut settled, first.take());
             if settled.is_empty() {
                 return;
             }
-            // Results settled this round: their dependents go back to be
-            // sorted (and, if ready, launched) by the next round.
+            // Results that failed this round: their dependents go back to
+            // be sorted (and failed) by the next round.
             let mut state = self.lock();
+            let mut moved = false;
             for result in settled.drain(..) {
                 if let Some(waiting) = state.dependents.remove(&result) {
                     state.waiting_on_deps -= waiting.len();
                     state.submitted.extend(waiting);
+                    moved = true;
                 }
+            }
+            if !moved {
+                return;
             }
         }
     }
 
-    fn pump_once(self: &Arc<Self>, settled: &mut Vec<ObjectId>) {
+    fn pump_once<F: FnOnce(&mut State)>(
+        self: &Arc<Self>,
+        settled: &mut Vec<ObjectId>,
+        first: Option<F>,
+    ) {
         let mut give_ups = Vec::new();
         let mut launches = Vec::new();
         let mut waits = Vec::new();
         let mut grants = Vec::new();
         {
             let mut state = self.lock();
+            if let Some(first) = first {
+                first(&mut state);
+            }
             // Actors waiting to be placed go before tasks, in order; one
             // that does not fit yet holds back those behind it (no
             // starvation of a large actor by small ones).
@@ -548,10 +566,17 @@ impl SchedulerCore {
             for (mut task, attempt) in std::mem::take(&mut state.finished) {
                 match attempt {
                     Attempt::Done => {
+                        // Its results are stored already (the attempt
+                        // completed them before reporting): dependents
+                        // parked under them are sorted below, under this
+                        // same lock.
                         for result in task.run.results() {
                             state.live.remove(result);
+                            if let Some(waiting) = state.dependents.remove(result) {
+                                state.waiting_on_deps -= waiting.len();
+                                state.submitted.extend(waiting);
+                            }
                         }
-                        settled.extend_from_slice(task.run.results());
                     }
                     Attempt::Failed(failure) => {
                         if task.run.retries(&failure, task.attempt) && !state.shut_down {
