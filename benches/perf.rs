@@ -363,11 +363,13 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
             runtime,
             Box::pin(async move {
                 timeit(&timing, 1000, || {
-                    // Refs are dropped at once, so the store stays small.
-                    for i in 0..1000u64 {
-                        drop(rt.put(i).expect("put"));
+                    let rt = rt.clone();
+                    async move {
+                        // Refs are dropped at once, so the store stays small.
+                        for i in 0..1000u64 {
+                            drop(rt.put(i).await.expect("put"));
+                        }
                     }
-                    async {}
                 })
                 .await
             }),
@@ -381,7 +383,7 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         let (mean, std) = on_runtime(
             runtime,
             Box::pin(async move {
-                let r = rt.put(7u64).expect("put");
+                let r = rt.put(7u64).await.expect("put");
                 timeit(&timing, 1000, || {
                     let (rt, r) = (rt.clone(), r.clone());
                     async move {
@@ -417,22 +419,44 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         );
 
         // A put gives the store its own copy (the caller keeps its array),
-        // as Ray's put does: one allocation and one copy, no encoding.
-        let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
-            drop(rt.put(source.clone()).expect("put"));
-            async {}
-        }));
+        // as Ray's put copies into its shared memory: one copy into a
+        // buffer the store owns and reuses, no encoding.
+        let source = std::sync::Arc::new(source);
+        let (rt2, src) = (rt.clone(), source.clone());
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                timeit(&Timing::from_env(), 1, || {
+                    let (rt, src) = (rt2.clone(), src.clone());
+                    async move {
+                        drop(rt.put_bytes(&src).await.expect("put"));
+                    }
+                })
+                .await
+            }),
+        );
         report("put_gigabytes_per_s", gbps(mean), "GB/s", Some(gbps(std)));
 
         // A get shares the stored value: O(1) whatever its size.
-        let r = rt.put(source.clone()).expect("put");
-        let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
-            let r = r.clone();
-            async move {
-                std::hint::black_box(rt.get(&r).await.expect("get"));
-            }
-        }));
+        let (rt2, src) = (rt.clone(), source.clone());
+        let (mean, std) = on_runtime(
+            runtime,
+            Box::pin(async move {
+                let r = rt2.put_bytes(&src).await.expect("put");
+                timeit(&Timing::from_env(), 1, || {
+                    let (rt, r) = (rt2.clone(), r.clone());
+                    async move {
+                        std::hint::black_box(rt.get(&r).await.expect("get"));
+                    }
+                })
+                .await
+            }),
+        );
         report("get_gigabytes_per_s", gbps(mean), "GB/s", Some(gbps(std)));
+    }
+
+    if wanted("spill_gigabytes_per_s") || wanted("disk_write_gigabytes_per_s") {
+        spill(runtime);
     }
 
     if wanted("get_object_containing_10k_refs_per_s") {
@@ -441,8 +465,10 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         let (mean, std) = on_runtime(
             runtime,
             Box::pin(async move {
-                let refs: Vec<_> = (0..10_000u64).map(|i| rt.put(i).expect("put")).collect();
-                let holder = rt.put(refs).expect("put");
+                let refs: Vec<_> = (0..10_000u64)
+                    .map(|i| rt.try_put(i).expect("put"))
+                    .collect();
+                let holder = rt.put(refs).await.expect("put");
                 timeit(&timing, 1, || {
                     let (rt, holder) = (rt.clone(), holder.clone());
                     async move {
@@ -467,7 +493,7 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         let (mean, std) = on_runtime(
             runtime,
             Box::pin(async move {
-                let refs: Vec<_> = (0..1000u64).map(|i| rt.put(i).expect("put")).collect();
+                let refs: Vec<_> = (0..1000u64).map(|i| rt.try_put(i).expect("put")).collect();
                 timeit(&timing, 1, || {
                     let (rt, refs) = (rt.clone(), refs.clone());
                     async move {
@@ -486,6 +512,69 @@ fn objects(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
             Some(1e3 * std / (mean * mean)),
         );
     }
+}
+
+/// Median seconds of `runs` calls of `f`.
+fn median_secs(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
+    let mut times: Vec<f64> = (0..runs).map(|_| f()).collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Spilling 100 MB byte objects, beside a plain sequential write of the
+/// same bytes to the same directory (the disk's reference, same run).
+fn spill(runtime: &Runtime) {
+    let runs = if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+        3
+    } else {
+        9
+    };
+    let dir = std::env::temp_dir().join(format!("troupe-perf-spill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("spill dir");
+    let source = vec![7u8; LARGE];
+    let write = median_secs(runs, || {
+        let path = dir.join("plain.bin");
+        let began = Instant::now();
+        std::fs::write(&path, &source).expect("write");
+        let took = began.elapsed().as_secs_f64();
+        std::fs::remove_file(&path).expect("remove");
+        took
+    });
+    report(
+        "disk_write_gigabytes_per_s",
+        LARGE as f64 / write / 1e9,
+        "GB/s",
+        None,
+    );
+    // A store of its own, so that spilling is the only thing timed: one
+    // 100 MB object over a threshold of 10 MB is spilled whole.
+    let store = troupe::ObjectStore::new(StoreConfig {
+        memory_budget: 4 * LARGE as u64,
+        spill_threshold: 0.025,
+        spill_dir: dir.clone(),
+        buffer_pool: 4 * LARGE as u64,
+    });
+    let spill = runtime.block_on(async {
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let r = store.put_bytes(&source).await.expect("put");
+            let began = Instant::now();
+            let report = store.spill().expect("spill");
+            times.push(began.elapsed().as_secs_f64());
+            assert_eq!(report.objects, 1);
+            drop(r); // deletes the file
+        }
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    });
+    report(
+        "spill_gigabytes_per_s",
+        LARGE as f64 / spill / 1e9,
+        "GB/s",
+        None,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Tensors and weight broadcast (`--features gpu`).
@@ -535,7 +624,7 @@ mod gpu {
             let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
                 let mut copy = source.empty_like();
                 copy.copy_(&source);
-                drop(rt.put(TensorObject::from(copy)).expect("put"));
+                drop(rt.try_put(TensorObject::from(copy)).expect("put"));
                 async {}
             }));
             report(
@@ -546,7 +635,7 @@ mod gpu {
             );
             report("tensor_put_vs_memcpy", mean / memcpy, "x", None);
             let r = rt
-                .put(TensorObject::from(source.shallow_clone()))
+                .try_put(TensorObject::from(source.shallow_clone()))
                 .expect("put");
             let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
                 let r = r.clone();
@@ -582,7 +671,7 @@ mod gpu {
             // Snapshot, put once, every replica loads it: learner to replicas.
             let (mean, std) = rt.block_on(timeit(&Timing::from_env(), 1, || {
                 let weights = rt
-                    .put(Weights::snapshot(&learner).expect("snapshot"))
+                    .try_put(Weights::snapshot(&learner).expect("snapshot"))
                     .expect("put");
                 let loads: Vec<_> = replicas.iter().map(|r| r.load(weights.clone())).collect();
                 async move {

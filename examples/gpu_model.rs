@@ -42,7 +42,7 @@ impl Producer {
     pub fn next_batch(&self) -> Result<ObjectRef<Batch>, ObjectError> {
         let x = Tensor::randn([BATCH, FEATURES], (Kind::Float, Device::Cpu));
         let y = x.matmul(&self.w).sin();
-        self.rt.put(Batch {
+        self.rt.try_put(Batch {
             x: x.into(),
             y: y.into(),
         })
@@ -90,7 +90,7 @@ impl Learner {
     pub async fn train(&mut self, batch: ObjectRef<Batch>) -> Result<f64, ObjectError> {
         let batch = self.rt.get(&batch).await?;
         let on = self.vs.device();
-        let (x, y) = (batch.x.to_device(on), batch.y.to_device(on));
+        let (x, y) = (batch.x.view().to_device(on), batch.y.view().to_device(on));
         let loss = self.net.forward(&x).mse_loss(&y, tch::Reduction::Mean);
         self.opt.backward_step(&loss);
         Ok(loss.double_value(&[]))
@@ -99,11 +99,11 @@ impl Learner {
     /// Snapshots the weights into the store: one copy, shared by readers.
     pub fn publish_weights(&self) -> Result<ObjectRef<Weights>, String> {
         let weights = Weights::snapshot(&self.vs).map_err(|e| e.to_string())?;
-        self.rt.put(weights).map_err(|e| e.to_string())
+        self.rt.try_put(weights).map_err(|e| e.to_string())
     }
 
     pub fn predict(&self, x: TensorObject) -> TensorObject {
-        let x = x.to_device(self.vs.device());
+        let x = x.view().to_device(self.vs.device());
         tch::no_grad(|| self.net.forward(&x))
             .to_device(Device::Cpu)
             .into()
@@ -125,7 +125,7 @@ impl Replica {
     }
 
     pub fn predict(&self, x: TensorObject) -> TensorObject {
-        tch::no_grad(|| self.net.forward(&x)).into()
+        tch::no_grad(|| self.net.forward(&x.view())).into()
     }
 }
 
@@ -162,7 +162,7 @@ async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
         producers.push(
             rt.spawn_actor(ActorOptions::new(), move || Producer {
                 rt: rt2.clone(),
-                w: w.shared(),
+                w: w.view(),
             })
             .await?,
         );
@@ -220,7 +220,7 @@ async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
     let expected = learner.predict(probe.clone()).await?;
     for (i, replica) in replicas.iter().enumerate() {
         let got = replica.predict(probe.clone()).await?;
-        if !got.equal(&expected) {
+        if !got.view().equal(&expected.view()) {
             return Err(format!("replica {i} answers differently from the learner").into());
         }
     }

@@ -175,7 +175,7 @@ async fn run(rt: &Runtime) -> Result<(), Box<dyn std::error::Error>> {
 
     // 8. Objects: put moves a value into the node's object store; get shares
     //    it (an Arc, no copy); the object is freed with its last ref.
-    let observations = rt.put(vec![0.5f32; 1_000_000])?;
+    let observations = rt.put(vec![0.5f32; 1_000_000]).await?;
     let a = rt.get(&observations).await?;
     let b = rt.get(&observations).await?;
     println!(

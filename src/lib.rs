@@ -26,11 +26,12 @@
 //! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
 
 pub use troupe_core::{
-    actor, error, init, object_store, resources, runtime, scheduler, supervisor, task, Actor,
-    ActorError, ActorHandle, ActorInfo, ActorOptions, AnyObjectRef, Config, GetSize, GpuDetector,
-    GpuInfo, IntoArg, Limit, LookupError, NodeId, Object, ObjectError, ObjectId, ObjectRef,
-    ObjectStore, ObjectStream, Pending, Resources, Runtime, ShutdownError, SpawnError, StoreConfig,
-    SupervisorError, TaskContext, TaskError, TaskId, TaskOptions,
+    actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
+    task, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef, Blob,
+    Cause, ClusterSeams, Config, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError,
+    NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending,
+    Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, StoreConfig,
+    SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskId, TaskOptions,
 };
 pub use troupe_macros::{actor, remote};
 
@@ -55,7 +56,7 @@ pub mod prelude {
         SupervisorRef, SupervisorSpec,
     };
     pub use troupe_core::{
-        ActorError, ActorOptions, Config, GetSize, Limit, ObjectError, ObjectRef, Pending,
+        ActorError, ActorOptions, Blob, Config, GetSize, Limit, ObjectError, ObjectRef, Pending,
         Resources, Runtime, SpawnError, StoreConfig, TaskError, TaskOptions,
     };
 }

@@ -4,11 +4,12 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{eventually, next_event, within};
 use troupe::prelude::*;
 use troupe::{ActorError, LookupError};
+use troupe::{ObjectError, SpawnError};
 
 struct Counter {
     count: u64,
@@ -558,11 +559,11 @@ struct Introspective;
 
 #[troupe::actor]
 impl Introspective {
-    pub fn whoami(&self) -> Option<(u64, Option<String>, troupe::NodeId)> {
+    pub fn whoami(&self) -> Option<(troupe::ActorId, Option<String>, troupe::NodeId)> {
         troupe::actor::current().map(|info| (info.id, info.name.clone(), info.node))
     }
 
-    pub async fn whoami_async(&self) -> Option<u64> {
+    pub async fn whoami_async(&self) -> Option<troupe::ActorId> {
         tokio::task::yield_now().await;
         troupe::actor::current().map(|info| info.id)
     }
@@ -584,5 +585,284 @@ async fn methods_see_their_actor_context() {
         troupe::actor::current().is_none(),
         "no actor context outside actors"
     );
+    rt.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Regressions (issue: core ready for the cluster).
+
+/// The lost wake-up: a call sent while the actor restarts must reach the
+/// next incarnation by itself, without another call nudging it. Before the
+/// mailbox outlived incarnations, a call parked during a failed flush could
+/// wait until someone else called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_during_a_restart_is_never_left_waiting() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().max_restarts(None)).await;
+    for round in 0..500 {
+        // The crash and the next call race on two workers.
+        let crash = c.crash();
+        let racer = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get().await })
+        };
+        let _ = crash.await;
+        let got = within("a lone call during a restart answers", racer)
+            .await
+            .unwrap();
+        // At-most-once: it ran (10) or died with the incarnation it reached.
+        match got {
+            Ok(v) => assert_eq!(v, 10, "round {round}"),
+            Err(ActorError::ActorDied { .. }) => {}
+            Err(other) => panic!("round {round}: {other}"),
+        }
+    }
+    rt.shutdown().await.unwrap();
+}
+
+struct Holder {
+    running: Arc<AtomicU32>,
+}
+
+#[troupe::actor]
+impl Holder {
+    pub async fn work(&mut self, started: tokio::sync::oneshot::Sender<()>) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let _ = started.send(());
+        // Until killed; the guard below counts the end.
+        let _done = Ended(self.running.clone());
+        std::future::pending::<()>().await
+    }
+
+    pub fn ping(&self) -> u8 {
+        1
+    }
+}
+
+/// Decrements a counter when dropped (an interrupted method's end).
+struct Ended(Arc<AtomicU32>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `kill(no_restart)` used to mark the actor dead first, so the running
+/// incarnation was never stopped: its name and its GPU were handed on while
+/// its method still ran, and a queued call stayed pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_with_no_restart_stops_the_incarnation_before_giving_anything_back() {
+    let rt = troupe::init(Config::default().resources(Resources::cpus(2.0).with_gpus(1.0)))
+        .await
+        .unwrap();
+    let running = Arc::new(AtomicU32::new(0));
+    let r = running.clone();
+    let options = ActorOptions::new()
+        .name("holder")
+        .resources(Resources::default().with_gpus(1.0));
+    let holder = rt
+        .spawn_actor(options.clone(), move || Holder { running: r.clone() })
+        .await
+        .unwrap();
+    let (started, working) = tokio::sync::oneshot::channel();
+    let work = holder.work(started);
+    within("work starts", working).await.unwrap();
+    let queued = holder.ping();
+    holder.kill(true).await;
+    // The incarnation is gone by the time kill returns: its method ended...
+    assert_eq!(running.load(Ordering::SeqCst), 0, "the method still runs");
+    assert!(matches!(
+        within("the running call answers", work).await,
+        Err(ActorError::ActorDied { .. })
+    ));
+    // ...the call queued behind it failed at once...
+    assert!(matches!(
+        within("the queued call answers", queued).await,
+        Err(ActorError::ActorDied { ref reason, .. }) if reason.contains("no_restart")
+    ));
+    // ...and only now are its name and its GPU free for another actor.
+    let r = running.clone();
+    let next = within(
+        "the name and the GPU are free",
+        rt.spawn_actor(options, move || Holder { running: r.clone() }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next.info().gpu_ids, vec![0]);
+    assert_eq!(next.ping().await.unwrap(), 1);
+    rt.shutdown().await.unwrap();
+}
+
+struct Slow;
+
+#[troupe::actor]
+impl Slow {
+    /// Blocks its thread; `#[blocking]` hands the worker's other tasks on.
+    #[blocking]
+    pub fn sleep(&mut self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    /// Reads an object from sync code running on a runtime worker.
+    pub fn read(&self, rt: Runtime, r: ObjectRef<u64>) -> Result<u64, ObjectError> {
+        rt.get_blocking(&r).map(|v| *v)
+    }
+
+    /// The same from an async method.
+    pub async fn read_async(&self, rt: Runtime, r: ObjectRef<u64>) -> Result<u64, ObjectError> {
+        rt.get_blocking(&r).map(|v| *v)
+    }
+}
+
+/// Two blocking methods sleeping on a 2-worker runtime used to stall every
+/// other task (a timer, an unrelated call) until they returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_methods_do_not_stall_the_runtime() {
+    let rt = runtime().await;
+    let a = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
+    let b = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
+    let other = rt.spawn_actor(ActorOptions::new(), || Other).await.unwrap();
+    let (sa, sb) = (a.sleep(1000), b.sleep(1000));
+    tokio::time::sleep(Duration::from_millis(50)).await; // both are sleeping
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(other.ping().await.unwrap(), "pong");
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "a 10 ms timer and a call took {took:?} while two methods blocked"
+    );
+    sa.await.unwrap();
+    sb.await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+/// `get_blocking` used to panic ("Cannot start a runtime from within a
+/// runtime") in sync and async actor methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_blocking_works_in_actor_methods() {
+    let rt = runtime().await;
+    let a = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
+    let (r, done) = rt.objects().pending::<u64>();
+    let reading = a.read(rt.clone(), r.clone());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    done.complete(5).unwrap();
+    assert_eq!(within("sync read", reading).await.unwrap().unwrap(), 5);
+    assert_eq!(a.read_async(rt.clone(), r).await.unwrap().unwrap(), 5);
+    rt.shutdown().await.unwrap();
+}
+
+/// On a current-thread runtime nothing could produce the object while the
+/// method waits: an error that says so, not a panic or a hang.
+#[tokio::test(flavor = "current_thread")]
+async fn get_blocking_on_a_current_thread_runtime_is_an_error() {
+    let rt = runtime().await;
+    let a = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
+    let (r, _done) = rt.objects().pending::<u64>();
+    let err = within("read", a.read(rt.clone(), r))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ObjectError::WouldDeadlock { .. }), "{err}");
+    assert!(err.to_string().contains("current-thread"), "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+struct Boom;
+
+#[troupe::actor]
+impl Boom {
+    pub fn noop(&self) {}
+}
+
+/// After a constructor panicked, `actor::current()` on that thread still
+/// named the dead actor.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_constructor_leaves_no_actor_context_behind() {
+    let rt = runtime().await;
+    let err = rt
+        .spawn_actor(ActorOptions::new().name("boom"), || -> Boom {
+            panic!("no")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SpawnError::StartFailed { .. }), "{err}");
+    assert!(troupe::actor::current().is_none(), "context restored");
+    rt.shutdown().await.unwrap();
+}
+
+/// A graceful stop answers what was sent before it, fails what comes after,
+/// and frees the name.
+#[tokio::test]
+async fn stop_drains_the_mailbox_then_stops_for_good() {
+    let rt = runtime().await;
+    let (c, builds) = counter(&rt, ActorOptions::new().name("s").max_restarts(None)).await;
+    let before: Vec<_> = (0..100).map(|_| c.incr(1)).collect();
+    c.stop().await;
+    for (i, p) in before.into_iter().enumerate() {
+        assert_eq!(
+            p.await.unwrap(),
+            11 + i as u64,
+            "sent before the stop: answered"
+        );
+    }
+    assert!(c.is_dead());
+    assert!(matches!(
+        c.get().await,
+        Err(ActorError::ActorDied { ref reason, .. }) if reason.contains("stopped")
+    ));
+    assert!(rt.get_actor::<Counter>("s").is_err());
+    assert_eq!(builds.load(Ordering::SeqCst), 1, "a stop is not a failure");
+    rt.shutdown().await.unwrap();
+}
+
+struct Named;
+
+#[troupe::actor]
+impl Named {
+    pub fn new(prefix: String) -> Self {
+        let _ = prefix;
+        Named
+    }
+
+    pub fn greet(&self, who: String) -> String {
+        format!("hello {who}")
+    }
+
+    pub fn not_by_name(&self, reply: tokio::sync::oneshot::Sender<u8>) {
+        let _ = reply.send(1);
+    }
+}
+
+/// Every actor type registers its constructors and methods by name: what a
+/// node runs for another (the cluster's seam).
+#[tokio::test]
+async fn actors_are_spawned_and_called_by_name() {
+    let rt = runtime().await;
+    let ty = <Named as troupe::Actor>::NAME;
+    let args = postcard::to_allocvec(&("x".to_owned(),)).unwrap();
+    let id = rt
+        .spawn_by_name(ty, "new", ActorOptions::new(), &args)
+        .await
+        .unwrap();
+    let args = postcard::to_allocvec(&("you".to_owned(),)).unwrap();
+    let reply = rt.call_by_name(id, "greet", &args).await.unwrap();
+    let text: String = postcard::from_bytes(&reply).unwrap();
+    assert_eq!(text, "hello you");
+    // Each error names what is wrong.
+    let err = rt.call_by_name(id, "nope", &args).await.unwrap_err();
+    assert!(err.to_string().contains("no such method"), "{err}");
+    let err = rt.call_by_name(id, "greet", &[0xff]).await.unwrap_err();
+    assert!(err.to_string().contains("did not decode"), "{err}");
+    let err = rt.call_by_name(id, "not_by_name", &[]).await.unwrap_err();
+    assert!(err.to_string().contains("not serializable"), "{err}");
+    let err = rt
+        .spawn_by_name(ty, "missing", ActorOptions::new(), &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("same build"), "{err}");
+    // Spawned by name, it is not collected: it lives until stopped.
+    assert_eq!(rt.state().actors.len(), 1);
     rt.shutdown().await.unwrap();
 }

@@ -30,17 +30,17 @@ async fn gpu_runtime() -> Runtime {
 
 #[troupe::remote]
 fn scale(t: TensorObject, by: f64) -> TensorObject {
-    TensorObject::from(t.tensor() * by)
+    TensorObject::from(t.view() * by)
 }
 
 #[troupe::remote]
 fn data_address(t: TensorObject) -> usize {
-    t.data_ptr() as usize
+    t.view().data_ptr() as usize
 }
 
 #[troupe::remote]
 fn sum(t: TypedTensor<f32>) -> f64 {
-    t.sum(Kind::Double).double_value(&[])
+    t.view().sum(Kind::Double).double_value(&[])
 }
 
 #[tokio::test]
@@ -48,10 +48,10 @@ async fn tensors_go_through_put_tasks_and_back_without_copies() {
     let rt = gpu_runtime().await;
     let t = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]);
     let address = t.data_ptr() as usize;
-    let r = rt.put(TensorObject::from(t)).unwrap();
+    let r = rt.put(TensorObject::from(t)).await.unwrap();
     // get shares the stored tensor; a task argument shares it too.
     let got = rt.get(&r).await.unwrap();
-    assert_eq!(got.data_ptr() as usize, address);
+    assert_eq!(got.view().data_ptr() as usize, address);
     assert_eq!(
         *rt.get(&data_address::remote(&rt, &r)).await.unwrap(),
         address
@@ -60,7 +60,7 @@ async fn tensors_go_through_put_tasks_and_back_without_copies() {
     let scaled = rt.get(&scale::remote(&rt, &r, 2.0)).await.unwrap();
     assert_eq!(scaled.kind(), Kind::Float);
     assert_eq!(scaled.size(), vec![2, 3]);
-    assert_eq!(scaled.double_value(&[1, 2]), 10.0);
+    assert_eq!(scaled.view().double_value(&[1, 2]), 10.0);
     // A typed tensor as an argument.
     let typed = TypedTensor::<f32>::new(Tensor::from_slice(&[1.5f32, 2.5])).unwrap();
     assert_eq!(*rt.get(&sum::remote(&rt, typed)).await.unwrap(), 4.0);
@@ -73,6 +73,7 @@ async fn spilled_tensors_come_back_exactly() {
         memory_budget: 64 * 1024,
         spill_threshold: 0.5,
         spill_dir: std::env::temp_dir().join(format!("troupe-gpu-it-{}", std::process::id())),
+        ..StoreConfig::default()
     };
     let rt = troupe::init(Config::default().objects(objects))
         .await
@@ -90,10 +91,12 @@ async fn spilled_tensors_come_back_exactly() {
             }
         })
         .collect();
-    let refs: Vec<_> = originals
-        .iter()
-        .map(|t| rt.put(TensorObject::from(t.shallow_clone())).unwrap())
-        .collect();
+    let mut refs = Vec::new();
+    for t in &originals {
+        // Over the budget, a put waits while the store spills.
+        let put = rt.put(TensorObject::from(t.shallow_clone()));
+        refs.push(within("put", put).await.unwrap());
+    }
     eventually("tensors spilled", || {
         rt.objects().in_memory_bytes() <= 32 * 1024
     })
@@ -102,7 +105,7 @@ async fn spilled_tensors_come_back_exactly() {
         let back = within("restore", rt.get(r)).await.unwrap();
         assert_eq!(back.kind(), t.kind());
         assert_eq!(back.size(), t.size());
-        assert!(back.equal(t), "a tensor came back different");
+        assert!(back.view().equal(t), "a tensor came back different");
     }
     rt.shutdown().await.unwrap();
 }
@@ -112,6 +115,7 @@ async fn a_tensor_of_the_wrong_dtype_for_a_typed_ref_is_an_error() {
     let rt = troupe::init(Config::default()).await.unwrap();
     let floats = rt
         .put(TypedTensor::<f32>::new(Tensor::from_slice(&[1.0f32, 2.0])).unwrap())
+        .await
         .unwrap();
     let as_ints = floats.clone().erase().typed::<TypedTensor<i64>>();
     let err = rt.get(&as_ints).await.unwrap_err();
@@ -155,7 +159,7 @@ impl Learner {
     }
 
     pub fn train(&mut self, batch: TensorObject) -> f64 {
-        let x = batch.to_device(self.vs.device());
+        let x = batch.view().to_device(self.vs.device());
         let target = x.sum_dim_intlist(1, true, Kind::Float);
         let loss = self.net.forward(&x).mse_loss(&target, tch::Reduction::Mean);
         self.opt.backward_step(&loss);
@@ -167,7 +171,7 @@ impl Learner {
     }
 
     pub fn predict(&self, x: TensorObject) -> TensorObject {
-        let x = x.to_device(self.vs.device());
+        let x = x.view().to_device(self.vs.device());
         TensorObject::from(tch::no_grad(|| self.net.forward(&x)).to_device(Device::Cpu))
     }
 
@@ -271,7 +275,7 @@ impl Inference {
     }
 
     pub fn predict(&self, x: TensorObject) -> TensorObject {
-        TensorObject::from(tch::no_grad(|| self.net.forward(x.tensor())))
+        TensorObject::from(tch::no_grad(|| self.net.forward(&x.view())))
     }
 }
 
@@ -286,7 +290,7 @@ async fn broadcast_weights_give_identical_outputs() {
     for _ in 0..5 {
         learner.train(batch.clone()).await.unwrap();
     }
-    let weights = rt.put(learner.weights().await.unwrap()).unwrap();
+    let weights = rt.put(learner.weights().await.unwrap()).await.unwrap();
     let shared = rt.get(&weights).await.unwrap();
     let mut replicas = Vec::new();
     for _ in 0..4 {
@@ -305,7 +309,10 @@ async fn broadcast_weights_give_identical_outputs() {
     let reference = learner.predict(x.clone()).await.unwrap();
     for replica in &replicas {
         let out = replica.predict(x.clone()).await.unwrap();
-        assert!(out.equal(&reference), "a replica answered differently");
+        assert!(
+            out.view().equal(&reference.view()),
+            "a replica answered differently"
+        );
     }
     rt.shutdown().await.unwrap();
 }

@@ -26,6 +26,7 @@ async fn small_runtime(name: &str) -> Runtime {
         memory_budget: 256 * 1024,
         spill_threshold: 0.5,
         spill_dir: spill_dir(name),
+        ..StoreConfig::default()
     };
     troupe::init(Config::default().objects(objects))
         .await
@@ -39,7 +40,7 @@ async fn put_and_get_share_one_value() {
         step: 3,
         observations: vec![0.25; 1000],
     };
-    let r = rt.put(batch).unwrap();
+    let r = rt.put(batch).await.unwrap();
     let a = rt.get(&r).await.unwrap();
     let b = rt.get(&r).await.unwrap();
     assert!(Arc::ptr_eq(&a, &b));
@@ -56,7 +57,7 @@ async fn actors_can_produce_objects_that_others_wait_for() {
     #[troupe::actor]
     impl Producer {
         pub fn make(&self, rt: Runtime, step: u64) -> ObjectRef<Batch> {
-            rt.put(Batch {
+            rt.try_put(Batch {
                 step,
                 observations: vec![step as f32; 10],
             })
@@ -104,7 +105,7 @@ async fn the_object_store_actor_spills_over_budget_and_get_restores() {
     let mut refs = Vec::new();
     for step in 0..40u64 {
         let observations: Vec<f32> = (0..2048).map(|i| (i as f32) * 0.5 + step as f32).collect();
-        refs.push(rt.put(Batch { step, observations }).unwrap());
+        refs.push(rt.put(Batch { step, observations }).await.unwrap());
     }
     let threshold = 128 * 1024;
     eventually("the actor spilled down to the threshold", || {
@@ -126,7 +127,7 @@ async fn an_object_store_actor_restart_loses_nothing() {
     let mut events = rt.subscribe();
     let kept: Vec<_> = (0..10u64)
         .map(|step| {
-            rt.put(Batch {
+            rt.try_put(Batch {
                 step,
                 observations: vec![1.0; 100],
             })
@@ -154,15 +155,19 @@ async fn an_object_store_actor_restart_loses_nothing() {
         );
     }
     // The new incarnation still spills.
-    let more: Vec<_> = (0..40u64)
-        .map(|step| {
-            rt.put(Batch {
-                step,
-                observations: vec![2.0; 2048],
-            })
-            .unwrap()
-        })
-        .collect();
+    let mut more = Vec::new();
+    for step in 0..40u64 {
+        // Over the budget, a put waits while the (new) actor spills.
+        let batch = Batch {
+            step,
+            observations: vec![2.0; 2048],
+        };
+        more.push(
+            within("put with backpressure", rt.put(batch))
+                .await
+                .unwrap(),
+        );
+    }
     eventually("the restarted actor spills", || {
         rt.objects().in_memory_bytes() <= 128 * 1024
     })
@@ -177,8 +182,59 @@ async fn an_object_store_actor_restart_loses_nothing() {
 #[tokio::test]
 async fn oversize_objects_are_refused_with_a_clear_error() {
     let rt = small_runtime("oversize").await;
-    let err = rt.put(vec![0u8; 1 << 20]).unwrap_err();
+    let err = rt.put(vec![0u8; 1 << 20]).await.unwrap_err();
     assert!(matches!(err, ObjectError::TooLarge { .. }), "{err}");
     assert!(rt.objects().is_empty());
+    rt.shutdown().await.unwrap();
+}
+
+/// `put` had no backpressure: with a 50 MB budget, 40 puts of 10 MB held
+/// 7x the budget in memory. Now a put waits for the spiller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_never_take_the_store_far_over_its_budget() {
+    let budget = 640 << 10;
+    let objects = StoreConfig {
+        memory_budget: budget,
+        spill_threshold: 0.8,
+        spill_dir: spill_dir("backpressure"),
+        ..StoreConfig::default()
+    };
+    let rt = troupe::init(Config::default().objects(objects))
+        .await
+        .unwrap();
+    let mut refs = Vec::new();
+    let mut peak = 0;
+    for i in 0..40u8 {
+        refs.push(within("put", rt.put(vec![i; 64 << 10])).await.unwrap());
+        peak = peak.max(rt.objects().in_memory_bytes());
+    }
+    assert!(peak <= budget, "peak {peak} over the budget {budget}");
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(rt.get(r).await.unwrap()[7], i as u8);
+    }
+    // Without room and with nothing to spill, try_put refuses at once.
+    assert!(matches!(
+        rt.try_put(vec![0u8; budget as usize - 100]),
+        Err(ObjectError::StoreFull { .. }) | Err(ObjectError::TooLarge { .. })
+    ));
+    drop(refs);
+    rt.shutdown().await.unwrap();
+}
+
+/// Byte objects live in buffers the store reuses; read back, spilled and
+/// restored, they are the same bytes.
+#[tokio::test]
+async fn byte_objects_put_read_and_spill() {
+    let rt = small_runtime("blobs").await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let r = rt.put_bytes(&data).await.unwrap();
+    assert_eq!(&rt.get(&r).await.unwrap()[..], &data[..]);
+    let mut others = Vec::new();
+    for i in 0..3u8 {
+        others.push(within("put", rt.put(vec![i; 60_000])).await.unwrap());
+    }
+    eventually("spilled", || rt.objects().in_memory_bytes() <= 128 * 1024).await;
+    assert_eq!(&rt.get(&r).await.unwrap()[..], &data[..]);
+    drop(others);
     rt.shutdown().await.unwrap();
 }

@@ -30,6 +30,20 @@ impl Tracked {
     pub async fn hang(&mut self) {
         std::future::pending::<()>().await
     }
+
+    /// Says it started, then never returns.
+    pub async fn hang_started(&mut self, started: tokio::sync::oneshot::Sender<()>) {
+        let _ = started.send(());
+        std::future::pending::<()>().await
+    }
+}
+
+/// Sends a call that never returns, and waits until it runs.
+async fn hang(a: &TrackedHandle) -> Pending<()> {
+    let (started, running) = tokio::sync::oneshot::channel();
+    let hung = a.hang_started(started);
+    within("the hanging call starts", running).await.unwrap();
+    hung
 }
 
 #[tokio::test]
@@ -123,7 +137,7 @@ async fn shutdown_kills_an_actor_that_ignores_stop_after_its_timeout() {
         )
         .await
         .unwrap();
-    let hung = a.hang();
+    let hung = hang(&a).await;
     let began = Instant::now();
     rt.shutdown().await.unwrap();
     assert!(began.elapsed() >= Duration::from_millis(100));
@@ -144,7 +158,7 @@ async fn shutdown_past_its_deadline_kills_everything_and_says_so() {
         })
         .await
         .unwrap();
-    let _hung = a.hang();
+    let _hung = hang(&a).await;
     let began = Instant::now();
     let err = rt.shutdown().await.unwrap_err();
     assert!(matches!(err, ShutdownError::DeadlineExceeded(d) if d == Duration::from_millis(200)));

@@ -6,9 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, next_event, within, Log, Probe, ProbeMsg};
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorProcessingErr, ActorRef};
 use troupe::prelude::*;
 use troupe::supervisor::{ChildInfo, EventBus};
+use troupe::SupervisorError;
 
 fn probe(name: &'static str, log: &Log) -> ChildSpec {
     ChildSpec::new(name, Probe::new(name, log), ())
@@ -414,4 +415,42 @@ async fn nested_supervisor_stops_its_children_before_its_parent_moves_on() {
         log.lines()[4..],
         ["stop o2", "stop i2", "stop i1", "stop o1"]
     );
+}
+
+/// Never finishes stopping.
+#[derive(Clone)]
+struct Stubborn;
+
+impl ractor::Actor for Stubborn {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<()>, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// `terminate_child` used to wait without a timeout on a child that never
+/// stops (`Shutdown::Infinity`).
+#[tokio::test]
+async fn terminate_child_gives_up_waiting_after_its_timeout() {
+    let sup = Supervisor::spawn(SupervisorSpec::dynamic("dyn"))
+        .await
+        .unwrap();
+    let key = sup
+        .start_child(ChildSpec::new("stubborn", Stubborn, ()).shutdown(Shutdown::Infinity))
+        .await
+        .unwrap();
+    let err = sup
+        .terminate_child_within(key, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::Timeout { .. }), "{err}");
+    sup.stop(Duration::from_millis(100)).await;
 }

@@ -1,14 +1,22 @@
 //! Typed errors. Each says what happened and, where it helps, what to do.
+//!
+//! Every error is `#[non_exhaustive]` and serializable: a task that fails on
+//! another node reaches its owner as the same typed value, its cause chain
+//! kept as structured errors ([`Cause`]), never flattened to a string.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-
-use crate::Resources;
 use std::time::Duration;
 
-use crate::actor::ActorInfo;
+use serde::{Deserialize, Serialize};
+use troupe_objects::{register_cause, Cause, NodeId, ObjectError, ObjectId};
+
+use crate::ids::{ActorInfo, TaskId};
+use crate::Resources;
 
 /// Starting an actor, a supervisor or a child failed.
-#[derive(Debug, thiserror::Error, Clone)]
+#[derive(Debug, thiserror::Error, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SpawnError {
     /// The constructor (or `pre_start`) panicked or returned an error.
     #[error("{what} failed to start: {cause}")]
@@ -58,20 +66,34 @@ pub enum SpawnError {
     /// The tokio runtime for `Runtime::start` could not be built.
     #[error("could not build the tokio runtime: {0}; check thread limits, or embed Troupe in your own tokio runtime with troupe::init")]
     Tokio(String),
+    /// No actor type or constructor of that name is registered in this
+    /// binary (spawning by name).
+    #[error("no actor constructor {0:?} in this binary; is every node running the same build?")]
+    UnknownConstructor(String),
+    /// A constructor's arguments did not decode.
+    #[error("the arguments for {constructor} did not decode: {cause}")]
+    BadArguments {
+        /// The constructor.
+        constructor: String,
+        /// What the decoder said.
+        cause: String,
+    },
 }
 
 /// Why a call to an actor failed. The call's result never hangs: one of these
 /// (or the value) always arrives.
-#[derive(Debug, thiserror::Error, Clone)]
+#[derive(Debug, thiserror::Error, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ActorError {
     /// The actor died with the call in flight, or is dead for good
-    /// (restarts exhausted, killed with `no_restart`, runtime shut down).
+    /// (restarts exhausted, killed with `no_restart`, stopped, runtime shut
+    /// down).
     #[error("actor {actor} died before answering {method}: {reason}")]
     ActorDied {
         /// Which actor.
         actor: Arc<ActorInfo>,
         /// The method called.
-        method: &'static str,
+        method: Cow<'static, str>,
         /// What is known about the death.
         reason: String,
     },
@@ -81,24 +103,36 @@ pub enum ActorError {
         /// Which actor.
         actor: Arc<ActorInfo>,
         /// The method called.
-        method: &'static str,
+        method: Cow<'static, str>,
         /// The panic message.
         message: String,
     },
-    /// A management request to the actor's supervisor got no answer in time.
+    /// A management request got no answer in time.
     #[error("actor {actor}: {what} timed out after {after:?}")]
     Timeout {
         /// Which actor.
         actor: Arc<ActorInfo>,
         /// What timed out.
-        what: &'static str,
+        what: Cow<'static, str>,
         /// How long it waited.
         after: Duration,
+    },
+    /// A call by name could not be made: no such method, arguments that do
+    /// not decode, a result that does not encode.
+    #[error("call to {method} on {actor} by name failed: {reason}")]
+    BadCall {
+        /// Which actor.
+        actor: Arc<ActorInfo>,
+        /// The method named.
+        method: String,
+        /// What is wrong.
+        reason: String,
     },
 }
 
 /// Looking an actor up by name failed.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum LookupError {
     /// No live actor has this name in this runtime.
     #[error("no actor named {0:?} in this runtime")]
@@ -109,46 +143,179 @@ pub enum LookupError {
         /// The name looked up.
         name: String,
         /// The type asked for.
-        expected: &'static str,
+        expected: Cow<'static, str>,
         /// The type the actor really has.
-        actual: &'static str,
-    },
-}
-
-/// A request to a supervisor failed.
-#[derive(Debug, thiserror::Error, Clone)]
-pub enum SupervisorError {
-    /// The supervisor is not running.
-    #[error("supervisor {0:?} is not running")]
-    Down(String),
-    /// The supervisor did not answer in time.
-    #[error("supervisor {supervisor:?} did not answer within {after:?}")]
-    Timeout {
-        /// Name of the supervisor.
-        supervisor: String,
-        /// How long it waited.
-        after: Duration,
-    },
-    /// Starting a child failed.
-    #[error(transparent)]
-    Spawn(#[from] SpawnError),
-    /// No child with that key.
-    #[error("supervisor {supervisor:?} has no child {key}")]
-    NoSuchChild {
-        /// Name of the supervisor.
-        supervisor: String,
-        /// The key asked for.
-        key: crate::supervisor::ChildKey,
+        actual: Cow<'static, str>,
     },
 }
 
 /// `Runtime::shutdown` could not stop everything in order within its deadline.
-#[derive(Debug, thiserror::Error, Clone)]
+#[derive(Debug, thiserror::Error, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ShutdownError {
     /// The ordered stop overran the deadline; what was left was killed.
     #[error("ordered shutdown overran its deadline of {0:?}; the remaining actors were killed")]
     DeadlineExceeded(Duration),
 }
+
+/// What made an attempt fail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskCause {
+    /// The body panicked; the panic message.
+    Panicked(String),
+    /// The body returned `Err`: the error itself (read it back with
+    /// `Cause::downcast_ref`).
+    Error(Cause),
+    /// The node running it died.
+    NodeDied(NodeId),
+}
+
+impl std::fmt::Display for TaskCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskCause::Panicked(m) => write!(f, "panicked: {m}"),
+            TaskCause::Error(e) => write!(f, "returned an error: {e}"),
+            TaskCause::NodeDied(node) => write!(f, "was lost with node {node}, which died"),
+        }
+    }
+}
+
+/// Why a task has no result. `get` on its ref returns
+/// `ObjectError::Failed` whose cause is this; read it with
+/// `err.failure::<TaskError>()`.
+#[derive(Debug, thiserror::Error, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// Every allowed attempt failed.
+    #[error("task {task} ({id}) failed after {attempts} attempt(s); the last {cause}")]
+    Failed {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's failure.
+        cause: TaskCause,
+    },
+    /// An argument's task failed, so this one never ran (never retried).
+    #[error("task {task} ({id}) did not run: its argument {dependency} failed: {cause}")]
+    DependencyFailed {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// The argument's object.
+        dependency: ObjectId,
+        /// Why that object has no value.
+        #[source]
+        cause: ObjectError,
+    },
+    /// The task needs more than any node it can run on has.
+    #[error("task {task} ({id}) needs {needs:?} but this node has only {node:?}; lower the task's options or add a node that fits")]
+    Infeasible {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// What it asked for.
+        needs: Resources,
+        /// What the node has in all.
+        node: Resources,
+    },
+    /// The task's resource options make no sense (negative, too large, or
+    /// GPUs that mix whole and partial devices); it was not run.
+    #[error("task {task} ({id}) has invalid resource options: {reason}")]
+    InvalidResources {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// What is wrong and what to change.
+        reason: String,
+    },
+    /// The task was cancelled (`Runtime::cancel`); it is never retried.
+    #[error("task {task} ({id}) was cancelled")]
+    Cancelled {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+    },
+    /// The runtime shut down before the task finished.
+    #[error("task {task} ({id}) was abandoned: the runtime shut down")]
+    ShutDown {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+    },
+    /// The result could not be stored (larger than the store's budget).
+    #[error("task {task} ({id}) produced a result that could not be stored: {cause}")]
+    ResultNotStored {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// The store's error.
+        #[source]
+        cause: ObjectError,
+    },
+    /// No remote function has that name in this binary.
+    #[error("task {task} ({id}): no remote function of that name in this binary; is every node running the same build?")]
+    UnknownFunction {
+        /// The name asked for.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+    },
+    /// The arguments did not decode as the function's parameters.
+    #[error(
+        "task {task} ({id}): its arguments did not decode as the function's parameters: {cause}"
+    )]
+    BadArguments {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// What the decoder said.
+        cause: String,
+    },
+}
+
+impl TaskError {
+    /// Follows failed arguments back to the task where the failure began.
+    pub fn root_cause(&self) -> &TaskError {
+        let mut current = self;
+        while let TaskError::DependencyFailed { cause, .. } = current {
+            match cause.failure::<TaskError>() {
+                Some(inner) => current = inner,
+                None => break,
+            }
+        }
+        current
+    }
+
+    /// The task the error is about.
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            TaskError::Failed { id, .. }
+            | TaskError::DependencyFailed { id, .. }
+            | TaskError::Infeasible { id, .. }
+            | TaskError::InvalidResources { id, .. }
+            | TaskError::Cancelled { id, .. }
+            | TaskError::ShutDown { id, .. }
+            | TaskError::ResultNotStored { id, .. }
+            | TaskError::UnknownFunction { id, .. }
+            | TaskError::BadArguments { id, .. } => *id,
+        }
+    }
+}
+
+register_cause!(TaskError, "troupe::TaskError");
+register_cause!(ActorError, "troupe::ActorError");
+register_cause!(SpawnError, "troupe::SpawnError");
 
 /// Turns a caught panic payload into its message.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -7,7 +7,7 @@
 
 use ractor::{ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
-use troupe_objects::ObjectStore;
+use troupe_objects::{ObjectStore, SpillerGuard};
 
 /// Messages of the object store actor.
 pub enum ObjectStoreMsg {
@@ -15,6 +15,7 @@ pub enum ObjectStoreMsg {
     Spill,
 }
 
+#[cfg(feature = "cluster")]
 impl ractor::Message for ObjectStoreMsg {}
 
 /// The actor; supervised in the runtime's system subtree.
@@ -23,8 +24,10 @@ pub struct ObjectStoreActor {
     pub(crate) store: ObjectStore,
 }
 
-/// Its state: the task that turns threshold crossings into messages.
-pub struct Watcher(JoinHandle<()>);
+/// Its state: the task that turns threshold crossings into messages, and
+/// its registration as the store's spiller (while it lives, a put that does
+/// not fit waits for it).
+pub struct Watcher(JoinHandle<()>, #[allow(dead_code)] SpillerGuard);
 
 impl Drop for Watcher {
     fn drop(&mut self) {
@@ -42,6 +45,7 @@ impl ractor::Actor for ObjectStoreActor {
         myself: ActorRef<ObjectStoreMsg>,
         _: (),
     ) -> Result<Watcher, ActorProcessingErr> {
+        let guard = self.store.attach_spiller();
         let store = self.store.clone();
         let watcher = tokio::spawn(async move {
             loop {
@@ -52,7 +56,7 @@ impl ractor::Actor for ObjectStoreActor {
                 store.spill_wanted().await;
             }
         });
-        Ok(Watcher(watcher))
+        Ok(Watcher(watcher, guard))
     }
 
     async fn handle(

@@ -2,6 +2,16 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
+/// The most GPUs one node may have or one request may ask for. Far above
+/// any real machine; it keeps a typo (`1e10`) from becoming a per-device
+/// allocation that takes the process down.
+pub const MAX_GPUS: f64 = 1024.0;
+
+/// The most CPUs, or units of a custom resource, one amount may be.
+pub const MAX_AMOUNT: f64 = 1e12;
+
 /// What a piece of work needs from a node: CPUs, GPUs (fractions allowed),
 /// memory, and any custom named resource.
 ///
@@ -11,7 +21,7 @@ use std::collections::BTreeMap;
 /// assert_eq!(needs.num_gpus, 0.25);
 /// assert_eq!(needs.custom["license"], 1.0);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     /// CPUs (cores).
     pub num_cpus: f64,
@@ -52,7 +62,8 @@ impl Resources {
 }
 
 impl Resources {
-    /// Checks that the amounts make sense: finite, not negative, and GPUs
+    /// Checks that the amounts make sense: finite, not negative, at most
+    /// [`MAX_GPUS`] GPUs and [`MAX_AMOUNT`] of anything else, and GPUs
     /// either a fraction of one device (`0.25`) or whole devices (`2`), as
     /// Ray requires. The error says what to change.
     ///
@@ -62,6 +73,7 @@ impl Resources {
     /// assert!(Resources::cpus(1.0).with_gpus(2.0).validate().is_ok());
     /// assert!(Resources::cpus(1.0).with_gpus(1.5).validate().is_err());
     /// assert!(Resources::cpus(-1.0).validate().is_err());
+    /// assert!(Resources::cpus(1.0).with_gpus(1e10).validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), String> {
         let amounts = [("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)]
@@ -73,6 +85,17 @@ impl Resources {
                     "{what} = {amount} is not a finite, non-negative amount"
                 ));
             }
+            if amount > MAX_AMOUNT {
+                return Err(format!(
+                    "{what} = {amount} is more than the most one amount may be ({MAX_AMOUNT})"
+                ));
+            }
+        }
+        if self.num_gpus > MAX_GPUS {
+            return Err(format!(
+                "num_gpus = {} is more than the most a node may have ({MAX_GPUS})",
+                self.num_gpus
+            ));
         }
         if self.num_gpus > 1.0 && self.num_gpus.fract() != 0.0 {
             return Err(format!(
@@ -86,7 +109,7 @@ impl Resources {
 
 /// One GPU of a node: what a [`GpuDetector`] found, or what
 /// [`Config::resources`](crate::Config) declared.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     /// The device ordinal (CUDA's numbering on this node).
     pub ordinal: u32,

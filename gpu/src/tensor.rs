@@ -27,6 +27,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
@@ -79,10 +80,13 @@ fn kind_name(kind: Kind) -> String {
 /// actors, return it. Any dtype; see [`TypedTensor`] for one checked dtype.
 ///
 /// Within a process nothing copies the data: `put` moves the tensor in,
-/// `get` shares it, and a clone (what a task argument gets) is a
-/// `shallow_clone` sharing the same storage. In-place operations on a
-/// clone therefore change the stored object; call `deep_copy` first to
-/// modify a tensor you got from the store.
+/// `get` shares it, and readers take [`view`](Self::view)s: tensors of
+/// their own (their own shape, strides and autograd state, detached) over
+/// the same storage. A reader can therefore never change another reader's
+/// tensor object (`set_requires_grad`, `backward`, resizing): only the
+/// shared data, and only by an in-place operation on its own view, which
+/// every reader would then see. Call [`deep_copy`](Self::deep_copy) to get
+/// data you may modify.
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -90,76 +94,90 @@ fn kind_name(kind: Kind) -> String {
 /// use troupe_gpu::TensorObject;
 /// let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
 /// let address = t.data_ptr();
-/// let r = rt.put(TensorObject::from(t))?; // moved in, not copied
-/// let back = rt.get(&r).await?;           // shared, not copied
+/// let r = rt.put(TensorObject::from(t)).await?; // moved in, not copied
+/// let back = rt.get(&r).await?;                  // shared, not copied
 /// assert_eq!(back.size(), vec![3]);
-/// assert_eq!(back.data_ptr(), address);
+/// assert_eq!(back.view().data_ptr(), address);
 /// # rt.shutdown().await?;
 /// # Ok(()) }
 /// ```
-pub struct TensorObject(Tensor);
+pub struct TensorObject(Mutex<Tensor>);
 
-// SAFETY: tch makes `Tensor` Send but not Sync. Shared access through
-// `&TensorObject` only reaches `&Tensor`, whose tch methods read (libtorch
-// tensors are reference-counted atomically and may be read from several
-// threads at once); every in-place tch operation takes `&mut Tensor`. A
-// `shallow_clone` handed to another thread can alias the storage, exactly
-// as tch already allows with `Send` alone.
-unsafe impl Sync for TensorObject {}
+// No `unsafe impl Sync`: tch's `Tensor` is `Send` but not `Sync` (some of
+// its `&self` methods change the tensor object: autograd state, `backward`),
+// so shared access goes through a mutex, held only to read metadata or to
+// make a view.
 
 impl TensorObject {
-    /// The tensor.
-    pub fn tensor(&self) -> &Tensor {
-        &self.0
+    fn lock(&self) -> MutexGuard<'_, Tensor> {
+        // libtorch calls under this lock do not unwind into it; a poisoned
+        // lock still guards a whole tensor.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A tensor of your own over the same data (no copy): detached, so
+    /// autograd on it touches nothing shared.
+    pub fn view(&self) -> Tensor {
+        self.lock().detach()
     }
 
     /// Takes the tensor out.
     pub fn into_tensor(self) -> Tensor {
-        self.0
-    }
-
-    /// A new handle to the same data (no copy).
-    pub fn shared(&self) -> Tensor {
-        self.0.shallow_clone()
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A copy of the data, safe to modify in place.
     pub fn deep_copy(&self) -> Tensor {
-        self.0.copy()
+        self.lock().detach().copy()
+    }
+
+    /// The element type.
+    pub fn kind(&self) -> Kind {
+        self.lock().kind()
+    }
+
+    /// The shape.
+    pub fn size(&self) -> Vec<i64> {
+        self.lock().size()
+    }
+
+    /// Where the data lives.
+    pub fn device(&self) -> Device {
+        self.lock().device()
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.lock().numel()
     }
 
     /// The bytes the data takes (elements times element size).
     pub fn nbytes(&self) -> usize {
-        self.0.numel() * self.0.kind().elt_size_in_bytes()
+        let t = self.lock();
+        t.numel() * t.kind().elt_size_in_bytes()
     }
 }
 
 impl From<Tensor> for TensorObject {
     fn from(tensor: Tensor) -> Self {
-        TensorObject(tensor)
-    }
-}
-
-impl Deref for TensorObject {
-    type Target = Tensor;
-    fn deref(&self) -> &Tensor {
-        &self.0
+        TensorObject(Mutex::new(tensor))
     }
 }
 
 impl Clone for TensorObject {
-    /// Shares the data (a `shallow_clone`), as a task argument should.
+    /// A view over the same data, as a task argument should get.
     fn clone(&self) -> Self {
-        TensorObject(self.0.shallow_clone())
+        TensorObject::from(self.view())
     }
 }
 
 impl fmt::Debug for TensorObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.lock();
         f.debug_struct("TensorObject")
-            .field("kind", &self.0.kind())
-            .field("size", &self.0.size())
-            .field("device", &self.0.device())
+            .field("kind", &t.kind())
+            .field("size", &t.size())
+            .field("device", &t.device())
             .finish()
     }
 }
@@ -168,7 +186,7 @@ impl GetSize for TensorObject {
     /// Host memory only: the store's budget is the host's; a CUDA tensor's
     /// data lives on its device.
     fn get_heap_size_with_tracker<T: troupe_core::GetSizeTracker>(&self, tracker: T) -> (usize, T) {
-        let host = match self.0.device() {
+        let host = match self.device() {
             Device::Cpu => self.nbytes(),
             _ => 0,
         };
@@ -188,29 +206,29 @@ impl Serialize for Bytes<'_> {
 impl Serialize for TensorObject {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error;
-        let kind = self.0.kind();
+        let view = self.view();
+        let kind = view.kind();
         let code = code_of(kind)
             .ok_or_else(|| S::Error::custom(GpuError::UnsupportedDtype(kind_name(kind))))?;
         // Contiguous and on the CPU: the same tensor when it already is.
-        let host = self
-            .0
+        let host = view
             .f_to_device(Device::Cpu)
             .and_then(|t| t.f_contiguous())
             .map_err(|e| S::Error::custom(GpuError::from(e)))?;
-        let len = host.numel() * kind.elt_size_in_bytes();
-        let data: &[u8] = if len == 0 {
-            &[]
-        } else {
-            // SAFETY: `host` is a contiguous CPU tensor of `len` bytes that
-            // lives until the end of this function.
-            unsafe { std::slice::from_raw_parts(host.data_ptr() as *const u8, len) }
-        };
+        let numel = host.numel();
+        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
+        // libtorch copies the bytes out: no raw view of memory that a view
+        // elsewhere could be writing.
+        if numel > 0 {
+            host.f_copy_data_u8(&mut data, numel)
+                .map_err(|e| S::Error::custom(GpuError::from(e)))?;
+        }
         let shape: Vec<u64> = host.size().iter().map(|d| *d as u64).collect();
         let mut tuple = serializer.serialize_tuple(4)?;
         tuple.serialize_element(&FORMAT)?;
         tuple.serialize_element(&code)?;
         tuple.serialize_element(&shape)?;
-        tuple.serialize_element(&Bytes(data))?;
+        tuple.serialize_element(&Bytes(&data))?;
         tuple.end()
     }
 }
@@ -264,7 +282,7 @@ impl<'de> Visitor<'de> for TensorVisitor {
                 expected,
             })?
             .ok_or_else(|| missing("data"))?;
-        Ok(TensorObject(tensor))
+        Ok(TensorObject::from(tensor))
     }
 }
 
@@ -335,7 +353,7 @@ pub struct TypedTensor<E> {
 impl<E: Element> TypedTensor<E> {
     /// Checks the tensor's dtype.
     pub fn new(tensor: Tensor) -> Result<Self, GpuError> {
-        Self::check(TensorObject(tensor))
+        Self::check(TensorObject::from(tensor))
     }
 
     fn check(inner: TensorObject) -> Result<Self, GpuError> {
@@ -358,7 +376,7 @@ impl<E: Element> TypedTensor<E> {
 
     /// Takes the tensor out.
     pub fn into_tensor(self) -> Tensor {
-        self.inner.0
+        self.inner.into_tensor()
     }
 }
 
@@ -538,12 +556,41 @@ mod tests {
     fn clones_share_the_data() {
         let object = TensorObject::from(Tensor::zeros([4], (Kind::Float, Device::Cpu)));
         let clone = object.clone();
-        assert_eq!(object.data_ptr(), clone.data_ptr());
+        assert_eq!(object.view().data_ptr(), clone.view().data_ptr());
         let mut copy = object.deep_copy();
-        assert_ne!(copy.data_ptr(), object.data_ptr());
+        assert_ne!(copy.data_ptr(), object.view().data_ptr());
         let _ = copy.fill_(1.0);
-        assert_eq!(object.double_value(&[0]), 0.0);
+        assert_eq!(object.view().double_value(&[0]), 0.0);
         assert_eq!(object.get_heap_size(), 16);
+    }
+
+    #[test]
+    fn a_reader_cannot_change_another_readers_tensor() {
+        // What `unsafe impl Sync` over `&Tensor` allowed: one reader turning
+        // on autograd (or running backward) on the object all share.
+        let object = TensorObject::from(Tensor::zeros([3], (Kind::Float, Device::Cpu)));
+        let mine = object.view().set_requires_grad(true);
+        assert!(mine.requires_grad());
+        assert!(
+            !object.view().requires_grad(),
+            "the shared tensor is untouched"
+        );
+        let loss = (&mine * 2.0).sum(Kind::Float);
+        loss.backward();
+        assert!(mine.grad().defined());
+        assert!(!object.view().grad().defined());
+        // Readers on many threads at once: each gets its own view.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        let v = object.view().set_requires_grad(true);
+                        (&v * 3.0).sum(Kind::Float).backward();
+                    }
+                });
+            }
+        });
+        assert!(!object.view().requires_grad());
     }
 
     #[test]

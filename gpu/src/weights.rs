@@ -22,7 +22,7 @@ use crate::{GpuError, TensorObject};
 /// use troupe_gpu::Weights;
 /// let learner = nn::VarStore::new(tch::Device::Cpu);
 /// let _net = nn::linear(learner.root() / "fc", 4, 2, Default::default());
-/// let weights = rt.put(Weights::snapshot(&learner)?)?;
+/// let weights = rt.put(Weights::snapshot(&learner)?).await?;
 ///
 /// let mut replica = nn::VarStore::new(tch::Device::Cpu);
 /// let _copy = nn::linear(replica.root() / "fc", 4, 2, Default::default());
@@ -89,7 +89,7 @@ impl Weights {
         tch::no_grad(|| {
             for (name, source) in &self.variables {
                 if let Some(target) = targets.get_mut(name) {
-                    target.f_copy_(source.tensor())?;
+                    target.f_copy_(&source.view())?;
                 }
             }
             Ok::<(), tch::TchError>(())
@@ -174,7 +174,7 @@ mod tests {
                 let _ = v.fill_(42.0);
             }
         });
-        assert!(weights.get("l1.bias").unwrap().equal(&before));
+        assert!(weights.get("l1.bias").unwrap().view().equal(&before));
     }
 
     #[test]
@@ -189,7 +189,11 @@ mod tests {
         assert!(matches!(err, GpuError::WeightsMismatch(_)), "{err}");
         let after = Weights::snapshot(&other).unwrap();
         for name in before.names() {
-            assert!(before.get(name).unwrap().equal(after.get(name).unwrap()));
+            assert!(before
+                .get(name)
+                .unwrap()
+                .view()
+                .equal(&after.get(name).unwrap().view()));
         }
         let mut empty = VarStore::new(Device::Cpu);
         assert!(weights.load_into(&mut empty).is_err());

@@ -64,7 +64,30 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Whether a method carries `#[blocking]` (and removes it: it is ours).
+fn take_blocking(method: &mut syn::ImplItemFn) -> bool {
+    let before = method.attrs.len();
+    method.attrs.retain(|a| !a.path().is_ident("blocking"));
+    method.attrs.len() != before
+}
+
 fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
+    let mut block = block.clone();
+    let mut blocking_methods = std::collections::HashSet::new();
+    for item in &mut block.items {
+        if let ImplItem::Fn(method) = item {
+            if take_blocking(method) {
+                if method.sig.asyncness.is_some() {
+                    return Err(syn::Error::new(
+                        method.sig.ident.span(),
+                        "#[blocking] is for sync methods that may block; an async method should await instead",
+                    ));
+                }
+                blocking_methods.insert(method.sig.ident.to_string());
+            }
+        }
+    }
+    let block = &block;
     if block.trait_.is_some() {
         return Err(syn::Error::new(
             block.span(),
@@ -95,6 +118,9 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
     let handle = format_ident!("{}Handle", type_ident);
     let mut methods = Vec::new();
     let mut taken = std::collections::HashSet::new();
+    let mut dispatchers = Vec::new();
+    let mut entries = Vec::new();
+    let mut constructors = Vec::new();
 
     for item in &block.items {
         let ImplItem::Fn(method) = item else { continue };
@@ -103,6 +129,9 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
         }
         let sig = &method.sig;
         let Some(FnArg::Receiver(receiver)) = sig.inputs.first() else {
+            if let Some(ctor) = constructor(sig, self_ty, &type_ident)? {
+                constructors.push(ctor);
+            }
             continue; // a constructor or associated function
         };
         if receiver.reference.is_none() {
@@ -158,11 +187,44 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
                     ::std::boxed::Box::pin(this.#name(#(#args),*))
                 })
             }
+        } else if blocking_methods.contains(&name_str) {
+            quote! {
+                self.0.call_blocking(#name_str, move |this: &mut #self_ty| this.#name(#(#args),*))
+            }
         } else {
             quote! {
                 self.0.call(#name_str, move |this: &mut #self_ty| this.#name(#(#args),*))
             }
         };
+        // Callable by name (from another node) when its types allow it.
+        let arg_types: Vec<Type> = sig
+            .inputs
+            .iter()
+            .skip(1)
+            .filter_map(|input| match input {
+                FnArg::Typed(pat_ty) => Some(concrete(&pat_ty.ty, self_ty)),
+                FnArg::Receiver(_) => None,
+            })
+            .collect();
+        let signature = signature_of(&arg_types, &output);
+        let dispatch = format_ident!("__troupe_call_{}", name);
+        dispatchers.push(quote! {
+            fn #dispatch(
+                slot: ::std::sync::Arc<dyn ::std::any::Any + ::std::marker::Send + ::std::marker::Sync>,
+                store: &::troupe::ObjectStore,
+                bytes: &[u8],
+            ) -> ::std::result::Result<::troupe::__private::EncodedReply, ::std::string::String> {
+                (&::troupe::__private::Wire::<(#(#arg_types,)*), #output>::new()).method::<#self_ty>(
+                    slot,
+                    store,
+                    bytes,
+                    |handle: &#handle, (#(#args,)*): (#(#arg_types,)*)| handle.#name(#(#args),*),
+                )
+            }
+        });
+        entries.push(quote! {
+            ::troupe::__private::Method { name: #name_str, signature: #signature, call: #dispatch },
+        });
         methods.push(quote! {
             #(#docs)*
             ///
@@ -177,8 +239,8 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
         (
             "id",
             quote! {
-                /// The actor's id, unique in its runtime and stable across restarts.
-                pub fn id(&self) -> u64 { self.0.id() }
+                /// The actor's id, unique across nodes and stable across restarts.
+                pub fn id(&self) -> ::troupe::ActorId { self.0.id() }
             },
         ),
         (
@@ -217,6 +279,21 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
                 pub async fn kill(&self, no_restart: bool) { self.0.kill(no_restart).await }
             },
         ),
+        (
+            "stop",
+            quote! {
+                /// Stops the actor gracefully: it answers the calls sent
+                /// before this, then stops for good. Returns once it is dead.
+                pub async fn stop(&self) { self.0.stop().await }
+            },
+        ),
+        (
+            "restarts",
+            quote! {
+                /// How many times the actor has been restarted.
+                pub fn restarts(&self) -> u32 { self.0.restarts() }
+            },
+        ),
     ]
     .into_iter()
     .filter(|(name, _)| !taken.contains(*name))
@@ -224,8 +301,26 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
     .collect();
 
     let doc = format!("Typed handle to a [`{type_ident}`] actor, generated by `#[troupe::actor]`. Cheap to clone; valid across restarts.");
+    let type_name = type_ident.to_string();
+    let (ctor_fns, ctor_entries): (Vec<_>, Vec<_>) = constructors.into_iter().unzip();
     Ok(quote! {
         #block
+
+        // Registered under its stable name, so that another node running
+        // this binary can spawn it and call its methods by name.
+        const _: () = {
+            #[allow(unused_imports)]
+            use ::troupe::__private::{ByName as _, NotByName as _, ByNameNew as _, NotByNameNew as _};
+            #(#dispatchers)*
+            #(#ctor_fns)*
+            ::troupe::__private::inventory::submit! {
+                ::troupe::__private::ActorType {
+                    name: <#self_ty as ::troupe::Actor>::NAME,
+                    methods: &[#(#entries)*],
+                    constructors: &[#(#ctor_entries)*],
+                }
+            }
+        };
 
         #[doc = #doc]
         #[derive(Clone, Debug)]
@@ -245,6 +340,7 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
 
         impl ::troupe::Actor for #self_ty {
             type Handle = #handle;
+            const NAME: &'static str = ::std::concat!(::std::module_path!(), "::", #type_name);
         }
 
         impl #handle {
@@ -252,6 +348,65 @@ fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
             #(#management)*
         }
     })
+}
+
+/// `(A, B) -> R`, as written: part of the build id.
+fn signature_of(args: &[Type], output: &TokenStream2) -> String {
+    let args: Vec<String> = args.iter().map(|t| quote!(#t).to_string()).collect();
+    format!("({}) -> {}", args.join(", "), output)
+}
+
+/// A `pub fn name(args) -> Self` of the actor's block: its by-name spawner
+/// and its registry entry.
+fn constructor(
+    sig: &syn::Signature,
+    self_ty: &Type,
+    type_ident: &syn::Ident,
+) -> syn::Result<Option<(TokenStream2, TokenStream2)>> {
+    let returns_self = match &sig.output {
+        ReturnType::Type(_, ty) => match &**ty {
+            Type::Path(p) => p.path.is_ident("Self") || p.path.is_ident(type_ident),
+            _ => false,
+        },
+        ReturnType::Default => false,
+    };
+    if !returns_self || sig.asyncness.is_some() || !sig.generics.params.is_empty() {
+        return Ok(None);
+    }
+    let name = &sig.ident;
+    let name_str = name.to_string();
+    let mut types = Vec::new();
+    let mut idents = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pat_ty) = input else {
+            return Ok(None);
+        };
+        types.push(concrete(&pat_ty.ty, self_ty));
+        idents.push(format_ident!("__arg{}", i));
+    }
+    let signature = signature_of(&types, &quote!(Self));
+    let spawner = format_ident!("__troupe_new_{}", name);
+    let function = quote! {
+        fn #spawner(
+            rt: &::troupe::Runtime,
+            options: ::troupe::ActorOptions,
+            bytes: &[u8],
+        ) -> ::std::result::Result<
+            ::troupe::__private::BoxFuture<'static, ::std::result::Result<::troupe::ActorId, ::troupe::SpawnError>>,
+            ::std::string::String,
+        > {
+            (&::troupe::__private::WireNew::<(#(#types,)*)>::new()).constructor::<#self_ty>(
+                rt,
+                options,
+                bytes,
+                |(#(#idents,)*): (#(#types,)*)| <#self_ty>::#name(#(#idents),*),
+            )
+        }
+    };
+    let entry = quote! {
+        ::troupe::__private::Constructor { name: #name_str, signature: #signature, spawn: #spawner },
+    };
+    Ok(Some((function, entry)))
 }
 
 /// Makes a function a remote function (a task).
@@ -460,11 +615,6 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
         let elems = tuple.elems.iter();
         quote!((#(::troupe::ObjectRef<#elems>,)*))
     };
-    let (submit_async, submit_blocking) = if num_returns <= 1 {
-        (quote!(submit), quote!(submit_blocking))
-    } else {
-        (quote!(submit_n), quote!(submit_blocking_n))
-    };
     let mut params = Vec::new();
     let mut idents = Vec::new();
     for (i, input) in sig.inputs.iter().enumerate() {
@@ -485,19 +635,14 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
         params.push((ident.clone(), (**ty).clone()));
         idents.push(ident);
     }
-    let arg_params = params
+    let types: Vec<&Type> = params.iter().map(|(_, ty)| ty).collect();
+    let arg_params: Vec<TokenStream2> = params
         .iter()
-        .map(|(ident, ty)| quote!(#ident: impl ::troupe::IntoArg<#ty>));
-    let to_args = params.iter().map(|(ident, ty)| {
-        quote!(let #ident: ::troupe::__private::Arg<#ty> = ::troupe::IntoArg::into_arg(#ident);)
-    });
-    let resolves = idents
-        .iter()
-        .map(|ident| quote!(let #ident = #ident.resolve(&__store).await?;));
-    let clones = idents
-        .iter()
-        .map(|ident| quote!(let #ident = #ident.clone();));
+        .map(|(ident, ty)| quote!(#ident: impl ::troupe::IntoArg<#ty>))
+        .collect();
+    let indices: Vec<syn::Index> = (0..params.len()).map(syn::Index::from).collect();
     let is_async = sig.asyncness.is_some();
+    let blocking = !is_async && !streaming;
     let call = if is_async {
         quote!(super::#name(#(#idents),*).await)
     } else {
@@ -507,91 +652,104 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
         quote! {
             match #call {
                 ::std::result::Result::Ok(value) => ::std::result::Result::Ok(value),
-                ::std::result::Result::Err(err) => ::std::result::Result::Err(
-                    ::troupe::__private::Failure::Error(err.to_string()),
-                ),
+                ::std::result::Result::Err(err) => {
+                    #[allow(unused_imports)]
+                    use ::troupe::__private::{DisplayError as _, TypedError as _};
+                    ::std::result::Result::Err(::troupe::__private::Failure::Error(
+                        (&::troupe::__private::ErrorOf::new(err)).to_cause(),
+                    ))
+                }
             }
         }
     } else {
         quote!(::std::result::Result::Ok(#call))
     };
-    let resolves_now = idents
-        .iter()
-        .map(|ident| quote!(let #ident = #ident.resolve_now(&__store)?;));
-    let submit = if let (Some(item), true) = (item_ty, streaming) {
+    let returns = if generator {
+        quote!(::troupe::__private::One<()>)
+    } else if num_returns == 1 {
+        quote!(::troupe::__private::One<#result_ty>)
+    } else {
+        quote!(::troupe::__private::Tuple<#result_ty>)
+    };
+    let item = match item_ty {
+        Some(item) => quote!(#item),
+        None => quote!(()),
+    };
+    let value_ty = if generator {
+        quote!(())
+    } else {
+        quote!(#result_ty)
+    };
+    let resolve_now = quote! { #(let #idents = args.#indices.resolve_now(&start.store)?;)* };
+    let resolve = quote! { #(let #idents = args.#indices.resolve(&store).await?;)* };
+    let body = if let (true, true) = (generator, streaming) {
+        // An async stream: consumed on the workers, each item stored and
+        // its ref sent as it arrives.
         quote! {
-            // An async stream: consumed on the workers, each item stored and
-            // its ref sent as it arrives.
-            let (__sink, __finish) = ::troupe::__private::stream::<#item>(rt.objects());
-            let __done = rt.submit(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
-                let __store = __store.clone();
-                let __sink = __sink.clone();
-                #(#clones)*
+            fn call_async(
+                args: &Self::Args,
+                start: &::troupe::__private::Start,
+            ) -> ::troupe::__private::BoxFuture<'static, ::std::result::Result<(), ::troupe::__private::Failure>> {
+                let args = ::std::clone::Clone::clone(args);
+                let store = start.store.clone();
+                let sink = start.sink().cloned();
                 ::std::boxed::Box::pin(async move {
-                    #(#resolves)*
-                    __sink.run_stream(super::#name(#(#idents),*)).await
+                    let sink = sink?;
+                    #resolve
+                    sink.run_stream(super::#name(#(#idents),*)).await
                 })
-            });
-            __finish(__done)
+            }
         }
-    } else if let Some(item) = item_ty {
+    } else if generator {
         quote! {
-            // Each item is stored and its ref sent as the body yields it.
-            let (__sink, __finish) = ::troupe::__private::stream::<#item>(rt.objects());
-            let __done = rt.submit_blocking(NAME, self.0, deps, move |_context: &::troupe::TaskContext| {
-                #(#resolves_now)*
-                __sink.run(super::#name(#(#idents),*))
-            });
-            __finish(__done)
+            fn call_blocking(
+                args: &Self::Args,
+                start: &::troupe::__private::Start,
+            ) -> ::std::result::Result<(), ::troupe::__private::Failure> {
+                #resolve_now
+                start.sink()?.run(super::#name(#(#idents),*))
+            }
         }
     } else if is_async {
         quote! {
-            rt.#submit_async(NAME, self.0, deps, move |_context: ::troupe::TaskContext| {
-                let __store = __store.clone();
-                #(#clones)*
+            fn call_async(
+                args: &Self::Args,
+                start: &::troupe::__private::Start,
+            ) -> ::troupe::__private::BoxFuture<'static, ::std::result::Result<#value_ty, ::troupe::__private::Failure>> {
+                let args = ::std::clone::Clone::clone(args);
+                let store = start.store.clone();
                 ::std::boxed::Box::pin(async move {
-                    #(#resolves)*
+                    #resolve
                     #finish
                 })
-            })
+            }
         }
     } else {
         quote! {
             // A plain fn may block: it runs on a CPU thread, never on an
             // async worker; its arguments are settled before it starts.
-            rt.#submit_blocking(NAME, self.0, deps, move |_context: &::troupe::TaskContext| {
-                #(#resolves_now)*
+            fn call_blocking(
+                args: &Self::Args,
+                start: &::troupe::__private::Start,
+            ) -> ::std::result::Result<#value_ty, ::troupe::__private::Failure> {
+                #resolve_now
                 #finish
-            })
+            }
         }
     };
-    let arg_params2 = arg_params.clone();
-    // Single-result functions register under their name, so that a node
-    // running this binary can run them from encoded arguments.
-    let registration = if num_returns == 1 {
-        let types = params.iter().map(|(_, ty)| ty);
-        let names = idents.iter();
-        quote! {
-            fn __submit_encoded(
-                rt: &::troupe::Runtime,
-                __options: ::troupe::TaskOptions,
-                bytes: &[u8],
-            ) -> ::std::result::Result<::troupe::AnyObjectRef, ::troupe::task::ByNameError> {
-                let (#(#names,)*): (#(#types,)*) = rt.objects().decode(bytes).map_err(|err| {
-                    ::troupe::task::ByNameError::BadArguments {
-                        name: NAME,
-                        cause: err.to_string(),
-                    }
-                })?;
-                ::std::result::Result::Ok(options(__options).remote(rt #(, #idents)*).erase())
-            }
-
-            ::troupe::__private::inventory::submit! {
-                ::troupe::task::RemoteFunction { name: NAME, submit: __submit_encoded }
-            }
-        }
+    let submit = if generator {
+        quote!(rt.submit_generator::<Function>(self.0, args))
     } else {
-        quote!()
+        quote!(rt.submit_fn::<Function>(self.0, args))
+    };
+    let signature = {
+        let args: Vec<String> = types.iter().map(|t| quote!(#t).to_string()).collect();
+        let out = if generator {
+            quote!(stream of #item)
+        } else {
+            quote!(#result_ty)
+        };
+        format!("({}) -> {}", args.join(", "), out)
     };
     let doc = format!("Remote form of [`{name}()`](fn@{name}), generated by `#[troupe::remote]`.");
 
@@ -607,6 +765,38 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
             /// The function's stable name (its module path).
             pub const NAME: &str = module_path!();
 
+            /// The function, as the runtime runs it (by value here, or by
+            /// name from another node).
+            #[doc(hidden)]
+            pub struct Function;
+
+            impl ::troupe::__private::RemoteFn for Function {
+                const NAME: &'static str = NAME;
+                const BLOCKING: bool = #blocking;
+                const GENERATOR: bool = #generator;
+                type Args = (#(::troupe::__private::Arg<#types>,)*);
+                type Returns = #returns;
+                type Item = #item;
+
+                #[allow(unused_mut)]
+                fn deps(args: &Self::Args) -> ::std::vec::Vec<::troupe::ObjectId> {
+                    let mut deps = ::std::vec::Vec::new();
+                    #(deps.extend(args.#indices.dependency());)*
+                    deps
+                }
+
+                #body
+            }
+
+            ::troupe::__private::inventory::submit! {
+                ::troupe::__private::RemoteFunction {
+                    name: NAME,
+                    signature: #signature,
+                    returns: <Function as ::troupe::__private::RemoteFn>::RETURNS,
+                    build: ::troupe::__private::build_task::<Function>,
+                }
+            }
+
             /// Submits the task with the default options (1 CPU, 3 retries)
             /// and returns a ref to its result at once.
             pub fn remote(rt: &::troupe::Runtime #(, #arg_params)*) -> #refs_ty {
@@ -621,15 +811,10 @@ fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<TokenStream2>
             /// A remote function with options, ready to submit.
             pub struct Options(::troupe::TaskOptions);
 
-            #registration
-
             impl Options {
                 /// Submits the task and returns a ref to its result at once.
-                pub fn remote(self, rt: &::troupe::Runtime #(, #arg_params2)*) -> #refs_ty {
-                    #(#to_args)*
-                    let mut deps: ::std::vec::Vec<::troupe::ObjectId> = ::std::vec::Vec::new();
-                    #(deps.extend(#idents.dependency());)*
-                    let __store = rt.objects().clone();
+                pub fn remote(self, rt: &::troupe::Runtime #(, #arg_params)*) -> #refs_ty {
+                    let args = (#(::troupe::IntoArg::into_arg(#idents),)*);
                     #submit
                 }
             }

@@ -3,30 +3,48 @@
 //! Objects are values shared by reference: [`ObjectStore::put`] moves a value
 //! in and returns a typed [`ObjectRef`]; [`ObjectStore::get`] returns an
 //! `Arc` of it (no copy, no encoding, in this process). An object is freed
-//! when its last ref is dropped. [`ObjectStore::pending`] makes a ref to an
-//! object that a producer completes later (a task's result); `get` and
-//! [`ObjectStore::wait`] wait for it, with timeouts.
+//! when its last ref is dropped and no other node borrows it.
+//! [`ObjectStore::pending`] makes a ref to an object that a producer
+//! completes later (a task's result); `get` and [`ObjectStore::wait`] wait
+//! for it, with timeouts.
 //!
 //! Memory is budgeted: above a threshold, least-recently-used objects are
-//! written to a spill directory and read back transparently on `get`. The
-//! spilled form of a value is its postcard encoding, one file per object.
+//! written to a spill directory and read back transparently on `get`; a
+//! `put` that does not fit waits while spilling makes room. Byte objects
+//! ([`Blob`]) live in buffers the store allocates and reuses. The encoded
+//! form of a value (spilling, the wire) is its postcard encoding.
 //!
 //! Architecture invariant: this crate knows nothing of tasks, actors,
-//! supervisors or the network.
+//! supervisors or the network. The cluster plugs in through
+//! [`ObjectDirectory`].
 
 #![warn(missing_docs)]
 
+mod blob;
+mod codec;
+mod directory;
 mod error;
 mod id;
 mod store;
 
-pub use error::ObjectError;
+pub use blob::{Blob, BlobWriteError, BlobWriter};
+pub use codec::{decode_value, encode_value};
+pub use directory::ObjectDirectory;
+pub use error::{Cause, CauseType, ObjectError, RemoteError, SpillOp};
 pub use get_size2::{GetSize, GetSizeTracker};
 pub use id::{NodeId, ObjectId};
 pub use postcard::Error as DecodeError;
 pub use store::{
-    AnyObjectRef, Completer, Object, ObjectRef, ObjectStore, SpillReport, StoreConfig,
+    AnyObjectRef, Completer, Object, ObjectInfo, ObjectRef, ObjectStore, SpillReport, SpillerGuard,
+    StoreConfig,
 };
+
+/// For [`register_cause!`]'s expansion. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::error::{decode_cause, encode_cause};
+    pub use inventory;
+}
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ fn small_store(budget: u64, dir: &std::path::Path) -> ObjectStore {
         memory_budget: budget,
         spill_threshold: 0.5,
         spill_dir: dir.to_path_buf(),
+        buffer_pool: budget,
     })
 }
 
@@ -24,7 +25,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn reads_share_the_value_without_copying() {
     let s = store();
-    let r = s.put(vec![7u8; 1 << 20]).unwrap();
+    let r = s.put(vec![7u8; 1 << 20]).await.unwrap();
     let a = s.get(&r).await.unwrap();
     let b = s.get(&r).await.unwrap();
     assert!(Arc::ptr_eq(&a, &b));
@@ -37,7 +38,7 @@ async fn reads_share_the_value_without_copying() {
 #[tokio::test]
 async fn the_last_ref_frees_the_object() {
     let s = store();
-    let r = s.put(String::from("hello")).unwrap();
+    let r = s.put(String::from("hello")).await.unwrap();
     let r2 = r.clone();
     drop(r);
     assert_eq!(*s.get(&r2).await.unwrap(), "hello");
@@ -50,7 +51,7 @@ async fn the_last_ref_frees_the_object() {
 #[tokio::test]
 async fn a_value_read_outlives_its_object() {
     let s = store();
-    let r = s.put(vec![1u64, 2, 3]).unwrap();
+    let r = s.put(vec![1u64, 2, 3]).await.unwrap();
     let v = s.get(&r).await.unwrap();
     drop(r);
     assert_eq!(*v, vec![1, 2, 3]);
@@ -59,7 +60,7 @@ async fn a_value_read_outlives_its_object() {
 #[tokio::test]
 async fn wrong_type_is_a_typed_error() {
     let s = store();
-    let r = s.put(5u32).unwrap();
+    let r = s.put(5u32).await.unwrap();
     let wrong = r.unchecked_cast::<String>();
     match s.get(&wrong).await {
         Err(ObjectError::WrongType {
@@ -91,7 +92,7 @@ async fn pending_objects_complete_fail_or_time_out() {
     assert_eq!(*reader.await.unwrap().unwrap(), 42);
 
     let (r, done) = s.pending::<u64>();
-    done.fail(Arc::new(std::io::Error::other("task exploded")));
+    done.fail(crate::Cause::new(std::io::Error::other("task exploded")));
     let err = s.get(&r).await.unwrap_err();
     assert!(err.to_string().contains("task exploded"), "{err}");
 
@@ -142,7 +143,7 @@ async fn wait_returns_ready_and_not_ready_in_order() {
 #[tokio::test]
 async fn freed_objects_say_so() {
     let s = store();
-    let r = s.put(1u8).unwrap();
+    let r = s.put(1u8).await.unwrap();
     s.free(std::slice::from_ref(&r));
     assert!(matches!(s.get(&r).await, Err(ObjectError::Freed(_))));
     assert_eq!(s.in_memory_bytes(), 0);
@@ -151,7 +152,7 @@ async fn freed_objects_say_so() {
 #[tokio::test]
 async fn an_object_larger_than_the_budget_is_refused() {
     let s = small_store(1000, &temp_dir("large"));
-    let err = s.put(vec![0u8; 2000]).unwrap_err();
+    let err = s.put(vec![0u8; 2000]).await.unwrap_err();
     assert!(
         matches!(err, ObjectError::TooLarge { budget: 1000, .. }),
         "{err}"
@@ -173,26 +174,26 @@ struct Sample {
 #[tokio::test]
 async fn spilled_objects_come_back_identical() {
     let dir = temp_dir("spill");
-    let s = small_store(64 * 1024, &dir);
+    let s = small_store(128 * 1024, &dir);
     let mut refs = Vec::new();
     for i in 0..20u32 {
         let bytes: Vec<u8> = (0..4096u32)
             .map(|b| (b.wrapping_mul(31) ^ i) as u8)
             .collect();
-        refs.push((s.put(bytes.clone()).unwrap(), bytes));
+        refs.push((s.put(bytes.clone()).await.unwrap(), bytes));
     }
     let sample = Sample {
         name: "nested".into(),
         values: (0..100).map(|v| v as f32 * 0.5).collect(),
         flags: vec![true, false, true],
     };
-    let sample_ref = s.put(sample_clone(&sample)).unwrap();
+    let sample_ref = s.put(sample_clone(&sample)).await.unwrap();
     assert!(s.over_threshold());
     let report = s.spill().unwrap();
     assert!(report.objects > 0, "{report:?}");
     assert!(!s.over_threshold());
     let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(files, report.objects);
+    assert_eq!(files as u64, report.objects);
     // The oldest went first.
     assert!(dir.join(format!("{}.obj", refs[0].0.id())).exists());
 
@@ -223,10 +224,18 @@ async fn a_spill_that_cannot_write_loses_nothing() {
     let blocker = temp_dir("blocker");
     std::fs::write(&blocker, b"not a directory").unwrap();
     let s = small_store(10_000, &blocker.join("spill"));
-    let refs: Vec<_> = (0..10u8).map(|i| s.put(vec![i; 900]).unwrap()).collect();
+    let refs: Vec<_> = (0..10u8)
+        .map(|i| s.try_put(vec![i; 900]).unwrap())
+        .collect();
     let err = s.spill().unwrap_err();
     assert!(
-        matches!(err, ObjectError::Spill { op: "spilling", .. }),
+        matches!(
+            err,
+            ObjectError::Spill {
+                op: crate::SpillOp::Spilling,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("unchanged"));
@@ -239,7 +248,7 @@ async fn a_spill_that_cannot_write_loses_nothing() {
 #[tokio::test]
 async fn ten_thousand_refs_in_one_get() {
     let s = store();
-    let refs: Vec<_> = (0..10_000u32).map(|i| s.put(i).unwrap()).collect();
+    let refs: Vec<_> = (0..10_000u32).map(|i| s.try_put(i).unwrap()).collect();
     let values = s
         .get_many(&refs, Some(Duration::from_secs(10)))
         .await
@@ -250,8 +259,8 @@ async fn ten_thousand_refs_in_one_get() {
 #[tokio::test]
 async fn a_value_holding_refs_keeps_their_objects_alive() {
     let s = store();
-    let inner: Vec<_> = (0..100u64).map(|i| s.put(i).unwrap()).collect();
-    let holder = s.put(inner.clone()).unwrap();
+    let inner: Vec<_> = (0..100u64).map(|i| s.try_put(i).unwrap()).collect();
+    let holder = s.put(inner.clone()).await.unwrap();
     drop(inner);
     assert_eq!(s.len(), 101);
     let refs = s.get(&holder).await.unwrap();
@@ -266,11 +275,13 @@ async fn a_value_holding_refs_keeps_their_objects_alive() {
 #[tokio::test]
 async fn values_holding_refs_are_never_spilled() {
     let dir = temp_dir("pinned");
-    let s = small_store(16 * 1024, &dir);
-    let inner: Vec<_> = (0..10u64).map(|i| s.put(i).unwrap()).collect();
-    let holder = s.put(inner.clone()).unwrap();
+    let s = small_store(32 * 1024, &dir);
+    let inner: Vec<_> = (0..10u64).map(|i| s.try_put(i).unwrap()).collect();
+    let holder = s.put(inner.clone()).await.unwrap();
     drop(inner);
-    let filler: Vec<_> = (0..10u8).map(|i| s.put(vec![i; 2000]).unwrap()).collect();
+    let filler: Vec<_> = (0..10u8)
+        .map(|i| s.try_put(vec![i; 2000]).unwrap())
+        .collect();
     s.spill().unwrap();
     // The plain blobs went to disk; the holder stayed, so its refs still work.
     assert!(!dir.join(format!("{}.obj", holder.id())).exists());
@@ -284,9 +295,9 @@ async fn values_holding_refs_are_never_spilled() {
 #[tokio::test]
 async fn a_decoded_ref_shares_the_live_handle() {
     let s = store();
-    let r = s.put(String::from("shared")).unwrap();
+    let r = s.put(String::from("shared")).await.unwrap();
     let bytes = postcard::to_allocvec(&r).unwrap();
-    let decoded = s.decode_ref_for_test::<String>(&bytes).unwrap();
+    let decoded = s.decode::<crate::ObjectRef<String>>(&bytes).unwrap();
     assert_eq!(decoded.id(), r.id());
     drop(r);
     // The decoded ref keeps it alive: it is the same handle.
@@ -294,15 +305,270 @@ async fn a_decoded_ref_shares_the_live_handle() {
     drop(decoded);
     assert_eq!(s.len(), 0);
     // Decoding a ref to a gone object gives a ref that says so.
-    let gone = s.decode_ref_for_test::<String>(&bytes).unwrap();
+    let gone = s.decode::<crate::ObjectRef<String>>(&bytes).unwrap();
     assert!(matches!(s.get(&gone).await, Err(ObjectError::Freed(_))));
 }
 
 #[test]
 fn a_ref_cannot_be_decoded_outside_a_store() {
     let s = ObjectStore::new(StoreConfig::default());
-    let r = s.put(1u8).unwrap();
+    let r = s.try_put(1u8).unwrap();
     let bytes = postcard::to_allocvec(&r).unwrap();
     // An error, not a panic (postcard reports custom errors generically).
     assert!(postcard::from_bytes::<crate::ObjectRef<u8>>(&bytes).is_err());
+}
+
+#[tokio::test]
+async fn an_id_never_seen_is_unknown_and_never_ready() {
+    let s = store();
+    let other = store();
+    let foreign = other.try_put(7u32).unwrap();
+    let bytes = postcard::to_allocvec(&foreign).unwrap();
+    // Decoded here with no directory: this node never saw it.
+    let r = s.decode::<crate::ObjectRef<u32>>(&bytes).unwrap();
+    assert!(matches!(s.get(&r).await, Err(ObjectError::Unknown(_))));
+    let (ready, not_ready) = s
+        .wait(vec![r.clone()], 1, Some(Duration::from_millis(20)))
+        .await;
+    assert!(ready.is_empty(), "an unknown object is never ready");
+    assert_eq!(not_ready.len(), 1);
+    // One made here and dropped is freed, and wait says so at once.
+    let mine = s.try_put(1u8).unwrap();
+    let mine_bytes = postcard::to_allocvec(&mine).unwrap();
+    drop(mine);
+    let gone = s.decode::<crate::ObjectRef<u8>>(&mine_bytes).unwrap();
+    assert!(matches!(s.get(&gone).await, Err(ObjectError::Freed(_))));
+    let (ready, _) = s.wait(vec![gone], 1, None).await;
+    assert_eq!(ready.len(), 1);
+}
+
+#[tokio::test]
+async fn put_waits_for_the_spiller_and_try_put_refuses() {
+    let dir = temp_dir("backpressure");
+    let s = small_store(64 * 1024, &dir);
+    // No spiller attached: a put that does not fit fails at once.
+    let first = s.try_put(vec![1u8; 40 * 1024]).unwrap();
+    let err = s.put(vec![2u8; 40 * 1024]).await.unwrap_err();
+    assert!(matches!(err, ObjectError::StoreFull { .. }), "{err}");
+    assert!(err.to_string().contains("try_put does not"), "{err}");
+    // A spiller that runs when asked: the put waits, then fits.
+    let guard = s.attach_spiller();
+    let spiller = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            loop {
+                s.spill_wanted().await;
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.spill())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        })
+    };
+    assert!(matches!(
+        s.try_put(vec![3u8; 40 * 1024]),
+        Err(ObjectError::StoreFull { .. })
+    ));
+    let second = s.put(vec![4u8; 40 * 1024]).await.unwrap();
+    assert!(s.in_memory_bytes() <= 64 * 1024, "the budget held");
+    assert_eq!(*s.get(&first).await.unwrap(), vec![1u8; 40 * 1024]);
+    assert_eq!(*s.get(&second).await.unwrap(), vec![4u8; 40 * 1024]);
+    spiller.abort();
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_put_that_nothing_can_make_room_for_fails_instead_of_hanging() {
+    let s = small_store(32 * 1024, &temp_dir("stuck"));
+    let _guard = s.attach_spiller();
+    // Values holding refs are pinned: nothing can be spilled.
+    let inner: Vec<_> = (0..10u64).map(|i| s.try_put(i).unwrap()).collect();
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let mut v = inner.clone();
+            v.extend((0..100).map(|_| inner[0].clone()));
+            s.try_put(v).unwrap()
+        })
+        .collect();
+    let big = s.try_put(vec![0u8; 20 * 1024]);
+    let spiller = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            loop {
+                s.spill_wanted().await;
+                let s = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s.spill()).await;
+            }
+        })
+    };
+    drop(big);
+    // 20 KiB cannot fit next to 24 KiB that cannot move.
+    let filler = s.try_put(vec![0u8; 8 * 1024]).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), s.put(vec![0u8; 20 * 1024]))
+        .await
+        .expect("a put with no way to make room fails, it does not hang");
+    // The filler is spillable, so it may fit after all; either way no hang.
+    match err {
+        Ok(_) => {}
+        Err(e) => assert!(matches!(e, ObjectError::StoreFull { .. }), "{e}"),
+    }
+    spiller.abort();
+    drop((holders, filler));
+}
+
+#[tokio::test]
+async fn byte_objects_reuse_store_buffers_and_spill_raw() {
+    let dir = temp_dir("blobs");
+    let s = small_store(32 << 20, &dir);
+    let data: Vec<u8> = (0..(8 << 20)).map(|i| (i % 251) as u8).collect();
+    let first = s.put_bytes(&data).await.unwrap();
+    let ptr = s.get(&first).await.unwrap().as_ptr();
+    drop(first);
+    assert!(s.pooled_bytes() >= 8 << 20, "the buffer was kept");
+    let second = s.put_bytes(&data).await.unwrap();
+    let blob = s.get(&second).await.unwrap();
+    assert_eq!(blob.as_ptr(), ptr, "and handed out again");
+    assert_eq!(&blob[..], &data[..]);
+    drop(blob);
+    // Spilled as raw bytes: the file is exactly the data.
+    let _third = s.put_bytes(&data).await.unwrap();
+    let _fourth = s.put_bytes(&data).await.unwrap();
+    s.spill().unwrap();
+    let file = dir.join(format!("{}.obj", second.id()));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), data.len() as u64);
+    assert_eq!(&s.get(&second).await.unwrap()[..], &data[..]);
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn borrowers_keep_an_object_alive_until_they_release_or_die() {
+    let s = store();
+    let peer = crate::NodeId(42);
+    let other = crate::NodeId(43);
+    let r = s.put(String::from("lent")).await.unwrap();
+    let id = r.id();
+    s.add_borrower(id, peer).unwrap();
+    s.add_borrower(id, other).unwrap();
+    drop(r);
+    assert_eq!(s.len(), 1, "borrowed: still here");
+    s.remove_borrower(id, peer);
+    assert_eq!(s.borrowers(id), vec![other]);
+    s.node_died(other);
+    assert_eq!(s.len(), 0, "the last borrower died: freed");
+    assert!(s.add_borrower(id, peer).is_err());
+}
+
+/// A directory over other in-process stores: the seam exercised with real
+/// stores on both sides (the cluster's transport replaces the lookup).
+struct Peers(Vec<ObjectStore>, std::sync::Mutex<Vec<crate::ObjectId>>);
+
+impl crate::ObjectDirectory for Peers {
+    fn fetch(
+        &self,
+        id: crate::ObjectId,
+        location: Option<crate::NodeId>,
+    ) -> futures::future::BoxFuture<'static, Result<crate::Blob, ObjectError>> {
+        let holder = self.0.iter().find(|p| Some(p.node()) == location).cloned();
+        Box::pin(async move {
+            match holder {
+                Some(holder) => holder.export(id).await,
+                None => Err(ObjectError::Unknown(id)),
+            }
+        })
+    }
+
+    fn released(&self, id: crate::ObjectId) {
+        self.1.lock().unwrap().push(id);
+    }
+}
+
+#[tokio::test]
+async fn remote_objects_are_fetched_once_and_released_when_dropped() {
+    let owner = store();
+    let reader = store();
+    let peers = Arc::new(Peers(vec![owner.clone()], Default::default()));
+    assert!(reader.set_directory(peers.clone()));
+    let (pending, done) = owner.pending::<Sample>();
+    let blob = owner.put_bytes(b"raw bytes").await.unwrap();
+    let bytes = postcard::to_allocvec(&(pending.clone(), blob.clone())).unwrap();
+    let (remote, remote_blob) = reader
+        .decode::<(crate::ObjectRef<Sample>, crate::ObjectRef<crate::Blob>)>(&bytes)
+        .unwrap();
+    assert_eq!(reader.list()[0].state, "remote");
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let reader = reader.clone();
+            let remote = remote.clone();
+            tokio::spawn(async move { reader.get(&remote).await })
+        })
+        .collect();
+    let sample = Sample {
+        name: "far".into(),
+        values: vec![1.0, 2.0],
+        flags: vec![true],
+    };
+    done.complete(sample_clone(&sample)).unwrap();
+    for r in readers {
+        assert_eq!(*r.await.unwrap().unwrap(), sample);
+    }
+    assert_eq!(&reader.get(&remote_blob).await.unwrap()[..], b"raw bytes");
+    drop((remote, remote_blob));
+    let mut released = peers.1.lock().unwrap().clone();
+    released.sort();
+    let mut expected = vec![pending.id(), blob.id()];
+    expected.sort();
+    assert_eq!(released, expected, "the owner hears of both releases");
+    assert!(reader.is_empty());
+}
+
+#[tokio::test]
+async fn a_remote_object_on_a_dead_node_is_lost() {
+    let owner = store();
+    let reader = store();
+    reader.set_directory(Arc::new(Peers(vec![], Default::default())));
+    let r = owner.put(5u64).await.unwrap();
+    let bytes = postcard::to_allocvec(&r).unwrap();
+    let remote = reader.decode::<crate::ObjectRef<u64>>(&bytes).unwrap();
+    reader.node_died(owner.node());
+    match reader.get(&remote).await {
+        Err(ObjectError::Lost { node, .. }) => assert_eq!(node, owner.node()),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+}
+
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("typed failure {code}")]
+struct TypedFailure {
+    code: u32,
+    #[source]
+    inner: ObjectError,
+}
+
+crate::register_cause!(TypedFailure, "tests::TypedFailure");
+
+#[test]
+fn causes_cross_the_wire_typed_with_their_chain() {
+    let id = crate::ObjectId {
+        node: crate::NodeId(1),
+        seq: 2,
+    };
+    let err = ObjectError::Failed {
+        id,
+        cause: crate::Cause::new(TypedFailure {
+            code: 7,
+            inner: ObjectError::Freed(id),
+        }),
+    };
+    let bytes = postcard::to_allocvec(&err).unwrap();
+    let back: ObjectError = postcard::from_bytes(&bytes).unwrap();
+    let typed = back.failure::<TypedFailure>().expect("decoded as itself");
+    assert_eq!(typed.code, 7);
+    assert!(matches!(typed.inner, ObjectError::Freed(_)));
+    // An unregistered type keeps its messages, source chain included.
+    let io = crate::Cause::new(std::io::Error::other("outer"));
+    let back: crate::Cause = postcard::from_bytes(&postcard::to_allocvec(&io).unwrap()).unwrap();
+    assert_eq!(back.to_string(), "outer");
 }

@@ -91,8 +91,6 @@ pub enum ProbeMsg {
     Ping(RpcReplyPort<&'static str>),
 }
 
-impl ractor::Message for ProbeMsg {}
-
 impl ractor::Actor for Probe {
     type Msg = ProbeMsg;
     type State = ();

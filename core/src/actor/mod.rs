@@ -6,22 +6,34 @@
 //! at once and returns a [`Pending`] reply, so calls pipeline without awaiting
 //! each other, and `&mut self` methods run one at a time.
 //!
-//! Each actor runs in a `Host` ractor actor supervised by the
-//! runtime. A restart creates a new ractor actor; the handle survives it
-//! because it points at the actor's slot, which outlives incarnations.
+//! An actor is one tokio task (its driver) and one mailbox, owned by its
+//! slot, which outlives incarnations: a restart builds a new instance in the
+//! same driver (or, in a user's tree, a new driver the supervisor starts)
+//! and the handle, which points at the slot, stays valid. See `driver` for
+//! how each is supervised.
 
+mod call;
+mod directory;
+mod driver;
 mod handle;
-mod host;
 mod slot;
 
-pub use handle::{ActorHandle, Pending};
+pub use call::Pending;
+pub use handle::ActorHandle;
 
-pub(crate) use host::Factory;
+pub use directory::ActorSummary;
+pub(crate) use directory::{Directory, DirectoryLink};
+pub(crate) use driver::{
+    construct, describe, rules_of, run_in_place, start_as_child, Env, Factory,
+};
 pub(crate) use slot::Slot;
 
-use std::fmt;
+use std::any::Any;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
+pub use crate::ids::ActorInfo;
 use crate::supervisor::{Shutdown, DEFAULT_SHUTDOWN};
 use crate::Resources;
 
@@ -30,38 +42,13 @@ use crate::Resources;
 pub trait Actor: Send + Sized + 'static {
     /// The typed handle, a thin wrapper around [`ActorHandle<Self>`].
     type Handle: From<ActorHandle<Self>> + Clone + Send + Sync + 'static;
-}
-
-/// Who an actor is, for errors, logs and metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActorInfo {
-    /// Unique within its runtime, stable across restarts.
-    pub id: u64,
-    /// The name it was spawned with, if any.
-    pub name: Option<String>,
-    /// The Rust type of the actor.
-    pub type_name: &'static str,
-    /// The node (runtime) it lives on.
-    pub node: troupe_objects::NodeId,
-    /// What it holds from its node for its whole life, restarts included.
-    pub resources: Resources,
-    /// The GPUs it holds, by ordinal: empty unless it asked for `num_gpus`.
-    /// A restarted incarnation keeps them.
-    pub gpu_ids: Vec<u32>,
-}
-
-impl fmt::Display for ActorInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = self.type_name.rsplit("::").next().unwrap_or(self.type_name);
-        match &self.name {
-            Some(name) => write!(f, "{short}#{} {name:?}", self.id),
-            None => write!(f, "{short}#{}", self.id),
-        }
-    }
+    /// The name the type is registered under (its module path and name):
+    /// the same in every process running this binary.
+    const NAME: &'static str;
 }
 
 /// A count that may be unbounded (Ray's `-1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Limit {
     /// At most this many.
     Finite(u32),
@@ -109,13 +96,14 @@ impl From<Option<u32>> for Limit {
 ///     .resources(Resources::cpus(1.0));
 /// assert_eq!(opts.get_name(), Some("counter"));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ActorOptions {
     pub(crate) name: Option<String>,
     pub(crate) max_restarts: Limit,
     pub(crate) max_task_retries: Limit,
     pub(crate) resources: Resources,
     pub(crate) shutdown: Shutdown,
+    pub(crate) strategy: crate::spec::SchedulingStrategy,
 }
 
 impl Default for ActorOptions {
@@ -126,6 +114,7 @@ impl Default for ActorOptions {
             max_task_retries: Limit::Finite(0),
             resources: Resources::default(),
             shutdown: DEFAULT_SHUTDOWN,
+            strategy: crate::spec::SchedulingStrategy::Default,
         }
     }
 }
@@ -175,6 +164,13 @@ impl ActorOptions {
         self
     }
 
+    /// Where it may run, in a cluster (a single node runs every actor
+    /// that fits it).
+    pub fn scheduling_strategy(mut self, strategy: crate::spec::SchedulingStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
     /// The name, if any.
     pub fn get_name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -186,33 +182,86 @@ impl ActorOptions {
     }
 }
 
-pub(crate) type InfoRef = Arc<ActorInfo>;
-
-tokio::task_local! {
-    pub(crate) static CURRENT_ASYNC: InfoRef;
-}
-
-thread_local! {
-    static CURRENT_SYNC: std::cell::RefCell<Option<InfoRef>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` as the actor `info` on this thread (for sync methods).
-pub(crate) fn with_current<T>(info: &InfoRef, f: impl FnOnce() -> T) -> T {
-    let previous = CURRENT_SYNC.with(|c| c.replace(Some(info.clone())));
-    let out = f();
-    CURRENT_SYNC.with(|c| *c.borrow_mut() = previous);
-    out
-}
-
-/// The actor whose method is running this code, if any: its id, name and
-/// type (the runtime context of actors, as `task::current` is of tasks).
-pub fn current() -> Option<Arc<ActorInfo>> {
-    CURRENT_ASYNC
-        .try_with(Clone::clone)
+/// A handle to the actor whose slot the registry gives (not collecting).
+pub(crate) fn handle_from_slot<A: Actor>(
+    slot: Arc<dyn Any + Send + Sync>,
+) -> Option<ActorHandle<A>> {
+    slot.downcast::<Slot<A>>()
         .ok()
-        .or_else(|| CURRENT_SYNC.with(|c| c.borrow().clone()))
+        .map(|slot| ActorHandle::new(slot, false))
 }
 
-pub(crate) fn host_for<A: Actor>(slot: Arc<Slot<A>>, factory: Factory<A>) -> host::Host<A> {
-    host::Host { slot, factory }
+/// The actor whose method (or constructor) is running this code, if any:
+/// its id, name, type, node and GPUs (the runtime context of actors, as
+/// `task::current` is of tasks).
+pub fn current() -> Option<Arc<ActorInfo>> {
+    crate::context::actor()
+}
+
+/// The state of an actor, as the state API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ActorState {
+    /// An incarnation is running.
+    Alive,
+    /// Between incarnations (restarting, or being built).
+    Restarting,
+    /// Dead for good.
+    Dead,
+}
+
+/// What the runtime knows of each of its actors, whatever their type.
+pub(crate) trait Control: Send + Sync + 'static {
+    fn info(&self) -> &Arc<ActorInfo>;
+    fn state(&self) -> ActorState;
+    fn restarts(&self) -> u32;
+    /// How its options say to stop it.
+    fn shutdown(&self) -> Shutdown;
+    /// The typed slot, for a typed lookup by name.
+    fn slot_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// Asks it to stop for good after its current call, without waiting.
+    fn request_stop(&self);
+    /// Stops it for good per `shutdown` (at runtime shutdown) and waits
+    /// until it is dead.
+    fn shut_down(self: Arc<Self>, shutdown: Shutdown) -> BoxFuture<'static, ()>;
+}
+
+impl<A: Actor> Control for Slot<A> {
+    fn info(&self) -> &Arc<ActorInfo> {
+        &self.info
+    }
+
+    fn state(&self) -> ActorState {
+        if self.dead_reason().is_some() {
+            ActorState::Dead
+        } else if self.is_alive() {
+            ActorState::Alive
+        } else {
+            ActorState::Restarting
+        }
+    }
+
+    fn restarts(&self) -> u32 {
+        self.restarts.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn shutdown(&self) -> Shutdown {
+        self.options.shutdown
+    }
+
+    fn slot_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn request_stop(&self) {
+        self.forbid_restart(slot::Forbid::ShutDown);
+        self.signals.raise(slot::Signal::Stop);
+    }
+
+    fn shut_down(self: Arc<Self>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.forbid_restart(slot::Forbid::ShutDown);
+            self.stop_incarnation(shutdown).await;
+            self.wait_dead().await;
+        })
+    }
 }

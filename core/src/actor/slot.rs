@@ -1,115 +1,329 @@
 //! An actor's slot: what outlives its incarnations.
 //!
-//! The slot holds the current incarnation (swapped on restart), the calls
-//! parked while there is none, and whether the actor is dead for good. Calls
-//! that an incarnation had queued but never ran come back here when its
-//! mailbox is dropped, and are delivered again if `max_task_retries` allows.
+//! The slot owns the actor's mailbox. Its sending end is what handles send
+//! to; its receiving end is held by the running incarnation's driver, and
+//! parked here between incarnations, so calls sent while the actor restarts
+//! simply wait in the mailbox for the next one: nothing is parked elsewhere,
+//! and no wake-up can be lost between a restart and a send.
+//!
+//! ```text
+//! handles ── send ──→ [ mailbox ] ──→ driver (one incarnation at a time)
+//!                          ↑               │ ends: queued calls are failed,
+//!   redelivery queue ──────┘ (ahead)  ←────┘ or kept for the next one
+//!                                            (max_task_retries)
+//! ```
+//!
+//! Signals (stop, kill) bypass the mailbox: a driver checks them between
+//! calls (stop) or while a call awaits (kill).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 
-use arc_swap::ArcSwapOption;
-use futures::future::BoxFuture;
-use ractor::{ActorRef, ActorStatus, MessagingErr};
+use futures::task::AtomicWaker;
+use tokio::sync::{mpsc, Notify};
 
-use super::{Actor, ActorOptions, InfoRef};
+use super::call::Job;
+use super::{Actor, ActorOptions};
 use crate::error::ActorError;
+use crate::ids::ActorInfo;
 
-/// What running a call produced: done at once, or a future to await.
-pub(crate) enum Run<'a> {
-    Done(Result<(), Panicked>),
-    Pending(BoxFuture<'a, Result<(), Panicked>>),
-}
-
-/// A method panicked. Its caller has not been told yet: the host first
-/// retires the incarnation, so that a call made after the caller sees the
-/// error goes to the next incarnation, never into the dying mailbox.
-pub(crate) struct Panicked {
-    pub(crate) message: String,
-    pub(crate) reply: Box<dyn FnOnce(ActorError) + Send>,
-}
-
-/// One call: the method to run and where its reply goes, with the types
-/// erased so that one mailbox carries calls of every method.
-pub(crate) trait Job<A>: Send + 'static {
-    fn method(&self) -> &'static str;
-    fn run<'a>(self: Box<Self>, actor: &'a mut A, info: &'a InfoRef) -> Run<'a>;
-    fn fail(self: Box<Self>, err: ActorError);
-}
-
-/// The message a host actor receives. If it is dropped unrun (its
-/// incarnation died), the call goes back to the slot.
-pub struct Envelope<A: Actor> {
-    job: Option<Box<dyn Job<A>>>,
-    deliveries: u32,
-    slot: Arc<Slot<A>>,
-}
-
-impl<A: Actor> ractor::Message for Envelope<A> {}
-
-impl<A: Actor> Envelope<A> {
-    pub(crate) fn take_job(&mut self) -> Option<Box<dyn Job<A>>> {
-        self.job.take()
-    }
+/// One message in a mailbox: a call, or (no job) a graceful stop that
+/// takes effect after the calls sent before it.
+pub(crate) struct Envelope<A: Actor> {
+    pub(crate) job: Option<Arc<dyn Job<A>>>,
 }
 
 impl<A: Actor> Drop for Envelope<A> {
     fn drop(&mut self) {
+        // A call dropped unanswered (its mailbox went away with it, or its
+        // incarnation was killed while it ran) must not leave a caller
+        // waiting forever.
         if let Some(job) = self.job.take() {
-            self.slot.undelivered(job, self.deliveries);
+            let reason = if job.started() {
+                "it was killed while running the call"
+            } else {
+                "it died before running the call"
+            };
+            job.fail(ActorError::ActorDied {
+                actor: job.actor().clone(),
+                method: job.method().into(),
+                reason: reason.to_owned(),
+            });
         }
     }
 }
 
-struct Parked<A> {
-    queue: VecDeque<(Box<dyn Job<A>>, u32)>,
-    dead: Option<String>,
-    flushing: bool,
+/// A request that bypasses the mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Signal {
+    None = 0,
+    /// Finish the running call, then end the incarnation (a supervisor's
+    /// shutdown).
+    Stop = 1,
+    /// End the incarnation now, interrupting an async call at its next
+    /// await (a sync method cannot be interrupted: it ends first).
+    Kill = 2,
+}
+
+/// Signals for the running driver, and its waker.
+pub(crate) struct Signals {
+    requested: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Self {
+            requested: AtomicU8::new(Signal::None as u8),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    pub(crate) fn raise(&self, signal: Signal) {
+        // A kill overrides a stop, never the reverse.
+        self.requested.fetch_max(signal as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    pub(crate) fn get(&self) -> Signal {
+        match self.requested.load(Ordering::Acquire) {
+            0 => Signal::None,
+            1 => Signal::Stop,
+            _ => Signal::Kill,
+        }
+    }
+
+    /// Clears the signals for a new incarnation.
+    pub(crate) fn reset(&self) {
+        self.requested.store(Signal::None as u8, Ordering::Release);
+    }
+
+    /// Resolves when a signal at least as strong as `at_least` is raised.
+    pub(crate) fn wait(&self, at_least: Signal) -> impl std::future::Future<Output = Signal> + '_ {
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            let now = self.get();
+            if now as u8 >= at_least as u8 {
+                return Poll::Ready(now);
+            }
+            self.waker.register(cx.waker());
+            let now = self.get();
+            if now as u8 >= at_least as u8 {
+                Poll::Ready(now)
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+pub(crate) type Mailbox<A> = mpsc::UnboundedReceiver<Envelope<A>>;
+
+/// Why an actor is not restarted any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Forbid {
+    Killed = 1,
+    Stopped = 2,
+    Collected = 3,
+    ShutDown = 4,
+}
+
+impl Forbid {
+    fn from_u8(n: u8) -> Option<Self> {
+        match n {
+            1 => Some(Forbid::Killed),
+            2 => Some(Forbid::Stopped),
+            3 => Some(Forbid::Collected),
+            4 => Some(Forbid::ShutDown),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Forbid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Forbid::Killed => "it was killed with no_restart",
+            Forbid::Stopped => "it was stopped",
+            Forbid::Collected => "its last handle was dropped, so it was stopped",
+            Forbid::ShutDown => "its runtime shut down",
+        })
+    }
 }
 
 pub(crate) struct Slot<A: Actor> {
-    pub(crate) info: InfoRef,
+    pub(crate) info: Arc<ActorInfo>,
     pub(crate) options: ActorOptions,
-    current: ArcSwapOption<ActorRef<Envelope<A>>>,
-    /// True while calls are parked: new calls queue behind them to keep order.
-    has_parked: AtomicBool,
-    parked: Mutex<Parked<A>>,
-    /// Set by `kill(no_restart)`; the supervisor asks before restarting.
-    pub(crate) no_restart: AtomicBool,
-    /// Set when the last owning handle was dropped: the actor drains its
-    /// mailbox and stops, and is never restarted.
-    released: AtomicBool,
-    /// Run once when the actor is dead for good (releases its name).
+    tx: mpsc::UnboundedSender<Envelope<A>>,
+    /// The mailbox's receiving end while no driver holds it.
+    parked: Mutex<Option<Mailbox<A>>>,
+    /// Calls to deliver again, ahead of the mailbox, with their deliveries.
+    redeliver: Mutex<VecDeque<(Envelope<A>, u32)>>,
+    pub(crate) signals: Signals,
+    /// Why the actor must not be restarted, if it must not (a
+    /// [`Forbid`] as its number; 0: it may).
+    forbidden: AtomicU8,
+    /// An incarnation is running.
+    alive: AtomicBool,
+    /// Bumped when an incarnation ends; with `changed`, how `kill` waits.
+    incarnations: AtomicU64,
+    /// Restarts so far (for the state API and events).
+    pub(crate) restarts: AtomicU32,
+    /// Why it is dead for good, once it is.
+    dead: OnceLock<String>,
+    /// Woken when an incarnation ends and when the actor dies for good.
+    changed: Notify,
+    /// Run once when the actor is dead for good (gives its resources back).
     on_dead: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
-}
-
-fn is_live<M: ractor::Message>(actor: &ActorRef<M>) -> bool {
-    actor.get_status() <= ActorStatus::Running
+    /// Its runtime's list of actors, which it leaves (freeing its name)
+    /// when dead for good.
+    directory: super::DirectoryLink,
 }
 
 impl<A: Actor> Slot<A> {
-    pub(crate) fn new(info: InfoRef, options: ActorOptions) -> Self {
+    pub(crate) fn new(
+        info: Arc<ActorInfo>,
+        options: ActorOptions,
+        directory: super::DirectoryLink,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
         Self {
             info,
             options,
-            current: ArcSwapOption::empty(),
-            has_parked: AtomicBool::new(false),
-            parked: Mutex::new(Parked {
-                queue: VecDeque::new(),
-                dead: None,
-                flushing: false,
-            }),
-            no_restart: AtomicBool::new(false),
-            released: AtomicBool::new(false),
+            tx,
+            parked: Mutex::new(Some(rx)),
+            redeliver: Mutex::new(VecDeque::new()),
+            signals: Signals::new(),
+            forbidden: AtomicU8::new(0),
+            alive: AtomicBool::new(false),
+            incarnations: AtomicU64::new(0),
+            restarts: AtomicU32::new(0),
+            dead: OnceLock::new(),
+            changed: Notify::new(),
             on_dead: Mutex::new(Vec::new()),
+            directory,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Parked<A>> {
-        // A panic while holding this lock cannot leave the queue half-updated
-        // (every critical section is a push, a take or a flag write).
+    /// Sends a call. If the actor is dead for good the call fails at once,
+    /// with the reason it died.
+    pub(crate) fn send(&self, job: Arc<dyn Job<A>>) {
+        if let Err(mpsc::error::SendError(mut refused)) = self.tx.send(Envelope { job: Some(job) })
+        {
+            if let Some(job) = refused.job.take() {
+                let reason = self.dead_reason().unwrap_or("it is dead").to_owned();
+                job.fail(self.died(reason, Some(job.method())));
+            }
+        }
+    }
+
+    /// Asks for a stop after the calls already sent (graceful).
+    pub(crate) fn send_stop(&self, why: Forbid) {
+        self.forbid_restart(why);
+        // Refused: dead already, nothing to stop.
+        let _ = self.tx.send(Envelope { job: None });
+    }
+
+    /// The actor must not be restarted again, for `why` (the first reason
+    /// given is kept).
+    pub(crate) fn forbid_restart(&self, why: Forbid) {
+        let _ = self
+            .forbidden
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Why the actor must not be restarted, if it must not.
+    pub(crate) fn restart_forbidden(&self) -> Option<Forbid> {
+        Forbid::from_u8(self.forbidden.load(Ordering::Acquire))
+    }
+
+    fn lock_parked(&self) -> MutexGuard<'_, Option<Mailbox<A>>> {
+        // One field move per critical section: poisoning cannot break it.
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_redeliver(&self) -> MutexGuard<'_, VecDeque<(Envelope<A>, u32)>> {
+        self.redeliver.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The mailbox, for a starting incarnation.
+    pub(crate) fn take_mailbox(&self) -> Option<Mailbox<A>> {
+        self.lock_parked().take()
+    }
+
+    /// Calls to deliver again to a starting incarnation, ahead of its
+    /// mailbox (its driver keeps them; no lock per call).
+    pub(crate) fn take_redeliveries(&self) -> VecDeque<(Envelope<A>, u32)> {
+        std::mem::take(&mut *self.lock_redeliver())
+    }
+
+    /// An incarnation started. (Signals raised while it was being built
+    /// apply to it: they are cleared when an incarnation ends.)
+    pub(crate) fn started(&self) {
+        self.alive.store(true, Ordering::Release);
+    }
+
+    /// An incarnation ended. Calls it had not run (re-deliveries it did not
+    /// reach, then its mailbox) are failed, or kept for the next incarnation
+    /// where `max_task_retries` allows: one more delivery each.
+    pub(crate) fn ended(&self, mailbox: &mut Mailbox<A>, left: VecDeque<(Envelope<A>, u32)>) {
+        self.alive.store(false, Ordering::Release);
+        self.signals.reset();
+        if self.restart_forbidden().is_some() {
+            // No next incarnation: everything waits for `mark_dead`, which
+            // fails it with the reason the actor died.
+            *self.lock_redeliver() = left;
+            self.incarnations.fetch_add(1, Ordering::AcqRel);
+            self.changed.notify_waiters();
+            return;
+        }
+        let limit = self.options.max_task_retries;
+        let mut kept = VecDeque::new();
+        let mut failed = Vec::new();
+        let mut sort = |envelope: Envelope<A>, deliveries: u32| {
+            if envelope.job.is_none() {
+                return; // a stop: no_restart already says it
+            }
+            if limit.allows(deliveries + 1) {
+                kept.push_back((envelope, deliveries + 1));
+            } else {
+                failed.push(envelope);
+            }
+        };
+        for (envelope, deliveries) in left {
+            sort(envelope, deliveries);
+        }
+        while let Ok(envelope) = mailbox.try_recv() {
+            sort(envelope, 0);
+        }
+        if !kept.is_empty() {
+            metrics::counter!("troupe_actor_calls_redelivered_total").increment(kept.len() as u64);
+        }
+        *self.lock_redeliver() = kept;
+        let reason = "it died before running the call (max_task_retries exhausted)";
+        for mut envelope in failed {
+            if let Some(job) = envelope.job.take() {
+                job.fail(self.died(reason.to_owned(), Some(job.method())));
+            }
+        }
+        self.incarnations.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Parks the mailbox between incarnations.
+    pub(crate) fn park(&self, mailbox: Mailbox<A>) {
+        *self.lock_parked() = Some(mailbox);
+    }
+
+    pub(crate) fn died(&self, reason: String, method: Option<&'static str>) -> ActorError {
+        ActorError::ActorDied {
+            actor: self.info.clone(),
+            method: method.unwrap_or("a method").into(),
+            reason,
+        }
     }
 
     /// Adds something to do once the actor is dead for good.
@@ -120,199 +334,78 @@ impl<A: Actor> Slot<A> {
             .push(hook);
     }
 
-    /// The current incarnation, if it is running.
-    pub(crate) fn current(&self) -> Option<ActorRef<Envelope<A>>> {
-        self.current
-            .load()
-            .as_deref()
-            .filter(|a| is_live(a))
-            .cloned()
-    }
-
-    pub(crate) fn is_dead(&self) -> bool {
-        self.lock().dead.is_some()
-    }
-
-    /// Sends a call: straight to the running incarnation when nothing is
-    /// parked (the hot path: one atomic load, one mailbox push), else parks it.
-    ///
-    /// Order: calls from one caller run in the order sent, except across a
-    /// crash. A call sent while the dying incarnation still accepted
-    /// messages, but after its mailbox was taken down, can be parked ahead
-    /// of an earlier call that comes back from that mailbox for
-    /// re-delivery (`max_task_retries`).
-    pub(crate) fn send(self: &Arc<Self>, job: Box<dyn Job<A>>) {
-        let mut job = job;
-        if !self.has_parked.load(Ordering::Acquire) {
-            if let Some(actor) = &*self.current.load() {
-                match actor.send_message(Envelope {
-                    job: Some(job),
-                    deliveries: 1,
-                    slot: self.clone(),
-                }) {
-                    Ok(()) => return,
-                    Err(MessagingErr::SendErr(mut envelope)) => match envelope.job.take() {
-                        Some(j) => job = j,
-                        None => return,
-                    },
-                    // The envelope was dropped inside ractor: its Drop parked it.
-                    Err(_) => return,
-                }
-            }
-        }
-        self.park(job, 0);
-    }
-
-    /// An incarnation died with this call delivered but not run.
-    fn undelivered(self: &Arc<Self>, job: Box<dyn Job<A>>, deliveries: u32) {
-        if self.options.max_task_retries.allows(deliveries) {
-            metrics::counter!("troupe_actor_calls_redelivered_total").increment(1);
-            self.park(job, deliveries);
-        } else {
-            let reason = "it died before running the call (max_task_retries exhausted)";
-            job.fail(self.died(reason.to_owned(), None));
-        }
-    }
-
-    pub(crate) fn died(&self, reason: String, method: Option<&'static str>) -> ActorError {
-        ActorError::ActorDied {
-            actor: self.info.clone(),
-            method: method.unwrap_or("a method"),
-            reason,
-        }
-    }
-
-    fn park(self: &Arc<Self>, job: Box<dyn Job<A>>, deliveries: u32) {
-        let mut parked = self.lock();
-        if let Some(reason) = parked.dead.clone() {
-            drop(parked);
-            let method = job.method();
-            job.fail(self.died(reason, Some(method)));
-            return;
-        }
-        parked.queue.push_back((job, deliveries));
-        self.has_parked.store(true, Ordering::Release);
-        drop(parked);
-        self.flush();
-    }
-
-    /// Delivers parked calls, in order, to the running incarnation. One
-    /// flusher at a time; sends happen outside the lock because a failed send
-    /// can drop an envelope, whose Drop parks (and locks) again. The target
-    /// is read under the lock with each batch, and retire/publish change it
-    /// under the lock: a call parked after a retire never reaches the
-    /// retired incarnation.
-    fn flush(self: &Arc<Self>) {
-        {
-            let mut parked = self.lock();
-            if parked.flushing {
-                return;
-            }
-            parked.flushing = true;
-        }
-        loop {
-            let (actor, batch) = {
-                let mut parked = self.lock();
-                let target = self.current();
-                match target {
-                    Some(actor) if !parked.queue.is_empty() && parked.dead.is_none() => {
-                        (actor, parked.queue.drain(..).collect::<Vec<_>>())
-                    }
-                    _ => {
-                        parked.flushing = false;
-                        if parked.queue.is_empty() {
-                            self.has_parked.store(false, Ordering::Release);
-                        }
-                        return;
-                    }
-                }
-            };
-            let mut rest = batch.into_iter();
-            while let Some((job, deliveries)) = rest.next() {
-                let envelope = Envelope {
-                    job: Some(job),
-                    deliveries: deliveries + 1,
-                    slot: self.clone(),
-                };
-                if let Err(MessagingErr::SendErr(mut envelope)) = actor.send_message(envelope) {
-                    // This incarnation died too: put the rest back, in order,
-                    // for the next one.
-                    let mut parked = self.lock();
-                    let mut back: Vec<_> = envelope
-                        .job
-                        .take()
-                        .map(|j| (j, deliveries))
-                        .into_iter()
-                        .chain(rest)
-                        .collect();
-                    while let Some(item) = back.pop() {
-                        parked.queue.push_front(item);
-                    }
-                    parked.flushing = false;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The current incarnation is failing: calls from now on park until the
-    /// next one (or fail if there is none).
-    pub(crate) fn retire_current(&self) {
-        let _parked = self.lock();
-        self.current.store(None);
-    }
-
-    /// A new incarnation is running: make it current and deliver what waited.
-    pub(crate) fn publish(self: &Arc<Self>, actor: ActorRef<Envelope<A>>) {
-        {
-            let mut parked = self.lock();
-            self.current.store(Some(Arc::new(actor)));
-            parked.dead = None;
-        }
-        if self.released.load(Ordering::Acquire) {
-            // Restarted after its last handle went away: answer what was
-            // parked, then stop.
-            self.flush();
-            self.drain_current();
-            return;
-        }
-        self.no_restart.store(false, Ordering::Release);
-        self.flush();
-    }
-
-    /// No handle can reach the actor any more (Ray's actor garbage
-    /// collection): it answers the calls already sent, then stops for good.
-    pub(crate) fn release(&self) {
-        self.released.store(true, Ordering::Release);
-        self.no_restart.store(true, Ordering::Release);
-        self.drain_current();
-    }
-
-    fn drain_current(&self) {
-        if let Some(actor) = self.current() {
-            // Drain: a stop queued behind the calls already in the mailbox.
-            let _ = actor.drain();
-        }
-    }
-
-    /// The actor is dead for good: fail everything parked, now and later.
+    /// The actor is dead for good: its mailbox closes (later calls fail at
+    /// once), the calls in it fail, and its hooks run.
     pub(crate) fn mark_dead(&self, reason: String) {
-        let queue = {
-            let mut parked = self.lock();
-            if parked.dead.is_none() {
-                parked.dead = Some(reason.clone());
+        if self.dead.set(reason.clone()).is_err() {
+            return;
+        }
+        self.alive.store(false, Ordering::Release);
+        let mailbox = self.lock_parked().take();
+        let redeliver = std::mem::take(&mut *self.lock_redeliver());
+        let mut pending = Vec::new();
+        for (envelope, _) in redeliver {
+            pending.push(envelope);
+        }
+        if let Some(mut mailbox) = mailbox {
+            mailbox.close();
+            while let Ok(envelope) = mailbox.try_recv() {
+                pending.push(envelope);
             }
-            self.has_parked.store(false, Ordering::Release);
-            std::mem::take(&mut parked.queue)
-        };
-        self.current.store(None);
-        for (job, _) in queue {
-            let method = job.method();
-            job.fail(self.died(reason.clone(), Some(method)));
+        }
+        for mut envelope in pending {
+            if let Some(job) = envelope.job.take() {
+                job.fail(self.died(reason.clone(), Some(job.method())));
+            }
+        }
+        if let Some(directory) = self.directory.upgrade() {
+            directory.remove(&self.info);
         }
         let hooks = std::mem::take(&mut *self.on_dead.lock().unwrap_or_else(|e| e.into_inner()));
         for hook in hooks {
             hook();
         }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether an incarnation is running now.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Why the actor is dead for good, if it is.
+    pub(crate) fn dead_reason(&self) -> Option<&str> {
+        self.dead.get().map(String::as_str)
+    }
+
+    /// Waits until the actor is dead for good.
+    pub(crate) async fn wait_dead(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.dead.get().is_some() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits until the incarnation running now (if any) has ended.
+    pub(crate) async fn wait_incarnation_end(&self, seen: u64) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.incarnations.load(Ordering::Acquire) != seen || self.dead.get().is_some() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// How many incarnations have ended so far.
+    pub(crate) fn incarnations(&self) -> u64 {
+        self.incarnations.load(Ordering::Acquire)
     }
 }

@@ -10,9 +10,10 @@ use ractor::ActorCell;
 use super::event::EventBus;
 use super::SupervisorSpec;
 use crate::error::SpawnError;
+use crate::ids::ActorId;
 
 /// When a child that exited is restarted (OTP's `restart`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Restart {
     /// Always restarted, whatever the exit.
     Permanent,
@@ -23,7 +24,7 @@ pub enum Restart {
 }
 
 /// How a supervisor stops a child (OTP's `shutdown`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Shutdown {
     /// Ask the child to stop, and kill it if it has not stopped after this long.
     Timeout(Duration),
@@ -62,10 +63,79 @@ pub struct StartContext {
     pub supervisor: ActorCell,
     /// Supervision events of this tree; a child supervisor inherits it.
     pub(crate) events: EventBus,
+    /// Where a Troupe actor child reports its exit.
+    pub(crate) reports: ractor::ActorRef<super::SupervisorMsg>,
+}
+
+/// A running child: a ractor actor linked to its supervisor, or a Troupe
+/// actor, which reports its exit to the supervisor with a message.
+#[doc(hidden)]
+#[derive(Clone)]
+pub enum Running {
+    Cell(ActorCell),
+    Native(NativeChild),
+}
+
+/// A Troupe actor running as a supervisor's child.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct NativeChild {
+    /// The actor and its incarnation: what its exit report names.
+    pub(crate) actor: ActorId,
+    pub(crate) incarnation: u64,
+    pub(crate) control: Arc<dyn NativeControl>,
+}
+
+/// How a supervisor stops a Troupe actor child.
+#[doc(hidden)]
+pub trait NativeControl: Send + Sync + 'static {
+    /// Stops it per `shutdown` and resolves once it is gone.
+    fn stop(self: Arc<Self>, shutdown: Shutdown) -> BoxFuture<'static, ()>;
+    /// Kills it at once, without waiting.
+    fn kill(&self);
+}
+
+/// Who a linked child is, for matching its exit to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Member {
+    Cell(ractor::ActorId),
+    Native(ActorId, u64),
+}
+
+impl Running {
+    pub(crate) fn member(&self) -> Member {
+        match self {
+            Running::Cell(cell) => Member::Cell(cell.get_id()),
+            Running::Native(child) => Member::Native(child.actor, child.incarnation),
+        }
+    }
+
+    pub(crate) fn cell(&self) -> Option<ActorCell> {
+        match self {
+            Running::Cell(cell) => Some(cell.clone()),
+            Running::Native(_) => None,
+        }
+    }
+
+    /// Stops it per `shutdown` and waits until it is gone.
+    pub(crate) async fn stop(&self, shutdown: Shutdown) {
+        match self {
+            Running::Cell(cell) => super::stop_actor(cell, shutdown).await,
+            Running::Native(child) => child.control.clone().stop(shutdown).await,
+        }
+    }
+
+    /// Kills it without waiting (its supervisor is gone).
+    pub(crate) fn kill(&self) {
+        match self {
+            Running::Cell(cell) => cell.kill(),
+            Running::Native(child) => child.control.kill(),
+        }
+    }
 }
 
 pub(crate) type StartFn =
-    Arc<dyn Fn(StartContext) -> BoxFuture<'static, Result<ActorCell, SpawnError>> + Send + Sync>;
+    Arc<dyn Fn(StartContext) -> BoxFuture<'static, Result<Running, SpawnError>> + Send + Sync>;
 pub(crate) type ExitHook = Arc<dyn Fn(ChildExit) + Send + Sync>;
 pub(crate) type RestartVeto = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -127,9 +197,21 @@ impl ChildSpec {
         F: Fn(StartContext) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<ActorCell, SpawnError>> + Send + 'static,
     {
+        let start = Arc::new(start);
+        Self::with_start(
+            id,
+            Arc::new(move |ctx| {
+                let started = start(ctx);
+                Box::pin(async move { started.await.map(Running::Cell) })
+            }),
+        )
+    }
+
+    /// A child whose start function returns either kind of child.
+    pub(crate) fn with_start(id: impl Into<Arc<str>>, start: StartFn) -> Self {
         Self {
             id: id.into(),
-            start: Arc::new(move |ctx| Box::pin(start(ctx))),
+            start,
             restart: Restart::Permanent,
             shutdown: DEFAULT_SHUTDOWN,
             max_restarts: None,

@@ -1,10 +1,11 @@
-//! Erlang/OTP supervisors for any [`ractor::Actor`].
+//! Erlang/OTP supervisors for any [`ractor::Actor`] and for Troupe actors.
 //!
 //! A [`Supervisor`] starts its children in order, watches them, restarts them
 //! according to its [`Strategy`] and each child's [`Restart`] type, and stops
 //! them in reverse order. More restarts than its [`Intensity`] allows within
 //! the window make it stop all its children and fail, so the failure
-//! escalates to its own supervisor.
+//! escalates to its own supervisor. The decision itself is made in one
+//! place, `policy.rs`, shared with the drivers of top-level actors.
 //!
 //! Why our own and not `ractor-supervisor`: that crate requires every child to
 //! be registered under a global name; Troupe's children are mostly unnamed and
@@ -31,21 +32,26 @@
 
 mod child;
 mod event;
+pub(crate) mod policy;
 
-pub(crate) use child::spawn_failed;
+pub(crate) use child::Member;
 pub use child::{ChildExit, ChildSpec, Restart, Shutdown, StartContext, DEFAULT_SHUTDOWN};
+#[doc(hidden)]
+pub use child::{NativeChild, NativeControl, Running};
 pub use event::{EventBus, SupervisionEvent};
+pub use policy::{Backoff, Intensity};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
-use ractor::{ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::error::{SpawnError, SupervisorError};
+use crate::error::SpawnError;
+use policy::{ChildRules, Exit, Verdict, Window};
 
 /// Which children are restarted when one of them has to be (OTP strategies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,57 +63,6 @@ pub enum Strategy {
     OneForAll,
     /// The child that exited and every child started after it.
     RestForOne,
-}
-
-/// Restart intensity: at most `max_restarts` restarts within `period`.
-///
-/// Troupe's default is 3 restarts in 5 s. OTP's is 1 in 5 s; ours allows a
-/// little more because a restart here costs microseconds, not a process, while
-/// still stopping a crash loop within the first second of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Intensity {
-    /// Restarts allowed within `period`; one more escalates.
-    pub max_restarts: u32,
-    /// The sliding window.
-    pub period: Duration,
-}
-
-impl Intensity {
-    /// At most `max_restarts` in `period`.
-    pub const fn new(max_restarts: u32, period: Duration) -> Self {
-        Self {
-            max_restarts,
-            period,
-        }
-    }
-}
-
-impl Default for Intensity {
-    fn default() -> Self {
-        Self::new(3, Duration::from_secs(5))
-    }
-}
-
-/// Delay before a restart: `initial`, doubled for each further restart in the
-/// current intensity window, capped at `max`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay before the first restart in a window.
-    pub initial: Duration,
-    /// Upper bound.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Exponential backoff from `initial` up to `max`.
-    pub const fn exponential(initial: Duration, max: Duration) -> Self {
-        Self { initial, max }
-    }
-
-    fn delay(&self, restarts_in_window: usize) -> Duration {
-        let doublings = restarts_in_window.saturating_sub(1).min(30) as u32;
-        self.initial.saturating_mul(1u32 << doublings).min(self.max)
-    }
 }
 
 /// The description of a supervisor: its strategy, limits and children.
@@ -182,8 +137,38 @@ impl SupervisorSpec {
 }
 
 /// Identifies a child within its supervisor; stable across restarts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ChildKey(u64);
+
+/// A request to a supervisor failed.
+#[derive(Debug, thiserror::Error, Clone, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    /// The supervisor is not running.
+    #[error("supervisor {0:?} is not running")]
+    Down(String),
+    /// The supervisor did not answer in time.
+    #[error("supervisor {supervisor:?} did not answer within {after:?}")]
+    Timeout {
+        /// Name of the supervisor.
+        supervisor: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// Starting a child failed.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// No child with that key.
+    #[error("supervisor {supervisor:?} has no child {key}")]
+    NoSuchChild {
+        /// Name of the supervisor.
+        supervisor: String,
+        /// The key asked for.
+        key: ChildKey,
+    },
+}
 
 impl fmt::Display for ChildKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -198,7 +183,11 @@ pub struct ChildInfo {
     pub key: ChildKey,
     /// Its id.
     pub id: Arc<str>,
-    /// The running actor, `None` while it waits for a (backed-off) restart.
+    /// Whether it is running now (false while it waits for a backed-off
+    /// restart).
+    pub running: bool,
+    /// The running ractor actor, if the child is one (a Troupe actor child
+    /// has no ractor cell).
     pub actor: Option<ActorCell>,
     /// Restarts so far.
     pub restarts: u32,
@@ -209,13 +198,26 @@ pub struct ChildInfo {
 pub enum SupervisorMsg {
     /// Take charge of a child that `start_child` already started (linked to
     /// this supervisor) in the caller's task.
+    #[doc(hidden)]
     Adopt {
         /// Allocated by the caller, in start order.
         key: ChildKey,
         /// How to restart and stop it.
         spec: ChildSpec,
         /// The running child.
-        cell: ActorCell,
+        running: Running,
+    },
+    /// A Troupe actor child ended.
+    #[doc(hidden)]
+    NativeExited {
+        /// The actor.
+        actor: crate::ids::ActorId,
+        /// Which of its incarnations.
+        incarnation: u64,
+        /// Whether it failed (a panic, a failed constructor, a kill).
+        abnormal: bool,
+        /// Why.
+        reason: String,
     },
     /// Stop a child per its shutdown and forget its spec.
     TerminateChild(ChildKey, RpcReplyPort<bool>),
@@ -228,12 +230,26 @@ pub enum SupervisorMsg {
     },
 }
 
+#[cfg(feature = "cluster")]
 impl ractor::Message for SupervisorMsg {}
 
 struct Child {
     spec: ChildSpec,
-    cell: Option<ActorCell>,
+    running: Option<Running>,
     restarts: u32,
+}
+
+impl Child {
+    fn rules(&self) -> ChildRules {
+        ChildRules {
+            restart: self.spec.restart,
+            max_restarts: self.spec.max_restarts,
+        }
+    }
+
+    fn allowed(&self) -> bool {
+        self.spec.restart_if.as_ref().is_none_or(|allow| allow())
+    }
 }
 
 /// What a linked actor is to its supervisor.
@@ -244,17 +260,14 @@ enum Linked {
     Stopping,
 }
 
-/// How a child exited: abnormally or not, and why.
-type Exit = (bool, String);
-
 /// A supervisor's state: its children in start order and its restart window.
 pub struct SupervisorState {
     children: BTreeMap<ChildKey, Child>,
-    by_actor: HashMap<ActorId, Linked>,
+    linked: HashMap<Member, Linked>,
     /// Exits of children started by `start_child` whose `Adopt` has not
     /// arrived yet (supervision events overtake ordinary messages).
-    early_exits: HashMap<ActorId, Exit>,
-    window: VecDeque<Instant>,
+    early_exits: HashMap<Member, Exit>,
+    window: Window,
 }
 
 /// The supervisor actor. Spawn it with [`Supervisor::spawn`], or nest it with
@@ -333,29 +346,13 @@ impl Supervisor {
         &self,
         myself: &ActorRef<SupervisorMsg>,
         spec: &ChildSpec,
-    ) -> Result<ActorCell, SpawnError> {
+    ) -> Result<Running, SpawnError> {
         let ctx = StartContext {
             supervisor: myself.get_cell(),
             events: self.spec.events.clone(),
+            reports: myself.clone(),
         };
         (spec.start)(ctx).await
-    }
-
-    /// Records one restart; false when that exceeds the intensity.
-    fn record_restart(&self, state: &mut SupervisorState) -> bool {
-        let Some(limit) = self.spec.intensity else {
-            return true;
-        };
-        let now = Instant::now();
-        while state
-            .window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > limit.period)
-        {
-            state.window.pop_front();
-        }
-        state.window.push_back(now);
-        state.window.len() <= limit.max_restarts as usize
     }
 
     fn emit(&self, make: impl FnOnce() -> SupervisionEvent) {
@@ -365,7 +362,7 @@ impl Supervisor {
     fn remove_child(&self, state: &mut SupervisorState, key: ChildKey, exit: ChildExit) {
         if let Some(child) = state.children.remove(&key) {
             // Callers stop (or saw the exit of) the child first.
-            debug_assert!(child.cell.is_none(), "removing a running child");
+            debug_assert!(child.running.is_none(), "removing a running child");
             tracing::debug!(supervisor = %self.spec.name, child = %child.spec.id, ?exit, "child removed");
             self.emit(|| SupervisionEvent::ChildRemoved {
                 supervisor: self.spec.name.clone(),
@@ -383,10 +380,10 @@ impl Supervisor {
             let Some(child) = state.children.get_mut(key) else {
                 continue;
             };
-            if let Some(cell) = child.cell.take() {
-                // Its exit event will still come: expect it.
-                state.by_actor.insert(cell.get_id(), Linked::Stopping);
-                stop_actor(&cell, child.spec.shutdown).await;
+            if let Some(running) = child.running.take() {
+                // Its exit will still be reported: expect it.
+                state.linked.insert(running.member(), Linked::Stopping);
+                running.stop(child.spec.shutdown).await;
             }
         }
     }
@@ -424,16 +421,14 @@ impl Supervisor {
         .into()
     }
 
-    /// A child has to be restarted: apply the strategy.
+    /// A child has to be restarted after `delay`: apply the strategy.
     async fn restart(
         &self,
         myself: &ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
         failed: ChildKey,
+        delay: Duration,
     ) -> Result<(), ActorProcessingErr> {
-        if !self.record_restart(state) {
-            return Err(self.escalate(state).await);
-        }
         let mut keys: Vec<ChildKey> = match self.spec.strategy {
             Strategy::OneForOne => vec![failed],
             Strategy::OneForAll => state.children.keys().copied().collect(),
@@ -450,21 +445,17 @@ impl Supervisor {
             self.remove_child(state, *key, ChildExit::Terminated);
         }
         keys.retain(|k| !temporary.contains(k));
-
-        match self.spec.backoff {
-            Some(backoff) => {
-                let delay = backoff.delay(state.window.len());
-                tracing::debug!(supervisor = %self.spec.name, ?delay, "restart backed off");
-                // Detached timer: if we stop first, its message finds no one.
-                drop(myself.send_after(delay, move || SupervisorMsg::RestartDue { keys }));
-                Ok(())
-            }
-            None => self.start_again(myself, state, keys).await,
+        if delay.is_zero() {
+            return self.start_again(myself, state, keys).await;
         }
+        tracing::debug!(supervisor = %self.spec.name, ?delay, "restart backed off");
+        // Detached timer: if we stop first, its message finds no one.
+        drop(myself.send_after(delay, move || SupervisorMsg::RestartDue { keys }));
+        Ok(())
     }
 
     /// Starts the given children again, in order. A failed start counts as
-    /// another failure of that child.
+    /// another failure of that child (the policy decides what follows).
     async fn start_again(
         &self,
         myself: &ActorRef<SupervisorMsg>,
@@ -475,23 +466,23 @@ impl Supervisor {
             let Some(child) = state.children.get(key) else {
                 continue; // terminated while its restart was backed off
             };
-            if child.cell.is_some() {
+            if child.running.is_some() {
                 continue;
             }
-            if child.spec.restart_if.as_ref().is_some_and(|allow| !allow()) {
+            if !child.allowed() {
                 self.remove_child(state, *key, ChildExit::Terminated);
                 continue;
             }
             let spec = child.spec.clone();
             match self.run_start(myself, &spec).await {
-                Ok(cell) => {
+                Ok(running) => {
                     let child = state
                         .children
                         .get_mut(key)
                         .ok_or("child vanished while restarting")?;
                     child.restarts += 1;
-                    state.by_actor.insert(cell.get_id(), Linked::Child(*key));
-                    child.cell = Some(cell);
+                    state.linked.insert(running.member(), Linked::Child(*key));
+                    child.running = Some(running);
                     tracing::warn!(supervisor = %self.spec.name, child = %spec.id, restarts = child.restarts, "child restarted");
                     metrics::counter!("troupe_supervisor_restarts_total", "supervisor" => self.spec.name.to_string())
                         .increment(1);
@@ -515,35 +506,92 @@ impl Supervisor {
                         .get_mut(key)
                         .ok_or("child vanished while restarting")?;
                     child.restarts += 1;
-                    if spec.max_restarts.is_some_and(|max| child.restarts >= max) {
-                        let restarts = child.restarts;
-                        self.remove_child(
-                            state,
-                            *key,
-                            ChildExit::RestartsExhausted {
-                                restarts,
-                                last_error: err.to_string(),
-                            },
-                        );
-                        continue;
-                    }
-                    if !self.record_restart(state) {
-                        return Err(self.escalate(state).await);
-                    }
-                    let rest = keys[i..].to_vec();
-                    let delay = self
-                        .spec
-                        .backoff
-                        .map(|b| b.delay(state.window.len()))
-                        .unwrap_or(Duration::ZERO);
-                    drop(
-                        myself.send_after(delay, move || SupervisorMsg::RestartDue { keys: rest }),
+                    let verdict = state.window.after_failed_start(
+                        child.rules(),
+                        child.restarts,
+                        err.to_string(),
+                        Instant::now(),
                     );
-                    return Ok(());
+                    match verdict {
+                        Verdict::Remove(exit) => {
+                            self.remove_child(state, *key, exit);
+                            continue;
+                        }
+                        Verdict::Escalate => return Err(self.escalate(state).await),
+                        Verdict::Restart { delay, .. } => {
+                            let rest = keys[i..].to_vec();
+                            drop(myself.send_after(delay, move || SupervisorMsg::RestartDue {
+                                keys: rest,
+                            }));
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A child exited: log it, then let the policy restart or remove it.
+    async fn on_exit(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        key: ChildKey,
+        exit: Exit,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(child) = state.children.get_mut(&key) else {
+            return Ok(());
+        };
+        child.running = None;
+        let id = child.spec.id.clone();
+        if exit.abnormal {
+            tracing::warn!(supervisor = %self.spec.name, child = %id, reason = %exit.reason, "child failed");
+        } else {
+            tracing::debug!(supervisor = %self.spec.name, child = %id, reason = %exit.reason, "child stopped");
+        }
+        self.emit(|| SupervisionEvent::ChildExited {
+            supervisor: self.spec.name.clone(),
+            child: id,
+            abnormal: exit.abnormal,
+            reason: exit.reason.clone(),
+        });
+        let (rules, restarts, allowed) = (child.rules(), child.restarts, child.allowed());
+        match state
+            .window
+            .after_exit(rules, restarts, exit, allowed, Instant::now())
+        {
+            Verdict::Remove(exit) => {
+                if let ChildExit::RestartsExhausted { restarts, .. } = &exit {
+                    tracing::warn!(supervisor = %self.spec.name, child = %state.children[&key].spec.id, restarts, "child exhausted its restarts; leaving it dead");
+                }
+                self.remove_child(state, key, exit);
+                Ok(())
+            }
+            Verdict::Escalate => Err(self.escalate(state).await),
+            Verdict::Restart { delay, .. } => self.restart(myself, state, key, delay).await,
+        }
+    }
+
+    /// A child's exit arrived (a ractor event or a Troupe actor's report).
+    async fn exited(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        member: Member,
+        exit: Exit,
+    ) -> Result<(), ActorProcessingErr> {
+        let key = match state.linked.remove(&member) {
+            Some(Linked::Child(key)) => key,
+            // We stopped it ourselves.
+            Some(Linked::Stopping) => return Ok(()),
+            // Started by `start_child`, its Adopt still on the way.
+            None => {
+                state.early_exits.insert(member, exit);
+                return Ok(());
+            }
+        };
+        self.on_exit(myself, state, key, exit).await
     }
 }
 
@@ -580,20 +628,20 @@ impl ractor::Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             children: BTreeMap::new(),
-            by_actor: HashMap::new(),
+            linked: HashMap::new(),
             early_exits: HashMap::new(),
-            window: VecDeque::new(),
+            window: Window::new(self.spec.intensity, self.spec.backoff),
         };
         for spec in &self.spec.children {
             match self.run_start(&myself, spec).await {
-                Ok(cell) => {
+                Ok(running) => {
                     let key = self.next_key();
-                    state.by_actor.insert(cell.get_id(), Linked::Child(key));
+                    state.linked.insert(running.member(), Linked::Child(key));
                     state.children.insert(
                         key,
                         Child {
                             spec: spec.clone(),
-                            cell: Some(cell),
+                            running: Some(running),
                             restarts: 0,
                         },
                     );
@@ -637,9 +685,9 @@ impl ractor::Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Adopt { key, spec, cell } => {
-                let id = cell.get_id();
-                let early = state.early_exits.remove(&id);
+            SupervisorMsg::Adopt { key, spec, running } => {
+                let member = running.member();
+                let early = state.early_exits.remove(&member);
                 self.emit(|| SupervisionEvent::ChildStarted {
                     supervisor: self.spec.name.clone(),
                     child: spec.id.clone(),
@@ -648,18 +696,26 @@ impl ractor::Actor for Supervisor {
                     key,
                     Child {
                         spec,
-                        cell: Some(cell),
+                        running: Some(running),
                         restarts: 0,
                     },
                 );
                 match early {
-                    Some((abnormal, reason)) => {
-                        return self.on_exit(&myself, state, key, abnormal, reason).await;
-                    }
+                    Some(exit) => return self.on_exit(&myself, state, key, exit).await,
                     None => {
-                        state.by_actor.insert(id, Linked::Child(key));
+                        state.linked.insert(member, Linked::Child(key));
                     }
                 }
+            }
+            SupervisorMsg::NativeExited {
+                actor,
+                incarnation,
+                abnormal,
+                reason,
+            } => {
+                let member = Member::Native(actor, incarnation);
+                self.exited(&myself, state, member, Exit { abnormal, reason })
+                    .await?;
             }
             SupervisorMsg::TerminateChild(key, reply) => {
                 let found = state.children.contains_key(&key);
@@ -676,7 +732,8 @@ impl ractor::Actor for Supervisor {
                     .map(|(key, child)| ChildInfo {
                         key: *key,
                         id: child.spec.id.clone(),
-                        actor: child.cell.clone(),
+                        running: child.running.is_some(),
+                        actor: child.running.as_ref().and_then(Running::cell),
                         restarts: child.restarts,
                     })
                     .collect();
@@ -695,89 +752,32 @@ impl ractor::Actor for Supervisor {
         event: ractor::SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, abnormal, reason) = match event {
+        let (cell, exit) = match event {
             ractor::SupervisionEvent::ActorTerminated(cell, last_state, reason) => {
                 // A kill is abnormal (OTP's `killed`): ractor reports it as a
                 // termination with reason "killed", or with no state at all
                 // when it interrupted post_start or post_stop.
                 let killed = last_state.is_none() || reason.as_deref() == Some(KILLED);
                 let reason = reason.unwrap_or_else(|| "normal".to_owned());
-                (cell, killed, reason)
+                (
+                    cell,
+                    Exit {
+                        abnormal: killed,
+                        reason,
+                    },
+                )
             }
-            ractor::SupervisionEvent::ActorFailed(cell, err) => (cell, true, err.to_string()),
+            ractor::SupervisionEvent::ActorFailed(cell, err) => (
+                cell,
+                Exit {
+                    abnormal: true,
+                    reason: err.to_string(),
+                },
+            ),
             _ => return Ok(()),
         };
-        let key = match state.by_actor.remove(&cell.get_id()) {
-            Some(Linked::Child(key)) => key,
-            // We stopped it ourselves.
-            Some(Linked::Stopping) => return Ok(()),
-            // Started by `start_child`, its Adopt still on the way.
-            None => {
-                state.early_exits.insert(cell.get_id(), (abnormal, reason));
-                return Ok(());
-            }
-        };
-        self.on_exit(&myself, state, key, abnormal, reason).await
-    }
-}
-
-impl Supervisor {
-    /// A child exited: log it, then restart or remove it.
-    async fn on_exit(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        state: &mut SupervisorState,
-        key: ChildKey,
-        abnormal: bool,
-        reason: String,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some(child) = state.children.get_mut(&key) else {
-            return Ok(());
-        };
-        child.cell = None;
-        let id = child.spec.id.clone();
-        if abnormal {
-            tracing::warn!(supervisor = %self.spec.name, child = %id, %reason, "child failed");
-        } else {
-            tracing::debug!(supervisor = %self.spec.name, child = %id, %reason, "child stopped");
-        }
-        self.emit(|| SupervisionEvent::ChildExited {
-            supervisor: self.spec.name.clone(),
-            child: id,
-            abnormal,
-            reason: reason.clone(),
-        });
-
-        let restart = match child.spec.restart {
-            Restart::Permanent => true,
-            Restart::Transient => abnormal,
-            Restart::Temporary => false,
-        } && child.spec.restart_if.as_ref().is_none_or(|allow| allow());
-        if !restart {
-            let exit = if abnormal {
-                ChildExit::Failed(reason)
-            } else {
-                ChildExit::Stopped
-            };
-            self.remove_child(state, key, exit);
-            return Ok(());
-        }
-        if let Some(max) = child.spec.max_restarts {
-            if child.restarts >= max {
-                let restarts = child.restarts;
-                tracing::warn!(supervisor = %self.spec.name, child = %child.spec.id, restarts, "child exhausted its restarts; leaving it dead");
-                self.remove_child(
-                    state,
-                    key,
-                    ChildExit::RestartsExhausted {
-                        restarts,
-                        last_error: reason,
-                    },
-                );
-                return Ok(());
-            }
-        }
-        self.restart(myself, state, key).await
+        self.exited(&myself, state, Member::Cell(cell.get_id()), exit)
+            .await
     }
 }
 
@@ -808,9 +808,10 @@ impl SupervisorRef {
         let ctx = StartContext {
             supervisor: self.actor.get_cell(),
             events: self.events.clone(),
+            reports: self.actor.clone(),
         };
-        let cell = match (spec.start)(ctx).await {
-            Ok(cell) => cell,
+        let running = match (spec.start)(ctx).await {
+            Ok(running) => running,
             Err(err) => {
                 if !self.is_alive() {
                     return Err(SupervisorError::Down(self.name.to_string()));
@@ -827,24 +828,33 @@ impl SupervisorRef {
         // left linked but unadopted by a cancelled caller.
         match self
             .actor
-            .send_message(SupervisorMsg::Adopt { key, spec, cell })
+            .send_message(SupervisorMsg::Adopt { key, spec, running })
         {
             Ok(()) => Ok(key),
             Err(err) => {
                 // The supervisor died meanwhile; make sure the child did too.
-                if let ractor::MessagingErr::SendErr(SupervisorMsg::Adopt { cell, .. }) = err {
-                    cell.kill();
+                if let ractor::MessagingErr::SendErr(SupervisorMsg::Adopt { running, .. }) = err {
+                    running.kill();
                 }
                 Err(SupervisorError::Down(self.name.to_string()))
             }
         }
     }
 
-    /// Stops the child per its shutdown and forgets it.
-    pub async fn terminate_child(&self, key: ChildKey) -> Result<(), SupervisorError> {
+    /// Stops the child per its shutdown and forgets it. Waits at most
+    /// `timeout` for the supervisor to confirm (a child with
+    /// `Shutdown::Infinity` may take as long as it likes to stop).
+    pub async fn terminate_child_within(
+        &self,
+        key: ChildKey,
+        timeout: Duration,
+    ) -> Result<(), SupervisorError> {
         match self
             .actor
-            .call(|reply| SupervisorMsg::TerminateChild(key, reply), None)
+            .call(
+                |reply| SupervisorMsg::TerminateChild(key, reply),
+                Some(timeout),
+            )
             .await
         {
             Ok(CallResult::Success(true)) => Ok(()),
@@ -852,8 +862,17 @@ impl SupervisorRef {
                 supervisor: self.name.to_string(),
                 key,
             }),
+            Ok(CallResult::Timeout) => Err(SupervisorError::Timeout {
+                supervisor: self.name.to_string(),
+                after: timeout,
+            }),
             _ => Err(SupervisorError::Down(self.name.to_string())),
         }
+    }
+
+    /// [`terminate_child_within`](Self::terminate_child_within) 30 s.
+    pub async fn terminate_child(&self, key: ChildKey) -> Result<(), SupervisorError> {
+        self.terminate_child_within(key, CALL_TIMEOUT).await
     }
 
     /// The children in start order.
@@ -892,28 +911,5 @@ impl SupervisorRef {
             }
             _ => true,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(50));
-        assert_eq!(b.delay(1), Duration::from_millis(10));
-        assert_eq!(b.delay(2), Duration::from_millis(20));
-        assert_eq!(b.delay(3), Duration::from_millis(40));
-        assert_eq!(b.delay(4), Duration::from_millis(50));
-        assert_eq!(b.delay(1000), Duration::from_millis(50));
-    }
-
-    #[test]
-    fn default_intensity_is_documented_value() {
-        assert_eq!(
-            Intensity::default(),
-            Intensity::new(3, Duration::from_secs(5))
-        );
     }
 }

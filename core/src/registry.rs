@@ -1,0 +1,573 @@
+//! What this binary can run by name: remote functions and actor types,
+//! registered at link time by `#[troupe::remote]` and `#[troupe::actor]`
+//! (with `inventory`, so there is no hand-written list), looked up by hash.
+//!
+//! This is how a task or a call made on one node runs on another: every
+//! node runs the same binary, so a name (and the encoded arguments) is
+//! enough. [`build_id`] hashes the whole registry, names and signatures: two
+//! nodes whose ids differ are not running the same program, and a cluster
+//! refuses to join them.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use troupe_objects::{AnyObjectRef, ObjectError, ObjectStore};
+
+use crate::actor::{Actor, ActorOptions, Factory};
+use crate::error::{ActorError, SpawnError, TaskError};
+use crate::function::{Failure, RemoteFn, Returns, Start, TypedTask};
+use crate::generator;
+use crate::ids::ActorId;
+use crate::remote::{RemoteOutcome, RemoteResult};
+use crate::runtime::Runtime;
+use crate::spec::{TaskArgs, TaskSpec};
+
+/// Objects up to this size travel with the reply; larger ones stay where
+/// they were made (Ray's limit for inline values: 100 KiB).
+pub const INLINE_LIMIT: usize = 100 * 1024;
+
+/// A task made from a spec, ready to submit.
+#[doc(hidden)]
+pub struct Built {
+    body: Arc<dyn crate::function::TaskBody>,
+    results: Vec<AnyObjectRef>,
+    items: Option<mpsc::Receiver<AnyObjectRef>>,
+    /// Its top-level ref arguments, read from the decoded arguments.
+    deps: Vec<troupe_objects::ObjectId>,
+}
+
+/// A remote function, registered under its stable name.
+pub struct RemoteFunction {
+    /// The stable name (`f::NAME`: the function's module path).
+    pub name: &'static str,
+    /// Its parameter and return types, as written (part of the build id).
+    pub signature: &'static str,
+    /// What kind of results it has.
+    pub returns: crate::spec::Returns,
+    /// Makes the task from a spec (decodes its arguments, makes its result
+    /// objects under the owner's ids).
+    #[doc(hidden)]
+    pub build: fn(&ObjectStore, &TaskSpec) -> Result<Built, TaskError>,
+}
+
+inventory::collect!(RemoteFunction);
+
+/// The generic `build` of a remote function: used by generated code.
+#[doc(hidden)]
+// TaskError is what callers match on; boxing it would make each unbox it.
+#[allow(clippy::result_large_err)]
+pub fn build_task<F: RemoteFn>(store: &ObjectStore, spec: &TaskSpec) -> Result<Built, TaskError> {
+    let bad = |cause: String| TaskError::BadArguments {
+        task: spec.function.clone(),
+        id: spec.id,
+        cause,
+    };
+    let TaskArgs::Encoded(bytes) = &spec.args else {
+        return Err(bad("the spec carries no encoded arguments".to_owned()));
+    };
+    let args: F::Args = store.decode(bytes).map_err(|e| bad(e.to_string()))?;
+    let deps = F::deps(&args);
+    let (results, completers) =
+        F::Returns::pending_at(store, &spec.results).map_err(|e| bad(e.to_string()))?;
+    let (sink, items) = if F::GENERATOR {
+        let (sink, items) = generator::channel(store, spec.options.get_generator_backpressure());
+        (Some(sink), Some(items))
+    } else {
+        (None, None)
+    };
+    let start = Start {
+        store: store.clone(),
+        sink,
+    };
+    Ok(Built {
+        body: Arc::new(TypedTask::<F>::new(args, completers, start)),
+        results,
+        items,
+        deps,
+    })
+}
+
+/// A method of an actor type, callable by name.
+pub struct Method {
+    /// The method's name.
+    pub name: &'static str,
+    /// Its parameter and return types, as written.
+    pub signature: &'static str,
+    /// Calls it on the actor whose slot is given, with encoded arguments.
+    #[doc(hidden)]
+    pub call: MethodCall,
+}
+
+/// A constructor of an actor type (an associated function returning
+/// `Self`), callable by name.
+pub struct Constructor {
+    /// The function's name.
+    pub name: &'static str,
+    /// Its parameter types, as written.
+    pub signature: &'static str,
+    /// Spawns the actor from encoded arguments.
+    #[doc(hidden)]
+    pub spawn: Spawner,
+}
+
+/// An actor type, registered under its stable name (`Actor::NAME`).
+pub struct ActorType {
+    /// The stable name.
+    pub name: &'static str,
+    /// Its public methods.
+    pub methods: &'static [Method],
+    /// Its constructors.
+    pub constructors: &'static [Constructor],
+}
+
+inventory::collect!(ActorType);
+
+/// The encoded reply of a call by name.
+#[doc(hidden)]
+pub type EncodedReply = BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+
+/// Calls a method on the actor whose slot is given, with encoded arguments.
+#[doc(hidden)]
+pub type MethodCall =
+    fn(Arc<dyn Any + Send + Sync>, &ObjectStore, &[u8]) -> Result<EncodedReply, String>;
+
+/// A spawn in progress: the new actor's id, or why it did not start.
+#[doc(hidden)]
+pub type Spawning = BoxFuture<'static, Result<ActorId, SpawnError>>;
+
+/// Spawns an actor from encoded constructor arguments.
+#[doc(hidden)]
+pub type Spawner = fn(&Runtime, ActorOptions, &[u8]) -> Result<Spawning, String>;
+
+struct Registry {
+    functions: HashMap<&'static str, &'static RemoteFunction>,
+    actors: HashMap<&'static str, (&'static ActorType, HashMap<&'static str, &'static Method>)>,
+    build_id: u64,
+}
+
+/// FNV-1a: stable across builds and platforms (std's hasher is not
+/// promised to be).
+fn fnv(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= u64::from(*b);
+        *hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    *hash ^= 0xff;
+    *hash = hash.wrapping_mul(0x0100_0000_01b3);
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let functions: HashMap<_, _> = inventory::iter::<RemoteFunction>
+            .into_iter()
+            .map(|f| (f.name, f))
+            .collect();
+        let actors: HashMap<_, _> = inventory::iter::<ActorType>
+            .into_iter()
+            .map(|t| (t.name, (t, t.methods.iter().map(|m| (m.name, m)).collect())))
+            .collect();
+        let mut lines: Vec<String> = functions
+            .values()
+            .map(|f| format!("fn {} {}", f.name, f.signature))
+            .collect();
+        for (t, _) in actors.values() {
+            for m in t.methods {
+                lines.push(format!("actor {} {} {}", t.name, m.name, m.signature));
+            }
+            for c in t.constructors {
+                lines.push(format!("new {} {} {}", t.name, c.name, c.signature));
+            }
+        }
+        lines.sort();
+        let mut build_id = 0xcbf2_9ce4_8422_2325;
+        for line in &lines {
+            fnv(&mut build_id, line.as_bytes());
+        }
+        Registry {
+            functions,
+            actors,
+            build_id,
+        }
+    })
+}
+
+/// The registered remote function named `name`.
+pub fn remote_function(name: &str) -> Option<&'static RemoteFunction> {
+    registry().functions.get(name).copied()
+}
+
+/// The registered actor type named `name`.
+pub fn actor_type(name: &str) -> Option<&'static ActorType> {
+    registry().actors.get(name).map(|(t, _)| *t)
+}
+
+/// A hash of everything registered (names and signatures): equal on every
+/// node running the same program.
+pub fn build_id() -> u64 {
+    registry().build_id
+}
+
+/// What submitting a spec by name gave.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The result objects (under the owner's ids), one per result.
+    pub results: Vec<AnyObjectRef>,
+    /// A generator's items, as it yields them.
+    pub items: Option<mpsc::Receiver<AnyObjectRef>>,
+}
+
+impl Runtime {
+    /// Submits a task received as a spec (another node's, or built by
+    /// hand): its function is looked up by name, its arguments decoded
+    /// against this node's store, and its results made under the ids in the
+    /// spec. The same scheduler path as every task.
+    #[allow(clippy::result_large_err)] // see build_task
+    pub fn submit_spec(&self, mut spec: TaskSpec) -> Result<Submitted, TaskError> {
+        let function =
+            remote_function(&spec.function).ok_or_else(|| TaskError::UnknownFunction {
+                task: spec.function.clone(),
+                id: spec.id,
+            })?;
+        let built = (function.build)(self.objects(), &spec)?;
+        spec.deps = built.deps;
+        self.submit_task(spec, built.body);
+        Ok(Submitted {
+            results: built.results,
+            items: built.items,
+        })
+    }
+
+    /// Submits the remote function registered as `name` with its arguments
+    /// encoded as the wire carries them (a postcard tuple of
+    /// [`Arg`](crate::task::Arg)s, refs as ids): a spec owned by this node.
+    #[allow(clippy::result_large_err)] // see build_task
+    pub fn submit_by_name(
+        &self,
+        name: &str,
+        options: crate::spec::TaskOptions,
+        encoded_args: &[u8],
+    ) -> Result<Submitted, TaskError> {
+        let id = self.inner.ids.task();
+        let function = remote_function(name).ok_or_else(|| TaskError::UnknownFunction {
+            task: name.to_owned().into(),
+            id,
+        })?;
+        let count = match function.returns {
+            crate::spec::Returns::Many(n) => n as usize,
+            crate::spec::Returns::One | crate::spec::Returns::Stream => 1,
+        };
+        let results = (0..count).map(|_| self.objects().new_id()).collect();
+        self.submit_spec(TaskSpec {
+            id,
+            function: function.name.into(),
+            args: TaskArgs::Encoded(encoded_args.to_vec()),
+            deps: Vec::new(),
+            options,
+            owner: self.node_id(),
+            attempt: 1,
+            results,
+            returns: function.returns,
+        })
+    }
+
+    /// Runs one attempt of a spec for another node (the owner), and
+    /// reports how it ended: small results travel back inline, larger ones
+    /// stay here, kept alive for the owner (a borrower) until it releases
+    /// them. The owner decides about retries: the attempt runs once.
+    pub async fn run_spec(&self, mut spec: TaskSpec) -> RemoteOutcome {
+        let owner = spec.owner;
+        spec.options = spec.options.max_retries(0);
+        let submitted = match self.submit_spec(spec) {
+            Ok(submitted) => submitted,
+            Err(err) => {
+                return RemoteOutcome::Failed(Failure::Error(troupe_objects::Cause::new(err)))
+            }
+        };
+        let mut results = Vec::with_capacity(submitted.results.len());
+        for r in &submitted.results {
+            self.objects().ready(r.id()).await;
+            match self.objects().export(r.id()).await {
+                Ok(bytes) if bytes.len() <= INLINE_LIMIT => {
+                    results.push((r.id(), RemoteResult::Inline(bytes.to_vec())));
+                }
+                Ok(_) => {
+                    let _ = self.objects().add_borrower(r.id(), owner);
+                    results.push((r.id(), RemoteResult::At(self.node_id())));
+                }
+                Err(err) => return RemoteOutcome::Failed(failure_of(err)),
+            }
+        }
+        RemoteOutcome::Done(results)
+    }
+
+    /// Spawns an actor of the registered type `type_name` with its
+    /// constructor `constructor` and encoded arguments: how a node creates
+    /// an actor another node asked for. The actor is not collected when
+    /// handles drop (its owner, elsewhere, stops it).
+    pub async fn spawn_by_name(
+        &self,
+        type_name: &str,
+        constructor: &str,
+        options: ActorOptions,
+        args: &[u8],
+    ) -> Result<ActorId, SpawnError> {
+        let unknown = || SpawnError::UnknownConstructor(format!("{type_name}::{constructor}"));
+        let kind = actor_type(type_name).ok_or_else(unknown)?;
+        let ctor = kind
+            .constructors
+            .iter()
+            .find(|c| c.name == constructor)
+            .ok_or_else(unknown)?;
+        let spawning =
+            (ctor.spawn)(self, options, args).map_err(|cause| SpawnError::BadArguments {
+                constructor: format!("{type_name}::{constructor}"),
+                cause,
+            })?;
+        spawning.await
+    }
+
+    /// Calls `method` on the live actor `actor` of this node with encoded
+    /// arguments, and returns its encoded result: how a node runs a call
+    /// another node made. Errors say which of actor, method, arguments or
+    /// result was wrong.
+    pub fn call_by_name(&self, actor: ActorId, method: &str, args: &[u8]) -> EncodedReply {
+        let Some(control) = self.inner.actors.get(actor) else {
+            let reason = format!("no live actor {actor} on this node");
+            return Box::pin(async move { Err(no_such(actor, reason)) });
+        };
+        let info = control.info().clone();
+        let found = registry()
+            .actors
+            .get(info.type_name.as_ref())
+            .and_then(|(_, methods)| methods.get(method));
+        let Some(entry) = found else {
+            let err = ActorError::BadCall {
+                actor: info,
+                method: method.to_owned(),
+                reason: "no such method is registered for its type".to_owned(),
+            };
+            return Box::pin(async move { Err(err) });
+        };
+        match (entry.call)(control.slot_any(), self.objects(), args) {
+            Ok(reply) => reply,
+            Err(reason) => {
+                let err = ActorError::BadCall {
+                    actor: info,
+                    method: method.to_owned(),
+                    reason,
+                };
+                Box::pin(async move { Err(err) })
+            }
+        }
+    }
+}
+
+fn no_such(actor: ActorId, reason: String) -> ActorError {
+    ActorError::BadCall {
+        actor: Arc::new(crate::ids::ActorInfo {
+            id: actor,
+            name: None,
+            type_name: "unknown".into(),
+            node: actor.node,
+            resources: crate::Resources::default(),
+            gpu_ids: Vec::new(),
+        }),
+        method: String::new(),
+        reason,
+    }
+}
+
+/// What a failed result object says about the attempt that made it.
+fn failure_of(err: ObjectError) -> Failure {
+    if let Some(task) = err.failure::<TaskError>() {
+        if let TaskError::Failed { cause, .. } = task {
+            return match cause {
+                crate::error::TaskCause::Panicked(m) => Failure::Panicked(m.clone()),
+                crate::error::TaskCause::Error(e) => Failure::Error(e.clone()),
+                crate::error::TaskCause::NodeDied(n) => Failure::NodeDied(*n),
+            };
+        }
+        if let TaskError::DependencyFailed {
+            dependency, cause, ..
+        } = task
+        {
+            return Failure::Dependency(*dependency, cause.clone());
+        }
+    }
+    Failure::Store(err)
+}
+
+// ---------------------------------------------------------------------------
+// Calls by name, for generated code: decoding and encoding only where the
+// types allow it (autoref specialization: `(&Wire::<Args, R>::new())`
+// picks `ByName` when `Args: DeserializeOwned` and `R: Serialize`, and
+// `NotByName`, which explains, otherwise).
+
+/// Marker for the call-by-name specialization. Used by generated code.
+#[doc(hidden)]
+pub struct Wire<Args, R>(std::marker::PhantomData<fn(Args) -> R>);
+
+impl<Args, R> Wire<Args, R> {
+    pub fn new() -> Self {
+        Wire(std::marker::PhantomData)
+    }
+}
+
+impl<Args, R> Default for Wire<Args, R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[doc(hidden)]
+pub trait ByName<Args, R> {
+    fn method<A: Actor>(
+        &self,
+        slot: Arc<dyn Any + Send + Sync>,
+        store: &ObjectStore,
+        bytes: &[u8],
+        call: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
+    ) -> Result<EncodedReply, String>;
+}
+
+impl<Args, R> ByName<Args, R> for Wire<Args, R>
+where
+    Args: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+{
+    fn method<A: Actor>(
+        &self,
+        slot: Arc<dyn Any + Send + Sync>,
+        store: &ObjectStore,
+        bytes: &[u8],
+        call: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
+    ) -> Result<EncodedReply, String> {
+        let handle = crate::actor::handle_from_slot::<A>(slot)
+            .ok_or_else(|| format!("the actor is not a {}", A::NAME))?;
+        let info = handle.info_arc();
+        let args: Args = store
+            .decode(bytes)
+            .map_err(|e| format!("its arguments did not decode: {e}"))?;
+        let pending = call(&A::Handle::from(handle), args);
+        Ok(Box::pin(async move {
+            let value = pending.await?;
+            troupe_objects::encode_value(&value).map_err(|e| ActorError::BadCall {
+                actor: info,
+                method: String::new(),
+                reason: format!("its result did not encode: {e}"),
+            })
+        }))
+    }
+}
+
+#[doc(hidden)]
+pub trait NotByName<Args, R> {
+    fn method<A: Actor>(
+        &self,
+        slot: Arc<dyn Any + Send + Sync>,
+        store: &ObjectStore,
+        bytes: &[u8],
+        call: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
+    ) -> Result<EncodedReply, String>;
+}
+
+impl<Args, R> NotByName<Args, R> for &Wire<Args, R> {
+    fn method<A: Actor>(
+        &self,
+        _: Arc<dyn Any + Send + Sync>,
+        _: &ObjectStore,
+        _: &[u8],
+        _: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
+    ) -> Result<EncodedReply, String> {
+        Err(format!(
+            "its arguments ({}) or result ({}) are not serializable, so it cannot be called by name; make them Serialize + Deserialize + Clone",
+            std::any::type_name::<Args>(),
+            std::any::type_name::<R>()
+        ))
+    }
+}
+
+/// Marker for the spawn-by-name specialization. Used by generated code.
+#[doc(hidden)]
+pub struct WireNew<Args>(std::marker::PhantomData<fn(Args)>);
+
+impl<Args> WireNew<Args> {
+    pub fn new() -> Self {
+        WireNew(std::marker::PhantomData)
+    }
+}
+
+impl<Args> Default for WireNew<Args> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[doc(hidden)]
+pub trait ByNameNew<Args> {
+    fn constructor<A: Actor>(
+        &self,
+        rt: &Runtime,
+        options: ActorOptions,
+        bytes: &[u8],
+        new: fn(Args) -> A,
+    ) -> Result<BoxFuture<'static, Result<ActorId, SpawnError>>, String>;
+}
+
+impl<Args> ByNameNew<Args> for WireNew<Args>
+where
+    Args: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    fn constructor<A: Actor>(
+        &self,
+        rt: &Runtime,
+        options: ActorOptions,
+        bytes: &[u8],
+        new: fn(Args) -> A,
+    ) -> Result<BoxFuture<'static, Result<ActorId, SpawnError>>, String> {
+        let args: Args = rt
+            .objects()
+            .decode(bytes)
+            .map_err(|e| format!("its arguments did not decode: {e}"))?;
+        let rt = rt.clone();
+        Ok(Box::pin(async move {
+            // A restart calls the constructor again with the same arguments.
+            let factory = Factory::Sync(Arc::new(move || new(args.clone())));
+            // Not collected when handles drop: its owner, elsewhere, stops it.
+            let handle = rt.spawn_inner::<A>(options, factory, false).await?;
+            Ok(handle.id())
+        }))
+    }
+}
+
+#[doc(hidden)]
+pub trait NotByNameNew<Args> {
+    fn constructor<A: Actor>(
+        &self,
+        rt: &Runtime,
+        options: ActorOptions,
+        bytes: &[u8],
+        new: fn(Args) -> A,
+    ) -> Result<BoxFuture<'static, Result<ActorId, SpawnError>>, String>;
+}
+
+impl<Args> NotByNameNew<Args> for &WireNew<Args> {
+    fn constructor<A: Actor>(
+        &self,
+        _: &Runtime,
+        _: ActorOptions,
+        _: &[u8],
+        _: fn(Args) -> A,
+    ) -> Result<BoxFuture<'static, Result<ActorId, SpawnError>>, String> {
+        Err(format!(
+            "its arguments ({}) are not serializable and cloneable, so it cannot be spawned by name; make them Serialize + Deserialize + Clone",
+            std::any::type_name::<Args>()
+        ))
+    }
+}

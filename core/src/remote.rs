@@ -1,0 +1,109 @@
+//! The seams through which a cluster plugs into a node: where tasks that do
+//! not fit here go, how they and actor calls run on other nodes, and what
+//! happens to nodes. API boundary: `troupe-cluster` implements these; core
+//! never opens a socket, and with none set (the embedded default) a node
+//! runs alone. They are set in [`Config`](crate::Config), as the GPU
+//! detector is; the object store's seam is
+//! [`ObjectDirectory`](troupe_objects::ObjectDirectory).
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ActorError;
+use crate::function::Failure;
+use crate::ids::{ActorId, NodeId, ObjectId};
+use crate::spec::TaskSpec;
+use crate::Resources;
+
+/// What the placement hook is asked about one task.
+#[derive(Debug)]
+pub struct PlacementRequest<'a> {
+    /// The task (its function, options and strategy, its arguments' ids).
+    pub spec: &'a TaskSpec,
+    /// What it needs.
+    pub needs: &'a Resources,
+    /// Whether this node could ever run it.
+    pub feasible_here: bool,
+}
+
+/// Where a task goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlacementDecision {
+    /// Run it here (it fits this node).
+    Here,
+    /// Send it to this node.
+    Node(NodeId),
+    /// Keep it pending until a node that fits joins (reported as unplaced
+    /// in the state API); asked again on every node-up event.
+    Wait,
+    /// No node can ever run it.
+    Infeasible,
+}
+
+/// Decides where tasks that this node cannot run go (a node joining a
+/// cluster sets one; with none, such a task fails as infeasible).
+///
+/// Asked only for tasks this node can never run, or that ask for another
+/// node (`SchedulingStrategy`): a task that fits here never pays for it.
+pub trait Placement: Send + Sync + 'static {
+    /// Where `request`'s task should run.
+    fn place(&self, request: &PlacementRequest<'_>) -> PlacementDecision;
+}
+
+/// Where one result of a task run elsewhere is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RemoteResult {
+    /// Small enough to come back with the reply: its encoding.
+    Inline(Vec<u8>),
+    /// Kept on the node that made it; fetched through the object
+    /// directory when read.
+    At(NodeId),
+}
+
+/// How an attempt that ran on another node ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RemoteOutcome {
+    /// It succeeded: one entry per result object, in order.
+    Done(Vec<(ObjectId, RemoteResult)>),
+    /// It failed (the owner decides whether to retry).
+    Failed(Failure),
+}
+
+/// Runs tasks and actor calls on other nodes (the cluster's transport).
+pub trait RemoteExecutor: Send + Sync + 'static {
+    /// Runs one attempt of `spec` on `node`. A node that dies before
+    /// answering resolves to `Failed(Failure::NodeDied(node))`.
+    fn run_task(&self, node: NodeId, spec: TaskSpec) -> BoxFuture<'static, RemoteOutcome>;
+
+    /// Calls `method` on the actor `actor` (living on `node`) with encoded
+    /// arguments; resolves to its encoded result.
+    fn call_actor(
+        &self,
+        node: NodeId,
+        actor: ActorId,
+        method: &str,
+        args: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+}
+
+/// Something that happened to a node of the cluster. The cluster publishes
+/// them on each runtime (`Runtime::publish`); tasks, actors, supervisors and
+/// users subscribe (`Runtime::cluster_events`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClusterEvent {
+    /// A node joined (or came back as a new incarnation).
+    NodeUp {
+        /// The node.
+        node: NodeId,
+        /// What it offers.
+        resources: Resources,
+    },
+    /// A node left or was declared dead.
+    NodeDown {
+        /// The node.
+        node: NodeId,
+        /// Why (a clean leave, or what the failure detector saw).
+        reason: String,
+    },
+}

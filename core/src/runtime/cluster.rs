@@ -1,0 +1,33 @@
+//! Events from the rest of a cluster, and what a node does about them.
+
+use tokio::sync::broadcast;
+
+use super::Runtime;
+use crate::remote::ClusterEvent;
+
+impl Runtime {
+    /// Subscribes to node events (up, down). A single node never sees one;
+    /// a cluster publishes them on every node and driver.
+    pub fn cluster_events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.inner.cluster_events.subscribe()
+    }
+
+    /// Tells this node what happened to another (the cluster calls this).
+    /// A dead node's objects are lost here and its borrows end; tasks that
+    /// ran there are retried or fail as their attempts would. A new node
+    /// gets another chance at tasks that fitted no node.
+    pub fn publish(&self, event: ClusterEvent) {
+        match &event {
+            ClusterEvent::NodeDown { node, reason } => {
+                tracing::warn!(%node, %reason, "node down");
+                self.inner.objects.node_died(*node);
+                self.inner.scheduler.node_died(*node);
+            }
+            ClusterEvent::NodeUp { node, .. } => {
+                tracing::info!(%node, "node up");
+                self.inner.scheduler.node_up();
+            }
+        }
+        let _ = self.inner.cluster_events.send(event);
+    }
+}

@@ -1,0 +1,760 @@
+//! The scheduler: runs tasks when their arguments are ready and the node has
+//! the resources they need, and hands what does not fit to the cluster.
+//!
+//! `state` decides (a pure state machine, tested on its own); this module
+//! is its driver. Every event takes the lock, asks the state, releases the
+//! lock, and then carries out the actions: launching attempts, failing
+//! results, granting actors their resources, waiting for arguments made
+//! elsewhere. Nothing runs user code or spawns under the lock.
+//!
+//! The data lives in the `Scheduler`, owned by the runtime; the
+//! [`SchedulerActor`] in the system subtree drives bursts of submissions
+//! (one message per burst, not per task). A restarted actor finds every
+//! queued and running task where it was. Attempts finishing on any thread
+//! move the state forward themselves (the thread that finishes one link of
+//! a chain launches the next), with no round trip through the actor.
+//!
+//! Each attempt of a task runs as an ephemeral actor in the OTP sense (one
+//! body, one exit reported to the one that restarts it): a tokio task for an
+//! async body, a job on a CPU thread for a sync one. A ractor actor per
+//! attempt would cost about 25 µs to spawn here (see ARCHITECTURE.md).
+
+mod cpu_pool;
+mod placement;
+pub(crate) mod state;
+mod units;
+
+pub use state::Counts;
+pub(crate) use units::Units;
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use arc_swap::ArcSwapOption;
+use ractor::{ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use troupe_objects::{NodeId, ObjectId, ObjectStore};
+
+use crate::context::{Frame, TaskContext};
+use crate::error::{TaskCause, TaskError};
+use crate::function::{self, Failure, Outcome, TaskBody};
+use crate::ids::TaskId;
+use crate::remote::{
+    Placement, PlacementDecision, PlacementRequest, RemoteExecutor, RemoteOutcome,
+};
+use crate::spec::{SchedulingStrategy, TaskArgs, TaskSpec};
+use crate::Resources;
+use cpu_pool::CpuPool;
+use placement::{ordinals, GpuShare};
+use state::{
+    Actions, GiveUp, Grant, Launch, Payload, Queued, ReserveError, RetryPolicy, Stage, State,
+};
+
+/// A submitted task: its spec (what it is, as data) and its body (how it
+/// runs here).
+pub(crate) struct Task {
+    pub(crate) spec: TaskSpec,
+    pub(crate) needs: Units,
+    pub(crate) resources: Resources,
+    pub(crate) body: Arc<dyn TaskBody>,
+    /// Stops the running async attempt, or the waiter of its arguments.
+    handle: Mutex<Option<AbortHandle>>,
+    /// Set when it is cancelled or abandoned: a launch that races with it
+    /// does not start.
+    stopped: AtomicBool,
+}
+
+impl Task {
+    pub(crate) fn new(spec: TaskSpec, body: Arc<dyn TaskBody>) -> Self {
+        let resources = spec.options.needs();
+        Self {
+            needs: Units::of(&resources),
+            resources,
+            spec,
+            body,
+            handle: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn set_handle(&self, handle: AbortHandle) {
+        *self.handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        // Stopped while it was being started: stop it now.
+        if self.stopped.load(Ordering::Acquire) {
+            self.abort();
+        }
+    }
+
+    fn abort(&self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            handle.abort();
+        }
+    }
+
+    fn error(&self, why: GiveUp) -> TaskError {
+        let task = self.spec.function.clone();
+        let id = self.spec.id;
+        match why {
+            GiveUp::Cancelled => TaskError::Cancelled { task, id },
+            GiveUp::ShutDown => TaskError::ShutDown { task, id },
+            GiveUp::Failed { attempts, failure } => match failure {
+                Failure::Panicked(m) => TaskError::Failed {
+                    task,
+                    id,
+                    attempts,
+                    cause: TaskCause::Panicked(m),
+                },
+                Failure::Error(e) => TaskError::Failed {
+                    task,
+                    id,
+                    attempts,
+                    cause: TaskCause::Error(e),
+                },
+                Failure::NodeDied(node) => TaskError::Failed {
+                    task,
+                    id,
+                    attempts,
+                    cause: TaskCause::NodeDied(node),
+                },
+                Failure::Dependency(dependency, cause) => TaskError::DependencyFailed {
+                    task,
+                    id,
+                    dependency,
+                    cause,
+                },
+                Failure::Store(cause) => TaskError::ResultNotStored { task, id, cause },
+            },
+        }
+    }
+}
+
+/// The scheduler's handle on a task.
+#[derive(Clone)]
+pub(crate) struct TaskRef(pub(crate) Arc<Task>);
+
+impl std::fmt::Debug for TaskRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.spec.id)
+    }
+}
+
+impl Payload for TaskRef {
+    fn id(&self) -> TaskId {
+        self.0.spec.id
+    }
+    fn deps(&self) -> &[ObjectId] {
+        &self.0.spec.deps
+    }
+    fn results(&self) -> &[ObjectId] {
+        &self.0.spec.results
+    }
+    fn needs(&self) -> &Units {
+        &self.0.needs
+    }
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.0.spec.options.get_max_retries(),
+            retry_exceptions: self.0.spec.options.get_retry_exceptions(),
+        }
+    }
+    fn abortable(&self) -> bool {
+        !self.0.body.blocking()
+    }
+}
+
+type Waiter = oneshot::Sender<Grant>;
+
+/// The scheduler's data and its driver, owned by the runtime so that it
+/// survives restarts of the actor that drives bursts.
+pub(crate) struct Scheduler {
+    state: Mutex<State<TaskRef, Waiter>>,
+    capacity: Resources,
+    store: ObjectStore,
+    node: NodeId,
+    /// Where async attempts and argument waiters are spawned (from any
+    /// thread, CPU threads included).
+    tokio: tokio::runtime::Handle,
+    cpus: Arc<CpuPool>,
+    nudged: AtomicBool,
+    actor: ArcSwapOption<ActorRef<SchedulerMsg>>,
+    /// The runtime, for task contexts; weak: it owns us.
+    runtime: OnceLock<Weak<dyn Any + Send + Sync>>,
+    placement: Option<Arc<dyn Placement>>,
+    remote: Option<Arc<dyn RemoteExecutor>>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        capacity: &Resources,
+        store: ObjectStore,
+        tokio: tokio::runtime::Handle,
+        placement: Option<Arc<dyn Placement>>,
+        remote: Option<Arc<dyn RemoteExecutor>>,
+    ) -> Self {
+        let units = Units::of(capacity);
+        let cpus = CpuPool::new(capacity.num_cpus.ceil().max(1.0) as usize);
+        let gpu_devices = capacity.num_gpus.floor() as usize;
+        Self {
+            state: Mutex::new(State::new(units, gpu_devices)),
+            capacity: capacity.clone(),
+            node: store.node(),
+            store,
+            tokio,
+            cpus,
+            nudged: AtomicBool::new(false),
+            actor: ArcSwapOption::empty(),
+            runtime: OnceLock::new(),
+            placement,
+            remote,
+        }
+    }
+
+    pub(crate) fn set_runtime(&self, runtime: Weak<dyn Any + Send + Sync>) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<TaskRef, Waiter>> {
+        // The state's methods run no user code and do not panic on any
+        // input; a poisoned lock (a bug) still holds a consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn settled(&self) -> impl Fn(ObjectId) -> bool + '_ {
+        |id| self.store.is_settled(id)
+    }
+
+    /// What the node has in all.
+    pub(crate) fn capacity(&self) -> &Resources {
+        &self.capacity
+    }
+
+    /// Submits a task. One that cannot run here goes to the placement hook
+    /// (none: it fails as infeasible); invalid options fail at once.
+    pub(crate) fn submit(self: &Arc<Self>, task: Arc<Task>) {
+        metrics::counter!("troupe_tasks_submitted_total").increment(1);
+        if let Err(reason) = task.resources.validate() {
+            let err = TaskError::InvalidResources {
+                task: task.spec.function.clone(),
+                id: task.spec.id,
+                reason,
+            };
+            task.body.give_up(err);
+            return;
+        }
+        let elsewhere = match task.spec.options.get_scheduling_strategy() {
+            SchedulingStrategy::NodeAffinity { node, soft: false } => *node != self.node,
+            _ => false,
+        };
+        let mut state = self.lock();
+        if elsewhere || !state.feasible(&task.needs) {
+            drop(state);
+            self.place(Queued {
+                task: TaskRef(task),
+                attempt: 1,
+            });
+            return;
+        }
+        // Nothing queued ahead: decide now, on this thread (a task submitted
+        // and awaited one at a time pays no hop through the actor). A burst
+        // is queued and sorted once by the actor.
+        let idle = state.counts().queued == 0;
+        if idle {
+            let actions = state.submit(TaskRef(task), &self.settled());
+            drop(state);
+            self.perform(actions);
+            return;
+        }
+        let refused = state.enqueue(TaskRef(task));
+        drop(state);
+        match refused {
+            Ok(()) => self.nudge(),
+            Err(task) => {
+                let mut actions = Actions::default();
+                actions.give_up.push((task, GiveUp::ShutDown));
+                self.perform(actions);
+            }
+        }
+    }
+
+    /// Wakes the actor, once per burst.
+    fn nudge(&self) {
+        if !self.nudged.swap(true, Ordering::AcqRel) {
+            if let Some(actor) = &*self.actor.load() {
+                if actor.send_message(SchedulerMsg::Pump).is_ok() {
+                    return;
+                }
+            }
+            // No actor right now (restarting): its successor pumps on start.
+            self.nudged.store(false, Ordering::Release);
+        }
+    }
+
+    /// Moves everything forward (the actor's job after a burst).
+    pub(crate) fn pump(self: &Arc<Self>) {
+        let actions = {
+            let mut state = self.lock();
+            let mut actions = Actions::default();
+            state.step(&self.settled(), &mut actions);
+            actions
+        };
+        self.perform(actions);
+    }
+
+    /// An attempt ended on this node.
+    fn finished(self: &Arc<Self>, id: TaskId, outcome: Outcome) {
+        let actions = self.lock().finished(id, outcome, &self.settled());
+        self.perform(actions);
+    }
+
+    /// The arguments a waiter watched are settled.
+    fn deps_settled(self: &Arc<Self>, id: TaskId) {
+        let actions = self.lock().deps_settled(id, &self.settled());
+        self.perform(actions);
+    }
+
+    /// Carries out the state's decisions, and whatever they lead to.
+    fn perform(self: &Arc<Self>, first: Actions<TaskRef, Waiter>) {
+        let mut next = Some(first);
+        while let Some(actions) = next.take() {
+            if actions.is_empty() {
+                break;
+            }
+            let Actions {
+                launch,
+                give_up,
+                watch,
+                unwatch,
+                abort,
+                grants,
+                retried,
+                place,
+            } = actions;
+            let mut settled = Vec::new();
+            for (waiter, grant) in grants {
+                if let Err(grant) = waiter.send(grant) {
+                    // The actor stopped waiting: its resources come back.
+                    let more = self.lock().release_grant(&grant, &self.settled());
+                    next.get_or_insert_with(Actions::default).merge(more);
+                }
+            }
+            for task in unwatch.iter().chain(abort.iter()) {
+                task.0.abort();
+            }
+            for (id, attempt) in retried {
+                tracing::warn!(task = %id, attempt, "task failed; retrying");
+                metrics::counter!("troupe_task_retries_total").increment(1);
+            }
+            for (task, why) in give_up {
+                let task = task.0;
+                task.stopped.store(true, Ordering::Release);
+                let cancelled = matches!(why, GiveUp::Cancelled);
+                let err = task.error(why);
+                if !cancelled {
+                    tracing::warn!(task = %task.spec.id, error = %err, "task failed for good");
+                    metrics::counter!("troupe_tasks_failed_total").increment(1);
+                }
+                task.body.give_up(err);
+                settled.extend_from_slice(&task.spec.results);
+            }
+            for task in place {
+                self.place(task);
+            }
+            for (id, deps) in watch {
+                self.watch(id, deps);
+            }
+            for launch in launch {
+                self.launch(launch);
+            }
+            if !settled.is_empty() {
+                // Tasks waiting on what just failed see it now.
+                let more = self.lock().settled(&settled, &self.settled());
+                next.get_or_insert_with(Actions::default).merge(more);
+            }
+        }
+    }
+
+    /// Waits for arguments made elsewhere, then moves the task on.
+    fn watch(self: &Arc<Self>, id: TaskId, deps: Vec<ObjectId>) {
+        let scheduler = Arc::downgrade(self);
+        let store = self.store.clone();
+        let handle = self.tokio.spawn(async move {
+            for dep in &deps {
+                store.ready(*dep).await;
+            }
+            if let Some(scheduler) = scheduler.upgrade() {
+                scheduler.deps_settled(id);
+            }
+        });
+        // Kept so that cancelling the task stops its waiter too. Under the
+        // lock: if the waiter is done and the task moved on, its attempt's
+        // handle is not overwritten.
+        let state = self.lock();
+        if let Some(task) = state.watched_task(id) {
+            task.0.set_handle(handle.abort_handle());
+        }
+    }
+
+    /// Runs one attempt: a tokio task for an async body, a CPU-thread job
+    /// for a sync one; either reports its end here.
+    fn launch(self: &Arc<Self>, launch: Launch<TaskRef>) {
+        let Launch {
+            task,
+            attempt,
+            gpus,
+        } = launch;
+        let task = task.0;
+        if task.stopped.load(Ordering::Acquire) {
+            return; // cancelled between the decision and now
+        }
+        let id = task.spec.id;
+        let frame = self.frame(&task, attempt, &gpus);
+        let scheduler = self.clone();
+        match task.body.clone().launch(frame) {
+            function::Launch::Blocking(body) => {
+                self.cpus.execute(Box::new(move || {
+                    let outcome = body();
+                    scheduler.finished(id, outcome);
+                }));
+            }
+            function::Launch::Async(body) => {
+                let handle = self.tokio.spawn(async move {
+                    let outcome = body.await;
+                    scheduler.finished(id, outcome);
+                });
+                task.set_handle(handle.abort_handle());
+            }
+        }
+    }
+
+    fn frame(&self, task: &Task, attempt: u32, gpus: &[GpuShare]) -> Frame {
+        Frame {
+            task: Some(Arc::new(TaskContext {
+                task_id: task.spec.id,
+                function: task.spec.function.clone(),
+                attempt,
+                node: self.node,
+                resources: task.resources.clone(),
+                gpu_ids: ordinals(gpus),
+            })),
+            actor: None,
+            runtime: self.runtime.get().cloned(),
+        }
+    }
+
+    /// Asks the placement hook where a task this node cannot run goes.
+    fn place(self: &Arc<Self>, queued: Queued<TaskRef>) {
+        let task = queued.task.0.clone();
+        let feasible_here = self.lock().feasible(&task.needs);
+        let decision = match &self.placement {
+            Some(hook) => hook.place(&PlacementRequest {
+                spec: &task.spec,
+                needs: &task.resources,
+                feasible_here,
+            }),
+            None if feasible_here => PlacementDecision::Here,
+            None => PlacementDecision::Infeasible,
+        };
+        let actions = match decision {
+            PlacementDecision::Here if feasible_here => {
+                let mut state = self.lock();
+                let mut actions = Actions::default();
+                if state.requeue(queued).is_err() {
+                    task.stopped.store(true, Ordering::Release);
+                    task.body.give_up(TaskError::ShutDown {
+                        task: task.spec.function.clone(),
+                        id: task.spec.id,
+                    });
+                } else {
+                    state.step(&self.settled(), &mut actions);
+                }
+                actions
+            }
+            PlacementDecision::Node(node) if node != self.node => {
+                self.delegate(queued, node);
+                return;
+            }
+            PlacementDecision::Wait => self.lock().park_unplaced(queued),
+            _ => {
+                let err = TaskError::Infeasible {
+                    task: task.spec.function.clone(),
+                    id: task.spec.id,
+                    needs: task.resources.clone(),
+                    node: self.capacity.clone(),
+                };
+                tracing::debug!(task = %task.spec.id, "task infeasible");
+                task.stopped.store(true, Ordering::Release);
+                task.body.give_up(err);
+                let results = task.spec.results.clone();
+                self.lock().settled(&results, &self.settled())
+            }
+        };
+        self.perform(actions);
+    }
+
+    /// Sends an attempt to another node through the remote executor.
+    fn delegate(self: &Arc<Self>, queued: Queued<TaskRef>, node: NodeId) {
+        let task = queued.task.0.clone();
+        let Some(remote) = self.remote.clone() else {
+            task.body.give_up(TaskError::Infeasible {
+                task: task.spec.function.clone(),
+                id: task.spec.id,
+                needs: task.resources.clone(),
+                node: self.capacity.clone(),
+            });
+            return;
+        };
+        let mut spec = task.spec.clone();
+        spec.attempt = queued.attempt;
+        if let TaskArgs::Local = spec.args {
+            match task.body.encode_args() {
+                Ok(bytes) => spec.args = TaskArgs::Encoded(bytes),
+                Err(cause) => {
+                    task.body.give_up(TaskError::BadArguments {
+                        task: task.spec.function.clone(),
+                        id: task.spec.id,
+                        cause,
+                    });
+                    return;
+                }
+            }
+        }
+        let id = spec.id;
+        self.lock().delegated(queued, node);
+        metrics::counter!("troupe_tasks_delegated_total").increment(1);
+        let scheduler = Arc::downgrade(self);
+        let running = remote.run_task(node, spec);
+        self.tokio.spawn(async move {
+            let outcome = running.await;
+            if let Some(scheduler) = scheduler.upgrade() {
+                scheduler.delegated_ended(id, task, outcome);
+            }
+        });
+    }
+
+    fn delegated_ended(self: &Arc<Self>, id: TaskId, task: Arc<Task>, outcome: RemoteOutcome) {
+        let outcome = match outcome {
+            RemoteOutcome::Done(results) => match task.body.complete_remote(results) {
+                Ok(()) => Outcome::Done,
+                Err(err) => Outcome::Failed(Failure::Store(err)),
+            },
+            RemoteOutcome::Failed(failure) => Outcome::Failed(failure),
+        };
+        let actions = self.lock().delegated_ended(id, outcome, &self.settled());
+        self.perform(actions);
+    }
+
+    /// A node died: tasks it ran are retried (or fail) as their attempts
+    /// would.
+    pub(crate) fn node_died(self: &Arc<Self>, node: NodeId) {
+        let actions = self.lock().node_died(node, &self.settled());
+        self.perform(actions);
+    }
+
+    /// A node joined: tasks that fitted no node are placed again.
+    pub(crate) fn node_up(self: &Arc<Self>) {
+        let unplaced = self.lock().take_unplaced();
+        for queued in unplaced {
+            self.place(queued);
+        }
+    }
+
+    /// A running task is about to wait in `get`: its CPUs go back to the
+    /// node until the returned guard drops.
+    pub(crate) fn lend(self: &Arc<Self>, id: TaskId) -> Option<Lent> {
+        let (lent, actions) = self.lock().lend(id, &self.settled());
+        if !lent {
+            return None;
+        }
+        metrics::counter!("troupe_task_cpu_lends_total").increment(1);
+        self.perform(actions);
+        Some(Lent {
+            scheduler: self.clone(),
+            id,
+        })
+    }
+
+    /// Cancels the task whose result is `result` (Ray's `cancel`). Returns
+    /// whether that stopped it: false when no unfinished task has that
+    /// result, or when its attempt stored its value first.
+    pub(crate) fn cancel(self: &Arc<Self>, result: ObjectId) -> bool {
+        let Some((stage, mut actions)) = self.lock().cancel(result, &self.settled()) else {
+            return false;
+        };
+        let mine = actions.give_up.iter().position(|(t, why)| {
+            matches!(why, GiveUp::Cancelled) && t.0.spec.results.contains(&result)
+        });
+        let mut cancelled = false;
+        if let Some(at) = mine {
+            let (task, why) = actions.give_up.remove(at);
+            let task = task.0;
+            if stage != Stage::Running || !task.body.blocking() {
+                // Queued, waiting, or async (aborted): it will not run on.
+                task.abort();
+            }
+            cancelled = task.body.give_up(task.error(why));
+            tracing::debug!(task = %task.spec.id, ?stage, cancelled, "task cancelled");
+            if cancelled {
+                metrics::counter!("troupe_tasks_cancelled_total").increment(1);
+            }
+            let more = self.lock().settled(&task.spec.results, &self.settled());
+            actions.merge(more);
+        }
+        self.perform(actions);
+        cancelled
+    }
+
+    /// Reserves `needs` for an actor's whole life: at once if free,
+    /// otherwise when given back, in the order asked. Fails at once when the
+    /// node can never fit them.
+    pub(crate) async fn reserve(
+        self: &Arc<Self>,
+        needs: Units,
+    ) -> Result<Reservation, ReserveError> {
+        let (tx, rx) = oneshot::channel();
+        let reserved = self.lock().reserve(needs, tx);
+        let grant = match reserved {
+            Ok(Some(grant)) => grant,
+            Ok(None) => {
+                metrics::counter!("troupe_actor_reservations_waited_total").increment(1);
+                // A dropped sender: the runtime shut down while we waited.
+                rx.await.map_err(|_| ReserveError::ShutDown)?
+            }
+            Err((_, err)) => return Err(err),
+        };
+        Ok(self.reservation(grant))
+    }
+
+    /// Reserves `needs` now or not at all (trees start synchronously).
+    pub(crate) fn try_reserve(
+        self: &Arc<Self>,
+        needs: &Units,
+    ) -> Result<Option<Reservation>, ReserveError> {
+        let grant = self.lock().try_reserve(needs)?;
+        Ok(grant.map(|g| self.reservation(g)))
+    }
+
+    fn reservation(self: &Arc<Self>, grant: Grant) -> Reservation {
+        if !grant.gpus.is_empty() {
+            self.gpus_gauge();
+        }
+        Reservation {
+            scheduler: self.clone(),
+            grant,
+        }
+    }
+
+    fn gpus_gauge(&self) {
+        let in_use = self.lock().gpus_in_use();
+        metrics::gauge!("troupe_scheduler_gpus_in_use").set(in_use as f64 / 1000.0);
+    }
+
+    /// At runtime shutdown: abort running attempts, fail every task.
+    pub(crate) fn shut_down(self: &Arc<Self>) {
+        let actions = self.lock().shut_down();
+        self.perform(actions);
+        self.cpus.close();
+    }
+
+    /// How many tasks are where.
+    pub(crate) fn counts(&self) -> Counts {
+        let counts = self.lock().counts();
+        metrics::gauge!("troupe_scheduler_queued_tasks").set(counts.queued as f64);
+        counts
+    }
+
+    /// What is free now.
+    pub(crate) fn available(&self) -> Resources {
+        self.lock().free().to_resources()
+    }
+}
+
+/// Resources an actor holds for its life; dropping it gives them back and
+/// lets waiting actors and tasks use them.
+pub(crate) struct Reservation {
+    scheduler: Arc<Scheduler>,
+    grant: Grant,
+}
+
+impl Reservation {
+    /// The GPUs it holds, by ordinal.
+    pub(crate) fn gpu_ids(&self) -> Vec<u32> {
+        ordinals(&self.grant.gpus)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let actions = self
+            .scheduler
+            .lock()
+            .release_grant(&self.grant, &self.scheduler.settled());
+        if !self.grant.gpus.is_empty() {
+            self.scheduler.gpus_gauge();
+        }
+        self.scheduler.perform(actions);
+    }
+}
+
+/// CPUs lent back by a task waiting in `get`; dropping it takes them back.
+pub(crate) struct Lent {
+    scheduler: Arc<Scheduler>,
+    id: TaskId,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.scheduler.lock().unlend(self.id);
+    }
+}
+
+/// Messages of the scheduler actor.
+pub enum SchedulerMsg {
+    /// Tasks were queued: sort and launch them.
+    Pump,
+}
+
+#[cfg(feature = "cluster")]
+impl ractor::Message for SchedulerMsg {}
+
+/// The scheduler actor, supervised in the system subtree. It holds no
+/// data: it drives bursts of submissions on the runtime's scheduler.
+#[derive(Clone)]
+pub struct SchedulerActor {
+    pub(crate) scheduler: Arc<Scheduler>,
+}
+
+impl ractor::Actor for SchedulerActor {
+    type Msg = SchedulerMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
+        self.scheduler.actor.store(Some(Arc::new(myself.clone())));
+        // Pick up whatever arrived while no actor was listening.
+        self.scheduler.nudged.store(false, Ordering::Release);
+        let _ = myself.send_message(SchedulerMsg::Pump);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SchedulerMsg>,
+        msg: SchedulerMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedulerMsg::Pump => {
+                self.scheduler.nudged.store(false, Ordering::Release);
+                self.scheduler.pump();
+            }
+        }
+        Ok(())
+    }
+}

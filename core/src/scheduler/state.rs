@@ -1,0 +1,778 @@
+//! The scheduler's state and every decision it makes, as a pure state
+//! machine: no locks, no threads, no clocks, no metrics. Each event method
+//! changes the state and returns the [`Actions`] to carry out; the driver
+//! (`scheduler::mod`) holds the lock around the call and performs the
+//! actions after releasing it.
+//!
+//! A task goes through:
+//!
+//! ```text
+//! submit ─→ incoming ─ args settled? ──────────────────→ ready ─ fits? ─→ running
+//!              │         an arg is a result of ours ──→ parked under it ──┘   │
+//!              │         an arg made elsewhere ──────→ watched (a waiter) ─┘   │
+//!              └ infeasible here ─→ unplaced (the placement hook decides)      │
+//!   running ─ done ─→ its dependents move on ; failed ─→ retried (ready, first)
+//!                                                    or given up
+//! ```
+//!
+//! Invariants (checked by the tests): free plus held equals capacity once
+//! nothing runs; a task launches at most once per attempt; every submitted
+//! task is eventually launched, given up, or still listed in exactly one
+//! place.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::function::Failure;
+pub(crate) use crate::function::Outcome;
+use crate::ids::{NodeId, ObjectId, TaskId};
+
+use super::placement::{GpuShare, Gpus};
+use super::units::Units;
+
+/// How many ready tasks that do not fit one step looks past: a long queue
+/// must not make every step O(n).
+const SKIP_LIMIT: usize = 64;
+
+/// What the state needs to know of a task. The driver's payload is the
+/// task itself (its spec and body); the tests use a small struct.
+pub(crate) trait Payload: Clone {
+    fn id(&self) -> TaskId;
+    fn deps(&self) -> &[ObjectId];
+    fn results(&self) -> &[ObjectId];
+    fn needs(&self) -> &Units;
+    fn retry(&self) -> RetryPolicy;
+    /// Whether a running attempt can be stopped (an async body can, at its
+    /// next await; a sync body cannot).
+    fn abortable(&self) -> bool;
+}
+
+/// When a failed attempt is tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    pub(crate) max_retries: u32,
+    pub(crate) retry_exceptions: bool,
+}
+
+impl RetryPolicy {
+    /// Whether a failure of attempt number `attempt` is retried.
+    pub(crate) fn retries(&self, failure: &Failure, attempt: u32) -> bool {
+        let retryable = match failure {
+            Failure::Panicked(_) | Failure::NodeDied(_) => true,
+            Failure::Error(_) => self.retry_exceptions,
+            Failure::Dependency(..) | Failure::Store(_) => false,
+        };
+        retryable && attempt <= self.max_retries
+    }
+}
+
+/// A task with the attempt it is at.
+#[derive(Clone, Debug)]
+pub(crate) struct Queued<P> {
+    pub(crate) task: P,
+    pub(crate) attempt: u32,
+}
+
+/// Why a task is given up (its results fail for good).
+#[derive(Debug)]
+pub(crate) enum GiveUp {
+    /// Its last allowed attempt failed.
+    Failed {
+        attempts: u32,
+        failure: Failure,
+    },
+    Cancelled,
+    ShutDown,
+}
+
+/// One attempt to start.
+#[derive(Debug)]
+pub(crate) struct Launch<P> {
+    pub(crate) task: P,
+    pub(crate) attempt: u32,
+    pub(crate) gpus: Vec<GpuShare>,
+}
+
+/// Resources granted to an actor for its life.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) needs: Units,
+    pub(crate) gpus: Vec<GpuShare>,
+}
+
+/// What the driver must do after an event, outside the lock.
+#[must_use = "the scheduler's decisions are carried out by the driver"]
+#[derive(Debug)]
+pub(crate) struct Actions<P, W> {
+    pub(crate) launch: Vec<Launch<P>>,
+    pub(crate) give_up: Vec<(P, GiveUp)>,
+    /// Wait for these arguments (made elsewhere), then call `deps_settled`.
+    pub(crate) watch: Vec<(TaskId, Vec<ObjectId>)>,
+    /// Stop waiting for a task's arguments (it was cancelled).
+    pub(crate) unwatch: Vec<P>,
+    /// Stop a running async attempt.
+    pub(crate) abort: Vec<P>,
+    /// Actors whose resources are granted now.
+    pub(crate) grants: Vec<(W, Grant)>,
+    /// Failed attempts that are tried again: (task, the attempt that failed).
+    pub(crate) retried: Vec<(TaskId, u32)>,
+    /// Tasks for the placement hook: infeasible here, or retried after
+    /// running on another node.
+    pub(crate) place: Vec<Queued<P>>,
+}
+
+impl<P, W> Default for Actions<P, W> {
+    fn default() -> Self {
+        Self {
+            launch: Vec::new(),
+            give_up: Vec::new(),
+            watch: Vec::new(),
+            unwatch: Vec::new(),
+            abort: Vec::new(),
+            grants: Vec::new(),
+            retried: Vec::new(),
+            place: Vec::new(),
+        }
+    }
+}
+
+impl<P, W> Actions<P, W> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.launch.is_empty()
+            && self.give_up.is_empty()
+            && self.watch.is_empty()
+            && self.unwatch.is_empty()
+            && self.abort.is_empty()
+            && self.grants.is_empty()
+            && self.retried.is_empty()
+            && self.place.is_empty()
+    }
+}
+
+/// A running attempt.
+#[derive(Debug)]
+struct Active<P> {
+    queued: Queued<P>,
+    gpus: Vec<GpuShare>,
+    /// Nested gets lending its CPUs back.
+    lending: u32,
+    /// Cancelled while running a sync body: it runs to its end, and what it
+    /// returns is dropped.
+    cancelled: bool,
+}
+
+/// Where an unfinished task is, besides `live`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Queued,
+    WaitingForArgs,
+    Running,
+    Unplaced,
+    Delegated(NodeId),
+}
+
+/// The scheduler's state for one node.
+#[derive(Debug)]
+pub(crate) struct State<P, W> {
+    capacity: Units,
+    free: Units,
+    gpus: Gpus,
+    /// Actors waiting for resources to hold for their life, in order.
+    reservations: VecDeque<(Units, W)>,
+    incoming: VecDeque<Queued<P>>,
+    ready: VecDeque<Queued<P>>,
+    running: HashMap<TaskId, Active<P>>,
+    /// Every unfinished task by result object: what `cancel` is given.
+    live: HashMap<ObjectId, TaskId>,
+    /// Tasks waiting for an argument that a task of ours produces, by that
+    /// argument: whoever settles it moves them on (what makes chains fast).
+    dependents: HashMap<ObjectId, Vec<Queued<P>>>,
+    parked: usize,
+    /// Tasks waiting (through a waiter) for arguments made elsewhere.
+    watched: HashMap<TaskId, Queued<P>>,
+    /// Tasks that fit no node known yet.
+    unplaced: Vec<Queued<P>>,
+    /// Tasks running on other nodes.
+    delegated: HashMap<TaskId, (Queued<P>, NodeId)>,
+    shut_down: bool,
+}
+
+impl<P: Payload, W> State<P, W> {
+    pub(crate) fn new(capacity: Units, gpu_devices: usize) -> Self {
+        Self {
+            free: capacity.clone(),
+            capacity,
+            gpus: Gpus::new(gpu_devices),
+            reservations: VecDeque::new(),
+            incoming: VecDeque::new(),
+            ready: VecDeque::new(),
+            running: HashMap::new(),
+            live: HashMap::new(),
+            dependents: HashMap::new(),
+            parked: 0,
+            watched: HashMap::new(),
+            unplaced: Vec::new(),
+            delegated: HashMap::new(),
+            shut_down: false,
+        }
+    }
+
+    /// Whether `needs` could ever run here (with nothing else running).
+    pub(crate) fn feasible(&self, needs: &Units) -> bool {
+        needs.fits_in(&self.capacity) && self.gpus.feasible(needs.gpus)
+    }
+
+    fn track(&mut self, task: &P) {
+        for result in task.results() {
+            self.live.insert(*result, task.id());
+        }
+    }
+
+    fn untrack(&mut self, task: &P) {
+        for result in task.results() {
+            self.live.remove(result);
+        }
+    }
+
+    /// A task to run here (the driver checked it is feasible here).
+    pub(crate) fn submit(&mut self, task: P, settled: &dyn Fn(ObjectId) -> bool) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        if self.shut_down {
+            actions.give_up.push((task, GiveUp::ShutDown));
+            return actions;
+        }
+        self.track(&task);
+        self.incoming.push_back(Queued { task, attempt: 1 });
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    /// Queues a task without sorting it yet (a burst: the next step sorts
+    /// them all).
+    pub(crate) fn enqueue(&mut self, task: P) -> Result<(), P> {
+        if self.shut_down {
+            return Err(task);
+        }
+        self.track(&task);
+        self.incoming.push_back(Queued { task, attempt: 1 });
+        Ok(())
+    }
+
+    /// A task placed back here (a retry of one that ran elsewhere), at the
+    /// attempt it is at; sorted by the next step.
+    pub(crate) fn requeue(&mut self, queued: Queued<P>) -> Result<(), Queued<P>> {
+        if self.shut_down {
+            return Err(queued);
+        }
+        self.track(&queued.task);
+        self.incoming.push_back(queued);
+        Ok(())
+    }
+
+    /// The task a waiter watches arguments for, if it still waits.
+    pub(crate) fn watched_task(&self, id: TaskId) -> Option<&P> {
+        self.watched.get(&id).map(|q| &q.task)
+    }
+
+    /// A task that fits no node known now: it waits for one.
+    pub(crate) fn park_unplaced(&mut self, queued: Queued<P>) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        if self.shut_down {
+            actions.give_up.push((queued.task, GiveUp::ShutDown));
+            return actions;
+        }
+        self.track(&queued.task);
+        self.unplaced.push(queued);
+        actions
+    }
+
+    /// The unplaced tasks, for the placement hook to try again (a node
+    /// joined).
+    pub(crate) fn take_unplaced(&mut self) -> Vec<Queued<P>> {
+        std::mem::take(&mut self.unplaced)
+    }
+
+    /// A task now runs on `node` (the remote executor took it).
+    pub(crate) fn delegated(&mut self, queued: Queued<P>, node: NodeId) {
+        self.track(&queued.task);
+        self.delegated.insert(queued.task.id(), (queued, node));
+    }
+
+    /// A task that ran on another node ended.
+    pub(crate) fn delegated_ended(
+        &mut self,
+        id: TaskId,
+        outcome: Outcome,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        let Some((mut queued, _)) = self.delegated.remove(&id) else {
+            return actions; // cancelled meanwhile
+        };
+        match outcome {
+            Outcome::Done => self.done(&queued.task),
+            Outcome::Failed(failure) => {
+                if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt) {
+                    actions.retried.push((id, queued.attempt));
+                    queued.attempt += 1;
+                    actions.place.push(queued);
+                } else {
+                    self.untrack(&queued.task);
+                    let attempts = queued.attempt;
+                    actions
+                        .give_up
+                        .push((queued.task, GiveUp::Failed { attempts, failure }));
+                }
+            }
+        }
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    /// Tasks running on a node that died: each fails as its attempt would.
+    pub(crate) fn node_died(
+        &mut self,
+        node: NodeId,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Actions<P, W> {
+        let ids: Vec<TaskId> = self
+            .delegated
+            .iter()
+            .filter(|(_, (_, at))| *at == node)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut actions = Actions::default();
+        for id in ids {
+            let more = self.delegated_ended(id, Outcome::Failed(Failure::NodeDied(node)), settled);
+            actions.merge(more);
+        }
+        actions
+    }
+
+    /// An attempt running here ended.
+    pub(crate) fn finished(
+        &mut self,
+        id: TaskId,
+        outcome: Outcome,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        // Cancelled (async, aborted) or abandoned at shutdown: its
+        // resources are back and its results have failed already.
+        if let Some(active) = self.running.remove(&id) {
+            self.release(&active);
+            let Active {
+                mut queued,
+                cancelled,
+                ..
+            } = active;
+            if cancelled {
+                self.untrack(&queued.task);
+            } else {
+                match outcome {
+                    Outcome::Done => self.done(&queued.task),
+                    Outcome::Failed(failure) => {
+                        if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt)
+                        {
+                            actions.retried.push((id, queued.attempt));
+                            queued.attempt += 1;
+                            self.ready.push_front(queued);
+                        } else {
+                            self.untrack(&queued.task);
+                            let attempts = queued.attempt;
+                            actions
+                                .give_up
+                                .push((queued.task, GiveUp::Failed { attempts, failure }));
+                        }
+                    }
+                }
+            }
+        }
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    /// A task's results are stored: it is finished, and what waited for
+    /// them moves on.
+    fn done(&mut self, task: &P) {
+        self.untrack(task);
+        self.results_settled(task.results());
+    }
+
+    /// These objects are settled (a task's results failed for good, say):
+    /// tasks parked under them are sorted again.
+    pub(crate) fn results_settled(&mut self, results: &[ObjectId]) {
+        for result in results {
+            if let Some(waiting) = self.dependents.remove(result) {
+                self.parked -= waiting.len();
+                self.incoming.extend(waiting);
+            }
+        }
+    }
+
+    /// [`results_settled`](Self::results_settled), then a step.
+    pub(crate) fn settled(
+        &mut self,
+        results: &[ObjectId],
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Actions<P, W> {
+        self.results_settled(results);
+        let mut actions = Actions::default();
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    /// The arguments a waiter watched for `id` are settled.
+    pub(crate) fn deps_settled(
+        &mut self,
+        id: TaskId,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        if let Some(queued) = self.watched.remove(&id) {
+            // Sorted again: an argument may still be pending after all.
+            self.incoming.push_back(queued);
+        }
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    fn release(&mut self, active: &Active<P>) {
+        active.queued.task.needs().give_back(&mut self.free);
+        self.gpus.give_back(&active.gpus);
+        if active.lending > 0 {
+            // Its CPUs are back already while lent.
+            self.free.cpus -= active.queued.task.needs().cpus;
+        }
+    }
+
+    /// A running task is about to wait in `get`: its CPUs go back to the
+    /// node until `unlend` (no deadlock when tasks wait on tasks; the CPU
+    /// limit still bounds what runs). False if it is not running here.
+    pub(crate) fn lend(
+        &mut self,
+        id: TaskId,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> (bool, Actions<P, W>) {
+        let mut actions = Actions::default();
+        let Some(active) = self.running.get_mut(&id) else {
+            return (false, actions);
+        };
+        active.lending += 1;
+        if active.lending == 1 {
+            let cpus = active.queued.task.needs().cpus;
+            self.free.cpus += cpus;
+            self.step(settled, &mut actions);
+        }
+        (true, actions)
+    }
+
+    /// The wait ended: the task takes its CPUs back (even if that
+    /// oversubscribes the node for a moment).
+    pub(crate) fn unlend(&mut self, id: TaskId) {
+        if let Some(active) = self.running.get_mut(&id) {
+            active.lending = active.lending.saturating_sub(1);
+            if active.lending == 0 {
+                self.free.cpus -= active.queued.task.needs().cpus;
+            }
+        }
+    }
+
+    /// Cancels the task whose result is `result`: queued or waiting, it is
+    /// given up; running async, it is aborted; running sync, it runs to its
+    /// end and its value is dropped. `None` when no unfinished task has
+    /// that result.
+    pub(crate) fn cancel(
+        &mut self,
+        result: ObjectId,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Option<(Stage, Actions<P, W>)> {
+        let id = *self.live.get(&result)?;
+        let mut actions = Actions::default();
+        let mut task = None;
+        let mut stage = Stage::Queued;
+        if let Some(at) = self.incoming.iter().position(|q| q.task.id() == id) {
+            task = self.incoming.remove(at).map(|q| q.task);
+        } else if let Some(at) = self.ready.iter().position(|q| q.task.id() == id) {
+            task = self.ready.remove(at).map(|q| q.task);
+        } else if let Some(queued) = self.watched.remove(&id) {
+            actions.unwatch.push(queued.task.clone());
+            stage = Stage::WaitingForArgs;
+            task = Some(queued.task);
+        } else if let Some(at) = self.unplaced.iter().position(|q| q.task.id() == id) {
+            stage = Stage::Unplaced;
+            task = Some(self.unplaced.remove(at).task);
+        } else if let Some((queued, node)) = self.delegated.remove(&id) {
+            stage = Stage::Delegated(node);
+            task = Some(queued.task);
+        } else if self.running.contains_key(&id) {
+            stage = Stage::Running;
+            let abortable = self.running[&id].queued.task.abortable();
+            if abortable {
+                if let Some(active) = self.running.remove(&id) {
+                    self.release(&active);
+                    actions.abort.push(active.queued.task.clone());
+                    task = Some(active.queued.task);
+                }
+            } else if let Some(active) = self.running.get_mut(&id) {
+                active.cancelled = true;
+                task = Some(active.queued.task.clone());
+            }
+        } else {
+            for list in self.dependents.values_mut() {
+                if let Some(at) = list.iter().position(|q| q.task.id() == id) {
+                    stage = Stage::WaitingForArgs;
+                    task = Some(list.remove(at).task);
+                    self.parked -= 1;
+                    break;
+                }
+            }
+            self.dependents.retain(|_, list| !list.is_empty());
+        }
+        let task = task?;
+        // Any of a task's refs cancels it, and all of them fail.
+        self.untrack(&task);
+        actions.give_up.push((task, GiveUp::Cancelled));
+        self.step(settled, &mut actions);
+        Some((stage, actions))
+    }
+
+    /// Reserves `needs` for an actor's whole life: granted now if they fit
+    /// and nobody waits ahead, else queued (granted in order as resources
+    /// come back). `Err` when they can never fit, or after shutdown.
+    pub(crate) fn reserve(
+        &mut self,
+        needs: Units,
+        waiter: W,
+    ) -> Result<Option<Grant>, (W, ReserveError)> {
+        if self.shut_down {
+            return Err((waiter, ReserveError::ShutDown));
+        }
+        if !self.feasible(&needs) {
+            return Err((waiter, ReserveError::Infeasible));
+        }
+        if self.reservations.is_empty() {
+            if let Some(grant) = self.take_for_life(&needs) {
+                return Ok(Some(grant));
+            }
+        }
+        self.reservations.push_back((needs, waiter));
+        Ok(None)
+    }
+
+    /// Reserves `needs` now or not at all.
+    pub(crate) fn try_reserve(&mut self, needs: &Units) -> Result<Option<Grant>, ReserveError> {
+        if self.shut_down {
+            return Err(ReserveError::ShutDown);
+        }
+        if !self.feasible(needs) {
+            return Err(ReserveError::Infeasible);
+        }
+        Ok(self.take_for_life(needs))
+    }
+
+    fn take_for_life(&mut self, needs: &Units) -> Option<Grant> {
+        if !needs.fits_in(&self.free) {
+            return None;
+        }
+        let gpus = self.gpus.place(needs.gpus)?;
+        needs.take_from(&mut self.free);
+        self.gpus.take(&gpus);
+        Some(Grant {
+            needs: needs.clone(),
+            gpus,
+        })
+    }
+
+    /// An actor's resources come back (it died for good).
+    pub(crate) fn release_grant(
+        &mut self,
+        grant: &Grant,
+        settled: &dyn Fn(ObjectId) -> bool,
+    ) -> Actions<P, W> {
+        grant.needs.give_back(&mut self.free);
+        self.gpus.give_back(&grant.gpus);
+        let mut actions = Actions::default();
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    /// Moves everything forward: grants waiting actors (in order, before
+    /// tasks: a large actor is not starved by small tasks), sorts incoming
+    /// tasks by the state of their arguments, and launches ready tasks
+    /// while resources last.
+    pub(crate) fn step(&mut self, settled: &dyn Fn(ObjectId) -> bool, actions: &mut Actions<P, W>) {
+        while let Some((needs, _)) = self.reservations.front() {
+            let needs = needs.clone();
+            match self.take_for_life(&needs) {
+                Some(grant) => {
+                    if let Some((_, waiter)) = self.reservations.pop_front() {
+                        actions.grants.push((waiter, grant));
+                    }
+                }
+                None => break,
+            }
+        }
+        while let Some(queued) = self.incoming.pop_front() {
+            let id = queued.task.id();
+            let first_result = queued.task.results().first().copied();
+            if first_result.is_some_and(|r| !self.live.contains_key(&r)) {
+                continue; // cancelled while it waited
+            }
+            let unsettled: Vec<ObjectId> = queued
+                .task
+                .deps()
+                .iter()
+                .copied()
+                .filter(|d| !settled(*d))
+                .collect();
+            match unsettled.first() {
+                None => self.ready.push_back(queued),
+                Some(dep) if self.live.contains_key(dep) => {
+                    self.parked += 1;
+                    self.dependents.entry(*dep).or_default().push(queued);
+                }
+                Some(_) => {
+                    actions.watch.push((id, unsettled));
+                    self.watched.insert(id, queued);
+                }
+            }
+        }
+        let mut i = 0;
+        let mut skipped = 0;
+        while i < self.ready.len() && skipped < SKIP_LIMIT {
+            let needs = self.ready[i].task.needs();
+            let placed = if needs.fits_in(&self.free) {
+                self.gpus.place(needs.gpus)
+            } else {
+                None
+            };
+            match placed {
+                Some(gpus) => {
+                    if let Some(queued) = self.ready.remove(i) {
+                        queued.task.needs().take_from(&mut self.free);
+                        self.gpus.take(&gpus);
+                        actions.launch.push(Launch {
+                            task: queued.task.clone(),
+                            attempt: queued.attempt,
+                            gpus: gpus.clone(),
+                        });
+                        self.running.insert(
+                            queued.task.id(),
+                            Active {
+                                queued,
+                                gpus,
+                                lending: 0,
+                                cancelled: false,
+                            },
+                        );
+                    }
+                }
+                None => {
+                    i += 1;
+                    skipped += 1;
+                }
+            }
+        }
+    }
+
+    /// At shutdown: every task not finished is given up, running async
+    /// attempts are aborted, waiting actors are refused.
+    pub(crate) fn shut_down(&mut self) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        self.shut_down = true;
+        self.live.clear();
+        // Waiting actors learn of the shutdown when their waiter drops.
+        self.reservations.clear();
+        let queued = self
+            .incoming
+            .drain(..)
+            .chain(self.ready.drain(..))
+            .chain(self.dependents.drain().flat_map(|(_, list)| list))
+            .chain(self.unplaced.drain(..))
+            .chain(self.delegated.drain().map(|(_, (q, _))| q))
+            .collect::<Vec<_>>();
+        self.parked = 0;
+        for (_, queued) in self.watched.drain() {
+            actions.unwatch.push(queued.task.clone());
+            actions.give_up.push((queued.task, GiveUp::ShutDown));
+        }
+        for queued in queued {
+            actions.give_up.push((queued.task, GiveUp::ShutDown));
+        }
+        for (_, active) in self.running.drain() {
+            if active.queued.task.abortable() {
+                actions.abort.push(active.queued.task.clone());
+            }
+            actions.give_up.push((active.queued.task, GiveUp::ShutDown));
+        }
+        actions
+    }
+
+    /// Tasks queued (arguments ready or being sorted), waiting for
+    /// arguments, and running here.
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            queued: self.incoming.len() + self.ready.len(),
+            waiting_for_args: self.parked + self.watched.len(),
+            running: self.running.len(),
+            unplaced: self.unplaced.len(),
+            delegated: self.delegated.len(),
+        }
+    }
+
+    /// What is free now.
+    pub(crate) fn free(&self) -> &Units {
+        &self.free
+    }
+
+    /// Thousandths of GPUs in use.
+    pub(crate) fn gpus_in_use(&self) -> i64 {
+        self.gpus.in_use()
+    }
+
+    /// What the node has in all.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> &Units {
+        &self.capacity
+    }
+}
+
+impl<P, W> Actions<P, W> {
+    pub(crate) fn merge(&mut self, other: Actions<P, W>) {
+        self.launch.extend(other.launch);
+        self.give_up.extend(other.give_up);
+        self.watch.extend(other.watch);
+        self.unwatch.extend(other.unwatch);
+        self.abort.extend(other.abort);
+        self.grants.extend(other.grants);
+        self.retried.extend(other.retried);
+        self.place.extend(other.place);
+    }
+}
+
+/// Why resources could not be reserved for an actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReserveError {
+    /// The node can never fit them.
+    Infeasible,
+    /// The runtime is shutting down.
+    ShutDown,
+}
+
+/// How many tasks are where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    /// Arguments ready (or being sorted), waiting for resources.
+    pub queued: usize,
+    /// Waiting for arguments to be ready.
+    pub waiting_for_args: usize,
+    /// Running on this node.
+    pub running: usize,
+    /// Fitting no node known yet.
+    pub unplaced: usize,
+    /// Running on other nodes.
+    pub delegated: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,439 @@
+use std::collections::{BTreeMap, HashSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ids::NodeId;
+
+#[derive(Clone, Debug)]
+struct T {
+    id: TaskId,
+    deps: Vec<ObjectId>,
+    results: Vec<ObjectId>,
+    needs: Units,
+    retry: RetryPolicy,
+    abortable: bool,
+}
+
+impl Payload for T {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+    fn deps(&self) -> &[ObjectId] {
+        &self.deps
+    }
+    fn results(&self) -> &[ObjectId] {
+        &self.results
+    }
+    fn needs(&self) -> &Units {
+        &self.needs
+    }
+    fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+    fn abortable(&self) -> bool {
+        self.abortable
+    }
+}
+
+const NODE: NodeId = NodeId(7);
+
+fn obj(seq: u64) -> ObjectId {
+    ObjectId { node: NODE, seq }
+}
+
+fn cpus(n: i64) -> Units {
+    Units {
+        cpus: n * 1000,
+        ..Units::default()
+    }
+}
+
+fn task(seq: u64, needs: Units, deps: Vec<ObjectId>) -> T {
+    T {
+        id: TaskId { node: NODE, seq },
+        deps,
+        results: vec![obj(1000 + seq)],
+        needs,
+        retry: RetryPolicy {
+            max_retries: 1,
+            retry_exceptions: false,
+        },
+        abortable: false,
+    }
+}
+
+type S = State<T, u32>;
+
+/// A fake store: which objects are settled.
+#[derive(Default)]
+struct Settled(HashSet<ObjectId>);
+
+impl Settled {
+    fn f(&self) -> impl Fn(ObjectId) -> bool + '_ {
+        |id| self.0.contains(&id)
+    }
+}
+
+fn launched(actions: &Actions<T, u32>) -> Vec<u64> {
+    actions.launch.iter().map(|l| l.task.id.seq).collect()
+}
+
+#[test]
+fn tasks_run_in_order_while_resources_last() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(2), 0);
+    assert_eq!(
+        launched(&s.submit(task(1, cpus(1), vec![]), &settled.f())),
+        [1]
+    );
+    assert_eq!(
+        launched(&s.submit(task(2, cpus(1), vec![]), &settled.f())),
+        [2]
+    );
+    assert!(launched(&s.submit(task(3, cpus(1), vec![]), &settled.f())).is_empty());
+    assert_eq!(s.counts().queued, 1);
+    let a = s.finished(task(1, cpus(1), vec![]).id, Outcome::Done, &settled.f());
+    assert_eq!(launched(&a), [3]);
+}
+
+#[test]
+fn a_dependent_waits_under_its_argument_and_runs_when_it_is_done() {
+    let mut settled = Settled::default();
+    let mut s = S::new(cpus(2), 0);
+    let a = task(1, cpus(1), vec![]);
+    let b = task(2, cpus(1), a.results.clone());
+    assert_eq!(launched(&s.submit(a.clone(), &settled.f())), [1]);
+    let actions = s.submit(b, &settled.f());
+    assert!(actions.launch.is_empty() && actions.watch.is_empty());
+    assert_eq!(s.counts().waiting_for_args, 1);
+    settled.0.insert(a.results[0]);
+    assert_eq!(
+        launched(&s.finished(a.id, Outcome::Done, &settled.f())),
+        [2]
+    );
+}
+
+#[test]
+fn an_argument_made_elsewhere_is_watched() {
+    let mut settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let foreign = ObjectId {
+        node: NodeId(99),
+        seq: 1,
+    };
+    let t = task(1, cpus(1), vec![foreign]);
+    let actions = s.submit(t.clone(), &settled.f());
+    assert_eq!(actions.watch, vec![(t.id, vec![foreign])]);
+    settled.0.insert(foreign);
+    assert_eq!(launched(&s.deps_settled(t.id, &settled.f())), [1]);
+}
+
+#[test]
+fn panics_are_retried_up_to_max_retries_and_errors_only_when_asked() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let t = task(1, cpus(1), vec![]);
+    let _ = s.submit(t.clone(), &settled.f());
+    let a = s.finished(
+        t.id,
+        Outcome::Failed(Failure::Panicked("boom".into())),
+        &settled.f(),
+    );
+    assert_eq!(a.retried, vec![(t.id, 1)]);
+    assert_eq!(a.launch[0].attempt, 2);
+    let a = s.finished(
+        t.id,
+        Outcome::Failed(Failure::Panicked("boom".into())),
+        &settled.f(),
+    );
+    match &a.give_up[..] {
+        [(_, GiveUp::Failed { attempts: 2, .. })] => {}
+        other => panic!("expected a give-up after 2 attempts, got {other:?}"),
+    }
+    let e = task(2, cpus(1), vec![]);
+    let _ = s.submit(e.clone(), &settled.f());
+    let err = Failure::Error(troupe_objects::Cause::new(std::io::Error::other("no")));
+    let a = s.finished(e.id, Outcome::Failed(err), &settled.f());
+    assert!(
+        a.retried.is_empty(),
+        "an Err is not retried without retry_exceptions"
+    );
+    assert_eq!(a.give_up.len(), 1);
+}
+
+#[test]
+fn cancel_is_exact_about_where_the_task_was() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let running = task(1, cpus(1), vec![]);
+    let queued = task(2, cpus(1), vec![]);
+    let _ = s.submit(running.clone(), &settled.f());
+    let _ = s.submit(queued.clone(), &settled.f());
+    let (stage, a) = s.cancel(queued.results[0], &settled.f()).unwrap();
+    assert_eq!(stage, Stage::Queued);
+    assert!(matches!(a.give_up[..], [(_, GiveUp::Cancelled)]));
+    // A sync body cannot be stopped: cancelled, it runs on, and its end
+    // gives nothing up a second time.
+    let (stage, a) = s.cancel(running.results[0], &settled.f()).unwrap();
+    assert_eq!(stage, Stage::Running);
+    assert!(a.abort.is_empty());
+    let a = s.finished(running.id, Outcome::Done, &settled.f());
+    assert!(a.give_up.is_empty());
+    assert!(
+        s.cancel(running.results[0], &settled.f()).is_none(),
+        "finished: nothing to cancel"
+    );
+    // An async body is aborted and its resources come back at once.
+    let mut abortable = task(3, cpus(1), vec![]);
+    abortable.abortable = true;
+    let _ = s.submit(abortable.clone(), &settled.f());
+    let next = task(4, cpus(1), vec![]);
+    let _ = s.submit(next, &settled.f());
+    let (_, a) = s.cancel(abortable.results[0], &settled.f()).unwrap();
+    assert_eq!(
+        a.abort.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![abortable.id]
+    );
+    assert_eq!(launched(&a), [4], "its CPU went to the next task");
+}
+
+#[test]
+fn lent_cpus_let_another_task_run() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let outer = task(1, cpus(1), vec![]);
+    let inner = task(2, cpus(1), vec![]);
+    let _ = s.submit(outer.clone(), &settled.f());
+    assert!(launched(&s.submit(inner.clone(), &settled.f())).is_empty());
+    let (lent, a) = s.lend(outer.id, &settled.f());
+    assert!(lent);
+    assert_eq!(launched(&a), [2]);
+    s.unlend(outer.id);
+    assert_eq!(s.free().cpus, -1000, "oversubscribed for a moment");
+    let _ = s.finished(inner.id, Outcome::Done, &settled.f());
+    let _ = s.finished(outer.id, Outcome::Done, &settled.f());
+    assert_eq!(s.free(), s.capacity());
+}
+
+#[test]
+fn waiting_actors_are_granted_first_when_resources_come_back() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(2), 0);
+    let t = task(1, cpus(1), vec![]);
+    let _ = s.submit(t.clone(), &settled.f());
+    // The actor wants both CPUs: it waits.
+    assert_eq!(s.reserve(cpus(2), 7).ok(), Some(None));
+    let a = s.finished(t.id, Outcome::Done, &settled.f());
+    assert_eq!(a.grants.len(), 1, "granted as soon as both are free");
+    assert_eq!(a.grants[0].0, 7);
+    // Tasks queued meanwhile wait for the actor to give them back.
+    assert!(launched(&s.submit(task(2, cpus(1), vec![]), &settled.f())).is_empty());
+    assert!(matches!(
+        s.reserve(cpus(3), 8),
+        Err((8, ReserveError::Infeasible))
+    ));
+    let grant = a.grants.into_iter().next().unwrap().1;
+    assert_eq!(launched(&s.release_grant(&grant, &settled.f())), [2]);
+    // Two waiting actors are granted in the order they asked.
+    assert_eq!(s.reserve(cpus(2), 1).ok(), Some(None));
+    assert_eq!(s.reserve(cpus(1), 2).ok(), Some(None));
+    let a = s.finished(task(2, cpus(1), vec![]).id, Outcome::Done, &settled.f());
+    assert_eq!(a.grants.iter().map(|g| g.0).collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn shutdown_gives_everything_up_and_aborts_async_attempts() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let mut running = task(1, cpus(1), vec![]);
+    running.abortable = true;
+    let _ = s.submit(running.clone(), &settled.f());
+    let _ = s.submit(task(2, cpus(1), vec![]), &settled.f());
+    let _ = s.submit(task(3, cpus(1), vec![obj(1001)]), &settled.f());
+    let a = s.shut_down();
+    assert_eq!(
+        a.abort.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![running.id]
+    );
+    assert_eq!(a.give_up.len(), 3);
+    assert!(a
+        .give_up
+        .iter()
+        .all(|(_, why)| matches!(why, GiveUp::ShutDown)));
+    assert!(matches!(
+        s.submit(task(4, cpus(1), vec![]), &settled.f()).give_up[..],
+        [(_, GiveUp::ShutDown)]
+    ));
+}
+
+#[test]
+fn tasks_on_a_dead_node_are_retried_through_placement() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let t = task(1, cpus(4), vec![]);
+    s.delegated(
+        Queued {
+            task: t.clone(),
+            attempt: 1,
+        },
+        NodeId(3),
+    );
+    assert_eq!(s.counts().delegated, 1);
+    let a = s.node_died(NodeId(3), &settled.f());
+    assert_eq!(a.place.len(), 1);
+    assert_eq!(a.place[0].attempt, 2);
+}
+
+// ---------------------------------------------------------------------------
+// Properties, over random sequences of events.
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit {
+        cpus: i64,
+        dep: Option<usize>,
+        abortable: bool,
+    },
+    Finish {
+        which: usize,
+        ok: bool,
+    },
+    Cancel {
+        which: usize,
+    },
+    Lend {
+        which: usize,
+    },
+    Unlend {
+        which: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0i64..3, proptest::option::of(0usize..40), any::<bool>()).prop_map(
+            |(cpus, dep, abortable)| Op::Submit {
+                cpus,
+                dep,
+                abortable
+            }
+        ),
+        (0usize..40, any::<bool>()).prop_map(|(which, ok)| Op::Finish { which, ok }),
+        (0usize..40).prop_map(|which| Op::Cancel { which }),
+        (0usize..40).prop_map(|which| Op::Lend { which }),
+        (0usize..40).prop_map(|which| Op::Unlend { which }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn resources_balance_and_nothing_launches_twice(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut s = S::new(cpus(3), 0);
+        let mut settled = Settled::default();
+        let mut tasks: Vec<T> = Vec::new();
+        // task seq -> running attempt number (to catch a double launch)
+        let mut running: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut lent: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut ended: HashSet<u64> = HashSet::new();
+        let mut given_up: HashSet<u64> = HashSet::new();
+        let apply = |a: Actions<T, u32>, running: &mut BTreeMap<u64, u32>,
+                         settled: &mut Settled, given_up: &mut HashSet<u64>, lent: &mut BTreeMap<u64, u32>| {
+            for l in &a.launch {
+                prop_assert!(running.insert(l.task.id.seq, l.attempt).is_none(), "launched twice");
+            }
+            for t in &a.abort {
+                running.remove(&t.id.seq);
+                lent.remove(&t.id.seq);
+            }
+            for (t, _) in &a.give_up {
+                prop_assert!(given_up.insert(t.id.seq), "given up twice");
+                settled.0.extend(t.results.iter().copied());
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op::Submit { cpus: n, dep, abortable } => {
+                    let seq = tasks.len() as u64;
+                    let deps = dep.and_then(|d| tasks.get(d)).map(|t: &T| t.results.clone()).unwrap_or_default();
+                    let mut t = task(seq, self::cpus(n), deps);
+                    t.abortable = abortable;
+                    tasks.push(t.clone());
+                    let a = s.submit(t, &settled.f());
+                    apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+                }
+                Op::Finish { which, ok } => {
+                    if let Some((&seq, _)) = running.iter().nth(which % running.len().max(1)) {
+                        running.remove(&seq);
+                        lent.remove(&seq);
+                        let t = &tasks[seq as usize];
+                        let outcome = if ok {
+                            settled.0.extend(t.results.iter().copied());
+                            ended.insert(seq);
+                            Outcome::Done
+                        } else {
+                            Outcome::Failed(Failure::Panicked("p".into()))
+                        };
+                        let a = s.finished(t.id, outcome, &settled.f());
+                        let gave: Vec<_> = a.give_up.iter().flat_map(|(t, _)| t.results.clone()).collect();
+                        apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+                        let a = s.settled(&gave, &settled.f());
+                        apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+                    }
+                }
+                Op::Cancel { which } => {
+                    if let Some(t) = tasks.get(which) {
+                        let cancelled = s.cancel(t.results[0], &settled.f());
+                        if let Some((_, a)) = cancelled {
+                            let gave: Vec<_> = a.give_up.iter().flat_map(|(t, _)| t.results.clone()).collect();
+                            apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+                            let a = s.settled(&gave, &settled.f());
+                            apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+                        }
+                    }
+                }
+                Op::Lend { which } => {
+                    if let Some(t) = tasks.get(which) {
+                        let (ok, a) = s.lend(t.id, &settled.f());
+                        if ok {
+                            *lent.entry(t.id.seq).or_default() += 1;
+                        }
+                        apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+                    }
+                }
+                Op::Unlend { which } => {
+                    if let Some(t) = tasks.get(which) {
+                        if let Some(n) = lent.get_mut(&t.id.seq) {
+                            s.unlend(t.id);
+                            *n -= 1;
+                            if *n == 0 {
+                                lent.remove(&t.id.seq);
+                            }
+                        }
+                    }
+                }
+            }
+            // Free plus what running attempts hold is the capacity.
+            let held: i64 = running
+                .keys()
+                .filter(|seq| !lent.contains_key(seq))
+                .map(|seq| tasks[*seq as usize].needs.cpus)
+                .sum();
+            prop_assert_eq!(s.free().cpus + held, 3000);
+        }
+        // Drain: finish whatever runs until nothing does.
+        for _ in 0..1000 {
+            let Some((&seq, _)) = running.iter().next() else { break };
+            running.remove(&seq);
+            lent.remove(&seq);
+            let t = &tasks[seq as usize];
+            settled.0.extend(t.results.iter().copied());
+            let a = s.finished(t.id, Outcome::Done, &settled.f());
+            apply(a, &mut running, &mut settled, &mut given_up, &mut lent)?;
+        }
+        prop_assert_eq!(s.free().cpus, 3000, "everything given back");
+    }
+}

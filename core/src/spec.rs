@@ -1,0 +1,292 @@
+//! What a task is, as data: its options, its arguments, and the
+//! serializable [`TaskSpec`] that the scheduler queues and that another node
+//! can receive and run by name.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use troupe_objects::{Object, ObjectError, ObjectId, ObjectRef, ObjectStore};
+
+use crate::ids::{NodeId, TaskId};
+use crate::Resources;
+
+/// A registered function's stable name (its module path).
+pub type FunctionName = Cow<'static, str>;
+
+/// Where a task or actor may run, when a cluster offers a choice (Ray's
+/// `scheduling_strategy`). A single node runs everything that fits it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SchedulingStrategy {
+    /// Here when it fits, else a node that fits (the placement hook's choice).
+    #[default]
+    Default,
+    /// Spread over the nodes that fit.
+    Spread,
+    /// On `node`; with `soft`, elsewhere when that node cannot run it.
+    NodeAffinity {
+        /// The node.
+        node: NodeId,
+        /// Whether another node may run it when this one cannot.
+        soft: bool,
+    },
+}
+
+/// How to run a task (Ray's `.options(...)`). Serializable, so that a task
+/// travels to another node unchanged.
+///
+/// ```
+/// use troupe_core::task::TaskOptions;
+/// let opts = TaskOptions::default().num_cpus(2.0).max_retries(0).retry_exceptions(true);
+/// assert_eq!(opts.needs().num_cpus, 2.0);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    num_cpus: f64,
+    num_gpus: f64,
+    memory: u64,
+    resources: BTreeMap<String, f64>,
+    max_retries: u32,
+    retry_exceptions: bool,
+    strategy: SchedulingStrategy,
+    generator_backpressure: u32,
+}
+
+impl Default for TaskOptions {
+    /// One CPU, three retries for panics, none for errors (as Ray).
+    fn default() -> Self {
+        Self {
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+            memory: 0,
+            resources: BTreeMap::new(),
+            max_retries: 3,
+            retry_exceptions: false,
+            strategy: SchedulingStrategy::Default,
+            generator_backpressure: 64,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// CPUs held while running (default 1; 0 runs outside the CPU limit).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = n;
+        self
+    }
+
+    /// GPUs held while running (fractions share a device).
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = n;
+        self
+    }
+
+    /// Memory in bytes held while running.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// A custom resource held while running.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.insert(name.into(), amount);
+        self
+    }
+
+    /// Attempts after the first when the body panics or its node dies
+    /// (default 3), or also when it returns `Err` with `retry_exceptions`.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Retry `Err` results too (default: only panics are retried).
+    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.retry_exceptions = yes;
+        self
+    }
+
+    /// Where it may run, in a cluster.
+    pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// For generators: how many yielded items may wait unread before the
+    /// generator pauses (default 64; Ray's
+    /// `_generator_backpressure_num_objects`). At least 1.
+    pub fn generator_backpressure(mut self, items: u32) -> Self {
+        self.generator_backpressure = items.max(1);
+        self
+    }
+
+    /// What the task needs from a node.
+    pub fn needs(&self) -> Resources {
+        Resources {
+            num_cpus: self.num_cpus,
+            num_gpus: self.num_gpus,
+            memory: self.memory,
+            custom: self.resources.clone(),
+        }
+    }
+
+    /// The retry limit.
+    pub fn get_max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Whether `Err` results are retried.
+    pub fn get_retry_exceptions(&self) -> bool {
+        self.retry_exceptions
+    }
+
+    /// Where it may run.
+    pub fn get_scheduling_strategy(&self) -> &SchedulingStrategy {
+        &self.strategy
+    }
+
+    /// The generator's backpressure.
+    pub fn get_generator_backpressure(&self) -> u32 {
+        self.generator_backpressure.max(1)
+    }
+}
+
+/// What kind of results a task has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Returns {
+    /// One object (also a tuple stored as one).
+    One,
+    /// One object per element of an N-tuple (`num_returns = N`).
+    Many(u8),
+    /// A stream of objects, then a completion object (`generator`).
+    Stream,
+}
+
+/// A task's arguments: encoded, or still the typed values the submitter
+/// passed (encoded only if the task leaves this process).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TaskArgs {
+    /// A postcard-encoded tuple of the parameters, each a value or a ref
+    /// (as its object id).
+    Encoded(Vec<u8>),
+    /// Held by the local body, which encodes them if the task leaves this
+    /// node.
+    #[serde(skip)]
+    Local,
+}
+
+/// A task as data: everything a node needs to run it by name. The
+/// scheduler queues these; a node receiving one from another node runs it
+/// with `Runtime::submit_spec`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task (minted by its owner).
+    pub id: TaskId,
+    /// The registered function.
+    pub function: FunctionName,
+    /// Its arguments.
+    pub args: TaskArgs,
+    /// The objects its top-level ref arguments name: settled before it runs.
+    pub deps: Vec<ObjectId>,
+    /// Its options.
+    pub options: TaskOptions,
+    /// The node that submitted it: it owns the results.
+    pub owner: NodeId,
+    /// The attempt this spec is for (1 for the first).
+    pub attempt: u32,
+    /// The result objects, minted by the owner before anyone runs it.
+    pub results: Vec<ObjectId>,
+    /// What kind of results.
+    pub returns: Returns,
+}
+
+/// A task argument: a value, or a ref resolved before the body runs.
+/// Encodes as either (a ref as its object id).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "T: Serialize", deserialize = "T: Object"))]
+pub enum Arg<T> {
+    /// Passed as is.
+    Value(T),
+    /// Resolved (waited for, then cloned out of the store) before the body
+    /// runs. Refs nested inside values are not resolved.
+    Ref(ObjectRef<T>),
+}
+
+impl<T: Clone> Clone for Arg<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Arg::Value(v) => Arg::Value(v.clone()),
+            Arg::Ref(r) => Arg::Ref(r.clone()),
+        }
+    }
+}
+
+/// What a remote function's parameter of type `T` accepts: a `T`, an
+/// `ObjectRef<T>`, or a `&ObjectRef<T>`.
+pub trait IntoArg<T> {
+    /// Converts.
+    fn into_arg(self) -> Arg<T>;
+}
+
+impl<T> IntoArg<T> for T {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Value(self)
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self)
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self.clone())
+    }
+}
+
+/// Why an argument could not be read.
+#[derive(Debug, Clone)]
+pub struct ArgError(pub ObjectId, pub ObjectError);
+
+impl<T: Object + Clone> Arg<T> {
+    /// The object this argument waits for, if it is a ref.
+    pub fn dependency(&self) -> Option<ObjectId> {
+        match self {
+            Arg::Value(_) => None,
+            Arg::Ref(r) => Some(r.id()),
+        }
+    }
+
+    /// The value for one attempt of a sync body. The scheduler launches a
+    /// task only once its arguments are settled, so this never waits (it
+    /// may read a spilled object back from disk: sync bodies run on CPU
+    /// threads).
+    pub fn resolve_now(&self, store: &ObjectStore) -> Result<T, ArgError> {
+        match self {
+            Arg::Value(v) => Ok(v.clone()),
+            Arg::Ref(r) => match store.try_get(r) {
+                Some(Ok(value)) => {
+                    Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| (*shared).clone()))
+                }
+                Some(Err(err)) => Err(ArgError(r.id(), err)),
+                // Unreachable by the launch rule; a clear error all the same.
+                None => Err(ArgError(r.id(), ObjectError::ProducerDropped(r.id()))),
+            },
+        }
+    }
+
+    /// The value for one attempt (each attempt gets its own).
+    pub async fn resolve(&self, store: &ObjectStore) -> Result<T, ArgError> {
+        match self {
+            Arg::Value(v) => Ok(v.clone()),
+            Arg::Ref(r) => match store.get(r).await {
+                Ok(value) => Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| (*shared).clone())),
+                Err(err) => Err(ArgError(r.id(), err)),
+            },
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Byte objects in buffers the store owns and reuses.
+//!
+//! Why a pool: glibc's malloc serves every allocation over 32 MB with a
+//! fresh `mmap`, whose pages fault in (and are zeroed by the kernel) on
+//! first touch, so copying 100 MB into a new `Vec` runs at a fraction of
+//! memory speed. Ray avoids this by copying into shared memory it mapped at
+//! start. The store keeps the large buffers of freed byte objects and hands
+//! them out again, so a steady stream of large puts copies at memcpy speed
+//! without asking the user's binary to change its global allocator.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use get_size2::GetSize;
+use serde::{Deserialize, Serialize};
+
+/// Buffers smaller than this are plain allocations: malloc reuses them well.
+pub(crate) const MIN_POOLED: usize = 1 << 20;
+
+/// Immutable bytes, usually in a buffer the object store owns and reuses
+/// ([`ObjectStore::put_bytes`](crate::ObjectStore::put_bytes)). Cloning is
+/// cheap (the bytes are shared); the buffer goes back to its pool when the
+/// last clone is dropped.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), troupe_objects::ObjectError> {
+/// let store = troupe_objects::ObjectStore::new(Default::default());
+/// let r = store.put_bytes(b"hello").await?;
+/// assert_eq!(&store.get(&r).await?[..], b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Blob {
+    inner: Arc<Buffer>,
+}
+
+struct Buffer {
+    bytes: Vec<u8>,
+    pool: Weak<Pool>,
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_back(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+impl Blob {
+    pub(crate) fn pooled(bytes: Vec<u8>, pool: &Arc<Pool>) -> Self {
+        Blob {
+            inner: Arc::new(Buffer {
+                bytes,
+                pool: Arc::downgrade(pool),
+            }),
+        }
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.inner.bytes.len()
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.inner.bytes.is_empty()
+    }
+
+    /// The bytes as a vector: its buffer when this is the only handle to
+    /// it (the buffer then leaves the pool), a copy otherwise.
+    pub fn into_vec(self) -> Vec<u8> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut buffer) => std::mem::take(&mut buffer.bytes),
+            Err(shared) => shared.bytes.clone(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    /// Takes the vector as is (no copy); its buffer is not pooled.
+    fn from(bytes: Vec<u8>) -> Self {
+        Blob {
+            inner: Arc::new(Buffer {
+                bytes,
+                pool: Weak::new(),
+            }),
+        }
+    }
+}
+
+impl Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.inner.bytes
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for Blob {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl Eq for Blob {}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.len())
+    }
+}
+
+impl GetSize for Blob {
+    fn get_heap_size(&self) -> usize {
+        self.inner.bytes.capacity()
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_bytes(Bytes).map(Blob::from)
+    }
+}
+
+/// Freed large buffers, by capacity, kept for reuse up to a limit.
+pub(crate) struct Pool {
+    free: Mutex<BTreeMap<usize, Vec<Vec<u8>>>>,
+    /// Bytes held in `free`.
+    held: AtomicU64,
+    limit: u64,
+}
+
+/// Rounds a size up to one of eight classes per power of two, so that a
+/// buffer is reused for sizes within 12.5% of each other.
+pub(crate) fn class_of(len: usize) -> usize {
+    if len <= MIN_POOLED {
+        return len;
+    }
+    let power = usize::BITS - 1 - len.leading_zeros();
+    let step = 1usize << power.saturating_sub(3);
+    len.div_ceil(step) * step
+}
+
+impl Pool {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Pool {
+            free: Mutex::new(BTreeMap::new()),
+            held: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Vec<Vec<u8>>>> {
+        // Each critical section is one map update: a panic cannot leave it
+        // half-done.
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty buffer with room for `len` bytes: a kept one if one fits.
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
+        if len < MIN_POOLED {
+            return Vec::with_capacity(len);
+        }
+        let class = class_of(len);
+        {
+            let mut free = self.lock();
+            let found = free
+                .range_mut(class..=class.saturating_add(class / 8))
+                .find_map(|(cap, list)| list.pop().map(|buf| (*cap, buf)));
+            if let Some((cap, buf)) = found {
+                if free.get(&cap).is_some_and(Vec::is_empty) {
+                    free.remove(&cap);
+                }
+                self.held.fetch_sub(cap as u64, Ordering::Relaxed);
+                metrics::counter!("troupe_object_store_buffers_reused_total").increment(1);
+                return buf;
+            }
+        }
+        Vec::with_capacity(class)
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap < MIN_POOLED {
+            return;
+        }
+        if self.held.load(Ordering::Relaxed) + cap as u64 > self.limit {
+            return; // dropped: the pool is full
+        }
+        buf.clear();
+        self.held.fetch_add(cap as u64, Ordering::Relaxed);
+        self.lock().entry(cap).or_default().push(buf);
+    }
+
+    /// Frees every kept buffer (memory is wanted for objects).
+    pub(crate) fn trim(&self) {
+        let drained = std::mem::take(&mut *self.lock());
+        let bytes: usize = drained.iter().map(|(cap, l)| cap * l.len()).sum();
+        self.held.fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes kept for reuse.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds a [`Blob`] in a store buffer from chunks, in order (how bytes
+/// that arrive from another node land in the store without a second copy).
+pub struct BlobWriter {
+    bytes: Vec<u8>,
+    expected: usize,
+    pool: Arc<Pool>,
+}
+
+impl BlobWriter {
+    pub(crate) fn new(len: usize, pool: Arc<Pool>) -> Self {
+        BlobWriter {
+            bytes: pool.take(len),
+            expected: len,
+            pool,
+        }
+    }
+
+    /// Appends a chunk. More bytes than announced is an error, and the
+    /// writer is unchanged.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), BlobWriteError> {
+        if self.bytes.len() + chunk.len() > self.expected {
+            return Err(BlobWriteError {
+                expected: self.expected,
+                got: self.bytes.len() + chunk.len(),
+            });
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The blob, once every announced byte has been written.
+    pub fn finish(self) -> Result<Blob, BlobWriteError> {
+        if self.bytes.len() != self.expected {
+            return Err(BlobWriteError {
+                expected: self.expected,
+                got: self.bytes.len(),
+            });
+        }
+        Ok(Blob::pooled(self.bytes, &self.pool))
+    }
+}
+
+/// A [`BlobWriter`] got more or fewer bytes than announced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a blob of {expected} bytes was announced, but {got} were written")]
+pub struct BlobWriteError {
+    /// Bytes announced.
+    pub expected: usize,
+    /// Bytes written (or that would have been).
+    pub got: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_waste_at_most_an_eighth() {
+        for len in [MIN_POOLED + 1, 3 << 20, 100_000_000, 1 << 30] {
+            let class = class_of(len);
+            assert!(class >= len);
+            assert!((class - len) as f64 <= len as f64 / 8.0, "{len} -> {class}");
+        }
+    }
+
+    #[test]
+    fn a_freed_buffer_is_reused_and_the_pool_is_bounded() {
+        let pool = Pool::new(8 << 20);
+        let first = pool.take(3 << 20);
+        let ptr = first.as_ptr();
+        let blob = Blob::pooled(first, &pool);
+        drop(blob);
+        assert!(pool.held() >= 3 << 20);
+        let again = pool.take(3 << 20);
+        assert_eq!(again.as_ptr(), ptr, "the same buffer comes back");
+        assert_eq!(pool.held(), 0);
+        // Over the limit: dropped, not kept.
+        drop(Blob::pooled(Vec::with_capacity(16 << 20), &pool));
+        assert_eq!(pool.held(), 0);
+    }
+
+    #[test]
+    fn a_writer_refuses_more_or_fewer_bytes_than_announced() {
+        let pool = Pool::new(1 << 30);
+        let mut w = BlobWriter::new(4, pool.clone());
+        w.write(b"ab").unwrap();
+        assert!(w.write(b"abc").is_err());
+        assert_eq!(w.written(), 2);
+        let short = BlobWriter::new(4, pool);
+        assert!(short.finish().is_err());
+        w.write(b"cd").unwrap();
+        assert_eq!(&w.finish().unwrap()[..], b"abcd");
+    }
+}
