@@ -189,11 +189,9 @@ trait Framework: Send + Sync + 'static {
 
 // ============================================================================
 // TROUPE SIDE. Everything the bench does with Troupe's actors is here, through
-// the public API. When the graceful stop lands, make `stop` call
-// `actor.stop().await` and delete `wait_until_gone`.
+// the public API.
 // ============================================================================
 mod troupe_side {
-    use std::time::{Duration, Instant};
     use troupe::prelude::*;
 
     /// The workload actor: answers, and counts what it was told.
@@ -248,23 +246,10 @@ mod troupe_side {
             actor.told().await.expect("troupe told")
         }
 
-        /// Today's only stop that can be awaited is `kill`: with no restarts
-        /// (the default) the actor is then dead for good, once its supervisor
-        /// has seen the exit.
+        /// A graceful stop (the calls already sent are answered), awaited
+        /// until the actor is dead: as ractor's `stop_and_wait`.
         async fn stop(actor: Self::Actor) {
-            actor.kill(false).await;
-            wait_until_gone(&actor).await;
-        }
-    }
-
-    async fn wait_until_gone(actor: &TroupeCounterHandle) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !actor.as_ref().is_dead() {
-            assert!(
-                Instant::now() < deadline,
-                "a killed Troupe actor was not dead after 10 s"
-            );
-            tokio::task::yield_now().await;
+            actor.stop().await;
         }
     }
 }
@@ -284,9 +269,8 @@ mod ractor_side {
         Told(RpcReplyPort<u64>),
     }
 
-    // Needed while ractor's `cluster` feature is on; without it, ractor's
-    // blanket impl covers every type and this line must go.
-    impl ractor::Message for RactorMsg {}
+    // No `impl ractor::Message`: with ractor's `cluster` feature off (as in
+    // every embedded build) its blanket impl covers every type.
 
     impl ractor::Actor for RactorCounter {
         type Msg = RactorMsg;
