@@ -80,9 +80,16 @@ impl Runtime {
     }
 
     /// A value in memory now (not spilled: that read goes to a blocking
-    /// thread), without waiting.
+    /// thread), without waiting. A short sync task about to produce it, not
+    /// started yet, is run here first (no wake-up of another thread).
     fn ready_now<T: Object>(&self, r: &ObjectRef<T>) -> Option<Result<Arc<T>, ObjectError>> {
-        self.inner.objects.get_if_ready(r)
+        if let Some(ready) = self.inner.objects.get_if_ready(r) {
+            return Some(ready);
+        }
+        if self.inner.scheduler.help(r.id()) {
+            return self.inner.objects.get_if_ready(r);
+        }
+        None
     }
 
     /// Reads an object, waiting at most `timeout`.
@@ -104,6 +111,12 @@ impl Runtime {
         refs: &[ObjectRef<T>],
         timeout: Option<Duration>,
     ) -> Result<Vec<Arc<T>>, ObjectError> {
+        for r in refs {
+            // Short tasks still queued run here rather than wake a thread.
+            if !self.inner.objects.is_settled(r.id()) {
+                self.inner.scheduler.help(r.id());
+            }
+        }
         let _lent = self.lend_while_waiting();
         self.inner.objects.get_many(refs, timeout).await
     }

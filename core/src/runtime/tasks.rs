@@ -38,7 +38,10 @@ impl Runtime {
     pub(crate) fn submit_task(&self, spec: TaskSpec, body: Arc<dyn TaskBody>) {
         let span = tracing::trace_span!("submit", task = %spec.id, function = %spec.function);
         let _entered = span.enter();
-        self.inner.scheduler.submit(Arc::new(Task::new(spec, body)));
+        let timing = self.inner.scheduler.timing_of(&spec.function);
+        self.inner
+            .scheduler
+            .submit(Arc::new(Task::new(spec, body, timing)));
     }
 
     /// Submits a task of the remote function `F` with its arguments as

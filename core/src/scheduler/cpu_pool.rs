@@ -1,31 +1,110 @@
 //! Threads for synchronous task bodies.
 //!
-//! A sync body may block, so it must not run on an async worker. tokio's
-//! blocking pool parks idle threads at once, and waking one costs a context
-//! switch per task (measured: 4.5x the cost of an async no-op task). These
-//! threads spin briefly before they park, so a stream of tasks flows without
-//! a sleep or a wake-up. The pool keeps `base` threads (the node's CPUs) and
-//! grows while every thread is busy (bodies that block, tasks needing no
-//! CPU), shrinking back when the extra threads sit idle.
+//! A sync body may block, so it must not run on an async worker. Handing a
+//! job from one thread to another costs a wake-up, and on the VMs Troupe is
+//! measured on a wake-up that crosses vCPUs costs 44-167 µs (halt polling
+//! is off), against 2-4 µs on the same vCPU: the same code ran 2.5x faster
+//! or slower depending on where the scheduler put its threads. So the pool
+//! avoids hand-offs where it can:
+//!
+//! - **A local slot per thread.** A job submitted from one of the pool's own
+//!   threads as its job ends (the next link of a chain, launched by the one
+//!   that just finished) runs next on that thread: no queue, no wake-up, no
+//!   new thread. Only as it ends: a job submitted while the body runs would
+//!   wait behind a body that may be waiting for it.
+//! - **Claimable jobs.** A queued job can be claimed and run by someone else:
+//!   a task waiting for its result runs it itself when it is known to be
+//!   short (see `Scheduler::help`), instead of sleeping until a pool thread
+//!   wakes up to run it.
+//! - **No spinning.** A fixed spin is right for one placement of threads and
+//!   wrong for the other (measured); an idle thread parks.
+//!
+//! The pool keeps `base` threads (the node's CPUs) and starts another when a
+//! job is queued and no thread is idle (bodies that block must not starve
+//! the others); extra threads exit after sitting idle.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-type Job = Box<dyn FnOnce() + Send>;
+type Work = Box<dyn FnOnce() + Send>;
 
 /// Most threads the pool grows to.
 const MAX_THREADS: usize = 512;
-/// How long a thread spins for work before it parks.
-const SPIN: Duration = Duration::from_micros(50);
 /// How long an extra thread stays idle before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
 
+/// A job that runs once, on whichever thread claims it first.
+pub(crate) struct Job {
+    work: Mutex<Option<Work>>,
+    claimed: AtomicBool,
+}
+
+impl Job {
+    pub(crate) fn new(work: Work) -> Arc<Self> {
+        Arc::new(Job {
+            work: Mutex::new(Some(work)),
+            claimed: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs the job here if nobody has; true if this call ran it.
+    pub(crate) fn run(&self) -> bool {
+        if self.claimed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let work = self.work.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match work {
+            Some(work) => {
+                work();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether someone has taken it.
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
+    }
+}
+
+/// What a pool thread keeps for itself.
+struct Local {
+    pool: Weak<CpuPool>,
+    /// The job this thread runs next.
+    next: Option<Arc<Job>>,
+    /// The current job's body has returned: what it submits now can wait
+    /// for this thread.
+    ending: bool,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (what a job does after its body returned) so that a job it
+/// submits to this thread's pool runs next on this thread.
+pub(crate) fn as_job_ends<R>(f: impl FnOnce() -> R) -> R {
+    let set = |ending: bool| {
+        LOCAL.with(|local| {
+            if let Some(local) = local.borrow_mut().as_mut() {
+                local.ending = ending;
+            }
+        })
+    };
+    set(true);
+    let out = f();
+    set(false);
+    out
+}
+
 pub(crate) struct CpuPool {
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<VecDeque<Arc<Job>>>,
     work: Condvar,
-    /// Threads waiting for work (spinning or parked).
+    /// Threads parked, waiting for work.
     idle: AtomicUsize,
     threads: AtomicUsize,
     base: usize,
@@ -44,12 +123,29 @@ impl CpuPool {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<Job>>> {
         // Jobs run outside the lock and catch their own panics.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn execute(self: &Arc<Self>, job: Job) {
+    /// Runs `job` on a pool thread: next on this one if it is one of ours
+    /// with a free slot, else on an idle (or a new) thread.
+    pub(crate) fn execute(self: &Arc<Self>, job: Arc<Job>) {
+        let job = LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            match local.as_mut() {
+                Some(local)
+                    if local.ending
+                        && local.next.is_none()
+                        && std::ptr::eq(local.pool.as_ptr(), Arc::as_ptr(self)) =>
+                {
+                    local.next = Some(job);
+                    None
+                }
+                _ => Some(job),
+            }
+        });
+        let Some(job) = job else { return };
         self.lock().push_back(job);
         if self.idle.load(Ordering::Acquire) > 0 {
             self.work.notify_one();
@@ -71,49 +167,63 @@ impl CpuPool {
         }
     }
 
-    fn next(&self) -> Option<Job> {
-        if let Some(job) = self.lock().pop_front() {
-            return Some(job);
-        }
-        self.idle.fetch_add(1, Ordering::AcqRel);
-        let spin_until = Instant::now() + SPIN;
-        while Instant::now() < spin_until {
-            if let Some(job) = self.lock().pop_front() {
-                self.idle.fetch_sub(1, Ordering::AcqRel);
-                return Some(job);
-            }
-            std::hint::spin_loop();
-            std::thread::yield_now();
-        }
+    /// The next queued job nobody has claimed, waiting for one; `None` when
+    /// this thread should exit.
+    fn next(&self) -> Option<Arc<Job>> {
         let mut queue = self.lock();
-        let parked_at = Instant::now();
+        let mut waited = Duration::ZERO;
         loop {
-            if let Some(job) = queue.pop_front() {
-                self.idle.fetch_sub(1, Ordering::AcqRel);
-                return Some(job);
+            while let Some(job) = queue.pop_front() {
+                if !job.is_claimed() {
+                    return Some(job);
+                }
             }
             if self.closed.load(Ordering::Acquire) {
-                self.idle.fetch_sub(1, Ordering::AcqRel);
                 return None;
             }
             let extra = self.threads.load(Ordering::Acquire) > self.base;
-            if extra && parked_at.elapsed() >= IDLE_EXIT {
-                self.idle.fetch_sub(1, Ordering::AcqRel);
+            if extra && waited >= IDLE_EXIT {
                 return None;
             }
-            queue = self
+            self.idle.fetch_add(1, Ordering::AcqRel);
+            let (guard, timeout) = self
                 .work
                 .wait_timeout(queue, IDLE_EXIT)
-                .map(|(q, _)| q)
-                .unwrap_or_else(|e| e.into_inner().0);
+                .unwrap_or_else(|e| e.into_inner());
+            self.idle.fetch_sub(1, Ordering::AcqRel);
+            queue = guard;
+            waited = if timeout.timed_out() {
+                waited + IDLE_EXIT
+            } else {
+                Duration::ZERO
+            };
         }
     }
 
     fn run(self: Arc<Self>) {
+        LOCAL.with(|local| {
+            *local.borrow_mut() = Some(Local {
+                pool: Arc::downgrade(&self),
+                next: None,
+                ending: false,
+            })
+        });
+        let take_next =
+            || LOCAL.with(|local| local.borrow_mut().as_mut().and_then(|l| l.next.take()));
         while let Some(job) = self.next() {
-            job();
+            job.run();
+            // Jobs launched as it ended run here, one after another.
+            while let Some(next) = take_next() {
+                next.run();
+            }
         }
+        LOCAL.with(|local| *local.borrow_mut() = None);
         self.threads.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Threads running now (for tests and metrics).
+    pub(crate) fn threads(&self) -> usize {
+        self.threads.load(Ordering::Acquire)
     }
 
     /// Lets idle threads exit; queued jobs still run.
@@ -128,6 +238,10 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    fn job(f: impl FnOnce() + Send + 'static) -> Arc<Job> {
+        Job::new(Box::new(f))
+    }
+
     #[test]
     fn runs_every_job_and_grows_when_jobs_block() {
         let pool = CpuPool::new(1);
@@ -138,7 +252,7 @@ mod tests {
         for _ in 0..2 {
             let tx = tx.clone();
             let release = release_rx.clone();
-            pool.execute(Box::new(move || {
+            pool.execute(job(move || {
                 tx.send("started").unwrap();
                 let _ = release
                     .lock()
@@ -153,7 +267,7 @@ mod tests {
         release_tx.send(()).unwrap();
         for i in 0..100 {
             let tx = tx.clone();
-            pool.execute(Box::new(move || {
+            pool.execute(job(move || {
                 tx.send(if i == 99 { "last" } else { "job" }).unwrap()
             }));
         }
@@ -161,6 +275,66 @@ mod tests {
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();
         assert_eq!(got.iter().filter(|s| **s == "job").count(), 99);
+        pool.close();
+    }
+
+    #[test]
+    fn a_chain_runs_on_one_thread_without_growing_the_pool() {
+        let pool = CpuPool::new(2);
+        let (tx, rx) = mpsc::channel();
+        fn link(pool: Arc<CpuPool>, left: u32, tx: mpsc::Sender<std::thread::ThreadId>) {
+            tx.send(std::thread::current().id()).unwrap();
+            if left > 0 {
+                let next = pool.clone();
+                as_job_ends(|| pool.execute(Job::new(Box::new(move || link(next, left - 1, tx)))));
+            }
+        }
+        let p = pool.clone();
+        pool.execute(job(move || link(p, 999, tx)));
+        let threads: std::collections::HashSet<_> = (0..1000)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(
+            threads.len(),
+            1,
+            "every link ran on the first link's thread"
+        );
+        assert!(pool.threads() <= 2, "{} threads", pool.threads());
+        pool.close();
+    }
+
+    #[test]
+    fn a_job_submitted_while_a_body_runs_does_not_wait_behind_it() {
+        let pool = CpuPool::new(2);
+        let (tx, rx) = mpsc::channel();
+        let p = pool.clone();
+        pool.execute(job(move || {
+            let (inner_tx, inner_rx) = mpsc::channel();
+            p.execute(Job::new(Box::new(move || inner_tx.send(()).unwrap())));
+            // The body waits for what it submitted: it must run elsewhere.
+            inner_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            tx.send(()).unwrap();
+        }));
+        rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        pool.close();
+    }
+
+    #[test]
+    fn a_claimed_job_runs_once() {
+        let pool = CpuPool::new(1);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let j = job(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(j.run(), "the first claim runs it");
+        pool.execute(j.clone());
+        assert!(!j.run());
+        // A job queued after it runs, so the claimed one was passed over.
+        let (tx, rx) = mpsc::channel();
+        pool.execute(job(move || tx.send(()).unwrap()));
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
         pool.close();
     }
 }

@@ -22,6 +22,7 @@
 mod cpu_pool;
 mod placement;
 pub(crate) mod state;
+mod timing;
 mod units;
 
 pub use state::Counts;
@@ -46,11 +47,12 @@ use crate::remote::{
 };
 use crate::spec::{SchedulingStrategy, TaskArgs, TaskSpec};
 use crate::Resources;
-use cpu_pool::CpuPool;
+use cpu_pool::{CpuPool, Job};
 use placement::{ordinals, GpuShare};
 use state::{
     Actions, GiveUp, Grant, Launch, Payload, Queued, ReserveError, RetryPolicy, Stage, State,
 };
+pub(crate) use timing::Timing;
 
 /// A submitted task: its spec (what it is, as data) and its body (how it
 /// runs here).
@@ -61,13 +63,17 @@ pub(crate) struct Task {
     pub(crate) body: Arc<dyn TaskBody>,
     /// Stops the running async attempt, or the waiter of its arguments.
     handle: Mutex<Option<AbortHandle>>,
+    /// A sync attempt's job on the CPU pool, which a waiter may run itself.
+    job: Mutex<Option<Arc<Job>>>,
+    /// How long this function's bodies take.
+    timing: Arc<Timing>,
     /// Set when it is cancelled or abandoned: a launch that races with it
     /// does not start.
     stopped: AtomicBool,
 }
 
 impl Task {
-    pub(crate) fn new(spec: TaskSpec, body: Arc<dyn TaskBody>) -> Self {
+    pub(crate) fn new(spec: TaskSpec, body: Arc<dyn TaskBody>, timing: Arc<Timing>) -> Self {
         let resources = spec.options.needs();
         Self {
             needs: Units::of(&resources),
@@ -75,6 +81,8 @@ impl Task {
             spec,
             body,
             handle: Mutex::new(None),
+            job: Mutex::new(None),
+            timing,
             stopped: AtomicBool::new(false),
         }
     }
@@ -184,6 +192,8 @@ pub(crate) struct Scheduler {
     runtime: OnceLock<Weak<dyn Any + Send + Sync>>,
     placement: Option<Arc<dyn Placement>>,
     remote: Option<Arc<dyn RemoteExecutor>>,
+    /// How long each function's bodies take, by name.
+    timings: dashmap::DashMap<crate::spec::FunctionName, Arc<Timing>>,
 }
 
 impl Scheduler {
@@ -209,7 +219,40 @@ impl Scheduler {
             runtime: OnceLock::new(),
             placement,
             remote,
+            timings: dashmap::DashMap::new(),
         }
+    }
+
+    /// The timing record of a function.
+    pub(crate) fn timing_of(&self, function: &crate::spec::FunctionName) -> Arc<Timing> {
+        if let Some(timing) = self.timings.get(function) {
+            return timing.clone();
+        }
+        self.timings
+            .entry(function.clone())
+            .or_insert_with(|| Arc::new(Timing::default()))
+            .clone()
+    }
+
+    /// Runs the sync attempt that will produce `result` here and now, if it
+    /// is queued on the CPU pool and its function is known to be short: a
+    /// waiter that would sleep until a pool thread wakes up runs it instead
+    /// (a wake-up across vCPUs costs more than a short body). True if it
+    /// ran it.
+    pub(crate) fn help(&self, result: ObjectId) -> bool {
+        let task = self.lock().running_task_of(result).map(|t| t.0.clone());
+        let Some(task) = task else {
+            return false;
+        };
+        if !task.timing.known_short() {
+            return false;
+        }
+        let job = task.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ran = job.is_some_and(|job| job.run());
+        if ran {
+            metrics::counter!("troupe_tasks_run_by_waiter_total").increment(1);
+        }
+        ran
     }
 
     pub(crate) fn set_runtime(&self, runtime: Weak<dyn Any + Send + Sync>) {
@@ -414,10 +457,17 @@ impl Scheduler {
         let scheduler = self.clone();
         match task.body.clone().launch(frame) {
             function::Launch::Blocking(body) => {
-                self.cpus.execute(Box::new(move || {
+                let timing = task.timing.clone();
+                let job = Job::new(Box::new(move || {
+                    let began = std::time::Instant::now();
                     let outcome = body();
-                    scheduler.finished(id, outcome);
+                    timing.record(began.elapsed());
+                    // What this completion launches may run next on this
+                    // thread: the body has returned.
+                    cpu_pool::as_job_ends(|| scheduler.finished(id, outcome));
                 }));
+                *task.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
+                self.cpus.execute(job);
             }
             function::Launch::Async(body) => {
                 let handle = self.tokio.spawn(async move {
@@ -662,6 +712,7 @@ impl Scheduler {
     pub(crate) fn counts(&self) -> Counts {
         let counts = self.lock().counts();
         metrics::gauge!("troupe_scheduler_queued_tasks").set(counts.queued as f64);
+        metrics::gauge!("troupe_cpu_threads").set(self.cpus.threads() as f64);
         counts
     }
 

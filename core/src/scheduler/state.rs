@@ -268,6 +268,12 @@ impl<P: Payload, W> State<P, W> {
         Ok(())
     }
 
+    /// The task running here that produces `result`, if any.
+    pub(crate) fn running_task_of(&self, result: ObjectId) -> Option<&P> {
+        let id = self.live.get(&result)?;
+        self.running.get(id).map(|active| &active.queued.task)
+    }
+
     /// The task a waiter watches arguments for, if it still waits.
     pub(crate) fn watched_task(&self, id: TaskId) -> Option<&P> {
         self.watched.get(&id).map(|q| &q.task)
