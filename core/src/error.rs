@@ -5,6 +5,7 @@
 //! kept as structured errors ([`Cause`]), never flattened to a string.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -310,6 +311,40 @@ impl TaskError {
             | TaskError::UnknownFunction { id, .. }
             | TaskError::BadArguments { id, .. } => *id,
         }
+    }
+}
+
+/// Why one attempt failed.
+#[doc(hidden)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Failure {
+    /// The body panicked.
+    Panicked(String),
+    /// The body returned `Err`.
+    Error(Cause),
+    /// An argument has no value.
+    Dependency(ObjectId, ObjectError),
+    /// The result could not be stored.
+    Store(ObjectError),
+    /// The node running it died.
+    NodeDied(NodeId),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Panicked(m) => write!(f, "panicked: {m}"),
+            Failure::Error(e) => write!(f, "returned an error: {e}"),
+            Failure::Dependency(id, e) => write!(f, "argument {id} failed: {e}"),
+            Failure::Store(e) => write!(f, "result not stored: {e}"),
+            Failure::NodeDied(node) => write!(f, "its node {node} died"),
+        }
+    }
+}
+
+impl From<crate::spec::ArgError> for Failure {
+    fn from(crate::spec::ArgError(id, err): crate::spec::ArgError) -> Self {
+        Failure::Dependency(id, err)
     }
 }
 

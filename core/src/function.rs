@@ -17,51 +17,18 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use troupe_objects::{
     AnyObjectRef, Cause, Completer, NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore,
     RemoteError,
 };
 
 use crate::context::{self, Frame};
+pub use crate::error::Failure;
 use crate::error::{panic_message, TaskError};
 use crate::generator::StreamSink;
 use crate::remote::RemoteResult;
-use crate::spec::{self, ArgError};
-
-/// Why one attempt failed.
-#[doc(hidden)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Failure {
-    /// The body panicked.
-    Panicked(String),
-    /// The body returned `Err`.
-    Error(Cause),
-    /// An argument has no value.
-    Dependency(ObjectId, ObjectError),
-    /// The result could not be stored.
-    Store(ObjectError),
-    /// The node running it died.
-    NodeDied(NodeId),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Panicked(m) => write!(f, "panicked: {m}"),
-            Failure::Error(e) => write!(f, "returned an error: {e}"),
-            Failure::Dependency(id, e) => write!(f, "argument {id} failed: {e}"),
-            Failure::Store(e) => write!(f, "result not stored: {e}"),
-            Failure::NodeDied(node) => write!(f, "its node {node} died"),
-        }
-    }
-}
-
-impl From<ArgError> for Failure {
-    fn from(ArgError(id, err): ArgError) -> Self {
-        Failure::Dependency(id, err)
-    }
-}
+use crate::spec;
 
 /// A body's `Err`, on its way to becoming a [`Cause`]: errors that
 /// implement `std::error::Error` keep their type and source chain; any other

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use troupe_objects::{AnyObjectRef, Object, ObjectError, ObjectRef, ObjectStore};
 
-use crate::function::Failure;
+use crate::error::Failure;
 
 /// The refs a generator task yields, in order, as it produces them.
 /// Made by `#[troupe::remote(generator)]`.

@@ -9,8 +9,8 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ActorError;
-use crate::function::Failure;
+use crate::error::{ActorError, Failure};
+
 use crate::ids::{ActorId, NodeId, ObjectId};
 use crate::spec::TaskSpec;
 use crate::Resources;

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::function::Failure;
+use crate::error::Failure;
 pub(crate) use crate::function::Outcome;
 use crate::ids::{NodeId, ObjectId, TaskId};
 
