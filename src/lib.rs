@@ -29,8 +29,8 @@ pub use troupe_core::{
     actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
     task, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef, Blob,
     Cause, ClusterSeams, Config, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError,
-    NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending,
-    Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, StoreConfig,
+    NodeId, Object, ObjectDirectory, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream,
+    Pending, Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, StoreConfig,
     SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskId, TaskOptions,
 };
 pub use troupe_macros::{actor, remote};

@@ -314,9 +314,10 @@ impl TaskError {
     }
 }
 
-/// Why one attempt failed.
-#[doc(hidden)]
+/// Why one attempt of a task failed: what a node that ran it for another
+/// reports (the owner decides whether to retry).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Failure {
     /// The body panicked.
     Panicked(String),

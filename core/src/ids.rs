@@ -106,3 +106,7 @@ impl fmt::Display for ActorInfo {
         }
     }
 }
+
+// Ids hold no heap memory: storable as parts of objects.
+impl troupe_objects::GetSize for TaskId {}
+impl troupe_objects::GetSize for ActorId {}

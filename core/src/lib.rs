@@ -51,8 +51,8 @@ pub use runtime::{init, ClusterSeams, Config, Runtime};
 pub use spec::{IntoArg, SchedulingStrategy};
 pub use supervisor::{SupervisionEvent, SupervisorError};
 pub use troupe_objects::{
-    AnyObjectRef, Blob, Cause, GetSize, GetSizeTracker, NodeId, Object, ObjectError, ObjectId,
-    ObjectRef, ObjectStore, StoreConfig,
+    AnyObjectRef, Blob, Cause, GetSize, GetSizeTracker, NodeId, Object, ObjectDirectory,
+    ObjectError, ObjectId, ObjectRef, ObjectStore, StoreConfig,
 };
 
 pub use context::TaskContext;

@@ -26,8 +26,10 @@ pub trait ObjectDirectory: Send + Sync + 'static {
         location: Option<NodeId>,
     ) -> BoxFuture<'static, Result<Blob, ObjectError>>;
 
-    /// The last local ref to `id`, which another node owns, was dropped:
-    /// this node no longer borrows it (the owner may free it once no
-    /// borrower is left).
-    fn released(&self, id: ObjectId);
+    /// This node no longer needs `id`: its last local ref was dropped. For
+    /// an object another node owns, this node no longer borrows it (the
+    /// owner frees it once no borrower is left); for one this node owns
+    /// whose value lives on `location` (a task's result kept where it was
+    /// made), that node may free its copy.
+    fn released(&self, id: ObjectId, location: Option<NodeId>);
 }

@@ -45,3 +45,7 @@ impl fmt::Display for ObjectId {
         write!(f, "obj-{}-{}", self.node, self.seq)
     }
 }
+
+// Ids hold no heap memory: storable as parts of objects.
+impl get_size2::GetSize for NodeId {}
+impl get_size2::GetSize for ObjectId {}

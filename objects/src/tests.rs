@@ -480,7 +480,7 @@ impl crate::ObjectDirectory for Peers {
         })
     }
 
-    fn released(&self, id: crate::ObjectId) {
+    fn released(&self, id: crate::ObjectId, _location: Option<crate::NodeId>) {
         self.1.lock().unwrap().push(id);
     }
 }

@@ -92,6 +92,9 @@ pub(crate) struct Entry {
     pub(crate) pinned: bool,
     /// Other nodes holding refs to it (owner side): it lives while any does.
     pub(crate) borrowers: Vec<NodeId>,
+    /// The node its value lives on (or came from), when not here: told
+    /// when this node no longer needs it.
+    pub(crate) origin: Option<NodeId>,
 }
 
 /// Object store settings.
@@ -266,6 +269,7 @@ impl Inner {
                         handle: Arc::downgrade(&handle),
                         pinned: false,
                         borrowers: Vec::new(),
+                        origin: Some(id.node),
                     });
                 }
                 // Otherwise no entry: reads say Freed (made here) or Unknown.
@@ -291,6 +295,10 @@ impl Inner {
 
     /// Accounting and side effects of an entry that left the index.
     fn forget(&self, id: ObjectId, entry: Entry) {
+        let origin = match &entry.state {
+            State::Remote { location } => location.or(entry.origin),
+            _ => entry.origin,
+        };
         match entry.state {
             State::Ready(_) => self.unaccount(entry.size),
             State::Spilled(path) => {
@@ -299,9 +307,11 @@ impl Inner {
             State::Pending(notify) => notify.notify_waiters(),
             _ => {}
         }
-        if id.node != self.node {
+        // Made elsewhere, or made here but kept elsewhere: whoever holds
+        // it there may free it now.
+        if id.node != self.node || origin.is_some() {
             if let Some(directory) = self.directory.get() {
-                directory.released(id);
+                directory.released(id, origin);
             }
         }
     }
@@ -466,6 +476,7 @@ impl ObjectStore {
             handle: Weak::new(),
             pinned: false,
             borrowers: Vec::new(),
+            origin: None,
         }
     }
 
@@ -620,6 +631,7 @@ impl ObjectStore {
                 handle: Weak::new(),
                 pinned: false,
                 borrowers: Vec::new(),
+                origin: None,
             },
         );
         let completer = Completer {
@@ -652,6 +664,7 @@ impl ObjectStore {
                 handle: Weak::new(),
                 pinned: false,
                 borrowers: Vec::new(),
+                origin: location,
             },
         )
     }
@@ -893,6 +906,8 @@ impl ObjectStore {
             if !matches!(entry.state, State::Remote { .. }) {
                 return;
             }
+            // Remembered after the fetch: that node hears when we let go.
+            entry.origin = entry.origin.or(location);
             entry.state = State::Pending(Arc::new(Notify::new()));
         }
         let store = self.clone();
