@@ -70,9 +70,9 @@ fn crate_paths(text: &str) -> Vec<String> {
                 .collect();
             if !name.is_empty() {
                 out.push(name);
-            } else if rest.starts_with('{') {
+            } else if let Some(inner) = rest.strip_prefix('{') {
                 // `use crate::{a, b::c}`: each first segment.
-                let group: String = rest[1..].chars().take_while(|c| *c != '}').collect();
+                let group: String = inner.chars().take_while(|c| *c != '}').collect();
                 for part in group.split(',') {
                     let first = part.trim().split("::").next().unwrap_or("").trim();
                     if !first.is_empty() {
