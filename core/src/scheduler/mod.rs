@@ -20,11 +20,14 @@
 //! attempt would cost about 25 µs to spawn here (see ARCHITECTURE.md).
 
 mod cpu_pool;
+mod delegate;
 mod placement;
+mod reservation;
 pub(crate) mod state;
 mod timing;
 mod units;
 
+pub(crate) use reservation::Reservation;
 pub use state::Counts;
 pub(crate) use units::Units;
 
@@ -42,16 +45,12 @@ use crate::context::{Frame, TaskContext};
 use crate::error::{TaskCause, TaskError};
 use crate::function::{self, Failure, Outcome, TaskBody};
 use crate::ids::TaskId;
-use crate::remote::{
-    Placement, PlacementDecision, PlacementRequest, RemoteExecutor, RemoteOutcome,
-};
-use crate::spec::{SchedulingStrategy, TaskArgs, TaskSpec};
+use crate::remote::{Placement, RemoteExecutor};
+use crate::spec::{SchedulingStrategy, TaskSpec};
 use crate::Resources;
 use cpu_pool::{CpuPool, Job};
 use placement::{ordinals, GpuShare};
-use state::{
-    Actions, GiveUp, Grant, Launch, Payload, Queued, ReserveError, RetryPolicy, Stage, State,
-};
+use state::{Actions, GiveUp, Grant, Launch, Payload, Queued, RetryPolicy, Stage, State};
 pub(crate) use timing::Timing;
 
 /// A submitted task: its spec (what it is, as data) and its body (how it
@@ -494,123 +493,6 @@ impl Scheduler {
         }
     }
 
-    /// Asks the placement hook where a task this node cannot run goes.
-    fn place(self: &Arc<Self>, queued: Queued<TaskRef>) {
-        let task = queued.task.0.clone();
-        let feasible_here = self.lock().feasible(&task.needs);
-        let decision = match &self.placement {
-            Some(hook) => hook.place(&PlacementRequest {
-                spec: &task.spec,
-                needs: &task.resources,
-                feasible_here,
-            }),
-            None if feasible_here => PlacementDecision::Here,
-            None => PlacementDecision::Infeasible,
-        };
-        let actions = match decision {
-            PlacementDecision::Here if feasible_here => {
-                let mut state = self.lock();
-                let mut actions = Actions::default();
-                if state.requeue(queued).is_err() {
-                    task.stopped.store(true, Ordering::Release);
-                    task.body.give_up(TaskError::ShutDown {
-                        task: task.spec.function.clone(),
-                        id: task.spec.id,
-                    });
-                } else {
-                    state.step(&self.settled(), &mut actions);
-                }
-                actions
-            }
-            PlacementDecision::Node(node) if node != self.node => {
-                self.delegate(queued, node);
-                return;
-            }
-            PlacementDecision::Wait => self.lock().park_unplaced(queued),
-            _ => {
-                let err = TaskError::Infeasible {
-                    task: task.spec.function.clone(),
-                    id: task.spec.id,
-                    needs: task.resources.clone(),
-                    node: self.capacity.clone(),
-                };
-                tracing::debug!(task = %task.spec.id, "task infeasible");
-                task.stopped.store(true, Ordering::Release);
-                task.body.give_up(err);
-                let results = task.spec.results.clone();
-                self.lock().settled(&results, &self.settled())
-            }
-        };
-        self.perform(actions);
-    }
-
-    /// Sends an attempt to another node through the remote executor.
-    fn delegate(self: &Arc<Self>, queued: Queued<TaskRef>, node: NodeId) {
-        let task = queued.task.0.clone();
-        let Some(remote) = self.remote.clone() else {
-            task.body.give_up(TaskError::Infeasible {
-                task: task.spec.function.clone(),
-                id: task.spec.id,
-                needs: task.resources.clone(),
-                node: self.capacity.clone(),
-            });
-            return;
-        };
-        let mut spec = task.spec.clone();
-        spec.attempt = queued.attempt;
-        if let TaskArgs::Local = spec.args {
-            match task.body.encode_args() {
-                Ok(bytes) => spec.args = TaskArgs::Encoded(bytes),
-                Err(cause) => {
-                    task.body.give_up(TaskError::BadArguments {
-                        task: task.spec.function.clone(),
-                        id: task.spec.id,
-                        cause,
-                    });
-                    return;
-                }
-            }
-        }
-        let id = spec.id;
-        self.lock().delegated(queued, node);
-        metrics::counter!("troupe_tasks_delegated_total").increment(1);
-        let scheduler = Arc::downgrade(self);
-        let running = remote.run_task(node, spec);
-        self.tokio.spawn(async move {
-            let outcome = running.await;
-            if let Some(scheduler) = scheduler.upgrade() {
-                scheduler.delegated_ended(id, task, outcome);
-            }
-        });
-    }
-
-    fn delegated_ended(self: &Arc<Self>, id: TaskId, task: Arc<Task>, outcome: RemoteOutcome) {
-        let outcome = match outcome {
-            RemoteOutcome::Done(results) => match task.body.complete_remote(results) {
-                Ok(()) => Outcome::Done,
-                Err(err) => Outcome::Failed(Failure::Store(err)),
-            },
-            RemoteOutcome::Failed(failure) => Outcome::Failed(failure),
-        };
-        let actions = self.lock().delegated_ended(id, outcome, &self.settled());
-        self.perform(actions);
-    }
-
-    /// A node died: tasks it ran are retried (or fail) as their attempts
-    /// would.
-    pub(crate) fn node_died(self: &Arc<Self>, node: NodeId) {
-        let actions = self.lock().node_died(node, &self.settled());
-        self.perform(actions);
-    }
-
-    /// A node joined: tasks that fitted no node are placed again.
-    pub(crate) fn node_up(self: &Arc<Self>) {
-        let unplaced = self.lock().take_unplaced();
-        for queued in unplaced {
-            self.place(queued);
-        }
-    }
-
     /// A running task is about to wait in `get`: its CPUs go back to the
     /// node until the returned guard drops.
     pub(crate) fn lend(self: &Arc<Self>, id: TaskId) -> Option<Lent> {
@@ -656,51 +538,6 @@ impl Scheduler {
         cancelled
     }
 
-    /// Reserves `needs` for an actor's whole life: at once if free,
-    /// otherwise when given back, in the order asked. Fails at once when the
-    /// node can never fit them.
-    pub(crate) async fn reserve(
-        self: &Arc<Self>,
-        needs: Units,
-    ) -> Result<Reservation, ReserveError> {
-        let (tx, rx) = oneshot::channel();
-        let reserved = self.lock().reserve(needs, tx);
-        let grant = match reserved {
-            Ok(Some(grant)) => grant,
-            Ok(None) => {
-                metrics::counter!("troupe_actor_reservations_waited_total").increment(1);
-                // A dropped sender: the runtime shut down while we waited.
-                rx.await.map_err(|_| ReserveError::ShutDown)?
-            }
-            Err((_, err)) => return Err(err),
-        };
-        Ok(self.reservation(grant))
-    }
-
-    /// Reserves `needs` now or not at all (trees start synchronously).
-    pub(crate) fn try_reserve(
-        self: &Arc<Self>,
-        needs: &Units,
-    ) -> Result<Option<Reservation>, ReserveError> {
-        let grant = self.lock().try_reserve(needs)?;
-        Ok(grant.map(|g| self.reservation(g)))
-    }
-
-    fn reservation(self: &Arc<Self>, grant: Grant) -> Reservation {
-        if !grant.gpus.is_empty() {
-            self.gpus_gauge();
-        }
-        Reservation {
-            scheduler: self.clone(),
-            grant,
-        }
-    }
-
-    fn gpus_gauge(&self) {
-        let in_use = self.lock().gpus_in_use();
-        metrics::gauge!("troupe_scheduler_gpus_in_use").set(in_use as f64 / 1000.0);
-    }
-
     /// At runtime shutdown: abort running attempts, fail every task.
     pub(crate) fn shut_down(self: &Arc<Self>) {
         let actions = self.lock().shut_down();
@@ -719,33 +556,6 @@ impl Scheduler {
     /// What is free now.
     pub(crate) fn available(&self) -> Resources {
         self.lock().free().to_resources()
-    }
-}
-
-/// Resources an actor holds for its life; dropping it gives them back and
-/// lets waiting actors and tasks use them.
-pub(crate) struct Reservation {
-    scheduler: Arc<Scheduler>,
-    grant: Grant,
-}
-
-impl Reservation {
-    /// The GPUs it holds, by ordinal.
-    pub(crate) fn gpu_ids(&self) -> Vec<u32> {
-        ordinals(&self.grant.gpus)
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let actions = self
-            .scheduler
-            .lock()
-            .release_grant(&self.grant, &self.scheduler.settled());
-        if !self.grant.gpus.is_empty() {
-            self.scheduler.gpus_gauge();
-        }
-        self.scheduler.perform(actions);
     }
 }
 

@@ -32,7 +32,9 @@
 
 mod child;
 mod event;
+mod handle;
 pub(crate) mod policy;
+mod spec;
 
 pub(crate) use child::Member;
 pub use child::{ChildExit, ChildSpec, Restart, Shutdown, StartContext, DEFAULT_SHUTDOWN};
@@ -40,6 +42,7 @@ pub use child::{ChildExit, ChildSpec, Restart, Shutdown, StartContext, DEFAULT_S
 pub use child::{NativeChild, NativeControl, Running};
 pub use event::{EventBus, SupervisionEvent};
 pub use policy::{Backoff, Intensity};
+pub use spec::SupervisorSpec;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -47,7 +50,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::SpawnError;
@@ -63,77 +65,6 @@ pub enum Strategy {
     OneForAll,
     /// The child that exited and every child started after it.
     RestForOne,
-}
-
-/// The description of a supervisor: its strategy, limits and children.
-#[derive(Clone, Debug)]
-pub struct SupervisorSpec {
-    pub(crate) name: Arc<str>,
-    pub(crate) strategy: Strategy,
-    pub(crate) intensity: Option<Intensity>,
-    pub(crate) backoff: Option<Backoff>,
-    pub(crate) children: Vec<ChildSpec>,
-    pub(crate) events: EventBus,
-}
-
-impl SupervisorSpec {
-    /// A supervisor with the default intensity and no children yet.
-    pub fn new(name: impl Into<Arc<str>>, strategy: Strategy) -> Self {
-        Self {
-            name: name.into(),
-            strategy,
-            intensity: Some(Intensity::default()),
-            backoff: None,
-            children: Vec::new(),
-            events: EventBus::default(),
-        }
-    }
-
-    /// A dynamic supervisor: one-for-one, no static children, children added
-    /// and removed at run time with [`SupervisorRef::start_child`] and
-    /// [`SupervisorRef::terminate_child`]. Any supervisor accepts those calls;
-    /// this is the conventional shape for many children of one kind.
-    pub fn dynamic(name: impl Into<Arc<str>>) -> Self {
-        Self::new(name, Strategy::OneForOne)
-    }
-
-    /// Sets the restart intensity.
-    pub fn intensity(mut self, intensity: Intensity) -> Self {
-        self.intensity = Some(intensity);
-        self
-    }
-
-    /// Never escalates, however often children restart. Use it where each
-    /// child carries its own cap ([`ChildSpec::max_restarts`]), as the
-    /// runtime's user-actor supervisor does.
-    pub fn unlimited_intensity(mut self) -> Self {
-        self.intensity = None;
-        self
-    }
-
-    /// Waits before each restart.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = Some(backoff);
-        self
-    }
-
-    /// Adds a child; children start in the order they are added.
-    pub fn child(mut self, child: ChildSpec) -> Self {
-        self.children.push(child);
-        self
-    }
-
-    /// Reports this tree's events on `events` (nested supervisors inherit it).
-    pub fn events(mut self, events: EventBus) -> Self {
-        self.events = events;
-        self
-    }
-
-    /// The supervisor's name (a label for events, logs and metrics; it is not
-    /// registered anywhere, so it need not be unique).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 /// Identifies a child within its supervisor; stable across restarts.
@@ -783,133 +714,3 @@ impl ractor::Actor for Supervisor {
 
 /// The exit reason ractor gives an actor stopped by `kill`.
 const KILLED: &str = "killed";
-
-/// How long management calls wait for a supervisor that should answer at once.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-impl SupervisorRef {
-    /// The supervisor's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The supervisor's actor cell (to link to it, or to count its children).
-    pub fn cell(&self) -> ActorCell {
-        self.actor.get_cell()
-    }
-
-    /// Starts `spec` as a new child and returns its key.
-    ///
-    /// The child is started in the caller's task, linked to the supervisor,
-    /// then handed over: the supervisor never waits on a slow constructor,
-    /// and keeps handling its other children meanwhile.
-    pub async fn start_child(&self, spec: ChildSpec) -> Result<ChildKey, SupervisorError> {
-        let key = ChildKey(self.keys.fetch_add(1, Ordering::Relaxed));
-        let ctx = StartContext {
-            supervisor: self.actor.get_cell(),
-            events: self.events.clone(),
-            reports: self.actor.clone(),
-        };
-        let running = match (spec.start)(ctx).await {
-            Ok(running) => running,
-            Err(err) => {
-                if !self.is_alive() {
-                    return Err(SupervisorError::Down(self.name.to_string()));
-                }
-                self.events.emit(|| SupervisionEvent::ChildStartFailed {
-                    supervisor: self.name.clone(),
-                    child: spec.id.clone(),
-                    error: err.to_string(),
-                });
-                return Err(err.into());
-            }
-        };
-        // No await between the start and this send: the child cannot be
-        // left linked but unadopted by a cancelled caller.
-        match self
-            .actor
-            .send_message(SupervisorMsg::Adopt { key, spec, running })
-        {
-            Ok(()) => Ok(key),
-            Err(err) => {
-                // The supervisor died meanwhile; make sure the child did too.
-                if let ractor::MessagingErr::SendErr(SupervisorMsg::Adopt { running, .. }) = err {
-                    running.kill();
-                }
-                Err(SupervisorError::Down(self.name.to_string()))
-            }
-        }
-    }
-
-    /// Stops the child per its shutdown and forgets it. Waits at most
-    /// `timeout` for the supervisor to confirm (a child with
-    /// `Shutdown::Infinity` may take as long as it likes to stop).
-    pub async fn terminate_child_within(
-        &self,
-        key: ChildKey,
-        timeout: Duration,
-    ) -> Result<(), SupervisorError> {
-        match self
-            .actor
-            .call(
-                |reply| SupervisorMsg::TerminateChild(key, reply),
-                Some(timeout),
-            )
-            .await
-        {
-            Ok(CallResult::Success(true)) => Ok(()),
-            Ok(CallResult::Success(false)) => Err(SupervisorError::NoSuchChild {
-                supervisor: self.name.to_string(),
-                key,
-            }),
-            Ok(CallResult::Timeout) => Err(SupervisorError::Timeout {
-                supervisor: self.name.to_string(),
-                after: timeout,
-            }),
-            _ => Err(SupervisorError::Down(self.name.to_string())),
-        }
-    }
-
-    /// [`terminate_child_within`](Self::terminate_child_within) 30 s.
-    pub async fn terminate_child(&self, key: ChildKey) -> Result<(), SupervisorError> {
-        self.terminate_child_within(key, CALL_TIMEOUT).await
-    }
-
-    /// The children in start order.
-    pub async fn which_children(&self) -> Result<Vec<ChildInfo>, SupervisorError> {
-        match self
-            .actor
-            .call(SupervisorMsg::WhichChildren, Some(CALL_TIMEOUT))
-            .await
-        {
-            Ok(CallResult::Success(children)) => Ok(children),
-            Ok(CallResult::Timeout) => Err(SupervisorError::Timeout {
-                supervisor: self.name.to_string(),
-                after: CALL_TIMEOUT,
-            }),
-            _ => Err(SupervisorError::Down(self.name.to_string())),
-        }
-    }
-
-    /// Whether the supervisor is running.
-    pub fn is_alive(&self) -> bool {
-        self.actor.get_status() <= ractor::ActorStatus::Running
-    }
-
-    /// Stops the supervisor: its children stop in reverse order, each per its
-    /// shutdown; if all that overruns `deadline`, the rest is killed.
-    /// Returns whether the ordered stop finished in time.
-    pub async fn stop(&self, deadline: Duration) -> bool {
-        match self
-            .actor
-            .stop_and_wait(Some("shutdown".into()), Some(deadline))
-            .await
-        {
-            Err(ractor::RactorErr::Timeout) => {
-                let _ = self.actor.kill_and_wait(None).await;
-                false
-            }
-            _ => true,
-        }
-    }
-}

@@ -1,0 +1,134 @@
+//! Tasks this node does not run: where the placement hook sends them, how
+//! they run on another node through the remote executor, and what a node
+//! joining or dying means for them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use troupe_objects::NodeId;
+
+use super::state::{Actions, Outcome, Queued};
+use super::{Failure, Scheduler, Task, TaskRef};
+use crate::error::TaskError;
+use crate::ids::TaskId;
+use crate::remote::{PlacementDecision, PlacementRequest, RemoteOutcome};
+use crate::spec::TaskArgs;
+
+impl Scheduler {
+    /// Asks the placement hook where a task this node cannot run goes.
+    pub(super) fn place(self: &Arc<Self>, queued: Queued<TaskRef>) {
+        let task = queued.task.0.clone();
+        let feasible_here = self.lock().feasible(&task.needs);
+        let decision = match &self.placement {
+            Some(hook) => hook.place(&PlacementRequest {
+                spec: &task.spec,
+                needs: &task.resources,
+                feasible_here,
+            }),
+            None if feasible_here => PlacementDecision::Here,
+            None => PlacementDecision::Infeasible,
+        };
+        let actions = match decision {
+            PlacementDecision::Here if feasible_here => {
+                let mut state = self.lock();
+                let mut actions = Actions::default();
+                if state.requeue(queued).is_err() {
+                    task.stopped.store(true, Ordering::Release);
+                    task.body.give_up(TaskError::ShutDown {
+                        task: task.spec.function.clone(),
+                        id: task.spec.id,
+                    });
+                } else {
+                    state.step(&self.settled(), &mut actions);
+                }
+                actions
+            }
+            PlacementDecision::Node(node) if node != self.node => {
+                self.delegate(queued, node);
+                return;
+            }
+            PlacementDecision::Wait => self.lock().park_unplaced(queued),
+            _ => {
+                let err = TaskError::Infeasible {
+                    task: task.spec.function.clone(),
+                    id: task.spec.id,
+                    needs: task.resources.clone(),
+                    node: self.capacity.clone(),
+                };
+                tracing::debug!(task = %task.spec.id, "task infeasible");
+                task.stopped.store(true, Ordering::Release);
+                task.body.give_up(err);
+                let results = task.spec.results.clone();
+                self.lock().settled(&results, &self.settled())
+            }
+        };
+        self.perform(actions);
+    }
+
+    /// Sends an attempt to another node through the remote executor.
+    fn delegate(self: &Arc<Self>, queued: Queued<TaskRef>, node: NodeId) {
+        let task = queued.task.0.clone();
+        let Some(remote) = self.remote.clone() else {
+            task.body.give_up(TaskError::Infeasible {
+                task: task.spec.function.clone(),
+                id: task.spec.id,
+                needs: task.resources.clone(),
+                node: self.capacity.clone(),
+            });
+            return;
+        };
+        let mut spec = task.spec.clone();
+        spec.attempt = queued.attempt;
+        if let TaskArgs::Local = spec.args {
+            match task.body.encode_args() {
+                Ok(bytes) => spec.args = TaskArgs::Encoded(bytes),
+                Err(cause) => {
+                    task.body.give_up(TaskError::BadArguments {
+                        task: task.spec.function.clone(),
+                        id: task.spec.id,
+                        cause,
+                    });
+                    return;
+                }
+            }
+        }
+        let id = spec.id;
+        self.lock().delegated(queued, node);
+        metrics::counter!("troupe_tasks_delegated_total").increment(1);
+        let scheduler = Arc::downgrade(self);
+        let running = remote.run_task(node, spec);
+        self.tokio.spawn(async move {
+            let outcome = running.await;
+            if let Some(scheduler) = scheduler.upgrade() {
+                scheduler.delegated_ended(id, task, outcome);
+            }
+        });
+    }
+
+    fn delegated_ended(self: &Arc<Self>, id: TaskId, task: Arc<Task>, outcome: RemoteOutcome) {
+        let outcome = match outcome {
+            RemoteOutcome::Done(results) => match task.body.complete_remote(results) {
+                Ok(()) => Outcome::Done,
+                Err(err) => Outcome::Failed(Failure::Store(err)),
+            },
+            RemoteOutcome::Failed(failure) => Outcome::Failed(failure),
+        };
+        let actions = self.lock().delegated_ended(id, outcome, &self.settled());
+        self.perform(actions);
+    }
+
+    /// A node died: tasks it ran are retried (or fail) as their attempts
+    /// would.
+    pub(crate) fn node_died(self: &Arc<Self>, node: NodeId) {
+        let actions = self.lock().node_died(node, &self.settled());
+        self.perform(actions);
+    }
+
+    /// A node joined: tasks that fitted no node are placed again.
+    pub(crate) fn node_up(self: &Arc<Self>) {
+        let unplaced = self.lock().take_unplaced();
+        for queued in unplaced {
+            self.place(queued);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Writing objects: admission against the memory budget (backpressure),
+//! puts, byte objects in pooled buffers, pending objects.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::Notify;
+
+use super::{Entry, Kind, ObjectStore, State};
+use crate::blob::class_of;
+use crate::{Blob, BlobWriter, Completer, GetSize, Object, ObjectError, ObjectId, ObjectRef};
+
+impl ObjectStore {
+    fn too_large(&self, size: u64) -> Result<(), ObjectError> {
+        if size > self.inner.config.memory_budget {
+            return Err(ObjectError::TooLarge {
+                size,
+                budget: self.inner.config.memory_budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// The error of a put of `size` bytes that does not fit now.
+    pub fn full_error(&self, size: u64) -> ObjectError {
+        self.full(size)
+    }
+
+    fn full(&self, size: u64) -> ObjectError {
+        ObjectError::StoreFull {
+            size,
+            in_memory: self.in_memory_bytes(),
+            budget: self.inner.config.memory_budget,
+        }
+    }
+
+    /// Waits until `size` bytes fit in the budget (spilling makes room), or
+    /// fails when nothing can make room.
+    async fn make_room(&self, size: u64) -> Result<(), ObjectError> {
+        self.too_large(size)?;
+        loop {
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.inner.admit(size) {
+                return Ok(());
+            }
+            if self.inner.spillers.load(Ordering::Acquire) == 0 {
+                return Err(self.full(size));
+            }
+            if self.inner.stuck.load(Ordering::Acquire) {
+                // The last round could not spill anything; one more try
+                // after this wake-up, in case memory was freed since.
+                self.inner.spill_wanted.notify_one();
+                room.await;
+                if self.inner.admit(size) {
+                    return Ok(());
+                }
+                if self.inner.stuck.load(Ordering::Acquire) {
+                    return Err(self.full(size));
+                }
+                continue;
+            }
+            metrics::counter!("troupe_object_store_put_waits_total").increment(1);
+            self.inner.spill_wanted.notify_one();
+            room.await;
+        }
+    }
+
+    fn insert_admitted<T: Object>(&self, value: T, size: u64) -> ObjectRef<T> {
+        let r = self.insert(self.mint(), self.ready_entry(Arc::new(value), size));
+        self.inner.after_growth(self.in_memory_bytes());
+        metrics::counter!("troupe_object_store_put_bytes_total").increment(size);
+        r
+    }
+
+    /// Stores a value and returns its ref. The value is moved in, not copied
+    /// or encoded: reads in this process share it. When the store is over
+    /// its budget, waits while spilling makes room (backpressure); fails
+    /// with [`ObjectError::StoreFull`] when nothing can be spilled.
+    pub async fn put<T: Object>(&self, value: T) -> Result<ObjectRef<T>, ObjectError> {
+        let size = value.get_size() as u64;
+        self.make_room(size).await?;
+        Ok(self.insert_admitted(value, size))
+    }
+
+    /// [`put`](Self::put) without waiting: [`ObjectError::StoreFull`] when
+    /// the value does not fit in the budget now.
+    pub fn try_put<T: Object>(&self, value: T) -> Result<ObjectRef<T>, ObjectError> {
+        let size = value.get_size() as u64;
+        self.too_large(size)?;
+        if !self.inner.admit(size) {
+            self.inner.spill_wanted.notify_one();
+            return Err(self.full(size));
+        }
+        Ok(self.insert_admitted(value, size))
+    }
+
+    /// [`put`](Self::put) from synchronous code: blocks the thread while it
+    /// waits for room. Not from async code (use `put`).
+    pub fn put_blocking<T: Object>(&self, value: T) -> Result<ObjectRef<T>, ObjectError> {
+        futures::executor::block_on(self.put(value))
+    }
+
+    /// Copies bytes into a buffer the store owns (reused from freed byte
+    /// objects, so a stream of large puts runs at memory speed) and stores
+    /// them. Waits for room as [`put`](Self::put) does.
+    pub async fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectRef<Blob>, ObjectError> {
+        let size = class_of(bytes.len()) as u64;
+        self.make_room(size).await?;
+        let mut buf = self.inner.pool.take(bytes.len());
+        buf.extend_from_slice(bytes);
+        let blob = Blob::pooled(buf, &self.inner.pool);
+        let size = blob.get_size() as u64;
+        // The class estimate and the buffer's real capacity can differ.
+        let admitted = class_of(bytes.len()) as u64;
+        if size > admitted {
+            self.inner.account(size - admitted);
+        } else {
+            self.inner.unaccount(admitted - size);
+        }
+        Ok(self.insert_admitted(blob, size))
+    }
+
+    /// A writer for a byte object of `len` bytes in a store buffer (how
+    /// bytes from the network land in the store without a second copy).
+    pub fn blob_writer(&self, len: usize) -> BlobWriter {
+        BlobWriter::new(len, self.inner.pool.clone())
+    }
+
+    /// A ref to an object that does not exist yet, and the one-shot
+    /// [`Completer`] that will give it its value or its error.
+    pub fn pending<T: Object>(&self) -> (ObjectRef<T>, Completer<T>) {
+        self.pending_unchecked(self.mint())
+    }
+
+    /// [`pending`](Self::pending) under an id minted elsewhere: how a node
+    /// makes the result of a task whose owner (on another node) minted the
+    /// result's id before anyone ran it. Fails if the id is in use here.
+    pub fn pending_at<T: Object>(
+        &self,
+        id: ObjectId,
+    ) -> Result<(ObjectRef<T>, Completer<T>), ObjectError> {
+        if self.inner.objects.contains_key(&id) {
+            return Err(ObjectError::WrongType {
+                id,
+                expected: "a fresh id".into(),
+                actual: "an object already in this store".into(),
+            });
+        }
+        Ok(self.pending_unchecked(id))
+    }
+
+    fn pending_unchecked<T: Object>(&self, id: ObjectId) -> (ObjectRef<T>, Completer<T>) {
+        let r = self.insert(
+            id,
+            Entry {
+                state: State::Pending(Arc::new(Notify::new())),
+                size: 0,
+                kind: Kind::of::<T>(),
+                last_used: AtomicU64::new(0),
+                handle: Weak::new(),
+                pinned: false,
+                borrowers: Vec::new(),
+                origin: None,
+            },
+        );
+        let completer = Completer {
+            id,
+            store: Arc::downgrade(&self.inner),
+            done: false,
+            _type: PhantomData,
+        };
+        (r, completer)
+    }
+}
