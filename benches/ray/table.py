@@ -9,7 +9,7 @@ import platform
 # Metrics where lower is better; for the rest (rates), higher is better.
 LOWER_IS_BETTER = ("_ms", "_mib")
 # Physical references measured by each side, not a contest.
-REFERENCES = ("memcpy_gigabytes_per_s",)
+REFERENCES = ("memcpy_gigabytes_per_s", "disk_write_gigabytes_per_s")
 ORDER = [
     "tasks_sync_per_s", "tasks_async_per_s", "task_chain_per_s",
     "actor_calls_sync_per_s", "actor_calls_async_per_s", "actor_creation_per_s",
@@ -149,12 +149,14 @@ How to read it:
   feature (a global allocator for binaries; a library must not choose its
   users' allocator, so it is off by default).
 - put_gigabytes_per_s: both sides copy the caller's 100 MB into the store
-  (Troupe: `rt.put(array.clone())`, Ray: `ray.put(array)`). Ray copies into
-  shared memory it mapped at start; with glibc's malloc Troupe's copy goes
-  to a fresh 100 MB mapping whose pages fault in on first touch, which is
-  what the default column measures. An allocator that reuses memory
-  (the mimalloc column) copies at memory speed. Moving a value in
-  (`rt.put(array)`) copies nothing.
+  (Troupe: `rt.put_bytes(&array)`, Ray: `ray.put(array)`). Ray copies into
+  shared memory it mapped at start; Troupe into a buffer its store owns and
+  reuses once freed, so the copy runs at memory speed with glibc's malloc
+  too (a fresh 100 MB `Vec` would fault its pages in on first touch).
+  Moving a value in (`rt.put(array)`) copies nothing.
+- spill_gigabytes_per_s (Troupe only): the store writing a 100 MB byte
+  object to its spill directory, beside disk_write_gigabytes_per_s, a plain
+  sequential write of the same bytes to the same directory.
 - Ray's tasks and actors run in worker processes and every call crosses a
   socket; Troupe's run in the caller's process. That is the design difference
   the ratios measure, and it is also why a Troupe actor cannot outlive its
