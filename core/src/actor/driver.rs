@@ -141,18 +141,24 @@ async fn serve<A: Actor>(
         let Some(job) = envelope.job.clone() else {
             return Ended::Stopped("stopped");
         };
-        let outcome = match job.run(actor) {
-            Run::Done(outcome) => outcome,
-            Run::Pending(future) => {
-                let method = job.method();
-                let span = tracing::trace_span!("actor_call", actor = %slot.info.id, method);
-                let running = tracing::Instrument::instrument(future, span);
-                tokio::select! {
-                    biased;
-                    // The envelope drops with the call unanswered: its Drop
-                    // tells the caller it was killed while running.
-                    _ = slot.signals.wait(Signal::Kill) => return Ended::Killed,
-                    outcome = running => outcome,
+        // A span per call: free unless a subscriber wants trace level.
+        let span = tracing::trace_span!("actor_call", actor = %slot.info.id, method = job.method());
+        let outcome = {
+            let started = {
+                let _entered = span.enter();
+                job.run(actor)
+            };
+            match started {
+                Run::Done(outcome) => outcome,
+                Run::Pending(future) => {
+                    let running = tracing::Instrument::instrument(future, span);
+                    tokio::select! {
+                        biased;
+                        // The envelope drops with the call unanswered: its
+                        // Drop tells the caller it was killed while running.
+                        _ = slot.signals.wait(Signal::Kill) => return Ended::Killed,
+                        outcome = running => outcome,
+                    }
                 }
             }
         };
