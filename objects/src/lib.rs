@@ -32,7 +32,7 @@ pub use codec::{decode_value, encode_value};
 pub use directory::ObjectDirectory;
 pub use error::{Cause, CauseType, ObjectError, RemoteError, SpillOp};
 pub use get_size2::{GetSize, GetSizeTracker};
-pub use id::{NodeId, ObjectId};
+pub use id::{IdHasher, IdHashing, NodeId, ObjectId};
 pub use postcard::Error as DecodeError;
 pub use store::{
     AnyObjectRef, Completer, Object, ObjectInfo, ObjectRef, ObjectStore, SpillReport, SpillerGuard,

@@ -16,9 +16,8 @@ struct Listed {
 }
 
 /// Every live actor of a runtime, and the names they hold.
-#[derive(Default)]
 pub(crate) struct Directory {
-    live: DashMap<ActorId, Listed>,
+    live: DashMap<ActorId, Listed, troupe_objects::IdHashing>,
     names: DashMap<String, ActorId>,
 }
 
@@ -34,6 +33,15 @@ pub struct ActorSummary {
     /// Its supervisor: "user" for actors spawned with `spawn_actor`,
     /// "tree" for actors in a supervision tree of your own.
     pub supervisor: std::borrow::Cow<'static, str>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            live: DashMap::with_hasher(troupe_objects::IdHashing::default()),
+            names: DashMap::new(),
+        }
+    }
 }
 
 impl Directory {

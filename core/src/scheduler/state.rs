@@ -22,6 +22,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use troupe_objects::IdHashing;
+
+/// A map keyed by ids, with the fast keyed id hasher.
+type IdMap<K, V> = HashMap<K, V, IdHashing>;
+
 use crate::error::Failure;
 pub(crate) use crate::function::Outcome;
 use crate::ids::{NodeId, ObjectId, TaskId};
@@ -180,19 +185,19 @@ pub(crate) struct State<P, W> {
     reservations: VecDeque<(Units, W)>,
     incoming: VecDeque<Queued<P>>,
     ready: VecDeque<Queued<P>>,
-    running: HashMap<TaskId, Active<P>>,
+    running: IdMap<TaskId, Active<P>>,
     /// Every unfinished task by result object: what `cancel` is given.
-    live: HashMap<ObjectId, TaskId>,
+    live: IdMap<ObjectId, TaskId>,
     /// Tasks waiting for an argument that a task of ours produces, by that
     /// argument: whoever settles it moves them on (what makes chains fast).
-    dependents: HashMap<ObjectId, Vec<Queued<P>>>,
+    dependents: IdMap<ObjectId, Vec<Queued<P>>>,
     parked: usize,
     /// Tasks waiting (through a waiter) for arguments made elsewhere.
-    watched: HashMap<TaskId, Queued<P>>,
+    watched: IdMap<TaskId, Queued<P>>,
     /// Tasks that fit no node known yet.
     unplaced: Vec<Queued<P>>,
     /// Tasks running on other nodes.
-    delegated: HashMap<TaskId, (Queued<P>, NodeId)>,
+    delegated: IdMap<TaskId, (Queued<P>, NodeId)>,
     shut_down: bool,
 }
 
@@ -205,13 +210,13 @@ impl<P: Payload, W> State<P, W> {
             reservations: VecDeque::new(),
             incoming: VecDeque::new(),
             ready: VecDeque::new(),
-            running: HashMap::new(),
-            live: HashMap::new(),
-            dependents: HashMap::new(),
+            running: IdMap::default(),
+            live: IdMap::default(),
+            dependents: IdMap::default(),
             parked: 0,
-            watched: HashMap::new(),
+            watched: IdMap::default(),
             unplaced: Vec::new(),
-            delegated: HashMap::new(),
+            delegated: IdMap::default(),
             shut_down: false,
         }
     }

@@ -150,7 +150,7 @@ fn total_memory() -> Option<u64> {
 pub(crate) struct Inner {
     pub(crate) node: NodeId,
     next: AtomicU64,
-    pub(crate) objects: DashMap<ObjectId, Entry>,
+    pub(crate) objects: DashMap<ObjectId, Entry, crate::IdHashing>,
     in_memory: AtomicU64,
     clock: AtomicU64,
     pub(crate) config: StoreConfig,
@@ -161,6 +161,9 @@ pub(crate) struct Inner {
     /// Woken when memory is freed or a spill round ends: puts waiting for
     /// room re-check.
     room: Notify,
+    /// Puts waiting for room: frees notify only when there are some (a
+    /// notify takes a lock; most frees have no one to tell).
+    pub(crate) room_waiters: AtomicUsize,
     /// Spillers attached (the runtime's object store actor): without one, a
     /// put that does not fit fails at once.
     spillers: AtomicUsize,
@@ -208,7 +211,9 @@ impl Inner {
         }
         let now = self.in_memory.fetch_sub(size, Ordering::AcqRel) - size;
         metrics::gauge!("troupe_object_store_memory_bytes").set(now as f64);
-        self.room.notify_waiters();
+        if self.room_waiters.load(Ordering::Acquire) > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     /// Settles a pending object and wakes its readers. A value is stored
@@ -392,13 +397,14 @@ impl ObjectStore {
             inner: Arc::new(Inner {
                 node,
                 next: AtomicU64::new(0),
-                objects: DashMap::new(),
+                objects: DashMap::with_hasher(crate::IdHashing::default()),
                 in_memory: AtomicU64::new(0),
                 clock: AtomicU64::new(0),
                 config,
                 completions,
                 spill_wanted: Notify::new(),
                 room: Notify::new(),
+                room_waiters: AtomicUsize::new(0),
                 spillers: AtomicUsize::new(0),
                 stuck: AtomicBool::new(false),
                 pool,

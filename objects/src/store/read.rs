@@ -325,10 +325,19 @@ impl ObjectStore {
     /// Whether `wait` counts the object as ready: settled, and known (an
     /// unknown id never becomes ready).
     fn is_ready_for_wait(&self, id: ObjectId) -> bool {
-        match self.inner.objects.get(&id) {
-            Some(e) => !matches!(e.state, State::Pending(_) | State::Remote { .. }),
-            None => matches!(self.missing(id), ObjectError::Freed(_)),
+        let remote = match self.inner.objects.get(&id) {
+            Some(e) => match e.state {
+                State::Pending(_) => return false,
+                State::Remote { .. } => true,
+                _ => return true,
+            },
+            None => return matches!(self.missing(id), ObjectError::Freed(_)),
+        };
+        if remote {
+            // Ready once fetched; start the fetch now.
+            self.start_fetch(id);
         }
+        false
     }
 
     /// Waits until `num_returns` of `refs` are ready (holding a value or an
@@ -344,15 +353,13 @@ impl ObjectStore {
         let want = num_returns.min(refs.len());
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut completions = self.inner.completions.subscribe();
-        for r in &refs {
-            self.start_fetch(r.id());
-        }
+        let mut flags: Vec<bool>;
         loop {
-            let ready = refs
+            flags = refs
                 .iter()
-                .filter(|r| self.is_ready_for_wait(r.id()))
-                .count();
-            if ready >= want {
+                .map(|r| self.is_ready_for_wait(r.id()))
+                .collect();
+            if flags.iter().filter(|ready| **ready).count() >= want {
                 break;
             }
             let changed = completions.changed();
@@ -364,11 +371,11 @@ impl ObjectStore {
                 break;
             }
         }
-        // Ray returns at most num_returns as ready.
+        // Ray returns at most num_returns as ready, as of the last check.
         let mut ready = Vec::new();
         let mut not_ready = Vec::new();
-        for r in refs {
-            if ready.len() < want && self.is_ready_for_wait(r.id()) {
+        for (r, is_ready) in refs.into_iter().zip(flags) {
+            if ready.len() < want && is_ready {
                 ready.push(r);
             } else {
                 not_ready.push(r);

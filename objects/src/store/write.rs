@@ -39,6 +39,17 @@ impl ObjectStore {
     /// fails when nothing can make room.
     async fn make_room(&self, size: u64) -> Result<(), ObjectError> {
         self.too_large(size)?;
+        // The common case: it fits, nothing to wait for.
+        if self.inner.admit(size) {
+            return Ok(());
+        }
+        self.inner.room_waiters.fetch_add(1, Ordering::AcqRel);
+        let waited = self.wait_for_room(size).await;
+        self.inner.room_waiters.fetch_sub(1, Ordering::AcqRel);
+        waited
+    }
+
+    async fn wait_for_room(&self, size: u64) -> Result<(), ObjectError> {
         loop {
             let room = self.inner.room.notified();
             tokio::pin!(room);
