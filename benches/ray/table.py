@@ -170,6 +170,12 @@ How to read it:
   own ray_perf.py also creates the 10k refs in a task on every step).
 - runtime_start_ms: Ray's is the median of 3 `ray.init(num_cpus=2)` in fresh
   processes, Troupe's the median of 21 starts of its whole supervision tree.
+- soak (Troupe only): waves of 10,000 tasks, all in flight at once. The
+  first 400,000 tasks raise RSS to a plateau (the working set of one wave,
+  ~10 MB of heap, held by glibc's per-thread arenas):
+  soak_warmup_rss_growth_mib. soak_1m_tasks_rss_growth_mib is the growth
+  over the next million; a leak would grow with the task count, and a
+  5M-task run stays within ±1 MiB of its plateau.
 - idle_rss_mib: every process Ray started (driver, GCS, raylet, workers,
   5 s after `ray.init`), against Troupe's one process.
 """

@@ -88,7 +88,7 @@ impl ObjectStore {
         }
         for id in lost {
             self.inner
-                .settle_remote(id, State::Failed(ObjectError::Lost { id, node }));
+                .settle_remote(id, State::failed(ObjectError::Lost { id, node }));
         }
     }
 }

@@ -30,7 +30,7 @@ pub(crate) use refs::RefHandle;
 
 use std::any::TypeId;
 use std::marker::PhantomData;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -53,30 +53,65 @@ pub(crate) enum State {
     /// Woken when it settles; readers of this object wait on it alone.
     Pending(Arc<Notify>),
     Ready(AnyValue),
-    Spilled(PathBuf),
-    Failed(ObjectError),
+    /// Boxed, as the error: rare states do not size every entry.
+    Spilled(Box<Path>),
+    Failed(Box<ObjectError>),
     /// Known, not here: fetched through the directory on the first read.
     Remote {
         location: Option<NodeId>,
     },
 }
 
+impl State {
+    pub(crate) fn failed(error: ObjectError) -> Self {
+        State::Failed(Box::new(error))
+    }
+}
+
 /// The value's type, when the entry knows it (a remote entry decoded from
-/// an untyped ref does not, until someone reads it typed).
+/// an untyped ref does not, until someone reads it typed). One pointer to a
+/// per-type constant, so that every entry does not carry the type's name
+/// and codec (entries are the store's working set: ~10,000 per 10,000
+/// tasks in flight).
 #[derive(Clone, Copy)]
-pub(crate) struct Kind {
-    pub(crate) type_id: TypeId,
-    pub(crate) type_name: &'static str,
-    pub(crate) codec: Codec,
+pub(crate) struct Kind(&'static dyn TypeInfo);
+
+/// What the store needs to know about a value's type.
+trait TypeInfo: Send + Sync {
+    fn type_id(&self) -> TypeId;
+    fn type_name(&self) -> &'static str;
+    fn codec(&self) -> Codec;
+}
+
+struct Typed<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T: Object> TypeInfo for Typed<T> {
+    fn type_id(&self) -> TypeId {
+        TypeId::of::<T>()
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+    fn codec(&self) -> Codec {
+        Codec::of::<T>()
+    }
 }
 
 impl Kind {
     pub(crate) fn of<T: Object>() -> Self {
-        Kind {
-            type_id: TypeId::of::<T>(),
-            type_name: std::any::type_name::<T>(),
-            codec: Codec::of::<T>(),
-        }
+        Kind(const { &Typed::<T>(std::marker::PhantomData) })
+    }
+
+    pub(crate) fn type_id(self) -> TypeId {
+        self.0.type_id()
+    }
+
+    pub(crate) fn type_name(self) -> &'static str {
+        self.0.type_name()
+    }
+
+    pub(crate) fn codec(self) -> Codec {
+        self.0.codec()
     }
 }
 
@@ -221,17 +256,16 @@ impl Inner {
     pub(crate) fn settle(&self, id: ObjectId, state: State, size: u64) {
         let notify = match self.objects.get_mut(&id) {
             Some(mut entry) => {
-                match std::mem::replace(&mut entry.state, State::Failed(ObjectError::Freed(id))) {
-                    State::Pending(notify) => {
-                        entry.state = state;
-                        entry.size = size;
-                        entry.last_used.store(self.tick(), Ordering::Relaxed);
-                        Some(notify)
+                if matches!(entry.state, State::Pending(_)) {
+                    let pending = std::mem::replace(&mut entry.state, state);
+                    entry.size = size;
+                    entry.last_used.store(self.tick(), Ordering::Relaxed);
+                    match pending {
+                        State::Pending(notify) => Some(notify),
+                        _ => None,
                     }
-                    other => {
-                        entry.state = other;
-                        None
-                    }
+                } else {
+                    None
                 }
             }
             None => None,
@@ -505,7 +539,7 @@ impl ObjectStore {
             .iter()
             .map(|e| ObjectInfo {
                 id: *e.key(),
-                type_name: e.kind.type_name.to_owned(),
+                type_name: e.kind.type_name().to_owned(),
                 size: e.size,
                 state: match e.state {
                     State::Pending(_) => "pending",

@@ -71,16 +71,17 @@ impl ObjectStore {
         let Some(entry) = self.inner.objects.get(&id) else {
             return Peek::Error(self.missing(id));
         };
-        if !matches!(entry.state, State::Remote { .. }) && entry.kind.type_id != TypeId::of::<T>() {
+        if !matches!(entry.state, State::Remote { .. }) && entry.kind.type_id() != TypeId::of::<T>()
+        {
             return Peek::Error(Self::wrong_type(
                 id,
                 std::any::type_name::<T>(),
-                entry.kind.type_name,
+                entry.kind.type_name(),
             ));
         }
         match &entry.state {
             State::Pending(notify) => Peek::Wait(notify.clone()),
-            State::Failed(err) => Peek::Error(err.clone()),
+            State::Failed(err) => Peek::Error((**err).clone()),
             State::Ready(value) => {
                 entry
                     .last_used
@@ -90,7 +91,7 @@ impl ObjectStore {
                     Err(_) => Peek::Error(Self::wrong_type(
                         id,
                         std::any::type_name::<T>(),
-                        entry.kind.type_name,
+                        entry.kind.type_name(),
                     )),
                 }
             }
@@ -109,9 +110,9 @@ impl ObjectStore {
                 };
                 match &entry.state {
                     State::Pending(notify) => Err(notify.clone()),
-                    State::Failed(err) => return Err(err.clone()),
+                    State::Failed(err) => return Err((**err).clone()),
                     State::Remote { .. } => return Err(ObjectError::Unknown(id)),
-                    State::Ready(value) => Ok(Some((value.clone(), entry.kind.codec))),
+                    State::Ready(value) => Ok(Some((value.clone(), entry.kind.codec()))),
                     State::Spilled(_) => Ok(None),
                 }
             };
@@ -134,7 +135,7 @@ impl ObjectStore {
                         .inner
                         .objects
                         .get(&id)
-                        .map(|e| e.kind.codec)
+                        .map(|e| e.kind.codec())
                         .ok_or_else(|| self.missing(id))?;
                     (value, codec)
                 }
@@ -242,7 +243,7 @@ impl ObjectStore {
         };
         let Some(directory) = self.inner.directory.get().cloned() else {
             self.inner
-                .settle_remote(id, State::Failed(ObjectError::Unknown(id)));
+                .settle_remote(id, State::failed(ObjectError::Unknown(id)));
             return;
         };
         {
@@ -259,19 +260,19 @@ impl ObjectStore {
         let store = self.clone();
         let fetch = async move {
             let fetched = directory.fetch(id, location).await;
-            let result = fetched.and_then(|blob| match kind.codec.raw {
+            let result = fetched.and_then(|blob| match kind.codec().raw {
                 Some(raw) => Ok((raw.from)(blob)),
                 None => {
                     let _scope = DecodeScope::enter(&store.inner);
-                    (kind.codec.decode)(&blob).map_err(|reason| ObjectError::Fetch { id, reason })
+                    (kind.codec().decode)(&blob).map_err(|reason| ObjectError::Fetch { id, reason })
                 }
             });
             match result {
                 Ok(value) => {
-                    let size = (kind.codec.size)(&*value);
+                    let size = (kind.codec().size)(&*value);
                     store.inner.settle(id, State::Ready(value), size)
                 }
-                Err(err) => store.inner.settle(id, State::Failed(err), 0),
+                Err(err) => store.inner.settle(id, State::failed(err), 0),
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -280,7 +281,7 @@ impl ObjectStore {
             }
             Err(_) => self.inner.settle(
                 id,
-                State::Failed(ObjectError::Fetch {
+                State::failed(ObjectError::Fetch {
                     id,
                     reason: "no tokio runtime to fetch on".to_owned(),
                 }),

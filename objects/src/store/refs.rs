@@ -177,7 +177,7 @@ impl<T: Object> Completer<T> {
                 size,
                 budget: store.config.memory_budget,
             };
-            store.settle(self.id, State::Failed(err.clone()), 0);
+            store.settle(self.id, State::failed(err.clone()), 0);
             return Err(err);
         }
         store.settle(self.id, State::Ready(Arc::new(value)), size);
@@ -229,7 +229,7 @@ impl<T: Object> Completer<T> {
         if let Some(store) = self.store.upgrade() {
             let id = self.id;
             let cause = cause.into();
-            store.settle(id, State::Failed(ObjectError::Failed { id, cause }), 0);
+            store.settle(id, State::failed(ObjectError::Failed { id, cause }), 0);
         }
     }
 }
@@ -240,7 +240,7 @@ impl<T> Drop for Completer<T> {
             if let Some(store) = self.store.upgrade() {
                 store.settle(
                     self.id,
-                    State::Failed(ObjectError::ProducerDropped(self.id)),
+                    State::failed(ObjectError::ProducerDropped(self.id)),
                     0,
                 );
             }

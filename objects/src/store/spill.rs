@@ -113,7 +113,7 @@ impl ObjectStore {
             // Encode outside the map's lock; the value is shared, not moved.
             let (value, codec, size) = match inner.objects.get(&id) {
                 Some(e) => match &e.state {
-                    State::Ready(v) => (v.clone(), e.kind.codec, e.size),
+                    State::Ready(v) => (v.clone(), e.kind.codec(), e.size),
                     _ => continue,
                 },
                 None => continue,
@@ -146,7 +146,7 @@ impl ObjectStore {
             if let Some(mut entry) = inner.objects.get_mut(&id) {
                 // Only if it is still the same in-memory value.
                 if matches!(&entry.state, State::Ready(v) if Arc::ptr_eq(v, &value)) {
-                    entry.state = State::Spilled(path.clone());
+                    entry.state = State::Spilled(path.clone().into_boxed_path());
                     spilled = true;
                 }
             }
@@ -168,7 +168,7 @@ impl ObjectStore {
         let inner = &self.inner;
         let (path, codec) = match inner.objects.get(&id) {
             Some(entry) => match &entry.state {
-                State::Spilled(path) => (path.clone(), entry.kind.codec),
+                State::Spilled(path) => (path.clone(), entry.kind.codec()),
                 State::Ready(value) => return Ok(value.clone()),
                 _ => return Err(ObjectError::Freed(id)),
             },
