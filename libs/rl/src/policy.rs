@@ -532,3 +532,115 @@ pub(crate) fn tensor_to_vec(t: &Tensor) -> Result<Vec<f32>, RlError> {
         .contiguous();
     Vec::<f32>::try_from(&flat).map_err(RlError::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use troupe::gpu::tch;
+
+    fn shape(head: ActionHead) -> PolicyShape {
+        PolicyShape {
+            obs_len: 5,
+            hidden: vec![16, 8],
+            head,
+        }
+    }
+
+    #[test]
+    fn fast_tanh_is_within_a_few_ulps_of_tanh() {
+        let mut worst = 0.0f32;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 1e-4;
+            worst = worst.max((fast_tanh(x) - x.tanh()).abs());
+        }
+        for x in [-1e4f32, -9.0, 9.0, 1e4, 1e-9, -1e-9, 0.0] {
+            worst = worst.max((fast_tanh(x) - x.tanh()).abs());
+        }
+        assert!(worst < 1e-6, "worst error {worst}");
+    }
+
+    #[test]
+    fn the_cpu_copy_computes_what_the_torch_model_computes() {
+        let heads = [
+            ActionHead::Categorical { n: 3 },
+            ActionHead::Gaussian {
+                low: vec![-1.0; 2],
+                high: vec![1.0; 2],
+            },
+        ];
+        for head in heads {
+            let shape = shape(head);
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+            let torch = TorchPolicy::new(shape.clone(), Device::Cpu, &mut rng).unwrap();
+            let weights = Weights::snapshot(&torch.vs).unwrap();
+            let mut cpu = CpuPolicy::from_weights(&shape, &weights).unwrap();
+            let rows = 32;
+            let obs: Vec<f32> = (0..rows * shape.obs_len)
+                .map(|_| standard_normal(&mut rng))
+                .collect();
+            let mut out = PolicyOutput::default();
+            cpu.act(&obs, rows, ActMode::Sample, &mut rng, &mut out);
+            let obs_t = Tensor::from_slice(&obs).reshape([rows as i64, shape.obs_len as i64]);
+            let act_len = shape.head.action_len() as i64;
+            let act_t = Tensor::from_slice(&out.actions).reshape([rows as i64, act_len]);
+            let act_t = if act_len == 1 {
+                act_t.squeeze_dim(1)
+            } else {
+                act_t
+            };
+            let (logp, _, values) = tch::no_grad(|| torch.evaluate(&obs_t, &act_t));
+            for (what, cpu_side, torch_side) in [
+                (
+                    "log-probabilities",
+                    &out.log_probs,
+                    tensor_to_vec(&logp).unwrap(),
+                ),
+                ("values", &out.values, tensor_to_vec(&values).unwrap()),
+            ] {
+                for (a, b) in cpu_side.iter().zip(&torch_side) {
+                    assert!((a - b).abs() < 1e-5, "{:?} {what}: {a} vs {b}", shape.head);
+                }
+            }
+            // Continuous actions reach the env clipped to the box.
+            assert!(out.continuous.iter().all(|a| (-1.0..=1.0).contains(a)));
+        }
+    }
+
+    #[test]
+    fn deterministic_actions_are_the_mode() {
+        let shape = shape(ActionHead::Categorical { n: 3 });
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        let torch = TorchPolicy::new(shape.clone(), Device::Cpu, &mut rng).unwrap();
+        let mut cpu =
+            CpuPolicy::from_weights(&shape, &Weights::snapshot(&torch.vs).unwrap()).unwrap();
+        let obs: Vec<f32> = (0..8 * 5)
+            .map(|_| standard_normal(&mut rng) * 3.0)
+            .collect();
+        let mut out = PolicyOutput::default();
+        cpu.act(&obs, 8, ActMode::Deterministic, &mut rng, &mut out);
+        let logits = TorchPolicy::mlp(&torch.actor, &Tensor::from_slice(&obs).reshape([8, 5]));
+        let argmax = Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap();
+        let ours: Vec<i64> = out.discrete.iter().map(|a| *a as i64).collect();
+        assert_eq!(ours, argmax);
+    }
+
+    #[test]
+    fn weights_of_another_shape_are_refused() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let small = shape(ActionHead::Categorical { n: 3 });
+        let torch = TorchPolicy::new(small, Device::Cpu, &mut rng).unwrap();
+        let weights = Weights::snapshot(&torch.vs).unwrap();
+        let wider = PolicyShape {
+            hidden: vec![32, 8],
+            ..shape(ActionHead::Categorical { n: 3 })
+        };
+        let err = CpuPolicy::from_weights(&wider, &weights).unwrap_err();
+        assert!(err.to_string().contains("actor.l0.weight"), "{err}");
+        let continuous = shape(ActionHead::Gaussian {
+            low: vec![-1.0; 3],
+            high: vec![1.0; 3],
+        });
+        assert!(CpuPolicy::from_weights(&continuous, &weights).is_err());
+    }
+}
