@@ -246,26 +246,34 @@ impl Learner {
         let sums = Tensor::zeros([5], (Kind::Float, on));
         let mut steps = 0usize;
         'epochs: for _ in 0..c.update_epochs {
-            order.shuffle(&mut rng);
-            let perm = Tensor::from_slice(&order).to_device(on);
+            // When one minibatch is the whole batch its order changes
+            // nothing: skip the shuffle and the gathers.
+            let perm = if mb == n {
+                None
+            } else {
+                order.shuffle(&mut rng);
+                Some(Tensor::from_slice(&order).to_device(on))
+            };
             for start in (0..n).step_by(mb) {
                 let len = mb.min(n - start);
-                let idx = perm.narrow(0, start as i64, len as i64);
-                let (new_logp, entropy, new_v) = self
-                    .policy
-                    .evaluate(&obs.index_select(0, &idx), &act.index_select(0, &idx));
-                let logratio = new_logp - old_logp.index_select(0, &idx);
+                let idx = perm.as_ref().map(|p| p.narrow(0, start as i64, len as i64));
+                let pick = |t: &Tensor| match &idx {
+                    Some(idx) => t.index_select(0, idx),
+                    None => t.shallow_clone(),
+                };
+                let (new_logp, entropy, new_v) = self.policy.evaluate(&pick(&obs), &pick(&act));
+                let logratio = new_logp - pick(&old_logp);
                 let ratio = logratio.exp();
-                let mut mb_adv = adv.index_select(0, &idx);
+                let mut mb_adv = pick(&adv);
                 if c.normalize_advantages && len > 1 {
                     mb_adv = (&mb_adv - mb_adv.mean(Kind::Float)) / (mb_adv.std(true) + 1e-8);
                 }
                 let pg1 = -&mb_adv * &ratio;
                 let pg2 = -&mb_adv * ratio.clamp(1.0 - c.clip_coef, 1.0 + c.clip_coef);
                 let pg_loss = pg1.maximum(&pg2).mean(Kind::Float);
-                let mb_ret = ret.index_select(0, &idx);
+                let mb_ret = pick(&ret);
                 let v_loss = if c.clip_value_loss {
-                    let mb_old_v = old_v.index_select(0, &idx);
+                    let mb_old_v = pick(&old_v);
                     let unclipped = (&new_v - &mb_ret).square();
                     let clipped = &mb_old_v + (&new_v - &mb_old_v).clamp(-c.clip_coef, c.clip_coef);
                     let clipped = (clipped - &mb_ret).square();

@@ -31,7 +31,8 @@ pub const RETURN_WINDOW: usize = 100;
 /// When [`Trainer::train_until`] stops: at the first condition met.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stop {
-    /// The mean return over the last 100 episodes reaches this.
+    /// The mean return over the last 100 episodes reaches this (only once
+    /// 100 episodes have finished, so that it is a mean over 100).
     pub mean_return: Option<f64>,
     /// This many environment steps were sampled.
     pub env_steps: Option<u64>,
@@ -69,7 +70,8 @@ impl Stop {
     }
 
     fn reached(&self, m: &IterationMetrics) -> bool {
-        self.mean_return.is_some_and(|t| m.episode_return_mean >= t)
+        m.episodes >= RETURN_WINDOW as u64
+            && self.mean_return.is_some_and(|t| m.episode_return_mean >= t)
     }
 
     fn done(&self, m: &IterationMetrics, elapsed: Duration) -> bool {

@@ -154,6 +154,8 @@ impl Env for CartPole {
         theta_dot += TAU * thetaacc;
         self.state = [x, x_dot, theta, theta_dot];
 
+        // Gymnasium's comparisons, as written there.
+        #[allow(clippy::manual_range_contains)]
         let terminated = x < -X_THRESHOLD
             || x > X_THRESHOLD
             || theta < -THETA_THRESHOLD_RADIANS
