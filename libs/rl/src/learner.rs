@@ -141,9 +141,15 @@ impl Adam {
     }
 }
 
-/// The learner actor.
+/// The learner actor: the runtime handle and the model, which an update
+/// lends to a blocking thread.
 pub struct Learner {
     rt: Runtime,
+    core: Option<LearnerCore>,
+}
+
+/// The model, its optimizer and the update count.
+struct LearnerCore {
     config: PpoConfig,
     policy: TorchPolicy,
     adam: Adam,
@@ -165,13 +171,29 @@ impl Learner {
         tracing::debug!(device = ?on, "learner started");
         Ok(Learner {
             rt,
-            config,
-            policy,
-            adam,
-            updates: 0,
+            core: Some(LearnerCore {
+                config,
+                policy,
+                adam,
+                updates: 0,
+            }),
         })
     }
 
+    fn core(&self) -> Result<&LearnerCore, RlError> {
+        self.core
+            .as_ref()
+            .ok_or_else(|| RlError::Learner("the model was lost in a failed update".into()))
+    }
+
+    fn core_mut(&mut self) -> Result<&mut LearnerCore, RlError> {
+        self.core
+            .as_mut()
+            .ok_or_else(|| RlError::Learner("the model was lost in a failed update".into()))
+    }
+}
+
+impl LearnerCore {
     fn train(&mut self, fragments: &[Arc<Fragment>], lr: f64) -> Result<UpdateStats, RlError> {
         let c = &self.config;
         let shape = &self.policy.shape;
@@ -354,30 +376,9 @@ fn explained_variance(values: &[f32], returns: &[f32]) -> f64 {
     }
 }
 
-#[troupe::actor]
-impl Learner {
-    /// The device the model lives on.
-    pub fn device(&self) -> String {
-        format!("{:?}", self.policy.vs.device())
-    }
-
-    /// One PPO update on `fragments` with learning rate `lr`.
-    pub async fn update(
-        &mut self,
-        fragments: Vec<ObjectRef<Fragment>>,
-        lr: f64,
-    ) -> Result<UpdateStats, RlError> {
-        let fragments = self.rt.get_many(&fragments, None).await?;
-        self.train(&fragments, lr)
-    }
-
-    /// Snapshots the weights into the object store.
-    pub fn publish(&self) -> Result<ObjectRef<Weights>, RlError> {
-        Ok(put(&self.rt, self.snapshot()?)?)
-    }
-
+impl LearnerCore {
     /// Everything a checkpoint needs.
-    pub fn state(&self) -> Result<LearnerState, RlError> {
+    fn state(&self) -> Result<LearnerState, RlError> {
         let mut variables = Vec::new();
         let mut named: Vec<(String, Tensor)> = self.policy.vs.variables().into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -399,7 +400,7 @@ impl Learner {
 
     /// Restores a checkpoint's state; every name and shape is checked first,
     /// so a mismatch changes nothing.
-    pub fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
+    fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
         let mut targets = self.policy.vs.variables();
         if targets.len() != state.variables.len() {
             return Err(RlError::WeightsMismatch(format!(
@@ -446,5 +447,63 @@ impl Learner {
         self.adam.steps = state.adam_steps;
         self.updates = state.updates;
         Ok(())
+    }
+}
+
+#[troupe::actor]
+impl Learner {
+    /// The device the model lives on.
+    pub fn device(&self) -> Result<String, RlError> {
+        Ok(format!("{:?}", self.core()?.policy.vs.device()))
+    }
+
+    /// One PPO update on `fragments` with learning rate `lr`. The update
+    /// runs on a blocking thread (it takes milliseconds to seconds), so it
+    /// holds none of the runtime's async workers; a panic in it fails this
+    /// call as a panic of the actor.
+    pub async fn update(
+        &mut self,
+        fragments: Vec<ObjectRef<Fragment>>,
+        lr: f64,
+    ) -> Result<UpdateStats, RlError> {
+        let fragments = self.rt.get_many(&fragments, None).await?;
+        let mut core = self
+            .core
+            .take()
+            .ok_or_else(|| RlError::Learner("the model was lost in a failed update".into()))?;
+        let began = std::time::Instant::now();
+        let (core, result) = match tokio::task::spawn_blocking(move || {
+            let result = core.train(&fragments, lr);
+            (core, result)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => {
+                return Err(RlError::Learner(format!(
+                    "the update thread was cancelled: {err}"
+                )))
+            }
+        };
+        self.core = Some(core);
+        metrics::histogram!("troupe_rl_update_seconds").record(began.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Snapshots the weights into the object store.
+    pub fn publish(&self) -> Result<ObjectRef<Weights>, RlError> {
+        Ok(put(&self.rt, self.core()?.snapshot()?)?)
+    }
+
+    /// Everything a checkpoint needs.
+    pub fn state(&self) -> Result<LearnerState, RlError> {
+        self.core()?.state()
+    }
+
+    /// Restores a checkpoint's state; every name and shape is checked first,
+    /// so a mismatch changes nothing.
+    pub fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
+        self.core_mut()?.load_state(state)
     }
 }

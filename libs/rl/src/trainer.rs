@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
+use tracing::Instrument;
 use troupe::gpu::Weights;
 use troupe::prelude::*;
 use troupe::ObjectRef;
@@ -231,7 +232,7 @@ impl Trainer {
             env = env.name(),
             workers = config.num_workers,
             envs = config.num_workers * config.envs_per_worker,
-            device = %learner.device().await?,
+            device = %learner.device().await??,
             "PPO trainer started"
         );
         Ok(Trainer {
@@ -321,7 +322,7 @@ impl Trainer {
 
     /// The device the learner trains on (`Cpu`, `Cuda(0)`, ...).
     pub async fn learner_device(&self) -> Result<String, RlError> {
-        Ok(self.learner.device().await?)
+        self.learner.device().await?
     }
 
     /// The rollout workers' handles (to watch or kill them).
@@ -399,6 +400,15 @@ impl Trainer {
     /// weights, the learner updates on them, and the new weights go to the
     /// store for the next one.
     pub async fn train(&mut self) -> Result<IterationMetrics, RlError> {
+        let span = tracing::info_span!(
+            "ppo_iteration",
+            iteration = self.counters.iteration + 1,
+            env = self.env.name()
+        );
+        self.iterate().instrument(span).await
+    }
+
+    async fn iterate(&mut self) -> Result<IterationMetrics, RlError> {
         let began = Instant::now();
         let (fragments, resampled) = self.sample().await?;
         let sampled_in = began.elapsed();
@@ -459,6 +469,7 @@ impl Trainer {
             worker_restarts: self.counters.worker_restarts,
         };
         metrics::counter!("troupe_rl_iterations_total").increment(1);
+        metrics::histogram!("troupe_rl_iteration_seconds").record(took.as_secs_f64());
         metrics::gauge!("troupe_rl_episode_return_mean").set(mean_return);
         tracing::debug!(
             iteration = m.iteration,

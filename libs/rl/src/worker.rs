@@ -145,7 +145,12 @@ impl RolloutWorker {
             let policy = CpuPolicy::from_weights(&self.setup.shape, &weights)?;
             self.policy = Some((version, policy));
         }
-        let fragment = self.rollout(version)?;
+        let fragment = {
+            let _span =
+                tracing::debug_span!("rollout_fragment", worker = self.setup.index, version)
+                    .entered();
+            self.rollout(version)?
+        };
         metrics::counter!("troupe_rl_env_steps_total").increment(fragment.rows() as u64);
         Ok(put(&self.setup.rt, fragment)?)
     }
