@@ -91,6 +91,9 @@ def main():
             "mean training return over the last 100 episodes, timed from building the trainer.",
             "",
             f"Machine: {os.cpu_count()} cores, {platform.platform()}. Date: {when}.",
+            "Load average (1, 5, 15 min) when the table was written: "
+            + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            + " (other work may share this machine; compare within one run only).",
             "",
             *lines,
             "",

@@ -89,7 +89,8 @@ pub struct PpoConfig {
     /// (default 60 s).
     pub sample_timeout: Duration,
     /// libtorch threads for the learner (default 1: the model is small and
-    /// the workers have the other cores).
+    /// the workers have the other cores). libtorch's thread count is
+    /// process-wide: the learner sets it when it starts.
     pub learner_threads: usize,
 }
 
