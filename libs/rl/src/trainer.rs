@@ -342,8 +342,9 @@ impl Trainer {
     }
 
     /// Asks every worker for a fragment with the current weights; a worker
-    /// that panics is restarted by its supervisor and asked again, up to
-    /// `max_worker_restarts` times; a dead or silent one is an error.
+    /// that panics (or is killed) is restarted by its supervisor and asked
+    /// again, up to `max_worker_restarts` times; one dead for good or
+    /// silent past `sample_timeout` is an error.
     async fn sample(&mut self) -> Result<(Vec<ObjectRef<Fragment>>, u64), RlError> {
         let timeout = self.config.sample_timeout;
         let max_attempts = self.config.max_worker_restarts + 1;
@@ -364,6 +365,8 @@ impl Trainer {
                         Ok(Ok(Ok(fragment))) => return Ok((fragment, failures)),
                         Ok(Ok(Err(err))) => return Err(err),
                         Ok(Err(err @ ActorError::Panicked { .. })) => err.to_string(),
+                        // Killed under the call but restarting: ask again.
+                        Ok(Err(err @ ActorError::ActorDied { .. })) if !worker.is_dead() => err.to_string(),
                         Ok(Err(err)) => {
                             return Err(RlError::WorkerFailed {
                                 worker: index,

@@ -3,9 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
+use tracing::Instrument;
 use troupe::gpu::Weights;
 use troupe::{ObjectRef, Runtime};
 
@@ -15,6 +17,9 @@ use crate::fragment::Fragment;
 use crate::policy::{ActMode, CpuPolicy, PolicyOutput, PolicyShape};
 use crate::space::Actions;
 use crate::{mix_seed, put};
+
+/// How long a rollout runs between yields to the runtime.
+const YIELD_EVERY: Duration = Duration::from_millis(5);
 
 /// What a worker needs to build itself (again, after a restart).
 #[derive(Clone)]
@@ -63,7 +68,10 @@ impl RolloutWorker {
         }
     }
 
-    fn rollout(&mut self, version: u64) -> Result<Fragment, RlError> {
+    /// Samples one fragment. It yields to the runtime every few
+    /// milliseconds, so a kill or a shutdown interrupts a long fragment
+    /// instead of waiting for its end (the trainer then samples it again).
+    async fn rollout(&mut self, version: u64) -> Result<Fragment, RlError> {
         let worker = self.setup.index;
         let env_error = |source: EnvError| RlError::Env { worker, source };
         let envs = self.envs.as_mut().map_err(|e| env_error(e.clone()))?;
@@ -98,7 +106,12 @@ impl RolloutWorker {
             episodes: Vec::new(),
         };
         let discrete = matches!(policy.shape().head, crate::ActionHead::Categorical { .. });
+        let mut since_yield = Instant::now();
         for _ in 0..steps {
+            if since_yield.elapsed() >= YIELD_EVERY {
+                tokio::task::yield_now().await;
+                since_yield = Instant::now();
+            }
             f.observations.extend_from_slice(envs.observations());
             policy.act(
                 envs.observations(),
@@ -145,12 +158,8 @@ impl RolloutWorker {
             let policy = CpuPolicy::from_weights(&self.setup.shape, &weights)?;
             self.policy = Some((version, policy));
         }
-        let fragment = {
-            let _span =
-                tracing::debug_span!("rollout_fragment", worker = self.setup.index, version)
-                    .entered();
-            self.rollout(version)?
-        };
+        let span = tracing::debug_span!("rollout_fragment", worker = self.setup.index, version);
+        let fragment = self.rollout(version).instrument(span).await?;
         metrics::counter!("troupe_rl_env_steps_total").increment(fragment.rows() as u64);
         Ok(put(&self.setup.rt, fragment)?)
     }

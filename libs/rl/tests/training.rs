@@ -145,6 +145,81 @@ async fn a_worker_that_panics_mid_fragment_is_restarted_and_the_iteration_comple
     rt.shutdown().await.unwrap();
 }
 
+/// CartPole whose steps take a millisecond (a slow simulator), counting
+/// the steps of all copies.
+struct Slow {
+    inner: CartPole,
+    steps: Arc<AtomicU32>,
+}
+
+impl Env for Slow {
+    fn observation_space(&self) -> Space {
+        self.inner.observation_space()
+    }
+    fn action_space(&self) -> Space {
+        self.inner.action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>, obs: &mut [f32]) -> Result<Info, EnvError> {
+        self.inner.reset(seed, obs)
+    }
+    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1));
+        self.inner.step(action, obs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_rollout_is_healed_and_the_iteration_completes() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let mut events = rt.subscribe();
+    let steps = Arc::new(AtomicU32::new(0));
+    let counted = steps.clone();
+    let maker = EnvMaker::new("SlowCartPole", move |_| {
+        Ok(Slow {
+            inner: CartPole::new(),
+            steps: counted.clone(),
+        })
+    });
+    // Fragments of 400 ms: the kill lands well inside one.
+    let config = small().envs_per_worker(1).fragment_len(400);
+    let mut trainer = Trainer::new(&rt, maker, config.clone()).await.unwrap();
+    let victim = trainer.workers()[0].clone();
+    let iteration = tokio::spawn(async move {
+        let result = trainer.train().await;
+        (trainer, result)
+    });
+    // Kill a worker once the fragments are under way.
+    within("rollouts to start", async {
+        while steps.load(Ordering::Relaxed) < 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    victim.kill(false).await;
+    let (mut trainer, result) = within("the iteration", iteration).await.unwrap();
+    let m = result.unwrap();
+    assert_eq!(
+        m.env_steps,
+        config.batch_size() as u64,
+        "every fragment arrived"
+    );
+    assert_eq!(
+        m.worker_restarts, 1,
+        "the interrupted fragment was sampled again"
+    );
+    let mut restarted = false;
+    while let Ok(event) = events.try_recv() {
+        restarted |= matches!(event, SupervisionEvent::ChildRestarted { .. });
+    }
+    assert!(restarted, "the killed worker was restarted");
+    assert!(!victim.is_dead());
+    // The restarted worker samples the next iteration.
+    within("the next iteration", trainer.train()).await.unwrap();
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_keeps_panicking_fails_training_instead_of_hanging() {
     let rt = troupe::init(Config::default()).await.unwrap();
