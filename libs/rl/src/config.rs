@@ -35,7 +35,9 @@ use crate::error::RlError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PpoConfig {
     /// Seeds the environments, the workers' sampling, the initial weights
-    /// and the minibatch order (default 0).
+    /// and the minibatch order (default 0). For runs that repeat bit for
+    /// bit, also set `MKL_CBWR=COMPATIBLE`: libtorch's MKL otherwise picks
+    /// kernels by memory alignment, which changes rounding.
     pub seed: u64,
     /// Rollout worker actors (default 2: one per core of a small machine).
     pub num_workers: usize,

@@ -76,7 +76,9 @@
 //!   over a cluster's nodes once Troupe has one.
 //! - **Determinism**: every generator is seeded from `PpoConfig::seed`
 //!   (environments, sampling, initial weights, minibatch order), each
-//!   stream derived with [`mix_seed`], so a seed reproduces a run.
+//!   stream derived with [`mix_seed`], so a seed reproduces a run's
+//!   randomness; for bit-identical arithmetic too, set
+//!   `MKL_CBWR=COMPATIBLE` (libtorch's MKL picks kernels by alignment).
 //!
 //! ## Checkpoints
 //!

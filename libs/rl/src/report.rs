@@ -153,7 +153,8 @@ impl Reporter for Progress {
 
     fn finish(&mut self, last: Option<&IterationMetrics>) -> Result<(), RlError> {
         match &self.bar {
-            Some(bar) => bar.finish(),
+            // abandon, not finish: finish would fill the bar to the budget.
+            Some(bar) => bar.abandon(),
             None => {
                 if let Some(m) = last {
                     eprintln!("{}", Progress::line(m));
