@@ -33,16 +33,15 @@ fn small() -> PpoConfig {
         .num_cpus_per_worker(0.25)
 }
 
-/// CartPole that panics in the middle of an episode when `trigger` is set
-/// (once: it clears the trigger), or always when `always` is set.
-struct Fragile {
+/// CartPole with a hook that runs after each step, given the env's step
+/// count and the observation: to make it panic, slow or broken.
+struct Hooked<H> {
     inner: CartPole,
-    trigger: Arc<AtomicBool>,
-    always: bool,
-    steps: Arc<AtomicU32>,
+    steps: u32,
+    hook: H,
 }
 
-impl Env for Fragile {
+impl<H: FnMut(u32, &mut [f32]) + Send + 'static> Env for Hooked<H> {
     fn observation_space(&self) -> Space {
         self.inner.observation_space()
     }
@@ -53,22 +52,39 @@ impl Env for Fragile {
         self.inner.reset(seed, obs)
     }
     fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
-        let n = self.steps.fetch_add(1, Ordering::Relaxed);
-        if self.always || (n >= 5 && self.trigger.swap(false, Ordering::AcqRel)) {
-            panic!("the simulator crashed");
-        }
-        self.inner.step(action, obs)
+        let t = self.inner.step(action, obs)?;
+        self.steps += 1;
+        (self.hook)(self.steps, obs);
+        Ok(t)
     }
 }
 
-fn fragile(trigger: Arc<AtomicBool>, always_for_env: Option<usize>) -> EnvMaker {
-    EnvMaker::new("FragileCartPole", move |index| {
-        Ok(Fragile {
+/// Environments from `make_hook(index)`.
+fn hooked<H, F>(name: &str, make_hook: F) -> EnvMaker
+where
+    H: FnMut(u32, &mut [f32]) + Send + 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
+    EnvMaker::new(name.to_owned(), move |index| {
+        Ok(Hooked {
             inner: CartPole::new(),
-            trigger: trigger.clone(),
-            always: always_for_env == Some(index),
-            steps: Arc::new(AtomicU32::new(0)),
+            steps: 0,
+            hook: make_hook(index),
         })
+    })
+}
+
+/// CartPole that panics in the middle of an episode when `trigger` is set
+/// (once: it clears the trigger), or at every step for env `always_for_env`.
+fn fragile(trigger: Arc<AtomicBool>, always_for_env: Option<usize>) -> EnvMaker {
+    hooked("FragileCartPole", move |index| {
+        let trigger = trigger.clone();
+        move |steps, _: &mut [f32]| {
+            if always_for_env == Some(index) || (steps > 5 && trigger.swap(false, Ordering::AcqRel))
+            {
+                panic!("the simulator crashed");
+            }
+        }
     })
 }
 
@@ -145,41 +161,19 @@ async fn a_worker_that_panics_mid_fragment_is_restarted_and_the_iteration_comple
     rt.shutdown().await.unwrap();
 }
 
-/// CartPole whose steps take a millisecond (a slow simulator), counting
-/// the steps of all copies.
-struct Slow {
-    inner: CartPole,
-    steps: Arc<AtomicU32>,
-}
-
-impl Env for Slow {
-    fn observation_space(&self) -> Space {
-        self.inner.observation_space()
-    }
-    fn action_space(&self) -> Space {
-        self.inner.action_space()
-    }
-    fn reset(&mut self, seed: Option<u64>, obs: &mut [f32]) -> Result<Info, EnvError> {
-        self.inner.reset(seed, obs)
-    }
-    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
-        self.steps.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(1));
-        self.inner.step(action, obs)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_rollout_is_healed_and_the_iteration_completes() {
     let rt = troupe::init(Config::default()).await.unwrap();
     let mut events = rt.subscribe();
     let steps = Arc::new(AtomicU32::new(0));
     let counted = steps.clone();
-    let maker = EnvMaker::new("SlowCartPole", move |_| {
-        Ok(Slow {
-            inner: CartPole::new(),
-            steps: counted.clone(),
-        })
+    // A slow simulator: a millisecond a step; all copies count their steps.
+    let maker = hooked("SlowCartPole", move |_| {
+        let counted = counted.clone();
+        move |_, _: &mut [f32]| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
     // Fragments of 400 ms: the kill lands well inside one.
     let config = small().envs_per_worker(1).fragment_len(400);
@@ -348,40 +342,16 @@ async fn checkpoints_of_another_config_or_cut_short_are_clear_errors_and_change_
     rt.shutdown().await.unwrap();
 }
 
-/// An env whose observation turns NaN after a few steps.
-struct Broken {
-    inner: CartPole,
-    steps: u32,
-}
-
-impl Env for Broken {
-    fn observation_space(&self) -> Space {
-        self.inner.observation_space()
-    }
-    fn action_space(&self) -> Space {
-        self.inner.action_space()
-    }
-    fn reset(&mut self, seed: Option<u64>, obs: &mut [f32]) -> Result<Info, EnvError> {
-        self.inner.reset(seed, obs)
-    }
-    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
-        self.steps += 1;
-        let t = self.inner.step(action, obs)?;
-        if self.steps == 7 {
-            obs[1] = f32::NAN;
-        }
-        Ok(t)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nan_observation_from_a_user_env_stops_training_with_an_error_naming_it() {
     let rt = troupe::init(Config::default()).await.unwrap();
-    let maker = EnvMaker::new("Broken", |index| {
-        Ok(Broken {
-            inner: CartPole::new(),
-            steps: if index == 3 { 0 } else { 1000 },
-        })
+    // Environment 3's observation turns NaN at its 7th step.
+    let maker = hooked("Broken", |index| {
+        move |steps, obs: &mut [f32]| {
+            if index == 3 && steps == 7 {
+                obs[1] = f32::NAN;
+            }
+        }
     });
     let mut trainer = Trainer::new(&rt, maker, small()).await.unwrap();
     let err = within("an iteration", trainer.train()).await.unwrap_err();
