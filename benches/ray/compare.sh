@@ -51,6 +51,11 @@ write=()
 if [[ $# -eq 0 && -z "${TROUPE_PERF_QUICK:-}" ]]; then
     write=(--write "$root/benches/RESULTS.md")
 fi
+# The RL section (benches/ray/rllib_compare.sh writes it) survives the rewrite.
+rl_section=""
+if [[ ${#write[@]} -gt 0 && -f "$root/benches/RESULTS.md" ]]; then
+    rl_section="$(sed -n '/<!-- troupe-rl:begin -->/,/<!-- troupe-rl:end -->/p' "$root/benches/RESULTS.md")"
+fi
 "$venv/bin/python" benches/ray/table.py "$out/ray.txt" "$out/troupe.txt" \
     --also "mimalloc" "$out/troupe-mimalloc.txt" \
     --command "${TROUPE_PERF_QUICK:+TROUPE_PERF_QUICK=1 }benches/ray/compare.sh${*:+ $*}" \
@@ -58,3 +63,6 @@ fi
     --troupe-version "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
     --rustc "$(rustc --version)" \
     "${write[@]}"
+if [[ -n "$rl_section" ]]; then
+    printf '\n%s\n' "$rl_section" >>"$root/benches/RESULTS.md"
+fi

@@ -1,0 +1,100 @@
+//! The library's error type: each variant says what went wrong and, where
+//! it helps, what to do.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use troupe::{ActorError, ObjectError, SpawnError};
+
+use crate::checkpoint::CheckpointError;
+use crate::env::EnvError;
+
+/// Everything that can go wrong while building, training, saving or
+/// restoring a trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum RlError {
+    /// An environment failed (a bad action, a NaN observation, an error of
+    /// a user's env). Retrying would fail the same way, so training stops.
+    #[error("rollout worker {worker}: {source}")]
+    Env {
+        /// The worker whose environment failed.
+        worker: usize,
+        /// What went wrong, naming the environment.
+        #[source]
+        source: EnvError,
+    },
+    /// A configuration value makes no sense.
+    #[error("invalid PPO config: {0}")]
+    Config(String),
+    /// Weights that do not fit the policy's shape.
+    #[error("the weights do not fit the policy: {0}")]
+    WeightsMismatch(String),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(String),
+    /// The object store refused or lost an object.
+    #[error("object store: {0}")]
+    Object(#[from] ObjectError),
+    /// A worker failed more often than its restarts allow, or died.
+    #[error("rollout worker {worker} failed and could not be recovered after {attempts} attempts: {cause}; training stopped (raise max_worker_restarts, or fix what makes it fail)")]
+    WorkerFailed {
+        /// Which worker.
+        worker: usize,
+        /// Sampling attempts made for this fragment.
+        attempts: u32,
+        /// The last error.
+        cause: String,
+    },
+    /// The learner actor failed.
+    #[error("the learner failed: {0}")]
+    Learner(String),
+    /// A call took longer than allowed.
+    #[error("{what} did not answer within {after:?}; training stopped instead of hanging (raise sample_timeout if fragments are slow)")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+    /// Spawning the workers or the learner failed.
+    #[error("could not start the trainer's actors: {0}")]
+    Spawn(#[from] SpawnError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The learning-curve image could not be drawn.
+    #[error("could not draw {path}: {reason}")]
+    Plot {
+        /// The image file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<troupe::gpu::tch::TchError> for RlError {
+    fn from(err: troupe::gpu::tch::TchError) -> Self {
+        RlError::Torch(err.to_string())
+    }
+}
+
+impl From<troupe::gpu::GpuError> for RlError {
+    fn from(err: troupe::gpu::GpuError) -> Self {
+        RlError::Torch(err.to_string())
+    }
+}
+
+impl From<ActorError> for RlError {
+    fn from(err: ActorError) -> Self {
+        RlError::Learner(err.to_string())
+    }
+}

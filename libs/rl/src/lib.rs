@@ -1,0 +1,132 @@
+//! # troupe-rl
+//!
+//! Reinforcement learning on Troupe: environments that match Gymnasium
+//! exactly, rollout workers that are supervised actors, and a PPO learner
+//! that owns its model on its device.
+//!
+//! ```no_run
+//! use troupe::prelude::*;
+//! use troupe_rl::{EnvMaker, PpoConfig, Progress, Stop, Trainer};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let rt = Runtime::start(Config::default())?;
+//!     rt.block_on(async {
+//!         let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), PpoConfig::default()).await?;
+//!         let summary = trainer
+//!             .train_until(&Stop::at_return(475.0).or_env_steps(500_000), &mut Progress::new(500_000))
+//!             .await?;
+//!         println!("mean return {:.1} after {:.1} s", summary.last.episode_return_mean, summary.seconds);
+//!         trainer.save("cartpole.ckpt").await?;
+//!         trainer.shutdown().await;
+//!         Ok::<_, Box<dyn std::error::Error>>(())
+//!     })?;
+//!     rt.block_on(rt.shutdown())?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Design
+//!
+//! ```text
+//! Trainer (driver, your task)
+//!   ├── Learner actor          model + Adam on troupe::gpu::device(); PPO update
+//!   │     publish → ObjectRef<Weights> (one snapshot in the store per update)
+//!   └── Supervisor "rl-rollout-workers" (one_for_one)
+//!         ├── RolloutWorker 0  VecEnv of K envs + CpuPolicy → ObjectRef<Fragment>
+//!         └── RolloutWorker 1  ...
+//! iteration: sample(weights, version) on every worker (concurrently)
+//!            → learner.update(fragment refs, lr) → learner.publish()
+//! ```
+//!
+//! - **Environments** are a trait ([`Env`]) with named implementations
+//!   ([`CartPole`], [`Pendulum`]); observations are written into a buffer
+//!   the caller owns so that a [`VecEnv`] steps K of them without
+//!   allocating. `VecEnv` uses Gymnasium 1.x's default autoreset,
+//!   `NEXT_STEP`: an environment whose episode ended is reset in the next
+//!   call instead of stepped. The final observation thus stays in the batch
+//!   for one step, and the worker values it in the same batched pass as the
+//!   rest, which bootstraps truncated episodes correctly; those reset rows
+//!   are marked invalid in the [`Fragment`] and never trained on.
+//! - **Sampling** runs the policy in plain Rust ([`CpuPolicy`]): one
+//!   batched matrix product per layer over the worker's K environments
+//!   (`matrixmultiply`, runtime AVX2/FMA dispatch) and a rational `tanh`.
+//!   Through libtorch, the dozen small operations of a forward pass cost
+//!   microseconds of dispatch each, more than the environment step itself;
+//!   the copy loads the learner's [`troupe::gpu::Weights`] by name after
+//!   each update (the weight broadcast goes through the object store).
+//! - **The learner** is an actor holding a `tch` model and a flat Adam on
+//!   the device the runtime gave it: a GPU if the node has one, the CPU
+//!   otherwise. The update is CleanRL's `ppo.py`: GAE, the clipped
+//!   surrogate, optionally clipped value loss, entropy bonus, minibatch
+//!   epochs, per-minibatch advantage normalisation, global gradient-norm
+//!   clipping, linear learning-rate annealing. Adam is written out over one
+//!   flat vector (PyTorch's arithmetic) so that its moments go into
+//!   checkpoints and a step is a handful of tensor operations.
+//! - **Supervision**: workers are children of their own one-for-one
+//!   supervisor with `max_restarts`. A worker that panics mid-fragment
+//!   answers the trainer's call with `ActorError::Panicked`; the
+//!   supervisor restarts it (fresh environments, new seeds) and the trainer
+//!   asks it for the fragment again. A worker that is dead for good
+//!   (`ActorDied`) or silent past `sample_timeout` ends training with an
+//!   error, never a hang. An environment's *error* (a bad action, a NaN
+//!   observation) is returned, not panicked: retrying cannot fix it, so
+//!   training stops with an error naming the environment.
+//! - **Resources**: workers ask the runtime for `num_cpus_per_worker` CPUs
+//!   and the learner for a GPU where there is one, so the same code spreads
+//!   over a cluster's nodes once Troupe has one.
+//! - **Determinism**: every generator is seeded from `PpoConfig::seed`
+//!   (environments, sampling, initial weights, minibatch order), each
+//!   stream derived with [`mix_seed`], so a seed reproduces a run's
+//!   randomness; for bit-identical arithmetic too, set
+//!   `MKL_CBWR=COMPATIBLE` (libtorch's MKL picks kernels by alignment).
+//!
+//! ## Checkpoints
+//!
+//! [`Trainer::save`] writes model, optimizer moments, config, counters and
+//! the last 100 episodes into one file with a header, a length and a CRC
+//! (see [`checkpoint`]). A restored trainer's policy acts exactly as the
+//! saved one and training goes on from its counters; the environments
+//! start new episodes (their states are not saved).
+
+pub mod checkpoint;
+mod config;
+mod env;
+mod error;
+mod fragment;
+mod learner;
+mod plot;
+mod policy;
+mod report;
+mod space;
+mod trainer;
+mod vec_env;
+mod worker;
+
+pub use checkpoint::{CheckpointError, Counters};
+pub use config::PpoConfig;
+pub use env::{CartPole, Env, EnvError, EnvMaker, EpisodeStats, Info, Pendulum, Transition};
+pub use error::RlError;
+pub use fragment::Fragment;
+pub use learner::UpdateStats;
+pub use plot::plot_learning_curve;
+pub use policy::{ActMode, ActionHead, CpuPolicy, PolicyOutput, PolicyShape};
+pub use report::{read_csv_log, CsvLog, IterationMetrics, Progress, Reporter};
+pub use space::{Action, Actions, Space};
+pub use trainer::{Evaluation, Stop, TrainSummary, Trainer, RETURN_WINDOW};
+pub use vec_env::VecEnv;
+pub use worker::RolloutWorkerHandle;
+
+/// A seed for one random stream, derived from the run's seed and the
+/// stream's coordinates (SplitMix64 finalisation over each word), so that
+/// streams of different workers, incarnations and updates never coincide.
+pub fn mix_seed(seed: u64, words: &[u64]) -> u64 {
+    fn splitmix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    words
+        .iter()
+        .fold(splitmix(seed), |acc, w| splitmix(acc ^ splitmix(*w)))
+}

@@ -1,0 +1,573 @@
+//! The driver: [`Trainer`] builds the learner and the supervised rollout
+//! workers, runs PPO iterations, and saves and restores checkpoints.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use tracing::Instrument;
+use troupe::gpu::Weights;
+use troupe::prelude::*;
+use troupe::ObjectRef;
+
+use crate::checkpoint::{Checkpoint, Counters};
+use crate::config::PpoConfig;
+use crate::env::{EnvMaker, EpisodeStats};
+use crate::error::RlError;
+use crate::fragment::Fragment;
+use crate::learner::{Learner, LearnerHandle, UpdateStats};
+use crate::policy::{ActMode, ActionHead, CpuPolicy, PolicyOutput, PolicyShape};
+use crate::report::{IterationMetrics, Reporter};
+use crate::space::{Actions, Space};
+use crate::worker::{RolloutWorker, RolloutWorkerHandle, WorkerSetup};
+use crate::{mix_seed, VecEnv};
+
+/// Episodes the running mean return is taken over (as RLlib and CleanRL do).
+pub const RETURN_WINDOW: usize = 100;
+
+/// When [`Trainer::train_until`] stops: at the first condition met.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stop {
+    /// The mean return over the last 100 episodes reaches this (only once
+    /// 100 episodes have finished, so that it is a mean over 100).
+    pub mean_return: Option<f64>,
+    /// This many environment steps were sampled.
+    pub env_steps: Option<u64>,
+    /// This many iterations ran.
+    pub iterations: Option<u64>,
+    /// Training took this long.
+    pub wall_time: Option<Duration>,
+}
+
+impl Stop {
+    /// Stop when the mean return reaches `target`.
+    pub fn at_return(target: f64) -> Stop {
+        Stop {
+            mean_return: Some(target),
+            ..Stop::default()
+        }
+    }
+
+    /// Also stop after `steps` environment steps.
+    pub fn or_env_steps(mut self, steps: u64) -> Stop {
+        self.env_steps = Some(steps);
+        self
+    }
+
+    /// Also stop after `iterations` iterations.
+    pub fn or_iterations(mut self, iterations: u64) -> Stop {
+        self.iterations = Some(iterations);
+        self
+    }
+
+    /// Also stop after `wall_time` of training.
+    pub fn or_wall_time(mut self, wall_time: Duration) -> Stop {
+        self.wall_time = Some(wall_time);
+        self
+    }
+
+    fn reached(&self, m: &IterationMetrics) -> bool {
+        m.episodes >= RETURN_WINDOW as u64
+            && self.mean_return.is_some_and(|t| m.episode_return_mean >= t)
+    }
+
+    fn done(&self, m: &IterationMetrics, elapsed: Duration) -> bool {
+        self.reached(m)
+            || self.env_steps.is_some_and(|s| m.env_steps >= s)
+            || self.iterations.is_some_and(|i| m.iteration >= i)
+            || self.wall_time.is_some_and(|w| elapsed >= w)
+    }
+}
+
+/// How a [`Trainer::train_until`] run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSummary {
+    /// Whether the mean-return target was reached.
+    pub reached_target: bool,
+    /// The last iteration's metrics.
+    pub last: IterationMetrics,
+    /// Wall time of this run.
+    pub seconds: f64,
+}
+
+/// Results of [`Trainer::evaluate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Return of each episode.
+    pub returns: Vec<f64>,
+    /// Length of each episode.
+    pub lengths: Vec<u64>,
+}
+
+impl Evaluation {
+    /// Mean return.
+    pub fn mean_return(&self) -> f64 {
+        self.returns.iter().sum::<f64>() / self.returns.len().max(1) as f64
+    }
+}
+
+/// A PPO trainer: a learner actor (on `troupe::gpu::device()`) and
+/// `num_workers` rollout worker actors under a supervisor of their own,
+/// on a Troupe runtime.
+///
+/// ```no_run
+/// use troupe::prelude::*;
+/// use troupe_rl::{EnvMaker, PpoConfig, Progress, Stop, Trainer};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = troupe::init(Config::default()).await?;
+/// let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), PpoConfig::default()).await?;
+/// let one = trainer.train().await?;                 // one iteration
+/// println!("return {:.1}", one.episode_return_mean);
+/// let summary = trainer
+///     .train_until(&Stop::at_return(475.0).or_env_steps(300_000), &mut Progress::new(300_000))
+///     .await?;
+/// trainer.save("cartpole.ckpt").await?;
+/// trainer.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Trainer {
+    rt: Runtime,
+    config: PpoConfig,
+    env: EnvMaker,
+    observation_space: Space,
+    action_space: Space,
+    shape: PolicyShape,
+    supervisor: SupervisorRef,
+    workers: Vec<RolloutWorkerHandle>,
+    learner: LearnerHandle,
+    weights: ObjectRef<Weights>,
+    version: u64,
+    counters: Counters,
+    recent: VecDeque<EpisodeStats>,
+    history: Vec<IterationMetrics>,
+}
+
+impl Trainer {
+    /// Starts the learner and the workers for environments from `env`.
+    /// Fails if the config is invalid, the environment cannot be made or
+    /// its spaces are unusable, or the node lacks the resources asked for.
+    pub async fn new(rt: &Runtime, env: EnvMaker, config: PpoConfig) -> Result<Trainer, RlError> {
+        config.validate()?;
+        let probe = env
+            .make(0)
+            .map_err(|source| RlError::Env { worker: 0, source })?;
+        let observation_space = probe.observation_space();
+        let action_space = probe.action_space();
+        drop(probe);
+        for space in [&observation_space, &action_space] {
+            space
+                .validate()
+                .map_err(|source| RlError::Env { worker: 0, source })?;
+        }
+        let shape = PolicyShape {
+            obs_len: observation_space.flat_len(),
+            hidden: config.hidden.clone(),
+            head: ActionHead::for_space(&action_space)?,
+        };
+
+        let gpus = config
+            .learner_gpus
+            .unwrap_or(if rt.gpus().is_empty() { 0.0 } else { 1.0 });
+        let learner = {
+            let (rt2, config, shape) = (rt.clone(), config.clone(), shape.clone());
+            rt.spawn_actor_with(
+                ActorOptions::new().resources(Resources::default().with_gpus(gpus)),
+                move || {
+                    let (rt, config, shape) = (rt2.clone(), config.clone(), shape.clone());
+                    async move { Learner::new(rt, config, shape) }
+                },
+            )
+            .await?
+        };
+
+        let restarts = config.max_worker_restarts;
+        let mut tree = SupervisorSpec::new("rl-rollout-workers", Strategy::OneForOne).intensity(
+            Intensity::new(
+                restarts
+                    .saturating_mul(config.num_workers as u32)
+                    .saturating_add(1),
+                Duration::from_secs(60),
+            ),
+        );
+        let mut workers = Vec::with_capacity(config.num_workers);
+        let worker_resources = if config.num_cpus_per_worker > 0.0 {
+            Resources::cpus(config.num_cpus_per_worker)
+        } else {
+            Resources::default()
+        };
+        for index in 0..config.num_workers {
+            let setup = WorkerSetup {
+                index,
+                rt: rt.clone(),
+                maker: env.clone(),
+                envs: config.envs_per_worker,
+                fragment_len: config.fragment_len,
+                shape: shape.clone(),
+                seed: config.seed,
+                incarnations: Arc::new(AtomicU64::new(0)),
+            };
+            let options = ActorOptions::new()
+                .max_restarts(restarts)
+                .resources(worker_resources.clone());
+            let (child, handle) = rt
+                .actor_child(options, move || RolloutWorker::new(setup.clone()))
+                .map_err(|err| match err {
+                    SpawnError::ResourcesBusy { .. } | SpawnError::Infeasible { .. } => RlError::Config(format!(
+                        "{} workers × {} CPUs do not fit this node ({err}); lower num_workers or num_cpus_per_worker",
+                        config.num_workers, config.num_cpus_per_worker
+                    )),
+                    other => RlError::Spawn(other),
+                })?;
+            tree = tree.child(child);
+            workers.push(handle);
+        }
+        let supervisor = rt.spawn_supervisor(tree).await?;
+        let weights = learner.publish().await??;
+        tracing::info!(
+            env = env.name(),
+            workers = config.num_workers,
+            envs = config.num_workers * config.envs_per_worker,
+            device = %learner.device().await??,
+            "PPO trainer started"
+        );
+        Ok(Trainer {
+            rt: rt.clone(),
+            config,
+            env,
+            observation_space,
+            action_space,
+            shape,
+            supervisor,
+            workers,
+            learner,
+            weights,
+            version: 0,
+            counters: Counters::default(),
+            recent: VecDeque::with_capacity(RETURN_WINDOW),
+            history: Vec::new(),
+        })
+    }
+
+    /// A trainer restored from a checkpoint, with the checkpoint's config.
+    pub async fn from_checkpoint(
+        rt: &Runtime,
+        env: EnvMaker,
+        path: impl AsRef<Path>,
+    ) -> Result<Trainer, RlError> {
+        let path = path.as_ref();
+        let checkpoint = Checkpoint::read(path)?;
+        let mut trainer = Trainer::new(rt, env, checkpoint.config.clone()).await?;
+        trainer.apply(checkpoint, path).await?;
+        Ok(trainer)
+    }
+
+    /// Loads a checkpoint into this trainer: the same environment, spaces
+    /// and config are required (the error names the first difference).
+    pub async fn load(&mut self, path: impl AsRef<Path>) -> Result<(), RlError> {
+        let path = path.as_ref();
+        let checkpoint = Checkpoint::read(path)?;
+        self.apply(checkpoint, path).await
+    }
+
+    async fn apply(&mut self, checkpoint: Checkpoint, path: &Path) -> Result<(), RlError> {
+        checkpoint.check_matches(
+            path,
+            self.env.name(),
+            &self.observation_space,
+            &self.action_space,
+            &self.config,
+        )?;
+        self.learner.load_state(checkpoint.learner).await??;
+        self.weights = self.learner.publish().await??;
+        self.version += 1;
+        self.counters = checkpoint.counters;
+        self.recent = checkpoint.recent_episodes.into_iter().collect();
+        Ok(())
+    }
+
+    /// Saves model, optimizer, config, counters and the recent episodes.
+    pub async fn save(&self, path: impl AsRef<Path>) -> Result<(), RlError> {
+        let checkpoint = Checkpoint {
+            env: self.env.name().to_owned(),
+            observation_space: self.observation_space.clone(),
+            action_space: self.action_space.clone(),
+            config: self.config.clone(),
+            counters: self.counters.clone(),
+            recent_episodes: self.recent.iter().copied().collect(),
+            learner: self.learner.state().await??,
+        };
+        checkpoint.write(path.as_ref())?;
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PpoConfig {
+        &self.config
+    }
+
+    /// Where training stands.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Every iteration's metrics since this trainer was built.
+    pub fn history(&self) -> &[IterationMetrics] {
+        &self.history
+    }
+
+    /// The device the learner trains on (`Cpu`, `Cuda(0)`, ...).
+    pub async fn learner_device(&self) -> Result<String, RlError> {
+        self.learner.device().await?
+    }
+
+    /// The rollout workers' handles (to watch or kill them).
+    pub fn workers(&self) -> &[RolloutWorkerHandle] {
+        &self.workers
+    }
+
+    /// The current weights, in the object store.
+    pub fn weights(&self) -> &ObjectRef<Weights> {
+        &self.weights
+    }
+
+    /// A CPU copy of the current policy (what the workers act with).
+    pub async fn policy(&self) -> Result<CpuPolicy, RlError> {
+        let weights = self.rt.get(&self.weights).await?;
+        CpuPolicy::from_weights(&self.shape, &weights)
+    }
+
+    /// Asks every worker for a fragment with the current weights; a worker
+    /// that panics (or is killed) is restarted by its supervisor and asked
+    /// again, up to `max_worker_restarts` times; one dead for good or
+    /// silent past `sample_timeout` is an error.
+    async fn sample(&mut self) -> Result<(Vec<ObjectRef<Fragment>>, u64), RlError> {
+        let timeout = self.config.sample_timeout;
+        let max_attempts = self.config.max_worker_restarts + 1;
+        let calls = self.workers.iter().enumerate().map(|(index, worker)| {
+            let weights = self.weights.clone();
+            let version = self.version;
+            async move {
+                let mut failures = 0u32;
+                loop {
+                    let call = tokio::time::timeout(timeout, worker.sample(weights.clone(), version)).await;
+                    let cause = match call {
+                        Err(_) => {
+                            return Err(RlError::Timeout {
+                                what: format!("rollout worker {index}"),
+                                after: timeout,
+                            })
+                        }
+                        Ok(Ok(Ok(fragment))) => return Ok((fragment, failures)),
+                        Ok(Ok(Err(err))) => return Err(err),
+                        Ok(Err(err @ ActorError::Panicked { .. })) => err.to_string(),
+                        // Killed under the call but restarting: ask again.
+                        Ok(Err(err @ ActorError::ActorDied { .. })) if !worker.is_dead() => err.to_string(),
+                        Ok(Err(err)) => {
+                            return Err(RlError::WorkerFailed {
+                                worker: index,
+                                attempts: failures + 1,
+                                cause: err.to_string(),
+                            })
+                        }
+                    };
+                    failures += 1;
+                    metrics::counter!("troupe_rl_fragments_resampled_total").increment(1);
+                    tracing::warn!(worker = index, failures, cause = %cause, "rollout worker failed mid-fragment; sampling it again");
+                    if failures >= max_attempts {
+                        return Err(RlError::WorkerFailed {
+                            worker: index,
+                            attempts: failures,
+                            cause,
+                        });
+                    }
+                }
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut fragments = Vec::with_capacity(results.len());
+        let mut resampled = 0;
+        for result in results {
+            let (fragment, failures) = result?;
+            fragments.push(fragment);
+            resampled += u64::from(failures);
+        }
+        Ok((fragments, resampled))
+    }
+
+    /// One iteration: every worker samples a fragment with the current
+    /// weights, the learner updates on them, and the new weights go to the
+    /// store for the next one.
+    pub async fn train(&mut self) -> Result<IterationMetrics, RlError> {
+        let span = tracing::info_span!(
+            "ppo_iteration",
+            iteration = self.counters.iteration + 1,
+            env = self.env.name()
+        );
+        self.iterate().instrument(span).await
+    }
+
+    async fn iterate(&mut self) -> Result<IterationMetrics, RlError> {
+        let began = Instant::now();
+        let (fragments, resampled) = self.sample().await?;
+        let sampled_in = began.elapsed();
+        let mut steps = 0u64;
+        let mut finished = 0u64;
+        for fragment in &fragments {
+            let f = self.rt.get(fragment).await?;
+            steps += f.rows() as u64;
+            finished += f.episodes.len() as u64;
+            for e in &f.episodes {
+                if self.recent.len() == RETURN_WINDOW {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(*e);
+            }
+        }
+        let lr = if self.config.anneal_lr {
+            let done = self.counters.env_steps as f64 / self.config.total_env_steps as f64;
+            self.config.learning_rate * (1.0 - done).max(0.0)
+        } else {
+            self.config.learning_rate
+        };
+        let stats: UpdateStats = self.learner.update(fragments, lr).await??;
+        self.weights = self.learner.publish().await??;
+        self.version += 1;
+
+        let took = began.elapsed();
+        self.counters.iteration += 1;
+        self.counters.env_steps += steps;
+        self.counters.episodes += finished;
+        self.counters.worker_restarts += resampled;
+        self.counters.train_seconds += took.as_secs_f64();
+        let (mean_return, mean_length) = if self.recent.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            let n = self.recent.len() as f64;
+            (
+                self.recent.iter().map(|e| e.episode_return).sum::<f64>() / n,
+                self.recent.iter().map(|e| e.length as f64).sum::<f64>() / n,
+            )
+        };
+        let m = IterationMetrics {
+            iteration: self.counters.iteration,
+            env_steps: self.counters.env_steps,
+            episodes: self.counters.episodes,
+            episode_return_mean: mean_return,
+            episode_length_mean: mean_length,
+            steps_per_second: steps as f64 / took.as_secs_f64(),
+            sampling_steps_per_second: steps as f64 / sampled_in.as_secs_f64(),
+            policy_loss: stats.policy_loss,
+            value_loss: stats.value_loss,
+            entropy: stats.entropy,
+            approx_kl: stats.approx_kl,
+            clip_fraction: stats.clip_fraction,
+            explained_variance: stats.explained_variance,
+            learning_rate: stats.learning_rate,
+            wall_seconds: self.counters.train_seconds,
+            worker_restarts: self.counters.worker_restarts,
+        };
+        metrics::counter!("troupe_rl_iterations_total").increment(1);
+        metrics::histogram!("troupe_rl_iteration_seconds").record(took.as_secs_f64());
+        metrics::gauge!("troupe_rl_episode_return_mean").set(mean_return);
+        tracing::debug!(
+            iteration = m.iteration,
+            env_steps = m.env_steps,
+            mean_return,
+            "PPO iteration"
+        );
+        self.history.push(m.clone());
+        Ok(m)
+    }
+
+    /// Trains until `stop` says so, reporting each iteration.
+    pub async fn train_until(
+        &mut self,
+        stop: &Stop,
+        reporter: &mut dyn Reporter,
+    ) -> Result<TrainSummary, RlError> {
+        let began = Instant::now();
+        let result = loop {
+            let m = match self.train().await {
+                Ok(m) => m,
+                Err(err) => break Err(err),
+            };
+            if let Err(err) = reporter.report(&m) {
+                break Err(err);
+            }
+            if stop.done(&m, began.elapsed()) {
+                break Ok(TrainSummary {
+                    reached_target: stop.reached(&m),
+                    last: m,
+                    seconds: began.elapsed().as_secs_f64(),
+                });
+            }
+        };
+        reporter.finish(self.history.last())?;
+        result
+    }
+
+    /// Runs `episodes` evaluation episodes with the current policy acting
+    /// deterministically (argmax or mean) on fresh environments seeded
+    /// `seed`, `seed + 1`, ... (on a blocking thread).
+    pub async fn evaluate(&self, episodes: usize, seed: u64) -> Result<Evaluation, RlError> {
+        let mut policy = self.policy().await?;
+        let maker = self.env.clone();
+        let run = move || -> Result<Evaluation, RlError> {
+            let env_error = |source| RlError::Env { worker: 0, source };
+            let mut returns = Vec::with_capacity(episodes);
+            let mut lengths = Vec::with_capacity(episodes);
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, &[5]));
+            let mut out = PolicyOutput::default();
+            for episode in 0..episodes {
+                let mut env = VecEnv::from_maker(&maker, 0, 1).map_err(env_error)?;
+                env.reset(Some(seed.wrapping_add(episode as u64)))
+                    .map_err(env_error)?;
+                while env.episodes().is_empty() {
+                    policy.act(
+                        env.observations(),
+                        1,
+                        ActMode::Deterministic,
+                        &mut rng,
+                        &mut out,
+                    );
+                    let actions = if out.discrete.is_empty() {
+                        Actions::Continuous(&out.continuous)
+                    } else {
+                        Actions::Discrete(&out.discrete)
+                    };
+                    env.step(actions).map_err(env_error)?;
+                }
+                let e = env.episodes()[0];
+                returns.push(e.episode_return);
+                lengths.push(e.length);
+            }
+            Ok(Evaluation { returns, lengths })
+        };
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| RlError::Learner(format!("evaluation thread failed: {e}")))?
+    }
+
+    /// Stops the workers' supervisor (the learner stops with the last
+    /// handle to it).
+    pub async fn shutdown(self) {
+        self.supervisor.stop(Duration::from_secs(5)).await;
+    }
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        // A trainer dropped without shutdown() still stops its workers.
+        if self.supervisor.is_alive() {
+            let supervisor = self.supervisor.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { supervisor.stop(Duration::from_secs(5)).await });
+            }
+        }
+    }
+}

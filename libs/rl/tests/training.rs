@@ -1,0 +1,423 @@
+//! Training end to end on a Troupe runtime: PPO improves CartPole, a worker
+//! that panics mid-fragment is healed and the iteration completes, a dead
+//! worker fails training instead of hanging, checkpoints round-trip (same
+//! actions, training continues) and bad checkpoints and environments are
+//! clear errors.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use troupe::prelude::*;
+use troupe_rl::{
+    ActMode, Action, CartPole, CheckpointError, Env, EnvError, EnvMaker, Info, PolicyOutput,
+    PpoConfig, RlError, Space, Stop, Trainer, Transition,
+};
+
+/// A deadline for anything that could hang.
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
+}
+
+/// A small trainer; a quarter CPU per worker, so that several trainers
+/// fit one runtime at once.
+fn small() -> PpoConfig {
+    PpoConfig::default()
+        .num_workers(2)
+        .envs_per_worker(2)
+        .fragment_len(16)
+        .num_cpus_per_worker(0.25)
+}
+
+/// CartPole with a hook that runs after each step, given the env's step
+/// count and the observation: to make it panic, slow or broken.
+struct Hooked<H> {
+    inner: CartPole,
+    steps: u32,
+    hook: H,
+}
+
+impl<H: FnMut(u32, &mut [f32]) + Send + 'static> Env for Hooked<H> {
+    fn observation_space(&self) -> Space {
+        self.inner.observation_space()
+    }
+    fn action_space(&self) -> Space {
+        self.inner.action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>, obs: &mut [f32]) -> Result<Info, EnvError> {
+        self.inner.reset(seed, obs)
+    }
+    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
+        let t = self.inner.step(action, obs)?;
+        self.steps += 1;
+        (self.hook)(self.steps, obs);
+        Ok(t)
+    }
+}
+
+/// Environments from `make_hook(index)`.
+fn hooked<H, F>(name: &str, make_hook: F) -> EnvMaker
+where
+    H: FnMut(u32, &mut [f32]) + Send + 'static,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
+    EnvMaker::new(name.to_owned(), move |index| {
+        Ok(Hooked {
+            inner: CartPole::new(),
+            steps: 0,
+            hook: make_hook(index),
+        })
+    })
+}
+
+/// CartPole that panics in the middle of an episode when `trigger` is set
+/// (once: it clears the trigger), or at every step for env `always_for_env`.
+fn fragile(trigger: Arc<AtomicBool>, always_for_env: Option<usize>) -> EnvMaker {
+    hooked("FragileCartPole", move |index| {
+        let trigger = trigger.clone();
+        move |steps, _: &mut [f32]| {
+            if always_for_env == Some(index) || (steps > 5 && trigger.swap(false, Ordering::AcqRel))
+            {
+                panic!("the simulator crashed");
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_seeded_ppo_run_improves_cartpole() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), PpoConfig::default().seed(1))
+        .await
+        .unwrap();
+    let first = within("the first iteration", trainer.train())
+        .await
+        .unwrap();
+    let summary = within(
+        "training",
+        trainer.train_until(&Stop::at_return(100.0).or_env_steps(40_000), &mut ()),
+    )
+    .await
+    .unwrap();
+    let start = trainer.history()[..4]
+        .iter()
+        .map(|m| m.episode_return_mean)
+        .find(|r| r.is_finite())
+        .unwrap_or(first.episode_return_mean);
+    let end = summary.last.episode_return_mean;
+    eprintln!(
+        "mean return {start:.1} -> {end:.1} in {} steps",
+        summary.last.env_steps
+    );
+    // A random policy averages about 22; the bound is generous on purpose.
+    assert!(
+        end > 2.0 * start && end > 60.0,
+        "mean return went from {start:.1} to {end:.1}"
+    );
+    assert!(summary.last.entropy.is_finite() && summary.last.approx_kl.is_finite());
+    // Evaluation episodes with the deterministic policy.
+    let eval = trainer.evaluate(3, 99).await.unwrap();
+    assert_eq!(eval.returns.len(), 3);
+    assert!(eval.mean_return() > 0.0);
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_mid_fragment_is_restarted_and_the_iteration_completes() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let mut events = rt.subscribe();
+    let trigger = Arc::new(AtomicBool::new(false));
+    let mut trainer = Trainer::new(&rt, fragile(trigger.clone(), None), small())
+        .await
+        .unwrap();
+    within("a healthy iteration", trainer.train())
+        .await
+        .unwrap();
+    trigger.store(true, Ordering::Release);
+    let m = within("the iteration with a crash", trainer.train())
+        .await
+        .unwrap();
+    assert!(!trigger.load(Ordering::Acquire), "the crash happened");
+    assert_eq!(m.worker_restarts, 1, "one fragment sampled again");
+    assert_eq!(
+        m.env_steps,
+        2 * small().batch_size() as u64,
+        "no fragment lost"
+    );
+    // The supervisor reported the restart.
+    let mut restarted = false;
+    while let Ok(event) = events.try_recv() {
+        restarted |= matches!(event, SupervisionEvent::ChildRestarted { .. });
+    }
+    assert!(restarted, "a ChildRestarted event");
+    // And training goes on.
+    within("the next iteration", trainer.train()).await.unwrap();
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_rollout_is_healed_and_the_iteration_completes() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let mut events = rt.subscribe();
+    let steps = Arc::new(AtomicU32::new(0));
+    let counted = steps.clone();
+    // A slow simulator: a millisecond a step; all copies count their steps.
+    let maker = hooked("SlowCartPole", move |_| {
+        let counted = counted.clone();
+        move |_, _: &mut [f32]| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    // Fragments of 400 ms: the kill lands well inside one.
+    let config = small().envs_per_worker(1).fragment_len(400);
+    let mut trainer = Trainer::new(&rt, maker, config.clone()).await.unwrap();
+    let victim = trainer.workers()[0].clone();
+    let iteration = tokio::spawn(async move {
+        let result = trainer.train().await;
+        (trainer, result)
+    });
+    // Kill a worker once the fragments are under way.
+    within("rollouts to start", async {
+        while steps.load(Ordering::Relaxed) < 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    victim.kill(false).await;
+    let (mut trainer, result) = within("the iteration", iteration).await.unwrap();
+    let m = result.unwrap();
+    assert_eq!(
+        m.env_steps,
+        config.batch_size() as u64,
+        "every fragment arrived"
+    );
+    assert_eq!(
+        m.worker_restarts, 1,
+        "the interrupted fragment was sampled again"
+    );
+    let mut restarted = false;
+    while let Ok(event) = events.try_recv() {
+        restarted |= matches!(event, SupervisionEvent::ChildRestarted { .. });
+    }
+    assert!(restarted, "the killed worker was restarted");
+    assert!(!victim.is_dead());
+    // The restarted worker samples the next iteration.
+    within("the next iteration", trainer.train()).await.unwrap();
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_keeps_panicking_fails_training_instead_of_hanging() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let maker = fragile(Arc::new(AtomicBool::new(false)), Some(2));
+    let mut trainer = Trainer::new(&rt, maker, small().max_worker_restarts(2))
+        .await
+        .unwrap();
+    let err = within("a doomed iteration", trainer.train())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RlError::WorkerFailed { worker: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("the simulator crashed"), "{err}");
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+fn policies_agree(a: &mut troupe_rl::CpuPolicy, b: &mut troupe_rl::CpuPolicy) {
+    let rows = 256;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let obs: Vec<f32> = (0..rows * 4)
+        .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.4)
+        .collect();
+    for mode in [ActMode::Deterministic, ActMode::Sample] {
+        let (mut out_a, mut out_b) = (PolicyOutput::default(), PolicyOutput::default());
+        a.act(&obs, rows, mode, &mut rng.clone(), &mut out_a);
+        b.act(&obs, rows, mode, &mut rng, &mut out_b);
+        assert_eq!(out_a, out_b, "{mode:?} actions, log-probs and values");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_round_trip_acts_identically_and_training_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cartpole.ckpt");
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let config = small().seed(3);
+    let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), config.clone())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        within("training", trainer.train()).await.unwrap();
+    }
+    trainer.save(&path).await.unwrap();
+
+    let mut restored = Trainer::from_checkpoint(&rt, EnvMaker::cart_pole(), &path)
+        .await
+        .unwrap();
+    assert_eq!(restored.config(), &config);
+    assert_eq!(restored.counters(), trainer.counters());
+    policies_agree(
+        &mut trainer.policy().await.unwrap(),
+        &mut restored.policy().await.unwrap(),
+    );
+
+    // Both continue from the same model and optimizer state.
+    let a = within("training on", trainer.train()).await.unwrap();
+    let b = within("training on", restored.train()).await.unwrap();
+    assert_eq!(b.iteration, 4);
+    assert_eq!(b.env_steps, a.env_steps);
+    assert!(b.learning_rate == a.learning_rate && b.policy_loss.is_finite());
+
+    // Loading into a trainer of the same config works too.
+    let mut same = Trainer::new(&rt, EnvMaker::cart_pole(), config.clone())
+        .await
+        .unwrap();
+    same.load(&path).await.unwrap();
+    assert_eq!(same.counters().iteration, 3);
+
+    trainer.shutdown().await;
+    restored.shutdown().await;
+    same.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_of_another_config_or_cut_short_are_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.ckpt");
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), small())
+        .await
+        .unwrap();
+    within("training", trainer.train()).await.unwrap();
+    trainer.save(&path).await.unwrap();
+
+    let mut other = Trainer::new(&rt, EnvMaker::cart_pole(), small().hidden(vec![32]))
+        .await
+        .unwrap();
+    let before = other.policy().await.unwrap();
+    let err = other.load(&path).await.unwrap_err();
+    assert!(
+        matches!(&err, RlError::Checkpoint(CheckpointError::ConfigMismatch { field, .. }) if field == "hidden"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("hidden = [64, 64]"), "{err}");
+    policies_agree(&mut before.clone(), &mut other.policy().await.unwrap());
+
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.ckpt");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = trainer.load(&cut).await.unwrap_err();
+    assert!(
+        matches!(&err, RlError::Checkpoint(CheckpointError::Truncated { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let err = Trainer::from_checkpoint(&rt, EnvMaker::cart_pole(), &cut)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let err = Trainer::from_checkpoint(&rt, EnvMaker::pendulum(), &path)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("env"), "{err}");
+    // The trainer that refused the files trains on.
+    within("training after refusals", trainer.train())
+        .await
+        .unwrap();
+    trainer.shutdown().await;
+    other.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_observation_from_a_user_env_stops_training_with_an_error_naming_it() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    // Environment 3's observation turns NaN at its 7th step.
+    let maker = hooked("Broken", |index| {
+        move |steps, obs: &mut [f32]| {
+            if index == 3 && steps == 7 {
+                obs[1] = f32::NAN;
+            }
+        }
+    });
+    let mut trainer = Trainer::new(&rt, maker, small()).await.unwrap();
+    let err = within("an iteration", trainer.train()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RlError::Env { worker: 1, .. }), "{message}");
+    assert!(
+        message.contains("environment 3") && message.contains("NaN"),
+        "{message}"
+    );
+    // An error, not a panic: no worker was restarted, and they all answer.
+    assert_eq!(trainer.counters().worker_restarts, 0);
+    for worker in trainer.workers() {
+        assert!(worker.is_alive());
+    }
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pendulum_trains_with_a_gaussian_policy() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let mut trainer = Trainer::new(&rt, EnvMaker::pendulum(), small().fragment_len(100))
+        .await
+        .unwrap();
+    let m = within("pendulum iterations", async {
+        trainer.train().await?;
+        trainer.train().await
+    })
+    .await
+    .unwrap();
+    // Two 100-step fragments per env: every episode of 200 steps ended.
+    assert_eq!(m.episodes, 4);
+    assert!(
+        m.episode_return_mean < 0.0 && m.episode_length_mean == 200.0,
+        "{m:?}"
+    );
+    assert!(m.entropy.is_finite());
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configs_and_unusable_envs_are_refused_at_build_time() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let err = Trainer::new(
+        &rt,
+        EnvMaker::cart_pole(),
+        PpoConfig::default().num_workers(0),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("num_workers"), "{err}");
+    let err = Trainer::new(
+        &rt,
+        EnvMaker::cart_pole(),
+        PpoConfig::default().num_cpus_per_worker(64.0),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("num_cpus_per_worker"), "{err}");
+    let failing = EnvMaker::new("Nope", |_| {
+        Err::<CartPole, _>(EnvError::custom("no simulator licence"))
+    });
+    let err = Trainer::new(&rt, failing, small()).await.err().unwrap();
+    assert!(err.to_string().contains("no simulator licence"), "{err}");
+    rt.shutdown().await.unwrap();
+}
