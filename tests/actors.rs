@@ -866,3 +866,58 @@ async fn actors_are_spawned_and_called_by_name() {
     assert_eq!(rt.state().actors.len(), 1);
     rt.shutdown().await.unwrap();
 }
+
+/// A spawn dropped while its async constructor ran left a slot that looked
+/// alive: its name stayed taken, and shutdown waited for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_dropped_while_constructing_leaves_nothing_behind() {
+    let rt = troupe::init(Config::default().shutdown_timeout(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    let spawning = rt.spawn_actor_with(ActorOptions::new().name("slow-start"), || async {
+        std::future::pending::<()>().await;
+        Ok::<_, String>(Counter {
+            count: 0,
+            builds: Arc::new(AtomicU32::new(0)),
+        })
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), spawning)
+            .await
+            .is_err(),
+        "the constructor never finishes"
+    );
+    // The name is free again, for an actor that starts.
+    let (again, _) = counter(&rt, ActorOptions::new().name("slow-start")).await;
+    assert_eq!(within("call", again.get()).await.unwrap(), 10);
+    within("shutdown", rt.shutdown()).await.unwrap();
+}
+
+/// An actor whose constructor keeps failing restarts in a loop (no restart
+/// limit); that loop never looked at kill or shutdown, so `kill(true)` and
+/// `shutdown` waited for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_failing_to_restart_can_still_be_killed() {
+    let rt = troupe::init(Config::default().shutdown_timeout(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let builds = Arc::new(AtomicU32::new(0));
+    let b = builds.clone();
+    let fragile = rt
+        .spawn_actor(ActorOptions::new().max_restarts(None), move || {
+            if b.fetch_add(1, Ordering::SeqCst) > 0 {
+                panic!("cannot rebuild");
+            }
+            Counter {
+                count: 0,
+                builds: Arc::new(AtomicU32::new(0)),
+            }
+        })
+        .await
+        .unwrap();
+    assert!(fragile.crash().await.is_err());
+    eventually("rebuilds failing", || builds.load(Ordering::SeqCst) > 3).await;
+    within("kill during the restart loop", fragile.kill(true)).await;
+    assert!(fragile.get().await.is_err(), "dead for good");
+    within("shutdown", rt.shutdown()).await.unwrap();
+}

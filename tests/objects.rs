@@ -221,6 +221,38 @@ async fn puts_never_take_the_store_far_over_its_budget() {
     rt.shutdown().await.unwrap();
 }
 
+/// A put larger than what the budget has left, while memory is still under
+/// the spill threshold, waited forever: the spiller only ran above the
+/// threshold. It now spills until the waiting put fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_does_not_fit_under_the_threshold_makes_room() {
+    let budget: u64 = 1 << 20;
+    let objects = StoreConfig {
+        memory_budget: budget,
+        spill_threshold: 0.8,
+        spill_dir: spill_dir("under-threshold"),
+        ..StoreConfig::default()
+    };
+    let rt = troupe::init(Config::default().objects(objects))
+        .await
+        .unwrap();
+    // 70% of the budget: under the threshold, so nothing spills on its own.
+    let held = rt.put(vec![1u8; (budget * 7 / 10) as usize]).await.unwrap();
+    assert!(!rt.objects().over_threshold());
+    // 40% more does not fit until something is spilled.
+    let big = within(
+        "a put needing a spill",
+        rt.put(vec![2u8; (budget * 4 / 10) as usize]),
+    )
+    .await
+    .unwrap();
+    assert!(rt.objects().in_memory_bytes() <= budget);
+    assert_eq!(rt.get(&held).await.unwrap()[0], 1);
+    assert_eq!(rt.get(&big).await.unwrap()[0], 2);
+    drop((held, big));
+    rt.shutdown().await.unwrap();
+}
+
 /// Byte objects live in buffers the store reuses; read back, spilled and
 /// restored, they are the same bytes.
 #[tokio::test]

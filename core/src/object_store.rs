@@ -50,7 +50,7 @@ impl ractor::Actor for ObjectStoreActor {
         let watcher = tokio::spawn(async move {
             loop {
                 // Catch up with anything put while no actor was listening.
-                if store.over_threshold() && myself.send_message(ObjectStoreMsg::Spill).is_err() {
+                if store.needs_spill() && myself.send_message(ObjectStoreMsg::Spill).is_err() {
                     return;
                 }
                 store.spill_wanted().await;

@@ -279,11 +279,12 @@ impl<T: Object + Clone> Arg<T> {
         }
     }
 
-    /// The value for one attempt (each attempt gets its own).
-    pub async fn resolve(&self, store: &ObjectStore) -> Result<T, ArgError> {
+    /// The value for one attempt, from the attempt's own copy of the
+    /// arguments (a value is moved out, not cloned again).
+    pub async fn resolve(self, store: &ObjectStore) -> Result<T, ArgError> {
         match self {
-            Arg::Value(v) => Ok(v.clone()),
-            Arg::Ref(r) => match store.get(r).await {
+            Arg::Value(v) => Ok(v),
+            Arg::Ref(r) => match store.get(&r).await {
                 Ok(value) => Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| (*shared).clone())),
                 Err(err) => Err(ArgError(r.id(), err)),
             },

@@ -1,3 +1,4 @@
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,7 +196,10 @@ async fn spilled_objects_come_back_identical() {
     let files = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(files as u64, report.objects);
     // The oldest went first.
-    assert!(dir.join(format!("{}.obj", refs[0].0.id())).exists());
+    let oldest = s
+        .spill_file(refs[0].0.id())
+        .expect("the oldest was spilled");
+    assert!(oldest.starts_with(&dir) && oldest.exists());
 
     for (r, bytes) in &refs {
         assert_eq!(&*s.get(r).await.unwrap(), bytes);
@@ -284,7 +288,7 @@ async fn values_holding_refs_are_never_spilled() {
         .collect();
     s.spill().unwrap();
     // The plain blobs went to disk; the holder stayed, so its refs still work.
-    assert!(!dir.join(format!("{}.obj", holder.id())).exists());
+    assert!(s.spill_file(holder.id()).is_none());
     let refs = s.get(&holder).await.unwrap();
     assert_eq!(*s.get(&refs[7]).await.unwrap(), 7);
     assert_eq!(*s.get(&filler[0]).await.unwrap(), vec![0u8; 2000]);
@@ -436,7 +440,7 @@ async fn byte_objects_reuse_store_buffers_and_spill_raw() {
     let _third = s.put_bytes(&data).await.unwrap();
     let _fourth = s.put_bytes(&data).await.unwrap();
     s.spill().unwrap();
-    let file = dir.join(format!("{}.obj", second.id()));
+    let file = s.spill_file(second.id()).expect("spilled");
     assert_eq!(std::fs::metadata(&file).unwrap().len(), data.len() as u64);
     assert_eq!(&s.get(&second).await.unwrap()[..], &data[..]);
     drop(second);
@@ -571,4 +575,22 @@ fn causes_cross_the_wire_typed_with_their_chain() {
     let io = crate::Cause::new(std::io::Error::other("outer"));
     let back: crate::Cause = postcard::from_bytes(&postcard::to_allocvec(&io).unwrap()).unwrap();
     assert_eq!(back.to_string(), "outer");
+}
+
+#[tokio::test]
+async fn a_cancelled_put_stops_counting_as_a_waiter() {
+    let dir = temp_dir("cancelled-put");
+    let s = small_store(64 * 1024, &dir);
+    let _guard = s.attach_spiller();
+    let held = s.try_put(vec![1u8; 20 * 1024]).unwrap();
+    // No spiller runs: the put waits until the timeout drops it.
+    let put = tokio::time::timeout(Duration::from_millis(20), s.put(vec![2u8; 50 * 1024])).await;
+    assert!(put.is_err(), "the put waited for room");
+    assert_eq!(s.inner.room_waiters.load(Ordering::Acquire), 0);
+    assert!(
+        !s.needs_spill(),
+        "no put waits, and memory is under the threshold"
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -252,6 +252,18 @@ pub(crate) async fn run_in_place<A: Actor>(
         let mut actor = match next.take() {
             Some(actor) => actor,
             None => match construct(&slot.info, &factory, &env).await {
+                // Killed, stopped or shut down while it was being rebuilt:
+                // those signals found no incarnation to stop, so they are
+                // honoured here, before it serves anything.
+                _ if slot.restart_forbidden().is_some() => {
+                    let why = slot.restart_forbidden().map(|w| w.to_string());
+                    slot.park(mailbox);
+                    slot.mark_dead(format!(
+                        "{} while it was restarting",
+                        why.unwrap_or_default()
+                    ));
+                    return;
+                }
                 Ok(actor) => actor,
                 Err(error) => {
                     env.events.emit(|| SupervisionEvent::ChildStartFailed {
@@ -265,7 +277,11 @@ pub(crate) async fn run_in_place<A: Actor>(
                     {
                         Verdict::Restart { delay, restarts } => {
                             slot.restarts.store(restarts, Ordering::Release);
-                            if !delay.is_zero() {
+                            if delay.is_zero() {
+                                // A sync constructor that keeps failing
+                                // must not hold this worker.
+                                tokio::task::yield_now().await;
+                            } else {
                                 tokio::time::sleep(delay).await;
                             }
                             continue;

@@ -86,7 +86,13 @@ impl Runtime {
             }
         };
         let (slot, handle) = self.new_slot::<A>(options, reservation, collect, true)?;
-        match construct(&slot.info, &factory, &self.inner.env).await {
+        // The caller may drop this future while an async constructor runs:
+        // the slot (its name, resources, directory entry) must not outlive
+        // that as a live actor nobody started.
+        let unstarted = Unstarted(Some(&*slot));
+        let built = construct(&slot.info, &factory, &self.inner.env).await;
+        unstarted.disarm();
+        match built {
             Ok(actor) => {
                 slot.started();
                 let env = self.inner.env.clone();
@@ -311,5 +317,23 @@ impl Runtime {
                     actual,
                 })?;
         Ok(A::Handle::from(ActorHandle::new(slot, false)))
+    }
+}
+
+/// Marks a slot dead if the spawn that made it ends before its actor
+/// starts (the spawning future was dropped).
+struct Unstarted<'a, A: Actor>(Option<&'a Slot<A>>);
+
+impl<A: Actor> Unstarted<'_, A> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<A: Actor> Drop for Unstarted<'_, A> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.mark_dead("the spawn was cancelled before the actor started".to_owned());
+        }
     }
 }

@@ -48,6 +48,9 @@ use crate::scheduler::{Counts, Scheduler};
 use crate::supervisor::{EventBus, SupervisionEvent, SupervisorRef};
 use crate::GpuInfo;
 
+/// How long shutdown waits for killed actors after its deadline passed.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
 /// A tokio runtime the Troupe runtime built for itself (`Runtime::start`).
 pub(crate) struct OwnedTokio(pub(crate) Option<tokio::runtime::Runtime>);
 
@@ -253,7 +256,9 @@ impl Runtime {
             .await
             .is_ok();
         if !in_order {
-            actors.kill_all().await;
+            // Bounded too: an actor stuck in sync code never reaches the
+            // await that a kill stops it at.
+            let _ = tokio::time::timeout(KILL_GRACE, actors.kill_all()).await;
         }
         let left = deadline.saturating_sub(began.elapsed());
         in_order &= self.inner.root.stop(left).await;

@@ -64,6 +64,7 @@ impl Job {
         let work = self.work.lock().unwrap_or_else(|e| e.into_inner()).take();
         match work {
             Some(work) => {
+                let _depth = Nested::enter();
                 work();
                 true
             }
@@ -85,6 +86,33 @@ struct Local {
     /// The current job's body has returned: what it submits now can wait
     /// for this thread.
     ending: bool,
+    /// Jobs running on this thread, one inside another when a body waiting
+    /// for a result runs the job that makes it (`Scheduler::help`).
+    depth: usize,
+}
+
+/// One more job running on this thread, for as long as it lives.
+struct Nested;
+
+impl Nested {
+    fn enter() -> Self {
+        LOCAL.with(|local| {
+            if let Some(local) = local.borrow_mut().as_mut() {
+                local.depth += 1;
+            }
+        });
+        Nested
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        LOCAL.with(|local| {
+            if let Some(local) = local.borrow_mut().as_mut() {
+                local.depth -= 1;
+            }
+        });
+    }
 }
 
 thread_local! {
@@ -92,18 +120,24 @@ thread_local! {
 }
 
 /// Runs `f` (what a job does after its body returned) so that a job it
-/// submits to this thread's pool runs next on this thread.
+/// submits to this thread's pool runs next on this thread. Only for the
+/// outermost job: one run inside another body (by a waiter) must not leave
+/// work behind that body, which may be waiting for exactly that work.
 pub(crate) fn as_job_ends<R>(f: impl FnOnce() -> R) -> R {
-    let set = |ending: bool| {
+    let previous = LOCAL.with(|local| {
+        local
+            .borrow_mut()
+            .as_mut()
+            .map(|local| std::mem::replace(&mut local.ending, local.depth == 1))
+    });
+    let out = f();
+    if let Some(previous) = previous {
         LOCAL.with(|local| {
             if let Some(local) = local.borrow_mut().as_mut() {
-                local.ending = ending;
+                local.ending = previous;
             }
-        })
-    };
-    set(true);
-    let out = f();
-    set(false);
+        });
+    }
     out
 }
 
@@ -258,6 +292,7 @@ impl CpuPool {
                 pool: Arc::downgrade(&self),
                 next: None,
                 ending: false,
+                depth: 0,
             })
         });
         let take_next =
@@ -368,6 +403,36 @@ mod tests {
             tx.send(()).unwrap();
         }));
         rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        pool.close();
+    }
+
+    /// A body that runs another job itself (a waiter helping) must not get
+    /// what that job launches as it ends parked behind the body: the body
+    /// may be waiting for exactly that.
+    #[test]
+    fn a_job_run_inside_a_body_does_not_park_work_behind_it() {
+        let pool = CpuPool::new(2);
+        let (tx, rx) = mpsc::channel();
+        let p = pool.clone();
+        pool.execute(job(move || {
+            let (done_tx, done_rx) = mpsc::channel();
+            let launcher = p.clone();
+            // What `help` does: a queued job, run here, inside this body.
+            let inner = Job::new(Box::new(move || {
+                as_job_ends(|| {
+                    launcher.execute(Job::new(Box::new(move || done_tx.send(()).unwrap())))
+                })
+            }));
+            assert!(inner.run());
+            // The body waits for what the inner job launched.
+            tx.send(done_rx.recv_timeout(Duration::from_secs(5)).is_ok())
+                .unwrap();
+        }));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)),
+            Ok(true),
+            "the launched job ran while the body waited"
+        );
         pool.close();
     }
 

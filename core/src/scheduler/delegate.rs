@@ -33,14 +33,15 @@ impl Scheduler {
                 let mut state = self.lock();
                 let mut actions = Actions::default();
                 if state.requeue(queued).is_err() {
-                    task.stopped.store(true, Ordering::Release);
-                    task.body.give_up(TaskError::ShutDown {
+                    drop(state);
+                    let err = TaskError::ShutDown {
                         task: task.spec.function.clone(),
                         id: task.spec.id,
-                    });
-                } else {
-                    state.step(&self.settled(), &mut actions);
+                    };
+                    self.fail_unplaced(&task, err);
+                    return;
                 }
+                state.step(&self.settled(), &mut actions);
                 actions
             }
             PlacementDecision::Node(node) if node != self.node => {
@@ -49,19 +50,29 @@ impl Scheduler {
             }
             PlacementDecision::Wait => self.lock().park_unplaced(queued),
             _ => {
-                let err = TaskError::Infeasible {
-                    task: task.spec.function.clone(),
-                    id: task.spec.id,
-                    needs: task.resources.clone(),
-                    node: self.capacity.clone(),
-                };
                 tracing::debug!(task = %task.spec.id, "task infeasible");
-                task.stopped.store(true, Ordering::Release);
-                task.body.give_up(err);
-                let results = task.spec.results.clone();
-                self.lock().settled(&results, &self.settled())
+                self.fail_unplaced(&task, self.infeasible(&task));
+                return;
             }
         };
+        self.perform(actions);
+    }
+
+    fn infeasible(&self, task: &Task) -> TaskError {
+        TaskError::Infeasible {
+            task: task.spec.function.clone(),
+            id: task.spec.id,
+            needs: task.resources.clone(),
+            node: self.capacity.clone(),
+        }
+    }
+
+    /// Fails a task that is in no queue and runs nowhere (it could not be
+    /// placed or sent), and lets what waits on its results go on.
+    fn fail_unplaced(self: &Arc<Self>, task: &Task, err: TaskError) {
+        task.stopped.store(true, Ordering::Release);
+        task.body.give_up(err);
+        let actions = self.lock().settled(&task.spec.results, &self.settled());
         self.perform(actions);
     }
 
@@ -69,12 +80,7 @@ impl Scheduler {
     fn delegate(self: &Arc<Self>, queued: Queued<TaskRef>, node: NodeId) {
         let task = queued.task.0.clone();
         let Some(remote) = self.remote.clone() else {
-            task.body.give_up(TaskError::Infeasible {
-                task: task.spec.function.clone(),
-                id: task.spec.id,
-                needs: task.resources.clone(),
-                node: self.capacity.clone(),
-            });
+            self.fail_unplaced(&task, self.infeasible(&task));
             return;
         };
         let mut spec = task.spec.clone();
@@ -83,11 +89,12 @@ impl Scheduler {
             match task.body.encode_args() {
                 Ok(bytes) => spec.args = TaskArgs::Encoded(bytes),
                 Err(cause) => {
-                    task.body.give_up(TaskError::BadArguments {
+                    let err = TaskError::BadArguments {
                         task: task.spec.function.clone(),
                         id: task.spec.id,
                         cause,
-                    });
+                    };
+                    self.fail_unplaced(&task, err);
                     return;
                 }
             }

@@ -238,12 +238,21 @@ impl Scheduler {
     /// waiter that would sleep until a pool thread wakes up runs it instead
     /// (a wake-up across vCPUs costs more than a short body). True if it
     /// ran it.
+    ///
+    /// Not for generators (their body blocks on the reader, who may be this
+    /// caller), nor on a current-thread tokio runtime (a body that waits
+    /// there for anything would wait for its own thread).
     pub(crate) fn help(&self, result: ObjectId) -> bool {
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+        {
+            return false;
+        }
         let task = self.lock().running_task_of(result).map(|t| t.0.clone());
         let Some(task) = task else {
             return false;
         };
-        if !task.timing.known_short() {
+        if !task.timing.known_short() || task.spec.returns == crate::spec::Returns::Stream {
             return false;
         }
         let job = task.job.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -92,6 +92,12 @@ pub(crate) enum Verdict {
     Escalate,
 }
 
+/// How far back restarts count for the backoff when there is no intensity.
+const UNLIMITED_PERIOD: Duration = Duration::from_secs(60);
+/// Restarts remembered without an intensity (the backoff's doublings stop
+/// at 30).
+const MAX_COUNTED: usize = 32;
+
 /// A supervisor's sliding window of recent restarts.
 #[derive(Clone, Debug)]
 pub(crate) struct Window {
@@ -111,19 +117,30 @@ impl Window {
     }
 
     /// Records one restart at `now`; false when that exceeds the intensity.
+    /// Without an intensity the window still counts recent restarts (over
+    /// `UNLIMITED_PERIOD`), so that a backoff grows in a crash loop.
     fn record(&mut self, now: Instant) -> bool {
-        let Some(limit) = self.intensity else {
-            return true;
-        };
+        let period = self
+            .intensity
+            .map_or(UNLIMITED_PERIOD, |limit| limit.period);
         while self
             .recent
             .front()
-            .is_some_and(|t| now.duration_since(*t) > limit.period)
+            .is_some_and(|t| now.duration_since(*t) > period)
         {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
-        self.recent.len() <= limit.max_restarts as usize
+        match self.intensity {
+            Some(limit) => self.recent.len() <= limit.max_restarts as usize,
+            None => {
+                // Only the count matters, and past 31 the delay is capped.
+                if self.recent.len() > MAX_COUNTED {
+                    self.recent.pop_front();
+                }
+                true
+            }
+        }
     }
 
     fn delay(&self) -> Duration {
@@ -355,6 +372,32 @@ mod tests {
             })
             .collect();
         assert_eq!(delays, [10, 20, 40].map(Duration::from_millis).to_vec());
+    }
+
+    #[test]
+    fn backoff_grows_without_an_intensity_too() {
+        let b = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(50));
+        let start = Instant::now();
+        let mut w = Window::new(None, Some(b));
+        let r = rules(Restart::Permanent);
+        let delay_at =
+            |w: &mut Window, i: u32, at: Instant| match w.after_exit(r, i, exit(true), true, at) {
+                Verdict::Restart { delay, .. } => delay,
+                other => panic!("{other:?}"),
+            };
+        let delays: Vec<_> = (0..5).map(|i| delay_at(&mut w, i, start)).collect();
+        assert_eq!(
+            delays,
+            [10, 20, 40, 50, 50].map(Duration::from_millis).to_vec()
+        );
+        // Long quiet: the count starts over.
+        let later = start + UNLIMITED_PERIOD + Duration::from_secs(1);
+        assert_eq!(delay_at(&mut w, 5, later), Duration::from_millis(10));
+        // A long crash loop is remembered only as far as it matters.
+        for i in 0..100 {
+            delay_at(&mut w, 6 + i, later);
+        }
+        assert!(w.recent.len() <= MAX_COUNTED);
     }
 
     #[test]

@@ -199,6 +199,9 @@ pub(crate) struct Inner {
     /// Puts waiting for room: frees notify only when there are some (a
     /// notify takes a lock; most frees have no one to tell).
     pub(crate) room_waiters: AtomicUsize,
+    /// The largest put waiting for room (0 when none waits): spilling goes
+    /// on until it fits, even under the threshold.
+    room_wanted: AtomicU64,
     /// Spillers attached (the runtime's object store actor): without one, a
     /// put that does not fit fails at once.
     spillers: AtomicUsize,
@@ -215,6 +218,16 @@ impl Inner {
 
     fn threshold(&self) -> u64 {
         (self.config.memory_budget as f64 * self.config.spill_threshold) as u64
+    }
+
+    /// Whether a spill round has work: memory over the threshold, or a put
+    /// waiting for more room than the budget has left.
+    fn needs_spill(&self) -> bool {
+        let used = self.in_memory.load(Ordering::Acquire);
+        used > self.threshold()
+            || (self.room_waiters.load(Ordering::Acquire) > 0
+                && used.saturating_add(self.room_wanted.load(Ordering::Acquire))
+                    > self.config.memory_budget)
     }
 
     /// Takes `size` bytes of the budget if they fit.
@@ -439,6 +452,7 @@ impl ObjectStore {
                 spill_wanted: Notify::new(),
                 room: Notify::new(),
                 room_waiters: AtomicUsize::new(0),
+                room_wanted: AtomicU64::new(0),
                 spillers: AtomicUsize::new(0),
                 stuck: AtomicBool::new(false),
                 pool,
@@ -564,6 +578,12 @@ impl ObjectStore {
     /// Whether memory use is above the spill threshold.
     pub fn over_threshold(&self) -> bool {
         self.in_memory_bytes() > self.inner.threshold()
+    }
+
+    /// Whether a [`spill`](Self::spill) round has work: memory is over the
+    /// threshold, or a put waits for more room than the budget has left.
+    pub fn needs_spill(&self) -> bool {
+        self.inner.needs_spill()
     }
 
     /// Declares a spiller (something that calls [`spill`](Self::spill) when

@@ -67,7 +67,7 @@ impl ObjectStore {
         let result = self.spill_round();
         let inner = &self.inner;
         let stuck = match &result {
-            Ok(report) => report.objects == 0 && self.over_threshold(),
+            Ok(report) => report.objects == 0 && self.needs_spill(),
             Err(_) => true,
         };
         inner.stuck.store(stuck, Ordering::Release);
@@ -90,9 +90,8 @@ impl ObjectStore {
 
     fn spill_round(&self) -> Result<SpillReport, ObjectError> {
         let inner = &self.inner;
-        let threshold = inner.threshold();
         let mut report = SpillReport::default();
-        if self.in_memory_bytes() <= threshold {
+        if !inner.needs_spill() {
             return Ok(report);
         }
         // Freed buffers kept for reuse go first: memory is wanted.
@@ -106,10 +105,13 @@ impl ObjectStore {
         victims.sort_unstable();
         let dir = &inner.config.spill_dir;
         for (_, id) in victims {
-            if self.in_memory_bytes() <= threshold {
+            if !inner.needs_spill() {
                 break;
             }
-            let path = dir.join(format!("{id}.obj"));
+            // A file per spill, not per object: a restore deletes the file
+            // it read after publishing the value, and a new spill of the
+            // same object in between must not lose its file to that.
+            let path = dir.join(format!("{id}-{}.obj", inner.tick()));
             // Encode outside the map's lock; the value is shared, not moved.
             let (value, codec, size) = match inner.objects.get(&id) {
                 Some(e) => match &e.state {
@@ -162,6 +164,15 @@ impl ObjectStore {
         Ok(report)
     }
 
+    /// The file a spilled object is in.
+    #[cfg(test)]
+    pub(crate) fn spill_file(&self, id: ObjectId) -> Option<std::path::PathBuf> {
+        match &self.inner.objects.get(&id)?.state {
+            State::Spilled(path) => Some(path.to_path_buf()),
+            _ => None,
+        }
+    }
+
     /// Reads a spilled object back into memory (and deletes its file).
     /// Blocking file I/O.
     pub(crate) fn restore(&self, id: ObjectId) -> Result<AnyValue, ObjectError> {
@@ -176,7 +187,18 @@ impl ObjectStore {
         };
         let failed =
             |cause: &dyn std::fmt::Display| spill_error(SpillOp::Restoring, id, &path, cause);
-        let mut file = std::fs::File::open(&path).map_err(|e| failed(&e))?;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(err) => {
+                // Another reader restored it and deleted the file first.
+                if let Some(entry) = inner.objects.get(&id) {
+                    if let State::Ready(value) = &entry.state {
+                        return Ok(value.clone());
+                    }
+                }
+                return Err(failed(&err));
+            }
+        };
         let len = file.metadata().map_err(|e| failed(&e))?.len() as usize;
         let mut buf = inner.pool.take(len);
         file.read_to_end(&mut buf).map_err(|e| failed(&e))?;

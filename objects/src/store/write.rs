@@ -43,14 +43,15 @@ impl ObjectStore {
         if self.inner.admit(size) {
             return Ok(());
         }
-        self.inner.room_waiters.fetch_add(1, Ordering::AcqRel);
-        let waited = self.wait_for_room(size).await;
-        self.inner.room_waiters.fetch_sub(1, Ordering::AcqRel);
-        waited
+        let _waiting = RoomWaiter::enter(&self.inner);
+        self.wait_for_room(size).await
     }
 
     async fn wait_for_room(&self, size: u64) -> Result<(), ObjectError> {
         loop {
+            // Said again on every pass: the last waiter to leave clears the
+            // mark, possibly just after this one arrived.
+            self.inner.room_wanted.fetch_max(size, Ordering::AcqRel);
             let room = self.inner.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
@@ -184,5 +185,27 @@ impl ObjectStore {
             _type: PhantomData,
         };
         (r, completer)
+    }
+}
+
+/// A put waiting for room, counted while it waits (a cancelled put stops
+/// counting too: the guard is dropped with its future).
+struct RoomWaiter<'a>(&'a super::Inner);
+
+impl<'a> RoomWaiter<'a> {
+    fn enter(inner: &'a super::Inner) -> Self {
+        inner.room_waiters.fetch_add(1, Ordering::AcqRel);
+        RoomWaiter(inner)
+    }
+}
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        if self.0.room_waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: the high-water mark of sizes is over (a put
+            // that starts waiting meanwhile raises it again on its next
+            // pass; at worst a round spills a little more than needed).
+            self.0.room_wanted.store(0, Ordering::Release);
+        }
     }
 }
