@@ -33,11 +33,14 @@ impl Scheduler {
                 let mut state = self.lock();
                 let mut actions = Actions::default();
                 if state.requeue(queued).is_err() {
-                    task.stopped.store(true, Ordering::Release);
-                    task.body.give_up(TaskError::ShutDown {
-                        task: task.spec.function.clone(),
-                        id: task.spec.id,
-                    });
+                    drop(state);
+                    self.fail(
+                        &task,
+                        TaskError::ShutDown {
+                            task: task.spec.function.clone(),
+                            id: task.spec.id,
+                        },
+                    );
                 } else {
                     state.step(&self.settled(), &mut actions);
                 }
@@ -56,8 +59,7 @@ impl Scheduler {
                     node: self.capacity.clone(),
                 };
                 tracing::debug!(task = %task.spec.id, "task infeasible");
-                task.stopped.store(true, Ordering::Release);
-                task.body.give_up(err);
+                self.fail(&task, err);
                 let results = task.spec.results.clone();
                 self.lock().settled(&results, &self.settled())
             }
@@ -69,12 +71,15 @@ impl Scheduler {
     fn delegate(self: &Arc<Self>, queued: Queued<TaskRef>, node: NodeId) {
         let task = queued.task.0.clone();
         let Some(remote) = self.remote.clone() else {
-            task.body.give_up(TaskError::Infeasible {
-                task: task.spec.function.clone(),
-                id: task.spec.id,
-                needs: task.resources.clone(),
-                node: self.capacity.clone(),
-            });
+            self.fail(
+                &task,
+                TaskError::Infeasible {
+                    task: task.spec.function.clone(),
+                    id: task.spec.id,
+                    needs: task.resources.clone(),
+                    node: self.capacity.clone(),
+                },
+            );
             return;
         };
         let mut spec = task.spec.clone();
@@ -83,16 +88,22 @@ impl Scheduler {
             match task.body.encode_args() {
                 Ok(bytes) => spec.args = TaskArgs::Encoded(bytes),
                 Err(cause) => {
-                    task.body.give_up(TaskError::BadArguments {
-                        task: task.spec.function.clone(),
-                        id: task.spec.id,
-                        cause,
-                    });
+                    self.fail(
+                        &task,
+                        TaskError::BadArguments {
+                            task: task.spec.function.clone(),
+                            id: task.spec.id,
+                            cause,
+                        },
+                    );
                     return;
                 }
             }
         }
         let id = spec.id;
+        task.attempt.store(queued.attempt, Ordering::Release);
+        *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
+        task.delegated.store(true, Ordering::Release);
         self.lock().delegated(queued, node);
         metrics::counter!("troupe_tasks_delegated_total").increment(1);
         let scheduler = Arc::downgrade(self);

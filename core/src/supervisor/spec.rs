@@ -29,8 +29,8 @@ impl SupervisorSpec {
     }
 
     /// A dynamic supervisor: one-for-one, no static children, children added
-    /// and removed at run time with [`SupervisorRef::start_child`] and
-    /// [`SupervisorRef::terminate_child`]. Any supervisor accepts those calls;
+    /// and removed at run time with [`SupervisorRef::start_child`](super::SupervisorRef::start_child) and
+    /// [`SupervisorRef::terminate_child`](super::SupervisorRef::terminate_child). Any supervisor accepts those calls;
     /// this is the conventional shape for many children of one kind.
     pub fn dynamic(name: impl Into<Arc<str>>) -> Self {
         Self::new(name, Strategy::OneForOne)
