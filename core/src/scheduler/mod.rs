@@ -706,6 +706,9 @@ impl Scheduler {
         metrics::gauge!("troupe_scheduler_unplaced_tasks").set(counts.unplaced as f64);
         metrics::gauge!("troupe_scheduler_delegated_tasks").set(counts.delegated as f64);
         metrics::gauge!("troupe_cpu_threads").set(self.cpus.threads() as f64);
+        for function in self.functions.iter() {
+            function.sample_metrics();
+        }
     }
 
     /// Tasks `filter` keeps: unfinished ones (running first), then the
@@ -793,7 +796,7 @@ impl AttemptRecord {
         };
         let now = Instant::now();
         let ran = now.saturating_duration_since(self.began);
-        self.task.stats.attempt_ended(ran);
+        self.task.stats.attempt_ended();
         self.task
             .ended_us
             .store(scheduler.clock.unix_us(now), Ordering::Release);
