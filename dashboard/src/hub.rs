@@ -176,7 +176,8 @@ impl Hub {
     }
 
     /// Samples the object store once per interval, whether pages are open
-    /// or not (four atomic loads), keeping the last `capacity` samples.
+    /// or not (three counters of the store), keeping the last `capacity`
+    /// samples.
     pub(crate) async fn run_sampler(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,7 +186,7 @@ impl Hub {
             let Some(runtime) = self.runtime.upgrade() else {
                 return;
             };
-            let summary = runtime.summary_of_objects();
+            let summary = store_sample(&runtime);
             drop(runtime);
             let mut samples = self.samples();
             if samples.len() >= self.capacity {
@@ -203,22 +204,16 @@ impl Hub {
     }
 }
 
-/// The object store's numbers, without the rest of the summary.
-trait ObjectsSample {
-    fn summary_of_objects(&self) -> StoreSample;
-}
-
-impl ObjectsSample for Runtime {
-    fn summary_of_objects(&self) -> StoreSample {
-        let store = self.objects();
-        let (spilled_bytes, _) = store.spilled();
-        StoreSample {
-            at_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
-            objects: store.len() as u64,
-            memory_bytes: store.in_memory_bytes(),
-            spilled_bytes,
-        }
+/// The object store's numbers now, without the rest of the summary.
+fn store_sample(runtime: &Runtime) -> StoreSample {
+    let store = runtime.objects();
+    let (spilled_bytes, _) = store.spilled();
+    StoreSample {
+        at_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+        objects: store.len() as u64,
+        memory_bytes: store.in_memory_bytes(),
+        spilled_bytes,
     }
 }

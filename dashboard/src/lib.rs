@@ -33,8 +33,8 @@
 //!
 //! The page polls the runtime's state only while a browser has it open
 //! (once per [`Dashboard::interval`], and at once after a supervision
-//! event); with no page open it samples four numbers of the object store
-//! per interval, for the page's usage chart.
+//! event); with no page open it samples three numbers of the object
+//! store per interval, for the page's usage chart.
 
 #![warn(missing_docs)]
 
