@@ -252,6 +252,24 @@ fn retire<A: Actor>(
     exit
 }
 
+/// Runs one incarnation under the actor's context until it ends, then
+/// retires it; returns its exit for the policy.
+async fn run_incarnation<A: Actor>(
+    slot: &Slot<A>,
+    mut actor: A,
+    mailbox: &mut Mailbox<A>,
+    env: &Env,
+) -> Exit {
+    let mut redeliver = slot.take_redeliveries();
+    let ended = context::scope(
+        env.frame(&slot.info),
+        serve(slot, &mut actor, mailbox, &mut redeliver, &env.timeline),
+    )
+    .await;
+    drop(actor);
+    retire(slot, mailbox, redeliver, ended)
+}
+
 /// What an in-place actor's restart type and cap are.
 pub(crate) fn rules_of(max_restarts: Limit) -> ChildRules {
     ChildRules {
@@ -302,7 +320,7 @@ pub(crate) async fn run_in_place<A: Actor>(
     let mut window = Window::new(None, None);
     let mut next = Some(first);
     loop {
-        let mut actor = match next.take() {
+        let actor = match next.take() {
             Some(actor) => actor,
             None => match construct(&slot.info, &factory, &env).await {
                 Ok(actor) => actor,
@@ -343,21 +361,7 @@ pub(crate) async fn run_in_place<A: Actor>(
             },
         };
         slot.started();
-        let mut redeliver = slot.take_redeliveries();
-        let frame = env.frame(&slot.info);
-        let ended = context::scope(
-            frame,
-            serve(
-                &slot,
-                &mut actor,
-                &mut mailbox,
-                &mut redeliver,
-                &env.timeline,
-            ),
-        )
-        .await;
-        drop(actor);
-        let exit = retire(&slot, &mut mailbox, redeliver, ended);
+        let exit = run_incarnation(&slot, actor, &mut mailbox, &env).await;
         report_exit(&env, &slot.info, &exit);
         let forbidden = slot.restart_forbidden();
         let restarts = slot.restarts.load(Ordering::Acquire);
@@ -443,7 +447,7 @@ pub(crate) async fn start_as_child<A: Actor>(
             "an incarnation of it is running already".to_owned(),
         ));
     };
-    let mut actor = match construct(&slot.info, &factory, &env).await {
+    let actor = match construct(&slot.info, &factory, &env).await {
         Ok(actor) => actor,
         Err(cause) => {
             slot.failed(&format!("failed to start: {cause}"));
@@ -464,21 +468,7 @@ pub(crate) async fn start_as_child<A: Actor>(
         control: slot.clone() as Arc<dyn NativeControl>,
     };
     tokio::spawn(async move {
-        let mut redeliver = slot.take_redeliveries();
-        let frame = env.frame(&slot.info);
-        let ended = context::scope(
-            frame,
-            serve(
-                &slot,
-                &mut actor,
-                &mut mailbox,
-                &mut redeliver,
-                &env.timeline,
-            ),
-        )
-        .await;
-        drop(actor);
-        let exit = retire(&slot, &mut mailbox, redeliver, ended);
+        let exit = run_incarnation(&slot, actor, &mut mailbox, &env).await;
         slot.park(mailbox);
         let _ = reports.send_message(SupervisorMsg::NativeExited {
             actor: slot.info.id,
