@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench -p troupe --bench perf            # everything
 //! cargo bench -p troupe --bench perf -- actor   # metrics whose name contains "actor"
+//! cargo bench -p troupe --bench perf --features dashboard -- tasks_async   # with the dashboard's cost
 //! ```
 //!
 //! Rates use the method of Ray's `ray_perf.py` `timeit`: warm up for 1 s,
@@ -18,6 +19,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use troupe::prelude::*;
+
+/// A small HTTP client (GET, server-sent events) for the dashboard's bench.
+#[cfg(feature = "dashboard")]
+#[path = "../tests/common/http.rs"]
+#[allow(dead_code)] // shared with the tests, which use all of it
+mod http;
 
 /// The task used by every task loop: does nothing.
 #[troupe::remote]
@@ -249,6 +256,9 @@ fn main() {
     objects(&rt, &wanted);
     #[cfg(feature = "gpu")]
     gpu::run(&rt, &wanted);
+    // Last: it installs the process's Prometheus recorder.
+    #[cfg(feature = "dashboard")]
+    dashboard_overhead(&rt, &wanted);
 
     let _ = rt.block_on(rt.shutdown());
     let _ = timing;
@@ -279,16 +289,7 @@ fn tasks(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         let timing = Timing::from_env();
         let (mean, std) = on_runtime(
             runtime,
-            Box::pin(async move {
-                timeit(&timing, 1000, || {
-                    let rt = rt.clone();
-                    async move {
-                        let refs: Vec<_> = (0..1000).map(|_| noop_task::remote(&rt)).collect();
-                        rt.get_many(&refs, None).await.expect("tasks");
-                    }
-                })
-                .await
-            }),
+            Box::pin(async move { timeit(&timing, 1000, || tasks_async_step(rt.clone())).await }),
         );
         report("tasks_async_per_s", mean, "tasks/s", Some(std));
     }
@@ -313,6 +314,128 @@ fn tasks(runtime: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         );
         report("task_chain_per_s", mean, "tasks/s", Some(std));
     }
+}
+
+/// One step of `tasks_async_per_s`: 1,000 tasks submitted, then gathered.
+async fn tasks_async_step(rt: Runtime) {
+    let refs: Vec<_> = (0..1000).map(|_| noop_task::remote(&rt)).collect();
+    rt.get_many(&refs, None).await.expect("tasks");
+}
+
+/// `tasks_async_per_s`'s loop on a runtime that records metrics into a
+/// Prometheus recorder and serves a dashboard with a page open (a client
+/// reading every update), against the same loop on a plain runtime, in
+/// alternating runs so that the shared machine's drift hits both alike.
+#[cfg(feature = "dashboard")]
+fn dashboard_overhead(plain: &Runtime, wanted: &dyn Fn(&str) -> bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use troupe::dashboard::{self, ConfigExt};
+
+    const METRIC: &str = "tasks_async_per_s_with_metrics_and_dashboard";
+    if !wanted(METRIC) {
+        return;
+    }
+    let observed = Runtime::start(
+        Config::default()
+            .dashboard("127.0.0.1:0")
+            .metrics_addr("127.0.0.1:0"),
+    )
+    .expect("a runtime with the dashboard starts");
+    let page = http::authority(&dashboard::url(&observed).expect("the dashboard runs"));
+    let updates = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let updates = updates.clone();
+        let page = page.clone();
+        // Spawned on the observed runtime's own workers, like a page's
+        // connection handler would be.
+        let workers = observed.block_on(async { tokio::runtime::Handle::current() });
+        workers.spawn(async move {
+            let mut events = http::Events::open(&page, "/api/events")
+                .await
+                .expect("the event stream opens");
+            while let Ok(Some(_)) = events.next().await {
+                updates.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Short runs in alternating pairs, so that the shared machine's drift
+    // hits both alike; the ratio is the median of the pairs'.
+    let (pairs, length, warmup) = if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+        (2, Duration::from_millis(200), Duration::from_millis(100))
+    } else {
+        (12, Duration::from_secs(1), Duration::from_secs(1))
+    };
+    let run = |rt: &Runtime, length: Duration| -> f64 {
+        let rt2 = rt.clone();
+        on_runtime(
+            rt,
+            Box::pin(async move {
+                let began = Instant::now();
+                let mut steps = 0u64;
+                while began.elapsed() < length {
+                    tasks_async_step(rt2.clone()).await;
+                    steps += 1;
+                }
+                ((steps * 1000) as f64 / began.elapsed().as_secs_f64(), 0.0)
+            }),
+        )
+        .0
+    };
+    run(plain, warmup);
+    run(&observed, warmup);
+    let (mut bare, mut seen, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..pairs {
+        // Which side goes first alternates too.
+        let (a, b) = if pair % 2 == 0 {
+            let a = run(plain, length);
+            (a, run(&observed, length))
+        } else {
+            let b = run(&observed, length);
+            (run(plain, length), b)
+        };
+        bare.push(a);
+        seen.push(b);
+        ratios.push(b / a);
+    }
+    let stats = |rates: &[f64]| {
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+        (mean, var.sqrt())
+    };
+    let (bare_mean, _) = stats(&bare);
+    let (mean, std) = stats(&seen);
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 0 {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    } else {
+        ratios[mid]
+    };
+    report(METRIC, mean, "tasks/s", Some(std));
+    // The recorder really recorded, and the page really read updates.
+    let metrics = http::authority(&dashboard::metrics_url(&observed).expect("metrics run"));
+    let scraped = observed
+        .block_on(http::get(&metrics, "/metrics"))
+        .expect("a scrape");
+    let finished = scraped
+        .body
+        .lines()
+        .find(|l| l.starts_with("troupe_tasks_finished_total{") && l.contains("noop_task"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(finished > 0.0, "the Prometheus recorder saw no task");
+    let read = updates.load(Ordering::Relaxed);
+    assert!(read > 0, "the page read no update");
+    eprintln!(
+        "  {METRIC}: {:.1}% of the same loop on a plain runtime (median of {pairs} alternating pairs; {:.1}% to {:.1}%; plain mean {bare_mean:.0} tasks/s); {read} updates read, {finished:.0} tasks in Prometheus",
+        100.0 * median,
+        100.0 * ratios[0],
+        100.0 * ratios[ratios.len() - 1],
+    );
+    reader.abort();
+    let _ = observed.block_on(observed.shutdown());
 }
 
 /// A long-running service: 1,000,000 tasks in waves of 10,000, each wave

@@ -27,11 +27,12 @@
 
 pub use troupe_core::{
     actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
-    task, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef, Blob,
-    Cause, ClusterSeams, Config, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError,
+    task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef,
+    Blob, Cause, ClusterSeams, Config, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError,
     NodeId, Object, ObjectDirectory, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream,
-    Pending, Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, StoreConfig,
-    SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskId, TaskOptions,
+    Pending, Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, State, StateQuery,
+    StoreConfig, SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskFilter,
+    TaskId, TaskInfo, TaskOptions, TaskState, TimelineError, TimelineEvent,
 };
 pub use troupe_macros::{actor, remote};
 
@@ -39,6 +40,12 @@ pub use troupe_macros::{actor, remote};
 /// tasks, tensors and weights as objects (the `gpu` feature).
 #[cfg(feature = "gpu")]
 pub use troupe_gpu as gpu;
+
+/// The live dashboard page and the Prometheus endpoint (the `dashboard`
+/// feature): `Config::default().dashboard("127.0.0.1:8265")` with
+/// [`dashboard::ConfigExt`] in scope (the prelude has it).
+#[cfg(feature = "dashboard")]
+pub use troupe_dashboard as dashboard;
 
 /// With the `mimalloc` feature, Troupe installs mimalloc as the global
 /// allocator (actor creation is allocation-bound; see the README).
@@ -59,4 +66,7 @@ pub mod prelude {
         ActorError, ActorOptions, Blob, Config, GetSize, Limit, ObjectError, ObjectRef, Pending,
         Resources, Runtime, SpawnError, StoreConfig, TaskError, TaskOptions,
     };
+    /// `.dashboard(addr)` and `.metrics_addr(addr)` on `Config`.
+    #[cfg(feature = "dashboard")]
+    pub use troupe_dashboard::ConfigExt as _;
 }

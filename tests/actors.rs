@@ -863,7 +863,7 @@ async fn actors_are_spawned_and_called_by_name() {
         .unwrap_err();
     assert!(err.to_string().contains("same build"), "{err}");
     // Spawned by name, it is not collected: it lives until stopped.
-    assert_eq!(rt.state().actors.len(), 1);
+    assert_eq!(rt.state().await.actors.len(), 1);
     rt.shutdown().await.unwrap();
 }
 

@@ -1,4 +1,8 @@
-//! Restarts and escalations are `metrics` counters; GPUs in use a gauge.
+//! What Troupe records as `metrics`: restarts and escalations per
+//! supervisor, GPUs in use, and after a known workload, tasks by function
+//! (submitted, attempts, finished, failed, retried, running, scheduling
+//! latency, run time), actors alive by type, and the object store
+//! (objects, bytes, spilled bytes, spill time).
 //!
 //! One test in its own binary: it installs the process-wide recorder (actors
 //! run on worker threads, so a thread-local recorder would see nothing).
@@ -7,6 +11,77 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use troupe::prelude::*;
+
+#[troupe::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[troupe::remote]
+fn always_panics() -> u64 {
+    panic!("on purpose")
+}
+
+type Labels = Vec<(String, String)>;
+
+/// One snapshot of every metric (the debugging recorder's snapshots drain:
+/// counters and gauges read as changes since the last one).
+struct Metrics(Vec<(String, Labels, DebugValue)>);
+
+impl Metrics {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        Metrics(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(key, _, _, value)| {
+                    let labels = key
+                        .key()
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect();
+                    (key.key().name().to_owned(), labels, value)
+                })
+                .collect(),
+        )
+    }
+
+    /// The metric `name` whose label `label` ends with `value`.
+    fn find(&self, name: &str, label: &str, value: &str) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(n, labels, _)| {
+                n == name && labels.iter().any(|(k, v)| k == label && v.ends_with(value))
+            })
+            .map(|(.., v)| v)
+    }
+
+    fn counter(&self, name: &str, label: &str, value: &str) -> u64 {
+        match self.find(name, label, value) {
+            Some(DebugValue::Counter(n)) => *n,
+            other => panic!("{name}{{{label}=~{value}}} is not a counter: {other:?}"),
+        }
+    }
+
+    fn gauge(&self, name: &str, label: &str, value: &str) -> f64 {
+        match self.find(name, label, value) {
+            Some(DebugValue::Gauge(g)) => g.into_inner(),
+            other => panic!("{name}{{{label}=~{value}}} is not a gauge: {other:?}"),
+        }
+    }
+
+    fn histogram(&self, name: &str, label: &str, value: &str) -> Vec<f64> {
+        match self.find(name, label, value) {
+            Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect(),
+            other => panic!("{name}{{{label}=~{value}}} is not a histogram: {other:?}"),
+        }
+    }
+
+    fn unlabelled(&self, name: &str) -> Option<&DebugValue> {
+        self.0.iter().find(|(n, ..)| n == name).map(|(.., v)| v)
+    }
+}
 
 struct Fragile;
 
@@ -40,7 +115,7 @@ fn counter(snapshotter: &Snapshotter, name: &str, supervisor: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarts_and_escalations_are_counted() {
+async fn metrics_after_known_workloads() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("first recorder in this process");
@@ -111,6 +186,143 @@ async fn restarts_and_escalations_are_counted() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     rt.shutdown().await.unwrap();
+
+    tasks_actors_and_objects(&snapshotter).await;
+}
+
+/// Tasks by function, actors alive by type, the object store.
+async fn tasks_actors_and_objects(snapshotter: &Snapshotter) {
+    let spill_dir = std::env::temp_dir().join(format!("troupe-metrics-{}", std::process::id()));
+    let store = StoreConfig {
+        memory_budget: 64 * 1024,
+        spill_threshold: 0.5,
+        spill_dir: spill_dir.clone(),
+        ..StoreConfig::default()
+    };
+    // The debugging recorder's snapshots drain: from here on, counters and
+    // incremented gauges read as changes since this one.
+    let _ = Metrics::take(snapshotter);
+    let rt = troupe::init(Config::default().objects(store))
+        .await
+        .unwrap();
+    let keep: Vec<_> = {
+        let mut actors = Vec::new();
+        for _ in 0..3 {
+            actors.push(
+                rt.spawn_actor(ActorOptions::new(), || Fragile)
+                    .await
+                    .unwrap(),
+            );
+        }
+        actors
+    };
+    for i in 0..10 {
+        assert_eq!(*rt.get(&square::remote(&rt, i)).await.unwrap(), i * i);
+    }
+    let failed = always_panics::options(TaskOptions::default().max_retries(1)).remote(&rt);
+    assert!(rt.get(&failed).await.is_err());
+    // Objects over half of the budget: the object store actor spills.
+    let mut objects = Vec::new();
+    for i in 0..12u8 {
+        objects.push(rt.put(vec![i; 4096]).await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rt.objects().spilled().0 == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing spilled");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    rt.sample_metrics();
+
+    let m = Metrics::take(snapshotter);
+    let f = "function";
+    assert_eq!(m.counter("troupe_tasks_submitted_total", f, "::square"), 10);
+    assert_eq!(m.counter("troupe_task_attempts_total", f, "::square"), 10);
+    assert_eq!(m.counter("troupe_tasks_finished_total", f, "::square"), 10);
+    assert_eq!(m.gauge("troupe_tasks_running", f, "::square"), 0.0);
+    let latency = m.histogram("troupe_task_scheduling_latency_seconds", f, "::square");
+    assert_eq!(latency.len(), 10, "one per first attempt");
+    assert!(
+        latency.iter().all(|s| (0.0..60.0).contains(s)),
+        "{latency:?}"
+    );
+    // The failing task: two attempts, one retry, one failure, no finish.
+    assert_eq!(
+        m.counter("troupe_tasks_submitted_total", f, "::always_panics"),
+        1
+    );
+    assert_eq!(
+        m.counter("troupe_task_attempts_total", f, "::always_panics"),
+        2
+    );
+    assert_eq!(
+        m.counter("troupe_task_retries_total", f, "::always_panics"),
+        1
+    );
+    assert_eq!(
+        m.counter("troupe_tasks_failed_total", f, "::always_panics"),
+        1
+    );
+    assert_eq!(
+        m.counter("troupe_tasks_finished_total", f, "::always_panics"),
+        0
+    );
+    assert_eq!(
+        m.histogram(
+            "troupe_task_scheduling_latency_seconds",
+            f,
+            "::always_panics"
+        )
+        .len(),
+        1,
+        "a retry is not scheduling latency"
+    );
+    // Actors alive by type: three more Fragile actors; the runtime's own.
+    let t = "type";
+    assert_eq!(m.gauge("troupe_actors_alive", t, "Fragile"), 3.0);
+    assert_eq!(
+        m.gauge("troupe_actors_alive", t, "troupe::supervisor"),
+        3.0,
+        "root, system, user"
+    );
+    assert_eq!(m.gauge("troupe_actors_alive", t, "troupe::scheduler"), 1.0);
+    assert_eq!(
+        m.gauge("troupe_actors_alive", t, "troupe::object_store"),
+        1.0
+    );
+    // The object store.
+    let gauge = |name: &str| match m.unlabelled(name) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name} is not a gauge: {other:?}"),
+    };
+    assert!(gauge("troupe_object_store_objects") >= 12.0);
+    assert!(gauge("troupe_object_store_memory_bytes") > 0.0);
+    assert_eq!(gauge("troupe_object_store_budget_bytes"), 64.0 * 1024.0);
+    assert_eq!(
+        gauge("troupe_object_store_spilled_bytes"),
+        rt.objects().spilled().0 as f64
+    );
+    match m.unlabelled("troupe_object_store_spill_seconds") {
+        Some(DebugValue::Histogram(times)) => assert!(!times.is_empty()),
+        other => panic!("no spill time: {other:?}"),
+    }
+    // Sampled gauges: tasks by where they are, free resources.
+    assert!(matches!(
+        m.unlabelled("troupe_scheduler_queued_tasks"),
+        Some(DebugValue::Gauge(_))
+    ));
+    assert!(m.gauge("troupe_node_resources_available", "resource", "CPU") >= 1.0);
+
+    drop(keep);
+    rt.shutdown().await.unwrap();
+    let m = Metrics::take(snapshotter);
+    assert_eq!(
+        m.gauge("troupe_actors_alive", t, "troupe::supervisor"),
+        -3.0,
+        "all three stopped"
+    );
+    assert_eq!(m.gauge("troupe_actors_alive", t, "troupe::scheduler"), -1.0);
+    assert_eq!(m.gauge("troupe_actors_alive", t, "Fragile"), -3.0);
+    let _ = std::fs::remove_dir_all(&spill_dir);
 }
 
 fn gauge(snapshotter: &Snapshotter, name: &str) -> Option<f64> {

@@ -79,6 +79,36 @@ pub enum SpawnError {
         /// What the decoder said.
         cause: String,
     },
+    /// A service of the config (`Config::service`) failed to start; the
+    /// runtime was shut down again.
+    #[error("the {service} service failed to start: {cause}")]
+    Service {
+        /// The service's name.
+        service: String,
+        /// Why (the service's own error).
+        cause: String,
+    },
+}
+
+/// Writing a timeline failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimelineError {
+    /// Nothing was recorded: recording is off by default, as it costs a
+    /// little on every task and actor call.
+    #[error("no timeline was recorded; start recording with Config::record_timeline(true) or rt.record_timeline(true), run the work, then write the timeline")]
+    NotRecorded,
+    /// The file could not be written.
+    #[error("could not write the timeline to {path:?}: {cause}")]
+    Io {
+        /// Where.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        cause: std::io::Error,
+    },
+    /// The events could not be written out.
+    #[error("could not encode the timeline: {0}")]
+    Encode(String),
 }
 
 /// Why a call to an actor failed. The call's result never hangs: one of these

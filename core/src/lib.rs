@@ -8,6 +8,8 @@
 //!
 //! - `ids`, [`resources`], `blocking`: ids, resource amounts, blocking from
 //!   sync code.
+//! - [`timeline`]: the runtime's clock and its timeline of task attempts
+//!   and actor calls (a Chrome trace).
 //! - [`error`]: every public error (serializable, structured causes).
 //! - `context`: the one context of running code (which task or actor, which
 //!   runtime), entered through guards.
@@ -41,15 +43,20 @@ pub mod runtime;
 pub mod scheduler;
 mod spec;
 pub mod supervisor;
+pub mod timeline;
 
 pub use actor::{Actor, ActorHandle, ActorInfo, ActorOptions, Limit, Pending};
-pub use error::{ActorError, LookupError, ShutdownError, SpawnError, TaskCause, TaskError};
+pub use error::{
+    ActorError, LookupError, ShutdownError, SpawnError, TaskCause, TaskError, TimelineError,
+};
 pub use generator::ObjectStream;
 pub use ids::{ActorId, TaskId};
 pub use resources::{GpuDetector, GpuInfo, Resources};
-pub use runtime::{init, ClusterSeams, Config, Runtime};
+pub use runtime::{init, ClusterSeams, Config, Runtime, State, StateQuery};
+pub use scheduler::{TaskFilter, TaskInfo, TaskState};
 pub use spec::{IntoArg, SchedulingStrategy};
 pub use supervisor::{SupervisionEvent, SupervisorError};
+pub use timeline::TimelineEvent;
 pub use troupe_objects::{
     AnyObjectRef, Blob, Cause, GetSize, GetSizeTracker, NodeId, Object, ObjectDirectory,
     ObjectError, ObjectId, ObjectRef, ObjectStore, StoreConfig,

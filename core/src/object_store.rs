@@ -9,6 +9,8 @@ use ractor::{ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use troupe_objects::{ObjectStore, SpillerGuard};
 
+use crate::supervisor::AliveGauge;
+
 /// Messages of the object store actor.
 pub enum ObjectStoreMsg {
     /// Memory use crossed the spill threshold.
@@ -27,7 +29,11 @@ pub struct ObjectStoreActor {
 /// Its state: the task that turns threshold crossings into messages, and
 /// its registration as the store's spiller (while it lives, a put that does
 /// not fit waits for it).
-pub struct Watcher(JoinHandle<()>, #[allow(dead_code)] SpillerGuard);
+pub struct Watcher(
+    JoinHandle<()>,
+    #[allow(dead_code)] SpillerGuard,
+    #[allow(dead_code)] AliveGauge,
+);
 
 impl Drop for Watcher {
     fn drop(&mut self) {
@@ -56,7 +62,11 @@ impl ractor::Actor for ObjectStoreActor {
                 store.spill_wanted().await;
             }
         });
-        Ok(Watcher(watcher, guard))
+        Ok(Watcher(
+            watcher,
+            guard,
+            AliveGauge::new("troupe::object_store"),
+        ))
     }
 
     async fn handle(

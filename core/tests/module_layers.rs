@@ -168,6 +168,8 @@ fn core_modules_have_no_cycles() {
         ("spec", "scheduler"),
         ("error", "actor"),
         ("remote", "runtime"),
+        ("timeline", "scheduler"),
+        ("timeline", "supervisor"),
     ] {
         assert!(
             !below(low, high),

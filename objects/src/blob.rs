@@ -166,6 +166,8 @@ pub(crate) struct Pool {
     /// Bytes held in `free`.
     held: AtomicU64,
     limit: u64,
+    /// Registered once (a lookup per take would cost on the hot path).
+    reused: metrics::Counter,
 }
 
 /// Rounds a size up to one of eight classes per power of two, so that a
@@ -185,6 +187,7 @@ impl Pool {
             free: Mutex::new(BTreeMap::new()),
             held: AtomicU64::new(0),
             limit,
+            reused: metrics::counter!("troupe_object_store_buffers_reused_total"),
         })
     }
 
@@ -210,7 +213,7 @@ impl Pool {
                     free.remove(&cap);
                 }
                 self.held.fetch_sub(cap as u64, Ordering::Relaxed);
-                metrics::counter!("troupe_object_store_buffers_reused_total").increment(1);
+                self.reused.increment(1);
                 return buf;
             }
         }

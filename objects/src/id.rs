@@ -6,8 +6,47 @@ use serde::{Deserialize, Serialize};
 
 /// A node (one runtime). Random at start, so ids from different nodes never
 /// collide without coordination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// In human-readable formats (JSON) it is its 16 hex digits, as it
+/// displays: a random 64-bit number does not survive JavaScript's doubles
+/// (a dashboard, `jq`). Binary formats (postcard, the wire) keep the `u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NodeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node id: 16 hex digits, or a u64")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<NodeId, E> {
+                Ok(NodeId(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NodeId, E> {
+                u64::from_str_radix(s, 16)
+                    .map(NodeId)
+                    .map_err(|_| E::custom(format_args!("{s:?} is not a node id (16 hex digits)")))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(Visitor)
+        } else {
+            deserializer.deserialize_u64(Visitor)
+        }
+    }
+}
 
 impl NodeId {
     /// A fresh random node id (from the OS-seeded std hasher: no extra
@@ -127,5 +166,28 @@ mod tests {
             hashing.hash_one(ObjectId { node, seq: 1 }),
             other.hash_one(ObjectId { node, seq: 1 })
         );
+    }
+
+    #[test]
+    fn node_ids_are_hex_strings_in_json_and_u64s_on_the_wire() {
+        let id = ObjectId {
+            node: NodeId(u64::MAX - 1),
+            seq: 7,
+        };
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, r#"{"node":"fffffffffffffffe","seq":7}"#);
+        assert_eq!(serde_json::from_str::<ObjectId>(&json).unwrap(), id);
+        // Numbers are still accepted (what older JSON said).
+        let old: NodeId = serde_json::from_str("42").unwrap();
+        assert_eq!(old, NodeId(42));
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(postcard::from_bytes::<ObjectId>(&bytes).unwrap(), id);
+        assert!(bytes.len() <= 12, "a varint, not a string: {bytes:?}");
+    }
+
+    #[test]
+    fn a_malformed_node_id_is_a_clear_error() {
+        let err = serde_json::from_str::<NodeId>(r#""not hex""#).unwrap_err();
+        assert!(err.to_string().contains("not a node id"), "{err}");
     }
 }

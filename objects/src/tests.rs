@@ -195,6 +195,11 @@ async fn spilled_objects_come_back_identical() {
     assert!(!s.over_threshold());
     let files = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(files as u64, report.objects);
+    assert_eq!(
+        s.spilled(),
+        (report.bytes, report.objects),
+        "what is on disk"
+    );
     // The oldest went first.
     let oldest = s
         .spill_file(refs[0].0.id())
@@ -206,10 +211,15 @@ async fn spilled_objects_come_back_identical() {
     }
     assert_eq!(*s.get(&sample_ref).await.unwrap(), sample);
     // Restored objects left the disk; dropping refs frees the rest.
+    assert_eq!(s.spilled(), (0, 0), "every object was read back");
+    let again = s.spill().unwrap();
+    assert_eq!(s.spilled(), (again.bytes, again.objects));
+    assert!(again.objects > 0);
     drop(refs);
     drop(sample_ref);
     s.spill().unwrap();
     assert_eq!(s.len(), 0);
+    assert_eq!(s.spilled(), (0, 0), "freed spilled objects count too");
     assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,7 @@ use dashmap::DashMap;
 
 use super::{ActorState, Control};
 use crate::ids::{ActorId, ActorInfo};
-use crate::supervisor::Shutdown;
+use crate::supervisor::{LastFailure, Shutdown};
 
 struct Listed {
     control: Arc<dyn Control>,
@@ -22,7 +22,7 @@ pub(crate) struct Directory {
 }
 
 /// One actor as the state API lists it.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ActorSummary {
     /// Who it is.
     pub info: ActorInfo,
@@ -30,9 +30,16 @@ pub struct ActorSummary {
     pub state: ActorState,
     /// Restarts so far.
     pub restarts: u32,
-    /// Its supervisor: "user" for actors spawned with `spawn_actor`,
-    /// "tree" for actors in a supervision tree of your own.
-    pub supervisor: std::borrow::Cow<'static, str>,
+    /// Its supervisor's path: `root/user` for actors spawned with
+    /// `spawn_actor`; in a supervision tree of yours, that supervisor's
+    /// (`root/user/workers`), empty until the tree starts it.
+    pub supervisor: String,
+    /// Whether it is supervised in place under `root/user` (spawned with
+    /// `spawn_actor`) rather than by a supervisor of yours.
+    pub in_place: bool,
+    /// Why it failed last (a panic, a kill, a failed restart), if it ever
+    /// did.
+    pub last_failure: Option<LastFailure>,
 }
 
 impl Default for Directory {
@@ -57,13 +64,17 @@ impl Directory {
     }
 
     pub(crate) fn add(&self, control: Arc<dyn Control>, in_place: bool) {
+        metrics::gauge!("troupe_actors_alive", "type" => control.info().type_name.clone())
+            .increment(1.0);
         self.live
             .insert(control.info().id, Listed { control, in_place });
     }
 
     /// The actor died for good: it leaves the list, and its name is free.
     pub(crate) fn remove(&self, info: &ActorInfo) {
-        self.live.remove(&info.id);
+        if self.live.remove(&info.id).is_some() {
+            metrics::gauge!("troupe_actors_alive", "type" => info.type_name.clone()).decrement(1.0);
+        }
         if let Some(name) = &info.name {
             self.names.remove_if(name, |_, holder| *holder == info.id);
         }
@@ -96,20 +107,16 @@ impl Directory {
         list
     }
 
-    /// Every actor, for the state API.
+    /// Every actor, for the state API, oldest first.
     pub(crate) fn summaries(&self) -> Vec<ActorSummary> {
-        let mut list: Vec<_> = self
-            .live
-            .iter()
-            .map(|l| ActorSummary {
-                info: (**l.control.info()).clone(),
-                state: l.control.state(),
-                restarts: l.control.restarts(),
-                supervisor: if l.in_place { "user" } else { "tree" }.into(),
-            })
-            .collect();
+        let mut list: Vec<_> = self.live.iter().map(|l| summary(&l)).collect();
         list.sort_by_key(|s| s.info.id.seq);
         list
+    }
+
+    /// One actor, for the state API.
+    pub(crate) fn summary_of(&self, id: ActorId) -> Option<ActorSummary> {
+        self.live.get(&id).map(|l| summary(&l))
     }
 
     /// Stops every in-place actor, newest first, each per its shutdown.
@@ -133,6 +140,18 @@ impl Directory {
         for control in all {
             control.shut_down(Shutdown::Brutal).await;
         }
+    }
+}
+
+fn summary(listed: &Listed) -> ActorSummary {
+    let control = &listed.control;
+    ActorSummary {
+        info: (**control.info()).clone(),
+        state: control.state(),
+        restarts: control.restarts(),
+        supervisor: control.supervisor_path().to_string(),
+        in_place: listed.in_place,
+        last_failure: control.last_failure(),
     }
 }
 

@@ -33,6 +33,7 @@ use crate::supervisor::{
     ChildExit, EventBus, NativeChild, NativeControl, Restart, Shutdown, SupervisionEvent,
     SupervisorMsg,
 };
+use crate::timeline::{self, Timeline, TimelineEvent, Work};
 
 /// Builds a fresh instance: at spawn and again on every restart.
 pub(crate) enum Factory<A> {
@@ -56,6 +57,8 @@ pub(crate) struct Env {
     pub(crate) events: EventBus,
     /// The supervisor in-place actors are children of ("user").
     pub(crate) supervisor: Arc<str>,
+    /// Where calls go when the runtime records its timeline.
+    pub(crate) timeline: Arc<Timeline>,
 }
 
 impl Env {
@@ -111,12 +114,34 @@ enum Ended<A: Actor> {
     Killed,
 }
 
+/// Puts one call on the timeline.
+fn record_call<A: Actor>(
+    timeline: &Timeline,
+    slot: &Slot<A>,
+    method: &'static str,
+    (began, thread): (Instant, u64),
+    error: Option<String>,
+) {
+    timeline.record(TimelineEvent {
+        work: Work::ActorCall {
+            actor: slot.info.id,
+            actor_type: slot.info.type_name.clone(),
+            method: method.into(),
+        },
+        start_us: timeline.clock().unix_us(began),
+        duration_us: began.elapsed().as_micros() as u64,
+        thread,
+        error,
+    });
+}
+
 /// Runs calls until the incarnation ends.
 async fn serve<A: Actor>(
     slot: &Slot<A>,
     actor: &mut A,
     mailbox: &mut Mailbox<A>,
     redeliver: &mut VecDeque<(Envelope<A>, u32)>,
+    timeline: &Timeline,
 ) -> Ended<A> {
     loop {
         match slot.signals.get() {
@@ -142,7 +167,17 @@ async fn serve<A: Actor>(
             return Ended::Stopped("stopped");
         };
         // A span per call: free unless a subscriber wants trace level.
-        let span = tracing::trace_span!("actor_call", actor = %slot.info.id, method = job.method());
+        let span = tracing::trace_span!(
+            "actor_call",
+            actor = %slot.info.id,
+            actor_type = %slot.info.type_name,
+            method = job.method(),
+            node = %slot.info.node,
+        );
+        // The timeline costs this load when it does not record.
+        let timed = timeline
+            .is_recording()
+            .then(|| (Instant::now(), timeline::thread_number()));
         let outcome = {
             let started = {
                 let _entered = span.enter();
@@ -156,12 +191,26 @@ async fn serve<A: Actor>(
                         biased;
                         // The envelope drops with the call unanswered: its
                         // Drop tells the caller it was killed while running.
-                        _ = slot.signals.wait(Signal::Kill) => return Ended::Killed,
+                        _ = slot.signals.wait(Signal::Kill) => {
+                            if let Some(timed) = timed {
+                                record_call(timeline, slot, job.method(), timed, Some("killed".into()));
+                            }
+                            return Ended::Killed;
+                        }
                         outcome = running => outcome,
                     }
                 }
             }
         };
+        if let Some(timed) = timed {
+            record_call(
+                timeline,
+                slot,
+                job.method(),
+                timed,
+                outcome.as_ref().err().cloned(),
+            );
+        }
         // Answered (or to be answered below): nothing for the Drop to do.
         envelope.job = None;
         if let Err(message) = outcome {
@@ -179,7 +228,7 @@ fn retire<A: Actor>(
     ended: Ended<A>,
 ) -> Exit {
     slot.ended(mailbox, left);
-    match ended {
+    let exit = match ended {
         Ended::Stopped(reason) => Exit {
             abnormal: false,
             reason: reason.to_owned(),
@@ -196,7 +245,29 @@ fn retire<A: Actor>(
                 reason,
             }
         }
+    };
+    if exit.abnormal {
+        slot.failed(&exit.reason);
     }
+    exit
+}
+
+/// Runs one incarnation under the actor's context until it ends, then
+/// retires it; returns its exit for the policy.
+async fn run_incarnation<A: Actor>(
+    slot: &Slot<A>,
+    mut actor: A,
+    mailbox: &mut Mailbox<A>,
+    env: &Env,
+) -> Exit {
+    let mut redeliver = slot.take_redeliveries();
+    let ended = context::scope(
+        env.frame(&slot.info),
+        serve(slot, &mut actor, mailbox, &mut redeliver, &env.timeline),
+    )
+    .await;
+    drop(actor);
+    retire(slot, mailbox, redeliver, ended)
 }
 
 /// What an in-place actor's restart type and cap are.
@@ -249,7 +320,7 @@ pub(crate) async fn run_in_place<A: Actor>(
     let mut window = Window::new(None, None);
     let mut next = Some(first);
     loop {
-        let mut actor = match next.take() {
+        let actor = match next.take() {
             Some(actor) => actor,
             None => match construct(&slot.info, &factory, &env).await {
                 // Killed, stopped or shut down while it was being rebuilt:
@@ -266,6 +337,7 @@ pub(crate) async fn run_in_place<A: Actor>(
                 }
                 Ok(actor) => actor,
                 Err(error) => {
+                    slot.failed(&format!("failed to restart: {error}"));
                     env.events.emit(|| SupervisionEvent::ChildStartFailed {
                         supervisor: env.supervisor.clone(),
                         child: slot.info.to_string().into(),
@@ -305,15 +377,7 @@ pub(crate) async fn run_in_place<A: Actor>(
             },
         };
         slot.started();
-        let mut redeliver = slot.take_redeliveries();
-        let frame = env.frame(&slot.info);
-        let ended = context::scope(
-            frame,
-            serve(&slot, &mut actor, &mut mailbox, &mut redeliver),
-        )
-        .await;
-        drop(actor);
-        let exit = retire(&slot, &mut mailbox, redeliver, ended);
+        let exit = run_incarnation(&slot, actor, &mut mailbox, &env).await;
         report_exit(&env, &slot.info, &exit);
         let forbidden = slot.restart_forbidden();
         let restarts = slot.restarts.load(Ordering::Acquire);
@@ -384,7 +448,9 @@ pub(crate) async fn start_as_child<A: Actor>(
     factory: Factory<A>,
     env: Arc<Env>,
     reports: ractor::ActorRef<SupervisorMsg>,
+    supervisor_path: Arc<str>,
 ) -> Result<NativeChild, SpawnError> {
+    slot.supervised_by(supervisor_path);
     let start_failed = |cause: String| SpawnError::StartFailed {
         what: slot.info.to_string(),
         cause,
@@ -397,14 +463,20 @@ pub(crate) async fn start_as_child<A: Actor>(
             "an incarnation of it is running already".to_owned(),
         ));
     };
-    let mut actor = match construct(&slot.info, &factory, &env).await {
+    let actor = match construct(&slot.info, &factory, &env).await {
         Ok(actor) => actor,
         Err(cause) => {
+            slot.failed(&format!("failed to start: {cause}"));
             slot.park(mailbox);
             return Err(start_failed(cause));
         }
     };
     let incarnation = slot.incarnations();
+    if incarnation > 0 {
+        // Its supervisor started it again: the state API counts it, as the
+        // supervisor does.
+        slot.restarts.fetch_add(1, Ordering::AcqRel);
+    }
     slot.started();
     let child = NativeChild {
         actor: slot.info.id,
@@ -412,15 +484,7 @@ pub(crate) async fn start_as_child<A: Actor>(
         control: slot.clone() as Arc<dyn NativeControl>,
     };
     tokio::spawn(async move {
-        let mut redeliver = slot.take_redeliveries();
-        let frame = env.frame(&slot.info);
-        let ended = context::scope(
-            frame,
-            serve(&slot, &mut actor, &mut mailbox, &mut redeliver),
-        )
-        .await;
-        drop(actor);
-        let exit = retire(&slot, &mut mailbox, redeliver, ended);
+        let exit = run_incarnation(&slot, actor, &mut mailbox, &env).await;
         slot.park(mailbox);
         let _ = reports.send_message(SupervisorMsg::NativeExited {
             actor: slot.info.id,

@@ -214,6 +214,10 @@ pub(crate) trait Control: Send + Sync + 'static {
     fn info(&self) -> &Arc<ActorInfo>;
     fn state(&self) -> ActorState;
     fn restarts(&self) -> u32;
+    /// Why it failed last, if it ever did.
+    fn last_failure(&self) -> Option<crate::supervisor::LastFailure>;
+    /// The path of its supervisor.
+    fn supervisor_path(&self) -> Arc<str>;
     /// How its options say to stop it.
     fn shutdown(&self) -> Shutdown;
     /// The typed slot, for a typed lookup by name.
@@ -242,6 +246,14 @@ impl<A: Actor> Control for Slot<A> {
 
     fn restarts(&self) -> u32 {
         self.restarts.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn last_failure(&self) -> Option<crate::supervisor::LastFailure> {
+        Slot::last_failure(self)
+    }
+
+    fn supervisor_path(&self) -> Arc<str> {
+        Slot::supervisor_path(self)
     }
 
     fn shutdown(&self) -> Shutdown {

@@ -28,6 +28,7 @@ use super::call::Job;
 use super::{Actor, ActorOptions};
 use crate::error::ActorError;
 use crate::ids::ActorInfo;
+use crate::supervisor::LastFailure;
 
 /// One message in a mailbox: a call, or (no job) a graceful stop that
 /// takes effect after the calls sent before it.
@@ -181,6 +182,12 @@ pub(crate) struct Slot<A: Actor> {
     /// Its runtime's list of actors, which it leaves (freeing its name)
     /// when dead for good.
     directory: super::DirectoryLink,
+    /// Why it failed last (a panic, a kill, a failed restart), for the
+    /// state API.
+    last_failure: Mutex<Option<LastFailure>>,
+    /// The path of its supervisor (`root/user`, or in a tree of yours,
+    /// set when the tree starts it).
+    supervisor: Mutex<Arc<str>>,
 }
 
 impl<A: Actor> Slot<A> {
@@ -205,7 +212,34 @@ impl<A: Actor> Slot<A> {
             changed: Notify::new(),
             on_dead: Mutex::new(Vec::new()),
             directory,
+            last_failure: Mutex::new(None),
+            supervisor: Mutex::new(Arc::from("")),
         }
+    }
+
+    /// Records why it failed (an abnormal exit, a failed restart).
+    pub(crate) fn failed(&self, reason: &str) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(LastFailure::now(reason));
+    }
+
+    pub(crate) fn last_failure(&self) -> Option<LastFailure> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the path of the supervisor running it.
+    pub(crate) fn supervised_by(&self, path: Arc<str>) {
+        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    pub(crate) fn supervisor_path(&self) -> Arc<str> {
+        self.supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sends a call. If the actor is dead for good the call fails at once,

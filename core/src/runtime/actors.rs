@@ -169,7 +169,7 @@ impl Runtime {
                 let factory = factory.clone();
                 let env = env.clone();
                 Box::pin(async move {
-                    start_as_child(slot, factory, env, ctx.reports)
+                    start_as_child(slot, factory, env, ctx.reports, ctx.path)
                         .await
                         .map(Running::Native)
                 })
@@ -250,6 +250,9 @@ impl Runtime {
             options,
             Arc::downgrade(&self.inner.actors),
         ));
+        if in_place {
+            slot.supervised_by(self.inner.user_path.clone());
+        }
         if let Some(reservation) = reservation {
             tracing::debug!(actor = %slot.info, gpu_ids = ?slot.info.gpu_ids, "actor holds resources");
             // Held across restarts; given back once the actor is dead for good.
@@ -280,7 +283,7 @@ impl Runtime {
             let spec = spec.clone();
             let out = out.clone();
             async move {
-                let sup = Supervisor::spawn_linked(spec, ctx.supervisor).await?;
+                let sup = Supervisor::spawn_child(spec, &ctx).await?;
                 let cell = sup.cell();
                 *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(sup);
                 Ok(cell)

@@ -15,11 +15,12 @@ use crate::error::SpawnError;
 use crate::ids::Minter;
 use crate::object_store::ObjectStoreActor;
 use crate::resources::MAX_GPUS;
-use crate::scheduler::{Scheduler, SchedulerActor};
+use crate::scheduler::{Recording, Scheduler, SchedulerActor};
 use crate::supervisor::{
     ChildSpec, EventBus, Shutdown, StartContext, Strategy, Supervisor, SupervisorRef,
     SupervisorSpec,
 };
+use crate::timeline::{Clock, Timeline};
 use crate::GpuInfo;
 
 /// Boots a runtime inside the current tokio runtime (embedding). Opens no
@@ -60,7 +61,7 @@ fn publishing(spec: SupervisorSpec, into: Arc<ArcSwapOption<SupervisorRef>>) -> 
         let spec = spec.clone();
         let into = into.clone();
         async move {
-            let sup = Supervisor::spawn_linked(spec, ctx.supervisor).await?;
+            let sup = Supervisor::spawn_child(spec, &ctx).await?;
             let cell = sup.cell();
             into.store(Some(Arc::new(sup)));
             Ok(cell)
@@ -103,6 +104,18 @@ fn node_gpus(config: &mut Config) -> Result<Vec<GpuInfo>, SpawnError> {
 
 async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> {
     let began = Instant::now();
+    for service in &config.services {
+        service.prepare().map_err(|cause| SpawnError::Service {
+            service: service.name().to_owned(),
+            cause: cause.to_string(),
+        })?;
+    }
+    let clock = Arc::new(Clock::new());
+    let timeline = Arc::new(Timeline::new(
+        config.timeline_events,
+        config.record_timeline,
+        clock.clone(),
+    ));
     let gpus = node_gpus(&mut config)?;
     let handle = tokio::runtime::Handle::current();
     let node = NodeId::random();
@@ -119,6 +132,11 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
         handle.clone(),
         config.cluster.placement.clone(),
         config.cluster.executor.clone(),
+        Recording {
+            clock: clock.clone(),
+            timeline: timeline.clone(),
+            task_history: config.task_history,
+        },
     ));
     let system_spec = SupervisorSpec::new("system", Strategy::OneForOne)
         .events(events.clone())
@@ -150,6 +168,9 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
     let root = Supervisor::spawn(root_spec).await?;
     let started_in = began.elapsed();
     tracing::info!(runtime = %config.name, %node, ?started_in, "runtime started");
+    let user_path: Arc<str> = user
+        .load_full()
+        .map_or_else(|| Arc::from("root/user"), |sup| Arc::from(sup.path()));
     let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
         let me: std::sync::Weak<dyn std::any::Any + Send + Sync> = me.clone();
         scheduler.set_runtime(me.clone());
@@ -158,6 +179,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
                 runtime: Some(me),
                 events: events.clone(),
                 supervisor: "user".into(),
+                timeline: timeline.clone(),
             }),
             config,
             gpus,
@@ -172,9 +194,21 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
             actors: Arc::new(Directory::default()),
             shut_down: AtomicBool::new(false),
             started_in,
+            clock,
+            timeline,
+            user_path,
+            services: Default::default(),
             handle,
             _tokio: tokio,
         }
     });
-    Ok(Runtime { inner })
+    let runtime = Runtime { inner };
+    if let Err(err) = runtime.start_services().await {
+        tracing::error!(runtime = %runtime.inner.config.name, error = %err, "a service failed to start; shutting the runtime down");
+        if let Err(shutdown) = runtime.shutdown().await {
+            tracing::warn!(error = %shutdown, "shutting down after a failed service start");
+        }
+        return Err(err);
+    }
+    Ok(runtime)
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use troupe_objects::{ObjectDirectory, StoreConfig};
 
+use super::service::{RuntimeService, ServiceList};
 use crate::remote::{Placement, RemoteExecutor};
 use crate::{GpuDetector, Resources};
 
@@ -40,6 +41,18 @@ pub struct Config {
     /// The cluster's seams (none: the node runs alone, and opens no
     /// socket). See [`remote`](crate::remote).
     pub cluster: ClusterSeams,
+    /// Finished tasks the state API keeps (the last ones; default 10,000).
+    /// 0 keeps none.
+    pub task_history: usize,
+    /// Whether the timeline records from the start (default: no; see
+    /// [`Runtime::record_timeline`](super::Runtime::record_timeline)).
+    pub record_timeline: bool,
+    /// Events the timeline keeps (the last ones; default 1,000,000, about
+    /// 100 MB at most). 0 never records.
+    pub timeline_events: usize,
+    /// Services started beside the runtime (a dashboard, say). See
+    /// [`RuntimeService`].
+    pub services: ServiceList,
 }
 
 /// What a cluster plugs into a node (all optional; see
@@ -76,6 +89,10 @@ impl Default for Config {
             objects: StoreConfig::default(),
             gpu_detector: None,
             cluster: ClusterSeams::default(),
+            task_history: 10_000,
+            record_timeline: false,
+            timeline_events: 1_000_000,
+            services: Vec::new(),
         }
     }
 }
@@ -120,6 +137,33 @@ impl Config {
     /// Plugs the node into a cluster.
     pub fn cluster(mut self, seams: ClusterSeams) -> Self {
         self.cluster = seams;
+        self
+    }
+
+    /// Keeps the last `n` finished tasks for the state API.
+    pub fn task_history(mut self, n: usize) -> Self {
+        self.task_history = n;
+        self
+    }
+
+    /// Records the timeline from the start (Chrome trace of every task
+    /// attempt and actor call; see
+    /// [`Runtime::timeline`](super::Runtime::timeline)).
+    pub fn record_timeline(mut self, on: bool) -> Self {
+        self.record_timeline = on;
+        self
+    }
+
+    /// Keeps at most `n` timeline events (the last ones).
+    pub fn timeline_events(mut self, n: usize) -> Self {
+        self.timeline_events = n;
+        self
+    }
+
+    /// Runs `service` beside the runtime: started after boot, stopped
+    /// first at shutdown (see [`RuntimeService`]).
+    pub fn service(mut self, service: impl RuntimeService) -> Self {
+        self.services.push(Arc::new(service));
         self
     }
 }

@@ -18,17 +18,27 @@
 //! [`Runtime`] is a cheap handle; its methods are split by concern:
 //! `boot.rs` (start), `objects.rs` (put/get/wait), `tasks.rs` (submit,
 //! cancel), `actors.rs` (spawn, names, trees), `cluster.rs` (events from
-//! other nodes), and this file (the tree, shutdown, the state API).
+//! other nodes), `state.rs` (the state API), `recording.rs` (the timeline
+//! and metrics), `service.rs` (services beside the runtime: the seam a
+//! dashboard plugs into), and this file (the tree, shutdown).
 
 mod actors;
 mod boot;
 mod cluster;
 mod config;
 mod objects;
+mod recording;
+mod service;
+mod state;
 mod tasks;
 
 pub use boot::init;
 pub use config::{ClusterSeams, Config};
+pub use service::{RunningService, RuntimeService, ServiceError, ServiceInfo, WeakRuntime};
+pub use state::{
+    ActorCounts, ChildKind, ChildView, NodeInfo, ObjectSummary, State, StateQuery, Summary,
+    SupervisorView,
+};
 
 use std::fmt;
 use std::future::Future;
@@ -38,14 +48,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::broadcast;
-use troupe_objects::{NodeId, ObjectInfo, ObjectStore};
+use troupe_objects::{NodeId, ObjectStore};
 
-use crate::actor::{ActorSummary, Directory, Env};
+use crate::actor::{Directory, Env};
 use crate::error::{ShutdownError, SpawnError};
 use crate::ids::Minter;
 use crate::remote::ClusterEvent;
-use crate::scheduler::{Counts, Scheduler};
+use crate::scheduler::Scheduler;
 use crate::supervisor::{EventBus, SupervisionEvent, SupervisorRef};
+use crate::timeline::{Clock, Timeline};
 use crate::GpuInfo;
 
 /// How long shutdown waits for killed actors after its deadline passed.
@@ -78,6 +89,12 @@ pub(crate) struct Inner {
     pub(crate) env: Arc<Env>,
     pub(crate) shut_down: AtomicBool,
     pub(crate) started_in: Duration,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) timeline: Arc<Timeline>,
+    /// The path of the supervisor of in-place actors (`root/user`).
+    pub(crate) user_path: Arc<str>,
+    /// Running services, in start order.
+    pub(crate) services: service::Services,
     pub(crate) handle: tokio::runtime::Handle,
     // Last field: dropped after everything that may still use it.
     pub(crate) _tokio: OwnedTokio,
@@ -113,21 +130,6 @@ impl fmt::Debug for Runtime {
             .field("node", &self.node_id())
             .finish_non_exhaustive()
     }
-}
-
-/// What a runtime runs now: the state API's snapshot.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct State {
-    /// The node.
-    pub node: NodeId,
-    /// Every live actor.
-    pub actors: Vec<ActorSummary>,
-    /// Tasks by where they are.
-    pub tasks: Counts,
-    /// Every object in the node's store.
-    pub objects: Vec<ObjectInfo>,
-    /// Bytes of objects in memory.
-    pub object_bytes: u64,
 }
 
 impl Runtime {
@@ -227,17 +229,6 @@ impl Runtime {
         tree + self.inner.actors.len()
     }
 
-    /// What runs now: actors, tasks and objects (the state API).
-    pub fn state(&self) -> State {
-        State {
-            node: self.node_id(),
-            actors: self.inner.actors.summaries(),
-            tasks: self.inner.scheduler.counts(),
-            objects: self.inner.objects.list(),
-            object_bytes: self.inner.objects.in_memory_bytes(),
-        }
-    }
-
     /// Stops everything in reverse start order: tasks first (queued and
     /// running ones fail with `TaskError::ShutDown`), then actors (newest
     /// first, each per its shutdown: asked to stop, killed past its
@@ -250,6 +241,13 @@ impl Runtime {
         }
         let deadline = self.inner.config.shutdown_timeout;
         let began = tokio::time::Instant::now();
+        // Services first: a dashboard must not watch the rest come apart.
+        if tokio::time::timeout(deadline, self.stop_services())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?deadline, "services did not stop in time");
+        }
         self.inner.scheduler.shut_down();
         let actors = self.inner.actors.clone();
         let mut in_order = tokio::time::timeout(deadline, actors.stop_in_place())

@@ -36,12 +36,12 @@ impl Runtime {
     /// The one path every task takes to the scheduler: submitted here with
     /// typed arguments, or received as a spec from another node.
     pub(crate) fn submit_task(&self, spec: TaskSpec, body: Arc<dyn TaskBody>) {
-        let span = tracing::trace_span!("submit", task = %spec.id, function = %spec.function);
+        let stats = self.inner.scheduler.stats_of(&spec.function);
+        let task = Task::new(spec, body, stats);
+        let span =
+            tracing::trace_span!("submit", task = %task.spec.id, function = %task.spec.function);
         let _entered = span.enter();
-        let timing = self.inner.scheduler.timing_of(&spec.function);
-        self.inner
-            .scheduler
-            .submit(Arc::new(Task::new(spec, body, timing)));
+        self.inner.scheduler.submit(Arc::new(task));
     }
 
     /// Submits a task of the remote function `F` with its arguments as

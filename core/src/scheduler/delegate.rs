@@ -70,8 +70,7 @@ impl Scheduler {
     /// Fails a task that is in no queue and runs nowhere (it could not be
     /// placed or sent), and lets what waits on its results go on.
     fn fail_unplaced(self: &Arc<Self>, task: &Task, err: TaskError) {
-        task.stopped.store(true, Ordering::Release);
-        task.body.give_up(err);
+        self.fail(task, err);
         let actions = self.lock().settled(&task.spec.results, &self.settled());
         self.perform(actions);
     }
@@ -100,6 +99,9 @@ impl Scheduler {
             }
         }
         let id = spec.id;
+        task.attempt.store(queued.attempt, Ordering::Release);
+        *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
+        task.delegated.store(true, Ordering::Release);
         self.lock().delegated(queued, node);
         metrics::counter!("troupe_tasks_delegated_total").increment(1);
         let scheduler = Arc::downgrade(self);

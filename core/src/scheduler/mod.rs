@@ -21,19 +21,24 @@
 
 mod cpu_pool;
 mod delegate;
+mod history;
 mod placement;
 mod reservation;
 pub(crate) mod state;
+mod stats;
 mod timing;
 mod units;
 
+pub use history::{TaskFilter, TaskInfo, TaskState};
 pub(crate) use reservation::Reservation;
 pub use state::Counts;
+pub use stats::FunctionSummary;
 pub(crate) use units::Units;
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use ractor::{ActorProcessingErr, ActorRef};
@@ -46,11 +51,15 @@ use crate::error::{TaskCause, TaskError};
 use crate::function::{self, Failure, Outcome, TaskBody};
 use crate::ids::TaskId;
 use crate::remote::{Placement, RemoteExecutor};
-use crate::spec::{SchedulingStrategy, TaskSpec};
+use crate::spec::{FunctionName, SchedulingStrategy, TaskSpec};
+use crate::supervisor::AliveGauge;
+use crate::timeline::{self, Clock, Timeline, TimelineEvent, Work};
 use crate::Resources;
 use cpu_pool::{CpuPool, Job};
+use history::History;
 use placement::{ordinals, GpuShare};
 use state::{Actions, GiveUp, Grant, Launch, Payload, Queued, RetryPolicy, Stage, State};
+use stats::FunctionStats;
 pub(crate) use timing::Timing;
 
 /// A submitted task: its spec (what it is, as data) and its body (how it
@@ -64,15 +73,28 @@ pub(crate) struct Task {
     handle: Mutex<Option<AbortHandle>>,
     /// A sync attempt's job on the CPU pool, which a waiter may run itself.
     job: Mutex<Option<Arc<Job>>>,
-    /// How long this function's bodies take.
-    timing: Arc<Timing>,
+    /// Its function's record: counts, metrics, how long its bodies take.
+    stats: Arc<FunctionStats>,
     /// Set when it is cancelled or abandoned: a launch that races with it
     /// does not start.
     stopped: AtomicBool,
+    /// The submitter's span: each attempt's span is its child, so that a
+    /// task's story reads on from the code that submitted it.
+    parent: tracing::Span,
+    submitted: Instant,
+    /// The attempt launched last (0: none yet).
+    attempt: AtomicU32,
+    /// When the last attempt started and ended, in microseconds since the
+    /// Unix epoch (0: not yet).
+    started_us: AtomicU64,
+    ended_us: AtomicU64,
+    /// The node its last attempt went to, when that was another node.
+    elsewhere: Mutex<Option<NodeId>>,
+    delegated: AtomicBool,
 }
 
 impl Task {
-    pub(crate) fn new(spec: TaskSpec, body: Arc<dyn TaskBody>, timing: Arc<Timing>) -> Self {
+    pub(crate) fn new(spec: TaskSpec, body: Arc<dyn TaskBody>, stats: Arc<FunctionStats>) -> Self {
         let resources = spec.options.needs();
         Self {
             needs: Units::of(&resources),
@@ -81,8 +103,39 @@ impl Task {
             body,
             handle: Mutex::new(None),
             job: Mutex::new(None),
-            timing,
+            stats,
             stopped: AtomicBool::new(false),
+            parent: tracing::Span::current(),
+            submitted: Instant::now(),
+            attempt: AtomicU32::new(0),
+            started_us: AtomicU64::new(0),
+            ended_us: AtomicU64::new(0),
+            elsewhere: Mutex::new(None),
+            delegated: AtomicBool::new(false),
+        }
+    }
+
+    /// The task as the state API shows it, in `state`.
+    fn info(&self, state: TaskState, here: NodeId, clock: &Clock) -> TaskInfo {
+        let attempt = self.attempt.load(Ordering::Acquire);
+        let at = |n: &AtomicU64| Some(n.load(Ordering::Acquire)).filter(|us| *us > 0);
+        let elsewhere = if self.delegated.load(Ordering::Acquire) {
+            *self.elsewhere.lock().unwrap_or_else(|e| e.into_inner())
+        } else {
+            None
+        };
+        TaskInfo {
+            id: self.spec.id,
+            function: self.spec.function.clone(),
+            state,
+            attempt: attempt.max(u32::from(!state.is_final())),
+            node: elsewhere.or((attempt > 0).then_some(here)),
+            error: None,
+            submitted_at_us: clock.unix_us(self.submitted),
+            started_at_us: at(&self.started_us),
+            ended_at_us: state
+                .is_final()
+                .then(|| at(&self.ended_us).unwrap_or_else(|| clock.now_us())),
         }
     }
 
@@ -191,8 +244,24 @@ pub(crate) struct Scheduler {
     runtime: OnceLock<Weak<dyn Any + Send + Sync>>,
     placement: Option<Arc<dyn Placement>>,
     remote: Option<Arc<dyn RemoteExecutor>>,
-    /// How long each function's bodies take, by name.
-    timings: dashmap::DashMap<crate::spec::FunctionName, Arc<Timing>>,
+    /// Each function's record, by name.
+    functions: dashmap::DashMap<FunctionName, Arc<FunctionStats>>,
+    /// The last finished tasks, for the state API.
+    history: History,
+    /// Task attempts on the timeline, when it records.
+    timeline: Arc<Timeline>,
+    clock: Arc<Clock>,
+    /// Counters of hot paths, registered once.
+    run_by_waiter: metrics::Counter,
+    cpu_lends: metrics::Counter,
+}
+
+/// What the scheduler records besides scheduling: the runtime's clock and
+/// timeline, and how many finished tasks the state API keeps.
+pub(crate) struct Recording {
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) timeline: Arc<Timeline>,
+    pub(crate) task_history: usize,
 }
 
 impl Scheduler {
@@ -202,6 +271,7 @@ impl Scheduler {
         tokio: tokio::runtime::Handle,
         placement: Option<Arc<dyn Placement>>,
         remote: Option<Arc<dyn RemoteExecutor>>,
+        recording: Recording,
     ) -> Self {
         let units = Units::of(capacity);
         let cpus = CpuPool::new(capacity.num_cpus.ceil().max(1.0) as usize);
@@ -218,19 +288,50 @@ impl Scheduler {
             runtime: OnceLock::new(),
             placement,
             remote,
-            timings: dashmap::DashMap::new(),
+            functions: dashmap::DashMap::new(),
+            history: History::new(recording.task_history),
+            timeline: recording.timeline,
+            clock: recording.clock,
+            run_by_waiter: metrics::counter!("troupe_tasks_run_by_waiter_total"),
+            cpu_lends: metrics::counter!("troupe_task_cpu_lends_total"),
         }
     }
 
-    /// The timing record of a function.
-    pub(crate) fn timing_of(&self, function: &crate::spec::FunctionName) -> Arc<Timing> {
-        if let Some(timing) = self.timings.get(function) {
-            return timing.clone();
+    /// The record of a function (made at its first submission, when its
+    /// metrics register).
+    pub(crate) fn stats_of(&self, function: &FunctionName) -> Arc<FunctionStats> {
+        if let Some(stats) = self.functions.get(function) {
+            return stats.clone();
         }
-        self.timings
+        self.functions
             .entry(function.clone())
-            .or_insert_with(|| Arc::new(Timing::default()))
+            .or_insert_with(|| Arc::new(FunctionStats::new(function.clone())))
             .clone()
+    }
+
+    /// A task ended: its function's counts, and the history.
+    fn ended(&self, task: &Task, state: TaskState, error: Option<&TaskError>) {
+        match state {
+            TaskState::Finished => task.stats.finished(),
+            TaskState::Cancelled => task.stats.cancelled(),
+            _ => task.stats.failed(),
+        }
+        let mut info = task.info(state, self.node, &self.clock);
+        info.error = error.map(ToString::to_string);
+        self.history.push(info);
+    }
+
+    /// Fails a task for good (outside the state machine: it never got
+    /// there, or left it); false if its results were settled already.
+    fn fail(&self, task: &Task, err: TaskError) -> bool {
+        task.stopped.store(true, Ordering::Release);
+        let state = if matches!(err, TaskError::Cancelled { .. }) {
+            TaskState::Cancelled
+        } else {
+            TaskState::Failed
+        };
+        self.ended(task, state, Some(&err));
+        task.body.give_up(err)
     }
 
     /// Runs the sync attempt that will produce `result` here and now, if it
@@ -252,13 +353,13 @@ impl Scheduler {
         let Some(task) = task else {
             return false;
         };
-        if !task.timing.known_short() || task.spec.returns == crate::spec::Returns::Stream {
+        if !task.stats.timing.known_short() || task.spec.returns == crate::spec::Returns::Stream {
             return false;
         }
         let job = task.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let ran = job.is_some_and(|job| job.run());
         if ran {
-            metrics::counter!("troupe_tasks_run_by_waiter_total").increment(1);
+            self.run_by_waiter.increment(1);
         }
         ran
     }
@@ -285,14 +386,14 @@ impl Scheduler {
     /// Submits a task. One that cannot run here goes to the placement hook
     /// (none: it fails as infeasible); invalid options fail at once.
     pub(crate) fn submit(self: &Arc<Self>, task: Arc<Task>) {
-        metrics::counter!("troupe_tasks_submitted_total").increment(1);
+        task.stats.submitted();
         if let Err(reason) = task.resources.validate() {
             let err = TaskError::InvalidResources {
                 task: task.spec.function.clone(),
                 id: task.spec.id,
                 reason,
             };
-            task.body.give_up(err);
+            self.fail(&task, err);
             return;
         }
         let elsewhere = match task.spec.options.get_scheduling_strategy() {
@@ -381,6 +482,7 @@ impl Scheduler {
                 abort,
                 grants,
                 retried,
+                done,
                 place,
             } = actions;
             let mut settled = Vec::new();
@@ -394,20 +496,21 @@ impl Scheduler {
             for task in unwatch.iter().chain(abort.iter()) {
                 task.0.abort();
             }
-            for (id, attempt) in retried {
-                tracing::warn!(task = %id, attempt, "task failed; retrying");
-                metrics::counter!("troupe_task_retries_total").increment(1);
+            for (task, attempt) in retried {
+                tracing::warn!(task = %task.0.spec.id, function = %task.0.spec.function, attempt, "task failed; retrying");
+                task.0.stats.retried();
+            }
+            for (task, _) in done {
+                self.ended(&task.0, TaskState::Finished, None);
             }
             for (task, why) in give_up {
                 let task = task.0;
-                task.stopped.store(true, Ordering::Release);
                 let cancelled = matches!(why, GiveUp::Cancelled);
                 let err = task.error(why);
                 if !cancelled {
-                    tracing::warn!(task = %task.spec.id, error = %err, "task failed for good");
-                    metrics::counter!("troupe_tasks_failed_total").increment(1);
+                    tracing::warn!(task = %task.spec.id, function = %task.spec.function, error = %err, "task failed for good");
                 }
-                task.body.give_up(err);
+                self.fail(&task, err);
                 settled.extend_from_slice(&task.spec.results);
             }
             for task in place {
@@ -461,26 +564,63 @@ impl Scheduler {
             return; // cancelled between the decision and now
         }
         let id = task.spec.id;
+        let launched = Instant::now();
+        task.attempt.store(attempt, Ordering::Release);
+        task.started_us
+            .store(self.clock.unix_us(launched), Ordering::Release);
+        if task.delegated.load(Ordering::Acquire) {
+            // Retried here after running elsewhere.
+            *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            task.delegated.store(false, Ordering::Release);
+        }
+        task.stats.attempt_started(
+            (attempt == 1).then(|| launched.saturating_duration_since(task.submitted)),
+        );
+        let span = tracing::debug_span!(
+            parent: &task.parent,
+            "task",
+            task = %id,
+            attempt,
+            function = %task.spec.function,
+            node = %self.node,
+        );
         let frame = self.frame(&task, attempt, &gpus);
-        let scheduler = self.clone();
+        let mut record = AttemptRecord {
+            scheduler: Some(self.clone()),
+            task: task.clone(),
+            attempt,
+            began: launched,
+            thread: 0,
+            recording: self.timeline.is_recording(),
+            accounted: false,
+        };
         match task.body.clone().launch(frame) {
             function::Launch::Blocking(body) => {
-                let timing = task.timing.clone();
                 let job = Job::new(Box::new(move || {
-                    let began = std::time::Instant::now();
-                    let outcome = body();
-                    timing.record(began.elapsed());
+                    record.began = Instant::now();
+                    record.thread = timeline::thread_number();
+                    let outcome = {
+                        let _entered = span.enter();
+                        body()
+                    };
+                    record.task.stats.timing.record(record.began.elapsed());
+                    let scheduler = record.end(&outcome);
                     // What this completion launches may run next on this
                     // thread: the body has returned.
-                    cpu_pool::as_job_ends(|| scheduler.finished(id, outcome));
+                    if let Some(scheduler) = scheduler {
+                        cpu_pool::as_job_ends(|| scheduler.finished(id, outcome));
+                    }
                 }));
                 *task.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
                 self.cpus.execute(job);
             }
             function::Launch::Async(body) => {
                 let handle = self.tokio.spawn(async move {
-                    let outcome = body.await;
-                    scheduler.finished(id, outcome);
+                    record.thread = timeline::thread_number();
+                    let outcome = tracing::Instrument::instrument(body, span).await;
+                    if let Some(scheduler) = record.end(&outcome) {
+                        scheduler.finished(id, outcome);
+                    }
                 });
                 task.set_handle(handle.abort_handle());
             }
@@ -509,7 +649,7 @@ impl Scheduler {
         if !lent {
             return None;
         }
-        metrics::counter!("troupe_task_cpu_lends_total").increment(1);
+        self.cpu_lends.increment(1);
         self.perform(actions);
         Some(Lent {
             scheduler: self.clone(),
@@ -535,10 +675,15 @@ impl Scheduler {
                 // Queued, waiting, or async (aborted): it will not run on.
                 task.abort();
             }
-            cancelled = task.body.give_up(task.error(why));
+            let err = task.error(why);
+            task.stopped.store(true, Ordering::Release);
+            cancelled = task.body.give_up(err.clone());
             tracing::debug!(task = %task.spec.id, ?stage, cancelled, "task cancelled");
             if cancelled {
-                metrics::counter!("troupe_tasks_cancelled_total").increment(1);
+                self.ended(&task, TaskState::Cancelled, Some(&err));
+            } else {
+                // Its attempt stored its value first: it finished.
+                self.ended(&task, TaskState::Finished, None);
             }
             let more = self.lock().settled(&task.spec.results, &self.settled());
             actions.merge(more);
@@ -558,13 +703,135 @@ impl Scheduler {
     pub(crate) fn counts(&self) -> Counts {
         let counts = self.lock().counts();
         metrics::gauge!("troupe_scheduler_queued_tasks").set(counts.queued as f64);
-        metrics::gauge!("troupe_cpu_threads").set(self.cpus.threads() as f64);
         counts
+    }
+
+    /// Refreshes the scheduler's gauges that are not kept live: tasks by
+    /// where they are, CPU threads.
+    pub(crate) fn sample_metrics(&self) {
+        let counts = self.counts();
+        metrics::gauge!("troupe_scheduler_waiting_tasks").set(counts.waiting_for_args as f64);
+        metrics::gauge!("troupe_scheduler_running_tasks").set(counts.running as f64);
+        metrics::gauge!("troupe_scheduler_unplaced_tasks").set(counts.unplaced as f64);
+        metrics::gauge!("troupe_scheduler_delegated_tasks").set(counts.delegated as f64);
+        metrics::gauge!("troupe_cpu_threads").set(self.cpus.threads() as f64);
+        for function in self.functions.iter() {
+            function.sample_metrics();
+        }
+    }
+
+    /// Tasks `filter` keeps: unfinished ones (running first), then the
+    /// last finished ones, newest first; at most `filter.limit`.
+    pub(crate) fn tasks(&self, filter: &TaskFilter) -> Vec<TaskInfo> {
+        let keep =
+            |task: &TaskRef, stage: Stage| filter.keeps(&task.0.spec.function, state_of(stage));
+        let live = self.lock().list(filter.limit, &keep);
+        let mut list: Vec<TaskInfo> = live
+            .into_iter()
+            .map(|(task, stage, attempt)| {
+                let mut info = task.0.info(state_of(stage), self.node, &self.clock);
+                info.attempt = attempt;
+                if let Stage::Delegated(node) = stage {
+                    info.node = Some(node);
+                }
+                info
+            })
+            .collect();
+        let room = filter.limit.saturating_sub(list.len());
+        if room > 0 && filter.state.is_none_or(TaskState::is_final) {
+            list.extend(self.history.list(filter, room));
+        }
+        list
+    }
+
+    /// Each function's counts so far, by name.
+    pub(crate) fn function_summaries(&self) -> Vec<FunctionSummary> {
+        let mut list: Vec<FunctionSummary> = self.functions.iter().map(|f| f.summary()).collect();
+        list.sort_by(|a, b| a.function.cmp(&b.function));
+        list
     }
 
     /// What is free now.
     pub(crate) fn available(&self) -> Resources {
         self.lock().free().to_resources()
+    }
+}
+
+/// The state API's name for where a task is.
+fn state_of(stage: Stage) -> TaskState {
+    match stage {
+        Stage::Queued => TaskState::Queued,
+        Stage::WaitingForArgs => TaskState::WaitingForArgs,
+        Stage::Running => TaskState::Running,
+        Stage::Unplaced => TaskState::Unplaced,
+        Stage::Delegated(_) => TaskState::Delegated,
+    }
+}
+
+/// One attempt from its launch to its end, however it ends (aborted
+/// included): counted as running meanwhile, timed, and put on the
+/// timeline if the timeline recorded when it launched.
+struct AttemptRecord {
+    /// Handed back by `end` (to report the outcome) with no extra clone.
+    scheduler: Option<Arc<Scheduler>>,
+    task: Arc<Task>,
+    attempt: u32,
+    /// When it launched; for a sync body, when the body started.
+    began: Instant,
+    /// The thread it started on.
+    thread: u64,
+    recording: bool,
+    accounted: bool,
+}
+
+impl AttemptRecord {
+    /// The attempt ended with `outcome`: accounted now; the scheduler to
+    /// report it to.
+    fn end(mut self, outcome: &Outcome) -> Option<Arc<Scheduler>> {
+        let error = match outcome {
+            Outcome::Done => None,
+            Outcome::Failed(failure) => Some(failure.to_string()),
+        };
+        self.account(error);
+        self.scheduler.take()
+    }
+
+    fn account(&mut self, error: Option<String>) {
+        if std::mem::replace(&mut self.accounted, true) {
+            return;
+        }
+        let Some(scheduler) = &self.scheduler else {
+            return;
+        };
+        let now = Instant::now();
+        let ran = now.saturating_duration_since(self.began);
+        self.task.stats.attempt_ended();
+        self.task
+            .ended_us
+            .store(scheduler.clock.unix_us(now), Ordering::Release);
+        if self.recording {
+            scheduler.timeline.record(TimelineEvent {
+                work: Work::Task {
+                    id: self.task.spec.id,
+                    function: self.task.spec.function.clone(),
+                    attempt: self.attempt,
+                },
+                start_us: scheduler.clock.unix_us(self.began),
+                duration_us: ran.as_micros() as u64,
+                thread: self.thread,
+                error,
+            });
+        }
+    }
+}
+
+impl Drop for AttemptRecord {
+    fn drop(&mut self) {
+        // Dropped without an end: aborted (cancelled, shut down), or its
+        // job was dropped unrun.
+        self.account(Some(
+            "stopped before it ended (cancelled or shut down)".to_owned(),
+        ));
     }
 }
 
@@ -598,26 +865,26 @@ pub struct SchedulerActor {
 
 impl ractor::Actor for SchedulerActor {
     type Msg = SchedulerMsg;
-    type State = ();
+    type State = AliveGauge;
     type Arguments = ();
 
     async fn pre_start(
         &self,
         myself: ActorRef<SchedulerMsg>,
         _: (),
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<AliveGauge, ActorProcessingErr> {
         self.scheduler.actor.store(Some(Arc::new(myself.clone())));
         // Pick up whatever arrived while no actor was listening.
         self.scheduler.nudged.store(false, Ordering::Release);
         let _ = myself.send_message(SchedulerMsg::Pump);
-        Ok(())
+        Ok(AliveGauge::new("troupe::scheduler"))
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<SchedulerMsg>,
         msg: SchedulerMsg,
-        _: &mut (),
+        _: &mut AliveGauge,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SchedulerMsg::Pump => {

@@ -119,7 +119,9 @@ pub(crate) struct Actions<P, W> {
     /// Actors whose resources are granted now.
     pub(crate) grants: Vec<(W, Grant)>,
     /// Failed attempts that are tried again: (task, the attempt that failed).
-    pub(crate) retried: Vec<(TaskId, u32)>,
+    pub(crate) retried: Vec<(P, u32)>,
+    /// Tasks whose results are stored, with the attempt that stored them.
+    pub(crate) done: Vec<(P, u32)>,
     /// Tasks for the placement hook: infeasible here, or retried after
     /// running on another node.
     pub(crate) place: Vec<Queued<P>>,
@@ -135,6 +137,7 @@ impl<P, W> Default for Actions<P, W> {
             abort: Vec::new(),
             grants: Vec::new(),
             retried: Vec::new(),
+            done: Vec::new(),
             place: Vec::new(),
         }
     }
@@ -149,6 +152,7 @@ impl<P, W> Actions<P, W> {
             && self.abort.is_empty()
             && self.grants.is_empty()
             && self.retried.is_empty()
+            && self.done.is_empty()
             && self.place.is_empty()
     }
 }
@@ -320,10 +324,13 @@ impl<P: Payload, W> State<P, W> {
             return actions; // cancelled meanwhile
         };
         match outcome {
-            Outcome::Done => self.done(&queued.task),
+            Outcome::Done => {
+                self.done(&queued.task);
+                actions.done.push((queued.task, queued.attempt));
+            }
             Outcome::Failed(failure) => {
                 if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt) {
-                    actions.retried.push((id, queued.attempt));
+                    actions.retried.push((queued.task.clone(), queued.attempt));
                     queued.attempt += 1;
                     actions.place.push(queued);
                 } else {
@@ -380,11 +387,14 @@ impl<P: Payload, W> State<P, W> {
                 self.untrack(&queued.task);
             } else {
                 match outcome {
-                    Outcome::Done => self.done(&queued.task),
+                    Outcome::Done => {
+                        self.done(&queued.task);
+                        actions.done.push((queued.task, queued.attempt));
+                    }
                     Outcome::Failed(failure) => {
                         if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt)
                         {
-                            actions.retried.push((id, queued.attempt));
+                            actions.retried.push((queued.task.clone(), queued.attempt));
                             queued.attempt += 1;
                             self.ready.push_front(queued);
                         } else {
@@ -731,6 +741,42 @@ impl<P: Payload, W> State<P, W> {
         }
     }
 
+    /// Unfinished tasks for the state API, with where each is and its
+    /// attempt: at most `limit` of those `keep` accepts, running ones first,
+    /// then queued, waiting, unplaced and delegated ones.
+    pub(crate) fn list(
+        &self,
+        limit: usize,
+        keep: &dyn Fn(&P, Stage) -> bool,
+    ) -> Vec<(P, Stage, u32)> {
+        let running = self.running.values().map(|a| (&a.queued, Stage::Running));
+        let queued = self
+            .ready
+            .iter()
+            .chain(self.incoming.iter())
+            .map(|q| (q, Stage::Queued));
+        let waiting = self
+            .dependents
+            .values()
+            .flatten()
+            .chain(self.watched.values())
+            .map(|q| (q, Stage::WaitingForArgs));
+        let unplaced = self.unplaced.iter().map(|q| (q, Stage::Unplaced));
+        let delegated = self
+            .delegated
+            .values()
+            .map(|(q, node)| (q, Stage::Delegated(*node)));
+        running
+            .chain(queued)
+            .chain(waiting)
+            .chain(unplaced)
+            .chain(delegated)
+            .filter(|(q, stage)| keep(&q.task, *stage))
+            .take(limit)
+            .map(|(q, stage)| (q.task.clone(), stage, q.attempt))
+            .collect()
+    }
+
     /// What is free now.
     pub(crate) fn free(&self) -> &Units {
         &self.free
@@ -757,6 +803,7 @@ impl<P, W> Actions<P, W> {
         self.abort.extend(other.abort);
         self.grants.extend(other.grants);
         self.retried.extend(other.retried);
+        self.done.extend(other.done);
         self.place.extend(other.place);
     }
 }

@@ -65,6 +65,16 @@ pub struct StartContext {
     pub(crate) events: EventBus,
     /// Where a Troupe actor child reports its exit.
     pub(crate) reports: ractor::ActorRef<super::SupervisorMsg>,
+    /// The supervisor's path in its tree (`root/user/workers`).
+    pub(crate) path: Arc<str>,
+}
+
+impl StartContext {
+    /// The path of the supervisor starting this child, names from the top
+    /// of its tree (`root/user/workers`).
+    pub fn supervisor_path(&self) -> &str {
+        &self.path
+    }
 }
 
 /// A running child: a ractor actor linked to its supervisor, or a Troupe
@@ -107,6 +117,13 @@ impl Running {
         match self {
             Running::Cell(cell) => Member::Cell(cell.get_id()),
             Running::Native(child) => Member::Native(child.actor, child.incarnation),
+        }
+    }
+
+    pub(crate) fn actor_id(&self) -> Option<ActorId> {
+        match self {
+            Running::Cell(_) => None,
+            Running::Native(child) => Some(child.actor),
         }
     }
 
@@ -231,7 +248,7 @@ impl ChildSpec {
                 spec.events = ctx.events.clone();
             }
             async move {
-                super::Supervisor::spawn_linked(spec, ctx.supervisor)
+                super::Supervisor::spawn_child(spec, &ctx)
                     .await
                     .map(|sup| sup.cell())
             }

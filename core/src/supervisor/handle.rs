@@ -20,6 +20,12 @@ impl SupervisorRef {
         &self.name
     }
 
+    /// Its path in its tree, names from the top (`root/user/workers`); a
+    /// supervisor spawned on its own is its name.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The supervisor's actor cell (to link to it, or to count its children).
     pub fn cell(&self) -> ActorCell {
         self.actor.get_cell()
@@ -36,6 +42,7 @@ impl SupervisorRef {
             supervisor: self.actor.get_cell(),
             events: self.events.clone(),
             reports: self.actor.clone(),
+            path: self.path.clone(),
         };
         let running = match (spec.start)(ctx).await {
             Ok(running) => running,
@@ -104,18 +111,16 @@ impl SupervisorRef {
 
     /// The children in start order.
     pub async fn which_children(&self) -> Result<Vec<ChildInfo>, SupervisorError> {
-        match self
-            .actor
-            .call(SupervisorMsg::WhichChildren, Some(CALL_TIMEOUT))
-            .await
-        {
-            Ok(CallResult::Success(children)) => Ok(children),
-            Ok(CallResult::Timeout) => Err(SupervisorError::Timeout {
-                supervisor: self.name.to_string(),
-                after: CALL_TIMEOUT,
-            }),
-            _ => Err(SupervisorError::Down(self.name.to_string())),
-        }
+        self.which_children_within(CALL_TIMEOUT).await
+    }
+
+    /// The children in start order, waiting at most `timeout` for the
+    /// supervisor to answer (one busy restarting a slow child may not).
+    pub async fn which_children_within(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<ChildInfo>, SupervisorError> {
+        children_of(&self.actor, &self.name, timeout).await
     }
 
     /// Whether the supervisor is running.
@@ -138,5 +143,24 @@ impl SupervisorRef {
             }
             _ => true,
         }
+    }
+}
+
+/// Asks the supervisor `actor` for its children, within `timeout`.
+pub(crate) async fn children_of(
+    actor: &ractor::ActorRef<SupervisorMsg>,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<ChildInfo>, SupervisorError> {
+    match actor
+        .call(SupervisorMsg::WhichChildren, Some(timeout))
+        .await
+    {
+        Ok(CallResult::Success(children)) => Ok(children),
+        Ok(CallResult::Timeout) => Err(SupervisorError::Timeout {
+            supervisor: name.to_owned(),
+            after: timeout,
+        }),
+        _ => Err(SupervisorError::Down(name.to_owned())),
     }
 }

@@ -41,6 +41,7 @@ pub use child::{ChildExit, ChildSpec, Restart, Shutdown, StartContext, DEFAULT_S
 #[doc(hidden)]
 pub use child::{NativeChild, NativeControl, Running};
 pub use event::{EventBus, SupervisionEvent};
+pub(crate) use handle::children_of;
 pub use policy::{Backoff, Intensity};
 pub use spec::SupervisorSpec;
 
@@ -107,8 +108,31 @@ impl fmt::Display for ChildKey {
     }
 }
 
+/// Why something failed last, and when.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastFailure {
+    /// What happened (a panic's message, an error, "killed").
+    pub reason: String,
+    /// When, in microseconds since the Unix epoch.
+    pub at_us: u64,
+}
+
+impl LastFailure {
+    /// A failure now.
+    pub fn now(reason: impl Into<String>) -> Self {
+        let at_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Self {
+            reason: reason.into(),
+            at_us,
+        }
+    }
+}
+
 /// One child as [`SupervisorRef::which_children`] reports it.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ChildInfo {
     /// Its key.
     pub key: ChildKey,
@@ -122,6 +146,22 @@ pub struct ChildInfo {
     pub actor: Option<ActorCell>,
     /// Restarts so far.
     pub restarts: u32,
+    /// The Troupe actor, if the child is one.
+    pub actor_id: Option<crate::ids::ActorId>,
+    /// Why it failed last (an abnormal exit or a failed restart), if it
+    /// ever did.
+    pub last_failure: Option<LastFailure>,
+}
+
+impl ChildInfo {
+    /// Whether the child is itself a supervisor (its children can be
+    /// listed in turn).
+    pub fn supervisor(&self) -> Option<ractor::ActorRef<SupervisorMsg>> {
+        self.actor
+            .as_ref()
+            .filter(|cell| cell.get_type_id() == std::any::TypeId::of::<SupervisorMsg>())
+            .map(|cell| ractor::ActorRef::from(cell.clone()))
+    }
 }
 
 /// Messages a supervisor accepts. Use [`SupervisorRef`] rather than sending
@@ -168,6 +208,9 @@ struct Child {
     spec: ChildSpec,
     running: Option<Running>,
     restarts: u32,
+    last_failure: Option<LastFailure>,
+    /// The Troupe actor it runs, if it runs one (the same over restarts).
+    actor_id: Option<crate::ids::ActorId>,
 }
 
 impl Child {
@@ -199,6 +242,7 @@ pub struct SupervisorState {
     /// arrived yet (supervision events overtake ordinary messages).
     early_exits: HashMap<Member, Exit>,
     window: Window,
+    _alive: Option<AliveGauge>,
 }
 
 /// The supervisor actor. Spawn it with [`Supervisor::spawn`], or nest it with
@@ -207,6 +251,8 @@ pub struct Supervisor {
     spec: SupervisorSpec,
     /// Child keys, shared with [`SupervisorRef`] so callers allocate them.
     keys: Arc<AtomicU64>,
+    /// Its path in its tree (`root/user/workers`).
+    path: Arc<str>,
 }
 
 /// A handle to a running supervisor.
@@ -214,6 +260,7 @@ pub struct Supervisor {
 pub struct SupervisorRef {
     actor: ActorRef<SupervisorMsg>,
     name: Arc<str>,
+    path: Arc<str>,
     keys: Arc<AtomicU64>,
     events: EventBus,
 }
@@ -232,7 +279,8 @@ impl Supervisor {
     /// child fails to start, those already started are stopped in reverse
     /// order and the error names the child.
     pub async fn spawn(spec: SupervisorSpec) -> Result<SupervisorRef, SpawnError> {
-        Self::start(spec, None).await
+        let path = spec.name.clone();
+        Self::start(spec, None, path).await
     }
 
     /// Starts a supervisor linked to `parent`.
@@ -240,12 +288,24 @@ impl Supervisor {
         spec: SupervisorSpec,
         parent: ActorCell,
     ) -> Result<SupervisorRef, SpawnError> {
-        Self::start(spec, Some(parent)).await
+        let path = spec.name.clone();
+        Self::start(spec, Some(parent), path).await
+    }
+
+    /// Starts a supervisor as the child a start function is starting
+    /// (linked to that supervisor, its path under that one's).
+    pub async fn spawn_child(
+        spec: SupervisorSpec,
+        ctx: &StartContext,
+    ) -> Result<SupervisorRef, SpawnError> {
+        let path: Arc<str> = format!("{}/{}", ctx.path, spec.name).into();
+        Self::start(spec, Some(ctx.supervisor.clone()), path).await
     }
 
     async fn start(
         spec: SupervisorSpec,
         parent: Option<ActorCell>,
+        path: Arc<str>,
     ) -> Result<SupervisorRef, SpawnError> {
         let name = spec.name.clone();
         let events = spec.events.clone();
@@ -253,6 +313,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             spec,
             keys: keys.clone(),
+            path: path.clone(),
         };
         let started = match parent {
             Some(parent) => ractor::Actor::spawn_linked(None, supervisor, (), parent).await,
@@ -262,6 +323,7 @@ impl Supervisor {
             .map(|(actor, _)| SupervisorRef {
                 actor,
                 name: name.clone(),
+                path,
                 keys,
                 events,
             })
@@ -282,6 +344,7 @@ impl Supervisor {
             supervisor: myself.get_cell(),
             events: self.spec.events.clone(),
             reports: myself.clone(),
+            path: self.path.clone(),
         };
         (spec.start)(ctx).await
     }
@@ -437,6 +500,8 @@ impl Supervisor {
                         .get_mut(key)
                         .ok_or("child vanished while restarting")?;
                     child.restarts += 1;
+                    child.last_failure =
+                        Some(LastFailure::now(format!("failed to restart: {err}")));
                     let verdict = state.window.after_failed_start(
                         child.rules(),
                         child.restarts,
@@ -477,6 +542,7 @@ impl Supervisor {
         child.running = None;
         let id = child.spec.id.clone();
         if exit.abnormal {
+            child.last_failure = Some(LastFailure::now(exit.reason.clone()));
             tracing::warn!(supervisor = %self.spec.name, child = %id, reason = %exit.reason, "child failed");
         } else {
             tracing::debug!(supervisor = %self.spec.name, child = %id, reason = %exit.reason, "child stopped");
@@ -562,6 +628,7 @@ impl ractor::Actor for Supervisor {
             linked: HashMap::new(),
             early_exits: HashMap::new(),
             window: Window::new(self.spec.intensity, self.spec.backoff),
+            _alive: None,
         };
         for spec in &self.spec.children {
             match self.run_start(&myself, spec).await {
@@ -572,8 +639,10 @@ impl ractor::Actor for Supervisor {
                         key,
                         Child {
                             spec: spec.clone(),
+                            actor_id: running.actor_id(),
                             running: Some(running),
                             restarts: 0,
+                            last_failure: None,
                         },
                     );
                     self.emit(|| SupervisionEvent::ChildStarted {
@@ -593,6 +662,7 @@ impl ractor::Actor for Supervisor {
             }
         }
         tracing::debug!(supervisor = %self.spec.name, children = state.children.len(), "supervisor started");
+        state._alive = Some(AliveGauge::new(SUPERVISOR_TYPE));
         Ok(state)
     }
 
@@ -627,8 +697,10 @@ impl ractor::Actor for Supervisor {
                     key,
                     Child {
                         spec,
+                        actor_id: running.actor_id(),
                         running: Some(running),
                         restarts: 0,
+                        last_failure: None,
                     },
                 );
                 match early {
@@ -666,6 +738,8 @@ impl ractor::Actor for Supervisor {
                         running: child.running.is_some(),
                         actor: child.running.as_ref().and_then(Running::cell),
                         restarts: child.restarts,
+                        actor_id: child.actor_id,
+                        last_failure: child.last_failure.clone(),
                     })
                     .collect();
                 let _ = reply.send(children);
@@ -709,6 +783,30 @@ impl ractor::Actor for Supervisor {
         };
         self.exited(&myself, state, Member::Cell(cell.get_id()), exit)
             .await
+    }
+}
+
+/// The type supervisors count as in `troupe_actors_alive`.
+const SUPERVISOR_TYPE: &str = "troupe::supervisor";
+
+/// Counts a ractor actor in the `troupe_actors_alive{type}` gauge while it
+/// lives. Keep it in the actor's state, which ractor drops however the
+/// actor ends (its `post_stop` is skipped after a failure or a kill); the
+/// runtime's supervisors and system actors do.
+#[derive(Debug)]
+pub struct AliveGauge(&'static str);
+
+impl AliveGauge {
+    /// Counts one more actor of `actor_type` until dropped.
+    pub fn new(actor_type: &'static str) -> Self {
+        metrics::gauge!("troupe_actors_alive", "type" => actor_type).increment(1.0);
+        Self(actor_type)
+    }
+}
+
+impl Drop for AliveGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("troupe_actors_alive", "type" => self.0).decrement(1.0);
     }
 }
 

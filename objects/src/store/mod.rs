@@ -187,6 +187,9 @@ pub(crate) struct Inner {
     next: AtomicU64,
     pub(crate) objects: DashMap<ObjectId, Entry, crate::IdHashing>,
     in_memory: AtomicU64,
+    /// Bytes (as they were in memory) and number of objects on disk.
+    spilled_bytes: AtomicU64,
+    spilled_objects: AtomicU64,
     clock: AtomicU64,
     pub(crate) config: StoreConfig,
     /// Bumped whenever an object settles: `wait` sleeps on it.
@@ -209,6 +212,10 @@ pub(crate) struct Inner {
     stuck: AtomicBool,
     pub(crate) pool: Arc<Pool>,
     directory: OnceLock<Arc<dyn ObjectDirectory>>,
+    /// Metrics of the hot paths, registered once with the recorder
+    /// installed when the store is made.
+    memory_gauge: metrics::Gauge,
+    pub(crate) put_bytes: metrics::Counter,
 }
 
 impl Inner {
@@ -247,10 +254,27 @@ impl Inner {
     }
 
     fn after_growth(&self, now: u64) {
-        metrics::gauge!("troupe_object_store_memory_bytes").set(now as f64);
+        self.memory_gauge.set(now as f64);
         if now > self.threshold() {
             self.spill_wanted.notify_one();
         }
+    }
+
+    /// An object went to disk (`size`: its bytes in memory).
+    pub(crate) fn spilled(&self, size: u64) {
+        let now = self.spilled_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        self.spilled_objects.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!("troupe_object_store_spilled_bytes").set(now as f64);
+    }
+
+    /// An object left the disk (restored, or freed while spilled).
+    pub(crate) fn unspilled(&self, size: u64) {
+        let now = self
+            .spilled_bytes
+            .fetch_sub(size, Ordering::AcqRel)
+            .saturating_sub(size);
+        self.spilled_objects.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("troupe_object_store_spilled_bytes").set(now as f64);
     }
 
     pub(crate) fn unaccount(&self, size: u64) {
@@ -258,7 +282,7 @@ impl Inner {
             return;
         }
         let now = self.in_memory.fetch_sub(size, Ordering::AcqRel) - size;
-        metrics::gauge!("troupe_object_store_memory_bytes").set(now as f64);
+        self.memory_gauge.set(now as f64);
         if self.room_waiters.load(Ordering::Acquire) > 0 {
             self.room.notify_waiters();
         }
@@ -357,6 +381,7 @@ impl Inner {
             State::Ready(_) => self.unaccount(entry.size),
             State::Spilled(path) => {
                 let _ = std::fs::remove_file(path);
+                self.unspilled(entry.size);
             }
             State::Pending(notify) => notify.notify_waiters(),
             _ => {}
@@ -412,8 +437,12 @@ pub struct ObjectInfo {
     pub state: std::borrow::Cow<'static, str>,
     /// Whether a local ref to it is alive.
     pub referenced: bool,
+    /// How many local refs to it are alive (clones of an `ObjectRef`).
+    pub refs: usize,
     /// Other nodes that borrow it.
     pub borrowers: Vec<NodeId>,
+    /// The node its value lives on or came from, when not made here.
+    pub location: Option<NodeId>,
 }
 
 /// Keeps a spiller attached while it lives (see [`ObjectStore::attach_spiller`]).
@@ -446,6 +475,8 @@ impl ObjectStore {
                 next: AtomicU64::new(0),
                 objects: DashMap::with_hasher(crate::IdHashing::default()),
                 in_memory: AtomicU64::new(0),
+                spilled_bytes: AtomicU64::new(0),
+                spilled_objects: AtomicU64::new(0),
                 clock: AtomicU64::new(0),
                 config,
                 completions,
@@ -457,6 +488,8 @@ impl ObjectStore {
                 stuck: AtomicBool::new(false),
                 pool,
                 directory: OnceLock::new(),
+                memory_gauge: metrics::gauge!("troupe_object_store_memory_bytes"),
+                put_bytes: metrics::counter!("troupe_object_store_put_bytes_total"),
             }),
         }
     }
@@ -490,6 +523,25 @@ impl ObjectStore {
     /// Bytes of objects held in memory.
     pub fn in_memory_bytes(&self) -> u64 {
         self.inner.in_memory.load(Ordering::Acquire)
+    }
+
+    /// Bytes of objects on disk (as they were in memory) and how many
+    /// objects that is.
+    pub fn spilled(&self) -> (u64, u64) {
+        (
+            self.inner.spilled_bytes.load(Ordering::Acquire),
+            self.inner.spilled_objects.load(Ordering::Acquire),
+        )
+    }
+
+    /// Refreshes the store's gauges that are not kept live (the number of
+    /// objects, the budget): called when metrics are sampled.
+    pub fn sample_metrics(&self) {
+        metrics::gauge!("troupe_object_store_objects").set(self.len() as f64);
+        metrics::gauge!("troupe_object_store_memory_bytes").set(self.in_memory_bytes() as f64);
+        metrics::gauge!("troupe_object_store_budget_bytes")
+            .set(self.inner.config.memory_budget as f64);
+        metrics::gauge!("troupe_object_store_spilled_bytes").set(self.spilled().0 as f64);
     }
 
     /// Bytes of freed buffers kept for reuse by byte objects.
@@ -548,9 +600,15 @@ impl ObjectStore {
 
     /// A snapshot of every object, for the state API.
     pub fn list(&self) -> Vec<ObjectInfo> {
+        self.list_some(usize::MAX)
+    }
+
+    /// A snapshot of at most `limit` objects (in no particular order).
+    pub fn list_some(&self, limit: usize) -> Vec<ObjectInfo> {
         self.inner
             .objects
             .iter()
+            .take(limit)
             .map(|e| ObjectInfo {
                 id: *e.key(),
                 type_name: e.kind.type_name().to_owned(),
@@ -564,7 +622,12 @@ impl ObjectStore {
                 }
                 .into(),
                 referenced: e.handle.strong_count() > 0,
+                refs: e.handle.strong_count(),
                 borrowers: e.borrowers.clone(),
+                location: match &e.state {
+                    State::Remote { location } => location.or(e.origin),
+                    _ => e.origin,
+                },
             })
             .collect()
     }

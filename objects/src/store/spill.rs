@@ -154,6 +154,7 @@ impl ObjectStore {
             }
             if spilled {
                 inner.unaccount(size);
+                inner.spilled(size);
                 report.objects += 1;
                 report.bytes += size;
                 metrics::counter!("troupe_object_store_spilled_bytes_total").increment(size);
@@ -213,11 +214,13 @@ impl ObjectStore {
         };
         let size = (codec.size)(&*value);
         let mut restored = false;
+        let mut spilled_size = 0;
         let value = match inner.objects.get_mut(&id) {
             Some(mut entry) => match &entry.state {
                 // Another reader restored it first: share theirs.
                 State::Ready(theirs) => theirs.clone(),
                 State::Spilled(_) => {
+                    spilled_size = entry.size;
                     entry.state = State::Ready(value.clone());
                     entry.size = size;
                     entry.last_used.store(inner.tick(), Ordering::Relaxed);
@@ -230,6 +233,7 @@ impl ObjectStore {
         };
         if restored {
             let _ = std::fs::remove_file(&path);
+            inner.unspilled(spilled_size);
             inner.account(size);
             metrics::counter!("troupe_object_store_restored_bytes_total").increment(size);
         }

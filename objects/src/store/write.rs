@@ -83,7 +83,7 @@ impl ObjectStore {
     fn insert_admitted<T: Object>(&self, value: T, size: u64) -> ObjectRef<T> {
         let r = self.insert(self.mint(), self.ready_entry(Arc::new(value), size));
         self.inner.after_growth(self.in_memory_bytes());
-        metrics::counter!("troupe_object_store_put_bytes_total").increment(size);
+        self.inner.put_bytes.increment(size);
         r
     }
 

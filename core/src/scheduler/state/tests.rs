@@ -140,7 +140,8 @@ fn panics_are_retried_up_to_max_retries_and_errors_only_when_asked() {
         Outcome::Failed(Failure::Panicked("boom".into())),
         &settled.f(),
     );
-    assert_eq!(a.retried, vec![(t.id, 1)]);
+    let retried: Vec<_> = a.retried.iter().map(|(t, n)| (t.id, *n)).collect();
+    assert_eq!(retried, vec![(t.id, 1)]);
     assert_eq!(a.launch[0].attempt, 2);
     let a = s.finished(
         t.id,
@@ -160,6 +161,36 @@ fn panics_are_retried_up_to_max_retries_and_errors_only_when_asked() {
         "an Err is not retried without retry_exceptions"
     );
     assert_eq!(a.give_up.len(), 1);
+}
+
+#[test]
+fn the_state_api_sees_each_task_where_it_is_and_done_is_reported_once() {
+    let mut settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let running = task(1, cpus(1), vec![]);
+    let queued = task(2, cpus(1), vec![]);
+    let waiting = task(3, cpus(1), running.results.clone());
+    for t in [&running, &queued, &waiting] {
+        let _ = s.submit(t.clone(), &settled.f());
+    }
+    let stage_of = |s: &S, seq: u64| {
+        s.list(10, &|_, _| true)
+            .into_iter()
+            .find(|(t, ..)| t.id.seq == seq)
+            .map(|(_, stage, attempt)| (stage, attempt))
+    };
+    assert_eq!(stage_of(&s, 1), Some((Stage::Running, 1)));
+    assert_eq!(stage_of(&s, 2), Some((Stage::Queued, 1)));
+    assert_eq!(stage_of(&s, 3), Some((Stage::WaitingForArgs, 1)));
+    let only_queued = s.list(10, &|_, stage| stage == Stage::Queued);
+    assert_eq!(only_queued.len(), 1);
+    assert_eq!(s.list(1, &|_, _| true).len(), 1, "the limit holds");
+
+    settled.0.extend(running.results.iter().copied());
+    let a = s.finished(running.id, Outcome::Done, &settled.f());
+    let done: Vec<_> = a.done.iter().map(|(t, n)| (t.id.seq, *n)).collect();
+    assert_eq!(done, [(1, 1)]);
+    assert_eq!(stage_of(&s, 1), None, "finished tasks leave the scheduler");
 }
 
 #[test]
@@ -339,8 +370,13 @@ proptest! {
         let mut lent: BTreeMap<u64, u32> = BTreeMap::new();
         let mut ended: HashSet<u64> = HashSet::new();
         let mut given_up: HashSet<u64> = HashSet::new();
+        let done: std::cell::RefCell<HashSet<u64>> = Default::default();
         let apply = |a: Actions<T, u32>, running: &mut BTreeMap<u64, u32>,
                          settled: &mut Settled, given_up: &mut HashSet<u64>, lent: &mut BTreeMap<u64, u32>| {
+            for (t, _) in &a.done {
+                prop_assert!(done.borrow_mut().insert(t.id.seq), "reported done twice");
+                prop_assert!(!given_up.contains(&t.id.seq), "done after it was given up");
+            }
             for l in &a.launch {
                 prop_assert!(running.insert(l.task.id.seq, l.attempt).is_none(), "launched twice");
             }
@@ -350,6 +386,7 @@ proptest! {
             }
             for (t, _) in &a.give_up {
                 prop_assert!(given_up.insert(t.id.seq), "given up twice");
+                prop_assert!(!done.borrow().contains(&t.id.seq), "given up after it was done");
                 settled.0.extend(t.results.iter().copied());
             }
             Ok(())
@@ -423,6 +460,12 @@ proptest! {
                 .map(|seq| tasks[*seq as usize].needs.cpus)
                 .sum();
             prop_assert_eq!(s.free().cpus + held, 3000);
+            // The state API lists every unfinished task once.
+            let listed = s.list(usize::MAX, &|_, _| true);
+            let c = s.counts();
+            prop_assert_eq!(listed.len(), c.queued + c.waiting_for_args + c.running + c.unplaced + c.delegated);
+            let ids: HashSet<u64> = listed.iter().map(|(t, ..)| t.id.seq).collect();
+            prop_assert_eq!(ids.len(), listed.len(), "listed twice");
         }
         // Drain: finish whatever runs until nothing does.
         for _ in 0..1000 {

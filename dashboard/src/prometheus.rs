@@ -1,0 +1,148 @@
+//! The Prometheus endpoint: installs a Prometheus recorder as the
+//! process's `metrics` recorder (once per process: a recorder is
+//! process-wide by the `metrics` crate's design), and serves its text
+//! format at `/metrics`, refreshing the runtime's sampled gauges first.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State as Extract;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
+use troupe_core::Runtime;
+
+use crate::server::{guard, local_addr, HostGuard, Served};
+use crate::{bind, DashboardError};
+
+/// Seconds: scheduling latency (tens of µs to seconds), run and spill times.
+const BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// How often the recorder drains its histograms when nobody scrapes.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static INSTALL: Mutex<()> = Mutex::new(());
+
+/// The process's Prometheus recorder: installed by the first metrics
+/// endpoint, shared by the next ones (one per runtime).
+pub(crate) fn recorder() -> Result<PrometheusHandle, DashboardError> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), BUCKETS)
+        .map_err(|e| DashboardError::Recorder(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| DashboardError::RecorderTaken)?;
+    let _ = HANDLE.set(handle.clone());
+    Ok(handle)
+}
+
+/// The metrics service: Prometheus's text format at `/metrics` on one
+/// address. Add it with [`ConfigExt::metrics_addr`](crate::ConfigExt).
+///
+/// It installs a Prometheus recorder as the process's `metrics` recorder
+/// when the runtime starts booting (its `prepare`), before the runtime
+/// registers its metric handles, so every metric Troupe records is there
+/// (and your own `metrics` calls too). Starting
+/// it fails with [`DashboardError::RecorderTaken`] if another recorder is
+/// installed. Runtimes of one process share the recorder: each endpoint
+/// serves the whole process's metrics.
+#[derive(Clone, Debug)]
+pub struct MetricsExporter {
+    addr: String,
+}
+
+impl MetricsExporter {
+    /// Its name among the runtime's services.
+    pub const NAME: &'static str = "metrics";
+
+    /// An endpoint on `addr` (`ip:port`; port 0 picks a free one).
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self { addr: addr.into() }
+    }
+}
+
+impl RuntimeService for MetricsExporter {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    /// Installs the recorder before the runtime's parts register their
+    /// metrics.
+    fn prepare(&self) -> Result<(), ServiceError> {
+        recorder()?;
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        runtime: &Runtime,
+    ) -> BoxFuture<'static, Result<Box<dyn RunningService>, ServiceError>> {
+        let addr = self.addr.clone();
+        let runtime = runtime.downgrade();
+        Box::pin(async move {
+            let handle = recorder()?;
+            let listener = bind(&addr).await?;
+            let local = local_addr(&listener)?;
+            if !local.ip().is_loopback() {
+                tracing::warn!(addr = %local, "the metrics endpoint answers on a non-loopback address");
+            }
+            let app = Router::new()
+                .route("/metrics", get(scrape))
+                .route("/", get(scrape))
+                .with_state(Scrape {
+                    runtime,
+                    handle: handle.clone(),
+                })
+                .layer(axum::middleware::from_fn_with_state(
+                    HostGuard::for_addr(local),
+                    guard,
+                ));
+            let mut served = Served::start(listener, format!("http://{local}/metrics"), app);
+            served.helpers.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(UPKEEP).await;
+                    handle.run_upkeep();
+                }
+            }));
+            Ok(Box::new(served) as Box<dyn RunningService>)
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Scrape {
+    runtime: WeakRuntime,
+    handle: PrometheusHandle,
+}
+
+async fn scrape(Extract(scrape): Extract<Scrape>) -> Response {
+    match scrape.runtime.upgrade() {
+        Some(runtime) if !runtime.is_shut_down() => runtime.sample_metrics(),
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the runtime has shut down\n",
+            )
+                .into_response()
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        scrape.handle.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,315 @@
+//! The dashboard and the Prometheus endpoint over HTTP (the browser test
+//! is `dashboard_browser.rs`): the page and its assets, the state API as
+//! JSON and its errors, live updates over server-sent events, the Host
+//! guard, the timeline download, metrics, bad addresses, and that nothing
+//! answers once the runtime has shut down.
+//!
+//! In its own binary: the metrics endpoint installs the process's
+//! Prometheus recorder.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::{self, authority, Events};
+use troupe::dashboard::{self as dash, ConfigExt, Dashboard};
+use troupe::prelude::*;
+
+#[troupe::remote]
+fn add_one(x: u64) -> u64 {
+    x + 1
+}
+
+#[troupe::remote]
+fn refuse(why: String) -> Result<u64, String> {
+    Err(why)
+}
+
+struct Fragile;
+
+#[troupe::actor]
+impl Fragile {
+    pub fn crash(&self) {
+        panic!("crashed on purpose")
+    }
+    pub fn ok(&self) -> bool {
+        true
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The restarts of the in-place actor `id` in a snapshot's tree.
+fn restarts_of(snapshot: &serde_json::Value, id: &str) -> Option<u64> {
+    let user = snapshot["state"]["supervisors"]["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == "user")?;
+    user["supervisor"]["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)?["restarts"]
+        .as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_serves_the_page_the_api_and_live_updates() {
+    let rt = troupe::init(
+        Config::default()
+            .service(Dashboard::new("127.0.0.1:0").interval(Duration::from_millis(100)))
+            .metrics_addr("127.0.0.1:0"),
+    )
+    .await
+    .unwrap();
+    let url = dash::url(&rt).expect("the dashboard runs");
+    let at = authority(&url);
+    assert!(at.starts_with("127.0.0.1:"), "loopback: {url}");
+
+    // The page and its assets, embedded, with a strict content policy.
+    let page = http::get(&at, "/").await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>Troupe dashboard</title>"));
+    assert!(!page.body.contains("http://") && !page.body.contains("https://"));
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+    for (path, kind) in [
+        ("/assets/app.js", "javascript"),
+        ("/assets/style.css", "css"),
+    ] {
+        let asset = http::get(&at, path).await.unwrap();
+        assert_eq!(asset.status, 200, "{path}");
+        assert!(asset.header("content-type").unwrap().contains(kind));
+        // The SVG namespace is a name, not a place anything loads from.
+        let body = asset.body.replace("http://www.w3.org/2000/svg", "");
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{path} loads nothing from elsewhere"
+        );
+    }
+    assert_eq!(http::get(&at, "/healthz").await.unwrap().body, "ok\n");
+    assert_eq!(http::get(&at, "/nope").await.unwrap().status, 404);
+
+    // A known workload: tasks (one failing), an actor that will crash.
+    for i in 0..3 {
+        rt.get(&add_one::remote(&rt, i)).await.unwrap();
+    }
+    let refused = refuse::remote(&rt, "not today".to_owned());
+    assert!(rt.get(&refused).await.is_err());
+    let fragile = rt
+        .spawn_actor(ActorOptions::new().name("fragile").max_restarts(5), || {
+            Fragile
+        })
+        .await
+        .unwrap();
+    let fragile_id = fragile.info().to_string();
+
+    // The state API as JSON, with filters; bad filters say what to use.
+    let state = http::get(&at, "/api/state?state=failed").await.unwrap();
+    assert_eq!(state.status, 200);
+    let state = json(&state.body);
+    let tasks = state["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["state"], "Failed");
+    assert!(tasks[0]["error"].as_str().unwrap().contains("not today"));
+    assert_eq!(
+        state["node"],
+        rt.node_id().to_string(),
+        "ids are strings in JSON"
+    );
+    let by_function = json(
+        &http::get(&at, "/api/state?function=add_one&limit=2")
+            .await
+            .unwrap()
+            .body,
+    );
+    assert_eq!(by_function["tasks"].as_array().unwrap().len(), 2);
+    let bad = http::get(&at, "/api/state?state=sleeping").await.unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("failed"), "{}", bad.body);
+
+    // A request naming another host (DNS rebinding) is refused.
+    let rebound = http::get_as(&at, "/api/state", "evil.example:80")
+        .await
+        .unwrap();
+    assert_eq!(rebound.status, 403);
+    assert!(
+        http::get_as(
+            &at,
+            "/",
+            &format!("localhost:{}", at.split(':').nth(1).unwrap())
+        )
+        .await
+        .unwrap()
+        .status
+            == 200
+    );
+
+    // Live updates: a snapshot at once, then the restart after a crash.
+    let mut events = Events::open(&at, "/api/events").await.unwrap();
+    let (name, data) = events.next_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(name, "snapshot");
+    let first = json(&data);
+    assert_eq!(restarts_of(&first, &fragile_id), Some(0), "{first:#}");
+    assert!(first["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["kind"] == "task"));
+    assert!(fragile.crash().await.is_err());
+    assert!(fragile.ok().await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no update showed the restart"
+        );
+        let (_, data) = events.next_within(Duration::from_secs(10)).await.unwrap();
+        let snapshot = json(&data);
+        if restarts_of(&snapshot, &fragile_id) == Some(1) {
+            break snapshot;
+        }
+    };
+    let failures = restarted["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f["kind"] == "actor"
+            && f["reason"].as_str().unwrap().contains("crashed on purpose")),
+        "{failures:?}"
+    );
+    assert!(
+        !restarted["store"].as_array().unwrap().is_empty(),
+        "store samples"
+    );
+    let latest = json(&http::get(&at, "/api/snapshot").await.unwrap().body);
+    assert!(
+        latest["state"]["summary"]["functions"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    );
+
+    // The timeline: refused until recorded, then a Chrome trace.
+    let refused = http::get(&at, "/api/timeline").await.unwrap();
+    assert_eq!(refused.status, 409);
+    assert!(refused.body.contains("record_timeline"));
+    rt.record_timeline(true);
+    rt.get(&add_one::remote(&rt, 9)).await.unwrap();
+    let trace = http::get(&at, "/api/timeline").await.unwrap();
+    assert_eq!(trace.status, 200);
+    let trace = json(&trace.body);
+    assert!(trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["ph"] == "X" && e["cat"] == "task"));
+
+    // Prometheus: Troupe's metrics, labelled by function.
+    let metrics_url = dash::metrics_url(&rt).expect("the metrics endpoint runs");
+    let scraped = http::get(&authority(&metrics_url), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(scraped.status, 200);
+    let text = scraped.body;
+    let finished = text
+        .lines()
+        .find(|l| l.starts_with("troupe_tasks_finished_total{") && l.contains("add_one"))
+        .unwrap_or_else(|| panic!("no finished count for add_one in:\n{text}"));
+    assert!(finished.ends_with(" 4"), "{finished}");
+    assert!(
+        text.contains("troupe_task_scheduling_latency_seconds_bucket{"),
+        "histograms have buckets"
+    );
+    assert!(text.contains("troupe_supervisor_restarts_total{supervisor=\"user\"}"));
+    assert!(
+        text.contains("troupe_scheduler_queued_tasks"),
+        "sampled gauges are fresh"
+    );
+
+    // Shut down: the services stop first, and the ports close.
+    rt.shutdown().await.unwrap();
+    assert!(
+        events.next_within(Duration::from_secs(5)).await.is_err(),
+        "the stream ended"
+    );
+    assert!(
+        http::get(&at, "/").await.is_err(),
+        "nothing answers any more"
+    );
+    assert!(http::get(&authority(&metrics_url), "/metrics")
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_addresses_fail_init_with_an_error_that_says_what_to_do() {
+    let err = troupe::init(Config::default().dashboard("localhost-ish:80"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("dashboard") && text.contains("127.0.0.1:8265"),
+        "{text}"
+    );
+
+    // A taken port: the second runtime cannot have it.
+    let first = troupe::init(Config::default().dashboard("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let taken = authority(&dash::url(&first).unwrap());
+    let err = troupe::init(Config::default().dashboard(taken.clone()))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&taken) && text.contains("another port"),
+        "{text}"
+    );
+    first.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_left_open_costs_nothing_once_closed() {
+    let rt = troupe::init(
+        Config::default()
+            .service(Dashboard::new("127.0.0.1:0").interval(Duration::from_millis(20))),
+    )
+    .await
+    .unwrap();
+    let at = authority(&dash::url(&rt).unwrap());
+    let mut events = Events::open(&at, "/api/events").await.unwrap();
+    events.next_within(Duration::from_secs(10)).await.unwrap();
+    events.next_within(Duration::from_secs(10)).await.unwrap();
+    let status = |body: &str| {
+        let v = json(body);
+        (v["clients"].as_u64().unwrap(), v["polls"].as_u64().unwrap())
+    };
+    let (clients, polls) = status(&http::get(&at, "/api/status").await.unwrap().body);
+    assert_eq!(clients, 1);
+    assert!(polls >= 2);
+    drop(events);
+    // With no page open, the poller stops asking for the state.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stopped_at = loop {
+        let (clients, polls) = status(&http::get(&at, "/api/status").await.unwrap().body);
+        if clients == 0 {
+            break polls;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed page is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Ten intervals later, at most the poll in flight when it left.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, polls) = status(&http::get(&at, "/api/status").await.unwrap().body);
+    assert!(
+        polls <= stopped_at + 1,
+        "it kept polling: {stopped_at} then {polls}"
+    );
+    rt.shutdown().await.unwrap();
+}
