@@ -253,11 +253,14 @@ async fn the_task_history_is_bounded_and_lists_are_limited() {
         .unwrap();
     let refs: Vec<_> = (0..20).map(|i| double::remote(&rt, i)).collect();
     rt.get_many(&refs, None).await.unwrap();
+    // A task's end is recorded just after its value is readable: poll.
+    eventually("every end recorded", || {
+        rt.summary().functions.first().map(|f| f.finished) == Some(20)
+    })
+    .await;
+    // Counts stay complete whatever the history keeps.
     let finished = rt.tasks(&TaskFilter::new().state(TaskState::Finished));
     assert_eq!(finished.len(), 5, "only the last five are kept");
-    // Counts stay complete whatever the history keeps.
-    let summary = rt.summary();
-    assert_eq!(summary.functions[0].finished, 20);
     let state = rt.state_with(&StateQuery::new().limit(1)).await;
     assert!(state.objects.len() <= 1);
     rt.shutdown().await.unwrap();
@@ -287,6 +290,12 @@ async fn the_timeline_is_a_chrome_trace_with_one_event_per_task() {
         actor.ping().await.unwrap();
     }
     rt.record_timeline(false);
+    // An attempt's event is recorded just after its value is readable (and
+    // it is recorded if recording was on when it started): poll.
+    eventually("every event recorded", || {
+        rt.timeline_events().0.len() >= 10 + 3 + 2 + 4
+    })
+    .await;
     // Not recorded: off again.
     rt.get(&double::remote(&rt, 99)).await.unwrap();
 

@@ -19,6 +19,9 @@ struct Listed {
 pub(crate) struct Directory {
     live: DashMap<ActorId, Listed, troupe_objects::IdHashing>,
     names: DashMap<String, ActorId>,
+    /// `troupe_actors_alive{type}` per actor type, registered once: a
+    /// labelled gauge built per spawn costs two allocations.
+    alive: DashMap<String, metrics::Gauge>,
 }
 
 /// One actor as the state API lists it.
@@ -47,6 +50,7 @@ impl Default for Directory {
         Self {
             live: DashMap::with_hasher(troupe_objects::IdHashing::default()),
             names: DashMap::new(),
+            alive: DashMap::new(),
         }
     }
 }
@@ -64,16 +68,27 @@ impl Directory {
     }
 
     pub(crate) fn add(&self, control: Arc<dyn Control>, in_place: bool) {
-        metrics::gauge!("troupe_actors_alive", "type" => control.info().type_name.clone())
-            .increment(1.0);
+        self.alive_gauge(&control.info().type_name).increment(1.0);
         self.live
             .insert(control.info().id, Listed { control, in_place });
+    }
+
+    fn alive_gauge(&self, type_name: &str) -> metrics::Gauge {
+        if let Some(gauge) = self.alive.get(type_name) {
+            return gauge.clone();
+        }
+        self.alive
+            .entry(type_name.to_owned())
+            .or_insert_with(
+                || metrics::gauge!("troupe_actors_alive", "type" => type_name.to_owned()),
+            )
+            .clone()
     }
 
     /// The actor died for good: it leaves the list, and its name is free.
     pub(crate) fn remove(&self, info: &ActorInfo) {
         if self.live.remove(&info.id).is_some() {
-            metrics::gauge!("troupe_actors_alive", "type" => info.type_name.clone()).decrement(1.0);
+            self.alive_gauge(&info.type_name).decrement(1.0);
         }
         if let Some(name) = &info.name {
             self.names.remove_if(name, |_, holder| *holder == info.id);

@@ -187,7 +187,7 @@ pub(crate) struct Slot<A: Actor> {
     last_failure: Mutex<Option<LastFailure>>,
     /// The path of its supervisor (`root/user`, or in a tree of yours,
     /// set when the tree starts it).
-    supervisor: Mutex<Arc<str>>,
+    supervisor: Mutex<Option<Arc<str>>>,
 }
 
 impl<A: Actor> Slot<A> {
@@ -213,7 +213,7 @@ impl<A: Actor> Slot<A> {
             on_dead: Mutex::new(Vec::new()),
             directory,
             last_failure: Mutex::new(None),
-            supervisor: Mutex::new(Arc::from("")),
+            supervisor: Mutex::new(None),
         }
     }
 
@@ -232,7 +232,7 @@ impl<A: Actor> Slot<A> {
 
     /// Sets the path of the supervisor running it.
     pub(crate) fn supervised_by(&self, path: Arc<str>) {
-        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = path;
+        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
     }
 
     pub(crate) fn supervisor_path(&self) -> Arc<str> {
@@ -240,6 +240,7 @@ impl<A: Actor> Slot<A> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Sends a call. If the actor is dead for good the call fails at once,

@@ -297,6 +297,12 @@ impl Inner {
                     let pending = std::mem::replace(&mut entry.state, state);
                     entry.size = size;
                     entry.last_used.store(self.tick(), Ordering::Relaxed);
+                    // Counted while the entry is locked: a free of it (its
+                    // last ref dropped on another thread) takes the lock
+                    // next, and uncounts what is counted already.
+                    if size > 0 {
+                        self.account(size);
+                    }
                     match pending {
                         State::Pending(notify) => Some(notify),
                         _ => None,
@@ -308,9 +314,6 @@ impl Inner {
             None => None,
         };
         let Some(notify) = notify else { return };
-        if size > 0 {
-            self.account(size);
-        }
         notify.notify_waiters();
         self.completions.send_modify(|n| *n = n.wrapping_add(1));
     }

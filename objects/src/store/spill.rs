@@ -224,6 +224,9 @@ impl ObjectStore {
                     entry.state = State::Ready(value.clone());
                     entry.size = size;
                     entry.last_used.store(inner.tick(), Ordering::Relaxed);
+                    // Counted under the entry's lock, before a free of it
+                    // can uncount it (see `settle`).
+                    inner.account(size);
                     restored = true;
                     value
                 }
@@ -234,7 +237,6 @@ impl ObjectStore {
         if restored {
             let _ = std::fs::remove_file(&path);
             inner.unspilled(spilled_size);
-            inner.account(size);
             metrics::counter!("troupe_object_store_restored_bytes_total").increment(size);
         }
         Ok(value)
