@@ -132,7 +132,9 @@ impl History {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            ring: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            // Grown as tasks finish: a runtime that runs few tasks never pays for
+            // the ring, and a start allocates nothing for it.
+            ring: Mutex::new(VecDeque::new()),
         }
     }
 
