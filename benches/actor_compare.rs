@@ -29,7 +29,7 @@
 //!   ractor's `cast`, kameo's `tell`), then one call that returns how many
 //!   the actor processed (checked), so that the rate counts processing.
 //!
-//! Rates use the method of `benches/perf.rs` (Ray's `timeit`): warm up for
+//! Rates use `benches/harness`'s `timeit` (Ray's method): warm up for
 //! 1 s, then 4 runs of 2 s; the mean is printed, the standard deviation goes
 //! to stderr. `TROUPE_PERF_QUICK=1` shortens the runs and spawns 2,000 idle
 //! actors instead of 10,000.
@@ -53,7 +53,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod harness;
+use harness::{rss_bytes, timeit, Timing};
 
 /// Counts heap allocations and live bytes, for the allocation rows. Off
 /// under the `mimalloc` feature, which installs its own global allocator.
@@ -485,67 +488,6 @@ mod kameo_side {
 /// The frameworks, in the order they are measured and printed.
 const FRAMEWORKS: [&str; 3] = ["troupe", "ractor", "kameo"];
 
-struct Timing {
-    warmup: Duration,
-    run: Duration,
-    runs: usize,
-    idle_actors: usize,
-}
-
-impl Timing {
-    fn from_env() -> Self {
-        if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
-            Timing {
-                warmup: Duration::from_millis(100),
-                run: Duration::from_millis(200),
-                runs: 2,
-                idle_actors: 2_000,
-            }
-        } else {
-            Timing {
-                warmup: Duration::from_secs(1),
-                run: Duration::from_secs(2),
-                runs: 4,
-                idle_actors: 10_000,
-            }
-        }
-    }
-}
-
-/// Ray's `timeit`, as in `benches/perf.rs`: runs `step` (which does
-/// `per_step` operations) repeatedly; the mean and standard deviation of
-/// operations per second.
-async fn timeit<F, Fut>(timing: &Timing, per_step: u64, mut step: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let began = Instant::now();
-    while began.elapsed() < timing.warmup {
-        step().await;
-    }
-    let mut rates = Vec::with_capacity(timing.runs);
-    for _ in 0..timing.runs {
-        let began = Instant::now();
-        let mut steps = 0u64;
-        while began.elapsed() < timing.run {
-            step().await;
-            steps += 1;
-        }
-        rates.push((steps * per_step) as f64 / began.elapsed().as_secs_f64());
-    }
-    let mean = rates.iter().sum::<f64>() / rates.len() as f64;
-    let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
-    (mean, var.sqrt())
-}
-
-fn rss_bytes() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
-}
-
 /// One printed row: a metric's value for each framework.
 struct Row {
     name: &'static str,
@@ -655,7 +597,7 @@ fn main() {
     if report.wants("idle_actor_rss_bytes") || report.wants("idle_actor_heap_bytes") {
         // All three frameworks' actors are held at once: nothing is freed
         // between them, so none reuses memory another one gave back.
-        let n = Timing::from_env().idle_actors;
+        let n = if harness::quick() { 2_000 } else { 10_000 };
         let (t, r, k) = (troupe.clone(), ractor.clone(), kameo.clone());
         let measured = bench.run(async move {
             let (troupe_bytes, troupe_held) = idle_actors(&*t, n).await;

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use troupe::prelude::*;
 
+mod harness;
+use harness::{timeit, Timing};
+
 /// A small HTTP client (GET, server-sent events) for the dashboard's bench.
 #[cfg(feature = "dashboard")]
 #[path = "../tests/common/http.rs"]
@@ -46,56 +49,6 @@ impl Noop {
     }
 }
 
-struct Timing {
-    warmup: Duration,
-    run: Duration,
-    runs: usize,
-}
-
-impl Timing {
-    fn from_env() -> Self {
-        if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
-            Timing {
-                warmup: Duration::from_millis(100),
-                run: Duration::from_millis(200),
-                runs: 2,
-            }
-        } else {
-            Timing {
-                warmup: Duration::from_secs(1),
-                run: Duration::from_secs(2),
-                runs: 4,
-            }
-        }
-    }
-}
-
-/// Ray's `timeit`: runs `step` (which does `per_step` operations) repeatedly
-/// and returns the mean and standard deviation of operations per second.
-async fn timeit<F, Fut>(timing: &Timing, per_step: u64, mut step: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let began = Instant::now();
-    while began.elapsed() < timing.warmup {
-        step().await;
-    }
-    let mut rates = Vec::with_capacity(timing.runs);
-    for _ in 0..timing.runs {
-        let began = Instant::now();
-        let mut steps = 0u64;
-        while began.elapsed() < timing.run {
-            step().await;
-            steps += 1;
-        }
-        rates.push((steps * per_step) as f64 / began.elapsed().as_secs_f64());
-    }
-    let mean = rates.iter().sum::<f64>() / rates.len() as f64;
-    let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
-    (mean, var.sqrt())
-}
-
 /// Runs a measurement in a task on the runtime, as a service's code would
 /// run (not on the calling thread, which would add a wake-up per step).
 fn on_runtime(
@@ -113,10 +66,7 @@ fn report(metric: &str, value: f64, unit: &str, std: Option<f64>) {
 }
 
 fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    harness::rss_bytes().map(|bytes| bytes / (1024.0 * 1024.0))
 }
 
 /// In a fresh child process: start a runtime, let it idle, print its RSS.
@@ -361,7 +311,7 @@ fn dashboard_overhead(plain: &Runtime, wanted: &dyn Fn(&str) -> bool) {
     };
     // Short runs in alternating pairs, so that the shared machine's drift
     // hits both alike; the ratio is the median of the pairs'.
-    let (pairs, length, warmup) = if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+    let (pairs, length, warmup) = if harness::quick() {
         (2, Duration::from_millis(200), Duration::from_millis(100))
     } else {
         (12, Duration::from_secs(1), Duration::from_secs(1))
@@ -449,7 +399,7 @@ fn soak(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
     if !wanted("soak_1m_tasks_rss_growth_mib") {
         return;
     }
-    let warmup_waves = if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+    let warmup_waves = if harness::quick() {
         5
     } else {
         SOAK_WARMUP_WAVES
@@ -459,7 +409,7 @@ fn soak(rt: &Runtime, wanted: &dyn Fn(&str) -> bool) {
         .and_then(|n| n.parse().ok())
     {
         n
-    } else if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
+    } else if harness::quick() {
         50_000
     } else {
         1_000_000
@@ -669,11 +619,7 @@ fn median_secs(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
 /// Spilling 100 MB byte objects, beside a plain sequential write of the
 /// same bytes to the same directory (the disk's reference, same run).
 fn spill(runtime: &Runtime) {
-    let runs = if std::env::var_os("TROUPE_PERF_QUICK").is_some() {
-        3
-    } else {
-        9
-    };
+    let runs = if harness::quick() { 3 } else { 9 };
     let dir = std::env::temp_dir().join(format!("troupe-perf-spill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("spill dir");
