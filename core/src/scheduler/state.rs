@@ -320,27 +320,12 @@ impl<P: Payload, W> State<P, W> {
         settled: &dyn Fn(ObjectId) -> bool,
     ) -> Actions<P, W> {
         let mut actions = Actions::default();
-        let Some((mut queued, _)) = self.delegated.remove(&id) else {
+        let Some((queued, _)) = self.delegated.remove(&id) else {
             return actions; // cancelled meanwhile
         };
-        match outcome {
-            Outcome::Done => {
-                self.done(&queued.task);
-                actions.done.push((queued.task, queued.attempt));
-            }
-            Outcome::Failed(failure) => {
-                if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt) {
-                    actions.retried.push((queued.task.clone(), queued.attempt));
-                    queued.attempt += 1;
-                    actions.place.push(queued);
-                } else {
-                    self.untrack(&queued.task);
-                    let attempts = queued.attempt;
-                    actions
-                        .give_up
-                        .push((queued.task, GiveUp::Failed { attempts, failure }));
-                }
-            }
+        // A retry is placed afresh: the node it ran on may be gone.
+        if let Some(again) = self.attempt_ended(queued, outcome, &mut actions) {
+            actions.place.push(again);
         }
         self.step(settled, &mut actions);
         actions
@@ -379,33 +364,13 @@ impl<P: Payload, W> State<P, W> {
         if let Some(active) = self.running.remove(&id) {
             self.release(&active);
             let Active {
-                mut queued,
-                cancelled,
-                ..
+                queued, cancelled, ..
             } = active;
             if cancelled {
                 self.untrack(&queued.task);
-            } else {
-                match outcome {
-                    Outcome::Done => {
-                        self.done(&queued.task);
-                        actions.done.push((queued.task, queued.attempt));
-                    }
-                    Outcome::Failed(failure) => {
-                        if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt)
-                        {
-                            actions.retried.push((queued.task.clone(), queued.attempt));
-                            queued.attempt += 1;
-                            self.ready.push_front(queued);
-                        } else {
-                            self.untrack(&queued.task);
-                            let attempts = queued.attempt;
-                            actions
-                                .give_up
-                                .push((queued.task, GiveUp::Failed { attempts, failure }));
-                        }
-                    }
-                }
+            } else if let Some(again) = self.attempt_ended(queued, outcome, &mut actions) {
+                // A retry goes first: it has waited its turn once already.
+                self.ready.push_front(again);
             }
         }
         self.step(settled, &mut actions);
@@ -414,6 +379,37 @@ impl<P: Payload, W> State<P, W> {
 
     /// A task's results are stored: it is finished, and what waited for
     /// them moves on.
+    /// One attempt's outcome: done, given up, or (returned) to run again
+    /// with its attempt counted; the caller decides where it queues.
+    fn attempt_ended(
+        &mut self,
+        mut queued: Queued<P>,
+        outcome: Outcome,
+        actions: &mut Actions<P, W>,
+    ) -> Option<Queued<P>> {
+        match outcome {
+            Outcome::Done => {
+                self.done(&queued.task);
+                actions.done.push((queued.task, queued.attempt));
+                None
+            }
+            Outcome::Failed(failure) => {
+                if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt) {
+                    actions.retried.push((queued.task.clone(), queued.attempt));
+                    queued.attempt += 1;
+                    Some(queued)
+                } else {
+                    self.untrack(&queued.task);
+                    let attempts = queued.attempt;
+                    actions
+                        .give_up
+                        .push((queued.task, GiveUp::Failed { attempts, failure }));
+                    None
+                }
+            }
+        }
+    }
+
     fn done(&mut self, task: &P) {
         self.untrack(task);
         self.results_settled(task.results());
