@@ -272,8 +272,10 @@ mod ractor_side {
         Told(RpcReplyPort<u64>),
     }
 
-    // No `impl ractor::Message`: with ractor's `cluster` feature off (as in
-    // every embedded build) its blanket impl covers every type.
+    // With ractor's `cluster` feature on (a workspace build links
+    // troupe-cluster) a message type needs its own impl; off, ractor's
+    // blanket impl covers it and this expands to nothing.
+    troupe::local_message!(RactorMsg);
 
     impl ractor::Actor for RactorCounter {
         type Msg = RactorMsg;

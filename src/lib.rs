@@ -25,6 +25,7 @@
 //!
 //! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
 
+pub use troupe_core::local_message;
 pub use troupe_core::{
     actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
     task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef,
@@ -47,6 +48,21 @@ pub use troupe_gpu as gpu;
 #[cfg(feature = "dashboard")]
 pub use troupe_dashboard as dashboard;
 
+/// Clusters of nodes (the `cluster` feature): `Config::connect(addr)` for a
+/// driver, [`cluster::ClusterNode`] and [`cluster::ClusterOptions`] for
+/// nodes, the `troupe` command line in [`cluster::cli`].
+#[cfg(feature = "cluster")]
+pub use troupe_cluster as cluster;
+
+/// Running the `troupe` commands from the user's own binary (the
+/// `cluster` feature): call [`node::main_if_requested`] first in `main`,
+/// then `my_program troupe start --address HOST:PORT` starts a node that
+/// runs this program's remote functions.
+#[cfg(feature = "cluster")]
+pub mod node {
+    pub use troupe_cluster::cli::main_if_requested;
+}
+
 /// With the `mimalloc` feature, Troupe installs mimalloc as the global
 /// allocator (actor creation is allocation-bound; see the README).
 #[cfg(feature = "mimalloc")]
@@ -58,6 +74,9 @@ pub use troupe_core::__private;
 
 /// The names most programs need.
 pub mod prelude {
+    /// `Config::connect(addr)` and `.cluster_node(options)`.
+    #[cfg(feature = "cluster")]
+    pub use troupe_cluster::ConfigExt as _;
     pub use troupe_core::supervisor::{
         Backoff, ChildSpec, Intensity, Restart, Shutdown, Strategy, SupervisionEvent, Supervisor,
         SupervisorRef, SupervisorSpec,

@@ -1,5 +1,141 @@
-//! Troupe's cluster layer: nodes joining through `ractor_cluster`, heartbeats,
-//! failure detection, a chunked data path for large objects.
+//! Troupe's cluster: nodes that join through `ractor_cluster`, a head that
+//! keeps the directory and detects failures, a chunked data path for large
+//! objects, and core's seams (placement, remote execution, the object
+//! directory) implemented over them.
 //!
-//! Not implemented yet. It will plug into `troupe-core` through traits core
-//! defines; core never opens a socket.
+//! Every node runs the same program (Rust cannot ship a closure): remote
+//! functions and actor types are registered by name at link time, and a
+//! node whose registry differs from the cluster's is refused.
+//!
+//! ```no_run
+//! use troupe_cluster::ConfigExt;
+//! use troupe_core::Config;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A driver joining a head started with `troupe start --head`:
+//! let rt = troupe_core::init(Config::connect("127.0.0.1:6380")).await?;
+//! // ... submit tasks: what does not fit here runs on the cluster ...
+//! rt.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod agent;
+pub mod cli;
+pub mod cookie;
+mod data_path;
+pub mod membership;
+mod node;
+pub mod placement;
+pub mod protocol;
+
+use std::path::PathBuf;
+
+pub use agent::{TransportError, AGENT_GROUP, MAX_PENDING_PER_PEER};
+pub use data_path::{DataClient, DataError, DataLimits, DataServer};
+pub use membership::Detector;
+pub use node::{ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, SERVICE_NAME};
+pub use protocol::{Member, MemberState, Role};
+use troupe_core::Config;
+
+/// The environment variable a driver reads the head's address from.
+pub const ADDRESS_ENV: &str = "TROUPE_ADDRESS";
+
+/// What can go wrong joining or running a cluster node. Each says what to
+/// do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// Nothing (or nothing that speaks Troupe) answered at the address.
+    #[error("cannot reach the head at {addr}: {reason} (is it running? start one with `troupe start --head`)")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The head closed the session during authentication.
+    #[error("the head at {addr} refused this node's cookie: use the cluster's cookie (TROUPE_COOKIE, TROUPE_COOKIE_FILE, or the cookie file the head wrote)")]
+    CookieRefused {
+        /// The head's address.
+        addr: String,
+    },
+    /// The head refused the join (another build, another protocol).
+    #[error("the head refused this node: {0}")]
+    Refused(String),
+    /// No cookie was configured.
+    #[error("no cluster cookie: set TROUPE_COOKIE or TROUPE_COOKIE_FILE, or copy the head's cookie file to {}", looked_in.display())]
+    NoCookie {
+        /// Where one was looked for last.
+        looked_in: PathBuf,
+    },
+    /// A cookie file could not be read or written.
+    #[error("cookie file {}: {source}", path.display())]
+    CookieFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A socket could not be opened.
+    #[error("cannot listen on {addr}: {source} (is the port in use? pick another with --port)")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A part of the node did not start.
+    #[error("the cluster node could not start {0}")]
+    Start(String),
+    /// A second node in one process.
+    #[error("this process already runs a cluster node (ractor_cluster's sessions and process groups are process-wide): one node per process")]
+    OnePerProcess,
+    /// The node has not joined (yet), or has left.
+    #[error("this node is not part of a cluster (not joined yet, or it left)")]
+    NotJoined,
+    /// A peer answered something this protocol does not expect.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A request failed in transport.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// `TROUPE_ADDRESS` is unset.
+    #[error("TROUPE_ADDRESS is not set: pass the head's address (`host:port`)")]
+    NoAddress,
+}
+
+/// Cluster options on [`Config`].
+pub trait ConfigExt: Sized {
+    /// A driver's config joining the head at `address` (`host:port`). The
+    /// driver offers no resources of its own unless given some
+    /// (`.resources(..)` after this): its tasks run on the cluster.
+    fn connect(address: impl Into<String>) -> Config;
+
+    /// [`connect`](Self::connect) to the address in `TROUPE_ADDRESS`.
+    fn connect_from_env() -> Result<Config, ClusterError>;
+
+    /// This config, as a member of a cluster with these options.
+    fn cluster_node(self, options: ClusterOptions) -> Config;
+}
+
+impl ConfigExt for Config {
+    fn connect(address: impl Into<String>) -> Config {
+        Config::default()
+            .resources(troupe_core::Resources::default())
+            .cluster_node(ClusterOptions::driver(address))
+    }
+
+    fn connect_from_env() -> Result<Config, ClusterError> {
+        let address = std::env::var(ADDRESS_ENV)
+            .ok()
+            .filter(|a| !a.is_empty())
+            .ok_or(ClusterError::NoAddress)?;
+        Ok(<Config as ConfigExt>::connect(address))
+    }
+
+    fn cluster_node(self, options: ClusterOptions) -> Config {
+        ClusterNode::new(options).configure(self)
+    }
+}

@@ -105,4 +105,39 @@ pub mod __private {
     pub use crate::spec::Arg;
     pub use futures::future::BoxFuture;
     pub use inventory;
+    pub use ractor;
+}
+
+/// Makes your own ractor message types usable in a build with ractor's
+/// `cluster` feature on (any build that links `troupe-cluster`): there,
+/// ractor no longer implements `ractor::Message` for every type, so each
+/// local message type needs an (empty) impl; elsewhere this expands to
+/// nothing. Troupe actors (`#[troupe::actor]`) need nothing.
+///
+/// ```
+/// enum PingMsg { Ping }
+/// troupe_core::local_message!(PingMsg);
+/// ```
+#[cfg(feature = "cluster")]
+#[macro_export]
+macro_rules! local_message {
+    ($($t:ty),+ $(,)?) => {
+        $(impl $crate::__private::ractor::Message for $t {})+
+    };
+}
+
+/// Makes your own ractor message types usable in a build with ractor's
+/// `cluster` feature on (any build that links `troupe-cluster`): there,
+/// ractor no longer implements `ractor::Message` for every type, so each
+/// local message type needs an (empty) impl; elsewhere this expands to
+/// nothing. Troupe actors (`#[troupe::actor]`) need nothing.
+///
+/// ```
+/// enum PingMsg { Ping }
+/// troupe_core::local_message!(PingMsg);
+/// ```
+#[cfg(not(feature = "cluster"))]
+#[macro_export]
+macro_rules! local_message {
+    ($($t:ty),+ $(,)?) => {};
 }

@@ -24,6 +24,9 @@ pub struct PlacementRequest<'a> {
     pub needs: &'a Resources,
     /// Whether this node could ever run it.
     pub feasible_here: bool,
+    /// Whether it fits this node's free resources now (with a cluster, a
+    /// task that does not is offered to the hook: spillback).
+    pub fits_now: bool,
 }
 
 /// Where a task goes.
@@ -43,8 +46,9 @@ pub enum PlacementDecision {
 /// Decides where tasks that this node cannot run go (a node joining a
 /// cluster sets one; with none, such a task fails as infeasible).
 ///
-/// Asked only for tasks this node can never run, or that ask for another
-/// node (`SchedulingStrategy`): a task that fits here never pays for it.
+/// Asked only for tasks this node cannot run now (never, or not with its
+/// free resources), that ask for another node, or that ask to be spread
+/// (`SchedulingStrategy`): a task that fits here now never pays for it.
 pub trait Placement: Send + Sync + 'static {
     /// Where `request`'s task should run.
     fn place(&self, request: &PlacementRequest<'_>) -> PlacementDecision;

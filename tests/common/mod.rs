@@ -93,6 +93,10 @@ pub enum ProbeMsg {
     Ping(RpcReplyPort<&'static str>),
 }
 
+// A workspace build links troupe-cluster, which turns on ractor's `cluster`
+// feature: then a local message type needs its own (empty) impl.
+troupe::local_message!(ProbeMsg);
+
 impl ractor::Actor for Probe {
     type Msg = ProbeMsg;
     type State = ();

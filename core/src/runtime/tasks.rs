@@ -122,4 +122,10 @@ impl Runtime {
     pub fn available_resources(&self) -> crate::Resources {
         self.inner.scheduler.available()
     }
+
+    /// What this node offers in all (its config's resources, detected GPUs
+    /// included): what a cluster advertises for it.
+    pub fn total_resources(&self) -> crate::Resources {
+        self.inner.scheduler.capacity().clone()
+    }
 }

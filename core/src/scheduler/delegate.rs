@@ -18,15 +18,26 @@ impl Scheduler {
     /// Asks the placement hook where a task this node cannot run goes.
     pub(super) fn place(self: &Arc<Self>, queued: Queued<TaskRef>) {
         let task = queued.task.0.clone();
-        let feasible_here = self.lock().feasible(&task.needs);
+        let (feasible_here, fits_now) = {
+            let state = self.lock();
+            (
+                state.feasible(&task.needs),
+                task.needs.fits_in(state.free()),
+            )
+        };
+        // A task delegated here by its owner is not sent on: the owner
+        // decided, and a second hop could bring it back to a node that
+        // already ran it.
+        let owned_here = task.spec.owner == self.node;
         let decision = match &self.placement {
-            Some(hook) => hook.place(&PlacementRequest {
+            Some(hook) if owned_here => hook.place(&PlacementRequest {
                 spec: &task.spec,
                 needs: &task.resources,
                 feasible_here,
+                fits_now,
             }),
-            None if feasible_here => PlacementDecision::Here,
-            None => PlacementDecision::Infeasible,
+            _ if feasible_here => PlacementDecision::Here,
+            _ => PlacementDecision::Infeasible,
         };
         let actions = match decision {
             PlacementDecision::Here if feasible_here => {

@@ -396,12 +396,22 @@ impl Scheduler {
             self.fail(&task, err);
             return;
         }
+        // With a cluster (a placement hook), the hook also decides spread
+        // tasks, affinity to another node, and tasks that do not fit this
+        // node's free resources now (spillback); alone, a feasible task
+        // queues here.
+        // A task another node delegated here runs here: its owner placed it.
+        let clustered = self.placement.is_some() && task.spec.owner == self.node;
         let elsewhere = match task.spec.options.get_scheduling_strategy() {
-            SchedulingStrategy::NodeAffinity { node, soft: false } => *node != self.node,
+            SchedulingStrategy::NodeAffinity { node, soft } => {
+                *node != self.node && (!soft || clustered)
+            }
+            SchedulingStrategy::Spread => clustered,
             _ => false,
         };
         let mut state = self.lock();
-        if elsewhere || !state.feasible(&task.needs) {
+        let spill = clustered && !task.needs.fits_in(state.free());
+        if elsewhere || spill || !state.feasible(&task.needs) {
             drop(state);
             self.place(Queued {
                 task: TaskRef(task),

@@ -57,6 +57,18 @@ impl ObjectStore {
         self.inner.last_ref_dropped(id);
     }
 
+    /// Where `id`'s value is, as this store knows it: `None` if this store
+    /// does not know `id`; `Some(None)` if the value is (or will be) here;
+    /// `Some(Some(node))` if it lives on `node` (a result kept where it was
+    /// made). How an owner answers a borrower asking where to read from.
+    pub fn location(&self, id: ObjectId) -> Option<Option<NodeId>> {
+        let entry = self.inner.objects.get(&id)?;
+        Some(match &entry.state {
+            State::Remote { location } => location.or(entry.origin),
+            _ => None,
+        })
+    }
+
     /// The nodes borrowing `id`.
     pub fn borrowers(&self, id: ObjectId) -> Vec<NodeId> {
         self.inner

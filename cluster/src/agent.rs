@@ -1,0 +1,444 @@
+//! The node agent: the one remotable actor of a node (ractor_cluster
+//! mirrors every remotable actor on every peer, so Troupe exposes exactly
+//! one), and the transport built on it: requests with ids, a table of
+//! pending replies that fails every outstanding request with a node-died
+//! error when the peer's session ends, and notices.
+//!
+//! Agents find each other through a ractor process group: each joins
+//! [`AGENT_GROUP`] under the name `troupe.agent.<node id>`, and a session
+//! coming up makes the peer's agent appear in the group (a pg join event),
+//! going down makes it leave.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{mpsc, oneshot, watch};
+use troupe_core::NodeId;
+
+use crate::protocol::{Frame, FrameError, Notice, Reply, Request};
+
+/// The process group every node agent joins.
+pub const AGENT_GROUP: &str = "troupe.agents";
+
+/// The most requests one node may have waiting on one peer: past it, a
+/// request fails at once instead of growing memory (a peer that stops
+/// answering cannot make its callers queue without bound).
+pub const MAX_PENDING_PER_PEER: usize = 1 << 16;
+
+/// The agent's ractor name for a node.
+pub fn agent_name(node: NodeId) -> String {
+    format!("troupe.agent.{}", node.0)
+}
+
+fn node_of_agent(name: &str) -> Option<NodeId> {
+    name.strip_prefix("troupe.agent.")?.parse().ok().map(NodeId)
+}
+
+/// A frame's bytes: the only message type that crosses ractor_cluster.
+#[derive(Debug)]
+pub struct AgentMessage(pub Vec<u8>);
+
+impl ractor::BytesConvertable for AgentMessage {
+    fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        AgentMessage(bytes)
+    }
+}
+
+/// What the agent hands to its node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A decoded frame (boxed: frames are large, peer events small).
+    Frame(Box<Frame>),
+    /// A peer's agent appeared (its session is ready).
+    PeerUp(NodeId),
+    /// A peer's agent went away (its session ended).
+    PeerDown(NodeId),
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The peer's session ended (or it was declared dead) first.
+    #[error("node {0} died (or its session ended) before answering")]
+    NodeDied(NodeId),
+    /// No session to the peer, within the connect timeout.
+    #[error("no session to node {0}: it is unknown, unreachable, or gone")]
+    NoSession(NodeId),
+    /// Too many requests already wait on this peer.
+    #[error("{MAX_PENDING_PER_PEER} requests already wait on node {0}; try again later")]
+    Backpressure(NodeId),
+    /// The request could not be encoded.
+    #[error("{0}")]
+    Frame(String),
+    /// No answer in time.
+    #[error("node {0} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+}
+
+impl From<FrameError> for TransportError {
+    fn from(e: FrameError) -> Self {
+        TransportError::Frame(e.to_string())
+    }
+}
+
+struct Waiting {
+    node: NodeId,
+    reply: oneshot::Sender<Result<Reply, TransportError>>,
+}
+
+/// Requests, replies and notices between this node and its peers.
+pub struct Transport {
+    me: NodeId,
+    peers: DashMap<NodeId, ActorRef<AgentMessage>>,
+    /// Bumped whenever a peer comes up (waiters for a session re-check).
+    peers_changed: watch::Sender<u64>,
+    pending: DashMap<u64, Waiting>,
+    pending_per_peer: DashMap<NodeId, usize>,
+    next_id: AtomicU64,
+}
+
+impl Transport {
+    /// A transport for node `me`.
+    pub fn new(me: NodeId) -> Arc<Self> {
+        Arc::new(Transport {
+            me,
+            peers: DashMap::new(),
+            peers_changed: watch::channel(0).0,
+            pending: DashMap::new(),
+            pending_per_peer: DashMap::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// Whether a session to `node` is up.
+    pub fn connected(&self, node: NodeId) -> bool {
+        self.peers.contains_key(&node)
+    }
+
+    /// The peers with a session up.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.peers.iter().map(|e| *e.key()).collect()
+    }
+
+    fn peer_up(&self, node: NodeId, agent: ActorRef<AgentMessage>) {
+        self.peers.insert(node, agent);
+        self.peers_changed.send_modify(|n| *n += 1);
+    }
+
+    /// `node`'s session ended (or it was declared dead): every request
+    /// waiting on it fails with [`TransportError::NodeDied`].
+    pub fn peer_down(&self, node: NodeId) {
+        self.peers.remove(&node);
+        let ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|e| e.value().node == node)
+            .map(|e| *e.key())
+            .collect();
+        for id in ids {
+            if let Some((_, waiting)) = self.pending.remove(&id) {
+                let _ = waiting.reply.send(Err(TransportError::NodeDied(node)));
+            }
+        }
+        self.pending_per_peer.remove(&node);
+    }
+
+    /// Waits up to `timeout` for a session to `node`.
+    pub async fn session(
+        &self,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<ActorRef<AgentMessage>, TransportError> {
+        let mut changed = self.peers_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(agent) = self.peers.get(&node) {
+                return Ok(agent.clone());
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(TransportError::NoSession(node)),
+            }
+        }
+    }
+
+    fn send(&self, agent: &ActorRef<AgentMessage>, frame: &Frame) -> Result<(), TransportError> {
+        let bytes = frame.encode()?;
+        metrics::counter!("troupe_cluster_frames_sent_total").increment(1);
+        metrics::counter!("troupe_cluster_control_bytes_sent_total").increment(bytes.len() as u64);
+        agent
+            .cast(AgentMessage(bytes))
+            .map_err(|_| TransportError::NoSession(agent_node(agent).unwrap_or(self.me)))
+    }
+
+    /// Sends `body` to `node` and waits for its reply (or its death).
+    pub async fn request(
+        &self,
+        node: NodeId,
+        body: Request,
+        connect_timeout: Duration,
+    ) -> Result<Reply, TransportError> {
+        let agent = self.session(node, connect_timeout).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut count = self.pending_per_peer.entry(node).or_insert(0);
+            if *count >= MAX_PENDING_PER_PEER {
+                return Err(TransportError::Backpressure(node));
+            }
+            *count += 1;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, Waiting { node, reply: tx });
+        let frame = Frame::Request {
+            id,
+            from: self.me,
+            body,
+        };
+        if let Err(err) = self.send(&agent, &frame) {
+            self.settle(id);
+            return Err(err);
+        }
+        // The peer may have gone between the lookup and the insert.
+        if !self.peers.contains_key(&node) {
+            if let Some((_, w)) = self.pending.remove(&id) {
+                self.release_slot(node);
+                let _ = w.reply.send(Err(TransportError::NodeDied(node)));
+            }
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::NodeDied(node)),
+        }
+    }
+
+    fn settle(&self, id: u64) -> Option<Waiting> {
+        let (_, waiting) = self.pending.remove(&id)?;
+        self.release_slot(waiting.node);
+        Some(waiting)
+    }
+
+    fn release_slot(&self, node: NodeId) {
+        if let Some(mut count) = self.pending_per_peer.get_mut(&node) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// A reply arrived.
+    pub fn complete(&self, id: u64, body: Reply) {
+        if let Some(waiting) = self.settle(id) {
+            let _ = waiting.reply.send(Ok(body));
+        }
+    }
+
+    /// Answers request `id` of `node`.
+    pub fn reply(&self, node: NodeId, id: u64, body: Reply) {
+        let Some(agent) = self.peers.get(&node).map(|a| a.clone()) else {
+            tracing::debug!(%node, "no session left to reply on");
+            return;
+        };
+        let frame = Frame::Reply { id, body };
+        if let Err(err) = self.send(&agent, &frame) {
+            // Too large to send back: answer with the error instead, so
+            // the requester is not left waiting.
+            tracing::warn!(%node, %err, "reply not sent");
+            let fallback = Frame::Reply {
+                id,
+                body: Reply::Refused(err.to_string()),
+            };
+            let _ = self.send(&agent, &fallback);
+        }
+    }
+
+    /// Sends a notice to `node` if a session to it is up.
+    pub fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
+        let agent = self
+            .peers
+            .get(&node)
+            .map(|a| a.clone())
+            .ok_or(TransportError::NoSession(node))?;
+        self.send(
+            &agent,
+            &Frame::Notice {
+                from: self.me,
+                body,
+            },
+        )
+    }
+}
+
+fn agent_node(agent: &ActorRef<AgentMessage>) -> Option<NodeId> {
+    agent.get_name().as_deref().and_then(node_of_agent)
+}
+
+/// The agent actor: decodes frames from peers and follows the agent group.
+pub struct Agent {
+    /// Where frames and peer changes go.
+    pub inbound: mpsc::UnboundedSender<Inbound>,
+    /// The node's transport.
+    pub transport: Arc<Transport>,
+}
+
+impl Actor for Agent {
+    type Msg = AgentMessage;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::monitor(AGENT_GROUP.to_owned(), myself.get_cell());
+        ractor::pg::join(AGENT_GROUP.to_owned(), vec![myself.get_cell()]);
+        // Agents that were already known when this one started.
+        for cell in ractor::pg::get_members(&AGENT_GROUP.to_owned()) {
+            self.follow(cell, true);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::demonitor(AGENT_GROUP.to_owned(), myself.get_id());
+        ractor::pg::leave(AGENT_GROUP.to_owned(), vec![myself.get_cell()]);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: AgentMessage,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        metrics::counter!("troupe_cluster_control_bytes_received_total")
+            .increment(message.0.len() as u64);
+        match Frame::decode(&message.0) {
+            Ok(frame) => {
+                let _ = self.inbound.send(Inbound::Frame(Box::new(frame)));
+            }
+            Err(err) => {
+                // A peer's bad bytes never stop this node.
+                metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
+                tracing::warn!(%err, bytes = message.0.len(), "dropped a malformed control frame");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(change) = event {
+            match change {
+                ractor::pg::GroupChangeMessage::Join(_, group, cells) if group == AGENT_GROUP => {
+                    for cell in cells {
+                        self.follow(cell, true);
+                    }
+                }
+                ractor::pg::GroupChangeMessage::Leave(_, group, cells) if group == AGENT_GROUP => {
+                    for cell in cells {
+                        self.follow(cell, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Agent {
+    fn follow(&self, cell: ractor::ActorCell, up: bool) {
+        if cell.get_id().is_local() {
+            return;
+        }
+        let Some(node) = cell.get_name().as_deref().and_then(node_of_agent) else {
+            return;
+        };
+        if up {
+            self.transport.peer_up(node, ActorRef::from(cell));
+            let _ = self.inbound.send(Inbound::PeerUp(node));
+        } else {
+            // Only if this cell is the one we know (a reconnect may have
+            // replaced it already).
+            let ours = self
+                .transport
+                .peers
+                .get(&node)
+                .map(|a| a.get_id() == cell.get_id())
+                .unwrap_or(false);
+            if ours {
+                self.transport.peer_down(node);
+                let _ = self.inbound.send(Inbound::PeerDown(node));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names_carry_the_node() {
+        assert_eq!(node_of_agent(&agent_name(NodeId(42))), Some(NodeId(42)));
+        assert_eq!(node_of_agent("troupe.agent.x"), None);
+        assert_eq!(node_of_agent("other"), None);
+    }
+
+    #[tokio::test]
+    async fn a_peer_going_down_fails_its_waiting_requests() {
+        let t = Transport::new(NodeId(1));
+        let (tx, rx) = oneshot::channel();
+        t.pending.insert(
+            7,
+            Waiting {
+                node: NodeId(2),
+                reply: tx,
+            },
+        );
+        let (tx2, rx2) = oneshot::channel();
+        t.pending.insert(
+            8,
+            Waiting {
+                node: NodeId(3),
+                reply: tx2,
+            },
+        );
+        t.peer_down(NodeId(2));
+        assert!(matches!(
+            rx.await,
+            Ok(Err(TransportError::NodeDied(NodeId(2))))
+        ));
+        assert_eq!(t.pending.len(), 1, "another peer's request still waits");
+        t.complete(8, Reply::Ok);
+        assert!(matches!(rx2.await, Ok(Ok(Reply::Ok))));
+    }
+
+    #[tokio::test]
+    async fn no_session_is_an_error_after_the_timeout() {
+        let t = Transport::new(NodeId(1));
+        let err = t
+            .request(NodeId(9), Request::Status, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransportError::NoSession(NodeId(9))));
+    }
+}

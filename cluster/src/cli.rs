@@ -1,0 +1,463 @@
+//! The `troupe` command line: `start` (a head, or a node joining one),
+//! `status`, `stop`. The same commands run from the `troupe` binary and
+//! from a user's own binary through [`main_if_requested`] (a node must run
+//! the user's program, which holds its remote functions and actor types).
+
+use std::ffi::{OsStr, OsString};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use troupe_core::{Config, Resources};
+
+use crate::node::{ClusterNode, ClusterOptions};
+use crate::protocol::{Member, MemberState, Role};
+use crate::{cookie, ClusterError, ADDRESS_ENV};
+
+/// Troupe's cluster commands.
+#[derive(Debug, Parser)]
+#[command(
+    name = "troupe",
+    about = "Start, inspect and stop Troupe cluster nodes",
+    version
+)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A `troupe` command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Starts a head (`--head`) or a node joining one (`--address`).
+    Start(StartArgs),
+    /// Lists the cluster's nodes: state, resources, load.
+    Status(ClientArgs),
+    /// Stops every node of the cluster, then its head (a clean leave).
+    Stop(ClientArgs),
+}
+
+/// `troupe start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Start the head (it keeps the directory and runs tasks too).
+    #[arg(long, conflicts_with = "address", required_unless_present = "address")]
+    pub head: bool,
+    /// The head to join (`host:port`).
+    #[arg(long, env = ADDRESS_ENV)]
+    pub address: Option<String>,
+    /// The control port (the head's default: 6380; nodes: any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The data path's port (default: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub data_port: u16,
+    /// The interface to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// The host other nodes reach this one at (default: the bind address,
+    /// or the host name when bound to 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// CPUs offered (default: this machine's).
+    #[arg(long)]
+    pub num_cpus: Option<f64>,
+    /// GPUs offered.
+    #[arg(long)]
+    pub num_gpus: Option<f64>,
+    /// Custom resources, `name=amount,...` (e.g. `special=2`).
+    #[arg(long, default_value = "")]
+    pub resources: String,
+    /// The node's name (default: its role).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A file holding the cluster's cookie (else TROUPE_COOKIE, then the
+    /// state directory's cookie file, which a head creates).
+    #[arg(long, env = "TROUPE_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// Where cookie and node files live (default $TROUPE_HOME or ~/.troupe).
+    #[arg(long, env = "TROUPE_HOME")]
+    pub state_dir: Option<PathBuf>,
+    /// Stay in the foreground (default: start in the background, print the
+    /// address, return once the node is up).
+    #[arg(long)]
+    pub block: bool,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub heartbeat_ms: u64,
+    /// Silence, in milliseconds, after which the head declares a node dead.
+    #[arg(long, default_value_t = 1500)]
+    pub dead_after_ms: u64,
+    /// Accept another build's nodes as the cluster's build (a head started
+    /// from the `troupe` binary, which runs no user code: the first node
+    /// to join sets the build).
+    #[arg(long, hide = true)]
+    pub any_build: bool,
+}
+
+/// `troupe status` and `troupe stop`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The head (default: TROUPE_ADDRESS, then the head started on this
+    /// machine).
+    #[arg(long, env = ADDRESS_ENV)]
+    pub address: Option<String>,
+    /// A file holding the cluster's cookie.
+    #[arg(long, env = "TROUPE_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// Where cookie and node files live.
+    #[arg(long, env = "TROUPE_HOME")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Runs the `troupe` commands if this process was started as
+/// `<program> troupe <command> ...`, then exits; returns otherwise. Call it
+/// first in `main` so that the same binary is both the program and its
+/// cluster nodes:
+///
+/// ```no_run
+/// troupe_cluster::cli::main_if_requested();
+/// // ... the program ...
+/// ```
+pub fn main_if_requested() {
+    let mut args = std::env::args_os();
+    let _program = args.next();
+    if args.next().as_deref() == Some(OsStr::new("troupe")) {
+        let code = run(std::iter::once(OsString::from("troupe")).chain(args), true);
+        std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+    }
+}
+
+/// Runs one `troupe` command line (its first item is the program name).
+/// `user_build`: this binary holds the user's functions (its build is the
+/// cluster's); the `troupe` binary passes `false`.
+pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("troupe: cannot start tokio: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Start(args) if !args.block => start_detached(args),
+        Command::Start(args) => tokio.block_on(start_blocking(args, user_build)),
+        Command::Status(args) => tokio.block_on(status(args)),
+        Command::Stop(args) => tokio.block_on(stop(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("troupe: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `name=amount,...`.
+pub fn parse_resources(spec: &str) -> Result<Vec<(String, f64)>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (name, amount) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not `name=amount`"))?;
+            let amount: f64 = amount
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{amount}` in `{pair}` is not a number"))?;
+            if !amount.is_finite() || amount < 0.0 {
+                return Err(format!("`{pair}`: the amount must be a finite number ≥ 0"));
+            }
+            Ok((name.trim().to_owned(), amount))
+        })
+        .collect()
+}
+
+fn cookie_of(file: &Option<PathBuf>) -> Result<Option<String>, ClusterError> {
+    match file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|c| Some(c.trim().to_owned()))
+            .map_err(|source| ClusterError::CookieFile {
+                path: path.clone(),
+                source,
+            }),
+    }
+}
+
+fn options_of(args: &StartArgs, user_build: bool) -> Result<ClusterOptions, ClusterError> {
+    let mut options = match (&args.head, &args.address) {
+        (true, _) => ClusterOptions::head(),
+        (false, Some(address)) => ClusterOptions::worker(address.clone()),
+        (false, None) => return Err(ClusterError::NoAddress),
+    };
+    if let Some(port) = args.port {
+        options.port = port;
+    }
+    options.data_port = args.data_port;
+    options.bind = args.bind;
+    options.advertise = args.advertise.clone();
+    options.cookie = cookie_of(&args.cookie_file)?;
+    options.state_dir = args.state_dir.clone();
+    options.detector.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
+    options.detector.dead_after =
+        Duration::from_millis(args.dead_after_ms.max(args.heartbeat_ms * 3));
+    options.detector.suspect_after =
+        (options.detector.dead_after * 2 / 5).max(options.detector.heartbeat * 2);
+    if args.head && (!user_build || args.any_build) {
+        options.build_id = None;
+    }
+    Ok(options)
+}
+
+fn resources_of(args: &StartArgs) -> Result<Resources, ClusterError> {
+    let cpus = args.num_cpus.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0)
+    });
+    let mut resources = Resources::cpus(cpus);
+    if let Some(gpus) = args.num_gpus {
+        resources = resources.with_gpus(gpus);
+    }
+    for (name, amount) in parse_resources(&args.resources).map_err(ClusterError::Start)? {
+        resources = resources.with(name, amount);
+    }
+    Ok(resources)
+}
+
+async fn start_blocking(args: StartArgs, user_build: bool) -> Result<(), ClusterError> {
+    let options = options_of(&args, user_build)?;
+    let role = options.role;
+    let node = ClusterNode::new(options);
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| if role == Role::Head { "head" } else { "node" }.to_owned());
+    let config = node.configure(Config::default().name(name).resources(resources_of(&args)?));
+    let rt = troupe_core::init(config)
+        .await
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+    let address = rt
+        .services()
+        .into_iter()
+        .find(|s| s.name == crate::SERVICE_NAME)
+        .and_then(|s| s.endpoint)
+        .unwrap_or_default();
+    println!("troupe: {role:?} {} up at {address}", rt.node_id());
+    let why = tokio::select! {
+        why = node.ended() => why,
+        _ = tokio::signal::ctrl_c() => "interrupted".to_owned(),
+    };
+    println!("troupe: node {} stopping: {why}", rt.node_id());
+    let _ = tokio::time::timeout(Duration::from_secs(10), rt.shutdown()).await;
+    if why.contains("lost") {
+        return Err(ClusterError::Start(why));
+    }
+    Ok(())
+}
+
+/// Starts this same program with `--block` in the background, its output
+/// in the state directory's `logs/`, and returns once it is up (its node
+/// file appeared) or has failed (its log's tail is shown).
+fn start_detached(args: StartArgs) -> Result<(), ClusterError> {
+    let dir = cookie::state_dir(args.state_dir.as_deref());
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|source| ClusterError::CookieFile {
+        path: logs.clone(),
+        source,
+    })?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let log_path = logs.join(format!("node-{stamp}.log"));
+    let log = std::fs::File::create(&log_path).map_err(|source| ClusterError::CookieFile {
+        path: log_path.clone(),
+        source,
+    })?;
+    let err_log = log.try_clone().map_err(|source| ClusterError::CookieFile {
+        path: log_path.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(|e| ClusterError::Start(e.to_string()))?;
+    let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    argv.push("--block".into());
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0); // outlives this shell's job control
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| ClusterError::Start(format!("a background node: {e}")))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(" up at ")) {
+            println!("{line} (pid {pid}, log {})", log_path.display());
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(ClusterError::Start(format!(
+                "the node exited ({status}): {}",
+                tail.join(" | ")
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Start(format!(
+                "the node (pid {pid}) did not come up within 30 s; see {}",
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn client(args: &ClientArgs) -> Result<(troupe_core::Runtime, ClusterNode), ClusterError> {
+    let dir = cookie::state_dir(args.state_dir.as_deref());
+    let address = args
+        .address
+        .clone()
+        .or_else(|| cookie::head_address(&dir))
+        .ok_or(ClusterError::NoAddress)?;
+    let mut options = ClusterOptions::client(address);
+    options.cookie = cookie_of(&args.cookie_file)?;
+    options.state_dir = args.state_dir.clone();
+    options.connect_timeout = Duration::from_secs(5);
+    let node = ClusterNode::new(options);
+    let config = node.configure(
+        Config::default()
+            .name("troupe-cli")
+            .resources(Resources::default()),
+    );
+    let rt = troupe_core::init(config)
+        .await
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+    Ok((rt, node))
+}
+
+async fn status(args: ClientArgs) -> Result<(), ClusterError> {
+    let (rt, node) = client(&args).await?;
+    let members = node.status().await;
+    let _ = rt.shutdown().await;
+    print!("{}", render_status(&members?));
+    Ok(())
+}
+
+async fn stop(args: ClientArgs) -> Result<(), ClusterError> {
+    let (rt, node) = client(&args).await?;
+    let result = node.stop_cluster().await;
+    let _ = rt.shutdown().await;
+    result?;
+    println!("troupe: the cluster is stopping");
+    Ok(())
+}
+
+fn fmt_resources(r: &Resources) -> String {
+    let mut parts = vec![format!("CPU {}", r.num_cpus)];
+    if r.num_gpus > 0.0 {
+        parts.push(format!("GPU {}", r.num_gpus));
+    }
+    for (k, v) in &r.custom {
+        parts.push(format!("{k} {v}"));
+    }
+    parts.join(", ")
+}
+
+/// `troupe status`'s table.
+pub fn render_status(members: &[Member]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let nodes: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.hello.role != Role::Client)
+        .collect();
+    let alive = nodes
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .count();
+    let _ = writeln!(out, "{} nodes ({alive} alive)", nodes.len());
+    for m in nodes {
+        let h = &m.hello;
+        let _ = writeln!(
+            out,
+            "{:<20} {:<7} {:<8} {:<22} pid {:<7} free [{}] of [{}] | tasks {} queued, {} running, {} pending (no node fits) | {} actors | {} objects, {} bytes",
+            h.node.to_string(),
+            format!("{:?}", h.role),
+            format!("{:?}", m.state),
+            h.control_addr,
+            h.pid,
+            fmt_resources(&m.available),
+            fmt_resources(&h.resources),
+            m.load.tasks_queued,
+            m.load.tasks_running,
+            m.load.tasks_unplaced,
+            m.load.actors,
+            m.load.objects,
+            m.load.object_bytes,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_resources("special=2, big = 0.5").unwrap(),
+            vec![("special".to_owned(), 2.0), ("big".to_owned(), 0.5)]
+        );
+        assert!(parse_resources("").unwrap().is_empty());
+        assert!(parse_resources("x").unwrap_err().contains("name=amount"));
+        assert!(parse_resources("x=y").unwrap_err().contains("not a number"));
+        assert!(parse_resources("x=-1").unwrap_err().contains("≥ 0"));
+        assert!(parse_resources("x=inf").is_err());
+    }
+
+    #[test]
+    fn start_needs_a_head_flag_or_an_address() {
+        assert!(Cli::try_parse_from(["troupe", "start"]).is_err());
+        assert!(Cli::try_parse_from(["troupe", "start", "--head", "--address", "x:1"]).is_err());
+        let cli = Cli::try_parse_from(["troupe", "start", "--head", "--port", "7000", "--block"])
+            .unwrap();
+        match cli.command {
+            Command::Start(args) => {
+                assert!(args.head && args.block);
+                assert_eq!(args.port, Some(7000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Where a task this node does not run goes: a pure function of the
+//! member view (the head's last directory, adjusted by this node's own
+//! recent choices) and the request, so every rule is unit-tested.
+//!
+//! Rules, after Ray's hybrid policy: hard affinity goes to its node or
+//! nowhere (it waits while that node is unknown, fails once it is dead);
+//! soft affinity to its node when that node fits, else as the default;
+//! spread round-robins over the live nodes that could run it; the default
+//! prefers nodes whose free resources fit now, the least loaded first, and
+//! otherwise any node whose total fits (it queues there). No node fits:
+//! wait, until a node that fits joins.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use troupe_core::remote::{PlacementDecision, PlacementRequest};
+use troupe_core::{NodeId, Resources, SchedulingStrategy};
+
+use crate::protocol::{Member, MemberState, Role};
+
+/// Whether `need` fits in `have`.
+pub fn fits(need: &Resources, have: &Resources) -> bool {
+    const EPS: f64 = 1e-9;
+    need.num_cpus <= have.num_cpus + EPS
+        && need.num_gpus <= have.num_gpus + EPS
+        && need.memory
+            <= have
+                .memory
+                .max(if need.memory == 0 { 0 } else { have.memory })
+        && need
+            .custom
+            .iter()
+            .all(|(k, v)| *v <= have.custom.get(k).copied().unwrap_or(0.0) + EPS)
+}
+
+/// The placement rules over a member view.
+#[derive(Default)]
+pub struct Placer {
+    spread_next: AtomicUsize,
+}
+
+impl Placer {
+    /// Decides for `request`, made on node `me`, given `members`.
+    pub fn place(
+        &self,
+        me: NodeId,
+        members: &[Member],
+        request: &PlacementRequest<'_>,
+    ) -> PlacementDecision {
+        let needs = request.needs;
+        let runnable = |m: &&Member| {
+            m.state == MemberState::Alive
+                && m.hello.role != Role::Client
+                && fits(needs, &m.hello.resources)
+        };
+        match request.spec.options.get_scheduling_strategy() {
+            SchedulingStrategy::NodeAffinity { node, soft } => {
+                let target = members.iter().find(|m| m.hello.node == *node);
+                match target {
+                    Some(m) if runnable(&m) => return here_or(me, m.hello.node),
+                    Some(m)
+                        if !soft && matches!(m.state, MemberState::Dead | MemberState::Left) =>
+                    {
+                        return PlacementDecision::Infeasible
+                    }
+                    None if !soft => return PlacementDecision::Wait,
+                    _ if !soft => return PlacementDecision::Wait,
+                    _ => {}
+                }
+            }
+            SchedulingStrategy::Spread => {
+                let nodes: Vec<&Member> = members.iter().filter(runnable).collect();
+                if nodes.is_empty() {
+                    return if request.feasible_here {
+                        PlacementDecision::Here
+                    } else {
+                        PlacementDecision::Wait
+                    };
+                }
+                let i = self.spread_next.fetch_add(1, Ordering::Relaxed) % nodes.len();
+                return here_or(me, nodes[i].hello.node);
+            }
+            _ => {}
+        }
+        if request.fits_now {
+            return PlacementDecision::Here;
+        }
+        // Free now, least loaded first (ties: the lowest id, deterministic).
+        let free_now = members
+            .iter()
+            .filter(runnable)
+            .filter(|m| m.hello.node != me && fits(needs, &m.available))
+            .min_by_key(|m| (m.load.tasks_queued, m.hello.node));
+        if let Some(m) = free_now {
+            return PlacementDecision::Node(m.hello.node);
+        }
+        if request.feasible_here {
+            return PlacementDecision::Here;
+        }
+        let any = members
+            .iter()
+            .filter(runnable)
+            .filter(|m| m.hello.node != me)
+            .min_by_key(|m| (m.load.tasks_queued, m.hello.node));
+        match any {
+            Some(m) => PlacementDecision::Node(m.hello.node),
+            None => PlacementDecision::Wait,
+        }
+    }
+}
+
+fn here_or(me: NodeId, node: NodeId) -> PlacementDecision {
+    if node == me {
+        PlacementDecision::Here
+    } else {
+        PlacementDecision::Node(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Hello, Load, PROTOCOL_VERSION};
+    use troupe_core::task::{TaskOptions, TaskSpec};
+
+    fn member(node: u64, total: Resources, free: Resources, queued: u64) -> Member {
+        Member {
+            hello: Hello {
+                protocol: PROTOCOL_VERSION,
+                build_id: 1,
+                node: NodeId(node),
+                name: format!("n{node}"),
+                role: Role::Worker,
+                control_addr: String::new(),
+                data_addr: "127.0.0.1:1".parse().unwrap(),
+                resources: total,
+                pid: 0,
+            },
+            state: MemberState::Alive,
+            available: free,
+            load: Load {
+                tasks_queued: queued,
+                ..Load::default()
+            },
+        }
+    }
+
+    fn decide(
+        placer: &Placer,
+        members: &[Member],
+        options: TaskOptions,
+        feasible_here: bool,
+        fits_now: bool,
+    ) -> PlacementDecision {
+        let spec = TaskSpec {
+            id: troupe_core::TaskId {
+                node: NodeId(1),
+                seq: 1,
+            },
+            function: "f".into(),
+            args: troupe_core::task::TaskArgs::Encoded(Vec::new()),
+            deps: Vec::new(),
+            options: options.clone(),
+            owner: NodeId(1),
+            attempt: 1,
+            results: Vec::new(),
+            returns: troupe_core::task::Returns::One,
+        };
+        let needs = options.needs();
+        placer.place(
+            NodeId(1),
+            members,
+            &PlacementRequest {
+                spec: &spec,
+                needs: &needs,
+                feasible_here,
+                fits_now,
+            },
+        )
+    }
+
+    #[test]
+    fn a_task_goes_to_a_node_with_free_room_least_loaded_first() {
+        let c = Resources::cpus(2.0);
+        let members = vec![
+            member(1, c.clone(), Resources::default(), 9),
+            member(2, c.clone(), c.clone(), 5),
+            member(3, c.clone(), c.clone(), 1),
+            member(4, c.clone(), Resources::default(), 0),
+        ];
+        let p = Placer::default();
+        assert_eq!(
+            decide(&p, &members, TaskOptions::default(), true, false),
+            PlacementDecision::Node(NodeId(3))
+        );
+        // It fits here now: here.
+        assert_eq!(
+            decide(&p, &members, TaskOptions::default(), true, true),
+            PlacementDecision::Here
+        );
+    }
+
+    #[test]
+    fn a_custom_resource_nobody_has_waits_and_a_busy_cluster_queues_where_it_fits() {
+        let c = Resources::cpus(2.0);
+        let members = vec![
+            member(1, c.clone(), c.clone(), 0),
+            member(2, c.with("gpu-ish", 1.0), Resources::default(), 3),
+        ];
+        let p = Placer::default();
+        let special = TaskOptions::default().resource("special", 1.0);
+        assert_eq!(
+            decide(&p, &members, special, false, false),
+            PlacementDecision::Wait
+        );
+        let gpuish = TaskOptions::default().resource("gpu-ish", 1.0);
+        assert_eq!(
+            decide(&p, &members, gpuish, false, false),
+            PlacementDecision::Node(NodeId(2))
+        );
+    }
+
+    #[test]
+    fn spread_visits_every_node_and_skips_dead_ones() {
+        let c = Resources::cpus(1.0);
+        let mut members = vec![
+            member(1, c.clone(), c.clone(), 0),
+            member(2, c.clone(), c.clone(), 0),
+            member(3, c.clone(), c.clone(), 0),
+        ];
+        members[2].state = MemberState::Dead;
+        let p = Placer::default();
+        let spread = TaskOptions::default().scheduling_strategy(SchedulingStrategy::Spread);
+        let picks: Vec<_> = (0..4)
+            .map(|_| decide(&p, &members, spread.clone(), true, true))
+            .collect();
+        assert_eq!(
+            picks,
+            vec![
+                PlacementDecision::Here,
+                PlacementDecision::Node(NodeId(2)),
+                PlacementDecision::Here,
+                PlacementDecision::Node(NodeId(2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn hard_affinity_waits_for_its_node_and_fails_once_it_is_dead() {
+        let c = Resources::cpus(1.0);
+        let mut members = vec![
+            member(1, c.clone(), c.clone(), 0),
+            member(2, c.clone(), c.clone(), 0),
+        ];
+        let p = Placer::default();
+        let to = |node, soft| {
+            TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+                node: NodeId(node),
+                soft,
+            })
+        };
+        assert_eq!(
+            decide(&p, &members, to(2, false), true, true),
+            PlacementDecision::Node(NodeId(2))
+        );
+        assert_eq!(
+            decide(&p, &members, to(9, false), true, true),
+            PlacementDecision::Wait
+        );
+        assert_eq!(
+            decide(&p, &members, to(9, true), true, true),
+            PlacementDecision::Here
+        );
+        members[1].state = MemberState::Dead;
+        assert_eq!(
+            decide(&p, &members, to(2, false), true, true),
+            PlacementDecision::Infeasible
+        );
+        assert_eq!(
+            decide(&p, &members, to(2, true), true, true),
+            PlacementDecision::Here
+        );
+    }
+}

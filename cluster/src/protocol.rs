@@ -1,0 +1,309 @@
+//! Troupe's own protocol between node agents: postcard-encoded frames that
+//! travel as one ractor_cluster message each (a cast to the peer's agent).
+//!
+//! Frames are small by construction: bulk bytes take the data path
+//! (`data_path`), and every frame is checked against [`MAX_FRAME_BYTES`]
+//! when it is encoded (a request too large fails at its sender, with an
+//! error) and when it is decoded (a peer's oversize frame is dropped and
+//! logged; the node keeps running).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use troupe_core::error::ActorError;
+use troupe_core::remote::RemoteOutcome;
+use troupe_core::task::TaskSpec;
+use troupe_core::{ActorId, NodeId, ObjectId, Resources};
+
+/// The largest control frame a node sends or accepts. Task arguments up
+/// to the inline limit (100 KiB) fit many times over; larger ones travel
+/// as object refs and are pulled through the data path.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The version of this protocol; a node speaking another is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One message between two agents.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Frame {
+    /// A request that expects exactly one [`Frame::Reply`] with its id.
+    Request {
+        /// Unique per sender.
+        id: u64,
+        /// The sender.
+        from: NodeId,
+        /// What is asked.
+        body: Request,
+    },
+    /// The answer to a request.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// What it gave.
+        body: Reply,
+    },
+    /// A message that expects no answer.
+    Notice {
+        /// The sender.
+        from: NodeId,
+        /// What it says.
+        body: Notice,
+    },
+}
+
+/// What a member is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The head: keeps the cluster directory (and may run tasks too).
+    Head,
+    /// A worker node: runs tasks for the cluster.
+    Worker,
+    /// A driver: a program that joined to submit work (runs what fits its
+    /// own resources, which default to none).
+    Driver,
+    /// A `troupe status` or `troupe stop` command: asks, runs nothing.
+    Client,
+}
+
+/// How a member introduces itself to the head.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Its registry's hash (`troupe::registry::build_id`).
+    pub build_id: u64,
+    /// Its runtime's node id (random per incarnation).
+    pub node: NodeId,
+    /// Its runtime's name.
+    pub name: String,
+    /// What it is.
+    pub role: Role,
+    /// Where its ractor_cluster server listens (`host:port`).
+    pub control_addr: String,
+    /// Where its data path listens.
+    pub data_addr: SocketAddr,
+    /// What it offers.
+    pub resources: Resources,
+    /// Its process id (for `troupe status`).
+    pub pid: u32,
+}
+
+/// A member as the directory lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Member {
+    /// Who it is and where it listens.
+    pub hello: Hello,
+    /// Whether it is alive, suspected, dead, or left.
+    pub state: MemberState,
+    /// What was free at its last heartbeat.
+    pub available: Resources,
+    /// Its load at its last heartbeat.
+    pub load: Load,
+}
+
+/// A member's state in the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Heard from recently.
+    Alive,
+    /// Silent past the suspicion limit (not sent new work).
+    Suspect,
+    /// Silent past the death limit, or its session ended and it stayed
+    /// silent: its work is retried elsewhere. Final for this incarnation.
+    Dead,
+    /// Left cleanly (`troupe stop`, a driver's shutdown).
+    Left,
+}
+
+/// What a member reports with each heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Load {
+    /// Tasks queued, running or delegated.
+    pub tasks_queued: u64,
+    /// Tasks running now.
+    pub tasks_running: u64,
+    /// Tasks waiting for a node that fits (unplaced).
+    pub tasks_unplaced: u64,
+    /// Live actors.
+    pub actors: u64,
+    /// Objects in its store.
+    pub objects: u64,
+    /// Bytes of its objects in memory.
+    pub object_bytes: u64,
+}
+
+/// The head's answer to a join.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The head's node id.
+    pub head: NodeId,
+    /// The cluster's build id.
+    pub build_id: u64,
+    /// Every member known now (the joiner connects to each).
+    pub members: Vec<Member>,
+    /// How often to send heartbeats, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// Requests.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// To the head: let me join.
+    Join(Hello),
+    /// Run one attempt of this task here (the sender owns its results).
+    RunTask(TaskSpec),
+    /// Call a method of an actor living here.
+    CallActor {
+        /// The actor.
+        actor: ActorId,
+        /// Its registered method name.
+        method: String,
+        /// The encoded arguments.
+        args: Vec<u8>,
+    },
+    /// To an object's owner: where is its value?
+    Locate(ObjectId),
+    /// To the head: the cluster's members.
+    Status,
+    /// To the head: stop every node, then yourself.
+    StopCluster,
+}
+
+/// Replies, one per request kind.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The join was accepted.
+    Welcome(Welcome),
+    /// The join was refused: why, for the operator.
+    Refused(String),
+    /// How a task attempt ended.
+    Task(RemoteOutcome),
+    /// An actor call's encoded result.
+    Actor(Result<Vec<u8>, ActorError>),
+    /// Where an object's value is: `Ok(None)` at the owner itself.
+    Location(Result<Option<NodeId>, troupe_core::ObjectError>),
+    /// The cluster's members.
+    Status(Vec<Member>),
+    /// Done.
+    Ok,
+}
+
+/// One-way messages.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Notice {
+    /// Member to head: I am alive, with this much free.
+    Heartbeat {
+        /// Free resources now.
+        available: Resources,
+        /// Load now.
+        load: Load,
+    },
+    /// Head to members: the directory (sent periodically: it is also the
+    /// head's heartbeat).
+    Directory(Vec<Member>),
+    /// Member to head: I am leaving (not a failure).
+    Leave,
+    /// Head to a member: leave the cluster and stop (`troupe stop`).
+    Stop,
+    /// Member to the owner of `id`, or to the node holding a result the
+    /// sender owns: the sender holds no ref to `id` any more (the receiver
+    /// drops the sender as a borrower, and frees what nobody needs).
+    Released {
+        /// The object.
+        id: ObjectId,
+    },
+}
+
+/// A frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Larger than [`MAX_FRAME_BYTES`].
+    #[error(
+        "a control frame of {bytes} bytes exceeds the {MAX_FRAME_BYTES}-byte limit \
+         (pass large values as objects: they travel on the data path)"
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
+    /// Not a frame of this protocol.
+    #[error("malformed control frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+impl Frame {
+    /// Encodes the frame, refusing one over the limit.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let bytes = postcard::to_stdvec(self)?;
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge { bytes: bytes.len() });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes a peer's frame, refusing one over the limit before parsing.
+    pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge { bytes: bytes.len() });
+        }
+        Ok(postcard::from_bytes(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = Frame::Notice {
+            from: NodeId(7),
+            body: Notice::Heartbeat {
+                available: Resources::cpus(2.0).with("special", 1.0),
+                load: Load {
+                    tasks_running: 3,
+                    ..Load::default()
+                },
+            },
+        };
+        let bytes = frame.encode().unwrap();
+        match Frame::decode(&bytes).unwrap() {
+            Frame::Notice {
+                from,
+                body: Notice::Heartbeat { available, load },
+            } => {
+                assert_eq!(from, NodeId(7));
+                assert_eq!(available.custom["special"], 1.0);
+                assert_eq!(load.tasks_running, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_and_oversize_frames_are_errors_not_panics() {
+        assert!(matches!(
+            Frame::decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(Frame::decode(&[]), Err(FrameError::Malformed(_))));
+        let huge = vec![0u8; MAX_FRAME_BYTES + 1];
+        assert!(matches!(
+            Frame::decode(&huge),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let big = Frame::Request {
+            id: 1,
+            from: NodeId(1),
+            body: Request::CallActor {
+                actor: ActorId {
+                    node: NodeId(1),
+                    seq: 1,
+                },
+                method: "m".into(),
+                args: vec![0; MAX_FRAME_BYTES],
+            },
+        };
+        assert!(matches!(big.encode(), Err(FrameError::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,536 @@
+//! A cluster of real processes on loopback: a head and worker nodes are this
+//! test binary re-launched in node mode (`node_process` below runs the
+//! `troupe start` command line), and the test itself is the driver. Every
+//! process a test starts is killed when its guard drops, even when the test
+//! fails.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
+use troupe::prelude::*;
+use troupe::remote::ClusterEvent;
+use troupe::{NodeId, SchedulingStrategy, TaskCause};
+
+const NODE_ARGS: &str = "TROUPE_TEST_NODE_ARGS";
+
+/// Node mode: with `TROUPE_TEST_NODE_ARGS` set, this test is a node (it
+/// runs `troupe start ...` and exits with its status); otherwise it does
+/// nothing.
+#[test]
+fn node_process() {
+    let Ok(args) = std::env::var(NODE_ARGS) else {
+        return;
+    };
+    let argv =
+        std::iter::once(OsString::from("troupe")).chain(args.split('\u{1f}').map(OsString::from));
+    let code = troupe::cluster::cli::run(argv, true);
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+/// Where the task ran.
+#[troupe::remote]
+async fn where_am_i(ms: u64) -> NodeId {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    troupe::task::current().expect("in a task").node
+}
+
+/// `n` bytes of a known pattern, made wherever it runs.
+#[troupe::remote]
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A checksum and the length of bytes, and where it was computed.
+#[troupe::remote]
+fn digest(bytes: Vec<u8>) -> (u64, usize, NodeId) {
+    let sum = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    });
+    let node = troupe::task::current().expect("in a task").node;
+    (sum, bytes.len(), node)
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The processes of one test's cluster; kills them all on drop.
+struct Processes {
+    home: PathBuf,
+    cookie: String,
+    children: Vec<(String, Child)>,
+}
+
+/// A started node: its id and control address, read from its first line.
+struct Started {
+    node: NodeId,
+    address: String,
+    index: usize,
+}
+
+impl Processes {
+    fn new(test: &str) -> Self {
+        let home =
+            std::env::temp_dir().join(format!("troupe-cluster-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).expect("a temporary directory");
+        Processes {
+            home,
+            cookie: format!("cookie-{test}-{}", std::process::id()),
+            children: Vec::new(),
+        }
+    }
+
+    /// Runs `troupe <args>` in a child (this binary in node mode) and
+    /// waits for its "up at" line, or its exit (then the error has its
+    /// output).
+    fn start(&mut self, args: &[&str]) -> Result<Started, String> {
+        self.start_with_cookie(args, &self.cookie.clone())
+    }
+
+    fn start_with_cookie(&mut self, args: &[&str], cookie: &str) -> Result<Started, String> {
+        let mut child = self
+            .command(args, cookie)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let index = self.children.len();
+        self.children.push((args.join(" "), child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    if let Some(rest) = line.split(" up at ").nth(1) {
+                        // "troupe: <role> <node id> up at <address>"
+                        let node = line
+                            .split("troupe: ")
+                            .nth(1)
+                            .and_then(|said| said.split_whitespace().nth(1))
+                            .and_then(|n| u64::from_str_radix(n, 16).ok())
+                            .map(NodeId)
+                            .ok_or_else(|| format!("no node id in {line}"))?;
+                        return Ok(Started {
+                            node,
+                            address: rest.trim().to_owned(),
+                            index,
+                        });
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let child = &mut self.children[index].1;
+                    let status = child.wait().map_err(|e| e.to_string())?;
+                    let mut stderr = String::new();
+                    if let Some(mut err) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+                    }
+                    return Err(format!("exited {status}: {} {stderr}", seen.join("\n")));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() > deadline {
+                        return Err(format!("not up within 20 s: {}", seen.join("\n")));
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&self, args: &[&str], cookie: &str) -> Command {
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut command = Command::new(exe);
+        command
+            .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
+            .env(NODE_ARGS, args.join("\u{1f}"))
+            .env("TROUPE_HOME", &self.home)
+            .env("TROUPE_COOKIE", cookie)
+            .env_remove("TROUPE_ADDRESS")
+            .env_remove("TROUPE_COOKIE_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        command
+    }
+
+    fn head(&mut self, extra: &[&str]) -> Started {
+        let port = free_port().to_string();
+        let mut args = vec!["start", "--head", "--block", "--port", &port];
+        args.extend_from_slice(extra);
+        self.start(&args).expect("the head starts")
+    }
+
+    fn worker(&mut self, head: &str, extra: &[&str]) -> Started {
+        let mut args = vec!["start", "--block", "--address", head];
+        args.extend_from_slice(extra);
+        self.start(&args).expect("a worker starts")
+    }
+
+    /// SIGKILLs one process.
+    fn kill(&mut self, started: &Started) {
+        let (_, child) = &mut self.children[started.index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Runs a `troupe` command to completion; its status and output.
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let output = self.command(args, &self.cookie).output().expect("runs");
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
+    /// Waits until every child exited by itself.
+    fn all_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let done = self
+                .children
+                .iter_mut()
+                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))));
+            if done {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One driver per process (ractor_cluster's state is process-wide): the
+/// tests of this file take turns.
+static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn driver(p: &Processes, head: &str) -> Runtime {
+    let mut options = ClusterOptions::driver(head);
+    options.cookie = Some(p.cookie.clone());
+    options.state_dir = Some(p.home.clone());
+    let config = Config::default()
+        .resources(Resources::default())
+        .cluster_node(options);
+    troupe::init(config).await.expect("the driver joins")
+}
+
+async fn wait_for_nodes(n: usize) {
+    common::eventually("every node is in the driver's view", || {
+        ClusterNode::current()
+            .map(|c| {
+                c.members()
+                    .iter()
+                    .filter(|m| {
+                        m.state == MemberState::Alive
+                            && matches!(m.hello.role, Role::Head | Role::Worker)
+                    })
+                    .count()
+                    == n
+            })
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_spread_over_every_node_and_fill_the_cluster() {
+    let _turn = DRIVER.lock().await;
+    let mut p = Processes::new("spread");
+    let head = p.head(&["--num-cpus", "1"]);
+    let a = p.worker(&head.address, &["--num-cpus", "1"]);
+    let b = p.worker(&head.address, &["--num-cpus", "1"]);
+    let rt = driver(&p, &head.address).await;
+    wait_for_nodes(3).await;
+
+    let spread = TaskOptions::default().scheduling_strategy(SchedulingStrategy::Spread);
+    let refs: Vec<_> = (0..12)
+        .map(|_| where_am_i::options(spread.clone()).remote(&rt, 1))
+        .collect();
+    let mut nodes = BTreeSet::new();
+    for r in &refs {
+        nodes.insert(*common::within("a spread task", rt.get(r)).await.unwrap());
+    }
+    assert_eq!(nodes, BTreeSet::from([head.node, a.node, b.node]));
+
+    // Default placement: a burst larger than the cluster queues and finishes.
+    let refs: Vec<_> = (0..30).map(|_| where_am_i::remote(&rt, 5)).collect();
+    for r in &refs {
+        common::within("a default task", rt.get(r)).await.unwrap();
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_made_on_one_node_is_read_on_another_and_by_the_driver() {
+    let _turn = DRIVER.lock().await;
+    let mut p = Processes::new("bigobject");
+    let head = p.head(&["--num-cpus", "1"]);
+    let a = p.worker(
+        &head.address,
+        &["--num-cpus", "1", "--resources", "maker=1"],
+    );
+    let b = p.worker(
+        &head.address,
+        &["--num-cpus", "1", "--resources", "reader=1"],
+    );
+    let rt = driver(&p, &head.address).await;
+    wait_for_nodes(3).await;
+
+    let n = 24 << 20;
+    let big = pattern::options(TaskOptions::default().resource("maker", 1.0)).remote(&rt, n, 7);
+    let summary = digest::options(TaskOptions::default().resource("reader", 1.0)).remote(&rt, &big);
+    // Generous: a debug build makes and sums 200 MB slowly.
+    let (sum, len, at) = *tokio::time::timeout(Duration::from_secs(120), rt.get(&summary))
+        .await
+        .expect("the digest on B within 2 minutes")
+        .unwrap();
+    let expected: Vec<u8> = (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+        .collect();
+    assert_eq!((len, at), (n, b.node));
+    assert_eq!(sum, fnv(&expected));
+    let here = common::within("the bytes at the driver", rt.get(&big))
+        .await
+        .unwrap();
+    assert!(here[..] == expected[..], "identical bytes");
+    let _ = a;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waits_until_a_node_with_its_resource_joins() {
+    let _turn = DRIVER.lock().await;
+    let mut p = Processes::new("pending");
+    let head = p.head(&["--num-cpus", "1"]);
+    let rt = driver(&p, &head.address).await;
+    wait_for_nodes(1).await;
+
+    let r = where_am_i::options(TaskOptions::default().resource("special", 1.0)).remote(&rt, 1);
+    common::eventually("pending: no node fits", || rt.task_summary().unplaced == 1).await;
+    assert!(rt
+        .get_timeout(&r, Duration::from_millis(100))
+        .await
+        .is_err());
+    let (ok, status) = p.run(&["status", "--address", &head.address]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("1 pending"),
+        "the driver's pending task shows: {status}"
+    );
+
+    let special = p.worker(
+        &head.address,
+        &["--num-cpus", "1", "--resources", "special=1"],
+    );
+    let node = *common::within("placed once the node joined", rt.get(&r))
+        .await
+        .unwrap();
+    assert_eq!(node, special.node);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_node_is_declared_dead_and_its_work_moves_or_fails_as_it_should() {
+    let _turn = DRIVER.lock().await;
+    let mut p = Processes::new("sigkill");
+    let head = p.head(&["--num-cpus", "2"]);
+    let victim = p.worker(
+        &head.address,
+        &["--num-cpus", "2", "--resources", "victim=1"],
+    );
+    let rt = driver(&p, &head.address).await;
+    wait_for_nodes(2).await;
+    let mut events = rt.cluster_events();
+
+    // An object whose only copy is on the victim (too large to come back
+    // inline), made before the kill.
+    let on_victim = TaskOptions::default()
+        .resource("victim", 1.0)
+        .max_retries(0);
+    let kept = pattern::options(on_victim.clone()).remote(&rt, 1 << 20, 1);
+    common::eventually("made on the victim", || rt.task_summary().delegated == 0).await;
+    // Work running on the victim when it dies: retriable tasks (pinned
+    // softly, so their retry may go elsewhere), and one with no retries.
+    let soft = TaskOptions::default().max_retries(3).scheduling_strategy(
+        SchedulingStrategy::NodeAffinity {
+            node: victim.node,
+            soft: true,
+        },
+    );
+    let retried: Vec<_> = (0..2)
+        .map(|_| where_am_i::options(soft.clone()).remote(&rt, 3_000))
+        .collect();
+    let doomed = where_am_i::options(on_victim).remote(&rt, 3_000);
+    common::eventually("the victim runs them", || rt.task_summary().delegated == 3).await;
+
+    let killed = Instant::now();
+    p.kill(&victim);
+    common::within("the victim is declared dead", async {
+        loop {
+            match events.recv().await {
+                Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => break,
+                Ok(_) => continue,
+                Err(err) => panic!("events: {err}"),
+            }
+        }
+    })
+    .await;
+    let detected = killed.elapsed();
+    assert!(
+        detected < Duration::from_secs(5),
+        "declared dead after {detected:?}"
+    );
+
+    for r in &retried {
+        let node = *common::within("a retried task", rt.get(r)).await.unwrap();
+        assert_eq!(node, head.node, "retried on the surviving node");
+    }
+    let err = common::within("the task with no retries", rt.get(&doomed))
+        .await
+        .unwrap_err();
+    match err.failure::<TaskError>() {
+        Some(TaskError::Failed {
+            cause: TaskCause::NodeDied(node),
+            ..
+        }) => assert_eq!(*node, victim.node),
+        other => panic!("expected NodeDied, got {other:?}"),
+    }
+    let lost = common::within("the lost object", rt.get(&kept))
+        .await
+        .unwrap_err();
+    match lost {
+        ObjectError::Lost { node, .. } => assert_eq!(node, victim.node),
+        other => panic!("expected Lost naming the victim, got {other:?}"),
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly() {
+    let _turn = DRIVER.lock().await;
+    let mut p = Processes::new("refused");
+    let head = p.head(&["--num-cpus", "1"]);
+
+    // A node with another cookie: refused, it says why, and exits.
+    let err = p
+        .start_with_cookie(
+            &["start", "--block", "--address", &head.address],
+            "not-the-cookie",
+        )
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+    assert!(err.contains("refused this node's cookie"), "{err}");
+
+    // A driver of another build.
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie.clone());
+    options.build_id = Some(troupe::registry::build_id() ^ 1);
+    let err = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("refused"));
+    assert!(
+        err.to_string().contains("differs from the cluster's build"),
+        "{err}"
+    );
+
+    // Nothing listens there: a clear error within seconds.
+    let started = Instant::now();
+    let mut options = ClusterOptions::driver(format!("127.0.0.1:{}", free_port()));
+    options.cookie = Some(p.cookie.clone());
+    let err = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("nothing answers"));
+    assert!(err.to_string().contains("cannot reach the head"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The head kept running through all of it.
+    let (ok, status) = p.run(&["status", "--address", &head.address]);
+    assert!(ok && status.contains("1 nodes (1 alive)"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
+    let _turn = DRIVER.lock().await;
+    let mut p = Processes::new("stop");
+    let head = p.head(&["--num-cpus", "1"]);
+    let a = p.worker(&head.address, &["--num-cpus", "1"]);
+    let b = p.worker(
+        &head.address,
+        &["--num-cpus", "1", "--resources", "special=2"],
+    );
+    let (ok, status) = p.run(&["status", "--address", &head.address]);
+    assert!(ok, "{status}");
+    assert!(status.contains("3 nodes (3 alive)"), "{status}");
+    for node in [head.node, a.node, b.node] {
+        assert!(
+            status.contains(&node.to_string()),
+            "{node} listed: {status}"
+        );
+    }
+    assert!(status.contains("special 2"), "{status}");
+    let (ok, out) = p.run(&["stop", "--address", &head.address]);
+    assert!(ok, "{out}");
+    assert!(
+        p.all_exit(Duration::from_secs(10)),
+        "every node exits after `troupe stop`"
+    );
+    for (args, child) in &mut p.children {
+        let status = child.wait().expect("exited");
+        assert!(status.success(), "`{args}` exited {status}");
+    }
+}
