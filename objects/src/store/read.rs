@@ -260,18 +260,33 @@ impl ObjectStore {
         let store = self.clone();
         let fetch = async move {
             let fetched = directory.fetch(id, location).await;
-            let result = fetched.and_then(|blob| match kind.codec().raw {
-                Some(raw) => Ok((raw.from)(blob)),
-                None => {
-                    let _scope = DecodeScope::enter(&store.inner);
-                    (kind.codec().decode)(&blob).map_err(|reason| ObjectError::Fetch { id, reason })
-                }
-            });
-            match result {
-                Ok(value) => {
+            let materialize = {
+                let store = store.clone();
+                move |blob: Blob| {
+                    let value = match kind.codec().raw {
+                        Some(raw) => (raw.from)(blob),
+                        None => {
+                            let _scope = DecodeScope::enter(&store.inner);
+                            (kind.codec().decode)(&blob)
+                                .map_err(|reason| ObjectError::Fetch { id, reason })?
+                        }
+                    };
                     let size = (kind.codec().size)(&*value);
-                    store.inner.settle(id, State::Ready(value), size)
+                    Ok((value, size))
                 }
+            };
+            // Decoding a large object takes long enough to hold up an async
+            // worker (and the tasks queued behind it: a node's heartbeats):
+            // it runs on a blocking thread.
+            let result = match fetched {
+                Ok(blob) if blob.len() >= LARGE_DECODE => {
+                    blocking(id, move || materialize(blob)).await
+                }
+                Ok(blob) => materialize(blob),
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok((value, size)) => store.inner.settle(id, State::Ready(value), size),
                 Err(err) => store.inner.settle(id, State::failed(err), 0),
             }
         };
@@ -411,6 +426,9 @@ enum Peek<T> {
 }
 
 /// Runs blocking file I/O off the async workers when there are any.
+/// Fetched objects at least this large are decoded on a blocking thread.
+const LARGE_DECODE: usize = 1 << 20;
+
 async fn blocking<R: Send + 'static>(
     id: ObjectId,
     f: impl FnOnce() -> Result<R, ObjectError> + Send + 'static,
