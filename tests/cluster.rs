@@ -8,12 +8,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use troupe::cluster::local::{free_port, Launcher, LocalCluster, LocalNode};
 use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
@@ -70,189 +68,26 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The processes of one test's cluster; kills them all on drop.
-struct Processes {
-    home: PathBuf,
-    cookie: String,
-    children: Vec<(String, Child)>,
-}
-
-/// A started node: its id and control address, read from its first line.
-struct Started {
-    node: NodeId,
-    address: String,
-    index: usize,
-}
-
-impl Processes {
-    fn new(test: &str) -> Self {
-        let home =
-            std::env::temp_dir().join(format!("troupe-cluster-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home).expect("a temporary directory");
-        Processes {
-            home,
-            cookie: format!("cookie-{test}-{}", std::process::id()),
-            children: Vec::new(),
-        }
-    }
-
-    /// Runs `troupe <args>` in a child (this binary in node mode) and
-    /// waits for its "up at" line, or its exit (then the error has its
-    /// output).
-    fn start(&mut self, args: &[&str]) -> Result<Started, String> {
-        self.start_with_cookie(args, &self.cookie.clone())
-    }
-
-    fn start_with_cookie(&mut self, args: &[&str], cookie: &str) -> Result<Started, String> {
-        let mut child = self
-            .command(args, cookie)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let index = self.children.len();
-        self.children.push((args.join(" "), child));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    if let Some(rest) = line.split(" up at ").nth(1) {
-                        // "troupe: <role> <node id> up at <address>"
-                        let node = line
-                            .split("troupe: ")
-                            .nth(1)
-                            .and_then(|said| said.split_whitespace().nth(1))
-                            .and_then(|n| u64::from_str_radix(n, 16).ok())
-                            .map(NodeId)
-                            .ok_or_else(|| format!("no node id in {line}"))?;
-                        return Ok(Started {
-                            node,
-                            address: rest.trim().to_owned(),
-                            index,
-                        });
-                    }
-                    seen.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let child = &mut self.children[index].1;
-                    let status = child.wait().map_err(|e| e.to_string())?;
-                    let mut stderr = String::new();
-                    if let Some(mut err) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
-                    }
-                    return Err(format!("exited {status}: {} {stderr}", seen.join("\n")));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if Instant::now() > deadline {
-                        return Err(format!("not up within 20 s: {}", seen.join("\n")));
-                    }
-                }
-            }
-        }
-    }
-
-    fn command(&self, args: &[&str], cookie: &str) -> Command {
-        let exe = std::env::current_exe().expect("the test binary");
-        let mut command = Command::new(exe);
+/// A cluster of this test binary's processes in node mode.
+fn processes(test: &str) -> LocalCluster {
+    let launcher: Launcher = Box::new(|args: &[String]| {
+        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
         command
             .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
-            .env(NODE_ARGS, args.join("\u{1f}"))
-            .env("TROUPE_HOME", &self.home)
-            .env("TROUPE_COOKIE", cookie)
-            .env_remove("TROUPE_ADDRESS")
-            .env_remove("TROUPE_COOKIE_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            command.process_group(0);
-        }
+            .env(NODE_ARGS, args.join("\u{1f}"));
         command
-    }
-
-    fn head(&mut self, extra: &[&str]) -> Started {
-        let port = free_port().to_string();
-        let mut args = vec!["start", "--head", "--block", "--port", &port];
-        args.extend_from_slice(extra);
-        self.start(&args).expect("the head starts")
-    }
-
-    fn worker(&mut self, head: &str, extra: &[&str]) -> Started {
-        let mut args = vec!["start", "--block", "--address", head];
-        args.extend_from_slice(extra);
-        self.start(&args).expect("a worker starts")
-    }
-
-    /// SIGKILLs one process.
-    fn kill(&mut self, started: &Started) {
-        let (_, child) = &mut self.children[started.index];
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Runs a `troupe` command to completion; its status and output.
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let output = self.command(args, &self.cookie).output().expect("runs");
-        let text = String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
-    }
-
-    /// Waits until every child exited by itself.
-    fn all_exit(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let done = self
-                .children
-                .iter_mut()
-                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))));
-            if done {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    });
+    LocalCluster::new(test, launcher).expect("a temporary directory")
 }
 
 /// One driver per process (ractor_cluster's state is process-wide): the
 /// tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn driver(p: &Processes, head: &str) -> Runtime {
-    let mut options = ClusterOptions::driver(head);
-    options.cookie = Some(p.cookie.clone());
-    options.state_dir = Some(p.home.clone());
+async fn driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie().to_owned());
+    options.state_dir = Some(p.home().clone());
     let config = Config::default()
         .resources(Resources::default())
         .cluster_node(options);
@@ -280,11 +115,15 @@ async fn wait_for_nodes(n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_spread_over_every_node_and_fill_the_cluster() {
     let _turn = DRIVER.lock().await;
-    let mut p = Processes::new("spread");
-    let head = p.head(&["--num-cpus", "1"]);
-    let a = p.worker(&head.address, &["--num-cpus", "1"]);
-    let b = p.worker(&head.address, &["--num-cpus", "1"]);
-    let rt = driver(&p, &head.address).await;
+    let mut p = processes("spread");
+    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
+    let a = p
+        .worker(&head, &["--num-cpus", "1"])
+        .expect("a worker starts");
+    let b = p
+        .worker(&head, &["--num-cpus", "1"])
+        .expect("a worker starts");
+    let rt = driver(&p, &head).await;
     wait_for_nodes(3).await;
 
     let spread = TaskOptions::default().scheduling_strategy(SchedulingStrategy::Spread);
@@ -306,22 +145,20 @@ async fn tasks_spread_over_every_node_and_fill_the_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_object_made_on_one_node_is_read_on_another_and_by_the_driver() {
+async fn a_200_mb_object_made_on_one_node_is_read_on_another_and_by_the_driver() {
     let _turn = DRIVER.lock().await;
-    let mut p = Processes::new("bigobject");
-    let head = p.head(&["--num-cpus", "1"]);
-    let a = p.worker(
-        &head.address,
-        &["--num-cpus", "1", "--resources", "maker=1"],
-    );
-    let b = p.worker(
-        &head.address,
-        &["--num-cpus", "1", "--resources", "reader=1"],
-    );
-    let rt = driver(&p, &head.address).await;
+    let mut p = processes("bigobject");
+    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
+    let a = p
+        .worker(&head, &["--num-cpus", "1", "--resources", "maker=1"])
+        .expect("a worker starts");
+    let b = p
+        .worker(&head, &["--num-cpus", "1", "--resources", "reader=1"])
+        .expect("a worker starts");
+    let rt = driver(&p, &head).await;
     wait_for_nodes(3).await;
 
-    let n = 24 << 20;
+    let n = 200 << 20;
     let big = pattern::options(TaskOptions::default().resource("maker", 1.0)).remote(&rt, n, 7);
     let summary = digest::options(TaskOptions::default().resource("reader", 1.0)).remote(&rt, &big);
     // Generous: a debug build makes and sums 200 MB slowly.
@@ -334,20 +171,24 @@ async fn a_large_object_made_on_one_node_is_read_on_another_and_by_the_driver() 
         .collect();
     assert_eq!((len, at), (n, b.node));
     assert_eq!(sum, fnv(&expected));
+    assert_eq!(
+        rt.objects().location(big.id()),
+        Some(Some(a.node)),
+        "made on A; the driver has not read it yet"
+    );
     let here = common::within("the bytes at the driver", rt.get(&big))
         .await
         .unwrap();
     assert!(here[..] == expected[..], "identical bytes");
-    let _ = a;
     rt.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_waits_until_a_node_with_its_resource_joins() {
     let _turn = DRIVER.lock().await;
-    let mut p = Processes::new("pending");
-    let head = p.head(&["--num-cpus", "1"]);
-    let rt = driver(&p, &head.address).await;
+    let mut p = processes("pending");
+    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
+    let rt = driver(&p, &head).await;
     wait_for_nodes(1).await;
 
     let r = where_am_i::options(TaskOptions::default().resource("special", 1.0)).remote(&rt, 1);
@@ -356,17 +197,18 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
         .get_timeout(&r, Duration::from_millis(100))
         .await
         .is_err());
-    let (ok, status) = p.run(&["status", "--address", &head.address]);
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address])
+        .expect("runs");
     assert!(ok, "{status}");
     assert!(
         status.contains("1 pending"),
         "the driver's pending task shows: {status}"
     );
 
-    let special = p.worker(
-        &head.address,
-        &["--num-cpus", "1", "--resources", "special=1"],
-    );
+    let special = p
+        .worker(&head, &["--num-cpus", "1", "--resources", "special=1"])
+        .expect("a worker starts");
     let node = *common::within("placed once the node joined", rt.get(&r))
         .await
         .unwrap();
@@ -377,13 +219,12 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_node_is_declared_dead_and_its_work_moves_or_fails_as_it_should() {
     let _turn = DRIVER.lock().await;
-    let mut p = Processes::new("sigkill");
-    let head = p.head(&["--num-cpus", "2"]);
-    let victim = p.worker(
-        &head.address,
-        &["--num-cpus", "2", "--resources", "victim=1"],
-    );
-    let rt = driver(&p, &head.address).await;
+    let mut p = processes("sigkill");
+    let head = p.head(&["--num-cpus", "2"]).expect("the head starts");
+    let victim = p
+        .worker(&head, &["--num-cpus", "2", "--resources", "victim=1"])
+        .expect("a worker starts");
+    let rt = driver(&p, &head).await;
     wait_for_nodes(2).await;
     let mut events = rt.cluster_events();
 
@@ -453,8 +294,8 @@ async fn a_sigkilled_node_is_declared_dead_and_its_work_moves_or_fails_as_it_sho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly() {
     let _turn = DRIVER.lock().await;
-    let mut p = Processes::new("refused");
-    let head = p.head(&["--num-cpus", "1"]);
+    let mut p = processes("refused");
+    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
 
     // A node with another cookie: refused, it says why, and exits.
     let err = p
@@ -468,7 +309,7 @@ async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly()
 
     // A driver of another build.
     let mut options = ClusterOptions::driver(&head.address);
-    options.cookie = Some(p.cookie.clone());
+    options.cookie = Some(p.cookie().to_owned());
     options.build_id = Some(troupe::registry::build_id() ^ 1);
     let err = troupe::init(
         Config::default()
@@ -485,8 +326,9 @@ async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly()
 
     // Nothing listens there: a clear error within seconds.
     let started = Instant::now();
-    let mut options = ClusterOptions::driver(format!("127.0.0.1:{}", free_port()));
-    options.cookie = Some(p.cookie.clone());
+    let mut options =
+        ClusterOptions::driver(format!("127.0.0.1:{}", free_port().expect("a free port")));
+    options.cookie = Some(p.cookie().to_owned());
     let err = troupe::init(
         Config::default()
             .resources(Resources::default())
@@ -499,21 +341,26 @@ async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly()
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The head kept running through all of it.
-    let (ok, status) = p.run(&["status", "--address", &head.address]);
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address])
+        .expect("runs");
     assert!(ok && status.contains("1 nodes (1 alive)"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
     let _turn = DRIVER.lock().await;
-    let mut p = Processes::new("stop");
-    let head = p.head(&["--num-cpus", "1"]);
-    let a = p.worker(&head.address, &["--num-cpus", "1"]);
-    let b = p.worker(
-        &head.address,
-        &["--num-cpus", "1", "--resources", "special=2"],
-    );
-    let (ok, status) = p.run(&["status", "--address", &head.address]);
+    let mut p = processes("stop");
+    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
+    let a = p
+        .worker(&head, &["--num-cpus", "1"])
+        .expect("a worker starts");
+    let b = p
+        .worker(&head, &["--num-cpus", "1", "--resources", "special=2"])
+        .expect("a worker starts");
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address])
+        .expect("runs");
     assert!(ok, "{status}");
     assert!(status.contains("3 nodes (3 alive)"), "{status}");
     for node in [head.node, a.node, b.node] {
@@ -523,14 +370,12 @@ async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
         );
     }
     assert!(status.contains("special 2"), "{status}");
-    let (ok, out) = p.run(&["stop", "--address", &head.address]);
+    let (ok, out) = p.run(&["stop", "--address", &head.address]).expect("runs");
     assert!(ok, "{out}");
-    assert!(
-        p.all_exit(Duration::from_secs(10)),
-        "every node exits after `troupe stop`"
-    );
-    for (args, child) in &mut p.children {
-        let status = child.wait().expect("exited");
-        assert!(status.success(), "`{args}` exited {status}");
+    let exits = p
+        .wait_all(Duration::from_secs(10))
+        .expect("every node exits after `troupe stop`");
+    for (args, success) in exits {
+        assert!(success, "`{args}` exited with an error");
     }
 }

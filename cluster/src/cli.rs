@@ -85,6 +85,10 @@ pub struct StartArgs {
     /// address, return once the node is up).
     #[arg(long)]
     pub block: bool,
+    /// Serve `GET /healthz` (200 while part of the cluster, else 503) on
+    /// this port of the bind address: for Kubernetes probes.
+    #[arg(long)]
+    pub health_port: Option<u16>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub heartbeat_ms: u64,
@@ -254,6 +258,21 @@ async fn start_blocking(args: StartArgs, user_build: bool) -> Result<(), Cluster
         .clone()
         .unwrap_or_else(|| if role == Role::Head { "head" } else { "node" }.to_owned());
     let config = node.configure(Config::default().name(name).resources(resources_of(&args)?));
+    // Up before joining, so that a probe sees 503 (not a refused
+    // connection) while the node joins.
+    let health = match args.health_port {
+        Some(port) => {
+            let addr = std::net::SocketAddr::new(args.bind, port);
+            let (_, task) = crate::health::serve(addr, node.clone())
+                .await
+                .map_err(|source| ClusterError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            Some(task)
+        }
+        None => None,
+    };
     let rt = troupe_core::init(config)
         .await
         .map_err(|e| ClusterError::Start(e.to_string()))?;
@@ -269,6 +288,9 @@ async fn start_blocking(args: StartArgs, user_build: bool) -> Result<(), Cluster
         _ = tokio::signal::ctrl_c() => "interrupted".to_owned(),
     };
     println!("troupe: node {} stopping: {why}", rt.node_id());
+    if let Some(task) = health {
+        task.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), rt.shutdown()).await;
     if why.contains("lost") {
         return Err(ClusterError::Start(why));

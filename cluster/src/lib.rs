@@ -25,6 +25,8 @@ mod agent;
 pub mod cli;
 pub mod cookie;
 mod data_path;
+pub mod health;
+pub mod local;
 pub mod membership;
 mod node;
 pub mod placement;

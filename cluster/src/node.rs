@@ -221,6 +221,12 @@ impl ClusterNode {
             .unwrap_or_default()
     }
 
+    /// Whether this node is part of its cluster now: joined (or the head)
+    /// and not left. What the health endpoint reports.
+    pub fn healthy(&self) -> bool {
+        self.shared.head.get().is_some() && !self.shared.is_ended()
+    }
+
     /// The head's node id, once joined.
     pub fn head(&self) -> Option<NodeId> {
         self.shared.head.get().copied()
@@ -1229,7 +1235,9 @@ async fn member_loop(shared: Arc<Shared>) {
         let silent = lock(&shared.last_directory).elapsed();
         if silent > head_timeout {
             let why = format!(
-                "the head {head} was lost: no word from it for {} ms",
+                "the head {head} was lost: {:?} node {} heard nothing from it for {} ms",
+                shared.options.role,
+                transport.me(),
                 silent.as_millis()
             );
             tracing::error!(%why, "leaving the cluster");

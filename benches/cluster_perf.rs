@@ -1,0 +1,353 @@
+//! A head and two nodes on loopback (this bench binary re-launched as
+//! nodes), driven from this process; prints `metric value unit` lines, as
+//! `perf` does, for `benches/ray/compare.sh`'s cluster section.
+//!
+//! ```sh
+//! cargo bench -p troupe --features cluster --bench cluster_perf            # all
+//! cargo bench -p troupe --features cluster --bench cluster_perf -- remote  # a filter
+//! TROUPE_BENCH_IDLE_MINUTES=10 cargo bench ... -- false_suspicions          # idle run
+//! TROUPE_BENCH_NODES=32 cargo bench ... -- scale                            # 32 light nodes
+//! ```
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{quick, timeit, Timing};
+use troupe::cluster::local::{this_program, LocalCluster, LocalNode};
+use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
+use troupe::prelude::*;
+use troupe::remote::ClusterEvent;
+
+#[troupe::remote]
+fn noop() -> u8 {
+    1
+}
+
+#[troupe::remote]
+fn bytes(n: usize) -> Vec<u8> {
+    vec![7u8; n]
+}
+
+fn wanted(filters: &[String], metric: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|f| metric.contains(f.as_str()))
+}
+
+fn print(metric: &str, value: f64, unit: &str) {
+    println!("{metric} {value:.3} {unit}");
+}
+
+async fn driver(cluster: &LocalCluster, head: &LocalNode) -> Runtime {
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(cluster.cookie().to_owned());
+    options.state_dir = Some(cluster.home().clone());
+    troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins")
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn alive_nodes() -> usize {
+    ClusterNode::current()
+        .map(|c| {
+            let connected = c.connected();
+            c.members()
+                .iter()
+                .filter(|m| {
+                    m.state == MemberState::Alive
+                        && matches!(m.hello.role, Role::Head | Role::Worker)
+                        && connected.contains(&m.hello.node)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A plain TCP copy of `total` bytes over loopback, in the chunks the data
+/// path uses: the bar the cross-node read is compared with.
+async fn tcp_copy(total: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sender = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let chunk = vec![7u8; 5 << 20];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            s.write_all(&chunk[..n]).await.expect("write");
+            sent += n;
+        }
+    });
+    let began = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut into = vec![0u8; total];
+    s.read_exact(&mut into).await.expect("read");
+    let secs = began.elapsed().as_secs_f64();
+    sender.await.expect("sender");
+    total as f64 / secs / 1e9
+}
+
+fn main() {
+    troupe::node::main_if_requested();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    tokio.block_on(run(filters));
+}
+
+async fn run(filters: Vec<String>) {
+    let timing = Timing::from_env();
+    if std::env::var_os("TROUPE_BENCH_NODES").is_some() && wanted(&filters, "scale") {
+        scale().await;
+        return;
+    }
+    let began = Instant::now();
+    let mut cluster = LocalCluster::new("bench", this_program()).expect("a state directory");
+    let head = cluster.head(&["--num-cpus", "2"]).expect("the head starts");
+    let a = cluster
+        .worker(&head, &["--num-cpus", "2", "--resources", "a=1"])
+        .expect("node a");
+    let _b = cluster
+        .worker(&head, &["--num-cpus", "2", "--resources", "b=1"])
+        .expect("node b");
+    let rt = driver(&cluster, &head).await;
+    wait_for("three nodes", || alive_nodes() == 3).await;
+    print("cluster_start_seconds", began.elapsed().as_secs_f64(), "s");
+
+    // The driver offers no CPUs: every task runs on another node.
+    if wanted(&filters, "remote_tasks_sync_per_s") {
+        let (rate, _) = timeit(&timing, 1, || async {
+            rt.get(&noop::remote(&rt)).await.expect("a remote task");
+        })
+        .await;
+        print("remote_tasks_sync_per_s", rate, "tasks/s");
+    }
+    if wanted(&filters, "remote_tasks_async_per_s") {
+        let n = if quick() { 1_000 } else { 10_000 };
+        let (rate, _) = timeit(&timing, n, || async {
+            let refs: Vec<_> = (0..n).map(|_| noop::remote(&rt)).collect();
+            for r in &refs {
+                rt.get(r).await.expect("a remote task");
+            }
+        })
+        .await;
+        print("remote_tasks_async_per_s", rate, "tasks/s");
+    }
+    if wanted(&filters, "cross_node_get_gigabytes_per_s") {
+        let n: usize = if quick() { 100 << 20 } else { 1 << 30 };
+        let runs = if quick() { 1 } else { 3 };
+        let mut rates = Vec::new();
+        for _ in 0..runs {
+            let big = bytes::options(TaskOptions::default().resource("a", 1.0)).remote(&rt, n);
+            wait_for("made on node a", || {
+                rt.objects().location(big.id()) == Some(Some(a.node))
+            })
+            .await;
+            let began = Instant::now();
+            let got = rt.get(&big).await.expect("the bytes");
+            let secs = began.elapsed().as_secs_f64();
+            assert_eq!(got.len(), n);
+            rates.push(n as f64 / secs / 1e9);
+        }
+        rates.sort_by(f64::total_cmp);
+        print(
+            "cross_node_get_gigabytes_per_s",
+            rates[rates.len() / 2],
+            "GB/s",
+        );
+        let mut tcp: Vec<f64> = Vec::new();
+        for _ in 0..runs {
+            tcp.push(tcp_copy(n).await);
+        }
+        tcp.sort_by(f64::total_cmp);
+        print("tcp_loopback_gigabytes_per_s", tcp[tcp.len() / 2], "GB/s");
+    }
+    if wanted(&filters, "node_dead_after_sigkill_s") {
+        let victim = cluster
+            .worker(&head, &["--num-cpus", "1"])
+            .expect("a node to kill");
+        wait_for("the victim", || alive_nodes() == 4).await;
+        let mut events = rt.cluster_events();
+        let killed = Instant::now();
+        cluster.kill(&victim);
+        loop {
+            match events.recv().await {
+                Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => break,
+                Ok(_) => {}
+                Err(err) => panic!("events: {err}"),
+            }
+        }
+        print(
+            "node_dead_after_sigkill_s",
+            killed.elapsed().as_secs_f64(),
+            "s",
+        );
+    }
+    if let Some(minutes) = std::env::var("TROUPE_BENCH_IDLE_MINUTES")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        if wanted(&filters, "false_suspicions") {
+            let mut events = rt.cluster_events();
+            let downs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = downs.clone();
+            let watcher = tokio::spawn(async move {
+                while let Ok(event) = events.recv().await {
+                    if matches!(event, ClusterEvent::NodeDown { .. }) {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_secs(minutes * 60)).await;
+            watcher.abort();
+            let suspicions = metrics_suspicions(&cluster, &head).await;
+            print(
+                &format!("false_suspicions_{minutes}min"),
+                (downs.load(std::sync::atomic::Ordering::Relaxed) + suspicions) as f64,
+                "events",
+            );
+        }
+    }
+    if let Some(rss) = harness::rss_bytes() {
+        print("driver_rss_mib", rss / (1 << 20) as f64, "MiB");
+    }
+    rt.shutdown().await.expect("shutdown");
+}
+
+/// Nodes the head suspected (and heard from again) during the idle run:
+/// `troupe status` would not show them, so count members not alive now
+/// plus any that went down (already counted by the caller).
+async fn metrics_suspicions(cluster: &LocalCluster, head: &LocalNode) -> u64 {
+    match cluster.run(&["status", "--address", &head.address]) {
+        Ok((_, status)) => status
+            .lines()
+            .filter(|l| l.contains(" Suspect ") || l.contains(" Dead "))
+            .count() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// CPU seconds and resident memory of a process (Linux).
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, rss_kib * 1024.0))
+}
+
+/// `TROUPE_BENCH_NODES=N`: N light nodes (one CPU each) and a head; the
+/// head's CPU and memory per node, membership convergence after joins and
+/// after a death, scheduling throughput across them.
+async fn scale() {
+    let n: usize = std::env::var("TROUPE_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let mut cluster = LocalCluster::new("scale", this_program()).expect("a state directory");
+    cluster.start_timeout = Duration::from_secs(120);
+    let head = cluster.head(&["--num-cpus", "1"]).expect("the head starts");
+    let (cpu0, rss0) = proc_usage(head.pid).unwrap_or_default();
+    let began = Instant::now();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(cluster.worker(&head, &["--num-cpus", "1"]).expect("a node"));
+    }
+    let rt = driver(&cluster, &head).await;
+    wait_for("every node", || alive_nodes() == n + 1).await;
+    print("scale_nodes", n as f64, "nodes");
+    print("scale_join_all_seconds", began.elapsed().as_secs_f64(), "s");
+
+    // Idle for 10 s: the head's steady cost.
+    let (cpu1, _) = proc_usage(head.pid).unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (cpu2, rss2) = proc_usage(head.pid).unwrap_or_default();
+    print(
+        "scale_head_idle_cpu_percent",
+        (cpu2 - cpu1) / 10.0 * 100.0,
+        "%",
+    );
+    print(
+        "scale_head_idle_cpu_percent_per_node",
+        (cpu2 - cpu1) / 10.0 * 100.0 / n as f64,
+        "%",
+    );
+    print("scale_head_rss_mib", rss2 / (1 << 20) as f64, "MiB");
+    print(
+        "scale_head_rss_kib_per_node",
+        (rss2 - rss0) / 1024.0 / n as f64,
+        "KiB",
+    );
+    let _ = cpu0;
+
+    // One more joins: how long until the driver can use it.
+    let joined = Instant::now();
+    let extra = cluster
+        .worker(&head, &["--num-cpus", "1"])
+        .expect("one more");
+    wait_for("the new node", || alive_nodes() == n + 2).await;
+    print(
+        "scale_converged_after_join_seconds",
+        joined.elapsed().as_secs_f64(),
+        "s",
+    );
+
+    // One dies: how long until the driver hears.
+    let mut events = rt.cluster_events();
+    let killed = Instant::now();
+    cluster.kill(&extra);
+    loop {
+        match events.recv().await {
+            Ok(ClusterEvent::NodeDown { node, .. }) if node == extra.node => break,
+            Ok(_) => {}
+            Err(err) => panic!("events: {err}"),
+        }
+    }
+    print(
+        "scale_converged_after_death_seconds",
+        killed.elapsed().as_secs_f64(),
+        "s",
+    );
+
+    // Throughput across all of them.
+    let tasks = 20_000;
+    let began = Instant::now();
+    let refs: Vec<_> = (0..tasks).map(|_| noop::remote(&rt)).collect();
+    for r in &refs {
+        rt.get(r).await.expect("a task");
+    }
+    print(
+        "scale_tasks_per_s",
+        tasks as f64 / began.elapsed().as_secs_f64(),
+        "tasks/s",
+    );
+    let _ = nodes;
+    rt.shutdown().await.expect("shutdown");
+}

@@ -1,0 +1,100 @@
+//! A node's health endpoint (`troupe start --health-port`): plain HTTP,
+//! `GET /healthz` answers `200 ok` while the node is part of its cluster
+//! and `503` otherwise (not joined yet, or left): what Kubernetes probes.
+//! Anything else gets `404`; a request over 1 KiB or slower than 2 s
+//! closes its connection. It serves nothing that changes the node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ClusterNode;
+
+const MAX_REQUEST: usize = 1024;
+
+/// Serves `node`'s health on `addr` until the returned task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    node: ClusterNode,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let node = node.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), answer(stream, &node)).await;
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+async fn answer(mut stream: TcpStream, node: &ClusterNode) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST {
+            return Ok(()); // too long: closed unanswered
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next(), parts.next());
+    let (status, body) = match (method, path) {
+        (Some("GET") | Some("HEAD"), Some("/healthz")) if node.healthy() => ("200 OK", "ok\n"),
+        (Some("GET") | Some("HEAD"), Some("/healthz")) => {
+            ("503 Service Unavailable", "not part of a cluster\n")
+        }
+        _ => ("404 Not Found", "not found\n"),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClusterOptions;
+
+    async fn get(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // A refused request may be reset mid-write or mid-read: it reads as
+        // no answer.
+        let _ = s.write_all(request).await;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn a_node_not_in_a_cluster_is_unhealthy_and_other_paths_are_not_found() {
+        let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1"));
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node).await.unwrap();
+        let answer = get(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        let answer = get(addr, b"GET /other HTTP/1.1\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        // An oversize request is closed unanswered; the server goes on.
+        let answer = get(addr, &vec![b'a'; 4096]).await;
+        assert!(answer.is_empty());
+        let answer = get(addr, b"GET /healthz HTTP/1.0\n\n").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        task.abort();
+    }
+}

@@ -1,0 +1,269 @@
+//! A cluster of real processes on this machine, for tests and benchmarks
+//! (Ray's `cluster_utils.Cluster`): each node is this same program
+//! re-launched in node mode, so it holds the same remote functions.
+//! Every process started is killed when the [`LocalCluster`] drops, even
+//! when a test panics.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use troupe_core::NodeId;
+
+/// How to launch this program as a node running `troupe <args>` (the
+/// arguments after `troupe`). For a binary that calls
+/// [`main_if_requested`](crate::cli::main_if_requested):
+/// `Command::new(current_exe).arg("troupe").args(args)`; a test binary
+/// re-runs one test that calls [`crate::cli::run`] (see `tests/cluster.rs`).
+pub type Launcher = Box<dyn Fn(&[String]) -> Command + Send + Sync>;
+
+/// A node started by a [`LocalCluster`].
+#[derive(Clone, Debug)]
+pub struct LocalNode {
+    /// Its node id.
+    pub node: NodeId,
+    /// Its control address (`host:port`).
+    pub address: String,
+    /// Its process id.
+    pub pid: u32,
+    index: usize,
+}
+
+/// Processes of a cluster on this machine; all killed on drop.
+pub struct LocalCluster {
+    launcher: Launcher,
+    home: PathBuf,
+    cookie: String,
+    children: Vec<(String, Child)>,
+    /// How long a node may take to come up.
+    pub start_timeout: Duration,
+}
+
+impl LocalCluster {
+    /// A cluster whose nodes `launcher` starts; its cookie and state
+    /// directory are its own (a fresh temporary directory named after
+    /// `name`).
+    pub fn new(name: &str, launcher: Launcher) -> std::io::Result<Self> {
+        let home = std::env::temp_dir().join(format!("troupe-local-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home)?;
+        let mut cookie = [0u8; 16];
+        getrandom::fill(&mut cookie).map_err(std::io::Error::other)?;
+        Ok(LocalCluster {
+            launcher,
+            home,
+            cookie: cookie.iter().map(|b| format!("{b:02x}")).collect(),
+            children: Vec::new(),
+            start_timeout: Duration::from_secs(20),
+        })
+    }
+
+    /// The cluster's cookie (a driver in this process needs it).
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// The cluster's state directory.
+    pub fn home(&self) -> &PathBuf {
+        &self.home
+    }
+
+    fn command(&self, args: &[&str], cookie: &str) -> Command {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut command = (self.launcher)(&args);
+        command
+            .env("TROUPE_HOME", &self.home)
+            .env("TROUPE_COOKIE", cookie)
+            .env_remove("TROUPE_ADDRESS")
+            .env_remove("TROUPE_COOKIE_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        command
+    }
+
+    /// Starts `troupe <args>` (a `start ... --block` command line) and
+    /// waits until the node is up, or fails with its output.
+    pub fn start(&mut self, args: &[&str]) -> Result<LocalNode, String> {
+        let cookie = self.cookie.clone();
+        self.start_with_cookie(args, &cookie)
+    }
+
+    /// [`start`](Self::start) with another cookie (to test refusals).
+    pub fn start_with_cookie(&mut self, args: &[&str], cookie: &str) -> Result<LocalNode, String> {
+        let mut child = self
+            .command(args, cookie)
+            .spawn()
+            .map_err(|e| format!("cannot start a node: {e}"))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let index = self.children.len();
+        self.children.push((args.join(" "), child));
+        let deadline = Instant::now() + self.start_timeout;
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) => {
+                    if let Some((node, address)) = parse_up_line(&line) {
+                        return Ok(LocalNode {
+                            node,
+                            address,
+                            pid,
+                            index,
+                        });
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let child = &mut self.children[index].1;
+                    let status = child.wait().map_err(|e| e.to_string())?;
+                    let mut stderr = String::new();
+                    if let Some(mut err) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+                    }
+                    return Err(format!("exited {status}: {} {stderr}", seen.join("\n")));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "not up within {:?}: {}",
+                        self.start_timeout,
+                        seen.join("\n")
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// Starts a head on a free port, with `extra` flags.
+    pub fn head(&mut self, extra: &[&str]) -> Result<LocalNode, String> {
+        let port = free_port().map_err(|e| e.to_string())?.to_string();
+        let mut args = vec!["start", "--head", "--block", "--port", &port];
+        args.extend_from_slice(extra);
+        self.start(&args)
+    }
+
+    /// Starts a worker joining `head`, with `extra` flags.
+    pub fn worker(&mut self, head: &LocalNode, extra: &[&str]) -> Result<LocalNode, String> {
+        let mut args = vec!["start", "--block", "--address", &head.address];
+        args.extend_from_slice(extra);
+        self.start(&args)
+    }
+
+    /// SIGKILLs a node's process.
+    pub fn kill(&mut self, node: &LocalNode) {
+        if let Some((_, child)) = self.children.get_mut(node.index) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `troupe <args>` to completion (`status`, `stop`): whether it
+    /// succeeded, and its output.
+    pub fn run(&self, args: &[&str]) -> std::io::Result<(bool, String)> {
+        let output = self.command(args, &self.cookie).output()?;
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        Ok((output.status.success(), text))
+    }
+
+    /// Waits until every process exited by itself; their command lines
+    /// and whether each succeeded, or `None` past `within`.
+    pub fn wait_all(&mut self, within: Duration) -> Option<Vec<(String, bool)>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let done = self
+                .children
+                .iter_mut()
+                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))));
+            if done {
+                return Some(
+                    self.children
+                        .iter_mut()
+                        .map(|(args, c)| (args.clone(), c.wait().is_ok_and(|s| s.success())))
+                        .collect(),
+                );
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process ids of the nodes still running.
+    pub fn pids(&mut self) -> Vec<u32> {
+        self.children
+            .iter_mut()
+            .filter_map(|(_, c)| matches!(c.try_wait(), Ok(None)).then(|| c.id()))
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Parses `troupe start`'s line "troupe: <role> <node id> up at <address>"
+/// (anywhere in `line`).
+pub fn parse_up_line(line: &str) -> Option<(NodeId, String)> {
+    let said = line.split("troupe: ").nth(1)?;
+    let (head, address) = said.split_once(" up at ")?;
+    let id = head.split_whitespace().nth(1)?;
+    let node = u64::from_str_radix(id, 16).ok().map(NodeId)?;
+    Some((node, address.trim().to_owned()))
+}
+
+/// A [`Launcher`] for a binary that calls
+/// [`main_if_requested`](crate::cli::main_if_requested) first: it runs
+/// `<this program> troupe <args>`.
+pub fn this_program() -> Launcher {
+    Box::new(|args: &[String]| {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("troupe"));
+        let mut command = Command::new(exe);
+        command.arg("troupe").args(args.iter().map(OsString::from));
+        command
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_up_line_is_parsed_wherever_it_is() {
+        let (node, address) =
+            parse_up_line("test x ... troupe: Worker 00000000000000ff up at 127.0.0.1:99").unwrap();
+        assert_eq!((node, address.as_str()), (NodeId(255), "127.0.0.1:99"));
+        assert!(parse_up_line("troupe: nothing").is_none());
+    }
+}
