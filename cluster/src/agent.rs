@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use troupe_core::NodeId;
 
 use crate::protocol::{Frame, FrameError, Notice, Reply, Request};
@@ -87,6 +87,102 @@ impl From<FrameError> for TransportError {
     }
 }
 
+/// The most bytes one ractor_cluster message carries: frames sent in a
+/// burst to one peer travel together (one hop through ractor_cluster's
+/// actors per batch, not per frame), up to this size.
+pub const MAX_BATCH_BYTES: usize = 2 * crate::protocol::MAX_FRAME_BYTES;
+
+/// Frames waiting to go to one peer, flushed together.
+struct Outbox {
+    agent: ActorRef<AgentMessage>,
+    state: std::sync::Mutex<OutboxState>,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    batch: Vec<u8>,
+    /// A flush is due at the end of this scheduling round.
+    flush_scheduled: bool,
+}
+
+impl Outbox {
+    fn new(agent: ActorRef<AgentMessage>) -> Arc<Self> {
+        Arc::new(Outbox {
+            agent,
+            state: std::sync::Mutex::new(OutboxState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Casts under the lock (a cast only queues), so frames leave in the
+    /// order they were pushed.
+    fn cast(&self, batch: Vec<u8>) -> bool {
+        batch.is_empty() || self.agent.cast(AgentMessage(batch)).is_ok()
+    }
+
+    fn flush(&self) {
+        let mut state = self.lock();
+        state.flush_scheduled = false;
+        let batch = std::mem::take(&mut state.batch);
+        self.cast(batch);
+    }
+
+    /// Sends a frame. Idle (nothing sent in this scheduling round), it
+    /// goes at once, alone: a request sent one at a time pays no wait. The
+    /// frames that follow it within the round (a burst) are appended and
+    /// go together when the round ends (one yield); a full batch goes at
+    /// once.
+    fn push(self: &Arc<Self>, frame: &[u8]) -> bool {
+        let mut one = Vec::with_capacity(4 + frame.len());
+        one.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        one.extend_from_slice(frame);
+        let mut state = self.lock();
+        if state.flush_scheduled {
+            let mut sent = true;
+            if state.batch.len() + one.len() > MAX_BATCH_BYTES {
+                let full = std::mem::take(&mut state.batch);
+                sent = self.cast(full);
+            }
+            state.batch.extend_from_slice(&one);
+            return sent;
+        }
+        let sent = self.cast(one);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return sent; // no runtime: every frame goes alone
+        };
+        state.flush_scheduled = true;
+        drop(state);
+        let outbox = self.clone();
+        handle.spawn(async move {
+            tokio::task::yield_now().await;
+            outbox.flush();
+        });
+        sent
+    }
+}
+
+/// Splits a batch into its frames' bytes; a malformed length ends it
+/// (what came before is kept).
+pub fn split_batch(mut batch: &[u8]) -> (Vec<&[u8]>, bool) {
+    let mut frames = Vec::new();
+    while !batch.is_empty() {
+        let Some((len, rest)) = batch.split_first_chunk::<4>() else {
+            return (frames, false);
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return (frames, false);
+        }
+        let (frame, rest) = rest.split_at(len);
+        frames.push(frame);
+        batch = rest;
+    }
+    (frames, true)
+}
+
 struct Waiting {
     node: NodeId,
     reply: oneshot::Sender<Result<Reply, TransportError>>,
@@ -96,6 +192,7 @@ struct Waiting {
 pub struct Transport {
     me: NodeId,
     peers: DashMap<NodeId, ActorRef<AgentMessage>>,
+    outboxes: DashMap<NodeId, Arc<Outbox>>,
     /// Bumped whenever a peer comes up (waiters for a session re-check).
     peers_changed: watch::Sender<u64>,
     pending: DashMap<u64, Waiting>,
@@ -109,6 +206,7 @@ impl Transport {
         Arc::new(Transport {
             me,
             peers: DashMap::new(),
+            outboxes: DashMap::new(),
             peers_changed: watch::channel(0).0,
             pending: DashMap::new(),
             pending_per_peer: DashMap::new(),
@@ -132,6 +230,7 @@ impl Transport {
     }
 
     fn peer_up(&self, node: NodeId, agent: ActorRef<AgentMessage>) {
+        self.outboxes.insert(node, Outbox::new(agent.clone()));
         self.peers.insert(node, agent);
         self.peers_changed.send_modify(|n| *n += 1);
     }
@@ -140,6 +239,7 @@ impl Transport {
     /// waiting on it fails with [`TransportError::NodeDied`].
     pub fn peer_down(&self, node: NodeId) {
         self.peers.remove(&node);
+        self.outboxes.remove(&node);
         let ids: Vec<u64> = self
             .pending
             .iter()
@@ -173,13 +273,20 @@ impl Transport {
         }
     }
 
-    fn send(&self, agent: &ActorRef<AgentMessage>, frame: &Frame) -> Result<(), TransportError> {
+    fn send(&self, node: NodeId, frame: &Frame) -> Result<(), TransportError> {
         let bytes = frame.encode()?;
         metrics::counter!("troupe_cluster_frames_sent_total").increment(1);
         metrics::counter!("troupe_cluster_control_bytes_sent_total").increment(bytes.len() as u64);
-        agent
-            .cast(AgentMessage(bytes))
-            .map_err(|_| TransportError::NoSession(agent_node(agent).unwrap_or(self.me)))
+        let outbox = self
+            .outboxes
+            .get(&node)
+            .map(|o| o.clone())
+            .ok_or(TransportError::NoSession(node))?;
+        if outbox.push(&bytes) {
+            Ok(())
+        } else {
+            Err(TransportError::NoSession(node))
+        }
     }
 
     /// Sends `body` to `node` and waits for its reply (or its death).
@@ -189,7 +296,7 @@ impl Transport {
         body: Request,
         connect_timeout: Duration,
     ) -> Result<Reply, TransportError> {
-        let agent = self.session(node, connect_timeout).await?;
+        self.session(node, connect_timeout).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut count = self.pending_per_peer.entry(node).or_insert(0);
@@ -205,7 +312,7 @@ impl Transport {
             from: self.me,
             body,
         };
-        if let Err(err) = self.send(&agent, &frame) {
+        if let Err(err) = self.send(node, &frame) {
             self.settle(id);
             return Err(err);
         }
@@ -243,12 +350,8 @@ impl Transport {
 
     /// Answers request `id` of `node`.
     pub fn reply(&self, node: NodeId, id: u64, body: Reply) {
-        let Some(agent) = self.peers.get(&node).map(|a| a.clone()) else {
-            tracing::debug!(%node, "no session left to reply on");
-            return;
-        };
         let frame = Frame::Reply { id, body };
-        if let Err(err) = self.send(&agent, &frame) {
+        if let Err(err @ TransportError::Frame(_)) = self.send(node, &frame) {
             // Too large to send back: answer with the error instead, so
             // the requester is not left waiting.
             tracing::warn!(%node, %err, "reply not sent");
@@ -256,19 +359,14 @@ impl Transport {
                 id,
                 body: Reply::Refused(err.to_string()),
             };
-            let _ = self.send(&agent, &fallback);
+            let _ = self.send(node, &fallback);
         }
     }
 
     /// Sends a notice to `node` if a session to it is up.
     pub fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
-        let agent = self
-            .peers
-            .get(&node)
-            .map(|a| a.clone())
-            .ok_or(TransportError::NoSession(node))?;
         self.send(
-            &agent,
+            node,
             &Frame::Notice {
                 from: self.me,
                 body,
@@ -277,14 +375,12 @@ impl Transport {
     }
 }
 
-fn agent_node(agent: &ActorRef<AgentMessage>) -> Option<NodeId> {
-    agent.get_name().as_deref().and_then(node_of_agent)
-}
-
 /// The agent actor: decodes frames from peers and follows the agent group.
 pub struct Agent {
     /// Where frames and peer changes go.
-    pub inbound: mpsc::UnboundedSender<Inbound>,
+    /// Called in the agent's turn (no further hop): frames are handled in
+    /// the order they arrived; requests spawn their own work.
+    pub inbound: Arc<dyn Fn(Inbound) + Send + Sync>,
     /// The node's transport.
     pub transport: Arc<Transport>,
 }
@@ -326,14 +422,24 @@ impl Actor for Agent {
     ) -> Result<(), ActorProcessingErr> {
         metrics::counter!("troupe_cluster_control_bytes_received_total")
             .increment(message.0.len() as u64);
-        match Frame::decode(&message.0) {
-            Ok(frame) => {
-                let _ = self.inbound.send(Inbound::Frame(Box::new(frame)));
-            }
-            Err(err) => {
-                // A peer's bad bytes never stop this node.
-                metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
-                tracing::warn!(%err, bytes = message.0.len(), "dropped a malformed control frame");
+        let (frames, whole) = split_batch(&message.0);
+        if !whole {
+            metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
+            tracing::warn!(
+                bytes = message.0.len(),
+                "dropped the malformed end of a control batch"
+            );
+        }
+        for bytes in frames {
+            match Frame::decode(bytes) {
+                Ok(frame) => {
+                    (self.inbound)(Inbound::Frame(Box::new(frame)));
+                }
+                Err(err) => {
+                    // A peer's bad bytes never stop this node.
+                    metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
+                    tracing::warn!(%err, bytes = bytes.len(), "dropped a malformed control frame");
+                }
             }
         }
         Ok(())
@@ -374,7 +480,7 @@ impl Agent {
         };
         if up {
             self.transport.peer_up(node, ActorRef::from(cell));
-            let _ = self.inbound.send(Inbound::PeerUp(node));
+            (self.inbound)(Inbound::PeerUp(node));
         } else {
             // Only if this cell is the one we know (a reconnect may have
             // replaced it already).
@@ -386,7 +492,7 @@ impl Agent {
                 .unwrap_or(false);
             if ours {
                 self.transport.peer_down(node);
-                let _ = self.inbound.send(Inbound::PeerDown(node));
+                (self.inbound)(Inbound::PeerDown(node));
             }
         }
     }
@@ -401,6 +507,24 @@ mod tests {
         assert_eq!(node_of_agent(&agent_name(NodeId(42))), Some(NodeId(42)));
         assert_eq!(node_of_agent("troupe.agent.x"), None);
         assert_eq!(node_of_agent("other"), None);
+    }
+
+    #[test]
+    fn batches_split_into_their_frames_and_a_bad_length_ends_one() {
+        let mut batch = Vec::new();
+        for frame in [&b"one"[..], b"", b"three"] {
+            batch.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            batch.extend_from_slice(frame);
+        }
+        let (frames, whole) = split_batch(&batch);
+        assert!(whole);
+        assert_eq!(frames, vec![&b"one"[..], b"", b"three"]);
+        batch.extend_from_slice(&u32::MAX.to_le_bytes());
+        batch.extend_from_slice(b"short");
+        let (frames, whole) = split_batch(&batch);
+        assert!(!whole);
+        assert_eq!(frames.len(), 3, "what came before is kept");
+        assert_eq!(split_batch(&[1, 2]), (Vec::<&[u8]>::new(), false));
     }
 
     #[tokio::test]

@@ -51,7 +51,7 @@ impl LocalCluster {
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home)?;
         let mut cookie = [0u8; 16];
-        getrandom::fill(&mut cookie).map_err(std::io::Error::other)?;
+        getrandom::fill(&mut cookie).map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(LocalCluster {
             launcher,
             home,

@@ -919,11 +919,16 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     });
 
     // The agent.
-    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    // Weak: the agent must not keep the node alive.
+    let handler = Arc::downgrade(&shared);
     let (agent, _) = Actor::spawn(
         Some(agent_name(me)),
         Agent {
-            inbound: inbound_tx,
+            inbound: Arc::new(move |message| {
+                if let Some(shared) = handler.upgrade() {
+                    shared.handle(message);
+                }
+            }),
             transport: transport.clone(),
         },
         (),
@@ -963,16 +968,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         pid: std::process::id(),
     };
 
-    // Frames in, handled in order of arrival (requests run concurrently).
-    let mut tasks = Vec::new();
-    {
-        let shared = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(message) = inbound.recv().await {
-                shared.handle(message);
-            }
-        }));
-    }
+    let tasks = Vec::new();
 
     let mut running = Running {
         shared: shared.clone(),
