@@ -30,6 +30,21 @@ fn bytes(n: usize) -> Vec<u8> {
     vec![7u8; n]
 }
 
+/// An actor for the remote call loops.
+#[derive(Default)]
+pub struct Echo;
+
+#[troupe::actor]
+impl Echo {
+    pub fn new() -> Self {
+        Echo
+    }
+
+    pub fn ping(&self, x: u64) -> u64 {
+        x
+    }
+}
+
 fn wanted(filters: &[String], metric: &str) -> bool {
     filters.is_empty() || filters.iter().any(|f| metric.contains(f.as_str()))
 }
@@ -152,6 +167,35 @@ async fn run(filters: Vec<String>) {
         })
         .await;
         print("remote_tasks_async_per_s", rate, "tasks/s");
+    }
+    if wanted(&filters, "remote_actor_calls") {
+        let on_a =
+            ActorOptions::new().scheduling_strategy(troupe::SchedulingStrategy::NodeAffinity {
+                node: a.node,
+                soft: false,
+            });
+        let echo = rt
+            .spawn_remote::<Echo>(on_a, "new", &())
+            .await
+            .expect("an actor on node a");
+        if wanted(&filters, "remote_actor_calls_sync_per_s") {
+            let (rate, _) = timeit(&timing, 1, || async {
+                echo.ping(1).await.expect("a remote call");
+            })
+            .await;
+            print("remote_actor_calls_sync_per_s", rate, "calls/s");
+        }
+        if wanted(&filters, "remote_actor_calls_async_per_s") {
+            let n = if quick() { 1_000 } else { 10_000 };
+            let (rate, _) = timeit(&timing, n, || async {
+                let calls: Vec<_> = (0..n).map(|i| echo.ping(i)).collect();
+                for call in calls {
+                    call.await.expect("a remote call");
+                }
+            })
+            .await;
+            print("remote_actor_calls_async_per_s", rate, "calls/s");
+        }
     }
     if wanted(&filters, "cross_node_get_gigabytes_per_s") {
         let n: usize = if quick() { 100 << 20 } else { 1 << 30 };

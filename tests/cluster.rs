@@ -62,6 +62,43 @@ fn digest(bytes: Vec<u8>) -> (u64, usize, NodeId) {
     (sum, bytes.len(), node)
 }
 
+/// A counter that says where it lives.
+pub struct Tally {
+    n: u64,
+}
+
+#[troupe::actor]
+impl Tally {
+    pub fn new(start: u64) -> Self {
+        Tally { n: start }
+    }
+
+    pub fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+
+    pub fn node(&self) -> NodeId {
+        troupe::task::runtime().expect("in a runtime").node_id()
+    }
+
+    pub async fn slowly(&mut self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.n
+    }
+}
+
+/// Finds the tally by name on whichever node this task runs, and adds.
+#[troupe::remote]
+async fn add_to_tally(by: u64) -> (u64, NodeId) {
+    let rt = troupe::task::runtime().expect("in a runtime");
+    let tally = rt
+        .find_actor::<Tally>("tally")
+        .await
+        .expect("found by name");
+    (tally.add(by).await.expect("a remote call"), rt.node_id())
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
@@ -378,4 +415,70 @@ async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
     for (args, success) in exits {
         assert!(success, "`{args}` exited with an error");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_death_is_an_error() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("actors");
+    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
+    let b = p
+        .worker(&head, &["--num-cpus", "1", "--resources", "b=1"])
+        .expect("node b");
+    let c = p
+        .worker(&head, &["--num-cpus", "1", "--resources", "c=1"])
+        .expect("node c");
+    let rt = driver(&p, &head).await;
+    wait_for_nodes(3).await;
+
+    // Spawned on B by its constructor; called through the typed handle.
+    let on_b =
+        ActorOptions::new()
+            .name("tally")
+            .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+                node: b.node,
+                soft: false,
+            });
+    let tally = rt
+        .spawn_remote::<Tally>(on_b, "new", &(10u64,))
+        .await
+        .expect("spawned on B");
+    assert!(tally.as_ref().is_remote());
+    assert_eq!(tally.info().node, b.node);
+    assert_eq!(
+        common::within("a call", tally.node()).await.unwrap(),
+        b.node
+    );
+    assert_eq!(common::within("a call", tally.add(1)).await.unwrap(), 11);
+    // Pipelined calls keep their order.
+    let pending: Vec<_> = (0..50).map(|_| tally.add(1)).collect();
+    let mut last = 0;
+    for p in pending {
+        last = p.await.unwrap();
+    }
+    assert_eq!(last, 61);
+
+    // A task on C finds it by name and calls it.
+    let r = add_to_tally::options(TaskOptions::default().resource("c", 1.0)).remote(&rt, 100);
+    let (value, ran_on) = *common::within("the task on C", rt.get(&r)).await.unwrap();
+    assert_eq!((value, ran_on), (161, c.node));
+
+    // The driver finds it by name too; the wrong type is an error.
+    let found = rt
+        .find_actor::<Tally>("tally")
+        .await
+        .expect("found by name");
+    assert_eq!(found.id(), tally.id());
+    assert!(rt.find_actor::<Tally>("nobody").await.is_err());
+
+    // B dies with a call in flight (sent at once, as every call is): it
+    // fails with ActorDied, never hangs.
+    let in_flight = tally.slowly(60_000);
+    p.kill(&b);
+    let err = common::within("the call fails", in_flight)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    assert!(tally.is_dead());
+    rt.shutdown().await.unwrap();
 }

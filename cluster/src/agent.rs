@@ -297,6 +297,23 @@ impl Transport {
         connect_timeout: Duration,
     ) -> Result<Reply, TransportError> {
         self.session(node, connect_timeout).await?;
+        self.send_request(node, body)?.await
+    }
+
+    /// Sends `body` to `node` now (before returning: requests sent one
+    /// after another leave in that order) if a session to it is up; the
+    /// future resolves to its reply (or the node's death).
+    pub fn send_request(
+        &self,
+        node: NodeId,
+        body: Request,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Reply, TransportError>> + use<>,
+        TransportError,
+    > {
+        if !self.peers.contains_key(&node) {
+            return Err(TransportError::NoSession(node));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut count = self.pending_per_peer.entry(node).or_insert(0);
@@ -323,10 +340,12 @@ impl Transport {
                 let _ = w.reply.send(Err(TransportError::NodeDied(node)));
             }
         }
-        match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(TransportError::NodeDied(node)),
-        }
+        Ok(async move {
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::NodeDied(node)),
+            }
+        })
     }
 
     fn settle(&self, id: u64) -> Option<Waiting> {

@@ -20,9 +20,11 @@ use tokio::sync::{mpsc, watch};
 use troupe_core::error::{ActorError, Failure};
 use troupe_core::remote::{
     ClusterEvent, Placement, PlacementDecision, PlacementRequest, RemoteExecutor, RemoteOutcome,
+    RemoteSpawn, StopHow,
 };
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
 use troupe_core::task::TaskSpec;
+use troupe_core::SpawnError;
 use troupe_core::{
     ActorId, ActorInfo, Blob, Cause, ClusterSeams, Config, NodeId, ObjectDirectory, ObjectError,
     ObjectId, Resources, Runtime,
@@ -539,6 +541,32 @@ impl Shared {
             Inbound::Frame(frame) => match *frame {
                 Frame::Reply { id, body } => transport.complete(id, body),
                 Frame::Notice { from, body } => self.notice(from, body),
+                // An actor call enters the actor's mailbox now, in the
+                // order calls arrived (the caller sent them in order); only
+                // waiting for its reply runs apart.
+                Frame::Request {
+                    id,
+                    from,
+                    body:
+                        Request::CallActor {
+                            actor,
+                            method,
+                            args,
+                        },
+                } => {
+                    let Some(rt) = self.runtime() else {
+                        transport.reply(
+                            from,
+                            id,
+                            Reply::Refused("this node is shutting down".into()),
+                        );
+                        return;
+                    };
+                    let reply = rt.call_by_name(actor, &method, &args);
+                    tokio::spawn(async move {
+                        transport.reply(from, id, Reply::Actor(reply.await));
+                    });
+                }
                 Frame::Request { id, from, body } => {
                     let shared = self.clone();
                     tokio::spawn(async move {
@@ -617,6 +645,12 @@ impl Shared {
                     }
                 }
             }
+            Request::SpawnActor(request) => Reply::Spawned(rt.spawn_requested(request).await),
+            Request::StopActor { actor, how } => {
+                rt.stop_requested(actor, how).await;
+                Reply::Ok
+            }
+            Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
             Request::Locate(id) => {
                 Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
             }
@@ -717,36 +751,141 @@ impl RemoteExecutor for Seams {
     ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
         let shared = self.0.clone();
         let method = method.to_owned();
+        let died = move |reason: String, method: String| ActorError::ActorDied {
+            actor: Arc::new(ActorInfo {
+                id: actor,
+                name: None,
+                type_name: "remote".into(),
+                node,
+                resources: Resources::default(),
+                gpu_ids: Vec::new(),
+            }),
+            method: method.into(),
+            reason,
+        };
+        let Some(transport) = shared.transport.get().cloned() else {
+            let err = died("this node is not in a cluster".into(), method);
+            return Box::pin(async move { Err(err) });
+        };
+        let body = Request::CallActor {
+            actor,
+            method: method.clone(),
+            args,
+        };
+        // Sent now when a session is up, so that calls made one after
+        // another run in that order (as local calls do).
+        // No session: its node is gone (handles are made while it is up).
+        let sent = transport.send_request(node, body);
         Box::pin(async move {
-            let died = |reason: String, method: String| ActorError::ActorDied {
-                actor: Arc::new(ActorInfo {
-                    id: actor,
-                    name: None,
-                    type_name: "remote".into(),
-                    node,
-                    resources: Resources::default(),
-                    gpu_ids: Vec::new(),
-                }),
-                method: method.into(),
-                reason,
+            let reply = match sent {
+                Ok(reply) => reply.await,
+                Err(err) => Err(err),
             };
-            let Some(transport) = shared.transport.get().cloned() else {
-                return Err(died("this node is not in a cluster".into(), method));
-            };
-            let body = Request::CallActor {
-                actor,
-                method: method.clone(),
-                args,
-            };
-            match transport
-                .request(node, body, shared.options.connect_timeout)
-                .await
-            {
+            match reply {
                 Ok(Reply::Actor(result)) => result,
                 Ok(other) => Err(died(format!("unexpected reply {other:?}"), method)),
                 Err(err) => Err(died(err.to_string(), method)),
             }
         })
+    }
+
+    fn spawn_actor(
+        &self,
+        node: Option<NodeId>,
+        request: RemoteSpawn,
+    ) -> BoxFuture<'static, Result<ActorInfo, SpawnError>> {
+        Box::pin(Seams::spawn_on(self.0.clone(), node, request))
+    }
+
+    fn stop_actor(&self, node: NodeId, actor: ActorId, how: StopHow) -> BoxFuture<'static, ()> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let Some(transport) = shared.transport.get().cloned() else {
+                return;
+            };
+            let request = Request::StopActor { actor, how };
+            // A node that is gone took its actor with it: nothing to wait for.
+            let _ = transport
+                .request(node, request, shared.options.connect_timeout)
+                .await;
+        })
+    }
+
+    fn find_actor(&self, name: &str) -> BoxFuture<'static, Option<ActorInfo>> {
+        let shared = self.0.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let transport = shared.transport.get().cloned()?;
+            let asks = transport.peers().into_iter().map(|node| {
+                let transport = transport.clone();
+                let request = Request::FindActor(name.clone());
+                let timeout = shared.options.connect_timeout;
+                async move { transport.request(node, request, timeout).await }
+            });
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .find_map(|reply| match reply {
+                    Ok(Reply::Found(found)) => found,
+                    _ => None,
+                })
+        })
+    }
+}
+
+impl Seams {
+    async fn spawn_on(
+        shared: Arc<Shared>,
+        node: Option<NodeId>,
+        request: RemoteSpawn,
+    ) -> Result<ActorInfo, SpawnError> {
+        let (Some(transport), Some(rt)) = (shared.transport.get().cloned(), shared.runtime())
+        else {
+            return Err(SpawnError::Remote {
+                node,
+                reason: "this node is not part of a cluster".to_owned(),
+            });
+        };
+        let me = transport.me();
+        let target = match node {
+            Some(node) => node,
+            None => {
+                let view = read(&shared.view).clone();
+                let reachable: Vec<Member> = view
+                    .into_iter()
+                    .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
+                    .collect();
+                crate::placement::place_actor(me, &reachable, request.options.get_resources())
+                    .ok_or_else(|| SpawnError::Remote {
+                        node: None,
+                        reason: format!(
+                            "no node can hold an actor needing {:?}",
+                            request.options.get_resources()
+                        ),
+                    })?
+            }
+        };
+        if target == me {
+            return rt.spawn_requested(request).await;
+        }
+        match transport
+            .request(
+                target,
+                Request::SpawnActor(request),
+                shared.options.connect_timeout,
+            )
+            .await
+        {
+            Ok(Reply::Spawned(result)) => result,
+            Ok(other) => Err(SpawnError::Remote {
+                node: Some(target),
+                reason: format!("unexpected reply {other:?}"),
+            }),
+            Err(err) => Err(SpawnError::Remote {
+                node: Some(target),
+                reason: err.to_string(),
+            }),
+        }
     }
 }
 

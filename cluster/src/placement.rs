@@ -108,6 +108,28 @@ impl Placer {
     }
 }
 
+/// Where a new actor needing `needs` goes: a live node whose free
+/// resources fit now (this one first, then the least loaded), else one
+/// whose total fits; `None` if no node can ever hold it.
+pub fn place_actor(me: NodeId, members: &[Member], needs: &Resources) -> Option<NodeId> {
+    let runnable = || {
+        members.iter().filter(|m| {
+            m.state == MemberState::Alive
+                && m.hello.role != Role::Client
+                && fits(needs, &m.hello.resources)
+        })
+    };
+    let free_now = |m: &&Member| fits(needs, &m.available);
+    if let Some(m) = runnable().find(|m| m.hello.node == me && free_now(m)) {
+        return Some(m.hello.node);
+    }
+    runnable()
+        .filter(free_now)
+        .min_by_key(|m| (m.load.actors, m.load.tasks_queued, m.hello.node))
+        .or_else(|| runnable().min_by_key(|m| (m.load.actors, m.hello.node)))
+        .map(|m| m.hello.node)
+}
+
 fn here_or(me: NodeId, node: NodeId) -> PlacementDecision {
     if node == me {
         PlacementDecision::Here
@@ -241,6 +263,35 @@ mod tests {
                 PlacementDecision::Here,
                 PlacementDecision::Node(NodeId(2)),
             ]
+        );
+    }
+
+    #[test]
+    fn an_actor_goes_here_when_it_fits_else_to_the_least_busy_node_that_does() {
+        let c = Resources::cpus(1.0);
+        let mut members = vec![
+            member(1, c.clone(), c.clone(), 0),
+            member(2, c.clone(), c.clone(), 0),
+            member(
+                3,
+                c.clone().with("gpu-ish", 1.0),
+                c.clone().with("gpu-ish", 1.0),
+                0,
+            ),
+        ];
+        members[1].load.actors = 5;
+        assert_eq!(place_actor(NodeId(1), &members, &c), Some(NodeId(1)));
+        let gpuish = Resources::default().with("gpu-ish", 1.0);
+        assert_eq!(place_actor(NodeId(1), &members, &gpuish), Some(NodeId(3)));
+        members[0].available = Resources::default();
+        assert_eq!(
+            place_actor(NodeId(1), &members, &c),
+            Some(NodeId(3)),
+            "fewest actors"
+        );
+        assert_eq!(
+            place_actor(NodeId(1), &members, &Resources::cpus(9.0)),
+            None
         );
     }
 

@@ -163,6 +163,17 @@ pub enum Request {
     },
     /// To an object's owner: where is its value?
     Locate(ObjectId),
+    /// Spawn this actor here.
+    SpawnActor(troupe_core::remote::RemoteSpawn),
+    /// Stop or kill an actor living here.
+    StopActor {
+        /// The actor.
+        actor: ActorId,
+        /// How.
+        how: troupe_core::remote::StopHow,
+    },
+    /// Who holds this name here, if anyone?
+    FindActor(String),
     /// To the head: the cluster's members.
     Status,
     /// To the head: stop every node, then yourself.
@@ -180,6 +191,10 @@ pub enum Reply {
     Task(RemoteOutcome),
     /// An actor call's encoded result.
     Actor(Result<Vec<u8>, ActorError>),
+    /// The actor spawned (or why not).
+    Spawned(Result<troupe_core::ActorInfo, troupe_core::SpawnError>),
+    /// The actor holding a name here, if any.
+    Found(Option<troupe_core::ActorInfo>),
     /// Where an object's value is: `Ok(None)` at the owner itself.
     Location(Result<Option<NodeId>, troupe_core::ObjectError>),
     /// The cluster's members.

@@ -71,6 +71,15 @@ pub enum SpawnError {
     /// binary (spawning by name).
     #[error("no actor constructor {0:?} in this binary; is every node running the same build?")]
     UnknownConstructor(String),
+    /// Spawning on another node failed (no node fits, the node refused or
+    /// died, no cluster).
+    #[error("spawning on {} failed: {reason}", node.map(|n| format!("node {n}")).unwrap_or_else(|| "the cluster".to_owned()))]
+    Remote {
+        /// The node asked, if one was.
+        node: Option<crate::ids::NodeId>,
+        /// Why.
+        reason: String,
+    },
     /// A constructor's arguments did not decode.
     #[error("the arguments for {constructor} did not decode: {cause}")]
     BadArguments {

@@ -99,8 +99,8 @@ pub mod __private {
     };
     pub use crate::generator::StreamSink;
     pub use crate::registry::{
-        build_task, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method, NotByName,
-        NotByNameNew, RemoteFunction, Wire, WireNew,
+        build_task, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method, NoRemoteCall,
+        NotByName, NotByNameNew, RemoteCall, RemoteFunction, Wire, WireNew,
     };
     pub use crate::spec::Arg;
     pub use futures::future::BoxFuture;

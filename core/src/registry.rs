@@ -493,6 +493,64 @@ impl<Args, R> NotByName<Args, R> for &Wire<Args, R> {
     }
 }
 
+/// Calls a method of an actor on another node, its arguments encoded (when
+/// they and the result are serde types). Used by generated code.
+#[doc(hidden)]
+pub trait RemoteCall<Args, R> {
+    fn remote_call(
+        &self,
+        remote: &Arc<crate::actor::RemoteActor>,
+        method: &'static str,
+        args: Args,
+    ) -> crate::actor::Pending<R>;
+}
+
+impl<Args, R> RemoteCall<Args, R> for Wire<Args, R>
+where
+    Args: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    fn remote_call(
+        &self,
+        remote: &Arc<crate::actor::RemoteActor>,
+        method: &'static str,
+        args: Args,
+    ) -> crate::actor::Pending<R> {
+        remote.call::<Args, R>(method, &args)
+    }
+}
+
+/// The fallback of [`RemoteCall`]: types that cannot travel. Used by
+/// generated code.
+#[doc(hidden)]
+pub trait NoRemoteCall<Args, R> {
+    fn remote_call(
+        &self,
+        remote: &Arc<crate::actor::RemoteActor>,
+        method: &'static str,
+        args: Args,
+    ) -> crate::actor::Pending<R>;
+}
+
+impl<Args, R> NoRemoteCall<Args, R> for &Wire<Args, R> {
+    fn remote_call(
+        &self,
+        remote: &Arc<crate::actor::RemoteActor>,
+        method: &'static str,
+        _: Args,
+    ) -> crate::actor::Pending<R> {
+        crate::actor::Pending::ready(Err(ActorError::BadCall {
+            actor: remote.info_arc(),
+            method: method.to_owned(),
+            reason: format!(
+                "the actor is on another node, and this method's arguments ({}) or result ({}) are not serde types, so they cannot travel",
+                std::any::type_name::<Args>(),
+                std::any::type_name::<R>()
+            ),
+        }))
+    }
+}
+
 /// Marker for the spawn-by-name specialization. Used by generated code.
 #[doc(hidden)]
 pub struct WireNew<Args>(std::marker::PhantomData<fn(Args)>);

@@ -9,9 +9,11 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ActorError, Failure};
+use crate::actor::ActorOptions;
+pub use crate::actor::StopHow;
+use crate::error::{ActorError, Failure, SpawnError};
 
-use crate::ids::{ActorId, NodeId, ObjectId};
+use crate::ids::{ActorId, ActorInfo, NodeId, ObjectId};
 use crate::spec::TaskSpec;
 use crate::Resources;
 
@@ -88,6 +90,51 @@ pub trait RemoteExecutor: Send + Sync + 'static {
         method: &str,
         args: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+
+    /// Spawns an actor with a registered constructor on `node` (or, with
+    /// `None`, on a node the cluster picks for `request.options`'s
+    /// resources); resolves to who it is. An executor that cannot place
+    /// actors refuses (the default).
+    fn spawn_actor(
+        &self,
+        node: Option<NodeId>,
+        request: RemoteSpawn,
+    ) -> BoxFuture<'static, Result<ActorInfo, SpawnError>> {
+        let _ = (node, request);
+        Box::pin(async {
+            Err(SpawnError::Remote {
+                node: None,
+                reason: "this cluster executor does not place actors on other nodes".to_owned(),
+            })
+        })
+    }
+
+    /// Stops or kills the actor `actor` on `node`; resolves once it has
+    /// (or once its node is gone). Default: nothing to reach.
+    fn stop_actor(&self, node: NodeId, actor: ActorId, how: StopHow) -> BoxFuture<'static, ()> {
+        let _ = (node, actor, how);
+        Box::pin(async {})
+    }
+
+    /// The live actor named `name` on another node, if any. Default: none.
+    fn find_actor(&self, name: &str) -> BoxFuture<'static, Option<ActorInfo>> {
+        let _ = name;
+        Box::pin(async { None })
+    }
+}
+
+/// An actor to spawn on another node, by its registered type and
+/// constructor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteSpawn {
+    /// The actor type's registered name (`Actor::NAME`).
+    pub type_name: String,
+    /// The constructor's name (`new`, say).
+    pub constructor: String,
+    /// Its options (name, restarts, resources).
+    pub options: ActorOptions,
+    /// The constructor's encoded arguments (a tuple).
+    pub args: Vec<u8>,
 }
 
 /// Something that happened to a node of the cluster. The cluster publishes

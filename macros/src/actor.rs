@@ -168,11 +168,40 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
         entries.push(quote! {
             ::troupe::__private::Method { name: #name_str, signature: #signature, call: #dispatch },
         });
+        // Borrowed types cannot travel, and the specialization that picks
+        // serde types cannot tell them apart (lifetimes are erased when it
+        // chooses): such methods refuse remote calls outright.
+        let borrowed = std::iter::once(output.to_string())
+            .chain(arg_types.iter().map(|t| quote!(#t).to_string()))
+            .any(|t| t.contains('&') || t.contains('\''));
+        let remote_branch = if borrowed {
+            quote! {
+                if let ::std::option::Option::Some(__remote) = self.0.remote_target() {
+                    return ::troupe::Pending::ready(::std::result::Result::Err(::troupe::ActorError::BadCall {
+                        actor: __remote.info_arc(),
+                        method: #name_str.to_owned(),
+                        reason: "the actor is on another node, and this method borrows (its arguments or result hold references), so it cannot be called there".to_owned(),
+                    }));
+                }
+            }
+        } else {
+            quote! {
+                if let ::std::option::Option::Some(__remote) = self.0.remote_target() {
+                    #[allow(unused_imports)]
+                    use ::troupe::__private::{NoRemoteCall as _, RemoteCall as _};
+                    return (&::troupe::__private::Wire::<(#(#arg_types,)*), #output>::new())
+                        .remote_call(__remote, #name_str, (#(#args,)*));
+                }
+            }
+        };
         methods.push(quote! {
             #(#docs)*
             ///
             /// Sends the call at once; await the result for the reply.
             pub fn #name(&self #(, #params)*) -> ::troupe::Pending<#output> {
+                // On another node: the call travels by name, its arguments
+                // encoded (when they can be).
+                #remote_branch
                 #body
             }
         });

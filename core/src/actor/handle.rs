@@ -1,14 +1,17 @@
 //! Typed handles.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use super::call::{Async, CallCell, Inline, MayBlock, Pending};
 use super::slot::{Forbid, Signal, Slot};
+use super::StopHow;
 use super::{Actor, ActorOptions};
+use crate::error::ActorError;
 use crate::ids::{ActorId, ActorInfo};
+use troupe_objects::ObjectStore;
 
 /// An untyped-method handle to an actor; `#[troupe::actor]` wraps it in a
 /// typed handle. Cheap to clone; valid across restarts.
@@ -18,7 +21,14 @@ use crate::ids::{ActorId, ActorInfo};
 /// sent and stops (as Ray collects actors). Named actors and actors in your
 /// own trees live until stopped, killed, removed or shut down.
 pub struct ActorHandle<A: Actor> {
-    owner: Arc<Owner<A>>,
+    target: Target<A>,
+}
+
+/// Where the actor lives: here (its slot), or on another node (reached
+/// through the cluster's executor).
+enum Target<A: Actor> {
+    Local(Arc<Owner<A>>),
+    Remote(Arc<RemoteActor>),
 }
 
 /// Shared by all clones of a handle; its drop is the last handle's drop.
@@ -38,14 +48,114 @@ impl<A: Actor> Drop for Owner<A> {
 impl<A: Actor> Clone for ActorHandle<A> {
     fn clone(&self) -> Self {
         Self {
-            owner: self.owner.clone(),
+            target: match &self.target {
+                Target::Local(owner) => Target::Local(owner.clone()),
+                Target::Remote(remote) => Target::Remote(remote.clone()),
+            },
         }
     }
 }
 
 impl<A: Actor> std::fmt::Debug for ActorHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ActorHandle({})", self.owner.slot.info)
+        match &self.target {
+            Target::Local(owner) => write!(f, "ActorHandle({})", owner.slot.info),
+            Target::Remote(remote) => write!(
+                f,
+                "ActorHandle({} on node {})",
+                remote.info, remote.info.node
+            ),
+        }
+    }
+}
+
+/// How a handle reaches actors on other nodes (the runtime adapts the
+/// cluster's `RemoteExecutor` to it; actors know nothing of the network).
+pub trait ActorLink: Send + Sync + 'static {
+    /// Calls `method` of `actor` on `node` with encoded arguments.
+    fn call(
+        &self,
+        node: crate::ids::NodeId,
+        actor: ActorId,
+        method: &str,
+        args: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+
+    /// Stops or kills `actor` on `node`.
+    fn stop(
+        &self,
+        node: crate::ids::NodeId,
+        actor: ActorId,
+        how: StopHow,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// An actor on another node, as a handle reaches it: calls travel as a
+/// method name and encoded arguments (`#[troupe::actor]`'s typed methods
+/// encode them), through the cluster.
+pub struct RemoteActor {
+    info: Arc<ActorInfo>,
+    options: ActorOptions,
+    executor: Arc<dyn ActorLink>,
+    store: ObjectStore,
+    dead: AtomicBool,
+}
+
+impl RemoteActor {
+    /// Who the actor is.
+    pub fn info_arc(&self) -> Arc<ActorInfo> {
+        self.info.clone()
+    }
+
+    /// Calls `method` with encoded arguments; the reply's encoding.
+    pub fn call_encoded(
+        self: &Arc<Self>,
+        method: &'static str,
+        args: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        let remote = self.clone();
+        let reply = self
+            .executor
+            .call(self.info.node, self.info.id, method, args);
+        Box::pin(async move {
+            let result = reply.await;
+            if let Err(ActorError::ActorDied { .. }) = &result {
+                remote.dead.store(true, Ordering::Release);
+            }
+            result
+        })
+    }
+
+    /// Calls `method` with `args`, decoding the reply as `R` (refs in it
+    /// attach to this node's store).
+    pub fn call<Args, R>(self: &Arc<Self>, method: &'static str, args: &Args) -> Pending<R>
+    where
+        Args: serde::Serialize,
+        R: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let bytes = match troupe_objects::encode_value(args) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                return Pending::ready(Err(ActorError::BadCall {
+                    actor: self.info.clone(),
+                    method: method.to_owned(),
+                    reason: format!("its arguments did not encode: {err}"),
+                }))
+            }
+        };
+        let call = self.call_encoded(method, bytes);
+        let store = self.store.clone();
+        let info = self.info.clone();
+        Pending::from_future(async move {
+            let bytes = call.await?;
+            store
+                .decode::<R>(&bytes)
+                .map_err(|err| ActorError::BadCall {
+                    actor: info,
+                    method: method.to_owned(),
+                    reason: format!("its reply did not decode: {err}"),
+                })
+        })
     }
 }
 
@@ -54,10 +164,55 @@ impl<A: Actor> ActorHandle<A> {
     /// actor.
     pub(crate) fn new(slot: Arc<Slot<A>>, collect_on_drop: bool) -> Self {
         Self {
-            owner: Arc::new(Owner {
+            target: Target::Local(Arc::new(Owner {
                 slot,
                 collect_on_drop,
-            }),
+            })),
+        }
+    }
+
+    /// A handle to an actor on another node (the runtime makes these:
+    /// `Runtime::spawn_remote`, `Runtime::find_actor`).
+    pub(crate) fn remote(
+        info: ActorInfo,
+        options: ActorOptions,
+        executor: Arc<dyn ActorLink>,
+        store: ObjectStore,
+    ) -> Self {
+        Self {
+            target: Target::Remote(Arc::new(RemoteActor {
+                info: Arc::new(info),
+                options,
+                executor,
+                store,
+                dead: AtomicBool::new(false),
+            })),
+        }
+    }
+
+    /// The actor on another node this handle reaches, if it is not here
+    /// (what `#[troupe::actor]`'s typed methods check first).
+    #[doc(hidden)]
+    pub fn remote_target(&self) -> Option<&Arc<RemoteActor>> {
+        match &self.target {
+            Target::Remote(remote) => Some(remote),
+            Target::Local(_) => None,
+        }
+    }
+
+    /// Whether the actor lives on another node.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.target, Target::Remote(_))
+    }
+
+    fn local_only<R>(&self, method: &'static str) -> Result<&Arc<Slot<A>>, Pending<R>> {
+        match &self.target {
+            Target::Local(owner) => Ok(&owner.slot),
+            Target::Remote(remote) => Err(Pending::ready(Err(ActorError::BadCall {
+                actor: remote.info.clone(),
+                method: method.to_owned(),
+                reason: "the actor is on another node, and a closure cannot travel: call it through its typed handle's methods".to_owned(),
+            }))),
         }
     }
 
@@ -70,7 +225,10 @@ impl<A: Actor> ActorHandle<A> {
         F: FnOnce(&mut A) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let slot = &self.owner.slot;
+        let slot = match self.local_only(method) {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
         let cell = Arc::new(CallCell::new(slot.info.clone(), method, Inline(f)));
         slot.send(cell.clone());
         Pending::waiting(cell)
@@ -84,7 +242,10 @@ impl<A: Actor> ActorHandle<A> {
         F: FnOnce(&mut A) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let slot = &self.owner.slot;
+        let slot = match self.local_only(method) {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
         let cell = Arc::new(CallCell::new(slot.info.clone(), method, MayBlock(f)));
         slot.send(cell.clone());
         Pending::waiting(cell)
@@ -96,7 +257,10 @@ impl<A: Actor> ActorHandle<A> {
         F: for<'a> FnOnce(&'a mut A) -> BoxFuture<'a, R> + Send + 'static,
         R: Send + 'static,
     {
-        let slot = &self.owner.slot;
+        let slot = match self.local_only(method) {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
         let cell = Arc::new(CallCell::new(slot.info.clone(), method, Async(f)));
         slot.send(cell.clone());
         Pending::waiting(cell)
@@ -104,36 +268,57 @@ impl<A: Actor> ActorHandle<A> {
 
     /// Who this actor is.
     pub fn info(&self) -> &ActorInfo {
-        &self.owner.slot.info
+        match &self.target {
+            Target::Local(owner) => &owner.slot.info,
+            Target::Remote(remote) => &remote.info,
+        }
     }
 
     pub(crate) fn info_arc(&self) -> Arc<ActorInfo> {
-        self.owner.slot.info.clone()
+        match &self.target {
+            Target::Local(owner) => owner.slot.info.clone(),
+            Target::Remote(remote) => remote.info.clone(),
+        }
     }
 
     /// Its id, unique across nodes and stable across restarts.
     pub fn id(&self) -> ActorId {
-        self.owner.slot.info.id
+        self.info().id
     }
 
     /// The options it was spawned with.
     pub fn options(&self) -> &ActorOptions {
-        &self.owner.slot.options
+        match &self.target {
+            Target::Local(owner) => &owner.slot.options,
+            Target::Remote(remote) => &remote.options,
+        }
     }
 
-    /// Whether an incarnation is running now (false while restarting).
+    /// Whether an incarnation is running now (false while restarting). For
+    /// an actor on another node: whether it has not been seen dead.
     pub fn is_alive(&self) -> bool {
-        self.owner.slot.is_alive()
+        match &self.target {
+            Target::Local(owner) => owner.slot.is_alive(),
+            Target::Remote(remote) => !remote.dead.load(Ordering::Acquire),
+        }
     }
 
-    /// Whether the actor is dead for good.
+    /// Whether the actor is dead for good (for an actor on another node:
+    /// a call found it dead, or its node died).
     pub fn is_dead(&self) -> bool {
-        self.owner.slot.dead_reason().is_some()
+        match &self.target {
+            Target::Local(owner) => owner.slot.dead_reason().is_some(),
+            Target::Remote(remote) => remote.dead.load(Ordering::Acquire),
+        }
     }
 
-    /// How many times it has been restarted.
+    /// How many times it has been restarted (0 for an actor on another
+    /// node: not reported across nodes yet).
     pub fn restarts(&self) -> u32 {
-        self.owner.slot.restarts.load(Ordering::Acquire)
+        match &self.target {
+            Target::Local(owner) => owner.slot.restarts.load(Ordering::Acquire),
+            Target::Remote(_) => 0,
+        }
     }
 
     /// Stops the actor gracefully: it answers the calls sent before this,
@@ -144,8 +329,19 @@ impl<A: Actor> ActorHandle<A> {
     ///
     /// [`ActorError::ActorDied`]: crate::ActorError::ActorDied
     pub async fn stop(&self) {
-        self.owner.slot.send_stop(Forbid::Stopped);
-        self.owner.slot.wait_dead().await;
+        match &self.target {
+            Target::Local(owner) => {
+                owner.slot.send_stop(Forbid::Stopped);
+                owner.slot.wait_dead().await;
+            }
+            Target::Remote(remote) => {
+                remote
+                    .executor
+                    .stop(remote.info.node, remote.info.id, StopHow::Stop)
+                    .await;
+                remote.dead.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Kills the running incarnation at once (Ray's `ray.kill`): an async
@@ -157,7 +353,20 @@ impl<A: Actor> ActorHandle<A> {
     /// Returns once the incarnation has stopped (and, with `no_restart`,
     /// once the actor is dead).
     pub async fn kill(&self, no_restart: bool) {
-        let slot = &self.owner.slot;
+        let slot = match &self.target {
+            Target::Local(owner) => &owner.slot,
+            Target::Remote(remote) => {
+                let how = StopHow::Kill { no_restart };
+                remote
+                    .executor
+                    .stop(remote.info.node, remote.info.id, how)
+                    .await;
+                if no_restart {
+                    remote.dead.store(true, Ordering::Release);
+                }
+                return;
+            }
+        };
         if no_restart {
             slot.forbid_restart(Forbid::Killed);
         }

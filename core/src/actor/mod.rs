@@ -19,7 +19,7 @@ mod handle;
 mod slot;
 
 pub use call::Pending;
-pub use handle::ActorHandle;
+pub use handle::{ActorHandle, ActorLink, RemoteActor};
 
 pub use directory::ActorSummary;
 pub(crate) use directory::{Directory, DirectoryLink};
@@ -210,6 +210,18 @@ pub enum ActorState {
 }
 
 /// What the runtime knows of each of its actors, whatever their type.
+/// How to end an actor on another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StopHow {
+    /// Gracefully: it answers what it was sent, then stops for good.
+    Stop,
+    /// At once (Ray's `ray.kill`); with `no_restart`, for good.
+    Kill {
+        /// Whether it may restart.
+        no_restart: bool,
+    },
+}
+
 pub(crate) trait Control: Send + Sync + 'static {
     fn info(&self) -> &Arc<ActorInfo>;
     fn state(&self) -> ActorState;
@@ -227,6 +239,9 @@ pub(crate) trait Control: Send + Sync + 'static {
     /// Stops it for good per `shutdown` (at runtime shutdown) and waits
     /// until it is dead.
     fn shut_down(self: Arc<Self>, shutdown: Shutdown) -> BoxFuture<'static, ()>;
+    /// Stops or kills it as its handle's `stop`/`kill` would (asked by
+    /// another node).
+    fn end(self: Arc<Self>, how: StopHow) -> BoxFuture<'static, ()>;
 }
 
 impl<A: Actor> Control for Slot<A> {
@@ -274,6 +289,16 @@ impl<A: Actor> Control for Slot<A> {
             self.forbid_restart(slot::Forbid::ShutDown);
             self.stop_incarnation(shutdown).await;
             self.wait_dead().await;
+        })
+    }
+
+    fn end(self: Arc<Self>, how: StopHow) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let handle = ActorHandle::new(self, false);
+            match how {
+                StopHow::Stop => handle.stop().await,
+                StopHow::Kill { no_restart } => handle.kill(no_restart).await,
+            }
         })
     }
 }

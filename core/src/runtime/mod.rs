@@ -28,6 +28,7 @@ mod cluster;
 mod config;
 mod objects;
 mod recording;
+mod remote_actors;
 mod service;
 mod state;
 mod tasks;

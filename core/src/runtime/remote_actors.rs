@@ -1,0 +1,203 @@
+//! Actors on other nodes: spawning one there by its registered
+//! constructor, finding one by name anywhere, and what a node does when
+//! another asks it to (the other side of `RemoteExecutor`'s actor methods).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Runtime;
+use crate::actor::{Actor, ActorHandle, ActorLink, ActorOptions, Slot};
+use crate::error::{LookupError, SpawnError};
+use crate::ids::{ActorId, ActorInfo};
+use crate::remote::{RemoteSpawn, StopHow};
+use crate::spec::SchedulingStrategy;
+
+impl Runtime {
+    /// Spawns an actor of type `A` with its registered constructor
+    /// `constructor` (a `fn ...(args) -> Self` in its `#[troupe::actor]`
+    /// block) and arguments `args` (a tuple), on another node of the
+    /// cluster: the one its options' `NodeAffinity` names, else one the
+    /// cluster picks for its resources (this one included). The handle
+    /// works as a local one: its typed methods travel by name.
+    ///
+    /// Needs a cluster (the `cluster` feature); alone, it fails with
+    /// [`SpawnError::Remote`].
+    pub async fn spawn_remote<A: Actor>(
+        &self,
+        options: ActorOptions,
+        constructor: &str,
+        args: &impl Serialize,
+    ) -> Result<A::Handle, SpawnError> {
+        let Some(executor) = self.inner.config.cluster.executor.clone() else {
+            return Err(SpawnError::Remote {
+                node: None,
+                reason: "this runtime is not part of a cluster".to_owned(),
+            });
+        };
+        let args = troupe_objects::encode_value(args).map_err(|err| SpawnError::BadArguments {
+            constructor: format!("{}::{constructor}", A::NAME),
+            cause: err.to_string(),
+        })?;
+        let node = match options.strategy {
+            SchedulingStrategy::NodeAffinity { node, soft: false } => Some(node),
+            _ => None,
+        };
+        let request = RemoteSpawn {
+            type_name: A::NAME.to_owned(),
+            constructor: constructor.to_owned(),
+            options: options.clone(),
+            args,
+        };
+        let info = executor.spawn_actor(node, request).await?;
+        Ok(self.handle_for::<A>(info, options))
+    }
+
+    /// Looks up the actor named `name` here, then on the other nodes of the
+    /// cluster (Ray's `get_actor`, cluster-wide).
+    pub async fn find_actor<A: Actor>(&self, name: &str) -> Result<A::Handle, LookupError> {
+        match self.get_actor::<A>(name) {
+            Err(LookupError::NotFound(_)) => {}
+            found => return found,
+        }
+        let Some(executor) = self.inner.config.cluster.executor.clone() else {
+            return Err(LookupError::NotFound(name.to_owned()));
+        };
+        let info = executor
+            .find_actor(name)
+            .await
+            .ok_or_else(|| LookupError::NotFound(name.to_owned()))?;
+        if info.type_name != A::NAME {
+            return Err(LookupError::WrongType {
+                name: name.to_owned(),
+                expected: A::NAME.into(),
+                actual: info.type_name,
+            });
+        }
+        Ok(self.handle_for::<A>(info, ActorOptions::new().name(name)))
+    }
+
+    /// A handle to the actor `info` names: local if it lives here.
+    fn handle_for<A: Actor>(&self, info: ActorInfo, options: ActorOptions) -> A::Handle {
+        if info.node == self.node_id() {
+            if let Some(slot) = self
+                .inner
+                .actors
+                .get(info.id)
+                .and_then(|control| control.slot_any().downcast::<Slot<A>>().ok())
+            {
+                return A::Handle::from(ActorHandle::new(slot, false));
+            }
+        }
+        // Without a cluster (never the case here in practice) every call
+        // fails and says so.
+        let link: Arc<dyn ActorLink> = match self.inner.config.cluster.executor.clone() {
+            Some(executor) => Arc::new(ExecutorLink(executor)),
+            None => Arc::new(NoCluster),
+        };
+        A::Handle::from(ActorHandle::remote(
+            info,
+            options,
+            link,
+            self.objects().clone(),
+        ))
+    }
+
+    /// Spawns what another node asked for ([`Runtime::spawn_remote`] on
+    /// that node); who it is.
+    pub async fn spawn_requested(&self, request: RemoteSpawn) -> Result<ActorInfo, SpawnError> {
+        let id = self
+            .spawn_by_name(
+                &request.type_name,
+                &request.constructor,
+                request.options,
+                &request.args,
+            )
+            .await?;
+        self.actor_info(id).ok_or(SpawnError::StartFailed {
+            what: request.type_name,
+            cause: "it stopped as soon as it started".to_owned(),
+        })
+    }
+
+    /// Who the live actor `id` of this node is.
+    pub fn actor_info(&self, id: ActorId) -> Option<ActorInfo> {
+        self.inner.actors.get(id).map(|c| (**c.info()).clone())
+    }
+
+    /// Who the live actor named `name` on this node is.
+    pub fn named_actor(&self, name: &str) -> Option<ActorInfo> {
+        self.inner.actors.named(name).map(|c| (**c.info()).clone())
+    }
+
+    /// Stops or kills this node's actor `id` as another node asked; returns
+    /// once done (at once if there is no such actor).
+    pub async fn stop_requested(&self, id: ActorId, how: StopHow) {
+        let Some(control) = self.inner.actors.get(id) else {
+            return;
+        };
+        control.end(how).await;
+    }
+}
+
+/// A handle's link to other nodes: the cluster's executor.
+struct ExecutorLink(Arc<dyn crate::remote::RemoteExecutor>);
+
+impl ActorLink for ExecutorLink {
+    fn call(
+        &self,
+        node: crate::ids::NodeId,
+        actor: ActorId,
+        method: &str,
+        args: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, crate::error::ActorError>> {
+        self.0.call_actor(node, actor, method, args)
+    }
+
+    fn stop(
+        &self,
+        node: crate::ids::NodeId,
+        actor: ActorId,
+        how: StopHow,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        self.0.stop_actor(node, actor, how)
+    }
+}
+
+/// The link of a handle made without a cluster: every call fails.
+struct NoCluster;
+
+impl ActorLink for NoCluster {
+    fn call(
+        &self,
+        node: crate::ids::NodeId,
+        actor: ActorId,
+        method: &str,
+        _: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, crate::error::ActorError>> {
+        let method = method.to_owned();
+        Box::pin(async move {
+            Err(crate::error::ActorError::ActorDied {
+                actor: Arc::new(ActorInfo {
+                    id: actor,
+                    name: None,
+                    type_name: "unknown".into(),
+                    node,
+                    resources: Default::default(),
+                    gpu_ids: Vec::new(),
+                }),
+                method: method.into(),
+                reason: "this runtime is not part of a cluster".to_owned(),
+            })
+        })
+    }
+
+    fn stop(
+        &self,
+        _: crate::ids::NodeId,
+        _: ActorId,
+        _: StopHow,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
