@@ -921,3 +921,24 @@ async fn an_actor_failing_to_restart_can_still_be_killed() {
     assert!(fragile.get().await.is_err(), "dead for good");
     within("shutdown", rt.shutdown()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handle_travels_as_data_and_decodes_only_inside_a_runtime() {
+    let rt = runtime().await;
+    let (c, _) = counter(&rt, ActorOptions::new().name("travels")).await;
+    let bytes = postcard::to_allocvec(&c).unwrap();
+    // Outside any runtime: an error (postcard keeps no message), not a
+    // handle to nowhere.
+    assert!(postcard::from_bytes::<CounterHandle>(&bytes).is_err());
+    // Inside one (a task of it), the same bytes are a live handle.
+    let decoded = rt.get(&read_handle::remote(&rt, bytes)).await.unwrap();
+    assert_eq!(*decoded, 15);
+    rt.shutdown().await.unwrap();
+}
+
+/// Decodes a counter's handle inside a task and calls it.
+#[troupe::remote]
+async fn read_handle(bytes: Vec<u8>) -> u64 {
+    let counter: CounterHandle = postcard::from_bytes(&bytes).expect("a handle");
+    counter.incr(5).await.expect("a call")
+}

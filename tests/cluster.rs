@@ -99,6 +99,13 @@ async fn add_to_tally(by: u64) -> (u64, NodeId) {
     (tally.add(by).await.expect("a remote call"), rt.node_id())
 }
 
+/// Calls the tally it was handed (a handle inside a task's arguments).
+#[troupe::remote]
+async fn add_through(tally: TallyHandle, by: u64) -> (u64, NodeId) {
+    let node = troupe::task::runtime().expect("in a runtime").node_id();
+    (tally.add(by).await.expect("a remote call"), node)
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
@@ -462,6 +469,15 @@ async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_d
     let r = add_to_tally::options(TaskOptions::default().resource("c", 1.0)).remote(&rt, 100);
     let (value, ran_on) = *common::within("the task on C", rt.get(&r)).await.unwrap();
     assert_eq!((value, ran_on), (161, c.node));
+
+    // A handle travels inside a task's arguments.
+    let r = add_through::options(TaskOptions::default().resource("c", 1.0)).remote(
+        &rt,
+        tally.clone(),
+        1000,
+    );
+    let (value, ran_on) = *common::within("the handle on C", rt.get(&r)).await.unwrap();
+    assert_eq!((value, ran_on), (1161, c.node));
 
     // The driver finds it by name too; the wrong type is an error.
     let found = rt

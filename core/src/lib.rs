@@ -106,6 +106,7 @@ pub mod __private {
     pub use futures::future::BoxFuture;
     pub use inventory;
     pub use ractor;
+    pub use serde;
 }
 
 /// Makes your own ractor message types usable in a build with ractor's

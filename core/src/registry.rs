@@ -234,7 +234,12 @@ impl Runtime {
                 task: spec.function.clone(),
                 id: spec.id,
             })?;
-        let built = (function.build)(self.objects(), &spec)?;
+        // Decoded inside this runtime: handles among the arguments become
+        // handles of this node.
+        let built = {
+            let _frame = self.decode_frame();
+            (function.build)(self.objects(), &spec)?
+        };
         spec.deps = built.deps;
         self.submit_task(spec, built.body);
         Ok(Submitted {
@@ -354,7 +359,11 @@ impl Runtime {
             };
             return Box::pin(async move { Err(err) });
         };
-        match (entry.call)(control.slot_any(), self.objects(), args) {
+        let dispatched = {
+            let _frame = self.decode_frame();
+            (entry.call)(control.slot_any(), self.objects(), args)
+        };
+        match dispatched {
             Ok(reply) => reply,
             Err(reason) => {
                 let err = ActorError::BadCall {

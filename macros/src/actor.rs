@@ -304,6 +304,27 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
             }
         }
 
+        // A handle travels inside task arguments, calls and objects.
+        impl ::troupe::__private::serde::Serialize for #handle {
+            fn serialize<S: ::troupe::__private::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                ::troupe::__private::serde::Serialize::serialize(&self.0, serializer)
+            }
+        }
+
+        impl<'de> ::troupe::__private::serde::Deserialize<'de> for #handle {
+            fn deserialize<D: ::troupe::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                <::troupe::ActorHandle<#self_ty> as ::troupe::__private::serde::Deserialize<'de>>::deserialize(deserializer)
+                    .map(Self)
+            }
+        }
+
+        impl ::troupe::GetSize for #handle {}
+
         impl ::std::convert::AsRef<::troupe::ActorHandle<#self_ty>> for #handle {
             fn as_ref(&self) -> &::troupe::ActorHandle<#self_ty> {
                 &self.0

@@ -142,6 +142,18 @@ impl Runtime {
         any.downcast::<Inner>().ok().map(|inner| Runtime { inner })
     }
 
+    /// Makes this runtime the current one while decoding what another node
+    /// sent (unless code of this runtime runs here already).
+    pub(crate) fn decode_frame(&self) -> Option<crate::context::FrameGuard> {
+        if Self::current().is_some() {
+            return None;
+        }
+        Some(crate::context::enter(crate::context::Frame {
+            runtime: self.inner.env.runtime.clone(),
+            ..Default::default()
+        }))
+    }
+
     /// Runs a future to completion on the runtime's tokio runtime. Call it
     /// from synchronous code only (it panics inside async code, as tokio's).
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {

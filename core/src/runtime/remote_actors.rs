@@ -78,7 +78,11 @@ impl Runtime {
     }
 
     /// A handle to the actor `info` names: local if it lives here.
-    fn handle_for<A: Actor>(&self, info: ActorInfo, options: ActorOptions) -> A::Handle {
+    pub(crate) fn handle_for<A: Actor>(&self, info: ActorInfo, options: ActorOptions) -> A::Handle {
+        A::Handle::from(self.raw_handle_for::<A>(info, options))
+    }
+
+    fn raw_handle_for<A: Actor>(&self, info: ActorInfo, options: ActorOptions) -> ActorHandle<A> {
         if info.node == self.node_id() {
             if let Some(slot) = self
                 .inner
@@ -86,7 +90,7 @@ impl Runtime {
                 .get(info.id)
                 .and_then(|control| control.slot_any().downcast::<Slot<A>>().ok())
             {
-                return A::Handle::from(ActorHandle::new(slot, false));
+                return ActorHandle::new(slot, false);
             }
         }
         // Without a cluster (never the case here in practice) every call
@@ -95,12 +99,7 @@ impl Runtime {
             Some(executor) => Arc::new(ExecutorLink(executor)),
             None => Arc::new(NoCluster),
         };
-        A::Handle::from(ActorHandle::remote(
-            info,
-            options,
-            link,
-            self.objects().clone(),
-        ))
+        ActorHandle::remote(info, options, link, self.objects().clone())
     }
 
     /// Spawns what another node asked for ([`Runtime::spawn_remote`] on
@@ -201,3 +200,46 @@ impl ActorLink for NoCluster {
         Box::pin(async {})
     }
 }
+
+/// How a handle travels (inside task arguments, actor calls, objects): who
+/// the actor is and its options. Decoded inside a runtime (a task, an
+/// actor, a call or task received from another node), it becomes a handle
+/// of that runtime: local if the actor lives there, remote otherwise. A
+/// handle that travels does not keep an unnamed actor alive: name it, or
+/// keep a local handle while others use it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HandleWire {
+    info: ActorInfo,
+    options: ActorOptions,
+}
+
+impl<A: Actor> serde::Serialize for ActorHandle<A> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        HandleWire {
+            info: self.info().clone(),
+            options: self.options().clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, A: Actor> serde::Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = HandleWire::deserialize(deserializer)?;
+        if wire.info.type_name != A::NAME {
+            return Err(serde::de::Error::custom(format!(
+                "a handle to a {} where a {} was expected",
+                wire.info.type_name,
+                A::NAME
+            )));
+        }
+        let rt = Runtime::current().ok_or_else(|| {
+            serde::de::Error::custom(
+                "an actor handle decodes only inside a Troupe runtime (a task, an actor method, or a call from another node)",
+            )
+        })?;
+        Ok(rt.raw_handle_for::<A>(wire.info, wire.options))
+    }
+}
+
+impl<A: Actor> troupe_objects::GetSize for ActorHandle<A> {}
