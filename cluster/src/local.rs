@@ -233,7 +233,7 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Parses `troupe start`'s line "troupe: <role> <node id> up at <address>"
+/// Parses `troupe start`'s line `troupe: <role> <node id> up at <address>`
 /// (anywhere in `line`).
 pub fn parse_up_line(line: &str) -> Option<(NodeId, String)> {
     let said = line.split("troupe: ").nth(1)?;
