@@ -1,0 +1,510 @@
+//! A node's life: the runtime service that starts its parts and joins
+//! (or founds) the cluster, the head's and members' loops, and stopping.
+
+use super::*;
+
+/// The runtime service that runs a [`ClusterNode`].
+#[derive(Clone)]
+pub struct NodeService(pub(super) Arc<Shared>);
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService")
+            .field("role", &self.0.options.role)
+            .field("head", &self.0.options.head)
+            .finish()
+    }
+}
+
+/// The service's name in `Runtime::services`.
+pub const SERVICE_NAME: &str = "cluster";
+
+impl RuntimeService for NodeService {
+    fn name(&self) -> &str {
+        SERVICE_NAME
+    }
+
+    fn start(
+        &self,
+        runtime: &Runtime,
+    ) -> BoxFuture<'static, Result<Box<dyn RunningService>, ServiceError>> {
+        let shared = self.0.clone();
+        let rt = runtime.clone();
+        Box::pin(async move {
+            if NODE_IN_PROCESS.swap(true, Ordering::SeqCst) {
+                return Err(Box::new(ClusterError::OnePerProcess) as ServiceError);
+            }
+            match start(shared, rt).await {
+                Ok(running) => Ok(Box::new(running) as Box<dyn RunningService>),
+                Err(err) => {
+                    NODE_IN_PROCESS.store(false, Ordering::SeqCst);
+                    Err(Box::new(err) as ServiceError)
+                }
+            }
+        })
+    }
+}
+
+/// Session events from ractor_cluster, forwarded to the node.
+struct SessionEvents(mpsc::UnboundedSender<SessionEvent>);
+
+#[derive(Debug)]
+enum SessionEvent {
+    Authenticated,
+    Closed { peer: Option<String> },
+}
+
+impl ractor_cluster::NodeEventSubscription for SessionEvents {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let _ = self.0.send(SessionEvent::Closed {
+            peer: ses.peer_name.map(|n| n.name),
+        });
+    }
+    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {
+        let _ = self.0.send(SessionEvent::Authenticated);
+    }
+}
+
+fn free_port(bind: IpAddr) -> Result<u16, ClusterError> {
+    let listener = std::net::TcpListener::bind((bind, 0)).map_err(|source| ClusterError::Bind {
+        addr: SocketAddr::new(bind, 0).to_string(),
+        source,
+    })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| ClusterError::Bind {
+            addr: SocketAddr::new(bind, 0).to_string(),
+            source,
+        })
+}
+
+struct Running {
+    shared: Arc<Shared>,
+    server: ActorRef<NodeServerMessage>,
+    agent: ActorRef<AgentMessage>,
+    data_server: DataServer,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    endpoint: String,
+}
+
+async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError> {
+    let options = shared.options.clone();
+    let me = rt.node_id();
+    let _ = shared.runtime.set(rt.downgrade());
+    let transport = Transport::new(me);
+    let _ = shared.transport.set(transport.clone());
+    let state_dir = cookie::state_dir(options.state_dir.as_deref());
+    let cookie = cookie::resolve(
+        options.cookie.clone(),
+        &state_dir,
+        options.role == Role::Head,
+    )?;
+
+    // The control server (ractor_cluster) and its session events.
+    let port = if options.port == 0 {
+        free_port(options.bind)?
+    } else {
+        options.port
+    };
+    let host = options.advertised_host();
+    let server = NodeServer::new(
+        port,
+        cookie,
+        format!("troupe-{}", me.0),
+        host.clone(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(options.bind)
+    .with_max_inbound_frame_size(2 * crate::protocol::MAX_FRAME_BYTES as u64);
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| ClusterError::Start(format!("the control server: {e}")))?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let _ = server.cast(NodeServerMessage::SubscribeToEvents {
+        id: "troupe".to_owned(),
+        subscription: Box::new(SessionEvents(events_tx)),
+    });
+
+    // The agent.
+    // Weak: the agent must not keep the node alive.
+    let handler = Arc::downgrade(&shared);
+    let (agent, _) = Actor::spawn(
+        Some(agent_name(me)),
+        Agent {
+            inbound: Arc::new(move |message| {
+                if let Some(shared) = handler.upgrade() {
+                    shared.handle(message);
+                }
+            }),
+            transport: transport.clone(),
+        },
+        (),
+    )
+    .await
+    .map_err(|e| ClusterError::Start(format!("the node agent: {e}")))?;
+
+    // The data path.
+    let data_server = DataServer::bind(
+        SocketAddr::new(options.bind, options.data_port),
+        rt.objects().clone(),
+        options.data.clone(),
+    )
+    .await
+    .map_err(|source| ClusterError::Bind {
+        addr: format!("{}:{}", options.bind, options.data_port),
+        source,
+    })?;
+    let _ = shared
+        .data
+        .set(DataClient::new(rt.objects().clone(), options.data.clone()));
+    let data_addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, data_server.local_addr().port()),
+        Err(_) => resolve_host(&host, data_server.local_addr().port()).await?,
+    };
+
+    let control_addr = format!("{host}:{port}");
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        build_id: options.build_id.unwrap_or_default(),
+        node: me,
+        name: rt.config().name.clone(),
+        role: options.role,
+        control_addr: control_addr.clone(),
+        data_addr,
+        resources: rt.total_resources(),
+        pid: std::process::id(),
+    };
+
+    let tasks = Vec::new();
+
+    let mut running = Running {
+        shared: shared.clone(),
+        server: server.clone(),
+        agent: agent.clone(),
+        data_server,
+        tasks,
+        endpoint: control_addr.clone(),
+    };
+
+    if options.role == Role::Head {
+        let _ = shared.head.set(me);
+        *lock(&shared.directory) = Some(Directory::new(
+            hello,
+            options.build_id,
+            options.detector,
+            Instant::now(),
+        ));
+        shared.broadcast_directory();
+        let s = shared.clone();
+        running.tasks.push(tokio::spawn(head_loop(s)));
+        // Session closes feed the detector through pg leaves; drain events.
+        running.tasks.push(tokio::spawn(async move {
+            while events.recv().await.is_some() {}
+        }));
+        cookie::write_head_address(&state_dir, &control_addr);
+    } else {
+        let Some(head_addr) = options.head.clone() else {
+            return Err(ClusterError::Start("no head address to join".to_owned()));
+        };
+        let head = match join(&shared, &server, &mut events, &head_addr, hello).await {
+            Ok(head) => head,
+            Err(err) => {
+                running.stop_now();
+                return Err(err);
+            }
+        };
+        let _ = shared.head.set(head);
+        running.tasks.push(tokio::spawn(async move {
+            while events.recv().await.is_some() {}
+        }));
+        if options.role != Role::Client {
+            running
+                .tasks
+                .push(tokio::spawn(member_loop(shared.clone())));
+        }
+    }
+    if options.role != Role::Client {
+        cookie::write_node_file(&state_dir, me, options.role, &control_addr);
+    }
+    *lock(&CURRENT) = Some(Arc::downgrade(&shared));
+    tracing::info!(node = %me, role = ?options.role, address = %control_addr, "cluster node started");
+    Ok(running)
+}
+
+async fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ClusterError::Bind {
+            addr: format!("{host}:{port}"),
+            source,
+        })?;
+    addrs
+        .next()
+        .ok_or_else(|| ClusterError::Start(format!("{host} resolves to no address")))
+}
+
+async fn join(
+    shared: &Arc<Shared>,
+    server: &ActorRef<NodeServerMessage>,
+    events: &mut mpsc::UnboundedReceiver<SessionEvent>,
+    head_addr: &str,
+    hello: Hello,
+) -> Result<NodeId, ClusterError> {
+    let options = &shared.options;
+    let deadline = tokio::time::Instant::now() + options.connect_timeout;
+    let transport = shared
+        .transport
+        .get()
+        .cloned()
+        .ok_or(ClusterError::NotJoined)?;
+    let connect = ractor_cluster::client_connect(server, head_addr.to_owned());
+    match tokio::time::timeout_at(deadline, connect).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            return Err(ClusterError::Unreachable {
+                addr: head_addr.to_owned(),
+                reason: err.to_string(),
+            })
+        }
+        Err(_) => {
+            return Err(ClusterError::Unreachable {
+                addr: head_addr.to_owned(),
+                reason: format!("no answer within {:?}", options.connect_timeout),
+            })
+        }
+    }
+    // The head's agent is the first (and only) peer to appear; a session
+    // closed before it authenticated means the cookie was refused.
+    let mut authenticated = false;
+    let head = loop {
+        if let Some(node) = transport.peers().first().copied() {
+            break node;
+        }
+        let wait = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                event = events.recv() => Some(event),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => None,
+            }
+        })
+        .await;
+        match wait {
+            Err(_) => {
+                return Err(ClusterError::Unreachable {
+                    addr: head_addr.to_owned(),
+                    reason: format!(
+                        "connected, but no Troupe head answered within {:?}",
+                        options.connect_timeout
+                    ),
+                })
+            }
+            Ok(Some(Some(SessionEvent::Authenticated))) => authenticated = true,
+            Ok(Some(Some(SessionEvent::Closed { .. }))) if !authenticated => {
+                return Err(ClusterError::CookieRefused {
+                    addr: head_addr.to_owned(),
+                })
+            }
+            Ok(Some(Some(SessionEvent::Closed { peer }))) => {
+                return Err(ClusterError::Unreachable {
+                    addr: head_addr.to_owned(),
+                    reason: format!("the session to {peer:?} closed while joining"),
+                })
+            }
+            Ok(_) => {}
+        }
+    };
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let reply = transport
+        .request(
+            head,
+            Request::Join(hello),
+            remaining.max(Duration::from_millis(100)),
+        )
+        .await?;
+    let welcome = match reply {
+        Reply::Welcome(welcome) => welcome,
+        Reply::Refused(why) => return Err(ClusterError::Refused(why)),
+        other => {
+            return Err(ClusterError::Protocol(format!(
+                "unexpected reply {other:?}"
+            )))
+        }
+    };
+    if welcome.head != head {
+        return Err(ClusterError::Protocol(format!(
+            "the node at {head_addr} is not the head (the head is {})",
+            welcome.head
+        )));
+    }
+    let me = transport.me();
+    let others: Vec<(NodeId, String)> = welcome
+        .members
+        .iter()
+        .filter(|m| {
+            m.hello.node != me
+                && m.hello.node != head
+                && m.hello.role != Role::Client
+                && m.state == MemberState::Alive
+        })
+        .map(|m| (m.hello.node, m.hello.control_addr.clone()))
+        .collect();
+    // Clients talk to the head only; nodes connect to every earlier member
+    // (later ones connect to them), and are ready once those sessions are.
+    if shared.options.role != Role::Client {
+        for (_, addr) in &others {
+            if let Err(err) = ractor_cluster::client_connect(server, addr.clone()).await {
+                tracing::warn!(%addr, %err, "could not reach a member");
+            }
+        }
+        let sessions = others.iter().map(|(node, _)| {
+            let transport = transport.clone();
+            let timeout = options.connect_timeout;
+            async move { (*node, transport.session(*node, timeout).await) }
+        });
+        for (node, session) in futures::future::join_all(sessions).await {
+            if let Err(err) = session {
+                tracing::warn!(%node, %err, "no session to a member yet");
+            }
+        }
+    }
+    shared.apply_view(welcome.members);
+    Ok(head)
+}
+
+/// The head: applies the detector, counts itself, and sends the directory.
+async fn head_loop(shared: Arc<Shared>) {
+    let detector = shared.options.detector;
+    let tick = (detector.heartbeat / 2).max(Duration::from_millis(10));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_broadcast = Instant::now();
+    let mut last_tick = Instant::now();
+    loop {
+        interval.tick().await;
+        if shared.is_ended() {
+            return;
+        }
+        let stalled = last_tick.elapsed();
+        last_tick = Instant::now();
+        let (available, load) = shared.load();
+        let changes = {
+            let mut directory = lock(&shared.directory);
+            let Some(d) = directory.as_mut() else { return };
+            // The head itself stalled: members' silence meanwhile is not
+            // theirs (heartbeats queued unread); nobody dies for it.
+            if stalled > detector.suspect_after {
+                d.forgive(stalled);
+            }
+            d.head_heartbeat(available, load, Instant::now());
+            d.tick(Instant::now())
+        };
+        if !changes.is_empty() {
+            shared.head_changes(changes);
+            last_broadcast = Instant::now();
+        } else if last_broadcast.elapsed() >= detector.heartbeat {
+            shared.broadcast_directory();
+            last_broadcast = Instant::now();
+        }
+    }
+}
+
+/// A member: heartbeats to the head, and watches the head's directory.
+async fn member_loop(shared: Arc<Shared>) {
+    let detector = shared.options.detector;
+    // The head is lost after this much silence (its directory doubles as
+    // its heartbeat); twice the death limit, so that a busy head is not
+    // abandoned before it would declare anyone dead itself.
+    let head_timeout = (detector.dead_after * 2).max(Duration::from_secs(5));
+    let mut interval = tokio::time::interval(detector.heartbeat);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    loop {
+        interval.tick().await;
+        if shared.is_ended() {
+            return;
+        }
+        // This node stalled (starved of CPU): the head's silence meanwhile
+        // is ours, not its; start counting again.
+        let stalled = last_tick.elapsed();
+        last_tick = Instant::now();
+        if stalled > detector.suspect_after {
+            *lock(&shared.last_directory) = Instant::now();
+        }
+        let (Some(transport), Some(head)) = (shared.transport.get(), shared.head.get().copied())
+        else {
+            return;
+        };
+        let (available, load) = shared.load();
+        let _ = transport.notify(head, Notice::Heartbeat { available, load });
+        let silent = lock(&shared.last_directory).elapsed();
+        if silent > head_timeout {
+            let why = format!(
+                "the head {head} was lost: {:?} node {} heard nothing from it for {} ms",
+                shared.options.role,
+                transport.me(),
+                silent.as_millis()
+            );
+            tracing::error!(%why, "leaving the cluster");
+            // Everything that lived elsewhere is gone for this node.
+            if let Some(rt) = shared.runtime() {
+                let others: Vec<NodeId> = read(&shared.view)
+                    .iter()
+                    .filter(|m| m.hello.node != transport.me() && m.hello.role != Role::Client)
+                    .map(|m| m.hello.node)
+                    .collect();
+                for node in others {
+                    transport.peer_down(node);
+                    rt.publish(ClusterEvent::NodeDown {
+                        node,
+                        reason: why.clone(),
+                    });
+                }
+            }
+            shared.end(why);
+            return;
+        }
+    }
+}
+
+impl Running {
+    fn stop_now(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.agent.stop(None);
+        self.server.stop(None);
+        self.data_server.shutdown();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_now();
+        self.shared.end("the node stopped".to_owned());
+        NODE_IN_PROCESS.store(false, Ordering::SeqCst);
+    }
+}
+
+impl RunningService for Running {
+    fn endpoint(&self) -> Option<String> {
+        Some(self.endpoint.clone())
+    }
+
+    fn stop(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            // A clean leave: the head records it as one, not a failure.
+            if let (Some(transport), Some(head)) =
+                (self.shared.transport.get(), self.shared.head.get().copied())
+            {
+                if head != transport.me() {
+                    let _ = transport.notify(head, Notice::Leave);
+                    // Give the notice a moment to leave before the session closes.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            self.stop_now();
+        })
+    }
+}

@@ -1,0 +1,690 @@
+//! A node of a cluster: a runtime service that starts the node's
+//! ractor_cluster server, its agent and its data path, joins the head (or
+//! is the head), heartbeats, follows the directory, and implements core's
+//! seams (placement, remote execution, the object directory) over them.
+//!
+//! State that decides is elsewhere and pure (`membership`, `placement`);
+//! this module is the driver that acts on it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use tokio::sync::{mpsc, watch};
+use troupe_core::error::{ActorError, Failure};
+use troupe_core::remote::{
+    ClusterEvent, Placement, PlacementDecision, PlacementRequest, RemoteExecutor, RemoteOutcome,
+    RemoteSpawn, StopHow,
+};
+use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
+use troupe_core::task::TaskSpec;
+use troupe_core::SpawnError;
+use troupe_core::{
+    ActorId, ActorInfo, Blob, Cause, ClusterSeams, Config, NodeId, ObjectDirectory, ObjectError,
+    ObjectId, Resources, Runtime,
+};
+
+use crate::agent::{agent_name, Agent, AgentMessage, Inbound, Transport, TransportError};
+use crate::cookie;
+use crate::data_path::{DataClient, DataError, DataLimits, DataServer};
+use crate::membership::{Change, Detector, Directory};
+use crate::placement::Placer;
+use crate::protocol::{
+    Frame, Hello, Load, Member, MemberState, Notice, Reply, Request, Role, PROTOCOL_VERSION,
+};
+use crate::ClusterError;
+
+/// The head's default control port.
+pub const DEFAULT_PORT: u16 = 6380;
+
+/// How a node joins (or founds) a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// What this process is.
+    pub role: Role,
+    /// The head's control address (`host:port`), for all but the head.
+    pub head: Option<String>,
+    /// The interface to listen on (default loopback; `0.0.0.0` for all).
+    pub bind: IpAddr,
+    /// The host other nodes reach this one at (default: the bind address,
+    /// or this machine's name when bound to all interfaces).
+    pub advertise: Option<String>,
+    /// The control port (0: any free port).
+    pub port: u16,
+    /// The data path's port (0: any free port).
+    pub data_port: u16,
+    /// The shared secret; `None`: `TROUPE_COOKIE`, `TROUPE_COOKIE_FILE`,
+    /// then the cookie file in the state directory (a head creates one).
+    pub cookie: Option<String>,
+    /// The failure detector's timings.
+    pub detector: Detector,
+    /// This program's build (`None` only for a head that runs no user code:
+    /// the first node to join then sets the cluster's build).
+    pub build_id: Option<u64>,
+    /// How long to wait for the head (or a peer) to answer.
+    pub connect_timeout: Duration,
+    /// Where the cookie and node files live (default `$TROUPE_HOME`, else
+    /// `~/.troupe`).
+    pub state_dir: Option<PathBuf>,
+    /// The data path's limits.
+    pub data: DataLimits,
+}
+
+impl ClusterOptions {
+    fn new(role: Role, head: Option<String>) -> Self {
+        ClusterOptions {
+            role,
+            head,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise: None,
+            port: if role == Role::Head { DEFAULT_PORT } else { 0 },
+            data_port: 0,
+            cookie: None,
+            detector: Detector::default(),
+            build_id: Some(troupe_core::registry::build_id()),
+            connect_timeout: Duration::from_secs(10),
+            state_dir: None,
+            data: DataLimits::default(),
+        }
+    }
+
+    /// Options for the head.
+    pub fn head() -> Self {
+        Self::new(Role::Head, None)
+    }
+
+    /// Options for a worker node joining the head at `address`.
+    pub fn worker(address: impl Into<String>) -> Self {
+        Self::new(Role::Worker, Some(address.into()))
+    }
+
+    /// Options for a driver joining the head at `address`.
+    pub fn driver(address: impl Into<String>) -> Self {
+        Self::new(Role::Driver, Some(address.into()))
+    }
+
+    /// Options for a `troupe status`/`stop` command.
+    pub fn client(address: impl Into<String>) -> Self {
+        let mut options = Self::new(Role::Client, Some(address.into()));
+        options.build_id = None;
+        options
+    }
+
+    fn advertised_host(&self) -> String {
+        if let Some(host) = &self.advertise {
+            return host.clone();
+        }
+        if self.bind.is_unspecified() {
+            return hostname();
+        }
+        self.bind.to_string()
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_owned())
+}
+
+/// Only one cluster node per process: ractor's process groups and
+/// ractor_cluster's sessions are process-wide.
+static NODE_IN_PROCESS: AtomicBool = AtomicBool::new(false);
+static CURRENT: Mutex<Option<Weak<Shared>>> = Mutex::new(None);
+
+/// A node of a cluster, before and while it runs: hand its
+/// [`seams`](Self::seams) and [`service`](Self::service) to the runtime's
+/// [`Config`] (or use [`Self::configure`]).
+#[derive(Clone)]
+pub struct ClusterNode {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    options: ClusterOptions,
+    runtime: OnceLock<WeakRuntime>,
+    transport: OnceLock<Arc<Transport>>,
+    data: OnceLock<DataClient>,
+    head: OnceLock<NodeId>,
+    /// The last directory (the head's own, on the head).
+    view: RwLock<Vec<Member>>,
+    last_directory: Mutex<Instant>,
+    directory: Mutex<Option<Directory>>,
+    /// Members this node has published `NodeUp` for.
+    announced: Mutex<std::collections::HashSet<NodeId>>,
+    placer: Placer,
+    /// Why the node stopped being part of the cluster, once it has.
+    ended: watch::Sender<Option<String>>,
+}
+
+impl ClusterNode {
+    /// A node with these options (nothing starts until the runtime does).
+    pub fn new(options: ClusterOptions) -> Self {
+        ClusterNode {
+            shared: Arc::new(Shared {
+                options,
+                runtime: OnceLock::new(),
+                transport: OnceLock::new(),
+                data: OnceLock::new(),
+                head: OnceLock::new(),
+                view: RwLock::new(Vec::new()),
+                last_directory: Mutex::new(Instant::now()),
+                directory: Mutex::new(None),
+                announced: Mutex::new(Default::default()),
+                placer: Placer::default(),
+                ended: watch::channel(None).0,
+            }),
+        }
+    }
+
+    /// `config` with this node's seams and service.
+    pub fn configure(&self, config: Config) -> Config {
+        config.cluster(self.seams()).service(self.service())
+    }
+
+    /// The seams core calls.
+    pub fn seams(&self) -> ClusterSeams {
+        ClusterSeams {
+            placement: Some(Arc::new(Seams(self.shared.clone()))),
+            executor: Some(Arc::new(Seams(self.shared.clone()))),
+            objects: Some(Arc::new(Seams(self.shared.clone()))),
+        }
+    }
+
+    /// The service that runs the node beside its runtime.
+    pub fn service(&self) -> NodeService {
+        NodeService(self.shared.clone())
+    }
+
+    /// The members as this node last heard of them.
+    pub fn members(&self) -> Vec<Member> {
+        read(&self.shared.view).clone()
+    }
+
+    /// The members this node has a session to now.
+    pub fn connected(&self) -> Vec<NodeId> {
+        self.shared
+            .transport
+            .get()
+            .map(|t| t.peers())
+            .unwrap_or_default()
+    }
+
+    /// Whether this node is part of its cluster now: joined (or the head)
+    /// and not left. What the health endpoint reports.
+    pub fn healthy(&self) -> bool {
+        self.shared.head.get().is_some() && !self.shared.is_ended()
+    }
+
+    /// The head's node id, once joined.
+    pub fn head(&self) -> Option<NodeId> {
+        self.shared.head.get().copied()
+    }
+
+    /// Resolves once this node is no longer part of the cluster (stopped
+    /// by `troupe stop`, or the head was lost), with why.
+    pub async fn ended(&self) -> String {
+        let mut rx = self.shared.ended.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the node was dropped".to_owned();
+            }
+        }
+    }
+
+    /// Asks the head for the members (what `troupe status` shows).
+    pub async fn status(&self) -> Result<Vec<Member>, ClusterError> {
+        let head = self
+            .shared
+            .head
+            .get()
+            .copied()
+            .ok_or(ClusterError::NotJoined)?;
+        match self.request(head, Request::Status).await? {
+            Reply::Status(members) => Ok(members),
+            other => Err(ClusterError::Protocol(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks the head to stop every node and itself (`troupe stop`).
+    pub async fn stop_cluster(&self) -> Result<(), ClusterError> {
+        let head = self
+            .shared
+            .head
+            .get()
+            .copied()
+            .ok_or(ClusterError::NotJoined)?;
+        match self.request(head, Request::StopCluster).await? {
+            Reply::Ok => Ok(()),
+            other => Err(ClusterError::Protocol(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn request(&self, node: NodeId, body: Request) -> Result<Reply, ClusterError> {
+        let transport = self.shared.transport.get().ok_or(ClusterError::NotJoined)?;
+        Ok(transport
+            .request(node, body, self.shared.options.connect_timeout)
+            .await?)
+    }
+
+    /// The node running in this process, if any.
+    pub fn current() -> Option<ClusterNode> {
+        let current = CURRENT.lock().ok()?;
+        let shared = current.as_ref()?.upgrade()?;
+        Some(ClusterNode { shared })
+    }
+}
+
+fn departed(m: &Member) -> bool {
+    matches!(m.state, MemberState::Dead | MemberState::Left)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn runtime(&self) -> Option<Runtime> {
+        self.runtime.get()?.upgrade()
+    }
+
+    fn me(&self) -> Option<NodeId> {
+        self.transport.get().map(|t| t.me())
+    }
+
+    fn member(&self, node: NodeId) -> Option<Member> {
+        read(&self.view)
+            .iter()
+            .find(|m| m.hello.node == node)
+            .cloned()
+    }
+
+    /// Asks `id`'s owner where its value is.
+    async fn locate(&self, id: ObjectId) -> Result<NodeId, ObjectError> {
+        let owner = id.node;
+        if self.member(owner).is_some_and(|m| departed(&m)) {
+            return Err(ObjectError::Lost { id, node: owner });
+        }
+        let Some(transport) = self.transport.get() else {
+            return Err(ObjectError::Unknown(id));
+        };
+        match transport
+            .request(owner, Request::Locate(id), self.options.connect_timeout)
+            .await
+        {
+            Ok(Reply::Location(Ok(None))) => Ok(owner),
+            Ok(Reply::Location(Ok(Some(node)))) => Ok(node),
+            Ok(Reply::Location(Err(err))) => Err(err),
+            Ok(other) => Err(ObjectError::Fetch {
+                id,
+                reason: format!("its owner answered {other:?}"),
+            }),
+            Err(TransportError::NodeDied(_)) => Err(ObjectError::Lost { id, node: owner }),
+            Err(err) => Err(ObjectError::Fetch {
+                id,
+                reason: format!("its owner {owner}: {err}"),
+            }),
+        }
+    }
+
+    /// Pulls `id`'s bytes from `node` over the data path.
+    async fn pull(&self, id: ObjectId, node: NodeId) -> Result<Blob, ObjectError> {
+        let Some(member) = self.member(node) else {
+            return Err(ObjectError::Fetch {
+                id,
+                reason: format!("node {node}, which holds it, is not a member this node knows"),
+            });
+        };
+        if departed(&member) {
+            return Err(ObjectError::Lost { id, node });
+        }
+        let Some(data) = self.data.get() else {
+            return Err(ObjectError::Fetch {
+                id,
+                reason: "the data path is not running".to_owned(),
+            });
+        };
+        match data.pull(member.hello.data_addr, id).await {
+            Ok(blob) => Ok(blob),
+            Err(DataError::Remote(err)) => Err(err),
+            // Died while we pulled? Then it is lost, not a glitch.
+            Err(_) if self.member(node).is_some_and(|m| departed(&m)) => {
+                Err(ObjectError::Lost { id, node })
+            }
+            Err(err) => Err(ObjectError::Fetch {
+                id,
+                reason: err.to_string(),
+            }),
+        }
+    }
+
+    fn end(&self, why: String) {
+        self.ended.send_if_modified(|ended| {
+            if ended.is_none() {
+                *ended = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.borrow().is_some()
+    }
+
+    /// Takes a new directory: publishes what changed to this runtime.
+    fn apply_view(&self, members: Vec<Member>) {
+        *lock(&self.last_directory) = Instant::now();
+        let me = self.me();
+        let old = std::mem::replace(&mut *write(&self.view), members.clone());
+        let Some(rt) = self.runtime() else { return };
+        let was = |node: NodeId| old.iter().find(|m| m.hello.node == node);
+        for m in &members {
+            let node = m.hello.node;
+            if Some(node) == me || m.hello.role == Role::Client {
+                continue;
+            }
+            let departed = matches!(m.state, MemberState::Dead | MemberState::Left);
+            let was_departed = was(node)
+                .map(|o| matches!(o.state, MemberState::Dead | MemberState::Left))
+                .unwrap_or(false);
+            let known = was(node).is_some();
+            if departed && !was_departed && (known || m.state == MemberState::Dead) {
+                if let Some(t) = self.transport.get() {
+                    t.peer_down(node);
+                }
+                let reason = match m.state {
+                    MemberState::Left => "left the cluster".to_owned(),
+                    _ => "declared dead by the head's failure detector".to_owned(),
+                };
+                metrics::counter!("troupe_cluster_nodes_down_total").increment(1);
+                rt.publish(ClusterEvent::NodeDown { node, reason });
+            } else if !departed {
+                // Announced once a session to it is up (work can go there);
+                // else when it comes up (`Inbound::PeerUp`).
+                self.announce(&rt, m);
+            }
+        }
+        let alive = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && m.hello.role != Role::Client)
+            .count();
+        metrics::gauge!("troupe_cluster_nodes_alive").set(alive as f64);
+    }
+
+    /// Publishes `NodeUp` for `m` once: when it is alive in the view and
+    /// this node has a session to it.
+    fn announce(&self, rt: &Runtime, m: &Member) {
+        let node = m.hello.node;
+        let connected = self.transport.get().is_some_and(|t| t.connected(node));
+        if m.state != MemberState::Alive || !connected {
+            return;
+        }
+        if lock(&self.announced).insert(node) {
+            metrics::counter!("troupe_cluster_nodes_up_total").increment(1);
+            rt.publish(ClusterEvent::NodeUp {
+                node,
+                resources: m.hello.resources.clone(),
+            });
+        }
+    }
+
+    fn load(&self) -> (Resources, Load) {
+        let Some(rt) = self.runtime() else {
+            return (Resources::default(), Load::default());
+        };
+        let counts = rt.task_summary();
+        let store = rt.objects();
+        (
+            rt.available_resources(),
+            Load {
+                tasks_queued: (counts.queued + counts.waiting_for_args + counts.running) as u64,
+                tasks_running: counts.running as u64,
+                tasks_unplaced: counts.unplaced as u64,
+                actors: rt.live_actors() as u64,
+                objects: store.len() as u64,
+                object_bytes: store.in_memory_bytes(),
+            },
+        )
+    }
+
+    /// On the head: acts on the directory's changes.
+    fn head_changes(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        for change in &changes {
+            match change {
+                Change::Up(node) => tracing::info!(%node, "node joined"),
+                Change::Suspected(node) => {
+                    metrics::counter!("troupe_cluster_suspicions_total").increment(1);
+                    tracing::warn!(%node, "node suspected")
+                }
+                Change::Recovered(node) => tracing::info!(%node, "suspected node heard from again"),
+                Change::Dead(node, why) => tracing::warn!(%node, %why, "node declared dead"),
+                Change::Left(node) => tracing::info!(%node, "node left"),
+            }
+        }
+        self.broadcast_directory();
+    }
+
+    /// On the head: sends the directory to every live member.
+    fn broadcast_directory(&self) {
+        let members = match lock(&self.directory).as_ref() {
+            Some(d) => d.members(),
+            None => return,
+        };
+        self.apply_view(members.clone());
+        let Some(transport) = self.transport.get() else {
+            return;
+        };
+        for m in &members {
+            if m.hello.node == transport.me()
+                || matches!(m.state, MemberState::Dead | MemberState::Left)
+            {
+                continue;
+            }
+            let _ = transport.notify(m.hello.node, Notice::Directory(members.clone()));
+        }
+    }
+
+    fn handle(self: &Arc<Self>, inbound: Inbound) {
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        match inbound {
+            Inbound::PeerUp(node) => {
+                tracing::debug!(%node, "session up");
+                if let (Some(rt), Some(m)) = (self.runtime(), self.member(node)) {
+                    if m.hello.role != Role::Client {
+                        self.announce(&rt, &m);
+                    }
+                }
+            }
+            Inbound::PeerDown(node) => {
+                tracing::debug!(%node, "session down");
+                let changes = lock(&self.directory)
+                    .as_mut()
+                    .map(|d| d.session_closed(node))
+                    .unwrap_or_default();
+                self.head_changes(changes);
+            }
+            Inbound::Frame(frame) => match *frame {
+                Frame::Reply { id, body } => transport.complete(id, body),
+                Frame::Notice { from, body } => self.notice(from, body),
+                // An actor call enters the actor's mailbox now, in the
+                // order calls arrived (the caller sent them in order); only
+                // waiting for its reply runs apart.
+                Frame::Request {
+                    id,
+                    from,
+                    body:
+                        Request::CallActor {
+                            actor,
+                            method,
+                            args,
+                        },
+                } => {
+                    let Some(rt) = self.runtime() else {
+                        transport.reply(
+                            from,
+                            id,
+                            Reply::Refused("this node is shutting down".into()),
+                        );
+                        return;
+                    };
+                    let reply = rt.call_by_name(actor, &method, &args);
+                    tokio::spawn(async move {
+                        transport.reply(from, id, Reply::Actor(reply.await));
+                    });
+                }
+                Frame::Request { id, from, body } => {
+                    let shared = self.clone();
+                    tokio::spawn(async move {
+                        let reply = shared.answer(from, body).await;
+                        transport.reply(from, id, reply);
+                    });
+                }
+            },
+        }
+    }
+
+    fn notice(self: &Arc<Self>, from: NodeId, body: Notice) {
+        match body {
+            Notice::Heartbeat { available, load } => {
+                let mut directory = lock(&self.directory);
+                if let Some(d) = directory.as_mut() {
+                    let changes = d.heartbeat(from, available, load, Instant::now());
+                    drop(directory);
+                    self.head_changes(changes);
+                }
+            }
+            Notice::Directory(members) => {
+                if Some(from) == self.head.get().copied() {
+                    self.apply_view(members);
+                }
+            }
+            Notice::Leave => {
+                let mut directory = lock(&self.directory);
+                if let Some(d) = directory.as_mut() {
+                    let changes = d.leave(from, Instant::now());
+                    drop(directory);
+                    self.head_changes(changes);
+                }
+            }
+            Notice::Stop => {
+                if Some(from) == self.head.get().copied() {
+                    self.end("stopped by `troupe stop`".to_owned());
+                }
+            }
+            Notice::Released { id } => {
+                if let Some(rt) = self.runtime() {
+                    rt.objects().remove_borrower(id, from);
+                }
+            }
+        }
+    }
+
+    async fn answer(self: &Arc<Self>, from: NodeId, body: Request) -> Reply {
+        let Some(rt) = self.runtime() else {
+            return Reply::Refused("this node is shutting down".to_owned());
+        };
+        match body {
+            Request::RunTask(spec) => {
+                let span = tracing::info_span!("remote_task", task = %spec.id, owner = %from);
+                let _ = span.enter();
+                Reply::Task(rt.run_spec(spec).await)
+            }
+            Request::CallActor {
+                actor,
+                method,
+                args,
+            } => Reply::Actor(rt.call_by_name(actor, &method, &args).await),
+            Request::Join(hello) => {
+                let result = match lock(&self.directory).as_mut() {
+                    Some(d) => d.join(hello, Instant::now()),
+                    None => Err("this node is not the head".to_owned()),
+                };
+                match result {
+                    Ok((welcome, changes)) => {
+                        self.head_changes(changes);
+                        Reply::Welcome(welcome)
+                    }
+                    Err(why) => {
+                        tracing::warn!(%from, %why, "join refused");
+                        Reply::Refused(why)
+                    }
+                }
+            }
+            Request::SpawnActor(request) => Reply::Spawned(rt.spawn_requested(request).await),
+            Request::StopActor { actor, how } => {
+                rt.stop_requested(actor, how).await;
+                Reply::Ok
+            }
+            Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
+            Request::Locate(id) => {
+                Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
+            }
+            Request::Status => match lock(&self.directory).as_ref() {
+                Some(d) => Reply::Status(d.members()),
+                None => Reply::Status(read(&self.view).clone()),
+            },
+            Request::StopCluster => {
+                let Some(transport) = self.transport.get() else {
+                    return Reply::Refused("not started".to_owned());
+                };
+                let members = match lock(&self.directory).as_ref() {
+                    Some(d) => d.members(),
+                    None => return Reply::Refused("this node is not the head".to_owned()),
+                };
+                for m in members {
+                    if m.hello.node != transport.me() && m.hello.node != from {
+                        let _ = transport.notify(m.hello.node, Notice::Stop);
+                    }
+                }
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    // Let the reply and the stops go out first.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    shared.end("stopped by `troupe stop`".to_owned());
+                });
+                Reply::Ok
+            }
+        }
+    }
+}
+
+mod lifecycle;
+mod seams;
+
+pub use lifecycle::{NodeService, SERVICE_NAME};
+use seams::Seams;

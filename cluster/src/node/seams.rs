@@ -1,0 +1,253 @@
+//! Core's seams (placement, remote execution and actors, the object
+//! directory) over the cluster's transport and data path.
+
+use super::*;
+
+/// Core's seams over the cluster.
+pub(super) struct Seams(pub(super) Arc<Shared>);
+
+impl Placement for Seams {
+    fn place(&self, request: &PlacementRequest<'_>) -> PlacementDecision {
+        let shared = &self.0;
+        let Some(me) = shared.me() else {
+            return PlacementDecision::Wait;
+        };
+        if shared.is_ended() {
+            return if request.feasible_here {
+                PlacementDecision::Here
+            } else {
+                PlacementDecision::Infeasible
+            };
+        }
+        let view = read(&shared.view);
+        // Only nodes this one has a session to can be sent work.
+        let transport = shared.transport.get();
+        let reachable: Vec<Member> = view
+            .iter()
+            .filter(|m| m.hello.node == me || transport.is_some_and(|t| t.connected(m.hello.node)))
+            .cloned()
+            .collect();
+        let decision = shared.placer.place(me, &reachable, request);
+        if let PlacementDecision::Node(node) = decision {
+            metrics::counter!("troupe_cluster_tasks_sent_total").increment(1);
+            tracing::trace!(task = %request.spec.id, %node, "placed elsewhere");
+        }
+        decision
+    }
+}
+
+impl RemoteExecutor for Seams {
+    fn run_task(&self, node: NodeId, spec: TaskSpec) -> BoxFuture<'static, RemoteOutcome> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let Some(transport) = shared.transport.get().cloned() else {
+                return RemoteOutcome::Failed(Failure::NodeDied(node));
+            };
+            let task = spec.id;
+            match transport
+                .request(node, Request::RunTask(spec), shared.options.connect_timeout)
+                .await
+            {
+                Ok(Reply::Task(outcome)) => outcome,
+                Ok(other) => RemoteOutcome::Failed(Failure::Error(Cause::new(
+                    ClusterError::Protocol(format!("task {task}: unexpected reply {other:?}")),
+                ))),
+                Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => {
+                    RemoteOutcome::Failed(Failure::NodeDied(node))
+                }
+                Err(err) => {
+                    RemoteOutcome::Failed(Failure::Error(Cause::new(ClusterError::Transport(err))))
+                }
+            }
+        })
+    }
+
+    fn call_actor(
+        &self,
+        node: NodeId,
+        actor: ActorId,
+        method: &str,
+        args: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        let shared = self.0.clone();
+        let method = method.to_owned();
+        let died = move |reason: String, method: String| ActorError::ActorDied {
+            actor: Arc::new(ActorInfo {
+                id: actor,
+                name: None,
+                type_name: "remote".into(),
+                node,
+                resources: Resources::default(),
+                gpu_ids: Vec::new(),
+            }),
+            method: method.into(),
+            reason,
+        };
+        let Some(transport) = shared.transport.get().cloned() else {
+            let err = died("this node is not in a cluster".into(), method);
+            return Box::pin(async move { Err(err) });
+        };
+        let body = Request::CallActor {
+            actor,
+            method: method.clone(),
+            args,
+        };
+        // Sent now when a session is up, so that calls made one after
+        // another run in that order (as local calls do).
+        // No session: its node is gone (handles are made while it is up).
+        let sent = transport.send_request(node, body);
+        Box::pin(async move {
+            let reply = match sent {
+                Ok(reply) => reply.await,
+                Err(err) => Err(err),
+            };
+            match reply {
+                Ok(Reply::Actor(result)) => result,
+                Ok(other) => Err(died(format!("unexpected reply {other:?}"), method)),
+                Err(err) => Err(died(err.to_string(), method)),
+            }
+        })
+    }
+
+    fn spawn_actor(
+        &self,
+        node: Option<NodeId>,
+        request: RemoteSpawn,
+    ) -> BoxFuture<'static, Result<ActorInfo, SpawnError>> {
+        Box::pin(Seams::spawn_on(self.0.clone(), node, request))
+    }
+
+    fn stop_actor(&self, node: NodeId, actor: ActorId, how: StopHow) -> BoxFuture<'static, ()> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let Some(transport) = shared.transport.get().cloned() else {
+                return;
+            };
+            let request = Request::StopActor { actor, how };
+            // A node that is gone took its actor with it: nothing to wait for.
+            let _ = transport
+                .request(node, request, shared.options.connect_timeout)
+                .await;
+        })
+    }
+
+    fn find_actor(&self, name: &str) -> BoxFuture<'static, Option<ActorInfo>> {
+        let shared = self.0.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let transport = shared.transport.get().cloned()?;
+            let asks = transport.peers().into_iter().map(|node| {
+                let transport = transport.clone();
+                let request = Request::FindActor(name.clone());
+                let timeout = shared.options.connect_timeout;
+                async move { transport.request(node, request, timeout).await }
+            });
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .find_map(|reply| match reply {
+                    Ok(Reply::Found(found)) => found,
+                    _ => None,
+                })
+        })
+    }
+}
+
+impl Seams {
+    async fn spawn_on(
+        shared: Arc<Shared>,
+        node: Option<NodeId>,
+        request: RemoteSpawn,
+    ) -> Result<ActorInfo, SpawnError> {
+        let (Some(transport), Some(rt)) = (shared.transport.get().cloned(), shared.runtime())
+        else {
+            return Err(SpawnError::Remote {
+                node,
+                reason: "this node is not part of a cluster".to_owned(),
+            });
+        };
+        let me = transport.me();
+        let target = match node {
+            Some(node) => node,
+            None => {
+                let view = read(&shared.view).clone();
+                let reachable: Vec<Member> = view
+                    .into_iter()
+                    .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
+                    .collect();
+                crate::placement::place_actor(me, &reachable, request.options.get_resources())
+                    .ok_or_else(|| SpawnError::Remote {
+                        node: None,
+                        reason: format!(
+                            "no node can hold an actor needing {:?}",
+                            request.options.get_resources()
+                        ),
+                    })?
+            }
+        };
+        if target == me {
+            return rt.spawn_requested(request).await;
+        }
+        match transport
+            .request(
+                target,
+                Request::SpawnActor(request),
+                shared.options.connect_timeout,
+            )
+            .await
+        {
+            Ok(Reply::Spawned(result)) => result,
+            Ok(other) => Err(SpawnError::Remote {
+                node: Some(target),
+                reason: format!("unexpected reply {other:?}"),
+            }),
+            Err(err) => Err(SpawnError::Remote {
+                node: Some(target),
+                reason: err.to_string(),
+            }),
+        }
+    }
+}
+
+impl ObjectDirectory for Seams {
+    fn fetch(
+        &self,
+        id: ObjectId,
+        location: Option<NodeId>,
+    ) -> BoxFuture<'static, Result<Blob, ObjectError>> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let span = tracing::debug_span!("fetch", object = %id);
+            let _ = span.enter();
+            // Where it was last heard of, unless that is its owner: then ask
+            // the owner (it may hold the value, or know where it was made).
+            // Twice at most: a result may move from its owner to the node
+            // that made it while we ask.
+            for attempt in 0..2 {
+                let node = match location {
+                    Some(node) if node != id.node && attempt == 0 => node,
+                    _ => shared.locate(id).await?,
+                };
+                let got = shared.pull(id, node).await;
+                match got {
+                    Err(ObjectError::Unknown(_)) if attempt == 0 => continue,
+                    other => return other,
+                }
+            }
+            Err(ObjectError::Fetch {
+                id,
+                reason: "its owner kept pointing elsewhere".to_owned(),
+            })
+        })
+    }
+
+    fn released(&self, id: ObjectId, location: Option<NodeId>) {
+        let shared = &self.0;
+        let node = location.unwrap_or(id.node);
+        if let Some(transport) = shared.transport.get() {
+            if node != transport.me() {
+                let _ = transport.notify(node, Notice::Released { id });
+            }
+        }
+    }
+}
