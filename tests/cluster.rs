@@ -138,6 +138,24 @@ async fn driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
     troupe::init(config).await.expect("the driver joins")
 }
 
+/// A head (with `head_cpus`), one worker per entry of `workers` (its
+/// flags), and this process as the driver, all up and connected.
+async fn started(
+    test: &str,
+    head_cpus: &str,
+    workers: &[&[&str]],
+) -> (LocalCluster, LocalNode, Vec<LocalNode>, Runtime) {
+    let mut p = processes(test);
+    let head = p.head(&["--num-cpus", head_cpus]).expect("the head starts");
+    let nodes: Vec<LocalNode> = workers
+        .iter()
+        .map(|flags| p.worker(&head, flags).expect("a worker starts"))
+        .collect();
+    let rt = driver(&p, &head).await;
+    wait_for_nodes(1 + nodes.len()).await;
+    (p, head, nodes, rt)
+}
+
 async fn wait_for_nodes(n: usize) {
     common::eventually("every node is in the driver's view", || {
         ClusterNode::current()
@@ -159,16 +177,9 @@ async fn wait_for_nodes(n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_spread_over_every_node_and_fill_the_cluster() {
     let _turn = DRIVER.lock().await;
-    let mut p = processes("spread");
-    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
-    let a = p
-        .worker(&head, &["--num-cpus", "1"])
-        .expect("a worker starts");
-    let b = p
-        .worker(&head, &["--num-cpus", "1"])
-        .expect("a worker starts");
-    let rt = driver(&p, &head).await;
-    wait_for_nodes(3).await;
+    let (_p, head, nodes, rt) =
+        started("spread", "1", &[&["--num-cpus", "1"], &["--num-cpus", "1"]]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
 
     let spread = TaskOptions::default().scheduling_strategy(SchedulingStrategy::Spread);
     let refs: Vec<_> = (0..12)
@@ -191,16 +202,16 @@ async fn tasks_spread_over_every_node_and_fill_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_object_made_on_one_node_is_read_on_another_and_by_the_driver() {
     let _turn = DRIVER.lock().await;
-    let mut p = processes("bigobject");
-    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
-    let a = p
-        .worker(&head, &["--num-cpus", "1", "--resources", "maker=1"])
-        .expect("a worker starts");
-    let b = p
-        .worker(&head, &["--num-cpus", "1", "--resources", "reader=1"])
-        .expect("a worker starts");
-    let rt = driver(&p, &head).await;
-    wait_for_nodes(3).await;
+    let (_p, _head, nodes, rt) = started(
+        "bigobject",
+        "1",
+        &[
+            &["--num-cpus", "1", "--resources", "maker=1"],
+            &["--num-cpus", "1", "--resources", "reader=1"],
+        ],
+    )
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
 
     let n = 200 << 20;
     let big = pattern::options(TaskOptions::default().resource("maker", 1.0)).remote(&rt, n, 7);
@@ -427,16 +438,16 @@ async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_death_is_an_error() {
     let _turn = DRIVER.lock().await;
-    let mut p = processes("actors");
-    let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
-    let b = p
-        .worker(&head, &["--num-cpus", "1", "--resources", "b=1"])
-        .expect("node b");
-    let c = p
-        .worker(&head, &["--num-cpus", "1", "--resources", "c=1"])
-        .expect("node c");
-    let rt = driver(&p, &head).await;
-    wait_for_nodes(3).await;
+    let (mut p, _head, nodes, rt) = started(
+        "actors",
+        "1",
+        &[
+            &["--num-cpus", "1", "--resources", "b=1"],
+            &["--num-cpus", "1", "--resources", "c=1"],
+        ],
+    )
+    .await;
+    let (b, c) = (nodes[0].clone(), nodes[1].clone());
 
     // Spawned on B by its constructor; called through the typed handle.
     let on_b =
