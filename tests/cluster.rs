@@ -88,6 +88,22 @@ impl Tally {
     }
 }
 
+/// Holds a handle to a tally it was given, and adds through it.
+pub struct Relay {
+    tally: TallyHandle,
+}
+
+#[troupe::actor]
+impl Relay {
+    pub fn new(tally: TallyHandle) -> Self {
+        Relay { tally }
+    }
+
+    pub async fn add(&mut self, by: u64) -> Result<u64, String> {
+        self.tally.add(by).await.map_err(|err| err.to_string())
+    }
+}
+
 /// Finds the tally by name on whichever node this task runs, and adds.
 #[troupe::remote]
 async fn add_to_tally(by: u64) -> (u64, NodeId) {
@@ -507,5 +523,98 @@ async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_d
         .unwrap_err();
     assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
     assert!(tally.is_dead());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_whose_node_dies_is_restarted_on_another_node_and_its_handles_follow_it() {
+    let _turn = DRIVER.lock().await;
+    let (mut p, _head, nodes, rt) = started(
+        "restart",
+        "1",
+        &[
+            &["--num-cpus", "1", "--resources", "b=1"],
+            &["--num-cpus", "1", "--resources", "c=1"],
+        ],
+    )
+    .await;
+    let (b, c) = (nodes[0].clone(), nodes[1].clone());
+
+    // On B while B lives, with one restart.
+    let options = ActorOptions::new()
+        .name("phoenix")
+        .max_restarts(1)
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: b.node,
+            soft: true,
+        });
+    let tally = rt
+        .spawn_remote::<Tally>(options, "new", &(10u64,))
+        .await
+        .expect("spawned on B");
+    let first = tally.id();
+    assert_eq!(
+        common::within("a call", tally.node()).await.unwrap(),
+        b.node
+    );
+    assert_eq!(common::within("a call", tally.add(5)).await.unwrap(), 15);
+    assert_eq!(tally.as_ref().owner().map(|o| o.owner), Some(rt.node_id()));
+
+    // A relay on C holds a handle made before B dies.
+    let on_c = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: c.node,
+        soft: false,
+    });
+    let relay = rt
+        .spawn_remote::<Relay>(on_c, "new", &(tally.clone(),))
+        .await
+        .expect("the relay on C");
+    assert_eq!(
+        common::within("through the relay", relay.add(1))
+            .await
+            .unwrap(),
+        Ok(16)
+    );
+
+    // B dies: the call in flight fails (at-most-once), the actor does not.
+    let in_flight = tally.slowly(60_000);
+    p.kill(&b);
+    let err = common::within("the call in flight fails", in_flight)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+
+    // The next call waits for the restart elsewhere, and finds the actor
+    // fresh from its constructor, with the same id.
+    let moved_to = common::within("the restarted actor answers", tally.node())
+        .await
+        .expect("restarted on another node");
+    assert_ne!(moved_to, b.node);
+    assert_eq!(tally.as_ref().location().node, moved_to);
+    assert_eq!(tally.id(), first);
+    assert!(!tally.is_dead());
+    assert_eq!(common::within("a call", tally.add(1)).await.unwrap(), 11);
+
+    // The relay's old handle on C asks the owner (this driver) and follows.
+    assert_eq!(
+        common::within("through the relay", relay.add(1))
+            .await
+            .unwrap(),
+        Ok(12)
+    );
+    // Its name moved with it.
+    let found = rt
+        .find_actor::<Tally>("phoenix")
+        .await
+        .expect("found by name after the restart");
+    assert_eq!(common::within("a call", found.add(0)).await.unwrap(), 12);
+
+    // Stopped through a handle, it is forgotten by its owner: dead for good.
+    tally.stop().await;
+    assert!(tally.is_dead());
+    let err = common::within("a call after stop", tally.add(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
     rt.shutdown().await.unwrap();
 }

@@ -108,10 +108,16 @@ impl Placer {
     }
 }
 
-/// Where a new actor needing `needs` goes: a live node whose free
+/// Where a new actor needing `needs` goes: its `preferred` node (a soft
+/// affinity) when that is live and fits now, else a live node whose free
 /// resources fit now (this one first, then the least loaded), else one
 /// whose total fits; `None` if no node can ever hold it.
-pub fn place_actor(me: NodeId, members: &[Member], needs: &Resources) -> Option<NodeId> {
+pub fn place_actor(
+    me: NodeId,
+    members: &[Member],
+    needs: &Resources,
+    preferred: Option<NodeId>,
+) -> Option<NodeId> {
     let runnable = || {
         members.iter().filter(|m| {
             m.state == MemberState::Alive
@@ -120,8 +126,10 @@ pub fn place_actor(me: NodeId, members: &[Member], needs: &Resources) -> Option<
         })
     };
     let free_now = |m: &&Member| fits(needs, &m.available);
-    if let Some(m) = runnable().find(|m| m.hello.node == me && free_now(m)) {
-        return Some(m.hello.node);
+    for first in preferred.into_iter().chain([me]) {
+        if let Some(m) = runnable().find(|m| m.hello.node == first && free_now(m)) {
+            return Some(m.hello.node);
+        }
     }
     runnable()
         .filter(free_now)
@@ -280,18 +288,32 @@ mod tests {
             ),
         ];
         members[1].load.actors = 5;
-        assert_eq!(place_actor(NodeId(1), &members, &c), Some(NodeId(1)));
+        assert_eq!(place_actor(NodeId(1), &members, &c, None), Some(NodeId(1)));
         let gpuish = Resources::default().with("gpu-ish", 1.0);
-        assert_eq!(place_actor(NodeId(1), &members, &gpuish), Some(NodeId(3)));
+        assert_eq!(
+            place_actor(NodeId(1), &members, &gpuish, None),
+            Some(NodeId(3))
+        );
         members[0].available = Resources::default();
         assert_eq!(
-            place_actor(NodeId(1), &members, &c),
+            place_actor(NodeId(1), &members, &c, None),
             Some(NodeId(3)),
             "fewest actors"
         );
         assert_eq!(
-            place_actor(NodeId(1), &members, &Resources::cpus(9.0)),
+            place_actor(NodeId(1), &members, &Resources::cpus(9.0), None),
             None
+        );
+        // A soft affinity goes first while its node is live and fits.
+        assert_eq!(
+            place_actor(NodeId(1), &members, &c, Some(NodeId(2))),
+            Some(NodeId(2))
+        );
+        members[1].state = MemberState::Dead;
+        assert_eq!(
+            place_actor(NodeId(1), &members, &c, Some(NodeId(2))),
+            Some(NodeId(3)),
+            "its node is dead: anywhere that fits"
         );
     }
 

@@ -174,6 +174,9 @@ pub enum Request {
     },
     /// Who holds this name here, if anyone?
     FindActor(String),
+    /// To an actor's owner: where does the actor you placed as this id
+    /// live now (after its node died)?
+    LocateActor(ActorId),
     /// To the head: the cluster's members.
     Status,
     /// To the head: stop every node, then yourself.
@@ -195,6 +198,8 @@ pub enum Reply {
     Spawned(Result<troupe_core::ActorInfo, troupe_core::SpawnError>),
     /// The actor holding a name here, if any.
     Found(Option<troupe_core::ActorInfo>),
+    /// Where an actor lives now, or that it is restarting, or dead.
+    ActorAt(troupe_core::remote::Relocation),
     /// Where an object's value is: `Ok(None)` at the owner itself.
     Location(Result<Option<NodeId>, troupe_core::ObjectError>),
     /// The cluster's members.
@@ -226,6 +231,12 @@ pub enum Notice {
     Released {
         /// The object.
         id: ObjectId,
+    },
+    /// To an actor's owner: a handle stopped it for good; do not restart
+    /// it when its node dies.
+    ActorEnded {
+        /// The actor, by the id it was first spawned with.
+        actor: ActorId,
     },
 }
 

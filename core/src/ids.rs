@@ -110,3 +110,15 @@ impl fmt::Display for ActorInfo {
 // Ids hold no heap memory: storable as parts of objects.
 impl troupe_objects::GetSize for TaskId {}
 impl troupe_objects::GetSize for ActorId {}
+
+/// Who keeps track of an actor spawned on another node: the process that
+/// spawned it (its owner, as in Ray) and the actor's id as first spawned.
+/// A handle carries it, so that when the actor's node dies the handle can
+/// ask the owner where the actor was restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ActorOwner {
+    /// The node that spawned the actor and restarts it.
+    pub owner: NodeId,
+    /// The actor's id as first spawned: the owner's key for it.
+    pub actor: ActorId,
+}

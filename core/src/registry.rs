@@ -329,11 +329,16 @@ impl Runtime {
             .iter()
             .find(|c| c.name == constructor)
             .ok_or_else(unknown)?;
-        let spawning =
-            (ctor.spawn)(self, options, args).map_err(|cause| SpawnError::BadArguments {
-                constructor: format!("{type_name}::{constructor}"),
-                cause,
-            })?;
+        // Decoded inside this runtime: handles among the arguments become
+        // handles of this node.
+        let spawning = {
+            let _frame = self.decode_frame();
+            (ctor.spawn)(self, options, args)
+        }
+        .map_err(|cause| SpawnError::BadArguments {
+            constructor: format!("{type_name}::{constructor}"),
+            cause,
+        })?;
         spawning.await
     }
 
@@ -343,8 +348,13 @@ impl Runtime {
     /// result was wrong.
     pub fn call_by_name(&self, actor: ActorId, method: &str, args: &[u8]) -> EncodedReply {
         let Some(control) = self.inner.actors.get(actor) else {
-            let reason = format!("no live actor {actor} on this node");
-            return Box::pin(async move { Err(no_such(actor, reason)) });
+            // Stopped, or never here: either way no call reaches it again.
+            let err = ActorError::ActorDied {
+                actor: unknown_actor(actor),
+                method: method.to_owned().into(),
+                reason: format!("no live actor {actor} on this node"),
+            };
+            return Box::pin(async move { Err(err) });
         };
         let info = control.info().clone();
         let found = registry()
@@ -377,19 +387,15 @@ impl Runtime {
     }
 }
 
-fn no_such(actor: ActorId, reason: String) -> ActorError {
-    ActorError::BadCall {
-        actor: Arc::new(crate::ids::ActorInfo {
-            id: actor,
-            name: None,
-            type_name: "unknown".into(),
-            node: actor.node,
-            resources: crate::Resources::default(),
-            gpu_ids: Vec::new(),
-        }),
-        method: String::new(),
-        reason,
-    }
+fn unknown_actor(actor: ActorId) -> Arc<crate::ids::ActorInfo> {
+    Arc::new(crate::ids::ActorInfo {
+        id: actor,
+        name: None,
+        type_name: "unknown".into(),
+        node: actor.node,
+        resources: crate::Resources::default(),
+        gpu_ids: Vec::new(),
+    })
 }
 
 /// What a failed result object says about the attempt that made it.

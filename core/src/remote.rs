@@ -10,8 +10,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::actor::ActorOptions;
-pub use crate::actor::StopHow;
+pub use crate::actor::{Relocation, StopHow};
 use crate::error::{ActorError, Failure, SpawnError};
+pub use crate::ids::ActorOwner;
 
 use crate::ids::{ActorId, ActorInfo, NodeId, ObjectId};
 use crate::spec::TaskSpec;
@@ -120,6 +121,27 @@ pub trait RemoteExecutor: Send + Sync + 'static {
     fn find_actor(&self, name: &str) -> BoxFuture<'static, Option<ActorInfo>> {
         let _ = name;
         Box::pin(async { None })
+    }
+
+    /// Asks `owner.owner` where the actor it placed as `owner.actor` lives
+    /// now (`Runtime::placed_actor_location` on that node). Default: no
+    /// owner is reachable.
+    fn locate_actor(&self, owner: ActorOwner) -> BoxFuture<'static, Relocation> {
+        let _ = owner;
+        Box::pin(async { Relocation::Dead("this cluster executor cannot reach owners".into()) })
+    }
+
+    /// Tells `owner.owner` that its actor was stopped for good through a
+    /// handle, so that it is not restarted when its node dies. Default:
+    /// nothing to tell.
+    fn actor_ended(&self, owner: ActorOwner) {
+        let _ = owner;
+    }
+
+    /// Whether `node` is a live member this node can reach. Default: yes.
+    fn node_alive(&self, node: NodeId) -> bool {
+        let _ = node;
+        true
     }
 }
 

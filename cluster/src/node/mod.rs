@@ -19,15 +19,15 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::sync::{mpsc, watch};
 use troupe_core::error::{ActorError, Failure};
 use troupe_core::remote::{
-    ClusterEvent, Placement, PlacementDecision, PlacementRequest, RemoteExecutor, RemoteOutcome,
-    RemoteSpawn, StopHow,
+    ActorOwner, ClusterEvent, Placement, PlacementDecision, PlacementRequest, Relocation,
+    RemoteExecutor, RemoteOutcome, RemoteSpawn, StopHow,
 };
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
 use troupe_core::task::TaskSpec;
 use troupe_core::SpawnError;
 use troupe_core::{
     ActorId, ActorInfo, Blob, Cause, ClusterSeams, Config, NodeId, ObjectDirectory, ObjectError,
-    ObjectId, Resources, Runtime,
+    ObjectId, Resources, Runtime, SchedulingStrategy,
 };
 
 use crate::agent::{agent_name, Agent, AgentMessage, Inbound, Transport, TransportError};
@@ -611,6 +611,11 @@ impl Shared {
                     rt.objects().remove_borrower(id, from);
                 }
             }
+            Notice::ActorEnded { actor } => {
+                if let Some(rt) = self.runtime() {
+                    rt.forget_placed_actor(actor);
+                }
+            }
         }
     }
 
@@ -651,6 +656,7 @@ impl Shared {
                 Reply::Ok
             }
             Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
+            Request::LocateActor(actor) => Reply::ActorAt(rt.placed_actor_location(actor).await),
             Request::Locate(id) => {
                 Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
             }

@@ -151,6 +151,47 @@ impl RemoteExecutor for Seams {
                 })
         })
     }
+
+    fn locate_actor(&self, owner: ActorOwner) -> BoxFuture<'static, Relocation> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let gone = || {
+                Relocation::Dead(format!(
+                    "its owner {} is gone, and its restarts with it",
+                    owner.owner
+                ))
+            };
+            if shared.member(owner.owner).is_some_and(|m| departed(&m)) {
+                return gone();
+            }
+            let Some(transport) = shared.transport.get().cloned() else {
+                return Relocation::Dead("this node is not in a cluster".to_owned());
+            };
+            let request = Request::LocateActor(owner.actor);
+            match transport
+                .request(owner.owner, request, shared.options.connect_timeout)
+                .await
+            {
+                Ok(Reply::ActorAt(now)) => now,
+                Ok(other) => Relocation::Dead(format!("its owner answered {other:?}")),
+                Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => gone(),
+                // A slow owner: the handle asks again until its deadline.
+                Err(_) => Relocation::Restarting,
+            }
+        })
+    }
+
+    fn actor_ended(&self, owner: ActorOwner) {
+        if let Some(transport) = self.0.transport.get() {
+            let _ = transport.notify(owner.owner, Notice::ActorEnded { actor: owner.actor });
+        }
+    }
+
+    fn node_alive(&self, node: NodeId) -> bool {
+        let shared = &self.0;
+        let connected = shared.transport.get().is_some_and(|t| t.connected(node));
+        connected && !shared.member(node).is_some_and(|m| departed(&m))
+    }
 }
 
 impl Seams {
@@ -175,14 +216,20 @@ impl Seams {
                     .into_iter()
                     .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
                     .collect();
-                crate::placement::place_actor(me, &reachable, request.options.get_resources())
-                    .ok_or_else(|| SpawnError::Remote {
+                let preferred = match request.options.get_strategy() {
+                    SchedulingStrategy::NodeAffinity { node, soft: true } => Some(*node),
+                    _ => None,
+                };
+                let needs = request.options.get_resources();
+                crate::placement::place_actor(me, &reachable, needs, preferred).ok_or_else(
+                    || SpawnError::Remote {
                         node: None,
                         reason: format!(
                             "no node can hold an actor needing {:?}",
                             request.options.get_resources()
                         ),
-                    })?
+                    },
+                )?
             }
         };
         if target == me {

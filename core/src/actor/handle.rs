@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use futures::future::BoxFuture;
 
@@ -10,6 +13,7 @@ use super::slot::{Forbid, Signal, Slot};
 use super::StopHow;
 use super::{Actor, ActorOptions};
 use crate::error::ActorError;
+use crate::ids::ActorOwner;
 use crate::ids::{ActorId, ActorInfo};
 use troupe_objects::ObjectStore;
 
@@ -63,7 +67,8 @@ impl<A: Actor> std::fmt::Debug for ActorHandle<A> {
             Target::Remote(remote) => write!(
                 f,
                 "ActorHandle({} on node {})",
-                remote.info, remote.info.node
+                remote.info,
+                remote.at.load().node
             ),
         }
     }
@@ -88,16 +93,52 @@ pub trait ActorLink: Send + Sync + 'static {
         actor: ActorId,
         how: StopHow,
     ) -> BoxFuture<'static, ()>;
+
+    /// Asks the actor's owner where it lives now.
+    fn locate(&self, owner: ActorOwner) -> BoxFuture<'static, Relocation>;
+
+    /// Tells the actor's owner not to restart it: it was stopped for good.
+    fn ended(&self, owner: ActorOwner);
+
+    /// Whether `node` is alive and reachable.
+    fn alive(&self, node: crate::ids::NodeId) -> bool;
 }
+
+/// What an actor's owner answers when asked where it lives now.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Relocation {
+    /// It lives there.
+    At(ActorInfo),
+    /// Its node died and it is being restarted elsewhere: ask again.
+    Restarting,
+    /// It is dead for good, and why.
+    Dead(String),
+}
+
+/// How long a call waits for an actor whose node died to be restarted
+/// elsewhere by its owner before failing with `ActorDied`.
+const RELOCATE_WAIT: Duration = Duration::from_secs(30);
 
 /// An actor on another node, as a handle reaches it: calls travel as a
 /// method name and encoded arguments (`#[troupe::actor]`'s typed methods
 /// encode them), through the cluster.
+///
+/// An actor with restarts left has an owner (the process that spawned
+/// it), which restarts it on another node when its node dies. A call that
+/// finds its node dead asks the owner where it lives now and goes there;
+/// calls in flight when the node died fail with `ActorDied` (Ray's
+/// semantics without `max_task_retries`).
 pub struct RemoteActor {
+    /// Who it is, as first spawned (its id is the handle's stable id).
     info: Arc<ActorInfo>,
+    /// Where calls go now.
+    at: ArcSwap<ActorInfo>,
+    owner: Option<ActorOwner>,
     options: ActorOptions,
     executor: Arc<dyn ActorLink>,
     store: ObjectStore,
+    /// A call found it dead: ask the owner before the next one.
+    stale: AtomicBool,
     dead: AtomicBool,
 }
 
@@ -107,23 +148,80 @@ impl RemoteActor {
         self.info.clone()
     }
 
-    /// Calls `method` with encoded arguments; the reply's encoding.
+    /// Calls `method` with encoded arguments; the reply's encoding. Sent
+    /// before this returns (so calls made one after another keep their
+    /// order), unless the actor's node died: then once its owner says
+    /// where it was restarted.
     pub fn call_encoded(
         self: &Arc<Self>,
         method: &'static str,
         args: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        let at = self.at.load_full();
+        let relocate = self.owner.is_some()
+            && (self.stale.load(Ordering::Acquire) || !self.executor.alive(at.node));
         let remote = self.clone();
-        let reply = self
-            .executor
-            .call(self.info.node, self.info.id, method, args);
+        if !relocate {
+            let reply = self.executor.call(at.node, at.id, method, args);
+            return Box::pin(async move {
+                let result = reply.await;
+                remote.settle(&result);
+                result
+            });
+        }
         Box::pin(async move {
-            let result = reply.await;
-            if let Err(ActorError::ActorDied { .. }) = &result {
-                remote.dead.store(true, Ordering::Release);
-            }
+            let at = remote.relocate(method).await?;
+            let result = remote.executor.call(at.node, at.id, method, args).await;
+            remote.settle(&result);
             result
         })
+    }
+
+    fn settle<T>(&self, result: &Result<T, ActorError>) {
+        if let Err(ActorError::ActorDied { .. }) = result {
+            if self.owner.is_some() {
+                self.stale.store(true, Ordering::Release);
+            } else {
+                self.dead.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Asks the owner where the actor lives now, until it says (it may
+    /// not have heard of the death yet, or be restarting it).
+    async fn relocate(&self, method: &'static str) -> Result<Arc<ActorInfo>, ActorError> {
+        let died = |reason: String| ActorError::ActorDied {
+            actor: self.info.clone(),
+            method: method.into(),
+            reason,
+        };
+        let Some(owner) = self.owner else {
+            return Err(died("it has no owner to restart it".to_owned()));
+        };
+        let deadline = Instant::now() + RELOCATE_WAIT;
+        loop {
+            match self.executor.locate(owner).await {
+                Relocation::At(info) if self.executor.alive(info.node) => {
+                    let info = Arc::new(info);
+                    self.at.store(info.clone());
+                    self.stale.store(false, Ordering::Release);
+                    return Ok(info);
+                }
+                // Its owner has not heard of the death yet, or is restarting it.
+                Relocation::At(_) | Relocation::Restarting => {}
+                Relocation::Dead(reason) => {
+                    self.dead.store(true, Ordering::Release);
+                    return Err(died(reason));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(died(format!(
+                    "its node died and its owner {} did not restart it within {RELOCATE_WAIT:?}",
+                    owner.owner
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Calls `method` with `args`, decoding the reply as `R` (refs in it
@@ -157,6 +255,21 @@ impl RemoteActor {
                 })
         })
     }
+
+    /// Stops or kills it where it lives now; `for_good`: tell its owner
+    /// not to restart it.
+    async fn end(&self, how: StopHow, for_good: bool) {
+        if for_good {
+            if let Some(owner) = self.owner {
+                self.executor.ended(owner);
+            }
+        }
+        let at = self.at.load_full();
+        self.executor.stop(at.node, at.id, how).await;
+        if for_good {
+            self.dead.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl<A: Actor> ActorHandle<A> {
@@ -175,6 +288,8 @@ impl<A: Actor> ActorHandle<A> {
     /// `Runtime::spawn_remote`, `Runtime::find_actor`).
     pub(crate) fn remote(
         info: ActorInfo,
+        at: ActorInfo,
+        owner: Option<ActorOwner>,
         options: ActorOptions,
         executor: Arc<dyn ActorLink>,
         store: ObjectStore,
@@ -182,11 +297,33 @@ impl<A: Actor> ActorHandle<A> {
         Self {
             target: Target::Remote(Arc::new(RemoteActor {
                 info: Arc::new(info),
+                at: ArcSwap::from_pointee(at),
+                owner,
                 options,
                 executor,
                 store,
+                stale: AtomicBool::new(false),
                 dead: AtomicBool::new(false),
             })),
+        }
+    }
+
+    /// Where the actor lives now, as far as this handle knows: for an
+    /// actor on another node restarted elsewhere, its new node and id
+    /// ([`info`](Self::info) stays who it was first).
+    pub fn location(&self) -> Arc<ActorInfo> {
+        match &self.target {
+            Target::Local(owner) => owner.slot.info.clone(),
+            Target::Remote(remote) => remote.at.load_full(),
+        }
+    }
+
+    /// Who keeps track of the actor across its node's death (an actor on
+    /// another node with restarts left).
+    pub fn owner(&self) -> Option<ActorOwner> {
+        match &self.target {
+            Target::Local(_) => None,
+            Target::Remote(remote) => remote.owner,
         }
     }
 
@@ -334,13 +471,7 @@ impl<A: Actor> ActorHandle<A> {
                 owner.slot.send_stop(Forbid::Stopped);
                 owner.slot.wait_dead().await;
             }
-            Target::Remote(remote) => {
-                remote
-                    .executor
-                    .stop(remote.info.node, remote.info.id, StopHow::Stop)
-                    .await;
-                remote.dead.store(true, Ordering::Release);
-            }
+            Target::Remote(remote) => remote.end(StopHow::Stop, true).await,
         }
     }
 
@@ -356,15 +487,7 @@ impl<A: Actor> ActorHandle<A> {
         let slot = match &self.target {
             Target::Local(owner) => &owner.slot,
             Target::Remote(remote) => {
-                let how = StopHow::Kill { no_restart };
-                remote
-                    .executor
-                    .stop(remote.info.node, remote.info.id, how)
-                    .await;
-                if no_restart {
-                    remote.dead.store(true, Ordering::Release);
-                }
-                return;
+                return remote.end(StopHow::Kill { no_restart }, no_restart).await;
             }
         };
         if no_restart {

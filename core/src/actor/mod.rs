@@ -19,7 +19,7 @@ mod handle;
 mod slot;
 
 pub use call::Pending;
-pub use handle::{ActorHandle, ActorLink, RemoteActor};
+pub use handle::{ActorHandle, ActorLink, Relocation, RemoteActor};
 
 pub use directory::ActorSummary;
 pub(crate) use directory::{Directory, DirectoryLink};
@@ -179,6 +179,11 @@ impl ActorOptions {
     /// The resource needs.
     pub fn get_resources(&self) -> &Resources {
         &self.resources
+    }
+
+    /// Where it may run.
+    pub fn get_strategy(&self) -> &crate::spec::SchedulingStrategy {
+        &self.strategy
     }
 }
 

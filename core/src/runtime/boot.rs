@@ -189,6 +189,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
             user,
             events,
             cluster_events: broadcast::channel(256).0,
+            placed: Default::default(),
             objects,
             scheduler,
             actors: Arc::new(Directory::default()),

@@ -22,6 +22,7 @@ impl Runtime {
                 tracing::warn!(%node, %reason, "node down");
                 self.inner.objects.node_died(*node);
                 self.inner.scheduler.node_died(*node);
+                self.restart_placed(*node);
             }
             ClusterEvent::NodeUp { node, .. } => {
                 tracing::info!(%node, "node up");

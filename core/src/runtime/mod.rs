@@ -27,6 +27,7 @@ mod boot;
 mod cluster;
 mod config;
 mod objects;
+mod placed_actors;
 mod recording;
 mod remote_actors;
 mod service;
@@ -84,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) user: Arc<ArcSwapOption<SupervisorRef>>,
     pub(crate) events: EventBus,
     pub(crate) cluster_events: broadcast::Sender<ClusterEvent>,
+    /// Actors this runtime spawned on other nodes and restarts.
+    pub(crate) placed: placed_actors::PlacedActors,
     pub(crate) objects: ObjectStore,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) actors: Arc<Directory>,

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 
-use super::Runtime;
+use super::{Runtime, WeakRuntime};
 use crate::actor::{Actor, ActorHandle, ActorLink, ActorOptions, Slot};
-use crate::error::{LookupError, SpawnError};
-use crate::ids::{ActorId, ActorInfo};
-use crate::remote::{RemoteSpawn, StopHow};
+use crate::error::{ActorError, LookupError, SpawnError};
+use crate::ids::{ActorId, ActorInfo, ActorOwner, NodeId};
+use crate::remote::{Relocation, RemoteSpawn, StopHow};
 use crate::spec::SchedulingStrategy;
 
 impl Runtime {
@@ -49,8 +50,16 @@ impl Runtime {
             options: options.clone(),
             args,
         };
-        let info = executor.spawn_actor(node, request).await?;
-        Ok(self.handle_for::<A>(info, options))
+        let info = executor.spawn_actor(node, request.clone()).await?;
+        // With restarts left, this runtime owns it: it restarts it on
+        // another node when its node dies.
+        let owner = self.track_placed(&info, request);
+        Ok(A::Handle::from(self.raw_handle_for::<A>(
+            info.clone(),
+            info,
+            owner,
+            options,
+        )))
     }
 
     /// Looks up the actor named `name` here, then on the other nodes of the
@@ -79,15 +88,23 @@ impl Runtime {
 
     /// A handle to the actor `info` names: local if it lives here.
     pub(crate) fn handle_for<A: Actor>(&self, info: ActorInfo, options: ActorOptions) -> A::Handle {
-        A::Handle::from(self.raw_handle_for::<A>(info, options))
+        A::Handle::from(self.raw_handle_for::<A>(info.clone(), info, None, options))
     }
 
-    fn raw_handle_for<A: Actor>(&self, info: ActorInfo, options: ActorOptions) -> ActorHandle<A> {
-        if info.node == self.node_id() {
+    /// A handle to the actor `info` (who it was first) living as `at`:
+    /// local if it lives here, else through the cluster.
+    fn raw_handle_for<A: Actor>(
+        &self,
+        info: ActorInfo,
+        at: ActorInfo,
+        owner: Option<ActorOwner>,
+        options: ActorOptions,
+    ) -> ActorHandle<A> {
+        if at.node == self.node_id() {
             if let Some(slot) = self
                 .inner
                 .actors
-                .get(info.id)
+                .get(at.id)
                 .and_then(|control| control.slot_any().downcast::<Slot<A>>().ok())
             {
                 return ActorHandle::new(slot, false);
@@ -96,10 +113,14 @@ impl Runtime {
         // Without a cluster (never the case here in practice) every call
         // fails and says so.
         let link: Arc<dyn ActorLink> = match self.inner.config.cluster.executor.clone() {
-            Some(executor) => Arc::new(ExecutorLink(executor)),
+            Some(executor) => Arc::new(ExecutorLink {
+                executor,
+                runtime: self.downgrade(),
+                me: self.node_id(),
+            }),
             None => Arc::new(NoCluster),
         };
-        ActorHandle::remote(info, options, link, self.objects().clone())
+        ActorHandle::remote(info, at, owner, options, link, self.objects().clone())
     }
 
     /// Spawns what another node asked for ([`Runtime::spawn_remote`] on
@@ -139,27 +160,57 @@ impl Runtime {
     }
 }
 
-/// A handle's link to other nodes: the cluster's executor.
-struct ExecutorLink(Arc<dyn crate::remote::RemoteExecutor>);
+/// A handle's link to other nodes: the cluster's executor, and this
+/// runtime for an actor restarted here or owned here.
+struct ExecutorLink {
+    executor: Arc<dyn crate::remote::RemoteExecutor>,
+    runtime: WeakRuntime,
+    me: NodeId,
+}
 
 impl ActorLink for ExecutorLink {
     fn call(
         &self,
-        node: crate::ids::NodeId,
+        node: NodeId,
         actor: ActorId,
         method: &str,
         args: Vec<u8>,
-    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, crate::error::ActorError>> {
-        self.0.call_actor(node, actor, method, args)
+    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        if node == self.me {
+            if let Some(rt) = self.runtime.upgrade() {
+                return rt.call_by_name(actor, method, &args);
+            }
+        }
+        self.executor.call_actor(node, actor, method, args)
     }
 
-    fn stop(
-        &self,
-        node: crate::ids::NodeId,
-        actor: ActorId,
-        how: StopHow,
-    ) -> futures::future::BoxFuture<'static, ()> {
-        self.0.stop_actor(node, actor, how)
+    fn stop(&self, node: NodeId, actor: ActorId, how: StopHow) -> BoxFuture<'static, ()> {
+        if node == self.me {
+            if let Some(rt) = self.runtime.upgrade() {
+                return Box::pin(async move { rt.stop_requested(actor, how).await });
+            }
+        }
+        self.executor.stop_actor(node, actor, how)
+    }
+
+    fn locate(&self, owner: ActorOwner) -> BoxFuture<'static, Relocation> {
+        if owner.owner == self.me {
+            if let Some(rt) = self.runtime.upgrade() {
+                return Box::pin(async move { rt.placed_actor_location(owner.actor).await });
+            }
+        }
+        self.executor.locate_actor(owner)
+    }
+
+    fn ended(&self, owner: ActorOwner) {
+        match self.runtime.upgrade() {
+            Some(rt) if owner.owner == self.me => rt.forget_placed_actor(owner.actor),
+            _ => self.executor.actor_ended(owner),
+        }
+    }
+
+    fn alive(&self, node: NodeId) -> bool {
+        node == self.me || self.executor.node_alive(node)
     }
 }
 
@@ -169,14 +220,14 @@ struct NoCluster;
 impl ActorLink for NoCluster {
     fn call(
         &self,
-        node: crate::ids::NodeId,
+        node: NodeId,
         actor: ActorId,
         method: &str,
         _: Vec<u8>,
-    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, crate::error::ActorError>> {
+    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
         let method = method.to_owned();
         Box::pin(async move {
-            Err(crate::error::ActorError::ActorDied {
+            Err(ActorError::ActorDied {
                 actor: Arc::new(ActorInfo {
                     id: actor,
                     name: None,
@@ -191,13 +242,18 @@ impl ActorLink for NoCluster {
         })
     }
 
-    fn stop(
-        &self,
-        _: crate::ids::NodeId,
-        _: ActorId,
-        _: StopHow,
-    ) -> futures::future::BoxFuture<'static, ()> {
+    fn stop(&self, _: NodeId, _: ActorId, _: StopHow) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+
+    fn locate(&self, _: ActorOwner) -> BoxFuture<'static, Relocation> {
+        Box::pin(async { Relocation::Dead("this runtime is not part of a cluster".to_owned()) })
+    }
+
+    fn ended(&self, _: ActorOwner) {}
+
+    fn alive(&self, _: NodeId) -> bool {
+        false
     }
 }
 
@@ -209,14 +265,23 @@ impl ActorLink for NoCluster {
 /// keep a local handle while others use it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct HandleWire {
+    /// Who it was first (its stable id).
     info: ActorInfo,
+    /// Where it lives now, when that differs (restarted elsewhere).
+    at: Option<ActorInfo>,
+    /// Who restarts it when its node dies.
+    owner: Option<ActorOwner>,
     options: ActorOptions,
 }
 
 impl<A: Actor> serde::Serialize for ActorHandle<A> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let info = self.info();
+        let at = self.location();
         HandleWire {
-            info: self.info().clone(),
+            info: info.clone(),
+            at: (*at != *info).then(|| (*at).clone()),
+            owner: self.owner(),
             options: self.options().clone(),
         }
         .serialize(serializer)
@@ -238,7 +303,8 @@ impl<'de, A: Actor> serde::Deserialize<'de> for ActorHandle<A> {
                 "an actor handle decodes only inside a Troupe runtime (a task, an actor method, or a call from another node)",
             )
         })?;
-        Ok(rt.raw_handle_for::<A>(wire.info, wire.options))
+        let at = wire.at.unwrap_or_else(|| wire.info.clone());
+        Ok(rt.raw_handle_for::<A>(wire.info, at, wire.owner, wire.options))
     }
 }
 
