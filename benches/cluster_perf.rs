@@ -131,7 +131,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    tokio.block_on(run(filters));
+    tokio.block_on(async { tokio::spawn(run(filters)).await.expect("the bench") });
 }
 
 async fn run(filters: Vec<String>) {

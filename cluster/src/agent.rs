@@ -1,13 +1,15 @@
 //! The node agent: the one remotable actor of a node (ractor_cluster
 //! mirrors every remotable actor on every peer, so Troupe exposes exactly
-//! one), and the transport built on it: requests with ids, a table of
-//! pending replies that fails every outstanding request with a node-died
-//! error when the peer's session ends, and notices.
+//! one), and the transport: requests with ids, a table of pending replies
+//! that fails every outstanding request with a node-died error when the
+//! peer's session (or link) ends, and notices.
 //!
 //! Agents find each other through a ractor process group: each joins
 //! [`AGENT_GROUP`] under the name `troupe.agent.<node id>`, and a session
 //! coming up makes the peer's agent appear in the group (a pg join event),
-//! going down makes it leave.
+//! going down makes it leave. The one frame agents carry is `Notice::Link`
+//! (where the sender's control link listens); every other frame travels on
+//! the control link (`link.rs`), one socket write away.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{oneshot, watch};
 use troupe_core::NodeId;
 
+use crate::link::{LinkError, LinkWriter};
 use crate::protocol::{Frame, FrameError, Notice, Reply, Request};
 
 /// The process group every node agent joins.
@@ -87,83 +90,6 @@ impl From<FrameError> for TransportError {
     }
 }
 
-/// The most bytes one ractor_cluster message carries: frames sent in a
-/// burst to one peer travel together (one hop through ractor_cluster's
-/// actors per batch, not per frame), up to this size.
-pub const MAX_BATCH_BYTES: usize = 2 * crate::protocol::MAX_FRAME_BYTES;
-
-/// Frames waiting to go to one peer, flushed together.
-struct Outbox {
-    agent: ActorRef<AgentMessage>,
-    state: std::sync::Mutex<OutboxState>,
-}
-
-#[derive(Default)]
-struct OutboxState {
-    batch: Vec<u8>,
-    /// A flush is due at the end of this scheduling round.
-    flush_scheduled: bool,
-}
-
-impl Outbox {
-    fn new(agent: ActorRef<AgentMessage>) -> Arc<Self> {
-        Arc::new(Outbox {
-            agent,
-            state: std::sync::Mutex::new(OutboxState::default()),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Casts under the lock (a cast only queues), so frames leave in the
-    /// order they were pushed.
-    fn cast(&self, batch: Vec<u8>) -> bool {
-        batch.is_empty() || self.agent.cast(AgentMessage(batch)).is_ok()
-    }
-
-    fn flush(&self) {
-        let mut state = self.lock();
-        state.flush_scheduled = false;
-        let batch = std::mem::take(&mut state.batch);
-        self.cast(batch);
-    }
-
-    /// Sends a frame. Idle (nothing sent in this scheduling round), it
-    /// goes at once, alone: a request sent one at a time pays no wait. The
-    /// frames that follow it within the round (a burst) are appended and
-    /// go together when the round ends (one yield); a full batch goes at
-    /// once.
-    fn push(self: &Arc<Self>, frame: &[u8]) -> bool {
-        let mut one = Vec::with_capacity(4 + frame.len());
-        one.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        one.extend_from_slice(frame);
-        let mut state = self.lock();
-        if state.flush_scheduled {
-            let mut sent = true;
-            if state.batch.len() + one.len() > MAX_BATCH_BYTES {
-                let full = std::mem::take(&mut state.batch);
-                sent = self.cast(full);
-            }
-            state.batch.extend_from_slice(&one);
-            return sent;
-        }
-        let sent = self.cast(one);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return sent; // no runtime: every frame goes alone
-        };
-        state.flush_scheduled = true;
-        drop(state);
-        let outbox = self.clone();
-        handle.spawn(async move {
-            tokio::task::yield_now().await;
-            outbox.flush();
-        });
-        sent
-    }
-}
-
 /// Splits a batch into its frames' bytes; a malformed length ends it
 /// (what came before is kept).
 pub fn split_batch(mut batch: &[u8]) -> (Vec<&[u8]>, bool) {
@@ -188,16 +114,47 @@ struct Waiting {
     reply: oneshot::Sender<Result<Reply, TransportError>>,
 }
 
+/// Where this node's control link listens, and the secret links prove.
+pub struct LinkSetup {
+    /// The address peers connect to (advertised).
+    pub addr: std::net::SocketAddr,
+    /// The cluster's cookie.
+    pub cookie: Arc<[u8]>,
+    /// Where peer changes go (`PeerUp` once a link is up).
+    pub inbound: Arc<dyn Fn(Inbound) + Send + Sync>,
+}
+
+/// One peer's outbound link and its serial number (a broken link that was
+/// already replaced must not take its replacement down).
+struct Outbound {
+    writer: LinkWriter,
+    serial: u64,
+}
+
 /// Requests, replies and notices between this node and its peers.
+///
+/// A peer is connected once its ractor_cluster session is up (its agent
+/// appeared) *and* this node's control link to it is up: every frame
+/// travels on the link, in order.
 pub struct Transport {
     me: NodeId,
-    peers: DashMap<NodeId, ActorRef<AgentMessage>>,
-    outboxes: DashMap<NodeId, Arc<Outbox>>,
+    /// Peers' agents (their ractor_cluster sessions are up).
+    agents: DashMap<NodeId, ActorRef<AgentMessage>>,
+    /// Links up, to peers whose session is up: what `connected` means.
+    links: DashMap<NodeId, Arc<Outbound>>,
     /// Bumped whenever a peer comes up (waiters for a session re-check).
     peers_changed: watch::Sender<u64>,
     pending: DashMap<u64, Waiting>,
     pending_per_peer: DashMap<NodeId, usize>,
     next_id: AtomicU64,
+    link: std::sync::OnceLock<LinkSetup>,
+    serials: AtomicU64,
+    /// The serial of the latest inbound link from each peer.
+    inbound_serials: DashMap<NodeId, u64>,
+    /// Where each peer's link listens (to connect again after a break).
+    link_addrs: DashMap<NodeId, std::net::SocketAddr>,
+    /// Serializes link changes (so that each transition is told once).
+    changing: std::sync::Mutex<()>,
 }
 
 impl Transport {
@@ -205,13 +162,23 @@ impl Transport {
     pub fn new(me: NodeId) -> Arc<Self> {
         Arc::new(Transport {
             me,
-            peers: DashMap::new(),
-            outboxes: DashMap::new(),
+            agents: DashMap::new(),
+            links: DashMap::new(),
             peers_changed: watch::channel(0).0,
             pending: DashMap::new(),
             pending_per_peer: DashMap::new(),
             next_id: AtomicU64::new(1),
+            link: std::sync::OnceLock::new(),
+            serials: AtomicU64::new(1),
+            inbound_serials: DashMap::new(),
+            link_addrs: DashMap::new(),
+            changing: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Sets where this node's link listens (before any peer appears).
+    pub fn set_link(&self, setup: LinkSetup) {
+        let _ = self.link.set(setup);
     }
 
     /// This node.
@@ -219,27 +186,160 @@ impl Transport {
         self.me
     }
 
-    /// Whether a session to `node` is up.
+    /// Whether a session and links both ways to `node` are up.
     pub fn connected(&self, node: NodeId) -> bool {
-        self.peers.contains_key(&node)
+        self.links.contains_key(&node) && self.inbound_serials.contains_key(&node)
     }
 
-    /// The peers with a session up.
+    /// The peers with a session and links both ways up.
     pub fn peers(&self) -> Vec<NodeId> {
-        self.peers.iter().map(|e| *e.key()).collect()
+        self.links
+            .iter()
+            .map(|e| *e.key())
+            .filter(|node| self.inbound_serials.contains_key(node))
+            .collect()
     }
 
-    fn peer_up(&self, node: NodeId, agent: ActorRef<AgentMessage>) {
-        self.outboxes.insert(node, Outbox::new(agent.clone()));
-        self.peers.insert(node, agent);
-        self.peers_changed.send_modify(|n| *n += 1);
+    /// `node`'s agent appeared: its session is up. Tells it where this
+    /// node's link listens (through the agent: the one message that
+    /// crosses ractor_cluster); it connects, and this node connects to it
+    /// when told the same.
+    fn agent_up(&self, node: NodeId, agent: ActorRef<AgentMessage>) {
+        self.agents.insert(node, agent.clone());
+        let Some(setup) = self.link.get() else {
+            return;
+        };
+        let frame = Frame::Notice {
+            from: self.me,
+            body: Notice::Link { addr: setup.addr },
+        };
+        match frame.encode() {
+            Ok(bytes) => {
+                let mut batch = Vec::with_capacity(4 + bytes.len());
+                batch.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                batch.extend_from_slice(&bytes);
+                let _ = agent.cast(AgentMessage(batch));
+            }
+            Err(err) => tracing::error!(%err, "the link notice did not encode"),
+        }
+    }
+
+    /// `node` says its link listens at `addr`: connects (again, if a link
+    /// broke), trying a few times while its session is up.
+    pub fn connect_link(self: &Arc<Self>, node: NodeId, addr: std::net::SocketAddr) {
+        let Some(setup) = self.link.get() else {
+            return;
+        };
+        let cookie = setup.cookie.clone();
+        self.link_addrs.insert(node, addr);
+        let transport = self.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            for _ in 0..8 {
+                if !transport.agents.contains_key(&node) {
+                    return; // its session ended meanwhile
+                }
+                let serial = transport.serials.fetch_add(1, Ordering::Relaxed);
+                let weak = Arc::downgrade(&transport);
+                let broken = Box::new(move |err: std::io::Error| {
+                    if let Some(t) = weak.upgrade() {
+                        t.outbound_lost(node, serial, &err.to_string());
+                    }
+                });
+                match LinkWriter::connect(addr, transport.me, node, &cookie, broken).await {
+                    Ok(writer) => {
+                        if transport.agents.contains_key(&node) {
+                            transport.change(node, || {
+                                transport
+                                    .links
+                                    .insert(node, Arc::new(Outbound { writer, serial }));
+                            });
+                        }
+                        return;
+                    }
+                    Err(err) => {
+                        metrics::counter!("troupe_cluster_link_failures_total").increment(1);
+                        tracing::warn!(%node, %err, "control link not up; trying again");
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            tracing::error!(%node, %addr, "no control link to this node: it stays unreachable");
+        });
+    }
+
+    /// Applies `f` (a change to the links) and tells the node if `node`
+    /// became connected (`PeerUp`) or stopped being so (`PeerDown`; its
+    /// waiting requests fail: their replies may have been lost).
+    fn change(&self, node: NodeId, f: impl FnOnce()) {
+        let _serial = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let before = self.connected(node);
+        f();
+        let after = self.connected(node);
+        if before == after {
+            return;
+        }
+        let inbound = self.link.get().map(|setup| setup.inbound.clone());
+        if after {
+            self.peers_changed.send_modify(|n| *n += 1);
+            if let Some(inbound) = inbound {
+                inbound(Inbound::PeerUp(node));
+            }
+        } else {
+            self.fail_pending(node);
+            if let Some(inbound) = inbound {
+                inbound(Inbound::PeerDown(node));
+            }
+        }
+    }
+
+    /// This node's link to `node` (numbered `serial`) failed: connects
+    /// again while its session is up.
+    fn outbound_lost(self: &Arc<Self>, node: NodeId, serial: u64, why: &str) {
+        let mut ours = false;
+        self.change(node, || {
+            ours = self
+                .links
+                .remove_if(&node, |_, o| o.serial == serial)
+                .is_some();
+        });
+        if !ours {
+            return; // already replaced
+        }
+        metrics::counter!("troupe_cluster_link_failures_total").increment(1);
+        tracing::debug!(%node, %why, "control link lost");
+        let addr = self.link_addrs.get(&node).map(|a| *a);
+        if let (Some(addr), true) = (addr, self.agents.contains_key(&node)) {
+            self.connect_link(node, addr);
+        }
+    }
+
+    /// A peer's inbound link came up (`up`) or ended. Without the latest
+    /// one the peer is not connected (its replies cannot reach this node)
+    /// until it connects again. A dead peer's links end at once (its
+    /// kernel closes them), before the failure detector's verdict.
+    pub fn inbound_link(&self, node: NodeId, serial: u64, up: bool) {
+        self.change(node, || {
+            if up {
+                self.inbound_serials.insert(node, serial);
+            } else {
+                self.inbound_serials
+                    .remove_if(&node, |_, latest| *latest == serial);
+            }
+        });
     }
 
     /// `node`'s session ended (or it was declared dead): every request
     /// waiting on it fails with [`TransportError::NodeDied`].
     pub fn peer_down(&self, node: NodeId) {
-        self.peers.remove(&node);
-        self.outboxes.remove(&node);
+        self.agents.remove(&node);
+        self.links.remove(&node);
+        self.link_addrs.remove(&node);
+        self.fail_pending(node);
+    }
+
+    fn fail_pending(&self, node: NodeId) {
         let ids: Vec<u64> = self
             .pending
             .iter()
@@ -247,24 +347,19 @@ impl Transport {
             .map(|e| *e.key())
             .collect();
         for id in ids {
-            if let Some((_, waiting)) = self.pending.remove(&id) {
+            if let Some(waiting) = self.settle(id) {
                 let _ = waiting.reply.send(Err(TransportError::NodeDied(node)));
             }
         }
-        self.pending_per_peer.remove(&node);
     }
 
-    /// Waits up to `timeout` for a session to `node`.
-    pub async fn session(
-        &self,
-        node: NodeId,
-        timeout: Duration,
-    ) -> Result<ActorRef<AgentMessage>, TransportError> {
+    /// Waits up to `timeout` for a session and a link to `node`.
+    pub async fn session(&self, node: NodeId, timeout: Duration) -> Result<(), TransportError> {
         let mut changed = self.peers_changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(agent) = self.peers.get(&node) {
-                return Ok(agent.clone());
+            if self.connected(node) {
+                return Ok(());
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => continue,
@@ -276,16 +371,15 @@ impl Transport {
     fn send(&self, node: NodeId, frame: &Frame) -> Result<(), TransportError> {
         let bytes = frame.encode()?;
         metrics::counter!("troupe_cluster_frames_sent_total").increment(1);
-        metrics::counter!("troupe_cluster_control_bytes_sent_total").increment(bytes.len() as u64);
-        let outbox = self
-            .outboxes
+        let link = self
+            .links
             .get(&node)
             .map(|o| o.clone())
             .ok_or(TransportError::NoSession(node))?;
-        if outbox.push(&bytes) {
-            Ok(())
-        } else {
-            Err(TransportError::NoSession(node))
+        match link.writer.send(&bytes) {
+            Ok(()) => Ok(()),
+            Err(LinkError::Backpressure) => Err(TransportError::Backpressure(node)),
+            Err(_) => Err(TransportError::NoSession(node)),
         }
     }
 
@@ -301,7 +395,7 @@ impl Transport {
     }
 
     /// Sends `body` to `node` now (before returning: requests sent one
-    /// after another leave in that order) if a session to it is up; the
+    /// after another leave in that order) if a link to it is up; the
     /// future resolves to its reply (or the node's death).
     pub fn send_request(
         &self,
@@ -311,7 +405,7 @@ impl Transport {
         impl std::future::Future<Output = Result<Reply, TransportError>> + use<>,
         TransportError,
     > {
-        if !self.peers.contains_key(&node) {
+        if !self.connected(node) {
             return Err(TransportError::NoSession(node));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -334,9 +428,8 @@ impl Transport {
             return Err(err);
         }
         // The peer may have gone between the lookup and the insert.
-        if !self.peers.contains_key(&node) {
-            if let Some((_, w)) = self.pending.remove(&id) {
-                self.release_slot(node);
+        if !self.connected(node) {
+            if let Some(w) = self.settle(id) {
                 let _ = w.reply.send(Err(TransportError::NodeDied(node)));
             }
         }
@@ -382,7 +475,7 @@ impl Transport {
         }
     }
 
-    /// Sends a notice to `node` if a session to it is up.
+    /// Sends a notice to `node` if a link to it is up.
     pub fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
         self.send(
             node,
@@ -391,6 +484,27 @@ impl Transport {
                 body,
             },
         )
+    }
+}
+
+/// Decodes one frame a peer sent and hands it on; a link notice goes to
+/// the transport. Bad bytes are counted and dropped: they never stop the
+/// node.
+pub fn deliver(
+    transport: &Arc<Transport>,
+    inbound: &(dyn Fn(Inbound) + Send + Sync),
+    bytes: &[u8],
+) {
+    match Frame::decode(bytes) {
+        Ok(Frame::Notice {
+            from,
+            body: Notice::Link { addr },
+        }) => transport.connect_link(from, addr),
+        Ok(frame) => inbound(Inbound::Frame(Box::new(frame))),
+        Err(err) => {
+            metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
+            tracing::warn!(%err, bytes = bytes.len(), "dropped a malformed control frame");
+        }
     }
 }
 
@@ -450,16 +564,7 @@ impl Actor for Agent {
             );
         }
         for bytes in frames {
-            match Frame::decode(bytes) {
-                Ok(frame) => {
-                    (self.inbound)(Inbound::Frame(Box::new(frame)));
-                }
-                Err(err) => {
-                    // A peer's bad bytes never stop this node.
-                    metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
-                    tracing::warn!(%err, bytes = bytes.len(), "dropped a malformed control frame");
-                }
-            }
+            deliver(&self.transport, &*self.inbound, bytes);
         }
         Ok(())
     }
@@ -498,14 +603,14 @@ impl Agent {
             return;
         };
         if up {
-            self.transport.peer_up(node, ActorRef::from(cell));
-            (self.inbound)(Inbound::PeerUp(node));
+            // `PeerUp` follows once the link is up too.
+            self.transport.agent_up(node, ActorRef::from(cell));
         } else {
             // Only if this cell is the one we know (a reconnect may have
             // replaced it already).
             let ours = self
                 .transport
-                .peers
+                .agents
                 .get(&node)
                 .map(|a| a.get_id() == cell.get_id())
                 .unwrap_or(false);

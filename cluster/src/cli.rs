@@ -55,6 +55,9 @@ pub struct StartArgs {
     /// The data path's port (default: any free port).
     #[arg(long, default_value_t = 0)]
     pub data_port: u16,
+    /// The control link's port (default: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub link_port: u16,
     /// The interface to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
@@ -218,6 +221,7 @@ fn options_of(args: &StartArgs, user_build: bool) -> Result<ClusterOptions, Clus
         options.port = port;
     }
     options.data_port = args.data_port;
+    options.link_port = args.link_port;
     options.bind = args.bind;
     options.advertise = args.advertise.clone();
     options.cookie = cookie_of(&args.cookie_file)?;

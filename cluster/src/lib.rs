@@ -26,6 +26,7 @@ pub mod cli;
 pub mod cookie;
 mod data_path;
 pub mod health;
+mod link;
 pub mod local;
 pub mod membership;
 mod node;

@@ -232,6 +232,12 @@ pub enum Notice {
         /// The object.
         id: ObjectId,
     },
+    /// Through ractor_cluster, when a session comes up: this node's
+    /// control link listens here (the receiver connects to it).
+    Link {
+        /// The advertised address of the sender's link server.
+        addr: std::net::SocketAddr,
+    },
     /// To an actor's owner: a handle stopped it for good; do not restart
     /// it when its node dies.
     ActorEnded {

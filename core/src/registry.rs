@@ -296,6 +296,12 @@ impl Runtime {
         };
         let mut results = Vec::with_capacity(submitted.results.len());
         for r in &submitted.results {
+            // A short sync body runs here, on the thread that received it,
+            // rather than wake a pool thread and be woken back (two
+            // cross-thread wake-ups: most of a small remote task's cost).
+            if !self.objects().is_settled(r.id()) {
+                self.inner.scheduler.help(r.id());
+            }
             self.objects().ready(r.id()).await;
             match self.objects().export(r.id()).await {
                 Ok(bytes) if bytes.len() <= INLINE_LIMIT => {

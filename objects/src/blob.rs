@@ -34,7 +34,17 @@ pub(crate) const MIN_POOLED: usize = 1 << 20;
 /// ```
 #[derive(Clone)]
 pub struct Blob {
-    inner: Arc<Buffer>,
+    inner: Backing,
+}
+
+/// Whose memory the bytes are in.
+#[derive(Clone)]
+enum Backing {
+    /// A buffer of its own (pooled, or taken from a vector).
+    Own(Arc<Buffer>),
+    /// A byte vector the store holds as a value (`Vec<u8>` objects), shared
+    /// as it is: exporting one to another node copies nothing.
+    Shared(Arc<Vec<u8>>),
 }
 
 struct Buffer {
@@ -53,29 +63,46 @@ impl Drop for Buffer {
 impl Blob {
     pub(crate) fn pooled(bytes: Vec<u8>, pool: &Arc<Pool>) -> Self {
         Blob {
-            inner: Arc::new(Buffer {
+            inner: Backing::Own(Arc::new(Buffer {
                 bytes,
                 pool: Arc::downgrade(pool),
-            }),
+            })),
+        }
+    }
+
+    /// The bytes of a vector shared with its owner (no copy).
+    pub(crate) fn shared(bytes: Arc<Vec<u8>>) -> Self {
+        Blob {
+            inner: Backing::Shared(bytes),
+        }
+    }
+
+    fn bytes(&self) -> &Vec<u8> {
+        match &self.inner {
+            Backing::Own(buffer) => &buffer.bytes,
+            Backing::Shared(bytes) => bytes,
         }
     }
 
     /// The number of bytes.
     pub fn len(&self) -> usize {
-        self.inner.bytes.len()
+        self.bytes().len()
     }
 
     /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
-        self.inner.bytes.is_empty()
+        self.bytes().is_empty()
     }
 
     /// The bytes as a vector: its buffer when this is the only handle to
     /// it (the buffer then leaves the pool), a copy otherwise.
     pub fn into_vec(self) -> Vec<u8> {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut buffer) => std::mem::take(&mut buffer.bytes),
-            Err(shared) => shared.bytes.clone(),
+        match self.inner {
+            Backing::Own(buffer) => match Arc::try_unwrap(buffer) {
+                Ok(mut buffer) => std::mem::take(&mut buffer.bytes),
+                Err(shared) => shared.bytes.clone(),
+            },
+            Backing::Shared(bytes) => Arc::try_unwrap(bytes).unwrap_or_else(|v| (*v).clone()),
         }
     }
 }
@@ -84,10 +111,10 @@ impl From<Vec<u8>> for Blob {
     /// Takes the vector as is (no copy); its buffer is not pooled.
     fn from(bytes: Vec<u8>) -> Self {
         Blob {
-            inner: Arc::new(Buffer {
+            inner: Backing::Own(Arc::new(Buffer {
                 bytes,
                 pool: Weak::new(),
-            }),
+            })),
         }
     }
 }
@@ -95,7 +122,7 @@ impl From<Vec<u8>> for Blob {
 impl Deref for Blob {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.inner.bytes
+        self.bytes()
     }
 }
 
@@ -121,7 +148,7 @@ impl fmt::Debug for Blob {
 
 impl GetSize for Blob {
     fn get_heap_size(&self) -> usize {
-        self.inner.bytes.capacity()
+        self.bytes().capacity()
     }
 }
 

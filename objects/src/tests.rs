@@ -24,6 +24,28 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test]
+async fn exporting_a_byte_vector_shares_its_buffer_and_a_typed_value_is_encoded() {
+    let s = store();
+    let r = s.put(vec![7u8; 1 << 20]).await.unwrap();
+    let held = s.get(&r).await.unwrap();
+    let exported = s.export(r.id()).await.unwrap();
+    assert_eq!(
+        exported.as_ptr(),
+        held.as_ptr(),
+        "sent from the value's own buffer"
+    );
+    assert_eq!(exported.len(), 1 << 20);
+    // The copy happens only when the vector is wanted while still shared.
+    assert_eq!(exported.clone().into_vec(), *held);
+    let typed = s.put((1u32, "two".to_owned())).await.unwrap();
+    let bytes = s.export(typed.id()).await.unwrap();
+    assert_eq!(
+        postcard::from_bytes::<(u32, String)>(&bytes).unwrap(),
+        (1, "two".to_owned())
+    );
+}
+
+#[tokio::test]
 async fn reads_share_the_value_without_copying() {
     let s = store();
     let r = s.put(vec![7u8; 1 << 20]).await.unwrap();

@@ -80,11 +80,20 @@ fn free_port(bind: IpAddr) -> Result<u16, ClusterError> {
         })
 }
 
+/// The address peers reach this node's `port` at.
+async fn advertised(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => resolve_host(host, port).await,
+    }
+}
+
 struct Running {
     shared: Arc<Shared>,
     server: ActorRef<NodeServerMessage>,
     agent: ActorRef<AgentMessage>,
     data_server: DataServer,
+    _link_server: LinkServer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: String,
 }
@@ -109,6 +118,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         options.port
     };
     let host = options.advertised_host();
+    let cookie_bytes: Arc<[u8]> = Arc::from(cookie.as_bytes());
     let server = NodeServer::new(
         port,
         cookie,
@@ -128,17 +138,52 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         subscription: Box::new(SessionEvents(events_tx)),
     });
 
-    // The agent.
-    // Weak: the agent must not keep the node alive.
+    // Where frames and peer changes go. Weak: the transport must not keep
+    // the node alive.
     let handler = Arc::downgrade(&shared);
+    let inbound: Arc<dyn Fn(Inbound) + Send + Sync> = Arc::new(move |message| {
+        if let Some(shared) = handler.upgrade() {
+            shared.handle(message);
+        }
+    });
+
+    // The control link's server, before the agent (peers are told where
+    // it listens as soon as their sessions come up).
+    let deliver_to = Arc::downgrade(&transport);
+    let deliver_inbound = inbound.clone();
+    let seen_by = Arc::downgrade(&transport);
+    let link_server = LinkServer::bind(
+        SocketAddr::new(options.bind, options.link_port),
+        me,
+        cookie_bytes.clone(),
+        Arc::new(move |_from, bytes: &[u8]| {
+            if let Some(transport) = deliver_to.upgrade() {
+                crate::agent::deliver(&transport, &*deliver_inbound, bytes);
+            }
+        }),
+        Arc::new(move |from, serial, up| {
+            if let Some(transport) = seen_by.upgrade() {
+                transport.inbound_link(from, serial, up);
+            }
+        }),
+    )
+    .await
+    .map_err(|source| ClusterError::Bind {
+        addr: format!("{}:{}", options.bind, options.link_port),
+        source,
+    })?;
+    let link_addr = advertised(&host, link_server.local_addr().port()).await?;
+    transport.set_link(LinkSetup {
+        addr: link_addr,
+        cookie: cookie_bytes,
+        inbound: inbound.clone(),
+    });
+
+    // The agent.
     let (agent, _) = Actor::spawn(
         Some(agent_name(me)),
         Agent {
-            inbound: Arc::new(move |message| {
-                if let Some(shared) = handler.upgrade() {
-                    shared.handle(message);
-                }
-            }),
+            inbound,
             transport: transport.clone(),
         },
         (),
@@ -160,10 +205,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let _ = shared
         .data
         .set(DataClient::new(rt.objects().clone(), options.data.clone()));
-    let data_addr = match host.parse::<IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, data_server.local_addr().port()),
-        Err(_) => resolve_host(&host, data_server.local_addr().port()).await?,
-    };
+    let data_addr = advertised(&host, data_server.local_addr().port()).await?;
 
     let control_addr = format!("{host}:{port}");
     let hello = Hello {
@@ -185,6 +227,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         server: server.clone(),
         agent: agent.clone(),
         data_server,
+        _link_server: link_server,
         tasks,
         endpoint: control_addr.clone(),
     };

@@ -30,9 +30,12 @@ use troupe_core::{
     ObjectId, Resources, Runtime, SchedulingStrategy,
 };
 
-use crate::agent::{agent_name, Agent, AgentMessage, Inbound, Transport, TransportError};
+use crate::agent::{
+    agent_name, Agent, AgentMessage, Inbound, LinkSetup, Transport, TransportError,
+};
 use crate::cookie;
 use crate::data_path::{DataClient, DataError, DataLimits, DataServer};
+use crate::link::LinkServer;
 use crate::membership::{Change, Detector, Directory};
 use crate::placement::Placer;
 use crate::protocol::{
@@ -59,6 +62,8 @@ pub struct ClusterOptions {
     pub port: u16,
     /// The data path's port (0: any free port).
     pub data_port: u16,
+    /// The control link's port (0: any free port).
+    pub link_port: u16,
     /// The shared secret; `None`: `TROUPE_COOKIE`, `TROUPE_COOKIE_FILE`,
     /// then the cookie file in the state directory (a head creates one).
     pub cookie: Option<String>,
@@ -85,6 +90,7 @@ impl ClusterOptions {
             advertise: None,
             port: if role == Role::Head { DEFAULT_PORT } else { 0 },
             data_port: 0,
+            link_port: 0,
             cookie: None,
             detector: Detector::default(),
             build_id: Some(troupe_core::registry::build_id()),
@@ -611,6 +617,8 @@ impl Shared {
                     rt.objects().remove_borrower(id, from);
                 }
             }
+            // Taken by the transport as it arrives (`agent::deliver`).
+            Notice::Link { .. } => {}
             Notice::ActorEnded { actor } => {
                 if let Some(rt) = self.runtime() {
                     rt.forget_placed_actor(actor);

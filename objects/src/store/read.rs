@@ -143,6 +143,12 @@ impl ObjectStore {
             if let Some(blob) = value.downcast_ref::<Blob>() {
                 return Ok(blob.clone()); // a byte object is sent as it is
             }
+            // A byte vector too: shared, not copied (1 GB copied per pull,
+            // into fresh pages, was most of a cross-node read).
+            let value = match value.downcast::<Vec<u8>>() {
+                Ok(bytes) => return Ok(Blob::shared(bytes)),
+                Err(value) => value,
+            };
             if let Some(bytes) = codec.raw.and_then(|raw| (raw.bytes)(&*value)) {
                 return Ok(Blob::from(bytes.to_vec()));
             }

@@ -1,0 +1,599 @@
+//! The control link: a TCP connection of Troupe's own per peer and
+//! direction, carrying the control frames (requests, replies, notices)
+//! that used to cross ractor_cluster's session actors (five actor hops each
+//! way). ractor_cluster still authenticates nodes, finds peers and reports
+//! a session's end; a frame to a peer now costs one socket write and one
+//! read.
+//!
+//! Each node listens ([`LinkServer`]); to send to a peer it connects to the
+//! peer's listener ([`LinkWriter::connect`]) and only writes on that
+//! connection; what a peer sends arrives on the connection the peer opened.
+//! So each direction has its own connection and its own order.
+//!
+//! The wire (integers little-endian):
+//!
+//! ```text
+//! server → client: nonce [16]
+//! client → server: "TRCL" | version: u8 | from: u64 | to: u64 | mac [32]
+//!                  mac = HMAC-SHA256(cookie, "troupe-link" | nonce | from | to)
+//! client → server: (len: u32 | frame [len])*      len <= MAX_FRAME_BYTES
+//! ```
+//!
+//! A client that does not prove the cookie within `HANDSHAKE_TIMEOUT`,
+//! names another node as `to`, or sends a frame over the cap is dropped
+//! (with a warning and `troupe_cluster_link_refused_total` or
+//! `troupe_cluster_bad_frames_total`); the server keeps serving others.
+//!
+//! Sending: an idle link writes a frame at once, from the sender's thread
+//! (no task hop). Frames sent while a write is under way, or in the same
+//! scheduling round as the last direct write, are queued and written
+//! together by the link's writer task after one yield: a burst becomes a
+//! few large writes. At most `MAX_QUEUED_BYTES` wait; past that, sending
+//! fails (a peer that stops reading cannot grow this node's memory).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+use troupe_core::NodeId;
+
+use crate::protocol::MAX_FRAME_BYTES;
+
+const MAGIC: [u8; 4] = *b"TRCL";
+const VERSION: u8 = 1;
+const NONCE_BYTES: usize = 16;
+const MAC_BYTES: usize = 32;
+/// Magic, version, from, to, mac.
+const HELLO_BYTES: usize = 4 + 1 + 8 + 8 + MAC_BYTES;
+/// How long a client has to connect and prove the cookie.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most bytes queued on one link before sending fails.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// Why a link could not send (or connect).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The connection failed or was closed.
+    #[error("the control link is closed")]
+    Closed,
+    /// The peer is not reading: too many bytes wait already.
+    #[error("{MAX_QUEUED_BYTES} bytes already wait on the control link: the peer is not reading")]
+    Backpressure,
+    /// Connecting or the handshake failed.
+    #[error("control link to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn mac(cookie: &[u8], nonce: &[u8; NONCE_BYTES], from: NodeId, to: NodeId) -> Hmac<Sha256> {
+    // HMAC takes keys of any length: this never fails.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"troupe-link");
+    mac.update(nonce);
+    mac.update(&from.0.to_le_bytes());
+    mac.update(&to.0.to_le_bytes());
+    mac
+}
+
+/// What the server hands over: the sender and one frame's bytes.
+pub type Deliver = Arc<dyn Fn(NodeId, &[u8]) + Send + Sync>;
+/// Called when a peer's inbound connection is up (`true`, after the
+/// handshake) and when it ends (`false`), with its serial number.
+pub type Ended = Arc<dyn Fn(NodeId, u64, bool) + Send + Sync>;
+
+/// Accepts peers' links and hands their frames over.
+pub struct LinkServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl LinkServer {
+    /// Listens on `addr` for node `me`; frames go to `deliver`, and a
+    /// peer's connection coming up and ending (with its serial number,
+    /// unique in this server) to `ended`.
+    pub async fn bind(
+        addr: SocketAddr,
+        me: NodeId,
+        cookie: Arc<[u8]>,
+        deliver: Deliver,
+        ended: Ended,
+    ) -> io::Result<LinkServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let serials = Arc::new(AtomicU64::new(1));
+        tokio::spawn(
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        Some(_) = connections.join_next() => {}
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let serial = serials.fetch_add(1, Ordering::Relaxed);
+                                let (cookie, deliver, ended) = (cookie.clone(), deliver.clone(), ended.clone());
+                                connections.spawn(
+                                    serve(stream, me, cookie, deliver, ended, serial)
+                                        .instrument(tracing::debug_span!("link_in", %peer)),
+                                );
+                            }
+                            Err(err) => {
+                                tracing::warn!(%err, "accepting a control link failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        },
+                    }
+                }
+            }
+            .instrument(tracing::debug_span!("link_server", %addr)),
+        );
+        Ok(LinkServer { addr, stop })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for LinkServer {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Checks the client's proof; its node id.
+async fn handshake(stream: &mut TcpStream, me: NodeId, cookie: &[u8]) -> Result<NodeId, String> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for a nonce: {e}"))?;
+    stream
+        .write_all(&nonce)
+        .await
+        .map_err(|e| format!("sending the nonce: {e}"))?;
+    let mut hello = [0u8; HELLO_BYTES];
+    stream
+        .read_exact(&mut hello)
+        .await
+        .map_err(|e| format!("reading the hello: {e}"))?;
+    if hello[..4] != MAGIC {
+        return Err("not a Troupe control link (bad magic)".to_owned());
+    }
+    if hello[4] != VERSION {
+        return Err(format!(
+            "control link version {} (this node speaks {VERSION})",
+            hello[4]
+        ));
+    }
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&hello[at..at + 8]);
+        NodeId(u64::from_le_bytes(b))
+    };
+    let (from, to) = (word(5), word(13));
+    if to != me {
+        return Err(format!("it is meant for node {to}, not this one ({me})"));
+    }
+    mac(cookie, &nonce, from, to)
+        .verify_slice(&hello[21..])
+        .map_err(|_| "wrong cookie".to_owned())?;
+    Ok(from)
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    me: NodeId,
+    cookie: Arc<[u8]>,
+    deliver: Deliver,
+    ended: Ended,
+    serial: u64,
+) {
+    let _ = stream.set_nodelay(true);
+    let from =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, me, &cookie)).await {
+            Ok(Ok(from)) => from,
+            Ok(Err(why)) => {
+                metrics::counter!("troupe_cluster_link_refused_total").increment(1);
+                tracing::warn!(%why, "control link refused");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("troupe_cluster_link_refused_total").increment(1);
+                tracing::warn!("control link refused: no hello within {HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        };
+    tracing::debug!(%from, serial, "control link up");
+    ended(from, serial, true);
+    let why = read_frames(&mut stream, from, &deliver).await;
+    tracing::debug!(%from, serial, %why, "control link ended");
+    ended(from, serial, false);
+}
+
+/// Reads frames until the connection ends; why it ended.
+async fn read_frames(stream: &mut TcpStream, from: NodeId, deliver: &Deliver) -> String {
+    let received = metrics::counter!("troupe_cluster_control_bytes_received_total");
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut start = 0;
+    loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            // Move what is left of a partial frame to the front first.
+            buf.drain(..start);
+            start = 0;
+            buf.reserve(64 * 1024);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return "closed by the peer".to_owned(),
+            Ok(n) => received.increment(n as u64),
+            Err(err) => return err.to_string(),
+        }
+        while let Some(head) = buf.get(start..start + 4) {
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if len > MAX_FRAME_BYTES {
+                metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
+                tracing::warn!(%from, len, "control frame over the cap: link closed");
+                return format!("a frame of {len} bytes, over the cap");
+            }
+            let Some(frame) = buf.get(start + 4..start + 4 + len) else {
+                break;
+            };
+            deliver(from, frame);
+            start += 4 + len;
+        }
+        if start == buf.len() {
+            buf.clear();
+            start = 0;
+        }
+    }
+}
+
+/// Sends frames to one peer over the connection this node opened.
+pub struct LinkWriter {
+    inner: Arc<Writer>,
+}
+
+struct Writer {
+    stream: TcpStream,
+    state: Mutex<WriteState>,
+    wake: Notify,
+    closed: AtomicBool,
+    /// Called once, by whoever sees the connection fail first.
+    broken: Mutex<Option<Broken>>,
+}
+
+type Broken = Box<dyn FnOnce(io::Error) + Send>;
+
+#[derive(Default)]
+struct WriteState {
+    /// Length-prefixed frames waiting for the writer task.
+    queued: Vec<u8>,
+    /// The writer task owns the socket's order now: frames queue.
+    busy: bool,
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, WriteState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The connection failed: closes it and tells the owner (once).
+    fn fail(&self, err: io::Error) {
+        self.close();
+        let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(broken) = broken {
+            broken(err);
+        }
+    }
+}
+
+impl LinkWriter {
+    /// Connects to `to`'s link server at `addr` as node `from`, proving
+    /// `cookie`; `broken` is called once if the connection fails later.
+    pub async fn connect(
+        addr: SocketAddr,
+        from: NodeId,
+        to: NodeId,
+        cookie: &[u8],
+        broken: Broken,
+    ) -> Result<LinkWriter, LinkError> {
+        let failed = |source| LinkError::Connect { addr, source };
+        let connecting = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut nonce = [0u8; NONCE_BYTES];
+            stream.read_exact(&mut nonce).await?;
+            let mut hello = Vec::with_capacity(HELLO_BYTES);
+            hello.extend_from_slice(&MAGIC);
+            hello.push(VERSION);
+            hello.extend_from_slice(&from.0.to_le_bytes());
+            hello.extend_from_slice(&to.0.to_le_bytes());
+            hello.extend_from_slice(&mac(cookie, &nonce, from, to).finalize().into_bytes());
+            stream.write_all(&hello).await?;
+            Ok::<_, io::Error>(stream)
+        };
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            .await
+            .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
+            .map_err(failed)?;
+        let inner = Arc::new(Writer {
+            stream,
+            state: Mutex::new(WriteState::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            broken: Mutex::new(Some(broken)),
+        });
+        tokio::spawn(
+            write_queued(inner.clone()).instrument(tracing::debug_span!("link_out", %to, %addr)),
+        );
+        Ok(LinkWriter { inner })
+    }
+
+    /// Sends one frame (already encoded, at most `MAX_FRAME_BYTES`), in
+    /// order after those sent before it.
+    pub fn send(&self, frame: &[u8]) -> Result<(), LinkError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(LinkError::Closed);
+        }
+        let head = (frame.len() as u32).to_le_bytes();
+        let mut state = inner.lock();
+        if state.busy {
+            if state.queued.len() + 4 + frame.len() > MAX_QUEUED_BYTES {
+                return Err(LinkError::Backpressure);
+            }
+            state.queued.extend_from_slice(&head);
+            state.queued.extend_from_slice(frame);
+            return Ok(());
+        }
+        // Idle: write now, from this thread. Frames that follow in this
+        // scheduling round queue behind it (busy) and go together.
+        let parts = [io::IoSlice::new(&head), io::IoSlice::new(frame)];
+        let total = 4 + frame.len();
+        let written = match inner.stream.try_write_vectored(&parts) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(err) => {
+                drop(state);
+                inner.fail(err);
+                return Err(LinkError::Closed);
+            }
+        };
+        if written < total {
+            let mut rest = Vec::with_capacity(total - written);
+            rest.extend_from_slice(&head);
+            rest.extend_from_slice(frame);
+            state.queued.extend_from_slice(&rest[written..]);
+        }
+        state.busy = true;
+        drop(state);
+        inner.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for LinkWriter {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+/// The writer task: after one yield (the rest of the burst queues up),
+/// writes what is queued, until nothing is.
+async fn write_queued(inner: Arc<Writer>) {
+    let sent = metrics::counter!("troupe_cluster_control_bytes_sent_total");
+    let mut batch = Vec::new();
+    loop {
+        inner.wake.notified().await;
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::task::yield_now().await;
+        loop {
+            {
+                let mut state = inner.lock();
+                if state.queued.is_empty() {
+                    state.busy = false;
+                    break;
+                }
+                std::mem::swap(&mut batch, &mut state.queued);
+            }
+            if let Err(err) = write_all(&inner.stream, &batch).await {
+                inner.fail(err);
+                return;
+            }
+            sent.increment(batch.len() as u64);
+            batch.clear();
+        }
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    type Got = Arc<StdMutex<Vec<(NodeId, Vec<u8>)>>>;
+
+    async fn server(cookie: &[u8]) -> (LinkServer, Got, Arc<StdMutex<Vec<NodeId>>>) {
+        let got: Got = Arc::default();
+        let ended: Arc<StdMutex<Vec<NodeId>>> = Arc::default();
+        let (g, e) = (got.clone(), ended.clone());
+        let server = LinkServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            NodeId(2),
+            Arc::from(cookie),
+            Arc::new(move |from, frame: &[u8]| g.lock().unwrap().push((from, frame.to_vec()))),
+            Arc::new(move |from, _, up| {
+                if !up {
+                    e.lock().unwrap().push(from)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+        (server, got, ended)
+    }
+
+    async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_arrive_whole_and_in_order_from_the_proven_sender() {
+        let (server, got, ended) = server(b"secret").await;
+        let writer = LinkWriter::connect(
+            server.local_addr(),
+            NodeId(1),
+            NodeId(2),
+            b"secret",
+            Box::new(|_| {}),
+        )
+        .await
+        .unwrap();
+        // A burst (queued, batched) with frames of every size up to the cap.
+        let frames: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                let len = if i % 500 == 7 {
+                    MAX_FRAME_BYTES
+                } else {
+                    (i % 97) as usize
+                };
+                vec![(i % 251) as u8; len]
+            })
+            .collect();
+        for f in &frames {
+            writer.send(f).unwrap();
+        }
+        eventually("every frame", || got.lock().unwrap().len() == frames.len()).await;
+        let got = got.lock().unwrap().clone();
+        for (i, (from, bytes)) in got.iter().enumerate() {
+            assert_eq!(*from, NodeId(1));
+            assert_eq!(bytes, &frames[i], "frame {i}");
+        }
+        drop(writer);
+        eventually("the end is reported", || !ended.lock().unwrap().is_empty()).await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_cookie_or_another_target_is_refused_and_the_server_keeps_serving() {
+        let (server, got, _) = server(b"secret").await;
+        for (cookie, to) in [(&b"guess"[..], NodeId(2)), (&b"secret"[..], NodeId(3))] {
+            let w =
+                LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {}))
+                    .await
+                    .unwrap();
+            let _ = w.send(b"should not arrive");
+        }
+        // Garbage instead of a hello.
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let mut nonce = [0u8; NONCE_BYTES];
+        raw.read_exact(&mut nonce).await.unwrap();
+        raw.write_all(&[0xAB; HELLO_BYTES]).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest).await; // closed by the server
+        let good = LinkWriter::connect(
+            server.local_addr(),
+            NodeId(1),
+            NodeId(2),
+            b"secret",
+            Box::new(|_| {}),
+        )
+        .await
+        .unwrap();
+        good.send(b"hello").unwrap();
+        eventually("the good frame", || !got.lock().unwrap().is_empty()).await;
+        assert_eq!(*got.lock().unwrap(), vec![(NodeId(1), b"hello".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn an_oversize_frame_closes_the_link() {
+        let (server, got, ended) = server(b"k").await;
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let mut nonce = [0u8; NONCE_BYTES];
+        raw.read_exact(&mut nonce).await.unwrap();
+        let mut hello = MAGIC.to_vec();
+        hello.push(VERSION);
+        hello.extend_from_slice(&7u64.to_le_bytes());
+        hello.extend_from_slice(&2u64.to_le_bytes());
+        hello.extend_from_slice(
+            &mac(b"k", &nonce, NodeId(7), NodeId(2))
+                .finalize()
+                .into_bytes(),
+        );
+        raw.write_all(&hello).await.unwrap();
+        raw.write_all(&((MAX_FRAME_BYTES as u32) + 1).to_le_bytes())
+            .await
+            .unwrap();
+        eventually("the link ends", || {
+            ended.lock().unwrap().contains(&NodeId(7))
+        })
+        .await;
+        assert!(got.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_stops_reading_hits_backpressure_not_unbounded_memory() {
+        // A listener that completes the handshake's first half, then never reads.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _peer = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&[0u8; NONCE_BYTES]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let w = LinkWriter::connect(addr, NodeId(1), NodeId(2), b"k", Box::new(|_| {}))
+            .await
+            .unwrap();
+        let frame = vec![0u8; MAX_FRAME_BYTES];
+        let mut refused = None;
+        for i in 0..(MAX_QUEUED_BYTES / MAX_FRAME_BYTES) * 4 {
+            if let Err(err) = w.send(&frame) {
+                refused = Some((i, err));
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let (_, err) = refused.expect("sending stops succeeding");
+        assert!(matches!(err, LinkError::Backpressure), "{err}");
+        assert!(w.inner.lock().queued.len() <= MAX_QUEUED_BYTES);
+    }
+}
