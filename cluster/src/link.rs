@@ -468,6 +468,13 @@ mod tests {
         (server, got, ended)
     }
 
+    /// A link from node 1 to `to` at `server`, proving `cookie`.
+    async fn connect(server: &LinkServer, to: NodeId, cookie: &[u8]) -> LinkWriter {
+        LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {}))
+            .await
+            .unwrap()
+    }
+
     async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !ok() {
@@ -479,15 +486,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_from_the_proven_sender() {
         let (server, got, ended) = server(b"secret").await;
-        let writer = LinkWriter::connect(
-            server.local_addr(),
-            NodeId(1),
-            NodeId(2),
-            b"secret",
-            Box::new(|_| {}),
-        )
-        .await
-        .unwrap();
+        let writer = connect(&server, NodeId(2), b"secret").await;
         // A burst (queued, batched) with frames of every size up to the cap.
         let frames: Vec<Vec<u8>> = (0..2000u32)
             .map(|i| {
@@ -516,10 +515,7 @@ mod tests {
     async fn a_wrong_cookie_or_another_target_is_refused_and_the_server_keeps_serving() {
         let (server, got, _) = server(b"secret").await;
         for (cookie, to) in [(&b"guess"[..], NodeId(2)), (&b"secret"[..], NodeId(3))] {
-            let w =
-                LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {}))
-                    .await
-                    .unwrap();
+            let w = connect(&server, to, cookie).await;
             let _ = w.send(b"should not arrive");
         }
         // Garbage instead of a hello.
@@ -529,15 +525,7 @@ mod tests {
         raw.write_all(&[0xAB; HELLO_BYTES]).await.unwrap();
         let mut rest = Vec::new();
         let _ = raw.read_to_end(&mut rest).await; // closed by the server
-        let good = LinkWriter::connect(
-            server.local_addr(),
-            NodeId(1),
-            NodeId(2),
-            b"secret",
-            Box::new(|_| {}),
-        )
-        .await
-        .unwrap();
+        let good = connect(&server, NodeId(2), b"secret").await;
         good.send(b"hello").unwrap();
         eventually("the good frame", || !got.lock().unwrap().is_empty()).await;
         assert_eq!(*got.lock().unwrap(), vec![(NodeId(1), b"hello".to_vec())]);
