@@ -69,7 +69,17 @@ async fn driver(cluster: &LocalCluster, head: &LocalNode) -> Runtime {
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
+        if Instant::now() >= deadline {
+            let view = ClusterNode::current().map(|c| {
+                let members: Vec<_> = c
+                    .members()
+                    .iter()
+                    .map(|m| (m.hello.node, m.hello.role, m.state))
+                    .collect();
+                (members, c.connected())
+            });
+            panic!("timed out: {what}; members, and nodes connected: {view:?}");
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -231,13 +241,14 @@ async fn run(filters: Vec<String>) {
         print("tcp_loopback_gigabytes_per_s", tcp[tcp.len() / 2], "GB/s");
     }
     if wanted(&filters, "node_dead_after_sigkill_s") {
-        let victim = cluster
-            .worker(&head, &["--num-cpus", "1"])
+        // LocalCluster blocks (it waits for the process): off the runtime's
+        // workers, which the driver's links and heartbeats run on.
+        let victim = tokio::task::block_in_place(|| cluster.worker(&head, &["--num-cpus", "1"]))
             .expect("a node to kill");
         wait_for("the victim", || alive_nodes() == 4).await;
         let mut events = rt.cluster_events();
         let killed = Instant::now();
-        cluster.kill(&victim);
+        tokio::task::block_in_place(|| cluster.kill(&victim));
         loop {
             match events.recv().await {
                 Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => break,
@@ -330,7 +341,10 @@ async fn scale() {
     let began = Instant::now();
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(cluster.worker(&head, &["--num-cpus", "1"]).expect("a node"));
+        nodes.push(
+            tokio::task::block_in_place(|| cluster.worker(&head, &["--num-cpus", "1"]))
+                .expect("a node"),
+        );
     }
     let rt = driver(&cluster, &head).await;
     wait_for("every node", || alive_nodes() == n + 1).await;
@@ -361,8 +375,7 @@ async fn scale() {
 
     // One more joins: how long until the driver can use it.
     let joined = Instant::now();
-    let extra = cluster
-        .worker(&head, &["--num-cpus", "1"])
+    let extra = tokio::task::block_in_place(|| cluster.worker(&head, &["--num-cpus", "1"]))
         .expect("one more");
     wait_for("the new node", || alive_nodes() == n + 2).await;
     print(
@@ -374,7 +387,7 @@ async fn scale() {
     // One dies: how long until the driver hears.
     let mut events = rt.cluster_events();
     let killed = Instant::now();
-    cluster.kill(&extra);
+    tokio::task::block_in_place(|| cluster.kill(&extra));
     loop {
         match events.recv().await {
             Ok(ClusterEvent::NodeDown { node, .. }) if node == extra.node => break,

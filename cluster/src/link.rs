@@ -511,6 +511,31 @@ mod tests {
         eventually("the end is reported", || !ended.lock().unwrap().is_empty()).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_sent_one_at_a_time_from_many_tasks_all_arrive() {
+        let (server, got, _) = server(b"secret").await;
+        let writer = Arc::new(connect(&server, NodeId(2), b"secret").await);
+        let senders: Vec<_> = (0..4u8)
+            .map(|t| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    for i in 0..3000u32 {
+                        writer.send(&[t; 8]).unwrap();
+                        match i % 7 {
+                            0 => tokio::time::sleep(Duration::from_micros(50)).await,
+                            1 | 2 => tokio::task::yield_now().await,
+                            _ => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.await.unwrap();
+        }
+        eventually("every frame", || got.lock().unwrap().len() == 12_000).await;
+    }
+
     #[tokio::test]
     async fn a_wrong_cookie_or_another_target_is_refused_and_the_server_keeps_serving() {
         let (server, got, _) = server(b"secret").await;

@@ -3,6 +3,12 @@
 //! re-launched in node mode, so it holds the same remote functions.
 //! Every process started is killed when the [`LocalCluster`] drops, even
 //! when a test panics.
+//!
+//! Its methods block (they wait for a process to come up or exit): from
+//! async code that runs on a Troupe runtime's tokio workers, call them
+//! inside `tokio::task::block_in_place`, or the node in this process
+//! stops answering its peers while they wait (its links and heartbeats
+//! run on those workers).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use get_size2::GetSize;
 use serde::{Deserialize, Serialize};
+use std::pin::Pin;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Buffers smaller than this are plain allocations: malloc reuses them well.
 pub(crate) const MIN_POOLED: usize = 1 << 20;
@@ -282,7 +284,8 @@ impl Pool {
 /// was filled.
 pub struct BlobWriter {
     /// `bytes[..filled]` is written; `bytes[filled..]` is zeroed (lent by
-    /// `unfilled`, not yet committed). Its length never exceeds `expected`.
+    /// `unfilled`, not yet committed; `read_from` lends nothing). Its length
+    /// never exceeds `expected`.
     bytes: Vec<u8>,
     filled: usize,
     expected: usize,
@@ -361,6 +364,41 @@ impl BlobWriter {
         }
     }
 
+    /// Reads up to `max` of the bytes still expected from `reader` straight
+    /// into the buffer, and commits them: no zeroing first (a fresh buffer's
+    /// pages are touched once, by the copy from the socket). Returns how
+    /// many were read: 0 at the reader's end, or when nothing is expected.
+    pub async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        max: usize,
+    ) -> std::io::Result<usize> {
+        let want = max.min(self.expected - self.filled);
+        if want == 0 {
+            return Ok(0);
+        }
+        if self.bytes.len() > self.filled {
+            // A region lent by `unfilled` and not committed: initialized.
+            let end = (self.filled + want).min(self.bytes.len());
+            let mut buf = ReadBuf::new(&mut self.bytes[self.filled..end]);
+            std::future::poll_fn(|cx| Pin::new(&mut *reader).poll_read(cx, &mut buf)).await?;
+            let n = buf.filled().len();
+            self.filled += n;
+            return Ok(n);
+        }
+        // The capacity holds `expected` bytes (the pool's class), so this
+        // never reallocates.
+        self.bytes.reserve(want);
+        let mut buf = ReadBuf::uninit(&mut self.bytes.spare_capacity_mut()[..want]);
+        std::future::poll_fn(|cx| Pin::new(&mut *reader).poll_read(cx, &mut buf)).await?;
+        let n = buf.filled().len();
+        // SAFETY: `ReadBuf` counts as filled only bytes the reader wrote,
+        // the first `n` of the spare capacity, now initialized.
+        unsafe { self.bytes.set_len(self.filled + n) };
+        self.filled += n;
+        Ok(n)
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> usize {
         self.filled
@@ -397,6 +435,31 @@ pub struct BlobWriteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn read_from_fills_the_buffer_straight_from_a_reader() {
+        let pool = Pool::new(64 << 20);
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        let mut writer = BlobWriter::new(data.len(), pool.clone());
+        // A region lent by `unfilled` first, then reads into fresh capacity.
+        writer.unfilled(1000)[..10].copy_from_slice(&data[..10]);
+        writer.advance(10).unwrap();
+        let mut reader: &[u8] = &data[10..];
+        loop {
+            let n = writer.read_from(&mut reader, 1 << 20).await.unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(writer.written(), data.len());
+        assert_eq!(writer.read_from(&mut reader, 1).await.unwrap(), 0);
+        assert_eq!(&writer.finish().unwrap()[..], &data[..]);
+        // A short reader leaves the blob unfinished: an error, not zeros.
+        let mut short = BlobWriter::new(100, pool);
+        let mut few: &[u8] = &[1, 2, 3];
+        while short.read_from(&mut few, 64).await.unwrap() > 0 {}
+        assert_eq!(short.finish().unwrap_err().got, 3);
+    }
 
     #[test]
     fn classes_waste_at_most_an_eighth() {

@@ -8,7 +8,7 @@
 //! [`ObjectStore::export`](troupe_objects::ObjectStore::export) (a byte
 //! object's buffer as it is, anything else its encoding), sent from the
 //! store's buffer in chunks and read from the socket straight into a buffer
-//! of the receiving store ([`BlobWriter::unfilled`]): no copy in between on
+//! of the receiving store ([`BlobWriter::read_from`]): no copy in between on
 //! either side.
 //!
 //! The wire, version 1 (integers little-endian):
@@ -845,17 +845,20 @@ impl DataClient {
                 .await
                 .map_err(|_| io::Error::other("the in-flight bound is closed"))?;
             let _held = InFlight::enter(inner, u64::from(permits));
-            let region = writer.unfilled(n);
-            let got = region.len();
-            within(
-                inner.limits.io_timeout,
-                "reading a chunk",
-                stream.read_exact(region),
-            )
-            .await?;
-            writer
-                .advance(got)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            // Straight into the store's buffer, never zeroed first.
+            let mut got = 0;
+            while got < n {
+                let read = within(
+                    inner.limits.io_timeout,
+                    "reading a chunk",
+                    writer.read_from(stream, n - got),
+                )
+                .await?;
+                if read == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                got += read;
+            }
             inner.received.increment(got as u64);
             drop(permit);
         }
