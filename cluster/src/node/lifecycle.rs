@@ -156,6 +156,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         SocketAddr::new(options.bind, options.link_port),
         me,
         cookie_bytes.clone(),
+        options.link_spin,
         Arc::new(move |_from, bytes: &[u8]| {
             if let Some(transport) = deliver_to.upgrade() {
                 crate::agent::deliver(&transport, &*deliver_inbound, bytes);
