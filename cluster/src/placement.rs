@@ -39,11 +39,14 @@ pub struct Placer {
 }
 
 impl Placer {
-    /// Decides for `request`, made on node `me`, given `members`.
+    /// Decides for `request`, made on node `me`, given `members`, of which
+    /// only those `reachable` says yes to can be sent work (a predicate, not
+    /// a filtered copy: this runs once per task that leaves the node).
     pub fn place(
         &self,
         me: NodeId,
         members: &[Member],
+        reachable: &dyn Fn(NodeId) -> bool,
         request: &PlacementRequest<'_>,
     ) -> PlacementDecision {
         let needs = request.needs;
@@ -51,6 +54,7 @@ impl Placer {
             m.state == MemberState::Alive
                 && m.hello.role != Role::Client
                 && fits(needs, &m.hello.resources)
+                && reachable(m.hello.node)
         };
         match request.spec.options.get_scheduling_strategy() {
             SchedulingStrategy::NodeAffinity { node, soft } => {
@@ -181,6 +185,17 @@ mod tests {
         feasible_here: bool,
         fits_now: bool,
     ) -> PlacementDecision {
+        decide_reaching(placer, members, &|_| true, options, feasible_here, fits_now)
+    }
+
+    fn decide_reaching(
+        placer: &Placer,
+        members: &[Member],
+        reachable: &dyn Fn(NodeId) -> bool,
+        options: TaskOptions,
+        feasible_here: bool,
+        fits_now: bool,
+    ) -> PlacementDecision {
         let spec = TaskSpec {
             id: troupe_core::TaskId {
                 node: NodeId(1),
@@ -199,6 +214,7 @@ mod tests {
         placer.place(
             NodeId(1),
             members,
+            reachable,
             &PlacementRequest {
                 spec: &spec,
                 needs: &needs,
@@ -226,6 +242,12 @@ mod tests {
         assert_eq!(
             decide(&p, &members, TaskOptions::default(), true, true),
             PlacementDecision::Here
+        );
+        // A node with no session (or link) up is never sent work.
+        let not_3 = |node: NodeId| node != NodeId(3);
+        assert_eq!(
+            decide_reaching(&p, &members, &not_3, TaskOptions::default(), true, false),
+            PlacementDecision::Node(NodeId(2))
         );
     }
 

@@ -22,12 +22,8 @@ impl Placement for Seams {
         let view = read(&shared.view);
         // Only nodes this one has a session to can be sent work.
         let transport = shared.transport.get();
-        let reachable: Vec<Member> = view
-            .iter()
-            .filter(|m| m.hello.node == me || transport.is_some_and(|t| t.connected(m.hello.node)))
-            .cloned()
-            .collect();
-        let decision = shared.placer.place(me, &reachable, request);
+        let reachable = |node: NodeId| node == me || transport.is_some_and(|t| t.connected(node));
+        let decision = shared.placer.place(me, &view, &reachable, request);
         if let PlacementDecision::Node(node) = decision {
             metrics::counter!("troupe_cluster_tasks_sent_total").increment(1);
             tracing::trace!(task = %request.spec.id, %node, "placed elsewhere");
