@@ -93,6 +93,21 @@ pub struct ActorInfo {
     pub gpu_ids: Vec<u32>,
 }
 
+impl ActorInfo {
+    /// An actor known only by its id and node (a call's error names it when
+    /// nothing more is known here: it lives, or lived, elsewhere).
+    pub fn unknown(id: ActorId, node: NodeId) -> Self {
+        ActorInfo {
+            id,
+            name: None,
+            type_name: "unknown".into(),
+            node,
+            resources: Resources::default(),
+            gpu_ids: Vec::new(),
+        }
+    }
+}
+
 impl fmt::Display for ActorInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short = self

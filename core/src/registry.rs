@@ -356,7 +356,7 @@ impl Runtime {
         let Some(control) = self.inner.actors.get(actor) else {
             // Stopped, or never here: either way no call reaches it again.
             let err = ActorError::ActorDied {
-                actor: unknown_actor(actor),
+                actor: Arc::new(crate::ids::ActorInfo::unknown(actor, actor.node)),
                 method: method.to_owned().into(),
                 reason: format!("no live actor {actor} on this node"),
             };
@@ -391,17 +391,6 @@ impl Runtime {
             }
         }
     }
-}
-
-fn unknown_actor(actor: ActorId) -> Arc<crate::ids::ActorInfo> {
-    Arc::new(crate::ids::ActorInfo {
-        id: actor,
-        name: None,
-        type_name: "unknown".into(),
-        node: actor.node,
-        resources: crate::Resources::default(),
-        gpu_ids: Vec::new(),
-    })
 }
 
 /// What a failed result object says about the attempt that made it.

@@ -68,14 +68,7 @@ impl RemoteExecutor for Seams {
         let shared = self.0.clone();
         let method = method.to_owned();
         let died = move |reason: String, method: String| ActorError::ActorDied {
-            actor: Arc::new(ActorInfo {
-                id: actor,
-                name: None,
-                type_name: "remote".into(),
-                node,
-                resources: Resources::default(),
-                gpu_ids: Vec::new(),
-            }),
+            actor: Arc::new(ActorInfo::unknown(actor, node)),
             method: method.into(),
             reason,
         };

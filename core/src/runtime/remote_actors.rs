@@ -228,14 +228,7 @@ impl ActorLink for NoCluster {
         let method = method.to_owned();
         Box::pin(async move {
             Err(ActorError::ActorDied {
-                actor: Arc::new(ActorInfo {
-                    id: actor,
-                    name: None,
-                    type_name: "unknown".into(),
-                    node,
-                    resources: Default::default(),
-                    gpu_ids: Vec::new(),
-                }),
+                actor: Arc::new(ActorInfo::unknown(actor, node)),
                 method: method.into(),
                 reason: "this runtime is not part of a cluster".to_owned(),
             })
