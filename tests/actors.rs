@@ -848,7 +848,7 @@ async fn actors_are_spawned_and_called_by_name() {
         .unwrap();
     let args = postcard::to_allocvec(&("you".to_owned(),)).unwrap();
     let reply = rt.call_by_name(id, "greet", &args).await.unwrap();
-    let text: String = postcard::from_bytes(&reply).unwrap();
+    let text: String = postcard::from_bytes(&reply.bytes).unwrap();
     assert_eq!(text, "hello you");
     // Each error names what is wrong.
     let err = rt.call_by_name(id, "nope", &args).await.unwrap_err();

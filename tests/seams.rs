@@ -16,7 +16,7 @@ use troupe::prelude::*;
 use troupe::remote::{
     ClusterEvent, Placement, PlacementDecision, PlacementRequest, RemoteExecutor, RemoteOutcome,
 };
-use troupe::{ActorId, Blob, ClusterSeams, NodeId, ObjectId};
+use troupe::{ActorId, ClusterSeams, NodeId, ObjectId};
 
 /// Where the task ran.
 #[troupe::remote]
@@ -100,10 +100,10 @@ impl RemoteExecutor for OnPeer {
         _node: NodeId,
         actor: ActorId,
         method: &str,
-        args: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        args: troupe::Encoded,
+    ) -> BoxFuture<'static, Result<troupe::Encoded, ActorError>> {
         match self.0.rt() {
-            Some(peer) => peer.call_by_name(actor, method, &args),
+            Some(peer) => peer.call_by_name(actor, method, &args.bytes),
             None => Box::pin(async { unreachable!("the peer exists") }),
         }
     }
@@ -120,19 +120,25 @@ impl troupe::ObjectDirectory for PeerObjects {
         &self,
         id: ObjectId,
         _location: Option<NodeId>,
-    ) -> BoxFuture<'static, Result<Blob, ObjectError>> {
+    ) -> BoxFuture<'static, Result<troupe::Fetched, ObjectError>> {
         let peer = self.peer.rt();
         Box::pin(async move {
             match peer {
-                Some(peer) => peer.objects().export(id).await,
+                Some(peer) => {
+                    let (bytes, refs) = peer.objects().export(id).await?;
+                    let refs = refs.iter().map(|r| r.id()).collect();
+                    Ok(troupe::Fetched { bytes, refs })
+                }
                 None => Err(ObjectError::Unknown(id)),
             }
         })
     }
 
-    fn released(&self, id: ObjectId, _location: Option<NodeId>) {
+    fn released(&self, id: ObjectId, to: NodeId, times: u32) {
         if let (Some(peer), Some(me)) = (self.peer.rt(), self.me.rt()) {
-            peer.objects().remove_borrower(id, me.node_id());
+            if peer.node_id() == to {
+                peer.objects().remove_borrower(id, me.node_id(), times);
+            }
         }
     }
 }

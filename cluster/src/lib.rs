@@ -32,14 +32,16 @@ pub mod membership;
 mod node;
 pub mod placement;
 pub mod protocol;
+mod transport;
 
 use std::path::PathBuf;
 
-pub use agent::{TransportError, AGENT_GROUP, MAX_PENDING_PER_PEER};
+pub use agent::{AGENT_GROUP, MAX_PENDING_PER_PEER};
 pub use data_path::{DataClient, DataError, DataLimits, DataServer};
 pub use membership::Detector;
 pub use node::{ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, SERVICE_NAME};
 pub use protocol::{Member, MemberState, Role};
+pub use transport::{Patience, TransportError, PROBE_AFTER};
 use troupe_core::Config;
 
 /// The environment variable a driver reads the head's address from.

@@ -439,6 +439,16 @@ impl LinkWriter {
     }
 }
 
+impl LinkWriter {
+    /// Closes the link as failed (`why`): this node's owner of the link is
+    /// told (the `broken` callback), as for a connection that broke by
+    /// itself, and the socket closes once its last user lets go (the peer
+    /// sees it end).
+    pub fn abort(&self, why: &str) {
+        self.inner.fail(io::Error::other(why.to_owned()));
+    }
+}
+
 impl Drop for LinkWriter {
     fn drop(&mut self) {
         self.inner.close();

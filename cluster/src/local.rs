@@ -78,8 +78,12 @@ impl LocalCluster {
     }
 
     fn command(&self, args: &[&str], cookie: &str) -> Command {
+        self.command_of(&self.launcher, args, cookie)
+    }
+
+    fn command_of(&self, launcher: &Launcher, args: &[&str], cookie: &str) -> Command {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut command = (self.launcher)(&args);
+        let mut command = launcher(&args);
         command
             .env("TROUPE_HOME", &self.home)
             .env("TROUPE_COOKIE", cookie)
@@ -105,8 +109,20 @@ impl LocalCluster {
 
     /// [`start`](Self::start) with another cookie (to test refusals).
     pub fn start_with_cookie(&mut self, args: &[&str], cookie: &str) -> Result<LocalNode, String> {
-        let mut child = self
-            .command(args, cookie)
+        let command = self.command(args, cookie);
+        self.spawn_node(command, args)
+    }
+
+    /// [`start`](Self::start) through another launcher than the cluster's:
+    /// a head from the `troupe` binary (which runs no user code), say, as a
+    /// user following the README starts one.
+    pub fn start_with(&mut self, launcher: &Launcher, args: &[&str]) -> Result<LocalNode, String> {
+        let command = self.command_of(launcher, args, &self.cookie);
+        self.spawn_node(command, args)
+    }
+
+    fn spawn_node(&mut self, mut command: Command, args: &[&str]) -> Result<LocalNode, String> {
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start a node: {e}"))?;
         let pid = child.id();
@@ -163,6 +179,15 @@ impl LocalCluster {
         let mut args = vec!["start", "--head", "--block", "--port", &port];
         args.extend_from_slice(extra);
         self.start(&args)
+    }
+
+    /// Starts a head on a free port through `launcher` (the `troupe`
+    /// binary's: [`binary`]), with `extra` flags.
+    pub fn head_with(&mut self, launcher: &Launcher, extra: &[&str]) -> Result<LocalNode, String> {
+        let port = free_port().map_err(|e| e.to_string())?.to_string();
+        let mut args = vec!["start", "--head", "--block", "--port", &port];
+        args.extend_from_slice(extra);
+        self.start_with(launcher, &args)
     }
 
     /// Starts a worker joining `head`, with `extra` flags.
@@ -247,6 +272,17 @@ pub fn parse_up_line(line: &str) -> Option<(NodeId, String)> {
     let id = head.split_whitespace().nth(1)?;
     let node = u64::from_str_radix(id, 16).ok().map(NodeId)?;
     Some((node, address.trim().to_owned()))
+}
+
+/// A [`Launcher`] for a program whose command line is `troupe`'s own (the
+/// `troupe` binary at `path`): it runs `<path> <args>`.
+pub fn binary(path: impl Into<PathBuf>) -> Launcher {
+    let path = path.into();
+    Box::new(move |args: &[String]| {
+        let mut command = Command::new(&path);
+        command.args(args.iter().map(OsString::from));
+        command
+    })
 }
 
 /// A [`Launcher`] for a binary that calls

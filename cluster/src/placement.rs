@@ -40,13 +40,14 @@ pub struct Placer {
 
 impl Placer {
     /// Decides for `request`, made on node `me`, given `members`, of which
-    /// only those `reachable` says yes to can be sent work (a predicate, not
-    /// a filtered copy: this runs once per task that leaves the node).
+    /// only those `can_run` says yes to can be sent work (reachable,
+    /// running this program, not refused before: a predicate, not a
+    /// filtered copy, as this runs once per task that leaves the node).
     pub fn place(
         &self,
         me: NodeId,
         members: &[Member],
-        reachable: &dyn Fn(NodeId) -> bool,
+        can_run: &dyn Fn(&Member) -> bool,
         request: &PlacementRequest<'_>,
     ) -> PlacementDecision {
         let needs = request.needs;
@@ -54,7 +55,7 @@ impl Placer {
             m.state == MemberState::Alive
                 && m.hello.role != Role::Client
                 && fits(needs, &m.hello.resources)
-                && reachable(m.hello.node)
+                && can_run(m)
         };
         match request.spec.options.get_scheduling_strategy() {
             SchedulingStrategy::NodeAffinity { node, soft } => {
@@ -191,7 +192,7 @@ mod tests {
     fn decide_reaching(
         placer: &Placer,
         members: &[Member],
-        reachable: &dyn Fn(NodeId) -> bool,
+        can_run: &dyn Fn(&Member) -> bool,
         options: TaskOptions,
         feasible_here: bool,
         fits_now: bool,
@@ -202,7 +203,7 @@ mod tests {
                 seq: 1,
             },
             function: "f".into(),
-            args: troupe_core::task::TaskArgs::Encoded(Vec::new()),
+            args: troupe_core::task::TaskArgs::Encoded(troupe_core::Encoded::default()),
             deps: Vec::new(),
             options: options.clone(),
             owner: NodeId(1),
@@ -214,12 +215,13 @@ mod tests {
         placer.place(
             NodeId(1),
             members,
-            reachable,
+            can_run,
             &PlacementRequest {
                 spec: &spec,
                 needs: &needs,
                 feasible_here,
                 fits_now,
+                excluded: &[],
             },
         )
     }
@@ -243,8 +245,9 @@ mod tests {
             decide(&p, &members, TaskOptions::default(), true, true),
             PlacementDecision::Here
         );
-        // A node with no session (or link) up is never sent work.
-        let not_3 = |node: NodeId| node != NodeId(3);
+        // A node with no session (or link) up, or another build, is never
+        // sent work.
+        let not_3 = |m: &Member| m.hello.node != NodeId(3);
         assert_eq!(
             decide_reaching(&p, &members, &not_3, TaskOptions::default(), true, false),
             PlacementDecision::Node(NodeId(2))

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use troupe_core::error::ActorError;
-use troupe_core::remote::RemoteOutcome;
-use troupe_core::task::TaskSpec;
-use troupe_core::{ActorId, NodeId, ObjectId, Resources};
+use troupe_core::remote::{RemoteOutcome, RemoteResult};
+use troupe_core::task::{TaskArgs, TaskSpec};
+use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 
 /// The largest control frame a node sends or accepts. Task arguments up
 /// to the inline limit (100 KiB) fit many times over; larger ones travel
@@ -21,7 +21,7 @@ use troupe_core::{ActorId, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -159,7 +159,7 @@ pub enum Request {
         /// Its registered method name.
         method: String,
         /// The encoded arguments.
-        args: Vec<u8>,
+        args: Encoded,
     },
     /// To an object's owner: where is its value?
     Locate(ObjectId),
@@ -193,7 +193,7 @@ pub enum Reply {
     /// How a task attempt ended.
     Task(RemoteOutcome),
     /// An actor call's encoded result.
-    Actor(Result<Vec<u8>, ActorError>),
+    Actor(Result<Encoded, ActorError>),
     /// The actor spawned (or why not).
     Spawned(Result<troupe_core::ActorInfo, troupe_core::SpawnError>),
     /// The actor holding a name here, if any.
@@ -225,12 +225,38 @@ pub enum Notice {
     Leave,
     /// Head to a member: leave the cluster and stop (`troupe stop`).
     Stop,
-    /// Member to the owner of `id`, or to the node holding a result the
-    /// sender owns: the sender holds no ref to `id` any more (the receiver
-    /// drops the sender as a borrower, and frees what nobody needs).
+    /// To the owner of `id` (or to the node keeping a result the sender
+    /// owns): the sender holds no ref to `id` any more; the receiver drops
+    /// `times` registrations of the sender, and frees what nobody needs.
     Released {
         /// The object.
         id: ObjectId,
+        /// How many registrations of the sender end.
+        times: u32,
+    },
+    /// To the owner of `id`, from a node that sent (`delta` 1) refs to it
+    /// to `borrower`, or that could not after all (-1): the owner counts
+    /// `borrower` as holding one more (or one fewer). Sent on the sender's
+    /// link to the owner before any release of the sender's own.
+    Borrow {
+        /// The object.
+        id: ObjectId,
+        /// The node the ref went to.
+        borrower: NodeId,
+        /// +1, or -1 to take one back.
+        delta: i32,
+    },
+    /// Which of these requests of the sender does the receiver still work
+    /// on? (Asked of requests that waited long; see `transport.rs`.)
+    Probe {
+        /// The requests' ids.
+        ids: Vec<u64>,
+    },
+    /// The answer to a probe: the receiver does not know these requests
+    /// (never received, or answered before this notice).
+    Unknown {
+        /// The requests' ids.
+        ids: Vec<u64>,
     },
     /// Through ractor_cluster, when a session comes up: this node's
     /// control link listens here (the receiver connects to it).
@@ -244,6 +270,88 @@ pub enum Notice {
         /// The actor, by the id it was first spawned with.
         actor: ActorId,
     },
+}
+
+impl Request {
+    /// How long the requester waits for its reply: control requests a
+    /// bounded time (`control`), work that may take any time while its
+    /// node is alive and still works on it.
+    pub fn patience(&self, control: std::time::Duration) -> crate::transport::Patience {
+        use crate::transport::Patience;
+        match self {
+            Request::RunTask(_)
+            | Request::CallActor { .. }
+            | Request::SpawnActor(_)
+            | Request::StopActor { .. } => Patience::WhileAlive,
+            _ => Patience::Within(control),
+        }
+    }
+}
+
+impl Frame {
+    /// The encoded values this frame carries (their refs are the frame's).
+    fn encoded(&self) -> Vec<&Encoded> {
+        match self {
+            Frame::Request { body, .. } => match body {
+                Request::RunTask(spec) => match &spec.args {
+                    TaskArgs::Encoded(encoded) => vec![encoded],
+                    TaskArgs::Local => Vec::new(),
+                },
+                Request::CallActor { args, .. } => vec![args],
+                Request::SpawnActor(spawn) => vec![&spawn.args],
+                _ => Vec::new(),
+            },
+            Frame::Reply { body, .. } => match body {
+                Reply::Task(RemoteOutcome::Done(results)) => results
+                    .iter()
+                    .filter_map(|(_, r)| match r {
+                        RemoteResult::Inline(encoded) => Some(encoded),
+                        RemoteResult::At(_) => None,
+                    })
+                    .collect(),
+                Reply::Actor(Ok(encoded)) => vec![encoded],
+                _ => Vec::new(),
+            },
+            Frame::Notice { .. } => Vec::new(),
+        }
+    }
+
+    /// The encoded values this frame carries, to hold their refs on
+    /// arrival.
+    pub fn encoded_mut(&mut self) -> Vec<&mut Encoded> {
+        match self {
+            Frame::Request { body, .. } => match body {
+                Request::RunTask(spec) => match &mut spec.args {
+                    TaskArgs::Encoded(encoded) => vec![encoded],
+                    TaskArgs::Local => Vec::new(),
+                },
+                Request::CallActor { args, .. } => vec![args],
+                Request::SpawnActor(spawn) => vec![&mut spawn.args],
+                _ => Vec::new(),
+            },
+            Frame::Reply { body, .. } => match body {
+                Reply::Task(RemoteOutcome::Done(results)) => results
+                    .iter_mut()
+                    .filter_map(|(_, r)| match r {
+                        RemoteResult::Inline(encoded) => Some(encoded),
+                        RemoteResult::At(_) => None,
+                    })
+                    .collect(),
+                Reply::Actor(Ok(encoded)) => vec![encoded],
+                _ => Vec::new(),
+            },
+            Frame::Notice { .. } => Vec::new(),
+        }
+    }
+
+    /// The objects this frame carries refs to (its receiver becomes a
+    /// borrower of each, once per value that holds it).
+    pub fn carried_refs(&self) -> Vec<ObjectId> {
+        self.encoded()
+            .into_iter()
+            .flat_map(|e| e.refs.iter().copied())
+            .collect()
+    }
 }
 
 /// A frame could not be encoded or decoded.
@@ -333,7 +441,7 @@ mod tests {
                     seq: 1,
                 },
                 method: "m".into(),
-                args: vec![0; MAX_FRAME_BYTES],
+                args: Encoded::plain(vec![0; MAX_FRAME_BYTES]),
             },
         };
         assert!(matches!(big.encode(), Err(FrameError::TooLarge { .. })));

@@ -209,6 +209,14 @@ pub enum TaskCause {
     Error(Cause),
     /// The node running it died.
     NodeDied(NodeId),
+    /// The node running it lost it (its reply never came, though the node
+    /// lives on: a connection broke, say), and why.
+    Lost {
+        /// The node.
+        node: NodeId,
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for TaskCause {
@@ -217,6 +225,7 @@ impl std::fmt::Display for TaskCause {
             TaskCause::Panicked(m) => write!(f, "panicked: {m}"),
             TaskCause::Error(e) => write!(f, "returned an error: {e}"),
             TaskCause::NodeDied(node) => write!(f, "was lost with node {node}, which died"),
+            TaskCause::Lost { node, reason } => write!(f, "was lost by node {node}: {reason}"),
         }
     }
 }
@@ -239,8 +248,11 @@ pub enum TaskError {
         /// The last attempt's failure.
         cause: TaskCause,
     },
-    /// An argument's task failed, so this one never ran (never retried).
-    #[error("task {task} ({id}) did not run: its argument {dependency} failed: {cause}")]
+    /// An argument has no value (its task failed, or did not run either),
+    /// so this one never ran (never retried). However long the line of
+    /// tasks that did not run, it keeps the first failure and the line's
+    /// length, not one nested error per task.
+    #[error("task {task} ({id}) did not run: its argument {dependency} {}: {cause}", upstream(*depth))]
     DependencyFailed {
         /// The function's name.
         task: Cow<'static, str>,
@@ -248,7 +260,12 @@ pub enum TaskError {
         id: TaskId,
         /// The argument's object.
         dependency: ObjectId,
-        /// Why that object has no value.
+        /// How many tasks in a row have no value up to the first failure:
+        /// 1 when the argument itself failed, 2 when its task did not run
+        /// because of its own argument, and so on.
+        depth: u32,
+        /// Why the first object of that line has no value (its producer's
+        /// error: read the failed task with `root_cause`).
         #[source]
         cause: ObjectError,
     },
@@ -324,7 +341,43 @@ pub enum TaskError {
     },
 }
 
+/// How a dependency error says where its failure began.
+fn upstream(depth: u32) -> String {
+    match depth {
+        0 | 1 => "failed".to_owned(),
+        n => format!("has no value: a task {n} steps up the line of its arguments failed"),
+    }
+}
+
 impl TaskError {
+    /// The error of a task that did not run because its argument
+    /// `dependency` has no value (`cause`, as reading it said). An argument
+    /// whose own task did not run for the same reason passes its first
+    /// failure on, one step further: the error stays the same size however
+    /// long the line (a chain of 100,000 tasks formats in one line, not
+    /// 100,000 nested ones).
+    pub fn dependency_failed(
+        task: Cow<'static, str>,
+        id: TaskId,
+        dependency: ObjectId,
+        cause: ObjectError,
+    ) -> TaskError {
+        let upstream = match cause.failure::<TaskError>() {
+            Some(TaskError::DependencyFailed { depth, cause, .. }) => {
+                Some((depth.saturating_add(1), cause.clone()))
+            }
+            _ => None,
+        };
+        let (depth, cause) = upstream.unwrap_or((1, cause));
+        TaskError::DependencyFailed {
+            task,
+            id,
+            dependency,
+            depth,
+            cause,
+        }
+    }
+
     /// Follows failed arguments back to the task where the failure began.
     pub fn root_cause(&self) -> &TaskError {
         let mut current = self;
@@ -368,6 +421,8 @@ pub enum Failure {
     Store(ObjectError),
     /// The node running it died.
     NodeDied(NodeId),
+    /// The node running it lost it (its reply never came back), and why.
+    Lost(NodeId, String),
 }
 
 impl fmt::Display for Failure {
@@ -378,6 +433,7 @@ impl fmt::Display for Failure {
             Failure::Dependency(id, e) => write!(f, "argument {id} failed: {e}"),
             Failure::Store(e) => write!(f, "result not stored: {e}"),
             Failure::NodeDied(node) => write!(f, "its node {node} died"),
+            Failure::Lost(node, why) => write!(f, "node {node} lost it: {why}"),
         }
     }
 }

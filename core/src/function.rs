@@ -178,7 +178,8 @@ fn settle_remote<T: Object>(
     result: RemoteResult,
 ) -> Result<(), ObjectError> {
     match result {
-        RemoteResult::Inline(bytes) => completer.complete_encoded(&bytes),
+        // Its refs stay held (since the reply arrived) until it is decoded.
+        RemoteResult::Inline(encoded) => completer.complete_encoded(&encoded.bytes),
         RemoteResult::At(node) => {
             completer.relocate(node);
             Ok(())
@@ -353,7 +354,7 @@ pub(crate) trait TaskBody: Send + Sync + 'static {
     /// (an attempt stored its value first): what `cancel` reports.
     fn give_up(&self, err: TaskError) -> bool;
     /// Its arguments, encoded (to send the task to another node).
-    fn encode_args(&self) -> Result<Vec<u8>, String>;
+    fn encode_args(&self) -> Result<troupe_objects::Encoded, String>;
     /// Whether its body is sync (runs on a CPU thread, cannot be aborted).
     fn blocking(&self) -> bool;
     /// Settles its results from where the node that ran it left them.
@@ -443,8 +444,8 @@ impl<F: RemoteFn> TaskBody for TypedTask<F> {
         }
     }
 
-    fn encode_args(&self) -> Result<Vec<u8>, String> {
-        troupe_objects::encode_value(&self.args).map_err(|e| e.to_string())
+    fn encode_args(&self) -> Result<troupe_objects::Encoded, String> {
+        troupe_objects::Encoded::of(&self.args).map_err(|e| e.to_string())
     }
 
     fn blocking(&self) -> bool {

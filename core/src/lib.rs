@@ -58,8 +58,8 @@ pub use spec::{IntoArg, SchedulingStrategy};
 pub use supervisor::{SupervisionEvent, SupervisorError};
 pub use timeline::TimelineEvent;
 pub use troupe_objects::{
-    AnyObjectRef, Blob, Cause, GetSize, GetSizeTracker, NodeId, Object, ObjectDirectory,
-    ObjectError, ObjectId, ObjectRef, ObjectStore, StoreConfig,
+    AnyObjectRef, Availability, Blob, Cause, Encoded, Fetched, GetSize, GetSizeTracker, NodeId,
+    Object, ObjectDirectory, ObjectError, ObjectId, ObjectRef, ObjectStore, StoreConfig,
 };
 
 pub use context::TaskContext;

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use troupe_objects::{AnyObjectRef, ObjectError, ObjectStore};
+use troupe_objects::{AnyObjectRef, Encoded, ObjectError, ObjectStore};
 
 use crate::actor::{Actor, ActorOptions, Factory};
 use crate::error::{ActorError, SpawnError, TaskError};
@@ -70,7 +70,7 @@ pub fn build_task<F: RemoteFn>(store: &ObjectStore, spec: &TaskSpec) -> Result<B
     let TaskArgs::Encoded(bytes) = &spec.args else {
         return Err(bad("the spec carries no encoded arguments".to_owned()));
     };
-    let args: F::Args = store.decode(bytes).map_err(|e| bad(e.to_string()))?;
+    let args: F::Args = store.decode(&bytes.bytes).map_err(|e| bad(e.to_string()))?;
     let deps = F::deps(&args);
     let (results, completers) =
         F::Returns::pending_at(store, &spec.results).map_err(|e| bad(e.to_string()))?;
@@ -129,7 +129,7 @@ inventory::collect!(ActorType);
 
 /// The encoded reply of a call by name.
 #[doc(hidden)]
-pub type EncodedReply = BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+pub type EncodedReply = BoxFuture<'static, Result<Encoded, ActorError>>;
 
 /// Calls a method on the actor whose slot is given, with encoded arguments.
 #[doc(hidden)]
@@ -271,7 +271,7 @@ impl Runtime {
         self.submit_spec(TaskSpec {
             id,
             function: function.name.into(),
-            args: TaskArgs::Encoded(encoded_args.to_vec()),
+            args: TaskArgs::Encoded(Encoded::plain(encoded_args.to_vec())),
             deps: Vec::new(),
             options,
             owner: self.node_id(),
@@ -290,6 +290,9 @@ impl Runtime {
         spec.options = spec.options.max_retries(0);
         let submitted = match self.submit_spec(spec) {
             Ok(submitted) => submitted,
+            Err(err @ TaskError::UnknownFunction { .. }) => {
+                return RemoteOutcome::Refused(err.to_string())
+            }
             Err(err) => {
                 return RemoteOutcome::Failed(Failure::Error(troupe_objects::Cause::new(err)))
             }
@@ -304,8 +307,9 @@ impl Runtime {
             }
             self.objects().ready(r.id()).await;
             match self.objects().export(r.id()).await {
-                Ok(bytes) if bytes.len() <= INLINE_LIMIT => {
-                    results.push((r.id(), RemoteResult::Inline(bytes.to_vec())));
+                Ok((bytes, refs)) if bytes.len() <= INLINE_LIMIT => {
+                    let encoded = Encoded::new(bytes.to_vec(), refs);
+                    results.push((r.id(), RemoteResult::Inline(encoded)));
                 }
                 Ok(_) => {
                     let _ = self.objects().add_borrower(r.id(), owner);
@@ -401,13 +405,36 @@ fn failure_of(err: ObjectError) -> Failure {
                 crate::error::TaskCause::Panicked(m) => Failure::Panicked(m.clone()),
                 crate::error::TaskCause::Error(e) => Failure::Error(e.clone()),
                 crate::error::TaskCause::NodeDied(n) => Failure::NodeDied(*n),
+                crate::error::TaskCause::Lost { node, reason } => {
+                    Failure::Lost(*node, reason.clone())
+                }
             };
         }
         if let TaskError::DependencyFailed {
-            dependency, cause, ..
+            task: name,
+            id,
+            dependency,
+            depth,
+            cause,
         } = task
         {
-            return Failure::Dependency(*dependency, cause.clone());
+            // What reading the argument said there: its first failure, as
+            // many steps up the line (the owner's error keeps the depth).
+            let read = if *depth > 1 {
+                ObjectError::Failed {
+                    id: *dependency,
+                    cause: troupe_objects::Cause::new(TaskError::DependencyFailed {
+                        task: name.clone(),
+                        id: *id,
+                        dependency: *dependency,
+                        depth: depth - 1,
+                        cause: cause.clone(),
+                    }),
+                }
+            } else {
+                cause.clone()
+            };
+            return Failure::Dependency(*dependency, read);
         }
     }
     Failure::Store(err)
@@ -467,7 +494,7 @@ where
         let pending = call(&A::Handle::from(handle), args);
         Ok(Box::pin(async move {
             let value = pending.await?;
-            troupe_objects::encode_value(&value).map_err(|e| ActorError::BadCall {
+            Encoded::of(&value).map_err(|e| ActorError::BadCall {
                 actor: info,
                 method: String::new(),
                 reason: format!("its result did not encode: {e}"),

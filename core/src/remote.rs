@@ -17,6 +17,7 @@ pub use crate::ids::ActorOwner;
 use crate::ids::{ActorId, ActorInfo, NodeId, ObjectId};
 use crate::spec::TaskSpec;
 use crate::Resources;
+use troupe_objects::Encoded;
 
 /// What the placement hook is asked about one task.
 #[derive(Debug)]
@@ -30,6 +31,9 @@ pub struct PlacementRequest<'a> {
     /// Whether it fits this node's free resources now (with a cluster, a
     /// task that does not is offered to the hook: spillback).
     pub fits_now: bool,
+    /// Nodes that refused it (they cannot run it: another build): never
+    /// these again.
+    pub excluded: &'a [NodeId],
 }
 
 /// Where a task goes.
@@ -60,8 +64,9 @@ pub trait Placement: Send + Sync + 'static {
 /// Where one result of a task run elsewhere is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum RemoteResult {
-    /// Small enough to come back with the reply: its encoding.
-    Inline(Vec<u8>),
+    /// Small enough to come back with the reply: its encoding (and the
+    /// refs it holds).
+    Inline(Encoded),
     /// Kept on the node that made it; fetched through the object
     /// directory when read.
     At(NodeId),
@@ -74,6 +79,9 @@ pub enum RemoteOutcome {
     Done(Vec<(ObjectId, RemoteResult)>),
     /// It failed (the owner decides whether to retry).
     Failed(Failure),
+    /// The node cannot run it at all (no function of that name in its
+    /// build): not an attempt; the owner places it on another node.
+    Refused(String),
 }
 
 /// Runs tasks and actor calls on other nodes (the cluster's transport).
@@ -89,8 +97,8 @@ pub trait RemoteExecutor: Send + Sync + 'static {
         node: NodeId,
         actor: ActorId,
         method: &str,
-        args: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+        args: Encoded,
+    ) -> BoxFuture<'static, Result<Encoded, ActorError>>;
 
     /// Spawns an actor with a registered constructor on `node` (or, with
     /// `None`, on a node the cluster picks for `request.options`'s
@@ -156,7 +164,7 @@ pub struct RemoteSpawn {
     /// Its options (name, restarts, resources).
     pub options: ActorOptions,
     /// The constructor's encoded arguments (a tuple).
-    pub args: Vec<u8>,
+    pub args: Encoded,
 }
 
 /// Something that happened to a node of the cluster. The cluster publishes

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use troupe_objects::{Object, ObjectError, ObjectId, ObjectRef, ObjectStore};
+use troupe_objects::{Encoded, Object, ObjectError, ObjectId, ObjectRef, ObjectStore};
 
 use crate::ids::{NodeId, TaskId};
 use crate::Resources;
@@ -169,8 +169,8 @@ pub enum Returns {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum TaskArgs {
     /// A postcard-encoded tuple of the parameters, each a value or a ref
-    /// (as its object id).
-    Encoded(Vec<u8>),
+    /// (as its object id), and the refs it holds.
+    Encoded(Encoded),
     /// Held by the local body, which encodes them if the task leaves this
     /// node.
     #[serde(skip)]

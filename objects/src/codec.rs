@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use crate::blob::Blob;
 use crate::store::Inner;
-use crate::Object;
+use crate::store::RefHandle;
+use crate::{AnyObjectRef, Object, ObjectId};
 
 pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
@@ -83,7 +84,32 @@ fn vec_value(blob: Blob) -> AnyValue {
     Arc::new(blob.into_vec())
 }
 
+const UNTYPED: &str = "its type is not known on this node yet: read it through a typed ref";
+
+fn untyped_encode(_: &(dyn Any + Send + Sync), _: &mut Vec<u8>) -> Result<(), String> {
+    Err(UNTYPED.to_owned())
+}
+
+fn untyped_decode(_: &[u8]) -> Result<AnyValue, String> {
+    Err(UNTYPED.to_owned())
+}
+
+fn untyped_size(_: &(dyn Any + Send + Sync)) -> u64 {
+    0
+}
+
 impl Codec {
+    /// The codec of an object whose type is not known yet: every use of it
+    /// fails and says so.
+    pub(crate) fn untyped() -> Self {
+        Codec {
+            encode: untyped_encode,
+            decode: untyped_decode,
+            size: untyped_size,
+            raw: None,
+        }
+    }
+
     pub(crate) fn of<T: Object>() -> Self {
         // Plain byte vectors are bytes too: spilled and sent without an
         // encoding pass (postcard would encode them one element at a time).
@@ -119,41 +145,65 @@ impl Codec {
 }
 
 thread_local! {
-    /// Set when an `ObjectRef` is encoded inside an [`EncodeScope`].
-    static ENCODED_A_REF: Cell<bool> = const { Cell::new(false) };
+    /// The refs encoded on this thread inside open [`EncodeScope`]s.
+    static ENCODED_REFS: RefCell<Vec<Arc<RefHandle>>> = const { RefCell::new(Vec::new()) };
+    /// How many [`EncodeScope`]s are open on this thread.
+    static ENCODE_DEPTH: Cell<usize> = const { Cell::new(0) };
     /// The store that refs decoded on this thread attach to.
     static DECODING_FOR: RefCell<Weak<Inner>> = const { RefCell::new(Weak::new()) };
 }
 
-/// Watches an encoding for refs: did the value hold any? (A value holding
-/// refs is never spilled: dropping it from memory would drop those refs.)
+/// Watches an encoding for refs: which ones did the value hold? (A value
+/// holding refs is never spilled: dropping it from memory would drop those
+/// refs; a value sent to another node tells the receiver which refs it
+/// carries.) Scopes nest: an enclosing scope sees what inner ones saw.
 pub(crate) struct EncodeScope {
-    previous: bool,
+    start: usize,
 }
 
 impl EncodeScope {
     pub(crate) fn enter() -> Self {
+        ENCODE_DEPTH.with(|d| d.set(d.get() + 1));
         EncodeScope {
-            previous: ENCODED_A_REF.with(|f| f.replace(false)),
+            start: ENCODED_REFS.with(|r| r.borrow().len()),
         }
     }
 
     /// Whether a ref was encoded since this scope began.
     pub(crate) fn saw_a_ref(&self) -> bool {
-        ENCODED_A_REF.with(Cell::get)
+        ENCODED_REFS.with(|r| r.borrow().len() > self.start)
+    }
+
+    /// The refs encoded since this scope began, each once, in order.
+    pub(crate) fn refs(&self) -> Vec<AnyObjectRef> {
+        ENCODED_REFS.with(|r| {
+            let mut seen = std::collections::HashSet::new();
+            r.borrow()[self.start..]
+                .iter()
+                .filter(|h| seen.insert(h.id))
+                .map(|h| AnyObjectRef { handle: h.clone() })
+                .collect()
+        })
     }
 }
 
 impl Drop for EncodeScope {
     fn drop(&mut self) {
-        let inner = ENCODED_A_REF.with(Cell::get);
-        // An enclosing scope also saw whatever this one saw.
-        ENCODED_A_REF.with(|f| f.set(self.previous || inner));
+        let depth = ENCODE_DEPTH.with(|d| {
+            let depth = d.get().saturating_sub(1);
+            d.set(depth);
+            depth
+        });
+        if depth == 0 {
+            ENCODED_REFS.with(|r| r.borrow_mut().clear());
+        }
     }
 }
 
-pub(crate) fn note_ref_encoded() {
-    ENCODED_A_REF.with(|f| f.set(true));
+pub(crate) fn note_ref_encoded(handle: &Arc<RefHandle>) {
+    if ENCODE_DEPTH.with(Cell::get) > 0 {
+        ENCODED_REFS.with(|r| r.borrow_mut().push(handle.clone()));
+    }
 }
 
 /// Refs decoded while this guard lives attach to `store`; the previous
@@ -183,10 +233,55 @@ pub(crate) fn decoding_for() -> Option<Arc<Inner>> {
 }
 
 /// Encodes any serializable value the way the store does (postcard; refs
-/// as ids). What the cluster sends, and what a task's arguments become when
-/// they leave the process.
+/// as ids). For a value that leaves the process, use [`Encoded::of`],
+/// which also lists the refs it carries.
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_allocvec(value)
+}
+
+/// A value's encoding on its way to another node, with the refs inside it.
+///
+/// The refs are listed so that both ends can account for them before the
+/// bytes are decoded (the borrowing protocol: see
+/// [`ObjectStore::receive`](crate::ObjectStore::receive)). The sender's
+/// `Encoded` holds the refs it encoded until it is dropped (after it was
+/// sent), and the sender registers the receiver as a borrower of each; the
+/// receiver's holds them from the moment the message arrives until it is
+/// dropped (by then the decoded value holds its own refs).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Encoded {
+    /// The postcard encoding.
+    pub bytes: Vec<u8>,
+    /// The objects whose refs it holds, each once.
+    pub refs: Vec<ObjectId>,
+    /// Its refs, held while it lives (on the sender, since it was encoded;
+    /// on the receiver, since it arrived).
+    #[serde(skip)]
+    pub(crate) held: Vec<AnyObjectRef>,
+}
+
+impl Encoded {
+    /// Encodes `value`, listing (and holding) the refs it holds.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, postcard::Error> {
+        let scope = EncodeScope::enter();
+        let bytes = postcard::to_allocvec(value)?;
+        Ok(Encoded::new(bytes, scope.refs()))
+    }
+
+    /// Bytes and the refs they hold (as [`ObjectStore::export`](crate::ObjectStore::export)
+    /// gives them), held while this lives.
+    pub fn new(bytes: Vec<u8>, refs: Vec<AnyObjectRef>) -> Encoded {
+        Encoded {
+            bytes,
+            refs: refs.iter().map(AnyObjectRef::id).collect(),
+            held: refs,
+        }
+    }
+
+    /// Bytes that hold no refs (or whose refs need no accounting).
+    pub fn plain(bytes: Vec<u8>) -> Encoded {
+        Encoded::new(bytes, Vec::new())
+    }
 }
 
 /// Decodes a value that holds no refs (refs need a store:

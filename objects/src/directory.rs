@@ -6,6 +6,16 @@ use futures::future::BoxFuture;
 
 use crate::{Blob, NodeId, ObjectError, ObjectId};
 
+/// An object's bytes as another node sent them, and the refs its value
+/// holds (held by the fetching store before it decodes the bytes).
+#[derive(Debug)]
+pub struct Fetched {
+    /// Its encoding (or a byte object's bytes).
+    pub bytes: Blob,
+    /// The objects its value holds refs to, each once.
+    pub refs: Vec<ObjectId>,
+}
+
 /// Where objects this node does not hold can be found, and who must hear
 /// that this node no longer holds a ref to an object another node owns.
 ///
@@ -24,12 +34,13 @@ pub trait ObjectDirectory: Send + Sync + 'static {
         &self,
         id: ObjectId,
         location: Option<NodeId>,
-    ) -> BoxFuture<'static, Result<Blob, ObjectError>>;
+    ) -> BoxFuture<'static, Result<Fetched, ObjectError>>;
 
-    /// This node no longer needs `id`: its last local ref was dropped. For
-    /// an object another node owns, this node no longer borrows it (the
-    /// owner frees it once no borrower is left); for one this node owns
-    /// whose value lives on `location` (a task's result kept where it was
-    /// made), that node may free its copy.
-    fn released(&self, id: ObjectId, location: Option<NodeId>);
+    /// This node no longer needs `id` (its last local ref was dropped):
+    /// `to` may drop `times` registrations of this node on it. For an
+    /// object another node owns, `to` is the owner and `times` how often
+    /// this node was registered as a borrower; for one this node owns whose
+    /// value another node keeps (a task's result left where it was made),
+    /// `to` is that node, which may free its copy.
+    fn released(&self, id: ObjectId, to: NodeId, times: u32);
 }

@@ -39,7 +39,7 @@ pub enum ObjectError {
         budget: u64,
     },
     /// The object holds a value of another type.
-    #[error("{id} holds a {actual}, not a {expected}")]
+    #[error("{id} holds a value of type {actual}, not {expected}")]
     WrongType {
         /// Which object.
         id: ObjectId,

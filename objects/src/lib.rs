@@ -28,15 +28,15 @@ mod id;
 mod store;
 
 pub use blob::{Blob, BlobWriteError, BlobWriter};
-pub use codec::{decode_value, encode_value};
-pub use directory::ObjectDirectory;
+pub use codec::{decode_value, encode_value, Encoded};
+pub use directory::{Fetched, ObjectDirectory};
 pub use error::{Cause, CauseType, ObjectError, RemoteError, SpillOp};
 pub use get_size2::{GetSize, GetSizeTracker};
 pub use id::{IdHasher, IdHashing, NodeId, ObjectId};
 pub use postcard::Error as DecodeError;
 pub use store::{
-    AnyObjectRef, Completer, Object, ObjectInfo, ObjectRef, ObjectStore, SpillReport, SpillerGuard,
-    StoreConfig,
+    AnyObjectRef, Availability, Completer, Object, ObjectInfo, ObjectRef, ObjectStore, SpillReport,
+    SpillerGuard, StoreConfig,
 };
 
 /// For [`register_cause!`]'s expansion. Not a public API.

@@ -28,7 +28,8 @@ async fn exporting_a_byte_vector_shares_its_buffer_and_a_typed_value_is_encoded(
     let s = store();
     let r = s.put(vec![7u8; 1 << 20]).await.unwrap();
     let held = s.get(&r).await.unwrap();
-    let exported = s.export(r.id()).await.unwrap();
+    let (exported, refs) = s.export(r.id()).await.unwrap();
+    assert!(refs.is_empty());
     assert_eq!(
         exported.as_ptr(),
         held.as_ptr(),
@@ -38,10 +39,17 @@ async fn exporting_a_byte_vector_shares_its_buffer_and_a_typed_value_is_encoded(
     // The copy happens only when the vector is wanted while still shared.
     assert_eq!(exported.clone().into_vec(), *held);
     let typed = s.put((1u32, "two".to_owned())).await.unwrap();
-    let bytes = s.export(typed.id()).await.unwrap();
+    let (bytes, _) = s.export(typed.id()).await.unwrap();
     assert_eq!(
         postcard::from_bytes::<(u32, String)>(&bytes).unwrap(),
         (1, "two".to_owned())
+    );
+    // A value holding refs lists them, each once.
+    let holder = s.put(vec![typed.clone(), typed.clone()]).await.unwrap();
+    let (_, refs) = s.export(holder.id()).await.unwrap();
+    assert_eq!(
+        refs.iter().map(|r| r.id()).collect::<Vec<_>>(),
+        vec![typed.id()]
     );
 }
 
@@ -488,36 +496,166 @@ async fn borrowers_keep_an_object_alive_until_they_release_or_die() {
     let id = r.id();
     s.add_borrower(id, peer).unwrap();
     s.add_borrower(id, other).unwrap();
+    s.add_borrower(id, peer).unwrap();
     drop(r);
     assert_eq!(s.len(), 1, "borrowed: still here");
-    s.remove_borrower(id, peer);
+    s.remove_borrower(id, peer, 2);
     assert_eq!(s.borrowers(id), vec![other]);
     s.node_died(other);
     assert_eq!(s.len(), 0, "the last borrower died: freed");
     assert!(s.add_borrower(id, peer).is_err());
 }
 
+#[tokio::test]
+async fn a_release_that_overtakes_its_registration_frees_nothing_early() {
+    let s = store();
+    let (sender, receiver) = (crate::NodeId(42), crate::NodeId(43));
+    let r = s.put(1u64).await.unwrap();
+    let id = r.id();
+    s.add_borrower(id, sender).unwrap();
+    drop(r);
+    // The receiver lets go before the sender's registration of it arrives.
+    s.remove_borrower(id, receiver, 1);
+    assert_eq!(s.len(), 1, "the sender still holds it");
+    s.add_borrower(id, receiver).unwrap();
+    assert_eq!(
+        s.borrowers(id),
+        vec![sender],
+        "the receiver's count is back to 0"
+    );
+    s.remove_borrower(id, sender, 1);
+    assert!(s.is_empty(), "nobody holds it: freed");
+}
+
+#[tokio::test]
+async fn a_producer_here_takes_over_an_id_known_first_as_a_remote_ref() {
+    let owner = store();
+    let runner = store();
+    let peers = Arc::new(Peers::new(vec![owner.clone()]));
+    runner.set_directory(peers.clone());
+    // The owner mints a result id; a ref to it reaches the runner (inside
+    // another task's arguments) before the task that makes it does.
+    let id = owner.new_id();
+    let bytes = postcard::to_allocvec(&id).unwrap();
+    let early = runner.decode::<crate::ObjectRef<u64>>(&bytes).unwrap();
+    assert_eq!(runner.list()[0].state, "remote");
+    let (made, done) = runner
+        .pending_at::<u64>(id)
+        .expect("taken over, not refused");
+    assert_eq!(made, early);
+    assert_eq!(runner.list()[0].state, "pending");
+    let reader = {
+        let runner = runner.clone();
+        let early = early.clone();
+        tokio::spawn(async move { runner.get(&early).await })
+    };
+    done.complete(7).unwrap();
+    assert_eq!(*reader.await.unwrap().unwrap(), 7);
+    // A retry landing here again finds the value and keeps it; one of
+    // another type is refused.
+    let (again, retry) = runner.pending_at::<u64>(id).unwrap();
+    drop(retry);
+    assert_eq!(*runner.get(&again).await.unwrap(), 7);
+    assert!(matches!(
+        runner.pending_at::<String>(id),
+        Err(ObjectError::WrongType { .. })
+    ));
+    // A failed attempt's entry is pending again for the next attempt.
+    let (failed, fails) = runner.pending_at::<u64>(runner.new_id()).unwrap();
+    drop(fails);
+    assert!(runner.get(&failed).await.is_err());
+    let (retried, succeeds) = runner.pending_at::<u64>(failed.id()).unwrap();
+    succeeds.complete(9).unwrap();
+    assert_eq!(*runner.get(&retried).await.unwrap(), 9);
+    assert!(
+        peers.fetches() <= 1,
+        "at most the fetch begun before the take-over"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_fetch_fails_its_readers_and_the_next_read_fetches_again() {
+    let owner = store();
+    let reader = store();
+    let peers = Arc::new(Peers::new(vec![owner.clone()]));
+    peers.fail_next(1);
+    reader.set_directory(peers.clone());
+    let r = owner.put(5u64).await.unwrap();
+    let bytes = postcard::to_allocvec(&r).unwrap();
+    let remote = reader.decode::<crate::ObjectRef<u64>>(&bytes).unwrap();
+    match reader.get(&remote).await {
+        Err(ObjectError::Fetch { .. }) => {}
+        other => panic!("expected the fetch's error, got {other:?}"),
+    }
+    assert_eq!(*reader.get(&remote).await.unwrap(), 5, "fetched again");
+    assert_eq!(peers.fetches(), 2);
+}
+
 /// A directory over other in-process stores: the seam exercised with real
 /// stores on both sides (the cluster's transport replaces the lookup).
-struct Peers(Vec<ObjectStore>, std::sync::Mutex<Vec<crate::ObjectId>>);
+struct Peers {
+    stores: Vec<ObjectStore>,
+    released: std::sync::Mutex<Vec<(crate::ObjectId, crate::NodeId, u32)>>,
+    fetches: std::sync::atomic::AtomicUsize,
+    /// Fetches still to fail on the way (a dropped connection, say).
+    failing: std::sync::atomic::AtomicUsize,
+}
+
+impl Peers {
+    fn new(stores: Vec<ObjectStore>) -> Self {
+        Peers {
+            stores,
+            released: Default::default(),
+            fetches: Default::default(),
+            failing: Default::default(),
+        }
+    }
+
+    fn fail_next(&self, n: usize) {
+        self.failing.store(n, Ordering::SeqCst);
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
 
 impl crate::ObjectDirectory for Peers {
     fn fetch(
         &self,
         id: crate::ObjectId,
         location: Option<crate::NodeId>,
-    ) -> futures::future::BoxFuture<'static, Result<crate::Blob, ObjectError>> {
-        let holder = self.0.iter().find(|p| Some(p.node()) == location).cloned();
+    ) -> futures::future::BoxFuture<'static, Result<crate::Fetched, ObjectError>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let fail = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let holder = self
+            .stores
+            .iter()
+            .find(|p| Some(p.node()) == location)
+            .cloned();
         Box::pin(async move {
+            if fail {
+                return Err(ObjectError::Fetch {
+                    id,
+                    reason: "the connection dropped".into(),
+                });
+            }
             match holder {
-                Some(holder) => holder.export(id).await,
+                Some(holder) => {
+                    let (bytes, refs) = holder.export(id).await?;
+                    let refs = refs.iter().map(|r| r.id()).collect();
+                    Ok(crate::Fetched { bytes, refs })
+                }
                 None => Err(ObjectError::Unknown(id)),
             }
         })
     }
 
-    fn released(&self, id: crate::ObjectId, _location: Option<crate::NodeId>) {
-        self.1.lock().unwrap().push(id);
+    fn released(&self, id: crate::ObjectId, to: crate::NodeId, times: u32) {
+        self.released.lock().unwrap().push((id, to, times));
     }
 }
 
@@ -525,15 +663,22 @@ impl crate::ObjectDirectory for Peers {
 async fn remote_objects_are_fetched_once_and_released_when_dropped() {
     let owner = store();
     let reader = store();
-    let peers = Arc::new(Peers(vec![owner.clone()], Default::default()));
+    let peers = Arc::new(Peers::new(vec![owner.clone()]));
     assert!(reader.set_directory(peers.clone()));
     let (pending, done) = owner.pending::<Sample>();
     let blob = owner.put_bytes(b"raw bytes").await.unwrap();
-    let bytes = postcard::to_allocvec(&(pending.clone(), blob.clone())).unwrap();
+    // As a message carries them: the refs listed, held on arrival.
+    let sent = crate::Encoded::of(&(pending.clone(), blob.clone())).unwrap();
+    assert_eq!(sent.refs, vec![pending.id(), blob.id()]);
+    let mut message: crate::Encoded =
+        postcard::from_bytes(&postcard::to_allocvec(&sent).unwrap()).unwrap();
+    reader.receive(&mut message);
     let (remote, remote_blob) = reader
-        .decode::<(crate::ObjectRef<Sample>, crate::ObjectRef<crate::Blob>)>(&bytes)
+        .decode::<(crate::ObjectRef<Sample>, crate::ObjectRef<crate::Blob>)>(&message.bytes)
         .unwrap();
+    drop(message);
     assert_eq!(reader.list()[0].state, "remote");
+    assert_eq!(reader.credits(pending.id()), 1);
     let readers: Vec<_> = (0..3)
         .map(|_| {
             let reader = reader.clone();
@@ -551,10 +696,18 @@ async fn remote_objects_are_fetched_once_and_released_when_dropped() {
         assert_eq!(*r.await.unwrap().unwrap(), sample);
     }
     assert_eq!(&reader.get(&remote_blob).await.unwrap()[..], b"raw bytes");
+    assert_eq!(
+        peers.fetches(),
+        2,
+        "one fetch per object, whatever the readers"
+    );
     drop((remote, remote_blob));
-    let mut released = peers.1.lock().unwrap().clone();
+    let mut released = peers.released.lock().unwrap().clone();
     released.sort();
-    let mut expected = vec![pending.id(), blob.id()];
+    let mut expected = vec![
+        (pending.id(), owner.node(), 1),
+        (blob.id(), owner.node(), 1),
+    ];
     expected.sort();
     assert_eq!(released, expected, "the owner hears of both releases");
     assert!(reader.is_empty());
@@ -564,7 +717,7 @@ async fn remote_objects_are_fetched_once_and_released_when_dropped() {
 async fn a_remote_object_on_a_dead_node_is_lost() {
     let owner = store();
     let reader = store();
-    reader.set_directory(Arc::new(Peers(vec![], Default::default())));
+    reader.set_directory(Arc::new(Peers::new(vec![])));
     let r = owner.put(5u64).await.unwrap();
     let bytes = postcard::to_allocvec(&r).unwrap();
     let remote = reader.decode::<crate::ObjectRef<u64>>(&bytes).unwrap();

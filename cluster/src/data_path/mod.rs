@@ -11,14 +11,20 @@
 //! of the receiving store ([`BlobWriter::read_from`]): no copy in between on
 //! either side.
 //!
-//! The wire, version 1 (integers little-endian):
+//! The wire, version 2 (integers little-endian):
 //!
 //! ```text
-//! request:  "TRDP" | version: u8 | len: u32 | postcard(Request { id })   (len <= max_request_bytes)
+//! request:  "TRDP" | version: u8 | len: u32 | postcard(Request { id, from })   (len <= max_request_bytes)
 //! reply:    WAIT* (0x02, one byte, every io_timeout/3 while the object is pending)
-//!           then   0x00 | len: u64 | len bytes                            (the object)
+//!           then   0x00 | len: u64 | refs: u32 | (node: u64 | seq: u64)*refs | len bytes
+//!                                                       (the object, and the refs its value holds)
 //!           or     0x01 | len: u32 | postcard(ObjectError)                (the holder's error)
 //! ```
+//!
+//! The refs an object's value holds are listed before its bytes: the
+//! holder registers the puller as a borrower of each (the borrowing
+//! protocol, through the node's hook) before it sends them, and the
+//! puller's store holds them before it decodes the value.
 //!
 //! A connection carries one request at a time and is reused for the next:
 //! the client keeps a small pool per peer, so many small pulls share a few
@@ -52,12 +58,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use troupe_objects::{Blob, BlobWriter, ObjectError, ObjectId, ObjectStore};
+use troupe_objects::{BlobWriter, Fetched, NodeId, ObjectError, ObjectId, ObjectStore};
 
 /// The first bytes of every request.
 const MAGIC: [u8; 4] = *b"TRDP";
 /// The protocol's version, after the magic.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The most refs a reply may list (a value holding more is refused).
+const MAX_REFS: u32 = 1 << 20;
 /// Magic, version, body length.
 const REQUEST_HEAD: usize = 4 + 1 + 4;
 /// Reply status: the object follows.
@@ -73,7 +81,13 @@ const MAX_ERROR_BYTES: u32 = 1 << 20;
 #[derive(Serialize, Deserialize)]
 struct Request {
     id: ObjectId,
+    /// The node pulling it (it becomes a borrower of the refs inside).
+    from: NodeId,
 }
+
+/// Registers (`true`) or takes back the puller as a borrower of the
+/// objects a value sent to it holds refs to (the node's borrowing hook).
+pub type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
 
 /// Limits of the data path, for both sides.
 #[derive(Clone, Debug)]
@@ -226,6 +240,7 @@ pub struct DataServer {
 
 struct ServerInner {
     store: ObjectStore,
+    lend: Option<Lend>,
     limits: DataLimits,
     /// Free connection slots (of `max_connections`).
     slots: Arc<Semaphore>,
@@ -237,11 +252,33 @@ struct ServerInner {
 impl DataServer {
     /// Listens on `addr` (port 0: any free port, see
     /// [`local_addr`](Self::local_addr)) and serves `store`'s objects, on
-    /// the current tokio runtime.
+    /// the current tokio runtime. Objects whose values hold refs are
+    /// served without registering anyone as a borrower: use
+    /// [`bind_lending`](Self::bind_lending) in a cluster.
     pub async fn bind(
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
+    ) -> io::Result<DataServer> {
+        Self::bind_with(addr, store, limits, None).await
+    }
+
+    /// [`bind`](Self::bind), registering each puller as a borrower of the
+    /// refs inside what it pulls with `lend` before sending it.
+    pub async fn bind_lending(
+        addr: SocketAddr,
+        store: ObjectStore,
+        limits: DataLimits,
+        lend: Lend,
+    ) -> io::Result<DataServer> {
+        Self::bind_with(addr, store, limits, Some(lend)).await
+    }
+
+    async fn bind_with(
+        addr: SocketAddr,
+        store: ObjectStore,
+        limits: DataLimits,
+        lend: Option<Lend>,
     ) -> io::Result<DataServer> {
         let limits = limits.normalized();
         let listener = TcpListener::bind(addr).await?;
@@ -249,6 +286,7 @@ impl DataServer {
         let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(ServerInner {
             store,
+            lend,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             accepted: AtomicU64::new(0),
@@ -354,8 +392,8 @@ async fn serve_connection(
         tracing::debug!(%err, "TCP_NODELAY not set");
     }
     loop {
-        let id = match read_request(&mut stream, &inner.limits).await {
-            Ok(Some(id)) => id,
+        let (id, from) = match read_request(&mut stream, &inner.limits).await {
+            Ok(Some(request)) => request,
             Ok(None) => return, // closed or idle
             Err(RequestError::Io(err)) => {
                 tracing::debug!(%err, "data connection closed while reading a request");
@@ -366,7 +404,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let served = serve_one(&mut stream, &inner, id)
+        let served = serve_one(&mut stream, &inner, id, from)
             .instrument(tracing::debug_span!("serve", object = %id))
             .await;
         if let Err(err) = served {
@@ -402,7 +440,7 @@ enum RequestError {
 async fn read_request(
     stream: &mut TcpStream,
     limits: &DataLimits,
-) -> Result<Option<ObjectId>, RequestError> {
+) -> Result<Option<(ObjectId, NodeId)>, RequestError> {
     let mut head = [0u8; REQUEST_HEAD];
     match tokio::time::timeout(limits.idle_timeout, stream.read(&mut head[..1])).await {
         Err(_) => {
@@ -448,7 +486,7 @@ async fn read_request(
     .await
     .map_err(RequestError::Io)?;
     match postcard::take_from_bytes::<Request>(&body) {
-        Ok((request, [])) => Ok(Some(request.id)),
+        Ok((request, [])) => Ok(Some((request.id, request.from))),
         Ok((_, rest)) => Err(RequestError::Malformed(format!(
             "{} bytes after the request",
             rest.len()
@@ -460,8 +498,14 @@ async fn read_request(
 }
 
 /// Answers one request: WAIT bytes while the object is pending, then the
-/// object or the store's error.
-async fn serve_one(stream: &mut TcpStream, inner: &ServerInner, id: ObjectId) -> io::Result<()> {
+/// object (and the refs its value holds: `from` is registered as their
+/// borrower first) or the store's error.
+async fn serve_one(
+    stream: &mut TcpStream,
+    inner: &ServerInner,
+    id: ObjectId,
+    from: NodeId,
+) -> io::Result<()> {
     let limits = &inner.limits;
     let exported = {
         let export = inner.store.export(id);
@@ -476,26 +520,48 @@ async fn serve_one(stream: &mut TcpStream, inner: &ServerInner, id: ObjectId) ->
         }
     };
     match exported {
-        Ok(blob) => {
-            let mut head = [0u8; 9];
-            head[0] = STATUS_OK;
-            head[1..].copy_from_slice(&(blob.len() as u64).to_le_bytes());
-            within(
-                limits.io_timeout,
-                "writing a reply",
-                stream.write_all(&head),
-            )
-            .await?;
-            for chunk in blob.chunks(limits.chunk_bytes) {
+        Ok((blob, held)) => {
+            let refs: Vec<ObjectId> = held.iter().map(|r| r.id()).collect();
+            let mut head = Vec::with_capacity(13 + refs.len() * 16);
+            head.push(STATUS_OK);
+            head.extend_from_slice(&(blob.len() as u64).to_le_bytes());
+            head.extend_from_slice(&(refs.len() as u32).to_le_bytes());
+            for r in &refs {
+                head.extend_from_slice(&r.node.0.to_le_bytes());
+                head.extend_from_slice(&r.seq.to_le_bytes());
+            }
+            let lend = inner.lend.as_ref().filter(|_| !refs.is_empty());
+            if let Some(lend) = lend {
+                lend(from, &refs, true);
+            }
+            let sent = async {
                 within(
                     limits.io_timeout,
-                    "writing a chunk",
-                    stream.write_all(chunk),
+                    "writing a reply",
+                    stream.write_all(&head),
                 )
                 .await?;
-                inner.sent.increment(chunk.len() as u64);
+                for chunk in blob.chunks(limits.chunk_bytes) {
+                    within(
+                        limits.io_timeout,
+                        "writing a chunk",
+                        stream.write_all(chunk),
+                    )
+                    .await?;
+                    inner.sent.increment(chunk.len() as u64);
+                }
+                Ok::<_, io::Error>(())
             }
-            tracing::debug!(bytes = blob.len(), "object sent");
+            .await;
+            if sent.is_err() {
+                // The puller never held them.
+                if let Some(lend) = lend {
+                    lend(from, &refs, false);
+                }
+            }
+            sent?;
+            drop(held);
+            tracing::debug!(bytes = blob.len(), refs = refs.len(), "object sent");
         }
         Err(err) => {
             tracing::debug!(%err, "answering with an error");
@@ -549,6 +615,8 @@ pub struct DataClient {
 
 struct ClientInner {
     store: ObjectStore,
+    /// This node (the puller), named in requests.
+    me: NodeId,
     limits: DataLimits,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     /// Bytes of chunks that may be received at once.
@@ -589,6 +657,7 @@ impl DataClient {
         let limits = limits.normalized();
         DataClient {
             inner: Arc::new(ClientInner {
+                me: store.node(),
                 store,
                 in_flight: Arc::new(Semaphore::new(limits.max_in_flight_bytes as usize)),
                 limits,
@@ -606,19 +675,19 @@ impl DataClient {
     }
 
     /// Pulls object `id`'s bytes from the node serving at `from` (its
-    /// [`DataServer`]): a byte object's bytes, any other object's encoding.
-    /// Waits while the object is pending there. The bytes land in a buffer
-    /// of this client's store.
+    /// [`DataServer`]): a byte object's bytes, any other object's encoding,
+    /// and the refs its value holds. Waits while the object is pending
+    /// there. The bytes land in a buffer of this client's store.
     ///
     /// Cancel-safe: dropping the future drops its connection.
-    pub async fn pull(&self, from: SocketAddr, id: ObjectId) -> Result<Blob, DataError> {
+    pub async fn pull(&self, from: SocketAddr, id: ObjectId) -> Result<Fetched, DataError> {
         let started = Instant::now();
         let span = tracing::debug_span!("data_pull", object = %id, peer = %from);
         let result = self.pull_inner(from, id).instrument(span.clone()).await;
         let outcome = match &result {
-            Ok(blob) => {
+            Ok(fetched) => {
                 span.in_scope(
-                    || tracing::debug!(bytes = blob.len(), elapsed = ?started.elapsed(), "pulled"),
+                    || tracing::debug!(bytes = fetched.bytes.len(), elapsed = ?started.elapsed(), "pulled"),
                 );
                 "ok"
             }
@@ -633,7 +702,7 @@ impl DataClient {
         result
     }
 
-    async fn pull_inner(&self, from: SocketAddr, id: ObjectId) -> Result<Blob, DataError> {
+    async fn pull_inner(&self, from: SocketAddr, id: ObjectId) -> Result<Fetched, DataError> {
         let peer = self.peer(from);
         let _slot = peer
             .slots
@@ -664,6 +733,16 @@ impl DataClient {
             }
             Err(failure) => Err(failure.error),
         }
+    }
+
+    /// [`pull`](Self::pull), the bytes only (tests).
+    #[cfg(test)]
+    async fn pull_bytes(
+        &self,
+        from: SocketAddr,
+        id: ObjectId,
+    ) -> Result<troupe_objects::Blob, DataError> {
+        self.pull(from, id).await.map(|fetched| fetched.bytes)
     }
 
     fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
@@ -735,7 +814,7 @@ impl DataClient {
         mut stream: TcpStream,
         addr: SocketAddr,
         id: ObjectId,
-    ) -> Result<(Result<Blob, ObjectError>, TcpStream), Failure> {
+    ) -> Result<(Result<Fetched, ObjectError>, TcpStream), Failure> {
         let limits = &self.inner.limits;
         let io = |source: io::Error| DataError::Io { addr, source };
         let protocol = |reason: String| DataError::Protocol { addr, reason };
@@ -746,7 +825,7 @@ impl DataClient {
             error: io(source),
         };
 
-        let frame = encode_request(id);
+        let frame = encode_request(id, self.inner.me);
         within(
             limits.io_timeout,
             "writing a request",
@@ -794,15 +873,41 @@ impl DataClient {
             other => return Err(protocol(format!("reply status {other}")).into()),
         }
 
-        let mut len = [0u8; 8];
+        let mut head = [0u8; 12];
         within(
             limits.io_timeout,
             "reading a reply",
-            stream.read_exact(&mut len),
+            stream.read_exact(&mut head),
         )
         .await
         .map_err(io)?;
-        let len = u64::from_le_bytes(len);
+        let len = u64::from_le_bytes([
+            head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+        ]);
+        let nrefs = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if nrefs > MAX_REFS {
+            return Err(protocol(format!("{nrefs} refs (at most {MAX_REFS})")).into());
+        }
+        let mut listed = vec![0u8; nrefs as usize * 16];
+        within(
+            limits.io_timeout,
+            "reading a reply",
+            stream.read_exact(&mut listed),
+        )
+        .await
+        .map_err(io)?;
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let refs = listed
+            .chunks_exact(16)
+            .map(|r| ObjectId {
+                node: NodeId(word(&r[..8])),
+                seq: word(&r[8..]),
+            })
+            .collect();
         let limit = self
             .inner
             .store
@@ -820,10 +925,10 @@ impl DataClient {
         }
         let mut writer = self.inner.store.blob_writer(len as usize);
         self.receive(&mut stream, &mut writer).await.map_err(io)?;
-        let blob = writer
+        let bytes = writer
             .finish()
             .map_err(|e| protocol(format!("the object's bytes: {e}")))?;
-        Ok((Ok(blob), stream))
+        Ok((Ok(Fetched { bytes, refs }), stream))
     }
 
     /// Reads the writer's announced bytes from `stream` into it, chunk by
@@ -888,8 +993,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn encode_request(id: ObjectId) -> Vec<u8> {
-    let body = postcard::to_allocvec(&Request { id }).unwrap_or_default();
+fn encode_request(id: ObjectId, from: NodeId) -> Vec<u8> {
+    let body = postcard::to_allocvec(&Request { id, from }).unwrap_or_default();
     let mut frame = Vec::with_capacity(REQUEST_HEAD + body.len());
     frame.extend_from_slice(&MAGIC);
     frame.push(VERSION);

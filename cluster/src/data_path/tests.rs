@@ -2,7 +2,7 @@
 //! bounds, timeouts, and a throughput check beside raw TCP (ignored).
 
 use super::*;
-use troupe_objects::{NodeId, StoreConfig};
+use troupe_objects::{Blob, NodeId, StoreConfig};
 
 fn store() -> ObjectStore {
     ObjectStore::new(StoreConfig::with_budget(4 << 30))
@@ -51,21 +51,25 @@ async fn small_and_large_objects_round_trip_with_identical_bytes() {
     let addr = server.local_addr();
 
     let small = holder.put_bytes(b"hello, node").await.unwrap();
-    let got = client.pull(addr, small.id()).await.unwrap();
+    let got = client.pull_bytes(addr, small.id()).await.unwrap();
     assert_eq!(&got[..], b"hello, node");
 
     let empty = holder.put_bytes(b"").await.unwrap();
-    assert!(client.pull(addr, empty.id()).await.unwrap().is_empty());
+    assert!(client
+        .pull_bytes(addr, empty.id())
+        .await
+        .unwrap()
+        .is_empty());
 
     let bytes = pattern(200_000_000, 7);
     let large = holder.put_bytes(&bytes).await.unwrap();
-    let got = client.pull(addr, large.id()).await.unwrap();
+    let got = client.pull_bytes(addr, large.id()).await.unwrap();
     assert_eq!(got.len(), bytes.len());
     assert!(got[..] == bytes[..], "the 200 MB object's bytes differ");
 
     // Any other object comes as its encoding.
     let value = holder.put(vec![1u32, 2, 3]).await.unwrap();
-    let got = client.pull(addr, value.id()).await.unwrap();
+    let got = client.pull_bytes(addr, value.id()).await.unwrap();
     assert_eq!(
         &got[..],
         &postcard::to_allocvec(&vec![1u32, 2, 3]).unwrap()[..]
@@ -95,7 +99,7 @@ async fn many_small_pulls_share_a_few_connections() {
         for (i, r) in refs.iter().enumerate() {
             let (client, id) = (client.clone(), r.id());
             pulls.spawn(async move {
-                let got = client.pull(addr, id).await.unwrap();
+                let got = client.pull_bytes(addr, id).await.unwrap();
                 assert_eq!(&got[..], &(i as u32).to_le_bytes(), "round {round}");
             });
         }
@@ -128,14 +132,14 @@ async fn an_unknown_object_is_the_holders_error() {
         node: NodeId::random(),
         seq: 12,
     };
-    match client.pull(server.local_addr(), id).await {
+    match client.pull_bytes(server.local_addr(), id).await {
         Err(DataError::Remote(ObjectError::Unknown(unknown))) => assert_eq!(unknown, id),
         other => panic!("expected Remote(Unknown), got {other:?}"),
     }
     // A failed object's cause crosses too, and the connection is reused.
     let (r, completer) = holder.pending::<Blob>();
     completer.fail(troupe_objects::Cause::new(io::Error::other("disk on fire")));
-    match client.pull(server.local_addr(), r.id()).await {
+    match client.pull_bytes(server.local_addr(), r.id()).await {
         Err(DataError::Remote(err @ ObjectError::Failed { .. })) => {
             assert!(err.to_string().contains("disk on fire"), "{err}")
         }
@@ -159,7 +163,7 @@ async fn a_pull_of_a_pending_object_waits_until_it_is_complete() {
     let addr = server.local_addr();
     let mut pull = tokio::spawn({
         let client = client.clone();
-        async move { client.pull(addr, r.id()).await }
+        async move { client.pull_bytes(addr, r.id()).await }
     });
     let early = tokio::time::timeout(Duration::from_millis(600), &mut pull).await;
     assert!(early.is_err(), "finished before the object was: {early:?}");
@@ -200,7 +204,7 @@ async fn a_malformed_request_closes_its_connection_and_others_are_served() {
     oversize.extend_from_slice(&(1u32 << 20).to_le_bytes());
     bad_frames.push(oversize);
     // Another version.
-    let mut future = encode_request(r.id());
+    let mut future = encode_request(r.id(), NodeId(9));
     future[4] = 99;
     bad_frames.push(future);
     // A body that does not decode, and one with trailing bytes.
@@ -209,7 +213,7 @@ async fn a_malformed_request_closes_its_connection_and_others_are_served() {
     garbage.extend_from_slice(&3u32.to_le_bytes());
     garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
     bad_frames.push(garbage);
-    let mut trailing = encode_request(r.id());
+    let mut trailing = encode_request(r.id(), NodeId(9));
     let body_len = trailing.len() - REQUEST_HEAD + 1;
     trailing[5..9].copy_from_slice(&(body_len as u32).to_le_bytes());
     trailing.push(0);
@@ -221,15 +225,50 @@ async fn a_malformed_request_closes_its_connection_and_others_are_served() {
         let mut raw = TcpStream::connect(addr).await.unwrap();
         raw.write_all(&frame).await.unwrap();
         expect_closed(&mut raw).await;
-        let got = client.pull(addr, r.id()).await.unwrap();
+        let got = client.pull_bytes(addr, r.id()).await.unwrap();
         assert_eq!(&got[..], b"still here");
     }
     // A good raw request on the connection opened before.
-    idle.write_all(&encode_request(r.id())).await.unwrap();
-    let mut reply = [0u8; 9 + 10];
+    idle.write_all(&encode_request(r.id(), NodeId(9)))
+        .await
+        .unwrap();
+    let mut reply = [0u8; 13 + 10];
     idle.read_exact(&mut reply).await.unwrap();
     assert_eq!(reply[0], STATUS_OK);
-    assert_eq!(&reply[9..], b"still here");
+    assert_eq!(&reply[9..13], &0u32.to_le_bytes(), "no refs");
+    assert_eq!(&reply[13..], b"still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refs_a_value_holds_are_listed_and_the_puller_is_registered_for_them() {
+    let holder = store();
+    let inner = holder.put(7u64).await.unwrap();
+    let outer = holder
+        .put(vec![inner.clone(), inner.clone()])
+        .await
+        .unwrap();
+    type Lent = Vec<(NodeId, Vec<ObjectId>, bool)>;
+    let lent: Arc<Mutex<Lent>> = Arc::default();
+    let seen = lent.clone();
+    let server = DataServer::bind_lending(
+        any_port(),
+        holder.clone(),
+        DataLimits::default(),
+        Arc::new(move |to, refs: &[ObjectId], register| {
+            seen.lock().unwrap().push((to, refs.to_vec(), register));
+        }),
+    )
+    .await
+    .unwrap();
+    let puller = store();
+    let client = DataClient::new(puller.clone(), DataLimits::default());
+    let fetched = client.pull(server.local_addr(), outer.id()).await.unwrap();
+    assert_eq!(fetched.refs, vec![inner.id()], "listed once");
+    assert_eq!(
+        *lent.lock().unwrap(),
+        vec![(puller.node(), vec![inner.id()], true)],
+        "the puller is registered before the bytes leave"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +282,7 @@ async fn nothing_listening_fails_within_seconds() {
         node: NodeId::random(),
         seq: 1,
     };
-    let result = tokio::time::timeout(Duration::from_secs(6), client.pull(addr, id))
+    let result = tokio::time::timeout(Duration::from_secs(6), client.pull_bytes(addr, id))
         .await
         .expect("an error within seconds");
     assert!(
@@ -277,7 +316,7 @@ async fn a_peer_that_stops_sending_is_dropped() {
         node: NodeId::random(),
         seq: 1,
     };
-    let result = tokio::time::timeout(Duration::from_secs(5), client.pull(addr, id))
+    let result = tokio::time::timeout(Duration::from_secs(5), client.pull_bytes(addr, id))
         .await
         .expect("dropped within seconds");
     match result {
@@ -312,7 +351,7 @@ async fn a_bad_reply_is_a_protocol_error() {
         node: NodeId::random(),
         seq: 1,
     };
-    let result = client.pull(addr, id).await;
+    let result = client.pull_bytes(addr, id).await;
     assert!(
         matches!(result, Err(DataError::Protocol { .. })),
         "{result:?}"
@@ -328,7 +367,7 @@ async fn an_object_over_the_receivers_budget_is_refused_unread() {
         DataLimits::default(),
     );
     let r = holder.put_bytes(&pattern(2 << 20, 3)).await.unwrap();
-    match client.pull(server.local_addr(), r.id()).await {
+    match client.pull_bytes(server.local_addr(), r.id()).await {
         Err(DataError::TooLarge { len, limit, id, .. }) => {
             assert_eq!((len, limit, id), (2 << 20, 1 << 20, r.id()))
         }
@@ -359,7 +398,7 @@ async fn concurrent_pulls_finish_within_the_in_flight_bound() {
     for (r, bytes) in &expected {
         let (client, id, bytes) = (client.clone(), r.id(), bytes.clone());
         pulls.spawn(async move {
-            let got = client.pull(addr, id).await.unwrap();
+            let got = client.pull_bytes(addr, id).await.unwrap();
             assert!(got[..] == bytes[..], "{id}");
         });
     }
@@ -391,7 +430,10 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
     let client = DataClient::new(store(), DataLimits::default());
     let addr = server.local_addr();
     let r = holder.put_bytes(b"again").await.unwrap();
-    assert_eq!(&client.pull(addr, r.id()).await.unwrap()[..], b"again");
+    assert_eq!(
+        &client.pull_bytes(addr, r.id()).await.unwrap()[..],
+        b"again"
+    );
     assert_eq!(client.idle_connections(addr), 1);
     eventually(
         Duration::from_secs(5),
@@ -399,7 +441,10 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
         || server.open_connections() == 0,
     )
     .await;
-    assert_eq!(&client.pull(addr, r.id()).await.unwrap()[..], b"again");
+    assert_eq!(
+        &client.pull_bytes(addr, r.id()).await.unwrap()[..],
+        b"again"
+    );
     assert_eq!(server.connections_accepted(), 2);
 }
 
@@ -410,16 +455,16 @@ async fn a_server_shut_down_serves_no_more() {
     let client = DataClient::new(store(), DataLimits::default());
     let addr = server.local_addr();
     let r = holder.put_bytes(b"x").await.unwrap();
-    client.pull(addr, r.id()).await.unwrap();
+    client.pull_bytes(addr, r.id()).await.unwrap();
     server.shutdown();
     eventually(Duration::from_secs(5), "its connections are closed", || {
         server.open_connections() == 0
     })
     .await;
-    let result = client.pull(addr, r.id()).await;
+    let result = client.pull_bytes(addr, r.id()).await;
     assert!(result.is_err(), "{result:?}");
     drop(server);
-    let result = client.pull(addr, r.id()).await;
+    let result = client.pull_bytes(addr, r.id()).await;
     assert!(
         matches!(result, Err(DataError::Connect { .. })),
         "{result:?}"
@@ -437,7 +482,7 @@ async fn throughput_of_a_1gb_pull_beside_raw_tcp() {
     const ROUNDS: usize = 3;
     let holder = store();
     let r = holder.put_bytes(&pattern(LEN, 5)).await.unwrap();
-    let source = holder.export(r.id()).await.unwrap();
+    let (source, _) = holder.export(r.id()).await.unwrap();
     let chunk = DataLimits::default().chunk_bytes;
 
     let listener = TcpListener::bind(any_port()).await.unwrap();
@@ -471,7 +516,10 @@ async fn throughput_of_a_1gb_pull_beside_raw_tcp() {
         raw.push(LEN as f64 / started.elapsed().as_secs_f64() / 1e9);
 
         let started = Instant::now();
-        let got = client.pull(server.local_addr(), r.id()).await.unwrap();
+        let got = client
+            .pull_bytes(server.local_addr(), r.id())
+            .await
+            .unwrap();
         pull.push(LEN as f64 / started.elapsed().as_secs_f64() / 1e9);
         assert_eq!(got.len(), LEN);
     }

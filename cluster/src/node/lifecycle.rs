@@ -1,5 +1,11 @@
 //! A node's life: the runtime service that starts its parts and joins
 //! (or founds) the cluster, the head's and members' loops, and stopping.
+//!
+//! The cluster's I/O (ractor_cluster's sessions, the agent, the control
+//! links, the data server, heartbeats and the failure detector) runs on a
+//! tokio runtime of its own, [`IO_THREADS`] threads that user code never
+//! runs on: a task body that blocks every worker of the program's runtime
+//! cannot get its healthy node declared dead.
 
 use super::*;
 
@@ -19,6 +25,18 @@ impl std::fmt::Debug for NodeService {
 /// The service's name in `Runtime::services`.
 pub const SERVICE_NAME: &str = "cluster";
 
+/// Threads of the cluster's own I/O runtime.
+pub const IO_THREADS: usize = 2;
+
+fn io_runtime() -> Result<tokio::runtime::Runtime, ClusterError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(IO_THREADS)
+        .thread_name("troupe-cluster-io")
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Start(format!("its I/O runtime: {e}")))
+}
+
 impl RuntimeService for NodeService {
     fn name(&self) -> &str {
         SERVICE_NAME
@@ -34,9 +52,26 @@ impl RuntimeService for NodeService {
             if NODE_IN_PROCESS.swap(true, Ordering::SeqCst) {
                 return Err(Box::new(ClusterError::OnePerProcess) as ServiceError);
             }
-            match start(shared, rt).await {
-                Ok(running) => Ok(Box::new(running) as Box<dyn RunningService>),
+            let io = match io_runtime() {
+                Ok(io) => io,
                 Err(err) => {
+                    NODE_IN_PROCESS.store(false, Ordering::SeqCst);
+                    return Err(Box::new(err) as ServiceError);
+                }
+            };
+            // Started on the I/O runtime: everything the node spawns runs
+            // there.
+            let started = match io.spawn(start(shared, rt)).await {
+                Ok(started) => started,
+                Err(join) => Err(ClusterError::Start(format!("its start task: {join}"))),
+            };
+            match started {
+                Ok(mut running) => {
+                    running.io = Some(io);
+                    Ok(Box::new(running) as Box<dyn RunningService>)
+                }
+                Err(err) => {
+                    io.shutdown_background();
                     NODE_IN_PROCESS.store(false, Ordering::SeqCst);
                     Err(Box::new(err) as ServiceError)
                 }
@@ -89,6 +124,8 @@ async fn advertised(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
 }
 
 struct Running {
+    /// The cluster's I/O runtime (set once started; shut down last).
+    io: Option<tokio::runtime::Runtime>,
     shared: Arc<Shared>,
     server: ActorRef<NodeServerMessage>,
     agent: ActorRef<AgentMessage>,
@@ -102,8 +139,20 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let options = shared.options.clone();
     let me = rt.node_id();
     let _ = shared.runtime.set(rt.downgrade());
-    let transport = Transport::new(me);
+    let transport = Transport::new(
+        me,
+        Timeouts {
+            connect: options.connect_timeout,
+            request: options.request_timeout,
+        },
+    );
     let _ = shared.transport.set(transport.clone());
+    let lender = Arc::downgrade(&shared);
+    transport.set_lend(Arc::new(move |to, refs: &[ObjectId], register| {
+        if let Some(shared) = lender.upgrade() {
+            shared.lend(to, refs, register);
+        }
+    }));
     let state_dir = cookie::state_dir(options.state_dir.as_deref());
     let cookie = cookie::resolve(
         options.cookie.clone(),
@@ -193,10 +242,16 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     .map_err(|e| ClusterError::Start(format!("the node agent: {e}")))?;
 
     // The data path.
-    let data_server = DataServer::bind(
+    let lender = Arc::downgrade(&shared);
+    let data_server = DataServer::bind_lending(
         SocketAddr::new(options.bind, options.data_port),
         rt.objects().clone(),
         options.data.clone(),
+        Arc::new(move |to, refs: &[ObjectId], register| {
+            if let Some(shared) = lender.upgrade() {
+                shared.lend(to, refs, register);
+            }
+        }),
     )
     .await
     .map_err(|source| ClusterError::Bind {
@@ -224,6 +279,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let tasks = Vec::new();
 
     let mut running = Running {
+        io: None,
         shared: shared.clone(),
         server: server.clone(),
         agent: agent.clone(),
@@ -359,14 +415,23 @@ async fn join(
             Ok(_) => {}
         }
     };
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let reply = transport
-        .request(
-            head,
-            Request::Join(hello),
-            remaining.max(Duration::from_millis(100)),
-        )
-        .await?;
+    let reply = match tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + Duration::from_millis(100)),
+        transport.request(head, Request::Join(hello)),
+    )
+    .await
+    {
+        Ok(reply) => reply?,
+        Err(_) => {
+            return Err(ClusterError::Unreachable {
+                addr: head_addr.to_owned(),
+                reason: format!(
+                    "the head did not answer the join within {:?}",
+                    options.connect_timeout
+                ),
+            })
+        }
+    };
     let welcome = match reply {
         Reply::Welcome(welcome) => welcome,
         Reply::Refused(why) => return Err(ClusterError::Refused(why)),
@@ -528,6 +593,9 @@ impl Drop for Running {
         self.stop_now();
         self.shared.end("the node stopped".to_owned());
         NODE_IN_PROCESS.store(false, Ordering::SeqCst);
+        if let Some(io) = self.io.take() {
+            io.shutdown_background();
+        }
     }
 }
 

@@ -26,13 +26,11 @@ use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRun
 use troupe_core::task::TaskSpec;
 use troupe_core::SpawnError;
 use troupe_core::{
-    ActorId, ActorInfo, Blob, Cause, ClusterSeams, Config, NodeId, ObjectDirectory, ObjectError,
-    ObjectId, Resources, Runtime, SchedulingStrategy,
+    ActorId, ActorInfo, Cause, ClusterSeams, Config, Encoded, Fetched, NodeId, ObjectDirectory,
+    ObjectError, ObjectId, Resources, Runtime, SchedulingStrategy,
 };
 
-use crate::agent::{
-    agent_name, Agent, AgentMessage, Inbound, LinkSetup, Transport, TransportError,
-};
+use crate::agent::{agent_name, Agent, AgentMessage, Inbound};
 use crate::cookie;
 use crate::data_path::{DataClient, DataError, DataLimits, DataServer};
 use crate::link::LinkServer;
@@ -41,6 +39,7 @@ use crate::placement::Placer;
 use crate::protocol::{
     Frame, Hello, Load, Member, MemberState, Notice, Reply, Request, Role, PROTOCOL_VERSION,
 };
+use crate::transport::{LinkSetup, Timeouts, Transport, TransportError};
 use crate::ClusterError;
 
 /// The head's default control port.
@@ -77,8 +76,12 @@ pub struct ClusterOptions {
     /// This program's build (`None` only for a head that runs no user code:
     /// the first node to join then sets the cluster's build).
     pub build_id: Option<u64>,
-    /// How long to wait for the head (or a peer) to answer.
+    /// How long to wait for a session to the head (or a peer).
     pub connect_timeout: Duration,
+    /// How long a control request (a join, a lookup, an object's location)
+    /// waits for its answer. Work (a task, an actor call) waits while its
+    /// node is alive instead, and is probed (see the transport).
+    pub request_timeout: Duration,
     /// Where the cookie and node files live (default `$TROUPE_HOME`, else
     /// `~/.troupe`).
     pub state_dir: Option<PathBuf>,
@@ -105,6 +108,7 @@ impl ClusterOptions {
             detector: Detector::default(),
             build_id: Some(troupe_core::registry::build_id()),
             connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             state_dir: None,
             data: DataLimits::default(),
         }
@@ -298,9 +302,7 @@ impl ClusterNode {
 
     async fn request(&self, node: NodeId, body: Request) -> Result<Reply, ClusterError> {
         let transport = self.shared.transport.get().ok_or(ClusterError::NotJoined)?;
-        Ok(transport
-            .request(node, body, self.shared.options.connect_timeout)
-            .await?)
+        Ok(transport.request(node, body).await?)
     }
 
     /// The node running in this process, if any.
@@ -352,10 +354,7 @@ impl Shared {
         let Some(transport) = self.transport.get() else {
             return Err(ObjectError::Unknown(id));
         };
-        match transport
-            .request(owner, Request::Locate(id), self.options.connect_timeout)
-            .await
-        {
+        match transport.request(owner, Request::Locate(id)).await {
             Ok(Reply::Location(Ok(None))) => Ok(owner),
             Ok(Reply::Location(Ok(Some(node)))) => Ok(node),
             Ok(Reply::Location(Err(err))) => Err(err),
@@ -372,7 +371,7 @@ impl Shared {
     }
 
     /// Pulls `id`'s bytes from `node` over the data path.
-    async fn pull(&self, id: ObjectId, node: NodeId) -> Result<Blob, ObjectError> {
+    async fn pull(&self, id: ObjectId, node: NodeId) -> Result<Fetched, ObjectError> {
         let Some(member) = self.member(node) else {
             return Err(ObjectError::Fetch {
                 id,
@@ -532,181 +531,10 @@ impl Shared {
             let _ = transport.notify(m.hello.node, Notice::Directory(members.clone()));
         }
     }
-
-    fn handle(self: &Arc<Self>, inbound: Inbound) {
-        let Some(transport) = self.transport.get().cloned() else {
-            return;
-        };
-        match inbound {
-            Inbound::PeerUp(node) => {
-                tracing::debug!(%node, "session up");
-                if let (Some(rt), Some(m)) = (self.runtime(), self.member(node)) {
-                    if m.hello.role != Role::Client {
-                        self.announce(&rt, &m);
-                    }
-                }
-            }
-            Inbound::PeerDown(node) => {
-                tracing::debug!(%node, "session down");
-                let changes = lock(&self.directory)
-                    .as_mut()
-                    .map(|d| d.session_closed(node))
-                    .unwrap_or_default();
-                self.head_changes(changes);
-            }
-            Inbound::Frame(frame) => match *frame {
-                Frame::Reply { id, body } => transport.complete(id, body),
-                Frame::Notice { from, body } => self.notice(from, body),
-                // An actor call enters the actor's mailbox now, in the
-                // order calls arrived (the caller sent them in order); only
-                // waiting for its reply runs apart.
-                Frame::Request {
-                    id,
-                    from,
-                    body:
-                        Request::CallActor {
-                            actor,
-                            method,
-                            args,
-                        },
-                } => {
-                    let Some(rt) = self.runtime() else {
-                        transport.reply(
-                            from,
-                            id,
-                            Reply::Refused("this node is shutting down".into()),
-                        );
-                        return;
-                    };
-                    let reply = rt.call_by_name(actor, &method, &args);
-                    tokio::spawn(async move {
-                        transport.reply(from, id, Reply::Actor(reply.await));
-                    });
-                }
-                Frame::Request { id, from, body } => {
-                    let shared = self.clone();
-                    tokio::spawn(async move {
-                        let reply = shared.answer(from, body).await;
-                        transport.reply(from, id, reply);
-                    });
-                }
-            },
-        }
-    }
-
-    fn notice(self: &Arc<Self>, from: NodeId, body: Notice) {
-        match body {
-            Notice::Heartbeat { available, load } => {
-                let mut directory = lock(&self.directory);
-                if let Some(d) = directory.as_mut() {
-                    let changes = d.heartbeat(from, available, load, Instant::now());
-                    drop(directory);
-                    self.head_changes(changes);
-                }
-            }
-            Notice::Directory(members) => {
-                if Some(from) == self.head.get().copied() {
-                    self.apply_view(members);
-                }
-            }
-            Notice::Leave => {
-                let mut directory = lock(&self.directory);
-                if let Some(d) = directory.as_mut() {
-                    let changes = d.leave(from, Instant::now());
-                    drop(directory);
-                    self.head_changes(changes);
-                }
-            }
-            Notice::Stop => {
-                if Some(from) == self.head.get().copied() {
-                    self.end("stopped by `troupe stop`".to_owned());
-                }
-            }
-            Notice::Released { id } => {
-                if let Some(rt) = self.runtime() {
-                    rt.objects().remove_borrower(id, from);
-                }
-            }
-            // Taken by the transport as it arrives (`agent::deliver`).
-            Notice::Link { .. } => {}
-            Notice::ActorEnded { actor } => {
-                if let Some(rt) = self.runtime() {
-                    rt.forget_placed_actor(actor);
-                }
-            }
-        }
-    }
-
-    async fn answer(self: &Arc<Self>, from: NodeId, body: Request) -> Reply {
-        let Some(rt) = self.runtime() else {
-            return Reply::Refused("this node is shutting down".to_owned());
-        };
-        match body {
-            Request::RunTask(spec) => {
-                let span = tracing::info_span!("remote_task", task = %spec.id, owner = %from);
-                let _ = span.enter();
-                Reply::Task(rt.run_spec(spec).await)
-            }
-            Request::CallActor {
-                actor,
-                method,
-                args,
-            } => Reply::Actor(rt.call_by_name(actor, &method, &args).await),
-            Request::Join(hello) => {
-                let result = match lock(&self.directory).as_mut() {
-                    Some(d) => d.join(hello, Instant::now()),
-                    None => Err("this node is not the head".to_owned()),
-                };
-                match result {
-                    Ok((welcome, changes)) => {
-                        self.head_changes(changes);
-                        Reply::Welcome(welcome)
-                    }
-                    Err(why) => {
-                        tracing::warn!(%from, %why, "join refused");
-                        Reply::Refused(why)
-                    }
-                }
-            }
-            Request::SpawnActor(request) => Reply::Spawned(rt.spawn_requested(request).await),
-            Request::StopActor { actor, how } => {
-                rt.stop_requested(actor, how).await;
-                Reply::Ok
-            }
-            Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
-            Request::LocateActor(actor) => Reply::ActorAt(rt.placed_actor_location(actor).await),
-            Request::Locate(id) => {
-                Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
-            }
-            Request::Status => match lock(&self.directory).as_ref() {
-                Some(d) => Reply::Status(d.members()),
-                None => Reply::Status(read(&self.view).clone()),
-            },
-            Request::StopCluster => {
-                let Some(transport) = self.transport.get() else {
-                    return Reply::Refused("not started".to_owned());
-                };
-                let members = match lock(&self.directory).as_ref() {
-                    Some(d) => d.members(),
-                    None => return Reply::Refused("this node is not the head".to_owned()),
-                };
-                for m in members {
-                    if m.hello.node != transport.me() && m.hello.node != from {
-                        let _ = transport.notify(m.hello.node, Notice::Stop);
-                    }
-                }
-                let shared = self.clone();
-                tokio::spawn(async move {
-                    // Let the reply and the stops go out first.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    shared.end("stopped by `troupe stop`".to_owned());
-                });
-                Reply::Ok
-            }
-        }
-    }
 }
 
+mod borrows;
+mod frames;
 mod lifecycle;
 mod seams;
 

@@ -1,6 +1,8 @@
 //! Core's seams (placement, remote execution and actors, the object
 //! directory) over the cluster's transport and data path.
 
+use tracing::Instrument;
+
 use super::*;
 
 /// Core's seams over the cluster.
@@ -20,10 +22,17 @@ impl Placement for Seams {
             };
         }
         let view = read(&shared.view);
-        // Only nodes this one has a session to can be sent work.
+        // Only nodes this one has a session to, that run this program and
+        // did not refuse the task, can be sent it.
         let transport = shared.transport.get();
-        let reachable = |node: NodeId| node == me || transport.is_some_and(|t| t.connected(node));
-        let decision = shared.placer.place(me, &view, &reachable, request);
+        let build = shared.options.build_id;
+        let runs = |m: &Member| {
+            let node = m.hello.node;
+            (node == me || transport.is_some_and(|t| t.connected(node)))
+                && Some(m.hello.build_id) == build
+                && !request.excluded.contains(&node)
+        };
+        let decision = shared.placer.place(me, &view, &runs, request);
         if let PlacementDecision::Node(node) = decision {
             metrics::counter!("troupe_cluster_tasks_sent_total").increment(1);
             tracing::trace!(task = %request.spec.id, %node, "placed elsewhere");
@@ -40,16 +49,18 @@ impl RemoteExecutor for Seams {
                 return RemoteOutcome::Failed(Failure::NodeDied(node));
             };
             let task = spec.id;
-            match transport
-                .request(node, Request::RunTask(spec), shared.options.connect_timeout)
-                .await
-            {
+            match transport.request(node, Request::RunTask(spec)).await {
                 Ok(Reply::Task(outcome)) => outcome,
+                // Shutting down: another node takes it.
+                Ok(Reply::Refused(why)) => RemoteOutcome::Refused(why),
                 Ok(other) => RemoteOutcome::Failed(Failure::Error(Cause::new(
                     ClusterError::Protocol(format!("task {task}: unexpected reply {other:?}")),
                 ))),
                 Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => {
                     RemoteOutcome::Failed(Failure::NodeDied(node))
+                }
+                Err(err @ TransportError::Lost(_)) => {
+                    RemoteOutcome::Failed(Failure::Lost(node, err.to_string()))
                 }
                 Err(err) => {
                     RemoteOutcome::Failed(Failure::Error(Cause::new(ClusterError::Transport(err))))
@@ -63,8 +74,8 @@ impl RemoteExecutor for Seams {
         node: NodeId,
         actor: ActorId,
         method: &str,
-        args: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        args: Encoded,
+    ) -> BoxFuture<'static, Result<Encoded, ActorError>> {
         let shared = self.0.clone();
         let method = method.to_owned();
         let died = move |reason: String, method: String| ActorError::ActorDied {
@@ -114,9 +125,7 @@ impl RemoteExecutor for Seams {
             };
             let request = Request::StopActor { actor, how };
             // A node that is gone took its actor with it: nothing to wait for.
-            let _ = transport
-                .request(node, request, shared.options.connect_timeout)
-                .await;
+            let _ = transport.request(node, request).await;
         })
     }
 
@@ -128,8 +137,7 @@ impl RemoteExecutor for Seams {
             let asks = transport.peers().into_iter().map(|node| {
                 let transport = transport.clone();
                 let request = Request::FindActor(name.clone());
-                let timeout = shared.options.connect_timeout;
-                async move { transport.request(node, request, timeout).await }
+                async move { transport.request(node, request).await }
             });
             futures::future::join_all(asks)
                 .await
@@ -157,10 +165,7 @@ impl RemoteExecutor for Seams {
                 return Relocation::Dead("this node is not in a cluster".to_owned());
             };
             let request = Request::LocateActor(owner.actor);
-            match transport
-                .request(owner.owner, request, shared.options.connect_timeout)
-                .await
-            {
+            match transport.request(owner.owner, request).await {
                 Ok(Reply::ActorAt(now)) => now,
                 Ok(other) => Relocation::Dead(format!("its owner answered {other:?}")),
                 Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => gone(),
@@ -201,9 +206,12 @@ impl Seams {
             Some(node) => node,
             None => {
                 let view = read(&shared.view).clone();
+                // Reachable, and running this program (its constructors).
+                let build = shared.options.build_id;
                 let reachable: Vec<Member> = view
                     .into_iter()
                     .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
+                    .filter(|m| Some(m.hello.build_id) == build)
                     .collect();
                 let preferred = match request.options.get_strategy() {
                     SchedulingStrategy::NodeAffinity { node, soft: true } => Some(*node),
@@ -222,14 +230,10 @@ impl Seams {
             }
         };
         if target == me {
-            return rt.spawn_requested(request).await;
+            return rt.spawn_requested(request, me).await;
         }
         match transport
-            .request(
-                target,
-                Request::SpawnActor(request),
-                shared.options.connect_timeout,
-            )
+            .request(target, Request::SpawnActor(request))
             .await
         {
             Ok(Reply::Spawned(result)) => result,
@@ -250,40 +254,68 @@ impl ObjectDirectory for Seams {
         &self,
         id: ObjectId,
         location: Option<NodeId>,
-    ) -> BoxFuture<'static, Result<Blob, ObjectError>> {
+    ) -> BoxFuture<'static, Result<Fetched, ObjectError>> {
         let shared = self.0.clone();
-        Box::pin(async move {
-            let span = tracing::debug_span!("fetch", object = %id);
-            let _ = span.enter();
-            // Where it was last heard of, unless that is its owner: then ask
-            // the owner (it may hold the value, or know where it was made).
-            // Twice at most: a result may move from its owner to the node
-            // that made it while we ask.
-            for attempt in 0..2 {
-                let node = match location {
-                    Some(node) if node != id.node && attempt == 0 => node,
-                    _ => shared.locate(id).await?,
-                };
-                let got = shared.pull(id, node).await;
-                match got {
-                    Err(ObjectError::Unknown(_)) if attempt == 0 => continue,
-                    other => return other,
+        Box::pin(
+            async move {
+                // A transfer that fails on the way (a dropped connection, a
+                // holder slow to start) is tried again, a few times, with
+                // pauses; the object being lost or failed is final.
+                let mut pause = Duration::from_millis(50);
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match shared.fetch_once(id, location).await {
+                        Err(err @ ObjectError::Fetch { .. }) if tries < FETCH_TRIES => {
+                            tracing::debug!(object = %id, %err, tries, "fetch failed; trying again");
+                            tokio::time::sleep(pause).await;
+                            pause *= 4;
+                        }
+                        other => return other,
+                    }
                 }
             }
-            Err(ObjectError::Fetch {
-                id,
-                reason: "its owner kept pointing elsewhere".to_owned(),
-            })
-        })
+            .instrument(tracing::debug_span!("fetch", object = %id)),
+        )
     }
 
-    fn released(&self, id: ObjectId, location: Option<NodeId>) {
+    fn released(&self, id: ObjectId, to: NodeId, times: u32) {
         let shared = &self.0;
-        let node = location.unwrap_or(id.node);
         if let Some(transport) = shared.transport.get() {
-            if node != transport.me() {
-                let _ = transport.notify(node, Notice::Released { id });
+            if to != transport.me() {
+                let _ = transport.notify(to, Notice::Released { id, times });
             }
         }
+    }
+}
+
+/// How often a fetch is tried before its error reaches the reader (whose
+/// next read tries again).
+const FETCH_TRIES: u32 = 3;
+
+impl Shared {
+    /// One try at fetching `id`: from where it was last heard of, unless
+    /// that is its owner (then the owner says where: it may hold the
+    /// value, or know where it was made); twice at most, as a result may
+    /// move from its owner to the node that made it while we ask.
+    async fn fetch_once(
+        &self,
+        id: ObjectId,
+        location: Option<NodeId>,
+    ) -> Result<Fetched, ObjectError> {
+        for attempt in 0..2 {
+            let node = match location {
+                Some(node) if node != id.node && attempt == 0 => node,
+                _ => self.locate(id).await?,
+            };
+            match self.pull(id, node).await {
+                Err(ObjectError::Unknown(_)) if attempt == 0 => continue,
+                other => return other,
+            }
+        }
+        Err(ObjectError::Fetch {
+            id,
+            reason: "its owner kept pointing elsewhere".to_owned(),
+        })
     }
 }

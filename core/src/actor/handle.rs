@@ -15,7 +15,7 @@ use super::{Actor, ActorOptions};
 use crate::error::ActorError;
 use crate::ids::ActorOwner;
 use crate::ids::{ActorId, ActorInfo};
-use troupe_objects::ObjectStore;
+use troupe_objects::{Encoded, ObjectStore};
 
 /// An untyped-method handle to an actor; `#[troupe::actor]` wraps it in a
 /// typed handle. Cheap to clone; valid across restarts.
@@ -83,8 +83,8 @@ pub trait ActorLink: Send + Sync + 'static {
         node: crate::ids::NodeId,
         actor: ActorId,
         method: &str,
-        args: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>>;
+        args: Encoded,
+    ) -> BoxFuture<'static, Result<Encoded, ActorError>>;
 
     /// Stops or kills `actor` on `node`.
     fn stop(
@@ -155,8 +155,8 @@ impl RemoteActor {
     pub fn call_encoded(
         self: &Arc<Self>,
         method: &'static str,
-        args: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        args: Encoded,
+    ) -> BoxFuture<'static, Result<Encoded, ActorError>> {
         let at = self.at.load_full();
         let relocate = self.owner.is_some()
             && (self.stale.load(Ordering::Acquire) || !self.executor.alive(at.node));
@@ -231,7 +231,7 @@ impl RemoteActor {
         Args: serde::Serialize,
         R: serde::de::DeserializeOwned + Send + 'static,
     {
-        let bytes = match troupe_objects::encode_value(args) {
+        let bytes = match Encoded::of(args) {
             Ok(bytes) => bytes,
             Err(err) => {
                 return Pending::ready(Err(ActorError::BadCall {
@@ -245,9 +245,10 @@ impl RemoteActor {
         let store = self.store.clone();
         let info = self.info.clone();
         Pending::from_future(async move {
-            let bytes = call.await?;
+            // Its refs are held (since it arrived) until it is decoded.
+            let reply = call.await?;
             store
-                .decode::<R>(&bytes)
+                .decode::<R>(&reply.bytes)
                 .map_err(|err| ActorError::BadCall {
                     actor: info,
                     method: method.to_owned(),

@@ -104,6 +104,8 @@ pub struct ActorOptions {
     pub(crate) resources: Resources,
     pub(crate) shutdown: Shutdown,
     pub(crate) strategy: crate::spec::SchedulingStrategy,
+    #[serde(default)]
+    pub(crate) detached: bool,
 }
 
 impl Default for ActorOptions {
@@ -115,6 +117,7 @@ impl Default for ActorOptions {
             resources: Resources::default(),
             shutdown: DEFAULT_SHUTDOWN,
             strategy: crate::spec::SchedulingStrategy::Default,
+            detached: false,
         }
     }
 }
@@ -169,6 +172,22 @@ impl ActorOptions {
     pub fn scheduling_strategy(mut self, strategy: crate::spec::SchedulingStrategy) -> Self {
         self.strategy = strategy;
         self
+    }
+
+    /// An actor spawned on another node lives while its owner (the
+    /// process that spawned it) does, as Ray's actors do: when the owner
+    /// leaves or dies, the node hosting it kills it and frees what it
+    /// holds. A detached actor outlives its owner (Ray's
+    /// `lifetime="detached"`): name it, so that it can be found again, and
+    /// stop it yourself. Default: not detached.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// Whether it outlives its owner.
+    pub fn is_detached(&self) -> bool {
+        self.detached
     }
 
     /// The name, if any.

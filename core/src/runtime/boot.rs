@@ -190,6 +190,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
             events,
             cluster_events: broadcast::channel(256).0,
             placed: Default::default(),
+            hosted: Default::default(),
             objects,
             scheduler,
             actors: Arc::new(Directory::default()),

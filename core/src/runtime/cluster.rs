@@ -23,6 +23,7 @@ impl Runtime {
                 self.inner.objects.node_died(*node);
                 self.inner.scheduler.node_died(*node);
                 self.restart_placed(*node);
+                self.end_hosted_by(*node);
             }
             ClusterEvent::NodeUp { node, .. } => {
                 tracing::info!(%node, "node up");

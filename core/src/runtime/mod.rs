@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     pub(crate) cluster_events: broadcast::Sender<ClusterEvent>,
     /// Actors this runtime spawned on other nodes and restarts.
     pub(crate) placed: placed_actors::PlacedActors,
+    /// Actors this runtime runs for owners on other nodes.
+    pub(crate) hosted: remote_actors::HostedActors,
     pub(crate) objects: ObjectStore,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) actors: Arc<Directory>,
@@ -161,6 +163,14 @@ impl Runtime {
     /// from synchronous code only (it panics inside async code, as tokio's).
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.inner.handle.block_on(future)
+    }
+
+    /// The tokio runtime this runtime's work runs on (async task bodies,
+    /// actors): where a service runs what it does on this runtime's behalf
+    /// (a cluster keeps its own I/O apart, so that user code cannot starve
+    /// it).
+    pub fn tokio_handle(&self) -> &tokio::runtime::Handle {
+        &self.inner.handle
     }
 
     /// The node's GPUs (detected, or declared in the config).

@@ -46,7 +46,7 @@ struct Placed {
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// Spawn it again, with these options' restarts left.
-    Restart(ActorId, RemoteSpawn),
+    Restart(ActorId, Box<RemoteSpawn>),
     /// Dead for good.
     Dead(ActorId),
 }
@@ -119,7 +119,7 @@ impl PlacedActors {
             if let SchedulingStrategy::NodeAffinity { soft: true, .. } = options.strategy {
                 request.options.strategy = SchedulingStrategy::Default;
             }
-            verdicts.push(Verdict::Restart(*key, request));
+            verdicts.push(Verdict::Restart(*key, Box::new(request)));
         }
         for key in dead {
             records.remove(&key);
@@ -207,7 +207,7 @@ impl Runtime {
                     tracing::warn!(actor = %key, %node, "actor's node died; not restarted");
                     continue;
                 }
-                Verdict::Restart(key, request) => (key, request),
+                Verdict::Restart(key, request) => (key, *request),
             };
             let rt = self.clone();
             self.inner.handle.spawn(async move {
@@ -281,7 +281,7 @@ mod tests {
             type_name: "T".into(),
             constructor: "new".into(),
             options,
-            args: Vec::new(),
+            args: troupe_objects::Encoded::default(),
         }
     }
 

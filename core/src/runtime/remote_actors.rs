@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
+use troupe_objects::Encoded;
 
 use super::{Runtime, WeakRuntime};
 use crate::actor::{Actor, ActorHandle, ActorLink, ActorOptions, Slot};
@@ -36,7 +37,7 @@ impl Runtime {
                 reason: "this runtime is not part of a cluster".to_owned(),
             });
         };
-        let args = troupe_objects::encode_value(args).map_err(|err| SpawnError::BadArguments {
+        let args = Encoded::of(args).map_err(|err| SpawnError::BadArguments {
             constructor: format!("{}::{constructor}", A::NAME),
             cause: err.to_string(),
         })?;
@@ -123,21 +124,46 @@ impl Runtime {
         ActorHandle::remote(info, at, owner, options, link, self.objects().clone())
     }
 
-    /// Spawns what another node asked for ([`Runtime::spawn_remote`] on
-    /// that node); who it is.
-    pub async fn spawn_requested(&self, request: RemoteSpawn) -> Result<ActorInfo, SpawnError> {
+    /// Spawns what `owner` asked for ([`Runtime::spawn_remote`] on that
+    /// node); who it is. Unless detached, the actor dies with its owner
+    /// (when `owner` leaves or dies, [`Runtime::publish`] kills it).
+    pub async fn spawn_requested(
+        &self,
+        request: RemoteSpawn,
+        owner: NodeId,
+    ) -> Result<ActorInfo, SpawnError> {
+        let detached = request.options.detached;
         let id = self
             .spawn_by_name(
                 &request.type_name,
                 &request.constructor,
                 request.options,
-                &request.args,
+                &request.args.bytes,
             )
             .await?;
+        if owner != self.node_id() && !detached {
+            self.inner.hosted.add(owner, id, &self.inner.actors);
+        }
         self.actor_info(id).ok_or(SpawnError::StartFailed {
             what: request.type_name,
             cause: "it stopped as soon as it started".to_owned(),
         })
+    }
+
+    /// `owner` left or died: the actors this node runs for it (and not
+    /// detached) are killed, and what they hold is freed.
+    pub(crate) fn end_hosted_by(&self, owner: NodeId) {
+        let ids = self.inner.hosted.take(owner);
+        for id in ids {
+            let Some(control) = self.inner.actors.get(id) else {
+                continue;
+            };
+            tracing::info!(actor = %id, %owner, "its owner is gone: killing the actor");
+            metrics::counter!("troupe_actors_ended_with_owner_total").increment(1);
+            tokio::spawn(async move {
+                control.end(StopHow::Kill { no_restart: true }).await;
+            });
+        }
     }
 
     /// Who the live actor `id` of this node is.
@@ -160,6 +186,32 @@ impl Runtime {
     }
 }
 
+/// The actors a runtime runs for owners on other nodes, by owner: they
+/// share their owner's fate (Ray's non-detached actors).
+#[derive(Default)]
+pub(crate) struct HostedActors {
+    by_owner: std::sync::Mutex<std::collections::HashMap<NodeId, Vec<ActorId>>>,
+}
+
+impl HostedActors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, Vec<ActorId>>> {
+        self.by_owner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `id`, run for `owner` (and forgets its actors that ended
+    /// meanwhile, so that the table stays as large as what runs).
+    fn add(&self, owner: NodeId, id: ActorId, actors: &crate::actor::Directory) {
+        let mut table = self.lock();
+        let list = table.entry(owner).or_default();
+        list.retain(|a| actors.get(*a).is_some());
+        list.push(id);
+    }
+
+    fn take(&self, owner: NodeId) -> Vec<ActorId> {
+        self.lock().remove(&owner).unwrap_or_default()
+    }
+}
+
 /// A handle's link to other nodes: the cluster's executor, and this
 /// runtime for an actor restarted here or owned here.
 struct ExecutorLink {
@@ -174,11 +226,11 @@ impl ActorLink for ExecutorLink {
         node: NodeId,
         actor: ActorId,
         method: &str,
-        args: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        args: Encoded,
+    ) -> BoxFuture<'static, Result<Encoded, ActorError>> {
         if node == self.me {
             if let Some(rt) = self.runtime.upgrade() {
-                return rt.call_by_name(actor, method, &args);
+                return rt.call_by_name(actor, method, &args.bytes);
             }
         }
         self.executor.call_actor(node, actor, method, args)
@@ -223,8 +275,8 @@ impl ActorLink for NoCluster {
         node: NodeId,
         actor: ActorId,
         method: &str,
-        _: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, ActorError>> {
+        _: Encoded,
+    ) -> BoxFuture<'static, Result<Encoded, ActorError>> {
         let method = method.to_owned();
         Box::pin(async move {
             Err(ActorError::ActorDied {

@@ -25,6 +25,11 @@ impl Scheduler {
                 task.needs.fits_in(state.free()),
             )
         };
+        let excluded = task
+            .excluded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         // A task delegated here by its owner is not sent on: the owner
         // decided, and a second hop could bring it back to a node that
         // already ran it.
@@ -35,6 +40,7 @@ impl Scheduler {
                 needs: &task.resources,
                 feasible_here,
                 fits_now,
+                excluded: &excluded,
             }),
             _ if feasible_here => PlacementDecision::Here,
             _ => PlacementDecision::Infeasible,
@@ -69,7 +75,7 @@ impl Scheduler {
         self.perform(actions);
     }
 
-    fn infeasible(&self, task: &Task) -> TaskError {
+    pub(super) fn infeasible(&self, task: &Task) -> TaskError {
         TaskError::Infeasible {
             task: task.spec.function.clone(),
             id: task.spec.id,
@@ -97,7 +103,7 @@ impl Scheduler {
         spec.attempt = queued.attempt;
         if let TaskArgs::Local = spec.args {
             match task.body.encode_args() {
-                Ok(bytes) => spec.args = TaskArgs::Encoded(bytes),
+                Ok(encoded) => spec.args = TaskArgs::Encoded(encoded),
                 Err(cause) => {
                     let err = TaskError::BadArguments {
                         task: task.spec.function.clone(),
@@ -126,12 +132,27 @@ impl Scheduler {
     }
 
     fn delegated_ended(self: &Arc<Self>, id: TaskId, task: Arc<Task>, outcome: RemoteOutcome) {
+        if let RemoteOutcome::Refused(why) = &outcome {
+            let node = *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+            tracing::warn!(task = %id, ?node, %why, "a node refused a task; placing it elsewhere");
+            metrics::counter!("troupe_tasks_refused_total").increment(1);
+            if let Some(node) = node {
+                task.excluded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(node);
+            }
+            let actions = self.lock().delegated_refused(id);
+            self.perform(actions);
+            return;
+        }
         let outcome = match outcome {
             RemoteOutcome::Done(results) => match task.body.complete_remote(results) {
                 Ok(()) => Outcome::Done,
                 Err(err) => Outcome::Failed(Failure::Store(err)),
             },
             RemoteOutcome::Failed(failure) => Outcome::Failed(failure),
+            RemoteOutcome::Refused(_) => return,
         };
         let actions = self.lock().delegated_ended(id, outcome, &self.settled());
         self.perform(actions);

@@ -44,7 +44,7 @@ use arc_swap::ArcSwapOption;
 use ractor::{ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
-use troupe_objects::{NodeId, ObjectId, ObjectStore};
+use troupe_objects::{Availability, NodeId, ObjectId, ObjectStore};
 
 use crate::context::{Frame, TaskContext};
 use crate::error::{TaskCause, TaskError};
@@ -58,7 +58,7 @@ use crate::Resources;
 use cpu_pool::{CpuPool, Job};
 use history::History;
 use placement::{ordinals, GpuShare};
-use state::{Actions, GiveUp, Grant, Launch, Payload, Queued, RetryPolicy, Stage, State};
+use state::{Actions, GiveUp, Grant, Launch, Payload, RetryPolicy, Route, Stage, State, Wait};
 use stats::FunctionStats;
 pub(crate) use timing::Timing;
 
@@ -90,6 +90,8 @@ pub(crate) struct Task {
     ended_us: AtomicU64,
     /// The node its last attempt went to, when that was another node.
     elsewhere: Mutex<Option<NodeId>>,
+    /// Nodes that refused it (they cannot run it): placed elsewhere.
+    excluded: Mutex<Vec<NodeId>>,
     delegated: AtomicBool,
 }
 
@@ -111,6 +113,7 @@ impl Task {
             started_us: AtomicU64::new(0),
             ended_us: AtomicU64::new(0),
             elsewhere: Mutex::new(None),
+            excluded: Mutex::new(Vec::new()),
             delegated: AtomicBool::new(false),
         }
     }
@@ -179,12 +182,15 @@ impl Task {
                     attempts,
                     cause: TaskCause::NodeDied(node),
                 },
-                Failure::Dependency(dependency, cause) => TaskError::DependencyFailed {
+                Failure::Lost(node, reason) => TaskError::Failed {
                     task,
                     id,
-                    dependency,
-                    cause,
+                    attempts,
+                    cause: TaskCause::Lost { node, reason },
                 },
+                Failure::Dependency(dependency, cause) => {
+                    TaskError::dependency_failed(task, id, dependency, cause)
+                }
                 Failure::Store(cause) => TaskError::ResultNotStored { task, id, cause },
             },
         }
@@ -374,8 +380,8 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn settled(&self) -> impl Fn(ObjectId) -> bool + '_ {
-        |id| self.store.is_settled(id)
+    fn settled(&self) -> impl Fn(ObjectId) -> Availability + '_ {
+        |id| self.store.availability(id)
     }
 
     /// What the node has in all.
@@ -396,40 +402,45 @@ impl Scheduler {
             self.fail(&task, err);
             return;
         }
-        // With a cluster (a placement hook), the hook also decides spread
-        // tasks, affinity to another node, and tasks that do not fit this
-        // node's free resources now (spillback); alone, a feasible task
-        // queues here.
-        // A task another node delegated here runs here: its owner placed it.
+        // With a cluster (a placement hook), the hook decides spread tasks,
+        // affinity to another node, tasks this node can never run, and
+        // tasks that do not fit its free resources once their arguments are
+        // made (spillback); always once their arguments are made. Alone, a
+        // feasible task queues here. A task another node delegated here
+        // runs here: its owner placed it.
         let clustered = self.placement.is_some() && task.spec.owner == self.node;
-        let elsewhere = match task.spec.options.get_scheduling_strategy() {
-            SchedulingStrategy::NodeAffinity { node, soft } => {
-                *node != self.node && (!soft || clustered)
-            }
-            SchedulingStrategy::Spread => clustered,
-            _ => false,
-        };
         let mut state = self.lock();
-        let spill = clustered && !task.needs.fits_in(state.free());
-        if elsewhere || spill || !state.feasible(&task.needs) {
+        let feasible = state.feasible(&task.needs);
+        let route = if clustered {
+            let elsewhere = match task.spec.options.get_scheduling_strategy() {
+                SchedulingStrategy::NodeAffinity { node, .. } => *node != self.node,
+                SchedulingStrategy::Spread => true,
+                _ => false,
+            };
+            if elsewhere || !feasible {
+                Route::Placed
+            } else {
+                Route::HereFirst
+            }
+        } else if feasible {
+            Route::Here
+        } else {
             drop(state);
-            self.place(Queued {
-                task: TaskRef(task),
-                attempt: 1,
-            });
+            let err = self.infeasible(&task);
+            self.fail(&task, err);
             return;
-        }
+        };
         // Nothing queued ahead: decide now, on this thread (a task submitted
         // and awaited one at a time pays no hop through the actor). A burst
         // is queued and sorted once by the actor.
         let idle = state.counts().queued == 0;
         if idle {
-            let actions = state.submit(TaskRef(task), &self.settled());
+            let actions = state.submit_routed(TaskRef(task), route, &self.settled());
             drop(state);
             self.perform(actions);
             return;
         }
-        let refused = state.enqueue(TaskRef(task));
+        let refused = state.enqueue(TaskRef(task), route);
         drop(state);
         match refused {
             Ok(()) => self.nudge(),
@@ -526,8 +537,8 @@ impl Scheduler {
             for task in place {
                 self.place(task);
             }
-            for (id, deps) in watch {
-                self.watch(id, deps);
+            for (id, deps, wait) in watch {
+                self.watch(id, deps, wait);
             }
             for launch in launch {
                 self.launch(launch);
@@ -540,13 +551,17 @@ impl Scheduler {
         }
     }
 
-    /// Waits for arguments made elsewhere, then moves the task on.
-    fn watch(self: &Arc<Self>, id: TaskId, deps: Vec<ObjectId>) {
+    /// Waits for arguments to be made (or fetched here), then moves the
+    /// task on.
+    fn watch(self: &Arc<Self>, id: TaskId, deps: Vec<ObjectId>, wait: Wait) {
         let scheduler = Arc::downgrade(self);
         let store = self.store.clone();
         let handle = self.tokio.spawn(async move {
             for dep in &deps {
-                store.ready(*dep).await;
+                match wait {
+                    Wait::Made => store.made(*dep).await,
+                    Wait::Here => store.ready(*dep).await,
+                }
             }
             if let Some(scheduler) = scheduler.upgrade() {
                 scheduler.deps_settled(id);

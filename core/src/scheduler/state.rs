@@ -7,13 +7,21 @@
 //! A task goes through:
 //!
 //! ```text
-//! submit ─→ incoming ─ args settled? ──────────────────→ ready ─ fits? ─→ running
-//!              │         an arg is a result of ours ──→ parked under it ──┘   │
-//!              │         an arg made elsewhere ──────→ watched (a waiter) ─┘   │
-//!              └ infeasible here ─→ unplaced (the placement hook decides)      │
+//! submit ─→ incoming ─ an arg is a result of ours, not made yet ─→ parked under it ─┐
+//!              │       another arg not made yet ─→ watched until made (a waiter) ───┤
+//!              │       every arg made: ←─────────────────────────────────────────────┘
+//!              │         route Placed ─────────────────→ the placement hook
+//!              │         an arg on another node ─→ watched until fetched here ─┐
+//!              │         else ─→ ready ─ fits? ─→ running                      │
+//!              │                   └ route HereFirst, does not fit ─→ the hook │
 //!   running ─ done ─→ its dependents move on ; failed ─→ retried (ready, first)
 //!                                                    or given up
 //! ```
+//!
+//! A task that may leave this node (a cluster's route `HereFirst` or
+//! `Placed`) is offered to the placement hook only once every argument is
+//! made: a node never receives a task whose arguments its owner has not
+//! produced yet, and the hook sees where they are.
 //!
 //! Invariants (checked by the tests): free plus held equals capacity once
 //! nothing runs; a task launches at most once per attempt; every submitted
@@ -22,10 +30,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use troupe_objects::IdHashing;
+use troupe_objects::{Availability, IdHashing};
 
 /// A map keyed by ids, with the fast keyed id hasher.
 type IdMap<K, V> = HashMap<K, V, IdHashing>;
+
+/// Where an argument stands (the store's answer, through the driver).
+pub(crate) type Avail<'a> = dyn Fn(ObjectId) -> Availability + 'a;
 
 use crate::error::Failure;
 pub(crate) use crate::function::Outcome;
@@ -62,7 +73,7 @@ impl RetryPolicy {
     /// Whether a failure of attempt number `attempt` is retried.
     pub(crate) fn retries(&self, failure: &Failure, attempt: u32) -> bool {
         let retryable = match failure {
-            Failure::Panicked(_) | Failure::NodeDied(_) => true,
+            Failure::Panicked(_) | Failure::NodeDied(_) | Failure::Lost(..) => true,
             Failure::Error(_) => self.retry_exceptions,
             Failure::Dependency(..) | Failure::Store(_) => false,
         };
@@ -70,11 +81,35 @@ impl RetryPolicy {
     }
 }
 
-/// A task with the attempt it is at.
+/// A task with the attempt it is at, and where that attempt may run.
 #[derive(Clone, Debug)]
 pub(crate) struct Queued<P> {
     pub(crate) task: P,
     pub(crate) attempt: u32,
+    pub(crate) route: Route,
+}
+
+/// Where a task's attempt may run, as its owner decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Here only: there is no cluster, its owner on another node sent it
+    /// here, or the placement hook chose here.
+    Here,
+    /// Here if it fits once its arguments are made, else the placement
+    /// hook decides (spillback).
+    HereFirst,
+    /// The placement hook decides once its arguments are made (affinity
+    /// to another node, spread, infeasible here).
+    Placed,
+}
+
+/// What a waiter waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The arguments to be made (wherever: the task may not run here).
+    Made,
+    /// The arguments to be readable here (fetched from where they were made).
+    Here,
 }
 
 /// Why a task is given up (its results fail for good).
@@ -110,8 +145,9 @@ pub(crate) struct Grant {
 pub(crate) struct Actions<P, W> {
     pub(crate) launch: Vec<Launch<P>>,
     pub(crate) give_up: Vec<(P, GiveUp)>,
-    /// Wait for these arguments (made elsewhere), then call `deps_settled`.
-    pub(crate) watch: Vec<(TaskId, Vec<ObjectId>)>,
+    /// Wait for these arguments (made elsewhere, or to be fetched here),
+    /// then call `deps_settled`.
+    pub(crate) watch: Vec<(TaskId, Vec<ObjectId>, Wait)>,
     /// Stop waiting for a task's arguments (it was cancelled).
     pub(crate) unwatch: Vec<P>,
     /// Stop a running async attempt.
@@ -243,35 +279,55 @@ impl<P: Payload, W> State<P, W> {
     }
 
     /// A task to run here (the driver checked it is feasible here).
-    pub(crate) fn submit(&mut self, task: P, settled: &dyn Fn(ObjectId) -> bool) -> Actions<P, W> {
+    #[cfg(test)]
+    pub(crate) fn submit(&mut self, task: P, settled: &Avail<'_>) -> Actions<P, W> {
+        self.submit_routed(task, Route::Here, settled)
+    }
+
+    /// A task whose attempts may run where `route` says.
+    pub(crate) fn submit_routed(
+        &mut self,
+        task: P,
+        route: Route,
+        settled: &Avail<'_>,
+    ) -> Actions<P, W> {
         let mut actions = Actions::default();
         if self.shut_down {
             actions.give_up.push((task, GiveUp::ShutDown));
             return actions;
         }
         self.track(&task);
-        self.incoming.push_back(Queued { task, attempt: 1 });
+        self.incoming.push_back(Queued {
+            task,
+            attempt: 1,
+            route,
+        });
         self.step(settled, &mut actions);
         actions
     }
 
     /// Queues a task without sorting it yet (a burst: the next step sorts
     /// them all).
-    pub(crate) fn enqueue(&mut self, task: P) -> Result<(), P> {
+    pub(crate) fn enqueue(&mut self, task: P, route: Route) -> Result<(), P> {
         if self.shut_down {
             return Err(task);
         }
         self.track(&task);
-        self.incoming.push_back(Queued { task, attempt: 1 });
+        self.incoming.push_back(Queued {
+            task,
+            attempt: 1,
+            route,
+        });
         Ok(())
     }
 
-    /// A task placed back here (a retry of one that ran elsewhere), at the
-    /// attempt it is at; sorted by the next step.
-    pub(crate) fn requeue(&mut self, queued: Queued<P>) -> Result<(), Queued<P>> {
+    /// A task the placement hook placed here, at the attempt it is at:
+    /// it runs here (sorted by the next step).
+    pub(crate) fn requeue(&mut self, mut queued: Queued<P>) -> Result<(), Queued<P>> {
         if self.shut_down {
             return Err(queued);
         }
+        queued.route = Route::Here;
         self.track(&queued.task);
         self.incoming.push_back(queued);
         Ok(())
@@ -317,7 +373,7 @@ impl<P: Payload, W> State<P, W> {
         &mut self,
         id: TaskId,
         outcome: Outcome,
-        settled: &dyn Fn(ObjectId) -> bool,
+        settled: &Avail<'_>,
     ) -> Actions<P, W> {
         let mut actions = Actions::default();
         let Some((queued, _)) = self.delegated.remove(&id) else {
@@ -331,12 +387,19 @@ impl<P: Payload, W> State<P, W> {
         actions
     }
 
+    /// The node a task was sent to cannot run it (another build: no such
+    /// function there): the same attempt goes back to the placement hook,
+    /// which knows to avoid that node.
+    pub(crate) fn delegated_refused(&mut self, id: TaskId) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        if let Some((queued, _)) = self.delegated.remove(&id) {
+            actions.place.push(queued);
+        }
+        actions
+    }
+
     /// Tasks running on a node that died: each fails as its attempt would.
-    pub(crate) fn node_died(
-        &mut self,
-        node: NodeId,
-        settled: &dyn Fn(ObjectId) -> bool,
-    ) -> Actions<P, W> {
+    pub(crate) fn node_died(&mut self, node: NodeId, settled: &Avail<'_>) -> Actions<P, W> {
         let ids: Vec<TaskId> = self
             .delegated
             .iter()
@@ -356,7 +419,7 @@ impl<P: Payload, W> State<P, W> {
         &mut self,
         id: TaskId,
         outcome: Outcome,
-        settled: &dyn Fn(ObjectId) -> bool,
+        settled: &Avail<'_>,
     ) -> Actions<P, W> {
         let mut actions = Actions::default();
         // Cancelled (async, aborted) or abandoned at shutdown: its
@@ -427,11 +490,7 @@ impl<P: Payload, W> State<P, W> {
     }
 
     /// [`results_settled`](Self::results_settled), then a step.
-    pub(crate) fn settled(
-        &mut self,
-        results: &[ObjectId],
-        settled: &dyn Fn(ObjectId) -> bool,
-    ) -> Actions<P, W> {
+    pub(crate) fn settled(&mut self, results: &[ObjectId], settled: &Avail<'_>) -> Actions<P, W> {
         self.results_settled(results);
         let mut actions = Actions::default();
         self.step(settled, &mut actions);
@@ -439,11 +498,7 @@ impl<P: Payload, W> State<P, W> {
     }
 
     /// The arguments a waiter watched for `id` are settled.
-    pub(crate) fn deps_settled(
-        &mut self,
-        id: TaskId,
-        settled: &dyn Fn(ObjectId) -> bool,
-    ) -> Actions<P, W> {
+    pub(crate) fn deps_settled(&mut self, id: TaskId, settled: &Avail<'_>) -> Actions<P, W> {
         let mut actions = Actions::default();
         if let Some(queued) = self.watched.remove(&id) {
             // Sorted again: an argument may still be pending after all.
@@ -465,11 +520,7 @@ impl<P: Payload, W> State<P, W> {
     /// A running task is about to wait in `get`: its CPUs go back to the
     /// node until `unlend` (no deadlock when tasks wait on tasks; the CPU
     /// limit still bounds what runs). False if it is not running here.
-    pub(crate) fn lend(
-        &mut self,
-        id: TaskId,
-        settled: &dyn Fn(ObjectId) -> bool,
-    ) -> (bool, Actions<P, W>) {
+    pub(crate) fn lend(&mut self, id: TaskId, settled: &Avail<'_>) -> (bool, Actions<P, W>) {
         let mut actions = Actions::default();
         let Some(active) = self.running.get_mut(&id) else {
             return (false, actions);
@@ -501,7 +552,7 @@ impl<P: Payload, W> State<P, W> {
     pub(crate) fn cancel(
         &mut self,
         result: ObjectId,
-        settled: &dyn Fn(ObjectId) -> bool,
+        settled: &Avail<'_>,
     ) -> Option<(Stage, Actions<P, W>)> {
         let id = *self.live.get(&result)?;
         let mut actions = Actions::default();
@@ -601,11 +652,7 @@ impl<P: Payload, W> State<P, W> {
     }
 
     /// An actor's resources come back (it died for good).
-    pub(crate) fn release_grant(
-        &mut self,
-        grant: &Grant,
-        settled: &dyn Fn(ObjectId) -> bool,
-    ) -> Actions<P, W> {
+    pub(crate) fn release_grant(&mut self, grant: &Grant, settled: &Avail<'_>) -> Actions<P, W> {
         grant.needs.give_back(&mut self.free);
         self.gpus.give_back(&grant.gpus);
         let mut actions = Actions::default();
@@ -617,7 +664,7 @@ impl<P: Payload, W> State<P, W> {
     /// tasks: a large actor is not starved by small tasks), sorts incoming
     /// tasks by the state of their arguments, and launches ready tasks
     /// while resources last.
-    pub(crate) fn step(&mut self, settled: &dyn Fn(ObjectId) -> bool, actions: &mut Actions<P, W>) {
+    pub(crate) fn step(&mut self, settled: &Avail<'_>, actions: &mut Actions<P, W>) {
         while let Some((needs, _)) = self.reservations.front() {
             let needs = needs.clone();
             match self.take_for_life(&needs) {
@@ -635,23 +682,36 @@ impl<P: Payload, W> State<P, W> {
             if first_result.is_some_and(|r| !self.live.contains_key(&r)) {
                 continue; // cancelled while it waited
             }
-            let unsettled: Vec<ObjectId> = queued
-                .task
-                .deps()
-                .iter()
-                .copied()
-                .filter(|d| !settled(*d))
-                .collect();
-            match unsettled.first() {
-                None => self.ready.push_back(queued),
-                Some(dep) if self.live.contains_key(dep) => {
+            let mut unmade = Vec::new();
+            let mut elsewhere = Vec::new();
+            for dep in queued.task.deps() {
+                match settled(*dep) {
+                    Availability::Pending => unmade.push(*dep),
+                    Availability::Elsewhere => elsewhere.push(*dep),
+                    Availability::Here => {}
+                }
+            }
+            if let Some(dep) = unmade.first() {
+                if self.live.contains_key(dep) {
                     self.parked += 1;
                     self.dependents.entry(*dep).or_default().push(queued);
-                }
-                Some(_) => {
-                    actions.watch.push((id, unsettled));
+                } else {
+                    actions.watch.push((id, unmade, Wait::Made));
                     self.watched.insert(id, queued);
                 }
+                continue;
+            }
+            let spill = queued.route == Route::HereFirst
+                && !elsewhere.is_empty()
+                && !queued.task.needs().fits_in(&self.free);
+            if queued.route == Route::Placed || spill {
+                // Every argument is made: the hook may send it anywhere.
+                actions.place.push(queued);
+            } else if !elsewhere.is_empty() {
+                actions.watch.push((id, elsewhere, Wait::Here));
+                self.watched.insert(id, queued);
+            } else {
+                self.ready.push_back(queued);
             }
         }
         let mut i = 0;
@@ -682,6 +742,12 @@ impl<P: Payload, W> State<P, W> {
                                 cancelled: false,
                             },
                         );
+                    }
+                }
+                None if self.ready[i].route == Route::HereFirst => {
+                    // It does not fit here now: another node may have room.
+                    if let Some(queued) = self.ready.remove(i) {
+                        actions.place.push(queued);
                     }
                 }
                 None => {

@@ -1,12 +1,22 @@
-//! Objects across nodes: remote entries, borrowers (the owner's side of
-//! distributed reference counting), and what a node's death means.
+//! Objects across nodes: remote entries, the borrowing protocol's
+//! accounting (registrations on the owner, credits on the borrower), refs
+//! that arrive in messages, and what a node's death means.
+//!
+//! The protocol (the cluster drives it; ARCHITECTURE.md has the whole of
+//! it): a node that sends refs to another registers the receiver with each
+//! object's owner before the message leaves (on the owner itself, a local
+//! count; from a third node, a notice on that node's connection to the
+//! owner, ahead of any release of its own); the receiver holds every ref a
+//! message lists from the moment it arrives, counting one credit per
+//! registration; when its last local ref to an object goes, it gives all
+//! its credits back in one release. The owner frees an object when no local
+//! ref and no positive registration count remain.
 
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicU64;
-use std::sync::Weak;
 
 use super::{Entry, Kind, ObjectStore, State};
-use crate::{NodeId, Object, ObjectError, ObjectId, ObjectRef};
+use crate::codec::Encoded;
+use crate::{AnyObjectRef, NodeId, Object, ObjectError, ObjectId, ObjectRef};
 
 impl ObjectStore {
     /// Registers an object that lives on `location` (or wherever the
@@ -20,41 +30,68 @@ impl ObjectStore {
                 };
             }
         }
-        self.insert(
-            id,
-            Entry {
-                state: State::Remote { location },
-                size: 0,
-                kind: Kind::of::<T>(),
-                last_used: AtomicU64::new(0),
-                handle: Weak::new(),
-                pinned: false,
-                borrowers: Vec::new(),
-                origin: location,
-            },
-        )
+        self.insert(id, Entry::new(State::remote(location), Kind::of::<T>()))
     }
 
-    /// Records that `node` holds a ref to `id`, an object this node owns:
-    /// it lives while any borrower or local ref does.
+    /// Holds the refs a message from another node lists (`encoded.refs`)
+    /// until `encoded` is dropped, counting a credit for each object owned
+    /// elsewhere (its sender registered this node with the owner). Call it
+    /// as the message arrives, in the order messages arrive: a release
+    /// that follows the message on the same connection then finds these
+    /// refs held. Idempotent per `Encoded`.
+    pub fn receive(&self, encoded: &mut Encoded) {
+        if encoded.refs.is_empty() || !encoded.held.is_empty() {
+            return; // nothing to hold, or held already (it was made here)
+        }
+        encoded.held = self.hold(&encoded.refs);
+    }
+
+    /// [`receive`](Self::receive) for a list of refs that arrived without
+    /// an `Encoded` (an object's bytes from the data path): the handles,
+    /// held until dropped.
+    pub fn hold(&self, refs: &[ObjectId]) -> Vec<AnyObjectRef> {
+        refs.iter()
+            .map(|id| {
+                let handle = self.inner.attach_as(*id, Kind::untyped());
+                if id.node != self.inner.node {
+                    if let Some(mut entry) = self.inner.objects.get_mut(id) {
+                        entry.credits += 1;
+                    }
+                }
+                AnyObjectRef { handle }
+            })
+            .collect()
+    }
+
+    /// Records that `node` holds a ref to `id`, an object this node owns
+    /// (or keeps for its owner): it lives while any registration or local
+    /// ref does. Registered once per ref sent there; each is given back by
+    /// [`remove_borrower`](Self::remove_borrower).
     pub fn add_borrower(&self, id: ObjectId, node: NodeId) -> Result<(), ObjectError> {
         let mut entry = self
             .inner
             .objects
             .get_mut(&id)
             .ok_or_else(|| self.missing(id))?;
-        if !entry.borrowers.contains(&node) {
-            entry.borrowers.push(node);
-        }
+        count(&mut entry, node, 1);
         Ok(())
     }
 
-    /// `node` dropped its last ref to `id`; frees it if nothing else holds it.
-    pub fn remove_borrower(&self, id: ObjectId, node: NodeId) {
+    /// `node` gave back `times` registrations of `id`; frees it if nothing
+    /// else holds it. A release may arrive before the registration it
+    /// cancels (they travel on different connections): the count goes
+    /// below zero until it does.
+    pub fn remove_borrower(&self, id: ObjectId, node: NodeId, times: u32) {
         if let Some(mut entry) = self.inner.objects.get_mut(&id) {
-            entry.borrowers.retain(|n| *n != node);
+            count(&mut entry, node, -i64::from(times));
         }
         self.inner.last_ref_dropped(id);
+    }
+
+    /// How many times this node is registered with `id`'s owner (0 for
+    /// its own objects, or objects it does not know).
+    pub fn credits(&self, id: ObjectId) -> u32 {
+        self.inner.objects.get(&id).map_or(0, |e| e.credits)
     }
 
     /// Where `id`'s value is, as this store knows it: `None` if this store
@@ -64,17 +101,23 @@ impl ObjectStore {
     pub fn location(&self, id: ObjectId) -> Option<Option<NodeId>> {
         let entry = self.inner.objects.get(&id)?;
         Some(match &entry.state {
-            State::Remote { location } => location.or(entry.origin),
+            State::Remote { location, .. } => location.or(entry.kept_at),
             _ => None,
         })
     }
 
-    /// The nodes borrowing `id`.
+    /// The nodes registered as holding refs to `id`.
     pub fn borrowers(&self, id: ObjectId) -> Vec<NodeId> {
         self.inner
             .objects
             .get(&id)
-            .map(|e| e.borrowers.clone())
+            .map(|e| {
+                e.borrowers
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(node, _)| *node)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -85,14 +128,21 @@ impl ObjectStore {
         let mut lost = Vec::new();
         for mut entry in self.inner.objects.iter_mut() {
             let before = entry.borrowers.len();
-            entry.borrowers.retain(|n| *n != node);
+            entry.borrowers.retain(|(n, _)| *n != node);
             if entry.borrowers.len() != before {
                 orphans.push(*entry.key());
             }
-            if let State::Remote { location: Some(at) } = entry.state {
+            if let State::Remote {
+                location: Some(at), ..
+            } = entry.state
+            {
                 if at == node {
                     lost.push(*entry.key());
                 }
+            }
+            if entry.key().node == node {
+                // Its owner is gone: nobody to give credits back to.
+                entry.credits = 0;
             }
         }
         for id in orphans {
@@ -102,5 +152,19 @@ impl ObjectStore {
             self.inner
                 .settle_remote(id, State::failed(ObjectError::Lost { id, node }));
         }
+    }
+}
+
+/// Adds `delta` to `node`'s registration count on `entry` (a count that
+/// reaches zero goes).
+fn count(entry: &mut Entry, node: NodeId, delta: i64) {
+    match entry.borrowers.iter_mut().position(|(n, _)| *n == node) {
+        Some(at) => {
+            entry.borrowers[at].1 += delta;
+            if entry.borrowers[at].1 == 0 {
+                entry.borrowers.swap_remove(at);
+            }
+        }
+        None => entry.borrowers.push((node, delta)),
     }
 }

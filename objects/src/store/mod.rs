@@ -23,6 +23,7 @@ mod refs;
 mod spill;
 mod write;
 
+pub use read::Availability;
 pub use refs::{AnyObjectRef, Completer, ObjectRef};
 pub use spill::SpillReport;
 
@@ -51,20 +52,44 @@ impl<T: serde::Serialize + DeserializeOwned + GetSize + Send + Sync + 'static> O
 
 pub(crate) enum State {
     /// Woken when it settles; readers of this object wait on it alone.
-    Pending(Arc<Notify>),
+    /// `fetch` is 0 when a producer here fills it (a [`Completer`]), else
+    /// the token of the fetch that fills it: only that fetch may settle it
+    /// (a producer here that takes it over makes the fetch's answer moot).
+    Pending {
+        notify: Arc<Notify>,
+        fetch: u64,
+    },
     Ready(AnyValue),
     /// Boxed, as the error: rare states do not size every entry.
     Spilled(Box<Path>),
     Failed(Box<ObjectError>),
     /// Known, not here: fetched through the directory on the first read.
+    /// `failed`: why the last fetch failed (told to the readers that
+    /// waited for it; the next read fetches again).
     Remote {
         location: Option<NodeId>,
+        failed: Option<Box<ObjectError>>,
     },
 }
 
 impl State {
     pub(crate) fn failed(error: ObjectError) -> Self {
         State::Failed(Box::new(error))
+    }
+
+    /// Pending, filled by a producer here.
+    pub(crate) fn pending() -> Self {
+        State::Pending {
+            notify: Arc::new(Notify::new()),
+            fetch: 0,
+        }
+    }
+
+    pub(crate) fn remote(location: Option<NodeId>) -> Self {
+        State::Remote {
+            location,
+            failed: None,
+        }
     }
 }
 
@@ -85,6 +110,23 @@ trait TypeInfo: Send + Sync {
 
 struct Typed<T>(std::marker::PhantomData<fn() -> T>);
 
+/// The type of an object known only by its id so far (a ref that arrived
+/// listed in a message, before the message's value was decoded): the
+/// first typed read or decode of a ref to it gives it its type.
+struct Untyped;
+
+impl TypeInfo for Untyped {
+    fn type_id(&self) -> TypeId {
+        TypeId::of::<Untyped>()
+    }
+    fn type_name(&self) -> &'static str {
+        "an object whose type this node does not know yet"
+    }
+    fn codec(&self) -> Codec {
+        Codec::untyped()
+    }
+}
+
 impl<T: Object> TypeInfo for Typed<T> {
     fn type_id(&self) -> TypeId {
         TypeId::of::<T>()
@@ -100,6 +142,14 @@ impl<T: Object> TypeInfo for Typed<T> {
 impl Kind {
     pub(crate) fn of<T: Object>() -> Self {
         Kind(const { &Typed::<T>(std::marker::PhantomData) })
+    }
+
+    pub(crate) fn untyped() -> Self {
+        Kind(&Untyped)
+    }
+
+    pub(crate) fn is_untyped(self) -> bool {
+        self.type_id() == TypeId::of::<Untyped>()
     }
 
     pub(crate) fn type_id(self) -> TypeId {
@@ -127,11 +177,43 @@ pub(crate) struct Entry {
     /// Its value holds refs: never spilled (dropping the value from memory
     /// would drop those refs and free what they point to).
     pub(crate) pinned: bool,
-    /// Other nodes holding refs to it (owner side): it lives while any does.
-    pub(crate) borrowers: Vec<NodeId>,
-    /// The node its value lives on (or came from), when not here: told
-    /// when this node no longer needs it.
-    pub(crate) origin: Option<NodeId>,
+    /// Registrations of other nodes as holders of refs to it (on its
+    /// owner, or on the node keeping a result for its owner): it lives
+    /// while any count is above zero. A count dips below zero when a
+    /// release overtakes the registration it cancels (they travel on
+    /// different connections); the registering sender holds the object
+    /// meanwhile.
+    pub(crate) borrowers: Vec<(NodeId, i64)>,
+    /// For another node's object: how many times this node was registered
+    /// with its owner as a borrower (released together when the entry
+    /// goes).
+    pub(crate) credits: u32,
+    /// For an object of this node whose value another node keeps for it
+    /// (a task's result left where it was made): that node, told when this
+    /// node lets go.
+    pub(crate) kept_at: Option<NodeId>,
+}
+
+impl Entry {
+    /// An entry in `state` with nothing else known yet.
+    pub(crate) fn new(state: State, kind: Kind) -> Self {
+        Entry {
+            state,
+            size: 0,
+            kind,
+            last_used: AtomicU64::new(0),
+            handle: Weak::new(),
+            pinned: false,
+            borrowers: Vec::new(),
+            credits: 0,
+            kept_at: None,
+        }
+    }
+
+    /// Whether another node's registration keeps it alive.
+    pub(crate) fn borrowed(&self) -> bool {
+        self.borrowers.iter().any(|(_, n)| *n > 0)
+    }
 }
 
 /// Object store settings.
@@ -199,6 +281,8 @@ pub(crate) struct Inner {
     /// Woken when memory is freed or a spill round ends: puts waiting for
     /// room re-check.
     room: Notify,
+    /// Tokens of fetches (0 is a producer here).
+    pub(crate) fetches: AtomicU64,
     /// Puts waiting for room: frees notify only when there are some (a
     /// notify takes a lock; most frees have no one to tell).
     pub(crate) room_waiters: AtomicUsize,
@@ -288,12 +372,19 @@ impl Inner {
         }
     }
 
-    /// Settles a pending object and wakes its readers. A value is stored
-    /// only over a pending entry: a freed object stays freed.
+    /// Settles a pending object that a producer here fills, and wakes its
+    /// readers. A value is stored only over a pending entry: a freed object
+    /// stays freed.
     pub(crate) fn settle(&self, id: ObjectId, state: State, size: u64) {
+        self.settle_from(id, 0, state, size);
+    }
+
+    /// Settles a pending object if `fetch` (0: a producer here) is what
+    /// fills it now.
+    pub(crate) fn settle_from(&self, id: ObjectId, fetch: u64, state: State, size: u64) {
         let notify = match self.objects.get_mut(&id) {
-            Some(mut entry) => {
-                if matches!(entry.state, State::Pending(_)) {
+            Some(mut entry) => match &entry.state {
+                State::Pending { fetch: current, .. } if *current == fetch => {
                     let pending = std::mem::replace(&mut entry.state, state);
                     entry.size = size;
                     entry.last_used.store(self.tick(), Ordering::Relaxed);
@@ -304,13 +395,12 @@ impl Inner {
                         self.account(size);
                     }
                     match pending {
-                        State::Pending(notify) => Some(notify),
+                        State::Pending { notify, .. } => Some(notify),
                         _ => None,
                     }
-                } else {
-                    None
                 }
-            }
+                _ => None,
+            },
             None => None,
         };
         let Some(notify) = notify else { return };
@@ -321,45 +411,48 @@ impl Inner {
     /// A ref to `id` for a decoded value: the live handle if the entry has
     /// one, a new one otherwise.
     pub(crate) fn attach<T: Object>(self: &Arc<Self>, id: ObjectId) -> ObjectRef<T> {
+        ObjectRef {
+            handle: self.attach_as(id, Kind::of::<T>()),
+            _type: PhantomData,
+        }
+    }
+
+    /// The live handle of `id` (made if none is alive), for a ref of
+    /// `kind`: an untyped entry takes the type. Another node's object this
+    /// store does not know becomes a remote entry (with a directory).
+    pub(crate) fn attach_as(self: &Arc<Self>, id: ObjectId, kind: Kind) -> Arc<RefHandle> {
         let new_handle = || {
             Arc::new(RefHandle {
                 id,
                 store: Arc::downgrade(self),
             })
         };
-        let handle = match self.objects.entry(id) {
-            dashmap::Entry::Occupied(mut entry) => match entry.get().handle.upgrade() {
-                Some(handle) => handle,
-                None => {
-                    let handle = new_handle();
-                    entry.get_mut().handle = Arc::downgrade(&handle);
-                    handle
+        match self.objects.entry(id) {
+            dashmap::Entry::Occupied(mut entry) => {
+                let entry = entry.get_mut();
+                if entry.kind.is_untyped() && !kind.is_untyped() {
+                    entry.kind = kind;
                 }
-            },
+                match entry.handle.upgrade() {
+                    Some(handle) => handle,
+                    None => {
+                        let handle = new_handle();
+                        entry.handle = Arc::downgrade(&handle);
+                        handle
+                    }
+                }
+            }
             dashmap::Entry::Vacant(vacant) => {
                 let handle = new_handle();
                 if id.node != self.node && self.directory.get().is_some() {
                     // Another node's object: known, fetched when read.
-                    vacant.insert(Entry {
-                        state: State::Remote {
-                            location: Some(id.node),
-                        },
-                        size: 0,
-                        kind: Kind::of::<T>(),
-                        last_used: AtomicU64::new(0),
-                        handle: Arc::downgrade(&handle),
-                        pinned: false,
-                        borrowers: Vec::new(),
-                        origin: Some(id.node),
-                    });
+                    let mut entry = Entry::new(State::remote(Some(id.node)), kind);
+                    entry.handle = Arc::downgrade(&handle);
+                    vacant.insert(entry);
                 }
                 // Otherwise no entry: reads say Freed (made here) or Unknown.
                 handle
             }
-        };
-        ObjectRef {
-            handle,
-            _type: PhantomData,
         }
     }
 
@@ -367,7 +460,7 @@ impl Inner {
     pub(crate) fn last_ref_dropped(&self, id: ObjectId) {
         let removed = self.objects.remove_if(&id, |_, entry| {
             // Re-attached meanwhile, or still borrowed by another node.
-            entry.handle.strong_count() == 0 && entry.borrowers.is_empty()
+            entry.handle.strong_count() == 0 && !entry.borrowed()
         });
         if let Some((_, entry)) = removed {
             self.forget(id, entry);
@@ -376,25 +469,27 @@ impl Inner {
 
     /// Accounting and side effects of an entry that left the index.
     fn forget(&self, id: ObjectId, entry: Entry) {
-        let origin = match &entry.state {
-            State::Remote { location } => location.or(entry.origin),
-            _ => entry.origin,
-        };
         match entry.state {
             State::Ready(_) => self.unaccount(entry.size),
             State::Spilled(path) => {
                 let _ = std::fs::remove_file(path);
                 self.unspilled(entry.size);
             }
-            State::Pending(notify) => notify.notify_waiters(),
+            State::Pending { notify, .. } => notify.notify_waiters(),
             _ => {}
         }
-        // Made elsewhere, or made here but kept elsewhere: whoever holds
-        // it there may free it now.
-        if id.node != self.node || origin.is_some() {
-            if let Some(directory) = self.directory.get() {
-                directory.released(id, origin);
+        let Some(directory) = self.directory.get() else {
+            return;
+        };
+        // Another node's object this node was registered for: its owner
+        // drops those registrations. This node's object kept elsewhere for
+        // it: the keeper may free its copy.
+        if id.node != self.node {
+            if entry.credits > 0 {
+                directory.released(id, id.node, entry.credits);
             }
+        } else if let Some(keeper) = entry.kept_at {
+            directory.released(id, keeper, 1);
         }
     }
 }
@@ -442,9 +537,12 @@ pub struct ObjectInfo {
     pub referenced: bool,
     /// How many local refs to it are alive (clones of an `ObjectRef`).
     pub refs: usize,
-    /// Other nodes that borrow it.
+    /// Other nodes that borrow it (or, on a node keeping another's result,
+    /// its owner).
     pub borrowers: Vec<NodeId>,
-    /// The node its value lives on or came from, when not made here.
+    /// Where its value lives when not here: another node's object is
+    /// fetched from there (its owner, or where it was made); an object of
+    /// this node, the node keeping it.
     pub location: Option<NodeId>,
 }
 
@@ -485,6 +583,7 @@ impl ObjectStore {
                 completions,
                 spill_wanted: Notify::new(),
                 room: Notify::new(),
+                fetches: AtomicU64::new(1),
                 room_waiters: AtomicUsize::new(0),
                 room_wanted: AtomicU64::new(0),
                 spillers: AtomicUsize::new(0),
@@ -565,11 +664,15 @@ impl ObjectStore {
         self.mint()
     }
 
-    fn insert<T>(&self, id: ObjectId, mut entry: Entry) -> ObjectRef<T> {
-        let handle = Arc::new(RefHandle {
+    fn new_handle(&self, id: ObjectId) -> Arc<RefHandle> {
+        Arc::new(RefHandle {
             id,
             store: Arc::downgrade(&self.inner),
-        });
+        })
+    }
+
+    fn insert<T>(&self, id: ObjectId, mut entry: Entry) -> ObjectRef<T> {
+        let handle = self.new_handle(id);
         entry.handle = Arc::downgrade(&handle);
         self.inner.objects.insert(id, entry);
         ObjectRef {
@@ -579,16 +682,10 @@ impl ObjectStore {
     }
 
     fn ready_entry<T: Object>(&self, value: Arc<T>, size: u64) -> Entry {
-        Entry {
-            state: State::Ready(value),
-            size,
-            kind: Kind::of::<T>(),
-            last_used: AtomicU64::new(self.inner.tick()),
-            handle: Weak::new(),
-            pinned: false,
-            borrowers: Vec::new(),
-            origin: None,
-        }
+        let mut entry = Entry::new(State::Ready(value), Kind::of::<T>());
+        entry.size = size;
+        entry.last_used = AtomicU64::new(self.inner.tick());
+        entry
     }
 
     /// Frees objects now, whatever refs remain: later reads get
@@ -617,7 +714,7 @@ impl ObjectStore {
                 type_name: e.kind.type_name().to_owned(),
                 size: e.size,
                 state: match e.state {
-                    State::Pending(_) => "pending",
+                    State::Pending { .. } => "pending",
                     State::Ready(_) => "memory",
                     State::Spilled(_) => "spilled",
                     State::Failed(_) => "failed",
@@ -626,10 +723,15 @@ impl ObjectStore {
                 .into(),
                 referenced: e.handle.strong_count() > 0,
                 refs: e.handle.strong_count(),
-                borrowers: e.borrowers.clone(),
+                borrowers: e
+                    .borrowers
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(node, _)| *node)
+                    .collect(),
                 location: match &e.state {
-                    State::Remote { location } => location.or(e.origin),
-                    _ => e.origin,
+                    State::Remote { location, .. } => location.or(e.kept_at),
+                    _ => e.kept_at,
                 },
             })
             .collect()

@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use super::{Inner, ObjectStore, State};
-use crate::codec::DecodeScope;
-use crate::{Blob, Object, ObjectError, ObjectId, ObjectRef};
+use super::{Inner, Kind, ObjectStore, State};
+use crate::codec::{DecodeScope, EncodeScope};
+use crate::directory::Fetched;
+use crate::{AnyObjectRef, Blob, Object, ObjectError, ObjectId, ObjectRef};
 
 impl ObjectStore {
     /// What a read of a missing id means: freed if this node made it,
@@ -44,9 +45,12 @@ impl ObjectStore {
             Peek::Wait(_) => None,
             Peek::Spilled => Some(self.restore_typed::<T>(r.id())),
             Peek::Remote => {
-                self.start_fetch(r.id());
+                self.start_fetch(r.id(), Kind::of::<T>());
                 None
             }
+            // The last fetch failed: this read says why (an async read
+            // fetches again).
+            Peek::RemoteFailed(err) => Some(Err(err)),
         }
     }
 
@@ -56,22 +60,29 @@ impl ObjectStore {
         match self.peek::<T>(r.id()) {
             Peek::Value(v) => Some(Ok(v)),
             Peek::Error(e) => Some(Err(e)),
-            Peek::Wait(_) | Peek::Spilled | Peek::Remote => None,
+            Peek::Wait(_) | Peek::Spilled | Peek::Remote | Peek::RemoteFailed(_) => None,
         }
     }
 
     fn restore_typed<T: Object>(&self, id: ObjectId) -> Result<Arc<T>, ObjectError> {
         let value = self.restore(id)?;
-        value
-            .downcast::<T>()
-            .map_err(|_| Self::wrong_type(id, std::any::type_name::<T>(), "another type"))
+        value.downcast::<T>().map_err(|_| {
+            let actual = self
+                .inner
+                .objects
+                .get(&id)
+                .map_or("an unknown type", |e| e.kind.type_name());
+            Self::wrong_type(id, std::any::type_name::<T>(), actual)
+        })
     }
 
     fn peek<T: Object>(&self, id: ObjectId) -> Peek<T> {
         let Some(entry) = self.inner.objects.get(&id) else {
             return Peek::Error(self.missing(id));
         };
-        if !matches!(entry.state, State::Remote { .. }) && entry.kind.type_id() != TypeId::of::<T>()
+        if !matches!(entry.state, State::Remote { .. })
+            && !entry.kind.is_untyped()
+            && entry.kind.type_id() != TypeId::of::<T>()
         {
             return Peek::Error(Self::wrong_type(
                 id,
@@ -80,7 +91,7 @@ impl ObjectStore {
             ));
         }
         match &entry.state {
-            State::Pending(notify) => Peek::Wait(notify.clone()),
+            State::Pending { notify, .. } => Peek::Wait(notify.clone()),
             State::Failed(err) => Peek::Error((**err).clone()),
             State::Ready(value) => {
                 entry
@@ -96,20 +107,25 @@ impl ObjectStore {
                 }
             }
             State::Spilled(_) => Peek::Spilled,
-            State::Remote { .. } => Peek::Remote,
+            State::Remote { failed: None, .. } => Peek::Remote,
+            State::Remote {
+                failed: Some(err), ..
+            } => Peek::RemoteFailed((**err).clone()),
         }
     }
 
     /// An object's bytes, to send to another node: a byte object's buffer
-    /// as it is (no copy), anything else encoded. Waits while it is pending.
-    pub async fn export(&self, id: ObjectId) -> Result<Blob, ObjectError> {
+    /// as it is (no copy), anything else encoded; with the refs its value
+    /// holds (each once, held: keep them until the bytes are sent). Waits
+    /// while it is pending.
+    pub async fn export(&self, id: ObjectId) -> Result<(Blob, Vec<AnyObjectRef>), ObjectError> {
         loop {
             let probe = {
                 let Some(entry) = self.inner.objects.get(&id) else {
                     return Err(self.missing(id));
                 };
                 match &entry.state {
-                    State::Pending(notify) => Err(notify.clone()),
+                    State::Pending { notify, .. } => Err(notify.clone()),
                     State::Failed(err) => return Err((**err).clone()),
                     State::Remote { .. } => return Err(ObjectError::Unknown(id)),
                     State::Ready(value) => Ok(Some((value.clone(), entry.kind.codec()))),
@@ -141,21 +157,22 @@ impl ObjectStore {
                 }
             };
             if let Some(blob) = value.downcast_ref::<Blob>() {
-                return Ok(blob.clone()); // a byte object is sent as it is
+                return Ok((blob.clone(), Vec::new())); // a byte object is sent as it is
             }
             // A byte vector too: shared, not copied (1 GB copied per pull,
             // into fresh pages, was most of a cross-node read).
             let value = match value.downcast::<Vec<u8>>() {
-                Ok(bytes) => return Ok(Blob::shared(bytes)),
+                Ok(bytes) => return Ok((Blob::shared(bytes), Vec::new())),
                 Err(value) => value,
             };
             if let Some(bytes) = codec.raw.and_then(|raw| (raw.bytes)(&*value)) {
-                return Ok(Blob::from(bytes.to_vec()));
+                return Ok((Blob::from(bytes.to_vec()), Vec::new()));
             }
+            let scope = EncodeScope::enter();
             let mut out = Vec::new();
             (codec.encode)(&*value, &mut out)
                 .map_err(|reason| ObjectError::Fetch { id, reason })?;
-            return Ok(Blob::from(out));
+            return Ok((Blob::from(out), scope.refs()));
         }
     }
 
@@ -174,6 +191,9 @@ impl ObjectStore {
     ) -> Result<Arc<T>, ObjectError> {
         let id = r.id();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // A fetch that failed before this read began is tried again; one
+        // this read waited for gives this read its error.
+        let mut waited = false;
         loop {
             let notify = match self.peek::<T>(id) {
                 Peek::Value(v) => return Ok(v),
@@ -182,12 +202,19 @@ impl ObjectStore {
                     let store = self.clone();
                     return blocking(id, move || store.restore_typed::<T>(id)).await;
                 }
-                Peek::Remote => {
-                    self.start_fetch(id);
+                Peek::RemoteFailed(e) if waited => return Err(e),
+                Peek::Remote | Peek::RemoteFailed(_) => {
+                    if !self.start_fetch(id, Kind::of::<T>()) {
+                        return Err(ObjectError::Fetch {
+                            id,
+                            reason: "it could not be fetched (no tokio runtime, or its type is unknown here)".to_owned(),
+                        });
+                    }
                     continue;
                 }
                 Peek::Wait(notify) => notify,
             };
+            waited = true;
             let settled = notify.notified();
             tokio::pin!(settled);
             // Registered before the re-check: a settle in between is seen.
@@ -216,10 +243,14 @@ impl ObjectStore {
         loop {
             let notify = match self.inner.objects.get(&id) {
                 Some(entry) => match &entry.state {
-                    State::Pending(notify) => notify.clone(),
-                    State::Remote { .. } => {
+                    State::Pending { notify, .. } => notify.clone(),
+                    State::Remote { failed: None, .. } => {
+                        let kind = entry.kind;
                         drop(entry);
-                        self.start_fetch(id);
+                        if !self.start_fetch(id, kind) {
+                            self.inner.cannot_fetch(id);
+                            return;
+                        }
                         continue;
                     }
                     _ => return,
@@ -236,39 +267,74 @@ impl ObjectStore {
         }
     }
 
+    /// Resolves once the object is made: it holds a value or an error
+    /// here, lives on another node, or is gone. Fetches nothing (a task
+    /// whose arguments are made may still run on another node).
+    pub async fn made(&self, id: ObjectId) {
+        loop {
+            let notify = match self.inner.objects.get(&id) {
+                Some(entry) => match &entry.state {
+                    State::Pending { notify, fetch: 0 } => notify.clone(),
+                    _ => return,
+                },
+                None => return,
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.availability(id) != Availability::Pending {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Turns a remote entry into a pending one and fetches it in the
-    /// background, as the type it was decoded as (once, whatever the number
-    /// of readers).
-    fn start_fetch(&self, id: ObjectId) {
-        let (kind, location) = match self.inner.objects.get(&id) {
-            Some(entry) => match &entry.state {
-                State::Remote { location } => (entry.kind, *location),
-                _ => return,
-            },
-            None => return,
+    /// background, as `kind` (or the type the entry knows), once whatever
+    /// the number of readers. False if it cannot be fetched (its type is
+    /// unknown here, or there is no tokio runtime): the entry stays remote.
+    /// A fetch that fails for good (the object is lost, or failed where it
+    /// was made) settles it failed; one that fails on the way (a dropped
+    /// connection) leaves it remote, the error kept for the readers that
+    /// waited: the next read fetches again.
+    fn start_fetch(&self, id: ObjectId, kind: Kind) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
         };
         let Some(directory) = self.inner.directory.get().cloned() else {
             self.inner
                 .settle_remote(id, State::failed(ObjectError::Unknown(id)));
-            return;
+            return true;
         };
-        {
+        let (token, kind, location) = {
             let Some(mut entry) = self.inner.objects.get_mut(&id) else {
-                return;
+                return true;
             };
-            if !matches!(entry.state, State::Remote { .. }) {
-                return;
+            let State::Remote { location, .. } = entry.state else {
+                return true; // fetching (or settled) already
+            };
+            if entry.kind.is_untyped() {
+                if kind.is_untyped() {
+                    return false;
+                }
+                entry.kind = kind;
             }
-            // Remembered after the fetch: that node hears when we let go.
-            entry.origin = entry.origin.or(location);
-            entry.state = State::Pending(Arc::new(Notify::new()));
-        }
+            let token = self.inner.fetches.fetch_add(1, Ordering::Relaxed);
+            entry.state = State::Pending {
+                notify: Arc::new(Notify::new()),
+                fetch: token,
+            };
+            (token, entry.kind, location)
+        };
         let store = self.clone();
         let fetch = async move {
             let fetched = directory.fetch(id, location).await;
             let materialize = {
                 let store = store.clone();
-                move |blob: Blob| {
+                move |fetched: Fetched| {
+                    // Its refs are held before its value is decoded.
+                    let held = store.hold(&fetched.refs);
+                    let blob = fetched.bytes;
                     let value = match kind.codec().raw {
                         Some(raw) => (raw.from)(blob),
                         None => {
@@ -277,6 +343,7 @@ impl ObjectStore {
                                 .map_err(|reason| ObjectError::Fetch { id, reason })?
                         }
                     };
+                    drop(held);
                     let size = (kind.codec().size)(&*value);
                     Ok((value, size))
                 }
@@ -285,30 +352,33 @@ impl ObjectStore {
             // worker (and the tasks queued behind it: a node's heartbeats):
             // it runs on a blocking thread.
             let result = match fetched {
-                Ok(blob) if blob.len() >= LARGE_DECODE => {
-                    blocking(id, move || materialize(blob)).await
+                Ok(fetched) if fetched.bytes.len() >= LARGE_DECODE => {
+                    blocking(id, move || materialize(fetched)).await
                 }
-                Ok(blob) => materialize(blob),
+                Ok(fetched) => materialize(fetched),
                 Err(err) => Err(err),
             };
             match result {
-                Ok((value, size)) => store.inner.settle(id, State::Ready(value), size),
-                Err(err) => store.inner.settle(id, State::failed(err), 0),
+                Ok((value, size)) => store
+                    .inner
+                    .settle_from(id, token, State::Ready(value), size),
+                Err(err) if fetch_may_succeed_later(&err) => {
+                    tracing::debug!(object = %id, %err, "fetch failed; the next read tries again");
+                    store.inner.settle_from(
+                        id,
+                        token,
+                        State::Remote {
+                            location,
+                            failed: Some(Box::new(err)),
+                        },
+                        0,
+                    )
+                }
+                Err(err) => store.inner.settle_from(id, token, State::failed(err), 0),
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(fetch);
-            }
-            Err(_) => self.inner.settle(
-                id,
-                State::failed(ObjectError::Fetch {
-                    id,
-                    reason: "no tokio runtime to fetch on".to_owned(),
-                }),
-                0,
-            ),
-        }
+        runtime.spawn(fetch);
+        true
     }
 
     /// Reads many objects, in order, waiting for each.
@@ -338,27 +408,44 @@ impl ObjectStore {
     /// remote (an id this node never saw counts, since reading it fails at
     /// once with [`ObjectError::Unknown`]).
     pub fn is_settled(&self, id: ObjectId) -> bool {
-        self.inner
-            .objects
-            .get(&id)
-            .is_none_or(|e| !matches!(e.state, State::Pending(_) | State::Remote { .. }))
+        self.inner.objects.get(&id).is_none_or(|e| {
+            !matches!(
+                e.state,
+                State::Pending { .. } | State::Remote { failed: None, .. }
+            )
+        })
+    }
+
+    /// Where an object stands for a task that takes it as an argument:
+    /// still being made, made on another node (or being fetched), or
+    /// readable here now (a value, an error, or gone: a read does not
+    /// wait).
+    pub fn availability(&self, id: ObjectId) -> Availability {
+        match self.inner.objects.get(&id) {
+            Some(e) => match e.state {
+                State::Pending { fetch: 0, .. } => Availability::Pending,
+                State::Pending { .. } | State::Remote { failed: None, .. } => {
+                    Availability::Elsewhere
+                }
+                _ => Availability::Here,
+            },
+            None => Availability::Here,
+        }
     }
 
     /// Whether `wait` counts the object as ready: settled, and known (an
     /// unknown id never becomes ready).
     fn is_ready_for_wait(&self, id: ObjectId) -> bool {
-        let remote = match self.inner.objects.get(&id) {
+        let kind = match self.inner.objects.get(&id) {
             Some(e) => match e.state {
-                State::Pending(_) => return false,
-                State::Remote { .. } => true,
+                State::Pending { .. } => return false,
+                State::Remote { failed: None, .. } => e.kind,
                 _ => return true,
             },
             None => return matches!(self.missing(id), ObjectError::Freed(_)),
         };
-        if remote {
-            // Ready once fetched; start the fetch now.
-            self.start_fetch(id);
-        }
+        // Ready once fetched; start the fetch now.
+        self.start_fetch(id, kind);
         false
     }
 
@@ -408,14 +495,33 @@ impl ObjectStore {
 }
 
 impl Inner {
+    /// A remote entry that no fetch can start for (its type is not known
+    /// here): readers are told so instead of waiting.
+    fn cannot_fetch(&self, id: ObjectId) {
+        if let Some(mut entry) = self.objects.get_mut(&id) {
+            if let State::Remote { failed, .. } = &mut entry.state {
+                *failed = Some(Box::new(ObjectError::Fetch {
+                    id,
+                    reason: "its type is not known on this node: read it through a typed ref"
+                        .to_owned(),
+                }));
+            }
+        }
+    }
+
     /// Settles an entry that may be remote (not pending): a lost or unknown
     /// remote object.
     pub(super) fn settle_remote(&self, id: ObjectId, state: State) {
         if let Some(mut entry) = self.objects.get_mut(&id) {
-            if matches!(entry.state, State::Remote { .. }) {
-                entry.state = state;
-            } else {
-                return;
+            match entry.state {
+                State::Remote { .. } => entry.state = state,
+                // Being fetched from where it was lost: the fetch ends too.
+                State::Pending { fetch, .. } if fetch != 0 => {
+                    drop(entry);
+                    self.settle_from(id, fetch, state, 0);
+                    return;
+                }
+                _ => return,
             }
         }
         self.completions.send_modify(|n| *n = n.wrapping_add(1));
@@ -429,6 +535,27 @@ enum Peek<T> {
     Wait(Arc<Notify>),
     Spilled,
     Remote,
+    /// Remote, and the last fetch failed with this.
+    RemoteFailed(ObjectError),
+}
+
+/// Where an object stands for a task that takes it as an argument
+/// ([`ObjectStore::availability`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Its producer has not made it yet.
+    Pending,
+    /// Made, on another node (fetched when read here).
+    Elsewhere,
+    /// A read here does not wait: a value, an error, or gone.
+    Here,
+}
+
+/// Whether a fetch that failed with `err` may succeed if tried again (a
+/// connection dropped, a holder slow to answer), rather than never (the
+/// object is lost, or failed where it was made).
+fn fetch_may_succeed_later(err: &ObjectError) -> bool {
+    matches!(err, ObjectError::Fetch { .. } | ObjectError::Timeout { .. })
 }
 
 /// Runs blocking file I/O off the async workers when there are any.

@@ -90,7 +90,7 @@ impl<T> serde::Serialize for ObjectRef<T> {
     /// A ref encodes as its id. A value that holds refs is kept in memory,
     /// never spilled; the cluster carries refs this way.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        note_ref_encoded();
+        note_ref_encoded(&self.handle);
         self.handle.id.serialize(serializer)
     }
 }
@@ -143,7 +143,7 @@ impl AnyObjectRef {
 
 impl serde::Serialize for AnyObjectRef {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        note_ref_encoded();
+        note_ref_encoded(&self.handle);
         self.handle.id.serialize(serializer)
     }
 }
@@ -213,13 +213,13 @@ impl<T: Object> Completer<T> {
     pub fn relocate(mut self, location: crate::NodeId) {
         self.done = true;
         if let Some(store) = self.store.upgrade() {
-            store.settle(
-                self.id,
-                State::Remote {
-                    location: Some(location),
-                },
-                0,
-            );
+            if let Some(mut entry) = store.objects.get_mut(&self.id) {
+                if matches!(entry.state, State::Pending { fetch: 0, .. }) {
+                    // That node keeps it for this one until told otherwise.
+                    entry.kept_at = Some(location);
+                }
+            }
+            store.settle(self.id, State::remote(Some(location)), 0);
         }
     }
 

@@ -2,12 +2,10 @@
 //! puts, byte objects in pooled buffers, pending objects.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use tokio::sync::Notify;
-
-use super::{Entry, Kind, ObjectStore, State};
+use super::{Entry, Kind, ObjectStore, RefHandle, State};
 use crate::blob::class_of;
 use crate::{Blob, BlobWriter, Completer, GetSize, Object, ObjectError, ObjectId, ObjectRef};
 
@@ -149,42 +147,82 @@ impl ObjectStore {
 
     /// [`pending`](Self::pending) under an id minted elsewhere: how a node
     /// makes the result of a task whose owner (on another node) minted the
-    /// result's id before anyone ran it. Fails if the id is in use here.
+    /// result's id before anyone ran it.
+    ///
+    /// This store may know the id already: a ref to it arrived first
+    /// (inside another task's arguments), or an earlier attempt of the same
+    /// task ran here. This producer then takes the entry over: a remote or
+    /// failed entry becomes pending here (readers waiting on a fetch of it
+    /// wake when this producer settles it), and an entry that holds a value
+    /// keeps it (the completer has nothing left to do). Fails only if the
+    /// id holds a value of another type.
     pub fn pending_at<T: Object>(
         &self,
         id: ObjectId,
     ) -> Result<(ObjectRef<T>, Completer<T>), ObjectError> {
-        if self.inner.objects.contains_key(&id) {
-            return Err(ObjectError::WrongType {
-                id,
-                expected: "a fresh id".into(),
-                actual: "an object already in this store".into(),
-            });
-        }
-        Ok(self.pending_unchecked(id))
+        let kind = Kind::of::<T>();
+        let handle = match self.inner.objects.entry(id) {
+            dashmap::Entry::Vacant(vacant) => {
+                let handle = self.new_handle(id);
+                let mut entry = Entry::new(State::pending(), kind);
+                entry.handle = Arc::downgrade(&handle);
+                vacant.insert(entry);
+                handle
+            }
+            dashmap::Entry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                if !entry.kind.is_untyped() && entry.kind.type_id() != kind.type_id() {
+                    return Err(ObjectError::WrongType {
+                        id,
+                        expected: std::any::type_name::<T>().into(),
+                        actual: entry.kind.type_name().into(),
+                    });
+                }
+                entry.kind = kind;
+                match &entry.state {
+                    State::Remote { .. } | State::Failed(_) => entry.state = State::pending(),
+                    State::Pending { notify, fetch } if *fetch != 0 => {
+                        entry.state = State::Pending {
+                            notify: notify.clone(),
+                            fetch: 0,
+                        };
+                    }
+                    // Pending here already (another attempt), or a value.
+                    _ => {}
+                }
+                match entry.handle.upgrade() {
+                    Some(handle) => handle,
+                    None => {
+                        let handle = self.new_handle(id);
+                        entry.handle = Arc::downgrade(&handle);
+                        handle
+                    }
+                }
+            }
+        };
+        Ok(self.completing(handle))
     }
 
     fn pending_unchecked<T: Object>(&self, id: ObjectId) -> (ObjectRef<T>, Completer<T>) {
-        let r = self.insert(
-            id,
-            Entry {
-                state: State::Pending(Arc::new(Notify::new())),
-                size: 0,
-                kind: Kind::of::<T>(),
-                last_used: AtomicU64::new(0),
-                handle: Weak::new(),
-                pinned: false,
-                borrowers: Vec::new(),
-                origin: None,
-            },
-        );
+        let r: ObjectRef<T> = self.insert(id, Entry::new(State::pending(), Kind::of::<T>()));
+        let handle = r.handle;
+        self.completing(handle)
+    }
+
+    fn completing<T: Object>(&self, handle: Arc<RefHandle>) -> (ObjectRef<T>, Completer<T>) {
         let completer = Completer {
-            id,
+            id: handle.id,
             store: Arc::downgrade(&self.inner),
             done: false,
             _type: PhantomData,
         };
-        (r, completer)
+        (
+            ObjectRef {
+                handle,
+                _type: PhantomData,
+            },
+            completer,
+        )
     }
 }
 

@@ -65,13 +65,22 @@ fn task(seq: u64, needs: Units, deps: Vec<ObjectId>) -> T {
 
 type S = State<T, u32>;
 
-/// A fake store: which objects are settled.
+/// A fake store: which objects are readable here (settled), and which
+/// are made on another node; the rest are pending.
 #[derive(Default)]
-struct Settled(HashSet<ObjectId>);
+struct Settled(HashSet<ObjectId>, HashSet<ObjectId>);
 
 impl Settled {
-    fn f(&self) -> impl Fn(ObjectId) -> bool + '_ {
-        |id| self.0.contains(&id)
+    fn f(&self) -> impl Fn(ObjectId) -> Availability + '_ {
+        |id| {
+            if self.0.contains(&id) {
+                Availability::Here
+            } else if self.1.contains(&id) {
+                Availability::Elsewhere
+            } else {
+                Availability::Pending
+            }
+        }
     }
 }
 
@@ -124,9 +133,78 @@ fn an_argument_made_elsewhere_is_watched() {
     };
     let t = task(1, cpus(1), vec![foreign]);
     let actions = s.submit(t.clone(), &settled.f());
-    assert_eq!(actions.watch, vec![(t.id, vec![foreign])]);
+    assert_eq!(actions.watch, vec![(t.id, vec![foreign], Wait::Made)]);
+    // Made on another node: fetched here before it runs here.
+    settled.1.insert(foreign);
+    let actions = s.deps_settled(t.id, &settled.f());
+    assert_eq!(actions.watch, vec![(t.id, vec![foreign], Wait::Here)]);
+    assert!(actions.launch.is_empty());
+    settled.1.remove(&foreign);
     settled.0.insert(foreign);
     assert_eq!(launched(&s.deps_settled(t.id, &settled.f())), [1]);
+}
+
+#[test]
+fn a_task_that_may_leave_is_offered_to_placement_only_once_its_arguments_are_made() {
+    let mut settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let a = task(1, cpus(1), vec![]);
+    let _ = s.submit_routed(a.clone(), Route::Placed, &settled.f());
+    // Delegated by the driver (as the placement hook would).
+    let queued = Queued {
+        task: a.clone(),
+        attempt: 1,
+        route: Route::Placed,
+    };
+    s.delegated(queued, NodeId(3));
+    // Its dependent, bound for another node too, waits under it: it is
+    // not offered to the hook while its argument is not made.
+    let b = task(2, cpus(1), a.results.clone());
+    let actions = s.submit_routed(b.clone(), Route::Placed, &settled.f());
+    assert!(actions.place.is_empty() && actions.watch.is_empty());
+    assert_eq!(s.counts().waiting_for_args, 1);
+    // Made on node 3: the dependent goes to the hook, and nothing is
+    // fetched here for it.
+    settled.1.insert(a.results[0]);
+    let actions = s.delegated_ended(a.id, Outcome::Done, &settled.f());
+    assert_eq!(actions.place.len(), 1);
+    assert_eq!(actions.place[0].task.id, b.id);
+    assert!(actions.watch.is_empty());
+}
+
+#[test]
+fn spillback_happens_when_a_ready_task_does_not_fit_here() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let first = s.submit_routed(task(1, cpus(1), vec![]), Route::HereFirst, &settled.f());
+    assert_eq!(launched(&first), [1], "it fits: it runs here");
+    let second = s.submit_routed(task(2, cpus(1), vec![]), Route::HereFirst, &settled.f());
+    assert!(second.launch.is_empty());
+    assert_eq!(
+        second.place.len(),
+        1,
+        "it does not fit now: another node may take it"
+    );
+    // Placed here after all: it waits its turn here.
+    let mut placed = second.place.into_iter().next().unwrap();
+    placed.route = Route::HereFirst;
+    s.requeue(placed).unwrap();
+    let mut actions = Actions::default();
+    s.step(&settled.f(), &mut actions);
+    assert!(actions.place.is_empty(), "not offered again");
+    assert_eq!(s.counts().queued, 1);
+    // A node that cannot run it refuses it: the same attempt is placed again.
+    s.delegated(
+        Queued {
+            task: task(3, cpus(1), vec![]),
+            attempt: 2,
+            route: Route::Placed,
+        },
+        NodeId(5),
+    );
+    let again = s.delegated_refused(task(3, cpus(1), vec![]).id);
+    assert_eq!(again.place.len(), 1);
+    assert_eq!(again.place[0].attempt, 2, "a refusal is not an attempt");
 }
 
 #[test]
@@ -307,6 +385,7 @@ fn tasks_on_a_dead_node_are_retried_through_placement() {
         Queued {
             task: t.clone(),
             attempt: 1,
+            route: Route::Placed,
         },
         NodeId(3),
     );

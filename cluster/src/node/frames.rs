@@ -1,0 +1,240 @@
+//! What a node does with each frame and peer change the transport hands it:
+//! replies complete their requests, notices are acted on in the order they
+//! arrived, requests are answered.
+//!
+//! Everything here runs on the cluster's I/O runtime, in arrival order,
+//! and must not run user code there: work (a task, an actor's constructor
+//! or its stop) goes to the runtime's own tokio runtime; only waiting for
+//! a reply stays here.
+
+use tracing::Instrument;
+
+use super::*;
+use crate::transport::Patience;
+
+impl Shared {
+    pub(super) fn handle(self: &Arc<Self>, inbound: Inbound) {
+        let Some(transport) = self.transport.get().cloned() else {
+            return;
+        };
+        match inbound {
+            Inbound::PeerUp(node) => {
+                tracing::debug!(%node, "session up");
+                if let (Some(rt), Some(m)) = (self.runtime(), self.member(node)) {
+                    if m.hello.role != Role::Client {
+                        self.announce(&rt, &m);
+                    }
+                }
+            }
+            Inbound::PeerDown(node) => {
+                tracing::debug!(%node, "session down");
+                let changes = lock(&self.directory)
+                    .as_mut()
+                    .map(|d| d.session_closed(node))
+                    .unwrap_or_default();
+                self.head_changes(changes);
+            }
+            Inbound::Frame(mut frame) => {
+                // The refs a frame carries are held from now on, before any
+                // later frame (a release of them, say) is handled.
+                if let Some(rt) = self.runtime() {
+                    for encoded in frame.encoded_mut() {
+                        rt.objects().receive(encoded);
+                    }
+                }
+                match *frame {
+                    Frame::Reply { id, body } => transport.complete(id, body),
+                    Frame::Notice { from, body } => self.notice(from, body),
+                    Frame::Request { id, from, body } => self.request(&transport, from, id, body),
+                }
+            }
+        }
+    }
+
+    fn request(self: &Arc<Self>, transport: &Arc<Transport>, from: NodeId, id: u64, body: Request) {
+        if body.patience(Duration::ZERO) == Patience::WhileAlive {
+            // The requester may ask whether this node still works on it.
+            transport.working_on(from, id);
+        }
+        let Some(rt) = self.runtime() else {
+            transport.reply(
+                from,
+                id,
+                Reply::Refused("this node is shutting down".into()),
+            );
+            return;
+        };
+        match body {
+            // An actor call enters the actor's mailbox now, in the order
+            // calls arrived (the caller sent them in order); only waiting
+            // for its reply runs apart.
+            Request::CallActor {
+                actor,
+                method,
+                args,
+            } => {
+                let reply = rt.call_by_name(actor, &method, &args.bytes);
+                drop(args);
+                let transport = transport.clone();
+                tokio::spawn(async move {
+                    transport.reply(from, id, Reply::Actor(reply.await));
+                });
+            }
+            // Work runs on the runtime's own threads, never on the
+            // cluster's I/O threads.
+            Request::RunTask(spec) => {
+                let transport = transport.clone();
+                rt.tokio_handle().clone().spawn(async move {
+                    let task = spec.id;
+                    let outcome = rt
+                        .run_spec(spec)
+                        .instrument(tracing::info_span!("remote_task", task = %task, owner = %from))
+                        .await;
+                    transport.reply(from, id, Reply::Task(outcome));
+                });
+            }
+            Request::SpawnActor(request) => {
+                let transport = transport.clone();
+                rt.tokio_handle().clone().spawn(async move {
+                    let spawned = rt.spawn_requested(request, from).await;
+                    transport.reply(from, id, Reply::Spawned(spawned));
+                });
+            }
+            Request::StopActor { actor, how } => {
+                let transport = transport.clone();
+                rt.tokio_handle().clone().spawn(async move {
+                    rt.stop_requested(actor, how).await;
+                    transport.reply(from, id, Reply::Ok);
+                });
+            }
+            body => {
+                let shared = self.clone();
+                let transport = transport.clone();
+                tokio::spawn(async move {
+                    let reply = shared.answer(&rt, from, body).await;
+                    transport.reply(from, id, reply);
+                });
+            }
+        }
+    }
+
+    fn notice(self: &Arc<Self>, from: NodeId, body: Notice) {
+        match body {
+            Notice::Heartbeat { available, load } => {
+                let mut directory = lock(&self.directory);
+                if let Some(d) = directory.as_mut() {
+                    let changes = d.heartbeat(from, available, load, Instant::now());
+                    drop(directory);
+                    self.head_changes(changes);
+                }
+            }
+            Notice::Directory(members) => {
+                if Some(from) == self.head.get().copied() {
+                    self.apply_view(members);
+                }
+            }
+            Notice::Leave => {
+                let mut directory = lock(&self.directory);
+                if let Some(d) = directory.as_mut() {
+                    let changes = d.leave(from, Instant::now());
+                    drop(directory);
+                    self.head_changes(changes);
+                }
+            }
+            Notice::Stop => {
+                if Some(from) == self.head.get().copied() {
+                    self.end("stopped by `troupe stop`".to_owned());
+                }
+            }
+            Notice::Released { id, times } => {
+                if let Some(rt) = self.runtime() {
+                    rt.objects().remove_borrower(id, from, times);
+                }
+            }
+            Notice::Borrow {
+                id,
+                borrower,
+                delta,
+            } => self.borrow(id, borrower, delta),
+            Notice::Probe { ids } => {
+                if let Some(transport) = self.transport.get() {
+                    let unknown = transport.not_working_on(from, ids);
+                    if !unknown.is_empty() {
+                        let _ = transport.notify(from, Notice::Unknown { ids: unknown });
+                    }
+                }
+            }
+            Notice::Unknown { ids } => {
+                if let Some(transport) = self.transport.get() {
+                    transport.unknown_to(from, &ids);
+                }
+            }
+            // Taken by the transport as it arrives (`agent::deliver`).
+            Notice::Link { .. } => {}
+            Notice::ActorEnded { actor } => {
+                if let Some(rt) = self.runtime() {
+                    rt.forget_placed_actor(actor);
+                }
+            }
+        }
+    }
+
+    /// Answers a control request (nothing here runs user code).
+    async fn answer(self: &Arc<Self>, rt: &Runtime, from: NodeId, body: Request) -> Reply {
+        match body {
+            Request::Join(hello) => {
+                let result = match lock(&self.directory).as_mut() {
+                    Some(d) => d.join(hello, Instant::now()),
+                    None => Err("this node is not the head".to_owned()),
+                };
+                match result {
+                    Ok((welcome, changes)) => {
+                        self.head_changes(changes);
+                        Reply::Welcome(welcome)
+                    }
+                    Err(why) => {
+                        tracing::warn!(%from, %why, "join refused");
+                        Reply::Refused(why)
+                    }
+                }
+            }
+            Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
+            Request::LocateActor(actor) => Reply::ActorAt(rt.placed_actor_location(actor).await),
+            Request::Locate(id) => {
+                Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
+            }
+            Request::Status => match lock(&self.directory).as_ref() {
+                Some(d) => Reply::Status(d.members()),
+                None => Reply::Status(read(&self.view).clone()),
+            },
+            Request::StopCluster => {
+                let Some(transport) = self.transport.get() else {
+                    return Reply::Refused("not started".to_owned());
+                };
+                let members = match lock(&self.directory).as_ref() {
+                    Some(d) => d.members(),
+                    None => return Reply::Refused("this node is not the head".to_owned()),
+                };
+                for m in members {
+                    if m.hello.node != transport.me() && m.hello.node != from {
+                        let _ = transport.notify(m.hello.node, Notice::Stop);
+                    }
+                }
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    // Let the reply and the stops go out first.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    shared.end("stopped by `troupe stop`".to_owned());
+                });
+                Reply::Ok
+            }
+            // Work is handled in `request`.
+            Request::RunTask(_)
+            | Request::CallActor { .. }
+            | Request::SpawnActor(_)
+            | Request::StopActor { .. } => {
+                Reply::Refused("this request is answered elsewhere".to_owned())
+            }
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! The transport between nodes: requests with ids and the table of their
+//! pending replies, notices, the peers' control links, and the borrowing
+//! protocol's registrations for every ref a frame carries.
+//!
+//! A peer is connected once its ractor_cluster session is up (its agent
+//! appeared, `agent.rs`) *and* a control link runs each way (`link.rs`):
+//! every frame travels on this node's link to the peer, in order.
+//!
+//! No request waits forever. Each has a patience ([`Patience`]): control
+//! requests (a lookup, a join, a location) fail with
+//! [`TransportError::Timeout`] past their deadline; work that may take any
+//! time (a task, an actor call, a spawn, a stop) waits while its node is
+//! alive, and is probed: past [`PROBE_AFTER`] without a reply, the
+//! requester asks the peer which of its requests it still works on, and a
+//! request the peer no longer knows fails with [`TransportError::Lost`]
+//! (its reply would have arrived before the answer, on the same link). A
+//! peer that dies, or whose link ends, fails everything waiting on it.
+//!
+//! No frame is dropped quietly: a frame that cannot be queued (the peer
+//! has not read 64 MiB) closes the link, which the peer sees; its requests
+//! waiting on this node fail and are retried.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use ractor::ActorRef;
+use tokio::sync::{mpsc, oneshot, watch};
+use troupe_core::{NodeId, ObjectId};
+
+use crate::agent::{AgentMessage, Inbound, MAX_PENDING_PER_PEER};
+use crate::link::{LinkError, LinkWriter};
+use crate::protocol::{Frame, FrameError, Notice, Reply, Request};
+
+/// How long a request that may take any time waits for its reply before
+/// its peer is asked whether it still works on it (and again as often).
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
+
+/// How often pending requests are checked against their deadlines.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer's session ended (or it was declared dead) first.
+    #[error("node {0} died (or its session ended) before answering")]
+    NodeDied(NodeId),
+    /// No session to the peer, within the connect timeout.
+    #[error("no session to node {0}: it is unknown, unreachable, or gone")]
+    NoSession(NodeId),
+    /// Too many requests already wait on this peer.
+    #[error("{MAX_PENDING_PER_PEER} requests already wait on node {0}; try again later")]
+    Backpressure(NodeId),
+    /// The request could not be encoded.
+    #[error("{0}")]
+    Frame(String),
+    /// No answer in time.
+    #[error("node {0} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+    /// The peer no longer knows the request (its reply was lost): it may
+    /// or may not have been carried out.
+    #[error("node {0} no longer knows the request: its reply was lost")]
+    Lost(NodeId),
+}
+
+impl From<FrameError> for TransportError {
+    fn from(e: FrameError) -> Self {
+        TransportError::Frame(e.to_string())
+    }
+}
+
+/// How long a request may wait for its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// Until this long after it was sent (a control request).
+    Within(Duration),
+    /// While its node is alive and still works on it (probed).
+    WhileAlive,
+}
+
+/// Registers (`true`) or takes back (`false`) the receiver `to` as a
+/// borrower of each object a frame carries refs to: the node's half of the
+/// borrowing protocol, called before the frame is written.
+pub type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
+
+/// Where this node's control link listens, and the secret links prove.
+pub struct LinkSetup {
+    /// The address peers connect to (advertised).
+    pub addr: SocketAddr,
+    /// The cluster's cookie.
+    pub cookie: Arc<[u8]>,
+    /// Where peer changes go (`PeerUp` once a link is up), in order.
+    pub inbound: Arc<dyn Fn(Inbound) + Send + Sync>,
+}
+
+/// The transport's timings.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// How long a request waits for a session to its peer.
+    pub connect: Duration,
+    /// How long a control request waits for its reply.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Waiting {
+    node: NodeId,
+    reply: oneshot::Sender<Result<Reply, TransportError>>,
+    sent: Instant,
+    patience: Patience,
+    /// When the peer was last asked about it.
+    probed: Option<Instant>,
+}
+
+/// One peer's outbound link and its serial number (a broken link that was
+/// already replaced must not take its replacement down).
+struct Outbound {
+    writer: LinkWriter,
+    serial: u64,
+}
+
+/// What this node knows of one peer, changed under one lock.
+#[derive(Default)]
+struct Peer {
+    /// Its agent, while its ractor_cluster session is up.
+    agent: Option<ActorRef<AgentMessage>>,
+    /// This node's link to it.
+    outbound: Option<Arc<Outbound>>,
+    /// The serial of its latest link to this node.
+    inbound: Option<u64>,
+    /// Where its link server listens (to connect again after a break).
+    link_addr: Option<SocketAddr>,
+    /// Requests of this node waiting on it.
+    pending: usize,
+}
+
+impl Peer {
+    fn connected(&self) -> bool {
+        self.outbound.is_some() && self.inbound.is_some()
+    }
+}
+
+/// Requests, replies and notices between this node and its peers.
+pub struct Transport {
+    me: NodeId,
+    peers: DashMap<NodeId, Peer>,
+    /// Bumped whenever a peer becomes connected (waiters re-check).
+    peers_changed: watch::Sender<u64>,
+    pending: DashMap<u64, Waiting>,
+    next_id: AtomicU64,
+    link: OnceLock<LinkSetup>,
+    serials: AtomicU64,
+    /// Peer changes, in the order they happened, to the node (a task
+    /// delivers them: nothing is called back under a lock).
+    events: mpsc::UnboundedSender<Inbound>,
+    events_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
+    /// Requests of peers this node works on now (those they may probe).
+    working: DashMap<(NodeId, u64), ()>,
+    lend: OnceLock<Lend>,
+    timeouts: Timeouts,
+    /// The runtime the cluster's I/O runs on (links, their writers).
+    io: tokio::runtime::Handle,
+}
+
+impl Transport {
+    /// A transport for node `me`, whose link tasks run on the current
+    /// tokio runtime.
+    pub fn new(me: NodeId, timeouts: Timeouts) -> Arc<Self> {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let transport = Arc::new(Transport {
+            me,
+            peers: DashMap::new(),
+            peers_changed: watch::channel(0).0,
+            pending: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            link: OnceLock::new(),
+            serials: AtomicU64::new(1),
+            events,
+            events_rx: std::sync::Mutex::new(Some(events_rx)),
+            working: DashMap::new(),
+            lend: OnceLock::new(),
+            timeouts,
+            io: tokio::runtime::Handle::current(),
+        });
+        let weak = Arc::downgrade(&transport);
+        transport.io.spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(transport) = weak.upgrade() else {
+                    return;
+                };
+                transport.watch_pending(Instant::now());
+            }
+        });
+        transport
+    }
+
+    /// Sets where this node's link listens and where peer changes go
+    /// (before any peer appears).
+    pub fn set_link(&self, setup: LinkSetup) {
+        let inbound = setup.inbound.clone();
+        if self.link.set(setup).is_err() {
+            return;
+        }
+        let rx = self
+            .events_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut rx) = rx {
+            self.io.spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    inbound(event);
+                }
+            });
+        }
+    }
+
+    /// Sets the borrowing protocol's hook, called for every frame that
+    /// carries refs, before it is written.
+    pub fn set_lend(&self, lend: Lend) {
+        let _ = self.lend.set(lend);
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// Whether a session and links both ways to `node` are up.
+    pub fn connected(&self, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| p.connected())
+    }
+
+    /// The peers with a session and links both ways up.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|p| p.connected())
+            .map(|p| *p.key())
+            .collect()
+    }
+
+    /// Whether `node`'s agent (its session) is up.
+    fn has_agent(&self, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| p.agent.is_some())
+    }
+
+    /// Changes `node`'s record with `f`; a change of whether it is
+    /// connected is told to the node, in order (`PeerUp`, or `PeerDown`
+    /// after its waiting requests fail: their replies may have been lost).
+    /// `f` returns whether the session ended (a `PeerDown` even if it was
+    /// never connected). Nothing is called back under the lock.
+    fn update<R>(&self, node: NodeId, f: impl FnOnce(&mut Peer) -> (R, bool)) -> R {
+        let (result, went_down) = {
+            let mut peer = self.peers.entry(node).or_default();
+            let before = peer.connected();
+            let (result, session_ended) = f(&mut peer);
+            let after = peer.connected();
+            if !before && after {
+                self.peers_changed.send_modify(|n| *n += 1);
+                let _ = self.events.send(Inbound::PeerUp(node));
+            }
+            let down = (before && !after) || session_ended;
+            if down {
+                let _ = self.events.send(Inbound::PeerDown(node));
+            }
+            (result, before && !after || session_ended)
+        };
+        if went_down {
+            self.fail_pending(node, TransportError::NodeDied(node));
+        }
+        result
+    }
+
+    /// `node`'s agent appeared: its session is up. Tells it where this
+    /// node's link listens (through the agent: the one message that
+    /// crosses ractor_cluster); it connects, and this node connects to it
+    /// when told the same.
+    pub(crate) fn agent_up(&self, node: NodeId, agent: ActorRef<AgentMessage>) {
+        self.update(node, |peer| {
+            peer.agent = Some(agent.clone());
+            ((), false)
+        });
+        let Some(setup) = self.link.get() else {
+            return;
+        };
+        let frame = Frame::Notice {
+            from: self.me,
+            body: Notice::Link { addr: setup.addr },
+        };
+        match frame.encode() {
+            Ok(bytes) => {
+                let mut batch = Vec::with_capacity(4 + bytes.len());
+                batch.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                batch.extend_from_slice(&bytes);
+                let _ = agent.cast(AgentMessage(batch));
+            }
+            Err(err) => tracing::error!(%err, "the link notice did not encode"),
+        }
+    }
+
+    /// Whether `cell` is `node`'s agent as this node knows it (a reconnect
+    /// may have replaced it already).
+    pub(crate) fn is_agent(&self, node: NodeId, cell: &ractor::ActorCell) -> bool {
+        self.peers
+            .get(&node)
+            .and_then(|p| p.agent.as_ref().map(|a| a.get_id() == cell.get_id()))
+            .unwrap_or(false)
+    }
+
+    /// `node` says its link listens at `addr`: connects (again, if a link
+    /// broke), trying a few times while its session is up.
+    pub fn connect_link(self: &Arc<Self>, node: NodeId, addr: SocketAddr) {
+        let Some(setup) = self.link.get() else {
+            return;
+        };
+        let cookie = setup.cookie.clone();
+        self.update(node, |peer| {
+            peer.link_addr = Some(addr);
+            ((), false)
+        });
+        let transport = self.clone();
+        self.io.spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            for _ in 0..8 {
+                if !transport.has_agent(node) {
+                    return; // its session ended meanwhile
+                }
+                let serial = transport.serials.fetch_add(1, Ordering::Relaxed);
+                let weak = Arc::downgrade(&transport);
+                let broken = Box::new(move |err: std::io::Error| {
+                    if let Some(t) = weak.upgrade() {
+                        t.outbound_lost(node, serial, &err.to_string());
+                    }
+                });
+                match LinkWriter::connect(addr, transport.me, node, &cookie, broken).await {
+                    Ok(writer) => {
+                        transport.update(node, |peer| {
+                            if peer.agent.is_some() {
+                                peer.outbound = Some(Arc::new(Outbound { writer, serial }));
+                            }
+                            ((), false)
+                        });
+                        return;
+                    }
+                    Err(err) => {
+                        metrics::counter!("troupe_cluster_link_failures_total").increment(1);
+                        tracing::warn!(%node, %err, "control link not up; trying again");
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            tracing::error!(%node, %addr, "no control link to this node: it stays unreachable");
+        });
+    }
+
+    /// This node's link to `node` (numbered `serial`) failed: connects
+    /// again while its session is up.
+    fn outbound_lost(self: &Arc<Self>, node: NodeId, serial: u64, why: &str) {
+        let lost = self.update(node, |peer| {
+            if peer.outbound.as_ref().is_none_or(|o| o.serial != serial) {
+                return (None, false); // already replaced
+            }
+            peer.outbound = None;
+            let again = peer.agent.is_some().then_some(peer.link_addr).flatten();
+            (Some(again), false)
+        });
+        let Some(again) = lost else {
+            return;
+        };
+        metrics::counter!("troupe_cluster_link_failures_total").increment(1);
+        tracing::debug!(%node, %why, "control link lost");
+        if let Some(addr) = again {
+            self.connect_link(node, addr);
+        }
+    }
+
+    /// A peer's inbound link came up (`up`) or ended. Without the latest
+    /// one the peer is not connected (its replies cannot reach this node)
+    /// until it connects again. A dead peer's links end at once (its
+    /// kernel closes them), before the failure detector's verdict.
+    pub fn inbound_link(&self, node: NodeId, serial: u64, up: bool) {
+        self.update(node, |peer| {
+            if up {
+                peer.inbound = Some(serial);
+            } else if peer.inbound == Some(serial) {
+                peer.inbound = None;
+            }
+            ((), false)
+        });
+    }
+
+    /// `node`'s session ended (or it was declared dead): every request
+    /// waiting on it fails with [`TransportError::NodeDied`], and the node
+    /// hears `PeerDown` (once).
+    pub fn peer_down(&self, node: NodeId) {
+        self.update(node, |peer| {
+            let had_session = peer.agent.is_some();
+            let was_connected = peer.connected();
+            peer.agent = None;
+            peer.outbound = None;
+            peer.link_addr = None;
+            ((), had_session && !was_connected)
+        });
+        // A peer never connected may still have requests that raced its
+        // end (sent as its link came up).
+        self.fail_pending(node, TransportError::NodeDied(node));
+    }
+
+    fn fail_pending(&self, node: NodeId, err: TransportError) {
+        let ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|e| e.value().node == node)
+            .map(|e| *e.key())
+            .collect();
+        for id in ids {
+            if let Some(waiting) = self.settle(id) {
+                let _ = waiting.reply.send(Err(err.clone()));
+            }
+        }
+    }
+
+    /// Fails requests past their deadlines, and asks peers about requests
+    /// that waited long (see [`PROBE_AFTER`]).
+    fn watch_pending(&self, now: Instant) {
+        let mut expired = Vec::new();
+        let mut probes: HashMap<NodeId, Vec<u64>> = HashMap::new();
+        for mut entry in self.pending.iter_mut() {
+            let id = *entry.key();
+            let waiting = entry.value_mut();
+            match waiting.patience {
+                Patience::Within(after) => {
+                    if now.saturating_duration_since(waiting.sent) >= after {
+                        expired.push((id, waiting.node, after));
+                    }
+                }
+                Patience::WhileAlive => {
+                    let last = waiting.probed.unwrap_or(waiting.sent);
+                    if now.saturating_duration_since(last) >= PROBE_AFTER {
+                        waiting.probed = Some(now);
+                        probes.entry(waiting.node).or_default().push(id);
+                    }
+                }
+            }
+        }
+        for (id, node, after) in expired {
+            if let Some(waiting) = self.settle(id) {
+                metrics::counter!("troupe_cluster_request_timeouts_total").increment(1);
+                tracing::warn!(%node, request = id, ?after, "a request timed out");
+                let _ = waiting
+                    .reply
+                    .send(Err(TransportError::Timeout(node, after)));
+            }
+        }
+        for (node, ids) in probes {
+            let _ = self.notify(node, Notice::Probe { ids });
+        }
+    }
+
+    /// `node` answered a probe: of the requests this node asked about,
+    /// these it does not know (not received, or answered already: such a
+    /// reply came before this answer, on the same link). Those still
+    /// waiting lost their replies.
+    pub fn unknown_to(&self, node: NodeId, ids: &[u64]) {
+        for id in ids {
+            let ours = self.pending.get(id).is_some_and(|w| w.node == node);
+            if !ours {
+                continue;
+            }
+            if let Some(waiting) = self.settle(*id) {
+                metrics::counter!("troupe_cluster_requests_lost_total").increment(1);
+                tracing::warn!(%node, request = id, "a request's reply was lost");
+                let _ = waiting.reply.send(Err(TransportError::Lost(node)));
+            }
+        }
+    }
+
+    /// This node works on `node`'s request `id` (answered with
+    /// [`reply`](Self::reply)): a probe of it is told so.
+    pub fn working_on(&self, node: NodeId, id: u64) {
+        self.working.insert((node, id), ());
+    }
+
+    /// Of `node`'s requests `ids`, those this node does not work on.
+    pub fn not_working_on(&self, node: NodeId, ids: Vec<u64>) -> Vec<u64> {
+        ids.into_iter()
+            .filter(|id| !self.working.contains_key(&(node, *id)))
+            .collect()
+    }
+
+    /// Waits up to the connect timeout for a session and a link to `node`.
+    pub async fn session(&self, node: NodeId, timeout: Duration) -> Result<(), TransportError> {
+        let mut changed = self.peers_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.connected(node) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(TransportError::NoSession(node)),
+            }
+        }
+    }
+
+    /// Sends `frame` to `node` on this node's link, after registering
+    /// `node` as a borrower of every object the frame carries refs to. A
+    /// frame that cannot be queued closes the link (the peer sees it end).
+    fn send(&self, node: NodeId, frame: &Frame) -> Result<(), TransportError> {
+        let bytes = frame.encode()?;
+        let link = self
+            .peers
+            .get(&node)
+            .and_then(|p| p.outbound.clone())
+            .ok_or(TransportError::NoSession(node))?;
+        let refs = frame.carried_refs();
+        let lend = self.lend.get().filter(|_| !refs.is_empty());
+        if let Some(lend) = lend {
+            lend(node, &refs, true);
+        }
+        metrics::counter!("troupe_cluster_frames_sent_total").increment(1);
+        match link.writer.send(&bytes) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                if let Some(lend) = lend {
+                    lend(node, &refs, false);
+                }
+                if matches!(err, LinkError::Backpressure) {
+                    metrics::counter!("troupe_cluster_link_overflows_total").increment(1);
+                    tracing::warn!(%node, "the peer is not reading its control link: closing it");
+                    link.writer.abort("the peer stopped reading");
+                }
+                Err(TransportError::NoSession(node))
+            }
+        }
+    }
+
+    /// Sends `body` to `node` and waits for its reply (or its death, or
+    /// the end of its patience).
+    pub async fn request(&self, node: NodeId, body: Request) -> Result<Reply, TransportError> {
+        self.session(node, self.timeouts.connect).await?;
+        self.send_request(node, body)?.await
+    }
+
+    /// Sends `body` to `node` now (before returning: requests sent one
+    /// after another leave in that order) if a link to it is up; the
+    /// future resolves to its reply (or the node's death, or the end of
+    /// the request's patience).
+    pub fn send_request(
+        &self,
+        node: NodeId,
+        body: Request,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Reply, TransportError>> + use<>,
+        TransportError,
+    > {
+        let counted = self
+            .peers
+            .get_mut(&node)
+            .filter(|p| p.connected())
+            .map(|mut peer| {
+                if peer.pending >= MAX_PENDING_PER_PEER {
+                    return Err(TransportError::Backpressure(node));
+                }
+                peer.pending += 1;
+                Ok(())
+            })
+            .ok_or(TransportError::NoSession(node))?;
+        counted?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let patience = body.patience(self.timeouts.request);
+        self.pending.insert(
+            id,
+            Waiting {
+                node,
+                reply: tx,
+                sent: Instant::now(),
+                patience,
+                probed: None,
+            },
+        );
+        let frame = Frame::Request {
+            id,
+            from: self.me,
+            body,
+        };
+        if let Err(err) = self.send(node, &frame) {
+            self.settle(id);
+            return Err(err);
+        }
+        // The peer may have gone between the lookup and the insert.
+        if !self.connected(node) {
+            if let Some(w) = self.settle(id) {
+                let _ = w.reply.send(Err(TransportError::NodeDied(node)));
+            }
+        }
+        Ok(async move {
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::NodeDied(node)),
+            }
+        })
+    }
+
+    fn settle(&self, id: u64) -> Option<Waiting> {
+        let (_, waiting) = self.pending.remove(&id)?;
+        if let Some(mut peer) = self.peers.get_mut(&waiting.node) {
+            peer.pending = peer.pending.saturating_sub(1);
+        }
+        Some(waiting)
+    }
+
+    /// A reply arrived.
+    pub fn complete(&self, id: u64, body: Reply) {
+        if let Some(waiting) = self.settle(id) {
+            let _ = waiting.reply.send(Ok(body));
+        }
+    }
+
+    /// Answers request `id` of `node` (it no longer counts as worked on).
+    pub fn reply(&self, node: NodeId, id: u64, body: Reply) {
+        let frame = Frame::Reply { id, body };
+        if let Err(err @ TransportError::Frame(_)) = self.send(node, &frame) {
+            // Too large to send back: answer with the error instead, so
+            // the requester is not left waiting.
+            tracing::warn!(%node, %err, "reply not sent");
+            let fallback = Frame::Reply {
+                id,
+                body: Reply::Refused(err.to_string()),
+            };
+            let _ = self.send(node, &fallback);
+        }
+        // After the reply is queued: a probe answered from now on comes
+        // after it on the link.
+        self.working.remove(&(node, id));
+    }
+
+    /// Sends a notice to `node` if a link to it is up.
+    pub fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
+        self.send(
+            node,
+            &Frame::Notice {
+                from: self.me,
+                body,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(
+        node: u64,
+        patience: Patience,
+    ) -> (Waiting, oneshot::Receiver<Result<Reply, TransportError>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Waiting {
+                node: NodeId(node),
+                reply: tx,
+                sent: Instant::now(),
+                patience,
+                probed: None,
+            },
+            rx,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_peer_going_down_fails_its_waiting_requests() {
+        let t = Transport::new(NodeId(1), Timeouts::default());
+        let (w, rx) = waiting(2, Patience::WhileAlive);
+        t.pending.insert(7, w);
+        let (w2, rx2) = waiting(3, Patience::WhileAlive);
+        t.pending.insert(8, w2);
+        t.peer_down(NodeId(2));
+        assert!(matches!(
+            rx.await,
+            Ok(Err(TransportError::NodeDied(NodeId(2))))
+        ));
+        assert_eq!(t.pending.len(), 1, "another peer's request still waits");
+        t.complete(8, Reply::Ok);
+        assert!(matches!(rx2.await, Ok(Ok(Reply::Ok))));
+    }
+
+    #[tokio::test]
+    async fn no_session_is_an_error_after_the_timeout() {
+        let t = Transport::new(
+            NodeId(1),
+            Timeouts {
+                connect: Duration::from_millis(20),
+                request: Duration::from_secs(1),
+            },
+        );
+        let err = t.request(NodeId(9), Request::Status).await.unwrap_err();
+        assert!(matches!(err, TransportError::NoSession(NodeId(9))));
+    }
+
+    #[tokio::test]
+    async fn a_control_request_past_its_deadline_times_out() {
+        let t = Transport::new(NodeId(1), Timeouts::default());
+        let (w, rx) = waiting(2, Patience::Within(Duration::from_millis(10)));
+        t.pending.insert(7, w);
+        let (w2, mut rx2) = waiting(2, Patience::Within(Duration::from_secs(60)));
+        t.pending.insert(8, w2);
+        t.watch_pending(Instant::now() + Duration::from_millis(20));
+        assert!(matches!(
+            rx.await,
+            Ok(Err(TransportError::Timeout(NodeId(2), _)))
+        ));
+        assert!(rx2.try_recv().is_err(), "the other one still waits");
+    }
+
+    #[tokio::test]
+    async fn a_request_its_peer_no_longer_knows_is_lost_and_others_wait_on() {
+        let t = Transport::new(NodeId(1), Timeouts::default());
+        let (w, rx) = waiting(2, Patience::WhileAlive);
+        t.pending.insert(7, w);
+        let (w2, mut rx2) = waiting(2, Patience::WhileAlive);
+        t.pending.insert(8, w2);
+        // Probed after PROBE_AFTER (no link here: the probe is not sent).
+        t.watch_pending(Instant::now() + PROBE_AFTER);
+        assert!(t.pending.get(&7).is_some_and(|w| w.probed.is_some()));
+        // Another node's answer about these ids changes nothing.
+        t.unknown_to(NodeId(3), &[7]);
+        t.unknown_to(NodeId(2), &[7]);
+        assert!(matches!(rx.await, Ok(Err(TransportError::Lost(NodeId(2))))));
+        assert!(rx2.try_recv().is_err(), "still worked on: still waiting");
+        // The responder's side: what it works on is not unknown.
+        t.working_on(NodeId(5), 1);
+        assert_eq!(t.not_working_on(NodeId(5), vec![1, 2]), vec![2]);
+        t.reply(NodeId(5), 1, Reply::Ok);
+        assert_eq!(t.not_working_on(NodeId(5), vec![1]), vec![1]);
+    }
+}
