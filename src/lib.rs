@@ -26,6 +26,7 @@
 //! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
 
 pub use troupe_core::local_message;
+pub use troupe_core::register_cause;
 pub use troupe_core::{
     actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
     task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef,

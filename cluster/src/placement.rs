@@ -9,6 +9,12 @@
 //! prefers nodes whose free resources fit now, the least loaded first, and
 //! otherwise any node whose total fits (it queues there). No node fits:
 //! wait, until a node that fits joins.
+//!
+//! A node's free resources and load come from its last heartbeat (up to
+//! 200 ms old), and a burst of tasks is placed in microseconds: alone, it
+//! would all go to the node that looked freest. So the placer counts what
+//! this node sent to each node and has not heard back from ([`Sent`]),
+//! and sees a node as that much less free, and that much more loaded.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -36,6 +42,19 @@ pub fn fits(need: &Resources, have: &Resources) -> bool {
 #[derive(Default)]
 pub struct Placer {
     spread_next: AtomicUsize,
+    /// What this node sent to each node and has not heard back from.
+    sent: std::sync::Mutex<std::collections::HashMap<NodeId, Sent>>,
+}
+
+/// Tasks this node sent to one node and has not heard back from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sent {
+    /// How many.
+    pub tasks: u64,
+    /// The CPUs they hold there.
+    pub cpus: f64,
+    /// The GPUs they hold there.
+    pub gpus: f64,
 }
 
 impl Placer {
@@ -50,6 +69,18 @@ impl Placer {
         can_run: &dyn Fn(&Member) -> bool,
         request: &PlacementRequest<'_>,
     ) -> PlacementDecision {
+        let sent = self.lock().clone();
+        let sent_to = |node: NodeId| sent.get(&node).copied().unwrap_or_default();
+        // Free now as this node sees it: what the node reported, and no
+        // more than its total less what this node sent it since.
+        let free_now = |m: &Member| {
+            let s = sent_to(m.hello.node);
+            let mut free = m.available.clone();
+            free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - s.cpus);
+            free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - s.gpus);
+            free
+        };
+        let load = |m: &Member| m.load.tasks_queued + sent_to(m.hello.node).tasks;
         let needs = request.needs;
         let runnable = |m: &&Member| {
             m.state == MemberState::Alive
@@ -90,12 +121,12 @@ impl Placer {
             return PlacementDecision::Here;
         }
         // Free now, least loaded first (ties: the lowest id, deterministic).
-        let free_now = members
+        let free = members
             .iter()
             .filter(runnable)
-            .filter(|m| m.hello.node != me && fits(needs, &m.available))
-            .min_by_key(|m| (m.load.tasks_queued, m.hello.node));
-        if let Some(m) = free_now {
+            .filter(|m| m.hello.node != me && fits(needs, &free_now(m)))
+            .min_by_key(|m| (load(m), m.hello.node));
+        if let Some(m) = free {
             return PlacementDecision::Node(m.hello.node);
         }
         if request.feasible_here {
@@ -105,7 +136,7 @@ impl Placer {
             .iter()
             .filter(runnable)
             .filter(|m| m.hello.node != me)
-            .min_by_key(|m| (m.load.tasks_queued, m.hello.node));
+            .min_by_key(|m| (load(m), m.hello.node));
         match any {
             Some(m) => PlacementDecision::Node(m.hello.node),
             None => PlacementDecision::Wait,
@@ -141,6 +172,41 @@ pub fn place_actor(
         .min_by_key(|m| (m.load.actors, m.load.tasks_queued, m.hello.node))
         .or_else(|| runnable().min_by_key(|m| (m.load.actors, m.hello.node)))
         .map(|m| m.hello.node)
+}
+
+impl Placer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, Sent>> {
+        // One map update per critical section: a panic cannot leave it
+        // half-done.
+        self.sent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A task needing `needs` was sent to `node`.
+    pub fn sent(&self, node: NodeId, needs: &Resources) {
+        let mut sent = self.lock();
+        let s = sent.entry(node).or_default();
+        s.tasks += 1;
+        s.cpus += needs.num_cpus;
+        s.gpus += needs.num_gpus;
+    }
+
+    /// `node` answered for a task needing `needs` (or died).
+    pub fn answered(&self, node: NodeId, needs: &Resources) {
+        let mut sent = self.lock();
+        if let Some(s) = sent.get_mut(&node) {
+            s.tasks = s.tasks.saturating_sub(1);
+            s.cpus = (s.cpus - needs.num_cpus).max(0.0);
+            s.gpus = (s.gpus - needs.num_gpus).max(0.0);
+            if s.tasks == 0 {
+                sent.remove(&node);
+            }
+        }
+    }
+
+    /// What this node sent to `node` and has not heard back from.
+    pub fn outstanding(&self, node: NodeId) -> Sent {
+        self.lock().get(&node).copied().unwrap_or_default()
+    }
 }
 
 fn here_or(me: NodeId, node: NodeId) -> PlacementDecision {
@@ -252,6 +318,31 @@ mod tests {
             decide_reaching(&p, &members, &not_3, TaskOptions::default(), true, false),
             PlacementDecision::Node(NodeId(2))
         );
+    }
+
+    #[test]
+    fn a_burst_spreads_by_what_this_node_sent_not_only_by_stale_heartbeats() {
+        let c = Resources::cpus(2.0);
+        // Both reported all free: the heartbeat is older than the burst.
+        let members = vec![
+            member(1, Resources::default(), Resources::default(), 0),
+            member(2, c.clone(), c.clone(), 0),
+            member(3, c.clone(), c.clone(), 0),
+        ];
+        let p = Placer::default();
+        let mut picks = Vec::new();
+        for _ in 0..8 {
+            let decision = decide(&p, &members, TaskOptions::default(), false, false);
+            if let PlacementDecision::Node(node) = decision {
+                p.sent(node, &Resources::cpus(1.0));
+                picks.push(node.0);
+            }
+        }
+        // The least loaded in turn, counting what this node sent.
+        assert_eq!(picks, vec![2, 3, 2, 3, 2, 3, 2, 3]);
+        assert_eq!(p.outstanding(NodeId(2)).tasks, 4);
+        p.answered(NodeId(2), &Resources::cpus(1.0));
+        assert_eq!(p.outstanding(NodeId(2)).tasks, 3);
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub enum Request {
         /// The encoded arguments.
         args: Encoded,
     },
-    /// To an object's owner: where is its value?
+    /// To an object's owner: where is its value? Answered once it is made.
     Locate(ObjectId),
     /// Spawn this actor here.
     SpawnActor(troupe_core::remote::RemoteSpawn),
@@ -282,7 +282,8 @@ impl Request {
             Request::RunTask(_)
             | Request::CallActor { .. }
             | Request::SpawnActor(_)
-            | Request::StopActor { .. } => Patience::WhileAlive,
+            | Request::StopActor { .. }
+            | Request::Locate(_) => Patience::WhileAlive,
             _ => Patience::Within(control),
         }
     }

@@ -57,6 +57,11 @@ pub use scheduler::{TaskFilter, TaskInfo, TaskState};
 pub use spec::{IntoArg, SchedulingStrategy};
 pub use supervisor::{SupervisionEvent, SupervisorError};
 pub use timeline::TimelineEvent;
+/// Registers an error type so that a task's `Err` of that type reaches
+/// other nodes as itself (`cause.downcast_ref::<MyError>()` works there):
+/// `troupe::register_cause!(MyError, "my_crate::MyError");`. Unregistered
+/// errors cross as their messages.
+pub use troupe_objects::register_cause;
 pub use troupe_objects::{
     AnyObjectRef, Availability, Blob, Cause, Encoded, Fetched, GetSize, GetSizeTracker, NodeId,
     Object, ObjectDirectory, ObjectError, ObjectId, ObjectRef, ObjectStore, StoreConfig,

@@ -49,7 +49,11 @@ impl RemoteExecutor for Seams {
                 return RemoteOutcome::Failed(Failure::NodeDied(node));
             };
             let task = spec.id;
-            match transport.request(node, Request::RunTask(spec)).await {
+            let needs = spec.options.needs();
+            shared.placer.sent(node, &needs);
+            let answer = transport.request(node, Request::RunTask(spec)).await;
+            shared.placer.answered(node, &needs);
+            match answer {
                 Ok(Reply::Task(outcome)) => outcome,
                 // Shutting down: another node takes it.
                 Ok(Reply::Refused(why)) => RemoteOutcome::Refused(why),

@@ -458,6 +458,21 @@ impl Inner {
 
     /// The last local ref to `id` was dropped.
     pub(crate) fn last_ref_dropped(&self, id: ObjectId) {
+        // This node holds no ref any more: its registrations with the
+        // owner end now, even if the entry lives on (a value this node
+        // keeps for its owner, who borrows it). Kept until the entry went,
+        // the two would hold each other up forever.
+        let mut released = 0;
+        if let Some(mut entry) = self.objects.get_mut(&id) {
+            if entry.handle.strong_count() == 0 && entry.credits > 0 {
+                released = std::mem::take(&mut entry.credits);
+            }
+        }
+        if released > 0 {
+            if let Some(directory) = self.directory.get() {
+                directory.released(id, id.node, released);
+            }
+        }
         let removed = self.objects.remove_if(&id, |_, entry| {
             // Re-attached meanwhile, or still borrowed by another node.
             entry.handle.strong_count() == 0 && !entry.borrowed()

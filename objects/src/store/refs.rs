@@ -212,14 +212,23 @@ impl<T: Object> Completer<T> {
     /// becomes remote here, and readers fetch it through the directory.
     pub fn relocate(mut self, location: crate::NodeId) {
         self.done = true;
-        if let Some(store) = self.store.upgrade() {
-            if let Some(mut entry) = store.objects.get_mut(&self.id) {
-                if matches!(entry.state, State::Pending { fetch: 0, .. }) {
-                    // That node keeps it for this one until told otherwise.
-                    entry.kept_at = Some(location);
-                }
+        let Some(store) = self.store.upgrade() else {
+            return;
+        };
+        let kept = match store.objects.get_mut(&self.id) {
+            Some(mut entry) if matches!(entry.state, State::Pending { fetch: 0, .. }) => {
+                // That node keeps it for this one until told otherwise.
+                entry.kept_at = Some(location);
+                true
             }
+            _ => false,
+        };
+        if kept {
             store.settle(self.id, State::remote(Some(location)), 0);
+        } else if let Some(directory) = store.directory.get() {
+            // Nobody here wants it any more (its refs were dropped while
+            // it was made): that node need not keep it.
+            directory.released(self.id, location, 1);
         }
     }
 
