@@ -188,6 +188,37 @@ fn widen(x: u32) -> u64 {
 }
 
 #[tokio::test]
+async fn a_failed_chain_of_20_000_keeps_one_error_of_constant_size() {
+    let rt = runtime().await;
+    let first = refuses::remote(&rt, "root".to_owned());
+    let mut r = add::remote(&rt, widen::remote(&rt, first), 1);
+    for _ in 0..20_000 {
+        r = add::remote(&rt, &r, 1);
+    }
+    let err = rt.get(&r).await.unwrap_err();
+    let last = task_error(&err);
+    // The root and the line's length, not one nested error per task: the
+    // message is one line, and dropping or formatting it recurses no deeper
+    // than a single level (20,000 nested errors would overflow the stack).
+    let text = err.to_string();
+    assert!(text.len() < 2_000, "{} bytes: {text:.300}", text.len());
+    assert!(text.contains("20002 steps up the line"), "{text}");
+    match last {
+        TaskError::DependencyFailed { depth, .. } => assert_eq!(*depth, 20_002),
+        other => panic!("expected DependencyFailed, got {other}"),
+    }
+    match last.root_cause() {
+        TaskError::Failed {
+            cause: TaskCause::Error(e),
+            ..
+        } => assert_eq!(e.to_string(), "no root"),
+        other => panic!("root cause should be the refusal, got {other}"),
+    }
+    drop(err);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn get_with_a_timeout_on_a_task_that_never_finishes() {
     let rt = runtime().await;
     let r = forever::remote(&rt);

@@ -703,6 +703,94 @@ mod tests {
         assert!(matches!(rx2.await, Ok(Ok(Reply::Ok))));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_change_handler_may_change_the_links_again() {
+        // As the head does: a peer's end makes it broadcast the directory,
+        // and a write that fails there ends another link (another change)
+        // from inside the handler. Told under a lock, it deadlocked.
+        let t = Transport::new(NodeId(1), Timeouts::default());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (weak, log) = (Arc::downgrade(&t), seen.clone());
+        t.set_link(LinkSetup {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            cookie: Arc::from(&b"k"[..]),
+            inbound: Arc::new(move |event| {
+                if let Inbound::PeerDown(node) = event {
+                    log.lock().unwrap().push(node);
+                    if let (Some(t), NodeId(2)) = (weak.upgrade(), node) {
+                        t.update(NodeId(3), |_| ((), true));
+                    }
+                }
+            }),
+        });
+        t.update(NodeId(2), |_| ((), true));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the second change was never told"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![NodeId(2), NodeId(3)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
+        use tokio::io::AsyncWriteExt;
+        // A peer that takes the connection and never reads.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _peer = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&[0u8; 16]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let t = Transport::new(NodeId(1), Timeouts::default());
+        let weak = Arc::downgrade(&t);
+        let writer = LinkWriter::connect(
+            addr,
+            NodeId(1),
+            NodeId(2),
+            b"k",
+            Box::new(move |err| {
+                if let Some(t) = weak.upgrade() {
+                    t.outbound_lost(NodeId(2), 7, &err.to_string());
+                }
+            }),
+        )
+        .await
+        .unwrap();
+        t.peers.insert(
+            NodeId(2),
+            Peer {
+                outbound: Some(Arc::new(Outbound { writer, serial: 7 })),
+                inbound: Some(1),
+                ..Peer::default()
+            },
+        );
+        assert!(t.connected(NodeId(2)));
+        let big = || Notice::Probe {
+            ids: (0..100_000u64).map(|i| i << 40).collect(),
+        };
+        let mut refused = false;
+        for _ in 0..10_000 {
+            match t.notify(NodeId(2), big()) {
+                Ok(()) => tokio::task::yield_now().await,
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "sending stops succeeding");
+        assert!(
+            !t.connected(NodeId(2)),
+            "the link is closed, not left up with frames lost"
+        );
+    }
+
     #[tokio::test]
     async fn no_session_is_an_error_after_the_timeout() {
         let t = Transport::new(

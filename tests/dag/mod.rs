@@ -10,7 +10,7 @@
 //! (`return ray.put(x)`), or fails on purpose with a known error. Some
 //! nodes are calls to a [`Keeper`] actor (through a task that holds the
 //! actor's handle), which keeps the refs it is given, and the ref it made,
-//! in its state. Shared by `tests/cluster_dag.rs` and
+//! in its state. Shared by `tests/cluster_correctness.rs` and
 //! `benches/cluster_perf.rs`.
 #![allow(dead_code)]
 
@@ -630,6 +630,7 @@ pub async fn via_keeper(plan: Step, keeper: KeeperHandle) -> Result<Payload, Dag
 
 /// An actor that makes nodes like a task does, keeping in its state every
 /// ref it was given and the ref of what it made (until it is stopped).
+#[derive(Default)]
 pub struct Keeper {
     held: HashMap<u32, Vec<ObjectRef<Payload>>>,
 }
@@ -637,9 +638,7 @@ pub struct Keeper {
 #[troupe::actor]
 impl Keeper {
     pub fn new() -> Self {
-        Keeper {
-            held: HashMap::new(),
-        }
+        Keeper::default()
     }
 
     pub async fn step(&mut self, plan: Step) -> Result<ObjectRef<Payload>, DagError> {

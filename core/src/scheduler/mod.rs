@@ -229,6 +229,9 @@ impl Payload for TaskRef {
     fn abortable(&self) -> bool {
         !self.0.body.blocking()
     }
+    fn first_attempt(&self) -> u32 {
+        self.0.spec.attempt.max(1)
+    }
 }
 
 type Waiter = oneshot::Sender<Grant>;

@@ -60,6 +60,11 @@ pub(crate) trait Payload: Clone {
     /// Whether a running attempt can be stopped (an async body can, at its
     /// next await; a sync body cannot).
     fn abortable(&self) -> bool;
+    /// The attempt it starts at: 1, or for an attempt its owner sent
+    /// here from another node, that attempt's number.
+    fn first_attempt(&self) -> u32 {
+        1
+    }
 }
 
 /// When a failed attempt is tried again.
@@ -298,8 +303,8 @@ impl<P: Payload, W> State<P, W> {
         }
         self.track(&task);
         self.incoming.push_back(Queued {
+            attempt: task.first_attempt(),
             task,
-            attempt: 1,
             route,
         });
         self.step(settled, &mut actions);
@@ -314,8 +319,8 @@ impl<P: Payload, W> State<P, W> {
         }
         self.track(&task);
         self.incoming.push_back(Queued {
+            attempt: task.first_attempt(),
             task,
-            attempt: 1,
             route,
         });
         Ok(())

@@ -1,0 +1,609 @@
+//! Cluster correctness, started as the README starts a cluster: a head from
+//! the `troupe` binary (it runs no user code), worker nodes from this test
+//! binary re-launched in node mode, and the test as the driver. Each test
+//! here failed before the fix it guards.
+
+mod common;
+#[path = "dag/mod.rs"]
+mod dag;
+
+use std::ffi::OsString;
+use std::process::Command;
+use std::time::Duration;
+
+use troupe::cluster::local::{binary, Launcher, LocalCluster, LocalNode};
+use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
+use troupe::prelude::*;
+use troupe::SchedulingStrategy;
+
+const NODE_ARGS: &str = "TROUPE_TEST_NODE_ARGS";
+const DRIVER_ARGS: &str = "TROUPE_TEST_DRIVER_ARGS";
+
+/// Node mode: with `TROUPE_TEST_NODE_ARGS` set, this test is a node.
+#[test]
+fn node_process() {
+    let Ok(args) = std::env::var(NODE_ARGS) else {
+        return;
+    };
+    let argv =
+        std::iter::once(OsString::from("troupe")).chain(args.split('\u{1f}').map(OsString::from));
+    let code = troupe::cluster::cli::run(argv, true);
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+/// Driver mode: with `TROUPE_TEST_DRIVER_ARGS` (`head address|cookie|home`)
+/// set, this test is a second driver that spawns two actors on the cluster,
+/// one detached, says so on stdout, and waits to be killed.
+#[test]
+fn driver_process() {
+    let Ok(args) = std::env::var(DRIVER_ARGS) else {
+        return;
+    };
+    let mut parts = args.split('|');
+    let (Some(head), Some(cookie), Some(home)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("driver arguments: {args}");
+    };
+    let mut options = ClusterOptions::driver(head);
+    options.cookie = Some(cookie.to_owned());
+    options.state_dir = Some(home.into());
+    let rt = Runtime::start(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .expect("the second driver joins");
+    rt.block_on(async {
+        let holds_a_cpu = |name: &str| {
+            ActorOptions::new()
+                .name(name)
+                .resources(Resources::cpus(1.0))
+        };
+        rt.spawn_remote::<Holder>(holds_a_cpu("owned"), "new", &())
+            .await
+            .expect("spawned");
+        rt.spawn_remote::<Holder>(holds_a_cpu("detached").detached(true), "new", &())
+            .await
+            .expect("spawned");
+    });
+    println!("both actors spawned");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[troupe::remote]
+fn step(prev: u64, k: u64) -> u64 {
+    prev.wrapping_mul(31).wrapping_add(k)
+}
+
+/// Where it ran.
+#[troupe::remote]
+fn where_am_i() -> troupe::NodeId {
+    troupe::task::current().expect("in a task").node
+}
+
+/// 16 MB made from `seed`.
+#[troupe::remote]
+fn block(seed: u64) -> Vec<u8> {
+    dag::pattern(seed, 16 << 20)
+}
+
+/// The digest of `len` bytes of `bytes` from `at`.
+#[troupe::remote]
+fn slice_digest(bytes: Vec<u8>, at: usize, len: usize) -> u64 {
+    dag::digest(&bytes[at..at + len])
+}
+
+/// Puts `n` in the store of the node it runs on and returns the ref
+/// (`return ray.put(x)`).
+#[troupe::remote]
+fn put_and_return(n: u64) -> ObjectRef<u64> {
+    troupe::Runtime::current()
+        .expect("in a runtime")
+        .put_blocking(n)
+        .expect("put")
+}
+
+/// Reads a ref it was given inside its arguments.
+#[troupe::remote]
+fn read_inner(inner: Vec<ObjectRef<u64>>) -> u64 {
+    let rt = troupe::Runtime::current().expect("in a runtime");
+    inner
+        .iter()
+        .map(|r| *rt.get_blocking(r).expect("the inner object"))
+        .sum()
+}
+
+/// Fails its first attempt (a panic), then returns `n`.
+#[troupe::remote]
+fn flaky(n: u64) -> u64 {
+    let attempt = troupe::task::current().expect("in a task").attempt;
+    assert!(attempt > 1, "attempt {attempt} fails on purpose");
+    n
+}
+
+/// Blocks its worker thread (as a careless async body does).
+#[troupe::remote]
+async fn hog(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// An actor that keeps refs it is given.
+#[derive(Default)]
+pub struct Holder {
+    kept: Vec<ObjectRef<u64>>,
+}
+
+#[troupe::actor]
+impl Holder {
+    pub fn new() -> Self {
+        Holder::default()
+    }
+
+    pub fn keep(&mut self, r: ObjectRef<u64>) -> usize {
+        self.kept.push(r);
+        self.kept.len()
+    }
+
+    pub async fn sum(&self) -> Result<u64, String> {
+        let rt = troupe::Runtime::current().ok_or("no runtime")?;
+        let mut sum = 0;
+        for r in &self.kept {
+            sum += *rt.get(r).await.map_err(|e| e.to_string())?;
+        }
+        Ok(sum)
+    }
+
+    pub fn node(&self) -> troupe::NodeId {
+        troupe::Runtime::current().expect("in a runtime").node_id()
+    }
+}
+
+/// One driver per process: the tests of this file take turns.
+static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn processes(test: &str) -> LocalCluster {
+    let launcher: Launcher = Box::new(|args: &[String]| {
+        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        command
+            .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
+            .env(NODE_ARGS, args.join("\u{1f}"));
+        command
+    });
+    LocalCluster::new(test, launcher).expect("a temporary directory")
+}
+
+/// A head from the `troupe` binary, `workers` nodes of this binary with 2
+/// CPUs each, and this process as a driver offering none.
+async fn readme_cluster(
+    test: &str,
+    workers: usize,
+) -> (LocalCluster, LocalNode, Vec<LocalNode>, Runtime) {
+    let mut p = processes(test);
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .expect("the head starts");
+    let nodes: Vec<LocalNode> = (0..workers)
+        .map(|_| {
+            p.worker(&head, &["--num-cpus", "2"])
+                .expect("a worker starts")
+        })
+        .collect();
+    let mut options = ClusterOptions::driver(&head.address);
+    options.state_dir = Some(p.home().clone());
+    options.cookie = Some(p.cookie().to_owned());
+    let rt = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins");
+    common::eventually("every node is in the driver's view", || {
+        ClusterNode::current().is_some_and(|c| {
+            c.members()
+                .iter()
+                .filter(|m| {
+                    m.state == MemberState::Alive
+                        && matches!(m.hello.role, Role::Head | Role::Worker)
+                })
+                .count()
+                == workers + 1
+        })
+    })
+    .await;
+    (p, head, nodes, rt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_of_small_tasks_submitted_up_front_give_the_exact_answer() {
+    let _turn = DRIVER.lock().await;
+    let (_p, _head, _nodes, rt) = readme_cluster("chains", 3).await;
+    let chains: Vec<_> = (0..500u64)
+        .map(|c| {
+            let mut prev = step::remote(&rt, c, 0);
+            for k in 1..10 {
+                prev = step::remote(&rt, &prev, k);
+            }
+            prev
+        })
+        .collect();
+    for (c, r) in chains.iter().enumerate() {
+        let expected = (1..10u64).fold(c as u64 * 31, |v, k| v.wrapping_mul(31).wrapping_add(k));
+        let got = tokio::time::timeout(Duration::from_secs(60), rt.get(r))
+            .await
+            .expect("within a minute")
+            .unwrap_or_else(|err| panic!("chain {c}: {err}"));
+        assert_eq!(*got, expected, "chain {c}");
+    }
+    rt.shutdown().await.unwrap();
+}
+
+/// Seeds from `var` (`7`, `1,5,9`, or `1..=200`), else `default`.
+fn seeds(var: &str, default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+    let Ok(spec) = std::env::var(var) else {
+        return default.collect();
+    };
+    if let Some((lo, hi)) = spec.split_once("..=") {
+        let lo: u64 = lo.trim().parse().expect("a seed range start");
+        let hi: u64 = hi.trim().parse().expect("a seed range end");
+        return (lo..=hi).collect();
+    }
+    spec.split(',')
+        .map(|s| s.trim().parse().expect("a seed"))
+        .collect()
+}
+
+/// Waits until no node (driver included) holds an object: what the
+/// cluster's reference counting owes once the driver dropped its refs.
+async fn nothing_left(rt: &Runtime, seed: u64, nodes: &[LocalNode], ran: &dag::Ran) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let members = ClusterNode::current()
+            .map(|c| c.members())
+            .unwrap_or_default();
+        let held: Vec<(String, u64)> = members
+            .iter()
+            .filter(|m| m.hello.role != Role::Client && m.load.objects > 0)
+            .map(|m| {
+                (
+                    format!("{} {:?}", m.hello.node, m.hello.role),
+                    m.load.objects,
+                )
+            })
+            .collect();
+        let here = rt.objects().len();
+        if held.is_empty() && here == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let listed: Vec<String> = rt
+                .objects()
+                .list_some(20)
+                .into_iter()
+                .map(|o| {
+                    format!(
+                        "{} {} refs={} borrowers={:?} at {:?}",
+                        o.id, o.state, o.refs, o.borrowers, o.location
+                    )
+                })
+                .collect();
+            let ids: Vec<_> = nodes.iter().map(|n| n.node).collect();
+            let reports = dag::reports(rt, &ids).await;
+            let named = ran.named_in(&format!("{reports:?} {listed:?}"));
+            panic!(
+                "seed {seed}: objects left 30 s after the driver dropped its refs: on the nodes {held:?}; \
+                 {here} here: {listed:#?}\nthe nodes: {reports:#?}\nwhat made them: {named:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Random DAGs (tasks with 0 to 4 ref arguments, fan-in and fan-out,
+/// chains up to 100 deep, results from 8 bytes to 16 MB, keeper actors
+/// holding refs, refs inside arguments and returned from tasks, planned
+/// failures) on a head and three nodes: the same answers as in plain Rust,
+/// the planned errors, and no object left anywhere once the driver lets
+/// go. `TROUPE_DAG_SEEDS=1..=200` runs more; a failure names its seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_dags_give_the_local_answer_and_leave_no_object_behind() {
+    let _turn = DRIVER.lock().await;
+    let (_p, _head, nodes, rt) = readme_cluster("random", 3).await;
+    let shape = dag::Shape::default();
+    for seed in seeds("TROUPE_DAG_SEEDS", 1..=3) {
+        let keepers = dag::keepers(&rt, 2).await;
+        let ran = tokio::time::timeout(
+            Duration::from_secs(300),
+            dag::run_seed(&rt, seed, &shape, &keepers),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("seed {seed}: not done within 5 minutes"));
+        let ran = match ran {
+            Ok(ran) => ran,
+            Err(err) => {
+                let ids: Vec<_> = nodes.iter().map(|n| n.node).collect();
+                let reports = dag::reports(&rt, &ids).await;
+                panic!("{err}\nthe nodes: {reports:#?}");
+            }
+        };
+        for keeper in &keepers {
+            keeper.stop().await;
+        }
+        drop(keepers);
+        nothing_left(&rt, seed, &nodes, &ran).await;
+        eprintln!(
+            "seed {seed}: {} tasks, depth {}, answered in {:?}",
+            ran.tasks, ran.depth, ran.elapsed
+        );
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_from_the_troupe_binary_is_never_given_a_task() {
+    let _turn = DRIVER.lock().await;
+    let (_p, head, nodes, rt) = readme_cluster("head", 1).await;
+    let refs: Vec<_> = (0..200).map(|_| where_am_i::remote(&rt)).collect();
+    for r in &refs {
+        let node = *common::within("a task", rt.get(r))
+            .await
+            .unwrap_or_else(|err| panic!("a task failed: {err}"));
+        assert_eq!(node, nodes[0].node, "not on the head {}", head.node);
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_read_in_slices_by_many_tasks_give_the_exact_answer() {
+    let _turn = DRIVER.lock().await;
+    let (_p, _head, _nodes, rt) = readme_cluster("blocks", 3).await;
+    let blocks: Vec<_> = (0..8u64).map(|b| block::remote(&rt, b)).collect();
+    let slices: Vec<_> = (0..400usize)
+        .map(|i| {
+            let (b, at, len) = (
+                i % 8,
+                (i * 40_013) % ((16 << 20) - 4096),
+                1 + (i * 7) % 4096,
+            );
+            (b, at, len, slice_digest::remote(&rt, &blocks[b], at, len))
+        })
+        .collect();
+    for (b, at, len, r) in &slices {
+        let want = dag::digest(&dag::pattern(*b as u64, 16 << 20)[*at..*at + *len]);
+        let got = tokio::time::timeout(Duration::from_secs(120), rt.get(r))
+            .await
+            .expect("within two minutes")
+            .unwrap_or_else(|err| panic!("block {b} at {at}: {err}"));
+        assert_eq!(*got, want, "block {b} at {at}, {len} bytes");
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_that_cross_nodes_keep_their_objects_alive() {
+    let _turn = DRIVER.lock().await;
+    let (_p, _head, nodes, rt) = readme_cluster("borrow", 2).await;
+    // A remote actor keeps a ref that the driver then drops.
+    let holder = rt
+        .spawn_remote::<Holder>(
+            ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+                node: nodes[0].node,
+                soft: false,
+            }),
+            "new",
+            &(),
+        )
+        .await
+        .expect("the holder spawns");
+    let kept = rt.put(41u64).await.unwrap();
+    assert_eq!(
+        common::within("keep", holder.keep(kept.clone()))
+            .await
+            .unwrap(),
+        1
+    );
+    let id = kept.id();
+    drop(kept);
+    assert!(
+        rt.objects().borrowers(id).contains(&nodes[0].node),
+        "the holder's node borrows it"
+    );
+    assert_eq!(
+        common::within("sum", holder.sum()).await.unwrap(),
+        Ok(41),
+        "the driver's object outlives the driver's ref"
+    );
+    // A task returns the ref of an object it put on its node; the driver
+    // reads it, and so does a task on the other node.
+    let returned = put_and_return::options(TaskOptions::default().scheduling_strategy(
+        SchedulingStrategy::NodeAffinity {
+            node: nodes[1].node,
+            soft: false,
+        },
+    ))
+    .remote(&rt, 7);
+    let inner = (*common::within("the ref", rt.get(&returned)).await.unwrap()).clone();
+    assert_eq!(inner.id().node, nodes[1].node, "owned where it was put");
+    drop(returned);
+    assert_eq!(
+        *common::within("the inner value", rt.get(&inner))
+            .await
+            .unwrap(),
+        7
+    );
+    let on_other = read_inner::options(TaskOptions::default().scheduling_strategy(
+        SchedulingStrategy::NodeAffinity {
+            node: nodes[0].node,
+            soft: false,
+        },
+    ))
+    .remote(&rt, vec![inner.clone(), inner.clone()]);
+    assert_eq!(
+        *common::within("read elsewhere", rt.get(&on_other))
+            .await
+            .unwrap(),
+        14
+    );
+    // The holder keeps it too, after the driver lets go.
+    assert_eq!(
+        common::within("keep", holder.keep(inner.clone()))
+            .await
+            .unwrap(),
+        2
+    );
+    drop((inner, on_other));
+    assert_eq!(common::within("sum", holder.sum()).await.unwrap(), Ok(48));
+    holder.stop().await;
+    drop(holder);
+    common::eventually("nothing left once the holder stopped", || {
+        rt.objects().is_empty()
+            && ClusterNode::current()
+                .is_some_and(|c| c.members().iter().all(|m| m.load.objects == 0))
+    })
+    .await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_the_node_that_knew_its_result_id_succeeds() {
+    let _turn = DRIVER.lock().await;
+    let (_p, _head, nodes, rt) = readme_cluster("retry", 1).await;
+    let on_b = TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: nodes[0].node,
+        soft: false,
+    });
+    // A reader on B holds a ref to the result (inside its arguments) while
+    // the task's first attempt fails there; the second runs there too.
+    let result = flaky::options(on_b.clone().max_retries(2)).remote(&rt, 5);
+    let reader = read_inner::options(on_b).remote(&rt, vec![result.clone()]);
+    assert_eq!(
+        *common::within("the retried task", rt.get(&result))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        *common::within("its reader", rt.get(&reader)).await.unwrap(),
+        5
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_code_that_blocks_every_worker_does_not_get_its_node_declared_dead() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("starve");
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &["--num-cpus", "0"])
+        .expect("the head starts");
+    // Two CPUs: both async workers of the node's runtime get blocked.
+    let node = p
+        .worker(&head, &["--num-cpus", "2"])
+        .expect("a worker starts");
+    let mut options = ClusterOptions::driver(&head.address);
+    options.state_dir = Some(p.home().clone());
+    options.cookie = Some(p.cookie().to_owned());
+    let rt = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins");
+    common::eventually("the node is up", || {
+        ClusterNode::current().is_some_and(|c| {
+            c.members()
+                .iter()
+                .any(|m| m.hello.node == node.node && m.state == MemberState::Alive)
+        })
+    })
+    .await;
+    let mut events = rt.cluster_events();
+    let hogs: Vec<_> = (0..2).map(|_| hog::remote(&rt, 2_500)).collect();
+    for r in &hogs {
+        let got = tokio::time::timeout(Duration::from_secs(30), rt.get(r))
+            .await
+            .expect("answered within 30 s")
+            .expect("not lost");
+        assert_eq!(*got, 2_500);
+    }
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, troupe::remote::ClusterEvent::NodeDown { node: n, .. } if n == node.node),
+            "the node was declared dead: {event:?}"
+        );
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_die_with_the_driver_that_spawned_them_unless_detached() {
+    let _turn = DRIVER.lock().await;
+    let (p, head, nodes, rt) = readme_cluster("owner", 1).await;
+    // A second driver, in its own process, spawns two actors holding a CPU
+    // each on the node (2 CPUs), one of them detached.
+    let mut second = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "driver_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            DRIVER_ARGS,
+            format!("{}|{}|{}", head.address, p.cookie(), p.home().display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the second driver starts");
+    let stdout = second.stdout.take().expect("its stdout");
+    let spawned = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("both actors spawned"))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), spawned)
+            .await
+            .expect("within a minute")
+            .expect("read its output"),
+        "the second driver spawned its actors"
+    );
+    assert!(rt.find_actor::<Holder>("owned").await.is_ok());
+    let _ = second.kill();
+    let _ = second.wait();
+    // Its owner is gone: the owned actor is killed and its CPU is free;
+    // the detached one lives on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rt.find_actor::<Holder>("owned").await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the owned actor outlived its owner"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let detached = rt
+        .find_actor::<Holder>("detached")
+        .await
+        .expect("the detached actor lives on");
+    assert_eq!(
+        common::within("a call", detached.node()).await.unwrap(),
+        nodes[0].node
+    );
+    common::eventually("the owned actor's CPU is free again", || {
+        ClusterNode::current().is_some_and(|c| {
+            c.members()
+                .iter()
+                .any(|m| m.hello.node == nodes[0].node && m.available.num_cpus >= 1.0)
+        })
+    })
+    .await;
+    detached.stop().await;
+    rt.shutdown().await.unwrap();
+}
