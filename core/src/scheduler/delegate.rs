@@ -14,6 +14,10 @@ use crate::ids::TaskId;
 use crate::remote::{PlacementDecision, PlacementRequest, RemoteOutcome};
 use crate::spec::TaskArgs;
 
+/// How long a retry that fits no node waits for one to join before it
+/// fails as its last attempt did.
+pub(crate) const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Scheduler {
     /// Asks the placement hook where a task this node cannot run goes.
     pub(super) fn place(self: &Arc<Self>, queued: Queued<TaskRef>) {
@@ -65,7 +69,12 @@ impl Scheduler {
                 self.delegate(queued, node);
                 return;
             }
-            PlacementDecision::Wait => self.lock().park_unplaced(queued),
+            PlacementDecision::Wait => {
+                if queued.attempt > 1 {
+                    self.expire_unplaced(task.spec.id, queued.attempt);
+                }
+                self.lock().park_unplaced(queued)
+            }
             _ => {
                 tracing::debug!(task = %task.spec.id, "task infeasible");
                 self.fail_unplaced(&task, self.infeasible(&task));
@@ -163,6 +172,38 @@ impl Scheduler {
     pub(crate) fn node_died(self: &Arc<Self>, node: NodeId) {
         let actions = self.lock().node_died(node, &self.settled());
         self.perform(actions);
+    }
+
+    /// A retry that fits no node now (the node it ran on died, say) waits
+    /// [`RETRY_WAIT`] for one to join, then fails as its last attempt did:
+    /// a `get` of it is retried or fails, never waits forever.
+    fn expire_unplaced(self: &Arc<Self>, id: TaskId, attempt: u32) {
+        let scheduler = Arc::downgrade(self);
+        self.tokio.spawn(async move {
+            tokio::time::sleep(RETRY_WAIT).await;
+            let Some(scheduler) = scheduler.upgrade() else {
+                return;
+            };
+            let failure = {
+                let state = scheduler.lock();
+                state.unplaced_task(id).and_then(|task| {
+                    task.0
+                        .last_failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                })
+            };
+            let Some(failure) = failure else {
+                return; // placed meanwhile
+            };
+            tracing::warn!(task = %id, attempt, %failure, "a retry found no node to run on; it fails");
+            let actions =
+                scheduler
+                    .lock()
+                    .unplaced_expired(id, attempt, failure, &scheduler.settled());
+            scheduler.perform(actions);
+        });
     }
 
     /// A node joined: tasks that fitted no node are placed again.

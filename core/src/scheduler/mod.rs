@@ -92,6 +92,9 @@ pub(crate) struct Task {
     elsewhere: Mutex<Option<NodeId>>,
     /// Nodes that refused it (they cannot run it): placed elsewhere.
     excluded: Mutex<Vec<NodeId>>,
+    /// How its last failed attempt failed (a retry that finds no node
+    /// fails with it).
+    last_failure: Mutex<Option<Failure>>,
     delegated: AtomicBool,
 }
 
@@ -114,6 +117,7 @@ impl Task {
             ended_us: AtomicU64::new(0),
             elsewhere: Mutex::new(None),
             excluded: Mutex::new(Vec::new()),
+            last_failure: Mutex::new(None),
             delegated: AtomicBool::new(false),
         }
     }
@@ -520,9 +524,14 @@ impl Scheduler {
             for task in unwatch.iter().chain(abort.iter()) {
                 task.0.abort();
             }
-            for (task, attempt) in retried {
-                tracing::warn!(task = %task.0.spec.id, function = %task.0.spec.function, attempt, "task failed; retrying");
+            for (task, attempt, failure) in retried {
+                tracing::warn!(task = %task.0.spec.id, function = %task.0.spec.function, attempt, %failure, "task failed; retrying");
                 task.0.stats.retried();
+                *task
+                    .0
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(failure);
             }
             for (task, _) in done {
                 self.ended(&task.0, TaskState::Finished, None);

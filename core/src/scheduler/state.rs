@@ -159,8 +159,9 @@ pub(crate) struct Actions<P, W> {
     pub(crate) abort: Vec<P>,
     /// Actors whose resources are granted now.
     pub(crate) grants: Vec<(W, Grant)>,
-    /// Failed attempts that are tried again: (task, the attempt that failed).
-    pub(crate) retried: Vec<(P, u32)>,
+    /// Failed attempts that are tried again: (task, the attempt that
+    /// failed, how).
+    pub(crate) retried: Vec<(P, u32, Failure)>,
     /// Tasks whose results are stored, with the attempt that stored them.
     pub(crate) done: Vec<(P, u32)>,
     /// Tasks for the placement hook: infeasible here, or retried after
@@ -344,6 +345,14 @@ impl<P: Payload, W> State<P, W> {
         self.running.get(id).map(|active| &active.queued.task)
     }
 
+    /// The unplaced task `id`, if it still waits for a node.
+    pub(crate) fn unplaced_task(&self, id: TaskId) -> Option<&P> {
+        self.unplaced
+            .iter()
+            .find(|q| q.task.id() == id)
+            .map(|q| &q.task)
+    }
+
     /// The task a waiter watches arguments for, if it still waits.
     pub(crate) fn watched_task(&self, id: TaskId) -> Option<&P> {
         self.watched.get(&id).map(|q| &q.task)
@@ -365,6 +374,38 @@ impl<P: Payload, W> State<P, W> {
     /// joined).
     pub(crate) fn take_unplaced(&mut self) -> Vec<Queued<P>> {
         std::mem::take(&mut self.unplaced)
+    }
+
+    /// A retry (attempt `attempt`) still fits no node after waiting its
+    /// while: it fails as its last attempt did (`failure`), rather than
+    /// wait forever for a node like the one that died. Nothing if it was
+    /// placed meanwhile.
+    pub(crate) fn unplaced_expired(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        failure: Failure,
+        settled: &Avail<'_>,
+    ) -> Actions<P, W> {
+        let mut actions = Actions::default();
+        let Some(at) = self
+            .unplaced
+            .iter()
+            .position(|q| q.task.id() == id && q.attempt == attempt)
+        else {
+            return actions;
+        };
+        let queued = self.unplaced.remove(at);
+        self.untrack(&queued.task);
+        actions.give_up.push((
+            queued.task,
+            GiveUp::Failed {
+                attempts: attempt.saturating_sub(1),
+                failure,
+            },
+        ));
+        self.step(settled, &mut actions);
+        actions
     }
 
     /// A task now runs on `node` (the remote executor took it).
@@ -463,7 +504,9 @@ impl<P: Payload, W> State<P, W> {
             }
             Outcome::Failed(failure) => {
                 if !self.shut_down && queued.task.retry().retries(&failure, queued.attempt) {
-                    actions.retried.push((queued.task.clone(), queued.attempt));
+                    actions
+                        .retried
+                        .push((queued.task.clone(), queued.attempt, failure));
                     queued.attempt += 1;
                     Some(queued)
                 } else {

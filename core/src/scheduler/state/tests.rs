@@ -218,7 +218,7 @@ fn panics_are_retried_up_to_max_retries_and_errors_only_when_asked() {
         Outcome::Failed(Failure::Panicked("boom".into())),
         &settled.f(),
     );
-    let retried: Vec<_> = a.retried.iter().map(|(t, n)| (t.id, *n)).collect();
+    let retried: Vec<_> = a.retried.iter().map(|(t, n, _)| (t.id, *n)).collect();
     assert_eq!(retried, vec![(t.id, 1)]);
     assert_eq!(a.launch[0].attempt, 2);
     let a = s.finished(
@@ -393,6 +393,31 @@ fn tasks_on_a_dead_node_are_retried_through_placement() {
     let a = s.node_died(NodeId(3), &settled.f());
     assert_eq!(a.place.len(), 1);
     assert_eq!(a.place[0].attempt, 2);
+    assert!(matches!(
+        a.retried[..],
+        [(_, 1, Failure::NodeDied(NodeId(3)))]
+    ));
+    // No node fits it now: it waits, then fails as its attempt did.
+    let retry = a.place.into_iter().next().unwrap();
+    let _ = s.park_unplaced(retry);
+    assert_eq!(s.counts().unplaced, 1);
+    let a = s.unplaced_expired(t.id, 1, Failure::NodeDied(NodeId(3)), &settled.f());
+    assert!(
+        a.give_up.is_empty(),
+        "another attempt's expiry changes nothing"
+    );
+    let a = s.unplaced_expired(t.id, 2, Failure::NodeDied(NodeId(3)), &settled.f());
+    assert!(matches!(
+        a.give_up[..],
+        [(
+            _,
+            GiveUp::Failed {
+                attempts: 1,
+                failure: Failure::NodeDied(NodeId(3))
+            }
+        )]
+    ));
+    assert_eq!(s.counts().unplaced, 0);
 }
 
 // ---------------------------------------------------------------------------
