@@ -304,7 +304,7 @@ async fn nothing_left(rt: &Runtime, seed: u64, nodes: &[LocalNode], ran: &dag::R
 }
 
 /// Random DAGs (tasks with 0 to 4 ref arguments, fan-in and fan-out,
-/// chains up to 100 deep, results from 8 bytes to 16 MB, keeper actors
+/// chains up to 100 deep, results from 8 bytes to 64 MB, keeper actors
 /// holding refs, refs inside arguments and returned from tasks, planned
 /// failures) on a head and three nodes: the same answers as in plain Rust,
 /// the planned errors, and no object left anywhere once the driver lets

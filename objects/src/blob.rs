@@ -249,7 +249,9 @@ impl Pool {
         Vec::with_capacity(class)
     }
 
-    fn give_back(&self, mut buf: Vec<u8>) {
+    /// Keeps `buf`'s allocation for reuse, if it is large and the pool has
+    /// room (else it is freed).
+    pub(crate) fn give_back(&self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
         if cap < MIN_POOLED {
             return;

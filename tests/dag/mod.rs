@@ -124,7 +124,7 @@ impl Default for Shape {
             tasks: 400,
             max_depth: 100,
             large: 1,
-            large_max: 16 << 20,
+            large_max: 64 << 20,
             keepers: true,
             fail_per_mille: 30,
         }

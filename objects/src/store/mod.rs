@@ -485,7 +485,18 @@ impl Inner {
     /// Accounting and side effects of an entry that left the index.
     fn forget(&self, id: ObjectId, entry: Entry) {
         match entry.state {
-            State::Ready(_) => self.unaccount(entry.size),
+            State::Ready(value) => {
+                self.unaccount(entry.size);
+                // A byte vector nobody else holds: its pages are faulted in
+                // already, so the next large object (a put, bytes from the
+                // network) lands there instead of in fresh memory, which
+                // costs as much to fault in as to fill.
+                if let Ok(bytes) = value.downcast::<Vec<u8>>() {
+                    if let Ok(bytes) = Arc::try_unwrap(bytes) {
+                        self.pool.give_back(bytes);
+                    }
+                }
+            }
             State::Spilled(path) => {
                 let _ = std::fs::remove_file(path);
                 self.unspilled(entry.size);
