@@ -117,11 +117,38 @@ impl Default for Timeouts {
 
 struct Waiting {
     node: NodeId,
-    reply: oneshot::Sender<Result<Reply, TransportError>>,
+    reply: Completion,
     sent: Instant,
     patience: Patience,
     /// When the peer was last asked about it.
     probed: Option<Instant>,
+}
+
+/// What is called with a request's reply (or why there is none), on the
+/// thread that has it: a reply's comes from the node's dispatcher, an
+/// error's from wherever it was found (an I/O thread, say).
+pub type Then = Box<dyn FnOnce(Result<Reply, TransportError>) + Send + 'static>;
+
+/// Where a request's reply goes.
+enum Completion {
+    /// A future waits for it.
+    Channel(oneshot::Sender<Result<Reply, TransportError>>),
+    /// A callback takes it (in a mutex only to make the table `Sync`:
+    /// it is taken once).
+    Then(std::sync::Mutex<Then>),
+}
+
+impl Completion {
+    fn send(self, result: Result<Reply, TransportError>) {
+        match self {
+            Completion::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+            Completion::Then(then) => {
+                (then.into_inner().unwrap_or_else(|e| e.into_inner()))(result)
+            }
+        }
+    }
 }
 
 /// One peer's outbound link and its serial number (a broken link that was
@@ -432,7 +459,7 @@ impl Transport {
             .collect();
         for id in ids {
             if let Some(waiting) = self.settle(id) {
-                let _ = waiting.reply.send(Err(err.clone()));
+                waiting.reply.send(Err(err.clone()));
             }
         }
     }
@@ -464,7 +491,7 @@ impl Transport {
             if let Some(waiting) = self.settle(id) {
                 metrics::counter!("troupe_cluster_request_timeouts_total").increment(1);
                 tracing::warn!(%node, request = id, ?after, "a request timed out");
-                let _ = waiting
+                waiting
                     .reply
                     .send(Err(TransportError::Timeout(node, after)));
             }
@@ -487,7 +514,7 @@ impl Transport {
             if let Some(waiting) = self.settle(*id) {
                 metrics::counter!("troupe_cluster_requests_lost_total").increment(1);
                 tracing::warn!(%node, request = id, "a request's reply was lost");
-                let _ = waiting.reply.send(Err(TransportError::Lost(node)));
+                waiting.reply.send(Err(TransportError::Lost(node)));
             }
         }
     }
@@ -571,6 +598,34 @@ impl Transport {
         impl std::future::Future<Output = Result<Reply, TransportError>> + use<>,
         TransportError,
     > {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(node, body, Completion::Channel(tx))
+            .map_err(|(err, _)| err)?;
+        Ok(async move {
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::NodeDied(node)),
+            }
+        })
+    }
+
+    /// [`send_request`](Self::send_request), calling `then` with the reply
+    /// (or why there is none) instead of returning a future: a request
+    /// answered at once costs no task's wake-up.
+    pub fn send_request_then(&self, node: NodeId, body: Request, then: Then) {
+        if let Err((err, then)) =
+            self.enqueue(node, body, Completion::Then(std::sync::Mutex::new(then)))
+        {
+            then.send(Err(err));
+        }
+    }
+
+    fn enqueue(
+        &self,
+        node: NodeId,
+        body: Request,
+        completion: Completion,
+    ) -> Result<(), (TransportError, Completion)> {
         let counted = self
             .peers
             .get_mut(&node)
@@ -582,16 +637,17 @@ impl Transport {
                 peer.pending += 1;
                 Ok(())
             })
-            .ok_or(TransportError::NoSession(node))?;
-        counted?;
+            .unwrap_or(Err(TransportError::NoSession(node)));
+        if let Err(err) = counted {
+            return Err((err, completion));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
         let patience = body.patience(self.timeouts.request);
         self.pending.insert(
             id,
             Waiting {
                 node,
-                reply: tx,
+                reply: completion,
                 sent: Instant::now(),
                 patience,
                 probed: None,
@@ -603,21 +659,18 @@ impl Transport {
             body,
         };
         if let Err(err) = self.send(node, &frame) {
-            self.settle(id);
-            return Err(err);
+            return match self.settle(id) {
+                Some(waiting) => Err((err, waiting.reply)),
+                None => Ok(()), // failed meanwhile (its peer went): told already
+            };
         }
         // The peer may have gone between the lookup and the insert.
         if !self.connected(node) {
             if let Some(w) = self.settle(id) {
-                let _ = w.reply.send(Err(TransportError::NodeDied(node)));
+                w.reply.send(Err(TransportError::NodeDied(node)));
             }
         }
-        Ok(async move {
-            match rx.await {
-                Ok(result) => result,
-                Err(_) => Err(TransportError::NodeDied(node)),
-            }
-        })
+        Ok(())
     }
 
     fn settle(&self, id: u64) -> Option<Waiting> {
@@ -631,7 +684,7 @@ impl Transport {
     /// A reply arrived.
     pub fn complete(&self, id: u64, body: Reply) {
         if let Some(waiting) = self.settle(id) {
-            let _ = waiting.reply.send(Ok(body));
+            waiting.reply.send(Ok(body));
         }
     }
 
@@ -677,7 +730,7 @@ mod tests {
         (
             Waiting {
                 node: NodeId(node),
-                reply: tx,
+                reply: Completion::Channel(tx),
                 sent: Instant::now(),
                 patience,
                 probed: None,

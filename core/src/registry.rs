@@ -288,7 +288,15 @@ impl Runtime {
     pub async fn run_spec(&self, mut spec: TaskSpec) -> RemoteOutcome {
         let owner = spec.owner;
         spec.options = spec.options.max_retries(0);
-        let submitted = match self.submit_spec(spec) {
+        let task = spec.id;
+        let submitted = {
+            // A short sync body runs here, on the thread that received it,
+            // rather than wake a pool thread and be woken back (two
+            // cross-thread wake-ups: most of a small remote task's cost).
+            let _runs = crate::scheduler::SubmitterRuns::enter(task);
+            self.submit_spec(spec)
+        };
+        let submitted = match submitted {
             Ok(submitted) => submitted,
             Err(err @ TaskError::UnknownFunction { .. }) => {
                 return RemoteOutcome::Refused(err.to_string())
@@ -299,11 +307,8 @@ impl Runtime {
         };
         let mut results = Vec::with_capacity(submitted.results.len());
         for r in &submitted.results {
-            // A short sync body runs here, on the thread that received it,
-            // rather than wake a pool thread and be woken back (two
-            // cross-thread wake-ups: most of a small remote task's cost).
             if !self.objects().is_settled(r.id()) {
-                self.inner.scheduler.help(r.id());
+                self.inner.scheduler.run_or_queue(r.id());
             }
             self.objects().ready(r.id()).await;
             match self.objects().export(r.id()).await {

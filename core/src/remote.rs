@@ -90,6 +90,22 @@ pub trait RemoteExecutor: Send + Sync + 'static {
     /// answering resolves to `Failed(Failure::NodeDied(node))`.
     fn run_task(&self, node: NodeId, spec: TaskSpec) -> BoxFuture<'static, RemoteOutcome>;
 
+    /// [`run_task`](Self::run_task), calling `done` with the outcome: on
+    /// `runtime` (where this node's work runs), or on whichever of its
+    /// threads the answer arrives. What the scheduler calls; the default
+    /// waits for `run_task` in a task on `runtime`. An executor that can
+    /// call back as the answer arrives saves that task's wake-up.
+    fn run_task_then(
+        &self,
+        node: NodeId,
+        spec: TaskSpec,
+        runtime: &tokio::runtime::Handle,
+        done: TaskDone,
+    ) {
+        let running = self.run_task(node, spec);
+        runtime.spawn(async move { done(running.await) });
+    }
+
     /// Calls `method` on the actor `actor` (living on `node`) with encoded
     /// arguments; resolves to its encoded result.
     fn call_actor(
@@ -152,6 +168,9 @@ pub trait RemoteExecutor: Send + Sync + 'static {
         true
     }
 }
+
+/// What is called with a remote attempt's outcome.
+pub type TaskDone = Box<dyn FnOnce(RemoteOutcome) + Send + 'static>;
 
 /// An actor to spawn on another node, by its registered type and
 /// constructor.

@@ -2,13 +2,15 @@
 //! replies complete their requests, notices are acted on in the order they
 //! arrived, requests are answered.
 //!
-//! Everything here runs on the cluster's I/O runtime, in arrival order,
-//! and must not run user code there: work (a task, an actor's constructor
-//! or its stop) goes to the runtime's own tokio runtime; only waiting for
-//! a reply stays here.
+//! Frames are handled on the cluster's I/O runtime, in arrival order, and
+//! no user code runs there: replies and work (a task, an actor call, a
+//! spawn, a stop) go to the dispatcher (`dispatch.rs`), which carries them
+//! out on the runtime's own threads, in the same order; notices and
+//! control requests are handled here.
 
 use tracing::Instrument;
 
+use super::dispatch::Work;
 use super::*;
 use crate::transport::Patience;
 
@@ -43,7 +45,13 @@ impl Shared {
                     }
                 }
                 match *frame {
-                    Frame::Reply { id, body } => transport.complete(id, body),
+                    Frame::Reply { id, body } => self.dispatcher.push(Work::Reply { id, body }),
+                    // Told after the replies that came before it (a reply
+                    // still queued is not lost).
+                    Frame::Notice {
+                        from,
+                        body: Notice::Unknown { ids },
+                    } => self.dispatcher.push(Work::Unknown { from, ids }),
                     Frame::Notice { from, body } => self.notice(from, body),
                     Frame::Request { id, from, body } => self.request(&transport, from, id, body),
                 }
@@ -56,6 +64,39 @@ impl Shared {
             // The requester may ask whether this node still works on it.
             transport.working_on(from, id);
         }
+        match body {
+            Request::RunTask(_)
+            | Request::CallActor { .. }
+            | Request::SpawnActor(_)
+            | Request::StopActor { .. } => self.dispatcher.push(Work::Request { from, id, body }),
+            body => {
+                let Some(rt) = self.runtime() else {
+                    transport.reply(
+                        from,
+                        id,
+                        Reply::Refused("this node is shutting down".into()),
+                    );
+                    return;
+                };
+                let shared = self.clone();
+                let transport = transport.clone();
+                tokio::spawn(async move {
+                    let reply = shared.answer(&rt, from, body).await;
+                    transport.reply(from, id, reply);
+                });
+            }
+        }
+    }
+
+    /// Carries out a peer's request that runs user code: on the runtime's
+    /// threads (the dispatcher's), in the order requests arrived.
+    pub(super) fn work(
+        self: &Arc<Self>,
+        transport: &Arc<Transport>,
+        from: NodeId,
+        id: u64,
+        body: Request,
+    ) {
         let Some(rt) = self.runtime() else {
             transport.reply(
                 from,
@@ -80,11 +121,9 @@ impl Shared {
                     transport.reply(from, id, Reply::Actor(reply.await));
                 });
             }
-            // Work runs on the runtime's own threads, never on the
-            // cluster's I/O threads.
             Request::RunTask(spec) => {
                 let transport = transport.clone();
-                rt.tokio_handle().clone().spawn(async move {
+                now_or_spawn(async move {
                     let task = spec.id;
                     let outcome = rt
                         .run_spec(spec)
@@ -95,26 +134,24 @@ impl Shared {
             }
             Request::SpawnActor(request) => {
                 let transport = transport.clone();
-                rt.tokio_handle().clone().spawn(async move {
+                tokio::spawn(async move {
                     let spawned = rt.spawn_requested(request, from).await;
                     transport.reply(from, id, Reply::Spawned(spawned));
                 });
             }
             Request::StopActor { actor, how } => {
                 let transport = transport.clone();
-                rt.tokio_handle().clone().spawn(async move {
+                tokio::spawn(async move {
                     rt.stop_requested(actor, how).await;
                     transport.reply(from, id, Reply::Ok);
                 });
             }
-            body => {
-                let shared = self.clone();
-                let transport = transport.clone();
-                tokio::spawn(async move {
-                    let reply = shared.answer(&rt, from, body).await;
-                    transport.reply(from, id, reply);
-                });
-            }
+            // Control requests are answered on the I/O threads (`request`).
+            _ => transport.reply(
+                from,
+                id,
+                Reply::Refused("a control request reached the dispatcher".into()),
+            ),
         }
     }
 
@@ -239,5 +276,20 @@ impl Shared {
                 Reply::Refused("this request is answered elsewhere".to_owned())
             }
         }
+    }
+}
+
+/// Runs `work` here as far as it goes without waiting (a short task runs
+/// to its reply on this thread), and hands the rest to the runtime as a
+/// task: a spawned task costs a hop, and for a request answered at once
+/// the hop was most of its cost.
+fn now_or_spawn(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    if work.as_mut().poll(&mut cx).is_pending() {
+        // Polled again at once by the runtime, with a real waker: what it
+        // waits on is looked at again then.
+        tokio::spawn(work);
     }
 }

@@ -26,7 +26,7 @@ impl std::fmt::Debug for NodeService {
 pub const SERVICE_NAME: &str = "cluster";
 
 /// Threads of the cluster's own I/O runtime.
-pub const IO_THREADS: usize = 2;
+pub const IO_THREADS: usize = 1;
 
 fn io_runtime() -> Result<tokio::runtime::Runtime, ClusterError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -205,7 +205,11 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         SocketAddr::new(options.bind, options.link_port),
         me,
         cookie_bytes.clone(),
-        options.link_spin,
+        std::env::var("TROUPE_LINK_READ_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+            .unwrap_or(Duration::ZERO),
         Arc::new(move |_from, bytes: &[u8]| {
             if let Some(transport) = deliver_to.upgrade() {
                 crate::agent::deliver(&transport, &*deliver_inbound, bytes);
@@ -276,7 +280,11 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         pid: std::process::id(),
     };
 
-    let tasks = Vec::new();
+    // The dispatcher, on the runtime's threads (work that arrived before it
+    // started waits in its queue).
+    let tasks = vec![rt
+        .tokio_handle()
+        .spawn(shared.clone().dispatch(options.link_spin))];
 
     let mut running = Running {
         io: None,

@@ -20,14 +20,14 @@ use tokio::sync::{mpsc, watch};
 use troupe_core::error::{ActorError, Failure};
 use troupe_core::remote::{
     ActorOwner, ClusterEvent, Placement, PlacementDecision, PlacementRequest, Relocation,
-    RemoteExecutor, RemoteOutcome, RemoteSpawn, StopHow,
+    RemoteExecutor, RemoteOutcome, RemoteSpawn, StopHow, TaskDone,
 };
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
 use troupe_core::task::TaskSpec;
 use troupe_core::SpawnError;
 use troupe_core::{
-    ActorId, ActorInfo, Cause, ClusterSeams, Config, Encoded, Fetched, NodeId, ObjectDirectory,
-    ObjectError, ObjectId, Resources, Runtime, SchedulingStrategy,
+    task::TaskId, ActorId, ActorInfo, Cause, ClusterSeams, Config, Encoded, Fetched, NodeId,
+    ObjectDirectory, ObjectError, ObjectId, Resources, Runtime, SchedulingStrategy,
 };
 
 use crate::agent::{agent_name, Agent, AgentMessage, Inbound};
@@ -186,6 +186,8 @@ struct Shared {
     /// Members this node has published `NodeUp` for.
     announced: Mutex<std::collections::HashSet<NodeId>>,
     placer: Placer,
+    /// Work from peers, for the runtime's threads.
+    dispatcher: dispatch::Dispatcher,
     /// Why the node stopped being part of the cluster, once it has.
     ended: watch::Sender<Option<String>>,
 }
@@ -205,6 +207,7 @@ impl ClusterNode {
                 directory: Mutex::new(None),
                 announced: Mutex::new(Default::default()),
                 placer: Placer::default(),
+                dispatcher: Default::default(),
                 ended: watch::channel(None).0,
             }),
         }
@@ -534,6 +537,7 @@ impl Shared {
 }
 
 mod borrows;
+mod dispatch;
 mod frames;
 mod lifecycle;
 mod seams;

@@ -53,24 +53,48 @@ impl RemoteExecutor for Seams {
             shared.placer.sent(node, &needs);
             let answer = transport.request(node, Request::RunTask(spec)).await;
             shared.placer.answered(node, &needs);
-            match answer {
-                Ok(Reply::Task(outcome)) => outcome,
-                // Shutting down: another node takes it.
-                Ok(Reply::Refused(why)) => RemoteOutcome::Refused(why),
-                Ok(other) => RemoteOutcome::Failed(Failure::Error(Cause::new(
-                    ClusterError::Protocol(format!("task {task}: unexpected reply {other:?}")),
-                ))),
-                Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => {
-                    RemoteOutcome::Failed(Failure::NodeDied(node))
-                }
-                Err(err @ TransportError::Lost(_)) => {
-                    RemoteOutcome::Failed(Failure::Lost(node, err.to_string()))
-                }
-                Err(err) => {
-                    RemoteOutcome::Failed(Failure::Error(Cause::new(ClusterError::Transport(err))))
-                }
-            }
+            outcome_of(task, node, answer)
         })
+    }
+
+    fn run_task_then(
+        &self,
+        node: NodeId,
+        spec: TaskSpec,
+        runtime: &tokio::runtime::Handle,
+        done: TaskDone,
+    ) {
+        let shared = self.0.clone();
+        let Some(transport) = shared.transport.get().cloned() else {
+            runtime.spawn(async move { done(RemoteOutcome::Failed(Failure::NodeDied(node))) });
+            return;
+        };
+        let task = spec.id;
+        let needs = spec.options.needs();
+        shared.placer.sent(node, &needs);
+        let on_runtime = runtime.clone();
+        let then: crate::transport::Then =
+            Box::new(move |answer: Result<Reply, TransportError>| {
+                shared.placer.answered(node, &needs);
+                let replied = answer.is_ok();
+                let outcome = outcome_of(task, node, answer);
+                if replied {
+                    // From the node's dispatcher, on the runtime's threads.
+                    done(outcome);
+                } else {
+                    // Found wherever it was found (an I/O thread, say): carried
+                    // out on the runtime's threads.
+                    on_runtime.spawn(async move { done(outcome) });
+                }
+            });
+        if transport.connected(node) {
+            transport.send_request_then(node, Request::RunTask(spec), then);
+        } else {
+            // Not connected yet: wait for its session, as `request` does.
+            runtime.spawn(async move {
+                then(transport.request(node, Request::RunTask(spec)).await);
+            });
+        }
     }
 
     fn call_actor(
@@ -290,6 +314,25 @@ impl ObjectDirectory for Seams {
                 let _ = transport.notify(to, Notice::Released { id, times });
             }
         }
+    }
+}
+
+/// What a task's attempt on `node` came to, from the transport's answer.
+fn outcome_of(task: TaskId, node: NodeId, answer: Result<Reply, TransportError>) -> RemoteOutcome {
+    match answer {
+        Ok(Reply::Task(outcome)) => outcome,
+        // Shutting down: another node takes it.
+        Ok(Reply::Refused(why)) => RemoteOutcome::Refused(why),
+        Ok(other) => RemoteOutcome::Failed(Failure::Error(Cause::new(ClusterError::Protocol(
+            format!("task {task}: unexpected reply {other:?}"),
+        )))),
+        Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => {
+            RemoteOutcome::Failed(Failure::NodeDied(node))
+        }
+        Err(err @ TransportError::Lost(_)) => {
+            RemoteOutcome::Failed(Failure::Lost(node, err.to_string()))
+        }
+        Err(err) => RemoteOutcome::Failed(Failure::Error(Cause::new(ClusterError::Transport(err)))),
     }
 }
 

@@ -131,13 +131,16 @@ impl Scheduler {
         self.lock().delegated(queued, node);
         metrics::counter!("troupe_tasks_delegated_total").increment(1);
         let scheduler = Arc::downgrade(self);
-        let running = remote.run_task(node, spec);
-        self.tokio.spawn(async move {
-            let outcome = running.await;
-            if let Some(scheduler) = scheduler.upgrade() {
-                scheduler.delegated_ended(id, task, outcome);
-            }
-        });
+        remote.run_task_then(
+            node,
+            spec,
+            &self.tokio,
+            Box::new(move |outcome| {
+                if let Some(scheduler) = scheduler.upgrade() {
+                    scheduler.delegated_ended(id, task, outcome);
+                }
+            }),
+        );
     }
 
     fn delegated_ended(self: &Arc<Self>, id: TaskId, task: Arc<Task>, outcome: RemoteOutcome) {

@@ -36,6 +36,7 @@ pub use stats::FunctionSummary;
 pub(crate) use units::Units;
 
 use std::any::Any;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
@@ -377,6 +378,20 @@ impl Scheduler {
         ran
     }
 
+    /// Runs the sync attempt that will produce `result` here, as `help`
+    /// does, or, if it cannot, makes sure a pool thread will: for a task
+    /// submitted under [`SubmitterRuns`], whose short body was not queued.
+    pub(crate) fn run_or_queue(&self, result: ObjectId) {
+        if self.help(result) {
+            return;
+        }
+        let task = self.lock().running_task_of(result).map(|t| t.0.clone());
+        let job = task.and_then(|t| t.job.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        if let Some(job) = job.filter(|job| !job.is_claimed()) {
+            self.cpus.execute(job);
+        }
+    }
+
     pub(crate) fn set_runtime(&self, runtime: Weak<dyn Any + Send + Sync>) {
         let _ = self.runtime.set(runtime);
     }
@@ -649,7 +664,15 @@ impl Scheduler {
                     }
                 }));
                 *task.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
-                self.cpus.execute(job);
+                // Its submitter runs a short body itself, right after
+                // submitting it (`run_or_queue`): queued, it would wake a
+                // pool thread only to lose the race for it.
+                let submitter_runs = SUBMITTER_RUNS.with(Cell::get) == Some(id)
+                    && task.stats.timing.known_short()
+                    && task.spec.returns != crate::spec::Returns::Stream;
+                if !submitter_runs {
+                    self.cpus.execute(job);
+                }
             }
             function::Launch::Async(body) => {
                 let handle = self.tokio.spawn(async move {
@@ -881,6 +904,30 @@ pub(crate) struct Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         self.scheduler.lock().unlend(self.id);
+    }
+}
+
+thread_local! {
+    /// The task whose submitter, on this thread, runs its short sync body
+    /// itself (see [`SubmitterRuns`]).
+    static SUBMITTER_RUNS: Cell<Option<TaskId>> = const { Cell::new(None) };
+}
+
+/// While it lives, the task `id` submitted on this thread is launched
+/// without queuing a short sync body on the pool: the submitter runs it
+/// right after (`Scheduler::run_or_queue`). How a node runs a short task
+/// another node sent with no thread hand-off.
+pub(crate) struct SubmitterRuns(Option<TaskId>);
+
+impl SubmitterRuns {
+    pub(crate) fn enter(id: TaskId) -> Self {
+        SubmitterRuns(SUBMITTER_RUNS.with(|s| s.replace(Some(id))))
+    }
+}
+
+impl Drop for SubmitterRuns {
+    fn drop(&mut self) {
+        SUBMITTER_RUNS.with(|s| s.set(self.0));
     }
 }
 
