@@ -9,6 +9,8 @@
 //! TROUPE_BENCH_NODES=32 cargo bench ... -- scale                            # 32 light nodes
 //! ```
 
+#[path = "../tests/dag/mod.rs"]
+mod dag;
 #[path = "harness/mod.rs"]
 mod harness;
 
@@ -308,6 +310,28 @@ async fn run(filters: Vec<String>) {
         }
         tcp.sort_by(f64::total_cmp);
         print("tcp_loopback_gigabytes_per_s", tcp[tcp.len() / 2], "GB/s");
+    }
+    if wanted(&filters, "random_dag_tasks_per_s") {
+        // The random DAG of tests/cluster_correctness.rs (seed 1): tasks with
+        // 0 to 4 ref arguments, chains, refs inside arguments, keeper
+        // actors, planned failures; from submitting the first task to
+        // having checked every answer at the driver.
+        let shape = dag::Shape {
+            tasks: if quick() { 1_000 } else { 10_000 },
+            ..dag::Shape::default()
+        };
+        let keepers = dag::keepers(&rt, 2).await;
+        let ran = dag::run_seed(&rt, 1, &shape, &keepers)
+            .await
+            .expect("the random DAG gives the local answers");
+        for keeper in &keepers {
+            keeper.stop().await;
+        }
+        print(
+            "random_dag_tasks_per_s",
+            ran.tasks as f64 / ran.elapsed.as_secs_f64(),
+            "tasks/s",
+        );
     }
     if wanted(&filters, "node_dead_after_sigkill_s") {
         // LocalCluster blocks (it waits for the process): off the runtime's
