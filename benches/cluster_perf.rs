@@ -227,7 +227,7 @@ async fn run(filters: Vec<String>) {
     if wanted(&filters, "tcp_pingpong_round_trips_per_s") {
         let seconds = if quick() { 0.3 } else { 2.0 };
         let rate = tokio::task::block_in_place(|| tcp_pingpong(seconds));
-        print("tcp_pingpong_round_trips_per_s", rate, "round trips/s");
+        print("tcp_pingpong_round_trips_per_s", rate, "trips/s");
     }
     // The driver offers no CPUs: every task runs on another node.
     if wanted(&filters, "remote_tasks_sync_per_s") {

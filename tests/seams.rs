@@ -306,3 +306,101 @@ async fn without_a_hook_a_task_that_does_not_fit_is_infeasible() {
     );
     rt.shutdown().await.unwrap();
 }
+
+/// Sends every task first to a node that refuses it (another build), then,
+/// once that node is excluded, to B.
+struct ToRefuserFirst {
+    refuser: NodeId,
+    peer: Peer,
+    asked: Arc<std::sync::Mutex<Vec<Vec<NodeId>>>>,
+}
+
+impl Placement for ToRefuserFirst {
+    fn place(&self, request: &PlacementRequest<'_>) -> PlacementDecision {
+        self.asked.lock().unwrap().push(request.excluded.to_vec());
+        if !request.excluded.contains(&self.refuser) {
+            return PlacementDecision::Node(self.refuser);
+        }
+        match self.peer.rt() {
+            Some(peer) => PlacementDecision::Node(peer.node_id()),
+            None => PlacementDecision::Wait,
+        }
+    }
+}
+
+/// The refuser answers `Refused`; B runs the spec.
+struct RefuserThenPeer {
+    refuser: NodeId,
+    peer: Peer,
+}
+
+impl RemoteExecutor for RefuserThenPeer {
+    fn run_task(
+        &self,
+        node: NodeId,
+        spec: troupe::task::TaskSpec,
+    ) -> BoxFuture<'static, RemoteOutcome> {
+        let peer = self.peer.rt();
+        let refuser = self.refuser;
+        Box::pin(async move {
+            if node == refuser {
+                return RemoteOutcome::Refused(format!("no function {} here", spec.function));
+            }
+            match peer {
+                Some(peer) => peer.run_spec(spec).await,
+                None => RemoteOutcome::Failed(troupe::error::Failure::NodeDied(node)),
+            }
+        })
+    }
+
+    fn call_actor(
+        &self,
+        _node: NodeId,
+        _actor: ActorId,
+        _method: &str,
+        _args: troupe::Encoded,
+    ) -> BoxFuture<'static, Result<troupe::Encoded, ActorError>> {
+        Box::pin(async { unreachable!("no actors here") })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_a_node_refuses_is_placed_elsewhere_without_spending_an_attempt() {
+    let b_link = Peer::default();
+    let b = troupe::init(Config::default().name("b").resources(Resources::cpus(1.0)))
+        .await
+        .unwrap();
+    let _ = b_link.0.set(b.clone());
+    let refuser = NodeId(0xdead);
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let a = troupe::init(
+        Config::default()
+            .name("a")
+            .resources(Resources::default())
+            .cluster(ClusterSeams {
+                placement: Some(Arc::new(ToRefuserFirst {
+                    refuser,
+                    peer: b_link.clone(),
+                    asked: asked.clone(),
+                })),
+                executor: Some(Arc::new(RefuserThenPeer {
+                    refuser,
+                    peer: b_link.clone(),
+                })),
+                ..ClusterSeams::default()
+            }),
+    )
+    .await
+    .unwrap();
+    // No retries at all: a refusal must not count as an attempt.
+    let r = node_of::options(TaskOptions::default().max_retries(0)).remote(&a, 4);
+    let (value, node) = *within("placed elsewhere", a.get(&r)).await.unwrap();
+    assert_eq!((value, node), (8, b.node_id()));
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![vec![], vec![refuser]],
+        "asked again, with the refuser excluded"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -58,6 +58,13 @@ def with_share(metrics):
     tcp = metrics.get("tcp_loopback_gigabytes_per_s")
     if get and tcp and tcp[0] > 0:
         metrics[SHARE] = (get[0] / tcp[0], "x")
+    # One request at a time against a blocking TCP ping-pong between two
+    # processes of the same machine (Troupe's bench measures it).
+    pingpong = metrics.get("tcp_pingpong_round_trips_per_s")
+    for sync in ("remote_tasks_sync_per_s", "remote_actor_calls_sync_per_s"):
+        rate = metrics.get(sync)
+        if rate and pingpong and pingpong[0] > 0:
+            metrics[sync.replace("_per_s", "_share_of_pingpong")] = (rate[0] / pingpong[0], "x")
     return metrics
 
 
@@ -147,6 +154,16 @@ How to read it:
   for the first time). tcp_loopback is each side's plain TCP copy of the same
   bytes on the same loopback, the ceiling; cross_node_get_share_of_tcp is the
   first divided by the second.
+- tcp_pingpong_round_trips_per_s (Troupe's bench): 64-byte messages back
+  and forth over loopback TCP between two processes, blocking reads on both
+  sides: what one request at a time can reach on this machine at best;
+  remote_*_sync_share_of_pingpong divide the sync rates by it.
+- cross_node_get_fresh_gigabytes_per_s (Troupe's bench): the first 1 GB
+  read, into memory the reader's process never used (its pages fault in as
+  they fill); the later reads land in the buffer the store kept.
+- random_dag_tasks_per_s (Troupe's bench): the random DAG of
+  `tests/cluster_correctness.rs` (seed 1, 10,000 tasks), submitted at once,
+  every answer read and checked at the driver.
 - node_dead_after_sigkill_s: SIGKILL of one node (Ray: its raylet) until the
   cluster reports it dead, with default settings (Ray: health checks every
   3 s, 10 s timeout, 5 misses).

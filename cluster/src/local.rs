@@ -128,13 +128,34 @@ impl LocalCluster {
         let pid = child.id();
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
+        // Both pipes are read for the process's whole life (a full pipe
+        // would stop it): stdout's lines go to the start below, stderr's
+        // last ones are kept for its error.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
+        let last_errors = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<
+            String,
+        >::new()));
+        let mut stderr_reader = None;
+        if let Some(stderr) = child.stderr.take() {
+            let kept = last_errors.clone();
+            stderr_reader = Some(std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.len() == 100 {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
+            }));
+        }
+        let errors = || {
+            let kept = last_errors.lock().unwrap_or_else(|e| e.into_inner());
+            kept.iter().cloned().collect::<Vec<_>>().join("\n")
+        };
         let index = self.children.len();
         self.children.push((args.join(" "), child));
         let deadline = Instant::now() + self.start_timeout;
@@ -155,17 +176,18 @@ impl LocalCluster {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let child = &mut self.children[index].1;
                     let status = child.wait().map_err(|e| e.to_string())?;
-                    let mut stderr = String::new();
-                    if let Some(mut err) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+                    // Its stderr's reader ends with it (the pipe closed).
+                    if let Some(reader) = stderr_reader.take() {
+                        let _ = reader.join();
                     }
-                    return Err(format!("exited {status}: {} {stderr}", seen.join("\n")));
+                    return Err(format!("exited {status}: {} {}", seen.join("\n"), errors()));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
                     return Err(format!(
-                        "not up within {:?}: {}",
+                        "not up within {:?}: {} {}",
                         self.start_timeout,
-                        seen.join("\n")
+                        seen.join("\n"),
+                        errors()
                     ));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
