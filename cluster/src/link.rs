@@ -35,7 +35,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -57,10 +57,6 @@ const HELLO_BYTES: usize = 4 + 1 + 8 + 8 + MAC_BYTES;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most bytes queued on one link before sending fails.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
-/// Reads this close together make a link hot (it polls before sleeping).
-const HOT_GAP: Duration = Duration::from_millis(2);
-/// How long a hot link polls by default (`ClusterOptions::link_spin`).
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
 /// Why a link could not send (or connect).
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +108,6 @@ impl LinkServer {
         addr: SocketAddr,
         me: NodeId,
         cookie: Arc<[u8]>,
-        spin: Duration,
         deliver: Deliver,
         ended: Ended,
     ) -> io::Result<LinkServer> {
@@ -132,7 +127,7 @@ impl LinkServer {
                                 let serial = serials.fetch_add(1, Ordering::Relaxed);
                                 let (cookie, deliver, ended) = (cookie.clone(), deliver.clone(), ended.clone());
                                 connections.spawn(
-                                    serve(stream, me, cookie, spin, deliver, ended, serial)
+                                    serve(stream, me, cookie, deliver, ended, serial)
                                         .instrument(tracing::debug_span!("link_in", %peer)),
                                 );
                             }
@@ -202,7 +197,6 @@ async fn serve(
     mut stream: TcpStream,
     me: NodeId,
     cookie: Arc<[u8]>,
-    spin: Duration,
     deliver: Deliver,
     ended: Ended,
     serial: u64,
@@ -224,47 +218,31 @@ async fn serve(
         };
     tracing::debug!(%from, serial, "control link up");
     ended(from, serial, true);
-    let why = read_frames(&mut stream, from, &deliver, spin).await;
+    let why = read_frames(&mut stream, from, &deliver).await;
     tracing::debug!(%from, serial, %why, "control link ended");
     ended(from, serial, false);
 }
 
-/// Reads frames until the connection ends; why it ended.
-///
-/// While a conversation is hot (this read came within `HOT_GAP` of the
-/// one before: a caller waiting on each reply, not heartbeats), the next
-/// read polls for up to `spin` before sleeping, so a request and its reply
-/// often cost no reactor wake-up. Between polls it yields to the worker's
-/// other tasks and to other threads: a spin that kept its vCPU starved the
-/// work it waited for on this 2-vCPU VM (sync remote tasks swung from
-/// 2.3k/s to 17k/s between runs); yielding, sync actor calls went from
-/// about 8k/s to 14-17k/s and sync tasks from about 6k/s to 7k/s, steadily.
-/// An idle link never spins.
-async fn read_frames(
-    stream: &mut TcpStream,
-    from: NodeId,
-    deliver: &Deliver,
-    spin: Duration,
-) -> String {
+/// Reads frames until the connection ends; why it ended. It sleeps in the
+/// reactor between reads: it runs on the cluster's one I/O thread, which a
+/// spin would take from everything else there (work from peers is handed
+/// to the dispatcher, which does the looking, `node/dispatch.rs`).
+async fn read_frames(stream: &mut TcpStream, from: NodeId, deliver: &Deliver) -> String {
     let received = metrics::counter!("troupe_cluster_control_bytes_received_total");
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0;
-    let mut last_read: Option<Instant> = None;
     loop {
-        let hot = last_read.is_some_and(|at| at.elapsed() < HOT_GAP);
         if buf.capacity() - buf.len() < 16 * 1024 {
             // Move what is left of a partial frame to the front first.
             buf.drain(..start);
             start = 0;
             buf.reserve(64 * 1024);
         }
-        let window = if hot { spin } else { Duration::ZERO };
-        match read_soon(stream, &mut buf, window).await {
+        match stream.read_buf(&mut buf).await {
             Ok(0) => return "closed by the peer".to_owned(),
             Ok(n) => received.increment(n as u64),
             Err(err) => return err.to_string(),
         }
-        last_read = Some(Instant::now());
         while let Some(head) = buf.get(start..start + 4) {
             let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
             if len > MAX_FRAME_BYTES {
@@ -283,31 +261,6 @@ async fn read_frames(
             start = 0;
         }
     }
-}
-
-/// Reads what arrives next, polling first for up to `spin` (yielding to
-/// the runtime's other tasks between polls) before sleeping in the
-/// reactor: a thread woken from the reactor pays a wake-up, tens of µs on
-/// a VM, twice per round trip.
-async fn read_soon(stream: &mut TcpStream, buf: &mut Vec<u8>, spin: Duration) -> io::Result<usize> {
-    if !spin.is_zero() {
-        let until = Instant::now() + spin;
-        loop {
-            match stream.try_read_buf(buf) {
-                Ok(n) => return Ok(n),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err),
-            }
-            if Instant::now() >= until {
-                break;
-            }
-            // Let this worker's other tasks run, then any thread waiting for
-            // this vCPU (a spin must not starve the work it waits for).
-            tokio::task::yield_now().await;
-            std::thread::yield_now();
-        }
-    }
-    stream.read_buf(buf).await
 }
 
 /// Sends frames to one peer over the connection this node opened.
@@ -516,7 +469,6 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             NodeId(2),
             Arc::from(cookie),
-            DEFAULT_SPIN,
             Arc::new(move |from, frame: &[u8]| g.lock().unwrap().push((from, frame.to_vec()))),
             Arc::new(move |from, _, up| {
                 if !up {

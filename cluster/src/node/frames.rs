@@ -121,9 +121,13 @@ impl Shared {
                     transport.reply(from, id, Reply::Actor(reply.await));
                 });
             }
+            // A task of its own (next on this worker: no wake-up), never
+            // the dispatcher's: the body may block (a sync body run here
+            // waiting for an object), and the dispatcher carries the
+            // replies that wait may need.
             Request::RunTask(spec) => {
                 let transport = transport.clone();
-                now_or_spawn(async move {
+                tokio::spawn(async move {
                     let task = spec.id;
                     let outcome = rt
                         .run_spec(spec)
@@ -276,20 +280,5 @@ impl Shared {
                 Reply::Refused("this request is answered elsewhere".to_owned())
             }
         }
-    }
-}
-
-/// Runs `work` here as far as it goes without waiting (a short task runs
-/// to its reply on this thread), and hands the rest to the runtime as a
-/// task: a spawned task costs a hop, and for a request answered at once
-/// the hop was most of its cost.
-fn now_or_spawn(work: impl std::future::Future<Output = ()> + Send + 'static) {
-    let mut work = Box::pin(work);
-    let waker = futures::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    if work.as_mut().poll(&mut cx).is_pending() {
-        // Polled again at once by the runtime, with a real waker: what it
-        // waits on is looked at again then.
-        tokio::spawn(work);
     }
 }

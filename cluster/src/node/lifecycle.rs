@@ -205,11 +205,6 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         SocketAddr::new(options.bind, options.link_port),
         me,
         cookie_bytes.clone(),
-        std::env::var("TROUPE_LINK_READ_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_micros)
-            .unwrap_or(Duration::ZERO),
         Arc::new(move |_from, bytes: &[u8]| {
             if let Some(transport) = deliver_to.upgrade() {
                 crate::agent::deliver(&transport, &*deliver_inbound, bytes);
@@ -284,7 +279,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     // started waits in its queue).
     let tasks = vec![rt
         .tokio_handle()
-        .spawn(shared.clone().dispatch(options.link_spin))];
+        .spawn(shared.clone().dispatch(options.dispatch_spin))];
 
     let mut running = Running {
         io: None,

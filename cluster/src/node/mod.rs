@@ -63,11 +63,13 @@ pub struct ClusterOptions {
     pub data_port: u16,
     /// The control link's port (0: any free port).
     pub link_port: u16,
-    /// How long a hot control link polls for the next frame before it
-    /// sleeps (0: never). Default 100 µs, or `TROUPE_LINK_SPIN_US`. Spinning
-    /// trades a little CPU while requests go back and forth one at a time
-    /// for half their latency; an idle link never spins.
-    pub link_spin: Duration,
+    /// How long the dispatcher (what carries out work from peers on the
+    /// runtime's threads) keeps looking for the next piece of work before
+    /// it sleeps, while work comes often (0: never). Default 100 µs, or
+    /// `TROUPE_DISPATCH_SPIN_US`. Looking trades a little CPU, while
+    /// requests come one at a time, for a wake-up per request; an idle
+    /// node never looks.
+    pub dispatch_spin: Duration,
     /// The shared secret; `None`: `TROUPE_COOKIE`, `TROUPE_COOKIE_FILE`,
     /// then the cookie file in the state directory (a head creates one).
     pub cookie: Option<String>,
@@ -99,11 +101,11 @@ impl ClusterOptions {
             port: if role == Role::Head { DEFAULT_PORT } else { 0 },
             data_port: 0,
             link_port: 0,
-            link_spin: std::env::var("TROUPE_LINK_SPIN_US")
+            dispatch_spin: std::env::var("TROUPE_DISPATCH_SPIN_US")
                 .ok()
                 .and_then(|us| us.parse().ok())
                 .map(Duration::from_micros)
-                .unwrap_or(crate::link::DEFAULT_SPIN),
+                .unwrap_or(dispatch::DEFAULT_SPIN),
             cookie: None,
             detector: Detector::default(),
             build_id: Some(troupe_core::registry::build_id()),

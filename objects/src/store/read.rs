@@ -128,11 +128,13 @@ impl ObjectStore {
                     State::Pending { notify, .. } => Err(notify.clone()),
                     State::Failed(err) => return Err((**err).clone()),
                     State::Remote { .. } => return Err(ObjectError::Unknown(id)),
-                    State::Ready(value) => Ok(Some((value.clone(), entry.kind.codec()))),
+                    State::Ready(value) => {
+                        Ok(Some((value.clone(), entry.kind.codec(), entry.size)))
+                    }
                     State::Spilled(_) => Ok(None),
                 }
             };
-            let (value, codec) = match probe {
+            let (value, codec, size) = match probe {
                 Err(notify) => {
                     let settled = notify.notified();
                     tokio::pin!(settled);
@@ -147,13 +149,13 @@ impl ObjectStore {
                 Ok(None) => {
                     let store = self.clone();
                     let value = blocking(id, move || store.restore(id)).await?;
-                    let codec = self
+                    let (codec, size) = self
                         .inner
                         .objects
                         .get(&id)
-                        .map(|e| e.kind.codec())
+                        .map(|e| (e.kind.codec(), e.size))
                         .ok_or_else(|| self.missing(id))?;
-                    (value, codec)
+                    (value, codec, size)
                 }
             };
             if let Some(blob) = value.downcast_ref::<Blob>() {
@@ -168,11 +170,20 @@ impl ObjectStore {
             if let Some(bytes) = codec.raw.and_then(|raw| (raw.bytes)(&*value)) {
                 return Ok((Blob::from(bytes.to_vec()), Vec::new()));
             }
-            let scope = EncodeScope::enter();
-            let mut out = Vec::new();
-            (codec.encode)(&*value, &mut out)
-                .map_err(|reason| ObjectError::Fetch { id, reason })?;
-            return Ok((Blob::from(out), scope.refs()));
+            let encode = move || {
+                let scope = EncodeScope::enter();
+                let mut out = Vec::new();
+                (codec.encode)(&*value, &mut out)
+                    .map_err(|reason| ObjectError::Fetch { id, reason })?;
+                Ok((Blob::from(out), scope.refs()))
+            };
+            // Encoding a large value takes long enough to hold up an async
+            // worker (a node's I/O thread, serving it): a blocking thread.
+            return if size >= LARGE_DECODE as u64 {
+                blocking(id, encode).await
+            } else {
+                encode()
+            };
         }
     }
 
