@@ -458,26 +458,39 @@ impl Inner {
 
     /// The last local ref to `id` was dropped.
     pub(crate) fn last_ref_dropped(&self, id: ObjectId) {
+        // Most objects: nobody else holds them, nothing to give back.
+        let removed = self.objects.remove_if(&id, |_, entry| {
+            entry.handle.strong_count() == 0 && !entry.borrowed() && entry.credits == 0
+        });
+        if let Some((_, entry)) = removed {
+            self.forget(id, entry);
+            return;
+        }
         // This node holds no ref any more: its registrations with the
         // owner end now, even if the entry lives on (a value this node
         // keeps for its owner, who borrows it). Kept until the entry went,
         // the two would hold each other up forever.
-        let mut released = 0;
-        if let Some(mut entry) = self.objects.get_mut(&id) {
-            if entry.handle.strong_count() == 0 && entry.credits > 0 {
-                released = std::mem::take(&mut entry.credits);
+        let (removed, released) = match self.objects.entry(id) {
+            dashmap::Entry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                if entry.handle.strong_count() != 0 {
+                    return; // re-attached meanwhile
+                }
+                let released = std::mem::take(&mut entry.credits);
+                if entry.borrowed() {
+                    (None, released) // another node still borrows it
+                } else {
+                    (Some(occupied.remove()), released)
+                }
             }
-        }
+            dashmap::Entry::Vacant(_) => return,
+        };
         if released > 0 {
             if let Some(directory) = self.directory.get() {
                 directory.released(id, id.node, released);
             }
         }
-        let removed = self.objects.remove_if(&id, |_, entry| {
-            // Re-attached meanwhile, or still borrowed by another node.
-            entry.handle.strong_count() == 0 && !entry.borrowed()
-        });
-        if let Some((_, entry)) = removed {
+        if let Some(entry) = removed {
             self.forget(id, entry);
         }
     }
@@ -487,13 +500,15 @@ impl Inner {
         match entry.state {
             State::Ready(value) => {
                 self.unaccount(entry.size);
-                // A byte vector nobody else holds: its pages are faulted in
-                // already, so the next large object (a put, bytes from the
-                // network) lands there instead of in fresh memory, which
-                // costs as much to fault in as to fill.
-                if let Ok(bytes) = value.downcast::<Vec<u8>>() {
-                    if let Ok(bytes) = Arc::try_unwrap(bytes) {
-                        self.pool.give_back(bytes);
+                // A large byte vector nobody else holds: its pages are
+                // faulted in already, so the next large object (a put,
+                // bytes from the network) lands there instead of in fresh
+                // memory, which costs as much to fault in as to fill.
+                if entry.size >= crate::blob::MIN_POOLED as u64 {
+                    if let Ok(bytes) = value.downcast::<Vec<u8>>() {
+                        if let Ok(bytes) = Arc::try_unwrap(bytes) {
+                            self.pool.give_back(bytes);
+                        }
                     }
                 }
             }
