@@ -25,17 +25,20 @@
 //! `troupe_cluster_bad_frames_total`); the server keeps serving others.
 //!
 //! Sending: an idle link writes a frame at once, from the sender's thread
-//! (no task hop). Frames sent while a write is under way, or in the same
-//! scheduling round as the last direct write, are queued and written
-//! together by the link's writer task after one yield: a burst becomes a
-//! few large writes. At most `MAX_QUEUED_BYTES` wait; past that, sending
-//! fails (a peer that stops reading cannot grow this node's memory).
+//! (no task hop, and no wake-up of the writer task: for requests made one
+//! at a time, that wake-up of another thread cost as much as the write). A
+//! frame that follows the last direct write within `BURST_GAP` (or within
+//! `BURST_HOLD` of the last burst), or one that finds a write under way,
+//! is queued and written with the others by the link's writer task after
+//! one yield: a burst becomes a few large writes. At most
+//! `MAX_QUEUED_BYTES` wait; past that, sending fails (a peer that stops
+//! reading cannot grow this node's memory).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -55,6 +58,17 @@ const MAC_BYTES: usize = 32;
 const HELLO_BYTES: usize = 4 + 1 + 8 + 8 + MAC_BYTES;
 /// How long a client has to connect and prove the cookie.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Frames closer together than this after a direct write are a burst:
+/// they queue for the writer task (one write for many) instead of each
+/// making a syscall of its own.
+const BURST_GAP: Duration = Duration::from_micros(20);
+
+/// How long a link stays in burst mode after its last burst frame. Under
+/// load the frames of a burst spread out (processes wait for the CPU), and
+/// writing each alone costs a syscall and a wake-up of the reader: batching
+/// holds until the link goes quiet.
+const BURST_HOLD: Duration = Duration::from_millis(5);
 /// The most bytes queued on one link before sending fails.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
@@ -273,6 +287,8 @@ struct Writer {
     state: Mutex<WriteState>,
     wake: Notify,
     closed: AtomicBool,
+    /// `troupe_cluster_control_bytes_sent_total`.
+    sent: metrics::Counter,
     /// Called once, by whoever sees the connection fail first.
     broken: Mutex<Option<Broken>>,
 }
@@ -285,6 +301,11 @@ struct WriteState {
     queued: Vec<u8>,
     /// The writer task owns the socket's order now: frames queue.
     busy: bool,
+    /// When a sender last wrote a frame itself.
+    last_direct: Option<Instant>,
+    /// Until when frames are treated as a burst (queued behind a direct
+    /// write for the writer task).
+    burst_until: Option<Instant>,
 }
 
 impl Writer {
@@ -341,6 +362,7 @@ impl LinkWriter {
             state: Mutex::new(WriteState::default()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            sent: metrics::counter!("troupe_cluster_control_bytes_sent_total"),
             broken: Mutex::new(Some(broken)),
         });
         tokio::spawn(
@@ -364,10 +386,20 @@ impl LinkWriter {
             }
             state.queued.extend_from_slice(&head);
             state.queued.extend_from_slice(frame);
+            state.burst_until = Some(Instant::now() + BURST_HOLD);
             return Ok(());
         }
-        // Idle: write now, from this thread. Frames that follow in this
-        // scheduling round queue behind it (busy) and go together.
+        // Idle: write now, from this thread. In a burst, the frames that
+        // follow queue behind this one (busy) and go together.
+        let now = Instant::now();
+        let burst = state.burst_until.is_some_and(|until| now < until)
+            || state
+                .last_direct
+                .is_some_and(|at| now.saturating_duration_since(at) < BURST_GAP);
+        state.last_direct = Some(now);
+        if burst {
+            state.burst_until = Some(now + BURST_HOLD);
+        }
         let parts = [io::IoSlice::new(&head), io::IoSlice::new(frame)];
         let total = 4 + frame.len();
         let written = match inner.stream.try_write_vectored(&parts) {
@@ -379,6 +411,11 @@ impl LinkWriter {
                 return Err(LinkError::Closed);
             }
         };
+        inner.sent.increment(written as u64);
+        if written == total && !burst {
+            // A lone frame, all written: nothing for the writer task.
+            return Ok(());
+        }
         if written < total {
             let mut rest = Vec::with_capacity(total - written);
             rest.extend_from_slice(&head);
@@ -411,7 +448,6 @@ impl Drop for LinkWriter {
 /// The writer task: after one yield (the rest of the burst queues up),
 /// writes what is queued, until nothing is.
 async fn write_queued(inner: Arc<Writer>) {
-    let sent = metrics::counter!("troupe_cluster_control_bytes_sent_total");
     let mut batch = Vec::new();
     loop {
         inner.wake.notified().await;
@@ -432,7 +468,7 @@ async fn write_queued(inner: Arc<Writer>) {
                 inner.fail(err);
                 return;
             }
-            sent.increment(batch.len() as u64);
+            inner.sent.increment(batch.len() as u64);
             batch.clear();
         }
         if inner.closed.load(Ordering::Acquire) {
@@ -547,6 +583,39 @@ mod tests {
             s.await.unwrap();
         }
         eventually("every frame", || got.lock().unwrap().len() == 12_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lone_frames_bursts_and_partial_writes_keep_their_order() {
+        let (server, got, _) = server(b"secret").await;
+        let writer = connect(&server, NodeId(2), b"secret").await;
+        let quiet = || tokio::time::sleep(BURST_HOLD + Duration::from_millis(2));
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let mut send = |frame: Vec<u8>| {
+            writer.send(&frame).unwrap();
+            sent.push(frame);
+        };
+        for round in 0..5u8 {
+            // Lone, written by the sender itself.
+            send(vec![round; 16]);
+            quiet().await;
+            // Too large for one write: the rest goes to the writer task,
+            // and the small frame right after it queues behind it.
+            send(vec![round.wrapping_add(100); MAX_FRAME_BYTES]);
+            send(vec![round; 3]);
+            quiet().await;
+            // A burst.
+            for i in 0..200u32 {
+                send(vec![round; (i % 50) as usize]);
+            }
+            quiet().await;
+        }
+        let expected = sent.len();
+        eventually("every frame", || got.lock().unwrap().len() == expected).await;
+        let got = got.lock().unwrap().clone();
+        for (i, (_, bytes)) in got.iter().enumerate() {
+            assert_eq!(bytes, &sent[i], "frame {i}");
+        }
     }
 
     #[tokio::test]
