@@ -176,6 +176,20 @@ fn processes(test: &str) -> LocalCluster {
     LocalCluster::new(test, launcher).expect("a temporary directory")
 }
 
+/// A driver (no CPUs of its own) joining `head`'s cluster in this process.
+async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
+    let mut options = ClusterOptions::driver(&head.address);
+    options.state_dir = Some(p.home().clone());
+    options.cookie = Some(p.cookie().to_owned());
+    troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins")
+}
+
 /// A head from the `troupe` binary, `workers` nodes of this binary with 2
 /// CPUs each, and this process as a driver offering none.
 async fn readme_cluster(
@@ -192,16 +206,7 @@ async fn readme_cluster(
                 .expect("a worker starts")
         })
         .collect();
-    let mut options = ClusterOptions::driver(&head.address);
-    options.state_dir = Some(p.home().clone());
-    options.cookie = Some(p.cookie().to_owned());
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(options),
-    )
-    .await
-    .expect("the driver joins");
+    let rt = join_as_driver(&p, &head).await;
     common::eventually("every node is in the driver's view", || {
         ClusterNode::current().is_some_and(|c| {
             c.members()
@@ -504,16 +509,7 @@ async fn user_code_that_blocks_every_worker_does_not_get_its_node_declared_dead(
     let node = p
         .worker(&head, &["--num-cpus", "2"])
         .expect("a worker starts");
-    let mut options = ClusterOptions::driver(&head.address);
-    options.state_dir = Some(p.home().clone());
-    options.cookie = Some(p.cookie().to_owned());
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(options),
-    )
-    .await
-    .expect("the driver joins");
+    let rt = join_as_driver(&p, &head).await;
     common::eventually("the node is up", || {
         ClusterNode::current().is_some_and(|c| {
             c.members()
