@@ -190,6 +190,16 @@ impl CpuPool {
         });
         let Some(job) = job else { return };
         self.lock().push_back(job);
+        self.wake_one();
+    }
+
+    /// Makes sure a thread will look at the queue: the spinner will; else
+    /// a parked thread is woken, or a new one started. Called for each job
+    /// queued, and by each thread that takes a job and leaves others
+    /// queued: a thread counted idle or spinning may take only one of the
+    /// jobs that counted on it, and then block in its body (waiting, say,
+    /// for the very job left behind).
+    fn wake_one(self: &Arc<Self>) {
         if self.spinning.load(Ordering::Acquire) {
             // The spinner will find it: no wake-up needed.
         } else if self.idle.load(Ordering::Acquire) > 0 {
@@ -212,18 +222,31 @@ impl CpuPool {
         }
     }
 
-    fn pop(&self) -> Option<Arc<Job>> {
-        let mut queue = self.lock();
+    /// The next job nobody has claimed, and whether others are queued.
+    fn take(queue: &mut VecDeque<Arc<Job>>) -> Option<(Arc<Job>, bool)> {
         while let Some(job) = queue.pop_front() {
             if !job.is_claimed() {
-                return Some(job);
+                return Some((job, !queue.is_empty()));
             }
         }
         None
     }
 
+    fn pop(&self) -> Option<(Arc<Job>, bool)> {
+        Self::take(&mut self.lock())
+    }
+
+    /// This thread took a job: if others are left, another thread must
+    /// look at them (see `wake_one`).
+    fn took(self: &Arc<Self>, (job, more): (Arc<Job>, bool)) -> Arc<Job> {
+        if more {
+            self.wake_one();
+        }
+        job
+    }
+
     /// Looks for work for a short while, if no other thread is already.
-    fn spin(&self) -> Option<Arc<Job>> {
+    fn spin(self: &Arc<Self>) -> Option<Arc<Job>> {
         if self
             .spinning
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -234,35 +257,42 @@ impl CpuPool {
         let until = std::time::Instant::now() + SPIN;
         let mut found = None;
         while std::time::Instant::now() < until && !self.closed.load(Ordering::Acquire) {
-            if let Some(job) = self.pop() {
+            if let Some((job, _)) = self.pop() {
                 found = Some(job);
                 break;
             }
             std::thread::yield_now();
         }
         self.spinning.store(false, Ordering::Release);
-        // A job queued as the spin ended, with nobody woken for it.
-        let found = found.or_else(|| self.pop());
-        // Jobs queued while we spun woke nobody: share them out.
-        if found.is_some() && self.idle.load(Ordering::Acquire) > 0 && !self.lock().is_empty() {
-            self.work.notify_one();
+        match found {
+            // Jobs queued while we spun woke nobody (they counted on this
+            // thread, which is about to be busy): share them out.
+            Some(job) => {
+                if !self.lock().is_empty() {
+                    self.wake_one();
+                }
+                Some(job)
+            }
+            // A job queued as the spin ended, with nobody woken for it.
+            None => self.pop().map(|taken| self.took(taken)),
         }
-        found
     }
 
     /// The next queued job nobody has claimed, waiting for one; `None` when
     /// this thread should exit.
-    fn next(&self) -> Option<Arc<Job>> {
-        if let Some(job) = self.pop().or_else(|| self.spin()) {
+    fn next(self: &Arc<Self>) -> Option<Arc<Job>> {
+        if let Some(taken) = self.pop() {
+            return Some(self.took(taken));
+        }
+        if let Some(job) = self.spin() {
             return Some(job);
         }
         let mut queue = self.lock();
         let mut waited = Duration::ZERO;
         loop {
-            while let Some(job) = queue.pop_front() {
-                if !job.is_claimed() {
-                    return Some(job);
-                }
+            if let Some(taken) = Self::take(&mut queue) {
+                drop(queue);
+                return Some(self.took(taken));
             }
             if self.closed.load(Ordering::Acquire) {
                 return None;
@@ -362,6 +392,39 @@ mod tests {
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();
         assert_eq!(got.iter().filter(|s| **s == "job").count(), 99);
+        pool.close();
+    }
+
+    /// Two jobs queued together while every thread but one is busy (here,
+    /// the only one), the first waiting for the second: the second must
+    /// start anyway, whether the thread was parked or spinning when they
+    /// came. A thread that takes a job and leaves others queued must make
+    /// sure another thread looks at them.
+    #[test]
+    fn jobs_queued_together_all_start_when_the_first_waits_for_the_second() {
+        let pool = CpuPool::new(1);
+        // One thread, which then spins or parks: the rounds find it so.
+        let (warm_tx, warm_rx) = mpsc::channel();
+        pool.execute(job(move || warm_tx.send(()).unwrap()));
+        warm_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        for round in 0..300 {
+            let (second_tx, second_rx) = mpsc::channel::<()>();
+            let (done_tx, done_rx) = mpsc::channel();
+            pool.execute(job(move || {
+                let second_ran = second_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+                done_tx.send(second_ran).unwrap();
+            }));
+            pool.execute(job(move || second_tx.send(()).unwrap()));
+            assert_eq!(
+                done_rx.recv_timeout(Duration::from_secs(10)),
+                Ok(true),
+                "round {round}: the second job waited behind the first"
+            );
+            if round % 3 == 0 {
+                // Let the thread park sometimes rather than spin.
+                std::thread::sleep(SPIN * 4);
+            }
+        }
         pool.close();
     }
 
