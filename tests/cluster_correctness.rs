@@ -332,7 +332,8 @@ async fn random_dags_give_the_local_answer_and_leave_no_object_behind() {
             Err(err) => {
                 let ids: Vec<_> = nodes.iter().map(|n| n.node).collect();
                 let reports = dag::reports(&rt, &ids).await;
-                panic!("{err}\nthe nodes: {reports:#?}");
+                let here = dag::awaited_here(&rt, &reports);
+                panic!("{err}\nthe nodes: {reports:#?}\n{here}");
             }
         };
         for keeper in &keepers {

@@ -14,7 +14,9 @@
 //! `benches/cluster_perf.rs`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use troupe::prelude::*;
@@ -58,6 +60,65 @@ impl std::fmt::Display for DagError {
 }
 
 impl std::error::Error for DagError {}
+
+/// What the bodies of this process are waiting for now (a stalled DAG's
+/// report names them, and the awaited objects' state here).
+static AWAITING: Mutex<BTreeMap<u64, String>> = Mutex::new(BTreeMap::new());
+static NEXT_WAIT: AtomicU64 = AtomicU64::new(0);
+
+/// Names one wait in [`AWAITING`] while it lasts.
+struct Awaiting(u64);
+
+impl Awaiting {
+    fn on(who: &str, r: &ObjectRef<Payload>) -> Awaiting {
+        let token = NEXT_WAIT.fetch_add(1, Ordering::Relaxed);
+        let task = troupe::task::current().map(|c| c.task_id.to_string());
+        let what = format!(
+            "{who} awaits {} since {:?} in {task:?}",
+            r.id(),
+            std::time::Instant::now()
+        );
+        AWAITING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, what);
+        Awaiting(token)
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        AWAITING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// The waits of this process, and what this node knows of each awaited
+/// object.
+fn waits(rt: &Runtime) -> String {
+    let waits: Vec<String> = AWAITING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .take(20)
+        .cloned()
+        .collect();
+    let objects = rt.objects().list();
+    let known: Vec<String> = waits
+        .iter()
+        .filter_map(|w| {
+            let id = w.split(" awaits ").nth(1)?.split(' ').next()?;
+            let o = objects.iter().find(|o| o.id.to_string() == id)?;
+            Some(format!(
+                "{} {} refs={} borrowers={:?} at {:?}",
+                o.id, o.state, o.refs, o.borrowers, o.location
+            ))
+        })
+        .collect();
+    format!("waits {waits:#?}; awaited objects here {known:#?}")
+}
 
 troupe::register_cause!(DagError, "tests::dag::DagError");
 
@@ -382,7 +443,7 @@ impl Dag {
         for (i, (r, want)) in refs.iter().zip(expected).enumerate() {
             let answer = tokio::time::timeout(std::time::Duration::from_secs(60), rt.get(r)).await;
             let Ok(answer) = answer else {
-                return Err(self.stuck(rt, i));
+                return Err(format!("{}\n{}", self.stuck(rt, i), self.stalled(rt, refs)));
             };
             let got = match answer {
                 Ok(payload) => read(rt, &payload)
@@ -406,6 +467,52 @@ impl Dag {
 }
 
 impl Dag {
+    /// The nodes whose result is still pending here although everything
+    /// they read is made: what holds the DAG up.
+    fn stalled(&self, rt: &Runtime, refs: &[ObjectRef<Payload>]) -> String {
+        let objects: HashMap<troupe::ObjectId, String> = rt
+            .objects()
+            .list()
+            .into_iter()
+            .map(|o| (o.id, o.state.to_string()))
+            .collect();
+        let state = |j: usize| {
+            objects
+                .get(&refs[j].id())
+                .cloned()
+                .unwrap_or_else(|| "gone".to_owned())
+        };
+        let mut pending = 0;
+        let mut stalled = Vec::new();
+        for (j, node) in self.nodes.iter().enumerate() {
+            if state(j) != "pending" {
+                continue;
+            }
+            pending += 1;
+            let deps: Vec<String> = node
+                .inputs
+                .iter()
+                .chain(&node.nested)
+                .map(|k| format!("{k} {}", state(*k)))
+                .collect();
+            if node
+                .inputs
+                .iter()
+                .chain(&node.nested)
+                .all(|k| state(*k) != "pending")
+            {
+                stalled.push(format!(
+                    "node {j} ({}, {}) reads {deps:?}",
+                    if node.keeper { "keeper" } else { "task" },
+                    refs[j].id()
+                ));
+            }
+        }
+        let count = stalled.len();
+        stalled.truncate(20);
+        format!("{pending} nodes pending here, {count} of them with everything they read made: {stalled:#?}")
+    }
+
     /// What is known of node `i`, which did not answer within a minute.
     fn stuck(&self, rt: &Runtime, i: usize) -> String {
         let node = &self.nodes[i];
@@ -427,6 +534,60 @@ impl Dag {
             rt.task_summary()
         )
     }
+}
+
+/// This process's threads, by name and state (Linux).
+fn threads() -> String {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return "unknown".into();
+    };
+    let mut out: Vec<String> = dir
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let name = stat.split('(').nth(1)?.split(')').next()?.to_owned();
+            let state = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            Some(format!("{name} {state} {wchan}"))
+        })
+        .collect();
+    out.sort();
+    format!("{out:?}")
+}
+
+/// What this node (the driver, the owner of most objects) knows of the
+/// objects the nodes' reports say they await.
+pub fn awaited_here(rt: &Runtime, reports: &[String]) -> String {
+    let objects = rt.objects().list();
+    let mut seen = std::collections::BTreeSet::new();
+    for report in reports {
+        for part in report.split(" awaits ").skip(1) {
+            if let Some(id) = part.split(' ').next() {
+                seen.insert(id.to_owned());
+            }
+        }
+    }
+    let known: Vec<String> = seen
+        .iter()
+        .map(
+            |id| match objects.iter().find(|o| o.id.to_string() == *id) {
+                Some(o) => format!(
+                    "{} {} refs={} borrowers={:?} at {:?}",
+                    o.id, o.state, o.refs, o.borrowers, o.location
+                ),
+                None => format!("{id}: not in this store"),
+            },
+        )
+        .collect();
+    format!(
+        "the awaited objects, seen from here: {known:#?}; {}",
+        waits(rt)
+    )
 }
 
 /// What a node is doing: its unfinished tasks, objects and counts (asked
@@ -459,11 +620,19 @@ pub async fn node_report() -> String {
             )
         })
         .collect();
+    let waits = waits(&rt);
+    let not_waiting: Vec<String> = rt
+        .tasks(&troupe::TaskFilter::default())
+        .into_iter()
+        .filter(|t| t.state == troupe::TaskState::Running && !waits.contains(&t.id.to_string()))
+        .map(|t| format!("{} {}", t.id, t.function))
+        .collect();
     format!(
-        "node {}: {:?}; tasks {tasks:#?}; {} objects {objects:#?}",
+        "node {}: {:?}; tasks {tasks:#?}; {} objects {objects:#?}; {waits}; running, not waiting: {not_waiting:#?}; threads {}",
         rt.node_id(),
         rt.task_summary(),
-        rt.objects().len()
+        rt.objects().len(),
+        threads()
     )
 }
 
@@ -536,7 +705,10 @@ pub async fn read(rt: &Runtime, payload: &Payload) -> Result<u64, ObjectError> {
 fn read_blocking(rt: &Runtime, payload: &Payload) -> Result<u64, DagError> {
     match payload {
         Payload::Bytes(bytes) => Ok(digest(bytes)),
-        Payload::Ref(r) => match &*rt.get_blocking(r).map_err(upstream)? {
+        Payload::Ref(r) => match &*{
+            let _waiting = Awaiting::on("a task, an input's inner ref", r);
+            rt.get_blocking(r).map_err(upstream)?
+        } {
             Payload::Bytes(bytes) => Ok(digest(bytes)),
             Payload::Ref(_) => Err(DagError::Unplanned("a ref to a ref".into())),
         },
@@ -564,7 +736,10 @@ fn run(plan: &Step, inputs: &[Payload]) -> Result<Payload, DagError> {
         h = mix(h, read_blocking(&rt, p)?);
     }
     for r in &plan.nested {
-        let p = rt.get_blocking(r).map_err(upstream)?;
+        let p = {
+            let _waiting = Awaiting::on("a task, a nested ref", r);
+            rt.get_blocking(r).map_err(upstream)?
+        };
         h = mix(h, read_blocking(&rt, &p)?);
     }
     if plan.fail {
@@ -620,8 +795,13 @@ pub async fn via_keeper(plan: Step, keeper: KeeperHandle) -> Result<Payload, Dag
     // busy waiting for a node that waits for the keeper would never move.
     let rt = runtime()?;
     for r in &plan.nested {
+        let _waiting = Awaiting::on("via_keeper, a nested ref", r);
         rt.get(r).await.map_err(upstream)?;
     }
+    let _waiting = plan
+        .nested
+        .first()
+        .map(|r| Awaiting::on(&format!("via_keeper, the keeper's step {}", plan.node), r));
     match keeper.step(plan).await {
         Ok(made) => made.map(Payload::Ref),
         Err(err) => Err(DagError::Unplanned(format!("the keeper: {err}"))),
@@ -645,10 +825,16 @@ impl Keeper {
         let rt = runtime()?;
         let mut h = plan.salt;
         for r in &plan.nested {
-            let p = rt.get(r).await.map_err(upstream)?;
+            let p = {
+                let _waiting = Awaiting::on("the keeper, a nested ref", r);
+                rt.get(r).await.map_err(upstream)?
+            };
             let d = match &*p {
                 Payload::Bytes(bytes) => digest(bytes),
-                Payload::Ref(inner) => match &*rt.get(inner).await.map_err(upstream)? {
+                Payload::Ref(inner) => match &*{
+                    let _waiting = Awaiting::on("the keeper, an inner ref", inner);
+                    rt.get(inner).await.map_err(upstream)?
+                } {
                     Payload::Bytes(bytes) => digest(bytes),
                     Payload::Ref(_) => return Err(DagError::Unplanned("a ref to a ref".into())),
                 },
