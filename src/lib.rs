@@ -39,6 +39,12 @@ pub use troupe_core::{
 };
 pub use troupe_macros::{actor, remote};
 
+/// The README's Rust snippets, compiled and run as doctests: the quick
+/// start cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// GPU support on libtorch: device detection, devices for actors and
 /// tasks, tensors and weights as objects (the `gpu` feature).
 #[cfg(feature = "gpu")]

@@ -83,13 +83,15 @@ if [[ "$cluster" != only ]]; then
     if [[ $# -eq 0 && -z "${TROUPE_PERF_QUICK:-}" ]]; then
         write=(--write "$root/benches/RESULTS.md")
     fi
-    # The RL section (benches/ray/rllib_compare.sh writes it) and the cluster
-    # section survive the rewrite.
+    # The RL section (benches/ray/rllib_compare.sh writes it), the cluster
+    # section and the hand-kept figures survive the rewrite.
     rl_section=""
     cluster_section=""
+    manual_section=""
     if [[ ${#write[@]} -gt 0 && -f "$root/benches/RESULTS.md" ]]; then
         rl_section="$(sed -n '/<!-- troupe-rl:begin -->/,/<!-- troupe-rl:end -->/p' "$root/benches/RESULTS.md")"
         cluster_section="$(sed -n '/<!-- troupe-cluster:begin -->/,/<!-- troupe-cluster:end -->/p' "$root/benches/RESULTS.md")"
+        manual_section="$(sed -n '/<!-- troupe-manual:begin -->/,/<!-- troupe-manual:end -->/p' "$root/benches/RESULTS.md")"
     fi
     "$venv/bin/python" benches/ray/table.py "$out/ray.txt" "$out/troupe.txt" \
         --also "mimalloc" "$out/troupe-mimalloc.txt" \
@@ -103,6 +105,9 @@ if [[ "$cluster" != only ]]; then
     fi
     if [[ -n "$cluster_section" ]]; then
         printf '\n%s\n' "$cluster_section" >>"$root/benches/RESULTS.md"
+    fi
+    if [[ -n "$manual_section" ]]; then
+        printf '\n%s\n' "$manual_section" >>"$root/benches/RESULTS.md"
     fi
 fi
 

@@ -159,8 +159,9 @@ How to read it:
   sequential write of the same bytes to the same directory.
 - Ray's tasks and actors run in worker processes and every call crosses a
   socket; Troupe's run in the caller's process. That is the design difference
-  the ratios measure, and it is also why a Troupe actor cannot outlive its
-  process (the cluster issue brings remote nodes).
+  the ratios measure, and it is also why an actor of a single-node Troupe
+  lives and dies with its process (the cluster section below runs nodes
+  as separate processes).
 - actor_creation: Troupe creates 1,000 actors per step, Ray one (a process per
   actor; a step of 1,000 would take minutes).
 - get_gigabytes_per_s: both return the stored 100 MB without copying it
