@@ -210,9 +210,8 @@ impl Runtime {
                 Verdict::Restart(key, request) => (key, *request),
             };
             let rt = self.clone();
-            self.inner.handle.spawn(async move {
-                let span = tracing::info_span!("restart_elsewhere", actor = %key, dead_node = %node);
-                let _enter = span.enter();
+            let span = tracing::info_span!("restart_elsewhere", actor = %key, dead_node = %node);
+            let restart = async move {
                 let now = rt.respawn(request).await;
                 match &now {
                     Relocation::At(info) => {
@@ -225,7 +224,10 @@ impl Runtime {
                     Relocation::Restarting => {}
                 }
                 rt.inner.placed.settle(key, now);
-            });
+            };
+            self.inner
+                .handle
+                .spawn(tracing::Instrument::instrument(restart, span));
         }
     }
 
