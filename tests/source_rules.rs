@@ -14,7 +14,6 @@ const MAX_LINES: usize = 700;
 
 /// Files over the limit today, with the most lines they may have.
 const OVER_LIMIT: &[(&str, usize)] = &[
-    ("cluster/src/data_path/mod.rs", 1011),
     ("core/src/scheduler/mod.rs", 981),
     ("core/src/scheduler/state.rs", 944),
     ("core/src/supervisor/mod.rs", 814),

@@ -1,8 +1,14 @@
 //! The data path's tests: round trips, waits, malformed requests,
 //! bounds, timeouts, and a throughput check beside raw TCP (ignored).
 
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
 use super::*;
-use troupe_objects::{Blob, NodeId, StoreConfig};
+use troupe_objects::{Blob, NodeId, ObjectStore, StoreConfig};
 
 fn store() -> ObjectStore {
     ObjectStore::new(StoreConfig::with_budget(4 << 30))
