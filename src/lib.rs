@@ -25,6 +25,14 @@
 //!
 //! See `examples/quickstart.rs` and `ARCHITECTURE.md`.
 
+// The lint wall (CI denies warnings): no unsafe code but where a
+// `SAFETY` comment allows it; every public item documented and truly
+// public; no debugging leftovers; no `unwrap` outside tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![warn(clippy::dbg_macro, clippy::todo)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub use troupe_core::local_message;
 pub use troupe_core::register_cause;
 pub use troupe_core::{

@@ -72,6 +72,16 @@ impl Other {
     pub fn echo_back(&self, others: Vec<Self>) -> usize {
         others.len()
     }
+
+    /// Crate-visible: a message too, from a handle method as visible.
+    pub(crate) fn crate_ping(&self) -> &'static str {
+        self.helper()
+    }
+
+    /// Private: a helper, not a message.
+    fn helper(&self) -> &'static str {
+        "crate pong"
+    }
 }
 
 async fn runtime() -> Runtime {
@@ -97,6 +107,18 @@ async fn calls_return_typed_values() {
     assert_eq!(c.incr(5).await.unwrap(), 15);
     assert_eq!(c.get().await.unwrap(), 15);
     assert_eq!(c.sleep_then_get(1).await.unwrap(), 15);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn crate_visible_methods_are_messages_and_private_ones_helpers() {
+    let rt = runtime().await;
+    let other = rt
+        .spawn_actor(ActorOptions::new(), || Other)
+        .await
+        .expect("actor starts");
+    assert_eq!(other.crate_ping().await.unwrap(), "crate pong");
+    assert_eq!(other.ping().await.unwrap(), "pong");
     rt.shutdown().await.unwrap();
 }
 

@@ -27,7 +27,7 @@ pub const AGENT_GROUP: &str = "troupe.agents";
 pub const MAX_PENDING_PER_PEER: usize = 1 << 16;
 
 /// The agent's ractor name for a node.
-pub fn agent_name(node: NodeId) -> String {
+pub(crate) fn agent_name(node: NodeId) -> String {
     format!("troupe.agent.{}", node.0)
 }
 
@@ -37,7 +37,7 @@ fn node_of_agent(name: &str) -> Option<NodeId> {
 
 /// A frame's bytes: the only message type that crosses ractor_cluster.
 #[derive(Debug)]
-pub struct AgentMessage(pub Vec<u8>);
+pub(crate) struct AgentMessage(pub Vec<u8>);
 
 impl ractor::BytesConvertable for AgentMessage {
     fn into_bytes(self) -> Vec<u8> {
@@ -50,7 +50,7 @@ impl ractor::BytesConvertable for AgentMessage {
 
 /// What the agent hands to its node.
 #[derive(Debug)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// A decoded frame (boxed: frames are large, peer events small).
     Frame(Box<Frame>),
     /// A peer's agent appeared (its session is ready).
@@ -61,7 +61,7 @@ pub enum Inbound {
 
 /// Splits a batch into its frames' bytes; a malformed length ends it
 /// (what came before is kept).
-pub fn split_batch(mut batch: &[u8]) -> (Vec<&[u8]>, bool) {
+pub(crate) fn split_batch(mut batch: &[u8]) -> (Vec<&[u8]>, bool) {
     let mut frames = Vec::new();
     while !batch.is_empty() {
         let Some((len, rest)) = batch.split_first_chunk::<4>() else {
@@ -81,7 +81,7 @@ pub fn split_batch(mut batch: &[u8]) -> (Vec<&[u8]>, bool) {
 /// Decodes one frame a peer sent and hands it on; a link notice goes to
 /// the transport. Bad bytes are counted and dropped: they never stop the
 /// node.
-pub fn deliver(
+pub(crate) fn deliver(
     transport: &Arc<Transport>,
     inbound: &(dyn Fn(Inbound) + Send + Sync),
     bytes: &[u8],
@@ -100,7 +100,7 @@ pub fn deliver(
 }
 
 /// The agent actor: decodes frames from peers and follows the agent group.
-pub struct Agent {
+pub(crate) struct Agent {
     /// Where frames and peer changes go.
     /// Called in the agent's turn (no further hop): frames are handled in
     /// the order they arrived; requests spawn their own work.

@@ -57,7 +57,7 @@ const MAC_BYTES: usize = 32;
 /// Magic, version, from, to, mac.
 const HELLO_BYTES: usize = 4 + 1 + 8 + 8 + MAC_BYTES;
 /// How long a client has to connect and prove the cookie.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Frames closer together than this after a direct write are a burst:
 /// they queue for the writer task (one write for many) instead of each
@@ -70,11 +70,11 @@ const BURST_GAP: Duration = Duration::from_micros(20);
 /// holds until the link goes quiet.
 const BURST_HOLD: Duration = Duration::from_millis(5);
 /// The most bytes queued on one link before sending fails.
-pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+pub(crate) const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Why a link could not send (or connect).
 #[derive(Debug, thiserror::Error)]
-pub enum LinkError {
+pub(crate) enum LinkError {
     /// The connection failed or was closed.
     #[error("the control link is closed")]
     Closed,
@@ -103,13 +103,13 @@ fn mac(cookie: &[u8], nonce: &[u8; NONCE_BYTES], from: NodeId, to: NodeId) -> Hm
 }
 
 /// What the server hands over: the sender and one frame's bytes.
-pub type Deliver = Arc<dyn Fn(NodeId, &[u8]) + Send + Sync>;
+pub(crate) type Deliver = Arc<dyn Fn(NodeId, &[u8]) + Send + Sync>;
 /// Called when a peer's inbound connection is up (`true`, after the
 /// handshake) and when it ends (`false`), with its serial number.
-pub type Ended = Arc<dyn Fn(NodeId, u64, bool) + Send + Sync>;
+pub(crate) type Ended = Arc<dyn Fn(NodeId, u64, bool) + Send + Sync>;
 
 /// Accepts peers' links and hands their frames over.
-pub struct LinkServer {
+pub(crate) struct LinkServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
 }
@@ -118,7 +118,7 @@ impl LinkServer {
     /// Listens on `addr` for node `me`; frames go to `deliver`, and a
     /// peer's connection coming up and ending (with its serial number,
     /// unique in this server) to `ended`.
-    pub async fn bind(
+    pub(crate) async fn bind(
         addr: SocketAddr,
         me: NodeId,
         cookie: Arc<[u8]>,
@@ -159,7 +159,7 @@ impl LinkServer {
     }
 
     /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 }
@@ -278,7 +278,7 @@ async fn read_frames(stream: &mut TcpStream, from: NodeId, deliver: &Deliver) ->
 }
 
 /// Sends frames to one peer over the connection this node opened.
-pub struct LinkWriter {
+pub(crate) struct LinkWriter {
     inner: Arc<Writer>,
 }
 
@@ -331,7 +331,7 @@ impl Writer {
 impl LinkWriter {
     /// Connects to `to`'s link server at `addr` as node `from`, proving
     /// `cookie`; `broken` is called once if the connection fails later.
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: SocketAddr,
         from: NodeId,
         to: NodeId,
@@ -373,7 +373,7 @@ impl LinkWriter {
 
     /// Sends one frame (already encoded, at most `MAX_FRAME_BYTES`), in
     /// order after those sent before it.
-    pub fn send(&self, frame: &[u8]) -> Result<(), LinkError> {
+    pub(crate) fn send(&self, frame: &[u8]) -> Result<(), LinkError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(LinkError::Closed);
@@ -434,7 +434,7 @@ impl LinkWriter {
     /// told (the `broken` callback), as for a connection that broke by
     /// itself, and the socket closes once its last user lets go (the peer
     /// sees it end).
-    pub fn abort(&self, why: &str) {
+    pub(crate) fn abort(&self, why: &str) {
         self.inner.fail(io::Error::other(why.to_owned()));
     }
 }

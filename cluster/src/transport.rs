@@ -85,10 +85,10 @@ pub enum Patience {
 /// Registers (`true`) or takes back (`false`) the receiver `to` as a
 /// borrower of each object a frame carries refs to: the node's half of the
 /// borrowing protocol, called before the frame is written.
-pub type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
+pub(crate) type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
 
 /// Where this node's control link listens, and the secret links prove.
-pub struct LinkSetup {
+pub(crate) struct LinkSetup {
     /// The address peers connect to (advertised).
     pub addr: SocketAddr,
     /// The cluster's cookie.
@@ -99,7 +99,7 @@ pub struct LinkSetup {
 
 /// The transport's timings.
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// How long a request waits for a session to its peer.
     pub connect: Duration,
     /// How long a control request waits for its reply.
@@ -127,7 +127,7 @@ struct Waiting {
 /// What is called with a request's reply (or why there is none), on the
 /// thread that has it: a reply's comes from the node's dispatcher, an
 /// error's from wherever it was found (an I/O thread, say).
-pub type Then = Box<dyn FnOnce(Result<Reply, TransportError>) + Send + 'static>;
+pub(crate) type Then = Box<dyn FnOnce(Result<Reply, TransportError>) + Send + 'static>;
 
 /// Where a request's reply goes.
 enum Completion {
@@ -180,7 +180,7 @@ impl Peer {
 }
 
 /// Requests, replies and notices between this node and its peers.
-pub struct Transport {
+pub(crate) struct Transport {
     me: NodeId,
     peers: DashMap<NodeId, Peer>,
     /// Bumped whenever a peer becomes connected (waiters re-check).
@@ -204,7 +204,7 @@ pub struct Transport {
 impl Transport {
     /// A transport for node `me`, whose link tasks run on the current
     /// tokio runtime.
-    pub fn new(me: NodeId, timeouts: Timeouts) -> Arc<Self> {
+    pub(crate) fn new(me: NodeId, timeouts: Timeouts) -> Arc<Self> {
         let (events, events_rx) = mpsc::unbounded_channel();
         let transport = Arc::new(Transport {
             me,
@@ -238,7 +238,7 @@ impl Transport {
 
     /// Sets where this node's link listens and where peer changes go
     /// (before any peer appears).
-    pub fn set_link(&self, setup: LinkSetup) {
+    pub(crate) fn set_link(&self, setup: LinkSetup) {
         let inbound = setup.inbound.clone();
         if self.link.set(setup).is_err() {
             return;
@@ -259,22 +259,22 @@ impl Transport {
 
     /// Sets the borrowing protocol's hook, called for every frame that
     /// carries refs, before it is written.
-    pub fn set_lend(&self, lend: Lend) {
+    pub(crate) fn set_lend(&self, lend: Lend) {
         let _ = self.lend.set(lend);
     }
 
     /// This node.
-    pub fn me(&self) -> NodeId {
+    pub(crate) fn me(&self) -> NodeId {
         self.me
     }
 
     /// Whether a session and links both ways to `node` are up.
-    pub fn connected(&self, node: NodeId) -> bool {
+    pub(crate) fn connected(&self, node: NodeId) -> bool {
         self.peers.get(&node).is_some_and(|p| p.connected())
     }
 
     /// The peers with a session and links both ways up.
-    pub fn peers(&self) -> Vec<NodeId> {
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
         self.peers
             .iter()
             .filter(|p| p.connected())
@@ -352,7 +352,7 @@ impl Transport {
 
     /// `node` says its link listens at `addr`: connects (again, if a link
     /// broke), trying a few times while its session is up.
-    pub fn connect_link(self: &Arc<Self>, node: NodeId, addr: SocketAddr) {
+    pub(crate) fn connect_link(self: &Arc<Self>, node: NodeId, addr: SocketAddr) {
         let Some(setup) = self.link.get() else {
             return;
         };
@@ -422,7 +422,7 @@ impl Transport {
     /// one the peer is not connected (its replies cannot reach this node)
     /// until it connects again. A dead peer's links end at once (its
     /// kernel closes them), before the failure detector's verdict.
-    pub fn inbound_link(&self, node: NodeId, serial: u64, up: bool) {
+    pub(crate) fn inbound_link(&self, node: NodeId, serial: u64, up: bool) {
         self.update(node, |peer| {
             if up {
                 peer.inbound = Some(serial);
@@ -436,7 +436,7 @@ impl Transport {
     /// `node`'s session ended (or it was declared dead): every request
     /// waiting on it fails with [`TransportError::NodeDied`], and the node
     /// hears `PeerDown` (once).
-    pub fn peer_down(&self, node: NodeId) {
+    pub(crate) fn peer_down(&self, node: NodeId) {
         self.update(node, |peer| {
             let had_session = peer.agent.is_some();
             let was_connected = peer.connected();
@@ -505,7 +505,7 @@ impl Transport {
     /// these it does not know (not received, or answered already: such a
     /// reply came before this answer, on the same link). Those still
     /// waiting lost their replies.
-    pub fn unknown_to(&self, node: NodeId, ids: &[u64]) {
+    pub(crate) fn unknown_to(&self, node: NodeId, ids: &[u64]) {
         for id in ids {
             let ours = self.pending.get(id).is_some_and(|w| w.node == node);
             if !ours {
@@ -521,19 +521,23 @@ impl Transport {
 
     /// This node works on `node`'s request `id` (answered with
     /// [`reply`](Self::reply)): a probe of it is told so.
-    pub fn working_on(&self, node: NodeId, id: u64) {
+    pub(crate) fn working_on(&self, node: NodeId, id: u64) {
         self.working.insert((node, id), ());
     }
 
     /// Of `node`'s requests `ids`, those this node does not work on.
-    pub fn not_working_on(&self, node: NodeId, ids: Vec<u64>) -> Vec<u64> {
+    pub(crate) fn not_working_on(&self, node: NodeId, ids: Vec<u64>) -> Vec<u64> {
         ids.into_iter()
             .filter(|id| !self.working.contains_key(&(node, *id)))
             .collect()
     }
 
     /// Waits up to the connect timeout for a session and a link to `node`.
-    pub async fn session(&self, node: NodeId, timeout: Duration) -> Result<(), TransportError> {
+    pub(crate) async fn session(
+        &self,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
         let mut changed = self.peers_changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -581,7 +585,11 @@ impl Transport {
 
     /// Sends `body` to `node` and waits for its reply (or its death, or
     /// the end of its patience).
-    pub async fn request(&self, node: NodeId, body: Request) -> Result<Reply, TransportError> {
+    pub(crate) async fn request(
+        &self,
+        node: NodeId,
+        body: Request,
+    ) -> Result<Reply, TransportError> {
         self.session(node, self.timeouts.connect).await?;
         self.send_request(node, body)?.await
     }
@@ -590,7 +598,7 @@ impl Transport {
     /// after another leave in that order) if a link to it is up; the
     /// future resolves to its reply (or the node's death, or the end of
     /// the request's patience).
-    pub fn send_request(
+    pub(crate) fn send_request(
         &self,
         node: NodeId,
         body: Request,
@@ -612,7 +620,7 @@ impl Transport {
     /// [`send_request`](Self::send_request), calling `then` with the reply
     /// (or why there is none) instead of returning a future: a request
     /// answered at once costs no task's wake-up.
-    pub fn send_request_then(&self, node: NodeId, body: Request, then: Then) {
+    pub(crate) fn send_request_then(&self, node: NodeId, body: Request, then: Then) {
         if let Err((err, then)) =
             self.enqueue(node, body, Completion::Then(std::sync::Mutex::new(then)))
         {
@@ -682,14 +690,14 @@ impl Transport {
     }
 
     /// A reply arrived.
-    pub fn complete(&self, id: u64, body: Reply) {
+    pub(crate) fn complete(&self, id: u64, body: Reply) {
         if let Some(waiting) = self.settle(id) {
             waiting.reply.send(Ok(body));
         }
     }
 
     /// Answers request `id` of `node` (it no longer counts as worked on).
-    pub fn reply(&self, node: NodeId, id: u64, body: Reply) {
+    pub(crate) fn reply(&self, node: NodeId, id: u64, body: Reply) {
         let frame = Frame::Reply { id, body };
         if let Err(err @ TransportError::Frame(_)) = self.send(node, &frame) {
             // Too large to send back: answer with the error instead, so
@@ -707,7 +715,7 @@ impl Transport {
     }
 
     /// Sends a notice to `node` if a link to it is up.
-    pub fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
+    pub(crate) fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
         self.send(
             node,
             &Frame::Notice {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-pub use troupe_objects::{NodeId, ObjectId};
+pub(crate) use troupe_objects::{NodeId, ObjectId};
 
 use crate::Resources;
 

@@ -35,6 +35,14 @@
 //! public API (the [`GpuDetector`](troupe_core::GpuDetector) trait and the
 //! actor and task contexts); core knows nothing of libtorch.
 
+// The lint wall (CI denies warnings): no unsafe code but where a
+// `SAFETY` comment allows it; every public item documented and truly
+// public; no debugging leftovers; no `unwrap` outside tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![warn(clippy::dbg_macro, clippy::todo)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod detect;
 mod error;
 mod tensor;

@@ -67,9 +67,12 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
 
     for item in &block.items {
         let ImplItem::Fn(method) = item else { continue };
-        if !matches!(method.vis, Visibility::Public(_)) {
+        // Public and crate-visible methods are messages (a handle method
+        // as visible as the method); private ones are helpers.
+        if matches!(method.vis, Visibility::Inherited) {
             continue;
         }
+        let vis = &method.vis;
         let sig = &method.sig;
         let Some(FnArg::Receiver(receiver)) = sig.inputs.first() else {
             if let Some(ctor) = constructor(sig, self_ty, &type_ident)? {
@@ -198,7 +201,7 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
             #(#docs)*
             ///
             /// Sends the call at once; await the result for the reply.
-            pub fn #name(&self #(, #params)*) -> ::troupe::Pending<#output> {
+            #vis fn #name(&self #(, #params)*) -> ::troupe::Pending<#output> {
                 // On another node: the call travels by name, its arguments
                 // encoded (when they can be).
                 #remote_branch

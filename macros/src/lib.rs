@@ -6,13 +6,22 @@
 //!   methods of `troupe::ActorHandle` (`kill`, `id`, `info`, `is_alive`,
 //!   `is_dead`, `options`), unless an actor method has that name, and
 //!   `AsRef<troupe::ActorHandle<Counter>>`;
-//! - for each `pub` method taking `&self` or `&mut self`, a handle method of
-//!   the same name and arguments returning `troupe::Pending<R>`;
+//! - for each `pub` (or `pub(crate)`, `pub(super)`) method taking `&self`
+//!   or `&mut self`, a handle method of the same name, arguments and
+//!   visibility returning `troupe::Pending<R>`;
 //! - `impl troupe::Actor for Counter { type Handle = CounterHandle; }`.
 //!
-//! Methods without a receiver (constructors) and non-`pub` methods are left
+//! Methods without a receiver (constructors) and private methods are left
 //! alone. Async methods are supported. Generic methods, `self` by value and
 //! `impl Trait` returns are rejected with an error that says why.
+
+// The lint wall (CI denies warnings): no unsafe code but where a
+// `SAFETY` comment allows it; every public item documented and truly
+// public; no debugging leftovers; no `unwrap` outside tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![warn(clippy::dbg_macro, clippy::todo)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod actor;
 mod remote;

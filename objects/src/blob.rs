@@ -396,7 +396,10 @@ impl BlobWriter {
         let n = buf.filled().len();
         // SAFETY: `ReadBuf` counts as filled only bytes the reader wrote,
         // the first `n` of the spare capacity, now initialized.
-        unsafe { self.bytes.set_len(self.filled + n) };
+        #[allow(unsafe_code)]
+        unsafe {
+            self.bytes.set_len(self.filled + n)
+        };
         self.filled += n;
         Ok(n)
     }

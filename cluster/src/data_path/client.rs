@@ -86,8 +86,8 @@ impl DataClient {
     }
 
     /// Pulls object `id`'s bytes from the node serving at `from` (its
-    /// [`DataServer`]): a byte object's bytes, any other object's encoding,
-    /// and the refs its value holds. Waits while the object is pending
+    /// [`DataServer`](super::DataServer)): a byte object's bytes, any other
+    /// object's encoding, and the refs its value holds. Waits while the object is pending
     /// there. The bytes land in a buffer of this client's store.
     ///
     /// Cancel-safe: dropping the future drops its connection.

@@ -68,7 +68,7 @@ use wire::*;
 
 /// Registers (`true`) or takes back the puller as a borrower of the
 /// objects a value sent to it holds refs to (the node's borrowing hook).
-pub type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
+pub(crate) type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
 
 /// Limits of the data path, for both sides.
 #[derive(Clone, Debug)]

@@ -16,9 +16,9 @@ use troupe_objects::{NodeId, ObjectId, ObjectStore};
 use super::wire::*;
 use super::{within, DataLimits, Lend};
 
-/// Serves this node's objects to other nodes' [`DataClient`]s. Stops (its
-/// accept loop and every connection) on [`shutdown`](Self::shutdown) or
-/// when dropped.
+/// Serves this node's objects to other nodes'
+/// [`DataClient`](super::DataClient)s. Stops (its accept loop and every
+/// connection) on [`shutdown`](Self::shutdown) or when dropped.
 pub struct DataServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,

@@ -27,7 +27,7 @@ use super::*;
 const HOT_GAP: Duration = Duration::from_millis(2);
 
 /// How long the dispatcher keeps looking by default.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+pub(super) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
 /// A piece of work from a peer, for the runtime's threads.
 pub(super) enum Work {

@@ -26,7 +26,7 @@ impl std::fmt::Debug for NodeService {
 pub const SERVICE_NAME: &str = "cluster";
 
 /// Threads of the cluster's own I/O runtime.
-pub const IO_THREADS: usize = 1;
+pub(super) const IO_THREADS: usize = 1;
 
 fn io_runtime() -> Result<tokio::runtime::Runtime, ClusterError> {
     tokio::runtime::Builder::new_multi_thread()

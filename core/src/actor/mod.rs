@@ -2,9 +2,9 @@
 //!
 //! A user writes a plain struct and an `impl` block; `#[troupe::actor]` (in
 //! the facade) implements [`Actor`] for it and generates a typed handle whose
-//! methods mirror the `pub` methods of the block. Each call sends a message
-//! at once and returns a [`Pending`] reply, so calls pipeline without awaiting
-//! each other, and `&mut self` methods run one at a time.
+//! methods mirror the non-private methods of the block. Each call sends a
+//! message at once and returns a [`Pending`] reply, so calls pipeline without
+//! awaiting each other, and `&mut self` methods run one at a time.
 //!
 //! An actor is one tokio task (its driver) and one mailbox, owned by its
 //! slot, which outlives incarnations: a restart builds a new instance in the

@@ -143,7 +143,7 @@ impl Adam {
 
 /// The learner actor: the runtime handle and the model, which an update
 /// lends to a blocking thread.
-pub struct Learner {
+pub(crate) struct Learner {
     rt: Runtime,
     core: Option<LearnerCore>,
 }
@@ -453,7 +453,7 @@ impl LearnerCore {
 #[troupe::actor]
 impl Learner {
     /// The device the model lives on.
-    pub fn device(&self) -> Result<String, RlError> {
+    pub(crate) fn device(&self) -> Result<String, RlError> {
         Ok(format!("{:?}", self.core()?.policy.vs.device()))
     }
 
@@ -461,7 +461,7 @@ impl Learner {
     /// runs on a blocking thread (it takes milliseconds to seconds), so it
     /// holds none of the runtime's async workers; a panic in it fails this
     /// call as a panic of the actor.
-    pub async fn update(
+    pub(crate) async fn update(
         &mut self,
         fragments: Vec<ObjectRef<Fragment>>,
         lr: f64,
@@ -493,19 +493,19 @@ impl Learner {
 
     /// Snapshots the weights into the object store (waiting while the
     /// store is over its budget).
-    pub async fn publish(&mut self) -> Result<ObjectRef<Weights>, RlError> {
+    pub(crate) async fn publish(&mut self) -> Result<ObjectRef<Weights>, RlError> {
         let snapshot = self.core()?.snapshot()?;
         Ok(self.rt.put(snapshot).await?)
     }
 
     /// Everything a checkpoint needs.
-    pub fn state(&self) -> Result<LearnerState, RlError> {
+    pub(crate) fn state(&self) -> Result<LearnerState, RlError> {
         self.core()?.state()
     }
 
     /// Restores a checkpoint's state; every name and shape is checked first,
     /// so a mismatch changes nothing.
-    pub fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
+    pub(crate) fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
         self.core_mut()?.load_state(state)
     }
 }

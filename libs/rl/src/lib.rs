@@ -88,6 +88,14 @@
 //! saved one and training goes on from its counters; the environments
 //! start new episodes (their states are not saved).
 
+// The lint wall (CI denies warnings): no unsafe code but where a
+// `SAFETY` comment allows it; every public item documented and truly
+// public; no debugging leftovers; no `unwrap` outside tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![warn(clippy::dbg_macro, clippy::todo)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod checkpoint;
 mod config;
 mod env;

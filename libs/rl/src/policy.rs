@@ -268,6 +268,7 @@ impl Dense {
         // inp×out (row stride 1, column stride inp) lies within w
         // (out×inp), and y is rows×out (row stride out); all three lengths
         // are asserted or built above.
+        #[allow(unsafe_code)]
         unsafe {
             matrixmultiply::sgemm(
                 rows,
