@@ -451,6 +451,26 @@ async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
     }
 }
 
+/// A driver that shuts down leaves: the head has recorded it as `Left`
+/// (not a failure) by the time `shutdown` returns, with no pause for the
+/// notice to travel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_shuts_down_is_recorded_as_left_before_shutdown_returns() {
+    let _turn = DRIVER.lock().await;
+    let (p, head, _nodes, rt) = started("leave", "1", &[&["--num-cpus", "1"]]).await;
+    let me = rt.node_id().to_string();
+    rt.shutdown().await.unwrap();
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address])
+        .expect("runs");
+    assert!(ok, "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&me))
+        .unwrap_or_else(|| panic!("the driver {me} is listed: {status}"));
+    assert!(line.contains(" Left "), "recorded as left: {line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_death_is_an_error() {
     let _turn = DRIVER.lock().await;

@@ -18,7 +18,6 @@ const OVER_LIMIT: &[(&str, usize)] = &[
     ("core/src/scheduler/state.rs", 944),
     ("core/src/supervisor/mod.rs", 814),
     ("objects/src/store/mod.rs", 808),
-    ("cluster/src/transport.rs", 720),
 ];
 
 fn root() -> PathBuf {

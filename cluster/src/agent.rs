@@ -1,7 +1,7 @@
 //! The node agent: the one remotable actor of a node (ractor_cluster
 //! mirrors every remotable actor on every peer, so Troupe exposes exactly
 //! one). It follows peers' sessions (their agents appearing and leaving)
-//! for the transport (`transport.rs`), which carries every frame.
+//! for the transport (`transport/`), which carries every frame.
 //!
 //! Agents find each other through a ractor process group: each joins
 //! [`AGENT_GROUP`] under the name `troupe.agent.<node id>`, and a session

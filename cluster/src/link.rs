@@ -286,6 +286,8 @@ struct Writer {
     stream: TcpStream,
     state: Mutex<WriteState>,
     wake: Notify,
+    /// Told when the queue has been written (or the link closed).
+    drained: Notify,
     closed: AtomicBool,
     /// `troupe_cluster_control_bytes_sent_total`.
     sent: metrics::Counter,
@@ -316,6 +318,7 @@ impl Writer {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
+        self.drained.notify_waiters();
     }
 
     /// The connection failed: closes it and tells the owner (once).
@@ -361,6 +364,7 @@ impl LinkWriter {
             stream,
             state: Mutex::new(WriteState::default()),
             wake: Notify::new(),
+            drained: Notify::new(),
             closed: AtomicBool::new(false),
             sent: metrics::counter!("troupe_cluster_control_bytes_sent_total"),
             broken: Mutex::new(Some(broken)),
@@ -430,6 +434,21 @@ impl LinkWriter {
 }
 
 impl LinkWriter {
+    /// Resolves once every frame sent before the call is in the socket
+    /// (what a node about to close its links waits for), or the link
+    /// closed.
+    pub(crate) async fn flushed(&self) {
+        loop {
+            let drained = self.inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.inner.closed.load(Ordering::Acquire) || !self.inner.lock().busy {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// Closes the link as failed (`why`): this node's owner of the link is
     /// told (the `broken` callback), as for a connection that broke by
     /// itself, and the socket closes once its last user lets go (the peer
@@ -471,6 +490,7 @@ async fn write_queued(inner: Arc<Writer>) {
             inner.sent.increment(batch.len() as u64);
             batch.clear();
         }
+        inner.drained.notify_waiters();
         if inner.closed.load(Ordering::Acquire) {
             return;
         }
@@ -616,6 +636,30 @@ mod tests {
         for (i, (_, bytes)) in got.iter().enumerate() {
             assert_eq!(bytes, &sent[i], "frame {i}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushed_resolves_once_what_was_queued_is_written() {
+        let (server, got, _) = server(b"secret").await;
+        let writer = connect(&server, NodeId(2), b"secret").await;
+        // A frame too large for one write, and a burst behind it: queued.
+        writer.send(&vec![7u8; MAX_FRAME_BYTES]).unwrap();
+        for i in 0..100u8 {
+            writer.send(&[i; 10]).unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), writer.flushed())
+            .await
+            .expect("flushed within 10 s");
+        {
+            let state = writer.inner.lock();
+            assert!(!state.busy && state.queued.is_empty());
+        }
+        eventually("every frame", || got.lock().unwrap().len() == 101).await;
+        // A closed link is flushed at once.
+        writer.abort("test");
+        tokio::time::timeout(Duration::from_secs(1), writer.flushed())
+            .await
+            .expect("at once");
     }
 
     #[tokio::test]

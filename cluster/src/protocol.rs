@@ -179,8 +179,15 @@ pub enum Request {
     LocateActor(ActorId),
     /// To the head: the cluster's members.
     Status,
-    /// To the head: stop every node, then yourself.
+    /// To the head: stop every node, then yourself (answered once every
+    /// member acknowledged its stop, or after a deadline).
     StopCluster,
+    /// Member to head: I am leaving (not a failure). Answered once the
+    /// head recorded it, so the member's session may close after.
+    Leave,
+    /// Head to a member: leave the cluster and stop (`troupe stop`);
+    /// answered before the member ends.
+    Stop,
 }
 
 /// Replies, one per request kind.
@@ -221,10 +228,6 @@ pub enum Notice {
     /// Head to members: the directory (sent periodically: it is also the
     /// head's heartbeat).
     Directory(Vec<Member>),
-    /// Member to head: I am leaving (not a failure).
-    Leave,
-    /// Head to a member: leave the cluster and stop (`troupe stop`).
-    Stop,
     /// To the owner of `id` (or to the node keeping a result the sender
     /// owns): the sender holds no ref to `id` any more; the receiver drops
     /// `times` registrations of the sender, and frees what nobody needs.
@@ -247,7 +250,7 @@ pub enum Notice {
         delta: i32,
     },
     /// Which of these requests of the sender does the receiver still work
-    /// on? (Asked of requests that waited long; see `transport.rs`.)
+    /// on? (Asked of requests that waited long; see `transport/requests.rs`.)
     Probe {
         /// The requests' ids.
         ids: Vec<u64>,

@@ -14,6 +14,10 @@ use super::dispatch::Work;
 use super::*;
 use crate::transport::Patience;
 
+/// How long a stopping node waits for its stop to be acknowledged or its
+/// answer to be written, and a leaving one for the head to record it.
+pub(super) const STOP_ACK: Duration = Duration::from_secs(2);
+
 impl Shared {
     pub(super) fn handle(self: &Arc<Self>, inbound: Inbound) {
         let Some(transport) = self.transport.get().cloned() else {
@@ -80,9 +84,17 @@ impl Shared {
                 };
                 let shared = self.clone();
                 let transport = transport.clone();
+                // A stop is answered first, then carried out: the node
+                // ends once its answer is in the socket.
+                let stops = matches!(body, Request::Stop | Request::StopCluster);
                 tokio::spawn(async move {
                     let reply = shared.answer(&rt, from, body).await;
+                    let stopping = stops && matches!(reply, Reply::Ok);
                     transport.reply(from, id, reply);
+                    if stopping {
+                        let _ = tokio::time::timeout(STOP_ACK, transport.flushed(from)).await;
+                        shared.end("stopped by `troupe stop`".to_owned());
+                    }
                 });
             }
         }
@@ -174,19 +186,6 @@ impl Shared {
                     self.apply_view(members);
                 }
             }
-            Notice::Leave => {
-                let mut directory = lock(&self.directory);
-                if let Some(d) = directory.as_mut() {
-                    let changes = d.leave(from, Instant::now());
-                    drop(directory);
-                    self.head_changes(changes);
-                }
-            }
-            Notice::Stop => {
-                if Some(from) == self.head.get().copied() {
-                    self.end("stopped by `troupe stop`".to_owned());
-                }
-            }
             Notice::Released { id, times } => {
                 if let Some(rt) = self.runtime() {
                     rt.objects().remove_borrower(id, from, times);
@@ -259,18 +258,41 @@ impl Shared {
                     Some(d) => d.members(),
                     None => return Reply::Refused("this node is not the head".to_owned()),
                 };
+                // Every member is told, and answers before it ends; this
+                // head answers once all did (or the deadline passed), then
+                // ends too (`request`).
+                let mut stops = tokio::task::JoinSet::new();
                 for m in members {
-                    if m.hello.node != transport.me() && m.hello.node != from {
-                        let _ = transport.notify(m.hello.node, Notice::Stop);
+                    let node = m.hello.node;
+                    if node != transport.me() && node != from && !departed(&m) {
+                        let transport = transport.clone();
+                        stops.spawn(async move {
+                            tokio::time::timeout(STOP_ACK, transport.request(node, Request::Stop))
+                                .await
+                        });
                     }
                 }
-                let shared = self.clone();
-                tokio::spawn(async move {
-                    // Let the reply and the stops go out first.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    shared.end("stopped by `troupe stop`".to_owned());
-                });
+                while stops.join_next().await.is_some() {}
                 Reply::Ok
+            }
+            Request::Stop => {
+                if Some(from) == self.head.get().copied() {
+                    Reply::Ok
+                } else {
+                    Reply::Refused("only the head stops its members".to_owned())
+                }
+            }
+            Request::Leave => {
+                let mut directory = lock(&self.directory);
+                match directory.as_mut() {
+                    Some(d) => {
+                        let changes = d.leave(from, Instant::now());
+                        drop(directory);
+                        self.head_changes(changes);
+                        Reply::Ok
+                    }
+                    None => Reply::Refused("this node is not the head".to_owned()),
+                }
             }
             // Work is handled in `request`.
             Request::RunTask(_)

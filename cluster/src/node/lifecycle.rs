@@ -614,9 +614,11 @@ impl RunningService for Running {
                 (self.shared.transport.get(), self.shared.head.get().copied())
             {
                 if head != transport.me() {
-                    let _ = transport.notify(head, Notice::Leave);
-                    // Give the notice a moment to leave before the session closes.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Answered once the head recorded it: the session may
+                    // close after (a head that does not answer in time
+                    // sees a failure, not a leave).
+                    let leave = transport.request(head, Request::Leave);
+                    let _ = tokio::time::timeout(super::frames::STOP_ACK, leave).await;
                 }
             }
             self.stop_now();

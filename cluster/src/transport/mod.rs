@@ -35,6 +35,13 @@ use crate::agent::{AgentMessage, Inbound, MAX_PENDING_PER_PEER};
 use crate::link::{LinkError, LinkWriter};
 use crate::protocol::{Frame, FrameError, Notice, Reply, Request};
 
+mod requests;
+
+#[cfg(test)]
+use requests::Completion;
+pub(crate) use requests::Then;
+use requests::Waiting;
+
 /// How long a request that may take any time waits for its reply before
 /// its peer is asked whether it still works on it (and again as often).
 pub const PROBE_AFTER: Duration = Duration::from_secs(2);
@@ -111,42 +118,6 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(10),
             request: Duration::from_secs(30),
-        }
-    }
-}
-
-struct Waiting {
-    node: NodeId,
-    reply: Completion,
-    sent: Instant,
-    patience: Patience,
-    /// When the peer was last asked about it.
-    probed: Option<Instant>,
-}
-
-/// What is called with a request's reply (or why there is none), on the
-/// thread that has it: a reply's comes from the node's dispatcher, an
-/// error's from wherever it was found (an I/O thread, say).
-pub(crate) type Then = Box<dyn FnOnce(Result<Reply, TransportError>) + Send + 'static>;
-
-/// Where a request's reply goes.
-enum Completion {
-    /// A future waits for it.
-    Channel(oneshot::Sender<Result<Reply, TransportError>>),
-    /// A callback takes it (in a mutex only to make the table `Sync`:
-    /// it is taken once).
-    Then(std::sync::Mutex<Then>),
-}
-
-impl Completion {
-    fn send(self, result: Result<Reply, TransportError>) {
-        match self {
-            Completion::Channel(tx) => {
-                let _ = tx.send(result);
-            }
-            Completion::Then(then) => {
-                (then.into_inner().unwrap_or_else(|e| e.into_inner()))(result)
-            }
         }
     }
 }
@@ -450,88 +421,6 @@ impl Transport {
         self.fail_pending(node, TransportError::NodeDied(node));
     }
 
-    fn fail_pending(&self, node: NodeId, err: TransportError) {
-        let ids: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|e| e.value().node == node)
-            .map(|e| *e.key())
-            .collect();
-        for id in ids {
-            if let Some(waiting) = self.settle(id) {
-                waiting.reply.send(Err(err.clone()));
-            }
-        }
-    }
-
-    /// Fails requests past their deadlines, and asks peers about requests
-    /// that waited long (see [`PROBE_AFTER`]).
-    fn watch_pending(&self, now: Instant) {
-        let mut expired = Vec::new();
-        let mut probes: HashMap<NodeId, Vec<u64>> = HashMap::new();
-        for mut entry in self.pending.iter_mut() {
-            let id = *entry.key();
-            let waiting = entry.value_mut();
-            match waiting.patience {
-                Patience::Within(after) => {
-                    if now.saturating_duration_since(waiting.sent) >= after {
-                        expired.push((id, waiting.node, after));
-                    }
-                }
-                Patience::WhileAlive => {
-                    let last = waiting.probed.unwrap_or(waiting.sent);
-                    if now.saturating_duration_since(last) >= PROBE_AFTER {
-                        waiting.probed = Some(now);
-                        probes.entry(waiting.node).or_default().push(id);
-                    }
-                }
-            }
-        }
-        for (id, node, after) in expired {
-            if let Some(waiting) = self.settle(id) {
-                metrics::counter!("troupe_cluster_request_timeouts_total").increment(1);
-                tracing::warn!(%node, request = id, ?after, "a request timed out");
-                waiting
-                    .reply
-                    .send(Err(TransportError::Timeout(node, after)));
-            }
-        }
-        for (node, ids) in probes {
-            let _ = self.notify(node, Notice::Probe { ids });
-        }
-    }
-
-    /// `node` answered a probe: of the requests this node asked about,
-    /// these it does not know (not received, or answered already: such a
-    /// reply came before this answer, on the same link). Those still
-    /// waiting lost their replies.
-    pub(crate) fn unknown_to(&self, node: NodeId, ids: &[u64]) {
-        for id in ids {
-            let ours = self.pending.get(id).is_some_and(|w| w.node == node);
-            if !ours {
-                continue;
-            }
-            if let Some(waiting) = self.settle(*id) {
-                metrics::counter!("troupe_cluster_requests_lost_total").increment(1);
-                tracing::warn!(%node, request = id, "a request's reply was lost");
-                waiting.reply.send(Err(TransportError::Lost(node)));
-            }
-        }
-    }
-
-    /// This node works on `node`'s request `id` (answered with
-    /// [`reply`](Self::reply)): a probe of it is told so.
-    pub(crate) fn working_on(&self, node: NodeId, id: u64) {
-        self.working.insert((node, id), ());
-    }
-
-    /// Of `node`'s requests `ids`, those this node does not work on.
-    pub(crate) fn not_working_on(&self, node: NodeId, ids: Vec<u64>) -> Vec<u64> {
-        ids.into_iter()
-            .filter(|id| !self.working.contains_key(&(node, *id)))
-            .collect()
-    }
-
     /// Waits up to the connect timeout for a session and a link to `node`.
     pub(crate) async fn session(
         &self,
@@ -583,119 +472,6 @@ impl Transport {
         }
     }
 
-    /// Sends `body` to `node` and waits for its reply (or its death, or
-    /// the end of its patience).
-    pub(crate) async fn request(
-        &self,
-        node: NodeId,
-        body: Request,
-    ) -> Result<Reply, TransportError> {
-        self.session(node, self.timeouts.connect).await?;
-        self.send_request(node, body)?.await
-    }
-
-    /// Sends `body` to `node` now (before returning: requests sent one
-    /// after another leave in that order) if a link to it is up; the
-    /// future resolves to its reply (or the node's death, or the end of
-    /// the request's patience).
-    pub(crate) fn send_request(
-        &self,
-        node: NodeId,
-        body: Request,
-    ) -> Result<
-        impl std::future::Future<Output = Result<Reply, TransportError>> + use<>,
-        TransportError,
-    > {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(node, body, Completion::Channel(tx))
-            .map_err(|(err, _)| err)?;
-        Ok(async move {
-            match rx.await {
-                Ok(result) => result,
-                Err(_) => Err(TransportError::NodeDied(node)),
-            }
-        })
-    }
-
-    /// [`send_request`](Self::send_request), calling `then` with the reply
-    /// (or why there is none) instead of returning a future: a request
-    /// answered at once costs no task's wake-up.
-    pub(crate) fn send_request_then(&self, node: NodeId, body: Request, then: Then) {
-        if let Err((err, then)) =
-            self.enqueue(node, body, Completion::Then(std::sync::Mutex::new(then)))
-        {
-            then.send(Err(err));
-        }
-    }
-
-    fn enqueue(
-        &self,
-        node: NodeId,
-        body: Request,
-        completion: Completion,
-    ) -> Result<(), (TransportError, Completion)> {
-        let counted = self
-            .peers
-            .get_mut(&node)
-            .filter(|p| p.connected())
-            .map(|mut peer| {
-                if peer.pending >= MAX_PENDING_PER_PEER {
-                    return Err(TransportError::Backpressure(node));
-                }
-                peer.pending += 1;
-                Ok(())
-            })
-            .unwrap_or(Err(TransportError::NoSession(node)));
-        if let Err(err) = counted {
-            return Err((err, completion));
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let patience = body.patience(self.timeouts.request);
-        self.pending.insert(
-            id,
-            Waiting {
-                node,
-                reply: completion,
-                sent: Instant::now(),
-                patience,
-                probed: None,
-            },
-        );
-        let frame = Frame::Request {
-            id,
-            from: self.me,
-            body,
-        };
-        if let Err(err) = self.send(node, &frame) {
-            return match self.settle(id) {
-                Some(waiting) => Err((err, waiting.reply)),
-                None => Ok(()), // failed meanwhile (its peer went): told already
-            };
-        }
-        // The peer may have gone between the lookup and the insert.
-        if !self.connected(node) {
-            if let Some(w) = self.settle(id) {
-                w.reply.send(Err(TransportError::NodeDied(node)));
-            }
-        }
-        Ok(())
-    }
-
-    fn settle(&self, id: u64) -> Option<Waiting> {
-        let (_, waiting) = self.pending.remove(&id)?;
-        if let Some(mut peer) = self.peers.get_mut(&waiting.node) {
-            peer.pending = peer.pending.saturating_sub(1);
-        }
-        Some(waiting)
-    }
-
-    /// A reply arrived.
-    pub(crate) fn complete(&self, id: u64, body: Reply) {
-        if let Some(waiting) = self.settle(id) {
-            waiting.reply.send(Ok(body));
-        }
-    }
-
     /// Answers request `id` of `node` (it no longer counts as worked on).
     pub(crate) fn reply(&self, node: NodeId, id: u64, body: Reply) {
         let frame = Frame::Reply { id, body };
@@ -714,6 +490,15 @@ impl Transport {
         self.working.remove(&(node, id));
     }
 
+    /// Resolves once what was sent to `node` so far is in the socket (at
+    /// once when no link to it is up).
+    pub(crate) async fn flushed(&self, node: NodeId) {
+        let link = self.peers.get(&node).and_then(|p| p.outbound.clone());
+        if let Some(link) = link {
+            link.writer.flushed().await;
+        }
+    }
+
     /// Sends a notice to `node` if a link to it is up.
     pub(crate) fn notify(&self, node: NodeId, body: Notice) -> Result<(), TransportError> {
         self.send(
@@ -727,178 +512,4 @@ impl Transport {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn waiting(
-        node: u64,
-        patience: Patience,
-    ) -> (Waiting, oneshot::Receiver<Result<Reply, TransportError>>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            Waiting {
-                node: NodeId(node),
-                reply: Completion::Channel(tx),
-                sent: Instant::now(),
-                patience,
-                probed: None,
-            },
-            rx,
-        )
-    }
-
-    #[tokio::test]
-    async fn a_peer_going_down_fails_its_waiting_requests() {
-        let t = Transport::new(NodeId(1), Timeouts::default());
-        let (w, rx) = waiting(2, Patience::WhileAlive);
-        t.pending.insert(7, w);
-        let (w2, rx2) = waiting(3, Patience::WhileAlive);
-        t.pending.insert(8, w2);
-        t.peer_down(NodeId(2));
-        assert!(matches!(
-            rx.await,
-            Ok(Err(TransportError::NodeDied(NodeId(2))))
-        ));
-        assert_eq!(t.pending.len(), 1, "another peer's request still waits");
-        t.complete(8, Reply::Ok);
-        assert!(matches!(rx2.await, Ok(Ok(Reply::Ok))));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_change_handler_may_change_the_links_again() {
-        // As the head does: a peer's end makes it broadcast the directory,
-        // and a write that fails there ends another link (another change)
-        // from inside the handler. Told under a lock, it deadlocked.
-        let t = Transport::new(NodeId(1), Timeouts::default());
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (weak, log) = (Arc::downgrade(&t), seen.clone());
-        t.set_link(LinkSetup {
-            addr: "127.0.0.1:9".parse().unwrap(),
-            cookie: Arc::from(&b"k"[..]),
-            inbound: Arc::new(move |event| {
-                if let Inbound::PeerDown(node) = event {
-                    log.lock().unwrap().push(node);
-                    if let (Some(t), NodeId(2)) = (weak.upgrade(), node) {
-                        t.update(NodeId(3), |_| ((), true));
-                    }
-                }
-            }),
-        });
-        t.update(NodeId(2), |_| ((), true));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while seen.lock().unwrap().len() < 2 {
-            assert!(
-                Instant::now() < deadline,
-                "the second change was never told"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(*seen.lock().unwrap(), vec![NodeId(2), NodeId(3)]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
-        use tokio::io::AsyncWriteExt;
-        // A peer that takes the connection and never reads.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _peer = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(&[0u8; 16]).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            drop(s);
-        });
-        let t = Transport::new(NodeId(1), Timeouts::default());
-        let weak = Arc::downgrade(&t);
-        let writer = LinkWriter::connect(
-            addr,
-            NodeId(1),
-            NodeId(2),
-            b"k",
-            Box::new(move |err| {
-                if let Some(t) = weak.upgrade() {
-                    t.outbound_lost(NodeId(2), 7, &err.to_string());
-                }
-            }),
-        )
-        .await
-        .unwrap();
-        t.peers.insert(
-            NodeId(2),
-            Peer {
-                outbound: Some(Arc::new(Outbound { writer, serial: 7 })),
-                inbound: Some(1),
-                ..Peer::default()
-            },
-        );
-        assert!(t.connected(NodeId(2)));
-        let big = || Notice::Probe {
-            ids: (0..100_000u64).map(|i| i << 40).collect(),
-        };
-        let mut refused = false;
-        for _ in 0..10_000 {
-            match t.notify(NodeId(2), big()) {
-                Ok(()) => tokio::task::yield_now().await,
-                Err(_) => {
-                    refused = true;
-                    break;
-                }
-            }
-        }
-        assert!(refused, "sending stops succeeding");
-        assert!(
-            !t.connected(NodeId(2)),
-            "the link is closed, not left up with frames lost"
-        );
-    }
-
-    #[tokio::test]
-    async fn no_session_is_an_error_after_the_timeout() {
-        let t = Transport::new(
-            NodeId(1),
-            Timeouts {
-                connect: Duration::from_millis(20),
-                request: Duration::from_secs(1),
-            },
-        );
-        let err = t.request(NodeId(9), Request::Status).await.unwrap_err();
-        assert!(matches!(err, TransportError::NoSession(NodeId(9))));
-    }
-
-    #[tokio::test]
-    async fn a_control_request_past_its_deadline_times_out() {
-        let t = Transport::new(NodeId(1), Timeouts::default());
-        let (w, rx) = waiting(2, Patience::Within(Duration::from_millis(10)));
-        t.pending.insert(7, w);
-        let (w2, mut rx2) = waiting(2, Patience::Within(Duration::from_secs(60)));
-        t.pending.insert(8, w2);
-        t.watch_pending(Instant::now() + Duration::from_millis(20));
-        assert!(matches!(
-            rx.await,
-            Ok(Err(TransportError::Timeout(NodeId(2), _)))
-        ));
-        assert!(rx2.try_recv().is_err(), "the other one still waits");
-    }
-
-    #[tokio::test]
-    async fn a_request_its_peer_no_longer_knows_is_lost_and_others_wait_on() {
-        let t = Transport::new(NodeId(1), Timeouts::default());
-        let (w, rx) = waiting(2, Patience::WhileAlive);
-        t.pending.insert(7, w);
-        let (w2, mut rx2) = waiting(2, Patience::WhileAlive);
-        t.pending.insert(8, w2);
-        // Probed after PROBE_AFTER (no link here: the probe is not sent).
-        t.watch_pending(Instant::now() + PROBE_AFTER);
-        assert!(t.pending.get(&7).is_some_and(|w| w.probed.is_some()));
-        // Another node's answer about these ids changes nothing.
-        t.unknown_to(NodeId(3), &[7]);
-        t.unknown_to(NodeId(2), &[7]);
-        assert!(matches!(rx.await, Ok(Err(TransportError::Lost(NodeId(2))))));
-        assert!(rx2.try_recv().is_err(), "still worked on: still waiting");
-        // The responder's side: what it works on is not unknown.
-        t.working_on(NodeId(5), 1);
-        assert_eq!(t.not_working_on(NodeId(5), vec![1, 2]), vec![2]);
-        t.reply(NodeId(5), 1, Reply::Ok);
-        assert_eq!(t.not_working_on(NodeId(5), vec![1]), vec![1]);
-    }
-}
+mod tests;

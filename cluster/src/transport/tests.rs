@@ -1,0 +1,176 @@
+//! The transport's tests: pending requests, peers going and coming,
+//! links that cannot take a frame, deadlines and probes.
+
+use super::*;
+
+fn waiting(
+    node: u64,
+    patience: Patience,
+) -> (Waiting, oneshot::Receiver<Result<Reply, TransportError>>) {
+    let (tx, rx) = oneshot::channel();
+    (
+        Waiting {
+            node: NodeId(node),
+            reply: Completion::Channel(tx),
+            sent: Instant::now(),
+            patience,
+            probed: None,
+        },
+        rx,
+    )
+}
+
+#[tokio::test]
+async fn a_peer_going_down_fails_its_waiting_requests() {
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let (w, rx) = waiting(2, Patience::WhileAlive);
+    t.pending.insert(7, w);
+    let (w2, rx2) = waiting(3, Patience::WhileAlive);
+    t.pending.insert(8, w2);
+    t.peer_down(NodeId(2));
+    assert!(matches!(
+        rx.await,
+        Ok(Err(TransportError::NodeDied(NodeId(2))))
+    ));
+    assert_eq!(t.pending.len(), 1, "another peer's request still waits");
+    t.complete(8, Reply::Ok);
+    assert!(matches!(rx2.await, Ok(Ok(Reply::Ok))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_change_handler_may_change_the_links_again() {
+    // As the head does: a peer's end makes it broadcast the directory,
+    // and a write that fails there ends another link (another change)
+    // from inside the handler. Told under a lock, it deadlocked.
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (weak, log) = (Arc::downgrade(&t), seen.clone());
+    t.set_link(LinkSetup {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        cookie: Arc::from(&b"k"[..]),
+        inbound: Arc::new(move |event| {
+            if let Inbound::PeerDown(node) = event {
+                log.lock().unwrap().push(node);
+                if let (Some(t), NodeId(2)) = (weak.upgrade(), node) {
+                    t.update(NodeId(3), |_| ((), true));
+                }
+            }
+        }),
+    });
+    t.update(NodeId(2), |_| ((), true));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second change was never told"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), vec![NodeId(2), NodeId(3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
+    use tokio::io::AsyncWriteExt;
+    // A peer that takes the connection and never reads.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _peer = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&[0u8; 16]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let weak = Arc::downgrade(&t);
+    let writer = LinkWriter::connect(
+        addr,
+        NodeId(1),
+        NodeId(2),
+        b"k",
+        Box::new(move |err| {
+            if let Some(t) = weak.upgrade() {
+                t.outbound_lost(NodeId(2), 7, &err.to_string());
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    t.peers.insert(
+        NodeId(2),
+        Peer {
+            outbound: Some(Arc::new(Outbound { writer, serial: 7 })),
+            inbound: Some(1),
+            ..Peer::default()
+        },
+    );
+    assert!(t.connected(NodeId(2)));
+    let big = || Notice::Probe {
+        ids: (0..100_000u64).map(|i| i << 40).collect(),
+    };
+    let mut refused = false;
+    for _ in 0..10_000 {
+        match t.notify(NodeId(2), big()) {
+            Ok(()) => tokio::task::yield_now().await,
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "sending stops succeeding");
+    assert!(
+        !t.connected(NodeId(2)),
+        "the link is closed, not left up with frames lost"
+    );
+}
+
+#[tokio::test]
+async fn no_session_is_an_error_after_the_timeout() {
+    let t = Transport::new(
+        NodeId(1),
+        Timeouts {
+            connect: Duration::from_millis(20),
+            request: Duration::from_secs(1),
+        },
+    );
+    let err = t.request(NodeId(9), Request::Status).await.unwrap_err();
+    assert!(matches!(err, TransportError::NoSession(NodeId(9))));
+}
+
+#[tokio::test]
+async fn a_control_request_past_its_deadline_times_out() {
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let (w, rx) = waiting(2, Patience::Within(Duration::from_millis(10)));
+    t.pending.insert(7, w);
+    let (w2, mut rx2) = waiting(2, Patience::Within(Duration::from_secs(60)));
+    t.pending.insert(8, w2);
+    t.watch_pending(Instant::now() + Duration::from_millis(20));
+    assert!(matches!(
+        rx.await,
+        Ok(Err(TransportError::Timeout(NodeId(2), _)))
+    ));
+    assert!(rx2.try_recv().is_err(), "the other one still waits");
+}
+
+#[tokio::test]
+async fn a_request_its_peer_no_longer_knows_is_lost_and_others_wait_on() {
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let (w, rx) = waiting(2, Patience::WhileAlive);
+    t.pending.insert(7, w);
+    let (w2, mut rx2) = waiting(2, Patience::WhileAlive);
+    t.pending.insert(8, w2);
+    // Probed after PROBE_AFTER (no link here: the probe is not sent).
+    t.watch_pending(Instant::now() + PROBE_AFTER);
+    assert!(t.pending.get(&7).is_some_and(|w| w.probed.is_some()));
+    // Another node's answer about these ids changes nothing.
+    t.unknown_to(NodeId(3), &[7]);
+    t.unknown_to(NodeId(2), &[7]);
+    assert!(matches!(rx.await, Ok(Err(TransportError::Lost(NodeId(2))))));
+    assert!(rx2.try_recv().is_err(), "still worked on: still waiting");
+    // The responder's side: what it works on is not unknown.
+    t.working_on(NodeId(5), 1);
+    assert_eq!(t.not_working_on(NodeId(5), vec![1, 2]), vec![2]);
+    t.reply(NodeId(5), 1, Reply::Ok);
+    assert_eq!(t.not_working_on(NodeId(5), vec![1]), vec![1]);
+}
