@@ -360,6 +360,7 @@ impl Frame {
 
 /// A frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// Larger than [`MAX_FRAME_BYTES`].
     #[error(

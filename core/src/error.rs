@@ -89,13 +89,14 @@ pub enum SpawnError {
         cause: String,
     },
     /// A service of the config (`Config::service`) failed to start; the
-    /// runtime was shut down again.
+    /// runtime was shut down again. The cause is the service's own typed
+    /// error: `cause.downcast_ref::<troupe::cluster::ClusterError>()`, say.
     #[error("the {service} service failed to start: {cause}")]
     Service {
         /// The service's name.
         service: String,
-        /// Why (the service's own error).
-        cause: String,
+        /// Why: the service's own error, typed.
+        cause: Cause,
     },
 }
 

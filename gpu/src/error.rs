@@ -2,6 +2,7 @@
 
 /// What went wrong with a device, a tensor or a set of weights.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GpuError {
     /// The work was given a GPU ordinal libtorch does not see.
     #[error("this work was given GPU {ordinal}, but libtorch sees {visible} CUDA device(s); declare only real GPUs (use troupe_gpu::Detector) or run it without num_gpus")]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::broadcast;
-use troupe_objects::{NodeId, ObjectStore};
+use troupe_objects::{Cause, NodeId, ObjectStore};
 
 use super::{Config, Inner, OwnedTokio, Runtime};
 use crate::actor::{Directory, Env};
@@ -107,7 +107,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
     for service in &config.services {
         service.prepare().map_err(|cause| SpawnError::Service {
             service: service.name().to_owned(),
-            cause: cause.to_string(),
+            cause: Cause::from_arc(cause.into()),
         })?;
     }
     let clock = Arc::new(Clock::new());

@@ -181,7 +181,7 @@ impl Runtime {
                     self.stop_services().await;
                     return Err(crate::error::SpawnError::Service {
                         service: name,
-                        cause: cause.to_string(),
+                        cause: troupe_objects::Cause::from_arc(cause.into()),
                     });
                 }
             }

@@ -31,6 +31,7 @@ const HEADER: usize = 24;
 
 /// A checkpoint could not be written, read or used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     /// Reading or writing the file failed.
     #[error("checkpoint {path}: {source}")]

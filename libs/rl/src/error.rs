@@ -12,6 +12,7 @@ use crate::env::EnvError;
 /// Everything that can go wrong while building, training, saving or
 /// restoring a trainer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RlError {
     /// An environment failed (a bad action, a NaN observation, an error of
     /// a user's env). Retrying would fail the same way, so training stops.

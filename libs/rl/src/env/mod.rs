@@ -142,6 +142,7 @@ pub struct EpisodeStats {
 
 /// What went wrong in an environment. Each message names what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnvError {
     /// The action is not an element of the action space.
     #[error("action {action} is outside the action space {space}; the policy or caller must only send actions the space contains")]
