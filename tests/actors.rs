@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, next_event, within};
+use common::{eventually, next_event, runtime, within};
 use troupe::prelude::*;
 use troupe::{ActorError, LookupError};
 use troupe::{ObjectError, SpawnError};
@@ -82,12 +82,6 @@ impl Other {
     fn helper(&self) -> &'static str {
         "crate pong"
     }
-}
-
-async fn runtime() -> Runtime {
-    troupe::init(Config::default())
-        .await
-        .expect("runtime starts")
 }
 
 async fn counter(rt: &Runtime, options: ActorOptions) -> (CounterHandle, Arc<AtomicU32>) {

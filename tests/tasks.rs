@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{eventually, next_event, within};
+use common::{eventually, next_event, runtime, within};
 use troupe::prelude::*;
 use troupe::supervisor::SupervisionEvent;
 use troupe::task::TaskCause;
@@ -62,10 +62,6 @@ async fn forever() -> u32 {
 fn context_of() -> (u64, u32, f64) {
     let c = troupe::task::current().expect("inside a task");
     (c.task_id.seq, c.attempt, c.resources.num_cpus)
-}
-
-async fn runtime() -> Runtime {
-    troupe::init(Config::default()).await.unwrap()
 }
 
 fn task_error(err: &ObjectError) -> &TaskError {

@@ -514,6 +514,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
+    use troupe_test_kit::eventually;
 
     type Got = Arc<StdMutex<Vec<(NodeId, Vec<u8>)>>>;
 
@@ -542,14 +543,6 @@ mod tests {
         LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {}))
             .await
             .unwrap()
-    }
-
-    async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !ok() {
-            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

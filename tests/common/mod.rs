@@ -3,37 +3,25 @@
 
 pub mod http;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
 use troupe::supervisor::SupervisionEvent;
 
-/// How long any "eventually" in these tests may take before it fails.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+// Not every test file uses both.
+#[allow(unused_imports)]
+pub use troupe_test_kit::{eventually, within};
 
-/// Polls `check` until it returns true, failing the test after `DEADLINE`.
-pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Awaits a future, failing the test after `DEADLINE`.
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, fut)
+/// A runtime with the default config (every core, no GPU).
+pub async fn runtime() -> troupe::Runtime {
+    troupe::init(troupe::Config::default())
         .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
+        .expect("runtime starts")
 }
 
-/// Waits for the first event that matches, failing after `DEADLINE`.
+/// Waits for the first event that matches, failing after the kit's
+/// deadline.
 pub async fn next_event<F: FnMut(&SupervisionEvent) -> bool>(
     rx: &mut broadcast::Receiver<SupervisionEvent>,
     mut matches: F,

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::*;
 use troupe_objects::{Blob, NodeId, ObjectStore, StoreConfig};
+use troupe_test_kit::eventually_within;
 
 fn store() -> ObjectStore {
     ObjectStore::new(StoreConfig::with_budget(4 << 30))
@@ -28,15 +29,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
         .collect()
-}
-
-/// Polls `check` until it holds, failing after `within`.
-async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[test]
@@ -121,7 +113,7 @@ async fn many_small_pulls_share_a_few_connections() {
     assert!(client.idle_connections(addr) <= 4);
     client.forget(addr);
     assert_eq!(client.idle_connections(addr), 0);
-    eventually(
+    eventually_within(
         Duration::from_secs(5),
         "the server sees them closed",
         || server.open_connections() == 0,
@@ -441,7 +433,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
         b"again"
     );
     assert_eq!(client.idle_connections(addr), 1);
-    eventually(
+    eventually_within(
         Duration::from_secs(5),
         "the server closes the idle one",
         || server.open_connections() == 0,
@@ -463,7 +455,7 @@ async fn a_server_shut_down_serves_no_more() {
     let r = holder.put_bytes(b"x").await.unwrap();
     client.pull_bytes(addr, r.id()).await.unwrap();
     server.shutdown();
-    eventually(Duration::from_secs(5), "its connections are closed", || {
+    eventually_within(Duration::from_secs(5), "its connections are closed", || {
         server.open_connections() == 0
     })
     .await;

@@ -16,12 +16,10 @@ use troupe_rl::{
     PpoConfig, RlError, Space, Stop, Trainer, Transition,
 };
 
-/// A deadline for anything that could hang.
-async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(120), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
-}
+use troupe_test_kit::within_for;
+
+/// The deadline for anything in training that could hang.
+const TRAINING: Duration = Duration::from_secs(120);
 
 /// A small trainer; a quarter CPU per worker, so that several trainers
 /// fit one runtime at once.
@@ -94,10 +92,11 @@ async fn a_short_seeded_ppo_run_improves_cartpole() {
     let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), PpoConfig::default().seed(1))
         .await
         .unwrap();
-    let first = within("the first iteration", trainer.train())
+    let first = within_for(TRAINING, "the first iteration", trainer.train())
         .await
         .unwrap();
-    let summary = within(
+    let summary = within_for(
+        TRAINING,
         "training",
         trainer.train_until(&Stop::at_return(100.0).or_env_steps(40_000), &mut ()),
     )
@@ -135,11 +134,11 @@ async fn a_worker_that_panics_mid_fragment_is_restarted_and_the_iteration_comple
     let mut trainer = Trainer::new(&rt, fragile(trigger.clone(), None), small())
         .await
         .unwrap();
-    within("a healthy iteration", trainer.train())
+    within_for(TRAINING, "a healthy iteration", trainer.train())
         .await
         .unwrap();
     trigger.store(true, Ordering::Release);
-    let m = within("the iteration with a crash", trainer.train())
+    let m = within_for(TRAINING, "the iteration with a crash", trainer.train())
         .await
         .unwrap();
     assert!(!trigger.load(Ordering::Acquire), "the crash happened");
@@ -156,7 +155,9 @@ async fn a_worker_that_panics_mid_fragment_is_restarted_and_the_iteration_comple
     }
     assert!(restarted, "a ChildRestarted event");
     // And training goes on.
-    within("the next iteration", trainer.train()).await.unwrap();
+    within_for(TRAINING, "the next iteration", trainer.train())
+        .await
+        .unwrap();
     trainer.shutdown().await;
     rt.shutdown().await.unwrap();
 }
@@ -184,14 +185,16 @@ async fn a_worker_killed_mid_rollout_is_healed_and_the_iteration_completes() {
         (trainer, result)
     });
     // Kill a worker once the fragments are under way.
-    within("rollouts to start", async {
+    within_for(TRAINING, "rollouts to start", async {
         while steps.load(Ordering::Relaxed) < 20 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })
     .await;
     victim.kill(false).await;
-    let (mut trainer, result) = within("the iteration", iteration).await.unwrap();
+    let (mut trainer, result) = within_for(TRAINING, "the iteration", iteration)
+        .await
+        .unwrap();
     let m = result.unwrap();
     assert_eq!(
         m.env_steps,
@@ -209,7 +212,9 @@ async fn a_worker_killed_mid_rollout_is_healed_and_the_iteration_completes() {
     assert!(restarted, "the killed worker was restarted");
     assert!(!victim.is_dead());
     // The restarted worker samples the next iteration.
-    within("the next iteration", trainer.train()).await.unwrap();
+    within_for(TRAINING, "the next iteration", trainer.train())
+        .await
+        .unwrap();
     trainer.shutdown().await;
     rt.shutdown().await.unwrap();
 }
@@ -221,7 +226,7 @@ async fn a_worker_that_keeps_panicking_fails_training_instead_of_hanging() {
     let mut trainer = Trainer::new(&rt, maker, small().max_worker_restarts(2))
         .await
         .unwrap();
-    let err = within("a doomed iteration", trainer.train())
+    let err = within_for(TRAINING, "a doomed iteration", trainer.train())
         .await
         .unwrap_err();
     assert!(
@@ -257,7 +262,9 @@ async fn a_checkpoint_round_trip_acts_identically_and_training_continues() {
         .await
         .unwrap();
     for _ in 0..3 {
-        within("training", trainer.train()).await.unwrap();
+        within_for(TRAINING, "training", trainer.train())
+            .await
+            .unwrap();
     }
     trainer.save(&path).await.unwrap();
 
@@ -272,8 +279,12 @@ async fn a_checkpoint_round_trip_acts_identically_and_training_continues() {
     );
 
     // Both continue from the same model and optimizer state.
-    let a = within("training on", trainer.train()).await.unwrap();
-    let b = within("training on", restored.train()).await.unwrap();
+    let a = within_for(TRAINING, "training on", trainer.train())
+        .await
+        .unwrap();
+    let b = within_for(TRAINING, "training on", restored.train())
+        .await
+        .unwrap();
     assert_eq!(b.iteration, 4);
     assert_eq!(b.env_steps, a.env_steps);
     assert!(b.learning_rate == a.learning_rate && b.policy_loss.is_finite());
@@ -299,7 +310,9 @@ async fn checkpoints_of_another_config_or_cut_short_are_clear_errors_and_change_
     let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), small())
         .await
         .unwrap();
-    within("training", trainer.train()).await.unwrap();
+    within_for(TRAINING, "training", trainer.train())
+        .await
+        .unwrap();
     trainer.save(&path).await.unwrap();
 
     let mut other = Trainer::new(&rt, EnvMaker::cart_pole(), small().hidden(vec![32]))
@@ -334,7 +347,7 @@ async fn checkpoints_of_another_config_or_cut_short_are_clear_errors_and_change_
         .expect("refused");
     assert!(err.to_string().contains("env"), "{err}");
     // The trainer that refused the files trains on.
-    within("training after refusals", trainer.train())
+    within_for(TRAINING, "training after refusals", trainer.train())
         .await
         .unwrap();
     trainer.shutdown().await;
@@ -354,7 +367,9 @@ async fn a_nan_observation_from_a_user_env_stops_training_with_an_error_naming_i
         }
     });
     let mut trainer = Trainer::new(&rt, maker, small()).await.unwrap();
-    let err = within("an iteration", trainer.train()).await.unwrap_err();
+    let err = within_for(TRAINING, "an iteration", trainer.train())
+        .await
+        .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, RlError::Env { worker: 1, .. }), "{message}");
     assert!(
@@ -376,7 +391,7 @@ async fn pendulum_trains_with_a_gaussian_policy() {
     let mut trainer = Trainer::new(&rt, EnvMaker::pendulum(), small().fragment_len(100))
         .await
         .unwrap();
-    let m = within("pendulum iterations", async {
+    let m = within_for(TRAINING, "pendulum iterations", async {
         trainer.train().await?;
         trainer.train().await
     })
