@@ -254,8 +254,8 @@ async fn run(filters: Vec<String>) {
                 node: a.node,
                 soft: false,
             });
-        let echo = rt
-            .spawn_remote::<Echo>(on_a, "new", &())
+        let echo = Echo::remote(&rt, on_a)
+            .new()
             .await
             .expect("an actor on node a");
         if wanted(&filters, "remote_actor_calls_sync_per_s") {

@@ -64,6 +64,11 @@ struct Other;
 
 #[troupe::actor]
 impl Other {
+    /// A constructor whose arguments can travel.
+    pub fn new(_label: String) -> Self {
+        Other
+    }
+
     pub fn ping(&self) -> &'static str {
         "pong"
     }
@@ -113,6 +118,47 @@ async fn crate_visible_methods_are_messages_and_private_ones_helpers() {
         .expect("actor starts");
     assert_eq!(other.crate_ping().await.unwrap(), "crate pong");
     assert_eq!(other.ping().await.unwrap(), "pong");
+    rt.shutdown().await.unwrap();
+}
+
+/// Built from something that cannot leave this process.
+struct Reporter(std::sync::mpsc::Sender<u32>);
+
+#[troupe::actor]
+impl Reporter {
+    pub fn new(to: std::sync::mpsc::Sender<u32>) -> Self {
+        Reporter(to)
+    }
+
+    pub fn report(&self, n: u32) -> bool {
+        self.0.send(n).is_ok()
+    }
+}
+
+/// `A::remote(&rt, options).constructor(args)` has the constructor's own
+/// signature (checked by the compiler); what it cannot do says so.
+#[tokio::test]
+async fn typed_remote_constructors_say_why_they_cannot_spawn() {
+    let rt = runtime().await;
+    // Arguments that cannot travel (a channel's sender).
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let err = Reporter::remote(&rt, ActorOptions::new())
+        .new(tx)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, SpawnError::BadArguments { constructor, .. } if constructor.ends_with("Reporter::new")),
+        "{err}"
+    );
+    // Arguments that can, on a runtime outside any cluster.
+    let err = Other::remote(&rt, ActorOptions::new())
+        .new("a label".to_owned())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, SpawnError::Remote { node: None, .. }),
+        "{err}"
+    );
     rt.shutdown().await.unwrap();
 }
 

@@ -504,8 +504,8 @@ async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_d
                 node: b.node,
                 soft: false,
             });
-    let tally = rt
-        .spawn_remote::<Tally>(on_b, "new", &(10u64,))
+    let tally = Tally::remote(&rt, on_b)
+        .new(10)
         .await
         .expect("spawned on B");
     assert!(tally.as_ref().is_remote());
@@ -579,8 +579,8 @@ async fn an_actor_whose_node_dies_is_restarted_on_another_node_and_its_handles_f
             node: b.node,
             soft: true,
         });
-    let tally = rt
-        .spawn_remote::<Tally>(options, "new", &(10u64,))
+    let tally = Tally::remote(&rt, options)
+        .new(10)
         .await
         .expect("spawned on B");
     let first = tally.id();
@@ -596,8 +596,8 @@ async fn an_actor_whose_node_dies_is_restarted_on_another_node_and_its_handles_f
         node: c.node,
         soft: false,
     });
-    let relay = rt
-        .spawn_remote::<Relay>(on_c, "new", &(tally.clone(),))
+    let relay = Relay::remote(&rt, on_c)
+        .new(tally.clone())
         .await
         .expect("the relay on C");
     assert_eq!(

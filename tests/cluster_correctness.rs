@@ -62,10 +62,12 @@ fn driver_process() {
                 .name(name)
                 .resources(Resources::cpus(1.0))
         };
-        rt.spawn_remote::<Holder>(holds_a_cpu("owned"), "new", &())
+        Holder::remote(&rt, holds_a_cpu("owned"))
+            .new()
             .await
             .expect("spawned");
-        rt.spawn_remote::<Holder>(holds_a_cpu("detached").detached(true), "new", &())
+        Holder::remote(&rt, holds_a_cpu("detached").detached(true))
+            .new()
             .await
             .expect("spawned");
     });
@@ -394,15 +396,12 @@ async fn refs_that_cross_nodes_keep_their_objects_alive() {
     let _turn = DRIVER.lock().await;
     let (_p, _head, nodes, rt) = readme_cluster("borrow", 2).await;
     // A remote actor keeps a ref that the driver then drops.
-    let holder = rt
-        .spawn_remote::<Holder>(
-            ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
-                node: nodes[0].node,
-                soft: false,
-            }),
-            "new",
-            &(),
-        )
+    let on_a_node = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: nodes[0].node,
+        soft: false,
+    });
+    let holder = Holder::remote(&rt, on_a_node)
+        .new()
         .await
         .expect("the holder spawns");
     let kept = rt.put(41u64).await.unwrap();

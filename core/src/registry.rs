@@ -618,12 +618,33 @@ pub trait ByNameNew<Args> {
         bytes: &[u8],
         new: fn(Args) -> A,
     ) -> Result<BoxFuture<'static, Result<ActorId, SpawnError>>, String>;
+
+    /// Spawns `A` on the cluster through its constructor `name` (what the
+    /// typed `A::remote(&rt, options).name(args)` calls).
+    fn spawn_remote<A: Actor>(
+        &self,
+        rt: &Runtime,
+        options: ActorOptions,
+        name: &'static str,
+        args: Args,
+    ) -> BoxFuture<'static, Result<A::Handle, SpawnError>>;
 }
 
 impl<Args> ByNameNew<Args> for WireNew<Args>
 where
-    Args: DeserializeOwned + Clone + Send + Sync + 'static,
+    Args: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
+    fn spawn_remote<A: Actor>(
+        &self,
+        rt: &Runtime,
+        options: ActorOptions,
+        name: &'static str,
+        args: Args,
+    ) -> BoxFuture<'static, Result<A::Handle, SpawnError>> {
+        let rt = rt.clone();
+        Box::pin(async move { rt.spawn_remote::<A>(options, name, &args).await })
+    }
+
     fn constructor<A: Actor>(
         &self,
         rt: &Runtime,
@@ -655,9 +676,35 @@ pub trait NotByNameNew<Args> {
         bytes: &[u8],
         new: fn(Args) -> A,
     ) -> Result<BoxFuture<'static, Result<ActorId, SpawnError>>, String>;
+
+    /// The constructor's arguments cannot travel: an error that says so.
+    fn spawn_remote<A: Actor>(
+        &self,
+        rt: &Runtime,
+        options: ActorOptions,
+        name: &'static str,
+        args: Args,
+    ) -> BoxFuture<'static, Result<A::Handle, SpawnError>>;
 }
 
 impl<Args> NotByNameNew<Args> for &WireNew<Args> {
+    fn spawn_remote<A: Actor>(
+        &self,
+        _: &Runtime,
+        _: ActorOptions,
+        name: &'static str,
+        _: Args,
+    ) -> BoxFuture<'static, Result<A::Handle, SpawnError>> {
+        let err = SpawnError::BadArguments {
+            constructor: format!("{}::{name}", A::NAME),
+            cause: format!(
+                "its arguments ({}) are not serializable and cloneable, so it cannot be spawned on another node; make them Serialize + Deserialize + Clone",
+                std::any::type_name::<Args>()
+            ),
+        };
+        Box::pin(async move { Err(err) })
+    }
+
     fn constructor<A: Actor>(
         &self,
         _: &Runtime,

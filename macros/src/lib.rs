@@ -9,7 +9,11 @@
 //! - for each `pub` (or `pub(crate)`, `pub(super)`) method taking `&self`
 //!   or `&mut self`, a handle method of the same name, arguments and
 //!   visibility returning `troupe::Pending<R>`;
-//! - `impl troupe::Actor for Counter { type Handle = CounterHandle; }`.
+//! - `impl troupe::Actor for Counter { type Handle = CounterHandle; }`;
+//! - `Counter::remote(&rt, options)`, whose methods are the block's
+//!   constructors (`fn ..(args) -> Self`) with their own arguments, to spawn
+//!   the actor on a node of the cluster (`CounterRemote`; not generated when
+//!   the block has an item named `remote`).
 //!
 //! Methods without a receiver (constructors) and private methods are left
 //! alone. Async methods are supported. Generic methods, `self` by value and

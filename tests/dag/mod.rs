@@ -865,8 +865,8 @@ impl Keeper {
 pub async fn keepers(rt: &Runtime, count: usize) -> Vec<KeeperHandle> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let keeper = rt
-            .spawn_remote::<Keeper>(ActorOptions::new(), "new", &())
+        let keeper = Keeper::remote(rt, ActorOptions::new())
+            .new()
             .await
             .expect("a keeper spawns on the cluster");
         out.push(keeper);

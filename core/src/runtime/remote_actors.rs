@@ -24,7 +24,10 @@ impl Runtime {
     /// works as a local one: its typed methods travel by name.
     ///
     /// Needs a cluster (the `cluster` feature); alone, it fails with
-    /// [`SpawnError::Remote`].
+    /// [`SpawnError::Remote`]. Prefer the typed form `#[troupe::actor]`
+    /// generates, `A::remote(&rt, options).new(args)`: the constructor's
+    /// name and arguments are checked by the compiler; this one is for a
+    /// constructor named at run time.
     pub async fn spawn_remote<A: Actor>(
         &self,
         options: ActorOptions,
