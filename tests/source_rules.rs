@@ -14,7 +14,6 @@ const MAX_LINES: usize = 700;
 
 /// Files over the limit today, with the most lines they may have.
 const OVER_LIMIT: &[(&str, usize)] = &[
-    ("core/src/scheduler/mod.rs", 981),
     ("core/src/scheduler/state.rs", 944),
 ];
 

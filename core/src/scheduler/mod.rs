@@ -19,6 +19,7 @@
 //! async body, a job on a CPU thread for a sync one. A ractor actor per
 //! attempt would cost about 25 µs to spawn here (see ARCHITECTURE.md).
 
+mod attempt;
 mod cpu_pool;
 mod delegate;
 mod history;
@@ -26,6 +27,7 @@ mod placement;
 mod reservation;
 pub(crate) mod state;
 mod stats;
+mod task;
 mod timing;
 mod units;
 
@@ -33,6 +35,7 @@ pub use history::{TaskFilter, TaskInfo, TaskState};
 pub(crate) use reservation::Reservation;
 pub use state::Counts;
 pub use stats::FunctionSummary;
+pub(crate) use task::{Task, TaskRef};
 pub(crate) use units::Units;
 
 use std::any::Any;
@@ -62,182 +65,6 @@ use placement::{ordinals, GpuShare};
 use state::{Actions, GiveUp, Grant, Launch, Payload, RetryPolicy, Route, Stage, State, Wait};
 use stats::FunctionStats;
 pub(crate) use timing::Timing;
-
-/// A submitted task: its spec (what it is, as data) and its body (how it
-/// runs here).
-pub(crate) struct Task {
-    pub(crate) spec: TaskSpec,
-    pub(crate) needs: Units,
-    pub(crate) resources: Resources,
-    pub(crate) body: Arc<dyn TaskBody>,
-    /// Stops the running async attempt, or the waiter of its arguments.
-    handle: Mutex<Option<AbortHandle>>,
-    /// A sync attempt's job on the CPU pool, which a waiter may run itself.
-    job: Mutex<Option<Arc<Job>>>,
-    /// Its function's record: counts, metrics, how long its bodies take.
-    stats: Arc<FunctionStats>,
-    /// Set when it is cancelled or abandoned: a launch that races with it
-    /// does not start.
-    stopped: AtomicBool,
-    /// The submitter's span: each attempt's span is its child, so that a
-    /// task's story reads on from the code that submitted it.
-    parent: tracing::Span,
-    submitted: Instant,
-    /// The attempt launched last (0: none yet).
-    attempt: AtomicU32,
-    /// When the last attempt started and ended, in microseconds since the
-    /// Unix epoch (0: not yet).
-    started_us: AtomicU64,
-    ended_us: AtomicU64,
-    /// The node its last attempt went to, when that was another node.
-    elsewhere: Mutex<Option<NodeId>>,
-    /// Nodes that refused it (they cannot run it): placed elsewhere.
-    excluded: Mutex<Vec<NodeId>>,
-    /// How its last failed attempt failed (a retry that finds no node
-    /// fails with it).
-    last_failure: Mutex<Option<Failure>>,
-    delegated: AtomicBool,
-}
-
-impl Task {
-    pub(crate) fn new(spec: TaskSpec, body: Arc<dyn TaskBody>, stats: Arc<FunctionStats>) -> Self {
-        let resources = spec.options.needs();
-        Self {
-            needs: Units::of(&resources),
-            resources,
-            spec,
-            body,
-            handle: Mutex::new(None),
-            job: Mutex::new(None),
-            stats,
-            stopped: AtomicBool::new(false),
-            parent: tracing::Span::current(),
-            submitted: Instant::now(),
-            attempt: AtomicU32::new(0),
-            started_us: AtomicU64::new(0),
-            ended_us: AtomicU64::new(0),
-            elsewhere: Mutex::new(None),
-            excluded: Mutex::new(Vec::new()),
-            last_failure: Mutex::new(None),
-            delegated: AtomicBool::new(false),
-        }
-    }
-
-    /// The task as the state API shows it, in `state`.
-    fn info(&self, state: TaskState, here: NodeId, clock: &Clock) -> TaskInfo {
-        let attempt = self.attempt.load(Ordering::Acquire);
-        let at = |n: &AtomicU64| Some(n.load(Ordering::Acquire)).filter(|us| *us > 0);
-        let elsewhere = if self.delegated.load(Ordering::Acquire) {
-            *self.elsewhere.lock().unwrap_or_else(|e| e.into_inner())
-        } else {
-            None
-        };
-        TaskInfo {
-            id: self.spec.id,
-            function: self.spec.function.clone(),
-            state,
-            attempt: attempt.max(u32::from(!state.is_final())),
-            node: elsewhere.or((attempt > 0).then_some(here)),
-            error: None,
-            submitted_at_us: clock.unix_us(self.submitted),
-            started_at_us: at(&self.started_us),
-            ended_at_us: state
-                .is_final()
-                .then(|| at(&self.ended_us).unwrap_or_else(|| clock.now_us())),
-        }
-    }
-
-    fn set_handle(&self, handle: AbortHandle) {
-        *self.handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        // Stopped while it was being started: stop it now.
-        if self.stopped.load(Ordering::Acquire) {
-            self.abort();
-        }
-    }
-
-    fn abort(&self) {
-        self.stopped.store(true, Ordering::Release);
-        if let Some(handle) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            handle.abort();
-        }
-    }
-
-    fn error(&self, why: GiveUp) -> TaskError {
-        let task = self.spec.function.clone();
-        let id = self.spec.id;
-        match why {
-            GiveUp::Cancelled => TaskError::Cancelled { task, id },
-            GiveUp::ShutDown => TaskError::ShutDown { task, id },
-            GiveUp::Failed { attempts, failure } => match failure {
-                Failure::Panicked(m) => TaskError::Failed {
-                    task,
-                    id,
-                    attempts,
-                    cause: TaskCause::Panicked(m),
-                },
-                Failure::Error(e) => TaskError::Failed {
-                    task,
-                    id,
-                    attempts,
-                    cause: TaskCause::Error(e),
-                },
-                Failure::NodeDied(node) => TaskError::Failed {
-                    task,
-                    id,
-                    attempts,
-                    cause: TaskCause::NodeDied(node),
-                },
-                Failure::Lost(node, reason) => TaskError::Failed {
-                    task,
-                    id,
-                    attempts,
-                    cause: TaskCause::Lost { node, reason },
-                },
-                Failure::Dependency(dependency, cause) => {
-                    TaskError::dependency_failed(task, id, dependency, cause)
-                }
-                Failure::Store(cause) => TaskError::ResultNotStored { task, id, cause },
-            },
-        }
-    }
-}
-
-/// The scheduler's handle on a task.
-#[derive(Clone)]
-pub(crate) struct TaskRef(pub(crate) Arc<Task>);
-
-impl std::fmt::Debug for TaskRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.spec.id)
-    }
-}
-
-impl Payload for TaskRef {
-    fn id(&self) -> TaskId {
-        self.0.spec.id
-    }
-    fn deps(&self) -> &[ObjectId] {
-        &self.0.spec.deps
-    }
-    fn results(&self) -> &[ObjectId] {
-        &self.0.spec.results
-    }
-    fn needs(&self) -> &Units {
-        &self.0.needs
-    }
-    fn retry(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_retries: self.0.spec.options.get_max_retries(),
-            retry_exceptions: self.0.spec.options.get_retry_exceptions(),
-        }
-    }
-    fn abortable(&self) -> bool {
-        !self.0.body.blocking()
-    }
-    fn first_attempt(&self) -> u32 {
-        self.0.spec.attempt.max(1)
-    }
-}
 
 type Waiter = oneshot::Sender<Grant>;
 
@@ -603,105 +430,6 @@ impl Scheduler {
         }
     }
 
-    /// Runs one attempt: a tokio task for an async body, a CPU-thread job
-    /// for a sync one; either reports its end here.
-    fn launch(self: &Arc<Self>, launch: Launch<TaskRef>) {
-        let Launch {
-            task,
-            attempt,
-            gpus,
-        } = launch;
-        let task = task.0;
-        if task.stopped.load(Ordering::Acquire) {
-            return; // cancelled between the decision and now
-        }
-        let id = task.spec.id;
-        let launched = Instant::now();
-        task.attempt.store(attempt, Ordering::Release);
-        task.started_us
-            .store(self.clock.unix_us(launched), Ordering::Release);
-        if task.delegated.load(Ordering::Acquire) {
-            // Retried here after running elsewhere.
-            *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            task.delegated.store(false, Ordering::Release);
-        }
-        task.stats.attempt_started(
-            (attempt == 1).then(|| launched.saturating_duration_since(task.submitted)),
-        );
-        let span = tracing::debug_span!(
-            parent: &task.parent,
-            "task",
-            task = %id,
-            attempt,
-            function = %task.spec.function,
-            node = %self.node,
-        );
-        let frame = self.frame(&task, attempt, &gpus);
-        let mut record = AttemptRecord {
-            scheduler: Some(self.clone()),
-            task: task.clone(),
-            attempt,
-            began: launched,
-            thread: 0,
-            recording: self.timeline.is_recording(),
-            accounted: false,
-        };
-        match task.body.clone().launch(frame) {
-            function::Launch::Blocking(body) => {
-                let job = Job::new(Box::new(move || {
-                    record.began = Instant::now();
-                    record.thread = timeline::thread_number();
-                    let outcome = {
-                        let _entered = span.enter();
-                        body()
-                    };
-                    record.task.stats.timing.record(record.began.elapsed());
-                    let scheduler = record.end(&outcome);
-                    // What this completion launches may run next on this
-                    // thread: the body has returned.
-                    if let Some(scheduler) = scheduler {
-                        cpu_pool::as_job_ends(|| scheduler.finished(id, outcome));
-                    }
-                }));
-                *task.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
-                // Its submitter runs a short body itself, right after
-                // submitting it (`run_or_queue`): queued, it would wake a
-                // pool thread only to lose the race for it.
-                let submitter_runs = SUBMITTER_RUNS.with(Cell::get) == Some(id)
-                    && task.stats.timing.known_short()
-                    && task.spec.returns != crate::spec::Returns::Stream;
-                if !submitter_runs {
-                    self.cpus.execute(job);
-                }
-            }
-            function::Launch::Async(body) => {
-                let handle = self.tokio.spawn(async move {
-                    record.thread = timeline::thread_number();
-                    let outcome = tracing::Instrument::instrument(body, span).await;
-                    if let Some(scheduler) = record.end(&outcome) {
-                        scheduler.finished(id, outcome);
-                    }
-                });
-                task.set_handle(handle.abort_handle());
-            }
-        }
-    }
-
-    fn frame(&self, task: &Task, attempt: u32, gpus: &[GpuShare]) -> Frame {
-        Frame {
-            task: Some(Arc::new(TaskContext {
-                task_id: task.spec.id,
-                function: task.spec.function.clone(),
-                attempt,
-                node: self.node,
-                resources: task.resources.clone(),
-                gpu_ids: ordinals(gpus),
-            })),
-            actor: None,
-            runtime: self.runtime.get().cloned(),
-        }
-    }
-
     /// A running task is about to wait in `get`: its CPUs go back to the
     /// node until the returned guard drops.
     pub(crate) fn lend(self: &Arc<Self>, id: TaskId) -> Option<Lent> {
@@ -825,73 +553,6 @@ fn state_of(stage: Stage) -> TaskState {
         Stage::Running => TaskState::Running,
         Stage::Unplaced => TaskState::Unplaced,
         Stage::Delegated(_) => TaskState::Delegated,
-    }
-}
-
-/// One attempt from its launch to its end, however it ends (aborted
-/// included): counted as running meanwhile, timed, and put on the
-/// timeline if the timeline recorded when it launched.
-struct AttemptRecord {
-    /// Handed back by `end` (to report the outcome) with no extra clone.
-    scheduler: Option<Arc<Scheduler>>,
-    task: Arc<Task>,
-    attempt: u32,
-    /// When it launched; for a sync body, when the body started.
-    began: Instant,
-    /// The thread it started on.
-    thread: u64,
-    recording: bool,
-    accounted: bool,
-}
-
-impl AttemptRecord {
-    /// The attempt ended with `outcome`: accounted now; the scheduler to
-    /// report it to.
-    fn end(mut self, outcome: &Outcome) -> Option<Arc<Scheduler>> {
-        let error = match outcome {
-            Outcome::Done => None,
-            Outcome::Failed(failure) => Some(failure.to_string()),
-        };
-        self.account(error);
-        self.scheduler.take()
-    }
-
-    fn account(&mut self, error: Option<String>) {
-        if std::mem::replace(&mut self.accounted, true) {
-            return;
-        }
-        let Some(scheduler) = &self.scheduler else {
-            return;
-        };
-        let now = Instant::now();
-        let ran = now.saturating_duration_since(self.began);
-        self.task.stats.attempt_ended();
-        self.task
-            .ended_us
-            .store(scheduler.clock.unix_us(now), Ordering::Release);
-        if self.recording {
-            scheduler.timeline.record(TimelineEvent {
-                work: Work::Task {
-                    id: self.task.spec.id,
-                    function: self.task.spec.function.clone(),
-                    attempt: self.attempt,
-                },
-                start_us: scheduler.clock.unix_us(self.began),
-                duration_us: ran.as_micros() as u64,
-                thread: self.thread,
-                error,
-            });
-        }
-    }
-}
-
-impl Drop for AttemptRecord {
-    fn drop(&mut self) {
-        // Dropped without an end: aborted (cancelled, shut down), or its
-        // job was dropped unrun.
-        self.account(Some(
-            "stopped before it ended (cancelled or shut down)".to_owned(),
-        ));
     }
 }
 
