@@ -49,155 +49,13 @@ use super::units::Units;
 /// must not make every step O(n).
 const SKIP_LIMIT: usize = 64;
 
-/// What the state needs to know of a task. The driver's payload is the
-/// task itself (its spec and body); the tests use a small struct.
-pub(crate) trait Payload: Clone {
-    fn id(&self) -> TaskId;
-    fn deps(&self) -> &[ObjectId];
-    fn results(&self) -> &[ObjectId];
-    fn needs(&self) -> &Units;
-    fn retry(&self) -> RetryPolicy;
-    /// Whether a running attempt can be stopped (an async body can, at its
-    /// next await; a sync body cannot).
-    fn abortable(&self) -> bool;
-    /// The attempt it starts at: 1, or for an attempt its owner sent
-    /// here from another node, that attempt's number.
-    fn first_attempt(&self) -> u32 {
-        1
-    }
-}
+mod actions;
+mod reservations;
 
-/// When a failed attempt is tried again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RetryPolicy {
-    pub(crate) max_retries: u32,
-    pub(crate) retry_exceptions: bool,
-}
-
-impl RetryPolicy {
-    /// Whether a failure of attempt number `attempt` is retried.
-    pub(crate) fn retries(&self, failure: &Failure, attempt: u32) -> bool {
-        let retryable = match failure {
-            Failure::Panicked(_) | Failure::NodeDied(_) | Failure::Lost(..) => true,
-            Failure::Error(_) => self.retry_exceptions,
-            Failure::Dependency(..) | Failure::Store(_) => false,
-        };
-        retryable && attempt <= self.max_retries
-    }
-}
-
-/// A task with the attempt it is at, and where that attempt may run.
-#[derive(Clone, Debug)]
-pub(crate) struct Queued<P> {
-    pub(crate) task: P,
-    pub(crate) attempt: u32,
-    pub(crate) route: Route,
-}
-
-/// Where a task's attempt may run, as its owner decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Route {
-    /// Here only: there is no cluster, its owner on another node sent it
-    /// here, or the placement hook chose here.
-    Here,
-    /// Here if it fits once its arguments are made, else the placement
-    /// hook decides (spillback).
-    HereFirst,
-    /// The placement hook decides once its arguments are made (affinity
-    /// to another node, spread, infeasible here).
-    Placed,
-}
-
-/// What a waiter waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// The arguments to be made (wherever: the task may not run here).
-    Made,
-    /// The arguments to be readable here (fetched from where they were made).
-    Here,
-}
-
-/// Why a task is given up (its results fail for good).
-#[derive(Debug)]
-pub(crate) enum GiveUp {
-    /// Its last allowed attempt failed.
-    Failed {
-        attempts: u32,
-        failure: Failure,
-    },
-    Cancelled,
-    ShutDown,
-}
-
-/// One attempt to start.
-#[derive(Debug)]
-pub(crate) struct Launch<P> {
-    pub(crate) task: P,
-    pub(crate) attempt: u32,
-    pub(crate) gpus: Vec<GpuShare>,
-}
-
-/// Resources granted to an actor for its life.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Grant {
-    pub(crate) needs: Units,
-    pub(crate) gpus: Vec<GpuShare>,
-}
-
-/// What the driver must do after an event, outside the lock.
-#[must_use = "the scheduler's decisions are carried out by the driver"]
-#[derive(Debug)]
-pub(crate) struct Actions<P, W> {
-    pub(crate) launch: Vec<Launch<P>>,
-    pub(crate) give_up: Vec<(P, GiveUp)>,
-    /// Wait for these arguments (made elsewhere, or to be fetched here),
-    /// then call `deps_settled`.
-    pub(crate) watch: Vec<(TaskId, Vec<ObjectId>, Wait)>,
-    /// Stop waiting for a task's arguments (it was cancelled).
-    pub(crate) unwatch: Vec<P>,
-    /// Stop a running async attempt.
-    pub(crate) abort: Vec<P>,
-    /// Actors whose resources are granted now.
-    pub(crate) grants: Vec<(W, Grant)>,
-    /// Failed attempts that are tried again: (task, the attempt that
-    /// failed, how).
-    pub(crate) retried: Vec<(P, u32, Failure)>,
-    /// Tasks whose results are stored, with the attempt that stored them.
-    pub(crate) done: Vec<(P, u32)>,
-    /// Tasks for the placement hook: infeasible here, or retried after
-    /// running on another node.
-    pub(crate) place: Vec<Queued<P>>,
-}
-
-impl<P, W> Default for Actions<P, W> {
-    fn default() -> Self {
-        Self {
-            launch: Vec::new(),
-            give_up: Vec::new(),
-            watch: Vec::new(),
-            unwatch: Vec::new(),
-            abort: Vec::new(),
-            grants: Vec::new(),
-            retried: Vec::new(),
-            done: Vec::new(),
-            place: Vec::new(),
-        }
-    }
-}
-
-impl<P, W> Actions<P, W> {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.launch.is_empty()
-            && self.give_up.is_empty()
-            && self.watch.is_empty()
-            && self.unwatch.is_empty()
-            && self.abort.is_empty()
-            && self.grants.is_empty()
-            && self.retried.is_empty()
-            && self.done.is_empty()
-            && self.place.is_empty()
-    }
-}
+pub use actions::Counts;
+pub(crate) use actions::{
+    Actions, GiveUp, Grant, Launch, Payload, Queued, ReserveError, RetryPolicy, Route, Wait,
+};
 
 /// A running attempt.
 #[derive(Debug)]
@@ -652,62 +510,6 @@ impl<P: Payload, W> State<P, W> {
         Some((stage, actions))
     }
 
-    /// Reserves `needs` for an actor's whole life: granted now if they fit
-    /// and nobody waits ahead, else queued (granted in order as resources
-    /// come back). `Err` when they can never fit, or after shutdown.
-    pub(crate) fn reserve(
-        &mut self,
-        needs: Units,
-        waiter: W,
-    ) -> Result<Option<Grant>, (W, ReserveError)> {
-        if self.shut_down {
-            return Err((waiter, ReserveError::ShutDown));
-        }
-        if !self.feasible(&needs) {
-            return Err((waiter, ReserveError::Infeasible));
-        }
-        if self.reservations.is_empty() {
-            if let Some(grant) = self.take_for_life(&needs) {
-                return Ok(Some(grant));
-            }
-        }
-        self.reservations.push_back((needs, waiter));
-        Ok(None)
-    }
-
-    /// Reserves `needs` now or not at all.
-    pub(crate) fn try_reserve(&mut self, needs: &Units) -> Result<Option<Grant>, ReserveError> {
-        if self.shut_down {
-            return Err(ReserveError::ShutDown);
-        }
-        if !self.feasible(needs) {
-            return Err(ReserveError::Infeasible);
-        }
-        Ok(self.take_for_life(needs))
-    }
-
-    fn take_for_life(&mut self, needs: &Units) -> Option<Grant> {
-        if !needs.fits_in(&self.free) {
-            return None;
-        }
-        let gpus = self.gpus.place(needs.gpus)?;
-        needs.take_from(&mut self.free);
-        self.gpus.take(&gpus);
-        Some(Grant {
-            needs: needs.clone(),
-            gpus,
-        })
-    }
-
-    /// An actor's resources come back (it died for good).
-    pub(crate) fn release_grant(&mut self, grant: &Grant, settled: &Avail<'_>) -> Actions<P, W> {
-        grant.needs.give_back(&mut self.free);
-        self.gpus.give_back(&grant.gpus);
-        let mut actions = Actions::default();
-        self.step(settled, &mut actions);
-        actions
-    }
-
     /// Moves everything forward: grants waiting actors (in order, before
     /// tasks: a large actor is not starved by small tasks), sorts incoming
     /// tasks by the state of their arguments, and launches ready tasks
@@ -839,54 +641,6 @@ impl<P: Payload, W> State<P, W> {
         actions
     }
 
-    /// Tasks queued (arguments ready or being sorted), waiting for
-    /// arguments, and running here.
-    pub(crate) fn counts(&self) -> Counts {
-        Counts {
-            queued: self.incoming.len() + self.ready.len(),
-            waiting_for_args: self.parked + self.watched.len(),
-            running: self.running.len(),
-            unplaced: self.unplaced.len(),
-            delegated: self.delegated.len(),
-        }
-    }
-
-    /// Unfinished tasks for the state API, with where each is and its
-    /// attempt: at most `limit` of those `keep` accepts, running ones first,
-    /// then queued, waiting, unplaced and delegated ones.
-    pub(crate) fn list(
-        &self,
-        limit: usize,
-        keep: &dyn Fn(&P, Stage) -> bool,
-    ) -> Vec<(P, Stage, u32)> {
-        let running = self.running.values().map(|a| (&a.queued, Stage::Running));
-        let queued = self
-            .ready
-            .iter()
-            .chain(self.incoming.iter())
-            .map(|q| (q, Stage::Queued));
-        let waiting = self
-            .dependents
-            .values()
-            .flatten()
-            .chain(self.watched.values())
-            .map(|q| (q, Stage::WaitingForArgs));
-        let unplaced = self.unplaced.iter().map(|q| (q, Stage::Unplaced));
-        let delegated = self
-            .delegated
-            .values()
-            .map(|(q, node)| (q, Stage::Delegated(*node)));
-        running
-            .chain(queued)
-            .chain(waiting)
-            .chain(unplaced)
-            .chain(delegated)
-            .filter(|(q, stage)| keep(&q.task, *stage))
-            .take(limit)
-            .map(|(q, stage)| (q.task.clone(), stage, q.attempt))
-            .collect()
-    }
-
     /// What is free now.
     pub(crate) fn free(&self) -> &Units {
         &self.free
@@ -902,44 +656,6 @@ impl<P: Payload, W> State<P, W> {
     pub(crate) fn capacity(&self) -> &Units {
         &self.capacity
     }
-}
-
-impl<P, W> Actions<P, W> {
-    pub(crate) fn merge(&mut self, other: Actions<P, W>) {
-        self.launch.extend(other.launch);
-        self.give_up.extend(other.give_up);
-        self.watch.extend(other.watch);
-        self.unwatch.extend(other.unwatch);
-        self.abort.extend(other.abort);
-        self.grants.extend(other.grants);
-        self.retried.extend(other.retried);
-        self.done.extend(other.done);
-        self.place.extend(other.place);
-    }
-}
-
-/// Why resources could not be reserved for an actor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReserveError {
-    /// The node can never fit them.
-    Infeasible,
-    /// The runtime is shutting down.
-    ShutDown,
-}
-
-/// How many tasks are where.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts {
-    /// Arguments ready (or being sorted), waiting for resources.
-    pub queued: usize,
-    /// Waiting for arguments to be ready.
-    pub waiting_for_args: usize,
-    /// Running on this node.
-    pub running: usize,
-    /// Fitting no node known yet.
-    pub unplaced: usize,
-    /// Running on other nodes.
-    pub delegated: usize,
 }
 
 #[cfg(test)]
