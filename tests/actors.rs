@@ -710,9 +710,9 @@ impl Drop for Ended {
     }
 }
 
-/// `kill(no_restart)` used to mark the actor dead first, so the running
-/// incarnation was never stopped: its name and its GPU were handed on while
-/// its method still ran, and a queued call stayed pending.
+/// `kill(no_restart)` stops the running incarnation before the actor counts
+/// as dead: its name and its GPU are not handed on while its method still
+/// runs, and no queued call stays pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_with_no_restart_stops_the_incarnation_before_giving_anything_back() {
     let rt = troupe::init(Config::default().resources(Resources::cpus(2.0).with_gpus(1.0)))
@@ -777,8 +777,8 @@ impl Slow {
     }
 }
 
-/// Two blocking methods sleeping on a 2-worker runtime used to stall every
-/// other task (a timer, an unrelated call) until they returned.
+/// Two blocking methods sleeping on a 2-worker runtime do not stall every
+/// other task (a timer, an unrelated call) until they return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_methods_do_not_stall_the_runtime() {
     let rt = runtime().await;
@@ -800,8 +800,8 @@ async fn blocking_methods_do_not_stall_the_runtime() {
     rt.shutdown().await.unwrap();
 }
 
-/// `get_blocking` used to panic ("Cannot start a runtime from within a
-/// runtime") in sync and async actor methods.
+/// `get_blocking` works in sync and async actor methods (it must not panic
+/// with "Cannot start a runtime from within a runtime").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_blocking_works_in_actor_methods() {
     let rt = runtime().await;

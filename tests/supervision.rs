@@ -436,8 +436,8 @@ impl ractor::Actor for Stubborn {
     }
 }
 
-/// `terminate_child` used to wait without a timeout on a child that never
-/// stops (`Shutdown::Infinity`).
+/// `terminate_child` on a child that never stops (`Shutdown::Infinity`)
+/// still returns: it does not wait without a timeout.
 #[tokio::test]
 async fn terminate_child_gives_up_waiting_after_its_timeout() {
     let sup = Supervisor::spawn(SupervisorSpec::dynamic("dyn"))

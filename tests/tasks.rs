@@ -857,8 +857,8 @@ fn quick(x: u64) -> u64 {
     x + 1
 }
 
-/// `cancel` used to return true while `get` still returned the value (when
-/// cancelling as the body returned). What it returns is now what happened.
+/// `cancel` says what happened, even when it races the body's return: true
+/// only if `get` then fails as cancelled, never while it returns the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_says_exactly_whether_it_stopped_the_task() {
     let rt = runtime().await;
@@ -959,7 +959,7 @@ async fn reads_blocking(r: ObjectRef<u64>) -> u64 {
     *rt.get_blocking(&r).expect("read")
 }
 
-/// `get_blocking` used to panic from async task bodies.
+/// `get_blocking` works from async task bodies (it must not panic).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_blocking_works_in_async_task_bodies() {
     let rt = runtime().await;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RLlib and troupe-rl side by side, on this machine, in one run: PPO on
 # CartPole-v1 (seconds and env steps until the mean return of the last 100
-# episodes reaches 475, and 450, the figure issue 12 quotes for RLlib) and
+# episodes reaches 475, and 450, the figure quoted for RLlib) and
 # rollout sampling speed with policy inference.
 #
 #   benches/ray/rllib_compare.sh            # 3 seeds each (about 15-30 minutes), writes

@@ -1,9 +1,8 @@
 //! The control link: a TCP connection of Troupe's own per peer and
 //! direction, carrying the control frames (requests, replies, notices)
-//! that used to cross ractor_cluster's session actors (five actor hops each
-//! way). ractor_cluster still authenticates nodes, finds peers and reports
-//! a session's end; a frame to a peer now costs one socket write and one
-//! read.
+//! outside ractor_cluster's session actors (five actor hops each way).
+//! ractor_cluster authenticates nodes, finds peers and reports a session's
+//! end; a frame to a peer costs one socket write and one read.
 //!
 //! Each node listens ([`LinkServer`]); to send to a peer it connects to the
 //! peer's listener ([`LinkWriter::connect`]) and only writes on that

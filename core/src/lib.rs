@@ -122,7 +122,7 @@ pub mod __private {
 
 /// Makes your own ractor message types usable in a build with ractor's
 /// `cluster` feature on (any build that links `troupe-cluster`): there,
-/// ractor no longer implements `ractor::Message` for every type, so each
+/// ractor does not implement `ractor::Message` for every type, so each
 /// local message type needs an (empty) impl; elsewhere this expands to
 /// nothing. Troupe actors (`#[troupe::actor]`) need nothing.
 ///
@@ -140,7 +140,7 @@ macro_rules! local_message {
 
 /// Makes your own ractor message types usable in a build with ractor's
 /// `cluster` feature on (any build that links `troupe-cluster`): there,
-/// ractor no longer implements `ractor::Message` for every type, so each
+/// ractor does not implement `ractor::Message` for every type, so each
 /// local message type needs an (empty) impl; elsewhere this expands to
 /// nothing. Troupe actors (`#[troupe::actor]`) need nothing.
 ///

@@ -16,8 +16,8 @@
 //! - `ppo_cartpole_seconds_to_475`, `ppo_cartpole_env_steps_to_475`:
 //!   medians over seeds 0..3 (`RL_PERF_SEEDS`) of `PpoConfig::default()`
 //!   trained until the mean return of the last 100 episodes reaches 475,
-//!   timed from building the trainer; the same to 450 (the figure issue 12
-//!   quotes for RLlib), then each seed's figures.
+//!   timed from building the trainer; the same to 450 (the figure quoted
+//!   for RLlib), then each seed's figures.
 
 use std::time::{Duration, Instant};
 
