@@ -188,8 +188,8 @@ async fn oversize_objects_are_refused_with_a_clear_error() {
     rt.shutdown().await.unwrap();
 }
 
-/// `put` had no backpressure: with a 50 MB budget, 40 puts of 10 MB held
-/// 7x the budget in memory. Now a put waits for the spiller.
+/// `put` has backpressure: with a 50 MB budget, 40 puts of 10 MB never
+/// hold several times the budget in memory; a put waits for the spiller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_never_take_the_store_far_over_its_budget() {
     let budget = 640 << 10;

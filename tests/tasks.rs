@@ -903,8 +903,8 @@ fn many(n: usize) -> impl Iterator<Item = u64> {
     })
 }
 
-/// A generator's channel was unbounded: a fast producer filled the store
-/// with items nobody had read. Now it waits when the reader falls behind.
+/// A generator's channel is bounded: a fast producer does not fill the
+/// store with items nobody has read; it waits when the reader falls behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generator_waits_for_a_slow_reader() {
     let rt = runtime().await;
