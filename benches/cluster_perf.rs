@@ -13,12 +13,15 @@
 mod dag;
 #[path = "harness/mod.rs"]
 mod harness;
+#[path = "../tests/common/cluster.rs"]
+mod kit;
 
 use std::time::{Duration, Instant};
 
 use harness::{quick, timeit, Timing};
-use troupe::cluster::local::{this_program, LocalCluster, LocalNode};
-use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
+use kit::join_as_driver;
+use troupe::cluster::local::{this_program, LocalCluster};
+use troupe::cluster::{ClusterNode, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
 
@@ -53,19 +56,6 @@ fn wanted(filters: &[String], metric: &str) -> bool {
 
 fn print(metric: &str, value: f64, unit: &str) {
     println!("{metric} {value:.3} {unit}");
-}
-
-async fn driver(cluster: &LocalCluster, head: &LocalNode) -> Runtime {
-    let mut options = ClusterOptions::driver(&head.address);
-    options.cookie = Some(cluster.cookie().to_owned());
-    options.state_dir = Some(cluster.home().clone());
-    troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(options),
-    )
-    .await
-    .expect("the driver joins")
 }
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
@@ -220,7 +210,7 @@ async fn run(filters: Vec<String>) {
     let _b = cluster
         .worker(&head, &["--num-cpus", "2", "--resources", "b=1"])
         .expect("node b");
-    let rt = driver(&cluster, &head).await;
+    let rt = join_as_driver(&cluster, &head).await;
     wait_for("three nodes", || alive_nodes() == 3).await;
     print("cluster_start_seconds", began.elapsed().as_secs_f64(), "s");
 
@@ -439,7 +429,7 @@ async fn scale() {
                 .expect("a node"),
         );
     }
-    let rt = driver(&cluster, &head).await;
+    let rt = join_as_driver(&cluster, &head).await;
     wait_for("every node", || alive_nodes() == n + 1).await;
     print("scale_nodes", n as f64, "nodes");
     print("scale_join_all_seconds", began.elapsed().as_secs_f64(), "s");

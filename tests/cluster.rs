@@ -7,34 +7,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use troupe::cluster::local::{free_port, Launcher, LocalCluster, LocalNode};
+use common::cluster::{join_as_driver, processes};
+use troupe::cluster::local::{free_port, LocalCluster, LocalNode};
 use troupe::cluster::{ClusterError, ClusterNode, ClusterOptions, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
 use troupe::{NodeId, SchedulingStrategy, SpawnError, TaskCause};
 
-const NODE_ARGS: &str = "TROUPE_TEST_NODE_ARGS";
-
-/// Node mode: with `TROUPE_TEST_NODE_ARGS` set, this test is a node (it
-/// runs `troupe start ...` and exits with its status); otherwise it does
-/// nothing.
+/// Node mode: this test binary re-launched as a node (see `common::cluster`).
 #[test]
 fn node_process() {
-    let Ok(args) = std::env::var(NODE_ARGS) else {
-        return;
-    };
-    let argv =
-        std::iter::once(OsString::from("troupe")).chain(args.split('\u{1f}').map(OsString::from));
-    let code = troupe::cluster::cli::run(argv, true);
-    std::process::exit(if code == std::process::ExitCode::SUCCESS {
-        0
-    } else {
-        1
-    });
+    common::cluster::run_node_if_asked();
 }
 
 /// Where the task ran.
@@ -128,31 +113,9 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A cluster of this test binary's processes in node mode.
-fn processes(test: &str) -> LocalCluster {
-    let launcher: Launcher = Box::new(|args: &[String]| {
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
-        command
-            .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
-            .env(NODE_ARGS, args.join("\u{1f}"));
-        command
-    });
-    LocalCluster::new(test, launcher).expect("a temporary directory")
-}
-
 /// One driver per process (ractor_cluster's state is process-wide): the
 /// tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
-    let mut options = ClusterOptions::driver(&head.address);
-    options.cookie = Some(p.cookie().to_owned());
-    options.state_dir = Some(p.home().clone());
-    let config = Config::default()
-        .resources(Resources::default())
-        .cluster_node(options);
-    troupe::init(config).await.expect("the driver joins")
-}
 
 /// A head (with `head_cpus`), one worker per entry of `workers` (its
 /// flags), and this process as the driver, all up and connected.
@@ -175,7 +138,7 @@ async fn started(
         .iter()
         .map(|flags| p.worker(&head, flags).expect("a worker starts"))
         .collect();
-    let rt = driver(&p, &head).await;
+    let rt = join_as_driver(&p, &head).await;
     wait_for_nodes(1 + nodes.len()).await;
     (p, head, nodes, rt)
 }
@@ -267,7 +230,7 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
     let _turn = DRIVER.lock().await;
     let mut p = processes("pending");
     let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
-    let rt = driver(&p, &head).await;
+    let rt = join_as_driver(&p, &head).await;
     wait_for_nodes(1).await;
 
     let r = where_am_i::options(TaskOptions::default().resource("special", 1.0)).remote(&rt, 1);
@@ -276,10 +239,18 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
         .get_timeout(&r, Duration::from_millis(100))
         .await
         .is_err());
-    let (ok, status) = p
-        .run(&["status", "--address", &head.address])
-        .expect("runs");
-    assert!(ok, "{status}");
+    // The head learns of it with the driver's next heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (ok, status) = p
+            .run(&["status", "--address", &head.address])
+            .expect("runs");
+        assert!(ok, "{status}");
+        if status.contains("1 pending") || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         status.contains("1 pending"),
         "the driver's pending task shows: {status}"
@@ -303,7 +274,7 @@ async fn a_sigkilled_node_is_declared_dead_and_its_work_moves_or_fails_as_it_sho
     let victim = p
         .worker(&head, &["--num-cpus", "2", "--resources", "victim=1"])
         .expect("a worker starts");
-    let rt = driver(&p, &head).await;
+    let rt = join_as_driver(&p, &head).await;
     wait_for_nodes(2).await;
     let mut events = rt.cluster_events();
 

@@ -7,32 +7,21 @@ mod common;
 #[path = "dag/mod.rs"]
 mod dag;
 
-use std::ffi::OsString;
 use std::process::Command;
 use std::time::Duration;
 
-use troupe::cluster::local::{binary, Launcher, LocalCluster, LocalNode};
+use common::cluster::{join_as_driver, processes};
+use troupe::cluster::local::{binary, LocalCluster, LocalNode};
 use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
 use troupe::prelude::*;
 use troupe::SchedulingStrategy;
 
-const NODE_ARGS: &str = "TROUPE_TEST_NODE_ARGS";
 const DRIVER_ARGS: &str = "TROUPE_TEST_DRIVER_ARGS";
 
-/// Node mode: with `TROUPE_TEST_NODE_ARGS` set, this test is a node.
+/// Node mode: this test binary re-launched as a node (see `common::cluster`).
 #[test]
 fn node_process() {
-    let Ok(args) = std::env::var(NODE_ARGS) else {
-        return;
-    };
-    let argv =
-        std::iter::once(OsString::from("troupe")).chain(args.split('\u{1f}').map(OsString::from));
-    let code = troupe::cluster::cli::run(argv, true);
-    std::process::exit(if code == std::process::ExitCode::SUCCESS {
-        0
-    } else {
-        1
-    });
+    common::cluster::run_node_if_asked();
 }
 
 /// Driver mode: with `TROUPE_TEST_DRIVER_ARGS` (`head address|cookie|home`)
@@ -166,31 +155,6 @@ impl Holder {
 
 /// One driver per process: the tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn processes(test: &str) -> LocalCluster {
-    let launcher: Launcher = Box::new(|args: &[String]| {
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
-        command
-            .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
-            .env(NODE_ARGS, args.join("\u{1f}"));
-        command
-    });
-    LocalCluster::new(test, launcher).expect("a temporary directory")
-}
-
-/// A driver (no CPUs of its own) joining `head`'s cluster in this process.
-async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
-    let mut options = ClusterOptions::driver(&head.address);
-    options.state_dir = Some(p.home().clone());
-    options.cookie = Some(p.cookie().to_owned());
-    troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(options),
-    )
-    .await
-    .expect("the driver joins")
-}
 
 /// A head from the `troupe` binary, `workers` nodes of this binary with 2
 /// CPUs each, and this process as a driver offering none.

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod http;
 
 use std::sync::{Arc, Mutex};

@@ -84,15 +84,28 @@ impl Shared {
                 };
                 let shared = self.clone();
                 let transport = transport.clone();
-                // A stop is answered first, then carried out: the node
-                // ends once its answer is in the socket.
-                let stops = matches!(body, Request::Stop | Request::StopCluster);
+                // A stop is answered first, then carried out. A member ends
+                // once its answer is in the socket (the head takes its end
+                // as an answer too); the head once the requester, which
+                // leaves when it has the answer, is gone: its answer must
+                // not race the end of its session.
+                let stop = match body {
+                    Request::Stop => Some(false),
+                    Request::StopCluster => Some(true),
+                    _ => None,
+                };
                 tokio::spawn(async move {
                     let reply = shared.answer(&rt, from, body).await;
-                    let stopping = stops && matches!(reply, Reply::Ok);
+                    let stopping = stop.filter(|_| matches!(reply, Reply::Ok));
                     transport.reply(from, id, reply);
-                    if stopping {
-                        let _ = tokio::time::timeout(STOP_ACK, transport.flushed(from)).await;
+                    if let Some(whole_cluster) = stopping {
+                        let _ = tokio::time::timeout(STOP_ACK, async {
+                            transport.flushed(from).await;
+                            if whole_cluster {
+                                transport.disconnected(from).await;
+                            }
+                        })
+                        .await;
                         shared.end("stopped by `troupe stop`".to_owned());
                     }
                 });

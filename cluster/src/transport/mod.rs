@@ -154,7 +154,8 @@ impl Peer {
 pub(crate) struct Transport {
     me: NodeId,
     peers: DashMap<NodeId, Peer>,
-    /// Bumped whenever a peer becomes connected (waiters re-check).
+    /// Bumped whenever a peer becomes connected or stops being so (waiters
+    /// re-check).
     peers_changed: watch::Sender<u64>,
     pending: DashMap<u64, Waiting>,
     next_id: AtomicU64,
@@ -275,6 +276,7 @@ impl Transport {
             }
             let down = (before && !after) || session_ended;
             if down {
+                self.peers_changed.send_modify(|n| *n += 1);
                 let _ = self.events.send(Inbound::PeerDown(node));
             }
             (result, before && !after || session_ended)
@@ -436,6 +438,17 @@ impl Transport {
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => return Err(TransportError::NoSession(node)),
+            }
+        }
+    }
+
+    /// Resolves once `node` is no longer connected (its session or a link
+    /// ended).
+    pub(crate) async fn disconnected(&self, node: NodeId) {
+        let mut changed = self.peers_changed.subscribe();
+        while self.connected(node) {
+            if changed.changed().await.is_err() {
+                return;
             }
         }
     }
