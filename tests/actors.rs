@@ -526,7 +526,10 @@ async fn resources_are_held_by_the_actor_and_given_back_when_it_dies() {
         rt2.spawn_actor(ActorOptions::new().resources(needs2), || Other)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually("the second spawn waits for the resources", || {
+        rt.task_summary().actors_waiting == 1
+    })
+    .await;
     assert!(
         !second.is_finished(),
         "placed while the resources were held"

@@ -177,8 +177,9 @@ pub(crate) enum ReserveError {
     ShutDown,
 }
 
-/// How many tasks are where.
+/// How many tasks are where (and how many actor spawns wait for resources).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Counts {
     /// Arguments ready (or being sorted), waiting for resources.
     pub queued: usize,
@@ -190,6 +191,10 @@ pub struct Counts {
     pub unplaced: usize,
     /// Running on other nodes.
     pub delegated: usize,
+    /// Actor spawns waiting for their lifelong resources, in order (not
+    /// tasks: counted apart).
+    #[serde(default)]
+    pub actors_waiting: usize,
 }
 
 /// What the state reports (the state API's counts and listing).
@@ -203,6 +208,7 @@ impl<P: Payload, W> State<P, W> {
             running: self.running.len(),
             unplaced: self.unplaced.len(),
             delegated: self.delegated.len(),
+            actors_waiting: self.reservations.len(),
         }
     }
 
