@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{eventually, next_event, runtime, within};
 use troupe::prelude::*;
@@ -761,16 +761,56 @@ async fn kill_with_no_restart_stops_the_incarnation_before_giving_anything_back(
 
 struct Slow;
 
+/// A gate a test opens: a blocking method holds its thread until then.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// How many methods are holding.
+    waiting: AtomicU32,
+}
+
+impl Gate {
+    fn hold(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate however the test ends, so no thread stays blocked.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 #[troupe::actor]
 impl Slow {
-    /// Blocks its thread; `#[blocking]` hands the worker's other tasks on.
+    /// Blocks its thread until the gate opens; `#[blocking]` hands the
+    /// worker's other tasks on.
     #[blocking]
-    pub fn sleep(&mut self, ms: u64) {
-        std::thread::sleep(Duration::from_millis(ms));
+    pub fn hold(&mut self, gate: Arc<Gate>) {
+        gate.hold();
     }
 
     /// Reads an object from sync code running on a runtime worker.
-    pub fn read(&self, rt: Runtime, r: ObjectRef<u64>) -> Result<u64, ObjectError> {
+    pub fn read(
+        &self,
+        rt: Runtime,
+        r: ObjectRef<u64>,
+        reading: Arc<AtomicU32>,
+    ) -> Result<u64, ObjectError> {
+        reading.fetch_add(1, Ordering::SeqCst);
         rt.get_blocking(&r).map(|v| *v)
     }
 
@@ -780,26 +820,35 @@ impl Slow {
     }
 }
 
-/// Two blocking methods sleeping on a 2-worker runtime do not stall every
-/// other task (a timer, an unrelated call) until they return.
+/// Two blocking methods holding both workers of a 2-worker runtime do not
+/// stall every other task: a timer and an unrelated call complete while
+/// they still hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_methods_do_not_stall_the_runtime() {
     let rt = runtime().await;
     let a = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
     let b = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
     let other = rt.spawn_actor(ActorOptions::new(), || Other).await.unwrap();
-    let (sa, sb) = (a.sleep(1000), b.sleep(1000));
-    tokio::time::sleep(Duration::from_millis(50)).await; // both are sleeping
-    let began = Instant::now();
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(other.ping().await.unwrap(), "pong");
-    let took = began.elapsed();
-    assert!(
-        took < Duration::from_millis(500),
-        "a 10 ms timer and a call took {took:?} while two methods blocked"
-    );
-    sa.await.unwrap();
-    sb.await.unwrap();
+    let gate = Arc::new(Gate::default());
+    let release = OpenOnDrop(gate.clone());
+    let (ha, hb) = (a.hold(gate.clone()), b.hold(gate.clone()));
+    eventually("both methods hold their threads", || {
+        gate.waiting.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let pong = within("a timer and a call while two methods block", async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        other.ping().await
+    })
+    .await;
+    assert_eq!(pong.unwrap(), "pong");
+    assert_eq!(gate.waiting.load(Ordering::SeqCst), 2, "they still hold");
+    drop(release);
+    within("the held methods", async {
+        ha.await.unwrap();
+        hb.await.unwrap();
+    })
+    .await;
     rt.shutdown().await.unwrap();
 }
 
@@ -810,8 +859,9 @@ async fn get_blocking_works_in_actor_methods() {
     let rt = runtime().await;
     let a = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
     let (r, done) = rt.objects().pending::<u64>();
-    let reading = a.read(rt.clone(), r.clone());
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Arc::new(AtomicU32::new(0));
+    let reading = a.read(rt.clone(), r.clone(), started.clone());
+    eventually("the method reads", || started.load(Ordering::SeqCst) == 1).await;
     done.complete(5).unwrap();
     assert_eq!(within("sync read", reading).await.unwrap().unwrap(), 5);
     assert_eq!(a.read_async(rt.clone(), r).await.unwrap().unwrap(), 5);
@@ -825,7 +875,7 @@ async fn get_blocking_on_a_current_thread_runtime_is_an_error() {
     let rt = runtime().await;
     let a = rt.spawn_actor(ActorOptions::new(), || Slow).await.unwrap();
     let (r, _done) = rt.objects().pending::<u64>();
-    let err = within("read", a.read(rt.clone(), r))
+    let err = within("read", a.read(rt.clone(), r, Arc::default()))
         .await
         .unwrap()
         .unwrap_err();

@@ -36,6 +36,9 @@ pub(crate) struct Hub {
     pub(crate) closed: AtomicBool,
     /// Snapshots taken so far.
     polls: AtomicU64,
+    /// The poller waits for a page to open (it takes no snapshot and
+    /// listens to no event meanwhile).
+    idle: AtomicBool,
 }
 
 /// Counts an open page while it lives.
@@ -65,6 +68,7 @@ impl Hub {
             samples: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
             polls: AtomicU64::new(0),
+            idle: AtomicBool::new(false),
         })
     }
 
@@ -91,6 +95,11 @@ impl Hub {
     /// How many snapshots were taken so far.
     pub(crate) fn polls(&self) -> u64 {
         self.polls.load(Ordering::Acquire)
+    }
+
+    /// Whether the poller waits for a page to open, costing nothing.
+    pub(crate) fn idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
     }
 
     /// The update interval.
@@ -134,8 +143,10 @@ impl Hub {
     pub(crate) async fn run_poller(self: Arc<Self>) {
         loop {
             while self.clients() == 0 {
+                self.idle.store(true, Ordering::Release);
                 self.wake.notified().await;
             }
+            self.idle.store(false, Ordering::Release);
             let Some(runtime) = self.runtime.upgrade() else {
                 return;
             };

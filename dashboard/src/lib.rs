@@ -135,7 +135,7 @@ fn endpoint(runtime: &Runtime, name: &str) -> Option<String> {
 /// [`Snapshot`] per change), `/api/snapshot` (the latest one),
 /// `/api/state?state=failed&function=f&limit=100` (the state API),
 /// `/api/timeline` (the Chrome trace, once the timeline has recorded),
-/// `/api/status` (open pages, snapshots taken), `/healthz`.
+/// `/api/status` (open pages, snapshots taken, whether the poller idles), `/healthz`.
 #[derive(Clone, Debug)]
 pub struct Dashboard {
     addr: String,

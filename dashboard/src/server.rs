@@ -296,12 +296,14 @@ async fn events(Extract(app): Extract<App>) -> Response {
         .into_response()
 }
 
-/// The dashboard itself: open pages, snapshots taken, the interval.
+/// The dashboard itself: open pages, snapshots taken, whether the poller
+/// idles (no page open), the interval.
 async fn status(Extract(app): Extract<App>) -> Response {
     json(
         serde_json::json!({
             "clients": app.hub.clients(),
             "polls": app.hub.polls(),
+            "idle": app.hub.idle(),
             "interval_ms": app.hub.interval().as_millis() as u64,
         })
         .to_string(),
