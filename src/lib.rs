@@ -38,12 +38,12 @@ pub use troupe_core::register_cause;
 pub use troupe_core::{
     actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
     task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef,
-    Availability, Blob, Cause, ClusterSeams, Config, Encoded, Fetched, GetSize, GpuDetector,
-    GpuInfo, IntoArg, Limit, LookupError, NodeId, Object, ObjectDirectory, ObjectError, ObjectId,
-    ObjectRef, ObjectStore, ObjectStream, Pending, Resources, Runtime, SchedulingStrategy,
-    ShutdownError, SpawnError, State, StateQuery, StoreConfig, SupervisionEvent, SupervisorError,
-    TaskCause, TaskContext, TaskError, TaskFilter, TaskId, TaskInfo, TaskOptions, TaskState,
-    TimelineError, TimelineEvent,
+    Availability, Blob, CallProblem, Cause, ClusterSeams, Config, Encoded, Fetched, GetSize,
+    GpuDetector, GpuInfo, IntoArg, Limit, LookupError, NodeId, Object, ObjectDirectory,
+    ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending, Resources, Runtime,
+    SchedulingStrategy, ShutdownError, SpawnError, State, StateQuery, StoreConfig,
+    SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskFilter, TaskId,
+    TaskInfo, TaskOptions, TaskState, TimelineError, TimelineEvent,
 };
 pub use troupe_macros::{actor, remote};
 

@@ -15,7 +15,7 @@ use troupe::prelude::*;
 use troupe::runtime::{
     ChildKind, ChildView, RunningService, RuntimeService, ServiceError, StateQuery, SupervisorView,
 };
-use troupe::{TaskFilter, TaskState};
+use troupe::{TaskFilter, TaskState, TimelineError};
 
 #[troupe::remote]
 fn double(x: u64) -> u64 {
@@ -272,6 +272,7 @@ async fn the_timeline_is_a_chrome_trace_with_one_event_per_task() {
     let path = std::env::temp_dir().join(format!("troupe-timeline-{}.json", std::process::id()));
     // Off by default: asking for it says how to turn it on.
     let err = rt.timeline(&path).unwrap_err();
+    assert!(matches!(err, TimelineError::NotRecorded), "{err}");
     assert!(err.to_string().contains("record_timeline"), "{err}");
 
     assert!(rt.record_timeline(true));

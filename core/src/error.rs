@@ -158,17 +158,38 @@ pub enum ActorError {
         /// How long it waited.
         after: Duration,
     },
-    /// A call by name could not be made: no such method, arguments that do
-    /// not decode, a result that does not encode.
-    #[error("call to {method} on {actor} by name failed: {reason}")]
+    /// The call could not be made: `problem` says which part was wrong,
+    /// `reason` says how.
+    #[error("call to {method} on {actor} failed: {reason}")]
     BadCall {
         /// Which actor.
         actor: Arc<ActorInfo>,
         /// The method named.
         method: String,
-        /// What is wrong.
+        /// Which part of the call was wrong.
+        problem: CallProblem,
+        /// What is wrong, and what to do about it.
         reason: String,
     },
+}
+
+/// Which part of an actor call could not be made ([`ActorError::BadCall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CallProblem {
+    /// No method of that name is registered for the actor's type (the
+    /// caller runs another build).
+    NoSuchMethod,
+    /// The arguments did not encode, or did not decode as the method's
+    /// parameters.
+    Arguments,
+    /// The result did not encode, or the reply did not decode as the
+    /// method's result type.
+    Result,
+    /// The actor is on another node and this method cannot be called there:
+    /// its arguments or result are not serde types, it borrows, or it takes
+    /// a closure.
+    NotRemotable,
 }
 
 /// Looking an actor up by name failed.

@@ -53,7 +53,8 @@ pub mod timeline;
 
 pub use actor::{Actor, ActorHandle, ActorInfo, ActorOptions, Limit, Pending};
 pub use error::{
-    ActorError, LookupError, ShutdownError, SpawnError, TaskCause, TaskError, TimelineError,
+    ActorError, CallProblem, LookupError, ShutdownError, SpawnError, TaskCause, TaskError,
+    TimelineError,
 };
 pub use generator::ObjectStream;
 pub use ids::{ActorId, TaskId};
@@ -111,7 +112,7 @@ pub mod __private {
     pub use crate::generator::StreamSink;
     pub use crate::registry::{
         build_task, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method, NoRemoteCall,
-        NotByName, NotByNameNew, RemoteCall, RemoteFunction, Wire, WireNew,
+        NotByName, NotByNameNew, Refusal, RemoteCall, RemoteFunction, Wire, WireNew,
     };
     pub use crate::spec::Arg;
     pub use futures::future::BoxFuture;

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use troupe_objects::{AnyObjectRef, Encoded, ObjectError, ObjectStore};
 
 use crate::actor::{Actor, ActorOptions, Factory};
-use crate::error::{ActorError, SpawnError, TaskError};
+use crate::error::{ActorError, CallProblem, SpawnError, TaskError};
 use crate::function::{Failure, RemoteFn, Returns, Start, TypedTask};
 use crate::generator;
 use crate::ids::ActorId;
@@ -137,10 +137,14 @@ inventory::collect!(ActorType);
 #[doc(hidden)]
 pub type EncodedReply = BoxFuture<'static, Result<Encoded, ActorError>>;
 
+/// Why a call by name was refused before it reached the actor.
+#[doc(hidden)]
+pub type Refusal = (CallProblem, String);
+
 /// Calls a method on the actor whose slot is given, with encoded arguments.
 #[doc(hidden)]
 pub type MethodCall =
-    fn(Arc<dyn Any + Send + Sync>, &ObjectStore, &[u8]) -> Result<EncodedReply, String>;
+    fn(Arc<dyn Any + Send + Sync>, &ObjectStore, &[u8]) -> Result<EncodedReply, Refusal>;
 
 /// A spawn in progress: the new actor's id, or why it did not start.
 #[doc(hidden)]
@@ -386,7 +390,8 @@ impl Runtime {
             let err = ActorError::BadCall {
                 actor: info,
                 method: method.to_owned(),
-                reason: "no such method is registered for its type".to_owned(),
+                problem: CallProblem::NoSuchMethod,
+                reason: "no such method is registered for its type; is every node running the same build?".to_owned(),
             };
             return Box::pin(async move { Err(err) });
         };
@@ -396,10 +401,11 @@ impl Runtime {
         };
         match dispatched {
             Ok(reply) => reply,
-            Err(reason) => {
+            Err((problem, reason)) => {
                 let err = ActorError::BadCall {
                     actor: info,
                     method: method.to_owned(),
+                    problem,
                     reason,
                 };
                 Box::pin(async move { Err(err) })

@@ -163,11 +163,12 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
                 slot: ::std::sync::Arc<dyn ::std::any::Any + ::std::marker::Send + ::std::marker::Sync>,
                 store: &::troupe::ObjectStore,
                 bytes: &[u8],
-            ) -> ::std::result::Result<::troupe::__private::EncodedReply, ::std::string::String> {
+            ) -> ::std::result::Result<::troupe::__private::EncodedReply, ::troupe::__private::Refusal> {
                 (&::troupe::__private::Wire::<(#(#arg_types,)*), #output>::new()).method::<#self_ty>(
                     slot,
                     store,
                     bytes,
+                    #name_str,
                     |handle: &#handle, (#(#args,)*): (#(#arg_types,)*)| handle.#name(#(#args),*),
                 )
             }
@@ -187,6 +188,7 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
                     return ::troupe::Pending::ready(::std::result::Result::Err(::troupe::ActorError::BadCall {
                         actor: __remote.info_arc(),
                         method: #name_str.to_owned(),
+                        problem: ::troupe::CallProblem::NotRemotable,
                         reason: "the actor is on another node, and this method borrows (its arguments or result hold references), so it cannot be called there".to_owned(),
                     }));
                 }

@@ -12,7 +12,7 @@ use super::call::{Async, CallCell, Inline, MayBlock, Pending};
 use super::slot::{Forbid, Signal, Slot};
 use super::StopHow;
 use super::{Actor, ActorOptions};
-use crate::error::ActorError;
+use crate::error::{ActorError, CallProblem};
 use crate::ids::ActorOwner;
 use crate::ids::{ActorId, ActorInfo};
 use troupe_objects::{Encoded, ObjectStore};
@@ -237,6 +237,7 @@ impl RemoteActor {
                 return Pending::ready(Err(ActorError::BadCall {
                     actor: self.info.clone(),
                     method: method.to_owned(),
+                    problem: CallProblem::Arguments,
                     reason: format!("its arguments did not encode: {err}"),
                 }))
             }
@@ -252,6 +253,7 @@ impl RemoteActor {
                 .map_err(|err| ActorError::BadCall {
                     actor: info,
                     method: method.to_owned(),
+                    problem: CallProblem::Result,
                     reason: format!("its reply did not decode: {err}"),
                 })
         })
@@ -349,6 +351,7 @@ impl<A: Actor> ActorHandle<A> {
             Target::Remote(remote) => Err(Pending::ready(Err(ActorError::BadCall {
                 actor: remote.info.clone(),
                 method: method.to_owned(),
+                problem: CallProblem::NotRemotable,
                 reason: "the actor is on another node, and a closure cannot travel: call it through its typed handle's methods".to_owned(),
             }))),
         }

@@ -28,8 +28,9 @@ pub trait ByName<Args, R> {
         slot: Arc<dyn Any + Send + Sync>,
         store: &ObjectStore,
         bytes: &[u8],
+        name: &'static str,
         call: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
-    ) -> Result<EncodedReply, String>;
+    ) -> Result<EncodedReply, Refusal>;
 }
 
 impl<Args, R> ByName<Args, R> for Wire<Args, R>
@@ -42,20 +43,25 @@ where
         slot: Arc<dyn Any + Send + Sync>,
         store: &ObjectStore,
         bytes: &[u8],
+        name: &'static str,
         call: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
-    ) -> Result<EncodedReply, String> {
-        let handle = crate::actor::handle_from_slot::<A>(slot)
-            .ok_or_else(|| format!("the actor is not a {}", A::NAME))?;
+    ) -> Result<EncodedReply, Refusal> {
+        let handle = crate::actor::handle_from_slot::<A>(slot).ok_or_else(|| {
+            let reason = format!("the actor is not a {}", A::NAME);
+            (CallProblem::NoSuchMethod, reason)
+        })?;
         let info = handle.info_arc();
-        let args: Args = store
-            .decode(bytes)
-            .map_err(|e| format!("its arguments did not decode: {e}"))?;
+        let args: Args = store.decode(bytes).map_err(|e| {
+            let reason = format!("its arguments did not decode: {e}");
+            (CallProblem::Arguments, reason)
+        })?;
         let pending = call(&A::Handle::from(handle), args);
         Ok(Box::pin(async move {
             let value = pending.await?;
             Encoded::of(&value).map_err(|e| ActorError::BadCall {
                 actor: info,
-                method: String::new(),
+                method: name.to_owned(),
+                problem: CallProblem::Result,
                 reason: format!("its result did not encode: {e}"),
             })
         }))
@@ -69,8 +75,9 @@ pub trait NotByName<Args, R> {
         slot: Arc<dyn Any + Send + Sync>,
         store: &ObjectStore,
         bytes: &[u8],
+        name: &'static str,
         call: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
-    ) -> Result<EncodedReply, String>;
+    ) -> Result<EncodedReply, Refusal>;
 }
 
 impl<Args, R> NotByName<Args, R> for &Wire<Args, R> {
@@ -79,13 +86,15 @@ impl<Args, R> NotByName<Args, R> for &Wire<Args, R> {
         _: Arc<dyn Any + Send + Sync>,
         _: &ObjectStore,
         _: &[u8],
+        _: &'static str,
         _: impl FnOnce(&A::Handle, Args) -> crate::actor::Pending<R>,
-    ) -> Result<EncodedReply, String> {
-        Err(format!(
+    ) -> Result<EncodedReply, Refusal> {
+        let reason = format!(
             "its arguments ({}) or result ({}) are not serializable, so it cannot be called by name; make them Serialize + Deserialize + Clone",
             std::any::type_name::<Args>(),
             std::any::type_name::<R>()
-        ))
+        );
+        Err((CallProblem::NotRemotable, reason))
     }
 }
 
@@ -138,6 +147,7 @@ impl<Args, R> NoRemoteCall<Args, R> for &Wire<Args, R> {
         crate::actor::Pending::ready(Err(ActorError::BadCall {
             actor: remote.info_arc(),
             method: method.to_owned(),
+            problem: CallProblem::NotRemotable,
             reason: format!(
                 "the actor is on another node, and this method's arguments ({}) or result ({}) are not serde types, so they cannot travel",
                 std::any::type_name::<Args>(),

@@ -342,6 +342,9 @@ mod tests {
         let err = c
             .check_matches(p, "Pendulum-v1", &obs, &act, &PpoConfig::default())
             .unwrap_err();
-        assert!(err.to_string().contains("env"), "{err}");
+        assert!(
+            matches!(&err, CheckpointError::ConfigMismatch { field, .. } if field == "env"),
+            "{err}"
+        );
     }
 }

@@ -204,29 +204,48 @@ impl PpoConfig {
 
     /// Checks every value; the error names the field and says what is allowed.
     pub fn validate(&self) -> Result<(), RlError> {
-        let bad = |what: &str| Err(RlError::Config(what.to_owned()));
-        if self.num_workers == 0 || self.envs_per_worker == 0 || self.fragment_len == 0 {
-            return bad("num_workers, envs_per_worker and fragment_len must each be at least 1");
+        let bad = |field: &'static str, reason: &str| {
+            Err(RlError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        for (field, n) in [
+            ("num_workers", self.num_workers),
+            ("envs_per_worker", self.envs_per_worker),
+            ("fragment_len", self.fragment_len),
+            ("update_epochs", self.update_epochs),
+            ("num_minibatches", self.num_minibatches),
+            ("learner_threads", self.learner_threads),
+        ] {
+            if n == 0 {
+                return bad(field, "must be at least 1");
+            }
         }
         if self.hidden.is_empty() || self.hidden.contains(&0) {
-            return bad("hidden must list at least one layer width, none of them 0");
+            return bad(
+                "hidden",
+                "must list at least one layer width, none of them 0",
+            );
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad("learning_rate must be positive and finite");
+            return bad("learning_rate", "must be positive and finite");
         }
-        if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.gae_lambda) {
-            return bad("gamma and gae_lambda must be in [0, 1]");
-        }
-        if self.update_epochs == 0 || self.num_minibatches == 0 {
-            return bad("update_epochs and num_minibatches must each be at least 1");
+        for (field, v) in [("gamma", self.gamma), ("gae_lambda", self.gae_lambda)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(field, "must be in [0, 1]");
+            }
         }
         if self.num_minibatches > self.batch_size() {
-            return bad("num_minibatches exceeds the batch size (num_workers × envs_per_worker × fragment_len)");
+            return bad(
+                "num_minibatches",
+                "exceeds the batch size (num_workers × envs_per_worker × fragment_len)",
+            );
         }
         if !(self.clip_coef > 0.0 && self.clip_coef.is_finite()) {
-            return bad("clip_coef must be positive and finite");
+            return bad("clip_coef", "must be positive and finite");
         }
-        for (name, v) in [
+        for (field, v) in [
             ("entropy_coef", self.entropy_coef),
             ("value_coef", self.value_coef),
             ("max_grad_norm", self.max_grad_norm),
@@ -234,32 +253,32 @@ impl PpoConfig {
             ("num_cpus_per_worker", self.num_cpus_per_worker),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
-                return Err(RlError::Config(format!(
-                    "{name} must be finite and not negative, not {v}"
-                )));
+                return bad(field, &format!("must be finite and not negative, not {v}"));
             }
         }
-        if self.max_grad_norm == 0.0 || self.adam_eps == 0.0 {
-            return bad("max_grad_norm and adam_eps must be positive");
+        for (field, v) in [
+            ("max_grad_norm", self.max_grad_norm),
+            ("adam_eps", self.adam_eps),
+        ] {
+            if v == 0.0 {
+                return bad(field, "must be positive");
+            }
         }
         if let Some(kl) = self.target_kl {
             if !(kl > 0.0 && kl.is_finite()) {
-                return bad("target_kl must be positive and finite");
+                return bad("target_kl", "must be positive and finite");
             }
         }
         if let Some(gpus) = self.learner_gpus {
             if !(gpus >= 0.0 && gpus.is_finite()) {
-                return bad("learner_gpus must be finite and not negative");
+                return bad("learner_gpus", "must be finite and not negative");
             }
         }
         if self.anneal_lr && self.total_env_steps == 0 {
-            return bad("total_env_steps must be positive when anneal_lr is on");
+            return bad("total_env_steps", "must be positive when anneal_lr is on");
         }
         if self.sample_timeout.is_zero() {
-            return bad("sample_timeout must be positive");
-        }
-        if self.learner_threads == 0 {
-            return bad("learner_threads must be at least 1");
+            return bad("sample_timeout", "must be positive");
         }
         Ok(())
     }
@@ -284,14 +303,40 @@ mod tests {
         PpoConfig::default().validate().unwrap();
         PpoConfig::cleanrl().validate().unwrap();
         let err = PpoConfig::default().gamma(1.5).validate().unwrap_err();
-        assert!(err.to_string().contains("gamma"), "{err}");
+        assert!(
+            matches!(err, RlError::Config { field: "gamma", .. }),
+            "{err}"
+        );
         let err = PpoConfig::default().hidden(vec![]).validate().unwrap_err();
-        assert!(err.to_string().contains("hidden"), "{err}");
+        assert!(
+            matches!(
+                err,
+                RlError::Config {
+                    field: "hidden",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = PpoConfig::default()
             .entropy_coef(f64::NAN)
             .validate()
             .unwrap_err();
-        assert!(err.to_string().contains("entropy_coef"), "{err}");
+        assert!(
+            matches!(
+                err,
+                RlError::Config {
+                    field: "entropy_coef",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = PpoConfig::default().num_workers(0).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid PPO config: num_workers must be at least 1"
+        );
     }
 
     #[test]

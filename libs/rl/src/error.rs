@@ -25,8 +25,21 @@ pub enum RlError {
         source: EnvError,
     },
     /// A configuration value makes no sense.
-    #[error("invalid PPO config: {0}")]
-    Config(String),
+    #[error("invalid PPO config: {field} {reason}")]
+    Config {
+        /// The `PpoConfig` field at fault.
+        field: &'static str,
+        /// What is allowed, or why the value cannot work.
+        reason: String,
+    },
+    /// The environment's action space is one no policy here can act in.
+    #[error("unsupported action space {space}: {reason}")]
+    UnsupportedSpace {
+        /// The space, as the environment describes it.
+        space: String,
+        /// Why, and what is supported.
+        reason: String,
+    },
     /// Weights that do not fit the policy's shape.
     #[error("the weights do not fit the policy: {0}")]
     WeightsMismatch(String),

@@ -45,9 +45,10 @@ impl ActionHead {
             Space::Discrete { n } if *n <= 1 << 24 => {
                 Ok(ActionHead::Categorical { n: *n as usize })
             }
-            Space::Discrete { n } => Err(RlError::Config(format!(
-                "Discrete({n}) has more actions than a policy here supports (2^24)"
-            ))),
+            Space::Discrete { n } => Err(RlError::UnsupportedSpace {
+                space: format!("Discrete({n})"),
+                reason: "more actions than a policy here supports (2^24)".to_owned(),
+            }),
             Space::Box { low, high } => Ok(ActionHead::Gaussian {
                 low: low.clone(),
                 high: high.clone(),

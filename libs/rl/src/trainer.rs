@@ -217,10 +217,13 @@ impl Trainer {
             let (child, handle) = rt
                 .actor_child(options, move || RolloutWorker::new(setup.clone()))
                 .map_err(|err| match err {
-                    SpawnError::ResourcesBusy { .. } | SpawnError::Infeasible { .. } => RlError::Config(format!(
-                        "{} workers × {} CPUs do not fit this node ({err}); lower num_workers or num_cpus_per_worker",
-                        config.num_workers, config.num_cpus_per_worker
-                    )),
+                    SpawnError::ResourcesBusy { .. } | SpawnError::Infeasible { .. } => RlError::Config {
+                        field: "num_cpus_per_worker",
+                        reason: format!(
+                            "× num_workers ({} × {}) do not fit this node ({err}); lower num_workers or num_cpus_per_worker",
+                            config.num_cpus_per_worker, config.num_workers
+                        ),
+                    },
                     other => RlError::Spawn(other),
                 })?;
             tree = tree.child(child);
