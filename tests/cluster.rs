@@ -14,6 +14,7 @@ use troupe::cluster::local::{free_port, LocalCluster, LocalNode};
 use troupe::cluster::{ClusterError, ClusterNode, ClusterOptions, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
+use troupe::task::{TaskId, TraceContext};
 use troupe::{NodeId, SchedulingStrategy, SpawnError, TaskCause};
 
 /// Node mode: this test binary re-launched as a node (see `common::cluster`).
@@ -27,6 +28,33 @@ fn node_process() {
 async fn where_am_i(ms: u64) -> NodeId {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     troupe::task::current().expect("in a task").node
+}
+
+/// Runs on `node`.
+fn on(node: NodeId) -> TaskOptions {
+    TaskOptions::default()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false })
+}
+
+/// The running task, its place in its tree of tasks, and its node.
+fn current_trace() -> (TaskId, TraceContext, NodeId) {
+    let me = troupe::task::current().expect("in a task");
+    (me.task_id, me.trace, me.node)
+}
+
+/// Where a task ran and its place in its tree of tasks.
+#[troupe::remote]
+fn trace_here() -> (TaskId, TraceContext, NodeId) {
+    current_trace()
+}
+
+/// The same for itself and for a child it submits to run on `child_node`.
+#[troupe::remote]
+async fn trace_with_a_child(child_node: NodeId) -> Vec<(TaskId, TraceContext, NodeId)> {
+    let rt = troupe::task::runtime().expect("in a runtime");
+    let child = trace_here::options(on(child_node)).remote(&rt);
+    let child = *rt.get(&child).await.expect("the child's trace");
+    vec![current_trace(), child]
 }
 
 /// `n` bytes of a known pattern, made wherever it runs.
@@ -117,8 +145,6 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A head (with `head_cpus`), one worker per entry of `workers` (its
-/// flags), and this process as the driver, all up and connected.
 /// The cluster's own error inside a runtime that failed to start.
 fn cluster_cause(err: &SpawnError) -> Option<&ClusterError> {
     match err {
@@ -127,6 +153,8 @@ fn cluster_cause(err: &SpawnError) -> Option<&ClusterError> {
     }
 }
 
+/// A head (with `head_cpus`), one worker per entry of `workers` (its
+/// flags), and this process as the driver, all up and connected.
 async fn started(
     test: &str,
     head_cpus: &str,
@@ -177,6 +205,31 @@ async fn tasks_spread_over_every_node_and_fill_the_cluster() {
         nodes.insert(*common::within("a spread task", rt.get(r)).await.unwrap());
     }
     assert_eq!(nodes, BTreeSet::from([head.node, a.node, b.node]));
+
+    // A tree of tasks keeps one trace across nodes: the child names the
+    // root and its parent, though they ran on two nodes.
+    let tree = trace_with_a_child::options(on(a.node)).remote(&rt, b.node);
+    let tree = common::within("a tree of tasks", rt.get(&tree))
+        .await
+        .unwrap();
+    let [(parent, parent_trace, parent_node), (_, child_trace, child_node)] = tree[..] else {
+        panic!("two traces: {tree:?}");
+    };
+    assert_eq!((parent_node, child_node), (a.node, b.node));
+    assert_eq!(
+        parent_trace,
+        TraceContext {
+            root: parent,
+            parent: None
+        }
+    );
+    assert_eq!(
+        child_trace,
+        TraceContext {
+            root: parent,
+            parent: Some(parent)
+        }
+    );
 
     // Default placement: a burst larger than the cluster queues and finishes.
     let refs: Vec<_> = (0..30).map(|_| where_am_i::remote(&rt, 5)).collect();

@@ -852,6 +852,45 @@ async fn an_async_generator_streams_refs_as_items_arrive() {
     rt.shutdown().await.unwrap();
 }
 
+/// The running task's place in its tree of tasks.
+#[troupe::remote]
+fn my_trace() -> troupe::task::TraceContext {
+    troupe::task::current().expect("in a task").trace
+}
+
+/// Its own id, and the trace of a child it submits.
+#[troupe::remote]
+async fn with_a_child() -> (troupe::task::TaskId, troupe::task::TraceContext) {
+    let rt = troupe::task::runtime().expect("in a runtime");
+    let me = troupe::task::current().expect("in a task");
+    let child = my_trace::remote(&rt);
+    (
+        me.task_id,
+        *rt.get(&child).await.expect("the child's trace"),
+    )
+}
+
+/// A task submitted outside any task starts a tree of its own; one
+/// submitted by a task's body names that task as its parent and shares its
+/// root (what every span of the tree carries as `trace`).
+#[tokio::test]
+async fn tasks_submitted_by_tasks_share_their_trace() {
+    use troupe::task::TraceContext;
+    let rt = runtime().await;
+    let alone = *rt.get(&my_trace::remote(&rt)).await.unwrap();
+    assert_eq!(alone.parent, None);
+    let (parent, child) = *rt.get(&with_a_child::remote(&rt)).await.unwrap();
+    assert_eq!(
+        child,
+        TraceContext {
+            root: parent,
+            parent: Some(parent)
+        }
+    );
+    assert_ne!(alone.root, parent, "two trees, two roots");
+    rt.shutdown().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Races between a task and its caller.
 

@@ -1,5 +1,5 @@
 //! Tracing spans tell one task's story end to end: a task's span carries
-//! its id, attempt, function and node, is a child of the span that
+//! its id, its tree's root (`trace`), attempt, function and node, is a child of the span that
 //! submitted it, and is the current span inside its body (sync and async);
 //! an actor call's span carries the actor, its type, the method and node.
 //!
@@ -156,6 +156,20 @@ async fn traced_async(x: u64) -> u64 {
     x + 2
 }
 
+#[troupe::remote]
+fn traced_child() -> u64 {
+    tracing::info!("in the child");
+    7
+}
+
+/// Submits a child task from its body and waits for it.
+#[troupe::remote]
+async fn traced_parent() -> u64 {
+    tracing::info!("in the parent");
+    let rt = troupe::task::runtime().expect("in a runtime");
+    *rt.get(&traced_child::remote(&rt)).await.expect("the child")
+}
+
 struct Greeter;
 
 #[troupe::actor]
@@ -207,6 +221,7 @@ async fn spans_carry_ids_and_follow_the_task_from_its_submitter() {
         assert!(span.fields["function"].ends_with(function), "{span:?}");
         assert!(span.fields["task"].starts_with("task-"), "{span:?}");
         assert_eq!(span.fields["attempt"], "1");
+        assert_eq!(span.fields["trace"], span.fields["task"], "a root's trace");
         assert_eq!(span.fields["node"], rt.node_id().to_string());
         assert_eq!(
             span.parent,
@@ -214,6 +229,13 @@ async fn spans_carry_ids_and_follow_the_task_from_its_submitter() {
             "a child of the submitter's span"
         );
     }
+
+    // A child's span carries its tree's root as `trace`.
+    assert_eq!(*rt.get(&traced_parent::remote(&rt)).await.unwrap(), 7);
+    let parent = recorder.span(recorder.event("in the parent").span.expect("in a span"));
+    let child = recorder.span(recorder.event("in the child").span.expect("in a span"));
+    assert_ne!(child.fields["task"], parent.fields["task"]);
+    assert_eq!(child.fields["trace"], parent.fields["task"], "{child:?}");
 
     let greeter = rt
         .spawn_actor(ActorOptions::new(), || Greeter)

@@ -263,10 +263,15 @@ mod tests {
         feasible_here: bool,
         fits_now: bool,
     ) -> PlacementDecision {
+        let id = troupe_core::TaskId {
+            node: NodeId(1),
+            seq: 1,
+        };
         let spec = TaskSpec {
-            id: troupe_core::TaskId {
-                node: NodeId(1),
-                seq: 1,
+            id,
+            trace: troupe_core::task::TraceContext {
+                root: id,
+                parent: None,
             },
             function: "f".into(),
             args: troupe_core::task::TaskArgs::Encoded(troupe_core::Encoded::default()),

@@ -20,9 +20,42 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ActorInfo, NodeId, TaskId};
 use crate::Resources;
 
+/// Where a task sits in the tree of tasks it belongs to: the task that
+/// started the tree (a task submitted outside any task starts its own) and
+/// the task that submitted it. It travels in the task's spec, so the spans
+/// of every node that runs, places or fetches for a tree carry the same
+/// `trace` field: one filter on it follows a job across nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// The task at the top of the tree.
+    pub root: TaskId,
+    /// The task whose body submitted this one; `None` for the root.
+    pub parent: Option<TaskId>,
+}
+
+impl troupe_objects::GetSize for TraceContext {}
+
+impl TraceContext {
+    /// The context of the task `id`, submitted by the code running now: a
+    /// child of the running task, or the root of a new tree.
+    pub fn for_new_task(id: TaskId) -> Self {
+        match task() {
+            Some(running) => TraceContext {
+                root: running.trace.root,
+                parent: Some(running.task_id),
+            },
+            None => TraceContext {
+                root: id,
+                parent: None,
+            },
+        }
+    }
+}
+
 /// Where a task runs, readable from its body with
 /// [`task::current`](crate::task::current).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TaskContext {
     /// The task.
     pub task_id: TaskId,
@@ -30,6 +63,8 @@ pub struct TaskContext {
     pub function: std::borrow::Cow<'static, str>,
     /// Which attempt this is (1 for the first).
     pub attempt: u32,
+    /// Its place in its tree of tasks.
+    pub trace: TraceContext,
     /// The node running it.
     pub node: NodeId,
     /// What it holds while it runs.

@@ -79,7 +79,7 @@ pub use spec::TaskOptions;
 
 /// Tasks: their options, context and spec.
 pub mod task {
-    pub use crate::context::TaskContext;
+    pub use crate::context::{TaskContext, TraceContext};
     pub use crate::error::{TaskCause, TaskError};
     pub use crate::generator::ObjectStream;
     pub use crate::ids::TaskId;

@@ -280,6 +280,7 @@ impl Runtime {
         let results = (0..count).map(|_| self.objects().new_id()).collect();
         self.submit_spec(TaskSpec {
             id,
+            trace: crate::context::TraceContext::for_new_task(id),
             function: function.name.into(),
             args: TaskArgs::Encoded(Encoded::plain(encoded_args.to_vec())),
             deps: Vec::new(),

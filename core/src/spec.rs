@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use troupe_objects::{Encoded, Object, ObjectError, ObjectId, ObjectRef, ObjectStore};
 
+use crate::context::TraceContext;
 use crate::ids::{NodeId, TaskId};
 use crate::Resources;
 
@@ -200,6 +201,8 @@ pub struct TaskSpec {
     pub results: Vec<ObjectId>,
     /// What kind of results.
     pub returns: Returns,
+    /// Its place in its tree of tasks (for spans on every node).
+    pub trace: TraceContext,
 }
 
 /// A task argument: a value, or a ref resolved before the body runs.

@@ -153,11 +153,14 @@ impl Shared {
             Request::RunTask(spec) => {
                 let transport = transport.clone();
                 tokio::spawn(async move {
-                    let task = spec.id;
-                    let outcome = rt
-                        .run_spec(spec)
-                        .instrument(tracing::info_span!("remote_task", task = %task, owner = %from))
-                        .await;
+                    let span = tracing::info_span!(
+                        "remote_task",
+                        task = %spec.id,
+                        trace = %spec.trace.root,
+                        attempt = spec.attempt,
+                        owner = %from,
+                    );
+                    let outcome = rt.run_spec(spec).instrument(span).await;
                     transport.reply(from, id, Reply::Task(outcome));
                 });
             }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use troupe_objects::{ObjectId, ObjectRef};
 
 use super::Runtime;
+use crate::context::TraceContext;
 use crate::function::{One, RemoteFn, Returns, Start, TaskBody, TypedTask};
 use crate::generator::{self, ObjectStream};
 use crate::scheduler::{Counts, Task};
@@ -20,8 +21,10 @@ impl Runtime {
         results: Vec<ObjectId>,
         returns: spec::Returns,
     ) -> TaskSpec {
+        let id = self.inner.ids.task();
         TaskSpec {
-            id: self.inner.ids.task(),
+            id,
+            trace: TraceContext::for_new_task(id),
             function,
             args: TaskArgs::Local,
             deps,
@@ -38,8 +41,12 @@ impl Runtime {
     pub(crate) fn submit_task(&self, spec: TaskSpec, body: Arc<dyn TaskBody>) {
         let stats = self.inner.scheduler.stats_of(&spec.function);
         let task = Task::new(spec, body, stats);
-        let span =
-            tracing::trace_span!("submit", task = %task.spec.id, function = %task.spec.function);
+        let span = tracing::trace_span!(
+            "submit",
+            task = %task.spec.id,
+            function = %task.spec.function,
+            trace = %task.spec.trace.root,
+        );
         let _entered = span.enter();
         self.inner.scheduler.submit(Arc::new(task));
     }

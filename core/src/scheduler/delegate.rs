@@ -125,6 +125,16 @@ impl Scheduler {
             }
         }
         let id = spec.id;
+        let _span = tracing::debug_span!(
+            parent: &task.parent,
+            "delegate",
+            task = %id,
+            trace = %spec.trace.root,
+            attempt = queued.attempt,
+            to = %node,
+        )
+        .entered();
+        tracing::debug!("sent to another node");
         task.attempt.store(queued.attempt, Ordering::Release);
         *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
         task.delegated.store(true, Ordering::Release);
