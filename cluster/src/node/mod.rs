@@ -546,3 +546,6 @@ mod seams;
 
 pub use lifecycle::{NodeService, SERVICE_NAME};
 use seams::Seams;
+
+#[cfg(test)]
+mod tests;

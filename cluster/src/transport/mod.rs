@@ -125,8 +125,42 @@ impl Default for Timeouts {
 /// One peer's outbound link and its serial number (a broken link that was
 /// already replaced must not take its replacement down).
 struct Outbound {
-    writer: LinkWriter,
+    writer: Writer,
     serial: u64,
+}
+
+/// How frames leave for one peer: its control link, or in unit tests a
+/// channel to another transport of this process (`memory.rs`).
+enum Writer {
+    Link(LinkWriter),
+    #[cfg(test)]
+    Memory(mpsc::UnboundedSender<Vec<u8>>),
+}
+
+impl Writer {
+    fn send(&self, frame: &[u8]) -> Result<(), LinkError> {
+        match self {
+            Writer::Link(link) => link.send(frame),
+            #[cfg(test)]
+            Writer::Memory(to) => to.send(frame.to_vec()).map_err(|_| LinkError::Closed),
+        }
+    }
+
+    async fn flushed(&self) {
+        match self {
+            Writer::Link(link) => link.flushed().await,
+            #[cfg(test)]
+            Writer::Memory(_) => {}
+        }
+    }
+
+    fn abort(&self, why: &str) {
+        match self {
+            Writer::Link(link) => link.abort(why),
+            #[cfg(test)]
+            Writer::Memory(_) => {}
+        }
+    }
 }
 
 /// What this node knows of one peer, changed under one lock.
@@ -352,6 +386,7 @@ impl Transport {
                     Ok(writer) => {
                         transport.update(node, |peer| {
                             if peer.agent.is_some() {
+                                let writer = Writer::Link(writer);
                                 peer.outbound = Some(Arc::new(Outbound { writer, serial }));
                             }
                             ((), false)
@@ -524,5 +559,7 @@ impl Transport {
     }
 }
 
+#[cfg(test)]
+mod memory;
 #[cfg(test)]
 mod tests;

@@ -99,7 +99,10 @@ async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
     t.peers.insert(
         NodeId(2),
         Peer {
-            outbound: Some(Arc::new(Outbound { writer, serial: 7 })),
+            outbound: Some(Arc::new(Outbound {
+                writer: Writer::Link(writer),
+                serial: 7,
+            })),
             inbound: Some(1),
             ..Peer::default()
         },
