@@ -382,6 +382,7 @@ async fn join(
     // The head's agent is the first (and only) peer to appear; a session
     // closed before it authenticated means the cookie was refused.
     let mut authenticated = false;
+    let mut peers_changed = transport.watch_peers();
     let head = loop {
         if let Some(node) = transport.peers().first().copied() {
             break node;
@@ -389,7 +390,7 @@ async fn join(
         let wait = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 event = events.recv() => Some(event),
-                _ = tokio::time::sleep(Duration::from_millis(5)) => None,
+                _ = peers_changed.changed() => None,
             }
         })
         .await;

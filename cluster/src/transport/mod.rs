@@ -288,6 +288,11 @@ impl Transport {
             .collect()
     }
 
+    /// Changes whenever a peer becomes connected or stops being so.
+    pub(crate) fn watch_peers(&self) -> watch::Receiver<u64> {
+        self.peers_changed.subscribe()
+    }
+
     /// Whether `node`'s agent (its session) is up.
     fn has_agent(&self, node: NodeId) -> bool {
         self.peers.get(&node).is_some_and(|p| p.agent.is_some())
