@@ -51,8 +51,9 @@ impl ractor::BytesConvertable for AgentMessage {
 /// What the agent hands to its node.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A decoded frame (boxed: frames are large, peer events small).
-    Frame(Box<Frame>),
+    /// A decoded frame and the node that sent it, as its link's handshake
+    /// proved (boxed: frames are large, peer events small).
+    Frame { from: NodeId, frame: Box<Frame> },
     /// A peer's agent appeared (its session is ready).
     PeerUp(NodeId),
     /// A peer's agent went away (its session ended).
@@ -78,23 +79,56 @@ pub(crate) fn split_batch(mut batch: &[u8]) -> (Vec<&[u8]>, bool) {
     (frames, true)
 }
 
+/// Where a frame's bytes came from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source {
+    /// A control link, opened by the node its handshake proved.
+    Link(NodeId),
+    /// An agent, through a ractor_cluster session (it carries only where a
+    /// peer's link listens).
+    Session,
+}
+
 /// Decodes one frame a peer sent and hands it on; a link notice goes to
-/// the transport. Bad bytes are counted and dropped: they never stop the
-/// node.
+/// the transport. Bad bytes, and a frame claiming another sender than the
+/// one its link proved, are counted and dropped: they never stop the node.
 pub(crate) fn deliver(
     transport: &Arc<Transport>,
     inbound: &(dyn Fn(Inbound) + Send + Sync),
+    source: Source,
     bytes: &[u8],
 ) {
-    match Frame::decode(bytes) {
-        Ok(Frame::Notice {
-            from,
-            body: Notice::Link { addr },
-        }) => transport.connect_link(from, addr),
-        Ok(frame) => inbound(Inbound::Frame(Box::new(frame))),
+    let frame = match Frame::decode(bytes) {
+        Ok(frame) => frame,
         Err(err) => {
             metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
-            tracing::warn!(%err, bytes = bytes.len(), "dropped a malformed control frame");
+            tracing::warn!(%err, bytes = bytes.len(), ?source, "dropped a malformed control frame");
+            return;
+        }
+    };
+    match (source, frame) {
+        (
+            _,
+            Frame::Notice {
+                from,
+                body: Notice::Link { addr },
+            },
+        ) => transport.connect_link(from, addr),
+        (Source::Link(proved), frame) => match frame.claimed_sender() {
+            Some(claimed) if claimed != proved => {
+                metrics::counter!("troupe_cluster_impersonations_total").increment(1);
+                tracing::warn!(%claimed, %proved, "dropped a frame claiming another sender than its link's");
+            }
+            _ => inbound(Inbound::Frame {
+                from: proved,
+                frame: Box::new(frame),
+            }),
+        },
+        (Source::Session, _) => {
+            metrics::counter!("troupe_cluster_bad_frames_total").increment(1);
+            tracing::warn!(
+                "dropped a frame sent through a session: only link notices travel there"
+            );
         }
     }
 }
@@ -155,7 +189,7 @@ impl Actor for Agent {
             );
         }
         for bytes in frames {
-            deliver(&self.transport, &*self.inbound, bytes);
+            deliver(&self.transport, &*self.inbound, Source::Session, bytes);
         }
         Ok(())
     }

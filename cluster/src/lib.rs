@@ -31,6 +31,7 @@ mod agent;
 pub mod cli;
 pub mod cookie;
 mod data_path;
+mod handshake;
 pub mod health;
 mod link;
 pub mod local;

@@ -9,19 +9,19 @@
 //! connection; what a peer sends arrives on the connection the peer opened.
 //! So each direction has its own connection and its own order.
 //!
-//! The wire (integers little-endian):
+//! The wire (integers little-endian): the mutual handshake of
+//! `handshake.rs` (both sides prove the cookie; the client must reach the
+//! node it meant), then
 //!
 //! ```text
-//! server → client: nonce [16]
-//! client → server: "TRCL" | version: u8 | from: u64 | to: u64 | mac [32]
-//!                  mac = HMAC-SHA256(cookie, "troupe-link" | nonce | from | to)
 //! client → server: (len: u32 | frame [len])*      len <= MAX_FRAME_BYTES
 //! ```
 //!
-//! A client that does not prove the cookie within `HANDSHAKE_TIMEOUT`,
-//! names another node as `to`, or sends a frame over the cap is dropped
-//! (with a warning and `troupe_cluster_link_refused_total` or
-//! `troupe_cluster_bad_frames_total`); the server keeps serving others.
+//! The node id the client proved is the sender of every frame on the link.
+//! A client that does not finish the handshake within its deadline or
+//! sends a frame over the cap is dropped (with a warning and
+//! `troupe_cluster_link_refused_total` or `troupe_cluster_bad_frames_total`);
+//! the server keeps serving others.
 //!
 //! Sending: an idle link writes a frame at once, from the sender's thread
 //! (no task hop, and no wake-up of the writer task: for requests made one
@@ -39,24 +39,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 use troupe_core::NodeId;
 
+use crate::handshake::{self, HandshakeError, Purpose};
 use crate::protocol::MAX_FRAME_BYTES;
-
-const MAGIC: [u8; 4] = *b"TRCL";
-const VERSION: u8 = 1;
-const NONCE_BYTES: usize = 16;
-const MAC_BYTES: usize = 32;
-/// Magic, version, from, to, mac.
-const HELLO_BYTES: usize = 4 + 1 + 8 + 8 + MAC_BYTES;
-/// How long a client has to connect and prove the cookie.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Frames closer together than this after a direct write are a burst:
 /// they queue for the writer task (one write for many) instead of each
@@ -80,7 +70,7 @@ pub(crate) enum LinkError {
     /// The peer is not reading: too many bytes wait already.
     #[error("{MAX_QUEUED_BYTES} bytes already wait on the control link: the peer is not reading")]
     Backpressure,
-    /// Connecting or the handshake failed.
+    /// Connecting failed.
     #[error("control link to {addr}: {source}")]
     Connect {
         /// Where.
@@ -88,17 +78,15 @@ pub(crate) enum LinkError {
         /// Why.
         source: io::Error,
     },
-}
-
-fn mac(cookie: &[u8], nonce: &[u8; NONCE_BYTES], from: NodeId, to: NodeId) -> Hmac<Sha256> {
-    // HMAC takes keys of any length: this never fails.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(b"troupe-link");
-    mac.update(nonce);
-    mac.update(&from.0.to_le_bytes());
-    mac.update(&to.0.to_le_bytes());
-    mac
+    /// The handshake failed: the peer does not hold the cookie, or is not
+    /// the node meant.
+    #[error("control link to {addr} refused: {source}")]
+    Handshake {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: HandshakeError,
+    },
 }
 
 /// What the server hands over: the sender and one frame's bytes.
@@ -169,43 +157,6 @@ impl Drop for LinkServer {
     }
 }
 
-/// Checks the client's proof; its node id.
-async fn handshake(stream: &mut TcpStream, me: NodeId, cookie: &[u8]) -> Result<NodeId, String> {
-    let mut nonce = [0u8; NONCE_BYTES];
-    getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for a nonce: {e}"))?;
-    stream
-        .write_all(&nonce)
-        .await
-        .map_err(|e| format!("sending the nonce: {e}"))?;
-    let mut hello = [0u8; HELLO_BYTES];
-    stream
-        .read_exact(&mut hello)
-        .await
-        .map_err(|e| format!("reading the hello: {e}"))?;
-    if hello[..4] != MAGIC {
-        return Err("not a Troupe control link (bad magic)".to_owned());
-    }
-    if hello[4] != VERSION {
-        return Err(format!(
-            "control link version {} (this node speaks {VERSION})",
-            hello[4]
-        ));
-    }
-    let word = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&hello[at..at + 8]);
-        NodeId(u64::from_le_bytes(b))
-    };
-    let (from, to) = (word(5), word(13));
-    if to != me {
-        return Err(format!("it is meant for node {to}, not this one ({me})"));
-    }
-    mac(cookie, &nonce, from, to)
-        .verify_slice(&hello[21..])
-        .map_err(|_| "wrong cookie".to_owned())?;
-    Ok(from)
-}
-
 async fn serve(
     mut stream: TcpStream,
     me: NodeId,
@@ -215,20 +166,14 @@ async fn serve(
     serial: u64,
 ) {
     let _ = stream.set_nodelay(true);
-    let from =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, me, &cookie)).await {
-            Ok(Ok(from)) => from,
-            Ok(Err(why)) => {
-                metrics::counter!("troupe_cluster_link_refused_total").increment(1);
-                tracing::warn!(%why, "control link refused");
-                return;
-            }
-            Err(_) => {
-                metrics::counter!("troupe_cluster_link_refused_total").increment(1);
-                tracing::warn!("control link refused: no hello within {HANDSHAKE_TIMEOUT:?}");
-                return;
-            }
-        };
+    let from = match handshake::accept(&mut stream, Purpose::Link, me, &cookie).await {
+        Ok(from) => from,
+        Err(why) => {
+            metrics::counter!("troupe_cluster_link_refused_total").increment(1);
+            tracing::warn!(%why, peer = ?stream.peer_addr().ok(), "control link refused");
+            return;
+        }
+    };
     tracing::debug!(%from, serial, "control link up");
     ended(from, serial, true);
     let why = read_frames(&mut stream, from, &deliver).await;
@@ -341,24 +286,15 @@ impl LinkWriter {
         broken: Broken,
     ) -> Result<LinkWriter, LinkError> {
         let failed = |source| LinkError::Connect { addr, source };
-        let connecting = async {
-            let mut stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let mut nonce = [0u8; NONCE_BYTES];
-            stream.read_exact(&mut nonce).await?;
-            let mut hello = Vec::with_capacity(HELLO_BYTES);
-            hello.extend_from_slice(&MAGIC);
-            hello.push(VERSION);
-            hello.extend_from_slice(&from.0.to_le_bytes());
-            hello.extend_from_slice(&to.0.to_le_bytes());
-            hello.extend_from_slice(&mac(cookie, &nonce, from, to).finalize().into_bytes());
-            stream.write_all(&hello).await?;
-            Ok::<_, io::Error>(stream)
-        };
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+        let mut stream =
+            tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
+                .map_err(failed)?;
+        stream.set_nodelay(true).map_err(failed)?;
+        handshake::connect(&mut stream, Purpose::Link, from, cookie, Some(to))
             .await
-            .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
-            .map_err(failed)?;
+            .map_err(|source| LinkError::Handshake { addr, source })?;
         let inner = Arc::new(Writer {
             stream,
             state: Mutex::new(WriteState::default()),
@@ -513,6 +449,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
+    use tokio::io::AsyncWriteExt;
     use troupe_test_kit::eventually;
 
     type Got = Arc<StdMutex<Vec<(NodeId, Vec<u8>)>>>;
@@ -538,10 +475,16 @@ mod tests {
     }
 
     /// A link from node 1 to `to` at `server`, proving `cookie`.
+    async fn try_connect(
+        server: &LinkServer,
+        to: NodeId,
+        cookie: &[u8],
+    ) -> Result<LinkWriter, LinkError> {
+        LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {})).await
+    }
+
     async fn connect(server: &LinkServer, to: NodeId, cookie: &[u8]) -> LinkWriter {
-        LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {}))
-            .await
-            .unwrap()
+        try_connect(server, to, cookie).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,17 +600,38 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_cookie_or_another_target_is_refused_and_the_server_keeps_serving() {
         let (server, got, _) = server(b"secret").await;
-        for (cookie, to) in [(&b"guess"[..], NodeId(2)), (&b"secret"[..], NodeId(3))] {
-            let w = connect(&server, to, cookie).await;
-            let _ = w.send(b"should not arrive");
-        }
-        // Garbage instead of a hello.
+        let wrong_cookie = try_connect(&server, NodeId(2), b"guess").await.err();
+        assert!(
+            matches!(
+                wrong_cookie,
+                Some(LinkError::Handshake {
+                    source: HandshakeError::WrongCookie,
+                    ..
+                })
+            ),
+            "{wrong_cookie:?}"
+        );
+        let wrong_node = try_connect(&server, NodeId(3), b"secret").await.err();
+        assert!(
+            matches!(
+                wrong_node,
+                Some(LinkError::Handshake {
+                    source: HandshakeError::WrongNode { .. },
+                    ..
+                })
+            ),
+            "{wrong_node:?}"
+        );
+        // Garbage instead of a proof.
         let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
-        let mut nonce = [0u8; NONCE_BYTES];
-        raw.read_exact(&mut nonce).await.unwrap();
-        raw.write_all(&[0xAB; HELLO_BYTES]).await.unwrap();
+        let mut greeting = [0u8; handshake::GREETING_BYTES];
+        raw.read_exact(&mut greeting).await.unwrap();
+        raw.write_all(&[0xAB; handshake::PROOF_BYTES])
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         let _ = raw.read_to_end(&mut rest).await; // closed by the server
+        assert!(rest.is_empty(), "no answer to a wrong proof");
         let good = connect(&server, NodeId(2), b"secret").await;
         good.send(b"hello").unwrap();
         eventually("the good frame", || !got.lock().unwrap().is_empty()).await;
@@ -678,18 +642,9 @@ mod tests {
     async fn an_oversize_frame_closes_the_link() {
         let (server, got, ended) = server(b"k").await;
         let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
-        let mut nonce = [0u8; NONCE_BYTES];
-        raw.read_exact(&mut nonce).await.unwrap();
-        let mut hello = MAGIC.to_vec();
-        hello.push(VERSION);
-        hello.extend_from_slice(&7u64.to_le_bytes());
-        hello.extend_from_slice(&2u64.to_le_bytes());
-        hello.extend_from_slice(
-            &mac(b"k", &nonce, NodeId(7), NodeId(2))
-                .finalize()
-                .into_bytes(),
-        );
-        raw.write_all(&hello).await.unwrap();
+        handshake::connect(&mut raw, Purpose::Link, NodeId(7), b"k", Some(NodeId(2)))
+            .await
+            .unwrap();
         raw.write_all(&((MAX_FRAME_BYTES as u32) + 1).to_le_bytes())
             .await
             .unwrap();
@@ -707,7 +662,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _peer = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            s.write_all(&[0u8; NONCE_BYTES]).await.unwrap();
+            handshake::accept(&mut s, Purpose::Link, NodeId(2), b"k")
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_secs(60)).await;
             drop(s);
         });

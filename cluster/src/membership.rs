@@ -61,6 +61,10 @@ pub enum Change {
 /// Departed members kept for `troupe status`.
 const KEEP_DEPARTED: usize = 64;
 
+/// The longest name or address a member may declare: the directory goes to
+/// every member in one frame, so one joiner must not be able to outgrow it.
+pub const MAX_NAME_BYTES: usize = 256;
+
 struct Entry {
     member: Member,
     last_heard: Instant,
@@ -128,6 +132,14 @@ impl Directory {
                 Some(_) => {}
                 None => self.build_id = Some(hello.build_id),
             }
+        }
+        if hello.name.len() > MAX_NAME_BYTES || hello.control_addr.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "a node name or address over {MAX_NAME_BYTES} bytes (the directory goes to every member in one frame)"
+            ));
+        }
+        if hello.node == self.head {
+            return Err(format!("node {} is the head's id", hello.node));
         }
         if let Some(old) = self.members.get(&hello.node) {
             if old.departed_at.is_some() {
@@ -450,6 +462,30 @@ mod tests {
         d.join(hello(2, Role::Worker, 7), t0).unwrap();
         assert!(d.join(hello(4, Role::Driver, 8), t0).is_err());
         assert!(d.join(hello(5, Role::Driver, 7), t0).is_ok());
+    }
+
+    #[test]
+    fn a_join_may_not_take_the_heads_id_nor_grow_the_directory_past_a_frame() {
+        let t0 = Instant::now();
+        let mut d = directory(t0);
+        let err = d.join(hello(1, Role::Worker, 7), t0).unwrap_err();
+        assert!(err.contains("head's id"), "{err}");
+        let mut long = hello(2, Role::Worker, 7);
+        long.name = "x".repeat(1 << 20);
+        assert!(d.join(long, t0).is_err());
+        assert_eq!(d.members().len(), 1, "nothing was added");
+        // Every member at the longest name still fits one frame.
+        for n in 0..64 {
+            let mut h = hello(10 + n, Role::Worker, 7);
+            h.name = "x".repeat(MAX_NAME_BYTES);
+            h.control_addr = "y".repeat(MAX_NAME_BYTES);
+            d.join(h, t0).unwrap();
+        }
+        let frame = crate::protocol::Frame::Notice {
+            from: NodeId(1),
+            body: crate::protocol::Notice::Directory(d.members()),
+        };
+        assert!(frame.encode().is_ok());
     }
 
     #[test]

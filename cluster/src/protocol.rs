@@ -377,6 +377,14 @@ pub enum FrameError {
 }
 
 impl Frame {
+    /// The node the frame says sent it (a reply names none).
+    pub fn claimed_sender(&self) -> Option<NodeId> {
+        match self {
+            Frame::Request { from, .. } | Frame::Notice { from, .. } => Some(*from),
+            Frame::Reply { .. } => None,
+        }
+    }
+
     /// Encodes the frame, refusing one over the limit.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let bytes = postcard::to_stdvec(self)?;

@@ -16,6 +16,7 @@ use troupe_objects::{BlobWriter, Fetched, NodeId, ObjectError, ObjectId, ObjectS
 
 use super::wire::*;
 use super::{lock, within, DataError, DataLimits};
+use crate::handshake::{self, Purpose};
 
 /// Pulls objects' bytes from other nodes into this node's store. Cheap to
 /// clone (the clones share connections and the in-flight bound).
@@ -26,8 +27,10 @@ pub struct DataClient {
 
 struct ClientInner {
     store: ObjectStore,
-    /// This node (the puller), named in requests.
+    /// This node (the puller), as its handshakes prove.
     me: NodeId,
+    /// The cluster's cookie.
+    cookie: Arc<[u8]>,
     limits: DataLimits,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     /// Bytes of chunks that may be received at once.
@@ -63,12 +66,14 @@ impl From<DataError> for Failure {
 
 impl DataClient {
     /// A client that pulls into `store` (its buffers; its memory budget
-    /// bounds the size of an object).
-    pub fn new(store: ObjectStore, limits: DataLimits) -> Self {
+    /// bounds the size of an object), proving `cookie` to each holder (and
+    /// pulling only from holders that prove it back).
+    pub fn new(store: ObjectStore, limits: DataLimits, cookie: Arc<[u8]>) -> Self {
         let limits = limits.normalized();
         DataClient {
             inner: Arc::new(ClientInner {
                 me: store.node(),
+                cookie,
                 store,
                 in_flight: Arc::new(Semaphore::new(limits.max_in_flight_bytes as usize)),
                 limits,
@@ -209,12 +214,19 @@ impl DataClient {
 
     async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, DataError> {
         let after = self.inner.limits.connect_timeout;
-        let stream = within(after, "connecting", TcpStream::connect(addr))
+        let mut stream = within(after, "connecting", TcpStream::connect(addr))
             .await
             .map_err(|source| DataError::Connect { addr, source })?;
         stream
             .set_nodelay(true)
             .map_err(|source| DataError::Connect { addr, source })?;
+        let (me, cookie) = (self.inner.me, &self.inner.cookie);
+        handshake::connect(&mut stream, Purpose::Data, me, cookie, None)
+            .await
+            .map_err(|why| DataError::Refused {
+                addr,
+                reason: why.to_string(),
+            })?;
         Ok(stream)
     }
 
@@ -236,7 +248,7 @@ impl DataClient {
             error: io(source),
         };
 
-        let frame = encode_request(id, self.inner.me);
+        let frame = encode_request(id);
         within(
             limits.io_timeout,
             "writing a request",

@@ -11,10 +11,13 @@
 //! of the receiving store ([`BlobWriter::read_from`]): no copy in between on
 //! either side.
 //!
-//! The wire, version 2 (integers little-endian):
+//! The wire, version 3 (integers little-endian): each connection opens with
+//! the mutual handshake of `handshake.rs` (both sides prove the cluster's
+//! cookie; only members are served, and the puller is the node it proved),
+//! then carries requests one at a time:
 //!
 //! ```text
-//! request:  "TRDP" | version: u8 | len: u32 | postcard(Request { id, from })   (len <= max_request_bytes)
+//! request:  "TRDP" | version: u8 | len: u32 | postcard(Request { id })   (len <= max_request_bytes)
 //! reply:    WAIT* (0x02, one byte, every io_timeout/3 while the object is pending)
 //!           then   0x00 | len: u64 | refs: u32 | (node: u64 | seq: u64)*refs | len bytes
 //!                                                       (the object, and the refs its value holds)
@@ -160,6 +163,16 @@ pub enum DataError {
     /// failed...).
     #[error("the holder could not serve the object: {0}")]
     Remote(#[source] ObjectError),
+    /// The handshake failed: the holder does not hold this cluster's
+    /// cookie, or refused this node's proof (another cluster's, or a wrong
+    /// cookie).
+    #[error("{addr} refused the data connection: {reason}; do both nodes use the same cookie?")]
+    Refused {
+        /// The holder's data address.
+        addr: SocketAddr,
+        /// What the handshake said.
+        reason: String,
+    },
     /// The holder sent something that is not this protocol.
     #[error("{addr} broke the data protocol: {reason}")]
     Protocol {

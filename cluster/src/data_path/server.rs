@@ -15,6 +15,7 @@ use troupe_objects::{NodeId, ObjectId, ObjectStore};
 
 use super::wire::*;
 use super::{within, DataLimits, Lend};
+use crate::handshake::{self, Purpose};
 
 /// Serves this node's objects to other nodes'
 /// [`DataClient`](super::DataClient)s. Stops (its accept loop and every
@@ -27,6 +28,8 @@ pub struct DataServer {
 
 struct ServerInner {
     store: ObjectStore,
+    /// The cluster's cookie, which every connection must prove.
+    cookie: Arc<[u8]>,
     lend: Option<Lend>,
     limits: DataLimits,
     /// Free connection slots (of `max_connections`).
@@ -39,15 +42,17 @@ struct ServerInner {
 impl DataServer {
     /// Listens on `addr` (port 0: any free port, see
     /// [`local_addr`](Self::local_addr)) and serves `store`'s objects, on
-    /// the current tokio runtime. Objects whose values hold refs are
-    /// served without registering anyone as a borrower: use
+    /// the current tokio runtime, to clients that prove `cookie` (and to no
+    /// one else). Objects whose values hold refs are served without
+    /// registering anyone as a borrower: use
     /// [`bind_lending`](Self::bind_lending) in a cluster.
     pub async fn bind(
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
+        cookie: Arc<[u8]>,
     ) -> io::Result<DataServer> {
-        Self::bind_with(addr, store, limits, None).await
+        Self::bind_with(addr, store, limits, cookie, None).await
     }
 
     /// [`bind`](Self::bind), registering each puller as a borrower of the
@@ -56,15 +61,17 @@ impl DataServer {
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
+        cookie: Arc<[u8]>,
         lend: Lend,
     ) -> io::Result<DataServer> {
-        Self::bind_with(addr, store, limits, Some(lend)).await
+        Self::bind_with(addr, store, limits, cookie, Some(lend)).await
     }
 
     async fn bind_with(
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
+        cookie: Arc<[u8]>,
         lend: Option<Lend>,
     ) -> io::Result<DataServer> {
         let limits = limits.normalized();
@@ -73,6 +80,7 @@ impl DataServer {
         let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(ServerInner {
             store,
+            cookie,
             lend,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
@@ -178,8 +186,17 @@ async fn serve_connection(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "TCP_NODELAY not set");
     }
+    let me = inner.store.node();
+    let from = match handshake::accept(&mut stream, Purpose::Data, me, &inner.cookie).await {
+        Ok(from) => from,
+        Err(why) => {
+            metrics::counter!("troupe_data_connections_refused_total").increment(1);
+            tracing::warn!(%why, peer = ?stream.peer_addr().ok(), "data connection refused");
+            return;
+        }
+    };
     loop {
-        let (id, from) = match read_request(&mut stream, &inner.limits).await {
+        let id = match read_request(&mut stream, &inner.limits).await {
             Ok(Some(request)) => request,
             Ok(None) => return, // closed or idle
             Err(RequestError::Io(err)) => {
@@ -227,7 +244,7 @@ enum RequestError {
 async fn read_request(
     stream: &mut TcpStream,
     limits: &DataLimits,
-) -> Result<Option<(ObjectId, NodeId)>, RequestError> {
+) -> Result<Option<ObjectId>, RequestError> {
     let mut head = [0u8; REQUEST_HEAD];
     match tokio::time::timeout(limits.idle_timeout, stream.read(&mut head[..1])).await {
         Err(_) => {
@@ -273,7 +290,7 @@ async fn read_request(
     .await
     .map_err(RequestError::Io)?;
     match postcard::take_from_bytes::<Request>(&body) {
-        Ok((request, [])) => Ok(Some((request.id, request.from))),
+        Ok((request, [])) => Ok(Some(request.id)),
         Ok((_, rest)) => Err(RequestError::Malformed(format!(
             "{} bytes after the request",
             rest.len()

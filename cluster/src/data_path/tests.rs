@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::*;
+use crate::handshake::{self, Purpose};
 use troupe_objects::{Blob, NodeId, ObjectStore, StoreConfig};
 use troupe_test_kit::eventually_within;
 
@@ -19,10 +20,25 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+const COOKIE: &[u8] = b"the cluster's cookie";
+
 async fn serve(store: &ObjectStore, limits: DataLimits) -> DataServer {
-    DataServer::bind(any_port(), store.clone(), limits)
+    DataServer::bind(any_port(), store.clone(), limits, Arc::from(COOKIE))
         .await
         .unwrap()
+}
+
+fn client_for(store: ObjectStore, limits: DataLimits) -> DataClient {
+    DataClient::new(store, limits, Arc::from(COOKIE))
+}
+
+/// A raw connection to `addr` that has proved the cookie as node 9.
+async fn proven(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    handshake::connect(&mut stream, Purpose::Data, NodeId(9), COOKIE, None)
+        .await
+        .unwrap();
+    stream
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -45,7 +61,7 @@ fn the_handles_are_shareable_across_tasks() {
 async fn small_and_large_objects_round_trip_with_identical_bytes() {
     let holder = store();
     let server = serve(&holder, DataLimits::default()).await;
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let addr = server.local_addr();
 
     let small = holder.put_bytes(b"hello, node").await.unwrap();
@@ -86,7 +102,7 @@ async fn many_small_pulls_share_a_few_connections() {
         max_connections_per_peer: 4,
         ..DataLimits::default()
     };
-    let client = DataClient::new(store(), limits);
+    let client = client_for(store(), limits);
     let addr = server.local_addr();
     let mut refs = Vec::new();
     for i in 0..100u32 {
@@ -125,7 +141,7 @@ async fn many_small_pulls_share_a_few_connections() {
 async fn an_unknown_object_is_the_holders_error() {
     let holder = store();
     let server = serve(&holder, DataLimits::default()).await;
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let id = ObjectId {
         node: NodeId::random(),
         seq: 12,
@@ -156,7 +172,7 @@ async fn a_pull_of_a_pending_object_waits_until_it_is_complete() {
         ..DataLimits::default()
     };
     let server = serve(&holder, limits.clone()).await;
-    let client = DataClient::new(store(), limits);
+    let client = client_for(store(), limits);
     let (r, completer) = holder.pending::<Blob>();
     let addr = server.local_addr();
     let mut pull = tokio::spawn({
@@ -192,7 +208,7 @@ async fn a_malformed_request_closes_its_connection_and_others_are_served() {
     let holder = store();
     let server = serve(&holder, DataLimits::default()).await;
     let addr = server.local_addr();
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let r = holder.put_bytes(b"still here").await.unwrap();
 
     let mut bad_frames: Vec<Vec<u8>> = vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()];
@@ -202,7 +218,7 @@ async fn a_malformed_request_closes_its_connection_and_others_are_served() {
     oversize.extend_from_slice(&(1u32 << 20).to_le_bytes());
     bad_frames.push(oversize);
     // Another version.
-    let mut future = encode_request(r.id(), NodeId(9));
+    let mut future = encode_request(r.id());
     future[4] = 99;
     bad_frames.push(future);
     // A body that does not decode, and one with trailing bytes.
@@ -211,25 +227,23 @@ async fn a_malformed_request_closes_its_connection_and_others_are_served() {
     garbage.extend_from_slice(&3u32.to_le_bytes());
     garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
     bad_frames.push(garbage);
-    let mut trailing = encode_request(r.id(), NodeId(9));
+    let mut trailing = encode_request(r.id());
     let body_len = trailing.len() - REQUEST_HEAD + 1;
     trailing[5..9].copy_from_slice(&(body_len as u32).to_le_bytes());
     trailing.push(0);
     bad_frames.push(trailing);
 
     // A client in the middle of a pull while the bad ones arrive.
-    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut idle = proven(addr).await;
     for frame in bad_frames {
-        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let mut raw = proven(addr).await;
         raw.write_all(&frame).await.unwrap();
         expect_closed(&mut raw).await;
         let got = client.pull_bytes(addr, r.id()).await.unwrap();
         assert_eq!(&got[..], b"still here");
     }
     // A good raw request on the connection opened before.
-    idle.write_all(&encode_request(r.id(), NodeId(9)))
-        .await
-        .unwrap();
+    idle.write_all(&encode_request(r.id())).await.unwrap();
     let mut reply = [0u8; 13 + 10];
     idle.read_exact(&mut reply).await.unwrap();
     assert_eq!(reply[0], STATUS_OK);
@@ -252,6 +266,7 @@ async fn the_refs_a_value_holds_are_listed_and_the_puller_is_registered_for_them
         any_port(),
         holder.clone(),
         DataLimits::default(),
+        Arc::from(COOKIE),
         Arc::new(move |to, refs: &[ObjectId], register| {
             seen.lock().unwrap().push((to, refs.to_vec(), register));
         }),
@@ -259,7 +274,7 @@ async fn the_refs_a_value_holds_are_listed_and_the_puller_is_registered_for_them
     .await
     .unwrap();
     let puller = store();
-    let client = DataClient::new(puller.clone(), DataLimits::default());
+    let client = client_for(puller.clone(), DataLimits::default());
     let fetched = client.pull(server.local_addr(), outer.id()).await.unwrap();
     assert_eq!(fetched.refs, vec![inner.id()], "listed once");
     assert_eq!(
@@ -275,7 +290,7 @@ async fn nothing_listening_fails_within_seconds() {
         let listener = TcpListener::bind(any_port()).await.unwrap();
         listener.local_addr().unwrap()
     };
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let id = ObjectId {
         node: NodeId::random(),
         seq: 1,
@@ -296,6 +311,9 @@ async fn a_peer_that_stops_sending_is_dropped() {
     // Answers a header of 1 MiB, sends 10 bytes, then nothing.
     let silent = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
+        handshake::accept(&mut stream, Purpose::Data, NodeId(5), COOKIE)
+            .await
+            .unwrap();
         let mut request = [0u8; 64];
         let _ = stream.read(&mut request).await.unwrap();
         let mut head = vec![STATUS_OK];
@@ -309,7 +327,7 @@ async fn a_peer_that_stops_sending_is_dropped() {
         io_timeout: Duration::from_millis(300),
         ..DataLimits::default()
     };
-    let client = DataClient::new(store(), limits);
+    let client = client_for(store(), limits);
     let id = ObjectId {
         node: NodeId::random(),
         seq: 1,
@@ -336,6 +354,9 @@ async fn a_bad_reply_is_a_protocol_error() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
+        handshake::accept(&mut stream, Purpose::Data, NodeId(5), COOKIE)
+            .await
+            .unwrap();
         let mut request = [0u8; 64];
         let _ = stream.read(&mut request).await.unwrap();
         stream
@@ -344,7 +365,7 @@ async fn a_bad_reply_is_a_protocol_error() {
             .unwrap();
         let _ = stream.read(&mut request).await;
     });
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let id = ObjectId {
         node: NodeId::random(),
         seq: 1,
@@ -360,7 +381,7 @@ async fn a_bad_reply_is_a_protocol_error() {
 async fn an_object_over_the_receivers_budget_is_refused_unread() {
     let holder = store();
     let server = serve(&holder, DataLimits::default()).await;
-    let client = DataClient::new(
+    let client = client_for(
         ObjectStore::new(StoreConfig::with_budget(1 << 20)),
         DataLimits::default(),
     );
@@ -384,7 +405,7 @@ async fn concurrent_pulls_finish_within_the_in_flight_bound() {
         max_connections_per_peer: 32,
         ..DataLimits::default()
     };
-    let client = DataClient::new(store(), limits);
+    let client = client_for(store(), limits);
     let addr = server.local_addr();
     let mut expected = Vec::new();
     for i in 0..32u8 {
@@ -425,7 +446,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
     )
     .await;
     // The client thinks its idle connections live much longer.
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let addr = server.local_addr();
     let r = holder.put_bytes(b"again").await.unwrap();
     assert_eq!(
@@ -450,7 +471,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced() {
 async fn a_server_shut_down_serves_no_more() {
     let holder = store();
     let server = serve(&holder, DataLimits::default()).await;
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let addr = server.local_addr();
     let r = holder.put_bytes(b"x").await.unwrap();
     client.pull_bytes(addr, r.id()).await.unwrap();
@@ -503,7 +524,7 @@ async fn throughput_of_a_1gb_pull_beside_raw_tcp() {
     let mut sink = vec![0u8; LEN];
 
     let server = serve(&holder, DataLimits::default()).await;
-    let client = DataClient::new(store(), DataLimits::default());
+    let client = client_for(store(), DataLimits::default());
     let (mut raw, mut pull) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let started = Instant::now();
@@ -528,4 +549,51 @@ async fn throughput_of_a_1gb_pull_beside_raw_tcp() {
     println!("raw TCP copy: {raw:.2?} GB/s (best {:.2})", best(&raw));
     println!("pull:         {pull:.2?} GB/s (best {:.2})", best(&pull));
     println!("pull / raw:   {:.2}", best(&pull) / best(&raw));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_are_served_and_a_wrong_cookie_is_refused_clearly() {
+    let holder = store();
+    let server = serve(&holder, DataLimits::default()).await;
+    let addr = server.local_addr();
+    let secret = holder.put_bytes(b"members only").await.unwrap();
+
+    // A raw request with no handshake: the server's greeting, then the
+    // connection ends without a byte of the object.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&encode_request(secret.id())).await.unwrap();
+    raw.write_all(&[0u8; handshake::PROOF_BYTES]).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "closed within the handshake's deadline");
+    let object = b"members only";
+    assert!(
+        !got.windows(object.len()).any(|w| w == object),
+        "an unauthenticated client read the object"
+    );
+
+    // A client with another cookie: refused, with an error that says so.
+    let outsider = DataClient::new(store(), DataLimits::default(), Arc::from(&b"guess"[..]));
+    let err = outsider.pull_bytes(addr, secret.id()).await.unwrap_err();
+    assert!(matches!(err, DataError::Refused { .. }), "{err}");
+
+    // A server with another cookie cannot pass for a holder either.
+    let impostor = DataServer::bind(
+        any_port(),
+        store(),
+        DataLimits::default(),
+        Arc::from(&b"guess"[..]),
+    )
+    .await
+    .unwrap();
+    let member = client_for(store(), DataLimits::default());
+    let err = member
+        .pull_bytes(impostor.local_addr(), secret.id())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DataError::Refused { .. }), "{err}");
+
+    // Members are served all along.
+    let got = member.pull_bytes(addr, secret.id()).await.unwrap();
+    assert_eq!(&got[..], object);
 }

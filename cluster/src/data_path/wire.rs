@@ -7,14 +7,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use troupe_objects::{NodeId, ObjectError, ObjectId};
+use troupe_objects::{ObjectError, ObjectId};
 
 use super::within;
 
 /// The first bytes of every request.
 pub(super) const MAGIC: [u8; 4] = *b"TRDP";
 /// The protocol's version, after the magic.
-pub(super) const VERSION: u8 = 2;
+pub(super) const VERSION: u8 = 3;
 /// The most refs a reply may list (a value holding more is refused).
 pub(super) const MAX_REFS: u32 = 1 << 20;
 /// Magic, version, body length.
@@ -28,16 +28,15 @@ pub(super) const STATUS_WAIT: u8 = 2;
 /// The largest encoded error a client reads.
 pub(super) const MAX_ERROR_BYTES: u32 = 1 << 20;
 
-/// What a client asks for.
+/// What a client asks for. The puller is the node the connection's
+/// handshake proved (it becomes a borrower of the refs inside).
 #[derive(Serialize, Deserialize)]
 pub(super) struct Request {
     pub(super) id: ObjectId,
-    /// The node pulling it (it becomes a borrower of the refs inside).
-    pub(super) from: NodeId,
 }
 
-pub(super) fn encode_request(id: ObjectId, from: NodeId) -> Vec<u8> {
-    let body = postcard::to_allocvec(&Request { id, from }).unwrap_or_default();
+pub(super) fn encode_request(id: ObjectId) -> Vec<u8> {
+    let body = postcard::to_allocvec(&Request { id }).unwrap_or_default();
     let mut frame = Vec::with_capacity(REQUEST_HEAD + body.len());
     frame.extend_from_slice(&MAGIC);
     frame.push(VERSION);

@@ -31,8 +31,8 @@ pub(super) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
 /// A piece of work from a peer, for the runtime's threads.
 pub(super) enum Work {
-    /// A reply to a request of this node.
-    Reply { id: u64, body: Reply },
+    /// A reply to a request of this node, from the node that sent it.
+    Reply { from: NodeId, id: u64, body: Reply },
     /// A peer's request that runs user code (a task, an actor call, a
     /// spawn, a stop).
     Request {
@@ -129,7 +129,7 @@ impl Shared {
             return;
         };
         match work {
-            Work::Reply { id, body } => transport.complete(id, body),
+            Work::Reply { from, id, body } => transport.complete(from, id, body),
             Work::Request { from, id, body } => self.work(&transport, from, id, body),
             Work::Unknown { from, ids } => transport.unknown_to(from, &ids),
         }

@@ -40,7 +40,10 @@ impl Shared {
                     .unwrap_or_default();
                 self.head_changes(changes);
             }
-            Inbound::Frame(mut frame) => {
+            Inbound::Frame {
+                from: sender,
+                mut frame,
+            } => {
                 // The refs a frame carries are held from now on, before any
                 // later frame (a release of them, say) is handled.
                 if let Some(rt) = self.runtime() {
@@ -49,7 +52,11 @@ impl Shared {
                     }
                 }
                 match *frame {
-                    Frame::Reply { id, body } => self.dispatcher.push(Work::Reply { id, body }),
+                    Frame::Reply { id, body } => self.dispatcher.push(Work::Reply {
+                        from: sender,
+                        id,
+                        body,
+                    }),
                     // Told after the replies that came before it (a reply
                     // still queued is not lost).
                     Frame::Notice {
@@ -240,6 +247,10 @@ impl Shared {
         match body {
             Request::Join(hello) => {
                 let result = match lock(&self.directory).as_mut() {
+                    // A node joins as itself: the id its link proved.
+                    Some(_) if hello.node != from => {
+                        Err(format!("node {from} asked to join as node {}", hello.node))
+                    }
                     Some(d) => d.join(hello, Instant::now()),
                     None => Err("this node is not the head".to_owned()),
                 };

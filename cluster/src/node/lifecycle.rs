@@ -205,9 +205,10 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         SocketAddr::new(options.bind, options.link_port),
         me,
         cookie_bytes.clone(),
-        Arc::new(move |_from, bytes: &[u8]| {
+        Arc::new(move |from, bytes: &[u8]| {
             if let Some(transport) = deliver_to.upgrade() {
-                crate::agent::deliver(&transport, &*deliver_inbound, bytes);
+                let source = crate::agent::Source::Link(from);
+                crate::agent::deliver(&transport, &*deliver_inbound, source, bytes);
             }
         }),
         Arc::new(move |from, serial, up| {
@@ -224,7 +225,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let link_addr = advertised(&host, link_server.local_addr().port()).await?;
     transport.set_link(LinkSetup {
         addr: link_addr,
-        cookie: cookie_bytes,
+        cookie: cookie_bytes.clone(),
         inbound: inbound.clone(),
     });
 
@@ -246,6 +247,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         SocketAddr::new(options.bind, options.data_port),
         rt.objects().clone(),
         options.data.clone(),
+        cookie_bytes.clone(),
         Arc::new(move |to, refs: &[ObjectId], register| {
             if let Some(shared) = lender.upgrade() {
                 shared.lend(to, refs, register);
@@ -257,9 +259,11 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         addr: format!("{}:{}", options.bind, options.data_port),
         source,
     })?;
-    let _ = shared
-        .data
-        .set(DataClient::new(rt.objects().clone(), options.data.clone()));
+    let _ = shared.data.set(DataClient::new(
+        rt.objects().clone(),
+        options.data.clone(),
+        cookie_bytes,
+    ));
     let data_addr = advertised(&host, data_server.local_addr().port()).await?;
 
     let control_addr = format!("{host}:{port}");

@@ -47,11 +47,11 @@ impl Harness {
         let (to_test, frames) = mpsc::unbounded_channel();
         let replies = Arc::downgrade(&peer);
         peer.set_link(setup(Arc::new(move |message| {
-            if let Inbound::Frame(frame) = message {
+            if let Inbound::Frame { from, frame } = message {
                 match *frame {
                     Frame::Reply { id, body } => {
                         if let Some(peer) = replies.upgrade() {
-                            peer.complete(id, body);
+                            peer.complete(from, id, body);
                         }
                     }
                     other => {
@@ -192,5 +192,86 @@ async fn a_located_object_is_answered_once_it_is_made() {
         .expect("joined")
         .expect("a reply");
     assert!(matches!(reply, Reply::Location(Ok(_))), "{reply:?}");
+    h.rt.shutdown().await.expect("shut down");
+}
+
+fn member(node: NodeId) -> Member {
+    Member {
+        hello: crate::protocol::Hello {
+            protocol: crate::protocol::PROTOCOL_VERSION,
+            build_id: 0,
+            node,
+            name: "forged".to_owned(),
+            role: Role::Worker,
+            control_addr: "127.0.0.1:1".to_owned(),
+            data_addr: "127.0.0.1:1".parse().expect("an address"),
+            resources: troupe_core::Resources::cpus(1.0),
+            pid: 1,
+        },
+        state: crate::protocol::MemberState::Alive,
+        available: troupe_core::Resources::cpus(1.0),
+        load: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_claiming_another_sender_than_its_link_is_dropped() {
+    let h = Harness::new(HEAD).await;
+    // The peer holds the cookie, and claims to be the head: a directory
+    // and a stop in the head's name.
+    for body in [
+        Frame::Notice {
+            from: HEAD,
+            body: Notice::Directory(vec![member(NodeId(66))]),
+        },
+        Frame::Request {
+            id: 1,
+            from: HEAD,
+            body: Request::Stop,
+        },
+    ] {
+        h.peer.send_raw(NODE, &body.encode().expect("encodes"));
+    }
+    // Handled in order: by the time this is answered, both were dropped.
+    let Reply::Status(view) = h.ask(Request::Status).await else {
+        panic!("a status");
+    };
+    assert!(view.is_empty(), "a forged directory was taken: {view:?}");
+    assert!(!h.node.is_ended());
+    // The real head's directory is taken.
+    let head = Transport::new(HEAD, Timeouts::default());
+    head.set_link(setup(Arc::new(|_| {})));
+    Transport::join_in_memory(&head, h.node.transport.get().expect("a transport"));
+    head.notify(NODE, Notice::Directory(vec![member(NodeId(66))]))
+        .expect("sent");
+    // The head's link and the peer's are two connections: wait for it.
+    eventually("the head's directory is taken", || {
+        read(&h.node.view)
+            .iter()
+            .any(|m| m.hello.node == NodeId(66))
+    })
+    .await;
+    h.rt.shutdown().await.expect("shut down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_the_head_only_as_the_node_its_link_proved() {
+    // This node is the head here.
+    let h = Harness::new(NODE).await;
+    *lock(&h.node.directory) = Some(Directory::new(
+        member(NODE).hello,
+        None,
+        Detector::default(),
+        Instant::now(),
+    ));
+    for claimed in [NODE, NodeId(5)] {
+        let reply = h.ask(Request::Join(member(claimed).hello)).await;
+        assert!(
+            matches!(reply, Reply::Refused(_)),
+            "as {claimed}: {reply:?}"
+        );
+    }
+    let reply = h.ask(Request::Join(member(PEER).hello)).await;
+    assert!(matches!(reply, Reply::Welcome(_)), "{reply:?}");
     h.rt.shutdown().await.expect("shut down");
 }

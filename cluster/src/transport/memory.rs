@@ -16,13 +16,14 @@ impl Transport {
     fn memory_link_to(self: &Arc<Self>, to: &Arc<Transport>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let receiver = Arc::downgrade(to);
+        let source = crate::agent::Source::Link(self.me);
         self.io.spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 let Some(to) = receiver.upgrade() else {
                     return;
                 };
                 if let Some(setup) = to.link.get() {
-                    crate::agent::deliver(&to, &*setup.inbound, &bytes);
+                    crate::agent::deliver(&to, &*setup.inbound, source, &bytes);
                 }
             }
         });

@@ -230,8 +230,15 @@ impl Transport {
         Some(waiting)
     }
 
-    /// A reply arrived.
-    pub(crate) fn complete(&self, id: u64, body: Reply) {
+    /// A reply arrived from `from`: it answers request `id` only if that
+    /// request went to `from` (a peer cannot answer another's requests).
+    pub(crate) fn complete(&self, from: NodeId, id: u64, body: Reply) {
+        let asked = self.pending.get(&id).map(|w| w.node);
+        if asked.is_some_and(|asked| asked != from) {
+            metrics::counter!("troupe_cluster_impersonations_total").increment(1);
+            tracing::warn!(%from, id, ?asked, "dropped a reply to a request sent to another node");
+            return;
+        }
         if let Some(waiting) = self.settle(id) {
             waiting.reply.send(Ok(body));
         }

@@ -33,7 +33,10 @@ async fn a_peer_going_down_fails_its_waiting_requests() {
         Ok(Err(TransportError::NodeDied(NodeId(2))))
     ));
     assert_eq!(t.pending.len(), 1, "another peer's request still waits");
-    t.complete(8, Reply::Ok);
+    // Only the node asked may answer.
+    t.complete(NodeId(4), 8, Reply::Ok);
+    assert_eq!(t.pending.len(), 1, "a reply from another node is dropped");
+    t.complete(NodeId(3), 8, Reply::Ok);
     assert!(matches!(rx2.await, Ok(Ok(Reply::Ok))));
 }
 
@@ -71,13 +74,15 @@ async fn a_peer_change_handler_may_change_the_links_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
-    use tokio::io::AsyncWriteExt;
+    use crate::handshake::{self, Purpose};
     // A peer that takes the connection and never reads.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let _peer = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        s.write_all(&[0u8; 16]).await.unwrap();
+        handshake::accept(&mut s, Purpose::Link, NodeId(2), b"k")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(60)).await;
         drop(s);
     });

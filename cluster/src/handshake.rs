@@ -1,0 +1,331 @@
+//! The mutual handshake that opens every connection of Troupe's own ports
+//! (the control link and the data path): both sides prove they hold the
+//! cluster's cookie, without sending it, before anything else is read, and
+//! the server learns which node the client is. That node id is the only
+//! identity the connection's frames or requests may claim.
+//!
+//! The wire (integers little-endian):
+//!
+//! ```text
+//! server → client: "TRHS" | version: u8 | purpose: u8 | server: u64 | server_nonce [16]
+//! client → server: client: u64 | client_nonce [16] | client_mac [32]
+//! server → client: server_mac [32]
+//!   client_mac = HMAC-SHA256(cookie, "troupe-client" | purpose | server | client | nonces)
+//!   server_mac = HMAC-SHA256(cookie, "troupe-server" | purpose | server | client | nonces)
+//! ```
+//!
+//! Fresh nonces on both sides make a recorded handshake useless later; the
+//! purpose byte keeps a proof made for one port from opening another; MACs
+//! are compared in constant time. The server's node id is sent in the clear
+//! (it is no secret: object ids and frames carry it too). A side that does
+//! not finish within [`HANDSHAKE_TIMEOUT`] is dropped.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use troupe_core::NodeId;
+
+/// How long either side has to complete the handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const MAGIC: [u8; 4] = *b"TRHS";
+const VERSION: u8 = 1;
+const NONCE_BYTES: usize = 16;
+const MAC_BYTES: usize = 32;
+/// Magic, version, purpose, server, nonce.
+pub(crate) const GREETING_BYTES: usize = 4 + 1 + 1 + 8 + NONCE_BYTES;
+/// Client, nonce, mac.
+pub(crate) const PROOF_BYTES: usize = 8 + NONCE_BYTES + MAC_BYTES;
+
+/// Which port a connection is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Purpose {
+    /// A control link (`link.rs`).
+    Link = 1,
+    /// A data-path connection (`data_path/`).
+    Data = 2,
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    /// The connection failed or closed.
+    #[error("the connection failed during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+    /// The other side is not a Troupe port of this kind.
+    #[error("not a Troupe {0}")]
+    NotTroupe(&'static str),
+    /// The other side speaks another version.
+    #[error("handshake version {0} (this node speaks {VERSION})")]
+    Version(u8),
+    /// The other side does not hold this cluster's cookie.
+    #[error("the other side does not hold this cluster's cookie")]
+    WrongCookie,
+    /// The server is another node than the one the client meant.
+    #[error("it is node {got}, not node {expected}")]
+    WrongNode {
+        /// The node the client meant to reach.
+        expected: NodeId,
+        /// The node that answered.
+        got: NodeId,
+    },
+    /// The other side did not finish in time.
+    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+    /// No randomness for a nonce.
+    #[error("no randomness for a nonce: {0}")]
+    Random(String),
+}
+
+fn nonce() -> Result<[u8; NONCE_BYTES], HandshakeError> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(|e| HandshakeError::Random(e.to_string()))?;
+    Ok(nonce)
+}
+
+struct Transcript {
+    purpose: Purpose,
+    server: NodeId,
+    client: NodeId,
+    server_nonce: [u8; NONCE_BYTES],
+    client_nonce: [u8; NONCE_BYTES],
+}
+
+impl Transcript {
+    fn mac(&self, cookie: &[u8], side: &[u8]) -> Hmac<Sha256> {
+        // HMAC takes keys of any length: this never fails.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cookie)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(side);
+        mac.update(&[self.purpose as u8]);
+        mac.update(&self.server.0.to_le_bytes());
+        mac.update(&self.client.0.to_le_bytes());
+        mac.update(&self.server_nonce);
+        mac.update(&self.client_nonce);
+        mac
+    }
+}
+
+fn node_at(bytes: &[u8], at: usize) -> NodeId {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    NodeId(u64::from_le_bytes(word))
+}
+
+fn what(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::Link => "control link",
+        Purpose::Data => "data connection",
+    }
+}
+
+/// The server's side, as node `me`: the client's node id once both proved
+/// the cookie.
+pub(crate) async fn accept<S>(
+    stream: &mut S,
+    purpose: Purpose,
+    me: NodeId,
+    cookie: &[u8],
+) -> Result<NodeId, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let server_nonce = nonce()?;
+        let mut greeting = Vec::with_capacity(GREETING_BYTES);
+        greeting.extend_from_slice(&MAGIC);
+        greeting.push(VERSION);
+        greeting.push(purpose as u8);
+        greeting.extend_from_slice(&me.0.to_le_bytes());
+        greeting.extend_from_slice(&server_nonce);
+        stream.write_all(&greeting).await?;
+        let mut proof = [0u8; PROOF_BYTES];
+        stream.read_exact(&mut proof).await?;
+        let mut client_nonce = [0u8; NONCE_BYTES];
+        client_nonce.copy_from_slice(&proof[8..8 + NONCE_BYTES]);
+        let transcript = Transcript {
+            purpose,
+            server: me,
+            client: node_at(&proof, 0),
+            server_nonce,
+            client_nonce,
+        };
+        transcript
+            .mac(cookie, b"troupe-client")
+            .verify_slice(&proof[8 + NONCE_BYTES..])
+            .map_err(|_| HandshakeError::WrongCookie)?;
+        let answer = transcript.mac(cookie, b"troupe-server").finalize();
+        stream.write_all(&answer.into_bytes()).await?;
+        Ok(transcript.client)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
+
+/// The client's side, as node `me`: the server's node id once both proved
+/// the cookie (refused if `expect` names another node).
+pub(crate) async fn connect<S>(
+    stream: &mut S,
+    purpose: Purpose,
+    me: NodeId,
+    cookie: &[u8],
+    expect: Option<NodeId>,
+) -> Result<NodeId, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut greeting = [0u8; GREETING_BYTES];
+        stream.read_exact(&mut greeting).await?;
+        if greeting[..4] != MAGIC || greeting[5] != purpose as u8 {
+            return Err(HandshakeError::NotTroupe(what(purpose)));
+        }
+        if greeting[4] != VERSION {
+            return Err(HandshakeError::Version(greeting[4]));
+        }
+        let server = node_at(&greeting, 6);
+        if let Some(expected) = expect.filter(|e| *e != server) {
+            return Err(HandshakeError::WrongNode {
+                expected,
+                got: server,
+            });
+        }
+        let mut server_nonce = [0u8; NONCE_BYTES];
+        server_nonce.copy_from_slice(&greeting[14..]);
+        let transcript = Transcript {
+            purpose,
+            server,
+            client: me,
+            server_nonce,
+            client_nonce: nonce()?,
+        };
+        let mut proof = Vec::with_capacity(PROOF_BYTES);
+        proof.extend_from_slice(&me.0.to_le_bytes());
+        proof.extend_from_slice(&transcript.client_nonce);
+        proof.extend_from_slice(
+            &transcript
+                .mac(cookie, b"troupe-client")
+                .finalize()
+                .into_bytes(),
+        );
+        stream.write_all(&proof).await?;
+        let mut answer = [0u8; MAC_BYTES];
+        match stream.read_exact(&mut answer).await {
+            Ok(_) => {}
+            // A server that closes instead of answering refused the proof.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(HandshakeError::WrongCookie)
+            }
+            Err(err) => return Err(err.into()),
+        }
+        transcript
+            .mac(cookie, b"troupe-server")
+            .verify_slice(&answer)
+            .map_err(|_| HandshakeError::WrongCookie)?;
+        Ok(server)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn both(
+        server_cookie: &'static [u8],
+        client_cookie: &'static [u8],
+        expect: Option<NodeId>,
+    ) -> (
+        Result<NodeId, HandshakeError>,
+        Result<NodeId, HandshakeError>,
+    ) {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move {
+            let result = accept(&mut a, Purpose::Link, NodeId(1), server_cookie).await;
+            drop(a); // a refused client sees the connection end
+            result
+        });
+        let client = connect(&mut b, Purpose::Link, NodeId(2), client_cookie, expect).await;
+        drop(b); // a client that gave up hangs up
+        (server.await.expect("joined"), client)
+    }
+
+    #[tokio::test]
+    async fn both_sides_learn_each_other_when_they_share_the_cookie() {
+        let (server, client) = both(b"secret", b"secret", Some(NodeId(1))).await;
+        assert_eq!(server.expect("accepted"), NodeId(2));
+        assert_eq!(client.expect("connected"), NodeId(1));
+    }
+
+    #[tokio::test]
+    async fn a_client_without_the_cookie_is_refused_and_learns_it() {
+        let (server, client) = both(b"secret", b"guess", None).await;
+        assert!(
+            matches!(server, Err(HandshakeError::WrongCookie)),
+            "{server:?}"
+        );
+        assert!(
+            matches!(client, Err(HandshakeError::WrongCookie)),
+            "{client:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_cookie_cannot_pass_for_a_member() {
+        // The server answers with a MAC of its own cookie: the client, who
+        // would otherwise send its frames, refuses it.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let impostor = tokio::spawn(async move {
+            let mut greeting = Vec::new();
+            greeting.extend_from_slice(&MAGIC);
+            greeting.extend_from_slice(&[VERSION, Purpose::Data as u8]);
+            greeting.extend_from_slice(&1u64.to_le_bytes());
+            greeting.extend_from_slice(&[7u8; NONCE_BYTES]);
+            a.write_all(&greeting).await.expect("sent");
+            let mut proof = [0u8; PROOF_BYTES];
+            a.read_exact(&mut proof).await.expect("read");
+            a.write_all(&[0u8; MAC_BYTES]).await.expect("sent");
+        });
+        let client = connect(&mut b, Purpose::Data, NodeId(2), b"secret", None).await;
+        assert!(
+            matches!(client, Err(HandshakeError::WrongCookie)),
+            "{client:?}"
+        );
+        impostor.await.expect("joined");
+    }
+
+    #[tokio::test]
+    async fn the_wrong_node_or_port_is_refused() {
+        let (_, client) = both(b"secret", b"secret", Some(NodeId(9))).await;
+        assert!(
+            matches!(
+                client,
+                Err(HandshakeError::WrongNode {
+                    expected: NodeId(9),
+                    got: NodeId(1)
+                })
+            ),
+            "{client:?}"
+        );
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::spawn(async move { accept(&mut a, Purpose::Link, NodeId(1), b"secret").await });
+        let client = connect(&mut b, Purpose::Data, NodeId(2), b"secret", None).await;
+        assert!(
+            matches!(client, Err(HandshakeError::NotTroupe(_))),
+            "{client:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_dropped_after_the_deadline() {
+        let (mut a, _b) = tokio::io::duplex(1024);
+        let server = accept(&mut a, Purpose::Link, NodeId(1), b"secret").await;
+        assert!(matches!(server, Err(HandshakeError::Timeout)), "{server:?}");
+    }
+}
