@@ -277,13 +277,21 @@ register_cause!(RemoteError, "troupe::RemoteError");
 
 /// An error whose type this node does not know: its message and its
 /// sources' messages, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On the wire it is the list of messages (never a nested structure, so no
+/// peer's bytes can make a decoder recurse), at most [`MAX_CAUSE_CHAIN`]
+/// long: a longer chain keeps its first messages and says how many it left
+/// out.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteError {
     /// The error's own message.
     pub message: String,
     /// The error it was caused by, if any.
     pub source: Option<Box<RemoteError>>,
 }
+
+/// The most messages a [`RemoteError`] chain keeps.
+pub const MAX_CAUSE_CHAIN: usize = 64;
 
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -301,10 +309,63 @@ impl std::error::Error for RemoteError {
 
 impl RemoteError {
     fn chain_of(err: &(dyn std::error::Error + 'static)) -> Self {
-        RemoteError {
-            message: err.to_string(),
-            source: err.source().map(|s| Box::new(Self::chain_of(s))),
+        let mut messages = Vec::new();
+        let mut next = Some(err);
+        while let Some(err) = next {
+            messages.push(err.to_string());
+            next = err.source();
         }
+        Self::from_messages(messages)
+    }
+
+    /// Its messages, outermost first.
+    pub fn messages(&self) -> Vec<&str> {
+        let mut messages = Vec::new();
+        let mut next = Some(self);
+        while let Some(err) = next {
+            messages.push(err.message.as_str());
+            next = err.source.as_deref();
+        }
+        messages
+    }
+
+    /// The chain of `messages` (outermost first), cut to [`MAX_CAUSE_CHAIN`];
+    /// an empty list is one empty message.
+    pub fn from_messages(mut messages: Vec<String>) -> Self {
+        if messages.len() > MAX_CAUSE_CHAIN {
+            let left_out = messages.len() - (MAX_CAUSE_CHAIN - 1);
+            messages.truncate(MAX_CAUSE_CHAIN - 1);
+            messages.push(format!("... and {left_out} more causes, left out"));
+        }
+        let mut chain: Option<Box<RemoteError>> = None;
+        while let Some(message) = messages.pop() {
+            chain = Some(Box::new(RemoteError {
+                message,
+                source: chain,
+            }));
+        }
+        chain.map(|c| *c).unwrap_or(RemoteError {
+            message: String::new(),
+            source: None,
+        })
+    }
+}
+
+impl Serialize for RemoteError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let messages = self.messages();
+        let mut seq = serializer.serialize_seq(Some(messages.len().min(MAX_CAUSE_CHAIN)))?;
+        for message in messages.iter().take(MAX_CAUSE_CHAIN) {
+            seq.serialize_element(message)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RemoteError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(deserializer).map(Self::from_messages)
     }
 }
 
@@ -346,12 +407,41 @@ impl Serialize for Cause {
     }
 }
 
+/// How deep typed causes may nest when decoded (a cause holding an error
+/// that holds a cause...): past it, the inner cause keeps only its messages,
+/// so no peer's bytes can make the decoder recurse without bound.
+pub const MAX_TYPED_CAUSE_DEPTH: u32 = 16;
+
+thread_local! {
+    /// Typed causes being decoded on this thread, outermost first.
+    static DECODING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes a typed cause one level deeper (see [`MAX_TYPED_CAUSE_DEPTH`]).
+fn decode_nested(t: &CauseType, bytes: &[u8]) -> Option<Arc<DynError>> {
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DECODING.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    let depth = DECODING.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    let _level = Level;
+    if depth > MAX_TYPED_CAUSE_DEPTH {
+        return None;
+    }
+    (t.decode)(bytes)
+}
+
 impl<'de> Deserialize<'de> for Cause {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let repr = CauseRepr::deserialize(deserializer)?;
         let typed = repr
             .typed
-            .and_then(|(tag, bytes)| registered(&tag).and_then(|t| (t.decode)(&bytes)));
+            .and_then(|(tag, bytes)| registered(&tag).and_then(|t| decode_nested(t, &bytes)));
         Ok(match typed {
             Some(err) => Cause(err),
             None => Cause::new(repr.chain),

@@ -36,7 +36,9 @@ mod store;
 pub use blob::{Blob, BlobWriteError, BlobWriter};
 pub use codec::{decode_value, encode_value, Encoded};
 pub use directory::{Fetched, ObjectDirectory};
-pub use error::{Cause, CauseType, ObjectError, RemoteError, SpillOp};
+pub use error::{
+    Cause, CauseType, ObjectError, RemoteError, SpillOp, MAX_CAUSE_CHAIN, MAX_TYPED_CAUSE_DEPTH,
+};
 pub use get_size2::{GetSize, GetSizeTracker};
 pub use id::{IdHasher, IdHashing, NodeId, ObjectId};
 pub use postcard::Error as DecodeError;

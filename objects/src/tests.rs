@@ -762,6 +762,56 @@ fn causes_cross_the_wire_typed_with_their_chain() {
     assert_eq!(back.to_string(), "outer");
 }
 
+/// A chain of causes any length: a peer's bytes cannot make the decoder
+/// (or a drop) recurse without bound, and what is kept says what was left.
+#[test]
+fn hostile_cause_chains_decode_flat_and_bounded() {
+    use crate::{RemoteError, MAX_CAUSE_CHAIN, MAX_TYPED_CAUSE_DEPTH};
+    // 200,000 messages, as a peer could send in one frame.
+    let messages: Vec<String> = (0..200_000).map(|i| format!("m{i}")).collect();
+    let bytes = postcard::to_allocvec(&messages).unwrap();
+    let chain: RemoteError = postcard::from_bytes(&bytes).unwrap();
+    let kept = chain.messages();
+    assert_eq!(kept.len(), MAX_CAUSE_CHAIN);
+    assert_eq!(kept[0], "m0");
+    assert!(
+        kept[MAX_CAUSE_CHAIN - 1].contains("more causes, left out"),
+        "{kept:?}"
+    );
+    // Round trip of a short chain keeps every message.
+    let short = RemoteError::from_messages(vec!["a".into(), "b".into()]);
+    let back: RemoteError = postcard::from_bytes(&postcard::to_allocvec(&short).unwrap()).unwrap();
+    assert_eq!(back, short);
+
+    // Typed causes nested far deeper than the limit: inner levels decode as
+    // messages only, and nothing overflows.
+    let id = crate::ObjectId {
+        node: crate::NodeId(1),
+        seq: 2,
+    };
+    let mut err = ObjectError::Freed(id);
+    for code in 0..200 {
+        err = ObjectError::Failed {
+            id,
+            cause: crate::Cause::new(TypedFailure { code, inner: err }),
+        };
+    }
+    let bytes = postcard::to_allocvec(&err).unwrap();
+    let back: ObjectError = postcard::from_bytes(&bytes).unwrap();
+    let mut typed_levels = 0;
+    let mut next = Some(&back);
+    while let Some(ObjectError::Failed { cause, .. }) = next {
+        match cause.downcast_ref::<TypedFailure>() {
+            Some(typed) => {
+                typed_levels += 1;
+                next = Some(&typed.inner);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(typed_levels, MAX_TYPED_CAUSE_DEPTH);
+}
+
 #[tokio::test]
 async fn a_cancelled_put_stops_counting_as_a_waiter() {
     let dir = temp_dir("cancelled-put");
