@@ -47,6 +47,8 @@ pub use troupe_core::{
 };
 pub use troupe_macros::{actor, remote};
 
+pub mod guide;
+
 /// The README's Rust snippets, compiled and run as doctests: the quick
 /// start cannot drift from the API.
 #[cfg(doctest)]
