@@ -654,12 +654,12 @@ async fn methods_see_their_actor_context() {
 }
 
 // ---------------------------------------------------------------------------
-// Regressions (issue: core ready for the cluster).
+// Restarts racing calls.
 
-/// The lost wake-up: a call sent while the actor restarts must reach the
-/// next incarnation by itself, without another call nudging it. Before the
-/// mailbox outlived incarnations, a call parked during a failed flush could
-/// wait until someone else called.
+/// No lost wake-up: a call sent while the actor restarts reaches the next
+/// incarnation by itself, without another call nudging it (the mailbox
+/// outlives incarnations, so a call parked during a failed flush is not
+/// left waiting until someone else calls).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_sent_during_a_restart_is_never_left_waiting() {
     let rt = runtime().await;

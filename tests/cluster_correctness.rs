@@ -1,7 +1,8 @@
 //! Cluster correctness, started as the README starts a cluster: a head from
 //! the `troupe` binary (it runs no user code), worker nodes from this test
 //! binary re-launched in node mode, and the test as the driver. Each test
-//! here failed before the fix it guards.
+//! guards a property a user of a cluster relies on, with randomized
+//! workloads checked against a local evaluation where it can.
 
 mod common;
 #[path = "dag/mod.rs"]

@@ -222,8 +222,8 @@ async fn puts_never_take_the_store_far_over_its_budget() {
 }
 
 /// A put larger than what the budget has left, while memory is still under
-/// the spill threshold, waited forever: the spiller only ran above the
-/// threshold. It now spills until the waiting put fits.
+/// the spill threshold, makes the spiller run until the waiting put fits
+/// (it does not wait for the threshold to be crossed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_that_does_not_fit_under_the_threshold_makes_room() {
     let budget: u64 = 1 << 20;

@@ -224,7 +224,7 @@ async fn get_with_a_timeout_on_a_task_that_never_finishes() {
         .unwrap_err();
     assert!(matches!(err, ObjectError::Timeout { .. }), "{err}");
     rt.shutdown().await.unwrap();
-    // Shutdown abandons it: the ref now says so instead of hanging.
+    // Shutdown abandons it: the ref says so instead of hanging.
     let err = within("abandoned task", rt.get(&r)).await.unwrap_err();
     assert!(
         matches!(task_error(&err), TaskError::ShutDown { .. }),
@@ -1035,6 +1035,11 @@ async fn absurd_gpu_counts_are_refused_not_allocated() {
         .unwrap_err();
     assert!(matches!(err, SpawnError::InvalidResources(_)), "{err}");
     assert!(err.to_string().contains("num_gpus"), "{err}");
+    // A node cannot have half a GPU (it would silently have none).
+    let err = troupe::init(Config::default().resources(Resources::cpus(1.0).with_gpus(0.5)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SpawnError::InvalidResources(_)), "{err}");
     let rt = runtime().await;
     let r = add::options(TaskOptions::default().num_gpus(1e7)).remote(&rt, 1, 1);
     let err = rt.get(&r).await.unwrap_err();

@@ -3,8 +3,9 @@
 //! For `impl Counter { pub fn incr(&mut self, by: u64) -> u64 {..} }` it
 //! keeps the block as written and generates:
 //! - `CounterHandle`, a cheap-to-clone typed handle with the management
-//!   methods of `troupe::ActorHandle` (`kill`, `id`, `info`, `is_alive`,
-//!   `is_dead`, `options`), unless an actor method has that name, and
+//!   methods of `troupe::ActorHandle` (`stop`, `kill`, `id`, `info`,
+//!   `is_alive`, `is_dead`, `restarts`, `options`), unless an actor method
+//!   has that name, and
 //!   `AsRef<troupe::ActorHandle<Counter>>`;
 //! - for each `pub` (or `pub(crate)`, `pub(super)`) method taking `&self`
 //!   or `&mut self`, a handle method of the same name, arguments and
@@ -85,7 +86,8 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// own copy) and storable; the result type is storable.
 ///
 /// A function returning a type named `Result` is fallible: `Ok(v)` stores
-/// `v`, `Err(e)` fails the task with `e`'s text (retried only with
+/// `v`, `Err(e)` fails the task with `e` itself (read it back with
+/// `downcast_ref` on the `TaskError`'s cause; retried only with
 /// `retry_exceptions`). Sync bodies run on the blocking pool, async ones on
 /// the runtime's workers. `NAME` is the function's stable name.
 ///

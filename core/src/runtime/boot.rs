@@ -76,6 +76,13 @@ fn node_gpus(config: &mut Config) -> Result<Vec<GpuInfo>, SpawnError> {
         .resources
         .validate()
         .map_err(SpawnError::InvalidResources)?;
+    let declared = config.resources.num_gpus;
+    if config.gpu_detector.is_none() && declared.fract() != 0.0 {
+        return Err(SpawnError::InvalidResources(format!(
+            "a node has whole GPUs, not num_gpus = {declared}; declare the devices it has \
+             (a task or actor may then ask for a fraction of one)"
+        )));
+    }
     let gpus = match &config.gpu_detector {
         Some(detector) => detector.detect().map_err(SpawnError::GpuDetection)?,
         // Bounded by validate (MAX_GPUS): one entry per device, never per

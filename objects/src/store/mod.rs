@@ -54,7 +54,7 @@ impl<T: serde::Serialize + DeserializeOwned + GetSize + Send + Sync + 'static> O
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// Bytes of objects kept in memory (default: 30% of the machine's
-    /// memory, as Ray; 2 GiB where that cannot be read).
+    /// memory, as Ray; 30% of 8 GiB where that cannot be read).
     pub memory_budget: u64,
     /// Spilling starts above this fraction of the budget (default 0.8).
     pub spill_threshold: f64,
