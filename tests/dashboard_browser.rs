@@ -265,12 +265,14 @@ async fn the_dashboard_shows_the_tree_and_a_restart_live_in_chromium() {
         // Crash both actors: the page shows each restart without a reload.
         let lone_css = entry(&format!("root/user/{lone_id}"));
         let a_css = entry(&format!("root/user/workers/{a_id}"));
-        assert_eq!(
+        // Read by polling: each update re-renders the tree, so an element
+        // found may be replaced before its attribute is read.
+        until("the lone actor, not restarted yet", || async {
             attribute(&client, &lone_css, "data-restarts")
                 .await
-                .as_deref(),
-            Some("0")
-        );
+                .filter(|r| r == "0")
+        })
+        .await;
         assert!(lone.crash().await.is_err());
         assert!(a.crash().await.is_err());
         assert!(lone.ok().await.unwrap());
