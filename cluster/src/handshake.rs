@@ -20,6 +20,9 @@
 //! (it is no secret: object ids and frames carry it too). A side that does
 //! not finish within [`HANDSHAKE_TIMEOUT`] is dropped.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -78,6 +81,78 @@ pub(crate) enum HandshakeError {
     /// No randomness for a nonce.
     #[error("no randomness for a nonce: {0}")]
     Random(String),
+}
+
+/// Bounds the connections of one port still in their handshake: at most
+/// `total` at once, and at most `per_source` from one IP address. A
+/// connection over either bound is closed at once, so clients that never
+/// prove the cookie hold a bounded share of the port (and for at most
+/// [`HANDSHAKE_TIMEOUT`] each), and one address cannot take it all.
+pub(crate) struct Admission {
+    total: usize,
+    per_source: usize,
+    pending: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection admitted to its handshake; it leaves the count when
+/// dropped.
+pub(crate) struct Admitted {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+/// Handshakes one port runs at once, all sources together.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Handshakes one port runs at once for one source address.
+pub(crate) const MAX_PENDING_PER_SOURCE: usize = 128;
+
+impl Admission {
+    pub(crate) fn new(total: usize, per_source: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            total,
+            per_source,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The default bounds.
+    pub(crate) fn standard() -> Arc<Admission> {
+        Self::new(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Each critical section is one map update: a panic cannot leave it
+        // half-done.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a connection from `source` to its handshake, or `None` (close
+    /// it) when a bound is reached.
+    pub(crate) fn admit(self: &Arc<Self>, source: IpAddr) -> Option<Admitted> {
+        let mut pending = self.pending();
+        let total: usize = pending.values().sum();
+        let from_source = pending.get(&source).copied().unwrap_or(0);
+        if total >= self.total || from_source >= self.per_source {
+            return None;
+        }
+        *pending.entry(source).or_default() += 1;
+        Some(Admitted {
+            admission: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut pending = self.admission.pending();
+        if let Some(n) = pending.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.source);
+            }
+        }
+    }
 }
 
 fn nonce() -> Result<[u8; NONCE_BYTES], HandshakeError> {
@@ -319,6 +394,22 @@ mod tests {
         assert!(
             matches!(client, Err(HandshakeError::NotTroupe(_))),
             "{client:?}"
+        );
+    }
+
+    #[test]
+    fn admission_bounds_pending_handshakes_in_total_and_per_source() {
+        let admission = Admission::new(3, 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = admission.admit(a).expect("admitted");
+        let _second = admission.admit(a).expect("admitted");
+        assert!(admission.admit(a).is_none(), "a third from one source");
+        let _other = admission.admit(b).expect("another source");
+        assert!(admission.admit(b).is_none(), "the total is reached");
+        drop(first);
+        assert!(
+            admission.admit(a).is_some(),
+            "a finished handshake frees its place"
         );
     }
 

@@ -116,6 +116,7 @@ impl LinkServer {
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
         let serials = Arc::new(AtomicU64::new(1));
+        let admission = handshake::Admission::standard();
         tokio::spawn(
             async move {
                 let mut connections = tokio::task::JoinSet::new();
@@ -125,10 +126,15 @@ impl LinkServer {
                         Some(_) = connections.join_next() => {}
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
+                                let Some(admitted) = admission.admit(peer.ip()) else {
+                                    metrics::counter!("troupe_cluster_link_refused_total").increment(1);
+                                    tracing::warn!(%peer, "control link refused: too many handshakes pending");
+                                    continue;
+                                };
                                 let serial = serials.fetch_add(1, Ordering::Relaxed);
                                 let (cookie, deliver, ended) = (cookie.clone(), deliver.clone(), ended.clone());
                                 connections.spawn(
-                                    serve(stream, me, cookie, deliver, ended, serial)
+                                    serve(stream, me, cookie, deliver, ended, serial, admitted)
                                         .instrument(tracing::debug_span!("link_in", %peer)),
                                 );
                             }
@@ -164,9 +170,12 @@ async fn serve(
     deliver: Deliver,
     ended: Ended,
     serial: u64,
+    admitted: handshake::Admitted,
 ) {
     let _ = stream.set_nodelay(true);
-    let from = match handshake::accept(&mut stream, Purpose::Link, me, &cookie).await {
+    let proved = handshake::accept(&mut stream, Purpose::Link, me, &cookie).await;
+    drop(admitted);
+    let from = match proved {
         Ok(from) => from,
         Err(why) => {
             metrics::counter!("troupe_cluster_link_refused_total").increment(1);

@@ -94,8 +94,10 @@ pub struct DataLimits {
     /// A server closes a connection idle this long; a client reuses pooled
     /// connections idle for at most half of it (default 60 s).
     pub idle_timeout: Duration,
-    /// Connections a server serves at once (default 1024); more wait to be
-    /// accepted.
+    /// Members' connections a server serves at once (default 1024); more
+    /// wait, once their handshake is done, for one to close. Connections
+    /// still in their handshake are bounded apart (per port and per source
+    /// address) and never take one of these.
     pub max_connections: usize,
     /// Connections a client opens to one peer at once (default 16); more
     /// pulls from that peer wait for one. Also the most it keeps idle.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use troupe_objects::{NodeId, ObjectId, ObjectStore};
@@ -131,6 +131,7 @@ async fn accept_loop(
     // Connection tasks live in the set: dropping it (when the loop ends)
     // aborts them.
     let mut connections = JoinSet::new();
+    let admission = handshake::Admission::standard();
     loop {
         if *stopped.borrow_and_update() {
             break;
@@ -140,11 +141,16 @@ async fn accept_loop(
             // Told to stop (checked above), or the server is gone.
             changed = stopped.changed() => if changed.is_err() { break },
             Some(_) = connections.join_next() => {}
-            accepted = accept(&listener, &inner.slots) => match accepted {
-                Ok((stream, peer, slot)) => {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(admitted) = admission.admit(peer.ip()) else {
+                        metrics::counter!("troupe_data_connections_refused_total").increment(1);
+                        tracing::warn!(%peer, "data connection refused: too many handshakes pending");
+                        continue;
+                    };
                     inner.accepted.fetch_add(1, Ordering::Relaxed);
                     connections.spawn(
-                        serve_connection(stream, inner.clone(), slot)
+                        serve_connection(stream, inner.clone(), admitted)
                             .instrument(tracing::debug_span!("data_connection", %peer)),
                     );
                 }
@@ -163,31 +169,20 @@ async fn accept_loop(
     tracing::debug!("data server stopped");
 }
 
-/// A slot, then a connection (both cancel-safe).
-async fn accept(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-) -> io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-    let slot = slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| io::Error::other("the connection slots are closed"))?;
-    let (stream, peer) = listener.accept().await?;
-    Ok((stream, peer, slot))
-}
-
+/// Serves one connection: its handshake first (bounded by `admitted`),
+/// then, holding one of the server's slots, its requests.
 async fn serve_connection(
     mut stream: TcpStream,
     inner: Arc<ServerInner>,
-    _slot: OwnedSemaphorePermit,
+    admitted: handshake::Admitted,
 ) {
-    let _open = Open::enter(&inner.open);
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "TCP_NODELAY not set");
     }
     let me = inner.store.node();
-    let from = match handshake::accept(&mut stream, Purpose::Data, me, &inner.cookie).await {
+    let proved = handshake::accept(&mut stream, Purpose::Data, me, &inner.cookie).await;
+    drop(admitted);
+    let from = match proved {
         Ok(from) => from,
         Err(why) => {
             metrics::counter!("troupe_data_connections_refused_total").increment(1);
@@ -195,6 +190,12 @@ async fn serve_connection(
             return;
         }
     };
+    // Only members take a slot: clients that never prove the cookie cannot
+    // keep a member's pulls waiting.
+    let Ok(_slot) = inner.slots.clone().acquire_owned().await else {
+        return;
+    };
+    let _open = Open::enter(&inner.open);
     loop {
         let id = match read_request(&mut stream, &inner.limits).await {
             Ok(Some(request)) => request,

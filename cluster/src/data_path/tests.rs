@@ -597,3 +597,28 @@ async fn only_members_are_served_and_a_wrong_cookie_is_refused_clearly() {
     let got = member.pull_bytes(addr, secret.id()).await.unwrap();
     assert_eq!(&got[..], object);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_that_never_prove_the_cookie_take_no_members_slot() {
+    let holder = store();
+    let limits = DataLimits {
+        max_connections: 2,
+        ..DataLimits::default()
+    };
+    let server = serve(&holder, limits).await;
+    let addr = server.local_addr();
+    let r = holder.put_bytes(b"for members").await.unwrap();
+    // Twenty clients connect and say nothing.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let client = client_for(store(), DataLimits::default());
+    let got = tokio::time::timeout(Duration::from_secs(4), client.pull_bytes(addr, r.id()))
+        .await
+        // Within the handshake's deadline: the idle ones are still there.
+        .expect("served without waiting for the idle ones to time out")
+        .unwrap();
+    assert_eq!(&got[..], b"for members");
+    assert_eq!(server.open_connections(), 1, "only the member's");
+}
