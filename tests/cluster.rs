@@ -408,7 +408,10 @@ async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly()
         )
         .err()
         .unwrap_or_else(|| panic!("refused"));
-    assert!(err.contains("refused this node's cookie"), "{err}");
+    assert!(
+        err.contains("refused this node: use the cluster's cookie"),
+        "{err}"
+    );
 
     // A driver of another build.
     let mut options = ClusterOptions::driver(&head.address);
@@ -671,5 +674,79 @@ async fn an_actor_whose_node_dies_is_restarted_on_another_node_and_its_handles_f
         .await
         .unwrap_err();
     assert!(matches!(err, ActorError::ActorDied { .. }), "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+/// A cluster with TLS, made with `troupe cert` as the README says: tasks
+/// run on its nodes, a 20 MB object crosses nodes, `troupe status` answers
+/// with the TLS files, and a node without them cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_tls_runs_tasks_moves_objects_and_refuses_a_node_without_it() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("tls");
+    let tls = p.home().join("tls");
+    let tls_dir = tls.to_str().expect("a UTF-8 path").to_owned();
+    for cert in [
+        &["cert", "init", "--dir", &tls_dir][..],
+        &["cert", "issue", "--ca-dir", &tls_dir][..],
+    ] {
+        let (ok, out) = p.run(cert).expect("runs");
+        assert!(ok, "{out}");
+    }
+    let head = p
+        .head(&["--num-cpus", "1", "--tls-dir", &tls_dir])
+        .expect("the head starts");
+    let node = p
+        .worker(&head, &["--num-cpus", "1", "--tls-dir", &tls_dir])
+        .expect("a node with the cluster's certificate joins");
+    let refused = p.worker(&head, &["--num-cpus", "1"]);
+    let why = refused.expect_err("a node without TLS joined");
+    assert!(why.contains("--tls-dir"), "{why}");
+
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie().to_owned());
+    options.state_dir = Some(p.home().clone());
+    options.tls_dir = Some(tls.clone());
+    let rt = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins over TLS");
+    wait_for_nodes(2).await;
+
+    let spread = TaskOptions::default().scheduling_strategy(SchedulingStrategy::Spread);
+    let mut ran_on = BTreeSet::new();
+    for r in (0..8)
+        .map(|_| where_am_i::options(spread.clone()).remote(&rt, 1))
+        .collect::<Vec<_>>()
+    {
+        ran_on.insert(*common::within("a task over TLS", rt.get(&r)).await.unwrap());
+    }
+    assert_eq!(ran_on, BTreeSet::from([head.node, node.node]));
+
+    let len = 20 << 20;
+    let made = pattern::options(on(node.node)).remote(&rt, len, 7);
+    let (sum, got_len, read_on) = *common::within(
+        "a digest on the head",
+        rt.get(&digest::options(on(head.node)).remote(&rt, &made)),
+    )
+    .await
+    .unwrap();
+    assert_eq!((got_len, read_on), (len, head.node));
+    let here = common::within("the object, here", rt.get(&made))
+        .await
+        .unwrap();
+    assert_eq!(fnv(&here), sum, "the same bytes on every node");
+
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address, "--tls-dir", &tls_dir])
+        .expect("runs");
+    assert!(ok, "{status}");
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address])
+        .expect("runs");
+    assert!(!ok, "status without the TLS files answered: {status}");
     rt.shutdown().await.unwrap();
 }

@@ -387,6 +387,30 @@ fn every_flag_is_a_troupe_start_flag_and_the_command_line_parses() {
             "{}: --advertise must be $(POD_IP), with POD_IP from the downward API (status.podIP)",
             node.at
         );
+        // Bound beyond loopback: TLS, from a Secret mounted where
+        // --tls-dir points, never --insecure.
+        assert!(
+            !node.explicit("insecure"),
+            "{}: --insecure in a manifest",
+            node.at
+        );
+        let tls_dir = node
+            .value("tls-dir")
+            .unwrap_or_else(|| panic!("{}: no --tls-dir (a pod listens beyond loopback)", node.at));
+        let mount = items(&node.container["volumeMounts"])
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(tls_dir.as_str()))
+            .unwrap_or_else(|| panic!("{}: nothing mounted at --tls-dir={tls_dir}", node.at));
+        let volume = items(&node.workload["spec"]["template"]["spec"]["volumes"])
+            .iter()
+            .find(|v| v["name"].as_str() == mount["name"].as_str())
+            .unwrap_or_else(|| panic!("{}: no volume {:?}", node.at, mount["name"]));
+        assert_eq!(
+            volume["secret"]["secretName"].as_str(),
+            Some("troupe-tls"),
+            "{}: the TLS files come from the Secret troupe-tls",
+            node.at
+        );
     }
 }
 

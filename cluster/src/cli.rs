@@ -1,5 +1,6 @@
 //! The `troupe` command line: `start` (a head, or a node joining one),
-//! `status`, `stop`. The same commands run from the `troupe` binary and
+//! `status`, `stop`, and `cert` (a cluster CA and node certificates for
+//! TLS). The same commands run from the `troupe` binary and
 //! from a user's own binary through [`main_if_requested`] (a node must run
 //! the user's program, which holds its remote functions and actor types).
 
@@ -38,6 +39,41 @@ pub enum Command {
     Status(ClientArgs),
     /// Stops every node of the cluster, then its head (a clean leave).
     Stop(ClientArgs),
+    /// Makes the cluster's TLS files: a CA (`init`), node certificates
+    /// (`issue`).
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `troupe cert`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Makes a cluster CA (`ca.pem`, `ca.key`, mode 0600) in `--dir`.
+    Init {
+        /// Where (default: `tls` in the state directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where cookie and node files live.
+        #[arg(long, env = "TROUPE_HOME")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Issues a node certificate signed by the CA: `node.pem`, `node.key`
+    /// and a copy of `ca.pem` in `--out`, what `--tls-dir` takes. Give each
+    /// machine its own; keep `ca.key` where certificates are issued.
+    Issue {
+        /// The CA's directory (default: `tls` in the state directory).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Where to write (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = crate::tls::NODE_CERT_DAYS)]
+        days: i64,
+        /// Where cookie and node files live.
+        #[arg(long, env = "TROUPE_HOME")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 /// `troupe start`.
@@ -84,6 +120,13 @@ pub struct StartArgs {
     /// Where cookie and node files live (default $TROUPE_HOME or ~/.troupe).
     #[arg(long, env = "TROUPE_HOME")]
     pub state_dir: Option<PathBuf>,
+    /// This node's TLS files (`ca.pem`, `node.pem`, `node.key`, made with
+    /// `troupe cert`): TLS with mutual authentication on every connection.
+    #[arg(long, env = crate::TLS_DIR_ENV)]
+    pub tls_dir: Option<PathBuf>,
+    /// Listen beyond loopback without TLS (only on a network you trust).
+    #[arg(long)]
+    pub insecure: bool,
     /// Stay in the foreground (default: start in the background, print the
     /// address, return once the node is up).
     #[arg(long)]
@@ -118,6 +161,9 @@ pub struct ClientArgs {
     /// Where cookie and node files live.
     #[arg(long, env = "TROUPE_HOME")]
     pub state_dir: Option<PathBuf>,
+    /// The TLS files to reach a cluster that uses TLS.
+    #[arg(long, env = crate::TLS_DIR_ENV)]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Runs the `troupe` commands if this process was started as
@@ -168,6 +214,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
         Command::Start(args) => tokio.block_on(start_blocking(args, user_build)),
         Command::Status(args) => tokio.block_on(status(args)),
         Command::Stop(args) => tokio.block_on(stop(args)),
+        Command::Cert(command) => cert(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +223,33 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
             ExitCode::FAILURE
         }
     }
+}
+
+fn cert(command: CertCommand) -> Result<(), ClusterError> {
+    let default_dir = |state: &Option<PathBuf>| cookie::state_dir(state.as_deref()).join("tls");
+    match command {
+        CertCommand::Init { dir, state_dir } => {
+            let dir = dir.unwrap_or_else(|| default_dir(&state_dir));
+            crate::tls::init_ca(&dir)?;
+            println!("troupe: a cluster CA in {}", dir.display());
+        }
+        CertCommand::Issue {
+            ca_dir,
+            out,
+            days,
+            state_dir,
+        } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| default_dir(&state_dir));
+            let out = out.unwrap_or_else(|| ca_dir.clone());
+            crate::tls::issue(&ca_dir, &out, days)?;
+            println!(
+                "troupe: a node certificate in {} (start nodes with --tls-dir {})",
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `name=amount,...`.
@@ -226,6 +300,8 @@ fn options_of(args: &StartArgs, user_build: bool) -> Result<ClusterOptions, Clus
     options.advertise = args.advertise.clone();
     options.cookie = cookie_of(&args.cookie_file)?;
     options.state_dir = args.state_dir.clone();
+    options.tls_dir = args.tls_dir.clone();
+    options.insecure = args.insecure;
     options.detector.heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
     options.detector.dead_after =
         Duration::from_millis(args.dead_after_ms.max(args.heartbeat_ms * 3));
@@ -378,6 +454,7 @@ async fn client(args: &ClientArgs) -> Result<(troupe_core::Runtime, ClusterNode)
     let mut options = ClusterOptions::client(address);
     options.cookie = cookie_of(&args.cookie_file)?;
     options.state_dir = args.state_dir.clone();
+    options.tls_dir = args.tls_dir.clone();
     options.connect_timeout = Duration::from_secs(5);
     let node = ClusterNode::new(options);
     let config = node.configure(

@@ -30,6 +30,8 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use troupe_core::NodeId;
 
+use crate::tls::{self, Credentials, Stream};
+
 /// How long either side has to complete the handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,6 +80,10 @@ pub(crate) enum HandshakeError {
     /// The other side did not finish in time.
     #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
+    /// The TLS handshake failed (no certificate, one from another CA, an
+    /// expired one, or a peer that does not speak TLS).
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     /// No randomness for a nonce.
     #[error("no randomness for a nonce: {0}")]
     Random(String),
@@ -216,7 +222,9 @@ where
         greeting.push(purpose as u8);
         greeting.extend_from_slice(&me.0.to_le_bytes());
         greeting.extend_from_slice(&server_nonce);
+        // Flushed: over TLS, written bytes may wait in the session's buffer.
         stream.write_all(&greeting).await?;
+        stream.flush().await?;
         let mut proof = [0u8; PROOF_BYTES];
         stream.read_exact(&mut proof).await?;
         let mut client_nonce = [0u8; NONCE_BYTES];
@@ -234,6 +242,7 @@ where
             .map_err(|_| HandshakeError::WrongCookie)?;
         let answer = transcript.mac(cookie, b"troupe-server").finalize();
         stream.write_all(&answer.into_bytes()).await?;
+        stream.flush().await?;
         Ok(transcript.client)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -288,6 +297,7 @@ where
                 .into_bytes(),
         );
         stream.write_all(&proof).await?;
+        stream.flush().await?;
         let mut answer = [0u8; MAC_BYTES];
         match stream.read_exact(&mut answer).await {
             Ok(_) => {}
@@ -302,6 +312,49 @@ where
             .verify_slice(&answer)
             .map_err(|_| HandshakeError::WrongCookie)?;
         Ok(server)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
+
+/// The server's side over a new TCP connection: TLS first when the
+/// credentials have it, then the cookie handshake inside it, all within
+/// [`HANDSHAKE_TIMEOUT`]; the stream and the client's node id.
+pub(crate) async fn accept_over(
+    tcp: tokio::net::TcpStream,
+    purpose: Purpose,
+    me: NodeId,
+    credentials: &Credentials,
+) -> Result<(Stream, NodeId), HandshakeError> {
+    let exchange = async {
+        let mut stream = tls::accept(credentials.tls.as_deref(), tcp)
+            .await
+            .map_err(HandshakeError::Tls)?;
+        let from = accept(&mut stream, purpose, me, &credentials.cookie).await?;
+        Ok((stream, from))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
+
+/// The client's side over a new TCP connection: TLS first when the
+/// credentials have it, then the cookie handshake; the stream and the
+/// server's node id.
+pub(crate) async fn connect_over(
+    tcp: tokio::net::TcpStream,
+    purpose: Purpose,
+    me: NodeId,
+    credentials: &Credentials,
+    expect: Option<NodeId>,
+) -> Result<(Stream, NodeId), HandshakeError> {
+    let exchange = async {
+        let mut stream = tls::connect(credentials.tls.as_deref(), tcp)
+            .await
+            .map_err(HandshakeError::Tls)?;
+        let server = connect(&mut stream, purpose, me, &credentials.cookie, expect).await?;
+        Ok((stream, server))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await

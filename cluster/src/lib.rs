@@ -39,6 +39,7 @@ pub mod membership;
 mod node;
 pub mod placement;
 pub mod protocol;
+pub mod tls;
 mod transport;
 
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ use std::path::PathBuf;
 pub use agent::{AGENT_GROUP, MAX_PENDING_PER_PEER};
 pub use data_path::{DataClient, DataError, DataLimits, DataServer};
 pub use membership::Detector;
-pub use node::{ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, SERVICE_NAME};
+pub use node::{ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, SERVICE_NAME, TLS_DIR_ENV};
 pub use protocol::{Member, MemberState, Role};
 pub use transport::{Patience, TransportError, PROBE_AFTER};
 use troupe_core::Config;
@@ -67,8 +68,9 @@ pub enum ClusterError {
         /// What happened.
         reason: String,
     },
-    /// The head closed the session during authentication.
-    #[error("the head at {addr} refused this node's cookie: use the cluster's cookie (TROUPE_COOKIE, TROUPE_COOKIE_FILE, or the cookie file the head wrote)")]
+    /// The head closed the session during authentication: a wrong cookie,
+    /// or a cluster with TLS reached without its certificate.
+    #[error("the head at {addr} refused this node: use the cluster's cookie (TROUPE_COOKIE, TROUPE_COOKIE_FILE, or the cookie file the head wrote), and if the cluster uses TLS, its certificate (--tls-dir or TROUPE_TLS_DIR)")]
     CookieRefused {
         /// The head's address.
         addr: String,
@@ -113,6 +115,15 @@ pub enum ClusterError {
     /// A request failed in transport.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// TLS could not be set up (the files of `--tls-dir`).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The node would listen beyond loopback without TLS.
+    #[error("binding {addr} without TLS exposes the cluster's traffic to the network: pass --tls-dir (make the files with `troupe cert init` and `troupe cert issue`), or --insecure on a network you trust")]
+    Insecure {
+        /// The address it would bind.
+        addr: String,
+    },
     /// `TROUPE_ADDRESS` is unset.
     #[error("TROUPE_ADDRESS is not set: pass the head's address (`host:port`)")]
     NoAddress,

@@ -47,6 +47,7 @@ use troupe_core::NodeId;
 
 use crate::handshake::{self, HandshakeError, Purpose};
 use crate::protocol::MAX_FRAME_BYTES;
+use crate::tls::{Credentials, Stream};
 
 /// Frames closer together than this after a direct write are a burst:
 /// they queue for the writer task (one write for many) instead of each
@@ -108,7 +109,7 @@ impl LinkServer {
     pub(crate) async fn bind(
         addr: SocketAddr,
         me: NodeId,
-        cookie: Arc<[u8]>,
+        credentials: Credentials,
         deliver: Deliver,
         ended: Ended,
     ) -> io::Result<LinkServer> {
@@ -132,9 +133,9 @@ impl LinkServer {
                                     continue;
                                 };
                                 let serial = serials.fetch_add(1, Ordering::Relaxed);
-                                let (cookie, deliver, ended) = (cookie.clone(), deliver.clone(), ended.clone());
+                                let (credentials, deliver, ended) = (credentials.clone(), deliver.clone(), ended.clone());
                                 connections.spawn(
-                                    serve(stream, me, cookie, deliver, ended, serial, admitted)
+                                    serve(stream, me, credentials, deliver, ended, serial, admitted)
                                         .instrument(tracing::debug_span!("link_in", %peer)),
                                 );
                             }
@@ -164,28 +165,34 @@ impl Drop for LinkServer {
 }
 
 async fn serve(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     me: NodeId,
-    cookie: Arc<[u8]>,
+    credentials: Credentials,
     deliver: Deliver,
     ended: Ended,
     serial: u64,
     admitted: handshake::Admitted,
 ) {
-    let _ = stream.set_nodelay(true);
-    let proved = handshake::accept(&mut stream, Purpose::Link, me, &cookie).await;
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok();
+    let proved = handshake::accept_over(tcp, Purpose::Link, me, &credentials).await;
     drop(admitted);
-    let from = match proved {
-        Ok(from) => from,
+    let (mut stream, from) = match proved {
+        Ok(proved) => proved,
         Err(why) => {
             metrics::counter!("troupe_cluster_link_refused_total").increment(1);
-            tracing::warn!(%why, peer = ?stream.peer_addr().ok(), "control link refused");
+            tracing::warn!(%why, ?peer, "control link refused");
             return;
         }
     };
-    tracing::debug!(%from, serial, "control link up");
-    ended(from, serial, true);
-    let why = read_frames(&mut stream, from, &deliver).await;
+    tracing::debug!(%from, serial, "control link proven");
+    // Up once the peer says its end is ready (`LinkWriter::ready`): from
+    // then on its answers can come back.
+    let up = || {
+        tracing::debug!(%from, serial, "control link up");
+        ended(from, serial, true)
+    };
+    let why = read_frames(&mut stream, from, &deliver, up).await;
     tracing::debug!(%from, serial, %why, "control link ended");
     ended(from, serial, false);
 }
@@ -194,7 +201,13 @@ async fn serve(
 /// reactor between reads: it runs on the cluster's one I/O thread, which a
 /// spin would take from everything else there (work from peers is handed
 /// to the dispatcher, which does the looking, `node/dispatch.rs`).
-async fn read_frames(stream: &mut TcpStream, from: NodeId, deliver: &Deliver) -> String {
+async fn read_frames(
+    stream: &mut Stream,
+    from: NodeId,
+    deliver: &Deliver,
+    up: impl FnOnce(),
+) -> String {
+    let mut up = Some(up);
     let received = metrics::counter!("troupe_cluster_control_bytes_received_total");
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0;
@@ -220,7 +233,14 @@ async fn read_frames(stream: &mut TcpStream, from: NodeId, deliver: &Deliver) ->
             let Some(frame) = buf.get(start + 4..start + 4 + len) else {
                 break;
             };
-            deliver(from, frame);
+            // An empty frame is the writer's "ready", never a message.
+            if len == 0 {
+                if let Some(up) = up.take() {
+                    up();
+                }
+            } else {
+                deliver(from, frame);
+            }
             start += 4 + len;
         }
         if start == buf.len() {
@@ -236,7 +256,10 @@ pub(crate) struct LinkWriter {
 }
 
 struct Writer {
-    stream: TcpStream,
+    /// The plain socket, which a sender writes to directly when the link is
+    /// idle; `None` with TLS (records are sealed by the writer task alone,
+    /// which owns the stream).
+    direct: Option<TcpStream>,
     state: Mutex<WriteState>,
     wake: Notify,
     /// Told when the queue has been written (or the link closed).
@@ -286,26 +309,30 @@ impl Writer {
 
 impl LinkWriter {
     /// Connects to `to`'s link server at `addr` as node `from`, proving
-    /// `cookie`; `broken` is called once if the connection fails later.
+    /// `credentials`; `broken` is called once if the connection fails
+    /// later.
     pub(crate) async fn connect(
         addr: SocketAddr,
         from: NodeId,
         to: NodeId,
-        cookie: &[u8],
+        credentials: &Credentials,
         broken: Broken,
     ) -> Result<LinkWriter, LinkError> {
         let failed = |source| LinkError::Connect { addr, source };
-        let mut stream =
-            tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
-                .map_err(failed)?;
-        stream.set_nodelay(true).map_err(failed)?;
-        handshake::connect(&mut stream, Purpose::Link, from, cookie, Some(to))
+        let tcp = tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
+            .map_err(failed)?;
+        tcp.set_nodelay(true).map_err(failed)?;
+        let (stream, _) = handshake::connect_over(tcp, Purpose::Link, from, credentials, Some(to))
             .await
             .map_err(|source| LinkError::Handshake { addr, source })?;
+        let (direct, sealed) = match stream {
+            Stream::Plain(tcp) => (Some(tcp), None),
+            tls => (None, Some(tls)),
+        };
         let inner = Arc::new(Writer {
-            stream,
+            direct,
             state: Mutex::new(WriteState::default()),
             wake: Notify::new(),
             drained: Notify::new(),
@@ -314,13 +341,22 @@ impl LinkWriter {
             broken: Mutex::new(Some(broken)),
         });
         tokio::spawn(
-            write_queued(inner.clone()).instrument(tracing::debug_span!("link_out", %to, %addr)),
+            write_queued(inner.clone(), sealed)
+                .instrument(tracing::debug_span!("link_out", %to, %addr)),
         );
         Ok(LinkWriter { inner })
     }
 
+    /// Tells the peer this end is ready: its owner can send (and so answer)
+    /// on it. The peer counts the link as up from then on, not from the
+    /// handshake, which ends on its side before this end has stored the
+    /// link.
+    pub(crate) fn ready(&self) -> Result<(), LinkError> {
+        self.send(&[])
+    }
+
     /// Sends one frame (already encoded, at most `MAX_FRAME_BYTES`), in
-    /// order after those sent before it.
+    /// order after those sent before it. An empty frame is `ready`.
     pub(crate) fn send(&self, frame: &[u8]) -> Result<(), LinkError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
@@ -328,15 +364,21 @@ impl LinkWriter {
         }
         let head = (frame.len() as u32).to_le_bytes();
         let mut state = inner.lock();
-        if state.busy {
+        let Some(direct) = inner.direct.as_ref().filter(|_| !state.busy) else {
             if state.queued.len() + 4 + frame.len() > MAX_QUEUED_BYTES {
                 return Err(LinkError::Backpressure);
             }
             state.queued.extend_from_slice(&head);
             state.queued.extend_from_slice(frame);
             state.burst_until = Some(Instant::now() + BURST_HOLD);
+            if !state.busy {
+                // TLS: the writer task seals and writes every frame.
+                state.busy = true;
+                drop(state);
+                inner.wake.notify_one();
+            }
             return Ok(());
-        }
+        };
         // Idle: write now, from this thread. In a burst, the frames that
         // follow queue behind this one (busy) and go together.
         let now = Instant::now();
@@ -350,7 +392,7 @@ impl LinkWriter {
         }
         let parts = [io::IoSlice::new(&head), io::IoSlice::new(frame)];
         let total = 4 + frame.len();
-        let written = match inner.stream.try_write_vectored(&parts) {
+        let written = match direct.try_write_vectored(&parts) {
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
             Err(err) => {
@@ -409,8 +451,10 @@ impl Drop for LinkWriter {
 }
 
 /// The writer task: after one yield (the rest of the burst queues up),
-/// writes what is queued, until nothing is.
-async fn write_queued(inner: Arc<Writer>) {
+/// writes what is queued, until nothing is. With TLS it owns the stream
+/// (`sealed`) and writes every frame; otherwise it writes to the socket the
+/// senders share.
+async fn write_queued(inner: Arc<Writer>, mut sealed: Option<Stream>) {
     let mut batch = Vec::new();
     loop {
         inner.wake.notified().await;
@@ -427,7 +471,12 @@ async fn write_queued(inner: Arc<Writer>) {
                 }
                 std::mem::swap(&mut batch, &mut state.queued);
             }
-            if let Err(err) = write_all(&inner.stream, &batch).await {
+            let written = match (&mut sealed, &inner.direct) {
+                (Some(stream), _) => write_sealed(stream, &batch).await,
+                (None, Some(direct)) => write_all(direct, &batch).await,
+                (None, None) => Err(io::Error::other("a link with no stream")),
+            };
+            if let Err(err) = written {
                 inner.fail(err);
                 return;
             }
@@ -439,6 +488,12 @@ async fn write_queued(inner: Arc<Writer>) {
             return;
         }
     }
+}
+
+async fn write_sealed(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
@@ -470,7 +525,7 @@ mod tests {
         let server = LinkServer::bind(
             "127.0.0.1:0".parse().unwrap(),
             NodeId(2),
-            Arc::from(cookie),
+            Credentials::cookie(cookie),
             Arc::new(move |from, frame: &[u8]| g.lock().unwrap().push((from, frame.to_vec()))),
             Arc::new(move |from, _, up| {
                 if !up {
@@ -489,7 +544,14 @@ mod tests {
         to: NodeId,
         cookie: &[u8],
     ) -> Result<LinkWriter, LinkError> {
-        LinkWriter::connect(server.local_addr(), NodeId(1), to, cookie, Box::new(|_| {})).await
+        LinkWriter::connect(
+            server.local_addr(),
+            NodeId(1),
+            to,
+            &Credentials::cookie(cookie),
+            Box::new(|_| {}),
+        )
+        .await
     }
 
     async fn connect(server: &LinkServer, to: NodeId, cookie: &[u8]) -> LinkWriter {
@@ -506,7 +568,7 @@ mod tests {
                 let len = if i % 500 == 7 {
                     MAX_FRAME_BYTES
                 } else {
-                    (i % 97) as usize
+                    (i % 97) as usize + 1
                 };
                 vec![(i % 251) as u8; len]
             })
@@ -570,7 +632,7 @@ mod tests {
             quiet().await;
             // A burst.
             for i in 0..200u32 {
-                send(vec![round; (i % 50) as usize]);
+                send(vec![round; (i % 50) as usize + 1]);
             }
             quiet().await;
         }
@@ -604,6 +666,33 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), writer.flushed())
             .await
             .expect("at once");
+    }
+
+    /// The server counts a link as up only once the writer says it is
+    /// ready (its owner stored it and can answer), not when the handshake
+    /// ends on the server's side.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_is_up_once_its_writer_is_ready() {
+        let ups = Arc::new(StdMutex::new(Vec::new()));
+        let seen = ups.clone();
+        let server = LinkServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            NodeId(2),
+            Credentials::cookie(b"k"),
+            Arc::new(|_, _: &[u8]| {}),
+            Arc::new(move |from, _, up| seen.lock().unwrap().push((from, up))),
+        )
+        .await
+        .unwrap();
+        let writer = connect(&server, NodeId(2), b"k").await;
+        writer.send(b"a frame before ready").unwrap();
+        // The frame is read (and the server would have said "up" by now).
+        let marker = connect(&server, NodeId(2), b"k").await;
+        marker.ready().unwrap();
+        eventually("the ready link is up", || ups.lock().unwrap().len() == 1).await;
+        assert_eq!(*ups.lock().unwrap(), vec![(NodeId(1), true)]);
+        writer.ready().unwrap();
+        eventually("both are up", || ups.lock().unwrap().len() == 2).await;
     }
 
     #[tokio::test]
@@ -677,9 +766,15 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             drop(s);
         });
-        let w = LinkWriter::connect(addr, NodeId(1), NodeId(2), b"k", Box::new(|_| {}))
-            .await
-            .unwrap();
+        let w = LinkWriter::connect(
+            addr,
+            NodeId(1),
+            NodeId(2),
+            &Credentials::cookie(b"k"),
+            Box::new(|_| {}),
+        )
+        .await
+        .unwrap();
         let frame = vec![0u8; MAX_FRAME_BYTES];
         let mut refused = None;
         for i in 0..(MAX_QUEUED_BYTES / MAX_FRAME_BYTES) * 4 {

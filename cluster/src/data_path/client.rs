@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 use troupe_objects::{BlobWriter, Fetched, NodeId, ObjectError, ObjectId, ObjectStore};
@@ -17,6 +16,7 @@ use troupe_objects::{BlobWriter, Fetched, NodeId, ObjectError, ObjectId, ObjectS
 use super::wire::*;
 use super::{lock, within, DataError, DataLimits};
 use crate::handshake::{self, Purpose};
+use crate::tls::{Credentials, Stream};
 
 /// Pulls objects' bytes from other nodes into this node's store. Cheap to
 /// clone (the clones share connections and the in-flight bound).
@@ -29,8 +29,8 @@ struct ClientInner {
     store: ObjectStore,
     /// This node (the puller), as its handshakes prove.
     me: NodeId,
-    /// The cluster's cookie.
-    cookie: Arc<[u8]>,
+    /// What it proves to holders (and checks of them).
+    credentials: Credentials,
     limits: DataLimits,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     /// Bytes of chunks that may be received at once.
@@ -45,7 +45,7 @@ struct Peer {
     /// Connections open to it (of `max_connections_per_peer`).
     slots: Arc<Semaphore>,
     /// Open and unused, with when they were last used.
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<(Stream, Instant)>>,
 }
 
 /// A pull that failed; `stale` when the connection came from the pool and
@@ -66,14 +66,14 @@ impl From<DataError> for Failure {
 
 impl DataClient {
     /// A client that pulls into `store` (its buffers; its memory budget
-    /// bounds the size of an object), proving `cookie` to each holder (and
-    /// pulling only from holders that prove it back).
-    pub fn new(store: ObjectStore, limits: DataLimits, cookie: Arc<[u8]>) -> Self {
+    /// bounds the size of an object), proving `credentials` to each holder
+    /// (and pulling only from holders that prove theirs back).
+    pub fn new(store: ObjectStore, limits: DataLimits, credentials: Credentials) -> Self {
         let limits = limits.normalized();
         DataClient {
             inner: Arc::new(ClientInner {
                 me: store.node(),
-                cookie,
+                credentials,
                 store,
                 in_flight: Arc::new(Semaphore::new(limits.max_in_flight_bytes as usize)),
                 limits,
@@ -153,7 +153,7 @@ impl DataClient {
 
     /// [`pull`](Self::pull), the bytes only (tests).
     #[cfg(test)]
-    pub(super) async fn pull_bytes(
+    pub(crate) async fn pull_bytes(
         &self,
         from: SocketAddr,
         id: ObjectId,
@@ -175,14 +175,14 @@ impl DataClient {
 
     /// The most recently used idle connection, if one is recent enough (the
     /// server closes idle connections after `idle_timeout`).
-    fn take_idle(&self, peer: &Peer) -> Option<TcpStream> {
+    fn take_idle(&self, peer: &Peer) -> Option<Stream> {
         let max_age = self.inner.limits.idle_timeout / 2;
         let mut idle = lock(&peer.idle);
         idle.retain(|(_, since)| since.elapsed() < max_age);
         idle.pop().map(|(stream, _)| stream)
     }
 
-    fn put_idle(peer: &Peer, stream: TcpStream) {
+    fn put_idle(peer: &Peer, stream: Stream) {
         // At most one per slot held, so this stays within the per-peer limit.
         lock(&peer.idle).push((stream, Instant::now()));
     }
@@ -212,16 +212,15 @@ impl DataClient {
         self.inner.peak_in_flight_bytes.load(Ordering::Relaxed)
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, DataError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Stream, DataError> {
         let after = self.inner.limits.connect_timeout;
-        let mut stream = within(after, "connecting", TcpStream::connect(addr))
+        let tcp = within(after, "connecting", tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|source| DataError::Connect { addr, source })?;
-        stream
-            .set_nodelay(true)
+        tcp.set_nodelay(true)
             .map_err(|source| DataError::Connect { addr, source })?;
-        let (me, cookie) = (self.inner.me, &self.inner.cookie);
-        handshake::connect(&mut stream, Purpose::Data, me, cookie, None)
+        let (me, credentials) = (self.inner.me, &self.inner.credentials);
+        let (stream, _) = handshake::connect_over(tcp, Purpose::Data, me, credentials, None)
             .await
             .map_err(|why| DataError::Refused {
                 addr,
@@ -234,10 +233,10 @@ impl DataClient {
     /// reused (the whole reply was read).
     async fn exchange(
         &self,
-        mut stream: TcpStream,
+        mut stream: Stream,
         addr: SocketAddr,
         id: ObjectId,
-    ) -> Result<(Result<Fetched, ObjectError>, TcpStream), Failure> {
+    ) -> Result<(Result<Fetched, ObjectError>, Stream), Failure> {
         let limits = &self.inner.limits;
         let io = |source: io::Error| DataError::Io { addr, source };
         let protocol = |reason: String| DataError::Protocol { addr, reason };
@@ -249,11 +248,11 @@ impl DataClient {
         };
 
         let frame = encode_request(id);
-        within(
-            limits.io_timeout,
-            "writing a request",
-            stream.write_all(&frame),
-        )
+        within(limits.io_timeout, "writing a request", async {
+            // Flushed: over TLS, written bytes may wait in the session's buffer.
+            stream.write_all(&frame).await?;
+            stream.flush().await
+        })
         .await
         .map_err(before_reply)?;
 

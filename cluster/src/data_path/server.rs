@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -16,6 +17,7 @@ use troupe_objects::{NodeId, ObjectId, ObjectStore};
 use super::wire::*;
 use super::{within, DataLimits, Lend};
 use crate::handshake::{self, Purpose};
+use crate::tls::{Credentials, Stream};
 
 /// Serves this node's objects to other nodes'
 /// [`DataClient`](super::DataClient)s. Stops (its accept loop and every
@@ -28,8 +30,8 @@ pub struct DataServer {
 
 struct ServerInner {
     store: ObjectStore,
-    /// The cluster's cookie, which every connection must prove.
-    cookie: Arc<[u8]>,
+    /// What every connection must prove (the cookie; a certificate with TLS).
+    credentials: Credentials,
     lend: Option<Lend>,
     limits: DataLimits,
     /// Free connection slots (of `max_connections`).
@@ -42,17 +44,17 @@ struct ServerInner {
 impl DataServer {
     /// Listens on `addr` (port 0: any free port, see
     /// [`local_addr`](Self::local_addr)) and serves `store`'s objects, on
-    /// the current tokio runtime, to clients that prove `cookie` (and to no
-    /// one else). Objects whose values hold refs are served without
+    /// the current tokio runtime, to clients that prove `credentials` (and
+    /// to no one else). Objects whose values hold refs are served without
     /// registering anyone as a borrower: use
     /// [`bind_lending`](Self::bind_lending) in a cluster.
     pub async fn bind(
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
-        cookie: Arc<[u8]>,
+        credentials: Credentials,
     ) -> io::Result<DataServer> {
-        Self::bind_with(addr, store, limits, cookie, None).await
+        Self::bind_with(addr, store, limits, credentials, None).await
     }
 
     /// [`bind`](Self::bind), registering each puller as a borrower of the
@@ -61,17 +63,17 @@ impl DataServer {
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
-        cookie: Arc<[u8]>,
+        credentials: Credentials,
         lend: Lend,
     ) -> io::Result<DataServer> {
-        Self::bind_with(addr, store, limits, cookie, Some(lend)).await
+        Self::bind_with(addr, store, limits, credentials, Some(lend)).await
     }
 
     async fn bind_with(
         addr: SocketAddr,
         store: ObjectStore,
         limits: DataLimits,
-        cookie: Arc<[u8]>,
+        credentials: Credentials,
         lend: Option<Lend>,
     ) -> io::Result<DataServer> {
         let limits = limits.normalized();
@@ -80,7 +82,7 @@ impl DataServer {
         let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(ServerInner {
             store,
-            cookie,
+            credentials,
             lend,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
@@ -171,22 +173,19 @@ async fn accept_loop(
 
 /// Serves one connection: its handshake first (bounded by `admitted`),
 /// then, holding one of the server's slots, its requests.
-async fn serve_connection(
-    mut stream: TcpStream,
-    inner: Arc<ServerInner>,
-    admitted: handshake::Admitted,
-) {
-    if let Err(err) = stream.set_nodelay(true) {
+async fn serve_connection(tcp: TcpStream, inner: Arc<ServerInner>, admitted: handshake::Admitted) {
+    if let Err(err) = tcp.set_nodelay(true) {
         tracing::debug!(%err, "TCP_NODELAY not set");
     }
+    let peer = tcp.peer_addr().ok();
     let me = inner.store.node();
-    let proved = handshake::accept(&mut stream, Purpose::Data, me, &inner.cookie).await;
+    let proved = handshake::accept_over(tcp, Purpose::Data, me, &inner.credentials).await;
     drop(admitted);
-    let from = match proved {
-        Ok(from) => from,
+    let (mut stream, from) = match proved {
+        Ok(proved) => proved,
         Err(why) => {
             metrics::counter!("troupe_data_connections_refused_total").increment(1);
-            tracing::warn!(%why, peer = ?stream.peer_addr().ok(), "data connection refused");
+            tracing::warn!(%why, ?peer, "data connection refused");
             return;
         }
     };
@@ -243,7 +242,7 @@ enum RequestError {
 /// The next request: `None` when the client closed the connection, or left
 /// it idle for `idle_timeout`, between requests.
 async fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     limits: &DataLimits,
 ) -> Result<Option<ObjectId>, RequestError> {
     let mut head = [0u8; REQUEST_HEAD];
@@ -306,7 +305,7 @@ async fn read_request(
 /// object (and the refs its value holds: `from` is registered as their
 /// borrower first) or the store's error.
 async fn serve_one(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     inner: &ServerInner,
     id: ObjectId,
     from: NodeId,
@@ -319,7 +318,7 @@ async fn serve_one(
             tokio::select! {
                 exported = &mut export => break exported,
                 _ = tokio::time::sleep(limits.keepalive()) => {
-                    within(limits.io_timeout, "writing a keep-alive", stream.write_all(&[STATUS_WAIT])).await?;
+                    within(limits.io_timeout, "writing a keep-alive", written(stream, &[STATUS_WAIT])).await?;
                 }
             }
         }
@@ -355,7 +354,7 @@ async fn serve_one(
                     .await?;
                     inner.sent.increment(chunk.len() as u64);
                 }
-                Ok::<_, io::Error>(())
+                within(limits.io_timeout, "writing a chunk", stream.flush()).await
             }
             .await;
             if sent.is_err() {
@@ -378,10 +377,17 @@ async fn serve_one(
             within(
                 limits.io_timeout,
                 "writing a reply",
-                stream.write_all(&reply),
+                written(stream, &reply),
             )
             .await?;
         }
     }
     Ok(())
+}
+
+/// Writes `bytes` and flushes them: over TLS, written bytes may wait in the
+/// session's buffer until a flush.
+async fn written(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::*;
 use crate::handshake::{self, Purpose};
+use crate::tls::Credentials;
 use troupe_objects::{Blob, NodeId, ObjectStore, StoreConfig};
 use troupe_test_kit::eventually_within;
 
@@ -23,13 +24,18 @@ fn any_port() -> SocketAddr {
 const COOKIE: &[u8] = b"the cluster's cookie";
 
 async fn serve(store: &ObjectStore, limits: DataLimits) -> DataServer {
-    DataServer::bind(any_port(), store.clone(), limits, Arc::from(COOKIE))
-        .await
-        .unwrap()
+    DataServer::bind(
+        any_port(),
+        store.clone(),
+        limits,
+        Credentials::cookie(COOKIE),
+    )
+    .await
+    .unwrap()
 }
 
 fn client_for(store: ObjectStore, limits: DataLimits) -> DataClient {
-    DataClient::new(store, limits, Arc::from(COOKIE))
+    DataClient::new(store, limits, Credentials::cookie(COOKIE))
 }
 
 /// A raw connection to `addr` that has proved the cookie as node 9.
@@ -266,7 +272,7 @@ async fn the_refs_a_value_holds_are_listed_and_the_puller_is_registered_for_them
         any_port(),
         holder.clone(),
         DataLimits::default(),
-        Arc::from(COOKIE),
+        Credentials::cookie(COOKIE),
         Arc::new(move |to, refs: &[ObjectId], register| {
             seen.lock().unwrap().push((to, refs.to_vec(), register));
         }),
@@ -573,7 +579,11 @@ async fn only_members_are_served_and_a_wrong_cookie_is_refused_clearly() {
     );
 
     // A client with another cookie: refused, with an error that says so.
-    let outsider = DataClient::new(store(), DataLimits::default(), Arc::from(&b"guess"[..]));
+    let outsider = DataClient::new(
+        store(),
+        DataLimits::default(),
+        Credentials::cookie(b"guess"),
+    );
     let err = outsider.pull_bytes(addr, secret.id()).await.unwrap_err();
     assert!(matches!(err, DataError::Refused { .. }), "{err}");
 
@@ -582,7 +592,7 @@ async fn only_members_are_served_and_a_wrong_cookie_is_refused_clearly() {
         any_port(),
         store(),
         DataLimits::default(),
-        Arc::from(&b"guess"[..]),
+        Credentials::cookie(b"guess"),
     )
     .await
     .unwrap();

@@ -4,9 +4,9 @@
 use std::io;
 use std::time::Duration;
 
+use crate::tls::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use troupe_objects::{ObjectError, ObjectId};
 
 use super::within;
@@ -45,7 +45,7 @@ pub(super) fn encode_request(id: ObjectId) -> Vec<u8> {
     frame
 }
 
-pub(super) async fn read_u8(stream: &mut TcpStream, after: Duration) -> io::Result<u8> {
+pub(super) async fn read_u8(stream: &mut Stream, after: Duration) -> io::Result<u8> {
     let mut byte = [0u8; 1];
     within(after, "reading a reply", stream.read_exact(&mut byte)).await?;
     Ok(byte[0])

@@ -8,6 +8,28 @@
 //! cannot get its healthy node declared dead.
 
 use super::*;
+use crate::tls::{Credentials, Tls};
+
+/// Opens a ractor_cluster session to `addr`: over TLS when this node has
+/// it (the peer must present a certificate of the cluster's CA).
+async fn open_session(
+    shared: &Shared,
+    server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+) -> Result<(), ractor_cluster::ClientConnectErr> {
+    match shared.credentials.get().and_then(|c| c.tls.clone()) {
+        Some(tls) => {
+            ractor_cluster::client_connect_enc(
+                server,
+                addr.to_owned(),
+                tls.connector(),
+                Tls::server_name(),
+            )
+            .await
+        }
+        None => ractor_cluster::client_connect(server, addr.to_owned()).await,
+    }
+}
 
 /// The runtime service that runs a [`ClusterNode`].
 #[derive(Clone)]
@@ -167,13 +189,32 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         options.port
     };
     let host = options.advertised_host();
-    let cookie_bytes: Arc<[u8]> = Arc::from(cookie.as_bytes());
+    let tls = match &options.tls_dir {
+        Some(dir) => Some(Tls::load(dir)?),
+        None if !options.bind.is_loopback() && !options.insecure => {
+            return Err(ClusterError::Insecure {
+                addr: options.bind.to_string(),
+            })
+        }
+        None => None,
+    };
+    if tls.is_none() && !options.bind.is_loopback() {
+        tracing::warn!(bind = %options.bind, "listening beyond loopback without TLS (--insecure): the cluster's traffic is readable on the network");
+    }
+    let credentials = Credentials {
+        cookie: Arc::from(cookie.as_bytes()),
+        tls: tls.clone(),
+    };
+    let _ = shared.credentials.set(credentials.clone());
+    let encryption = tls
+        .as_ref()
+        .map(|tls| ractor_cluster::IncomingEncryptionMode::Tls(tls.acceptor()));
     let server = NodeServer::new(
         port,
         cookie,
         format!("troupe-{}", me.0),
         host.clone(),
-        None,
+        encryption,
         Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(options.bind)
@@ -204,7 +245,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let link_server = LinkServer::bind(
         SocketAddr::new(options.bind, options.link_port),
         me,
-        cookie_bytes.clone(),
+        credentials.clone(),
         Arc::new(move |from, bytes: &[u8]| {
             if let Some(transport) = deliver_to.upgrade() {
                 let source = crate::agent::Source::Link(from);
@@ -225,7 +266,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let link_addr = advertised(&host, link_server.local_addr().port()).await?;
     transport.set_link(LinkSetup {
         addr: link_addr,
-        cookie: cookie_bytes.clone(),
+        credentials: credentials.clone(),
         inbound: inbound.clone(),
     });
 
@@ -247,7 +288,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         SocketAddr::new(options.bind, options.data_port),
         rt.objects().clone(),
         options.data.clone(),
-        cookie_bytes.clone(),
+        credentials.clone(),
         Arc::new(move |to, refs: &[ObjectId], register| {
             if let Some(shared) = lender.upgrade() {
                 shared.lend(to, refs, register);
@@ -262,7 +303,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let _ = shared.data.set(DataClient::new(
         rt.objects().clone(),
         options.data.clone(),
-        cookie_bytes,
+        credentials.clone(),
     ));
     let data_addr = advertised(&host, data_server.local_addr().port()).await?;
 
@@ -367,7 +408,7 @@ async fn join(
         .get()
         .cloned()
         .ok_or(ClusterError::NotJoined)?;
-    let connect = ractor_cluster::client_connect(server, head_addr.to_owned());
+    let connect = open_session(shared, server, head_addr);
     match tokio::time::timeout_at(deadline, connect).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
@@ -471,7 +512,7 @@ async fn join(
     // (later ones connect to them), and are ready once those sessions are.
     if shared.options.role != Role::Client {
         for (_, addr) in &others {
-            if let Err(err) = ractor_cluster::client_connect(server, addr.clone()).await {
+            if let Err(err) = open_session(shared, server, addr).await {
                 tracing::warn!(%addr, %err, "could not reach a member");
             }
         }

@@ -89,7 +89,17 @@ pub struct ClusterOptions {
     pub state_dir: Option<PathBuf>,
     /// The data path's limits.
     pub data: DataLimits,
+    /// The directory of this node's TLS files (`ca.pem`, `node.pem`,
+    /// `node.key`; see [`crate::tls`]): TLS with mutual authentication on
+    /// every session, link and data connection. Default `TROUPE_TLS_DIR`;
+    /// `None`: plain TCP, with the cookie still proven both ways.
+    pub tls_dir: Option<PathBuf>,
+    /// Listen beyond loopback without TLS (refused otherwise).
+    pub insecure: bool,
 }
+
+/// The environment variable [`ClusterOptions::tls_dir`] defaults to.
+pub const TLS_DIR_ENV: &str = "TROUPE_TLS_DIR";
 
 impl ClusterOptions {
     fn new(role: Role, head: Option<String>) -> Self {
@@ -113,6 +123,8 @@ impl ClusterOptions {
             request_timeout: Duration::from_secs(30),
             state_dir: None,
             data: DataLimits::default(),
+            tls_dir: std::env::var_os(TLS_DIR_ENV).map(PathBuf::from),
+            insecure: false,
         }
     }
 
@@ -192,6 +204,8 @@ struct Shared {
     dispatcher: dispatch::Dispatcher,
     /// Why the node stopped being part of the cluster, once it has.
     ended: watch::Sender<Option<String>>,
+    /// What it proves to peers, once started.
+    credentials: OnceLock<crate::tls::Credentials>,
 }
 
 impl ClusterNode {
@@ -211,6 +225,7 @@ impl ClusterNode {
                 placer: Placer::default(),
                 dispatcher: Default::default(),
                 ended: watch::channel(None).0,
+                credentials: OnceLock::new(),
             }),
         }
     }

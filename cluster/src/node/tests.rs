@@ -79,7 +79,7 @@ impl Harness {
 fn setup(inbound: Arc<dyn Fn(Inbound) + Send + Sync>) -> LinkSetup {
     LinkSetup {
         addr: "127.0.0.1:9".parse().expect("an address"),
-        cookie: Arc::from(&b"cookie"[..]),
+        credentials: crate::tls::Credentials::cookie(b"cookie"),
         inbound,
     }
 }

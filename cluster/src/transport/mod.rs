@@ -34,6 +34,7 @@ use troupe_core::{NodeId, ObjectId};
 use crate::agent::{AgentMessage, Inbound, MAX_PENDING_PER_PEER};
 use crate::link::{LinkError, LinkWriter};
 use crate::protocol::{Frame, FrameError, Notice, Reply, Request};
+use crate::tls::Credentials;
 
 mod requests;
 
@@ -98,8 +99,8 @@ pub(crate) type Lend = Arc<dyn Fn(NodeId, &[ObjectId], bool) + Send + Sync>;
 pub(crate) struct LinkSetup {
     /// The address peers connect to (advertised).
     pub addr: SocketAddr,
-    /// The cluster's cookie.
-    pub cookie: Arc<[u8]>,
+    /// What links prove (the cookie; a certificate with TLS).
+    pub credentials: Credentials,
     /// Where peer changes go (`PeerUp` once a link is up), in order.
     pub inbound: Arc<dyn Fn(Inbound) + Send + Sync>,
 }
@@ -143,6 +144,14 @@ impl Writer {
             Writer::Link(link) => link.send(frame),
             #[cfg(test)]
             Writer::Memory(to) => to.send(frame.to_vec()).map_err(|_| LinkError::Closed),
+        }
+    }
+
+    fn ready(&self) -> Result<(), LinkError> {
+        match self {
+            Writer::Link(link) => link.ready(),
+            #[cfg(test)]
+            Writer::Memory(_) => Ok(()),
         }
     }
 
@@ -368,7 +377,7 @@ impl Transport {
         let Some(setup) = self.link.get() else {
             return;
         };
-        let cookie = setup.cookie.clone();
+        let credentials = setup.credentials.clone();
         self.update(node, |peer| {
             peer.link_addr = Some(addr);
             ((), false)
@@ -387,15 +396,24 @@ impl Transport {
                         t.outbound_lost(node, serial, &err.to_string());
                     }
                 });
-                match LinkWriter::connect(addr, transport.me, node, &cookie, broken).await {
+                match LinkWriter::connect(addr, transport.me, node, &credentials, broken).await {
                     Ok(writer) => {
-                        transport.update(node, |peer| {
-                            if peer.agent.is_some() {
-                                let writer = Writer::Link(writer);
-                                peer.outbound = Some(Arc::new(Outbound { writer, serial }));
-                            }
-                            ((), false)
+                        let outbound = Arc::new(Outbound {
+                            writer: Writer::Link(writer),
+                            serial,
                         });
+                        let stored = transport.update(node, |peer| {
+                            let stored = peer.agent.is_some();
+                            if stored {
+                                peer.outbound = Some(outbound.clone());
+                            }
+                            (stored, false)
+                        });
+                        // Stored: answers to the peer can go out, so it
+                        // may count the link as up.
+                        if stored {
+                            let _ = outbound.writer.ready();
+                        }
                         return;
                     }
                     Err(err) => {

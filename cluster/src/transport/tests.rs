@@ -2,6 +2,7 @@
 //! links that cannot take a frame, deadlines and probes.
 
 use super::*;
+use crate::tls::Credentials;
 
 fn waiting(
     node: u64,
@@ -50,7 +51,7 @@ async fn a_peer_change_handler_may_change_the_links_again() {
     let (weak, log) = (Arc::downgrade(&t), seen.clone());
     t.set_link(LinkSetup {
         addr: "127.0.0.1:9".parse().unwrap(),
-        cookie: Arc::from(&b"k"[..]),
+        credentials: Credentials::cookie(b"k"),
         inbound: Arc::new(move |event| {
             if let Inbound::PeerDown(node) = event {
                 log.lock().unwrap().push(node);
@@ -92,7 +93,7 @@ async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
         addr,
         NodeId(1),
         NodeId(2),
-        b"k",
+        &Credentials::cookie(b"k"),
         Box::new(move |err| {
             if let Some(t) = weak.upgrade() {
                 t.outbound_lost(NodeId(2), 7, &err.to_string());
