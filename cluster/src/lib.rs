@@ -31,6 +31,8 @@ mod agent;
 pub mod cli;
 pub mod cookie;
 mod data_path;
+#[cfg(test)]
+mod fuzz;
 mod handshake;
 pub mod health;
 mod link;

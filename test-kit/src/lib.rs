@@ -18,6 +18,8 @@
 #![warn(missing_docs, unreachable_pub)]
 #![warn(clippy::dbg_macro, clippy::todo)]
 
+pub mod fuzz;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use tokio::sync::{watch, Semaphore};
@@ -234,15 +234,15 @@ impl Drop for Open<'_> {
     }
 }
 
-enum RequestError {
+pub(super) enum RequestError {
     Io(io::Error),
     Malformed(String),
 }
 
 /// The next request: `None` when the client closed the connection, or left
 /// it idle for `idle_timeout`, between requests.
-async fn read_request(
-    stream: &mut Stream,
+pub(super) async fn read_request<R: AsyncRead + Unpin>(
+    stream: &mut R,
     limits: &DataLimits,
 ) -> Result<Option<ObjectId>, RequestError> {
     let mut head = [0u8; REQUEST_HEAD];
