@@ -7,6 +7,7 @@
 //! cargo bench -p troupe --features cluster --bench cluster_perf -- remote  # a filter
 //! TROUPE_BENCH_IDLE_MINUTES=10 cargo bench ... -- false_suspicions          # idle run
 //! TROUPE_BENCH_NODES=32 cargo bench ... -- scale                            # 32 light nodes
+//! TROUPE_BENCH_TLS=1 cargo bench ...       # the same cluster with TLS: names end in `_tls`
 //! ```
 
 #[path = "../tests/dag/mod.rs"]
@@ -54,8 +55,15 @@ fn wanted(filters: &[String], metric: &str) -> bool {
     filters.is_empty() || filters.iter().any(|f| metric.contains(f.as_str()))
 }
 
+/// Whether the cluster runs with TLS (`TROUPE_BENCH_TLS`): every figure's
+/// name then ends in `_tls`, beside the same figure without it.
+fn with_tls() -> bool {
+    std::env::var_os("TROUPE_BENCH_TLS").is_some()
+}
+
 fn print(metric: &str, value: f64, unit: &str) {
-    println!("{metric} {value:.3} {unit}");
+    let suffix = if with_tls() { "_tls" } else { "" };
+    println!("{metric}{suffix} {value:.3} {unit}");
 }
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
@@ -203,14 +211,46 @@ async fn run(filters: Vec<String>) {
     }
     let began = Instant::now();
     let mut cluster = LocalCluster::new("bench", this_program()).expect("a state directory");
-    let head = cluster.head(&["--num-cpus", "2"]).expect("the head starts");
+    let tls_dir = cluster.home().join("tls");
+    let tls_path = tls_dir.to_str().expect("a UTF-8 path").to_owned();
+    let mut tls_flags: Vec<&str> = Vec::new();
+    if with_tls() {
+        troupe::cluster::tls::init_ca(&tls_dir).expect("a CA");
+        troupe::cluster::tls::issue(&tls_dir, &tls_dir, 1).expect("a node certificate");
+        tls_flags = vec!["--tls-dir", &tls_path];
+    }
+    let flags = |extra: &[&'static str]| -> Vec<&str> {
+        let mut flags = vec!["--num-cpus", "2"];
+        flags.extend_from_slice(extra);
+        flags.extend_from_slice(&tls_flags);
+        flags
+    };
+    let head = cluster.head(&flags(&[])).expect("the head starts");
+    let light: Vec<&str> = ["--num-cpus", "1"]
+        .into_iter()
+        .chain(tls_flags.iter().copied())
+        .collect();
     let a = cluster
-        .worker(&head, &["--num-cpus", "2", "--resources", "a=1"])
+        .worker(&head, &flags(&["--resources", "a=1"]))
         .expect("node a");
     let _b = cluster
-        .worker(&head, &["--num-cpus", "2", "--resources", "b=1"])
+        .worker(&head, &flags(&["--resources", "b=1"]))
         .expect("node b");
-    let rt = join_as_driver(&cluster, &head).await;
+    let rt = if with_tls() {
+        let mut options = troupe::cluster::ClusterOptions::driver(&head.address);
+        options.cookie = Some(cluster.cookie().to_owned());
+        options.state_dir = Some(cluster.home().clone());
+        options.tls_dir = Some(tls_dir.clone());
+        troupe::init(
+            Config::default()
+                .resources(Resources::default())
+                .cluster_node(options),
+        )
+        .await
+        .expect("the driver joins over TLS")
+    } else {
+        join_as_driver(&cluster, &head).await
+    };
     wait_for("three nodes", || alive_nodes() == 3).await;
     print("cluster_start_seconds", began.elapsed().as_secs_f64(), "s");
 
@@ -326,8 +366,8 @@ async fn run(filters: Vec<String>) {
     if wanted(&filters, "node_dead_after_sigkill_s") {
         // LocalCluster blocks (it waits for the process): off the runtime's
         // workers, which the driver's links and heartbeats run on.
-        let victim = tokio::task::block_in_place(|| cluster.worker(&head, &["--num-cpus", "1"]))
-            .expect("a node to kill");
+        let victim =
+            tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
         wait_for("the victim", || alive_nodes() == 4).await;
         let mut events = rt.cluster_events();
         let killed = Instant::now();
