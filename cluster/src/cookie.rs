@@ -22,7 +22,8 @@ pub const COOKIE_FILE_ENV: &str = "TROUPE_COOKIE_FILE";
 pub const HOME_ENV: &str = "TROUPE_HOME";
 
 /// The state directory: `explicit`, else `$TROUPE_HOME`, else `~/.troupe`,
-/// else a directory under the system's temporary directory.
+/// else a directory under the system's temporary directory (with a
+/// warning: other users of the machine can see that path).
 pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(dir) = explicit {
         return dir.to_owned();
@@ -33,7 +34,9 @@ pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(home).join(".troupe");
     }
-    std::env::temp_dir().join("troupe")
+    let dir = std::env::temp_dir().join("troupe");
+    tracing::warn!(dir = %dir.display(), "no HOME and no TROUPE_HOME: the cookie and node files go to a shared temporary directory; set TROUPE_HOME");
+    dir
 }
 
 /// The cookie to use. `create`: make one in the state directory if none is
@@ -56,7 +59,10 @@ pub fn resolve(explicit: Option<String>, dir: &Path, create: bool) -> Result<Str
     if !create {
         return Err(ClusterError::NoCookie { looked_in: file });
     }
-    let cookie = random_cookie();
+    let cookie = random_cookie().map_err(|source| ClusterError::CookieFile {
+        path: file.clone(),
+        source,
+    })?;
     write_private(&file, &cookie).map_err(|source| ClusterError::CookieFile {
         path: file.clone(),
         source,
@@ -66,6 +72,13 @@ pub fn resolve(explicit: Option<String>, dir: &Path, create: bool) -> Result<Str
 }
 
 fn read_cookie(path: &Path) -> Result<String, ClusterError> {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "the cookie file is readable by other users: chmod 600 it");
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|source| ClusterError::CookieFile {
         path: path.to_owned(),
         source,
@@ -80,31 +93,55 @@ fn read_cookie(path: &Path) -> Result<String, ClusterError> {
     Ok(cookie)
 }
 
-/// 128 random bits, as hex.
-fn random_cookie() -> String {
+/// 128 random bits from the OS, as hex. Without OS randomness there is no
+/// cookie to make: a guessable one would be worse than none.
+fn random_cookie() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: hash what differs between processes and times
-        // (std's RandomState is seeded randomly per process).
-        use std::hash::{BuildHasher, Hasher};
-        for chunk in bytes.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default(),
-            );
-            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
-        }
+    getrandom::fill(&mut bytes).map_err(|e| {
+        std::io::Error::other(format!(
+            "no OS randomness to make a cookie ({e}); set TROUPE_COOKIE or TROUPE_COOKIE_FILE"
+        ))
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Refuses a path that is a symbolic link: a file written there could land
+/// wherever another user points it.
+pub(crate) fn refuse_link(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link; Troupe writes its secrets only to real files",
+                path.display()
+            ),
+        )),
+        _ => Ok(()),
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes `dir` (readable by its owner only, 0700, if new), refusing a
+/// symbolic link.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    refuse_link(dir)?;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        private_dir(parent)?;
     }
+    refuse_link(path)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -167,7 +204,27 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "readable by its owner only");
         }
         assert_eq!(resolve(Some("given".into()), &dir, false).unwrap(), "given");
-        assert_ne!(random_cookie(), random_cookie());
+        assert_ne!(random_cookie().unwrap(), random_cookie().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_are_never_written_through_a_symbolic_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("troupe-link-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "a new state directory is private");
+        let target = dir.join("elsewhere");
+        std::os::unix::fs::symlink(&target, dir.join("cookie")).unwrap();
+        let err = write_private(&dir.join("cookie"), "secret").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        assert!(!target.exists(), "nothing written through the link");
+        let linked_dir = dir.join("linked");
+        std::os::unix::fs::symlink(&dir, &linked_dir).unwrap();
+        assert!(write_private(&linked_dir.join("cookie"), "secret").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -317,6 +317,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
+    crate::cookie::refuse_link(path).map_err(io_error(path))?;
     let mut file = options.open(path).map_err(io_error(path))?;
     file.write_all(contents.as_bytes())
         .and_then(|()| file.sync_all())
