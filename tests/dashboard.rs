@@ -309,3 +309,65 @@ async fn a_page_left_open_costs_nothing_once_closed() {
     }
     rt.shutdown().await.unwrap();
 }
+
+/// With a token, every request but `/healthz` must carry it: as a bearer
+/// header, a cookie, or in the URL (which sets the cookie for the page's
+/// own requests). Beyond loopback, a dashboard without one does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_request_and_is_required_beyond_loopback() {
+    const TOKEN: &str = "0123456789abcdef-dashboard";
+    let rt = troupe::init(Config::default().service(Dashboard::new("127.0.0.1:0").token(TOKEN)))
+        .await
+        .unwrap();
+    let at = authority(&dash::url(&rt).unwrap());
+    for path in ["/", "/api/state", "/api/snapshot", "/api/status"] {
+        let refused = http::get(&at, path).await.unwrap();
+        assert_eq!(refused.status, 401, "{path} without the token");
+        assert!(
+            !refused.body.contains("supervisor"),
+            "{path}: {}",
+            refused.body
+        );
+    }
+    let wrong = http::get_with(
+        &at,
+        "/api/state",
+        &["Authorization: Bearer 0123456789abcdef-dashboarX"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert_eq!(http::get(&at, "/healthz").await.unwrap().status, 200);
+
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let ok = http::get_with(&at, "/api/state", &[&bearer]).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let page = http::get(&at, &format!("/?token={TOKEN}")).await.unwrap();
+    assert_eq!(page.status, 200);
+    let cookie = page
+        .header("set-cookie")
+        .expect("the page's cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = http::get_with(&at, "/api/snapshot", &[&format!("Cookie: {pair}")])
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status, 200);
+    rt.shutdown().await.unwrap();
+
+    let err = troupe::init(Config::default().service(Dashboard::new("0.0.0.0:0")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SpawnError::Service { cause, .. }
+                if matches!(cause.downcast_ref::<dash::DashboardError>(), Some(dash::DashboardError::NoToken { .. }))
+        ),
+        "{err}"
+    );
+}

@@ -16,7 +16,11 @@
 //! Both answer only on the address configured (loopback unless you say
 //! otherwise), refuse requests whose `Host` is not that address when
 //! bound to loopback (a guard against DNS rebinding), and serve nothing
-//! that changes the runtime.
+//! that changes the runtime. Bound beyond loopback, each needs a token
+//! ([`Dashboard::token`], [`MetricsExporter::token`]), which every request
+//! then carries: `Authorization: Bearer TOKEN`, a `troupe_token` cookie, or
+//! `?token=TOKEN` in the URL (which sets the cookie for the page's own
+//! requests). `/healthz` needs none.
 //!
 //! ```
 //! use troupe_core::Config;
@@ -44,6 +48,7 @@
 #![warn(clippy::dbg_macro, clippy::todo)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod auth;
 mod hub;
 mod prometheus;
 mod server;
@@ -87,6 +92,17 @@ pub enum DashboardError {
     /// The Prometheus recorder could not be built.
     #[error("could not build the Prometheus recorder: {0}")]
     Recorder(String),
+    /// Bound beyond loopback without a token: anyone who reaches the
+    /// address would see the runtime.
+    #[error("{addr} is reachable beyond this machine: give it a token (`.token(..)`), or bind 127.0.0.1")]
+    NoToken {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// A token too short to guess slowly, or with characters a URL or a
+    /// cookie would mangle.
+    #[error("a token must be at least 16 characters of letters, digits, '-', '_' or '.'")]
+    BadToken,
 }
 
 /// Adds the dashboard and the metrics endpoint to a [`Config`]:
@@ -142,6 +158,7 @@ pub struct Dashboard {
     interval: Duration,
     samples: usize,
     query: StateQuery,
+    token: Option<String>,
 }
 
 impl Dashboard {
@@ -157,7 +174,16 @@ impl Dashboard {
             query: StateQuery::new()
                 .limit(200)
                 .tasks(TaskFilter::new().limit(200)),
+            token: None,
         }
+    }
+
+    /// Requires `token` of every request (see the crate docs for how a
+    /// request carries it); required to bind beyond loopback. At least 16
+    /// characters of letters, digits, `-`, `_` or `.`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// How often an open page is updated, and the object store sampled

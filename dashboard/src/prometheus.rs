@@ -63,6 +63,7 @@ pub(crate) fn recorder() -> Result<PrometheusHandle, DashboardError> {
 #[derive(Clone, Debug)]
 pub struct MetricsExporter {
     addr: String,
+    token: Option<String>,
 }
 
 impl MetricsExporter {
@@ -71,7 +72,18 @@ impl MetricsExporter {
 
     /// An endpoint on `addr` (`ip:port`; port 0 picks a free one).
     pub fn new(addr: impl Into<String>) -> Self {
-        Self { addr: addr.into() }
+        Self {
+            addr: addr.into(),
+            token: None,
+        }
+    }
+
+    /// Requires `token` of every scrape (`Authorization: Bearer TOKEN`, as
+    /// Prometheus's `authorization` setting sends it); required to bind
+    /// beyond loopback.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 }
 
@@ -92,14 +104,14 @@ impl RuntimeService for MetricsExporter {
         runtime: &Runtime,
     ) -> BoxFuture<'static, Result<Box<dyn RunningService>, ServiceError>> {
         let addr = self.addr.clone();
+        let token = self.token.clone();
         let runtime = runtime.downgrade();
         Box::pin(async move {
+            let auth = crate::auth::Auth::new(token.as_deref())?;
             let handle = recorder()?;
             let listener = bind(&addr).await?;
             let local = local_addr(&listener)?;
-            if !local.ip().is_loopback() {
-                tracing::warn!(addr = %local, "the metrics endpoint answers on a non-loopback address");
-            }
+            auth.check(local)?;
             let app = Router::new()
                 .route("/metrics", get(scrape))
                 .route("/", get(scrape))
@@ -107,6 +119,10 @@ impl RuntimeService for MetricsExporter {
                     runtime,
                     handle: handle.clone(),
                 })
+                .layer(axum::middleware::from_fn_with_state(
+                    auth,
+                    crate::auth::require,
+                ))
                 .layer(axum::middleware::from_fn_with_state(
                     HostGuard::for_addr(local),
                     guard,

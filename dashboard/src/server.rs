@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use troupe_core::runtime::{RunningService, WeakRuntime};
 use troupe_core::{Runtime, StateQuery, TaskFilter, TaskState, TimelineError};
 
+use crate::auth::Auth;
 use crate::hub::Hub;
 use crate::{bind, Dashboard, DashboardError};
 
@@ -180,11 +181,10 @@ pub(crate) async fn start_dashboard(
     dashboard: Dashboard,
     runtime: WeakRuntime,
 ) -> Result<Served, DashboardError> {
+    let auth = Auth::new(dashboard.token.as_deref())?;
     let listener = bind(&dashboard.addr).await?;
     let local = local_addr(&listener)?;
-    if !local.ip().is_loopback() {
-        tracing::warn!(addr = %local, "the dashboard answers on a non-loopback address: anyone who can reach it sees this runtime's state (it has no authentication)");
-    }
+    auth.check(local)?;
     let hub = Hub::new(
         runtime.clone(),
         dashboard.query.clone(),
@@ -206,6 +206,10 @@ pub(crate) async fn start_dashboard(
             runtime,
             hub: hub.clone(),
         })
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::require,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             HostGuard::for_addr(local),
             guard,

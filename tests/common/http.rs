@@ -38,6 +38,17 @@ pub async fn get(authority: &str, path: &str) -> std::io::Result<Response> {
     get_as(authority, path, authority).await
 }
 
+/// GET `path` from `authority` with extra header lines (`Name: value`).
+pub async fn get_with(authority: &str, path: &str, headers: &[&str]) -> std::io::Result<Response> {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    match tokio::time::timeout(TIMEOUT, request(authority, path, authority, &extra)).await {
+        Ok(response) => response,
+        Err(_) => Err(std::io::Error::other(format!(
+            "GET {path} from {authority}: no answer within {TIMEOUT:?}"
+        ))),
+    }
+}
+
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -66,17 +77,23 @@ async fn head(stream: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<(S
     Ok((status, headers))
 }
 
-async fn send(authority: &str, path: &str, host: &str) -> std::io::Result<BufReader<TcpStream>> {
+async fn send(
+    authority: &str,
+    path: &str,
+    host: &str,
+    extra: &str,
+) -> std::io::Result<BufReader<TcpStream>> {
     let mut stream = TcpStream::connect(authority).await?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n{extra}Connection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     Ok(BufReader::new(stream))
 }
 
 /// GET `path` from `authority`, saying `Host: host`.
 pub async fn get_as(authority: &str, path: &str, host: &str) -> std::io::Result<Response> {
-    match tokio::time::timeout(TIMEOUT, request(authority, path, host)).await {
+    match tokio::time::timeout(TIMEOUT, request(authority, path, host, "")).await {
         Ok(response) => response,
         Err(_) => Err(std::io::Error::other(format!(
             "GET {path} from {authority}: no answer within {TIMEOUT:?}"
@@ -84,8 +101,13 @@ pub async fn get_as(authority: &str, path: &str, host: &str) -> std::io::Result<
     }
 }
 
-async fn request(authority: &str, path: &str, host: &str) -> std::io::Result<Response> {
-    let mut stream = send(authority, path, host).await?;
+async fn request(
+    authority: &str,
+    path: &str,
+    host: &str,
+    extra: &str,
+) -> std::io::Result<Response> {
+    let mut stream = send(authority, path, host, extra).await?;
     let (status, headers) = head(&mut stream).await?;
     let chunked = headers
         .iter()
@@ -147,7 +169,7 @@ pub struct Events {
 impl Events {
     /// Opens `path` (`/api/events`) on `authority`.
     pub async fn open(authority: &str, path: &str) -> std::io::Result<Events> {
-        let mut stream = send(authority, path, authority).await?;
+        let mut stream = send(authority, path, authority, "").await?;
         let (status, headers) = head(&mut stream).await?;
         let is_events = headers
             .iter()
