@@ -750,3 +750,216 @@ async fn a_cluster_with_tls_runs_tasks_moves_objects_and_refuses_a_node_without_
     assert!(!ok, "status without the TLS files answered: {status}");
     rt.shutdown().await.unwrap();
 }
+
+/// `x` squared, wherever it runs.
+#[troupe::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// A node's resident memory, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+/// A connection from the attacker's own address (127.0.0.2: the per-source
+/// bounds keep it from taking the members' share of a port).
+async fn hostile(to: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind("127.0.0.2:0".parse().ok()?).ok()?;
+    tokio::time::timeout(Duration::from_secs(2), socket.connect(to))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Attacks `to` until `stop`: idle connections held open, connections
+/// that send random bytes, connections that send a truncated start of a
+/// frame, and one that sends a byte every 50 ms.
+async fn attack(to: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    use tokio::io::AsyncWriteExt;
+    let mut idle = Vec::new();
+    let mut made = 0;
+    for _ in 0..200 {
+        if let Some(s) = hostile(to).await {
+            idle.push(s);
+            made += 1;
+        }
+    }
+    let slow = tokio::spawn(async move {
+        let Some(mut s) = hostile(to).await else {
+            return;
+        };
+        while !*stop.borrow() {
+            if s.write_all(&[0x5a]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(to.port());
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..1_000 {
+        let Some(mut s) = hostile(to).await else {
+            continue;
+        };
+        made += 1;
+        let bytes: Vec<u8> = if round % 2 == 0 {
+            (0..1 + next() % 2048).map(|_| next() as u8).collect()
+        } else {
+            // A frame's start that claims far more than follows.
+            let mut b = (1u64 << 20).to_be_bytes().to_vec();
+            b.extend_from_slice(&(1u32 << 20).to_le_bytes());
+            b.extend((0..next() % 40).map(|_| next() as u8));
+            b
+        };
+        let _ = s.write_all(&bytes).await;
+        let _ = s.shutdown().await;
+    }
+    let _ = slow.await;
+    drop(idle);
+    made
+}
+
+/// Hostile clients at every port of every node (sessions, links, the data
+/// path) while a job runs: 200 idle connections, 1,000 connections of
+/// random or truncated bytes and a slowloris each. The job's answers are
+/// exact, every node lives on with its memory within 256 MiB of where it
+/// started, and the refusals are in the nodes' logs with the attacker's
+/// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_under_attack_keep_serving_and_log_the_attacks() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("attack");
+    let ports: Vec<String> = (0..4)
+        .map(|_| free_port().expect("a free port").to_string())
+        .collect();
+    let head = p
+        .head(&[
+            "--num-cpus",
+            "1",
+            "--link-port",
+            &ports[0],
+            "--data-port",
+            &ports[1],
+        ])
+        .expect("the head starts");
+    let node = p
+        .worker(
+            &head,
+            &[
+                "--num-cpus",
+                "1",
+                "--link-port",
+                &ports[2],
+                "--data-port",
+                &ports[3],
+            ],
+        )
+        .expect("a node starts");
+    let rt = join_as_driver(&p, &head).await;
+    wait_for_nodes(2).await;
+    let before = [rss_of(head.pid), rss_of(node.pid)];
+
+    let mut targets: Vec<std::net::SocketAddr> = vec![
+        head.address.parse().expect("an address"),
+        node.address.parse().expect("an address"),
+    ];
+    targets.extend(ports.iter().map(|port| {
+        format!("127.0.0.1:{port}")
+            .parse::<std::net::SocketAddr>()
+            .expect("an address")
+    }));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let attacks: Vec<_> = targets
+        .iter()
+        .map(|to| tokio::spawn(attack(*to, stopped.clone())))
+        .collect();
+
+    // The job, while the attack runs.
+    let refs: Vec<_> = (0..300u64)
+        .map(|i| {
+            let on = if i % 2 == 0 { head.node } else { node.node };
+            (i, square::options(on_node(on)).remote(&rt, i))
+        })
+        .collect();
+    for (i, r) in &refs {
+        let got = common::within("a task under attack", rt.get(r))
+            .await
+            .unwrap();
+        assert_eq!(*got, i * i);
+    }
+    let len = 20 << 20;
+    let made = pattern::options(on_node(node.node)).remote(&rt, len, 3);
+    let (sum, got_len, _) = *common::within(
+        "a digest under attack",
+        rt.get(&digest::options(on_node(head.node)).remote(&rt, &made)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got_len, len);
+    let here = common::within("the object, here", rt.get(&made))
+        .await
+        .unwrap();
+    assert_eq!(fnv(&here), sum);
+
+    let _ = stop.send(true);
+    let mut connections = 0;
+    for a in attacks {
+        connections += common::within("the attack ends", a).await.expect("joined");
+    }
+    assert!(
+        connections > 5_000,
+        "{connections} hostile connections made"
+    );
+
+    // Every node lives on, within its memory bound.
+    wait_for_nodes(2).await;
+    for (pid, before) in [(head.pid, before[0]), (node.pid, before[1])] {
+        let after = rss_of(pid);
+        assert!(after > 0, "node {pid} is gone");
+        assert!(
+            after < before + (256 << 20),
+            "node {pid} grew from {before} to {after} bytes under attack"
+        );
+    }
+    // A member still joins and works after the attack.
+    let late = p
+        .worker(&head, &["--num-cpus", "1"])
+        .expect("a node joins after the attack");
+    wait_for_nodes(3).await;
+    assert_eq!(
+        *common::within(
+            "a task after the attack",
+            rt.get(&square::options(on_node(late.node)).remote(&rt, 9))
+        )
+        .await
+        .unwrap(),
+        81
+    );
+    let log = p.log_tail(&head).join("\n");
+    assert!(
+        log.contains("refused") && log.contains("127.0.0.2"),
+        "the head's log names the refusals and the attacker: {log}"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+/// Runs on `node`.
+fn on_node(node: NodeId) -> TaskOptions {
+    TaskOptions::default()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false })
+}

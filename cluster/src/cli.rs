@@ -199,6 +199,18 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
             };
         }
     };
+    // A node's log: warnings and errors by default (refused connections,
+    // peers lost; ractor_cluster's errors only, as it warns once per closed
+    // connection, which a flood of them would turn into a flood of lines),
+    // more with RUST_LOG. A program that installed its own subscriber keeps
+    // it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ractor_cluster=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let tokio = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

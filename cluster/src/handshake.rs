@@ -161,6 +161,45 @@ impl Drop for Admitted {
     }
 }
 
+/// Logs refused connections of one kind without letting a flood of them
+/// flood the log: the first in each second is logged with its peer and
+/// reason, and says how many were refused since the last one logged.
+pub(crate) struct RefusalLog {
+    what: &'static str,
+    second: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalLog {
+    pub(crate) const fn new(what: &'static str) -> RefusalLog {
+        RefusalLog {
+            what,
+            second: std::sync::atomic::AtomicU64::new(0),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn refused(&self, peer: Option<std::net::SocketAddr>, why: &dyn std::fmt::Display) {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let last = self.second.load(Ordering::Relaxed);
+        if last == now
+            || self
+                .second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let also = self.unlogged.swap(0, Ordering::Relaxed);
+        tracing::warn!(?peer, %why, refused_since_last_logged = also, "{} refused", self.what);
+    }
+}
+
 fn nonce() -> Result<[u8; NONCE_BYTES], HandshakeError> {
     let mut nonce = [0u8; NONCE_BYTES];
     getrandom::fill(&mut nonce).map_err(|e| HandshakeError::Random(e.to_string()))?;

@@ -45,7 +45,10 @@ use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 use troupe_core::NodeId;
 
-use crate::handshake::{self, HandshakeError, Purpose};
+use crate::handshake::{self, HandshakeError, Purpose, RefusalLog};
+
+/// Control links refused, logged at most once a second.
+static REFUSALS: RefusalLog = RefusalLog::new("control link");
 use crate::protocol::MAX_FRAME_BYTES;
 use crate::tls::{Credentials, Stream};
 
@@ -129,7 +132,7 @@ impl LinkServer {
                             Ok((stream, peer)) => {
                                 let Some(admitted) = admission.admit(peer.ip()) else {
                                     metrics::counter!("troupe_cluster_link_refused_total").increment(1);
-                                    tracing::warn!(%peer, "control link refused: too many handshakes pending");
+                                    REFUSALS.refused(Some(peer), &"too many handshakes pending");
                                     continue;
                                 };
                                 let serial = serials.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +184,7 @@ async fn serve(
         Ok(proved) => proved,
         Err(why) => {
             metrics::counter!("troupe_cluster_link_refused_total").increment(1);
-            tracing::warn!(%why, ?peer, "control link refused");
+            REFUSALS.refused(peer, &why);
             return;
         }
     };

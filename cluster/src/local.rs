@@ -38,12 +38,17 @@ pub struct LocalNode {
     index: usize,
 }
 
+/// How many of a node's last log lines are kept.
+const LOG_LINES_KEPT: usize = 400;
+
 /// Processes of a cluster on this machine; all killed on drop.
 pub struct LocalCluster {
     launcher: Launcher,
     home: PathBuf,
     cookie: String,
     children: Vec<(String, Child)>,
+    /// The last lines each child wrote to stderr (its log), by index.
+    logs: Vec<std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>>,
     /// How long a node may take to come up.
     pub start_timeout: Duration,
 }
@@ -63,6 +68,7 @@ impl LocalCluster {
             home,
             cookie: cookie.iter().map(|b| format!("{b:02x}")).collect(),
             children: Vec::new(),
+            logs: Vec::new(),
             start_timeout: Duration::from_secs(20),
         })
     }
@@ -145,7 +151,7 @@ impl LocalCluster {
             stderr_reader = Some(std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                    if kept.len() == 100 {
+                    if kept.len() == LOG_LINES_KEPT {
                         kept.pop_front();
                     }
                     kept.push_back(line);
@@ -158,6 +164,7 @@ impl LocalCluster {
         };
         let index = self.children.len();
         self.children.push((args.join(" "), child));
+        self.logs.push(last_errors.clone());
         let deadline = Instant::now() + self.start_timeout;
         let mut seen = Vec::new();
         loop {
@@ -217,6 +224,21 @@ impl LocalCluster {
         let mut args = vec!["start", "--block", "--address", &head.address];
         args.extend_from_slice(extra);
         self.start(&args)
+    }
+
+    /// The last lines (at most a few hundred) `node` wrote to its log
+    /// (stderr), oldest first.
+    pub fn log_tail(&self, node: &LocalNode) -> Vec<String> {
+        self.logs
+            .get(node.index)
+            .map(|kept| {
+                kept.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// SIGKILLs a node's process.

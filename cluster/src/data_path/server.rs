@@ -16,7 +16,10 @@ use troupe_objects::{NodeId, ObjectId, ObjectStore};
 
 use super::wire::*;
 use super::{within, DataLimits, Lend};
-use crate::handshake::{self, Purpose};
+use crate::handshake::{self, Purpose, RefusalLog};
+
+/// Data connections refused, logged at most once a second.
+static REFUSALS: RefusalLog = RefusalLog::new("data connection");
 use crate::tls::{Credentials, Stream};
 
 /// Serves this node's objects to other nodes'
@@ -147,7 +150,7 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let Some(admitted) = admission.admit(peer.ip()) else {
                         metrics::counter!("troupe_data_connections_refused_total").increment(1);
-                        tracing::warn!(%peer, "data connection refused: too many handshakes pending");
+                        REFUSALS.refused(Some(peer), &"too many handshakes pending");
                         continue;
                     };
                     inner.accepted.fetch_add(1, Ordering::Relaxed);
@@ -185,7 +188,7 @@ async fn serve_connection(tcp: TcpStream, inner: Arc<ServerInner>, admitted: han
         Ok(proved) => proved,
         Err(why) => {
             metrics::counter!("troupe_data_connections_refused_total").increment(1);
-            tracing::warn!(%why, ?peer, "data connection refused");
+            REFUSALS.refused(peer, &why);
             return;
         }
     };
