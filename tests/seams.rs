@@ -67,6 +67,10 @@ impl Placement for ToPeer {
         if needs.contains_key("later") && !self.later.load(Ordering::SeqCst) {
             return PlacementDecision::Wait;
         }
+        // A task pinned to a node that left.
+        if needs.contains_key("gone") {
+            return PlacementDecision::NodeGone(NodeId(42));
+        }
         match self.peer.rt() {
             Some(peer) if !self.dead.load(Ordering::SeqCst) => {
                 PlacementDecision::Node(peer.node_id())
@@ -286,6 +290,29 @@ async fn a_task_no_node_fits_waits_until_one_joins() {
     });
     let (value, node) = *within("placed once a node fits", a.get(&r)).await.unwrap();
     assert_eq!((value, node), (8, b.node_id()));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A task the hook says must run on a node that is gone fails naming that
+/// node, not as a task that asked for too much.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_pinned_to_a_node_that_is_gone_fails_naming_it() {
+    let Pair { a, b, .. } = pair().await;
+    let pinned = TaskOptions::default().resource("gone", 1.0).max_retries(0);
+    let err = within("a failure", a.get(&node_of::options(pinned).remote(&a, 1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.failure::<TaskError>(),
+            Some(TaskError::NodeGone {
+                node: NodeId(42),
+                ..
+            })
+        ),
+        "{err}"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -96,7 +96,7 @@ impl Placer {
                     Some(m)
                         if !soft && matches!(m.state, MemberState::Dead | MemberState::Left) =>
                     {
-                        return PlacementDecision::Infeasible
+                        return PlacementDecision::NodeGone(*node)
                     }
                     None if !soft => return PlacementDecision::Wait,
                     _ if !soft => return PlacementDecision::Wait,
@@ -467,7 +467,7 @@ mod tests {
         members[1].state = MemberState::Dead;
         assert_eq!(
             decide(&p, &members, to(2, false), true, true),
-            PlacementDecision::Infeasible
+            PlacementDecision::NodeGone(NodeId(2))
         );
         assert_eq!(
             decide(&p, &members, to(2, true), true, true),

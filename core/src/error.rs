@@ -341,6 +341,17 @@ pub enum TaskError {
         #[source]
         cause: ObjectError,
     },
+    /// The task must run on one node (hard node affinity), and that node
+    /// has left the cluster or died.
+    #[error("task {task} ({id}) must run on node {node} (hard node affinity), which has left the cluster or died; use soft affinity, or another node")]
+    NodeGone {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// The node it must run on.
+        node: NodeId,
+    },
     /// No remote function has that name in this binary.
     #[error("task {task} ({id}): no remote function of that name in this binary; is every node running the same build?")]
     UnknownFunction {
@@ -418,6 +429,7 @@ impl TaskError {
             TaskError::Failed { id, .. }
             | TaskError::DependencyFailed { id, .. }
             | TaskError::Infeasible { id, .. }
+            | TaskError::NodeGone { id, .. }
             | TaskError::InvalidResources { id, .. }
             | TaskError::Cancelled { id, .. }
             | TaskError::ShutDown { id, .. }

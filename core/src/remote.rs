@@ -48,6 +48,9 @@ pub enum PlacementDecision {
     Wait,
     /// No node can ever run it.
     Infeasible,
+    /// It must run on this node (hard affinity), which has left or died:
+    /// it can never run.
+    NodeGone(NodeId),
 }
 
 /// Decides where tasks that this node cannot run go (a node joining a

@@ -69,6 +69,15 @@ impl Scheduler {
                 self.delegate(queued, node);
                 return;
             }
+            PlacementDecision::NodeGone(node) => {
+                let err = TaskError::NodeGone {
+                    task: task.spec.function.clone(),
+                    id: task.spec.id,
+                    node,
+                };
+                self.fail_unplaced(&task, err);
+                return;
+            }
             PlacementDecision::Wait => {
                 if queued.attempt > 1 {
                     self.expire_unplaced(task.spec.id, queued.attempt);
