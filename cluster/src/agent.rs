@@ -8,7 +8,7 @@
 //! coming up makes the peer's agent appear in the group (a pg join event),
 //! going down makes it leave. The one frame agents carry is `Notice::Link`
 //! (where the sender's control link listens); every other frame travels on
-//! the control link (`link.rs`), one socket write away.
+//! the control link (`link/`), one socket write away.
 
 use std::sync::Arc;
 

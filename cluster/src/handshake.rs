@@ -48,7 +48,7 @@ pub(crate) const PROOF_BYTES: usize = 8 + NONCE_BYTES + MAC_BYTES;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Purpose {
-    /// A control link (`link.rs`).
+    /// A control link (`link/`).
     Link = 1,
     /// A data-path connection (`data_path/`).
     Data = 2,

@@ -3,7 +3,7 @@
 //! protocol's registrations for every ref a frame carries.
 //!
 //! A peer is connected once its ractor_cluster session is up (its agent
-//! appeared, `agent.rs`) *and* a control link runs each way (`link.rs`):
+//! appeared, `agent.rs`) *and* a control link runs each way (`link/`):
 //! every frame travels on this node's link to the peer, in order.
 //!
 //! No request waits forever. Each has a patience ([`Patience`]): control

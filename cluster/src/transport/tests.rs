@@ -75,18 +75,7 @@ async fn a_peer_change_handler_may_change_the_links_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_that_cannot_be_queued_closes_the_link_instead_of_vanishing() {
-    use crate::handshake::{self, Purpose};
-    // A peer that takes the connection and never reads.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _peer = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        handshake::accept(&mut s, Purpose::Link, NodeId(2), b"k")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        drop(s);
-    });
+    let (addr, _peer) = crate::link::tests::peer_that_never_reads().await;
     let t = Transport::new(NodeId(1), Timeouts::default());
     let weak = Arc::downgrade(&t);
     let writer = LinkWriter::connect(
