@@ -412,6 +412,16 @@ async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly()
         err.contains("refused this node: use the cluster's cookie"),
         "{err}"
     );
+    // Nor does the read-only token open a node's way in.
+    let token = read_only_token(&p);
+    let err = p
+        .start_with_cookie(&["start", "--block", "--address", &head.address], &token)
+        .err()
+        .unwrap_or_else(|| panic!("a node joined with the read-only token"));
+    assert!(
+        err.contains("refused this node: use the cluster's cookie"),
+        "{err}"
+    );
 
     // A driver of another build.
     let mut options = ClusterOptions::driver(&head.address);
@@ -456,8 +466,19 @@ async fn a_wrong_cookie_another_build_and_an_empty_address_are_refused_clearly()
     assert!(ok && status.contains("1 nodes (1 alive)"), "{status}");
 }
 
+/// What `troupe token` prints (the test binary, relaunched as `troupe`,
+/// prints its test harness's lines too).
+fn read_only_token(p: &LocalCluster) -> String {
+    let (ok, out) = p.run(&["token"]).expect("runs");
+    assert!(ok, "{out}");
+    out.split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
+async fn troupe_status_lists_the_nodes_a_read_only_token_cannot_stop_them_and_troupe_stop_does() {
     let _turn = DRIVER.lock().await;
     let mut p = processes("stop");
     let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
@@ -479,6 +500,33 @@ async fn troupe_status_lists_the_nodes_and_troupe_stop_stops_them_cleanly() {
         );
     }
     assert!(status.contains("special 2"), "{status}");
+
+    // With the read-only token: the same status, and no stop.
+    let token_file = p.home().join("read-only-token");
+    std::fs::write(&token_file, read_only_token(&p)).expect("writes the token");
+    let token_file = token_file.to_str().expect("a UTF-8 path");
+    let read_only = ["--address", &head.address, "--token-file", token_file];
+    let (ok, seen) = p
+        .run(&[&["status"][..], &read_only[..]].concat())
+        .expect("runs");
+    assert!(ok && seen.contains("3 nodes (3 alive)"), "{seen}");
+    let (ok, out) = p
+        .run(&[&["stop"][..], &read_only[..]].concat())
+        .expect("runs");
+    assert!(!ok && out.contains("read-only token"), "{out}");
+    std::fs::write(p.home().join("read-only-token"), "0".repeat(64)).expect("writes");
+    let (ok, out) = p
+        .run(&[&["status"][..], &read_only[..]].concat())
+        .expect("runs");
+    assert!(!ok && out.contains("not this cluster's"), "{out}");
+    let (ok, status) = p
+        .run(&["status", "--address", &head.address])
+        .expect("runs");
+    assert!(
+        ok && status.contains("3 nodes (3 alive)"),
+        "still running: {status}"
+    );
+
     let (ok, out) = p.run(&["stop", "--address", &head.address]).expect("runs");
     assert!(ok, "{out}");
     let exits = p

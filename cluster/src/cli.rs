@@ -1,20 +1,23 @@
 //! The `troupe` command line: `start` (a head, or a node joining one),
-//! `status`, `stop`, and `cert` (a cluster CA and node certificates for
+//! `status`, `stop`, `token` (a read-only credential), and `cert` (a cluster CA and node certificates for
 //! TLS). The same commands run from the `troupe` binary and
 //! from a user's own binary through [`main_if_requested`] (a node must run
 //! the user's program, which holds its remote functions and actor types).
 
 use std::ffi::{OsStr, OsString};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use troupe_core::{Config, Resources};
 
+use crate::handshake::HandshakeError;
 use crate::node::{ClusterNode, ClusterOptions};
-use crate::protocol::{Member, MemberState, Role};
+use crate::protocol::{Member, MemberState, Reply, Request, Role};
+use crate::session::{self, SessionError};
+use crate::tls::{Credentials, Tls};
 use crate::{cookie, ClusterError, ADDRESS_ENV};
 
 /// Troupe's cluster commands.
@@ -39,6 +42,11 @@ pub enum Command {
     Status(ClientArgs),
     /// Stops every node of the cluster, then its head (a clean leave).
     Stop(ClientArgs),
+    /// Prints the cluster's read-only token: with it (`status
+    /// --token-file`), a client sees the cluster's status and can neither
+    /// join, run work, nor stop it. Derived from the cookie: a new cookie
+    /// revokes it.
+    Token(TokenArgs),
     /// Makes the cluster's TLS files: a CA (`init`), node certificates
     /// (`issue`).
     #[command(subcommand)]
@@ -164,6 +172,21 @@ pub struct ClientArgs {
     /// The TLS files to reach a cluster that uses TLS.
     #[arg(long, env = crate::TLS_DIR_ENV)]
     pub tls_dir: Option<PathBuf>,
+    /// A file holding the cluster's read-only token (`troupe token`), in
+    /// place of the cookie: `status` works, `stop` is refused.
+    #[arg(long, env = "TROUPE_TOKEN_FILE", conflicts_with = "cookie_file")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `troupe token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// A file holding the cluster's cookie.
+    #[arg(long, env = "TROUPE_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// Where cookie and node files live.
+    #[arg(long, env = "TROUPE_HOME")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Runs the `troupe` commands if this process was started as
@@ -226,6 +249,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
         Command::Start(args) => tokio.block_on(start_blocking(args, user_build)),
         Command::Status(args) => tokio.block_on(status(args)),
         Command::Stop(args) => tokio.block_on(stop(args)),
+        Command::Token(args) => token(args),
         Command::Cert(command) => cert(command),
     };
     match result {
@@ -480,7 +504,60 @@ async fn client(args: &ClientArgs) -> Result<(troupe_core::Runtime, ClusterNode)
     Ok((rt, node))
 }
 
+fn token(args: TokenArgs) -> Result<(), ClusterError> {
+    let dir = cookie::state_dir(args.state_dir.as_deref());
+    let cookie = cookie::resolve(cookie_of(&args.cookie_file)?, &dir, false)?;
+    println!("{}", cookie::read_only_token(cookie.as_bytes()));
+    Ok(())
+}
+
+/// Asks the head `request` as a read-only client (`--token-file`), without
+/// joining.
+async fn observe(
+    args: &ClientArgs,
+    token_file: &Path,
+    request: Request,
+) -> Result<Reply, ClusterError> {
+    let dir = cookie::state_dir(args.state_dir.as_deref());
+    let address = args
+        .address
+        .clone()
+        .or_else(|| cookie::head_address(&dir))
+        .ok_or(ClusterError::NoAddress)?;
+    let token = std::fs::read_to_string(token_file).map_err(|source| ClusterError::CookieFile {
+        path: token_file.to_owned(),
+        source,
+    })?;
+    let mut credentials = Credentials::cookie(token.trim());
+    if let Some(tls_dir) = &args.tls_dir {
+        credentials = credentials.with_tls(Tls::load(tls_dir)?);
+    }
+    match session::ask(&address, &credentials, request, Duration::from_secs(5)).await {
+        Ok(reply) => Ok(reply),
+        Err(SessionError::Handshake(HandshakeError::WrongCookie)) => Err(ClusterError::ReadOnly(
+            "the token is not this cluster's (print it with `troupe token` where the cookie is)"
+                .to_owned(),
+        )),
+        Err(err) => Err(ClusterError::Unreachable {
+            addr: address,
+            reason: err.to_string(),
+        }),
+    }
+}
+
 async fn status(args: ClientArgs) -> Result<(), ClusterError> {
+    if let Some(token_file) = &args.token_file {
+        return match observe(&args, token_file, Request::Status).await? {
+            Reply::Status(members) => {
+                print!("{}", render_status(&members));
+                Ok(())
+            }
+            Reply::Refused(why) => Err(ClusterError::ReadOnly(why)),
+            other => Err(ClusterError::Protocol(format!(
+                "unexpected reply {other:?}"
+            ))),
+        };
+    }
     let (rt, node) = client(&args).await?;
     let members = node.status().await;
     let _ = rt.shutdown().await;
@@ -489,6 +566,14 @@ async fn status(args: ClientArgs) -> Result<(), ClusterError> {
 }
 
 async fn stop(args: ClientArgs) -> Result<(), ClusterError> {
+    if let Some(token_file) = &args.token_file {
+        return match observe(&args, token_file, Request::StopCluster).await? {
+            Reply::Refused(why) => Err(ClusterError::ReadOnly(why)),
+            other => Err(ClusterError::Protocol(format!(
+                "a read-only stop was answered {other:?}"
+            ))),
+        };
+    }
     let (rt, node) = client(&args).await?;
     let result = node.stop_cluster().await;
     let _ = rt.shutdown().await;

@@ -177,6 +177,22 @@ pub fn write_node_file(dir: &Path, node: NodeId, role: Role, address: &str) {
     }
 }
 
+/// The read-only token of the cluster whose cookie is `cookie`: what
+/// `troupe token` prints and `troupe status --token-file` proves. Derived,
+/// so every member checks it without being given it; a new cookie makes
+/// a new one (the way to revoke it).
+pub fn read_only_token(cookie: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(cookie)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"troupe read-only token v1");
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

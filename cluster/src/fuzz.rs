@@ -92,6 +92,7 @@ async fn accept_against(mutate: impl FnOnce(&mut Vec<u8>)) {
     let accepting = tokio::spawn(async move {
         handshake::accept(&mut server, Purpose::Link, NodeId(1), COOKIE).await
     });
+    peer.write_all(&handshake::CLIENT_MAGIC).await.unwrap();
     let mut greeting = [0u8; GREETING_BYTES];
     peer.read_exact(&mut greeting).await.unwrap();
     let mut proof = 77u64.to_le_bytes().to_vec();

@@ -1,5 +1,6 @@
-//! The mutual handshake that opens every connection of Troupe's own ports
-//! (the control link and the data path): both sides prove they hold the
+//! The mutual handshake that opens every connection of Troupe's ports (the
+//! control link, the data path, and the session port in front of
+//! ractor_cluster's own handshake): both sides prove they hold the
 //! cluster's cookie, without sending it, before anything else is read, and
 //! the server learns which node the client is. That node id is the only
 //! identity the connection's frames or requests may claim.
@@ -7,6 +8,7 @@
 //! The wire (integers little-endian):
 //!
 //! ```text
+//! client → server: "TRHC"
 //! server → client: "TRHS" | version: u8 | purpose: u8 | server: u64 | server_nonce [16]
 //! client → server: client: u64 | client_nonce [16] | client_mac [32]
 //! server → client: server_mac [32]
@@ -14,7 +16,13 @@
 //!   server_mac = HMAC-SHA256(cookie, "troupe-server" | purpose | server | client | nonces)
 //! ```
 //!
-//! Fresh nonces on both sides make a recorded handshake useless later; the
+//! On the session port, a client may prove the read-only token in place of
+//! the cookie (an observer); the server then answers with the label
+//! "troupe-observer", so that a client that meant to join learns at once
+//! that its key is not the cookie.
+//!
+//! The client speaks first so that a plain client at a TLS port (or the
+//! reverse) fails at once, not at the deadline. Fresh nonces on both sides make a recorded handshake useless later; the
 //! purpose byte keeps a proof made for one port from opening another; MACs
 //! are compared in constant time. The server's node id is sent in the clear
 //! (it is no secret: object ids and frames carry it too). A side that does
@@ -36,6 +44,8 @@ use crate::tls::{self, Credentials, Stream};
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const MAGIC: [u8; 4] = *b"TRHS";
+/// What a client sends first.
+pub(crate) const CLIENT_MAGIC: [u8; 4] = *b"TRHC";
 const VERSION: u8 = 1;
 const NONCE_BYTES: usize = 16;
 const MAC_BYTES: usize = 32;
@@ -52,6 +62,9 @@ pub(crate) enum Purpose {
     Link = 1,
     /// A data-path connection (`data_path/`).
     Data = 2,
+    /// A ractor_cluster session (`session.rs`), before ractor's own
+    /// handshake.
+    Session = 3,
 }
 
 /// Why a handshake failed.
@@ -66,6 +79,13 @@ pub(crate) enum HandshakeError {
     /// The other side speaks another version.
     #[error("handshake version {0} (this node speaks {VERSION})")]
     Version(u8),
+    /// The server closed the connection before greeting.
+    #[error(
+        "the other side closed the connection before its greeting (a node that \
+         uses TLS closes plain connections: pass --tls-dir with the cluster's \
+         certificates; one that does not closes TLS ones)"
+    )]
+    Closed,
     /// The other side does not hold this cluster's cookie.
     #[error("the other side does not hold this cluster's cookie")]
     WrongCookie,
@@ -239,6 +259,7 @@ fn what(purpose: Purpose) -> &'static str {
     match purpose {
         Purpose::Link => "control link",
         Purpose::Data => "data connection",
+        Purpose::Session => "control session",
     }
 }
 
@@ -253,7 +274,49 @@ pub(crate) async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (client, _) = accept_as(stream, purpose, me, cookie, None).await?;
+    Ok(client)
+}
+
+/// What a client proved it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// The cluster's cookie: a member.
+    Member,
+    /// The read-only token (`cookie::read_only_token`): it may ask, not
+    /// act.
+    Observer,
+}
+
+impl Standing {
+    /// The label of the server's MAC: a client learns which standing the
+    /// server gave it.
+    fn label(self) -> &'static [u8] {
+        match self {
+            Standing::Member => b"troupe-server",
+            Standing::Observer => b"troupe-observer",
+        }
+    }
+}
+
+/// The server's side, accepting the cookie (a member) or, where
+/// `observer_key` is given, the read-only token (an observer).
+async fn accept_as<S>(
+    stream: &mut S,
+    purpose: Purpose,
+    me: NodeId,
+    cookie: &[u8],
+    observer_key: Option<&[u8]>,
+) -> Result<(NodeId, Standing), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
+        let mut hello = [0u8; 4];
+        stream.read_exact(&mut hello).await?;
+        if hello != CLIENT_MAGIC {
+            return Err(HandshakeError::NotTroupe(what(purpose)));
+        }
         let server_nonce = nonce()?;
         let mut greeting = Vec::with_capacity(GREETING_BYTES);
         greeting.extend_from_slice(&MAGIC);
@@ -275,14 +338,25 @@ where
             server_nonce,
             client_nonce,
         };
-        transcript
-            .mac(cookie, b"troupe-client")
-            .verify_slice(&proof[8 + NONCE_BYTES..])
-            .map_err(|_| HandshakeError::WrongCookie)?;
-        let answer = transcript.mac(cookie, b"troupe-server").finalize();
+        let client_mac = &proof[8 + NONCE_BYTES..];
+        let proves = |key: &[u8]| {
+            transcript
+                .mac(key, b"troupe-client")
+                .verify_slice(client_mac)
+                .is_ok()
+        };
+        let (key, standing) = if proves(cookie) {
+            (cookie, Standing::Member)
+        } else {
+            match observer_key.filter(|key| proves(key)) {
+                Some(key) => (key, Standing::Observer),
+                None => return Err(HandshakeError::WrongCookie),
+            }
+        };
+        let answer = transcript.mac(key, standing.label()).finalize();
         stream.write_all(&answer.into_bytes()).await?;
         stream.flush().await?;
-        Ok(transcript.client)
+        Ok((transcript.client, standing))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
@@ -291,6 +365,7 @@ where
 
 /// The client's side, as node `me`: the server's node id once both proved
 /// the cookie (refused if `expect` names another node).
+#[cfg(test)]
 pub(crate) async fn connect<S>(
     stream: &mut S,
     purpose: Purpose,
@@ -301,9 +376,33 @@ pub(crate) async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    connect_as(stream, purpose, me, cookie, expect, Standing::Member).await
+}
+
+/// [`connect`] with `key` standing for a member (the cookie) or an
+/// observer (the read-only token).
+async fn connect_as<S>(
+    stream: &mut S,
+    purpose: Purpose,
+    me: NodeId,
+    cookie: &[u8],
+    expect: Option<NodeId>,
+    standing: Standing,
+) -> Result<NodeId, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
+        stream.write_all(&CLIENT_MAGIC).await?;
+        stream.flush().await?;
         let mut greeting = [0u8; GREETING_BYTES];
-        stream.read_exact(&mut greeting).await?;
+        match stream.read_exact(&mut greeting).await {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(HandshakeError::Closed)
+            }
+            Err(err) => return Err(err.into()),
+        }
         if greeting[..4] != MAGIC || greeting[5] != purpose as u8 {
             return Err(HandshakeError::NotTroupe(what(purpose)));
         }
@@ -347,7 +446,7 @@ where
             Err(err) => return Err(err.into()),
         }
         transcript
-            .mac(cookie, b"troupe-server")
+            .mac(cookie, standing.label())
             .verify_slice(&answer)
             .map_err(|_| HandshakeError::WrongCookie)?;
         Ok(server)
@@ -378,6 +477,33 @@ pub(crate) async fn accept_over(
         .map_err(|_| HandshakeError::Timeout)?
 }
 
+/// [`accept_over`] for the session port, where the read-only token is
+/// accepted too (as an observer).
+pub(crate) async fn accept_session_over(
+    tcp: tokio::net::TcpStream,
+    me: NodeId,
+    credentials: &Credentials,
+) -> Result<(Stream, NodeId, Standing), HandshakeError> {
+    let exchange = async {
+        let mut stream = tls::accept(credentials.tls.as_deref(), tcp)
+            .await
+            .map_err(HandshakeError::Tls)?;
+        let token = crate::cookie::read_only_token(&credentials.cookie);
+        let (from, standing) = accept_as(
+            &mut stream,
+            Purpose::Session,
+            me,
+            &credentials.cookie,
+            Some(token.as_bytes()),
+        )
+        .await?;
+        Ok((stream, from, standing))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::Timeout)?
+}
+
 /// The client's side over a new TCP connection: TLS first when the
 /// credentials have it, then the cookie handshake; the stream and the
 /// server's node id.
@@ -388,11 +514,48 @@ pub(crate) async fn connect_over(
     credentials: &Credentials,
     expect: Option<NodeId>,
 ) -> Result<(Stream, NodeId), HandshakeError> {
+    connect_over_as(tcp, purpose, me, credentials, expect, Standing::Member).await
+}
+
+/// [`connect_over`] as an observer: `credentials` hold the read-only token
+/// in place of the cookie.
+pub(crate) async fn observe_over(
+    tcp: tokio::net::TcpStream,
+    me: NodeId,
+    credentials: &Credentials,
+) -> Result<(Stream, NodeId), HandshakeError> {
+    connect_over_as(
+        tcp,
+        Purpose::Session,
+        me,
+        credentials,
+        None,
+        Standing::Observer,
+    )
+    .await
+}
+
+async fn connect_over_as(
+    tcp: tokio::net::TcpStream,
+    purpose: Purpose,
+    me: NodeId,
+    credentials: &Credentials,
+    expect: Option<NodeId>,
+    standing: Standing,
+) -> Result<(Stream, NodeId), HandshakeError> {
     let exchange = async {
         let mut stream = tls::connect(credentials.tls.as_deref(), tcp)
             .await
             .map_err(HandshakeError::Tls)?;
-        let server = connect(&mut stream, purpose, me, &credentials.cookie, expect).await?;
+        let server = connect_as(
+            &mut stream,
+            purpose,
+            me,
+            &credentials.cookie,
+            expect,
+            standing,
+        )
+        .await?;
         Ok((stream, server))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -510,5 +673,52 @@ mod tests {
         let (mut a, _b) = tokio::io::duplex(1024);
         let server = accept(&mut a, Purpose::Link, NodeId(1), b"secret").await;
         assert!(matches!(server, Err(HandshakeError::Timeout)), "{server:?}");
+    }
+
+    #[tokio::test]
+    async fn the_read_only_token_makes_an_observer_and_never_a_member() {
+        let cookie: &[u8] = b"secret";
+        let token = crate::cookie::read_only_token(cookie);
+        let run = |client_key: Vec<u8>, offered: bool, standing: Standing| async move {
+            let (mut a, mut b) = tokio::io::duplex(1024);
+            let token = crate::cookie::read_only_token(cookie);
+            let server = tokio::spawn(async move {
+                let key = offered.then_some(token.as_bytes());
+                let result = accept_as(&mut a, Purpose::Session, NodeId(1), cookie, key).await;
+                drop(a);
+                result
+            });
+            let client = connect_as(
+                &mut b,
+                Purpose::Session,
+                NodeId(2),
+                &client_key,
+                None,
+                standing,
+            )
+            .await;
+            drop(b);
+            (server.await.expect("joined"), client)
+        };
+        // The token, where observers are welcome: an observer.
+        let (server, client) = run(token.clone().into_bytes(), true, Standing::Observer).await;
+        assert_eq!(server.expect("accepted").1, Standing::Observer);
+        assert_eq!(client.expect("observing"), NodeId(1));
+        // The token, by a client that meant to join: refused at its end.
+        let (_, client) = run(token.clone().into_bytes(), true, Standing::Member).await;
+        assert!(
+            matches!(client, Err(HandshakeError::WrongCookie)),
+            "{client:?}"
+        );
+        // The token where only members are: refused.
+        let (server, _) = run(token.into_bytes(), false, Standing::Observer).await;
+        assert!(
+            matches!(server, Err(HandshakeError::WrongCookie)),
+            "{server:?}"
+        );
+        // The cookie: a member, even where observers are welcome.
+        let (server, client) = run(cookie.to_vec(), true, Standing::Member).await;
+        assert_eq!(server.expect("accepted").1, Standing::Member);
+        assert!(client.is_ok());
     }
 }

@@ -2,17 +2,22 @@
 //! `GET /healthz` answers `200 ok` while the node is part of its cluster
 //! and `503` otherwise (not joined yet, or left): what Kubernetes probes.
 //! Anything else gets `404`; a request over 1 KiB or slower than 2 s
-//! closes its connection. It serves nothing that changes the node.
+//! closes its connection, as does one past 64 open at once (a flood holds
+//! a bounded share of the node). It serves nothing that changes the node.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::ClusterNode;
 
 const MAX_REQUEST: usize = 1024;
+/// Health checks answered at once.
+const MAX_OPEN: usize = 64;
 
 /// Serves `node`'s health on `addr` until the returned task is aborted.
 pub async fn serve(
@@ -22,13 +27,26 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
+        let open = Arc::new(Semaphore::new(MAX_OPEN));
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tracing::warn!(%err, "accepting a health check failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Over the bound, the connection closes unanswered: probes
+            // retry, and a flood holds a bounded share of the node.
+            let Ok(slot) = open.clone().try_acquire_owned() else {
                 continue;
             };
             let node = node.clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), answer(stream, &node)).await;
+                drop(slot);
             });
         }
     });
@@ -95,6 +113,43 @@ mod tests {
         assert!(answer.is_empty());
         let answer = get(addr, b"GET /healthz HTTP/1.0\n\n").await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_of_open_checks_a_connection_is_closed_and_later_ones_answered() {
+        let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1"));
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node).await.unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_OPEN {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // The idle ones hold every slot until the server has seen them all;
+        // then one more is closed unanswered.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            if answer.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never refused: {answer}"
+            );
+        }
+        drop(idle);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            if answer.starts_with("HTTP/1.1 503") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never answered again"
+            );
+            tokio::task::yield_now().await;
+        }
         task.abort();
     }
 }

@@ -41,6 +41,7 @@ pub mod membership;
 mod node;
 pub mod placement;
 pub mod protocol;
+mod session;
 pub mod tls;
 mod transport;
 
@@ -80,6 +81,10 @@ pub enum ClusterError {
     /// The head refused the join (another build, another protocol).
     #[error("the head refused this node: {0}")]
     Refused(String),
+    /// A read-only client (`--token-file`) asked for what only members may
+    /// do, or its token is not the cluster's.
+    #[error("the head refused a read-only client: {0}")]
+    ReadOnly(String),
     /// No cookie was configured.
     #[error("no cluster cookie: set TROUPE_COOKIE or TROUPE_COOKIE_FILE, or copy the head's cookie file to {}", looked_in.display())]
     NoCookie {

@@ -190,6 +190,26 @@ pub enum Request {
     Stop,
 }
 
+impl Request {
+    /// What is asked, in a few words (for logs and refusals).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Join(_) => "joining",
+            Request::RunTask(_) => "running a task",
+            Request::CallActor { .. } => "calling an actor",
+            Request::Locate(_) => "locating an object",
+            Request::SpawnActor(_) => "spawning an actor",
+            Request::StopActor { .. } => "stopping an actor",
+            Request::FindActor(_) => "finding an actor",
+            Request::LocateActor(_) => "locating an actor",
+            Request::Status => "the status",
+            Request::StopCluster => "stopping the cluster",
+            Request::Leave => "leaving",
+            Request::Stop => "stopping a node",
+        }
+    }
+}
+
 /// Replies, one per request kind.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {

@@ -1,5 +1,5 @@
-//! TLS for every connection between nodes: ractor_cluster's sessions, the
-//! control links and the data path, with mutual authentication. Each node
+//! TLS for every connection between nodes: the session port (in front of
+//! ractor_cluster), the control links and the data path, with mutual authentication. Each node
 //! presents a certificate signed by the cluster's CA and accepts only peers
 //! whose certificate the same CA signed.
 //!
@@ -194,16 +194,6 @@ impl Tls {
     /// Where its files are.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// ractor_cluster's server side.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
-    }
-
-    /// ractor_cluster's client side.
-    pub(crate) fn connector(&self) -> TlsConnector {
-        self.connector.clone()
     }
 
     /// The name clients check.

@@ -212,6 +212,7 @@ async fn a_wrong_cookie_or_another_target_is_refused_and_the_server_keeps_servin
     );
     // Garbage instead of a proof.
     let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+    raw.write_all(&handshake::CLIENT_MAGIC).await.unwrap();
     let mut greeting = [0u8; handshake::GREETING_BYTES];
     raw.read_exact(&mut greeting).await.unwrap();
     raw.write_all(&[0xAB; handshake::PROOF_BYTES])

@@ -19,6 +19,15 @@ use crate::transport::Patience;
 pub(super) const STOP_ACK: Duration = Duration::from_secs(2);
 
 impl Shared {
+    /// The cluster's members as this node knows them: the directory on the
+    /// head, the last view it sent elsewhere.
+    pub(super) fn members(&self) -> Vec<Member> {
+        match lock(&self.directory).as_ref() {
+            Some(d) => d.members(),
+            None => read(&self.view).clone(),
+        }
+    }
+
     pub(super) fn handle(self: &Arc<Self>, inbound: Inbound) {
         let Some(transport) = self.transport.get().cloned() else {
             return;
@@ -273,10 +282,7 @@ impl Shared {
                 rt.objects().made(id).await;
                 Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
             }
-            Request::Status => match lock(&self.directory).as_ref() {
-                Some(d) => Reply::Status(d.members()),
-                None => Reply::Status(read(&self.view).clone()),
-            },
+            Request::Status => Reply::Status(self.members()),
             Request::StopCluster => {
                 let Some(transport) = self.transport.get() else {
                     return Reply::Refused("not started".to_owned());

@@ -8,27 +8,41 @@
 //! cannot get its healthy node declared dead.
 
 use super::*;
+use crate::handshake::HandshakeError;
+use crate::session::{self, SessionError, SessionServer};
 use crate::tls::{Credentials, Tls};
 
-/// Opens a ractor_cluster session to `addr`: over TLS when this node has
-/// it (the peer must present a certificate of the cluster's CA).
+/// Opens a ractor_cluster session to `addr` (node `expect`, when known)
+/// through the session port's handshake (`session.rs`), over TLS when this
+/// node has it.
 async fn open_session(
     shared: &Shared,
     server: &ActorRef<NodeServerMessage>,
     addr: &str,
-) -> Result<(), ractor_cluster::ClientConnectErr> {
-    match shared.credentials.get().and_then(|c| c.tls.clone()) {
-        Some(tls) => {
-            ractor_cluster::client_connect_enc(
-                server,
-                addr.to_owned(),
-                tls.connector(),
-                Tls::server_name(),
-            )
-            .await
-        }
-        None => ractor_cluster::client_connect(server, addr.to_owned()).await,
-    }
+    expect: Option<NodeId>,
+) -> Result<NodeId, ClusterError> {
+    let me = shared
+        .transport
+        .get()
+        .map(|t| t.me())
+        .ok_or(ClusterError::NotJoined)?;
+    let credentials = shared
+        .credentials
+        .get()
+        .cloned()
+        .ok_or(ClusterError::NotJoined)?;
+    let timeout = shared.options.connect_timeout;
+    session::open(server, addr, me, &credentials, expect, timeout)
+        .await
+        .map_err(|err| match err {
+            SessionError::Handshake(HandshakeError::WrongCookie) => ClusterError::CookieRefused {
+                addr: addr.to_owned(),
+            },
+            other => ClusterError::Unreachable {
+                addr: addr.to_owned(),
+                reason: other.to_string(),
+            },
+        })
 }
 
 /// The runtime service that runs a [`ClusterNode`].
@@ -118,23 +132,26 @@ impl ractor_cluster::NodeEventSubscription for SessionEvents {
             peer: ses.peer_name.map(|n| n.name),
         });
     }
-    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        // The node the session port's handshake proved is the only one the
+        // session's ractor name may claim.
+        let proven = session::proven(&ses.peer_addr);
+        let claimed = ses
+            .peer_name
+            .as_ref()
+            .and_then(|n| session::claimed(&n.name));
+        if proven.is_none() || proven != claimed {
+            metrics::counter!("troupe_cluster_impersonations_total").increment(1);
+            tracing::warn!(
+                peer = %ses.peer_addr,
+                claimed = ?ses.peer_name.as_ref().map(|n| &n.name),
+                "closed a session whose name claims another node than the one it proved"
+            );
+            ses.actor.stop(Some("impersonation".to_owned()));
+            return;
+        }
         let _ = self.0.send(SessionEvent::Authenticated);
     }
-}
-
-fn free_port(bind: IpAddr) -> Result<u16, ClusterError> {
-    let listener = std::net::TcpListener::bind((bind, 0)).map_err(|source| ClusterError::Bind {
-        addr: SocketAddr::new(bind, 0).to_string(),
-        source,
-    })?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|source| ClusterError::Bind {
-            addr: SocketAddr::new(bind, 0).to_string(),
-            source,
-        })
 }
 
 /// The address peers reach this node's `port` at.
@@ -153,6 +170,7 @@ struct Running {
     agent: ActorRef<AgentMessage>,
     data_server: DataServer,
     _link_server: LinkServer,
+    _session_server: SessionServer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     endpoint: String,
 }
@@ -183,11 +201,6 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     )?;
 
     // The control server (ractor_cluster) and its session events.
-    let port = if options.port == 0 {
-        free_port(options.bind)?
-    } else {
-        options.port
-    };
     let host = options.advertised_host();
     let tls = match &options.tls_dir {
         Some(dir) => Some(Tls::load(dir)?),
@@ -206,22 +219,40 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         tls: tls.clone(),
     };
     let _ = shared.credentials.set(credentials.clone());
-    let encryption = tls
-        .as_ref()
-        .map(|tls| ractor_cluster::IncomingEncryptionMode::Tls(tls.acceptor()));
+    // ractor's own listener: loopback, sealed (`session.rs`); sessions come
+    // in through the session port below.
+    let sealed = session::sealed()
+        .map_err(|e| ClusterError::Start(format!("sealing the session listener: {e}")))?;
     let server = NodeServer::new(
-        port,
+        0,
         cookie,
         format!("troupe-{}", me.0),
         host.clone(),
-        encryption,
+        Some(ractor_cluster::IncomingEncryptionMode::Tls(sealed)),
         Some(NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(options.bind)
+    .with_listen_addr(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     .with_max_inbound_frame_size(2 * crate::protocol::MAX_FRAME_BYTES as u64);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .map_err(|e| ClusterError::Start(format!("the control server: {e}")))?;
+    let observed = Arc::downgrade(&shared);
+    let session_server = SessionServer::bind(
+        SocketAddr::new(options.bind, options.port),
+        me,
+        credentials.clone(),
+        server.clone(),
+        Arc::new(move || observed.upgrade().map(|s| s.members()).unwrap_or_default()),
+    )
+    .await
+    .map_err(|source| {
+        server.stop(None);
+        ClusterError::Bind {
+            addr: format!("{}:{}", options.bind, options.port),
+            source,
+        }
+    })?;
+    let port = session_server.local_addr().port();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let _ = server.cast(NodeServerMessage::SubscribeToEvents {
         id: "troupe".to_owned(),
@@ -333,6 +364,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         agent: agent.clone(),
         data_server,
         _link_server: link_server,
+        _session_server: session_server,
         tasks,
         endpoint: control_addr.clone(),
     };
@@ -408,24 +440,18 @@ async fn join(
         .get()
         .cloned()
         .ok_or(ClusterError::NotJoined)?;
-    let connect = open_session(shared, server, head_addr);
-    match tokio::time::timeout_at(deadline, connect).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            return Err(ClusterError::Unreachable {
-                addr: head_addr.to_owned(),
-                reason: err.to_string(),
-            })
-        }
+    let connect = open_session(shared, server, head_addr, None);
+    let proven = match tokio::time::timeout_at(deadline, connect).await {
+        Ok(Ok(proven)) => proven,
+        Ok(Err(err)) => return Err(err),
         Err(_) => {
             return Err(ClusterError::Unreachable {
                 addr: head_addr.to_owned(),
                 reason: format!("no answer within {:?}", options.connect_timeout),
             })
         }
-    }
-    // The head's agent is the first (and only) peer to appear; a session
-    // closed before it authenticated means the cookie was refused.
+    };
+    // The head's agent is the first (and only) peer to appear.
     let mut authenticated = false;
     let mut peers_changed = transport.watch_peers();
     let head = loop {
@@ -451,8 +477,9 @@ async fn join(
             }
             Ok(Some(Some(SessionEvent::Authenticated))) => authenticated = true,
             Ok(Some(Some(SessionEvent::Closed { .. }))) if !authenticated => {
-                return Err(ClusterError::CookieRefused {
+                return Err(ClusterError::Unreachable {
                     addr: head_addr.to_owned(),
+                    reason: "the session closed before ractor_cluster established it".to_owned(),
                 })
             }
             Ok(Some(Some(SessionEvent::Closed { peer }))) => {
@@ -464,6 +491,11 @@ async fn join(
             Ok(_) => {}
         }
     };
+    if head != proven {
+        return Err(ClusterError::Protocol(format!(
+            "the session at {head_addr} proved node {proven}, but node {head} answered on it"
+        )));
+    }
     let reply = match tokio::time::timeout_at(
         deadline.max(tokio::time::Instant::now() + Duration::from_millis(100)),
         transport.request(head, Request::Join(hello)),
@@ -511,8 +543,8 @@ async fn join(
     // Clients talk to the head only; nodes connect to every earlier member
     // (later ones connect to them), and are ready once those sessions are.
     if shared.options.role != Role::Client {
-        for (_, addr) in &others {
-            if let Err(err) = open_session(shared, server, addr).await {
+        for (node, addr) in &others {
+            if let Err(err) = open_session(shared, server, addr, Some(*node)).await {
                 tracing::warn!(%addr, %err, "could not reach a member");
             }
         }
