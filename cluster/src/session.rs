@@ -28,9 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
+use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
@@ -93,6 +94,45 @@ pub(crate) fn claimed(ractor_name: &str) -> Option<NodeId> {
     let rest = ractor_name.strip_prefix("troupe-")?;
     let id = rest.split('@').next()?;
     id.parse().ok().map(NodeId)
+}
+
+/// Forwards ractor_cluster's session events, closing a session whose name
+/// claims another node than the one it proved.
+pub(crate) struct SessionEvents(pub(crate) mpsc::UnboundedSender<SessionEvent>);
+
+/// A session event the node acts on.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    /// A session passed ractor's authentication.
+    Authenticated,
+    /// A session closed (its peer's ractor name, if it had one).
+    Closed { peer: Option<String> },
+}
+
+impl ractor_cluster::NodeEventSubscription for SessionEvents {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let _ = self.0.send(SessionEvent::Closed {
+            peer: ses.peer_name.map(|n| n.name),
+        });
+    }
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        // The node the session port's handshake proved is the only one the
+        // session's ractor name may claim.
+        let proven = proven(&ses.peer_addr);
+        let claimed = ses.peer_name.as_ref().and_then(|n| claimed(&n.name));
+        if proven.is_none() || proven != claimed {
+            metrics::counter!("troupe_cluster_impersonations_total").increment(1);
+            tracing::warn!(
+                peer = %ses.peer_addr,
+                claimed = ?ses.peer_name.as_ref().map(|n| &n.name),
+                "closed a session whose name claims another node than the one it proved"
+            );
+            ses.actor.stop(Some("impersonation".to_owned()));
+            return;
+        }
+        let _ = self.0.send(SessionEvent::Authenticated);
+    }
 }
 
 /// Accepts sessions for node `me` and hands them to its ractor node server.

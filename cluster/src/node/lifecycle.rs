@@ -9,7 +9,7 @@
 
 use super::*;
 use crate::handshake::HandshakeError;
-use crate::session::{self, SessionError, SessionServer};
+use crate::session::{self, SessionError, SessionEvent, SessionEvents, SessionServer};
 use crate::tls::{Credentials, Tls};
 
 /// Opens a ractor_cluster session to `addr` (node `expect`, when known)
@@ -117,43 +117,6 @@ impl RuntimeService for NodeService {
 }
 
 /// Session events from ractor_cluster, forwarded to the node.
-struct SessionEvents(mpsc::UnboundedSender<SessionEvent>);
-
-#[derive(Debug)]
-enum SessionEvent {
-    Authenticated,
-    Closed { peer: Option<String> },
-}
-
-impl ractor_cluster::NodeEventSubscription for SessionEvents {
-    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
-    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let _ = self.0.send(SessionEvent::Closed {
-            peer: ses.peer_name.map(|n| n.name),
-        });
-    }
-    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
-        // The node the session port's handshake proved is the only one the
-        // session's ractor name may claim.
-        let proven = session::proven(&ses.peer_addr);
-        let claimed = ses
-            .peer_name
-            .as_ref()
-            .and_then(|n| session::claimed(&n.name));
-        if proven.is_none() || proven != claimed {
-            metrics::counter!("troupe_cluster_impersonations_total").increment(1);
-            tracing::warn!(
-                peer = %ses.peer_addr,
-                claimed = ?ses.peer_name.as_ref().map(|n| &n.name),
-                "closed a session whose name claims another node than the one it proved"
-            );
-            ses.actor.stop(Some("impersonation".to_owned()));
-            return;
-        }
-        let _ = self.0.send(SessionEvent::Authenticated);
-    }
-}
-
 /// The address peers reach this node's `port` at.
 async fn advertised(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
     match host.parse::<IpAddr>() {
