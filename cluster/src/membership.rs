@@ -58,12 +58,62 @@ pub enum Change {
     Left(NodeId),
 }
 
+/// The bytes of members one directory part carries at most (a frame holds
+/// [`crate::protocol::MAX_FRAME_BYTES`]).
+pub const DIRECTORY_PART_BYTES: usize = crate::protocol::MAX_FRAME_BYTES - 4096;
+
+fn encoded_size<T: serde::Serialize>(value: &T) -> usize {
+    postcard::to_stdvec(value).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+/// `members` cut into parts of at most [`DIRECTORY_PART_BYTES`] encoded
+/// bytes each, in order (one part for an empty directory).
+pub fn directory_parts(members: Vec<Member>) -> Vec<Vec<Member>> {
+    if encoded_size(&members) <= DIRECTORY_PART_BYTES {
+        return vec![members];
+    }
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0;
+    for member in members {
+        let size = encoded_size(&member);
+        let last = parts.len() - 1;
+        if bytes + size > DIRECTORY_PART_BYTES && !parts[last].is_empty() {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        let last = parts.len() - 1;
+        parts[last].push(member);
+    }
+    parts
+}
+
+/// `members` (as [`Directory::members`] orders them: the head, the others,
+/// the departed) cut to what one reply can carry, from the end: the
+/// departed go first.
+pub fn trim_to_frame(mut members: Vec<Member>) -> Vec<Member> {
+    let mut bytes = encoded_size(&members);
+    while bytes > DIRECTORY_PART_BYTES && members.len() > 1 {
+        if let Some(m) = members.pop() {
+            bytes = bytes.saturating_sub(encoded_size(&m));
+        }
+    }
+    members
+}
+
 /// Departed members kept for `troupe status`.
 const KEEP_DEPARTED: usize = 64;
 
-/// The longest name or address a member may declare: the directory goes to
-/// every member in one frame, so one joiner must not be able to outgrow it.
+/// The longest name or address a member may declare.
 pub const MAX_NAME_BYTES: usize = 256;
+
+/// The most custom resources a member may declare, and the longest name of
+/// one: a member's entry stays under 6 KiB, so a welcome lists at least
+/// 180 members in one frame, and thousands of typical ones (the directory
+/// itself travels in parts: [`directory_parts`]).
+pub const MAX_CUSTOM_RESOURCES: usize = 32;
+/// See [`MAX_CUSTOM_RESOURCES`].
+pub const MAX_RESOURCE_NAME_BYTES: usize = 64;
 
 struct Entry {
     member: Member,
@@ -135,7 +185,16 @@ impl Directory {
         }
         if hello.name.len() > MAX_NAME_BYTES || hello.control_addr.len() > MAX_NAME_BYTES {
             return Err(format!(
-                "a node name or address over {MAX_NAME_BYTES} bytes (the directory goes to every member in one frame)"
+                "a node name or address over {MAX_NAME_BYTES} bytes"
+            ));
+        }
+        let custom = &hello.resources.custom;
+        if custom.len() > MAX_CUSTOM_RESOURCES
+            || custom.keys().any(|k| k.len() > MAX_RESOURCE_NAME_BYTES)
+        {
+            return Err(format!(
+                "more than {MAX_CUSTOM_RESOURCES} custom resources, or one named with over \
+                 {MAX_RESOURCE_NAME_BYTES} bytes"
             ));
         }
         if hello.node == self.head {
@@ -151,6 +210,7 @@ impl Directory {
         }
         let node = hello.node;
         let role = hello.role;
+        let previous = self.members.get(&node).map(|e| e.member.clone());
         self.members.insert(
             node,
             Entry {
@@ -164,10 +224,33 @@ impl Directory {
                 departed_at: None,
             },
         );
+        let all = self.members();
+        let live = all
+            .iter()
+            .filter(|m| !matches!(m.state, MemberState::Dead | MemberState::Left))
+            .count();
+        let members = trim_to_frame(all);
+        if members.len() < live {
+            // The joiner must learn every live member to reach it.
+            match previous {
+                Some(old) => {
+                    if let Some(e) = self.members.get_mut(&node) {
+                        e.member = old;
+                    }
+                }
+                None => {
+                    self.members.remove(&node);
+                }
+            }
+            return Err(format!(
+                "the cluster's {live} live members do not fit in one welcome frame: \
+                 use shorter node names and fewer custom resources"
+            ));
+        }
         let welcome = Welcome {
             head: self.head,
             build_id: self.build_id.unwrap_or_default(),
-            members: self.members(),
+            members,
             heartbeat_ms: self.detector.heartbeat.as_millis() as u64,
         };
         let changes = if role == Role::Client {
@@ -193,6 +276,13 @@ impl Directory {
             return Vec::new(); // dead is final for an incarnation
         }
         entry.last_heard = now;
+        // Only what it declared can be free: a heartbeat cannot grow the
+        // directory.
+        let declared = &entry.member.hello.resources;
+        let mut available = available;
+        available
+            .custom
+            .retain(|name, _| declared.custom.contains_key(name));
         entry.member.available = available;
         entry.member.load = load;
         if entry.member.state == MemberState::Suspect {
@@ -465,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn a_join_may_not_take_the_heads_id_nor_grow_the_directory_past_a_frame() {
+    fn a_join_may_not_take_the_heads_id_and_a_large_directory_goes_in_parts() {
         let t0 = Instant::now();
         let mut d = directory(t0);
         let err = d.join(hello(1, Role::Worker, 7), t0).unwrap_err();
@@ -473,19 +563,77 @@ mod tests {
         let mut long = hello(2, Role::Worker, 7);
         long.name = "x".repeat(1 << 20);
         assert!(d.join(long, t0).is_err());
+        let mut many = hello(3, Role::Worker, 7);
+        for i in 0..=MAX_CUSTOM_RESOURCES {
+            many.resources.custom.insert(format!("r{i}"), 1.0);
+        }
+        assert!(d.join(many, t0).is_err());
         assert_eq!(d.members().len(), 1, "nothing was added");
-        // Every member at the longest name still fits one frame.
-        for n in 0..64 {
-            let mut h = hello(10 + n, Role::Worker, 7);
+        // A heartbeat cannot declare what the join did not.
+        let mut h = hello(4, Role::Worker, 7);
+        h.resources.custom.insert("gpu-a".into(), 1.0);
+        d.join(h, t0).unwrap();
+        let mut free = Resources::cpus(1.0);
+        free.custom.insert("gpu-a".into(), 1.0);
+        free.custom.insert("x".repeat(MAX_NAME_BYTES * 100), 1.0);
+        d.heartbeat(NodeId(4), free, Load::default(), t0);
+        let custom = &d.get(NodeId(4)).unwrap().available.custom;
+        assert_eq!(custom.keys().collect::<Vec<_>>(), ["gpu-a"]);
+        // Members at the longest names and the most resources, until a
+        // welcome cannot list them all: then joins are refused, and the
+        // directory of those admitted travels in parts that each fit a
+        // frame and give back every member in order.
+        let mut admitted = 2;
+        let mut next = 100;
+        let mut fill = |d: &mut Directory, admitted: &mut usize| loop {
+            let mut h = hello(next, Role::Worker, 7);
+            next += 1;
             h.name = "x".repeat(MAX_NAME_BYTES);
             h.control_addr = "y".repeat(MAX_NAME_BYTES);
-            d.join(h, t0).unwrap();
-        }
-        let frame = crate::protocol::Frame::Notice {
-            from: NodeId(1),
-            body: crate::protocol::Notice::Directory(d.members()),
+            for i in 0..MAX_CUSTOM_RESOURCES {
+                h.resources.custom.insert(format!("{i:0>64}"), 1.0);
+            }
+            match d.join(h, t0) {
+                Ok(_) => *admitted += 1,
+                Err(why) => {
+                    assert!(why.contains("do not fit in one welcome"), "{why}");
+                    break;
+                }
+            }
+            assert!(*admitted < 4096);
         };
-        assert!(frame.encode().is_ok());
+        fill(&mut d, &mut admitted);
+        assert!(admitted > 180, "{admitted}");
+        assert_eq!(d.members().len(), admitted, "the refused one is not kept");
+        // Departed members stay listed: with them, the directory outgrows
+        // one frame.
+        for n in 100..130 {
+            d.leave(NodeId(n), t0);
+        }
+        fill(&mut d, &mut admitted);
+        assert_eq!(d.members().len(), admitted);
+        let members = d.members();
+        let parts = directory_parts(members.clone());
+        assert!(parts.len() > 1);
+        for part in &parts {
+            let frame = crate::protocol::Frame::Notice {
+                from: NodeId(1),
+                body: crate::protocol::Notice::Directory {
+                    epoch: 1,
+                    part: 0,
+                    parts: parts.len() as u32,
+                    members: part.clone(),
+                },
+            };
+            assert!(frame.encode().is_ok());
+        }
+        let again: Vec<NodeId> = parts.into_iter().flatten().map(|m| m.hello.node).collect();
+        let want: Vec<NodeId> = members.iter().map(|m| m.hello.node).collect();
+        assert_eq!(again, want);
+        // A status reply is cut to one frame, the head first.
+        let status = trim_to_frame(members);
+        assert!(status.len() < admitted);
+        assert_eq!(status[0].hello.node, NodeId(1));
     }
 
     #[test]

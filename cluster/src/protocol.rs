@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -246,8 +246,18 @@ pub enum Notice {
         load: Load,
     },
     /// Head to members: the directory (sent periodically: it is also the
-    /// head's heartbeat).
-    Directory(Vec<Member>),
+    /// head's heartbeat), in `parts` notices of one `epoch` when one frame
+    /// cannot hold it; applied once every part arrived.
+    Directory {
+        /// Counts the head's broadcasts.
+        epoch: u64,
+        /// This part's index, from 0.
+        part: u32,
+        /// How many parts make this directory.
+        parts: u32,
+        /// This part's members.
+        members: Vec<Member>,
+    },
     /// To the owner of `id` (or to the node keeping a result the sender
     /// owns): the sender holds no ref to `id` any more; the receiver drops
     /// `times` registrations of the sender, and frees what nobody needs.

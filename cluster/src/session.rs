@@ -307,7 +307,7 @@ async fn serve_observer(mut stream: Stream, observe: &Observe) -> String {
             Err(err) => return err.to_string(),
         };
         let reply = match body {
-            Request::Status => Reply::Status(observe()),
+            Request::Status => Reply::Status(crate::membership::trim_to_frame(observe())),
             other => {
                 metrics::counter!("troupe_cluster_observer_refused_total").increment(1);
                 tracing::warn!(request = other.kind(), "refused an observer's request");

@@ -324,7 +324,14 @@ fn notice() -> impl Strategy<Value = Notice> {
     let ids = || prop::collection::vec(any::<u64>(), 0..6);
     prop_oneof![
         (resources(), load()).prop_map(|(available, load)| Notice::Heartbeat { available, load }),
-        members().prop_map(Notice::Directory),
+        (any::<u64>(), any::<u32>(), any::<u32>(), members()).prop_map(
+            |(epoch, part, parts, members)| Notice::Directory {
+                epoch,
+                part,
+                parts,
+                members
+            }
+        ),
         (object_id(), any::<u32>()).prop_map(|(id, times)| Notice::Released { id, times }),
         (object_id(), node(), any::<i32>()).prop_map(|(id, borrower, delta)| Notice::Borrow {
             id,
@@ -384,7 +391,12 @@ fn seeds() -> Vec<Vec<u8>> {
     seeds.push(
         Frame::Notice {
             from: NodeId(1),
-            body: Notice::Directory(many),
+            body: Notice::Directory {
+                epoch: 1,
+                part: 0,
+                parts: 1,
+                members: many,
+            },
         }
         .encode()
         .unwrap(),
@@ -429,7 +441,8 @@ fn every_seed_replays_and_the_generated_ones_are_current() {
 fn a_length_claiming_gigabytes_is_refused_without_allocating_them() {
     // A directory of u32::MAX members, a probe of u32::MAX ids, and a
     // call whose argument bytes claim 4 GiB.
-    let mut directory = vec![0x02, 0x01, 0x01];
+    // (epoch 1, part 0 of 1, then the member count)
+    let mut directory = vec![0x02, 0x01, 0x01, 0x01, 0x00, 0x01];
     directory.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
     let mut probe = vec![0x02, 0x01, 0x04];
     probe.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);

@@ -18,6 +18,54 @@ use crate::transport::Patience;
 /// answer to be written, and a leaving one for the head to record it.
 pub(super) const STOP_ACK: Duration = Duration::from_secs(2);
 
+/// A directory arriving in parts (in order, on the head's link).
+#[derive(Debug)]
+pub(super) struct Assembly {
+    epoch: u64,
+    parts: u32,
+    next: u32,
+    members: Vec<Member>,
+}
+
+/// The most parts one directory may come in.
+const MAX_DIRECTORY_PARTS: u32 = 1024;
+
+impl Assembly {
+    /// Adds a part; the whole directory once its last part arrived. A part
+    /// of a newer directory drops an unfinished older one; a part out of
+    /// order (a link reopened mid-directory) waits for the next part 0.
+    pub(super) fn add(
+        slot: &mut Option<Assembly>,
+        epoch: u64,
+        part: u32,
+        parts: u32,
+        members: Vec<Member>,
+    ) -> Option<Vec<Member>> {
+        if parts == 0 || parts > MAX_DIRECTORY_PARTS || part >= parts {
+            return None;
+        }
+        if part == 0 {
+            *slot = Some(Assembly {
+                epoch,
+                parts,
+                next: 0,
+                members: Vec::new(),
+            });
+        }
+        let assembly = slot.as_mut()?;
+        if assembly.epoch != epoch || assembly.parts != parts || assembly.next != part {
+            *slot = None;
+            return None;
+        }
+        assembly.members.extend(members);
+        assembly.next += 1;
+        if assembly.next < parts {
+            return None;
+        }
+        slot.take().map(|a| a.members)
+    }
+}
+
 impl Shared {
     /// The cluster's members as this node knows them: the directory on the
     /// head, the last view it sent elsewhere.
@@ -213,8 +261,23 @@ impl Shared {
                     self.head_changes(changes);
                 }
             }
-            Notice::Directory(members) => {
-                if Some(from) == self.head.get().copied() {
+            Notice::Directory {
+                epoch,
+                part,
+                parts,
+                members,
+            } => {
+                if Some(from) != self.head.get().copied() {
+                    return;
+                }
+                let whole = Assembly::add(
+                    &mut lock(&self.incoming_directory),
+                    epoch,
+                    part,
+                    parts,
+                    members,
+                );
+                if let Some(members) = whole {
                     self.apply_view(members);
                 }
             }
@@ -282,7 +345,7 @@ impl Shared {
                 rt.objects().made(id).await;
                 Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
             }
-            Request::Status => Reply::Status(self.members()),
+            Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),
             Request::StopCluster => {
                 let Some(transport) = self.transport.get() else {
                     return Reply::Refused("not started".to_owned());

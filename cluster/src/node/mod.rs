@@ -206,6 +206,10 @@ struct Shared {
     ended: watch::Sender<Option<String>>,
     /// What it proves to peers, once started.
     credentials: OnceLock<crate::tls::Credentials>,
+    /// On the head: the number of the last directory sent.
+    directory_epoch: std::sync::atomic::AtomicU64,
+    /// Elsewhere: the directory being received in parts.
+    incoming_directory: Mutex<Option<frames::Assembly>>,
 }
 
 impl ClusterNode {
@@ -226,6 +230,8 @@ impl ClusterNode {
                 dispatcher: Default::default(),
                 ended: watch::channel(None).0,
                 credentials: OnceLock::new(),
+                directory_epoch: Default::default(),
+                incoming_directory: Mutex::new(None),
             }),
         }
     }
@@ -542,13 +548,32 @@ impl Shared {
         let Some(transport) = self.transport.get() else {
             return;
         };
-        for m in &members {
-            if m.hello.node == transport.me()
-                || matches!(m.state, MemberState::Dead | MemberState::Left)
-            {
-                continue;
+        // In parts when one frame cannot hold it; each member gets them in
+        // order on its link.
+        let epoch = self.directory_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let to: Vec<NodeId> = members
+            .iter()
+            .filter(|m| {
+                m.hello.node != transport.me()
+                    && !matches!(m.state, MemberState::Dead | MemberState::Left)
+            })
+            .map(|m| m.hello.node)
+            .collect();
+        let parts = crate::membership::directory_parts(members);
+        let count = parts.len() as u32;
+        for node in to {
+            for (part, members) in parts.iter().enumerate() {
+                let notice = Notice::Directory {
+                    epoch,
+                    part: part as u32,
+                    parts: count,
+                    members: members.clone(),
+                };
+                if let Err(err) = transport.notify(node, notice) {
+                    tracing::warn!(%node, %err, "could not send the directory");
+                    break;
+                }
             }
-            let _ = transport.notify(m.hello.node, Notice::Directory(members.clone()));
         }
     }
 }

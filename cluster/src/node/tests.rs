@@ -8,6 +8,7 @@ use troupe_core::task::{Returns, TaskArgs, TaskSpec, TraceContext};
 use troupe_core::{ActorError, ActorId, Encoded, ObjectId, TaskId, TaskOptions};
 use troupe_test_kit::{eventually, within};
 
+use super::frames::Assembly;
 use super::*;
 use crate::transport::{LinkSetup, Timeouts};
 
@@ -214,6 +215,41 @@ fn member(node: NodeId) -> Member {
     }
 }
 
+fn directory(epoch: u64, part: u32, parts: u32, members: Vec<Member>) -> Notice {
+    Notice::Directory {
+        epoch,
+        part,
+        parts,
+        members,
+    }
+}
+
+#[test]
+fn a_directory_in_parts_is_taken_whole_in_order_and_never_half() {
+    let ids = |members: &[Member]| members.iter().map(|m| m.hello.node.0).collect::<Vec<_>>();
+    let mut slot = None;
+    // Three parts, in order: nothing until the last, then all of them.
+    assert!(Assembly::add(&mut slot, 1, 0, 3, vec![member(NodeId(1))]).is_none());
+    assert!(Assembly::add(&mut slot, 1, 1, 3, vec![member(NodeId(2))]).is_none());
+    let whole = Assembly::add(&mut slot, 1, 2, 3, vec![member(NodeId(3))]).expect("whole");
+    assert_eq!(ids(&whole), [1, 2, 3]);
+    // A part missing: the directory is dropped, and the next one whole.
+    assert!(Assembly::add(&mut slot, 2, 0, 3, vec![member(NodeId(1))]).is_none());
+    assert!(Assembly::add(&mut slot, 2, 2, 3, vec![member(NodeId(3))]).is_none());
+    assert!(Assembly::add(&mut slot, 3, 0, 1, vec![member(NodeId(9))]).is_some());
+    // A newer directory replaces an unfinished older one.
+    assert!(Assembly::add(&mut slot, 4, 0, 2, vec![member(NodeId(1))]).is_none());
+    assert!(Assembly::add(&mut slot, 5, 0, 2, vec![member(NodeId(5))]).is_none());
+    assert!(Assembly::add(&mut slot, 4, 1, 2, vec![member(NodeId(2))]).is_none());
+    assert!(Assembly::add(&mut slot, 5, 0, 2, vec![member(NodeId(5))]).is_none());
+    let whole = Assembly::add(&mut slot, 5, 1, 2, vec![member(NodeId(6))]).expect("whole");
+    assert_eq!(ids(&whole), [5, 6]);
+    // Nonsense counts are refused.
+    assert!(Assembly::add(&mut slot, 6, 0, 0, vec![]).is_none());
+    assert!(Assembly::add(&mut slot, 6, 3, 2, vec![]).is_none());
+    assert!(Assembly::add(&mut slot, 6, 0, u32::MAX, vec![]).is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_claiming_another_sender_than_its_link_is_dropped() {
     let h = Harness::new(HEAD).await;
@@ -222,7 +258,7 @@ async fn a_frame_claiming_another_sender_than_its_link_is_dropped() {
     for body in [
         Frame::Notice {
             from: HEAD,
-            body: Notice::Directory(vec![member(NodeId(66))]),
+            body: directory(1, 0, 1, vec![member(NodeId(66))]),
         },
         Frame::Request {
             id: 1,
@@ -242,7 +278,7 @@ async fn a_frame_claiming_another_sender_than_its_link_is_dropped() {
     let head = Transport::new(HEAD, Timeouts::default());
     head.set_link(setup(Arc::new(|_| {})));
     Transport::join_in_memory(&head, h.node.transport.get().expect("a transport"));
-    head.notify(NODE, Notice::Directory(vec![member(NodeId(66))]))
+    head.notify(NODE, directory(1, 0, 1, vec![member(NodeId(66))]))
         .expect("sent");
     // The head's link and the peer's are two connections: wait for it.
     eventually("the head's directory is taken", || {
