@@ -799,6 +799,75 @@ async fn a_cluster_with_tls_runs_tasks_moves_objects_and_refuses_a_node_without_
     rt.shutdown().await.unwrap();
 }
 
+/// This machine's address on its default route, if it has one.
+fn routed_ipv4() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback()).then_some(ip)
+}
+
+/// A driver left on the loopback default that joins a head at a routed
+/// address listens and advertises where the head (on another machine)
+/// could reach it back, and says what to do when that needs TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_joining_a_head_elsewhere_listens_where_the_head_reaches_it() {
+    let Some(ip) = routed_ipv4() else {
+        eprintln!("skipped: this machine has no address beyond loopback");
+        return;
+    };
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("routed");
+    let ip_text = ip.to_string();
+    let head = p
+        .head(&["--num-cpus", "1", "--bind", &ip_text, "--insecure"])
+        .expect("the head starts on a routed address");
+    assert!(head.address.starts_with(&ip_text), "{}", head.address);
+
+    // Without TLS or --insecure, it says so instead of binding.
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie().to_owned());
+    options.state_dir = Some(p.home().clone());
+    let err = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options.clone()),
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("joined a remote head without TLS"));
+    assert!(
+        matches!(cluster_cause(&err), Some(ClusterError::Insecure { .. })),
+        "{err}"
+    );
+
+    options.insecure = true;
+    let node = ClusterNode::new(options);
+    let rt = troupe::init(node.configure(Config::default().resources(Resources::default())))
+        .await
+        .expect("the driver joins");
+    let me = rt.node_id();
+    let members = node.status().await.expect("the status");
+    let driver = members
+        .iter()
+        .find(|m| m.hello.node == me)
+        .expect("the driver is listed");
+    assert!(
+        driver.hello.control_addr.starts_with(&ip_text) && driver.hello.data_addr.ip() == ip,
+        "the driver advertises {} and {}",
+        driver.hello.control_addr,
+        driver.hello.data_addr
+    );
+    let r = square::options(on_node(head.node)).remote(&rt, 7);
+    assert_eq!(
+        *common::within("a task on the head", rt.get(&r))
+            .await
+            .unwrap(),
+        49
+    );
+    rt.shutdown().await.unwrap();
+}
+
 /// `x` squared, wherever it runs.
 #[troupe::remote]
 fn square(x: u64) -> u64 {

@@ -617,6 +617,26 @@ fn num_cpus_equals_the_cpu_request() {
 }
 
 #[test]
+fn the_object_store_fits_within_the_pods_memory_limit() {
+    let docs = manifests();
+    for node in nodes(&docs) {
+        let limit = scalar(&node.container["resources"]["limits"]["memory"])
+            .unwrap_or_else(|| panic!("{}: no resources.limits.memory", node.at));
+        let limit = troupe::cluster::cli::parse_bytes(&limit)
+            .unwrap_or_else(|e| panic!("{}: memory limit {limit}: {e}", node.at));
+        let store = node
+            .value("object-store-memory")
+            .unwrap_or_else(|| panic!("{}: no --object-store-memory", node.at));
+        let store = troupe::cluster::cli::parse_bytes(&store).unwrap();
+        assert!(
+            store <= limit / 2,
+            "{}: an object store of {store} bytes in a pod limited to {limit}",
+            node.at
+        );
+    }
+}
+
+#[test]
 fn the_dockerfile_runs_troupe_start_block() {
     let entry = entrypoint();
     assert!(

@@ -106,9 +106,16 @@ pub struct StartArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
     /// The host other nodes reach this one at (default: the bind address,
-    /// or the host name when bound to 0.0.0.0).
-    #[arg(long)]
+    /// or the host name when bound to 0.0.0.0). A node joining a head on
+    /// another machine while bound to loopback binds the address its route
+    /// to the head leaves from instead.
+    #[arg(long, alias = "node-ip-address")]
     pub advertise: Option<String>,
+    /// Bytes of objects this node keeps in memory before spilling, with an
+    /// optional K, M or G suffix (powers of 1024) (default: 30% of the
+    /// memory this process may use, its container's limit included).
+    #[arg(long, value_parser = parse_bytes)]
+    pub object_store_memory: Option<u64>,
     /// CPUs offered (default: this machine's).
     #[arg(long)]
     pub num_cpus: Option<f64>,
@@ -373,7 +380,11 @@ async fn start_blocking(args: StartArgs, user_build: bool) -> Result<(), Cluster
         .name
         .clone()
         .unwrap_or_else(|| if role == Role::Head { "head" } else { "node" }.to_owned());
-    let config = node.configure(Config::default().name(name).resources(resources_of(&args)?));
+    let mut config = Config::default().name(name).resources(resources_of(&args)?);
+    if let Some(bytes) = args.object_store_memory {
+        config = config.objects(troupe_objects::StoreConfig::with_budget(bytes));
+    }
+    let config = node.configure(config);
     // Up before joining, so that a probe sees 503 (not a refused
     // connection) while the node joins.
     let health = match args.health_port {
@@ -593,6 +604,28 @@ fn fmt_resources(r: &Resources) -> String {
     parts.join(", ")
 }
 
+/// A byte count: digits, then an optional `K`, `M` or `G` (powers of
+/// 1024; `KiB`, `MiB`, `GiB` and a trailing `B` are read the same).
+pub fn parse_bytes(spec: &str) -> Result<u64, String> {
+    let spec = spec.trim();
+    let digits = spec.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = spec[digits.len()..].to_ascii_uppercase();
+    let shift = match unit.trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        other => return Err(format!("unknown unit {other:?} in {spec:?}: use K, M or G")),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{spec:?} is not a byte count (e.g. 2G, 512M, 1073741824)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{spec:?} is out of range"))
+}
+
 /// `troupe status`'s table.
 pub fn render_status(members: &[Member]) -> String {
     use std::fmt::Write;
@@ -644,6 +677,18 @@ mod tests {
         assert!(parse_resources("x=y").unwrap_err().contains("not a number"));
         assert!(parse_resources("x=-1").unwrap_err().contains("≥ 0"));
         assert!(parse_resources("x=inf").is_err());
+    }
+
+    #[test]
+    fn byte_counts_take_units_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert!(parse_bytes("2T").unwrap_err().contains("unit"));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("99999999999999999999G").is_err());
     }
 
     #[test]

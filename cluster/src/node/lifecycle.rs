@@ -7,6 +7,7 @@
 //! runs on: a task body that blocks every worker of the program's runtime
 //! cannot get its healthy node declared dead.
 
+use super::address::{advertised, reachable_bind};
 use super::*;
 use crate::handshake::HandshakeError;
 use crate::session::{self, SessionError, SessionEvent, SessionEvents, SessionServer};
@@ -117,14 +118,6 @@ impl RuntimeService for NodeService {
 }
 
 /// Session events from ractor_cluster, forwarded to the node.
-/// The address peers reach this node's `port` at.
-async fn advertised(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
-    match host.parse::<IpAddr>() {
-        Ok(ip) => Ok(SocketAddr::new(ip, port)),
-        Err(_) => resolve_host(host, port).await,
-    }
-}
-
 struct Running {
     /// The cluster's I/O runtime (set once started; shut down last).
     io: Option<tokio::runtime::Runtime>,
@@ -164,6 +157,8 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     )?;
 
     // The control server (ractor_cluster) and its session events.
+    let mut options = options;
+    options.bind = reachable_bind(&options).await;
     let host = options.advertised_host();
     let tls = match &options.tls_dir {
         Some(dir) => Some(Tls::load(dir)?),
@@ -375,18 +370,6 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     *lock(&CURRENT) = Some(Arc::downgrade(&shared));
     tracing::info!(node = %me, role = ?options.role, address = %control_addr, "cluster node started");
     Ok(running)
-}
-
-async fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|source| ClusterError::Bind {
-            addr: format!("{host}:{port}"),
-            source,
-        })?;
-    addrs
-        .next()
-        .ok_or_else(|| ClusterError::Start(format!("{host} resolves to no address")))
 }
 
 async fn join(

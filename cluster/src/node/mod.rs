@@ -578,6 +578,7 @@ impl Shared {
     }
 }
 
+mod address;
 mod borrows;
 mod dispatch;
 mod frames;

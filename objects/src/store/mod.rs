@@ -19,6 +19,7 @@
 
 mod borrow;
 mod entry;
+mod memory;
 mod read;
 mod refs;
 mod spill;
@@ -53,8 +54,9 @@ impl<T: serde::Serialize + DeserializeOwned + GetSize + Send + Sync + 'static> O
 /// Object store settings.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    /// Bytes of objects kept in memory (default: 30% of the machine's
-    /// memory, as Ray; 30% of 8 GiB where that cannot be read).
+    /// Bytes of objects kept in memory (default: 30% of the memory this
+    /// process may use, as Ray: the machine's, or its cgroup's limit where
+    /// lower, as in a container; 30% of 8 GiB where neither can be read).
     pub memory_budget: u64,
     /// Spilling starts above this fraction of the budget (default 0.8).
     pub spill_threshold: f64,
@@ -68,7 +70,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        let total = total_memory().unwrap_or(8 << 30);
+        let total = memory::available().unwrap_or(8 << 30);
         let budget = total / 10 * 3;
         Self {
             memory_budget: budget,
@@ -89,13 +91,6 @@ impl StoreConfig {
             ..Self::default()
         }
     }
-}
-
-fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 pub(crate) struct Inner {
