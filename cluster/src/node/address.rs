@@ -48,6 +48,27 @@ pub(super) async fn reachable_bind(options: &ClusterOptions) -> IpAddr {
     }
 }
 
+/// Why a head may not reach this node back: its advertised address
+/// (`host:port`) is loopback while the head's is not. Empty otherwise.
+pub(super) async fn loopback_hint(advertised: &str, head: &str) -> String {
+    match (is_loopback(advertised).await, is_loopback(head).await) {
+        (Some(true), Some(false)) => format!(
+            " (this node advertises {advertised}, which a head on another machine cannot \
+             reach: set --node-ip-address, or ClusterOptions::advertise, to an address of \
+             this machine the head can reach)"
+        ),
+        _ => String::new(),
+    }
+}
+
+async fn is_loopback(addr: &str) -> Option<bool> {
+    tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| a.ip().is_loopback())
+}
+
 /// The address peers reach this node's `port` at.
 pub(super) async fn advertised(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
     match host.parse::<IpAddr>() {
@@ -66,4 +87,21 @@ async fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, ClusterError>
     addrs
         .next()
         .ok_or_else(|| ClusterError::Start(format!("{host} resolves to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loopback_node_joining_a_routed_head_is_told_why_it_cannot_be_reached() {
+        let hint = loopback_hint("127.0.0.1:4000", "192.0.2.10:6380").await;
+        assert!(hint.contains("--node-ip-address"), "{hint}");
+        assert!(loopback_hint("127.0.0.1:4000", "127.0.0.1:6380")
+            .await
+            .is_empty());
+        assert!(loopback_hint("192.0.2.2:4000", "192.0.2.10:6380")
+            .await
+            .is_empty());
+    }
 }

@@ -442,6 +442,7 @@ async fn join(
             "the session at {head_addr} proved node {proven}, but node {head} answered on it"
         )));
     }
+    let control_addr = hello.control_addr.clone();
     let reply = match tokio::time::timeout_at(
         deadline.max(tokio::time::Instant::now() + Duration::from_millis(100)),
         transport.request(head, Request::Join(hello)),
@@ -453,8 +454,9 @@ async fn join(
             return Err(ClusterError::Unreachable {
                 addr: head_addr.to_owned(),
                 reason: format!(
-                    "the head did not answer the join within {:?}",
-                    options.connect_timeout
+                    "the head did not answer the join within {:?}{}",
+                    options.connect_timeout,
+                    super::address::loopback_hint(&control_addr, head_addr).await
                 ),
             })
         }
