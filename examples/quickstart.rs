@@ -70,8 +70,8 @@ impl Worker {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A plain `fn main`: the runtime brings its own tokio runtime.
     // Inside an existing tokio runtime, use `troupe::init(config).await`.
-    // Panics below are on purpose; print them on one line.
-    std::panic::set_hook(Box::new(|info| eprintln!("  (user code panicked: {info})")));
+    // Panics below are on purpose: Troupe reports each on one line, with
+    // the task or actor it happened in.
     let rt = Runtime::start(Config::default().name("quickstart"))?;
     println!("runtime started in {:?}", rt.started_in());
     rt.block_on(run(&rt))?;

@@ -42,6 +42,7 @@ mod function;
 mod generator;
 mod ids;
 pub mod object_store;
+mod panics;
 pub mod registry;
 pub mod remote;
 pub mod resources;

@@ -111,6 +111,7 @@ fn node_gpus(config: &mut Config) -> Result<Vec<GpuInfo>, SpawnError> {
 
 async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnError> {
     let began = Instant::now();
+    crate::panics::install();
     for service in &config.services {
         service.prepare().map_err(|cause| SpawnError::Service {
             service: service.name().to_owned(),
