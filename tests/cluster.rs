@@ -868,6 +868,126 @@ async fn a_driver_joining_a_head_elsewhere_listens_where_the_head_reaches_it() {
     rt.shutdown().await.unwrap();
 }
 
+/// `troupe list`, `summary` and `get` (and `ClusterNode::cluster_state`)
+/// show the work of every node; a SIGKILLed node is listed dead and
+/// unasked, and the others still answer; the read-only token lists too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_of_every_node_is_listed_summarized_and_got_and_a_dead_one_is_shown() {
+    let _turn = DRIVER.lock().await;
+    let (mut p, head, nodes, rt) =
+        started("state", "1", &[&["--num-cpus", "1"], &["--num-cpus", "1"]]).await;
+    let (b, c) = (nodes[0].clone(), nodes[1].clone());
+    // An actor on B, tasks finished on every node, one still running on C.
+    let on_b =
+        ActorOptions::new()
+            .name("listed")
+            .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+                node: b.node,
+                soft: false,
+            });
+    let tally = Tally::remote(&rt, on_b).new(1).await.expect("spawned on B");
+    for node in [head.node, b.node, c.node] {
+        let r = square::options(on_node(node)).remote(&rt, 3);
+        assert_eq!(*common::within("a task", rt.get(&r)).await.unwrap(), 9);
+    }
+    let _running = where_am_i::options(on(c.node)).remote(&rt, 60_000);
+    let kept = rt.put(vec![7u8; 1 << 16]).await.expect("put");
+
+    // The Rust API: every member answered, the driver's object and B's
+    // actor among them.
+    let node = ClusterNode::current().expect("this process's node");
+    let state = node
+        .cluster_state(Default::default())
+        .await
+        .expect("the state");
+    let answered: BTreeSet<NodeId> = state.answered().map(|(m, _)| m.hello.node).collect();
+    for n in [head.node, b.node, c.node, rt.node_id()] {
+        assert!(answered.contains(&n), "{n} did not answer");
+    }
+    assert!(state
+        .answered()
+        .any(|(m, s)| m.hello.node == b.node
+            && s.actors.iter().any(|a| a.info.id == tally.info().id)));
+    assert!(state
+        .answered()
+        .any(|(_, s)| s.objects.iter().any(|o| o.id == kept.id())));
+
+    let address = ["--address", head.address.as_str()];
+    let run = |p: &LocalCluster, args: &[&str]| {
+        let (ok, out) = p.run(&[args, &address[..]].concat()).expect("runs");
+        assert!(ok, "troupe {args:?}: {out}");
+        out
+    };
+    let listed = run(&p, &["list", "nodes"]);
+    for n in [head.node, b.node, c.node] {
+        assert!(listed.contains(&n.to_string()), "{n} not in {listed}");
+    }
+    let actors = run(&p, &["list", "actors", "--filter", "name=listed"]);
+    assert!(
+        actors.contains(&tally.info().id.to_string()) && actors.contains("ALIVE"),
+        "{actors}"
+    );
+    let running = run(
+        &p,
+        &[
+            "list",
+            "tasks",
+            "--filter",
+            "state=RUNNING",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        running.contains("where_am_i") && !running.contains("square"),
+        "{running}"
+    );
+    // Each task once, though its owner and the node that ran it both list
+    // it.
+    let summary = run(&p, &["summary", "tasks", "--format", "json"]);
+    assert!(
+        summary.contains("\"tasks\": 3") && summary.contains("\"FINISHED\": 3"),
+        "{summary}"
+    );
+    let tasks = run(&p, &["list", "tasks"]);
+    assert_eq!(tasks.matches("cluster::square").count(), 3, "{tasks}");
+    let got = run(&p, &["get", "actors", &tally.info().id.to_string()]);
+    assert!(
+        got.contains("Tally") && got.contains(&b.node.to_string()),
+        "{got}"
+    );
+    let (ok, out) = p
+        .run(&[&["get", "tasks", "task-0-0"][..], &address[..]].concat())
+        .expect("runs");
+    assert!(!ok && out.contains("no Tasks with id"), "{out}");
+
+    // Read-only, with the token.
+    let token_file = p.home().join("state-token");
+    std::fs::write(&token_file, read_only_token(&p)).expect("writes the token");
+    let token_file = token_file.to_str().expect("a UTF-8 path");
+    let seen = run(&p, &["list", "actors", "--token-file", token_file]);
+    assert!(seen.contains(&tally.info().id.to_string()), "{seen}");
+
+    // C dies: listed dead, not asked; the others still answer.
+    p.kill(&c);
+    common::eventually("C is declared dead", || {
+        ClusterNode::current().is_some_and(|n| {
+            n.members()
+                .iter()
+                .any(|m| m.hello.node == c.node && m.state == MemberState::Dead)
+        })
+    })
+    .await;
+    let listed = run(&p, &["list", "nodes", "--node", &c.node.to_string()]);
+    assert!(
+        listed.contains("DEAD") && listed.contains("departed"),
+        "{listed}"
+    );
+    let actors = run(&p, &["list", "actors"]);
+    assert!(actors.contains(&tally.info().id.to_string()), "{actors}");
+    rt.shutdown().await.unwrap();
+}
+
 /// `x` squared, wherever it runs.
 #[troupe::remote]
 fn square(x: u64) -> u64 {

@@ -42,6 +42,7 @@ mod node;
 pub mod placement;
 pub mod protocol;
 mod session;
+pub mod state;
 pub mod tls;
 mod transport;
 

@@ -188,6 +188,17 @@ pub enum Request {
     /// Head to a member: leave the cluster and stop (`troupe stop`);
     /// answered before the member ends.
     Stop,
+    /// This node's state-API snapshot, encoded in at most `budget` bytes
+    /// (lists cut to fit).
+    NodeState {
+        /// What to include.
+        query: troupe_core::StateQuery,
+        /// The most bytes the snapshot may take.
+        budget: u32,
+    },
+    /// Every member's snapshot, gathered by the node asked (`troupe
+    /// list`, `summary`, `get`).
+    ClusterState(troupe_core::StateQuery),
 }
 
 impl Request {
@@ -206,6 +217,8 @@ impl Request {
             Request::StopCluster => "stopping the cluster",
             Request::Leave => "leaving",
             Request::Stop => "stopping a node",
+            Request::NodeState { .. } => "a node's state",
+            Request::ClusterState(_) => "the cluster's state",
         }
     }
 }
@@ -231,6 +244,15 @@ pub enum Reply {
     Location(Result<Option<NodeId>, troupe_core::ObjectError>),
     /// The cluster's members.
     Status(Vec<Member>),
+    /// A node's snapshot, and whether lists were cut to fit.
+    NodeState {
+        /// The snapshot.
+        state: Box<troupe_core::State>,
+        /// Whether lists were cut to fit the budget.
+        truncated: bool,
+    },
+    /// Every member's snapshot.
+    ClusterState(crate::state::ClusterState),
     /// Done.
     Ok,
 }

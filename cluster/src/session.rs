@@ -20,7 +20,8 @@
 //! A client that proves the read-only token instead of the cookie (an
 //! observer: `troupe status --token-file`) never reaches ractor: it may send
 //! requests framed as on the control link (`len: u32 | frame`), and only
-//! [`Request::Status`] is answered; anything else is refused.
+//! [`Request::Status`] and [`Request::ClusterState`] are answered;
+//! anything else is refused.
 
 use std::io;
 use std::net::SocketAddr;
@@ -40,13 +41,16 @@ use tracing::Instrument;
 use troupe_core::NodeId;
 
 use crate::handshake::{self, HandshakeError, Purpose, RefusalLog, Standing};
-use crate::protocol::{Frame, Member, Reply, Request, MAX_FRAME_BYTES};
+use futures::future::BoxFuture;
+
+use crate::protocol::{Frame, Reply, Request, MAX_FRAME_BYTES};
 use crate::tls::{Credentials, Stream};
 
 static REFUSALS: RefusalLog = RefusalLog::new("control session");
 
-/// What an observer is told about the cluster's members.
-pub(crate) type Observe = Arc<dyn Fn() -> Vec<Member> + Send + Sync>;
+/// Answers an observer's read-only request (the status, the cluster's
+/// state).
+pub(crate) type Observe = Arc<dyn Fn(Request) -> BoxFuture<'static, Reply> + Send + Sync>;
 
 /// An observer's request, at most (a status request is a few bytes).
 const MAX_OBSERVER_REQUEST: usize = 4096;
@@ -307,13 +311,13 @@ async fn serve_observer(mut stream: Stream, observe: &Observe) -> String {
             Err(err) => return err.to_string(),
         };
         let reply = match body {
-            Request::Status => Reply::Status(crate::membership::trim_to_frame(observe())),
+            read_only @ (Request::Status | Request::ClusterState(_)) => observe(read_only).await,
             other => {
                 metrics::counter!("troupe_cluster_observer_refused_total").increment(1);
                 tracing::warn!(request = other.kind(), "refused an observer's request");
                 Reply::Refused(format!(
-                    "a read-only token may ask for the cluster's status only, not {}: \
-                     joining, running work and stopping need the cluster's cookie",
+                    "a read-only token may ask for the cluster's status and state only, \
+                     not {}: joining, running work and stopping need the cluster's cookie",
                     other.kind()
                 ))
             }

@@ -346,6 +346,8 @@ impl Shared {
                 Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
             }
             Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),
+            Request::NodeState { query, budget } => self.node_state(rt, &query, budget).await,
+            Request::ClusterState(query) => Reply::ClusterState(self.gather(query).await),
             Request::StopCluster => {
                 let Some(transport) = self.transport.get() else {
                     return Reply::Refused("not started".to_owned());

@@ -200,7 +200,23 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         me,
         credentials.clone(),
         server.clone(),
-        Arc::new(move || observed.upgrade().map(|s| s.members()).unwrap_or_default()),
+        Arc::new(move |request| {
+            let shared = observed.upgrade();
+            Box::pin(async move {
+                match (shared, request) {
+                    (Some(s), Request::Status) => {
+                        Reply::Status(crate::membership::trim_to_frame(s.members()))
+                    }
+                    (Some(s), Request::ClusterState(query)) => {
+                        Reply::ClusterState(s.gather(query).await)
+                    }
+                    (None, _) => Reply::Refused("this node is stopping".to_owned()),
+                    (Some(_), other) => {
+                        Reply::Refused(format!("not a read-only request: {}", other.kind()))
+                    }
+                }
+            })
+        }),
     )
     .await
     .map_err(|source| {

@@ -584,6 +584,7 @@ mod dispatch;
 mod frames;
 mod lifecycle;
 mod seams;
+mod state;
 
 pub use lifecycle::{NodeService, SERVICE_NAME};
 use seams::Seams;

@@ -1,5 +1,6 @@
 //! The `troupe` command line: `start` (a head, or a node joining one),
-//! `status`, `stop`, `token` (a read-only credential), and `cert` (a cluster CA and node certificates for
+//! `status`, `list`, `summary`, `get` (the state API across nodes),
+//! `stop`, `token` (a read-only credential), and `cert` (a cluster CA and node certificates for
 //! TLS). The same commands run from the `troupe` binary and
 //! from a user's own binary through [`main_if_requested`] (a node must run
 //! the user's program, which holds its remote functions and actor types).
@@ -19,6 +20,9 @@ use crate::protocol::{Member, MemberState, Reply, Request, Role};
 use crate::session::{self, SessionError};
 use crate::tls::{Credentials, Tls};
 use crate::{cookie, ClusterError, ADDRESS_ENV};
+
+mod state;
+pub use state::{Format, GetArgs, Kind, ListArgs, SummaryArgs};
 
 /// Troupe's cluster commands.
 #[derive(Debug, Parser)]
@@ -42,6 +46,13 @@ pub enum Command {
     Status(ClientArgs),
     /// Stops every node of the cluster, then its head (a clean leave).
     Stop(ClientArgs),
+    /// Lists nodes, actors, tasks or objects across the cluster.
+    List(state::ListArgs),
+    /// Counts tasks by function, actors by type, objects by node, across
+    /// the cluster.
+    Summary(state::SummaryArgs),
+    /// Prints one actor's, task's or object's whole record.
+    Get(state::GetArgs),
     /// Prints the cluster's read-only token: with it (`status
     /// --token-file`), a client sees the cluster's status and can neither
     /// join, run work, nor stop it. Derived from the cookie: a new cookie
@@ -163,7 +174,8 @@ pub struct StartArgs {
     pub any_build: bool,
 }
 
-/// `troupe status` and `troupe stop`.
+/// Where the cluster is and how to prove it: `troupe status`, `stop`,
+/// `list`, `summary`, `get`.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The head (default: TROUPE_ADDRESS, then the head started on this
@@ -257,6 +269,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
         Command::Status(args) => tokio.block_on(status(args)),
         Command::Stop(args) => tokio.block_on(stop(args)),
         Command::Token(args) => token(args),
+        Command::List(args) => tokio.block_on(state::list(args)),
+        Command::Summary(args) => tokio.block_on(state::summary(args)),
+        Command::Get(args) => tokio.block_on(state::get(args)),
         Command::Cert(command) => cert(command),
     };
     match result {
