@@ -90,3 +90,32 @@ pub(crate) fn fit(mut state: State, budget: u32) -> (State, bool) {
     }
     (state, truncated)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_is_cut_to_its_budget_and_its_summary_is_kept() {
+        let rt = troupe_core::init(troupe_core::Config::default())
+            .await
+            .expect("a runtime");
+        let mut kept = Vec::new();
+        for i in 0..300u64 {
+            kept.push(rt.objects().put(i).await.expect("put"));
+        }
+        let whole = rt.state().await;
+        let (same, cut) = fit(whole.clone(), u32::MAX);
+        assert!(!cut);
+        assert_eq!(same.objects.len(), whole.objects.len());
+        let budget = 4096;
+        let (small, cut) = fit(whole.clone(), budget);
+        assert!(cut);
+        assert!(encoded_size(&small) <= budget as usize);
+        assert!(small.objects.len() < whole.objects.len());
+        assert_eq!(small.summary, whole.summary, "counts are never cut");
+        // Shares of a frame: smaller with more members, never zero.
+        assert!(share(1) > share(10) && share(10_000) > 0);
+        rt.shutdown().await.expect("shut down");
+    }
+}
