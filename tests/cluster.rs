@@ -872,11 +872,21 @@ async fn a_driver_joining_a_head_elsewhere_listens_where_the_head_reaches_it() {
 /// show the work of every node; a SIGKILLed node is listed dead and
 /// unasked, and the others still answer; the read-only token lists too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_state_of_every_node_is_listed_summarized_and_got_and_a_dead_one_is_shown() {
+async fn the_state_and_timeline_of_every_node_are_listed_and_written_and_a_dead_one_is_shown() {
     let _turn = DRIVER.lock().await;
     let (mut p, head, nodes, rt) =
         started("state", "1", &[&["--num-cpus", "1"], &["--num-cpus", "1"]]).await;
     let (b, c) = (nodes[0].clone(), nodes[1].clone());
+    let trace_file = p.home().join("trace.json");
+    let trace_path = trace_file.to_str().expect("a UTF-8 path").to_owned();
+    let (ok, out) = p
+        .run(&["timeline", "-o", &trace_path, "--address", &head.address])
+        .expect("runs");
+    assert!(!ok && out.contains("no node has recorded"), "{out}");
+    let node = ClusterNode::current().expect("this process's node");
+    let unrecorded = node.record_cluster_timeline(true).await.expect("recording");
+    assert!(unrecorded.is_empty(), "{unrecorded:?}");
+    let began_us = rt.clock_us();
     // An actor on B, tasks finished on every node, one still running on C.
     let on_b =
         ActorOptions::new()
@@ -895,7 +905,6 @@ async fn the_state_of_every_node_is_listed_summarized_and_got_and_a_dead_one_is_
 
     // The Rust API: every member answered, the driver's object and B's
     // actor among them.
-    let node = ClusterNode::current().expect("this process's node");
     let state = node
         .cluster_state(Default::default())
         .await
@@ -960,6 +969,39 @@ async fn the_state_of_every_node_is_listed_summarized_and_got_and_a_dead_one_is_
         .run(&[&["get", "tasks", "task-0-0"][..], &address[..]].concat())
         .expect("runs");
     assert!(!ok && out.contains("no Tasks with id"), "{out}");
+
+    // One trace, a process per node, each node's tasks on it, on one clock.
+    run(&p, &["timeline", "-o", &trace_path]);
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&trace_file).expect("written")).expect("JSON");
+    let records = trace.as_array().expect("an array");
+    let pid_of = |n: NodeId| {
+        records
+            .iter()
+            .find(|r| {
+                r["name"] == "process_name"
+                    && r["args"]["name"]
+                        .as_str()
+                        .is_some_and(|name| name.contains(&n.to_string()))
+            })
+            .map(|r| r["pid"].clone())
+            .unwrap_or_else(|| panic!("no process for {n}"))
+    };
+    let ended_us = rt.clock_us();
+    for n in [head.node, b.node, c.node] {
+        let pid = pid_of(n);
+        let squares: Vec<u64> = records
+            .iter()
+            .filter(|r| r["pid"] == pid && r["ph"] == "X" && r["name"] == "cluster::square")
+            .filter_map(|r| r["ts"].as_u64())
+            .collect();
+        assert_eq!(squares.len(), 1, "{n}: {squares:?}");
+        assert!(
+            squares[0] + 1_000_000 > began_us && squares[0] < ended_us + 1_000_000,
+            "{n}'s task at {} is off the driver's clock [{began_us}, {ended_us}]",
+            squares[0]
+        );
+    }
 
     // Read-only, with the token.
     let token_file = p.home().join("state-token");

@@ -199,6 +199,18 @@ pub enum Request {
     /// Every member's snapshot, gathered by the node asked (`troupe
     /// list`, `summary`, `get`).
     ClusterState(troupe_core::StateQuery),
+    /// A page of `node`'s timeline from event `from` (`troupe timeline`),
+    /// after turning its recording on or off if `record` says so. The node
+    /// asked answers for itself or asks `node`, measuring the offset of
+    /// its clock.
+    TimelinePage {
+        /// Whose timeline.
+        node: NodeId,
+        /// The first event wanted.
+        from: u64,
+        /// Turn recording on or off first.
+        record: Option<bool>,
+    },
 }
 
 impl Request {
@@ -219,6 +231,7 @@ impl Request {
             Request::Stop => "stopping a node",
             Request::NodeState { .. } => "a node's state",
             Request::ClusterState(_) => "the cluster's state",
+            Request::TimelinePage { .. } => "a timeline",
         }
     }
 }
@@ -253,6 +266,8 @@ pub enum Reply {
     },
     /// Every member's snapshot.
     ClusterState(crate::state::ClusterState),
+    /// A page of a node's timeline.
+    TimelinePage(Box<crate::state::TimelinePage>),
     /// Done.
     Ok,
 }

@@ -227,66 +227,142 @@ impl Timeline {
         process: &str,
         node: NodeId,
     ) -> Result<usize, serde_json::Error> {
-        let (events, mut threads) = {
-            let recorded = self.lock();
-            (
-                recorded.events.iter().cloned().collect::<Vec<_>>(),
-                recorded.threads.clone(),
-            )
-        };
-        for event in &events {
-            threads
-                .entry(event.thread)
-                .or_insert_with(|| format!("thread {}", event.thread));
-        }
-        let pid = std::process::id();
-        let mut trace = Vec::with_capacity(events.len() + threads.len() + 1);
-        trace.push(serde_json::json!({
-            "name": "process_name", "ph": "M", "pid": pid,
-            "args": { "name": format!("{process} (node {node})") },
-        }));
-        for (tid, name) in &threads {
-            trace.push(serde_json::json!({
-                "name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
-                "args": { "name": name },
-            }));
-        }
-        for event in &events {
-            let (name, cat, mut args) = match &event.work {
-                Work::Task {
-                    id,
-                    function,
-                    attempt,
-                } => (
-                    function.to_string(),
-                    "task",
-                    serde_json::json!({ "task": id.to_string(), "attempt": attempt }),
-                ),
-                Work::ActorCall {
-                    actor,
-                    actor_type,
-                    method,
-                } => {
-                    let short = actor_type.rsplit("::").next().unwrap_or(actor_type);
-                    (
-                        format!("{short}.{method}"),
-                        "actor_call",
-                        serde_json::json!({ "actor": actor.to_string(), "type": actor_type }),
-                    )
-                }
-            };
-            if let (Some(error), Some(args)) = (&event.error, args.as_object_mut()) {
-                args.insert("error".to_owned(), serde_json::Value::from(error.as_str()));
-            }
-            trace.push(serde_json::json!({
-                "name": name, "cat": cat, "ph": "X",
-                "ts": event.start_us, "dur": event.duration_us.max(1),
-                "pid": pid, "tid": event.thread, "args": args,
-            }));
-        }
+        let (events, threads) = self.events_and_threads();
+        let trace = chrome_trace_part(
+            &TracePart {
+                pid: u64::from(std::process::id()),
+                process: format!("{process} (node {node})"),
+                threads,
+                offset_us: 0,
+            },
+            &events,
+        );
         serde_json::to_writer(out, &trace)?;
         Ok(events.len())
     }
+
+    /// The events, oldest first, and the names of the threads they ran on.
+    pub(crate) fn events_and_threads(&self) -> (Vec<TimelineEvent>, BTreeMap<u64, String>) {
+        let (events, threads, _) = self.window(0, usize::MAX);
+        (events, threads)
+    }
+
+    /// At most `max` events from the `from`th (oldest first), the thread
+    /// names, and how many events there are in all: copies only the window.
+    pub(crate) fn window(
+        &self,
+        from: usize,
+        max: usize,
+    ) -> (Vec<TimelineEvent>, BTreeMap<u64, String>, usize) {
+        let recorded = self.lock();
+        let total = recorded.events.len();
+        let events = recorded
+            .events
+            .iter()
+            .skip(from)
+            .take(max)
+            .cloned()
+            .collect();
+        (events, recorded.threads.clone(), total)
+    }
+}
+
+/// A window of a runtime's timeline at one moment
+/// (`Runtime::timeline_snapshot`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSnapshot {
+    /// The window's events, oldest first.
+    pub events: Vec<TimelineEvent>,
+    /// The index of the window's first event.
+    pub from: u64,
+    /// Events in the whole timeline.
+    pub total: u64,
+    /// Thread numbers and names.
+    pub threads: BTreeMap<u64, String>,
+    /// Whether it records now.
+    pub recording: bool,
+    /// Whether it ever recorded.
+    pub ever_recorded: bool,
+    /// The runtime's clock when the snapshot was taken, in microseconds
+    /// since the Unix epoch.
+    pub now_us: u64,
+}
+
+/// Where one process's events go in a Chrome trace that may hold several
+/// (a cluster's: one process per node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePart {
+    /// The trace's process id for these events.
+    pub pid: u64,
+    /// The process's name in the trace.
+    pub process: String,
+    /// Thread numbers and names (unnamed threads are called `thread N`).
+    pub threads: BTreeMap<u64, String>,
+    /// Added to every event's start: the offset from this process's clock
+    /// to the trace's.
+    pub offset_us: i64,
+}
+
+/// `events` as Chrome trace records (metadata naming the process and its
+/// threads, then one complete event, `"ph": "X"`, per task attempt and
+/// actor call), to be written in one JSON array with other parts.
+pub fn chrome_trace_part(part: &TracePart, events: &[TimelineEvent]) -> Vec<serde_json::Value> {
+    let pid = part.pid;
+    let mut threads = part.threads.clone();
+    for event in events {
+        threads
+            .entry(event.thread)
+            .or_insert_with(|| format!("thread {}", event.thread));
+    }
+    let mut trace = Vec::with_capacity(events.len() + threads.len() + 1);
+    trace.push(serde_json::json!({
+        "name": "process_name", "ph": "M", "pid": pid,
+        "args": { "name": part.process },
+    }));
+    for (tid, name) in &threads {
+        trace.push(serde_json::json!({
+            "name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+            "args": { "name": name },
+        }));
+    }
+    for event in events {
+        let (name, cat, mut args) = match &event.work {
+            Work::Task {
+                id,
+                function,
+                attempt,
+            } => (
+                function.to_string(),
+                "task",
+                serde_json::json!({ "task": id.to_string(), "attempt": attempt }),
+            ),
+            Work::ActorCall {
+                actor,
+                actor_type,
+                method,
+            } => {
+                let short = actor_type.rsplit("::").next().unwrap_or(actor_type);
+                (
+                    format!("{short}.{method}"),
+                    "actor_call",
+                    serde_json::json!({ "actor": actor.to_string(), "type": actor_type }),
+                )
+            }
+        };
+        if let (Some(error), Some(args)) = (&event.error, args.as_object_mut()) {
+            args.insert("error".to_owned(), serde_json::Value::from(error.as_str()));
+        }
+        let ts = i64::try_from(event.start_us)
+            .unwrap_or(i64::MAX)
+            .saturating_add(part.offset_us)
+            .max(0);
+        trace.push(serde_json::json!({
+            "name": name, "cat": cat, "ph": "X",
+            "ts": ts, "dur": event.duration_us.max(1),
+            "pid": pid, "tid": event.thread, "args": args,
+        }));
+    }
+    trace
 }
 
 #[cfg(test)]
@@ -326,6 +402,28 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [2, 3, 4]);
+    }
+
+    #[test]
+    fn a_window_copies_only_its_events_and_counts_them_all() {
+        let timeline = Timeline::new(10, true, Arc::new(Clock::new()));
+        for seq in 0..8 {
+            timeline.record(task_event(seq, 1));
+        }
+        let seqs = |events: &[TimelineEvent]| -> Vec<u64> {
+            events
+                .iter()
+                .map(|e| match &e.work {
+                    Work::Task { id, .. } => id.seq,
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        let (events, _, total) = timeline.window(3, 2);
+        assert_eq!((seqs(&events), total), (vec![3, 4], 8));
+        let (events, _, _) = timeline.window(6, 10);
+        assert_eq!(seqs(&events), [6, 7]);
+        assert!(timeline.window(20, 10).0.is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `troupe` command line: `start` (a head, or a node joining one),
-//! `status`, `list`, `summary`, `get` (the state API across nodes),
+//! `status`, `list`, `summary`, `get`, `timeline` (across nodes),
 //! `stop`, `token` (a read-only credential), and `cert` (a cluster CA and node certificates for
 //! TLS). The same commands run from the `troupe` binary and
 //! from a user's own binary through [`main_if_requested`] (a node must run
@@ -22,7 +22,7 @@ use crate::tls::{Credentials, Tls};
 use crate::{cookie, ClusterError, ADDRESS_ENV};
 
 mod state;
-pub use state::{Format, GetArgs, Kind, ListArgs, SummaryArgs};
+pub use state::{Format, GetArgs, Kind, ListArgs, SummaryArgs, TimelineArgs};
 
 /// Troupe's cluster commands.
 #[derive(Debug, Parser)]
@@ -53,6 +53,9 @@ pub enum Command {
     Summary(state::SummaryArgs),
     /// Prints one actor's, task's or object's whole record.
     Get(state::GetArgs),
+    /// Writes every node's timeline as one Chrome trace (a process per
+    /// node, clocks aligned to the head's).
+    Timeline(state::TimelineArgs),
     /// Prints the cluster's read-only token: with it (`status
     /// --token-file`), a client sees the cluster's status and can neither
     /// join, run work, nor stop it. Derived from the cookie: a new cookie
@@ -272,6 +275,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
         Command::List(args) => tokio.block_on(state::list(args)),
         Command::Summary(args) => tokio.block_on(state::summary(args)),
         Command::Get(args) => tokio.block_on(state::get(args)),
+        Command::Timeline(args) => tokio.block_on(state::timeline(args)),
         Command::Cert(command) => cert(command),
     };
     match result {

@@ -85,6 +85,86 @@ pub struct GetArgs {
     pub client: ClientArgs,
 }
 
+/// `troupe timeline`.
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// Where to write the Chrome trace (open it in Perfetto).
+    #[arg(short, long)]
+    pub output: std::path::PathBuf,
+    /// Record on every node for this many seconds first (then stop); by
+    /// default, write what the nodes recorded so far.
+    #[arg(long, value_name = "SECONDS")]
+    pub record: Option<u64>,
+    /// Where the cluster is and how to prove it.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `troupe timeline`.
+pub(super) async fn timeline(args: TimelineArgs) -> Result<(), ClusterError> {
+    if args.client.token_file.is_some() {
+        return Err(ClusterError::ReadOnly(
+            "the timeline needs the cluster's cookie (it can turn recording on)".to_owned(),
+        ));
+    }
+    let (rt, node) = super::client(&args.client).await?;
+    let written = write_timeline(&node, &args).await;
+    let _ = rt.shutdown().await;
+    let (events, silent) = written?;
+    println!(
+        "troupe: wrote {events} events from {} nodes to {}{}",
+        silent.0,
+        args.output.display(),
+        if silent.1.is_empty() {
+            String::new()
+        } else {
+            format!("; no timeline from {}", silent.1.join(", "))
+        }
+    );
+    Ok(())
+}
+
+/// Records if asked, gathers, writes: the events written, and the nodes
+/// that answered and those that did not (with why).
+async fn write_timeline(
+    node: &crate::ClusterNode,
+    args: &TimelineArgs,
+) -> Result<(usize, (usize, Vec<String>)), ClusterError> {
+    if let Some(seconds) = args.record {
+        node.record_cluster_timeline(true).await?;
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        node.record_cluster_timeline(false).await?;
+    }
+    let timeline = node.cluster_timeline().await?;
+    if !timeline.ever_recorded() {
+        return Err(ClusterError::Start(
+            "no node has recorded a timeline: record one with `troupe timeline --record 10 -o \
+             FILE`, or start the runtimes with Config::record_timeline(true)"
+                .to_owned(),
+        ));
+    }
+    let trace = timeline.chrome_trace();
+    let text = serde_json::to_vec(&trace).map_err(|e| ClusterError::Protocol(e.to_string()))?;
+    std::fs::write(&args.output, text).map_err(|source| ClusterError::CookieFile {
+        path: args.output.clone(),
+        source,
+    })?;
+    let silent: Vec<String> = timeline
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            n.timeline
+                .as_ref()
+                .err()
+                .map(|why| format!("{} ({why})", n.member.hello.node))
+        })
+        .collect();
+    Ok((
+        timeline.events(),
+        (timeline.nodes.len() - silent.len(), silent),
+    ))
+}
+
 /// The gathered state, by the cookie's way (a client of the cluster) or
 /// the read-only token's.
 async fn gather(client: &ClientArgs) -> Result<ClusterState, ClusterError> {

@@ -348,6 +348,9 @@ impl Shared {
             Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),
             Request::NodeState { query, budget } => self.node_state(rt, &query, budget).await,
             Request::ClusterState(query) => Reply::ClusterState(self.gather(query).await),
+            Request::TimelinePage { node, from, record } => {
+                self.timeline_page(node, from, record).await
+            }
             Request::StopCluster => {
                 let Some(transport) = self.transport.get() else {
                     return Reply::Refused("not started".to_owned());

@@ -1,8 +1,12 @@
-//! The state API across nodes: a member's own snapshot, cut to its share
-//! of a frame, and the gathering of every member's by one node.
+//! The state API and the timeline across nodes: a member's own snapshot,
+//! cut to its share of a frame, and the gathering of every member's by one
+//! node; timeline pages, with each node's clock offset.
 
 use super::*;
-use crate::state::{fit, share, ClusterState, NodeAnswer, NodeState};
+use crate::state::{
+    fit, share, timeline_page, ClusterState, ClusterTimeline, NodeAnswer, NodeState, NodeTimeline,
+    TimelinePage, TIMELINE_PAGE_EVENTS,
+};
 use troupe_core::StateQuery;
 
 /// How long a member has to answer beyond the query's own wait for its
@@ -67,6 +71,48 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// A page of `node`'s timeline: this node's own, or `node`'s asked over
+    /// its link, its events' offset measured as the midpoint of the round
+    /// trip against `node`'s clock at its answer.
+    pub(super) async fn timeline_page(
+        self: &Arc<Self>,
+        node: NodeId,
+        from: u64,
+        record: Option<bool>,
+    ) -> Reply {
+        let Some(rt) = self.runtime() else {
+            return Reply::Refused("this node is stopping".to_owned());
+        };
+        if Some(node) == self.me() {
+            if let Some(on) = record {
+                rt.record_timeline(on);
+            }
+            let snapshot = rt.timeline_snapshot(from, TIMELINE_PAGE_EVENTS);
+            let page = timeline_page(node, snapshot);
+            return Reply::TimelinePage(Box::new(page));
+        }
+        let Some(transport) = self.transport.get() else {
+            return Reply::Refused("not joined".to_owned());
+        };
+        let sent = rt.clock_us();
+        let asked = transport.request(node, Request::TimelinePage { node, from, record });
+        match asked.await {
+            Ok(Reply::TimelinePage(mut page)) => {
+                let back = rt.clock_us();
+                // The node's clock read `clock_us` about halfway through
+                // the round trip.
+                let midpoint = i64::try_from(sent / 2 + back / 2).unwrap_or(i64::MAX);
+                let theirs = i64::try_from(page.clock_us).unwrap_or(i64::MAX);
+                page.offset_us = midpoint.saturating_sub(theirs);
+                Reply::TimelinePage(page)
+            }
+            Ok(other) => Reply::Refused(format!("node {node} answered {other:?}")),
+            Err(err) => Reply::Refused(format!("node {node}: {err}")),
+        }
+    }
+}
+
 fn state_answer(reply: Result<Reply, String>) -> NodeAnswer {
     match reply {
         Ok(Reply::NodeState { state, truncated }) => NodeAnswer::State { state, truncated },
@@ -96,6 +142,88 @@ impl ClusterNode {
             other => Err(ClusterError::Protocol(format!(
                 "unexpected reply {other:?}"
             ))),
+        }
+    }
+}
+
+impl ClusterNode {
+    /// Turns timeline recording on or off on every live member (through
+    /// the head); the members that could not be told, with why.
+    pub async fn record_cluster_timeline(
+        &self,
+        on: bool,
+    ) -> Result<Vec<(NodeId, String)>, ClusterError> {
+        let mut failed = Vec::new();
+        for member in self.live_members().await? {
+            let node = member.hello.node;
+            if let Err(why) = self.timeline_page(node, u64::MAX, Some(on)).await {
+                failed.push((node, why));
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Every live member's timeline (`troupe timeline`), page by page
+    /// through the head, each node's events moved onto the head's clock
+    /// (off by at most half the round trip between them). Write it with
+    /// [`ClusterTimeline::chrome_trace`]. Events recorded while it pages
+    /// may shift a page: stop recording first for an exact copy.
+    pub async fn cluster_timeline(&self) -> Result<ClusterTimeline, ClusterError> {
+        let mut nodes = Vec::new();
+        for member in self.live_members().await? {
+            let node = member.hello.node;
+            let mut whole: Option<TimelinePage> = None;
+            let mut from = 0;
+            let timeline = loop {
+                match self.timeline_page(node, from, None).await {
+                    Err(why) => break Err(why),
+                    Ok(page) => {
+                        let next = page.next;
+                        match &mut whole {
+                            None => whole = Some(page),
+                            Some(w) => w.events.extend(page.events),
+                        }
+                        match next {
+                            Some(n) if n > from => from = n,
+                            _ => break whole.take().ok_or_else(|| "no page".to_owned()),
+                        }
+                    }
+                }
+            };
+            nodes.push(NodeTimeline { member, timeline });
+        }
+        Ok(ClusterTimeline { nodes })
+    }
+
+    async fn live_members(&self) -> Result<Vec<Member>, ClusterError> {
+        Ok(self
+            .status()
+            .await?
+            .into_iter()
+            .filter(|m| m.hello.role != Role::Client && !departed(m))
+            .collect())
+    }
+
+    /// One page of `node`'s timeline, asked of the head (or answered here,
+    /// on the head).
+    async fn timeline_page(
+        &self,
+        node: NodeId,
+        from: u64,
+        record: Option<bool>,
+    ) -> Result<TimelinePage, String> {
+        let head = self.shared.head.get().copied().ok_or("not joined")?;
+        let reply = if Some(head) == self.shared.me() {
+            self.shared.timeline_page(node, from, record).await
+        } else {
+            self.request(head, Request::TimelinePage { node, from, record })
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        match reply {
+            Reply::TimelinePage(page) => Ok(*page),
+            Reply::Refused(why) => Err(why),
+            other => Err(format!("unexpected reply {other:?}")),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::Runtime;
 use crate::error::TimelineError;
-use crate::timeline::TimelineEvent;
+use crate::timeline::{TimelineEvent, TimelineSnapshot};
 
 impl Runtime {
     /// Starts (`true`) or stops recording the timeline: every task attempt
@@ -23,6 +23,34 @@ impl Runtime {
     /// dropped to stay within that bound.
     pub fn timeline_events(&self) -> (Vec<TimelineEvent>, u64) {
         self.inner.timeline.events()
+    }
+
+    /// At most `max` of the timeline's events from the `from`th (oldest
+    /// first), with the names of the threads they ran on, how many there
+    /// are in all, whether it records now, and this runtime's clock now
+    /// (µs since the Unix epoch, the clock of the events' `start_us`):
+    /// what a cluster gathers from each node, window by window, to write
+    /// one trace. Only the window is copied.
+    pub fn timeline_snapshot(&self, from: u64, max: usize) -> TimelineSnapshot {
+        let timeline = &self.inner.timeline;
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        let (events, threads, total) = timeline.window(start, max);
+        TimelineSnapshot {
+            events,
+            from,
+            total: total as u64,
+            threads,
+            recording: timeline.is_recording(),
+            ever_recorded: timeline.ever_recorded(),
+            now_us: timeline.clock().now_us(),
+        }
+    }
+
+    /// This runtime's clock now, in microseconds since the Unix epoch (the
+    /// clock of its timeline: monotonic from one wall-clock reading at
+    /// boot).
+    pub fn clock_us(&self) -> u64 {
+        self.inner.timeline.clock().now_us()
     }
 
     /// Forgets the timeline's events so far (recording goes on if on).
