@@ -23,6 +23,25 @@ fn node_process() {
     common::cluster::run_node_if_asked();
 }
 
+/// Job mode: this test binary run by the head as a job's driver (with
+/// `TROUPE_TEST_JOB` set): it spawns an actor named `job-actor` on the
+/// cluster, says so, and waits to be stopped.
+#[test]
+fn job_process() {
+    if std::env::var("TROUPE_TEST_JOB").is_err() {
+        return;
+    }
+    let rt = Runtime::start(Config::connect_from_env().expect("TROUPE_ADDRESS")).expect("joins");
+    rt.block_on(async {
+        let _actor = Tally::remote(&rt, ActorOptions::new().name("job-actor"))
+            .new(1)
+            .await
+            .expect("spawned");
+        println!("job ready");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+}
+
 /// Where the task ran.
 #[troupe::remote]
 async fn where_am_i(ms: u64) -> NodeId {
@@ -1027,6 +1046,86 @@ async fn the_state_and_timeline_of_every_node_are_listed_and_written_and_a_dead_
     );
     let actors = run(&p, &["list", "actors"]);
     assert!(actors.contains(&tally.info().id.to_string()), "{actors}");
+    rt.shutdown().await.unwrap();
+}
+
+/// A job runs on the head with the cluster's address and cookie: its log is
+/// followed, its status kept after it ends, and stopping it ends the
+/// actors it owns on other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_the_head_and_stopping_it_ends_its_actors() {
+    let _turn = DRIVER.lock().await;
+    let (p, head, _nodes, rt) = started("jobs", "1", &[&["--num-cpus", "1"]]).await;
+    let address = ["--address", head.address.as_str()];
+    // The cluster's address goes before a job's `--`, which takes the rest.
+    let troupe = |args: &[&str]| {
+        let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        p.run(&[&args[..at], &address[..], &args[at..]].concat())
+            .expect("runs")
+    };
+
+    // A job that fails: its output followed, its outcome the command's.
+    let (ok, out) = troupe(&[
+        "job",
+        "submit",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert!(
+        !ok && out.contains("out") && out.contains("err") && out.contains("FAILED"),
+        "{out}"
+    );
+
+    // A driver that spawns an actor on the cluster and waits.
+    let exe = std::env::current_exe().expect("the test binary");
+    let exe = exe.to_str().expect("a UTF-8 path");
+    let (ok, out) = troupe(&[
+        "job",
+        "submit",
+        "--no-wait",
+        "--env",
+        "TROUPE_TEST_JOB=1",
+        "--",
+        exe,
+        "job_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    assert!(ok, "{out}");
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("job-"))
+        .unwrap_or_else(|| panic!("no job id in {out}"))
+        .to_owned();
+    common::eventually("the job's driver is ready", || {
+        troupe(&["job", "logs", &id]).1.contains("job ready")
+    })
+    .await;
+    let (_, actors) = troupe(&["list", "actors", "--filter", "name=job-actor"]);
+    assert!(actors.contains("ALIVE"), "{actors}");
+    let (_, status) = troupe(&["job", "status", &id]);
+    assert!(status.contains("RUNNING"), "{status}");
+
+    let (ok, stopped) = troupe(&["job", "stop", &id]);
+    assert!(ok && stopped.contains("STOPPED"), "{stopped}");
+    common::eventually("the job's actor ends with it", || {
+        troupe(&["list", "actors", "--filter", "name=job-actor"])
+            .1
+            .contains("(none)")
+    })
+    .await;
+    // Its status and log outlive it.
+    let (_, listed) = troupe(&["job", "list"]);
+    assert!(
+        listed.contains(&format!("{id}  STOPPED")) && listed.contains("FAILED"),
+        "{listed}"
+    );
+    assert!(troupe(&["job", "logs", &id]).1.contains("job ready"));
+    let (ok, out) = troupe(&["job", "status", "job-999"]);
+    assert!(!ok && out.contains("no job job-999"), "{out}");
     rt.shutdown().await.unwrap();
 }
 

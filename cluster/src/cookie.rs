@@ -122,7 +122,7 @@ pub(crate) fn refuse_link(path: &Path) -> std::io::Result<()> {
 
 /// Makes `dir` (readable by its owner only, 0700, if new), refusing a
 /// symbolic link.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     refuse_link(dir)?;
     if dir.is_dir() {
         return Ok(());
@@ -137,7 +137,7 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         private_dir(parent)?;
     }

@@ -35,6 +35,7 @@ mod data_path;
 mod fuzz;
 mod handshake;
 pub mod health;
+pub mod jobs;
 mod link;
 pub mod local;
 pub mod membership;
@@ -86,6 +87,9 @@ pub enum ClusterError {
     /// do, or its token is not the cluster's.
     #[error("the head refused a read-only client: {0}")]
     ReadOnly(String),
+    /// A job request failed (no such job, one that cannot start).
+    #[error("job: {0}")]
+    Job(String),
     /// No cookie was configured.
     #[error("no cluster cookie: set TROUPE_COOKIE or TROUPE_COOKIE_FILE, or copy the head's cookie file to {}", looked_in.display())]
     NoCookie {

@@ -199,6 +199,19 @@ pub enum Request {
     /// Every member's snapshot, gathered by the node asked (`troupe
     /// list`, `summary`, `get`).
     ClusterState(troupe_core::StateQuery),
+    /// To the head: run this job (`troupe job submit`).
+    JobSubmit(crate::jobs::JobSpec),
+    /// To the head: its jobs (`troupe job list`, `status`).
+    JobList,
+    /// To the head: a page of a job's log from byte `from`.
+    JobLogs {
+        /// The job.
+        id: String,
+        /// The first byte wanted.
+        from: u64,
+    },
+    /// To the head: stop a job (answered once it ended).
+    JobStop(String),
     /// A page of `node`'s timeline from event `from` (`troupe timeline`),
     /// after turning its recording on or off if `record` says so. The node
     /// asked answers for itself or asks `node`, measuring the offset of
@@ -232,6 +245,10 @@ impl Request {
             Request::NodeState { .. } => "a node's state",
             Request::ClusterState(_) => "the cluster's state",
             Request::TimelinePage { .. } => "a timeline",
+            Request::JobSubmit(_) => "submitting a job",
+            Request::JobList => "the jobs",
+            Request::JobLogs { .. } => "a job's log",
+            Request::JobStop(_) => "stopping a job",
         }
     }
 }
@@ -268,6 +285,12 @@ pub enum Reply {
     ClusterState(crate::state::ClusterState),
     /// A page of a node's timeline.
     TimelinePage(Box<crate::state::TimelinePage>),
+    /// A job.
+    Job(Box<crate::jobs::JobInfo>),
+    /// The head's jobs, oldest first.
+    Jobs(Vec<crate::jobs::JobInfo>),
+    /// A page of a job's log.
+    JobLogs(crate::jobs::LogPage),
     /// Done.
     Ok,
 }

@@ -1,5 +1,5 @@
 //! The `troupe` command line: `start` (a head, or a node joining one),
-//! `status`, `list`, `summary`, `get`, `timeline` (across nodes),
+//! `status`, `list`, `summary`, `get`, `timeline` (across nodes), `job`,
 //! `stop`, `token` (a read-only credential), and `cert` (a cluster CA and node certificates for
 //! TLS). The same commands run from the `troupe` binary and
 //! from a user's own binary through [`main_if_requested`] (a node must run
@@ -21,7 +21,9 @@ use crate::session::{self, SessionError};
 use crate::tls::{Credentials, Tls};
 use crate::{cookie, ClusterError, ADDRESS_ENV};
 
+mod job;
 mod state;
+pub use job::{JobArgs, JobCommand, ListJobsArgs, LogsArgs, SubmitArgs};
 pub use state::{Format, GetArgs, Kind, ListArgs, SummaryArgs, TimelineArgs};
 
 /// Troupe's cluster commands.
@@ -56,6 +58,9 @@ pub enum Command {
     /// Writes every node's timeline as one Chrome trace (a process per
     /// node, clocks aligned to the head's).
     Timeline(state::TimelineArgs),
+    /// Runs driver programs on the head and keeps their logs and status.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Prints the cluster's read-only token: with it (`status
     /// --token-file`), a client sees the cluster's status and can neither
     /// join, run work, nor stop it. Derived from the cookie: a new cookie
@@ -276,6 +281,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
         Command::Summary(args) => tokio.block_on(state::summary(args)),
         Command::Get(args) => tokio.block_on(state::get(args)),
         Command::Timeline(args) => tokio.block_on(state::timeline(args)),
+        Command::Job(command) => tokio.block_on(job::run(command)),
         Command::Cert(command) => cert(command),
     };
     match result {

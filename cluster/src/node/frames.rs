@@ -348,6 +348,10 @@ impl Shared {
             Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),
             Request::NodeState { query, budget } => self.node_state(rt, &query, budget).await,
             Request::ClusterState(query) => Reply::ClusterState(self.gather(query).await),
+            Request::JobSubmit(_)
+            | Request::JobList
+            | Request::JobLogs { .. }
+            | Request::JobStop(_) => self.answer_job(body).await,
             Request::TimelinePage { node, from, record } => {
                 self.timeline_page(node, from, record).await
             }

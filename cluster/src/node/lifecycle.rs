@@ -359,6 +359,12 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
             while events.recv().await.is_some() {}
         }));
         cookie::write_head_address(&state_dir, &control_addr);
+        let _ = shared.jobs.set(crate::jobs::Jobs::new(
+            &state_dir,
+            control_addr.clone(),
+            credentials.cookie.clone(),
+            options.tls_dir.clone(),
+        ));
     } else {
         let Some(head_addr) = options.head.clone() else {
             return Err(ClusterError::Start("no head address to join".to_owned()));

@@ -210,6 +210,8 @@ struct Shared {
     directory_epoch: std::sync::atomic::AtomicU64,
     /// Elsewhere: the directory being received in parts.
     incoming_directory: Mutex<Option<frames::Assembly>>,
+    /// On the head: the jobs it runs.
+    jobs: OnceLock<Arc<crate::jobs::Jobs>>,
 }
 
 impl ClusterNode {
@@ -232,6 +234,7 @@ impl ClusterNode {
                 credentials: OnceLock::new(),
                 directory_epoch: Default::default(),
                 incoming_directory: Mutex::new(None),
+                jobs: OnceLock::new(),
             }),
         }
     }
@@ -582,6 +585,7 @@ mod address;
 mod borrows;
 mod dispatch;
 mod frames;
+mod jobs;
 mod lifecycle;
 mod seams;
 mod state;
