@@ -829,3 +829,45 @@ async fn a_cancelled_put_stops_counting_as_a_waiter() {
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_dead_node_loses_the_results_this_node_kept_there_and_sends_others_to_their_owner() {
+    let owner = store();
+    let reader = store();
+    reader.set_directory(Arc::new(Peers::new(vec![owner.clone()])));
+    let forgotten = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = forgotten.clone();
+    reader.on_forget(Arc::new(move |id| seen.lock().unwrap().push(id)));
+    let dead = crate::NodeId(0xdead);
+    // A result of this node kept on the dead node, and another node's
+    // object last heard of there.
+    let ours = reader.remote::<u64>(reader.new_id(), Some(dead));
+    let value = owner.put(5u64).await.unwrap();
+    let theirs = reader.remote::<u64>(value.id(), Some(dead));
+
+    assert_eq!(reader.node_died(dead), vec![ours.id()]);
+    match reader.get(&ours).await {
+        Err(ObjectError::Lost { node, .. }) => assert_eq!(node, dead),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(reader.failure(theirs.id()).is_none(), "not lost here");
+    assert_eq!(
+        reader.location(theirs.id()),
+        Some(None),
+        "asked of its owner again"
+    );
+
+    let why = ObjectError::Lost {
+        id: ours.id(),
+        node: dead,
+        why: "no lineage".into(),
+    };
+    assert!(reader.replace_failure(ours.id(), why));
+    assert!(!reader.replace_failure(theirs.id(), ObjectError::Unknown(theirs.id())));
+    let err = reader.get(&ours).await.unwrap_err();
+    assert!(err.to_string().ends_with("; no lineage"), "{err}");
+
+    let id = ours.id();
+    drop((ours, theirs));
+    assert_eq!(*forgotten.lock().unwrap(), vec![id], "told of its own only");
+}

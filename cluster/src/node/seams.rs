@@ -356,7 +356,10 @@ impl Shared {
                 _ => self.locate(id).await?,
             };
             match self.pull(id, node).await {
+                // Not there (any more), or lost with that node while its
+                // owner lives: the owner knows where it is, or makes it again.
                 Err(ObjectError::Unknown(_)) if attempt == 0 => continue,
+                Err(ObjectError::Lost { .. }) if attempt == 0 && node != id.node => continue,
                 other => return other,
             }
         }

@@ -1,0 +1,209 @@
+//! Making lost objects again from their lineage: a read of an object this
+//! node owns whose only copy died with its node runs its task again (its
+//! lost arguments first), within the task's retries.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tracing::Instrument;
+use troupe_objects::{ObjectError, ObjectId, ObjectRef};
+
+use super::Runtime;
+use crate::lineage::Start;
+use crate::spec::{TaskArgs, TaskSpec};
+
+impl Runtime {
+    /// Makes `id` again if it is an object of this node lost with the node
+    /// that held its only copy, and resolves once it is made again (or
+    /// could not be: the error says why, and the object keeps that error).
+    /// A lost object is made again by running the task that made it
+    /// (within its `max_retries`; each reconstruction spends an attempt),
+    /// its own lost arguments first; concurrent calls share one
+    /// reconstruction. Does nothing for any other object. Reads of this
+    /// node's objects call it; a cluster calls it when another node asks
+    /// where a lost object is.
+    pub async fn reconstruct(&self, id: ObjectId) -> Result<(), ObjectError> {
+        if id.node != self.node_id() {
+            return Ok(());
+        }
+        self.rebuild(id).await
+    }
+
+    /// Bytes of lineage this node keeps (specs of retriable tasks whose
+    /// results live on other nodes), at most `Config::lineage_bytes`.
+    pub fn lineage_bytes(&self) -> u64 {
+        self.inner.scheduler.lineage().bytes()
+    }
+
+    /// Tasks whose lineage this node keeps.
+    pub fn lineage_tasks(&self) -> usize {
+        self.inner.scheduler.lineage().len()
+    }
+
+    fn rebuild(&self, id: ObjectId) -> BoxFuture<'static, Result<(), ObjectError>> {
+        let weak = Arc::downgrade(&self.inner);
+        let start = self
+            .inner
+            .scheduler
+            .lineage()
+            .start(id, &self.inner.objects, move |spec| {
+                Box::pin(async move {
+                    let task = spec.id;
+                    let Some(inner) = weak.upgrade() else {
+                        return Err(ObjectError::ProducerDropped(id));
+                    };
+                    let rt = Runtime { inner };
+                    let result = rt.rerun(spec).await;
+                    rt.inner.scheduler.lineage().finished(task);
+                    result
+                })
+            });
+        match start {
+            Start::NotLost => Box::pin(async { Ok(()) }),
+            Start::Began(running) => {
+                // Runs to its end whoever waits for it.
+                self.inner.handle.spawn(running.clone());
+                Box::pin(running)
+            }
+            Start::Wait(running) => Box::pin(running),
+            Start::Cannot(why) => {
+                let err = self.lost_because(id, why);
+                Box::pin(async move { Err(err) })
+            }
+        }
+    }
+
+    /// `id`'s lost error with `why`, kept as the object's error.
+    fn lost_because(&self, id: ObjectId, why: String) -> ObjectError {
+        let node = match self.inner.objects.failure(id) {
+            Some(ObjectError::Lost { node, .. }) => node,
+            _ => id.node,
+        };
+        let err = ObjectError::Lost { id, node, why };
+        self.inner.objects.replace_failure(id, err.clone());
+        err
+    }
+
+    /// Runs a task again for its lost results: its lost arguments are made
+    /// again first, then it is submitted under the same result ids; resolves
+    /// once every result is made.
+    async fn rerun(&self, spec: TaskSpec) -> Result<(), ObjectError> {
+        let span = tracing::info_span!(
+            "reconstruct",
+            task = %spec.id,
+            function = %spec.function,
+            attempt = spec.attempt,
+            trace = %spec.trace.root,
+        );
+        async move {
+            metrics::counter!("troupe_lineage_reconstructions_started_total").increment(1);
+            tracing::info!("making lost results again");
+            let result = self.rerun_inner(spec).await;
+            match &result {
+                Ok(()) => {
+                    metrics::counter!("troupe_lineage_reconstructions_succeeded_total")
+                        .increment(1);
+                    tracing::info!("lost results made again");
+                }
+                Err(err) => {
+                    metrics::counter!("troupe_lineage_reconstructions_failed_total").increment(1);
+                    tracing::warn!(%err, "lost results could not be made again");
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn rerun_inner(&self, spec: TaskSpec) -> Result<(), ObjectError> {
+        let store = &self.inner.objects;
+        let lost_args: Vec<ObjectId> = match &spec.args {
+            TaskArgs::Encoded(args) => args
+                .refs
+                .iter()
+                .copied()
+                .filter(|arg| {
+                    arg.node == self.node_id()
+                        && matches!(store.failure(*arg), Some(ObjectError::Lost { .. }))
+                })
+                .collect(),
+            TaskArgs::Local => Vec::new(),
+        };
+        let rebuilt = futures::future::join_all(lost_args.iter().map(|arg| self.rebuild(*arg)));
+        for (arg, made) in lost_args.iter().zip(rebuilt.await) {
+            if let Err(err) = made {
+                let why = format!(
+                    "{arg}, an argument of the task that made it, could not be made again: {err}"
+                );
+                return Err(self.fail_results(&spec.results, why));
+            }
+        }
+        let results = spec.results.clone();
+        let submitted = match self.submit_spec(spec) {
+            Ok(submitted) => submitted,
+            Err(err) => {
+                let why = format!("running its task again failed: {err}");
+                return Err(self.fail_results(&results, why));
+            }
+        };
+        for id in &results {
+            store.made(*id).await;
+        }
+        drop(submitted);
+        for id in &results {
+            if let Some(err) = store.failure(*id) {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every result of a task that cannot run again keeps a lost error
+    /// saying why; the first is returned.
+    fn fail_results(&self, results: &[ObjectId], why: String) -> ObjectError {
+        let mut first = None;
+        for id in results {
+            let err = self.lost_because(*id, why.clone());
+            first.get_or_insert(err);
+        }
+        first.unwrap_or_else(|| ObjectError::Fetch {
+            id: ObjectId {
+                node: self.node_id(),
+                seq: 0,
+            },
+            reason: why,
+        })
+    }
+
+    /// Explains the loss of objects of this node that cannot be made again
+    /// (their node just died): their error says why from now on.
+    pub(crate) fn explain_lost(&self, lost: &[ObjectId]) {
+        let lineage = self.inner.scheduler.lineage();
+        for id in lost {
+            if let Some(why) = lineage.why_not(*id) {
+                self.lost_because(*id, why);
+            }
+        }
+    }
+
+    /// A read of `r` that found it lost, after making it again if it can
+    /// be (`read` reads it once more).
+    pub(crate) async fn read_again<T, F>(
+        &self,
+        r: &ObjectRef<T>,
+        first: Result<Arc<T>, ObjectError>,
+        read: impl FnOnce() -> F,
+    ) -> Result<Arc<T>, ObjectError>
+    where
+        F: std::future::Future<Output = Result<Arc<T>, ObjectError>>,
+    {
+        match first {
+            Err(ObjectError::Lost { .. }) if r.id().node == self.node_id() => {
+                self.reconstruct(r.id()).await?;
+                read().await
+            }
+            other => other,
+        }
+    }
+}
