@@ -13,7 +13,7 @@ use troupe::cluster::local::{binary, LocalCluster, LocalNode};
 use troupe::cluster::{ClusterNode, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
-use troupe::SchedulingStrategy;
+use troupe::{SchedulingStrategy, TaskFilter};
 
 /// Node mode: this test binary re-launched as a node (see `common::cluster`).
 #[test]
@@ -63,6 +63,27 @@ fn put_there(seed: u64) -> ObjectRef<Vec<u8>> {
         .expect("put")
 }
 
+/// Reads the objects it is given and keeps their refs (so its node keeps
+/// the copies it fetched).
+#[derive(Default)]
+pub struct Reader {
+    kept: Vec<ObjectRef<Vec<u8>>>,
+}
+
+#[troupe::actor]
+impl Reader {
+    pub fn new() -> Self {
+        Reader::default()
+    }
+
+    pub async fn read(&mut self, r: ObjectRef<Vec<u8>>) -> Result<usize, String> {
+        let rt = troupe::Runtime::current().ok_or("no runtime")?;
+        let len = rt.get(&r).await.map_err(|e| e.to_string())?.len();
+        self.kept.push(r);
+        Ok(len)
+    }
+}
+
 /// One driver per process: the tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -101,6 +122,15 @@ async fn cluster(test: &str) -> (LocalCluster, LocalNode, LocalNode, Runtime) {
 fn near(node: troupe::NodeId) -> TaskOptions {
     TaskOptions::default()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: true })
+}
+
+/// The attempts of `function`'s tasks that this driver saw finish.
+fn attempts(rt: &Runtime, function: &str) -> Vec<u32> {
+    rt.tasks(&TaskFilter::default())
+        .into_iter()
+        .filter(|t| t.function.ends_with(function))
+        .map(|t| t.attempt)
+        .collect()
 }
 
 /// Waits until `id` is made (wherever), fetching nothing.
@@ -177,34 +207,93 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
         ),
         "m3 is lost with the victim"
     );
-    // Two readers at once share one reconstruction.
-    let (a, b) = troupe_test_kit::within_for(
+    // Three readers at once share one reconstruction: two gets here, and a
+    // task submitted after the loss, whose node asks for m3.
+    let tail = mix::remote(&rt, &m3, &m3, 5);
+    let (a, b, t) = troupe_test_kit::within_for(
         Duration::from_secs(120),
         "the lost result is made again",
-        async { tokio::join!(rt.get(&m3), rt.get(&m3)) },
+        async { tokio::join!(rt.get(&m3), rt.get(&m3), rt.get(&tail)) },
     )
     .await;
     let a = a.unwrap_or_else(|err| panic!("made again: {err}"));
     let b = b.unwrap_or_else(|err| panic!("made again: {err}"));
+    let t = t.unwrap_or_else(|err| panic!("a task on a lost argument: {err}"));
     assert!(*a == expected, "the exact local answer");
     assert!(
         *b == expected,
         "the exact local answer, to the second reader"
+    );
+    assert!(
+        *t == mix(expected.clone(), expected.clone(), 5),
+        "the exact local answer, to a task that took it"
     );
     assert_ne!(
         rt.objects().location(m3.id()),
         Some(Some(victim.node)),
         "made again elsewhere"
     );
+    // Each lost task ran again once, as its second attempt: m3, m2, m0 and
+    // s0, s1, s3 (m1 and s2 were not needed); the tail ran once.
+    let sorted = |mut v: Vec<u32>| {
+        v.sort();
+        v
+    };
+    common::eventually("the reconstructions are in the task history", || {
+        sorted(attempts(&rt, "mix")) == [1, 1, 1, 1, 1, 2, 2, 2]
+            && sorted(attempts(&rt, "source")) == [1, 1, 1, 1, 2, 2, 2]
+    })
+    .await;
 
     // Nothing depends on the lineage once the last ref goes.
-    drop((a, b, m3));
+    drop((a, b, t, m3, tail));
     troupe_test_kit::eventually_within(
         Duration::from_secs(30),
         "the lineage is freed with the refs",
         || rt.lineage_bytes() == 0 && rt.lineage_tasks() == 0,
     )
     .await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_result_that_another_node_read_is_fetched_from_there_not_run_again() {
+    let _turn = DRIVER.lock().await;
+    let (mut p, victim, survivor, rt) = cluster("lineage-copy").await;
+    let result = source::options(near(victim.node)).remote(&rt, 5);
+    made(&rt, "the result", result.id()).await;
+    assert_eq!(rt.objects().location(result.id()), Some(Some(victim.node)));
+    let reader = Reader::remote(
+        &rt,
+        ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: survivor.node,
+            soft: false,
+        }),
+    )
+    .new()
+    .await
+    .expect("the reader spawns");
+    let read = common::within("the survivor reads it", reader.read(result.clone()))
+        .await
+        .expect("a reply")
+        .expect("read");
+    assert_eq!(read, SIZE);
+
+    kill(&mut p, &rt, &victim).await;
+    assert!(matches!(
+        rt.objects().failure(result.id()),
+        Some(ObjectError::Lost { .. })
+    ));
+    let value =
+        troupe_test_kit::within_for(Duration::from_secs(60), "the lost result", rt.get(&result))
+            .await
+            .unwrap_or_else(|err| panic!("found again: {err}"));
+    assert!(*value == bytes_of(5, SIZE), "the exact value");
+    assert_eq!(
+        attempts(&rt, "source"),
+        [1],
+        "fetched from the survivor's copy, not run again"
+    );
     rt.shutdown().await.unwrap();
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Lineage {
     /// (iteratively, however long the chain).
     graveyard: Mutex<Vec<Record>>,
     draining: AtomicBool,
+    /// Lost objects being recovered (a copy looked for, then a
+    /// reconstruction): one recovery per object, whoever asks.
+    recovering: Mutex<HashMap<ObjectId, Rebuild>>,
     gauge: metrics::Gauge,
 }
 
@@ -93,6 +96,7 @@ impl Lineage {
             table: Mutex::new(Table::default()),
             graveyard: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
+            recovering: Mutex::new(HashMap::new()),
             gauge: metrics::gauge!("troupe_lineage_bytes"),
         }
     }
@@ -307,6 +311,30 @@ impl Lineage {
         let running = rerun(spec).shared();
         record.running = Some(running.clone());
         Start::Began(running)
+    }
+
+    /// The recovery of `id` running now, or (with `true`) the one `make`
+    /// makes, shared until it calls [`recovered`](Self::recovered).
+    pub(crate) fn recovery(
+        &self,
+        id: ObjectId,
+        make: impl FnOnce() -> BoxFuture<'static, Result<(), ObjectError>>,
+    ) -> (Rebuild, bool) {
+        let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = recovering.get(&id) {
+            return (running.clone(), false);
+        }
+        let running = make().shared();
+        recovering.insert(id, running.clone());
+        (running, true)
+    }
+
+    /// The recovery of `id` ended (its future's last step).
+    pub(crate) fn recovered(&self, id: ObjectId) {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     /// The reconstruction of `task` ended (its future's last step).

@@ -863,11 +863,28 @@ async fn a_dead_node_loses_the_results_this_node_kept_there_and_sends_others_to_
         why: "no lineage".into(),
     };
     assert!(reader.replace_failure(ours.id(), why));
-    assert!(!reader.replace_failure(theirs.id(), ObjectError::Unknown(theirs.id())));
+    let (pending, _completer) = reader.pending_at::<u64>(reader.new_id()).unwrap();
+    assert!(!reader.replace_failure(pending.id(), ObjectError::Unknown(pending.id())));
     let err = reader.get(&ours).await.unwrap_err();
     assert!(err.to_string().ends_with("; no lineage"), "{err}");
 
+    // A copy from a node that has none: still lost, unchanged. One from a
+    // node that has it: kept here.
+    assert!(reader.fetch_copy(ours.id(), dead).await.is_err());
+    assert_eq!(
+        reader.failure(ours.id()).map(|e| e.to_string()),
+        Some(err.to_string())
+    );
+    let (copy, completer) = owner.pending_at::<u64>(ours.id()).unwrap();
+    completer.complete(7).unwrap();
+    reader.fetch_copy(ours.id(), owner.node()).await.unwrap();
+    assert_eq!(*reader.get(&ours).await.unwrap(), 7);
+    assert!(reader.failure(ours.id()).is_none());
+    drop((pending, copy));
+
     let id = ours.id();
     drop((ours, theirs));
-    assert_eq!(*forgotten.lock().unwrap(), vec![id], "told of its own only");
+    let told = forgotten.lock().unwrap().clone();
+    assert!(told.contains(&id), "told of its own");
+    assert!(!told.contains(&value.id()), "not of another node's");
 }

@@ -350,8 +350,12 @@ impl Shared {
         id: ObjectId,
         location: Option<NodeId>,
     ) -> Result<Fetched, ObjectError> {
+        let owned_here = self.transport.get().is_some_and(|t| t.me() == id.node);
         for attempt in 0..2 {
             let node = match location {
+                // The owner reads its own object from where it is kept (or
+                // from a node that may hold a copy): nobody else to ask.
+                Some(node) if owned_here => return self.pull(id, node).await,
                 Some(node) if node != id.node && attempt == 0 => node,
                 _ => self.locate(id).await?,
             };

@@ -1,6 +1,7 @@
-//! Making lost objects again from their lineage: a read of an object this
-//! node owns whose only copy died with its node runs its task again (its
-//! lost arguments first), within the task's retries.
+//! Making lost objects again: a read of an object this node owns whose
+//! copy died with its node first looks for another copy (on a node that
+//! borrows it and may have read it), then runs its task again from its
+//! lineage (its lost arguments first), within the task's retries.
 
 use std::sync::Arc;
 
@@ -14,19 +15,19 @@ use crate::spec::{TaskArgs, TaskSpec};
 
 impl Runtime {
     /// Makes `id` again if it is an object of this node lost with the node
-    /// that held its only copy, and resolves once it is made again (or
-    /// could not be: the error says why, and the object keeps that error).
-    /// A lost object is made again by running the task that made it
-    /// (within its `max_retries`; each reconstruction spends an attempt),
-    /// its own lost arguments first; concurrent calls share one
-    /// reconstruction. Does nothing for any other object. Reads of this
-    /// node's objects call it; a cluster calls it when another node asks
-    /// where a lost object is.
+    /// that held its copy, and resolves once it is here again or made again
+    /// (or could not be: the error says why, and the object keeps that
+    /// error). A copy another node read is fetched if there is one; else
+    /// the task that made it runs again (within its `max_retries`; each
+    /// reconstruction spends an attempt), its own lost arguments first;
+    /// concurrent calls share one reconstruction. Does nothing for any other
+    /// object. Reads of this node's objects call it; a cluster calls it
+    /// when another node asks where a lost object is.
     pub async fn reconstruct(&self, id: ObjectId) -> Result<(), ObjectError> {
         if id.node != self.node_id() {
             return Ok(());
         }
-        self.rebuild(id).await
+        self.recover(id).await
     }
 
     /// Bytes of lineage this node keeps (specs of retriable tasks whose
@@ -38,6 +39,53 @@ impl Runtime {
     /// Tasks whose lineage this node keeps.
     pub fn lineage_tasks(&self) -> usize {
         self.inner.scheduler.lineage().len()
+    }
+
+    /// Recovers `id`: a copy from a node that borrows it if one has it,
+    /// else a reconstruction; one recovery per object, shared.
+    fn recover(&self, id: ObjectId) -> BoxFuture<'static, Result<(), ObjectError>> {
+        let weak = Arc::downgrade(&self.inner);
+        let (running, new) = self.inner.scheduler.lineage().recovery(id, move || {
+            Box::pin(async move {
+                let Some(inner) = weak.upgrade() else {
+                    return Err(ObjectError::ProducerDropped(id));
+                };
+                let rt = Runtime { inner };
+                let result = if rt.another_copy(id).await {
+                    Ok(())
+                } else {
+                    rt.rebuild(id).await
+                };
+                rt.inner.scheduler.lineage().recovered(id);
+                result
+            })
+        });
+        if new {
+            // Runs to its end whoever waits for it.
+            self.inner.handle.spawn(running.clone());
+        }
+        Box::pin(running)
+    }
+
+    /// Fetches a copy of `id`, lost here, from a node registered as
+    /// borrowing it (it may have read it), trying each in turn; true if one
+    /// had it (or it is not lost any more), false if none did.
+    async fn another_copy(&self, id: ObjectId) -> bool {
+        let store = &self.inner.objects;
+        if !matches!(store.failure(id), Some(ObjectError::Lost { .. })) {
+            return true; // not lost here (any more): a read will tell
+        }
+        for node in store.borrowers(id) {
+            match store.fetch_copy(id, node).await {
+                Ok(()) => {
+                    tracing::info!(object = %id, %node, "a lost object's copy found on a borrower");
+                    metrics::counter!("troupe_lineage_copies_found_total").increment(1);
+                    return true;
+                }
+                Err(err) => tracing::debug!(object = %id, %node, %err, "no copy there"),
+            }
+        }
+        false
     }
 
     fn rebuild(&self, id: ObjectId) -> BoxFuture<'static, Result<(), ObjectError>> {
@@ -130,7 +178,7 @@ impl Runtime {
                 .collect(),
             TaskArgs::Local => Vec::new(),
         };
-        let rebuilt = futures::future::join_all(lost_args.iter().map(|arg| self.rebuild(*arg)));
+        let rebuilt = futures::future::join_all(lost_args.iter().map(|arg| self.recover(*arg)));
         for (arg, made) in lost_args.iter().zip(rebuilt.await) {
             if let Err(err) = made {
                 let why = format!(
@@ -193,17 +241,23 @@ impl Runtime {
         &self,
         r: &ObjectRef<T>,
         first: Result<Arc<T>, ObjectError>,
-        read: impl FnOnce() -> F,
+        read: impl Fn() -> F,
     ) -> Result<Arc<T>, ObjectError>
     where
         F: std::future::Future<Output = Result<Arc<T>, ObjectError>>,
     {
-        match first {
-            Err(ObjectError::Lost { .. }) if r.id().node == self.node_id() => {
-                self.reconstruct(r.id()).await?;
-                read().await
+        let mut result = first;
+        // A read that raced a recovery that failed on the way (a copy that
+        // was not there after all) tries once more.
+        for _ in 0..2 {
+            match result {
+                Err(ObjectError::Lost { .. }) if r.id().node == self.node_id() => {
+                    self.reconstruct(r.id()).await?;
+                    result = read().await;
+                }
+                other => return other,
             }
-            other => other,
         }
+        result
     }
 }

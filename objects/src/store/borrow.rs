@@ -196,6 +196,14 @@ impl ObjectStore {
                 **err = error;
                 true
             }
+            State::Remote { .. } => {
+                entry.state = State::failed(error);
+                drop(entry);
+                self.inner
+                    .completions
+                    .send_modify(|n| *n = n.wrapping_add(1));
+                true
+            }
             _ => false,
         }
     }
