@@ -3,10 +3,14 @@
 //! the test as the driver (the owner of every task it submits). A worker
 //! holding the only copies of intermediate results is SIGKILLed; reading
 //! the final result makes the lost ones again, and gives the local answer.
+//! This binary installs a `metrics` recorder (process-wide) for the driver.
 
 mod common;
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 use common::cluster::{join_as_driver, processes};
 use troupe::cluster::local::{binary, LocalCluster, LocalNode};
@@ -84,6 +88,46 @@ impl Reader {
     }
 }
 
+/// The process's recorder, installed before the first driver starts.
+fn recorder() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("the only recorder of this binary");
+        snapshotter
+    })
+}
+
+/// The lineage metrics' changes since the last call (the debugging
+/// recorder's snapshots drain): counters by name, and gauges' last values.
+fn lineage_metrics() -> Vec<(String, f64)> {
+    recorder()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name().starts_with("troupe_lineage_"))
+        .map(|(key, _, _, value)| {
+            let value = match value {
+                DebugValue::Counter(n) => n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => f64::NAN,
+            };
+            (key.key().name().to_owned(), value)
+        })
+        .collect()
+}
+
+/// `name`'s value in `metrics` (0 if it did not change).
+fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
+    metrics
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0.0, |(_, v)| *v)
+}
+
 /// One driver per process: the tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -91,6 +135,7 @@ static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// survivor of this binary with 2 CPUs each, and this process as a driver
 /// offering none.
 async fn cluster(test: &str) -> (LocalCluster, LocalNode, LocalNode, Runtime) {
+    lineage_metrics(); // installed, and drained of earlier tests' changes
     let mut p = processes(test);
     let head = p
         .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
@@ -196,6 +241,7 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
         );
     }
     assert_eq!(rt.lineage_tasks(), 8, "one entry per task run elsewhere");
+    assert!(metric(&lineage_metrics(), "troupe_lineage_bytes") > 0.0);
     // The driver keeps only the final result: the lineage keeps the rest.
     drop((s, m0, m1, m2));
 
@@ -245,6 +291,16 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
     })
     .await;
 
+    let metrics = lineage_metrics();
+    for (name, expected) in [
+        ("troupe_lineage_reconstructions_started_total", 6.0),
+        ("troupe_lineage_reconstructions_succeeded_total", 6.0),
+        ("troupe_lineage_reconstructions_failed_total", 0.0),
+        ("troupe_lineage_copies_found_total", 0.0),
+    ] {
+        assert_eq!(metric(&metrics, name), expected, "{name}: {metrics:?}");
+    }
+
     // Nothing depends on the lineage once the last ref goes.
     drop((a, b, t, m3, tail));
     troupe_test_kit::eventually_within(
@@ -253,6 +309,11 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
         || rt.lineage_bytes() == 0 && rt.lineage_tasks() == 0,
     )
     .await;
+    assert_eq!(
+        metric(&lineage_metrics(), "troupe_lineage_bytes"),
+        0.0,
+        "the gauge follows"
+    );
     rt.shutdown().await.unwrap();
 }
 
@@ -293,6 +354,17 @@ async fn a_lost_result_that_another_node_read_is_fetched_from_there_not_run_agai
         attempts(&rt, "source"),
         [1],
         "fetched from the survivor's copy, not run again"
+    );
+    let metrics = lineage_metrics();
+    assert_eq!(
+        metric(&metrics, "troupe_lineage_copies_found_total"),
+        1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metric(&metrics, "troupe_lineage_reconstructions_started_total"),
+        0.0,
+        "{metrics:?}"
     );
     rt.shutdown().await.unwrap();
 }
@@ -349,7 +421,8 @@ async fn a_lost_put_object_and_a_lost_result_of_a_task_with_no_retries_say_why()
         other => panic!("expected Lost, got {other:?}"),
     }
     assert!(
-        err.to_string().contains("submit it with max_retries > 0"),
+        err.to_string()
+            .contains("make it in a task with max_retries > 0"),
         "{err}"
     );
     drop((put, unretried));

@@ -20,7 +20,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use troupe_objects::{ObjectError, ObjectId, ObjectStore};
 
 use crate::ids::TaskId;
-use crate::spec::{TaskArgs, TaskSpec};
+use crate::spec::{Returns, TaskArgs, TaskSpec};
 
 /// A reconstruction in progress: resolves once its task's results are made
 /// again (or could not be).
@@ -117,11 +117,12 @@ impl Lineage {
 
     /// Records `spec` (an attempt of a task this node owns, about to run on
     /// another node, its arguments encoded), or the attempt it is at if it
-    /// is recorded already. Tasks that are not retried keep no lineage.
+    /// is recorded already. Tasks that are not retried, and generators
+    /// (their items are not results known up front), keep no lineage.
     /// Results that `store` freed already (their refs were dropped before
     /// the task ran) are counted as freed.
     pub(crate) fn record(&self, spec: &TaskSpec, store: &ObjectStore) {
-        if spec.options.get_max_retries() == 0 {
+        if spec.options.get_max_retries() == 0 || spec.returns == Returns::Stream {
             return;
         }
         let TaskArgs::Encoded(args) = &spec.args else {
@@ -272,7 +273,7 @@ impl Lineage {
                 self.cap
             )
         } else {
-            "it was made by a task that is not retried (max_retries = 0), so no lineage was kept: submit it with max_retries > 0 to have it made again when lost".to_owned()
+            "it was made by a task that is not retried (max_retries = 0), or by a generator, so no lineage was kept: make it in a task with max_retries > 0 to have it made again when lost".to_owned()
         }
     }
 

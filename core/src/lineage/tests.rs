@@ -231,6 +231,16 @@ fn retries_are_spent_by_reconstructions() {
 }
 
 #[test]
+fn a_generator_keeps_no_lineage() {
+    let (store, lineage) = setup(1 << 30);
+    let r = result(&store);
+    let mut generator = spec(&store, 1, 10, Vec::new(), &[r.id()], 3);
+    generator.returns = Returns::Stream;
+    lineage.record(&generator, &store);
+    assert_eq!(lineage.len(), 0);
+}
+
+#[test]
 fn a_task_that_is_not_retried_keeps_no_lineage() {
     let (store, lineage) = setup(1 << 30);
     let r = result(&store);
