@@ -24,8 +24,13 @@ impl Runtime {
     /// object. Reads of this node's objects call it; a cluster calls it
     /// when another node asks where a lost object is.
     pub async fn reconstruct(&self, id: ObjectId) -> Result<(), ObjectError> {
-        if id.node != self.node_id() {
-            return Ok(());
+        let lost = id.node == self.node_id()
+            && matches!(
+                self.inner.objects.failure(id),
+                Some(ObjectError::Lost { .. })
+            );
+        if !lost {
+            return Ok(()); // the common case (every remote read asks): no lock
         }
         self.recover(id).await
     }
@@ -208,20 +213,19 @@ impl Runtime {
     }
 
     /// Every result of a task that cannot run again keeps a lost error
-    /// saying why; the first is returned.
+    /// saying why; the last is returned (a task has at least one result).
     fn fail_results(&self, results: &[ObjectId], why: String) -> ObjectError {
-        let mut first = None;
-        for id in results {
-            let err = self.lost_because(*id, why.clone());
-            first.get_or_insert(err);
-        }
-        first.unwrap_or_else(|| ObjectError::Fetch {
-            id: ObjectId {
+        let mut last = ObjectError::Fetch {
+            id: results.first().copied().unwrap_or(ObjectId {
                 node: self.node_id(),
                 seq: 0,
-            },
-            reason: why,
-        })
+            }),
+            reason: why.clone(),
+        };
+        for id in results {
+            last = self.lost_because(*id, why.clone());
+        }
+        last
     }
 
     /// Explains the loss of objects of this node that cannot be made again
@@ -247,8 +251,8 @@ impl Runtime {
         F: std::future::Future<Output = Result<Arc<T>, ObjectError>>,
     {
         let mut result = first;
-        // A read that raced a recovery that failed on the way (a copy that
-        // was not there after all) tries once more.
+        // A read that finds it lost again (its new node died too) tries
+        // once more.
         for _ in 0..2 {
             match result {
                 Err(ObjectError::Lost { .. }) if r.id().node == self.node_id() => {
