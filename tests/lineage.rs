@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-use common::cluster::{join_as_driver, processes};
+use common::cluster::processes;
 use troupe::cluster::local::{binary, LocalCluster, LocalNode};
-use troupe::cluster::{ClusterNode, MemberState, Role};
+use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
 use troupe::{SchedulingStrategy, TaskFilter};
@@ -133,7 +133,7 @@ static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A head from the `troupe` binary (it runs no user code), a victim and a
 /// survivor of this binary with 2 CPUs each, and this process as a driver
-/// offering none.
+/// offering one.
 async fn cluster(test: &str) -> (LocalCluster, LocalNode, LocalNode, Runtime) {
     lineage_metrics(); // installed, and drained of earlier tests' changes
     let mut p = processes(test);
@@ -146,7 +146,17 @@ async fn cluster(test: &str) -> (LocalCluster, LocalNode, LocalNode, Runtime) {
     let survivor = p
         .worker(&head, &["--num-cpus", "2"])
         .expect("a worker starts");
-    let rt = join_as_driver(&p, &head).await;
+    // A driver with a CPU: a task may run on the owner itself.
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie().to_owned());
+    options.state_dir = Some(p.home().clone());
+    let rt = troupe::init(
+        Config::default()
+            .resources(Resources::cpus(1.0))
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins");
     common::eventually("every node is in the driver's view", || {
         ClusterNode::current().is_some_and(|c| {
             c.members()
@@ -217,12 +227,12 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
     let m1 = mix::options(near(survivor.node)).remote(&rt, &s[2], &s[3], 2);
     let m2 = mix::options(on_victim.clone()).remote(&rt, &m0, &m1, 3);
     let m3 = mix::options(on_victim).remote(&rt, &m2, &s[3], 4);
-    let expected = {
+    let (m2_value, expected) = {
         let s: Vec<_> = (0..4u64).map(source).collect();
         let m0 = mix(s[0].clone(), s[1].clone(), 1);
         let m1 = mix(s[2].clone(), s[3].clone(), 2);
         let m2 = mix(m0, m1, 3);
-        mix(m2, s[3].clone(), 4)
+        (m2.clone(), mix(m2, s[3].clone(), 4))
     };
     for (what, r) in [("m0", &m0), ("m1", &m1), ("m2", &m2), ("m3", &m3)] {
         made(&rt, what, r.id()).await;
@@ -243,6 +253,7 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
     assert_eq!(rt.lineage_tasks(), 8, "one entry per task run elsewhere");
     assert!(metric(&lineage_metrics(), "troupe_lineage_bytes") > 0.0);
     // The driver keeps only the final result: the lineage keeps the rest.
+    let kept_m2 = m2.clone();
     drop((s, m0, m1, m2));
 
     kill(&mut p, &rt, &victim).await;
@@ -253,15 +264,26 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
         ),
         "m3 is lost with the victim"
     );
-    // Three readers at once share one reconstruction: two gets here, and a
-    // task submitted after the loss, whose node asks for m3.
-    let tail = mix::remote(&rt, &m3, &m3, 5);
-    let (a, b, t) = troupe_test_kit::within_for(
+    // Readers at once share one recovery per object: two gets here, a task
+    // submitted after the loss, whose node asks for m3, and one that runs
+    // here, on the owner, taking m2.
+    let tail = mix::options(near(survivor.node)).remote(&rt, &m3, &m3, 5);
+    let here = TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: rt.node_id(),
+        soft: false,
+    });
+    let local_tail = mix::options(here).remote(&rt, &kept_m2, &kept_m2, 6);
+    let (a, b, t, l) = troupe_test_kit::within_for(
         Duration::from_secs(120),
         "the lost result is made again",
-        async { tokio::join!(rt.get(&m3), rt.get(&m3), rt.get(&tail)) },
+        async { tokio::join!(rt.get(&m3), rt.get(&m3), rt.get(&tail), rt.get(&local_tail)) },
     )
     .await;
+    let l = l.unwrap_or_else(|err| panic!("a task on the owner on a lost argument: {err}"));
+    assert!(
+        *l == mix(m2_value.clone(), m2_value, 6),
+        "the exact local answer, to a task run on the owner"
+    );
     let a = a.unwrap_or_else(|err| panic!("made again: {err}"));
     let b = b.unwrap_or_else(|err| panic!("made again: {err}"));
     let t = t.unwrap_or_else(|err| panic!("a task on a lost argument: {err}"));
@@ -280,13 +302,13 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
         "made again elsewhere"
     );
     // Each lost task ran again once, as its second attempt: m3, m2, m0 and
-    // s0, s1, s3 (m1 and s2 were not needed); the tail ran once.
+    // s0, s1, s3 (m1 and s2 were not needed); the tails ran once each.
     let sorted = |mut v: Vec<u32>| {
         v.sort();
         v
     };
     common::eventually("the reconstructions are in the task history", || {
-        sorted(attempts(&rt, "mix")) == [1, 1, 1, 1, 1, 2, 2, 2]
+        sorted(attempts(&rt, "mix")) == [1, 1, 1, 1, 1, 1, 2, 2, 2]
             && sorted(attempts(&rt, "source")) == [1, 1, 1, 1, 2, 2, 2]
     })
     .await;
@@ -302,7 +324,7 @@ async fn results_lost_with_a_sigkilled_node_are_made_again_and_give_the_local_an
     }
 
     // Nothing depends on the lineage once the last ref goes.
-    drop((a, b, t, m3, tail));
+    drop((a, b, t, l, m3, tail, local_tail, kept_m2));
     troupe_test_kit::eventually_within(
         Duration::from_secs(30),
         "the lineage is freed with the refs",

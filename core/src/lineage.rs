@@ -12,9 +12,10 @@
 //! A reconstruction is one shared future per task: concurrent reads of its
 //! results wait on the same one.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use troupe_objects::{ObjectError, ObjectId, ObjectStore};
@@ -25,6 +26,10 @@ use crate::spec::{Returns, TaskArgs, TaskSpec};
 /// A reconstruction in progress: resolves once its task's results are made
 /// again (or could not be).
 pub(crate) type Rebuild = Shared<BoxFuture<'static, Result<(), ObjectError>>>;
+
+/// Recovers a lost object (the runtime's; set once it exists).
+pub(crate) type Recover =
+    Box<dyn Fn(ObjectId) -> BoxFuture<'static, Result<(), ObjectError>> + Send + Sync>;
 
 /// Bytes counted for an entry beyond its encoded arguments (the spec's
 /// fixed part and the table's indexes).
@@ -47,6 +52,12 @@ pub(crate) struct Lineage {
     /// Lost objects being recovered (a copy looked for, then a
     /// reconstruction): one recovery per object, whoever asks.
     recovering: Mutex<HashMap<ObjectId, Rebuild>>,
+    /// Objects of this node lost with their node that may be recovered and
+    /// were not yet: a task taking one waits for its recovery. With its
+    /// size, read first (most steps see none).
+    lost: Mutex<HashSet<ObjectId>>,
+    lost_count: AtomicUsize,
+    recover: OnceLock<Recover>,
     gauge: metrics::Gauge,
 }
 
@@ -97,6 +108,9 @@ impl Lineage {
             graveyard: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             recovering: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashSet::new()),
+            lost_count: AtomicUsize::new(0),
+            recover: OnceLock::new(),
             gauge: metrics::gauge!("troupe_lineage_bytes"),
         }
     }
@@ -195,6 +209,7 @@ impl Lineage {
     /// `id`, an object of this node, was freed: its task's entry goes with
     /// its last result.
     pub(crate) fn freed(&self, id: ObjectId) {
+        self.unmark_lost(id);
         let gone = {
             let mut table = self.lock();
             if let Some(key) = table.evicted.remove(&id) {
@@ -336,6 +351,48 @@ impl Lineage {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.unmark_lost(id);
+    }
+
+    /// Sets how lost objects are recovered (the runtime, once it exists).
+    pub(crate) fn set_recover(&self, recover: Recover) {
+        let _ = self.recover.set(recover);
+    }
+
+    /// `ids`, objects of this node, were lost and may be recovered: tasks
+    /// taking them wait for that.
+    pub(crate) fn mark_lost(&self, ids: impl IntoIterator<Item = ObjectId>) {
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        lost.extend(ids);
+        self.lost_count.store(lost.len(), Ordering::Release);
+    }
+
+    fn unmark_lost(&self, id: ObjectId) {
+        if self.lost_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        lost.remove(&id);
+        self.lost_count.store(lost.len(), Ordering::Release);
+    }
+
+    /// Whether `id` was lost and its recovery has not ended: a task taking
+    /// it waits. One atomic load when nothing is lost.
+    pub(crate) fn awaits_recovery(&self, id: ObjectId) -> bool {
+        self.lost_count.load(Ordering::Acquire) > 0
+            && self
+                .lost
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+    }
+
+    /// Recovers `id` if it awaits recovery (resolves at once otherwise).
+    pub(crate) fn recover(&self, id: ObjectId) -> BoxFuture<'static, Result<(), ObjectError>> {
+        match self.recover.get() {
+            Some(recover) if self.awaits_recovery(id) => recover(id),
+            _ => Box::pin(async { Ok(()) }),
+        }
     }
 
     /// The reconstruction of `task` ended (its future's last step).

@@ -271,3 +271,33 @@ fn a_result_freed_before_its_task_ran_elsewhere_keeps_no_lineage() {
     drop(arg);
     assert!(store.is_empty(), "its arguments are not held either");
 }
+
+#[tokio::test]
+async fn a_lost_object_awaits_recovery_until_it_ends_or_the_object_is_freed() {
+    let (store, lineage) = setup(1 << 30);
+    let a = result(&store);
+    let b = result(&store);
+    assert!(!lineage.awaits_recovery(a.id()));
+    lineage.mark_lost([a.id(), b.id()]);
+    assert!(lineage.awaits_recovery(a.id()) && lineage.awaits_recovery(b.id()));
+    // No recovery set: nothing to wait for.
+    assert!(lineage.recover(a.id()).await.is_ok());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    lineage.set_recover(Box::new(move |id| {
+        seen.lock().unwrap().push(id);
+        Box::pin(async { Ok(()) })
+    }));
+    assert!(lineage.recover(a.id()).await.is_ok());
+    assert_eq!(*asked.lock().unwrap(), [a.id()]);
+    lineage.recovered(a.id());
+    assert!(!lineage.awaits_recovery(a.id()), "its recovery ended");
+    assert!(lineage.recover(a.id()).await.is_ok());
+    assert_eq!(asked.lock().unwrap().len(), 1, "not asked again");
+    drop(b);
+    assert_eq!(
+        lineage.lost_count.load(Ordering::SeqCst),
+        0,
+        "freed: forgotten"
+    );
+}

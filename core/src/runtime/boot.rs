@@ -220,6 +220,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
         }
     });
     let runtime = Runtime { inner };
+    runtime.recover_lost_arguments();
     if let Err(err) = runtime.start_services().await {
         tracing::error!(runtime = %runtime.inner.config.name, error = %err, "a service failed to start; shutting the runtime down");
         if let Err(shutdown) = runtime.shutdown().await {

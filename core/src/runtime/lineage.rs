@@ -232,11 +232,28 @@ impl Runtime {
     /// (their node just died): their error says why from now on.
     pub(crate) fn explain_lost(&self, lost: &[ObjectId]) {
         let lineage = self.inner.scheduler.lineage();
+        let mut recoverable = Vec::new();
         for id in lost {
-            if let Some(why) = lineage.why_not(*id) {
-                self.lost_because(*id, why);
+            match lineage.why_not(*id) {
+                Some(why) => {
+                    self.lost_because(*id, why);
+                }
+                None => recoverable.push(*id),
             }
         }
+        lineage.mark_lost(recoverable);
+    }
+
+    /// Lets the scheduler recover lost arguments of the tasks it runs here.
+    pub(crate) fn recover_lost_arguments(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner
+            .scheduler
+            .lineage()
+            .set_recover(Box::new(move |id| match weak.upgrade() {
+                Some(inner) => Runtime { inner }.recover(id),
+                None => Box::pin(async move { Err(ObjectError::ProducerDropped(id)) }),
+            }));
     }
 
     /// A read of `r` that found it lost, after making it again if it can

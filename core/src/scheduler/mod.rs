@@ -240,7 +240,12 @@ impl Scheduler {
     }
 
     fn settled(&self) -> impl Fn(ObjectId) -> Availability + '_ {
-        |id| self.store.availability(id)
+        // A lost object of this node is not there yet while it may be
+        // recovered: its dependents wait (here, as for a fetch).
+        |id| match self.store.availability(id) {
+            Availability::Here if self.lineage.awaits_recovery(id) => Availability::Elsewhere,
+            other => other,
+        }
     }
 
     /// What the node has in all.
@@ -420,11 +425,17 @@ impl Scheduler {
     fn watch(self: &Arc<Self>, id: TaskId, deps: Vec<ObjectId>, wait: Wait) {
         let scheduler = Arc::downgrade(self);
         let store = self.store.clone();
+        let lineage = self.lineage.clone();
         let handle = self.tokio.spawn(async move {
             for dep in &deps {
                 match wait {
                     Wait::Made => store.made(*dep).await,
-                    Wait::Here => store.ready(*dep).await,
+                    Wait::Here => {
+                        // Lost: recovered first (its error, if not, is the
+                        // dependent's).
+                        let _ = lineage.recover(*dep).await;
+                        store.ready(*dep).await
+                    }
                 }
             }
             if let Some(scheduler) = scheduler.upgrade() {
