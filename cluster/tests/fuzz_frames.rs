@@ -227,7 +227,11 @@ fn cause() -> impl Strategy<Value = Cause> {
 fn object_error() -> impl Strategy<Value = ObjectError> {
     prop_oneof![
         object_id().prop_map(ObjectError::Unknown),
-        (object_id(), node()).prop_map(|(id, node)| ObjectError::Lost { id, node }),
+        (object_id(), node(), text()).prop_map(|(id, node, why)| ObjectError::Lost {
+            id,
+            node,
+            why
+        }),
         (object_id(), text()).prop_map(|(id, reason)| ObjectError::Fetch { id, reason }),
         (object_id(), cause()).prop_map(|(id, cause)| ObjectError::Failed { id, cause }),
     ]

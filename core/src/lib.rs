@@ -41,6 +41,7 @@ pub mod error;
 mod function;
 mod generator;
 mod ids;
+mod lineage;
 pub mod object_store;
 mod panics;
 pub mod registry;

@@ -87,13 +87,16 @@ pub enum ObjectError {
         /// The I/O or decoding error.
         cause: String,
     },
-    /// The only copy lived on a node that died.
-    #[error("{id} is lost: its only copy was on node {node}, which died")]
+    /// The only copy lived on a node that died, and it could not be made
+    /// again (`why` says why, and what to do).
+    #[error("{id} is lost: its only copy was on node {node}, which died; {why}")]
     Lost {
         /// Which object.
         id: ObjectId,
         /// The dead node.
         node: NodeId,
+        /// Why it cannot be made again, and what the user can do.
+        why: String,
     },
     /// Fetching it from another node failed.
     #[error("fetching {id} failed: {reason}")]
@@ -131,6 +134,16 @@ impl fmt::Display for SpillOp {
 }
 
 impl ObjectError {
+    /// `id` is lost with its owner, the node that made or submitted it (an
+    /// object's owner is the only node that can make it again).
+    pub fn owner_died(id: ObjectId) -> Self {
+        ObjectError::Lost {
+            id,
+            node: id.node,
+            why: "that node was its owner (it was put there, or made by a task submitted there), and only an object's owner can make it again: put values, and submit the tasks that make them with max_retries > 0, from a node that outlives the work (the driver)".to_owned(),
+        }
+    }
+
     /// The producer's error, when the object failed with one of type `E`
     /// (a task's `TaskError`, for task results).
     pub fn failure<E: std::error::Error + 'static>(&self) -> Option<&E> {

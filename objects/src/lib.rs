@@ -43,8 +43,8 @@ pub use get_size2::{GetSize, GetSizeTracker};
 pub use id::{IdHasher, IdHashing, NodeId, ObjectId};
 pub use postcard::Error as DecodeError;
 pub use store::{
-    AnyObjectRef, Availability, Completer, Object, ObjectInfo, ObjectRef, ObjectStore, SpillReport,
-    SpillerGuard, StoreConfig,
+    AnyObjectRef, Availability, Completer, ForgetHook, Object, ObjectInfo, ObjectRef, ObjectStore,
+    SpillReport, SpillerGuard, StoreConfig,
 };
 
 /// For [`register_cause!`]'s expansion. Not a public API.

@@ -829,3 +829,62 @@ async fn a_cancelled_put_stops_counting_as_a_waiter() {
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_dead_node_loses_the_results_this_node_kept_there_and_sends_others_to_their_owner() {
+    let owner = store();
+    let reader = store();
+    reader.set_directory(Arc::new(Peers::new(vec![owner.clone()])));
+    let forgotten = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = forgotten.clone();
+    reader.on_forget(Arc::new(move |id| seen.lock().unwrap().push(id)));
+    let dead = crate::NodeId(0xdead);
+    // A result of this node kept on the dead node, and another node's
+    // object last heard of there.
+    let ours = reader.remote::<u64>(reader.new_id(), Some(dead));
+    let value = owner.put(5u64).await.unwrap();
+    let theirs = reader.remote::<u64>(value.id(), Some(dead));
+
+    assert_eq!(reader.node_died(dead), vec![ours.id()]);
+    match reader.get(&ours).await {
+        Err(ObjectError::Lost { node, .. }) => assert_eq!(node, dead),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(reader.failure(theirs.id()).is_none(), "not lost here");
+    assert_eq!(
+        reader.location(theirs.id()),
+        Some(None),
+        "asked of its owner again"
+    );
+
+    let why = ObjectError::Lost {
+        id: ours.id(),
+        node: dead,
+        why: "no lineage".into(),
+    };
+    assert!(reader.replace_failure(ours.id(), why));
+    let (pending, _completer) = reader.pending_at::<u64>(reader.new_id()).unwrap();
+    assert!(!reader.replace_failure(pending.id(), ObjectError::Unknown(pending.id())));
+    let err = reader.get(&ours).await.unwrap_err();
+    assert!(err.to_string().ends_with("; no lineage"), "{err}");
+
+    // A copy from a node that has none: still lost, unchanged. One from a
+    // node that has it: kept here.
+    assert!(reader.fetch_copy(ours.id(), dead).await.is_err());
+    assert_eq!(
+        reader.failure(ours.id()).map(|e| e.to_string()),
+        Some(err.to_string())
+    );
+    let (copy, completer) = owner.pending_at::<u64>(ours.id()).unwrap();
+    completer.complete(7).unwrap();
+    reader.fetch_copy(ours.id(), owner.node()).await.unwrap();
+    assert_eq!(*reader.get(&ours).await.unwrap(), 7);
+    assert!(reader.failure(ours.id()).is_none());
+    drop((pending, copy));
+
+    let id = ours.id();
+    drop((ours, theirs));
+    let told = forgotten.lock().unwrap().clone();
+    assert!(told.contains(&id), "told of its own");
+    assert!(!told.contains(&value.id()), "not of another node's");
+}

@@ -173,9 +173,10 @@ fn object_error() -> impl Strategy<Value = ObjectError> {
             path: p.into(),
             cause,
         }),
-        (id(), any::<u64>()).prop_map(|(id, n)| ObjectError::Lost {
+        (id(), any::<u64>(), text()).prop_map(|(id, n, why)| ObjectError::Lost {
             id,
-            node: NodeId(n)
+            node: NodeId(n),
+            why,
         }),
         (id(), text()).prop_map(|(id, reason)| ObjectError::Fetch { id, reason }),
         id().prop_map(|id| ObjectError::WouldDeadlock { id }),

@@ -340,10 +340,16 @@ impl Shared {
             Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
             Request::LocateActor(actor) => Reply::ActorAt(rt.placed_actor_location(actor).await),
             Request::Locate(id) => {
-                // Answered once it is made: a reader waits here, on the
-                // control link, not on a data connection held open.
-                rt.objects().made(id).await;
-                Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
+                // Answered once it is made (again, if it was lost with its
+                // node): a reader waits here, on the control link, not on a
+                // data connection held open.
+                match rt.reconstruct(id).await {
+                    Ok(()) => {
+                        rt.objects().made(id).await;
+                        Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
+                    }
+                    Err(err) => Reply::Location(Err(err)),
+                }
             }
             Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),
             Request::NodeState { query, budget } => self.node_state(rt, &query, budget).await,

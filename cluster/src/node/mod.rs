@@ -378,7 +378,7 @@ impl Shared {
     async fn locate(&self, id: ObjectId) -> Result<NodeId, ObjectError> {
         let owner = id.node;
         if self.member(owner).is_some_and(|m| departed(&m)) {
-            return Err(ObjectError::Lost { id, node: owner });
+            return Err(ObjectError::owner_died(id));
         }
         let Some(transport) = self.transport.get() else {
             return Err(ObjectError::Unknown(id));
@@ -391,7 +391,7 @@ impl Shared {
                 id,
                 reason: format!("its owner answered {other:?}"),
             }),
-            Err(TransportError::NodeDied(_)) => Err(ObjectError::Lost { id, node: owner }),
+            Err(TransportError::NodeDied(_)) => Err(ObjectError::owner_died(id)),
             Err(err) => Err(ObjectError::Fetch {
                 id,
                 reason: format!("its owner {owner}: {err}"),
@@ -408,7 +408,7 @@ impl Shared {
             });
         };
         if departed(&member) {
-            return Err(ObjectError::Lost { id, node });
+            return Err(lost_at(id, node));
         }
         let Some(data) = self.data.get() else {
             return Err(ObjectError::Fetch {
@@ -420,9 +420,7 @@ impl Shared {
             Ok(blob) => Ok(blob),
             Err(DataError::Remote(err)) => Err(err),
             // Died while we pulled? Then it is lost, not a glitch.
-            Err(_) if self.member(node).is_some_and(|m| departed(&m)) => {
-                Err(ObjectError::Lost { id, node })
-            }
+            Err(_) if self.member(node).is_some_and(|m| departed(&m)) => Err(lost_at(id, node)),
             Err(err) => Err(ObjectError::Fetch {
                 id,
                 reason: err.to_string(),
@@ -595,3 +593,16 @@ use seams::Seams;
 
 #[cfg(test)]
 mod tests;
+
+/// `id` was lost with `node`, which held it: its owner makes it again if
+/// it can (a read asks the owner again); if `node` was its owner, it cannot.
+fn lost_at(id: ObjectId, node: NodeId) -> ObjectError {
+    if node == id.node {
+        return ObjectError::owner_died(id);
+    }
+    ObjectError::Lost {
+        id,
+        node,
+        why: "its owner did not make it again".to_owned(),
+    }
+}

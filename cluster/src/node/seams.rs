@@ -350,13 +350,20 @@ impl Shared {
         id: ObjectId,
         location: Option<NodeId>,
     ) -> Result<Fetched, ObjectError> {
+        let owned_here = self.transport.get().is_some_and(|t| t.me() == id.node);
         for attempt in 0..2 {
             let node = match location {
+                // The owner reads its own object from where it is kept (or
+                // from a node that may hold a copy): nobody else to ask.
+                Some(node) if owned_here => return self.pull(id, node).await,
                 Some(node) if node != id.node && attempt == 0 => node,
                 _ => self.locate(id).await?,
             };
             match self.pull(id, node).await {
+                // Not there (any more), or lost with that node while its
+                // owner lives: the owner knows where it is, or makes it again.
                 Err(ObjectError::Unknown(_)) if attempt == 0 => continue,
+                Err(ObjectError::Lost { .. }) if attempt == 0 && node != id.node => continue,
                 other => return other,
             }
         }

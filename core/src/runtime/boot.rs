@@ -13,6 +13,7 @@ use super::{Config, Inner, OwnedTokio, Runtime};
 use crate::actor::{Directory, Env};
 use crate::error::SpawnError;
 use crate::ids::Minter;
+use crate::lineage::Lineage;
 use crate::object_store::ObjectStoreActor;
 use crate::resources::MAX_GPUS;
 use crate::scheduler::{Recording, Scheduler, SchedulerActor};
@@ -134,6 +135,12 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
     if let Some(directory) = &config.cluster.objects {
         objects.set_directory(directory.clone());
     }
+    let lineage = Arc::new(Lineage::new(config.lineage_bytes));
+    if config.cluster.executor.is_some() {
+        // Lineage is kept only for tasks run on other nodes.
+        let freed = lineage.clone();
+        objects.on_forget(Arc::new(move |id| freed.freed(id)));
+    }
     let scheduler = Arc::new(Scheduler::new(
         &config.resources,
         objects.clone(),
@@ -144,6 +151,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
             clock: clock.clone(),
             timeline: timeline.clone(),
             task_history: config.task_history,
+            lineage,
         },
     ));
     let system_spec = SupervisorSpec::new("system", Strategy::OneForOne)
@@ -213,6 +221,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
         }
     });
     let runtime = Runtime { inner };
+    runtime.recover_lost_arguments();
     if let Err(err) = runtime.start_services().await {
         tracing::error!(runtime = %runtime.inner.config.name, error = %err, "a service failed to start; shutting the runtime down");
         if let Err(shutdown) = runtime.shutdown().await {

@@ -13,14 +13,16 @@ impl Runtime {
     }
 
     /// Tells this node what happened to another (the cluster calls this).
-    /// A dead node's objects are lost here and its borrows end; tasks that
+    /// A dead node's objects are lost here (this node's own are made again
+    /// from their lineage when read) and its borrows end; tasks that
     /// ran there are retried or fail as their attempts would. A new node
     /// gets another chance at tasks that fitted no node.
     pub fn publish(&self, event: ClusterEvent) {
         match &event {
             ClusterEvent::NodeDown { node, reason } => {
                 tracing::warn!(%node, %reason, "node down");
-                self.inner.objects.node_died(*node);
+                let lost = self.inner.objects.node_died(*node);
+                self.explain_lost(&lost);
                 self.inner.scheduler.node_died(*node);
                 self.restart_placed(*node);
                 self.end_hosted_by(*node);

@@ -53,6 +53,12 @@ pub struct Config {
     /// Services started beside the runtime (a dashboard, say). See
     /// [`RuntimeService`].
     pub services: ServiceList,
+    /// Bytes of lineage kept to make lost objects again (default 1 GiB, as
+    /// Ray): for each retriable task this node submitted whose results live
+    /// on another node, its function, encoded arguments and options. Past
+    /// it, the oldest lineage is evicted, and its results, if lost, cannot
+    /// be made again.
+    pub lineage_bytes: u64,
 }
 
 /// What a cluster plugs into a node (all optional; see
@@ -93,6 +99,7 @@ impl Default for Config {
             record_timeline: false,
             timeline_events: 1_000_000,
             services: Vec::new(),
+            lineage_bytes: 1 << 30,
         }
     }
 }
@@ -157,6 +164,12 @@ impl Config {
     /// Keeps at most `n` timeline events (the last ones).
     pub fn timeline_events(mut self, n: usize) -> Self {
         self.timeline_events = n;
+        self
+    }
+
+    /// Keeps at most `bytes` of lineage (see [`Config::lineage_bytes`]).
+    pub fn lineage_bytes(mut self, bytes: u64) -> Self {
+        self.lineage_bytes = bytes;
         self
     }
 

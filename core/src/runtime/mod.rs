@@ -26,6 +26,7 @@ mod actors;
 mod boot;
 mod cluster;
 mod config;
+mod lineage;
 mod objects;
 mod placed_actors;
 mod recording;

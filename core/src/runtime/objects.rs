@@ -71,12 +71,22 @@ impl Runtime {
     ///
     /// Inside a task, waiting lends the task's CPUs back to the node, so
     /// tasks can wait on tasks without deadlock.
+    ///
+    /// An object of this node lost with the node that held its only copy
+    /// is made again from its lineage (see [`reconstruct`](Self::reconstruct)).
     pub async fn get<T: Object>(&self, r: &ObjectRef<T>) -> Result<Arc<T>, ObjectError> {
-        if let Some(ready) = self.ready_now(r) {
-            return ready;
-        }
-        let _lent = self.lend_while_waiting();
-        self.inner.objects.get(r).await
+        let first = match self.ready_now(r) {
+            Some(ready) => ready,
+            None => {
+                let _lent = self.lend_while_waiting();
+                self.inner.objects.get(r).await
+            }
+        };
+        self.read_again(r, first, || async {
+            let _lent = self.lend_while_waiting();
+            self.inner.objects.get(r).await
+        })
+        .await
     }
 
     /// A value in memory now (not spilled: that read goes to a blocking
@@ -98,11 +108,24 @@ impl Runtime {
         r: &ObjectRef<T>,
         timeout: Duration,
     ) -> Result<Arc<T>, ObjectError> {
-        if let Some(ready) = self.ready_now(r) {
-            return ready;
-        }
-        let _lent = self.lend_while_waiting();
-        self.inner.objects.get_timeout(r, Some(timeout)).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = match self.ready_now(r) {
+            Some(ready) => ready,
+            None => {
+                let _lent = self.lend_while_waiting();
+                self.inner.objects.get_timeout(r, Some(timeout)).await
+            }
+        };
+        let again = self.read_again(r, first, || async {
+            let _lent = self.lend_while_waiting();
+            self.inner.objects.get(r).await
+        });
+        tokio::time::timeout_at(deadline, again)
+            .await
+            .unwrap_or(Err(ObjectError::Timeout {
+                id: r.id(),
+                after: timeout,
+            }))
     }
 
     /// Reads many objects in order, within one optional timeout.
@@ -118,7 +141,23 @@ impl Runtime {
             }
         }
         let _lent = self.lend_while_waiting();
-        self.inner.objects.get_many(refs, timeout).await
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let first = self.inner.objects.get_timeout(r, left).await;
+            let again = self.read_again(r, first, || self.inner.objects.get(r));
+            out.push(match deadline {
+                None => again.await?,
+                Some(deadline) => tokio::time::timeout_at(deadline, again)
+                    .await
+                    .unwrap_or(Err(ObjectError::Timeout {
+                        id: r.id(),
+                        after: timeout.unwrap_or_default(),
+                    }))?,
+            });
+        }
+        Ok(out)
     }
 
     /// Ray's `wait`: `(ready, not_ready)` once `num_returns` are ready or
@@ -141,10 +180,17 @@ impl Runtime {
     /// `ObjectError::WouldDeadlock` instead.
     pub fn get_blocking<T: Object>(&self, r: &ObjectRef<T>) -> Result<Arc<T>, ObjectError> {
         if let Some(ready) = self.ready_now(r) {
-            return ready;
+            if !matches!(ready, Err(ObjectError::Lost { .. })) {
+                return ready;
+            }
         }
         let _lent = self.lend_while_waiting();
-        crate::blocking::wait_for(&self.inner.handle, self.inner.objects.get(r))
+        let read = async {
+            let first = self.inner.objects.get(r).await;
+            self.read_again(r, first, || self.inner.objects.get(r))
+                .await
+        };
+        crate::blocking::wait_for(&self.inner.handle, read)
             .unwrap_or(Err(ObjectError::WouldDeadlock { id: r.id() }))
     }
 

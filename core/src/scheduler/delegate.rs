@@ -134,6 +134,10 @@ impl Scheduler {
             }
         }
         let id = spec.id;
+        if spec.owner == self.node {
+            // Its results will live there: kept to make them again if lost.
+            self.lineage.record(&spec, &self.store);
+        }
         let _span = tracing::debug_span!(
             parent: &task.parent,
             "delegate",

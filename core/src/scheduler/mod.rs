@@ -54,6 +54,7 @@ use crate::context::{Frame, TaskContext};
 use crate::error::{TaskCause, TaskError};
 use crate::function::{self, Failure, Outcome, TaskBody};
 use crate::ids::TaskId;
+use crate::lineage::Lineage;
 use crate::remote::{Placement, RemoteExecutor};
 use crate::spec::{FunctionName, SchedulingStrategy, TaskSpec};
 use crate::supervisor::AliveGauge;
@@ -92,6 +93,8 @@ pub(crate) struct Scheduler {
     /// Task attempts on the timeline, when it records.
     timeline: Arc<Timeline>,
     clock: Arc<Clock>,
+    /// What this node keeps to make lost results of its tasks again.
+    lineage: Arc<Lineage>,
     /// Counters of hot paths, registered once.
     run_by_waiter: metrics::Counter,
     cpu_lends: metrics::Counter,
@@ -103,6 +106,7 @@ pub(crate) struct Recording {
     pub(crate) clock: Arc<Clock>,
     pub(crate) timeline: Arc<Timeline>,
     pub(crate) task_history: usize,
+    pub(crate) lineage: Arc<Lineage>,
 }
 
 impl Scheduler {
@@ -133,9 +137,15 @@ impl Scheduler {
             history: History::new(recording.task_history),
             timeline: recording.timeline,
             clock: recording.clock,
+            lineage: recording.lineage,
             run_by_waiter: metrics::counter!("troupe_tasks_run_by_waiter_total"),
             cpu_lends: metrics::counter!("troupe_task_cpu_lends_total"),
         }
+    }
+
+    /// The lineage of this node's tasks that ran elsewhere.
+    pub(crate) fn lineage(&self) -> &Arc<Lineage> {
+        &self.lineage
     }
 
     /// The record of a function (made at its first submission, when its
@@ -230,7 +240,12 @@ impl Scheduler {
     }
 
     fn settled(&self) -> impl Fn(ObjectId) -> Availability + '_ {
-        |id| self.store.availability(id)
+        // A lost object of this node is not there yet while it may be
+        // recovered: its dependents wait (here, as for a fetch).
+        |id| match self.store.availability(id) {
+            Availability::Here if self.lineage.awaits_recovery(id) => Availability::Elsewhere,
+            other => other,
+        }
     }
 
     /// What the node has in all.
@@ -410,11 +425,17 @@ impl Scheduler {
     fn watch(self: &Arc<Self>, id: TaskId, deps: Vec<ObjectId>, wait: Wait) {
         let scheduler = Arc::downgrade(self);
         let store = self.store.clone();
+        let lineage = self.lineage.clone();
         let handle = self.tokio.spawn(async move {
             for dep in &deps {
                 match wait {
                     Wait::Made => store.made(*dep).await,
-                    Wait::Here => store.ready(*dep).await,
+                    Wait::Here => {
+                        // Lost: recovered first (its error, if not, is the
+                        // dependent's).
+                        let _ = lineage.recover(*dep).await;
+                        store.ready(*dep).await
+                    }
                 }
             }
             if let Some(scheduler) = scheduler.upgrade() {

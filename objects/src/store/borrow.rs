@@ -121,26 +121,37 @@ impl ObjectStore {
             .unwrap_or_default()
     }
 
-    /// `node` died: it borrows nothing any more, and objects that lived
-    /// only there are lost.
-    pub fn node_died(&self, node: NodeId) {
+    /// `node` died: it borrows nothing any more, and objects whose value
+    /// lived only there are gone from it. Returns this node's own objects
+    /// that were lost (their owner, this node, may make them again, and
+    /// may say why not with [`replace_failure`](Self::replace_failure)).
+    /// Another node's object that lived there is lost too if its owner was
+    /// `node`; otherwise the next read asks its owner again, which may
+    /// have made it again.
+    pub fn node_died(&self, node: NodeId) -> Vec<ObjectId> {
         let mut orphans = Vec::new();
         let mut lost = Vec::new();
+        let mut relocate = Vec::new();
         for mut entry in self.inner.objects.iter_mut() {
             let before = entry.borrowers.len();
             entry.borrowers.retain(|(n, _)| *n != node);
             if entry.borrowers.len() != before {
                 orphans.push(*entry.key());
             }
+            let id = *entry.key();
             if let State::Remote {
                 location: Some(at), ..
             } = entry.state
             {
                 if at == node {
-                    lost.push(*entry.key());
+                    if id.node == node || id.node == self.inner.node {
+                        lost.push(id);
+                    } else {
+                        relocate.push(id);
+                    }
                 }
             }
-            if entry.key().node == node {
+            if id.node == node {
                 // Its owner is gone: nobody to give credits back to.
                 entry.credits = 0;
             }
@@ -148,9 +159,62 @@ impl ObjectStore {
         for id in orphans {
             self.inner.last_ref_dropped(id);
         }
+        for id in relocate {
+            if let Some(mut entry) = self.inner.objects.get_mut(&id) {
+                if let State::Remote { location, failed } = &mut entry.state {
+                    *location = None;
+                    *failed = None;
+                }
+            }
+        }
+        let mut own = Vec::new();
         for id in lost {
-            self.inner
-                .settle_remote(id, State::failed(ObjectError::Lost { id, node }));
+            let error = if id.node == node {
+                ObjectError::owner_died(id)
+            } else {
+                own.push(id);
+                ObjectError::Lost {
+                    id,
+                    node,
+                    why: "this node, its owner, could not make it again".to_owned(),
+                }
+            };
+            self.inner.settle_remote(id, State::failed(error));
+        }
+        own
+    }
+
+    /// Replaces the error of an object that failed (one lost with its
+    /// node, say) with `error`, which says more; false if `id` is not
+    /// failed here.
+    pub fn replace_failure(&self, id: ObjectId, error: ObjectError) -> bool {
+        let Some(mut entry) = self.inner.objects.get_mut(&id) else {
+            return false;
+        };
+        match &mut entry.state {
+            State::Failed(err) => {
+                **err = error;
+                true
+            }
+            State::Remote { .. } => {
+                entry.state = State::failed(error);
+                drop(entry);
+                self.inner
+                    .completions
+                    .send_modify(|n| *n = n.wrapping_add(1));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The error an object failed with, if it is failed here (a read of it
+    /// gives that error); `None` for any other state, or an unknown id.
+    pub fn failure(&self, id: ObjectId) -> Option<ObjectError> {
+        let entry = self.inner.objects.get(&id)?;
+        match &entry.state {
+            State::Failed(err) => Some((**err).clone()),
+            _ => None,
         }
     }
 }

@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     stuck: AtomicBool,
     pub(crate) pool: Arc<Pool>,
     directory: OnceLock<Arc<dyn ObjectDirectory>>,
+    /// Told when one of this node's objects leaves the index.
+    on_forget: OnceLock<ForgetHook>,
     /// Metrics of the hot paths, registered once with the recorder
     /// installed when the store is made.
     memory_gauge: metrics::Gauge,
@@ -348,6 +350,11 @@ impl Inner {
             State::Pending { notify, .. } => notify.notify_waiters(),
             _ => {}
         }
+        if id.node == self.node {
+            if let Some(hook) = self.on_forget.get() {
+                hook(id);
+            }
+        }
         let Some(directory) = self.directory.get() else {
             return;
         };
@@ -363,6 +370,9 @@ impl Inner {
         }
     }
 }
+
+/// What [`ObjectStore::on_forget`] calls.
+pub type ForgetHook = Arc<dyn Fn(ObjectId) + Send + Sync>;
 
 /// The object store of one node. Cheap to clone.
 ///
@@ -460,6 +470,7 @@ impl ObjectStore {
                 stuck: AtomicBool::new(false),
                 pool,
                 directory: OnceLock::new(),
+                on_forget: OnceLock::new(),
                 memory_gauge: metrics::gauge!("troupe_object_store_memory_bytes"),
                 put_bytes: metrics::counter!("troupe_object_store_put_bytes_total"),
             }),
@@ -470,6 +481,14 @@ impl ObjectStore {
     /// Once per store; a second call returns false and changes nothing.
     pub fn set_directory(&self, directory: Arc<dyn ObjectDirectory>) -> bool {
         self.inner.directory.set(directory).is_ok()
+    }
+
+    /// Calls `hook` with the id of each object of this node that leaves
+    /// the index (freed: its last ref dropped, or `free`), after it left.
+    /// Once per store; a second call returns false and changes nothing.
+    /// The hook may drop refs (and so free more objects) but must not wait.
+    pub fn on_forget(&self, hook: ForgetHook) -> bool {
+        self.inner.on_forget.set(hook).is_ok()
     }
 
     /// The node whose ids this store makes.

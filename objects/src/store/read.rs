@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::{Inner, Kind, ObjectStore, State};
 use crate::codec::{DecodeScope, EncodeScope};
 use crate::directory::Fetched;
-use crate::{AnyObjectRef, Blob, Object, ObjectError, ObjectId, ObjectRef};
+use crate::{AnyObjectRef, Blob, NodeId, Object, ObjectError, ObjectId, ObjectRef};
 
 impl ObjectStore {
     /// What a read of a missing id means: freed if this node made it,
@@ -125,6 +125,12 @@ impl ObjectStore {
                     return Err(self.missing(id));
                 };
                 match &entry.state {
+                    // Another node's object this node is fetching: not
+                    // held here (serving it would wait on that fetch,
+                    // which may wait on the asker).
+                    State::Pending { fetch, .. } if *fetch != 0 && id.node != self.inner.node => {
+                        return Err(ObjectError::Unknown(id))
+                    }
                     State::Pending { notify, .. } => Err(notify.clone()),
                     State::Failed(err) => return Err((**err).clone()),
                     State::Remote { .. } => return Err(ObjectError::Unknown(id)),
@@ -340,33 +346,8 @@ impl ObjectStore {
         let store = self.clone();
         let fetch = async move {
             let fetched = directory.fetch(id, location).await;
-            let materialize = {
-                let store = store.clone();
-                move |fetched: Fetched| {
-                    // Its refs are held before its value is decoded.
-                    let held = store.hold(&fetched.refs);
-                    let blob = fetched.bytes;
-                    let value = match kind.codec().raw {
-                        Some(raw) => (raw.from)(blob),
-                        None => {
-                            let _scope = DecodeScope::enter(&store.inner);
-                            (kind.codec().decode)(&blob)
-                                .map_err(|reason| ObjectError::Fetch { id, reason })?
-                        }
-                    };
-                    drop(held);
-                    let size = (kind.codec().size)(&*value);
-                    Ok((value, size))
-                }
-            };
-            // Decoding a large object takes long enough to hold up an async
-            // worker (and the tasks queued behind it: a node's heartbeats):
-            // it runs on a blocking thread.
             let result = match fetched {
-                Ok(fetched) if fetched.bytes.len() >= LARGE_DECODE => {
-                    blocking(id, move || materialize(fetched)).await
-                }
-                Ok(fetched) => materialize(fetched),
+                Ok(fetched) => store.materialize(id, kind, fetched).await,
                 Err(err) => Err(err),
             };
             match result {
@@ -390,6 +371,79 @@ impl ObjectStore {
         };
         runtime.spawn(fetch);
         true
+    }
+
+    /// A fetched object's value and size, decoded in this store (its refs
+    /// held first). Decoding a large object takes long enough to hold up an
+    /// async worker (and the tasks queued behind it: a node's heartbeats):
+    /// it runs on a blocking thread.
+    async fn materialize(
+        &self,
+        id: ObjectId,
+        kind: Kind,
+        fetched: Fetched,
+    ) -> Result<(crate::codec::AnyValue, u64), ObjectError> {
+        let large = fetched.bytes.len() >= LARGE_DECODE;
+        let store = self.clone();
+        let decode = move || {
+            let held = store.hold(&fetched.refs);
+            let blob = fetched.bytes;
+            let value = match kind.codec().raw {
+                Some(raw) => (raw.from)(blob),
+                None => {
+                    let _scope = DecodeScope::enter(&store.inner);
+                    (kind.codec().decode)(&blob)
+                        .map_err(|reason| ObjectError::Fetch { id, reason })?
+                }
+            };
+            drop(held);
+            let size = (kind.codec().size)(&*value);
+            Ok((value, size))
+        };
+        if large {
+            blocking(id, decode).await
+        } else {
+            decode()
+        }
+    }
+
+    /// Fetches a copy of `id`, an object failed here (lost with the node
+    /// that held it), from `node`, which may hold one, and keeps it: the
+    /// entry stays failed while the copy travels, and holds the value once
+    /// it is in. An error says why not (the entry is unchanged).
+    pub async fn fetch_copy(&self, id: ObjectId, node: NodeId) -> Result<(), ObjectError> {
+        let Some(directory) = self.inner.directory.get().cloned() else {
+            return Err(ObjectError::Unknown(id));
+        };
+        let kind = match self.inner.objects.get(&id) {
+            Some(entry) if matches!(entry.state, State::Failed(_)) => entry.kind,
+            Some(_) => return Ok(()), // not failed (any more)
+            None => return Err(self.missing(id)),
+        };
+        if kind.is_untyped() {
+            return Err(ObjectError::Fetch {
+                id,
+                reason: "its type is not known on this node".to_owned(),
+            });
+        }
+        let fetched = directory.fetch(id, Some(node)).await?;
+        let (value, size) = self.materialize(id, kind, fetched).await?;
+        let installed = match self.inner.objects.get_mut(&id) {
+            Some(mut entry) if matches!(entry.state, State::Failed(_)) => {
+                entry.state = State::Ready(value);
+                entry.size = size;
+                entry.last_used.store(self.inner.tick(), Ordering::Relaxed);
+                self.inner.account(size);
+                true
+            }
+            _ => false,
+        };
+        if installed {
+            self.inner
+                .completions
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
     }
 
     /// Reads many objects, in order, waiting for each.
