@@ -31,12 +31,7 @@ impl Shared {
 
 impl ClusterNode {
     async fn ask_head(&self, body: Request) -> Result<Reply, ClusterError> {
-        let head = self
-            .shared
-            .head
-            .get()
-            .copied()
-            .ok_or(ClusterError::NotJoined)?;
+        let head = self.head_id()?;
         if Some(head) == self.shared.me() {
             return Ok(self.shared.answer_job(body).await);
         }

@@ -297,14 +297,18 @@ impl ClusterNode {
         }
     }
 
-    /// Asks the head for the members (what `troupe status` shows).
-    pub async fn status(&self) -> Result<Vec<Member>, ClusterError> {
-        let head = self
-            .shared
+    /// The head's id, once joined.
+    fn head_id(&self) -> Result<NodeId, ClusterError> {
+        self.shared
             .head
             .get()
             .copied()
-            .ok_or(ClusterError::NotJoined)?;
+            .ok_or(ClusterError::NotJoined)
+    }
+
+    /// Asks the head for the members (what `troupe status` shows).
+    pub async fn status(&self) -> Result<Vec<Member>, ClusterError> {
+        let head = self.head_id()?;
         match self.request(head, Request::Status).await? {
             Reply::Status(members) => Ok(members),
             other => Err(ClusterError::Protocol(format!(
@@ -315,12 +319,7 @@ impl ClusterNode {
 
     /// Asks the head to stop every node and itself (`troupe stop`).
     pub async fn stop_cluster(&self) -> Result<(), ClusterError> {
-        let head = self
-            .shared
-            .head
-            .get()
-            .copied()
-            .ok_or(ClusterError::NotJoined)?;
+        let head = self.head_id()?;
         match self.request(head, Request::StopCluster).await? {
             Reply::Ok => Ok(()),
             other => Err(ClusterError::Protocol(format!(

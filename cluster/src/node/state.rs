@@ -128,12 +128,7 @@ impl ClusterNode {
     /// one control frame (each answer says when); the summaries' counts
     /// are complete.
     pub async fn cluster_state(&self, query: StateQuery) -> Result<ClusterState, ClusterError> {
-        let head = self
-            .shared
-            .head
-            .get()
-            .copied()
-            .ok_or(ClusterError::NotJoined)?;
+        let head = self.head_id()?;
         if Some(head) == self.shared.me() {
             return Ok(self.shared.gather(query).await);
         }
