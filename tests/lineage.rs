@@ -108,14 +108,27 @@ fn lineage_metrics() -> Vec<(String, f64)> {
         .snapshot()
         .into_vec()
         .into_iter()
-        .filter(|(key, ..)| key.key().name().starts_with("troupe_lineage_"))
+        .filter(|(key, ..)| {
+            let name = key.key().name();
+            name.starts_with("troupe_lineage_") || name == "troupe_data_bytes_received_total"
+        })
         .map(|(key, _, _, value)| {
             let value = match value {
                 DebugValue::Counter(n) => n as f64,
                 DebugValue::Gauge(g) => g.into_inner(),
                 DebugValue::Histogram(_) => f64::NAN,
             };
-            (key.key().name().to_owned(), value)
+            // Labels as `name{label=value}`: bytes received by peer.
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = key.key().name();
+            match labels.is_empty() {
+                true => (name.to_owned(), value),
+                false => (format!("{name}{{{}}}", labels.join(",")), value),
+            }
         })
         .collect()
 }
@@ -382,6 +395,12 @@ async fn a_lost_result_that_another_node_read_is_fetched_from_there_not_run_agai
         metric(&metrics, "troupe_lineage_copies_found_total"),
         1.0,
         "{metrics:?}"
+    );
+    // The copy's bytes are counted against the node they came from.
+    let from_survivor = format!("troupe_data_bytes_received_total{{peer={}}}", survivor.node);
+    assert!(
+        metric(&metrics, &from_survivor) >= SIZE as f64,
+        "{from_survivor}: {metrics:?}"
     );
     assert_eq!(
         metric(&metrics, "troupe_lineage_reconstructions_started_total"),

@@ -376,6 +376,16 @@ impl Directory {
         let _ = self.heartbeat(head, available, load, now);
     }
 
+    /// How long each live member has been silent (what
+    /// `troupe_cluster_heartbeat_age_seconds` shows).
+    pub fn silences(&self, now: Instant) -> Vec<(NodeId, Duration)> {
+        self.members
+            .iter()
+            .filter(|(_, e)| e.departed_at.is_none())
+            .map(|(node, e)| (*node, now.saturating_duration_since(e.last_heard)))
+            .collect()
+    }
+
     /// Every member, departed ones last.
     pub fn members(&self) -> Vec<Member> {
         let mut all: Vec<Member> = self.members.values().map(|e| e.member.clone()).collect();
@@ -634,6 +644,32 @@ mod tests {
         let status = trim_to_frame(members);
         assert!(status.len() < admitted);
         assert_eq!(status[0].hello.node, NodeId(1));
+    }
+
+    #[test]
+    fn silences_are_how_long_each_live_member_has_not_been_heard() {
+        let t0 = Instant::now();
+        let mut d = directory(t0);
+        d.join(hello(2, Role::Worker, 7), t0).unwrap();
+        d.join(hello(3, Role::Worker, 7), t0).unwrap();
+        d.join(hello(4, Role::Worker, 7), t0).unwrap();
+        d.heartbeat(
+            NodeId(2),
+            Resources::cpus(1.0),
+            Load::default(),
+            t0 + ms(1_000),
+        );
+        d.leave(NodeId(4), t0 + ms(1_000));
+        let mut silences = d.silences(t0 + ms(2_000));
+        silences.sort();
+        assert_eq!(
+            silences,
+            [
+                (NodeId(1), ms(2_000)),
+                (NodeId(2), ms(1_000)),
+                (NodeId(3), ms(2_000))
+            ]
+        );
     }
 
     #[test]

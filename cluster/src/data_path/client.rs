@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -37,7 +37,6 @@ struct ClientInner {
     in_flight: Arc<Semaphore>,
     in_flight_bytes: AtomicU64,
     peak_in_flight_bytes: AtomicU64,
-    received: metrics::Counter,
 }
 
 /// One peer's connections.
@@ -46,6 +45,16 @@ struct Peer {
     slots: Arc<Semaphore>,
     /// Open and unused, with when they were last used.
     idle: Mutex<Vec<(Stream, Instant)>>,
+    /// Bytes received from it, by the node its first handshake proved.
+    received: OnceLock<metrics::Counter>,
+}
+
+impl Peer {
+    fn received(&self) -> metrics::Counter {
+        self.received.get().cloned().unwrap_or_else(
+            || metrics::counter!("troupe_data_bytes_received_total", "peer" => "unknown"),
+        )
+    }
 }
 
 /// A pull that failed; `stale` when the connection came from the pool and
@@ -80,7 +89,6 @@ impl DataClient {
                 peers: Mutex::new(HashMap::new()),
                 in_flight_bytes: AtomicU64::new(0),
                 peak_in_flight_bytes: AtomicU64::new(0),
-                received: metrics::counter!("troupe_data_bytes_received_total"),
             }),
         }
     }
@@ -130,7 +138,7 @@ impl DataClient {
                 reason: "the connection pool is closed".into(),
             })?;
         if let Some(stream) = self.take_idle(&peer) {
-            match self.exchange(stream, from, id).await {
+            match self.exchange(stream, from, id, &peer.received()).await {
                 Ok((result, stream)) => {
                     Self::put_idle(&peer, stream);
                     return result.map_err(DataError::Remote);
@@ -141,8 +149,12 @@ impl DataClient {
                 Err(failure) => return Err(failure.error),
             }
         }
-        let stream = self.connect(from).await?;
-        match self.exchange(stream, from, id).await {
+        let (stream, node) = self.connect(from).await?;
+        let _ = peer.received.set(metrics::counter!(
+            "troupe_data_bytes_received_total",
+            "peer" => node.to_string()
+        ));
+        match self.exchange(stream, from, id, &peer.received()).await {
             Ok((result, stream)) => {
                 Self::put_idle(&peer, stream);
                 result.map_err(DataError::Remote)
@@ -168,6 +180,7 @@ impl DataClient {
                 Arc::new(Peer {
                     slots: Arc::new(Semaphore::new(self.inner.limits.max_connections_per_peer)),
                     idle: Mutex::new(Vec::new()),
+                    received: OnceLock::new(),
                 })
             })
             .clone()
@@ -212,7 +225,8 @@ impl DataClient {
         self.inner.peak_in_flight_bytes.load(Ordering::Relaxed)
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Stream, DataError> {
+    /// A new connection to `addr`, and the node it proved to be.
+    async fn connect(&self, addr: SocketAddr) -> Result<(Stream, NodeId), DataError> {
         let after = self.inner.limits.connect_timeout;
         let tcp = within(after, "connecting", tokio::net::TcpStream::connect(addr))
             .await
@@ -220,13 +234,12 @@ impl DataClient {
         tcp.set_nodelay(true)
             .map_err(|source| DataError::Connect { addr, source })?;
         let (me, credentials) = (self.inner.me, &self.inner.credentials);
-        let (stream, _) = handshake::connect_over(tcp, Purpose::Data, me, credentials, None)
+        handshake::connect_over(tcp, Purpose::Data, me, credentials, None)
             .await
             .map_err(|why| DataError::Refused {
                 addr,
                 reason: why.to_string(),
-            })?;
-        Ok(stream)
+            })
     }
 
     /// One request and its reply on `stream`; the stream back when it can be
@@ -236,6 +249,7 @@ impl DataClient {
         mut stream: Stream,
         addr: SocketAddr,
         id: ObjectId,
+        received: &metrics::Counter,
     ) -> Result<(Result<Fetched, ObjectError>, Stream), Failure> {
         let limits = &self.inner.limits;
         let io = |source: io::Error| DataError::Io { addr, source };
@@ -346,7 +360,9 @@ impl DataClient {
             .into());
         }
         let mut writer = self.inner.store.blob_writer(len as usize);
-        self.receive(&mut stream, &mut writer).await.map_err(io)?;
+        self.receive(&mut stream, &mut writer, received)
+            .await
+            .map_err(io)?;
         let bytes = writer
             .finish()
             .map_err(|e| protocol(format!("the object's bytes: {e}")))?;
@@ -359,6 +375,7 @@ impl DataClient {
         &self,
         stream: &mut R,
         writer: &mut BlobWriter,
+        received: &metrics::Counter,
     ) -> io::Result<()> {
         let inner = &*self.inner;
         let chunk = inner.limits.chunk_bytes;
@@ -386,7 +403,7 @@ impl DataClient {
                 }
                 got += read;
             }
-            inner.received.increment(got as u64);
+            received.increment(got as u64);
             drop(permit);
         }
         Ok(())

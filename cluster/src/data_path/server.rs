@@ -41,7 +41,6 @@ struct ServerInner {
     slots: Arc<Semaphore>,
     accepted: AtomicU64,
     open: AtomicUsize,
-    sent: metrics::Counter,
 }
 
 impl DataServer {
@@ -91,7 +90,6 @@ impl DataServer {
             limits,
             accepted: AtomicU64::new(0),
             open: AtomicUsize::new(0),
-            sent: metrics::counter!("troupe_data_bytes_sent_total"),
         });
         tokio::spawn(
             accept_loop(listener, inner.clone(), stopped)
@@ -341,6 +339,8 @@ async fn serve_one(
             if let Some(lend) = lend {
                 lend(from, &refs, true);
             }
+            let sent_to =
+                metrics::counter!("troupe_data_bytes_sent_total", "peer" => from.to_string());
             let sent = async {
                 within(
                     limits.io_timeout,
@@ -355,7 +355,7 @@ async fn serve_one(
                         stream.write_all(chunk),
                     )
                     .await?;
-                    inner.sent.increment(chunk.len() as u64);
+                    sent_to.increment(chunk.len() as u64);
                 }
                 within(limits.io_timeout, "writing a chunk", stream.flush()).await
             }

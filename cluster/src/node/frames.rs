@@ -254,6 +254,8 @@ impl Shared {
     fn notice(self: &Arc<Self>, from: NodeId, body: Notice) {
         match body {
             Notice::Heartbeat { available, load } => {
+                metrics::counter!("troupe_cluster_heartbeats_received_total", "node" => from.to_string())
+                    .increment(1);
                 let mut directory = lock(&self.directory);
                 if let Some(d) = directory.as_mut() {
                     let changes = d.heartbeat(from, available, load, Instant::now());

@@ -558,6 +558,10 @@ async fn head_loop(shared: Arc<Shared>) {
                 d.forgive(stalled);
             }
             d.head_heartbeat(available, load, Instant::now());
+            for (node, silent) in d.silences(Instant::now()) {
+                metrics::gauge!("troupe_cluster_heartbeat_age_seconds", "node" => node.to_string())
+                    .set(silent.as_secs_f64());
+            }
             d.tick(Instant::now())
         };
         if !changes.is_empty() {
