@@ -146,13 +146,24 @@ impl Jobs {
         cookie: Arc<[u8]>,
         tls_dir: Option<PathBuf>,
     ) -> Arc<Jobs> {
+        let dir = state_dir.join("jobs");
+        // Numbers go on from the last job of an earlier head in this state
+        // directory: its log is never overwritten.
+        let last = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str().and_then(number))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
         Arc::new(Jobs {
-            dir: state_dir.join("jobs"),
+            dir,
             address,
             cookie,
             tls_dir,
             table: Mutex::new(BTreeMap::new()),
-            next: std::sync::atomic::AtomicU64::new(1),
+            next: std::sync::atomic::AtomicU64::new(last + 1),
         })
     }
 
@@ -432,6 +443,21 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_new_head_numbers_its_jobs_after_the_last_one_in_its_state_dir() {
+        let (jobs, dir) = jobs("numbers");
+        let first = jobs.submit(sh("echo first")).expect("started");
+        assert_eq!(first.id, "job-1");
+        ended(&jobs, &first.id).await;
+        let again = Jobs::new(&dir, "127.0.0.1:1".to_owned(), Arc::from(&b"s"[..]), None);
+        let second = again.submit(sh("echo second")).expect("started");
+        assert_eq!(second.id, "job-2");
+        ended(&again, &second.id).await;
+        let first_log = std::fs::read_to_string(dir.join("jobs/job-1/log")).expect("kept");
+        assert_eq!(first_log, "first\n");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -56,6 +56,8 @@ pub(crate) type Observe = Arc<dyn Fn(Request) -> BoxFuture<'static, Reply> + Sen
 const MAX_OBSERVER_REQUEST: usize = 4096;
 /// Requests an observer may make on one connection.
 const MAX_OBSERVER_REQUESTS: usize = 16;
+/// Observers connected at once.
+const MAX_OBSERVERS: usize = 64;
 /// How long an observer's connection may stay silent.
 const OBSERVER_IDLE: Duration = Duration::from_secs(10);
 
@@ -158,6 +160,7 @@ impl SessionServer {
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
         let admission = handshake::Admission::standard();
+        let observers = Arc::new(tokio::sync::Semaphore::new(MAX_OBSERVERS));
         tokio::spawn(
             async move {
                 let mut pending = tokio::task::JoinSet::new();
@@ -173,12 +176,18 @@ impl SessionServer {
                                     continue;
                                 };
                                 let (credentials, server, observe) = (credentials.clone(), server.clone(), observe.clone());
+                                let observers = observers.clone();
                                 pending.spawn(async move {
                                     let _ = tcp.set_nodelay(true);
                                     let proved = handshake::accept_session_over(tcp, me, &credentials).await;
                                     drop(admitted);
                                     match proved {
                                         Ok((stream, from, Standing::Observer)) => {
+                                            // Token holders may not hold the port either.
+                                            let Ok(_seat) = observers.try_acquire_owned() else {
+                                                REFUSALS.refused(Some(peer), &"too many observers connected");
+                                                return;
+                                            };
                                             tracing::debug!(%from, %peer, "observer proven");
                                             let why = serve_observer(stream, &observe).await;
                                             tracing::debug!(%from, %peer, %why, "observer gone");
