@@ -9,9 +9,8 @@
 //! bound on pending handshakes per port and per source) before ractor sees
 //! a byte, and is then handed to the node server as an external stream.
 //! ractor's own listener still runs (it cannot be turned off): it is bound
-//! to loopback on a random port behind TLS whose only trusted certificate
-//! belongs to a key that never leaves this process, so no connection
-//! through it can complete.
+//! to loopback on a random port behind TLS that has no certificate to
+//! present, so no connection through it can complete.
 //!
 //! The node id proven here travels with the stream (its peer label); when
 //! ractor reports the session authenticated, a peer whose ractor name
@@ -33,9 +32,7 @@ use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 use troupe_core::NodeId;
@@ -379,27 +376,30 @@ pub(crate) async fn ask(
         .map_err(|_| SessionError::Connect(format!("no answer within {timeout:?}")))?
 }
 
-/// TLS that no client can pass: the only certificate it trusts belongs to
-/// a key made here and dropped with the acceptor. ractor_cluster's own
-/// listener runs behind it.
+/// TLS that no client can pass: it has no certificate to present, so every
+/// handshake fails. ractor_cluster's own listener runs behind it. (No key
+/// is made: a node starts without paying for one.)
 pub(crate) fn sealed() -> Result<TlsAcceptor, String> {
-    let made = rcgen::generate_simple_self_signed(vec!["troupe.sealed".to_owned()])
-        .map_err(|e| e.to_string())?;
-    let cert: CertificateDer<'static> = made.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.clone()).map_err(|e| e.to_string())?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
     let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS13])
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert], key)
-        .map_err(|e| e.to_string())?;
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Resolves no certificate, whoever asks.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl tokio_rustls::rustls::server::ResolvesServerCert for NoCertificate {
+    fn resolve(
+        &self,
+        _: tokio_rustls::rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<tokio_rustls::rustls::sign::CertifiedKey>> {
+        None
+    }
 }
 
 #[cfg(test)]
