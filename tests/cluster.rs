@@ -987,7 +987,7 @@ async fn the_state_and_timeline_of_every_node_are_listed_and_written_and_a_dead_
     let (ok, out) = p
         .run(&[&["get", "tasks", "task-0-0"][..], &address[..]].concat())
         .expect("runs");
-    assert!(!ok && out.contains("no Tasks with id"), "{out}");
+    assert!(!ok && out.contains("no task with id task-0-0"), "{out}");
 
     // One trace, a process per node, each node's tasks on it, on one clock.
     run(&p, &["timeline", "-o", &trace_path]);

@@ -90,6 +90,10 @@ pub enum ClusterError {
     /// A job request failed (no such job, one that cannot start).
     #[error("job: {0}")]
     Job(String),
+    /// A state query's input or answer (a malformed filter, an id no node
+    /// knows, a timeline nobody recorded): what to change.
+    #[error("{0}")]
+    Query(String),
     /// No cookie was configured.
     #[error("no cluster cookie: set TROUPE_COOKIE or TROUPE_COOKIE_FILE, or copy the head's cookie file to {}", looked_in.display())]
     NoCookie {

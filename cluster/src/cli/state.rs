@@ -27,6 +27,18 @@ pub enum Kind {
     Objects,
 }
 
+impl Kind {
+    /// One of them, in words.
+    fn singular(self) -> &'static str {
+        match self {
+            Kind::Nodes => "node",
+            Kind::Actors => "actor",
+            Kind::Tasks => "task",
+            Kind::Objects => "object",
+        }
+    }
+}
+
 /// How to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -137,7 +149,7 @@ async fn write_timeline(
     }
     let timeline = node.cluster_timeline().await?;
     if !timeline.ever_recorded() {
-        return Err(ClusterError::Start(
+        return Err(ClusterError::Query(
             "no node has recorded a timeline: record one with `troupe timeline --record 10 -o \
              FILE`, or start the runtimes with Config::record_timeline(true)"
                 .to_owned(),
@@ -321,7 +333,7 @@ fn parse_filters(filters: &[String]) -> Result<Vec<(String, String)>, ClusterErr
             Some((column, value)) if !column.is_empty() => {
                 Ok((column.trim().to_lowercase(), value.trim().to_owned()))
             }
-            _ => Err(ClusterError::Start(format!(
+            _ => Err(ClusterError::Query(format!(
                 "the filter {f:?} is not COLUMN=VALUE (e.g. state=RUNNING)"
             ))),
         })
@@ -502,9 +514,9 @@ pub(super) async fn get(args: GetArgs) -> Result<(), ClusterError> {
             .iter()
             .filter(|n| !matches!(n.answer, NodeAnswer::State { .. }))
             .count();
-        return Err(ClusterError::Start(format!(
-            "no {:?} with id {} on the {} nodes that answered ({silent} did not: departed or silent)",
-            args.kind,
+        return Err(ClusterError::Query(format!(
+            "no {} with id {} on the {} nodes that answered ({silent} did not: departed or silent)",
+            args.kind.singular(),
             args.id,
             state.nodes.len() - silent
         )));
