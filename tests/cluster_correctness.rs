@@ -237,9 +237,14 @@ async fn nothing_left(rt: &Runtime, seed: u64, nodes: &[LocalNode], ran: &dag::R
         let members = ClusterNode::current()
             .map(|c| c.members())
             .unwrap_or_default();
+        // A dead node's last load is what it held when it died: gone.
         let held: Vec<(String, u64)> = members
             .iter()
-            .filter(|m| m.hello.role != Role::Client && m.load.objects > 0)
+            .filter(|m| {
+                m.hello.role != Role::Client
+                    && m.load.objects > 0
+                    && !matches!(m.state, MemberState::Dead | MemberState::Left)
+            })
             .map(|m| {
                 (
                     format!("{} {:?}", m.hello.node, m.hello.role),
@@ -314,6 +319,161 @@ async fn random_dags_give_the_local_answer_and_leave_no_object_behind() {
         );
     }
     rt.shutdown().await.unwrap();
+}
+
+/// What happens to a worker during a job (`chaos`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Chaos {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP for 3 s, then SIGCONT: past the detector's limit, so the
+    /// cluster handles it as dead while it still runs.
+    Stall,
+}
+
+/// A DAG without objects owned by the workers (`put` in a task) nor actors:
+/// a node's death loses those for good.
+fn survivable() -> dag::Shape {
+    dag::Shape {
+        tasks: 1_000,
+        keepers: false,
+        puts: false,
+        ..dag::Shape::default()
+    }
+}
+
+/// Runs seed `seed`'s DAG while `chaos` happens to `victim` at a random
+/// moment of it; panics unless every answer is exact.
+async fn job_through(
+    p: &LocalCluster,
+    rt: &Runtime,
+    victim: &LocalNode,
+    seed: u64,
+    chaos: Chaos,
+) -> dag::Ran {
+    let after = Duration::from_millis(dag::Rng::new(seed).range(100, 1_000));
+    let strike = async {
+        tokio::time::sleep(after).await;
+        match chaos {
+            Chaos::Kill => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &victim.pid.to_string()])
+                    .status();
+            }
+            Chaos::Stall => {
+                p.pause(victim).expect("SIGSTOP");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                p.resume(victim).expect("SIGCONT");
+            }
+        }
+    };
+    let shape = survivable();
+    let job = tokio::time::timeout(
+        Duration::from_secs(300),
+        dag::run_seed(rt, seed, &shape, &[]),
+    );
+    match tokio::join!(job, strike) {
+        (Ok(Ok(ran)), ()) => {
+            eprintln!(
+                "seed {seed}: {} tasks, {chaos:?} after {after:?}, answered in {:?}",
+                ran.tasks, ran.elapsed
+            );
+            ran
+        }
+        (Ok(Err(err)), ()) => panic!("seed {seed}, {chaos:?} after {after:?}: {err}"),
+        (Err(_), ()) => panic!("seed {seed}: not done within 5 minutes"),
+    }
+}
+
+/// A worker SIGKILLed at a random moment of a random DAG: its tasks run
+/// again elsewhere, the results it held are made again from their
+/// lineage, and every answer is exact, with nothing left behind.
+/// `TROUPE_CHAOS_SEEDS=1..=10` runs more (a fresh cluster each). Not yet
+/// always exact: a task on another node can find an argument "lost: its
+/// owner did not make it again" while its owner is still rebuilding it
+/// (being found). Opt in with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a non-owner can give up on a lost argument its owner is rebuilding"]
+async fn a_worker_killed_mid_job_leaves_every_answer_exact() {
+    let _turn = DRIVER.lock().await;
+    for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
+        let (p, _head, nodes, rt) = readme_cluster(&format!("kill-{seed}"), 3).await;
+        let ran = job_through(&p, &rt, &nodes[0], seed, Chaos::Kill).await;
+        nothing_left(&rt, seed, &nodes, &ran).await;
+        rt.shutdown().await.unwrap();
+    }
+}
+
+/// A worker stalled past the failure detector's limit (SIGSTOP for 3 s,
+/// then SIGCONT) is declared dead and fenced: what it sends on waking is
+/// dropped, and its process comes back as a new node, which takes work;
+/// a random DAG afterwards gives the exact answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_is_fenced_and_rejoins_as_a_new_node_that_takes_work() {
+    let _turn = DRIVER.lock().await;
+    let (p, _head, nodes, rt) = readme_cluster("stall", 3).await;
+    let victim = &nodes[0];
+    p.pause(victim).expect("SIGSTOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.resume(victim).expect("SIGCONT");
+    // The same process, a new node id, alive; the stalled one dead.
+    let mut again = None;
+    common::eventually("the stalled worker rejoins as a new node", || {
+        let members = ClusterNode::current()
+            .map(|c| c.members())
+            .unwrap_or_default();
+        let old_dead = members
+            .iter()
+            .any(|m| m.hello.node == victim.node && m.state == MemberState::Dead);
+        again = members
+            .iter()
+            .find(|m| {
+                m.hello.pid == victim.pid
+                    && m.hello.node != victim.node
+                    && m.state == MemberState::Alive
+            })
+            .map(|m| m.hello.node);
+        old_dead && again.is_some()
+    })
+    .await;
+    let again = again.expect("found");
+    let log = p.log_tail(victim).join("\n");
+    assert!(log.contains("the head declared this node dead"), "{log}");
+    let asked = where_am_i::options(TaskOptions::default().scheduling_strategy(
+        SchedulingStrategy::NodeAffinity {
+            node: again,
+            soft: false,
+        },
+    ))
+    .remote(&rt);
+    let there = tokio::time::timeout(Duration::from_secs(30), rt.get(&asked))
+        .await
+        .expect("within 30 s")
+        .expect("the new node runs a task");
+    assert_eq!(*there, again);
+    drop(asked);
+    let ran = dag::run_seed(&rt, 1, &survivable(), &[])
+        .await
+        .unwrap_or_else(|err| panic!("after the rejoin: {err}"));
+    nothing_left(&rt, 1, &nodes, &ran).await;
+    rt.shutdown().await.unwrap();
+}
+
+/// The stall in the middle of a job. Not yet exact: a task whose node was
+/// declared dead while it still ran can fail with "produced a result that
+/// could not be stored: … its producer was dropped without a value" (the
+/// result's completer is gone by the time the retry's answer comes; being
+/// found). Opt in with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a retry's result after a stall can find its completer dropped"]
+async fn a_worker_stalled_mid_job_leaves_every_answer_exact() {
+    let _turn = DRIVER.lock().await;
+    for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
+        let (p, _head, nodes, rt) = readme_cluster(&format!("stall-{seed}"), 3).await;
+        let ran = job_through(&p, &rt, &nodes[0], seed, Chaos::Stall).await;
+        nothing_left(&rt, seed, &nodes, &ran).await;
+        rt.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

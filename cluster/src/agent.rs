@@ -98,6 +98,14 @@ pub(crate) fn deliver(
     source: Source,
     bytes: &[u8],
 ) {
+    if let Source::Link(from) = source {
+        // A node declared dead may still be writing (it stalled, and has
+        // not heard yet): what it says no longer counts.
+        if transport.is_fenced(from) {
+            metrics::counter!("troupe_cluster_fenced_frames_total").increment(1);
+            return;
+        }
+    }
     let frame = match Frame::decode(bytes) {
         Ok(frame) => frame,
         Err(err) => {

@@ -19,10 +19,11 @@ const MAX_REQUEST: usize = 1024;
 /// Health checks answered at once.
 const MAX_OPEN: usize = 64;
 
-/// Serves `node`'s health on `addr` until the returned task is aborted.
+/// Serves the health of the node `node` holds on `addr` until the returned
+/// task is aborted (a watch: a worker that rejoins as a new node swaps it).
 pub async fn serve(
     addr: SocketAddr,
-    node: ClusterNode,
+    node: tokio::sync::watch::Receiver<ClusterNode>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -43,7 +44,7 @@ pub async fn serve(
             let Ok(slot) = open.clone().try_acquire_owned() else {
                 continue;
             };
-            let node = node.clone();
+            let node = node.borrow().clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), answer(stream, &node)).await;
                 drop(slot);
@@ -103,6 +104,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_not_in_a_cluster_is_unhealthy_and_other_paths_are_not_found() {
         let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1"));
+        let (_keep, node) = tokio::sync::watch::channel(node);
         let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node).await.unwrap();
         let answer = get(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
@@ -119,6 +121,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_bound_of_open_checks_a_connection_is_closed_and_later_ones_answered() {
         let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1"));
+        let (_keep, node) = tokio::sync::watch::channel(node);
         let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node).await.unwrap();
         let mut idle = Vec::new();
         for _ in 0..MAX_OPEN {

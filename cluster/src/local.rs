@@ -249,6 +249,18 @@ impl LocalCluster {
         }
     }
 
+    /// Stops `node`'s process (SIGSTOP) until [`resume`](Self::resume):
+    /// alive but silent, as a machine that swaps or is preempted. Killing
+    /// the cluster (its drop) ends it even while stopped.
+    pub fn pause(&self, node: &LocalNode) -> std::io::Result<()> {
+        signal(node.pid, libc::SIGSTOP)
+    }
+
+    /// Lets a [`pause`](Self::pause)d node's process run again (SIGCONT).
+    pub fn resume(&self, node: &LocalNode) -> std::io::Result<()> {
+        signal(node.pid, libc::SIGCONT)
+    }
+
     /// Runs `troupe <args>` to completion (`status`, `stop`): whether it
     /// succeeded, and its output.
     pub fn run(&self, args: &[&str]) -> std::io::Result<(bool, String)> {
@@ -339,6 +351,19 @@ pub fn this_program() -> Launcher {
         command.arg("troupe").args(args.iter().map(OsString::from));
         command
     })
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of this
+    // process.
+    #[allow(unsafe_code)]
+    let sent = unsafe { libc::kill(pid, signal) };
+    if sent == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

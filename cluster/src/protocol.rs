@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -362,6 +362,13 @@ pub enum Notice {
     ActorEnded {
         /// The actor, by the id it was first spawned with.
         actor: ActorId,
+    },
+    /// Head to a member it declared dead (the last frame it sends there):
+    /// the cluster handled this incarnation's work as lost and drops its
+    /// frames; the member leaves (a worker process rejoins as a new node).
+    Fenced {
+        /// Why it was declared dead.
+        why: String,
     },
 }
 

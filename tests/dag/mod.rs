@@ -175,6 +175,9 @@ pub struct Shape {
     pub large_max: u32,
     /// Whether keeper actor calls are mixed in.
     pub keepers: bool,
+    /// Whether some nodes put their bytes and return the ref: an object
+    /// owned by the node that ran them, lost for good with that node.
+    pub puts: bool,
     /// Planned failures, per thousand nodes.
     pub fail_per_mille: u64,
 }
@@ -187,6 +190,7 @@ impl Default for Shape {
             large: 1,
             large_max: 64 << 20,
             keepers: true,
+            puts: true,
             fail_per_mille: 30,
         }
     }
@@ -351,7 +355,7 @@ impl Dag {
                 salt: rng.next(),
                 len,
                 fail: rng.chance(shape.fail_per_mille),
-                indirect: keeper || rng.chance(200),
+                indirect: keeper || (rng.chance(200) && shape.puts),
             });
         }
         Dag { seed, nodes }

@@ -22,6 +22,7 @@ use crate::tls::{Credentials, Tls};
 use crate::{cookie, ClusterError, ADDRESS_ENV};
 
 mod job;
+mod start;
 mod state;
 pub use job::{JobArgs, JobCommand, ListJobsArgs, LogsArgs, SubmitArgs};
 pub use state::{Format, GetArgs, Kind, ListArgs, SummaryArgs, TimelineArgs};
@@ -273,7 +274,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
     };
     let result = match cli.command {
         Command::Start(args) if !args.block => start_detached(args),
-        Command::Start(args) => tokio.block_on(start_blocking(args, user_build)),
+        Command::Start(args) => tokio.block_on(start::blocking(args, user_build)),
         Command::Status(args) => tokio.block_on(status(args)),
         Command::Stop(args) => tokio.block_on(stop(args)),
         Command::Token(args) => token(args),
@@ -395,59 +396,6 @@ fn resources_of(args: &StartArgs) -> Result<Resources, ClusterError> {
         resources = resources.with(name, amount);
     }
     Ok(resources)
-}
-
-async fn start_blocking(args: StartArgs, user_build: bool) -> Result<(), ClusterError> {
-    let options = options_of(&args, user_build)?;
-    let role = options.role;
-    let node = ClusterNode::new(options);
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| if role == Role::Head { "head" } else { "node" }.to_owned());
-    let mut config = Config::default().name(name).resources(resources_of(&args)?);
-    if let Some(bytes) = args.object_store_memory {
-        config = config.objects(troupe_objects::StoreConfig::with_budget(bytes));
-    }
-    let config = node.configure(config);
-    // Up before joining, so that a probe sees 503 (not a refused
-    // connection) while the node joins.
-    let health = match args.health_port {
-        Some(port) => {
-            let addr = std::net::SocketAddr::new(args.bind, port);
-            let (_, task) = crate::health::serve(addr, node.clone())
-                .await
-                .map_err(|source| ClusterError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            Some(task)
-        }
-        None => None,
-    };
-    let rt = troupe_core::init(config)
-        .await
-        .map_err(|e| ClusterError::Start(e.to_string()))?;
-    let address = rt
-        .services()
-        .into_iter()
-        .find(|s| s.name == crate::SERVICE_NAME)
-        .and_then(|s| s.endpoint)
-        .unwrap_or_default();
-    println!("troupe: {role:?} {} up at {address}", rt.node_id());
-    let why = tokio::select! {
-        why = node.ended() => why,
-        _ = tokio::signal::ctrl_c() => "interrupted".to_owned(),
-    };
-    println!("troupe: node {} stopping: {why}", rt.node_id());
-    if let Some(task) = health {
-        task.abort();
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), rt.shutdown()).await;
-    if why.contains("lost") {
-        return Err(ClusterError::Start(why));
-    }
-    Ok(())
 }
 
 /// Starts this same program with `--block` in the background, its output

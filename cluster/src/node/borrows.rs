@@ -17,6 +17,11 @@ impl Shared {
         let (Some(rt), Some(transport)) = (self.runtime(), self.transport.get()) else {
             return;
         };
+        if register && transport.is_fenced(to) {
+            // Declared dead: its borrows already ended, and a new one would
+            // never be released.
+            return;
+        }
         let me = transport.me();
         for id in refs {
             if id.node == to {

@@ -253,6 +253,11 @@ impl Shared {
 
     fn notice(self: &Arc<Self>, from: NodeId, body: Notice) {
         match body {
+            Notice::Fenced { why } => {
+                if Some(from) == self.head.get().copied() && lock(&self.directory).is_none() {
+                    self.cut_off(format!("the head declared this node dead ({why})"));
+                }
+            }
             Notice::Heartbeat { available, load } => {
                 metrics::counter!("troupe_cluster_heartbeats_received_total", "node" => from.to_string())
                     .increment(1);

@@ -604,29 +604,12 @@ async fn member_loop(shared: Arc<Shared>) {
         let _ = transport.notify(head, Notice::Heartbeat { available, load });
         let silent = lock(&shared.last_directory).elapsed();
         if silent > head_timeout {
-            let why = format!(
+            shared.cut_off(format!(
                 "the head {head} was lost: {:?} node {} heard nothing from it for {} ms",
                 shared.options.role,
                 transport.me(),
                 silent.as_millis()
-            );
-            tracing::error!(%why, "leaving the cluster");
-            // Everything that lived elsewhere is gone for this node.
-            if let Some(rt) = shared.runtime() {
-                let others: Vec<NodeId> = read(&shared.view)
-                    .iter()
-                    .filter(|m| m.hello.node != transport.me() && m.hello.role != Role::Client)
-                    .map(|m| m.hello.node)
-                    .collect();
-                for node in others {
-                    transport.peer_down(node);
-                    rt.publish(ClusterEvent::NodeDown {
-                        node,
-                        reason: why.clone(),
-                    });
-                }
-            }
-            shared.end(why);
+            ));
             return;
         }
     }

@@ -204,6 +204,9 @@ struct Shared {
     dispatcher: dispatch::Dispatcher,
     /// Why the node stopped being part of the cluster, once it has.
     ended: watch::Sender<Option<String>>,
+    /// Whether it ended cut off (declared dead, or the head lost) rather
+    /// than stopped.
+    cut_off: std::sync::atomic::AtomicBool,
     /// What it proves to peers, once started.
     credentials: OnceLock<crate::tls::Credentials>,
     /// On the head: the number of the last directory sent.
@@ -231,6 +234,7 @@ impl ClusterNode {
                 placer: Placer::default(),
                 dispatcher: Default::default(),
                 ended: watch::channel(None).0,
+                cut_off: Default::default(),
                 credentials: OnceLock::new(),
                 directory_epoch: Default::default(),
                 incoming_directory: Mutex::new(None),
@@ -295,6 +299,14 @@ impl ClusterNode {
                 return "the node was dropped".to_owned();
             }
         }
+    }
+
+    /// Whether this node ended cut off from the cluster (the head declared
+    /// it dead, or the head was silent too long) rather than stopped: a
+    /// worker process then starts again as a new node (`troupe start`
+    /// does), since the cluster handled its work as lost.
+    pub fn was_cut_off(&self) -> bool {
+        self.shared.cut_off.load(Ordering::SeqCst)
     }
 
     /// The head's id, once joined.
@@ -419,12 +431,49 @@ impl Shared {
             Ok(blob) => Ok(blob),
             Err(DataError::Remote(err)) => Err(err),
             // Died while we pulled? Then it is lost, not a glitch.
-            Err(_) if self.member(node).is_some_and(|m| departed(&m)) => Err(lost_at(id, node)),
+            Err(_) if self.declared_dead(id, node).await => Err(lost_at(id, node)),
             Err(err) => Err(ObjectError::Fetch {
                 id,
                 reason: err.to_string(),
             }),
         }
+    }
+
+    /// After a failed pull of `id` from `node`: whether `node` died. A
+    /// process that died refuses connections and its links end at once,
+    /// before the head's verdict: while its links are down, this waits for
+    /// the verdict (bounded by the detector's limit), so that the read
+    /// becomes a recovery rather than an error. A node still connected had
+    /// a glitch (the read tries again).
+    async fn declared_dead(&self, id: ObjectId, node: NodeId) -> bool {
+        let dead_after = self
+            .options
+            .detector
+            .dead_after
+            .max(Duration::from_millis(1500));
+        let deadline = Instant::now() + dead_after * 2 + Duration::from_secs(1);
+        loop {
+            if self.member(node).is_some_and(|m| departed(&m)) {
+                break;
+            }
+            let connected = self.transport.get().is_some_and(|t| t.connected(node));
+            if connected || Instant::now() >= deadline || self.is_ended() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The view says so before the runtime has handled the death: an
+        // object of this node is marked lost (and so made again) then.
+        let owned = self.transport.get().is_some_and(|t| t.me() == id.node);
+        if let (true, Some(rt)) = (owned, self.runtime()) {
+            let marked = Instant::now() + Duration::from_secs(1);
+            while !matches!(rt.objects().failure(id), Some(ObjectError::Lost { .. }))
+                && Instant::now() < marked
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        true
     }
 
     fn end(&self, why: String) {
@@ -442,6 +491,34 @@ impl Shared {
         self.ended.borrow().is_some()
     }
 
+    /// A member cut off from the cluster (declared dead by the head, or
+    /// the head silent too long): every other node's work is gone for this
+    /// one, as if they had all died, and it stops being a member (a worker
+    /// process then rejoins as a new node: `cli/start.rs`).
+    fn cut_off(&self, why: String) {
+        if self.is_ended() {
+            return;
+        }
+        tracing::error!(%why, "cut off from the cluster: leaving it");
+        metrics::counter!("troupe_cluster_cut_off_total").increment(1);
+        if let (Some(rt), Some(transport)) = (self.runtime(), self.transport.get()) {
+            let others: Vec<NodeId> = read(&self.view)
+                .iter()
+                .filter(|m| m.hello.node != transport.me() && m.hello.role != Role::Client)
+                .map(|m| m.hello.node)
+                .collect();
+            for node in others {
+                transport.peer_down(node);
+                rt.publish(ClusterEvent::NodeDown {
+                    node,
+                    reason: why.clone(),
+                });
+            }
+        }
+        self.cut_off.store(true, Ordering::SeqCst);
+        self.end(why);
+    }
+
     /// Takes a new directory: publishes what changed to this runtime.
     fn apply_view(&self, members: Vec<Member>) {
         *lock(&self.last_directory) = Instant::now();
@@ -451,18 +528,26 @@ impl Shared {
         let was = |node: NodeId| old.iter().find(|m| m.hello.node == node);
         for m in &members {
             let node = m.hello.node;
+            if Some(node) == me && m.state == MemberState::Dead && self.head.get().copied() != me {
+                // Its Fenced notice may have been lost; the directory says
+                // the same.
+                self.cut_off("the head's directory lists this node as dead".to_owned());
+                return;
+            }
             if Some(node) == me || m.hello.role == Role::Client {
                 continue;
             }
             let departed = matches!(m.state, MemberState::Dead | MemberState::Left);
+            if departed {
+                if let Some(t) = self.transport.get() {
+                    t.fence(node, None);
+                }
+            }
             let was_departed = was(node)
                 .map(|o| matches!(o.state, MemberState::Dead | MemberState::Left))
                 .unwrap_or(false);
             let known = was(node).is_some();
             if departed && !was_departed && (known || m.state == MemberState::Dead) {
-                if let Some(t) = self.transport.get() {
-                    t.peer_down(node);
-                }
                 let reason = match m.state {
                     MemberState::Left => "left the cluster".to_owned(),
                     _ => "declared dead by the head's failure detector".to_owned(),
@@ -531,7 +616,14 @@ impl Shared {
                     tracing::warn!(%node, "node suspected")
                 }
                 Change::Recovered(node) => tracing::info!(%node, "suspected node heard from again"),
-                Change::Dead(node, why) => tracing::warn!(%node, %why, "node declared dead"),
+                Change::Dead(node, why) => {
+                    tracing::warn!(%node, %why, "node declared dead");
+                    // Told first, on its link (a stalled node reads it
+                    // when it wakes); fenced everywhere by the directory.
+                    if let Some(t) = self.transport.get() {
+                        t.fence(*node, Some(Notice::Fenced { why: why.clone() }));
+                    }
+                }
                 Change::Left(node) => tracing::info!(%node, "node left"),
             }
         }

@@ -343,15 +343,26 @@ const FETCH_TRIES: u32 = 3;
 impl Shared {
     /// One try at fetching `id`: from where it was last heard of, unless
     /// that is its owner (then the owner says where: it may hold the
-    /// value, or know where it was made); twice at most, as a result may
-    /// move from its owner to the node that made it while we ask.
+    /// value, or know where it was made); again if it moved from its owner
+    /// to the node that made it while we asked, or was lost with its node.
     async fn fetch_once(
         &self,
         id: ObjectId,
         location: Option<NodeId>,
     ) -> Result<Fetched, ObjectError> {
         let owned_here = self.transport.get().is_some_and(|t| t.me() == id.node);
-        for attempt in 0..2 {
+        // The owner may hear of a holder's death after this node did, and
+        // point at it meanwhile: asked again, until it makes the object
+        // again (or says it cannot), within the detector's limit.
+        let patience = self
+            .options
+            .detector
+            .dead_after
+            .max(Duration::from_millis(1500))
+            * 2;
+        let deadline = std::time::Instant::now() + patience;
+        let mut attempt = 0;
+        loop {
             let node = match location {
                 // The owner reads its own object from where it is kept (or
                 // from a node that may hold a copy): nobody else to ask.
@@ -359,17 +370,22 @@ impl Shared {
                 Some(node) if node != id.node && attempt == 0 => node,
                 _ => self.locate(id).await?,
             };
+            attempt += 1;
             match self.pull(id, node).await {
                 // Not there (any more), or lost with that node while its
                 // owner lives: the owner knows where it is, or makes it again.
-                Err(ObjectError::Unknown(_)) if attempt == 0 => continue,
-                Err(ObjectError::Lost { .. }) if attempt == 0 && node != id.node => continue,
+                Err(ObjectError::Unknown(_)) if attempt == 1 => continue,
+                Err(ObjectError::Lost { .. })
+                    if node != id.node
+                        && (attempt == 1 || std::time::Instant::now() < deadline) =>
+                {
+                    if attempt > 1 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
                 other => return other,
             }
         }
-        Err(ObjectError::Fetch {
-            id,
-            reason: "its owner kept pointing elsewhere".to_owned(),
-        })
     }
 }

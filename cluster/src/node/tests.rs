@@ -311,3 +311,87 @@ async fn a_node_joins_the_head_only_as_the_node_its_link_proved() {
     assert!(matches!(reply, Reply::Welcome(_)), "{reply:?}");
     h.rt.shutdown().await.expect("shut down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_the_directory_lists_as_dead_is_fenced_its_frames_dropped() {
+    // The peer is the head here: its directory declares another node dead.
+    let h = Harness::new(PEER).await;
+    let mut dead = member(NodeId(66));
+    dead.state = MemberState::Dead;
+    h.peer
+        .notify(NODE, directory(1, 0, 1, vec![member(PEER), dead]))
+        .expect("sent");
+    let transport = h.node.transport.get().expect("a transport").clone();
+    eventually("the dead node is fenced", || {
+        transport.is_fenced(NodeId(66))
+    })
+    .await;
+    assert!(
+        matches!(
+            transport.notify(NodeId(66), Notice::Probe { ids: vec![1] }),
+            Err(TransportError::NodeDied(NodeId(66)))
+        ),
+        "nothing is sent to a fenced node"
+    );
+    assert!(!transport.is_fenced(PEER) && !h.node.is_ended());
+
+    // Now the head itself is declared dead in a directory some other way
+    // would send: a fenced sender is not heard, whatever it says.
+    transport.fence(PEER, None);
+    let unanswered = tokio::time::timeout(
+        Duration::from_millis(300),
+        h.peer.request(NODE, Request::Status),
+    )
+    .await;
+    assert!(
+        !matches!(unanswered, Ok(Ok(_))),
+        "a fenced node's request was answered: {unanswered:?}"
+    );
+    h.rt.shutdown().await.expect("shut down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_the_head_fences_is_told_first_and_then_cut_off() {
+    // This node is the head: it declares the peer dead.
+    let mut h = Harness::new(NODE).await;
+    *lock(&h.node.directory) = Some(Directory::new(
+        member(NODE).hello,
+        None,
+        Detector::default(),
+        Instant::now(),
+    ));
+    h.node
+        .head_changes(vec![Change::Dead(PEER, "no heartbeat".to_owned())]);
+    let told = within("the fenced notice", h.frames.recv())
+        .await
+        .expect("a frame");
+    assert!(
+        matches!(&told, Frame::Notice { body: Notice::Fenced { why }, .. } if why == "no heartbeat"),
+        "{told:?}"
+    );
+    assert!(h.node.transport.get().expect("a transport").is_fenced(PEER));
+    h.rt.shutdown().await.expect("shut down");
+
+    // A member hearing it from a node that is not its head ignores it; from
+    // its head, it leaves the cluster, cut off.
+    let h = Harness::new(HEAD).await;
+    let fenced = Notice::Fenced {
+        why: "forged".to_owned(),
+    };
+    h.peer.notify(NODE, fenced).expect("sent");
+    assert!(matches!(h.ask(Request::Status).await, Reply::Status(_)));
+    assert!(!h.node.is_ended(), "a peer that is not the head fenced it");
+    h.rt.shutdown().await.expect("shut down");
+    let h = Harness::new(PEER).await;
+    let fenced = Notice::Fenced {
+        why: "stalled".to_owned(),
+    };
+    h.peer.notify(NODE, fenced).expect("sent");
+    eventually("the member is cut off", || h.node.is_ended()).await;
+    let node = ClusterNode {
+        shared: h.node.clone(),
+    };
+    assert!(node.was_cut_off());
+    assert!(node.ended().await.contains("stalled"));
+    h.rt.shutdown().await.expect("shut down");
+}

@@ -210,6 +210,10 @@ pub(crate) struct Transport {
     events_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
     /// Requests of peers this node works on now (those they may probe).
     working: DashMap<(NodeId, u64), ()>,
+    /// Nodes declared dead or gone (`fence`): nothing more is taken from or
+    /// sent to them. Node ids are per incarnation (a process that comes
+    /// back runs a new runtime with a new id), so a fence is never lifted.
+    fenced: DashMap<NodeId, ()>,
     lend: OnceLock<Lend>,
     timeouts: Timeouts,
     /// The runtime the cluster's I/O runs on (links, their writers).
@@ -232,6 +236,7 @@ impl Transport {
             events,
             events_rx: std::sync::Mutex::new(Some(events_rx)),
             working: DashMap::new(),
+            fenced: DashMap::new(),
             lend: OnceLock::new(),
             timeouts,
             io: tokio::runtime::Handle::current(),
@@ -340,6 +345,9 @@ impl Transport {
     /// crosses ractor_cluster); it connects, and this node connects to it
     /// when told the same.
     pub(crate) fn agent_up(&self, node: NodeId, agent: ActorRef<AgentMessage>) {
+        if self.is_fenced(node) {
+            return;
+        }
         self.update(node, |peer| {
             peer.agent = Some(agent.clone());
             ((), false)
@@ -377,6 +385,9 @@ impl Transport {
         let Some(setup) = self.link.get() else {
             return;
         };
+        if self.is_fenced(node) {
+            return;
+        }
         let credentials = setup.credentials.clone();
         self.update(node, |peer| {
             peer.link_addr = Some(addr);
@@ -454,6 +465,9 @@ impl Transport {
     /// until it connects again. A dead peer's links end at once (its
     /// kernel closes them), before the failure detector's verdict.
     pub(crate) fn inbound_link(&self, node: NodeId, serial: u64, up: bool) {
+        if up && self.is_fenced(node) {
+            return;
+        }
         self.update(node, |peer| {
             if up {
                 peer.inbound = Some(serial);
@@ -481,6 +495,39 @@ impl Transport {
         self.fail_pending(node, TransportError::NodeDied(node));
     }
 
+    /// `node` was declared dead (or left): from now on its frames are
+    /// dropped, its connections refused, nothing is sent to it, and every
+    /// request waiting on it fails (as [`peer_down`](Self::peer_down)).
+    /// `last_word` (the head telling a stalled node it was declared dead)
+    /// still goes out on the link first, flushed within a second.
+    pub(crate) fn fence(&self, node: NodeId, last_word: Option<Notice>) {
+        if node == self.me || self.fenced.insert(node, ()).is_some() {
+            return;
+        }
+        metrics::counter!("troupe_cluster_nodes_fenced_total").increment(1);
+        let outbound = last_word.and_then(|notice| {
+            let frame = Frame::Notice {
+                from: self.me,
+                body: notice,
+            };
+            let link = self.peers.get(&node).and_then(|p| p.outbound.clone())?;
+            let bytes = frame.encode().ok()?;
+            link.writer.send(&bytes).ok().map(|()| link)
+        });
+        self.peer_down(node);
+        if let Some(link) = outbound {
+            // Kept open until the notice is in the socket (or a second).
+            self.io.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), link.writer.flushed()).await;
+            });
+        }
+    }
+
+    /// Whether `node` was fenced (declared dead or gone).
+    pub(crate) fn is_fenced(&self, node: NodeId) -> bool {
+        self.fenced.contains_key(&node)
+    }
+
     /// Waits up to the connect timeout for a session and a link to `node`.
     pub(crate) async fn session(
         &self,
@@ -490,6 +537,9 @@ impl Transport {
         let mut changed = self.peers_changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if self.is_fenced(node) {
+                return Err(TransportError::NodeDied(node));
+            }
             if self.connected(node) {
                 return Ok(());
             }
@@ -515,6 +565,9 @@ impl Transport {
     /// `node` as a borrower of every object the frame carries refs to. A
     /// frame that cannot be queued closes the link (the peer sees it end).
     fn send(&self, node: NodeId, frame: &Frame) -> Result<(), TransportError> {
+        if self.is_fenced(node) {
+            return Err(TransportError::NodeDied(node));
+        }
         let bytes = frame.encode()?;
         let link = self
             .peers

@@ -1,0 +1,102 @@
+//! `troupe start --block`: a node in this process until it is stopped,
+//! and a worker's rejoining after it was cut off.
+
+use std::time::Duration;
+
+use troupe_core::Config;
+
+use super::{options_of, resources_of, StartArgs};
+use crate::protocol::Role;
+use crate::{ClusterError, ClusterNode};
+
+/// The first pause before a cut-off worker dials its head again, doubled
+/// after each failed try up to [`REJOIN_MAX_PAUSE`].
+const REJOIN_FIRST_PAUSE: Duration = Duration::from_millis(200);
+const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Runs a node until it is stopped. A worker cut off from its cluster
+/// (declared dead after a stall or a partition, or its head silent too
+/// long) has had its work handled as lost by the others: it drops its
+/// runtime and joins again as a new node, dialing the head with backoff
+/// until it answers (a head restarted at the same address included).
+pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), ClusterError> {
+    let options = options_of(&args, user_build)?;
+    let role = options.role;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| if role == Role::Head { "head" } else { "node" }.to_owned());
+    let resources = resources_of(&args)?;
+    let (current, watched) = tokio::sync::watch::channel(ClusterNode::new(options.clone()));
+    // Up before joining, so that a probe sees 503 (not a refused
+    // connection) while the node joins.
+    let health = match args.health_port {
+        Some(port) => {
+            let addr = std::net::SocketAddr::new(args.bind, port);
+            let (_, task) = crate::health::serve(addr, watched)
+                .await
+                .map_err(|source| ClusterError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            Some(task)
+        }
+        None => None,
+    };
+    let mut rejoining = false;
+    let mut pause = REJOIN_FIRST_PAUSE;
+    let result = loop {
+        let node = if rejoining {
+            let node = ClusterNode::new(options.clone());
+            current.send_replace(node.clone());
+            node
+        } else {
+            current.borrow().clone()
+        };
+        let mut config = Config::default()
+            .name(name.clone())
+            .resources(resources.clone());
+        if let Some(bytes) = args.object_store_memory {
+            config = config.objects(troupe_objects::StoreConfig::with_budget(bytes));
+        }
+        let rt = match troupe_core::init(node.configure(config)).await {
+            Ok(rt) => rt,
+            Err(err) if rejoining => {
+                println!("troupe: the head does not take this node back yet ({err}); trying again in {} ms", pause.as_millis());
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::signal::ctrl_c() => break Ok(()),
+                }
+                pause = (pause * 2).min(REJOIN_MAX_PAUSE);
+                continue;
+            }
+            Err(err) => break Err(ClusterError::Start(err.to_string())),
+        };
+        pause = REJOIN_FIRST_PAUSE;
+        let address = rt
+            .services()
+            .into_iter()
+            .find(|s| s.name == crate::SERVICE_NAME)
+            .and_then(|s| s.endpoint)
+            .unwrap_or_default();
+        println!("troupe: {role:?} {} up at {address}", rt.node_id());
+        let (why, interrupted) = tokio::select! {
+            why = node.ended() => (why, false),
+            _ = tokio::signal::ctrl_c() => ("interrupted".to_owned(), true),
+        };
+        println!("troupe: node {} stopping: {why}", rt.node_id());
+        let _ = tokio::time::timeout(Duration::from_secs(10), rt.shutdown()).await;
+        if interrupted || role == Role::Head || !node.was_cut_off() {
+            break Ok(());
+        }
+        println!(
+            "troupe: node {} was cut off from its cluster; joining again as a new node",
+            rt.node_id()
+        );
+        rejoining = true;
+    };
+    if let Some(task) = health {
+        task.abort();
+    }
+    result
+}
