@@ -831,6 +831,35 @@ async fn a_cancelled_put_stops_counting_as_a_waiter() {
 }
 
 #[tokio::test]
+async fn a_fetch_in_flight_from_a_node_that_dies_fails_as_lost_at_once_for_its_owner() {
+    let holder = store();
+    let owner = store();
+    owner.set_directory(Arc::new(Peers::new(vec![holder.clone()])));
+    // A result of this node, kept on the holder, which never finishes it:
+    // the fetch waits there.
+    let id = owner.new_id();
+    let (_kept, _never) = holder.pending_at::<u64>(id).unwrap();
+    let ours = owner.remote::<u64>(id, Some(holder.node()));
+    let reader = owner.clone();
+    let read = tokio::spawn(async move { reader.get(&ours).await });
+    troupe_test_kit::eventually("the fetch is in flight", || {
+        owner.inner.fetching_from.contains_key(&id)
+    })
+    .await;
+    assert_eq!(
+        owner.node_died(holder.node()),
+        vec![id],
+        "lost here, to make again"
+    );
+    let read = troupe_test_kit::within("the read", read).await.unwrap();
+    match read {
+        Err(ObjectError::Lost { node, .. }) => assert_eq!(node, holder.node()),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(owner.inner.fetching_from.is_empty());
+}
+
+#[tokio::test]
 async fn a_dead_node_loses_the_results_this_node_kept_there_and_sends_others_to_their_owner() {
     let owner = store();
     let reader = store();

@@ -351,16 +351,12 @@ impl Shared {
         location: Option<NodeId>,
     ) -> Result<Fetched, ObjectError> {
         let owned_here = self.transport.get().is_some_and(|t| t.me() == id.node);
-        // The owner may hear of a holder's death after this node did, and
-        // point at it meanwhile: asked again, until it makes the object
-        // again (or says it cannot), within the detector's limit.
-        let patience = self
-            .options
-            .detector
-            .dead_after
-            .max(Duration::from_millis(1500))
-            * 2;
-        let deadline = std::time::Instant::now() + patience;
+        // The owner decides whether an object is lost, not a reader: it may
+        // hear of a holder's death after this node did, and point at it
+        // meanwhile; it is asked again until it makes the object again (its
+        // `Locate` answers once made) or says it cannot, within a control
+        // request's patience.
+        let deadline = std::time::Instant::now() + self.options.request_timeout;
         let mut attempt = 0;
         loop {
             let node = match location {

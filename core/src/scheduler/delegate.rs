@@ -148,25 +148,33 @@ impl Scheduler {
         )
         .entered();
         tracing::debug!("sent to another node");
+        let queued_attempt = queued.attempt;
         task.attempt.store(queued.attempt, Ordering::Release);
         *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
         task.delegated.store(true, Ordering::Release);
         self.lock().delegated(queued, node);
         metrics::counter!("troupe_tasks_delegated_total").increment(1);
         let scheduler = Arc::downgrade(self);
+        let attempt = queued_attempt;
         remote.run_task_then(
             node,
             spec,
             &self.tokio,
             Box::new(move |outcome| {
                 if let Some(scheduler) = scheduler.upgrade() {
-                    scheduler.delegated_ended(id, task, outcome);
+                    scheduler.delegated_ended(id, attempt, task, outcome);
                 }
             }),
         );
     }
 
-    fn delegated_ended(self: &Arc<Self>, id: TaskId, task: Arc<Task>, outcome: RemoteOutcome) {
+    fn delegated_ended(
+        self: &Arc<Self>,
+        id: TaskId,
+        attempt: u32,
+        task: Arc<Task>,
+        outcome: RemoteOutcome,
+    ) {
         if let RemoteOutcome::Refused(why) = &outcome {
             let node = *task.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
             tracing::warn!(task = %id, ?node, %why, "a node refused a task; placing it elsewhere");
@@ -177,7 +185,7 @@ impl Scheduler {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(node);
             }
-            let actions = self.lock().delegated_refused(id);
+            let actions = self.lock().delegated_refused(id, attempt);
             self.perform(actions);
             return;
         }
@@ -189,7 +197,9 @@ impl Scheduler {
             RemoteOutcome::Failed(failure) => Outcome::Failed(failure),
             RemoteOutcome::Refused(_) => return,
         };
-        let actions = self.lock().delegated_ended(id, outcome, &self.settled());
+        let actions = self
+            .lock()
+            .delegated_ended(id, attempt, outcome, &self.settled());
         self.perform(actions);
     }
 

@@ -272,16 +272,30 @@ impl<P: Payload, W> State<P, W> {
         self.delegated.insert(queued.task.id(), (queued, node));
     }
 
-    /// A task that ran on another node ended.
+    /// Whether `id`'s attempt `attempt` is the one running on another node
+    /// now (an earlier one may end after a retry replaced it: its node's
+    /// death is told both by the transport and by the directory).
+    fn is_delegated(&self, id: TaskId, attempt: u32) -> bool {
+        self.delegated
+            .get(&id)
+            .is_some_and(|(queued, _)| queued.attempt == attempt)
+    }
+
+    /// Attempt `attempt` of a task that ran on another node ended (an
+    /// attempt that is not the current one any more changes nothing).
     pub(crate) fn delegated_ended(
         &mut self,
         id: TaskId,
+        attempt: u32,
         outcome: Outcome,
         settled: &Avail<'_>,
     ) -> Actions<P, W> {
         let mut actions = Actions::default();
+        if !self.is_delegated(id, attempt) {
+            return actions; // cancelled, or retried, meanwhile
+        }
         let Some((queued, _)) = self.delegated.remove(&id) else {
-            return actions; // cancelled meanwhile
+            return actions;
         };
         // A retry is placed afresh: the node it ran on may be gone.
         if let Some(again) = self.attempt_ended(queued, outcome, &mut actions) {
@@ -294,8 +308,11 @@ impl<P: Payload, W> State<P, W> {
     /// The node a task was sent to cannot run it (another build: no such
     /// function there): the same attempt goes back to the placement hook,
     /// which knows to avoid that node.
-    pub(crate) fn delegated_refused(&mut self, id: TaskId) -> Actions<P, W> {
+    pub(crate) fn delegated_refused(&mut self, id: TaskId, attempt: u32) -> Actions<P, W> {
         let mut actions = Actions::default();
+        if !self.is_delegated(id, attempt) {
+            return actions;
+        }
         if let Some((queued, _)) = self.delegated.remove(&id) {
             actions.place.push(queued);
         }
@@ -304,15 +321,16 @@ impl<P: Payload, W> State<P, W> {
 
     /// Tasks running on a node that died: each fails as its attempt would.
     pub(crate) fn node_died(&mut self, node: NodeId, settled: &Avail<'_>) -> Actions<P, W> {
-        let ids: Vec<TaskId> = self
+        let ids: Vec<(TaskId, u32)> = self
             .delegated
             .iter()
             .filter(|(_, (_, at))| *at == node)
-            .map(|(id, _)| *id)
+            .map(|(id, (queued, _))| (*id, queued.attempt))
             .collect();
         let mut actions = Actions::default();
-        for id in ids {
-            let more = self.delegated_ended(id, Outcome::Failed(Failure::NodeDied(node)), settled);
+        for (id, attempt) in ids {
+            let died = Outcome::Failed(Failure::NodeDied(node));
+            let more = self.delegated_ended(id, attempt, died, settled);
             actions.merge(more);
         }
         actions

@@ -145,7 +145,7 @@ impl ObjectStore {
             {
                 if at == node {
                     if id.node == node || id.node == self.inner.node {
-                        lost.push(id);
+                        lost.push((id, None));
                     } else {
                         relocate.push(id);
                     }
@@ -154,6 +154,37 @@ impl ObjectStore {
             if id.node == node {
                 // Its owner is gone: nobody to give credits back to.
                 entry.credits = 0;
+            }
+        }
+        // Fetches from it in flight: what they would find, at once.
+        let fetching: Vec<(ObjectId, u64)> = self
+            .inner
+            .fetching_from
+            .iter()
+            .filter(|e| e.value().1 == node)
+            .map(|e| (*e.key(), e.value().0))
+            .collect();
+        for (id, token) in fetching {
+            self.inner.fetching_from.remove(&id);
+            let in_flight =
+                self.inner.objects.get(&id).is_some_and(
+                    |e| matches!(e.state, State::Pending { fetch, .. } if fetch == token),
+                );
+            if in_flight {
+                if id.node == node || id.node == self.inner.node {
+                    lost.push((id, Some(token)));
+                } else {
+                    // Its owner knows where else it is (or makes it again).
+                    self.inner.settle_from(
+                        id,
+                        token,
+                        State::Remote {
+                            location: None,
+                            failed: None,
+                        },
+                        0,
+                    );
+                }
             }
         }
         for id in orphans {
@@ -168,7 +199,7 @@ impl ObjectStore {
             }
         }
         let mut own = Vec::new();
-        for id in lost {
+        for (id, fetch) in lost {
             let error = if id.node == node {
                 ObjectError::owner_died(id)
             } else {
@@ -179,7 +210,10 @@ impl ObjectStore {
                     why: "this node, its owner, could not make it again".to_owned(),
                 }
             };
-            self.inner.settle_remote(id, State::failed(error));
+            match fetch {
+                Some(token) => self.inner.settle_from(id, token, State::failed(error), 0),
+                None => self.inner.settle_remote(id, State::failed(error)),
+            }
         }
         own
     }

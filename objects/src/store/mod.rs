@@ -112,6 +112,11 @@ pub(crate) struct Inner {
     room: Notify,
     /// Tokens of fetches (0 is a producer here).
     pub(crate) fetches: AtomicU64,
+    /// Fetches in flight from a known holder (the fetch's token, the
+    /// holder): a holder's death fails them as lost at once
+    /// (`node_died`), as it does objects it holds, so that their owner
+    /// makes them again.
+    pub(crate) fetching_from: DashMap<ObjectId, (u64, NodeId), crate::IdHashing>,
     /// Puts waiting for room: frees notify only when there are some (a
     /// notify takes a lock; most frees have no one to tell).
     pub(crate) room_waiters: AtomicUsize,
@@ -464,6 +469,7 @@ impl ObjectStore {
                 spill_wanted: Notify::new(),
                 room: Notify::new(),
                 fetches: AtomicU64::new(1),
+                fetching_from: DashMap::default(),
                 room_waiters: AtomicUsize::new(0),
                 room_wanted: AtomicU64::new(0),
                 spillers: AtomicUsize::new(0),

@@ -343,9 +343,16 @@ impl ObjectStore {
             };
             (token, entry.kind, location)
         };
+        if let Some(holder) = location {
+            self.inner.fetching_from.insert(id, (token, holder));
+        }
         let store = self.clone();
         let fetch = async move {
             let fetched = directory.fetch(id, location).await;
+            store
+                .inner
+                .fetching_from
+                .remove_if(&id, |_, (fetch, _)| *fetch == token);
             let result = match fetched {
                 Ok(fetched) => store.materialize(id, kind, fetched).await,
                 Err(err) => Err(err),

@@ -166,7 +166,7 @@ fn a_task_that_may_leave_is_offered_to_placement_only_once_its_arguments_are_mad
     // Made on node 3: the dependent goes to the hook, and nothing is
     // fetched here for it.
     settled.1.insert(a.results[0]);
-    let actions = s.delegated_ended(a.id, Outcome::Done, &settled.f());
+    let actions = s.delegated_ended(a.id, 1, Outcome::Done, &settled.f());
     assert_eq!(actions.place.len(), 1);
     assert_eq!(actions.place[0].task.id, b.id);
     assert!(actions.watch.is_empty());
@@ -202,7 +202,13 @@ fn spillback_happens_when_a_ready_task_does_not_fit_here() {
         },
         NodeId(5),
     );
-    let again = s.delegated_refused(task(3, cpus(1), vec![]).id);
+    assert!(
+        s.delegated_refused(task(3, cpus(1), vec![]).id, 1)
+            .place
+            .is_empty(),
+        "an earlier attempt's refusal"
+    );
+    let again = s.delegated_refused(task(3, cpus(1), vec![]).id, 2);
     assert_eq!(again.place.len(), 1);
     assert_eq!(again.place[0].attempt, 2, "a refusal is not an attempt");
 }
@@ -583,4 +589,39 @@ proptest! {
         }
         prop_assert_eq!(s.free().cpus, 3000, "everything given back");
     }
+}
+
+#[test]
+fn an_attempt_replaced_by_a_retry_ends_without_touching_the_retry() {
+    // Node 3 dies: the directory's verdict retries the attempt there; the
+    // transport's failure of the same attempt comes after, and must not end
+    // (and retry again) the attempt that replaced it on node 4.
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let mut t = task(1, cpus(1), vec![]);
+    t.retry.max_retries = 3;
+    let _ = s.submit_routed(t.clone(), Route::Placed, &settled.f());
+    let queued = |attempt| Queued {
+        task: t.clone(),
+        attempt,
+        route: Route::Placed,
+    };
+    s.delegated(queued(1), NodeId(3));
+    let retried = s.node_died(NodeId(3), &settled.f());
+    assert_eq!(retried.place.len(), 1);
+    assert_eq!(retried.place[0].attempt, 2);
+    s.delegated(queued(2), NodeId(4));
+    let stale = s.delegated_ended(
+        t.id,
+        1,
+        Outcome::Failed(Failure::NodeDied(NodeId(3))),
+        &settled.f(),
+    );
+    assert!(
+        stale.place.is_empty() && stale.give_up.is_empty() && stale.retried.is_empty(),
+        "the replaced attempt's end changed the retry"
+    );
+    let done = s.delegated_ended(t.id, 2, Outcome::Done, &settled.f());
+    assert!(done.place.is_empty());
+    assert_eq!(s.counts().running + s.counts().queued, 0);
 }
