@@ -385,6 +385,37 @@ async fn run(filters: Vec<String>) {
             "s",
         );
     }
+    if wanted(&filters, "rejoin_after_stall_s") {
+        // A node stopped (SIGSTOP) past the detector's limit, then let run
+        // again: from SIGCONT until its process is a live member again (a
+        // new node: it was declared dead and fenced meanwhile).
+        let victim =
+            tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to stall");
+        wait_for("the victim", || alive_nodes() == 4).await;
+        cluster.pause(&victim).expect("SIGSTOP");
+        wait_for("the victim declared dead", || {
+            ClusterNode::current().is_some_and(|c| {
+                c.members()
+                    .iter()
+                    .any(|m| m.hello.node == victim.node && m.state == MemberState::Dead)
+            })
+        })
+        .await;
+        let resumed = Instant::now();
+        cluster.resume(&victim).expect("SIGCONT");
+        wait_for("the victim back as a new node", || {
+            alive_nodes() == 4
+                && ClusterNode::current().is_some_and(|c| {
+                    c.members().iter().any(|m| {
+                        m.hello.pid == victim.pid
+                            && m.hello.node != victim.node
+                            && m.state == MemberState::Alive
+                    })
+                })
+        })
+        .await;
+        print("rejoin_after_stall_s", resumed.elapsed().as_secs_f64(), "s");
+    }
     if let Some(minutes) = std::env::var("TROUPE_BENCH_IDLE_MINUTES")
         .ok()
         .and_then(|m| m.parse::<u64>().ok())
@@ -430,7 +461,46 @@ async fn run(filters: Vec<String>) {
     if let Some(rss) = harness::rss_bytes() {
         print("driver_rss_mib", rss / (1 << 20) as f64, "MiB");
     }
+    let workers = alive_nodes().saturating_sub(1);
     rt.shutdown().await.expect("shutdown");
+    if wanted(&filters, "head_restart_recovered_s") && !with_tls() {
+        // The head SIGKILLed and started again at its address: from the
+        // kill until `troupe status` lists every worker process again.
+        let port = head.address.rsplit(':').next().expect("a port").to_owned();
+        let killed = Instant::now();
+        tokio::task::block_in_place(|| cluster.kill(&head));
+        let args = [
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--port",
+            &port,
+        ];
+        let head = tokio::task::block_in_place(|| cluster.start_with(&this_program(), &args))
+            .expect("the head starts again");
+        let all = format!("{} nodes ({} alive)", workers + 1, workers + 1);
+        loop {
+            let (ok, status) = tokio::task::block_in_place(|| {
+                cluster.run(&["status", "--address", &head.address])
+            })
+            .expect("troupe status runs");
+            if ok && status.contains(&all) {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "not every worker rejoined the restarted head: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        print(
+            "head_restart_recovered_s",
+            killed.elapsed().as_secs_f64(),
+            "s",
+        );
+    }
 }
 
 /// CPU seconds and resident memory of a process (Linux).

@@ -474,6 +474,67 @@ async fn a_worker_stalled_mid_job_leaves_every_answer_exact() {
     }
 }
 
+/// The head SIGKILLed and started again at the same address: every worker
+/// process rejoins it as a new node (the work of the old cluster was lost
+/// with its head) within seconds, and a new driver's tasks run on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_rejoin_a_head_restarted_at_the_same_address() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("head-restart");
+    let troupe = binary(env!("CARGO_BIN_EXE_troupe"));
+    let port = troupe::cluster::local::free_port()
+        .expect("a free port")
+        .to_string();
+    let head_args = ["start", "--head", "--block", "--port", port.as_str()];
+    let head = p.start_with(&troupe, &head_args).expect("the head starts");
+    let workers: Vec<LocalNode> = (0..2)
+        .map(|_| {
+            p.worker(&head, &["--num-cpus", "2"])
+                .expect("a worker starts")
+        })
+        .collect();
+    p.kill(&head);
+    let killed = std::time::Instant::now();
+    let head = p
+        .start_with(&troupe, &head_args)
+        .expect("the head starts again at the same address");
+    let rt = join_as_driver(&p, &head).await;
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+    let mut back = Vec::new();
+    common::eventually("every worker process rejoins the new head", || {
+        back = ClusterNode::current()
+            .map(|c| c.members())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.state == MemberState::Alive && pids.contains(&m.hello.pid))
+            .map(|m| m.hello.node)
+            .collect();
+        back.len() == workers.len()
+    })
+    .await;
+    eprintln!("every worker back {:?} after the kill", killed.elapsed());
+    for worker in &workers {
+        assert!(
+            !back.contains(&worker.node),
+            "{} came back under its old id",
+            worker.node
+        );
+    }
+    for node in back {
+        let asked = where_am_i::options(
+            TaskOptions::default()
+                .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false }),
+        )
+        .remote(&rt);
+        let there = tokio::time::timeout(Duration::from_secs(30), rt.get(&asked))
+            .await
+            .expect("within 30 s")
+            .expect("the rejoined worker runs a task");
+        assert_eq!(*there, node);
+    }
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_from_the_troupe_binary_is_never_given_a_task() {
     let _turn = DRIVER.lock().await;

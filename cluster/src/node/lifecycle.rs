@@ -584,6 +584,9 @@ async fn member_loop(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(detector.heartbeat);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
+    // Since when no session and links to the head are up: a head that
+    // died (or restarted) closed them, which a busy one does not.
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         interval.tick().await;
         if shared.is_ended() {
@@ -595,6 +598,7 @@ async fn member_loop(shared: Arc<Shared>) {
         last_tick = Instant::now();
         if stalled > detector.suspect_after {
             *lock(&shared.last_directory) = Instant::now();
+            unreachable_since = None;
         }
         let (Some(transport), Some(head)) = (shared.transport.get(), shared.head.get().copied())
         else {
@@ -602,6 +606,18 @@ async fn member_loop(shared: Arc<Shared>) {
         };
         let (available, load) = shared.load();
         let _ = transport.notify(head, Notice::Heartbeat { available, load });
+        if transport.connected(head) {
+            unreachable_since = None;
+        } else {
+            let since = *unreachable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > detector.dead_after {
+                shared.cut_off(format!(
+                    "the head {head} was lost: its connections closed {} ms ago and did not come back",
+                    since.elapsed().as_millis()
+                ));
+                return;
+            }
+        }
         let silent = lock(&shared.last_directory).elapsed();
         if silent > head_timeout {
             shared.cut_off(format!(
