@@ -25,6 +25,7 @@ use troupe::cluster::local::{this_program, LocalCluster};
 use troupe::cluster::{ClusterNode, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
+use troupe::SchedulingStrategy;
 
 #[troupe::remote]
 fn noop() -> u8 {
@@ -34,6 +35,11 @@ fn noop() -> u8 {
 #[troupe::remote]
 fn bytes(n: usize) -> Vec<u8> {
     vec![7u8; n]
+}
+
+#[troupe::remote]
+fn len_of(bytes: Vec<u8>) -> usize {
+    bytes.len()
 }
 
 /// An actor for the remote call loops.
@@ -279,11 +285,10 @@ async fn run(filters: Vec<String>) {
         print("remote_tasks_async_per_s", rate, "tasks/s");
     }
     if wanted(&filters, "remote_actor_calls") {
-        let on_a =
-            ActorOptions::new().scheduling_strategy(troupe::SchedulingStrategy::NodeAffinity {
-                node: a.node,
-                soft: false,
-            });
+        let on_a = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: a.node,
+            soft: false,
+        });
         let echo = Echo::remote(&rt, on_a)
             .new()
             .await
@@ -415,6 +420,81 @@ async fn run(filters: Vec<String>) {
         })
         .await;
         print("rejoin_after_stall_s", resumed.elapsed().as_secs_f64(), "s");
+    }
+    if wanted(&filters, "reconstruct_100mb_s") {
+        // 100 MB made by a task on a node that is then SIGKILLed: from the
+        // driver's `get` (after the death is known) to the value, made again
+        // from its lineage on another node and pulled here; beside it, the
+        // same task's first run and pull, for the ratio.
+        let victim =
+            tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
+        wait_for("the victim", || alive_nodes() == 4).await;
+        let there = TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: victim.node,
+            soft: true,
+        });
+        let first = Instant::now();
+        let warm = bytes::options(there.clone()).remote(&rt, 100 << 20);
+        drop(rt.get(&warm).await.expect("100 MB"));
+        let first_run = first.elapsed().as_secs_f64();
+        drop(warm);
+        let made = bytes::options(there).remote(&rt, 100 << 20);
+        // Known made there once a task there read it (`wait` would pull
+        // it here).
+        let on_victim =
+            TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+                node: victim.node,
+                soft: false,
+            });
+        let read = len_of::options(on_victim).remote(&rt, &made);
+        assert_eq!(*rt.get(&read).await.expect("read there"), 100 << 20);
+        let mut events = rt.cluster_events();
+        tokio::task::block_in_place(|| cluster.kill(&victim));
+        loop {
+            match events.recv().await {
+                Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => break,
+                Ok(_) => {}
+                Err(err) => panic!("events: {err}"),
+            }
+        }
+        let asked = Instant::now();
+        let value = rt.get(&made).await.expect("made again");
+        let rebuilt = asked.elapsed().as_secs_f64();
+        assert_eq!(value.len(), 100 << 20);
+        print("reconstruct_100mb_s", rebuilt, "s");
+        print("reconstruct_100mb_vs_first_run", rebuilt / first_run, "x");
+    }
+    if wanted(&filters, "actor_restarted_elsewhere_s") {
+        // An actor (max_restarts 1) on a node that is SIGKILLed: from the
+        // kill to the first call answered by its restart on another node.
+        let victim =
+            tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
+        wait_for("the victim", || alive_nodes() >= 4).await;
+        let options = ActorOptions::new().max_restarts(1).scheduling_strategy(
+            SchedulingStrategy::NodeAffinity {
+                node: victim.node,
+                soft: true,
+            },
+        );
+        let echo = Echo::remote(&rt, options).new().await.expect("spawned");
+        assert_eq!(echo.ping(1).await.expect("answers"), 1);
+        let killed = Instant::now();
+        tokio::task::block_in_place(|| cluster.kill(&victim));
+        loop {
+            if echo.ping(2).await.is_ok() {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "the actor was never restarted elsewhere"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        print(
+            "actor_restarted_elsewhere_s",
+            killed.elapsed().as_secs_f64(),
+            "s",
+        );
     }
     if let Some(minutes) = std::env::var("TROUPE_BENCH_IDLE_MINUTES")
         .ok()

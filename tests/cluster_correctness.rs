@@ -329,6 +329,8 @@ enum Chaos {
     /// SIGSTOP for 3 s, then SIGCONT: past the detector's limit, so the
     /// cluster handles it as dead while it still runs.
     Stall,
+    /// SIGKILL, then a second worker 1 to 2 s later.
+    KillTwo,
 }
 
 /// A DAG without objects owned by the workers (`put` in a task) nor actors:
@@ -346,23 +348,34 @@ fn survivable() -> dag::Shape {
     }
 }
 
-/// Runs seed `seed`'s DAG while `chaos` happens to `victim` at a random
-/// moment of it; panics unless every answer is exact.
+fn sigkill(node: &LocalNode) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &node.pid.to_string()])
+        .status();
+}
+
+/// Runs seed `seed`'s DAG while `chaos` happens to `nodes[0]` (and
+/// `nodes[1]`) at a random moment of it; panics unless every answer is
+/// exact.
 async fn job_through(
     p: &LocalCluster,
     rt: &Runtime,
-    victim: &LocalNode,
+    nodes: &[LocalNode],
     seed: u64,
     chaos: Chaos,
 ) -> dag::Ran {
-    let after = Duration::from_millis(dag::Rng::new(seed).range(100, 1_000));
+    let mut rng = dag::Rng::new(seed);
+    let after = Duration::from_millis(rng.range(100, 1_000));
+    let then = Duration::from_millis(rng.range(1_000, 2_000));
+    let victim = &nodes[0];
     let strike = async {
         tokio::time::sleep(after).await;
         match chaos {
-            Chaos::Kill => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &victim.pid.to_string()])
-                    .status();
+            Chaos::Kill => sigkill(victim),
+            Chaos::KillTwo => {
+                sigkill(victim);
+                tokio::time::sleep(then).await;
+                sigkill(&nodes[1]);
             }
             Chaos::Stall => {
                 p.pause(victim).expect("SIGSTOP");
@@ -399,7 +412,7 @@ async fn a_worker_killed_mid_job_leaves_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=2) {
         let (p, _head, nodes, rt) = readme_cluster(&format!("kill-{seed}"), 3).await;
-        let ran = job_through(&p, &rt, &nodes[0], seed, Chaos::Kill).await;
+        let ran = job_through(&p, &rt, &nodes, seed, Chaos::Kill).await;
         nothing_left(&rt, seed, &nodes, &ran).await;
         rt.shutdown().await.unwrap();
     }
@@ -460,6 +473,19 @@ async fn a_stalled_worker_is_fenced_and_rejoins_as_a_new_node_that_takes_work() 
     rt.shutdown().await.unwrap();
 }
 
+/// The same with two workers of three SIGKILLed one after the other (1 to
+/// 2 s apart): the last one does all the work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_killed_one_after_the_other_leave_every_answer_exact() {
+    let _turn = DRIVER.lock().await;
+    for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
+        let (p, _head, nodes, rt) = readme_cluster(&format!("kill-two-{seed}"), 3).await;
+        let ran = job_through(&p, &rt, &nodes, seed, Chaos::KillTwo).await;
+        nothing_left(&rt, seed, &nodes, &ran).await;
+        rt.shutdown().await.unwrap();
+    }
+}
+
 /// The same with a worker stalled (SIGSTOP 3 s, SIGCONT) at a random moment:
 /// it is handled as dead while it still runs, and what it sends on waking
 /// changes nothing.
@@ -468,7 +494,7 @@ async fn a_worker_stalled_mid_job_leaves_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=2) {
         let (p, _head, nodes, rt) = readme_cluster(&format!("stall-{seed}"), 3).await;
-        let ran = job_through(&p, &rt, &nodes[0], seed, Chaos::Stall).await;
+        let ran = job_through(&p, &rt, &nodes, seed, Chaos::Stall).await;
         nothing_left(&rt, seed, &nodes, &ran).await;
         rt.shutdown().await.unwrap();
     }

@@ -13,6 +13,10 @@ use super::Runtime;
 use crate::lineage::Start;
 use crate::spec::{TaskArgs, TaskSpec};
 
+/// How many times one recovery makes an object again that keeps being lost
+/// (each a task attempt, within its `max_retries`).
+const MAX_RECOVERY_ROUNDS: usize = 8;
+
 impl Runtime {
     /// Makes `id` again if it is an object of this node lost with the node
     /// that held its copy, and resolves once it is here again or made again
@@ -56,11 +60,24 @@ impl Runtime {
                     return Err(ObjectError::ProducerDropped(id));
                 };
                 let rt = Runtime { inner };
-                let result = if rt.another_copy(id).await {
-                    Ok(())
-                } else {
-                    rt.rebuild(id).await
-                };
+                // What was made again may be lost again (its new node died
+                // too): made once more, while its task has attempts left
+                // (the lineage says when they are spent).
+                let mut result = Err(ObjectError::ProducerDropped(id));
+                for _ in 0..MAX_RECOVERY_ROUNDS {
+                    result = if rt.another_copy(id).await {
+                        Ok(())
+                    } else {
+                        rt.rebuild(id).await
+                    };
+                    let lost_again = matches!(result, Err(ObjectError::Lost { .. }))
+                        && matches!(rt.inner.objects.failure(id), Some(ObjectError::Lost { .. }));
+                    if !lost_again {
+                        break;
+                    }
+                    metrics::counter!("troupe_lineage_lost_again_total").increment(1);
+                    tracing::info!(object = %id, "made again, and lost again: once more");
+                }
                 rt.inner.scheduler.lineage().recovered(id);
                 result
             })
