@@ -14,7 +14,8 @@ use troupe_serve::{DeploymentOptions, ReplicaState, ServeOptions, ServeStatus};
 use troupe_test_kit::{eventually, within};
 
 fn json(reply: &client::Reply) -> serde_json::Value {
-    serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", reply.text()))
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", reply.text()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +24,11 @@ async fn routes_by_longest_path_prefix() {
     for (name, prefix) in [("a", "/a"), ("ab", "/a/b"), ("root", "/")] {
         let tag: &'static str = name;
         serve
-            .deploy(name, DeploymentOptions::new().route_prefix(prefix), move || Tagged(tag))
+            .deploy(
+                name,
+                DeploymentOptions::new().route_prefix(prefix),
+                move || Tagged(tag),
+            )
             .await
             .expect("deploys");
     }
@@ -36,13 +41,18 @@ async fn routes_by_longest_path_prefix() {
         ("/ab", "root"),
         ("/", "root"),
     ] {
-        let reply = within("a request", conn.post(path, "[1, 2]")).await.expect("answered");
+        let reply = within("a request", conn.post(path, "[1, 2]"))
+            .await
+            .expect("answered");
         assert_eq!(reply.status, 200, "{path}: {}", reply.text());
         assert_eq!(json(&reply)["tag"], tag, "{path}");
         assert_eq!(json(&reply)["echo"], serde_json::json!([1, 2]));
     }
     let routes = json(&conn.get("/-/routes").await.expect("routes"));
-    assert_eq!(routes, serde_json::json!({"/a/b": "ab", "/a": "a", "/": "root"}));
+    assert_eq!(
+        routes,
+        serde_json::json!({"/a/b": "ab", "/a": "a", "/": "root"})
+    );
     stop(rt, serve).await;
 }
 
@@ -50,14 +60,22 @@ async fn routes_by_longest_path_prefix() {
 async fn unknown_paths_are_404_and_taken_prefixes_are_refused() {
     let (rt, serve, addr) = start(ServeOptions::new()).await;
     serve
-        .deploy("echo", DeploymentOptions::new().route_prefix("/echo"), || Echo)
+        .deploy(
+            "echo",
+            DeploymentOptions::new().route_prefix("/echo"),
+            || Echo,
+        )
         .await
         .expect("deploys");
     let reply = client::post(addr, "/echoes", "1").await.expect("answered");
     assert_eq!(reply.status, 404);
     assert_eq!(json(&reply)["kind"], "no_route");
     let taken = serve
-        .deploy("other", DeploymentOptions::new().route_prefix("/echo"), || Echo)
+        .deploy(
+            "other",
+            DeploymentOptions::new().route_prefix("/echo"),
+            || Echo,
+        )
         .await;
     assert!(
         matches!(taken, Err(troupe_serve::ServeError::RouteTaken { ref owner, .. }) if owner == "echo"),
@@ -71,9 +89,13 @@ async fn a_malformed_body_is_a_400_naming_the_problem() {
     let (rt, serve, addr) = start(ServeOptions::new()).await;
     let armed = Arc::new(AtomicBool::new(false));
     serve
-        .deploy("orders", DeploymentOptions::new().route_prefix("/orders"), move || Fragile {
-            armed: armed.clone(),
-        })
+        .deploy(
+            "orders",
+            DeploymentOptions::new().route_prefix("/orders"),
+            move || Fragile {
+                armed: armed.clone(),
+            },
+        )
         .await
         .expect("deploys");
     let mut conn = Conn::connect(addr).await.expect("connects");
@@ -82,14 +104,29 @@ async fn a_malformed_body_is_a_400_naming_the_problem() {
     let body = json(&reply);
     assert_eq!(body["kind"], "bad_body");
     let message = body["error"].as_str().expect("a message");
-    assert!(message.contains("EOF while parsing") && message.contains("line 1 column 7"), "{message}");
-    let reply = conn.post("/orders", r#"{"x": "one"}"#).await.expect("answered");
+    assert!(
+        message.contains("EOF while parsing") && message.contains("line 1 column 7"),
+        "{message}"
+    );
+    let reply = conn
+        .post("/orders", r#"{"x": "one"}"#)
+        .await
+        .expect("answered");
     assert_eq!(reply.status, 400);
-    assert!(json(&reply)["error"].as_str().expect("a message").contains("invalid type: string \"one\", expected i64"));
+    assert!(json(&reply)["error"]
+        .as_str()
+        .expect("a message")
+        .contains("invalid type: string \"one\", expected i64"));
     // The handler's own refusal is a 400 too, with its message.
-    let reply = conn.post("/orders", r#"{"x": -3}"#).await.expect("answered");
+    let reply = conn
+        .post("/orders", r#"{"x": -3}"#)
+        .await
+        .expect("answered");
     assert_eq!(reply.status, 400);
-    assert!(json(&reply)["error"].as_str().expect("a message").contains("x must not be negative, got -3"));
+    assert!(json(&reply)["error"]
+        .as_str()
+        .expect("a message")
+        .contains("x must not be negative, got -3"));
     // The connection still serves.
     let reply = conn.post("/orders", r#"{"x": 3}"#).await.expect("answered");
     assert_eq!((reply.status, json(&reply)), (200, serde_json::json!(3)));
@@ -118,22 +155,31 @@ async fn a_panicking_replica_is_restarted_while_the_other_serves() {
     let body = json(&reply);
     assert_eq!(body["kind"], "replica_failed");
     let message = body["error"].as_str().expect("a message");
-    assert!(message.contains("panicked: asked to panic") && message.contains("restarted"), "{message}");
+    assert!(
+        message.contains("panicked: asked to panic") && message.contains("restarted"),
+        "{message}"
+    );
     // Every later request is answered, by either replica.
     let mut conn = Conn::connect(addr).await.expect("connects");
     for x in 0..50 {
-        let reply = within("a request", conn.post("/orders", &format!(r#"{{"x": {x}}}"#)))
-            .await
-            .expect("answered");
+        let reply = within(
+            "a request",
+            conn.post("/orders", &format!(r#"{{"x": {x}}}"#)),
+        )
+        .await
+        .expect("answered");
         assert_eq!((reply.status, json(&reply)), (200, serde_json::json!(x)));
     }
-    eventually("the panicked replica is back and counted as restarted", || {
-        let status = serve.status();
-        let replicas = &status.deployments[0].replicas;
-        replicas.len() == 2
-            && replicas.iter().all(|r| r.state == ReplicaState::Running)
-            && replicas.iter().map(|r| r.restarts).sum::<u32>() == 1
-    })
+    eventually(
+        "the panicked replica is back and counted as restarted",
+        || {
+            let status = serve.status();
+            let replicas = &status.deployments[0].replicas;
+            replicas.len() == 2
+                && replicas.iter().all(|r| r.state == ReplicaState::Running)
+                && replicas.iter().map(|r| r.restarts).sum::<u32>() == 1
+        },
+    )
     .await;
     stop(rt, serve).await;
 }
@@ -206,7 +252,10 @@ async fn overload_is_refused_at_once_and_every_request_is_answered() {
     }
     gate.add_permits(5);
     for task in held {
-        let reply = within("a held request", task).await.expect("task").expect("answered");
+        let reply = within("a held request", task)
+            .await
+            .expect("task")
+            .expect("answered");
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
     stop(rt, serve).await;
@@ -234,7 +283,10 @@ async fn a_slow_request_times_out_with_504() {
     assert_eq!(json(&reply)["kind"], "timeout");
     // The replica still has the request: its place stays taken until it
     // answers, then it serves again.
-    assert_eq!(serve.status().deployments[0].replicas[0].ongoing_requests, 1);
+    assert_eq!(
+        serve.status().deployments[0].replicas[0].ongoing_requests,
+        1
+    );
     gate.add_permits(2);
     eventually("the timed-out request has left the replica", || {
         serve.status().deployments[0].replicas[0].ongoing_requests == 0
@@ -249,7 +301,14 @@ async fn a_slow_request_times_out_with_504() {
 async fn status_lists_deployments_and_replicas_as_json() {
     let (rt, serve, addr) = start(ServeOptions::new()).await;
     serve
-        .deploy("echo", DeploymentOptions::new().replicas(3).version("7").route_prefix("/echo"), || Echo)
+        .deploy(
+            "echo",
+            DeploymentOptions::new()
+                .replicas(3)
+                .version("7")
+                .route_prefix("/echo"),
+            || Echo,
+        )
         .await
         .expect("deploys");
     let reply = client::get(addr, "/-/status").await.expect("answered");
@@ -258,11 +317,23 @@ async fn status_lists_deployments_and_replicas_as_json() {
     assert_eq!(status, serve.status());
     assert_eq!(status.proxy, Some(addr.to_string()));
     let d = &status.deployments[0];
-    assert_eq!((d.name.as_str(), d.version.as_str(), d.target_replicas), ("echo", "7", 3));
+    assert_eq!(
+        (d.name.as_str(), d.version.as_str(), d.target_replicas),
+        ("echo", "7", 3)
+    );
     assert_eq!(d.route_prefix.as_deref(), Some("/echo"));
     assert_eq!(d.replicas.len(), 3);
-    assert!(d.replicas.iter().all(|r| r.state == ReplicaState::Running && r.version == "7"));
-    assert_eq!(client::get(addr, "/-/healthz").await.expect("answered").text(), "ok");
+    assert!(d
+        .replicas
+        .iter()
+        .all(|r| r.state == ReplicaState::Running && r.version == "7"));
+    assert_eq!(
+        client::get(addr, "/-/healthz")
+            .await
+            .expect("answered")
+            .text(),
+        "ok"
+    );
     stop(rt, serve).await;
 }
 
@@ -272,9 +343,11 @@ async fn shutdown_drains_the_requests_in_flight() {
     let gate = Arc::new(Semaphore::new(0));
     let for_factory = gate.clone();
     serve
-        .deploy("slow", DeploymentOptions::new().replicas(2).route_prefix("/slow"), move || {
-            Gated(for_factory.clone())
-        })
+        .deploy(
+            "slow",
+            DeploymentOptions::new().replicas(2).route_prefix("/slow"),
+            move || Gated(for_factory.clone()),
+        )
         .await
         .expect("deploys");
     let requests: Vec<_> = (0..4)
@@ -302,14 +375,23 @@ async fn shutdown_drains_the_requests_in_flight() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(refused, "the proxy still accepts connections while shutting down");
+    assert!(
+        refused,
+        "the proxy still accepts connections while shutting down"
+    );
     // ...and the requests it had are answered once the replicas can.
     gate.add_permits(4);
     for (i, r) in requests.into_iter().enumerate() {
-        let reply = within("a drained request", r).await.expect("task").expect("answered");
+        let reply = within("a drained request", r)
+            .await
+            .expect("task")
+            .expect("answered");
         assert_eq!((reply.status, reply.text()), (200, i.to_string()));
     }
-    within("shutdown", stopping).await.expect("task").expect("shut down");
+    within("shutdown", stopping)
+        .await
+        .expect("task")
+        .expect("shut down");
     assert!(serve.status().deployments.is_empty());
     rt.shutdown().await.expect("runtime shutdown");
 }
