@@ -1,0 +1,234 @@
+//! troupe-serve's headline speeds, one `metric value unit` line each on
+//! stdout (details on stderr):
+//!
+//! ```text
+//! cargo bench -p troupe-serve --bench serve_perf              # everything
+//! cargo bench -p troupe-serve --bench serve_perf -- noop      # metrics whose name contains "noop"
+//! TROUPE_PERF_QUICK=1 cargo bench -p troupe-serve --bench serve_perf   # short runs
+//! ```
+//!
+//! - `noop_requests_per_s`: one deployment of 2 replicas whose handler
+//!   returns its input, behind the HTTP proxy, 64 keep-alive connections
+//!   sending `GET /` (an empty body, JSON `null`), as Ray Serve's bench
+//!   with wrk.
+//! - `p50_latency_ms`, `p99_latency_ms`: the same at 8 connections.
+//! - `batched_requests_per_s`: the same deployment with batching (at most
+//!   32 per batch, at most 2 ms of wait), 64 connections.
+//! - `bare_axum_requests_per_s`: a plain axum server returning its input,
+//!   no actors, 64 connections: the ceiling of this machine and load
+//!   generator.
+//!
+//! Every figure comes from the same load generator (this file's, on the
+//! tests' HTTP/1.1 client) in the same process and run, so the ratios are
+//! comparable; the generator shares the machine's cores with the server.
+//! Each measurement warms up for 1 s and then runs 5 s (0.2 s and 1 s with
+//! `TROUPE_PERF_QUICK=1`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use troupe::prelude::*;
+use troupe_serve::{BatchConfig, Deployment, DeploymentOptions, HandlerError, Serve, ServeOptions};
+
+#[path = "../tests/support/client.rs"]
+#[allow(dead_code)] // shared with the tests, which use all of it
+mod client;
+
+struct Echo;
+
+impl Deployment for Echo {
+    type Request = serde_json::Value;
+    type Response = serde_json::Value;
+    async fn call(&mut self, request: Self::Request) -> Result<Self::Response, HandlerError> {
+        Ok(request)
+    }
+}
+
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+fn quick() -> bool {
+    std::env::var_os("TROUPE_PERF_QUICK").is_some_and(|v| v != "0")
+}
+
+/// What one load run measured.
+struct Load {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    /// Each request's latency, in microseconds, sorted.
+    latencies_us: Vec<u32>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+/// `connections` keep-alive connections, each sending `GET /` one after
+/// another: a warm-up, then the measured run.
+async fn load(addr: SocketAddr, connections: usize) -> Load {
+    let (warm, run) = if quick() {
+        (Duration::from_millis(200), Duration::from_secs(1))
+    } else {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    };
+    let began = Instant::now();
+    let measure_from = began + warm;
+    let until = measure_from + run;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut conn = match client::Conn::connect(addr).await {
+                    Ok(c) => c,
+                    Err(_) => return (latencies, 1),
+                };
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
+                    let ok = matches!(conn.get("/").await, Ok(r) if r.status == 200);
+                    let done = Instant::now();
+                    if sent >= measure_from {
+                        if ok {
+                            let us = done.duration_since(sent).as_micros();
+                            latencies.push(us.min(u128::from(u32::MAX)) as u32);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    if !ok {
+                        match client::Conn::connect(addr).await {
+                            Ok(c) => conn = c,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            latencies_us.extend(l);
+            errors += e;
+        }
+    }
+    latencies_us.sort_unstable();
+    Load {
+        requests: latencies_us.len() as u64,
+        errors,
+        seconds: run.as_secs_f64(),
+        latencies_us,
+    }
+}
+
+fn report(metric: &str, value: f64, unit: &str) {
+    println!("{metric} {value:.3} {unit}");
+}
+
+fn detail(what: &str, load: &Load) {
+    eprintln!(
+        "  {what}: {:.0} requests/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+        load.rate(),
+        load.percentile_ms(0.5),
+        load.percentile_ms(0.99),
+        load.errors
+    );
+}
+
+async fn serve_echo(
+    rt: &Runtime,
+    batching: Option<BatchConfig>,
+) -> Result<Serve, Box<dyn std::error::Error>> {
+    let addr: SocketAddr = "127.0.0.1:0".parse()?;
+    let serve = Serve::start(rt, ServeOptions::new().http(addr)).await?;
+    let mut options = DeploymentOptions::new().replicas(2).route_prefix("/");
+    if let Some(b) = batching {
+        // Room on each replica for a whole batch and the next one.
+        options = options.batching(b).max_ongoing_requests(64);
+    }
+    serve.deploy("echo", options, || Echo).await?;
+    Ok(serve)
+}
+
+async fn bare_axum() -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>>
+{
+    use axum::body::Bytes;
+    let app = axum::Router::new().fallback(|body: Bytes| async move {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = Runtime::start(Config::default())?;
+    rt.block_on(async {
+        if wanted("noop") || wanted("latency") {
+            let serve = serve_echo(&rt, None).await?;
+            let addr = serve.http_addr().ok_or("no proxy")?;
+            if wanted("noop") {
+                let l = load(addr, 64).await;
+                detail("noop, 64 connections", &l);
+                report("noop_requests_per_s", l.rate(), "requests/s");
+            }
+            if wanted("latency") {
+                let l = load(addr, 8).await;
+                detail("noop, 8 connections", &l);
+                report("p50_latency_ms", l.percentile_ms(0.5), "ms");
+                report("p99_latency_ms", l.percentile_ms(0.99), "ms");
+            }
+            serve.shutdown().await?;
+        }
+        if wanted("batched") {
+            let serve =
+                serve_echo(&rt, Some(BatchConfig::new(32, Duration::from_millis(2)))).await?;
+            let addr = serve.http_addr().ok_or("no proxy")?;
+            let l = load(addr, 64).await;
+            detail("batched noop, 64 connections", &l);
+            report("batched_requests_per_s", l.rate(), "requests/s");
+            serve.shutdown().await?;
+        }
+        if wanted("bare_axum") {
+            let (addr, server) = bare_axum().await?;
+            let l = load(addr, 64).await;
+            detail("bare axum, 64 connections", &l);
+            report("bare_axum_requests_per_s", l.rate(), "requests/s");
+            server.abort();
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    rt.block_on(rt.shutdown())?;
+    Ok(())
+}
