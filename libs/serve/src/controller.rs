@@ -415,6 +415,11 @@ pub(crate) fn start_ticker(
                         busy = false;
                     }
                     Ok(Err(e)) => {
+                        if controller.is_dead() {
+                            // Stopped with the runtime: nothing left to drive.
+                            tracing::debug!(error = %e, "controller stopped; its ticker ends");
+                            return;
+                        }
                         tracing::warn!(error = %e, "controller failed; it is restarted");
                         busy = false;
                     }

@@ -530,8 +530,9 @@ impl Serve {
             *routes = Arc::new(kept);
         }
         self.stop_driver(&deployed).await;
-        deployed.state.drain_all().await;
+        // New calls through handles fail at once; those on replicas finish.
         deployed.state.router.closed.store(true, Ordering::SeqCst);
+        deployed.state.drain_all().await;
         Ok(())
     }
 

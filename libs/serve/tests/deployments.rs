@@ -416,3 +416,99 @@ async fn a_config_file_runs_its_deployments() {
     );
     rt.shutdown().await.expect("runtime shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_to_zero_and_back_for_a_waiting_request() {
+    let (rt, serve, addr) =
+        start(ServeOptions::new().control_interval(Duration::from_millis(10))).await;
+    let handle = serve
+        .deploy(
+            "lazy",
+            DeploymentOptions::new()
+                .autoscaling(AutoscalingConfig {
+                    min_replicas: 0,
+                    max_replicas: 2,
+                    target_ongoing_requests: 2.0,
+                    upscale_delay: Duration::from_millis(50),
+                    downscale_delay: Duration::from_millis(100),
+                })
+                .route_prefix("/lazy"),
+            || Echo,
+        )
+        .await
+        .expect("deploys");
+    assert!(serve.status().deployments[0].replicas.is_empty());
+    // The request waits in the queue until a replica has started.
+    let reply = within(
+        "a request to a deployment scaled to zero",
+        client::post(addr, "/lazy", "5"),
+    )
+    .await
+    .expect("answered");
+    assert_eq!((reply.status, reply.text()), (200, "5".to_string()));
+    assert_eq!(serve.status().deployments[0].replicas.len(), 1);
+    eventually("back to zero replicas once idle", || {
+        serve.status().deployments[0].replicas.is_empty()
+    })
+    .await;
+    assert_eq!(
+        within(
+            "a call through the handle",
+            handle.call(serde_json::json!(6))
+        )
+        .await
+        .expect("answered"),
+        serde_json::json!(6)
+    );
+    stop(rt, serve).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_deployment_drains_and_its_handles_fail() {
+    let (rt, serve, addr) = start(ServeOptions::new()).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let for_factory = gate.clone();
+    let handle = serve
+        .deploy(
+            "slow",
+            DeploymentOptions::new().route_prefix("/slow"),
+            move || Gated(for_factory.clone()),
+        )
+        .await
+        .expect("deploys");
+    let in_flight = tokio::spawn(async move { client::post(addr, "/slow", "1").await });
+    eventually("the request is on the replica", || {
+        serve.status().deployments[0].replicas[0].ongoing_requests == 1
+    })
+    .await;
+    let deleting = tokio::spawn({
+        let serve = serve.clone();
+        async move { serve.delete("slow").await }
+    });
+    eventually("the route is gone", || {
+        serve.status().deployments.is_empty()
+    })
+    .await;
+    assert!(matches!(
+        handle.call(serde_json::json!(2)).await,
+        Err(troupe_serve::CallError::NoDeployment { .. })
+    ));
+    gate.add_permits(1);
+    let reply = within("the drained request", in_flight)
+        .await
+        .expect("task")
+        .expect("answered");
+    assert_eq!((reply.status, reply.text()), (200, "1".to_string()));
+    within("the delete", deleting)
+        .await
+        .expect("task")
+        .expect("deleted");
+    assert_eq!(
+        client::post(addr, "/slow", "3")
+            .await
+            .expect("answered")
+            .status,
+        404
+    );
+    stop(rt, serve).await;
+}
