@@ -18,11 +18,14 @@
 //!   no actors, 64 connections: the ceiling of this machine and load
 //!   generator.
 //!
-//! Every figure comes from the same load generator (this file's, on the
-//! tests' HTTP/1.1 client) in the same process and run, so the ratios are
-//! comparable; the generator shares the machine's cores with the server.
-//! Each measurement warms up for 1 s and then runs 5 s (0.2 s and 1 s with
-//! `TROUPE_PERF_QUICK=1`).
+//! Every figure comes from the same load generator in the same run, so the
+//! ratios are comparable: this file's (on the tests' HTTP/1.1 client, in
+//! the bench's process), or with `TROUPE_SERVE_LOADGEN=wrk` Debian's `wrk`
+//! (`scripts/setup-wrk.sh`; 2 threads), the generator Ray Serve's side
+//! uses (`benches/ray/serve_compare.sh`). Either shares the machine's cores
+//! with the server. Each measurement warms up for 1 s and then runs 5 s
+//! (0.2 s and 1 s with `TROUPE_PERF_QUICK=1`; `SERVE_PERF_SECONDS` sets
+//! the run).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -82,11 +85,20 @@ impl Load {
 /// `connections` keep-alive connections, each sending `GET /` one after
 /// another: a warm-up, then the measured run.
 async fn load(addr: SocketAddr, connections: usize) -> Load {
-    let (warm, run) = if quick() {
+    let (warm, mut run) = if quick() {
         (Duration::from_millis(200), Duration::from_secs(1))
     } else {
         (Duration::from_secs(1), Duration::from_secs(5))
     };
+    if let Some(secs) = std::env::var("SERVE_PERF_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        run = Duration::from_secs(secs);
+    }
+    if std::env::var("TROUPE_SERVE_LOADGEN").is_ok_and(|v| v == "wrk") {
+        return wrk(addr, connections, warm, run).await;
+    }
     let began = Instant::now();
     let measure_from = began + warm;
     let until = measure_from + run;
@@ -136,6 +148,72 @@ async fn load(addr: SocketAddr, connections: usize) -> Load {
     latencies_us.sort_unstable();
     Load {
         requests: latencies_us.len() as u64,
+        errors,
+        seconds: run.as_secs_f64(),
+        latencies_us,
+    }
+}
+
+/// The same load from `wrk` (a warm-up run, then the measured one).
+async fn wrk(addr: SocketAddr, connections: usize, warm: Duration, run: Duration) -> Load {
+    let url = format!("http://{addr}/");
+    let go = move |secs: u64, url: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("wrk")
+                .args([
+                    "-t2",
+                    &format!("-c{connections}"),
+                    &format!("-d{secs}s"),
+                    "--latency",
+                    &url,
+                ])
+                .output()
+        })
+    };
+    let _ = go(warm.as_secs().max(1), url.clone()).await;
+    let output = match go(run.as_secs().max(1), url).await {
+        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        other => panic!("wrk failed (run scripts/setup-wrk.sh): {other:?}"),
+    };
+    // wrk reports a rate and percentiles, not each latency: keep the rate
+    // and put the two percentiles where percentile_ms finds them.
+    let field = |prefix: &str| {
+        output
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    let rate: f64 = field("Requests/sec:")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(f64::NAN);
+    let ms = |v: Option<String>| -> u32 {
+        let v = v.unwrap_or_default();
+        let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix("ms") {
+            (n, 1e3)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1e6)
+        } else {
+            (v.as_str(), f64::NAN)
+        };
+        (number.parse::<f64>().unwrap_or(f64::NAN) * scale) as u32
+    };
+    let (p50, p99) = (ms(field("50%")), ms(field("99%")));
+    // "Non-2xx or 3xx responses: N"
+    let errors = output
+        .lines()
+        .find(|l| l.trim().starts_with("Non-2xx"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // 101 points: index 50 is p50 and index 99 is p99.
+    let mut latencies_us = vec![p50; 51];
+    latencies_us.extend(vec![p99; 50]);
+    Load {
+        requests: (rate * run.as_secs_f64()) as u64,
         errors,
         seconds: run.as_secs_f64(),
         latencies_us,
