@@ -73,7 +73,7 @@ pub trait Deployment: Send + 'static {
     }
 
     /// Whether the replica is healthy: called every
-    /// [`DeploymentOptions::health_check_period`]; an `Err` (or no answer
+    /// period of [`DeploymentOptions::health_check`]; an `Err` (or no answer
     /// within the timeout) restarts the replica. Healthy by default.
     fn check_health(&mut self) -> impl Future<Output = Result<(), String>> + Send {
         async { Ok(()) }

@@ -26,12 +26,13 @@
 //!   HTTP 503 saying so, or are retried once on another replica
 //!   ([`DeploymentOptions::retry_on_replica_failure`]); requests go to the
 //!   other replicas meanwhile.
-//! - **The controller** decides from a snapshot ([`plan`](crate#design) is
-//!   a pure function) and holds no data: its state is shared with the
-//!   router, so when it panics it is restarted and goes on.
+//! - **The controller** decides from a snapshot (its plan is a pure
+//!   function) and holds no data: its state is shared with the router, so
+//!   when it panics it is restarted and goes on.
 //!
-//! See [`Serve`] for an example, [`ServeConfig`] for the config file, and
-//! `examples/serve_model.rs`.
+//! See [`Serve`] for an example, [`ServeConfig`] for the config file, the
+//! crate's `README.md`, and `examples/serve_model.rs` (a batched tch model,
+//! the `gpu` feature).
 //!
 //! ## Design
 //!
@@ -59,6 +60,11 @@ mod replica;
 mod router;
 mod serve;
 mod status;
+
+/// The README's Rust snippet, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use config::{run_config_file, DeploymentConfig, HttpConfig, Registry, ServeConfig};
 pub use deployment::{AutoscalingConfig, BatchConfig, Deployment, DeploymentOptions};
