@@ -226,6 +226,15 @@ pub enum ServeError {
         /// The kinds the registry has.
         registered: Vec<String>,
     },
+    /// A proxy's status could not be read: check the address and that
+    /// the program serving it runs.
+    #[error("status of the proxy at {addr}: {problem}")]
+    Status {
+        /// The proxy's address.
+        addr: String,
+        /// What went wrong.
+        problem: String,
+    },
     /// A control operation did not finish in time.
     #[error("{what} did not finish within {after:?}")]
     Timeout {

@@ -56,6 +56,7 @@ mod lock;
 mod metrics;
 mod plan;
 mod proxy;
+mod remote_status;
 mod replica;
 mod router;
 mod serve;
@@ -70,5 +71,6 @@ pub use config::{run_config_file, DeploymentConfig, HttpConfig, Registry, ServeC
 pub use deployment::{AutoscalingConfig, BatchConfig, Deployment, DeploymentOptions};
 pub use error::{CallError, HandlerError, ServeError};
 pub use handle::DeploymentHandle;
+pub use remote_status::fetch_status;
 pub use serve::{Serve, ServeOptions};
 pub use status::{DeploymentStatus, ReplicaState, ReplicaStatus, ServeStatus};
