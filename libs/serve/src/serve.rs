@@ -272,6 +272,12 @@ impl Serve {
     /// replicas run. Deploying a name again updates it: another
     /// `version` replaces the replicas one at a time (a rolling update,
     /// no request fails), the same version applies the new options.
+    ///
+    /// If a replica cannot start, a new deployment is removed and the
+    /// error returned; an update returns the error while the old replicas
+    /// keep serving and the controller keeps trying (deploy the previous
+    /// version again to roll back). The request and response types of a
+    /// name cannot change ([`ServeError::WrongType`]; delete it first).
     pub async fn deploy<D, F>(
         &self,
         name: &str,
@@ -287,6 +293,7 @@ impl Serve {
             Arc::new(move || Box::new(Typed(factory())) as Box<dyn ErasedDeployment>);
         let codec = Codec::of::<D>();
         let existing = lock(&self.inner.deployments).get(name).cloned();
+        let created = existing.is_none();
         let deployed = match existing {
             Some(d) => {
                 check_types(name, &d.state.router.codec, &codec)?;
@@ -297,13 +304,8 @@ impl Serve {
             None => self.create(name, options, factory, codec).await?,
         };
         if let Err(e) = self.settle(&deployed).await {
-            if lock(&self.inner.deployments)
-                .get(name)
-                .is_some_and(|d| Arc::ptr_eq(d, &deployed))
-                && deployed.state.router.replicas().is_empty()
-            {
-                // A new deployment that could not start any replica is
-                // not left behind.
+            if created {
+                // A new deployment that could not start is not left behind.
                 let _ = self.delete(name).await;
             }
             return Err(e);

@@ -395,3 +395,56 @@ async fn shutdown_drains_the_requests_in_flight() {
     assert!(serve.status().deployments.is_empty());
     rt.shutdown().await.expect("runtime shutdown");
 }
+
+/// A replica whose constructor fails.
+struct Broken;
+
+impl troupe_serve::Deployment for Broken {
+    type Request = ();
+    type Response = ();
+    async fn call(&mut self, _: ()) -> Result<(), troupe_serve::HandlerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_whose_replicas_cannot_start_is_refused_and_removed() {
+    let (rt, serve, addr) = start(ServeOptions::new()).await;
+    let err = within(
+        "a failed deploy",
+        serve.deploy(
+            "broken",
+            DeploymentOptions::new().route_prefix("/broken"),
+            || -> Broken { panic!("cannot load the model") },
+        ),
+    )
+    .await
+    .expect_err("its replica cannot start");
+    assert!(
+        matches!(err, troupe_serve::ServeError::Spawn { ref deployment, .. } if deployment == "broken"),
+        "{err}"
+    );
+    assert!(serve.status().deployments.is_empty());
+    assert_eq!(
+        client::post(addr, "/broken", "null")
+            .await
+            .expect("answered")
+            .status,
+        404
+    );
+    // Options that make no sense are refused before anything starts.
+    let err = serve
+        .deploy(
+            "bad",
+            DeploymentOptions::new().max_ongoing_requests(0),
+            || Echo,
+        )
+        .await
+        .expect_err("invalid");
+    assert!(
+        err.to_string()
+            .contains("max_ongoing_requests must be at least 1"),
+        "{err}"
+    );
+    stop(rt, serve).await;
+}
