@@ -209,4 +209,108 @@ mod tests {
         assert_eq!(actions, [Action::Drain(0), Action::Stop(0), Action::Idle]);
         assert!(replicas.is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_replica() -> impl Strategy<Value = (bool, bool, bool, bool)> {
+            // current, draining, unhealthy, dead
+            (
+                any::<bool>(),
+                any::<bool>(),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.05),
+            )
+        }
+
+        proptest! {
+            /// From any replicas, with drains that finish some steps
+            /// later, the controller reaches exactly `target` healthy
+            /// replicas of the current version, none draining; and while
+            /// it rolls, replicas taking requests never fall below the
+            /// target (or below what there was, if fewer).
+            #[test]
+            fn converges_without_dropping_below_the_target(
+                target in 0usize..6,
+                start in prop::collection::vec(any_replica(), 0..8),
+                drain_steps in 0usize..3,
+            ) {
+                let mut replicas: Vec<ReplicaView> = start
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(current, draining, unhealthy, dead))| ReplicaView {
+                        index: i as u64,
+                        current,
+                        draining,
+                        drained: false,
+                        unhealthy,
+                        dead,
+                    })
+                    .collect();
+                let healthy_active = |rs: &[ReplicaView]| {
+                    rs.iter().filter(|r| !r.draining && !r.dead && !r.unhealthy).count()
+                };
+                let floor = healthy_active(&replicas).min(target);
+                let mut next = replicas.len() as u64;
+                // Steps since each replica began draining.
+                let mut draining_for: Vec<(u64, usize)> =
+                    replicas.iter().filter(|r| r.draining).map(|r| (r.index, 0)).collect();
+                let mut settled = false;
+                for _ in 0..200 {
+                    for (index, steps) in draining_for.iter_mut() {
+                        *steps += 1;
+                        if *steps > drain_steps {
+                            if let Some(r) = replicas.iter_mut().find(|r| r.index == *index) {
+                                r.drained = true;
+                            }
+                        }
+                    }
+                    match plan(target, &replicas) {
+                        Action::Idle => {
+                            let draining = replicas.iter().any(|r| r.draining);
+                            if !draining {
+                                settled = true;
+                                break;
+                            }
+                        }
+                        Action::Start => {
+                            replicas.push(ReplicaView {
+                                index: next,
+                                current: true,
+                                draining: false,
+                                drained: false,
+                                unhealthy: false,
+                                dead: false,
+                            });
+                            next += 1;
+                        }
+                        Action::Drain(i) => {
+                            let r = replicas.iter_mut().find(|r| r.index == i).unwrap();
+                            prop_assert!(!r.draining, "drained twice");
+                            r.draining = true;
+                            draining_for.push((i, 0));
+                        }
+                        Action::Stop(i) => {
+                            let r = replicas.iter().find(|r| r.index == i).unwrap();
+                            prop_assert!(r.draining && r.drained, "stopped before its drain");
+                            replicas.retain(|r| r.index != i);
+                        }
+                        Action::Remove(i) => replicas.retain(|r| r.index != i),
+                        Action::Restart(i) => {
+                            replicas.iter_mut().find(|r| r.index == i).unwrap().unhealthy = false;
+                        }
+                    }
+                    prop_assert!(
+                        healthy_active(&replicas) >= floor
+                            || replicas.iter().any(|r| r.unhealthy || r.dead),
+                        "fewer than {} replicas take requests: {:?}", floor, replicas
+                    );
+                }
+                prop_assert!(settled, "no convergence: {:?}", replicas);
+                prop_assert_eq!(replicas.len(), target);
+                prop_assert!(replicas.iter().all(|r| r.current && !r.unhealthy && !r.dead));
+            }
+        }
+    }
 }
