@@ -156,7 +156,7 @@ impl DeploymentState {
                     tracing::warn!(deployment = %self.name, replica = index, "restarting an unhealthy replica");
                     self.router.metrics.health_restarts.increment(1);
                     slot.unhealthy.store(false, Ordering::SeqCst);
-                    slot.handle.kill(false).await;
+                    kill(&slot, false).await;
                 }
             }
             Action::Drain(index) => {
@@ -367,7 +367,25 @@ async fn stop_replica(slot: Arc<ReplicaSlot>, grace: Duration) {
             replica = slot.index,
             "replica did not stop within its drain timeout; killing it"
         );
-        slot.handle.kill(true).await;
+        kill(&slot, true).await;
+    }
+}
+
+/// How long a kill may take: an actor busy in a sync method stops only
+/// when the method returns.
+pub(crate) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Kills a replica's running incarnation (restarting it unless
+/// `no_restart`), giving up waiting after [`KILL_TIMEOUT`].
+async fn kill(slot: &ReplicaSlot, no_restart: bool) {
+    if tokio::time::timeout(KILL_TIMEOUT, slot.handle.kill(no_restart))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            replica = slot.index,
+            "replica did not stop within {KILL_TIMEOUT:?} of its kill (a sync handler still runs)"
+        );
     }
 }
 

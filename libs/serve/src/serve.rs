@@ -11,6 +11,7 @@ use troupe::{ActorOptions, Limit, Runtime};
 
 use crate::controller::{
     apply_settings, batching_of, start_ticker, Controller, ControllerHandle, DeploymentState,
+    KILL_TIMEOUT,
 };
 use crate::deployment::{
     BatchConfig, Codec, Deployment, DeploymentOptions, ErasedDeployment, Factory, Typed,
@@ -540,7 +541,15 @@ impl Serve {
 
     async fn stop_driver(&self, deployed: &Deployed) {
         let _ = deployed.stop.send(true);
-        deployed.controller.stop().await;
+        // The controller answers its step in progress first (a replica
+        // start has its own timeout); past that it is killed.
+        let grace = lock(&deployed.state.spec).options.start_timeout;
+        if tokio::time::timeout(grace, deployed.controller.stop())
+            .await
+            .is_err()
+        {
+            let _ = tokio::time::timeout(KILL_TIMEOUT, deployed.controller.kill(true)).await;
+        }
     }
 
     /// Stops serving: the proxy stops accepting connections and finishes
