@@ -14,6 +14,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::error::CallError;
-use crate::serve::ServeInner;
+use crate::serve::{ServeInner, ServeOptions};
 
 /// The running proxy.
 pub(crate) struct HttpServer {
@@ -53,15 +54,36 @@ type Shared = Weak<ServeInner>;
 pub(crate) fn start(
     listener: tokio::net::TcpListener,
     serve: Shared,
-    max_body_bytes: usize,
+    options: &ServeOptions,
 ) -> HttpServer {
+    // Past max_concurrent_requests in flight to deployments, a request is
+    // shed at once (load_shed turns the limit's backpressure into an
+    // error, answered as a 503) instead of waiting for a place. One
+    // semaphore for every route; the /-/ paths stay outside it, so that
+    // an overloaded proxy still reports its status.
+    let guard = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            error_response(
+                503,
+                "proxy_overloaded",
+                "the proxy has max_concurrent_requests in flight; retry later".into(),
+            )
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            options.max_concurrent_requests,
+        ));
+    let deployments = axum::Router::new()
+        .fallback(proxy)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(guard)
+        .with_state(serve.clone());
     let app = axum::Router::new()
         .route("/-/healthz", get(healthz))
         .route("/-/routes", get(routes))
         .route("/-/status", get(status))
-        .fallback(proxy)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(serve);
+        .with_state(serve)
+        .fallback_service(deployments);
     let listener = listener.tap_io(|tcp| {
         // Small responses go out at once (no Nagle delay).
         let _ = tcp.set_nodelay(true);

@@ -30,6 +30,7 @@ pub struct ServeOptions {
     pub(crate) http: Option<SocketAddr>,
     pub(crate) control_interval: Duration,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_concurrent_requests: usize,
     pub(crate) shutdown_timeout: Duration,
 }
 
@@ -39,6 +40,7 @@ impl Default for ServeOptions {
             http: None,
             control_interval: Duration::from_millis(100),
             max_body_bytes: 16 << 20,
+            max_concurrent_requests: 10_000,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -46,7 +48,7 @@ impl Default for ServeOptions {
 
 impl ServeOptions {
     /// No HTTP proxy (handles only), a control step every 100 ms, bodies up
-    /// to 16 MiB, 30 s to shut down.
+    /// to 16 MiB, 10,000 HTTP requests in flight, 30 s to shut down.
     pub fn new() -> Self {
         Self::default()
     }
@@ -68,6 +70,15 @@ impl ServeOptions {
     /// The largest request body the proxy reads (HTTP 413 beyond it).
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The most HTTP requests to deployments the proxy has in flight, all
+    /// routes together; one more is refused at once with HTTP 503 (kind
+    /// `proxy_overloaded`). Each deployment's own queue bound applies
+    /// within this; the `/-/` paths are not counted.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n.max(1);
         self
     }
 
@@ -253,11 +264,7 @@ impl Serve {
             http_addr,
         });
         if let Some(listener) = listener {
-            let server = proxy::start(
-                listener,
-                Arc::downgrade(&inner),
-                inner.options.max_body_bytes,
-            );
+            let server = proxy::start(listener, Arc::downgrade(&inner), &inner.options);
             *lock(&inner.http) = Some(server);
             tracing::info!(addr = ?http_addr, "serve proxy listening");
         }

@@ -448,3 +448,52 @@ async fn a_deployment_whose_replicas_cannot_start_is_refused_and_removed() {
     );
     stop(rt, serve).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_sheds_requests_past_its_own_limit() {
+    let (rt, serve, addr) = start(ServeOptions::new().max_concurrent_requests(2)).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let for_factory = gate.clone();
+    serve
+        .deploy(
+            "slow",
+            DeploymentOptions::new().route_prefix("/slow"),
+            move || Gated(for_factory.clone()),
+        )
+        .await
+        .expect("deploys");
+    let held: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(async move { client::post(addr, "/slow", &i.to_string()).await }))
+        .collect();
+    eventually("2 requests are on the replica", || {
+        serve.status().deployments[0].replicas[0].ongoing_requests == 2
+    })
+    .await;
+    // A third is shed at once, whatever its route; the status still
+    // answers.
+    for path in ["/slow", "/elsewhere"] {
+        let reply = within("a shed request", client::post(addr, path, "3"))
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, 503, "{path}: {}", reply.text());
+        assert_eq!(json(&reply)["kind"], "proxy_overloaded");
+    }
+    let status = client::get(addr, "/-/status").await.expect("answered");
+    assert_eq!(status.status, 200);
+    gate.add_permits(3); // the 2 held and one more after
+    for r in held {
+        let reply = within("a held request", r)
+            .await
+            .expect("task")
+            .expect("answered");
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(
+        client::post(addr, "/slow", "4")
+            .await
+            .expect("answered")
+            .status,
+        200
+    );
+    stop(rt, serve).await;
+}
