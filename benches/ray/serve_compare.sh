@@ -7,8 +7,9 @@
 # Ray Serve (benches/ray/serve_bench.py, ray.init(num_cpus=2)) is measured
 # with wrk at 64 connections (requests/s) and 8 connections (p50/p99), for
 # the no-op and the batched deployment; then troupe-serve's own bench runs
-# (`cargo bench -p troupe-serve --bench serve_perf`, its built-in load
-# generator, bare axum included). Ray runs from a cached, git-ignored venv
+# (`cargo bench -p troupe-serve --bench serve_perf`, bare axum included)
+# with the same wrk (TROUPE_SERVE_LOADGEN=wrk) and run length, medians of
+# its 3 rounds. Ray runs from a cached, git-ignored venv
 # (.cache/ray-serve-venv) with benches/ray/serve_requirements.txt; wrk is
 # Debian's (scripts/setup-wrk.sh). The two sides run one after the other.
 set -euo pipefail
@@ -71,5 +72,6 @@ for mode in noop batched; do
     "$venv/bin/ray" stop --force >/dev/null 2>&1 || true
 done
 
-echo "troupe-serve (its own load generator):"
-cargo bench -p troupe-serve --bench serve_perf --quiet 2>/dev/null
+echo "troupe-serve (wrk, ${seconds} s runs, medians of 3 rounds):"
+TROUPE_SERVE_LOADGEN=wrk SERVE_PERF_SECONDS="$seconds" \
+    cargo bench -p troupe-serve --bench serve_perf --quiet 2>/dev/null

@@ -23,9 +23,11 @@
 //! the bench's process), or with `TROUPE_SERVE_LOADGEN=wrk` Debian's `wrk`
 //! (`scripts/setup-wrk.sh`; 2 threads), the generator Ray Serve's side
 //! uses (`benches/ray/serve_compare.sh`). Either shares the machine's cores
-//! with the server. Each measurement warms up for 1 s and then runs 5 s
-//! (0.2 s and 1 s with `TROUPE_PERF_QUICK=1`; `SERVE_PERF_SECONDS` sets
-//! the run).
+//! with the server. Each measurement warms up for 1 s and then runs 5 s,
+//! in 3 rounds that take the servers in turn; the median of the rounds is
+//! printed and each round goes to stderr (one round of 0.2 s and 1 s with
+//! `TROUPE_PERF_QUICK=1`; `SERVE_PERF_SECONDS` and `SERVE_PERF_ROUNDS` set
+//! them).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -270,43 +272,83 @@ async fn bare_axum() -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Box<dy
     Ok((addr, task))
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rounds: usize = if quick() {
+        1
+    } else {
+        std::env::var("SERVE_PERF_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3)
+    };
     let rt = Runtime::start(Config::default())?;
-    rt.block_on(async {
-        if wanted("noop") || wanted("latency") {
-            let serve = serve_echo(&rt, None).await?;
-            let addr = serve.http_addr().ok_or("no proxy")?;
+    let medians = rt.block_on(async {
+        // Every server runs for the whole bench and the rounds take them in
+        // turn, so that a change in the machine's load (it may be shared)
+        // falls on all of them alike.
+        let plain = serve_echo(&rt, None).await?;
+        let batched = serve_echo(&rt, Some(BatchConfig::new(32, Duration::from_millis(2)))).await?;
+        let (bare_addr, bare) = bare_axum().await?;
+        let plain_addr = plain.http_addr().ok_or("no proxy")?;
+        let batched_addr = batched.http_addr().ok_or("no proxy")?;
+        let mut samples: Vec<(&'static str, &'static str, Vec<f64>)> = vec![
+            ("noop_requests_per_s", "requests/s", vec![]),
+            ("p50_latency_ms", "ms", vec![]),
+            ("p99_latency_ms", "ms", vec![]),
+            ("batched_requests_per_s", "requests/s", vec![]),
+            ("bare_axum_requests_per_s", "requests/s", vec![]),
+        ];
+        for round in 1..=rounds {
             if wanted("noop") {
-                let l = load(addr, 64).await;
-                detail("noop, 64 connections", &l);
-                report("noop_requests_per_s", l.rate(), "requests/s");
+                let l = load(plain_addr, 64).await;
+                detail(&format!("round {round}: noop, 64 connections"), &l);
+                samples[0].2.push(l.rate());
             }
             if wanted("latency") {
-                let l = load(addr, 8).await;
-                detail("noop, 8 connections", &l);
-                report("p50_latency_ms", l.percentile_ms(0.5), "ms");
-                report("p99_latency_ms", l.percentile_ms(0.99), "ms");
+                let l = load(plain_addr, 8).await;
+                detail(&format!("round {round}: noop, 8 connections"), &l);
+                samples[1].2.push(l.percentile_ms(0.5));
+                samples[2].2.push(l.percentile_ms(0.99));
             }
-            serve.shutdown().await?;
+            if wanted("batched") {
+                let l = load(batched_addr, 64).await;
+                detail(&format!("round {round}: batched noop, 64 connections"), &l);
+                samples[3].2.push(l.rate());
+            }
+            if wanted("bare_axum") {
+                let l = load(bare_addr, 64).await;
+                detail(&format!("round {round}: bare axum, 64 connections"), &l);
+                samples[4].2.push(l.rate());
+            }
         }
-        if wanted("batched") {
-            let serve =
-                serve_echo(&rt, Some(BatchConfig::new(32, Duration::from_millis(2)))).await?;
-            let addr = serve.http_addr().ok_or("no proxy")?;
-            let l = load(addr, 64).await;
-            detail("batched noop, 64 connections", &l);
-            report("batched_requests_per_s", l.rate(), "requests/s");
-            serve.shutdown().await?;
-        }
-        if wanted("bare_axum") {
-            let (addr, server) = bare_axum().await?;
-            let l = load(addr, 64).await;
-            detail("bare axum, 64 connections", &l);
-            report("bare_axum_requests_per_s", l.rate(), "requests/s");
-            server.abort();
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        plain.shutdown().await?;
+        batched.shutdown().await?;
+        bare.abort();
+        let medians: Vec<(&str, &str, f64)> = samples
+            .into_iter()
+            .filter(|(_, _, v)| !v.is_empty())
+            .map(|(metric, unit, v)| (metric, unit, median(&v)))
+            .collect();
+        Ok::<_, Box<dyn std::error::Error>>(medians)
     })?;
     rt.block_on(rt.shutdown())?;
+    eprintln!("medians of {rounds} round(s):");
+    for (metric, unit, value) in &medians {
+        report(metric, *value, unit);
+    }
+    let of = |name: &str| medians.iter().find(|(m, _, _)| *m == name).map(|m| m.2);
+    if let (Some(noop), Some(bare)) = (of("noop_requests_per_s"), of("bare_axum_requests_per_s")) {
+        eprintln!("  noop / bare axum: {:.2}", noop / bare);
+    }
     Ok(())
 }
