@@ -188,43 +188,47 @@ impl Router {
 
     /// Power of two choices: of two replicas picked at random, the one
     /// with fewer ongoing requests, if it has room; then the other; then
-    /// any with room.
-    fn try_acquire(&self) -> Option<Lease> {
+    /// any with room. The replica `avoid` (one that just failed this
+    /// request) comes last.
+    fn try_acquire(&self, avoid: Option<u64>) -> Option<Lease> {
         let replicas = self.replicas();
         let n = replicas.len();
         if n == 0 {
             return None;
         }
         let max = self.settings.max_ongoing.load(Ordering::Relaxed);
-        let lease = |slot: &Arc<ReplicaSlot>| Lease {
-            slot: slot.clone(),
-            freed: self.freed.clone(),
+        let take = |i: usize| {
+            let slot = &replicas[i];
+            (Some(slot.index) != avoid && slot.try_reserve(max)).then(|| Lease {
+                slot: slot.clone(),
+                freed: self.freed.clone(),
+            })
         };
         let a = random(n);
-        let mut order = [a, a];
         if n > 1 {
             let b = (a + 1 + random(n - 1)) % n;
             let (load_a, load_b) = (
                 replicas[a].ongoing.load(Ordering::Relaxed),
                 replicas[b].ongoing.load(Ordering::Relaxed),
             );
-            order = if load_b < load_a { [b, a] } else { [a, b] };
-        }
-        for i in order {
-            if replicas[i].try_reserve(max) {
-                return Some(lease(&replicas[i]));
+            let order = if load_b < load_a { [b, a] } else { [a, b] };
+            if let Some(lease) = order.into_iter().find_map(take) {
+                return Some(lease);
             }
         }
-        (0..n)
-            .map(|k| (a + k) % n)
-            .find(|&i| replicas[i].try_reserve(max))
-            .map(|i| lease(&replicas[i]))
+        (0..n).map(|k| (a + k) % n).find_map(take).or_else(|| {
+            let slot = replicas.iter().find(|s| Some(s.index) == avoid)?;
+            slot.try_reserve(max).then(|| Lease {
+                slot: slot.clone(),
+                freed: self.freed.clone(),
+            })
+        })
     }
 
     /// A lease on a replica: at once if one has room, else after waiting
     /// in the bounded queue until `deadline`.
-    async fn acquire(&self, deadline: Instant) -> Result<Lease, CallError> {
-        if let Some(lease) = self.try_acquire() {
+    async fn acquire(&self, deadline: Instant, avoid: Option<u64>) -> Result<Lease, CallError> {
+        if let Some(lease) = self.try_acquire(avoid) {
             return Ok(lease);
         }
         let max_queued = self.settings.max_queued.load(Ordering::Relaxed);
@@ -244,7 +248,7 @@ impl Router {
             let notified = self.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(lease) = self.try_acquire() {
+            if let Some(lease) = self.try_acquire(avoid) {
                 return Ok(lease);
             }
             let now = Instant::now();
@@ -299,16 +303,14 @@ impl Router {
         let timeout = Duration::from_millis(self.settings.timeout_ms.load(Ordering::Relaxed));
         let deadline = started + timeout;
         let retry = again.is_some() && self.settings.retry.load(Ordering::Relaxed);
-        let mut request = Some(request);
+        let mut request = request;
+        let mut avoid = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(this_request) = request.take().or_else(|| again.and_then(|f| f())) else {
-                return Err(self.timeout());
-            };
-            let lease = self.acquire(deadline).await?;
+            let lease = self.acquire(deadline, avoid).await?;
             let replica = lease.slot.index;
-            let mut reply = send(lease, this_request);
+            let mut reply = send(lease, request);
             let answer = match tokio::time::timeout_at(deadline.into(), &mut reply).await {
                 Ok(answer) => answer,
                 Err(_) => {
@@ -339,7 +341,11 @@ impl Router {
                         "replica failed with a request in flight"
                     );
                     if retry && attempt == 1 {
-                        continue;
+                        if let Some(again) = again.and_then(|f| f()) {
+                            request = again;
+                            avoid = Some(replica);
+                            continue;
+                        }
                     }
                     return Err(CallError::ReplicaFailed {
                         deployment: self.name.clone(),
