@@ -512,3 +512,87 @@ async fn a_deleted_deployment_drains_and_its_handles_fail() {
     );
     stop(rt, serve).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_hold_their_resources_for_their_life() {
+    let node = troupe::Resources::cpus(2.0);
+    let rt = troupe::init(troupe::Config::default().resources(node))
+        .await
+        .expect("runtime");
+    let serve = troupe_serve::Serve::start(&rt, ServeOptions::new())
+        .await
+        .expect("serve");
+    let two = serve
+        .deploy(
+            "two",
+            DeploymentOptions::new().replicas(2).num_cpus(1.0),
+            || Echo,
+        )
+        .await
+        .expect("2 replicas of 1 CPU fit 2 CPUs");
+    assert_eq!(
+        two.call(serde_json::json!(1)).await.expect("answered"),
+        serde_json::json!(1)
+    );
+    // The node's CPUs are all held: another replica waits, then gives up.
+    let err = serve
+        .deploy(
+            "third",
+            DeploymentOptions::new()
+                .num_cpus(1.0)
+                .start_timeout(Duration::from_millis(200)),
+            || Echo,
+        )
+        .await
+        .expect_err("no CPU left");
+    assert!(matches!(err, ServeError::SpawnTimeout { .. }), "{err}");
+    // More than the node has can never start.
+    let err = serve
+        .deploy("huge", DeploymentOptions::new().num_cpus(3.0), || Echo)
+        .await
+        .expect_err("infeasible");
+    assert!(
+        matches!(&err, ServeError::Spawn { source, .. } if matches!(**source, troupe::SpawnError::Infeasible { .. })),
+        "{err}"
+    );
+    // Deleting a deployment gives its CPUs back.
+    serve.delete("two").await.expect("deleted");
+    serve
+        .deploy("third", DeploymentOptions::new().num_cpus(1.0), || Echo)
+        .await
+        .expect("a CPU is free again");
+    stop(rt, serve).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_is_read_from_disk_and_its_errors_name_it() {
+    let rt = troupe::init(troupe::Config::default())
+        .await
+        .expect("runtime");
+    let dir = std::env::temp_dir().join(format!("troupe-serve-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("serve.toml");
+    std::fs::write(
+        &path,
+        "[http]\nport = 0\n[[deployments]]\nname = \"echo\"\nkind = \"echo\"\nroute_prefix = \"/\"\n",
+    )
+    .expect("written");
+    let registry = Registry::new().register("echo", || Echo);
+    let serve = troupe_serve::run_config_file(&rt, &path, &registry)
+        .await
+        .expect("runs");
+    let addr = serve.http_addr().expect("the proxy runs");
+    let reply = client::post(addr, "/", "[true]").await.expect("answered");
+    assert_eq!((reply.status, reply.text()), (200, "[true]".to_string()));
+    serve.shutdown().await.expect("shutdown");
+    let missing = dir.join("missing.toml");
+    let err = troupe_serve::run_config_file(&rt, &missing, &registry)
+        .await
+        .expect_err("no such file");
+    assert!(
+        matches!(&err, ServeError::Config { path, .. } if path.ends_with("missing.toml")),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+    rt.shutdown().await.expect("runtime shutdown");
+}
