@@ -44,7 +44,9 @@ async fn batching_gives_each_caller_its_own_answer() {
             "double",
             DeploymentOptions::new()
                 .max_ongoing_requests(64)
-                .batching(BatchConfig::new(8, Duration::from_millis(200)))
+                // Batches go out only when full: 40 requests are 5
+                // batches of 8 however they arrive.
+                .batching(BatchConfig::new(8, Duration::from_secs(30)))
                 .route_prefix("/double"),
             move || Doubler {
                 sizes: for_factory.clone(),
@@ -62,13 +64,7 @@ async fn batching_gives_each_caller_its_own_answer() {
         let reply = reply.expect("answered");
         assert_eq!((reply.status, reply.text()), (200, (2 * x).to_string()));
     }
-    let seen = sizes.lock().expect("lock").clone();
-    assert_eq!(seen.iter().sum::<usize>(), 40);
-    assert!(seen.iter().all(|&n| (1..=8).contains(&n)), "{seen:?}");
-    assert!(
-        seen.iter().any(|&n| n > 1),
-        "40 requests within 200 ms were never batched: {seen:?}"
-    );
+    assert_eq!(*sizes.lock().expect("lock"), vec![8; 5]);
 
     // At run time: batches of one from the next batch on.
     serve
@@ -595,4 +591,65 @@ async fn a_config_file_is_read_from_disk_and_its_errors_name_it() {
     );
     std::fs::remove_dir_all(&dir).expect("cleaned up");
     rt.shutdown().await.expect("runtime shutdown");
+}
+
+/// Panics on a batch holding a negative number.
+struct PickyBatcher;
+
+impl Deployment for PickyBatcher {
+    type Request = i64;
+    type Response = i64;
+    async fn call(&mut self, x: i64) -> Result<i64, HandlerError> {
+        Ok(x)
+    }
+    async fn call_batch(&mut self, xs: Vec<i64>) -> Vec<Result<i64, HandlerError>> {
+        assert!(xs.iter().all(|&x| x >= 0), "a negative number in the batch");
+        xs.into_iter().map(Ok).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_panics_fails_each_of_its_callers_with_a_503() {
+    let (rt, serve, addr) = start(ServeOptions::new()).await;
+    serve
+        .deploy(
+            "picky",
+            DeploymentOptions::new()
+                .max_ongoing_requests(16)
+                // A batch goes out only once full: the four requests below
+                // are one batch however slowly they arrive.
+                .batching(BatchConfig::new(4, Duration::from_secs(30)))
+                .route_prefix("/picky"),
+            || PickyBatcher,
+        )
+        .await
+        .expect("deploys");
+    let requests: Vec<_> = [1i64, 2, -3, 4]
+        .into_iter()
+        .map(|x| tokio::spawn(async move { client::post(addr, "/picky", &x.to_string()).await }))
+        .collect();
+    for r in requests {
+        let reply = within("a request of the failed batch", r)
+            .await
+            .expect("task")
+            .expect("answered");
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            reply.text().contains("a negative number in the batch"),
+            "{}",
+            reply.text()
+        );
+    }
+    // The restarted replica batches again (batches of one from here on).
+    serve
+        .set_batching("picky", BatchConfig::new(1, Duration::ZERO))
+        .expect("changes");
+    let reply = within(
+        "a request after the restart",
+        client::post(addr, "/picky", "5"),
+    )
+    .await
+    .expect("answered");
+    assert_eq!((reply.status, reply.text()), (200, "5".to_string()));
+    stop(rt, serve).await;
 }
