@@ -867,9 +867,14 @@ impl Keeper {
 
 /// Keepers on the cluster (as it places them), one per `count`.
 pub async fn keepers(rt: &Runtime, count: usize) -> Vec<KeeperHandle> {
+    keepers_with(rt, count, ActorOptions::new()).await
+}
+
+/// Keepers spawned with `options` (on one node, say), one per `count`.
+pub async fn keepers_with(rt: &Runtime, count: usize, options: ActorOptions) -> Vec<KeeperHandle> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let keeper = Keeper::remote(rt, ActorOptions::new())
+        let keeper = Keeper::remote(rt, options.clone())
             .new()
             .await
             .expect("a keeper spawns on the cluster");
