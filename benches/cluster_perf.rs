@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use harness::{quick, timeit, Timing};
 use kit::join_as_driver;
-use troupe::cluster::local::{this_program, LocalCluster};
+use troupe::cluster::local::{this_program, LocalCluster, LocalNode};
 use troupe::cluster::{ClusterNode, MemberState, Role};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
@@ -104,6 +104,21 @@ fn alive_nodes() -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// SIGKILLs `victim` and resolves once this driver hears it is down.
+async fn kill_and_wait(cluster: &mut LocalCluster, rt: &Runtime, victim: &LocalNode) {
+    let mut events = rt.cluster_events();
+    // LocalCluster blocks (it waits for the process): off the runtime's
+    // workers, which the driver's links and heartbeats run on.
+    tokio::task::block_in_place(|| cluster.kill(victim));
+    loop {
+        match events.recv().await {
+            Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => return,
+            Ok(_) => {}
+            Err(err) => panic!("events: {err}"),
+        }
+    }
 }
 
 /// A plain TCP copy of `total` bytes over loopback, sent in the chunks the
@@ -374,16 +389,8 @@ async fn run(filters: Vec<String>) {
         let victim =
             tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
         wait_for("the victim", || alive_nodes() == 4).await;
-        let mut events = rt.cluster_events();
         let killed = Instant::now();
-        tokio::task::block_in_place(|| cluster.kill(&victim));
-        loop {
-            match events.recv().await {
-                Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => break,
-                Ok(_) => {}
-                Err(err) => panic!("events: {err}"),
-            }
-        }
+        kill_and_wait(&mut cluster, &rt, &victim).await;
         print(
             "node_dead_after_sigkill_s",
             killed.elapsed().as_secs_f64(),
@@ -448,15 +455,7 @@ async fn run(filters: Vec<String>) {
             });
         let read = len_of::options(on_victim).remote(&rt, &made);
         assert_eq!(*rt.get(&read).await.expect("read there"), 100 << 20);
-        let mut events = rt.cluster_events();
-        tokio::task::block_in_place(|| cluster.kill(&victim));
-        loop {
-            match events.recv().await {
-                Ok(ClusterEvent::NodeDown { node, .. }) if node == victim.node => break,
-                Ok(_) => {}
-                Err(err) => panic!("events: {err}"),
-            }
-        }
+        kill_and_wait(&mut cluster, &rt, &victim).await;
         let asked = Instant::now();
         let value = rt.get(&made).await.expect("made again");
         let rebuilt = asked.elapsed().as_secs_f64();
