@@ -386,9 +386,10 @@ async fn run(filters: Vec<String>) {
     if wanted(&filters, "node_dead_after_sigkill_s") {
         // LocalCluster blocks (it waits for the process): off the runtime's
         // workers, which the driver's links and heartbeats run on.
+        let before = alive_nodes();
         let victim =
             tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
-        wait_for("the victim", || alive_nodes() == 4).await;
+        wait_for("the victim", || alive_nodes() == before + 1).await;
         let killed = Instant::now();
         kill_and_wait(&mut cluster, &rt, &victim).await;
         print(
@@ -401,9 +402,10 @@ async fn run(filters: Vec<String>) {
         // A node stopped (SIGSTOP) past the detector's limit, then let run
         // again: from SIGCONT until its process is a live member again (a
         // new node: it was declared dead and fenced meanwhile).
+        let before = alive_nodes();
         let victim =
             tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to stall");
-        wait_for("the victim", || alive_nodes() == 4).await;
+        wait_for("the victim", || alive_nodes() == before + 1).await;
         cluster.pause(&victim).expect("SIGSTOP");
         wait_for("the victim declared dead", || {
             ClusterNode::current().is_some_and(|c| {
@@ -416,7 +418,7 @@ async fn run(filters: Vec<String>) {
         let resumed = Instant::now();
         cluster.resume(&victim).expect("SIGCONT");
         wait_for("the victim back as a new node", || {
-            alive_nodes() == 4
+            alive_nodes() == before + 1
                 && ClusterNode::current().is_some_and(|c| {
                     c.members().iter().any(|m| {
                         m.hello.pid == victim.pid
@@ -433,9 +435,10 @@ async fn run(filters: Vec<String>) {
         // driver's `get` (after the death is known) to the value, made again
         // from its lineage on another node and pulled here; beside it, the
         // same task's first run and pull, for the ratio.
+        let before = alive_nodes();
         let victim =
             tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
-        wait_for("the victim", || alive_nodes() == 4).await;
+        wait_for("the victim", || alive_nodes() == before + 1).await;
         let there = TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
             node: victim.node,
             soft: true,
@@ -466,9 +469,10 @@ async fn run(filters: Vec<String>) {
     if wanted(&filters, "actor_restarted_elsewhere_s") {
         // An actor (max_restarts 1) on a node that is SIGKILLed: from the
         // kill to the first call answered by its restart on another node.
+        let before = alive_nodes();
         let victim =
             tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
-        wait_for("the victim", || alive_nodes() >= 4).await;
+        wait_for("the victim", || alive_nodes() == before + 1).await;
         let options = ActorOptions::new().max_restarts(1).scheduling_strategy(
             SchedulingStrategy::NodeAffinity {
                 node: victim.node,
