@@ -66,6 +66,10 @@ impl Assembly {
     }
 }
 
+/// How often a `Locate` makes an object of this node again that keeps
+/// being lost while it answers.
+const LOCATE_ROUNDS: usize = 3;
+
 impl Shared {
     /// The cluster's members as this node knows them: the directory on the
     /// head, the last view it sent elsewhere.
@@ -349,14 +353,27 @@ impl Shared {
             Request::Locate(id) => {
                 // Answered once it is made (again, if it was lost with its
                 // node): a reader waits here, on the control link, not on a
-                // data connection held open.
-                match rt.reconstruct(id).await {
-                    Ok(()) => {
-                        rt.objects().made(id).await;
-                        Reply::Location(rt.objects().location(id).ok_or(ObjectError::Unknown(id)))
+                // data connection held open. Lost meanwhile (its node's
+                // death heard while this waited): made again, a few times.
+                let mut answer = Err(ObjectError::Unknown(id));
+                for _ in 0..LOCATE_ROUNDS {
+                    if let Err(err) = rt.reconstruct(id).await {
+                        answer = Err(err);
+                        break;
                     }
-                    Err(err) => Reply::Location(Err(err)),
+                    rt.objects().made(id).await;
+                    answer = match rt.objects().failure(id) {
+                        // Failed here: the reader gets why, not a pull.
+                        Some(err) => Err(err),
+                        None => rt.objects().location(id).ok_or(ObjectError::Unknown(id)),
+                    };
+                    let lost_here =
+                        id.node == rt.node_id() && matches!(answer, Err(ObjectError::Lost { .. }));
+                    if !lost_here {
+                        break;
+                    }
                 }
+                Reply::Location(answer)
             }
             Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),
             Request::NodeState { query, budget } => self.node_state(rt, &query, budget).await,
