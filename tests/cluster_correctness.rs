@@ -163,6 +163,13 @@ async fn readme_cluster(
     test: &str,
     workers: usize,
 ) -> (LocalCluster, LocalNode, Vec<LocalNode>, Runtime) {
+    if let Ok(filter) = std::env::var("TROUPE_TEST_LOG") {
+        // The driver's own log, for a failing seed (workers log per RUST_LOG).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut p = processes(test);
     let head = p
         .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])

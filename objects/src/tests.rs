@@ -874,7 +874,12 @@ async fn a_dead_node_loses_the_results_this_node_kept_there_and_sends_others_to_
     let value = owner.put(5u64).await.unwrap();
     let theirs = reader.remote::<u64>(value.id(), Some(dead));
 
-    assert_eq!(reader.node_died(dead), vec![ours.id()]);
+    // Told of its own lost results before any reader can see them fail.
+    let told = reader.node_died_and_tell(dead, |own| {
+        assert_eq!(own, &[ours.id()][..]);
+        assert!(reader.failure(ours.id()).is_none(), "failed before told");
+    });
+    assert_eq!(told, vec![ours.id()]);
     match reader.get(&ours).await {
         Err(ObjectError::Lost { node, .. }) => assert_eq!(node, dead),
         other => panic!("expected Lost, got {other:?}"),

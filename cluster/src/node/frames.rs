@@ -373,6 +373,9 @@ impl Shared {
                         break;
                     }
                 }
+                if let Err(err) = &answer {
+                    tracing::info!(object = %id, %from, %err, "located: failed");
+                }
                 Reply::Location(answer)
             }
             Request::Status => Reply::Status(crate::membership::trim_to_frame(self.members())),

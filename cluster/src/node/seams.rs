@@ -370,10 +370,12 @@ impl Shared {
             match self.pull(id, node).await {
                 // Not there (any more), or lost with that node while its
                 // owner lives: the owner knows where it is, or makes it again.
+                // The owner's own data path too may answer lost, between
+                // hearing of the holder's death and starting to make it
+                // again; its `Locate` waits for that.
                 Err(ObjectError::Unknown(_)) if attempt == 1 => continue,
                 Err(ObjectError::Lost { .. })
-                    if node != id.node
-                        && (attempt == 1 || std::time::Instant::now() < deadline) =>
+                    if attempt == 1 || std::time::Instant::now() < deadline =>
                 {
                     if attempt > 1 {
                         tokio::time::sleep(Duration::from_millis(50)).await;

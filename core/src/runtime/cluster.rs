@@ -21,7 +21,12 @@ impl Runtime {
         match &event {
             ClusterEvent::NodeDown { node, reason } => {
                 tracing::warn!(%node, %reason, "node down");
-                let lost = self.inner.objects.node_died(*node);
+                // Marked as awaiting recovery before they fail, so that a
+                // task taking one waits for it instead of failing.
+                let lost = self
+                    .inner
+                    .objects
+                    .node_died_and_tell(*node, |own| self.await_recovery_of(own));
                 self.explain_lost(&lost);
                 self.inner.scheduler.node_died(*node);
                 self.restart_placed(*node);

@@ -245,20 +245,27 @@ impl Runtime {
         last
     }
 
+    /// Objects of this node about to be lost with their node: those its
+    /// lineage can make again are awaited (tasks taking them wait).
+    pub(crate) fn await_recovery_of(&self, lost: &[ObjectId]) {
+        let lineage = self.inner.scheduler.lineage();
+        let recoverable: Vec<ObjectId> = lost
+            .iter()
+            .copied()
+            .filter(|id| lineage.why_not(*id).is_none())
+            .collect();
+        lineage.mark_lost(recoverable);
+    }
+
     /// Explains the loss of objects of this node that cannot be made again
     /// (their node just died): their error says why from now on.
     pub(crate) fn explain_lost(&self, lost: &[ObjectId]) {
         let lineage = self.inner.scheduler.lineage();
-        let mut recoverable = Vec::new();
         for id in lost {
-            match lineage.why_not(*id) {
-                Some(why) => {
-                    self.lost_because(*id, why);
-                }
-                None => recoverable.push(*id),
+            if let Some(why) = lineage.why_not(*id) {
+                self.lost_because(*id, why);
             }
         }
-        lineage.mark_lost(recoverable);
     }
 
     /// Lets the scheduler recover lost arguments of the tasks it runs here.

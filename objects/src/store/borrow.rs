@@ -129,6 +129,18 @@ impl ObjectStore {
     /// `node`; otherwise the next read asks its owner again, which may
     /// have made it again.
     pub fn node_died(&self, node: NodeId) -> Vec<ObjectId> {
+        self.node_died_and_tell(node, |_| {})
+    }
+
+    /// [`node_died`](Self::node_died), calling `before_failing` with this
+    /// node's own lost objects before any reader or waiter can see them
+    /// fail: a runtime that makes lost objects again marks them as awaited
+    /// there, so that no task taking one fails in between.
+    pub fn node_died_and_tell(
+        &self,
+        node: NodeId,
+        before_failing: impl FnOnce(&[ObjectId]),
+    ) -> Vec<ObjectId> {
         let mut orphans = Vec::new();
         let mut lost = Vec::new();
         let mut relocate = Vec::new();
@@ -198,12 +210,16 @@ impl ObjectStore {
                 }
             }
         }
-        let mut own = Vec::new();
+        let own: Vec<ObjectId> = lost
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| id.node != node)
+            .collect();
+        before_failing(&own);
         for (id, fetch) in lost {
             let error = if id.node == node {
                 ObjectError::owner_died(id)
             } else {
-                own.push(id);
                 ObjectError::Lost {
                     id,
                     node,
