@@ -398,6 +398,30 @@ async fn run(filters: Vec<String>) {
             "s",
         );
     }
+    if wanted(&filters, "placement_group_create_ms") {
+        // 4 bundles SPREAD over the three nodes: from `placement_group` to
+        // ready (the median of many), and creations with removals per
+        // second (Ray's microbenchmark loop).
+        let n = if quick() { 20 } else { 300 };
+        let mut ready_ms = Vec::with_capacity(n);
+        let began = Instant::now();
+        for _ in 0..n {
+            let start = Instant::now();
+            let group = rt
+                .placement_group(
+                    PlacementGroupOptions::new(vec![Resources::cpus(0.1); 4])
+                        .strategy(PlacementStrategy::Spread),
+                )
+                .expect("a valid group");
+            group.ready(Duration::from_secs(10)).await.expect("placed");
+            ready_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            rt.remove_placement_group(&group).await;
+        }
+        let per_s = n as f64 / began.elapsed().as_secs_f64();
+        ready_ms.sort_by(f64::total_cmp);
+        print("placement_group_create_ms", ready_ms[n / 2], "ms");
+        print("placement_group_create_remove_per_s", per_s, "groups/s");
+    }
     if wanted(&filters, "rejoin_after_stall_s") {
         // A node stopped (SIGSTOP) past the detector's limit, then let run
         // again: from SIGCONT until its process is a live member again (a

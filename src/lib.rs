@@ -36,14 +36,14 @@
 pub use troupe_core::local_message;
 pub use troupe_core::register_cause;
 pub use troupe_core::{
-    actor, error, init, object_store, registry, remote, resources, runtime, scheduler, supervisor,
-    task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo, ActorOptions, AnyObjectRef,
-    Availability, Blob, CallProblem, Cause, ClusterSeams, Config, Encoded, Fetched, GetSize,
-    GpuDetector, GpuInfo, IntoArg, Limit, LookupError, NodeId, Object, ObjectDirectory,
-    ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending, Resources, Runtime,
-    SchedulingStrategy, ShutdownError, SpawnError, State, StateQuery, StoreConfig,
-    SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskFilter, TaskId,
-    TaskInfo, TaskOptions, TaskState, TimelineError, TimelineEvent,
+    actor, error, init, object_store, placement_group, registry, remote, resources, runtime,
+    scheduler, supervisor, task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo,
+    ActorOptions, AnyObjectRef, Availability, Blob, CallProblem, Cause, ClusterSeams, Config,
+    Encoded, Fetched, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError, NodeId, Object,
+    ObjectDirectory, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending,
+    Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, State, StateQuery,
+    StoreConfig, SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskFilter,
+    TaskId, TaskInfo, TaskOptions, TaskState, TimelineError, TimelineEvent,
 };
 pub use troupe_macros::{actor, remote};
 
@@ -95,6 +95,9 @@ pub mod prelude {
     /// `Config::connect(addr)` and `.cluster_node(options)`.
     #[cfg(feature = "cluster")]
     pub use troupe_cluster::ConfigExt as _;
+    pub use troupe_core::placement_group::{
+        PlacementGroup, PlacementGroupOptions, PlacementGroupState, PlacementStrategy,
+    };
     pub use troupe_core::supervisor::{
         Backoff, ChildSpec, Intensity, Restart, Shutdown, Strategy, SupervisionEvent, Supervisor,
         SupervisorRef, SupervisorSpec,

@@ -338,6 +338,110 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
     rt.shutdown().await.unwrap();
 }
 
+/// The free CPUs each live node last reported, by node.
+fn free_cpus() -> std::collections::BTreeMap<NodeId, f64> {
+    ClusterNode::current()
+        .map(|c| c.members())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.state == MemberState::Alive && m.hello.role != Role::Driver)
+        .map(|m| (m.hello.node, m.available.num_cpus))
+        .collect()
+}
+
+/// Placement groups over real nodes: SPREAD gives each bundle its own node
+/// and work in a bundle runs there; STRICT_SPREAD over more bundles than
+/// nodes waits until a node joins; a node dying with a bundle gets it
+/// reserved again on another; removal gives every node its CPUs back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one() {
+    let _turn = DRIVER.lock().await;
+    let (mut p, head, nodes, rt) =
+        started("groups", "2", &[&["--num-cpus", "2"], &["--num-cpus", "2"]]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ready = Duration::from_secs(30);
+
+    let spread = rt
+        .placement_group(
+            PlacementGroupOptions::new(vec![Resources::cpus(1.0); 3])
+                .strategy(PlacementStrategy::Spread),
+        )
+        .unwrap();
+    let placed = spread.ready(ready).await.unwrap();
+    assert_eq!(
+        placed.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([head.node, a.node, b.node]),
+        "one bundle per node"
+    );
+    for (index, node) in placed.iter().enumerate() {
+        let r = where_am_i::options(TaskOptions::default().placement_group(&spread, Some(index)))
+            .remote(&rt, 1);
+        let ran = *common::within("a task in a bundle", rt.get(&r))
+            .await
+            .unwrap();
+        assert_eq!(ran, *node, "bundle {index}'s task ran on its node");
+    }
+    common::eventually("each node holds one CPU for the group", || {
+        free_cpus().values().all(|free| *free == 1.0)
+    })
+    .await;
+
+    // Four bundles apart on three nodes: pending until a fourth joins.
+    let apart = rt
+        .placement_group(
+            PlacementGroupOptions::new(vec![Resources::cpus(0.5); 4])
+                .strategy(PlacementStrategy::StrictSpread),
+        )
+        .unwrap();
+    let err = apart.ready(Duration::from_millis(300)).await.unwrap_err();
+    assert!(err.to_string().contains("STRICT_SPREAD"), "{err}");
+    // `troupe status` reports it, from the driver's next heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (ok, status) = p
+            .run(&["status", "--address", &head.address])
+            .expect("runs");
+        assert!(ok, "{status}");
+        if status.contains("1 placement group(s) pending") || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.contains("1 placement group(s) pending"), "{status}");
+    let c = p
+        .worker(&head, &["--num-cpus", "2"])
+        .expect("a worker starts");
+    let placed_apart = apart.ready(ready).await.unwrap();
+    assert_eq!(placed_apart.iter().collect::<BTreeSet<_>>().len(), 4);
+    assert!(placed_apart.contains(&c.node));
+    rt.remove_placement_group(&apart).await;
+
+    // A node with one of the SPREAD bundles dies: it is reserved again on
+    // a node with room, and work in it runs there.
+    let lost = placed.iter().position(|n| *n == a.node).expect("a has one");
+    p.kill(a);
+    let mut again = None;
+    common::eventually("the lost bundle is reserved again", || {
+        again = spread.bundle_node(lost).filter(|node| *node != a.node);
+        again.is_some()
+    })
+    .await;
+    let r = where_am_i::options(TaskOptions::default().placement_group(&spread, Some(lost)))
+        .remote(&rt, 1);
+    let ran = *common::within("a task in the moved bundle", rt.get(&r))
+        .await
+        .unwrap();
+    assert_eq!(Some(ran), again);
+
+    rt.remove_placement_group(&spread).await;
+    common::eventually("every live node has its CPUs back", || {
+        let free = free_cpus();
+        free.len() == 3 && free.values().all(|cpus| *cpus == 2.0)
+    })
+    .await;
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_node_is_declared_dead_and_its_work_moves_or_fails_as_it_should() {
     let _turn = DRIVER.lock().await;

@@ -427,14 +427,10 @@ async fn job_through(
 /// A worker SIGKILLed at a random moment of a random DAG: its tasks run
 /// again elsewhere, the results it held are made again from their
 /// lineage, and every answer is exact, with nothing left behind.
-/// `TROUPE_CHAOS_SEEDS=1..=10` runs more (a fresh cluster each), and
-/// `TROUPE_CHAOS_TASKS=10000` larger DAGs.
-/// Opt in with `--ignored`: about one seed in twenty or thirty still fails,
-/// a task waiting on an object lost with its node seeing it failed before
-/// its owner makes it again (\"did not run: its argument … could not make
-/// it again\"), a race not yet found.
+/// CI runs seeds 1 and 2; `TROUPE_CHAOS_SEEDS=1..=10` runs more (a fresh
+/// cluster each), `TROUPE_CHAOS_TASKS=10000` larger DAGs, and
+/// `TROUPE_CHAOS_KEEPERS=1` adds actor calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a race in recovery still fails about one seed in twenty or thirty"]
 async fn a_worker_killed_mid_job_leaves_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=2) {
@@ -501,9 +497,8 @@ async fn a_stalled_worker_is_fenced_and_rejoins_as_a_new_node_that_takes_work() 
 }
 
 /// The same with two workers of three SIGKILLed one after the other (1 to
-/// 2 s apart): the last one does all the work again (opt in, as above).
+/// 2 s apart): the last one does all the work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a race in recovery still fails about one seed in twenty or thirty"]
 async fn two_workers_killed_one_after_the_other_leave_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
@@ -516,9 +511,8 @@ async fn two_workers_killed_one_after_the_other_leave_every_answer_exact() {
 
 /// The same with a worker stalled (SIGSTOP 3 s, SIGCONT) at a random moment:
 /// it is handled as dead while it still runs, and what it sends on waking
-/// changes nothing (opt in, as above).
+/// changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a race in recovery still fails about one seed in twenty or thirty"]
 async fn a_worker_stalled_mid_job_leaves_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=2) {

@@ -38,6 +38,18 @@ pub fn fits(need: &Resources, have: &Resources) -> bool {
             .all(|(k, v)| *v <= have.custom.get(k).copied().unwrap_or(0.0) + EPS)
 }
 
+/// `needs` less the resources of placement group bundles.
+fn without_bundles(needs: &Resources) -> std::borrow::Cow<'_, Resources> {
+    use troupe_core::placement_group::is_bundle_resource;
+    if needs.custom.keys().any(|k| is_bundle_resource(k)) {
+        let mut rest = needs.clone();
+        rest.custom.retain(|k, _| !is_bundle_resource(k));
+        std::borrow::Cow::Owned(rest)
+    } else {
+        std::borrow::Cow::Borrowed(needs)
+    }
+}
+
 /// The placement rules over a member view.
 #[derive(Default)]
 pub struct Placer {
@@ -82,10 +94,14 @@ impl Placer {
         };
         let load = |m: &Member| m.load.tasks_queued + sent_to(m.hello.node).tasks;
         let needs = request.needs;
+        // A node's totals never list bundles' resources (they come and go
+        // with placement groups): what it is asked to hold in all is the
+        // rest, and the bundle's node checks the bundle.
+        let in_all = without_bundles(needs);
         let runnable = |m: &&Member| {
             m.state == MemberState::Alive
                 && m.hello.role != Role::Client
-                && fits(needs, &m.hello.resources)
+                && fits(&in_all, &m.hello.resources)
                 && can_run(m)
         };
         match request.spec.options.get_scheduling_strategy() {

@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,6 +130,8 @@ pub struct Load {
     pub objects: u64,
     /// Bytes of its objects in memory.
     pub object_bytes: u64,
+    /// Placement groups it created that are not (all) reserved yet.
+    pub placement_groups_pending: u64,
 }
 
 /// The head's answer to a join.
@@ -224,6 +226,16 @@ pub enum Request {
         /// Turn recording on or off first.
         record: Option<bool>,
     },
+    /// Reserve these bundles of a placement group here: all or none
+    /// (answered `Ok`, or `Refused` with why).
+    ReserveBundles {
+        /// The group.
+        group: troupe_core::placement_group::PlacementGroupId,
+        /// Each bundle's index and resources.
+        bundles: Vec<(usize, troupe_core::Resources)>,
+    },
+    /// Give back every bundle of this placement group held here.
+    ReleaseBundles(troupe_core::placement_group::PlacementGroupId),
 }
 
 impl Request {
@@ -238,6 +250,8 @@ impl Request {
             Request::StopActor { .. } => "stopping an actor",
             Request::FindActor(_) => "finding an actor",
             Request::LocateActor(_) => "locating an actor",
+            Request::ReserveBundles { .. } => "reserving placement group bundles",
+            Request::ReleaseBundles(_) => "releasing placement group bundles",
             Request::Status => "the status",
             Request::StopCluster => "stopping the cluster",
             Request::Leave => "leaving",

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use troupe_core::placement_group::PlacementGroupId;
 
 use proptest::prelude::*;
 use proptest::strategy::{LazyJust, ValueTree};
@@ -115,13 +116,14 @@ fn hello() -> impl Strategy<Value = Hello> {
 }
 
 fn load() -> impl Strategy<Value = Load> {
-    any::<[u64; 6]>().prop_map(|l| Load {
+    any::<[u64; 7]>().prop_map(|l| Load {
         tasks_queued: l[0],
         tasks_running: l[1],
         tasks_unplaced: l[2],
         actors: l[3],
         objects: l[4],
         object_bytes: l[5],
+        placement_groups_pending: l[6],
     })
 }
 
@@ -281,6 +283,17 @@ fn request() -> impl Strategy<Value = Request> {
         LazyJust::new(|| Request::StopCluster),
         LazyJust::new(|| Request::Leave),
         LazyJust::new(|| Request::Stop),
+        (
+            node(),
+            any::<u64>(),
+            prop::collection::vec((any::<usize>(), resources()), 0..4)
+        )
+            .prop_map(|(node, seq, bundles)| Request::ReserveBundles {
+                group: PlacementGroupId { node, seq },
+                bundles,
+            }),
+        (node(), any::<u64>())
+            .prop_map(|(node, seq)| Request::ReleaseBundles(PlacementGroupId { node, seq })),
     ]
 }
 

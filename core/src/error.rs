@@ -27,6 +27,9 @@ pub enum SpawnError {
         /// The panic message or the constructor's error.
         cause: String,
     },
+    /// It was to live in a placement group's bundle that cannot take it.
+    #[error("the actor cannot live in its placement group: {0}")]
+    PlacementGroup(crate::placement_group::PlacementGroupError),
     /// Another live actor already holds this name in this runtime.
     #[error("the actor name {0:?} is already taken in this runtime; pick another name or look the existing actor up with get_actor")]
     NameTaken(String),
@@ -314,6 +317,17 @@ pub enum TaskError {
         /// What is wrong and what to change.
         reason: String,
     },
+    /// It was to run in a placement group's bundle that cannot take it
+    /// (removed, no such bundle, too small, or created on another node).
+    #[error("task {task} ({id}) cannot run in its placement group: {cause}")]
+    PlacementGroup {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// What is wrong.
+        cause: crate::placement_group::PlacementGroupError,
+    },
     /// The task was cancelled (`Runtime::cancel`); it is never retried.
     #[error("task {task} ({id}) was cancelled")]
     Cancelled {
@@ -431,6 +445,7 @@ impl TaskError {
             | TaskError::Infeasible { id, .. }
             | TaskError::NodeGone { id, .. }
             | TaskError::InvalidResources { id, .. }
+            | TaskError::PlacementGroup { id, .. }
             | TaskError::Cancelled { id, .. }
             | TaskError::ShutDown { id, .. }
             | TaskError::ResultNotStored { id, .. }

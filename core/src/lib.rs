@@ -44,6 +44,7 @@ mod ids;
 mod lineage;
 pub mod object_store;
 mod panics;
+pub mod placement_group;
 pub mod registry;
 pub mod remote;
 pub mod resources;

@@ -62,6 +62,13 @@ pub enum PlacementDecision {
 pub trait Placement: Send + Sync + 'static {
     /// Where `request`'s task should run.
     fn place(&self, request: &PlacementRequest<'_>) -> PlacementDecision;
+
+    /// The live nodes that can be given work, with what each has free as
+    /// last heard: where placement groups' bundles may go. Default: none
+    /// (a group is placed on this node alone).
+    fn nodes(&self) -> Option<Vec<crate::placement_group::NodeRoom>> {
+        None
+    }
 }
 
 /// Where one result of a task run elsewhere is.
@@ -163,6 +170,31 @@ pub trait RemoteExecutor: Send + Sync + 'static {
     /// nothing to tell.
     fn actor_ended(&self, owner: ActorOwner) {
         let _ = owner;
+    }
+
+    /// Reserves bundles of placement group `group` on `node`
+    /// (`Runtime::reserve_bundles` there): all of them, or none and why.
+    /// Default: no other node can be reached.
+    fn reserve_bundles(
+        &self,
+        node: NodeId,
+        group: crate::placement_group::PlacementGroupId,
+        bundles: Vec<(usize, Resources)>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let _ = (group, bundles);
+        Box::pin(async move { Err(format!("node {node} cannot be reached")) })
+    }
+
+    /// Gives back what `node` holds of placement group `group`
+    /// (`Runtime::release_bundles` there); resolves once it has, or once the
+    /// node is gone. Default: nothing to reach.
+    fn release_bundles(
+        &self,
+        node: NodeId,
+        group: crate::placement_group::PlacementGroupId,
+    ) -> BoxFuture<'static, ()> {
+        let _ = (node, group);
+        Box::pin(async {})
     }
 
     /// Whether `node` is a live member this node can reach. Default: yes.

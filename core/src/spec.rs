@@ -33,6 +33,16 @@ pub enum SchedulingStrategy {
         /// Whether another node may run it when this one cannot.
         soft: bool,
     },
+    /// In bundle `bundle` of a placement group (with `None`, its bundles in
+    /// turn), out of what the bundle holds: on the bundle's node, once the
+    /// group is ready (work submitted before waits for it). See
+    /// [`TaskOptions::placement_group`].
+    PlacementGroup {
+        /// The group.
+        group: crate::placement_group::PlacementGroupId,
+        /// The bundle's index, or any.
+        bundle: Option<usize>,
+    },
 }
 
 /// How to run a task (Ray's `.options(...)`). Serializable, so that a task
@@ -113,6 +123,43 @@ impl TaskOptions {
     pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
         self.strategy = strategy;
         self
+    }
+
+    /// Runs in bundle `bundle` of `group` (`None`: its bundles in turn),
+    /// out of what the bundle holds (Ray's
+    /// `PlacementGroupSchedulingStrategy`): what it asks for must fit the
+    /// bundle.
+    ///
+    /// ```
+    /// # use troupe_core::{Config, Resources};
+    /// # use troupe_core::placement_group::PlacementGroupOptions;
+    /// # use troupe_core::task::TaskOptions;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let rt = troupe_core::init(Config::default().resources(Resources::cpus(2.0))).await.unwrap();
+    /// let group = rt.placement_group(PlacementGroupOptions::new(vec![Resources::cpus(1.0)])).unwrap();
+    /// let in_bundle = TaskOptions::default().placement_group(&group, Some(0));
+    /// // `f::options(in_bundle).remote(&rt, ..)` runs `f` in bundle 0.
+    /// # let _ = in_bundle;
+    /// # rt.shutdown().await.unwrap();
+    /// # }
+    /// ```
+    pub fn placement_group(
+        self,
+        group: &crate::placement_group::PlacementGroup,
+        bundle: Option<usize>,
+    ) -> Self {
+        self.scheduling_strategy(SchedulingStrategy::PlacementGroup {
+            group: group.id(),
+            bundle,
+        })
+    }
+
+    /// The task's needs, renamed into its bundle's resources.
+    pub(crate) fn set_needs(&mut self, needs: Resources) {
+        self.num_cpus = needs.num_cpus;
+        self.num_gpus = needs.num_gpus;
+        self.memory = needs.memory;
+        self.resources = needs.custom;
     }
 
     /// For generators: how many yielded items may wait unread before the

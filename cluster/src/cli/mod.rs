@@ -631,6 +631,13 @@ pub fn render_status(members: &[Member]) -> String {
             m.load.objects,
             m.load.object_bytes,
         );
+        if m.load.placement_groups_pending > 0 {
+            let _ = writeln!(
+                out,
+                "{:<20} {} placement group(s) pending (no set of nodes fits them now)",
+                "", m.load.placement_groups_pending
+            );
+        }
     }
     out
 }

@@ -349,6 +349,16 @@ impl Shared {
                 }
             }
             Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
+            Request::ReserveBundles { group, bundles } => {
+                match rt.reserve_bundles(group, &bundles) {
+                    Ok(()) => Reply::Ok,
+                    Err(why) => Reply::Refused(why),
+                }
+            }
+            Request::ReleaseBundles(group) => {
+                rt.release_bundles(group);
+                Reply::Ok
+            }
             Request::LocateActor(actor) => Reply::ActorAt(rt.placed_actor_location(actor).await),
             Request::Locate(id) => {
                 // Answered once it is made (again, if it was lost with its

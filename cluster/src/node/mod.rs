@@ -18,6 +18,7 @@ use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::sync::{mpsc, watch};
 use troupe_core::error::{ActorError, Failure};
+use troupe_core::placement_group::{NodeRoom, PlacementGroupId};
 use troupe_core::remote::{
     ActorOwner, ClusterEvent, Placement, PlacementDecision, PlacementRequest, Relocation,
     RemoteExecutor, RemoteOutcome, RemoteSpawn, StopHow, TaskDone,
@@ -599,6 +600,16 @@ impl Shared {
                 actors: rt.live_actors() as u64,
                 objects: store.len() as u64,
                 object_bytes: store.in_memory_bytes(),
+                placement_groups_pending: rt
+                    .placement_groups()
+                    .iter()
+                    .filter(|(_, _, state)| {
+                        matches!(
+                            state,
+                            troupe_core::placement_group::PlacementGroupState::Pending { .. }
+                        )
+                    })
+                    .count() as u64,
             },
         )
     }

@@ -39,6 +39,32 @@ impl Placement for Seams {
         }
         decision
     }
+
+    fn nodes(&self) -> Option<Vec<NodeRoom>> {
+        let shared = &self.0;
+        let me = shared.me()?;
+        if shared.is_ended() {
+            return None;
+        }
+        // Live members running this program that this node reaches.
+        let transport = shared.transport.get();
+        let build = shared.options.build_id;
+        let view = read(&shared.view);
+        Some(
+            view.iter()
+                .filter(|m| {
+                    let node = m.hello.node;
+                    !departed(m)
+                        && Some(m.hello.build_id) == build
+                        && (node == me || transport.is_some_and(|t| t.connected(node)))
+                })
+                .map(|m| NodeRoom {
+                    node: m.hello.node,
+                    free: m.available.clone(),
+                })
+                .collect(),
+        )
+    }
 }
 
 impl RemoteExecutor for Seams {
@@ -154,6 +180,42 @@ impl RemoteExecutor for Seams {
             let request = Request::StopActor { actor, how };
             // A node that is gone took its actor with it: nothing to wait for.
             let _ = transport.request(node, request).await;
+        })
+    }
+
+    fn reserve_bundles(
+        &self,
+        node: NodeId,
+        group: PlacementGroupId,
+        bundles: Vec<(usize, Resources)>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let Some(transport) = shared.transport.get().cloned() else {
+                return Err("not joined to a cluster".to_owned());
+            };
+            match transport
+                .request(node, Request::ReserveBundles { group, bundles })
+                .await
+            {
+                Ok(Reply::Ok) => Ok(()),
+                Ok(Reply::Refused(why)) => Err(why),
+                Ok(other) => Err(format!("node {node} answered {other:?}")),
+                Err(err) => Err(format!("node {node}: {err}")),
+            }
+        })
+    }
+
+    fn release_bundles(&self, node: NodeId, group: PlacementGroupId) -> BoxFuture<'static, ()> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let Some(transport) = shared.transport.get().cloned() else {
+                return;
+            };
+            // A node that is gone gave its bundles back with its life.
+            let _ = transport
+                .request(node, Request::ReleaseBundles(group))
+                .await;
         })
     }
 

@@ -174,6 +174,20 @@ impl ActorOptions {
         self
     }
 
+    /// Lives in bundle `bundle` of `group` (`None`: its bundles in turn),
+    /// holding its resources out of the bundle's, on the bundle's node
+    /// (spawn it with `spawn_remote` when that is another node).
+    pub fn placement_group(
+        self,
+        group: &crate::placement_group::PlacementGroup,
+        bundle: Option<usize>,
+    ) -> Self {
+        self.scheduling_strategy(crate::spec::SchedulingStrategy::PlacementGroup {
+            group: group.id(),
+            bundle,
+        })
+    }
+
     /// An actor spawned on another node lives while its owner (the
     /// process that spawned it) does, as Ray's actors do: when the owner
     /// leaves or dies, the node hosting it kills it and frees what it

@@ -78,6 +78,7 @@ impl Runtime {
         if self.is_shut_down() {
             return Err(SpawnError::RuntimeShutDown);
         }
+        let options = self.local_actor_in_group(options, A::NAME).await?;
         let reservation = match self.needs_of(&options)? {
             None => None,
             Some(needs) => {
@@ -85,7 +86,11 @@ impl Runtime {
                 Some(self.reserved::<A>(&options, reserved)?)
             }
         };
+        let bundle = (!options.resources.custom.is_empty()).then(|| options.resources.clone());
         let (slot, handle) = self.new_slot::<A>(options, reservation, collect, true)?;
+        if let Some(resources) = bundle {
+            self.adopt_into_bundle(&resources, slot.info.id);
+        }
         // The caller may drop this future while an async constructor runs:
         // the slot (its name, resources, directory entry) must not outlive
         // that as a live actor nobody started.
@@ -139,6 +144,10 @@ impl Runtime {
         if self.is_shut_down() {
             return Err(SpawnError::RuntimeShutDown);
         }
+        let options = match self.actor_in_group_now(&options, A::NAME)? {
+            Some(placed) => self.here_or_refuse(placed)?,
+            None => return Err(Self::group_not_ready(&options)),
+        };
         let reservation = match self.needs_of(&options)? {
             None => None,
             Some(needs) => {
@@ -157,7 +166,11 @@ impl Runtime {
         };
         let max_restarts = options.max_restarts;
         let shutdown = options.shutdown;
+        let bundle = (!options.resources.custom.is_empty()).then(|| options.resources.clone());
         let (slot, handle) = self.new_slot::<A>(options, reservation, false, false)?;
+        if let Some(resources) = bundle {
+            self.adopt_into_bundle(&resources, slot.info.id);
+        }
         let factory = Factory::Sync(Arc::new(new));
         let env = self.inner.env.clone();
         let start_slot = slot.clone();

@@ -207,6 +207,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
             cluster_events: broadcast::channel(256).0,
             placed: Default::default(),
             hosted: Default::default(),
+            groups: Default::default(),
             objects,
             scheduler,
             actors: Arc::new(Directory::default()),

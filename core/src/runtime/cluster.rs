@@ -31,6 +31,7 @@ impl Runtime {
                 self.inner.scheduler.node_died(*node);
                 self.restart_placed(*node);
                 self.end_hosted_by(*node);
+                self.groups_node_down(*node);
             }
             ClusterEvent::NodeUp { node, .. } => {
                 tracing::info!(%node, "node up");

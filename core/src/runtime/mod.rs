@@ -29,6 +29,7 @@ mod config;
 mod lineage;
 mod objects;
 mod placed_actors;
+mod placement_groups;
 mod recording;
 mod remote_actors;
 mod service;
@@ -90,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) placed: placed_actors::PlacedActors,
     /// Actors this runtime runs for owners on other nodes.
     pub(crate) hosted: remote_actors::HostedActors,
+    /// Placement groups this runtime created, and bundles it holds.
+    pub(crate) groups: placement_groups::PlacementGroups,
     pub(crate) objects: ObjectStore,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) actors: Arc<Directory>,

@@ -44,6 +44,7 @@ impl Runtime {
             constructor: format!("{}::{constructor}", A::NAME),
             cause: err.to_string(),
         })?;
+        let options = self.actor_in_group(options, A::NAME).await?;
         let node = match options.strategy {
             SchedulingStrategy::NodeAffinity { node, soft: false } => Some(node),
             _ => None,

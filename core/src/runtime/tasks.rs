@@ -39,6 +39,12 @@ impl Runtime {
     /// The one path every task takes to the scheduler: submitted here with
     /// typed arguments, or received as a spec from another node.
     pub(crate) fn submit_task(&self, spec: TaskSpec, body: Arc<dyn TaskBody>) {
+        if let crate::spec::SchedulingStrategy::PlacementGroup { group, bundle } =
+            spec.options.get_scheduling_strategy()
+        {
+            let (group, bundle) = (*group, *bundle);
+            return self.submit_in_group(spec, body, group, bundle);
+        }
         let stats = self.inner.scheduler.stats_of(&spec.function);
         let task = Task::new(spec, body, stats);
         let span = tracing::trace_span!(

@@ -253,6 +253,13 @@ impl Scheduler {
         &self.capacity
     }
 
+    /// Fails a task before it was submitted (its placement group cannot
+    /// take it, say).
+    pub(crate) fn reject(&self, task: Arc<Task>, err: TaskError) {
+        task.stats.submitted();
+        self.fail(&task, err);
+    }
+
     /// Submits a task. One that cannot run here goes to the placement hook
     /// (none: it fails as infeasible); invalid options fail at once.
     pub(crate) fn submit(self: &Arc<Self>, task: Arc<Task>) {

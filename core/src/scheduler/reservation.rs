@@ -39,6 +39,26 @@ impl Scheduler {
         Ok(grant.map(|g| self.reservation(g)))
     }
 
+    /// Offers a placement group bundle's resources here (see
+    /// [`State::add_capacity`](super::state::State::add_capacity)).
+    pub(crate) fn add_capacity(self: &Arc<Self>, offered: &Units) {
+        let actions = self.lock().add_capacity(offered, &self.settled());
+        self.perform(actions);
+    }
+
+    /// Stops offering a bundle's resources, and cancels the work here that
+    /// asks for resources named with `prefix` (the bundle's).
+    pub(crate) fn remove_capacity(self: &Arc<Self>, offered: &Units, prefix: &str) {
+        let cancel = {
+            let mut state = self.lock();
+            state.remove_capacity(offered);
+            state.results_needing(prefix)
+        };
+        for result in cancel {
+            self.cancel(result);
+        }
+    }
+
     fn reservation(self: &Arc<Self>, grant: Grant) -> Reservation {
         if !grant.gpus.is_empty() {
             self.gpus_gauge();

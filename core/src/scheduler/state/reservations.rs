@@ -59,4 +59,46 @@ impl<P: Payload, W> State<P, W> {
         self.step(settled, &mut actions);
         actions
     }
+
+    /// Resources a placement group's bundle offers here, from now on (taken
+    /// out of the free pool by its reservation first).
+    pub(crate) fn add_capacity(&mut self, offered: &Units, settled: &Avail<'_>) -> Actions<P, W> {
+        offered.give_back(&mut self.capacity);
+        offered.give_back(&mut self.free);
+        let mut actions = Actions::default();
+        self.step(settled, &mut actions);
+        actions
+    }
+
+    /// A bundle's resources are no longer offered: work still holding them
+    /// gives them back as it ends (its cancellation follows), and names
+    /// nobody offers leave the books.
+    pub(crate) fn remove_capacity(&mut self, offered: &Units) {
+        offered.take_from(&mut self.capacity);
+        offered.take_from(&mut self.free);
+        self.capacity.custom.retain(|_, v| *v != 0);
+        self.free
+            .custom
+            .retain(|k, v| *v != 0 || self.capacity.custom.contains_key(k));
+    }
+
+    /// The first result of each unfinished task here that asks for a
+    /// resource whose name starts with `prefix` (what a removed bundle
+    /// cancels).
+    pub(crate) fn results_needing(&self, prefix: &str) -> Vec<ObjectId> {
+        let asks = |task: &P| task.needs().custom.keys().any(|k| k.starts_with(prefix));
+        let queued = self
+            .incoming
+            .iter()
+            .chain(self.ready.iter())
+            .chain(self.watched.values())
+            .chain(self.dependents.values().flatten())
+            .chain(self.unplaced.iter())
+            .chain(self.running.values().map(|a| &a.queued))
+            .map(|q| &q.task);
+        queued
+            .filter(|task| asks(task))
+            .filter_map(|task| task.results().first().copied())
+            .collect()
+    }
 }
