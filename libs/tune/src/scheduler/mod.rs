@@ -69,7 +69,7 @@ pub(crate) enum Decision {
 ///
 /// ```
 /// use troupe_tune::{Asha, Scheduler};
-/// let s = Scheduler::Asha(Asha::new().max_t(27).grace_period(1).reduction_factor(3));
+/// let s = Scheduler::Asha(Asha::new().max_t(27).grace_period(1).reduction_factor(3.0));
 /// # let _ = s;
 /// ```
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
