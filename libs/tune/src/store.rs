@@ -204,3 +204,44 @@ pub(crate) fn append_result(dir: &Path, report: &Report, first: bool) -> Result<
     w.write_record(values).map_err(csv_err)?;
     w.flush().map_err(|e| TuneError::io(&csv_path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_reads_back_as_written_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoint {
+            iteration: 7,
+            params: Params::new().with("lr", 0.5),
+            bytes: Arc::new(vec![0, 1, 2, b'\n', 255]),
+            reports: 6,
+        };
+        write_checkpoint(dir.path(), &c).unwrap();
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), Some(c));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["checkpoint.bin"]);
+        assert_eq!(read_checkpoint(&dir.path().join("none")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_history_cut_short_ends_at_its_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = |i| Report {
+            iteration: i,
+            metrics: Metrics::new().with("m", i as f64),
+        };
+        rewrite_history(dir.path(), &[report(1), report(2)]).unwrap();
+        let path = dir.path().join("result.json");
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(r#"{"iteration":3,"val"#);
+        fs::write(&path, text).unwrap();
+        assert_eq!(read_history(dir.path()).unwrap(), [report(1), report(2)]);
+        let csv = fs::read_to_string(dir.path().join("progress.csv")).unwrap();
+        assert_eq!(csv, "iteration,m\n1,1\n2,2\n");
+    }
+}

@@ -155,14 +155,24 @@ impl Tuner {
     /// Runs the experiment to its end (or until stopped), and gives every
     /// trial's result. A trial that errors does not end the experiment;
     /// an experiment directory that cannot be written, or trial resources
-    /// that can never fit, do.
+    /// that can never fit, do. A new experiment refuses a directory that
+    /// holds one already ([`Tuner::resume`] continues it).
     pub async fn fit(self) -> Result<ResultGrid, TuneError> {
-        let options = self.options;
+        let mut options = self.options;
         options.validate()?;
         let dir = options.dir.clone();
         store::create_dir(&dir)?;
         let experiment = match self.source {
             Source::Space(space) => {
+                if Tuner::can_resume(&dir) {
+                    return Err(TuneError::invalid(
+                        "dir",
+                        format!(
+                            "{} holds an experiment already; continue it with Tuner::resume, or choose another directory",
+                            dir.display()
+                        ),
+                    ));
+                }
                 let configs = space.generate(options.num_samples, options.seed)?;
                 Experiment::new(
                     &options.metric,
@@ -173,6 +183,9 @@ impl Tuner {
             }
             Source::Resume => Experiment::load(&dir)?,
         };
+        // A resumed experiment tunes what it tuned before.
+        options.metric.clone_from(&experiment.metric);
+        options.mode = experiment.mode;
         let queue: VecDeque<usize> = experiment
             .trials
             .iter()

@@ -240,3 +240,47 @@ async fn no_more_trials_run_at_once_than_the_limit() {
     assert_eq!(most.load(Ordering::SeqCst), 2);
     rt.shutdown().await.unwrap();
 }
+
+/// A returned error errors its trial at once (no retry), as does a result
+/// without the metric; the other trials go on. A new experiment refuses
+/// the directory of an old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_fail_their_trial_at_once_and_a_used_directory_is_refused() {
+    let rt = runtime().await;
+    let dir = tempfile::tempdir().unwrap();
+    let step = |p: &Params, _: &mut (), _: u64| match p.i64("id")? {
+        0 => Err(troupe_tune::TrainableError::Failed("diverged".into())),
+        1 => Ok(Metrics::new().with("other", 1.0)),
+        _ => Ok(Metrics::new().with("m", 1.0)),
+    };
+    let opts = || {
+        options(dir.path(), "m", Mode::Max)
+            .max_failures(3)
+            .max_iterations(2)
+    };
+    let space = SearchSpace::new().grid("id", 0..3);
+    let results = Tuner::with_fn(rt.clone(), space.clone(), opts(), step)
+        .fit()
+        .await
+        .unwrap();
+    let [t0, t1, t2] = results.trials() else {
+        panic!("3 trials")
+    };
+    assert_eq!((t0.status, t0.failures), (TrialStatus::Errored, 0));
+    assert_eq!(t0.error.as_deref(), Some("diverged"));
+    assert_eq!(t1.status, TrialStatus::Errored);
+    assert!(
+        t1.error.as_deref().unwrap().contains("no metric `m`"),
+        "{:?}",
+        t1.error
+    );
+    assert_eq!(t2.status, TrialStatus::Terminated);
+    assert_eq!(results.best().unwrap().id, 2);
+
+    let again = Tuner::with_fn(rt.clone(), space, opts(), step).fit().await;
+    assert!(
+        matches!(again, Err(troupe_tune::TuneError::Invalid { .. })),
+        "{again:?}"
+    );
+    rt.shutdown().await.unwrap();
+}
