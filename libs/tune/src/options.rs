@@ -33,6 +33,7 @@ pub struct TuneOptions {
     pub(crate) max_failures: u32,
     pub(crate) max_iterations: Option<u64>,
     pub(crate) checkpoint_every: u64,
+    pub(crate) checkpoint_at_end: bool,
     pub(crate) scheduler: Scheduler,
     pub(crate) dir: PathBuf,
     pub(crate) progress: bool,
@@ -43,7 +44,8 @@ impl TuneOptions {
     /// Tunes for `metric` (a name the trainable reports) in `mode`. The
     /// rest: 1 sample, seed 0, as many trials at once as the machine has
     /// cores (and resources allow), 1 CPU per trial, no retries, no
-    /// iteration limit, a checkpoint after every iteration, FIFO, the
+    /// iteration limit, a checkpoint after every iteration and at the
+    /// end, FIFO, the
     /// directory `tune_results`, a progress table and plots.
     pub fn new(metric: impl Into<String>, mode: Mode) -> Self {
         TuneOptions {
@@ -56,6 +58,7 @@ impl TuneOptions {
             max_failures: 0,
             max_iterations: None,
             checkpoint_every: 1,
+            checkpoint_at_end: true,
             scheduler: Scheduler::Fifo,
             dir: PathBuf::from("tune_results"),
             progress: true,
@@ -103,10 +106,20 @@ impl TuneOptions {
         self
     }
 
-    /// A checkpoint every `n` iterations (and at a trial's end); 0: only
-    /// at the end. PBT exploits a donor's last checkpoint, so keep 1 there.
+    /// A checkpoint every `n` iterations (Ray's `checkpoint_frequency`);
+    /// 0: none but the one at the end. A failure goes back to the last
+    /// checkpoint (to the start without one), and PBT exploits a donor's
+    /// last checkpoint, so keep 1 there.
     pub fn checkpoint_every(mut self, n: u64) -> Self {
         self.checkpoint_every = n;
+        self
+    }
+
+    /// Whether a trial that ends (done, or at `max_iterations`) saves a
+    /// checkpoint (Ray's `checkpoint_at_end`; default true). A checkpoint
+    /// costs a `save` call and a file written atomically (two fsyncs).
+    pub fn checkpoint_at_end(mut self, on: bool) -> Self {
+        self.checkpoint_at_end = on;
         self
     }
 

@@ -165,7 +165,7 @@ async fn iterate(
         let (iteration, reports) = record(sh, id, &metrics)?;
         let at_end = metrics.is_done() || opts.max_iterations.is_some_and(|n| iteration >= n);
         let due = opts.checkpoint_every > 0 && iteration % opts.checkpoint_every == 0;
-        if due || at_end {
+        if due || (at_end && opts.checkpoint_at_end) {
             let params = lock(cell).clone();
             match actor.save().await {
                 Ok(Ok(bytes)) => {
