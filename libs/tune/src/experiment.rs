@@ -4,8 +4,9 @@
 //! which live in each trial's directory), written atomically.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +21,9 @@ use crate::store::{self, Checkpoint, Report, STATE_FILE};
 const VERSION: u32 = 1;
 
 /// How often the state file is written while trials run (it is always
-/// written at the end, and each trial's checkpoint file is written at
-/// once: a resume from an older state file restarts a trial from its
-/// newest checkpoint).
+/// written at the start and the end, and each trial's checkpoint file is
+/// written at once: a resume from an older state file restarts a trial
+/// from its newest checkpoint).
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 /// One trial, as the state file keeps it.
@@ -236,35 +237,68 @@ impl Experiment {
     }
 }
 
-/// Writes the state file, at most every [`SAVE_EVERY`] unless `force`d;
-/// one writer at a time, so that a newer snapshot is never replaced by an
-/// older one.
+/// Writes the state file off the async threads (a write fsyncs twice,
+/// which can take a long time on a busy disk): while trials run, at most
+/// every [`SAVE_EVERY`] when something changed ([`mark`](Self::mark)), and
+/// at the start and the end of the experiment. Snapshots are numbered and
+/// written under one lock, so a newer one is never replaced by an older.
 #[derive(Debug)]
 pub(crate) struct StateWriter {
     path: PathBuf,
-    last: Mutex<Option<Instant>>,
+    dirty: AtomicBool,
+    next: AtomicU64,
+    /// The number of the last snapshot written.
+    written: Arc<Mutex<u64>>,
 }
 
 impl StateWriter {
     pub(crate) fn new(dir: &Path) -> Self {
         StateWriter {
             path: dir.join(STATE_FILE),
-            last: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            next: AtomicU64::new(1),
+            written: Arc::new(Mutex::new(0)),
         }
     }
 
-    pub(crate) fn save(
-        &self,
-        experiment: &Mutex<Experiment>,
-        force: bool,
-    ) -> Result<(), TuneError> {
-        let mut last = lock(&self.last);
-        if !force && last.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
-            return Ok(());
+    /// Something changed: the next tick writes.
+    pub(crate) fn mark(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Writes a snapshot now.
+    pub(crate) async fn write_now(&self, experiment: &Mutex<Experiment>) -> Result<(), TuneError> {
+        self.dirty.store(false, Ordering::Release);
+        let (seq, bytes) = {
+            let ex = lock(experiment);
+            (self.next.fetch_add(1, Ordering::AcqRel), ex.snapshot()?)
+        };
+        let (path, written) = (self.path.clone(), self.written.clone());
+        let write = move || {
+            let mut last = lock(&written);
+            if seq > *last {
+                store::write_atomic(&path, &[&bytes])?;
+                *last = seq;
+            }
+            Ok(())
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| TuneError::io(&self.path, std::io::Error::other(e)))?
+    }
+
+    /// Writes whenever something changed, every [`SAVE_EVERY`]; returns
+    /// only on a failed write.
+    pub(crate) async fn run(&self, experiment: &Mutex<Experiment>) -> TuneError {
+        let mut tick = tokio::time::interval(SAVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.dirty.load(Ordering::Acquire) {
+                if let Err(e) = self.write_now(experiment).await {
+                    return e;
+                }
+            }
         }
-        let bytes = lock(experiment).snapshot()?;
-        store::write_atomic(&self.path, &[&bytes])?;
-        *last = Some(Instant::now());
-        Ok(())
     }
 }

@@ -112,7 +112,7 @@ async fn drive(sh: Arc<Shared>, id: usize) -> Result<(), TuneError> {
     if sh.options.plots && !matches!(outcome, Outcome::Interrupted) {
         plot_trial(&sh, id)?;
     }
-    sh.writer.save(&sh.experiment, false)?;
+    sh.writer.mark();
     refresh(&sh);
     Ok(())
 }
@@ -213,7 +213,7 @@ async fn iterate(
                 }
             }
         }
-        sh.writer.save(&sh.experiment, false)?;
+        sh.writer.mark();
         refresh(sh);
     }
 }

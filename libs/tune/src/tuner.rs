@@ -208,10 +208,20 @@ impl Tuner {
             stop: self.stop,
             progress,
         });
-        shared.writer.save(&shared.experiment, true)?;
-        let failed = run_all(&shared, queue).await;
+        shared.writer.write_now(&shared.experiment).await?;
+        let all = run_all(&shared, queue);
+        tokio::pin!(all);
+        let failed = tokio::select! {
+            done = &mut all => done,
+            error = shared.writer.run(&shared.experiment) => {
+                // The state cannot be saved: stop, and say why.
+                shared.stop.stop();
+                let _ = all.await;
+                Err(error)
+            }
+        };
         shared.progress.finish();
-        shared.writer.save(&shared.experiment, true)?;
+        shared.writer.write_now(&shared.experiment).await?;
         failed?;
         let interrupted = shared.stop.is_stopped();
         let results = lock(&shared.experiment).results(&shared.dir, interrupted);
