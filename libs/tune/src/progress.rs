@@ -42,9 +42,10 @@ impl Progress {
         }
     }
 
+    /// Clears the bar and its table: the caller prints the results.
     pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }

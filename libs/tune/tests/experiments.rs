@@ -284,3 +284,23 @@ async fn errors_fail_their_trial_at_once_and_a_used_directory_is_refused() {
     );
     rt.shutdown().await.unwrap();
 }
+
+/// Trials asking for more than the node has fail the experiment at once,
+/// saying which trial and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trial_resources_the_node_can_never_fit_fail_the_experiment() {
+    let rt = runtime().await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts =
+        options(dir.path(), "m", Mode::Max).resources_per_trial(troupe::Resources::cpus(64.0));
+    let step = |_: &Params, _: &mut (), _: u64| Ok(Metrics::new().with("m", 1.0).done());
+    let fit = Tuner::with_fn(rt.clone(), SearchSpace::new(), opts, step).fit();
+    let outcome = troupe_test_kit::within("the refusal", fit).await;
+    match outcome {
+        Err(e @ troupe_tune::TuneError::Spawn { trial: 0, .. }) => {
+            assert!(e.to_string().contains("resources_per_trial"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    rt.shutdown().await.unwrap();
+}
