@@ -312,21 +312,7 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
         .await
         .is_err());
     // The head learns of it with the driver's next heartbeat.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let (ok, status) = p
-            .run(&["status", "--address", &head.address])
-            .expect("runs");
-        assert!(ok, "{status}");
-        if status.contains("1 pending") || Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        status.contains("1 pending"),
-        "the driver's pending task shows: {status}"
-    );
+    status_shows(&p, &head, "1 pending").await;
 
     let special = p
         .worker(&head, &["--num-cpus", "1", "--resources", "special=1"])
@@ -336,6 +322,25 @@ async fn a_task_waits_until_a_node_with_its_resource_joins() {
         .unwrap();
     assert_eq!(node, special.node);
     rt.shutdown().await.unwrap();
+}
+
+/// Waits (10 s at most) until `troupe status` shows `wanted`.
+async fn status_shows(p: &LocalCluster, head: &LocalNode, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, status) = p
+            .run(&["status", "--address", &head.address])
+            .expect("runs");
+        assert!(ok, "{status}");
+        if status.contains(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "troupe status does not show {wanted:?}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The free CPUs each live node last reported, by node.
@@ -396,18 +401,7 @@ async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one(
     let err = apart.ready(Duration::from_millis(300)).await.unwrap_err();
     assert!(err.to_string().contains("STRICT_SPREAD"), "{err}");
     // `troupe status` reports it, from the driver's next heartbeat.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let (ok, status) = p
-            .run(&["status", "--address", &head.address])
-            .expect("runs");
-        assert!(ok, "{status}");
-        if status.contains("1 placement group(s) pending") || Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.contains("1 placement group(s) pending"), "{status}");
+    status_shows(&p, &head, "1 placement group(s) pending").await;
     let c = p
         .worker(&head, &["--num-cpus", "2"])
         .expect("a worker starts");
