@@ -523,6 +523,45 @@ async fn run(filters: Vec<String>) {
             "s",
         );
     }
+    if wanted(&filters, "supervised_child_restarted_elsewhere_s") {
+        // A supervisor here whose child lives on a node that is SIGKILLed:
+        // from the kill to the first call answered by the child restarted
+        // (by the supervisor, per its strategy) on another node.
+        let before = alive_nodes();
+        let victim =
+            tokio::task::block_in_place(|| cluster.worker(&head, &light)).expect("a node to kill");
+        wait_for("the victim", || alive_nodes() == before + 1).await;
+        let options = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: victim.node,
+            soft: true,
+        });
+        let (child, echo) = rt
+            .remote_child::<Echo>("echo", options, "new", &())
+            .expect("a child spec");
+        let sup = rt
+            .spawn_supervisor(SupervisorSpec::new("bench", Strategy::OneForOne).child(child))
+            .await
+            .expect("the supervisor starts");
+        assert_eq!(echo.ping(1).await.expect("answers"), 1);
+        let killed = Instant::now();
+        tokio::task::block_in_place(|| cluster.kill(&victim));
+        loop {
+            if echo.ping(2).await.is_ok() {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "the child was never restarted elsewhere"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        print(
+            "supervised_child_restarted_elsewhere_s",
+            killed.elapsed().as_secs_f64(),
+            "s",
+        );
+        sup.stop(Duration::from_secs(5)).await;
+    }
     if let Some(minutes) = std::env::var("TROUPE_BENCH_IDLE_MINUTES")
         .ok()
         .and_then(|m| m.parse::<u64>().ok())

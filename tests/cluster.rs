@@ -118,6 +118,10 @@ impl Tally {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.n
     }
+
+    pub fn crash(&mut self) -> u64 {
+        panic!("asked to crash at {}", self.n)
+    }
 }
 
 /// Holds a handle to a tally it was given, and adds through it.
@@ -433,6 +437,96 @@ async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one(
         free.len() == 3 && free.values().all(|cpus| *cpus == 2.0)
     })
     .await;
+    rt.shutdown().await.unwrap();
+}
+
+/// A supervisor on the driver with one-for-all children on two other
+/// nodes: a child's node SIGKILLed is that child's abnormal exit, and both
+/// restart (the lost one on another node, its handle following it); a
+/// child that panics on its node is an exit too; past the supervisor's
+/// intensity, it escalates (and its remote children are killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_restarts_its_children_on_other_nodes_as_otp_says() {
+    let _turn = DRIVER.lock().await;
+    let two = ["--num-cpus", "2"];
+    let (mut p, _head, nodes, rt) = started("remote-children", "1", &[&two, &two, &two]).await;
+    let (b, c) = (&nodes[0], &nodes[1]);
+    let near = |node: NodeId| {
+        ActorOptions::new()
+            .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: true })
+    };
+    let mut events = rt.subscribe();
+    let (on_b, tally_b) = rt
+        .remote_child::<Tally>("on-b", near(b.node), "new", &(0u64,))
+        .unwrap();
+    let (on_c, tally_c) = rt
+        .remote_child::<Tally>("on-c", near(c.node), "new", &(0u64,))
+        .unwrap();
+    let sup = rt
+        .spawn_supervisor(
+            SupervisorSpec::new("spanning", Strategy::OneForAll)
+                .intensity(Intensity::new(2, Duration::from_secs(60)))
+                .child(on_b)
+                .child(on_c),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tally_b.node().await.unwrap(), b.node);
+    assert_eq!(tally_c.node().await.unwrap(), c.node);
+    assert_eq!(tally_b.add(5).await.unwrap(), 5);
+    assert_eq!(tally_c.add(7).await.unwrap(), 7);
+    let restarted = |child: &'static str| move |e: &SupervisionEvent| matches!(e, SupervisionEvent::ChildRestarted { supervisor, child: c, .. } if &**supervisor == "spanning" && &**c == child);
+
+    // b dies: on-b's exit (noconnection); one-for-all restarts both.
+    p.kill(b);
+    let exit = common::next_event(
+        &mut events,
+        |e| matches!(e, SupervisionEvent::ChildExited { child, .. } if &**child == "on-b"),
+    )
+    .await;
+    match exit {
+        SupervisionEvent::ChildExited {
+            abnormal, reason, ..
+        } => {
+            assert!(abnormal, "{reason}");
+            assert!(reason.contains("noconnection"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    common::next_event(&mut events, restarted("on-b")).await;
+    common::next_event(&mut events, restarted("on-c")).await;
+    let moved = common::within("the restarted child answers", tally_b.node())
+        .await
+        .unwrap();
+    assert_ne!(moved, b.node, "restarted on a live node");
+    assert_eq!(tally_b.add(1).await.unwrap(), 1, "a fresh incarnation");
+    assert_eq!(
+        tally_c.add(1).await.unwrap(),
+        1,
+        "its sibling restarted too"
+    );
+
+    // A panic on its node is an exit as well (a second failure).
+    assert!(tally_c.crash().await.is_err());
+    common::next_event(&mut events, restarted("on-c")).await;
+    assert_eq!(tally_c.add(2).await.unwrap(), 2);
+
+    // A third failure within the minute: past the intensity, it escalates.
+    p.kill(c);
+    common::next_event(&mut events, |e| {
+        matches!(e, SupervisionEvent::IntensityExceeded { supervisor, .. } if &**supervisor == "spanning")
+    })
+    .await;
+    common::eventually("the supervisor gave up", || !sup.is_alive()).await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if tally_b.add(1).await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "its remote children were killed with it");
     rt.shutdown().await.unwrap();
 }
 

@@ -384,6 +384,14 @@ pub enum Notice {
         /// Why it was declared dead.
         why: String,
     },
+    /// Host to an actor's owner: the actor it ran for the owner is dead
+    /// for good (a supervisor there restarts it).
+    ActorExited {
+        /// The actor.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Request {

@@ -361,6 +361,7 @@ fn notice() -> impl Strategy<Value = Notice> {
             addr: (ip, port).into()
         }),
         actor_id().prop_map(|actor| Notice::ActorEnded { actor }),
+        (actor_id(), text()).prop_map(|(actor, reason)| Notice::ActorExited { actor, reason }),
     ]
 }
 

@@ -172,6 +172,13 @@ pub trait RemoteExecutor: Send + Sync + 'static {
         let _ = owner;
     }
 
+    /// Tells `owner` that the actor `actor`, which this node ran for it,
+    /// is dead for good, and why (a supervisor there treats it as its
+    /// child's exit). Default: nothing to tell.
+    fn actor_exited(&self, owner: NodeId, actor: ActorId, reason: String) {
+        let _ = (owner, actor, reason);
+    }
+
     /// Reserves bundles of placement group `group` on `node`
     /// (`Runtime::reserve_bundles` there): all of them, or none and why.
     /// Default: no other node can be reached.

@@ -322,6 +322,11 @@ impl Shared {
                     rt.forget_placed_actor(actor);
                 }
             }
+            Notice::ActorExited { actor, reason } => {
+                if let Some(rt) = self.runtime() {
+                    rt.remote_actor_exited(actor, reason);
+                }
+            }
         }
     }
 

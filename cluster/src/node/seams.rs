@@ -271,6 +271,12 @@ impl RemoteExecutor for Seams {
         }
     }
 
+    fn actor_exited(&self, owner: NodeId, actor: ActorId, reason: String) {
+        if let Some(transport) = self.0.transport.get() {
+            let _ = transport.notify(owner, Notice::ActorExited { actor, reason });
+        }
+    }
+
     fn node_alive(&self, node: NodeId) -> bool {
         let shared = &self.0;
         let connected = shared.transport.get().is_some_and(|t| t.connected(node));

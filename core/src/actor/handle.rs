@@ -102,6 +102,14 @@ pub trait ActorLink: Send + Sync + 'static {
 
     /// Whether `node` is alive and reachable.
     fn alive(&self, node: crate::ids::NodeId) -> bool;
+
+    /// Where the actor lives now if not as `known`, when its owner is this
+    /// node (a lookup, no message): a supervisor here may have restarted
+    /// it elsewhere. `None`: unchanged, or not known here.
+    fn moved(&self, owner: ActorOwner, known: ActorId) -> Option<Relocation> {
+        let _ = (owner, known);
+        None
+    }
 }
 
 /// What an actor's owner answers when asked where it lives now.
@@ -157,9 +165,25 @@ impl RemoteActor {
         method: &'static str,
         args: Encoded,
     ) -> BoxFuture<'static, Result<Encoded, ActorError>> {
-        let at = self.at.load_full();
+        let mut at = self.at.load_full();
+        let mut restarting = false;
+        if let Some(owner) = self.owner {
+            // Owned here: the owner's table is at hand, so a restart
+            // (a supervisor's, say) is followed before the call, not after
+            // a failed one.
+            match self.executor.moved(owner, at.id) {
+                Some(Relocation::At(info)) => {
+                    let info = Arc::new(info);
+                    self.at.store(info.clone());
+                    self.stale.store(false, Ordering::Release);
+                    at = info;
+                }
+                Some(Relocation::Restarting) => restarting = true,
+                _ => {}
+            }
+        }
         let relocate = self.owner.is_some()
-            && (self.stale.load(Ordering::Acquire) || !self.executor.alive(at.node));
+            && (restarting || self.stale.load(Ordering::Acquire) || !self.executor.alive(at.node));
         let remote = self.clone();
         if !relocate {
             let reply = self.executor.call(at.node, at.id, method, args);

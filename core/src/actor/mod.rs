@@ -280,6 +280,8 @@ pub(crate) trait Control: Send + Sync + 'static {
     /// Stops or kills it as its handle's `stop`/`kill` would (asked by
     /// another node).
     fn end(self: Arc<Self>, how: StopHow) -> BoxFuture<'static, ()>;
+    /// Calls `hook` with why once it is dead for good (at once if it is).
+    fn when_dead(&self, hook: Box<dyn FnOnce(String) + Send>);
 }
 
 impl<A: Actor> Control for Slot<A> {
@@ -338,5 +340,9 @@ impl<A: Actor> Control for Slot<A> {
                 StopHow::Kill { no_restart } => handle.kill(no_restart).await,
             }
         })
+    }
+
+    fn when_dead(&self, hook: Box<dyn FnOnce(String) + Send>) {
+        self.when_dead(hook);
     }
 }

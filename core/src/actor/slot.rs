@@ -155,6 +155,9 @@ impl std::fmt::Display for Forbid {
     }
 }
 
+/// Run once an actor is dead for good, with why.
+pub(crate) type DeadHook = Box<dyn FnOnce(&str) + Send>;
+
 pub(crate) struct Slot<A: Actor> {
     pub(crate) info: Arc<ActorInfo>,
     pub(crate) options: ActorOptions,
@@ -178,7 +181,7 @@ pub(crate) struct Slot<A: Actor> {
     /// Woken when an incarnation ends and when the actor dies for good.
     changed: Notify,
     /// Run once when the actor is dead for good (gives its resources back).
-    on_dead: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    on_dead: Mutex<Vec<DeadHook>>,
     /// Its runtime's list of actors, which it leaves (freeing its name)
     /// when dead for good.
     directory: super::DirectoryLink,
@@ -362,11 +365,25 @@ impl<A: Actor> Slot<A> {
     }
 
     /// Adds something to do once the actor is dead for good.
-    pub(crate) fn on_dead(&self, hook: Box<dyn FnOnce() + Send>) {
+    pub(crate) fn on_dead(&self, hook: DeadHook) {
         self.on_dead
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(hook);
+    }
+
+    /// Calls `hook` with why once the actor is dead for good, at once if it
+    /// is (checked under the hooks' lock, which `mark_dead` takes after
+    /// setting the reason: never missed).
+    pub(crate) fn when_dead(&self, hook: Box<dyn FnOnce(String) + Send>) {
+        let mut hooks = self.on_dead.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = self.dead.get() {
+            let reason = reason.clone();
+            drop(hooks);
+            hook(reason);
+            return;
+        }
+        hooks.push(Box::new(move |reason: &str| hook(reason.to_owned())));
     }
 
     /// The actor is dead for good: its mailbox closes (later calls fail at
@@ -398,7 +415,7 @@ impl<A: Actor> Slot<A> {
         }
         let hooks = std::mem::take(&mut *self.on_dead.lock().unwrap_or_else(|e| e.into_inner()));
         for hook in hooks {
-            hook();
+            hook(&reason);
         }
         self.changed.notify_waiters();
     }

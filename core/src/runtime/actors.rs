@@ -269,7 +269,7 @@ impl Runtime {
         if let Some(reservation) = reservation {
             tracing::debug!(actor = %slot.info, gpu_ids = ?slot.info.gpu_ids, "actor holds resources");
             // Held across restarts; given back once the actor is dead for good.
-            slot.on_dead(Box::new(move || drop(reservation)));
+            slot.on_dead(Box::new(move |_| drop(reservation)));
         }
         self.inner
             .actors

@@ -208,6 +208,7 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
             placed: Default::default(),
             hosted: Default::default(),
             groups: Default::default(),
+            exits: Default::default(),
             objects,
             scheduler,
             actors: Arc::new(Directory::default()),

@@ -32,6 +32,7 @@ mod placed_actors;
 mod placement_groups;
 mod recording;
 mod remote_actors;
+mod remote_child;
 mod service;
 mod state;
 mod tasks;
@@ -93,6 +94,8 @@ pub(crate) struct Inner {
     pub(crate) hosted: remote_actors::HostedActors,
     /// Placement groups this runtime created, and bundles it holds.
     pub(crate) groups: placement_groups::PlacementGroups,
+    /// Who waits for actors placed elsewhere to die (remote children).
+    pub(crate) exits: remote_child::Exits,
     pub(crate) objects: ObjectStore,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) actors: Arc<Directory>,

@@ -40,6 +40,9 @@ struct Placed {
     restarts: u32,
     /// Where it is; watched by the questions held while it restarts.
     location: watch::Sender<Relocation>,
+    /// A supervisor's child on another node: its supervisor restarts it,
+    /// not a node's death (`node_died` leaves it restarting).
+    supervised: bool,
 }
 
 /// What `node_died` decided for one actor.
@@ -65,8 +68,43 @@ impl PlacedActors {
                 request,
                 restarts: 0,
                 location: watch::channel(Relocation::At(info)).0,
+                supervised: false,
             },
         );
+    }
+
+    /// Tracks `key`, a supervisor's child on another node not started yet.
+    pub(crate) fn supervise(&self, key: ActorId, request: RemoteSpawn) {
+        self.lock().insert(
+            key,
+            Placed {
+                request,
+                restarts: 0,
+                location: watch::channel(Relocation::Restarting).0,
+                supervised: true,
+            },
+        );
+    }
+
+    /// The supervised child `key` lives at `info` (started or restarted).
+    pub(crate) fn supervised_at(&self, key: ActorId, info: ActorInfo) {
+        if let Some(placed) = self.lock().get(&key) {
+            placed.location.send_replace(Relocation::At(info));
+        }
+    }
+
+    /// The incarnation `actor` of the supervised child `key` ended: between
+    /// incarnations, unless a newer one already started.
+    pub(crate) fn supervised_gone(&self, key: ActorId, actor: ActorId) {
+        if let Some(placed) = self.lock().get(&key) {
+            placed.location.send_if_modified(|now| match now {
+                Relocation::At(info) if info.id == actor => {
+                    *now = Relocation::Restarting;
+                    true
+                }
+                _ => false,
+            });
+        }
     }
 
     /// Forgets `key` (stopped for good): no restart when its node dies.
@@ -88,6 +126,11 @@ impl PlacedActors {
             let on_it =
                 matches!(&*placed.location.borrow(), Relocation::At(info) if info.node == node);
             if !on_it {
+                continue;
+            }
+            if placed.supervised {
+                // Its supervisor hears of it and decides.
+                placed.location.send_replace(Relocation::Restarting);
                 continue;
             }
             let options = &placed.request.options;
@@ -125,6 +168,37 @@ impl PlacedActors {
             records.remove(&key);
         }
         verdicts
+    }
+
+    /// The incarnation `actor` of a placed actor died on its host for good
+    /// (its restarts there spent, or stopped): dead, and not restarted
+    /// when that host dies later. Supervised children are their
+    /// supervisor's to restart.
+    pub(crate) fn exited(&self, actor: ActorId, reason: &str) {
+        let mut records = self.lock();
+        let key = records.iter().find_map(|(key, placed)| {
+            let here =
+                matches!(&*placed.location.borrow(), Relocation::At(info) if info.id == actor);
+            (here && !placed.supervised).then_some(*key)
+        });
+        if let Some(key) = key {
+            if let Some(placed) = records.remove(&key) {
+                placed
+                    .location
+                    .send_replace(Relocation::Dead(format!("it died on its node: {reason}")));
+            }
+        }
+    }
+
+    /// Where `key` lives now if not as `known`, without waiting; `None`
+    /// if there, or not tracked.
+    pub(crate) fn moved(&self, key: ActorId, known: ActorId) -> Option<Relocation> {
+        let records = self.lock();
+        let now = records.get(&key)?.location.borrow();
+        match &*now {
+            Relocation::At(info) if info.id == known => None,
+            other => Some(other.clone()),
+        }
     }
 
     /// Where `key` lives now (or that it is restarting); holds the
@@ -301,6 +375,42 @@ mod tests {
         assert_eq!(again.options.max_restarts, Limit::Finite(2));
         // Restarting: a second death report of the same node changes nothing.
         assert!(table.node_died(NodeId(2)).is_empty());
+    }
+
+    #[test]
+    fn a_supervised_child_is_left_to_its_supervisor_and_followed_across_incarnations() {
+        let table = PlacedActors::default();
+        let key = info(1, 99).id;
+        table.supervise(key, request(ActorOptions::new().max_restarts(5)));
+        assert_eq!(table.moved(key, key), Some(Relocation::Restarting));
+        let first = info(2, 1);
+        table.supervised_at(key, first.clone());
+        assert_eq!(table.moved(key, first.id), None, "where the handle knows");
+        // Its node dies: no restart here, its supervisor decides.
+        assert!(table.node_died(NodeId(2)).is_empty());
+        assert_eq!(table.moved(key, first.id), Some(Relocation::Restarting));
+        let second = info(3, 1);
+        table.supervised_at(key, second.clone());
+        // The old incarnation's end, heard late, does not undo the new one.
+        table.supervised_gone(key, first.id);
+        assert_eq!(
+            table.moved(key, first.id),
+            Some(Relocation::At(second.clone()))
+        );
+        table.supervised_gone(key, second.id);
+        assert_eq!(table.moved(key, second.id), Some(Relocation::Restarting));
+        table.forget(key);
+        assert_eq!(table.moved(key, second.id), None, "forgotten");
+    }
+
+    #[test]
+    fn an_actor_that_died_on_its_host_is_not_restarted_when_the_host_dies() {
+        let table = PlacedActors::default();
+        let placed = info(2, 1);
+        table.track(placed.clone(), request(ActorOptions::new().max_restarts(3)));
+        table.exited(placed.id, "panicked");
+        assert!(table.node_died(NodeId(2)).is_empty(), "dead already");
+        assert_eq!(table.moved(placed.id, placed.id), None, "forgotten");
     }
 
     #[test]

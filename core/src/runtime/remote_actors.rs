@@ -98,7 +98,7 @@ impl Runtime {
 
     /// A handle to the actor `info` (who it was first) living as `at`:
     /// local if it lives here, else through the cluster.
-    fn raw_handle_for<A: Actor>(
+    pub(crate) fn raw_handle_for<A: Actor>(
         &self,
         info: ActorInfo,
         at: ActorInfo,
@@ -147,6 +147,21 @@ impl Runtime {
             .await?;
         if owner != self.node_id() && !detached {
             self.inner.hosted.add(owner, id, &self.inner.actors);
+        }
+        // Its owner hears of its end (a supervisor there restarts it).
+        if let Some(control) = self.inner.actors.get(id) {
+            if owner == self.node_id() {
+                let runtime = self.downgrade();
+                control.when_dead(Box::new(move |reason| {
+                    if let Some(rt) = runtime.upgrade() {
+                        rt.remote_actor_exited(id, reason);
+                    }
+                }));
+            } else if let Some(executor) = self.inner.config.cluster.executor.clone() {
+                control.when_dead(Box::new(move |reason| {
+                    executor.actor_exited(owner, id, reason);
+                }));
+            }
         }
         self.actor_info(id).ok_or(SpawnError::StartFailed {
             what: request.type_name,
@@ -247,6 +262,17 @@ impl ActorLink for ExecutorLink {
             }
         }
         self.executor.stop_actor(node, actor, how)
+    }
+
+    fn moved(&self, owner: ActorOwner, known: ActorId) -> Option<Relocation> {
+        if owner.owner != self.me {
+            return None;
+        }
+        self.runtime
+            .upgrade()?
+            .inner
+            .placed
+            .moved(owner.actor, known)
     }
 
     fn locate(&self, owner: ActorOwner) -> BoxFuture<'static, Relocation> {
