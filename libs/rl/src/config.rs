@@ -49,10 +49,16 @@ pub struct PpoConfig {
     pub hidden: Vec<usize>,
     /// Adam's learning rate (default 4e-3).
     pub learning_rate: f64,
-    /// Anneal the learning rate linearly to 0 over `total_env_steps`
-    /// (default true).
+    /// Anneal the learning rate linearly to 0 over the run's budget
+    /// (default true): the env-step or iteration limit of the
+    /// [`Stop`](crate::Stop) given to
+    /// [`Trainer::train_until`](crate::Trainer::train_until), else
+    /// `total_env_steps`. `false` keeps it constant.
     pub anneal_lr: bool,
-    /// The step budget the annealing spans (default 200,000).
+    /// The step budget the annealing spans when the run has none of its
+    /// own: bare [`Trainer::train`](crate::Trainer::train) calls, or a
+    /// stop with only a return target or a wall time (default 200,000).
+    /// Training past it goes on at a learning rate of 0, with a warning.
     pub total_env_steps: u64,
     /// Discount γ (default 0.98).
     pub gamma: f64,

@@ -105,6 +105,7 @@ mod learner;
 mod plot;
 mod policy;
 mod report;
+mod schedule;
 mod space;
 mod trainer;
 mod vec_env;

@@ -22,6 +22,7 @@ use crate::fragment::Fragment;
 use crate::learner::{Learner, LearnerHandle, UpdateStats};
 use crate::policy::{ActMode, ActionHead, CpuPolicy, PolicyOutput, PolicyShape};
 use crate::report::{IterationMetrics, Reporter};
+use crate::schedule::{self, LrSchedule};
 use crate::space::{Actions, Space};
 use crate::worker::{RolloutWorker, RolloutWorkerHandle, WorkerSetup};
 use crate::{mix_seed, VecEnv};
@@ -145,6 +146,7 @@ pub struct Trainer {
     counters: Counters,
     recent: VecDeque<EpisodeStats>,
     history: Vec<IterationMetrics>,
+    lr: LrSchedule,
 }
 
 impl Trainer {
@@ -253,6 +255,7 @@ impl Trainer {
             counters: Counters::default(),
             recent: VecDeque::with_capacity(RETURN_WINDOW),
             history: Vec::new(),
+            lr: LrSchedule::default(),
         })
     }
 
@@ -404,17 +407,24 @@ impl Trainer {
 
     /// One iteration: every worker samples a fragment with the current
     /// weights, the learner updates on them, and the new weights go to the
-    /// store for the next one.
+    /// store for the next one. With `anneal_lr`, the learning rate anneals
+    /// over [`PpoConfig::total_env_steps`]; [`Trainer::train_until`]
+    /// anneals over its [`Stop`]'s budget instead.
     pub async fn train(&mut self) -> Result<IterationMetrics, RlError> {
+        self.train_within(self.config.total_env_steps).await
+    }
+
+    /// One iteration whose learning rate reaches 0 at `horizon` env steps.
+    async fn train_within(&mut self, horizon: u64) -> Result<IterationMetrics, RlError> {
         let span = tracing::info_span!(
             "ppo_iteration",
             iteration = self.counters.iteration + 1,
             env = self.env.name()
         );
-        self.iterate().instrument(span).await
+        self.iterate(horizon).instrument(span).await
     }
 
-    async fn iterate(&mut self) -> Result<IterationMetrics, RlError> {
+    async fn iterate(&mut self, horizon: u64) -> Result<IterationMetrics, RlError> {
         let began = Instant::now();
         let (fragments, resampled) = self.sample().await?;
         let sampled_in = began.elapsed();
@@ -431,12 +441,8 @@ impl Trainer {
                 self.recent.push_back(*e);
             }
         }
-        let lr = if self.config.anneal_lr {
-            let done = self.counters.env_steps as f64 / self.config.total_env_steps as f64;
-            self.config.learning_rate * (1.0 - done).max(0.0)
-        } else {
-            self.config.learning_rate
-        };
+        let lr = self.lr.rate(&self.config, self.counters.env_steps, horizon);
+        metrics::gauge!("troupe_rl_learning_rate").set(lr);
         let stats: UpdateStats = self.learner.update(fragments, lr).await??;
         self.weights = self.learner.publish().await??;
         self.version += 1;
@@ -487,15 +493,26 @@ impl Trainer {
         Ok(m)
     }
 
-    /// Trains until `stop` says so, reporting each iteration.
+    /// Trains until `stop` says so, reporting each iteration. With
+    /// `anneal_lr`, the learning rate anneals to 0 at the stop's env-step
+    /// or iteration budget (the nearer one; counted like the stop, from
+    /// the trainer's counters), never before its last update; a stop
+    /// without either (a return target or wall time alone) anneals over
+    /// [`PpoConfig::total_env_steps`].
     pub async fn train_until(
         &mut self,
         stop: &Stop,
         reporter: &mut dyn Reporter,
     ) -> Result<TrainSummary, RlError> {
         let began = Instant::now();
+        let horizon = schedule::horizon(
+            &self.config,
+            stop.env_steps,
+            stop.iterations,
+            (self.counters.env_steps, self.counters.iteration),
+        );
         let result = loop {
-            let m = match self.train().await {
+            let m = match self.train_within(horizon).await {
                 Ok(m) => m,
                 Err(err) => break Err(err),
             };
