@@ -33,6 +33,7 @@ use crate::error::RlError;
 /// # Ok::<(), troupe_rl::RlError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PpoConfig {
     /// Seeds the environments, the workers' sampling, the initial weights
     /// and the minibatch order (default 0). For runs that repeat bit for

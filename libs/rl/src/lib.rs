@@ -83,10 +83,16 @@
 //! ## Checkpoints
 //!
 //! [`Trainer::save`] writes model, optimizer moments, config, counters and
-//! the last 100 episodes into one file with a header, a length and a CRC
-//! (see [`checkpoint`]). A restored trainer's policy acts exactly as the
-//! saved one and training goes on from its counters; the environments
-//! start new episodes (their states are not saved).
+//! the last 100 episodes into one file with a header (magic, format
+//! version, length, CRC) and a self-describing CBOR payload, fsynced and
+//! renamed into place (see [`checkpoint`]): config fields added later take
+//! their defaults when an older file lacks them, and format-1 files are
+//! still read. A restored trainer's policy acts exactly as the saved one
+//! and training goes on from its counters, with the checkpoint's config
+//! ([`Trainer::from_checkpoint`]) or another one that keeps the model's
+//! shape ([`Trainer::from_checkpoint_with`], [`Trainer::load`]: more
+//! workers, a longer budget); the environments start new episodes (their
+//! states are not saved).
 
 // The lint wall (CI denies warnings): no unsafe code but where a
 // `SAFETY` comment allows it; every public item documented and truly

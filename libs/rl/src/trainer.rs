@@ -272,8 +272,37 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Loads a checkpoint into this trainer: the same environment, spaces
-    /// and config are required (the error names the first difference).
+    /// A trainer restored from a checkpoint with a config of its own: to
+    /// resume with another worker count, budget or hyperparameters. Only
+    /// what fixes the model's shape must match the checkpoint
+    /// ([`checkpoint::SHAPE_FIELDS`](crate::checkpoint::SHAPE_FIELDS)); the
+    /// error names the first that differs.
+    ///
+    /// ```no_run
+    /// # use troupe::prelude::*;
+    /// # use troupe_rl::{EnvMaker, PpoConfig, Trainer};
+    /// # async fn run(rt: &Runtime) -> Result<(), troupe_rl::RlError> {
+    /// let config = PpoConfig::default().num_workers(8).total_env_steps(2_000_000);
+    /// let trainer = Trainer::from_checkpoint_with(rt, EnvMaker::cart_pole(), "run.ckpt", config).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_checkpoint_with(
+        rt: &Runtime,
+        env: EnvMaker,
+        path: impl AsRef<Path>,
+        config: PpoConfig,
+    ) -> Result<Trainer, RlError> {
+        let path = path.as_ref();
+        let checkpoint = Checkpoint::read(path)?;
+        let mut trainer = Trainer::new(rt, env, config).await?;
+        trainer.apply(checkpoint, path).await?;
+        Ok(trainer)
+    }
+
+    /// Loads a checkpoint into this trainer, which keeps its own config:
+    /// the environment, spaces and hidden layers must match the
+    /// checkpoint's (the error names the first difference); the worker
+    /// count, budget and other settings may differ.
     pub async fn load(&mut self, path: impl AsRef<Path>) -> Result<(), RlError> {
         let path = path.as_ref();
         let checkpoint = Checkpoint::read(path)?;

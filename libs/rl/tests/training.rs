@@ -12,8 +12,8 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use troupe::prelude::*;
 use troupe_rl::{
-    ActMode, Action, CartPole, CheckpointError, Env, EnvError, EnvMaker, Info, PolicyOutput,
-    PpoConfig, RlError, Space, Stop, Trainer, Transition,
+    ActMode, CartPole, CheckpointError, EnvError, EnvMaker, PolicyOutput, PpoConfig, RlError, Stop,
+    Trainer,
 };
 
 use troupe_test_kit::within_for;
