@@ -83,7 +83,9 @@ pub struct PpoConfig {
     /// Global gradient-norm clip (default 0.5).
     pub max_grad_norm: f64,
     /// Stop an update's epochs early once the approximate KL exceeds this
-    /// (default none).
+    /// (default none). As in CleanRL's `ppo.py`, the check comes after each
+    /// whole epoch, on the approximate KL of its last minibatch: an epoch
+    /// once begun is finished.
     pub target_kl: Option<f64>,
     /// Adam's ε (default 1e-5).
     pub adam_eps: f64,

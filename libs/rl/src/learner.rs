@@ -267,7 +267,8 @@ impl LearnerCore {
         let mut order: Vec<i64> = (0..n as i64).collect();
         let sums = Tensor::zeros([5], (Kind::Float, on));
         let mut steps = 0usize;
-        'epochs: for _ in 0..c.update_epochs {
+        for _ in 0..c.update_epochs {
+            let mut last_kl = None;
             // When one minibatch is the whole batch its order changes
             // nothing: skip the shuffle and the gathers.
             let perm = if mb == n {
@@ -329,10 +330,13 @@ impl LearnerCore {
                     let _ = sums.shallow_clone().g_add_(&row);
                     kl
                 });
-                if let Some(target) = c.target_kl {
-                    if approx_kl.double_value(&[]) > target {
-                        break 'epochs;
-                    }
+                last_kl = Some(approx_kl);
+            }
+            // CleanRL's early stop: after a whole epoch, on the approximate
+            // KL of its last minibatch.
+            if let (Some(target), Some(kl)) = (c.target_kl, &last_kl) {
+                if kl.double_value(&[]) > target {
+                    break;
                 }
             }
         }
@@ -507,5 +511,71 @@ impl Learner {
     /// so a mismatch changes nothing.
     pub(crate) fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
         self.core_mut()?.load_state(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::Space;
+
+    /// `rows` CartPole-like rows of one environment, all trained on.
+    fn fragment(rows: usize) -> Fragment {
+        let obs_len = 4;
+        Fragment {
+            worker: 0,
+            policy_version: 0,
+            num_envs: 1,
+            steps: rows,
+            obs_len,
+            action_len: 1,
+            observations: (0..rows * obs_len)
+                .map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0)
+                .collect(),
+            actions: (0..rows).map(|i| (i % 2) as f32).collect(),
+            log_probs: vec![0.5f32.ln(); rows],
+            values: vec![0.0; rows],
+            rewards: (0..rows).map(|i| f32::from(i % 3 == 0)).collect(),
+            terminated: vec![false; rows],
+            truncated: vec![false; rows],
+            valid: vec![true; rows],
+            last_values: vec![0.0],
+            episodes: vec![],
+        }
+    }
+
+    fn core(config: PpoConfig) -> LearnerCore {
+        let shape = PolicyShape {
+            obs_len: 4,
+            hidden: config.hidden.clone(),
+            head: ActionHead::for_space(&Space::discrete(2)).unwrap(),
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let policy = TorchPolicy::new(shape, tch::Device::Cpu, &mut rng).unwrap();
+        let adam = Adam::new(&policy.vs, config.adam_eps);
+        LearnerCore {
+            config,
+            policy,
+            adam,
+            updates: 0,
+        }
+    }
+
+    #[test]
+    fn the_kl_early_stop_ends_the_update_after_a_whole_epoch_as_cleanrl_does() {
+        let f = Arc::new(fragment(64));
+        let config = PpoConfig::default()
+            .update_epochs(3)
+            .num_minibatches(4)
+            .target_kl(Some(1e-12));
+        let stats = core(config.clone())
+            .train(std::slice::from_ref(&f), 0.01)
+            .unwrap();
+        assert_eq!(
+            stats.gradient_steps, 4,
+            "the first epoch's 4 minibatches, then the stop"
+        );
+        let stats = core(config.target_kl(None)).train(&[f], 0.01).unwrap();
+        assert_eq!(stats.gradient_steps, 12, "3 epochs of 4 without a target");
     }
 }

@@ -58,8 +58,9 @@
 //!   the device the runtime gave it: a GPU if the node has one, the CPU
 //!   otherwise. The update is CleanRL's `ppo.py`: GAE, the clipped
 //!   surrogate, optionally clipped value loss, entropy bonus, minibatch
-//!   epochs, per-minibatch advantage normalisation, global gradient-norm
-//!   clipping, linear learning-rate annealing. Adam is written out over one
+//!   epochs (with CleanRL's optional KL early stop after each epoch),
+//!   per-minibatch advantage normalisation, global gradient-norm clipping,
+//!   linear learning-rate annealing over the run's budget. Adam is written out over one
 //!   flat vector (PyTorch's arithmetic) so that its moments go into
 //!   checkpoints and a step is a handful of tensor operations.
 //! - **Supervision**: workers are children of their own one-for-one
@@ -72,8 +73,11 @@
 //!   observation) is returned, not panicked: retrying cannot fix it, so
 //!   training stops with an error naming the environment.
 //! - **Resources**: workers ask the runtime for `num_cpus_per_worker` CPUs
-//!   and the learner for a GPU where there is one, so the same code spreads
-//!   over a cluster's nodes once Troupe has one.
+//!   and the learner for a GPU where there is one, from the node that
+//!   builds the trainer: the learner and the workers (children of a
+//!   supervisor there) are spawned in its process, so in a cluster they all
+//!   run on that one node; Troupe places an actor on another node only
+//!   through `spawn_remote`, which the trainer does not use.
 //! - **Determinism**: every generator is seeded from `PpoConfig::seed`
 //!   (environments, sampling, initial weights, minibatch order), each
 //!   stream derived with [`mix_seed`], so a seed reproduces a run's
