@@ -94,15 +94,28 @@ pub struct PpoConfig {
     /// GPUs the learner asks for: `None` (default) means one if the node
     /// has any, else none; the learner runs on `troupe::gpu::device()`.
     pub learner_gpus: Option<f64>,
-    /// Restarts each worker is allowed over the trainer's life (default 3).
+    /// Failures (panics, kills, hangs) each worker may have within
+    /// `worker_restart_window` (default 3): each restarts the worker and
+    /// samples its fragment again; one more within the window stops
+    /// training with an error. OTP's restart intensity, per worker, so a
+    /// long run survives occasional failures however many there are in
+    /// all.
     pub max_worker_restarts: u32,
-    /// How long one fragment may take before training stops with an error
-    /// (default 60 s).
+    /// The sliding window `max_worker_restarts` counts over (default 60 s).
+    pub worker_restart_window: Duration,
+    /// How long one fragment may take (default 60 s). A worker that has not
+    /// answered by then is taken as hung: it is killed, its supervisor
+    /// replaces it, and its fragment is sampled again (a failure counted
+    /// against `max_worker_restarts`).
     pub sample_timeout: Duration,
     /// libtorch threads for the learner (default 1: the model is small and
     /// the workers have the other cores). libtorch's thread count is
     /// process-wide: the learner sets it when it starts.
     pub learner_threads: usize,
+    /// Steps after which [`Trainer::evaluate`](crate::Trainer::evaluate)
+    /// cuts an episode that has not ended (default 100,000), so that a
+    /// policy that never ends an episode cannot hang it.
+    pub eval_max_episode_steps: u64,
 }
 
 impl Default for PpoConfig {
@@ -131,8 +144,10 @@ impl Default for PpoConfig {
             num_cpus_per_worker: 1.0,
             learner_gpus: None,
             max_worker_restarts: 3,
+            worker_restart_window: Duration::from_secs(60),
             sample_timeout: Duration::from_secs(60),
             learner_threads: 1,
+            eval_max_episode_steps: 100_000,
         }
     }
 }
@@ -180,8 +195,10 @@ setters! {
     num_cpus_per_worker: f64,
     learner_gpus: Option<f64>,
     max_worker_restarts: u32,
+    worker_restart_window: Duration,
     sample_timeout: Duration,
     learner_threads: usize,
+    eval_max_episode_steps: u64,
 }
 
 impl PpoConfig {
@@ -288,6 +305,12 @@ impl PpoConfig {
         }
         if self.sample_timeout.is_zero() {
             return bad("sample_timeout", "must be positive");
+        }
+        if self.worker_restart_window.is_zero() {
+            return bad("worker_restart_window", "must be positive");
+        }
+        if self.eval_max_episode_steps == 0 {
+            return bad("eval_max_episode_steps", "must be at least 1");
         }
         Ok(())
     }

@@ -64,14 +64,27 @@
 //!   flat vector (PyTorch's arithmetic) so that its moments go into
 //!   checkpoints and a step is a handful of tensor operations.
 //! - **Supervision**: workers are children of their own one-for-one
-//!   supervisor with `max_restarts`. A worker that panics mid-fragment
-//!   answers the trainer's call with `ActorError::Panicked`; the
-//!   supervisor restarts it (fresh environments, new seeds) and the trainer
-//!   asks it for the fragment again. A worker that is dead for good
-//!   (`ActorDied`) or silent past `sample_timeout` ends training with an
-//!   error, never a hang. An environment's *error* (a bad action, a NaN
-//!   observation) is returned, not panicked: retrying cannot fix it, so
-//!   training stops with an error naming the environment.
+//!   supervisor. A worker that panics mid-fragment answers the trainer's
+//!   call with `ActorError::Panicked`; the supervisor restarts it (fresh
+//!   environments, new seeds) and the trainer asks it for the fragment
+//!   again. A worker silent past `sample_timeout` (a hung environment) is
+//!   killed, replaced the same way and asked again. Each worker may fail
+//!   `max_worker_restarts` times within `worker_restart_window` (OTP's
+//!   restart intensity, per worker; the supervisor's intensity is the sum
+//!   over workers); one more within the window, or a worker dead for good
+//!   (`ActorDied`), ends training with an error, never a hang. Restarts and
+//!   replacements are logged (`tracing` warnings) and counted
+//!   (`troupe_rl_fragments_resampled_total`,
+//!   `troupe_rl_workers_replaced_total`). An environment's *error* (a bad
+//!   action, a NaN observation) is returned, not panicked: retrying cannot
+//!   fix it, so training stops with an error naming the environment.
+//! - **Threads**: a rollout (environment steps and policy inference) runs
+//!   on a blocking thread (`spawn_blocking`), never on the runtime's async
+//!   workers, so a slow environment cannot starve timers, the trainer's
+//!   deadlines or other actors; a hung one holds its thread only (a thread
+//!   stuck in user code cannot be stopped, and the runtime's shutdown
+//!   waits for it). The learner's update and [`Trainer::evaluate`] run on
+//!   blocking threads too.
 //! - **Resources**: workers ask the runtime for `num_cpus_per_worker` CPUs
 //!   and the learner for a GPU where there is one, from the node that
 //!   builds the trainer: the learner and the workers (children of a
@@ -115,6 +128,7 @@ mod learner;
 mod plot;
 mod policy;
 mod report;
+mod sampling;
 mod schedule;
 mod space;
 mod trainer;

@@ -22,6 +22,7 @@ use crate::fragment::Fragment;
 use crate::learner::{Learner, LearnerHandle, UpdateStats};
 use crate::policy::{ActMode, ActionHead, CpuPolicy, PolicyOutput, PolicyShape};
 use crate::report::{IterationMetrics, Reporter};
+use crate::sampling::{sample_one, RestartWindow};
 use crate::schedule::{self, LrSchedule};
 use crate::space::{Actions, Space};
 use crate::worker::{RolloutWorker, RolloutWorkerHandle, WorkerSetup};
@@ -102,6 +103,9 @@ pub struct Evaluation {
     pub returns: Vec<f64>,
     /// Length of each episode.
     pub lengths: Vec<u64>,
+    /// Episodes cut at `eval_max_episode_steps` (their return is what they
+    /// had gathered by then).
+    pub capped: usize,
 }
 
 impl Evaluation {
@@ -147,6 +151,8 @@ pub struct Trainer {
     recent: VecDeque<EpisodeStats>,
     history: Vec<IterationMetrics>,
     lr: LrSchedule,
+    /// Each worker's recent failures (its restart intensity).
+    restarts: Vec<RestartWindow>,
 }
 
 impl Trainer {
@@ -187,13 +193,18 @@ impl Trainer {
             .await?
         };
 
-        let restarts = config.max_worker_restarts;
+        // Each worker may fail max_worker_restarts times per window (the
+        // trainer counts, per worker, and stops with an error past that);
+        // the supervisor's intensity is the same budget for all of them
+        // together, plus the failure that stops training, so that it never
+        // gives up first. A child's own cap would count over its whole life.
         let mut tree = SupervisorSpec::new("rl-rollout-workers", Strategy::OneForOne).intensity(
             Intensity::new(
-                restarts
-                    .saturating_mul(config.num_workers as u32)
-                    .saturating_add(1),
-                Duration::from_secs(60),
+                config
+                    .max_worker_restarts
+                    .saturating_add(1)
+                    .saturating_mul(config.num_workers as u32),
+                config.worker_restart_window,
             ),
         );
         let mut workers = Vec::with_capacity(config.num_workers);
@@ -214,7 +225,7 @@ impl Trainer {
                 incarnations: Arc::new(AtomicU64::new(0)),
             };
             let options = ActorOptions::new()
-                .max_restarts(restarts)
+                .max_restarts(None)
                 .resources(worker_resources.clone());
             let (child, handle) = rt
                 .actor_child(options, move || RolloutWorker::new(setup.clone()))
@@ -240,6 +251,7 @@ impl Trainer {
             device = %learner.device().await??,
             "PPO trainer started"
         );
+        let config_workers = config.num_workers;
         Ok(Trainer {
             rt: rt.clone(),
             config,
@@ -256,6 +268,9 @@ impl Trainer {
             recent: VecDeque::with_capacity(RETURN_WINDOW),
             history: Vec::new(),
             lr: LrSchedule::default(),
+            restarts: (0..config_workers)
+                .map(|_| RestartWindow::default())
+                .collect(),
         })
     }
 
@@ -377,52 +392,20 @@ impl Trainer {
     }
 
     /// Asks every worker for a fragment with the current weights; a worker
-    /// that panics (or is killed) is restarted by its supervisor and asked
-    /// again, up to `max_worker_restarts` times; one dead for good or
-    /// silent past `sample_timeout` is an error.
+    /// that panics, is killed or hangs past `sample_timeout` is restarted
+    /// (replaced) by its supervisor and asked again, as long as it failed
+    /// at most `max_worker_restarts` times within `worker_restart_window`;
+    /// one that fails more often, or is dead for good, is an error.
     async fn sample(&mut self) -> Result<(Vec<ObjectRef<Fragment>>, u64), RlError> {
-        let timeout = self.config.sample_timeout;
-        let max_attempts = self.config.max_worker_restarts + 1;
-        let calls = self.workers.iter().enumerate().map(|(index, worker)| {
-            let weights = self.weights.clone();
-            let version = self.version;
-            async move {
-                let mut failures = 0u32;
-                loop {
-                    let call = tokio::time::timeout(timeout, worker.sample(weights.clone(), version)).await;
-                    let cause = match call {
-                        Err(_) => {
-                            return Err(RlError::Timeout {
-                                what: format!("rollout worker {index}"),
-                                after: timeout,
-                            })
-                        }
-                        Ok(Ok(Ok(fragment))) => return Ok((fragment, failures)),
-                        Ok(Ok(Err(err))) => return Err(err),
-                        Ok(Err(err @ ActorError::Panicked { .. })) => err.to_string(),
-                        // Killed under the call but restarting: ask again.
-                        Ok(Err(err @ ActorError::ActorDied { .. })) if !worker.is_dead() => err.to_string(),
-                        Ok(Err(err)) => {
-                            return Err(RlError::WorkerFailed {
-                                worker: index,
-                                attempts: failures + 1,
-                                cause: err.to_string(),
-                            })
-                        }
-                    };
-                    failures += 1;
-                    metrics::counter!("troupe_rl_fragments_resampled_total").increment(1);
-                    tracing::warn!(worker = index, failures, cause = %cause, "rollout worker failed mid-fragment; sampling it again");
-                    if failures >= max_attempts {
-                        return Err(RlError::WorkerFailed {
-                            worker: index,
-                            attempts: failures,
-                            cause,
-                        });
-                    }
-                }
-            }
-        });
+        let (weights, version, config) = (&self.weights, self.version, &self.config);
+        let calls = self
+            .workers
+            .iter()
+            .zip(self.restarts.iter_mut())
+            .enumerate()
+            .map(|(index, (worker, window))| {
+                sample_one(index, worker, weights, version, config, window)
+            });
         let results = futures::future::join_all(calls).await;
         let mut fragments = Vec::with_capacity(results.len());
         let mut resampled = 0;
@@ -562,21 +545,32 @@ impl Trainer {
 
     /// Runs `episodes` evaluation episodes with the current policy acting
     /// deterministically (argmax or mean) on fresh environments seeded
-    /// `seed`, `seed + 1`, ... (on a blocking thread).
+    /// `seed`, `seed + 1`, ... (on a blocking thread). An episode still
+    /// running after `eval_max_episode_steps` steps is cut there (as a time
+    /// limit would) and counted in [`Evaluation::capped`].
     pub async fn evaluate(&self, episodes: usize, seed: u64) -> Result<Evaluation, RlError> {
         let mut policy = self.policy().await?;
         let maker = self.env.clone();
+        let cap = self.config.eval_max_episode_steps;
         let run = move || -> Result<Evaluation, RlError> {
             let env_error = |source| RlError::Env { worker: 0, source };
-            let mut returns = Vec::with_capacity(episodes);
-            let mut lengths = Vec::with_capacity(episodes);
+            let mut eval = Evaluation {
+                returns: Vec::with_capacity(episodes),
+                lengths: Vec::with_capacity(episodes),
+                capped: 0,
+            };
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, &[5]));
             let mut out = PolicyOutput::default();
             for episode in 0..episodes {
                 let mut env = VecEnv::from_maker(&maker, 0, 1).map_err(env_error)?;
                 env.reset(Some(seed.wrapping_add(episode as u64)))
                     .map_err(env_error)?;
+                let (mut steps, mut total) = (0u64, 0.0);
                 while env.episodes().is_empty() {
+                    if steps == cap {
+                        eval.capped += 1;
+                        break;
+                    }
                     policy.act(
                         env.observations(),
                         1,
@@ -590,12 +584,17 @@ impl Trainer {
                         Actions::Discrete(&out.discrete)
                     };
                     env.step(actions).map_err(env_error)?;
+                    steps += 1;
+                    total += env.rewards()[0];
                 }
-                let e = env.episodes()[0];
-                returns.push(e.episode_return);
-                lengths.push(e.length);
+                let (episode_return, length) = match env.episodes().first() {
+                    Some(e) => (e.episode_return, e.length),
+                    None => (total, steps),
+                };
+                eval.returns.push(episode_return);
+                eval.lengths.push(length);
             }
-            Ok(Evaluation { returns, lengths })
+            Ok(eval)
         };
         tokio::task::spawn_blocking(run)
             .await

@@ -91,6 +91,7 @@ impl From<ConfigV1> for PpoConfig {
             max_worker_restarts: c.max_worker_restarts,
             sample_timeout: c.sample_timeout,
             learner_threads: c.learner_threads,
+            ..PpoConfig::default()
         }
     }
 }

@@ -76,3 +76,39 @@ pub fn fragile(trigger: Arc<AtomicBool>, always_for_env: Option<usize>) -> EnvMa
         }
     })
 }
+
+/// A gate a hung environment waits at until the test opens it (or a
+/// minute passes, so that a failed test still ends).
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Blocks until the gate is open.
+    pub fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let guard = open.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = changed
+            .wait_timeout_while(guard, Duration::from_secs(30), |open| !*open)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Opens it for good.
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
+    }
+}
+
+/// CartPole that hangs at the gate in the middle of an episode when
+/// `trigger` is set (once: it clears the trigger).
+pub fn hanging(trigger: Arc<AtomicBool>, gate: Gate) -> EnvMaker {
+    hooked("HangingCartPole", move |_| {
+        let (trigger, gate) = (trigger.clone(), gate.clone());
+        move |steps, _: &mut [f32]| {
+            if steps > 5 && trigger.swap(false, Ordering::AcqRel) {
+                gate.wait();
+            }
+        }
+    })
+}
