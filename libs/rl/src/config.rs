@@ -71,6 +71,13 @@ pub struct PpoConfig {
     pub num_minibatches: usize,
     /// Normalise advantages per minibatch (default true).
     pub normalize_advantages: bool,
+    /// Divide rewards by the running standard deviation of the discounted
+    /// return (Gymnasium's `NormalizeReward`, as CleanRL's continuous PPO;
+    /// default false). The learner keeps the statistics, per environment,
+    /// and scales each fragment's rewards after adding it to them; the
+    /// reported episode returns stay unscaled. Helps where rewards are
+    /// large, as in Pendulum-v1.
+    pub normalize_rewards: bool,
     /// PPO's clip range ε for the ratio (default 0.2).
     pub clip_coef: f64,
     /// Clip the value loss around the old values with `clip_coef` (default
@@ -134,6 +141,7 @@ impl Default for PpoConfig {
             update_epochs: 10,
             num_minibatches: 1,
             normalize_advantages: true,
+            normalize_rewards: false,
             clip_coef: 0.2,
             clip_value_loss: false,
             entropy_coef: 0.0,
@@ -185,6 +193,7 @@ setters! {
     update_epochs: usize,
     num_minibatches: usize,
     normalize_advantages: bool,
+    normalize_rewards: bool,
     clip_coef: f64,
     clip_value_loss: bool,
     entropy_coef: f64,

@@ -16,6 +16,7 @@ use crate::config::PpoConfig;
 use crate::error::RlError;
 use crate::fragment::Fragment;
 use crate::mix_seed;
+use crate::normalize::RewardScaler;
 use crate::policy::{tensor_to_vec, ActionHead, PolicyShape, TorchPolicy};
 
 /// What one update measured (means over its minibatches).
@@ -58,6 +59,9 @@ pub(crate) struct LearnerState {
     pub(crate) adam_v: Vec<f32>,
     pub(crate) adam_steps: u64,
     pub(crate) updates: u64,
+    /// Reward normalization's statistics (default: none gathered yet).
+    #[serde(default)]
+    pub(crate) reward_scaler: RewardScaler,
 }
 
 /// Adam over all parameters as one flat vector (PyTorch's `Adam`
@@ -154,6 +158,7 @@ struct LearnerCore {
     policy: TorchPolicy,
     adam: Adam,
     updates: u64,
+    rewards: RewardScaler,
 }
 
 impl Learner {
@@ -176,6 +181,7 @@ impl Learner {
                 policy,
                 adam,
                 updates: 0,
+                rewards: RewardScaler::default(),
             }),
         })
     }
@@ -219,7 +225,12 @@ impl LearnerCore {
                     shape.head.action_len()
                 )));
             }
-            let (a, r) = f.advantages(c.gamma as f32, c.gae_lambda as f32);
+            let scale = if c.normalize_rewards {
+                self.rewards.update(f, c.gamma)
+            } else {
+                1.0
+            };
+            let (a, r) = f.advantages_scaled(c.gamma as f32, c.gae_lambda as f32, scale);
             for i in 0..f.rows() {
                 if f.valid[i] {
                     obs.extend_from_slice(&f.observations[i * f.obs_len..(i + 1) * f.obs_len]);
@@ -241,25 +252,22 @@ impl LearnerCore {
         if n == 0 {
             return Ok(stats);
         }
-        let tensor = |v: &[f32], cols: usize| -> Tensor {
-            let t = Tensor::from_slice(v).to_device(on);
-            if cols == 1 {
-                t
-            } else {
-                t.reshape([n as i64, cols as i64])
-            }
-        };
-        let obs = tensor(&obs, shape.obs_len);
+        // Per-row values are `[n]`; observations and continuous actions are
+        // always `[n, len]`, also when `len` is 1 (a `[n]` action minus the
+        // `[n, 1]` mean would broadcast to `[n, n]`).
+        let column = |v: &[f32]| Tensor::from_slice(v).to_device(on);
+        let matrix = |v: &[f32], cols: usize| column(v).reshape([n as i64, cols as i64]);
+        let obs = matrix(&obs, shape.obs_len);
         let act = if discrete {
-            tensor(&act, 1)
+            column(&act)
         } else {
-            tensor(&act, shape.head.action_len())
+            matrix(&act, shape.head.action_len())
         };
         let (old_logp, adv, ret, old_v) = (
-            tensor(&old_logp, 1),
-            tensor(&adv, 1),
-            tensor(&ret, 1),
-            tensor(&old_v, 1),
+            column(&old_logp),
+            column(&adv),
+            column(&ret),
+            column(&old_v),
         );
 
         let mb = n.div_ceil(c.num_minibatches);
@@ -399,6 +407,7 @@ impl LearnerCore {
             adam_v: tensor_to_vec(&self.adam.v)?,
             adam_steps: self.adam.steps,
             updates: self.updates,
+            reward_scaler: self.rewards.clone(),
         })
     }
 
@@ -450,6 +459,7 @@ impl LearnerCore {
         });
         self.adam.steps = state.adam_steps;
         self.updates = state.updates;
+        self.rewards = state.reward_scaler;
         Ok(())
     }
 }
@@ -558,6 +568,67 @@ mod tests {
             policy,
             adam,
             updates: 0,
+            rewards: RewardScaler::default(),
+        }
+    }
+
+    /// A fragment sampled by the CPU copy of `core`'s policy, so that the
+    /// first update's ratios are 1 and its approximate KL 0.
+    fn sampled_by(core: &LearnerCore, obs_len: usize, rows: usize) -> Fragment {
+        let shape = core.policy.shape.clone();
+        let weights = Weights::snapshot(&core.policy.vs).unwrap();
+        let mut cpu = crate::policy::CpuPolicy::from_weights(&shape, &weights).unwrap();
+        let obs: Vec<f32> = (0..rows * obs_len)
+            .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
+            .collect();
+        let mut out = crate::policy::PolicyOutput::default();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        cpu.act(
+            &obs,
+            rows,
+            crate::policy::ActMode::Sample,
+            &mut rng,
+            &mut out,
+        );
+        let mut f = fragment(rows);
+        f.obs_len = obs_len;
+        f.action_len = shape.head.action_len();
+        f.observations = obs;
+        f.actions = out.actions;
+        f.log_probs = out.log_probs;
+        f.values = out.values;
+        f
+    }
+
+    #[test]
+    fn one_dimensional_observations_and_actions_keep_their_rows_apart() {
+        // Pendulum's 1-D torque, and a 1-D observation with a discrete action.
+        for (obs_len, space) in [
+            (3, Space::bounded(vec![-2.0], vec![2.0]).unwrap()),
+            (1, Space::discrete(2)),
+        ] {
+            let config = PpoConfig::default().update_epochs(1);
+            let shape = PolicyShape {
+                obs_len,
+                hidden: config.hidden.clone(),
+                head: ActionHead::for_space(&space).unwrap(),
+            };
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+            let policy = TorchPolicy::new(shape, tch::Device::Cpu, &mut rng).unwrap();
+            let adam = Adam::new(&policy.vs, config.adam_eps);
+            let mut core = LearnerCore {
+                config,
+                policy,
+                adam,
+                updates: 0,
+                rewards: RewardScaler::default(),
+            };
+            let f = Arc::new(sampled_by(&core, obs_len, 64));
+            let stats = core.train(&[f], 1e-9).unwrap();
+            assert!(
+                stats.approx_kl.abs() < 1e-5 && stats.clip_fraction == 0.0,
+                "{space}: the learner's log-probabilities are the workers': {stats:?}"
+            );
         }
     }
 

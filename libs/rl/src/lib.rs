@@ -125,6 +125,7 @@ mod env;
 mod error;
 mod fragment;
 mod learner;
+mod normalize;
 mod plot;
 mod policy;
 mod report;

@@ -23,6 +23,7 @@ fn sample() -> Checkpoint {
             adam_v: vec![2.0, f32::INFINITY],
             adam_steps: 3,
             updates: 3,
+            reward_scaler: Default::default(),
         },
     }
 }

@@ -1,6 +1,6 @@
 //! Format 1, read only: postcard, fields by position, so its structs are
 //! frozen here as they were written. `Space`, `EpisodeStats` and
-//! `LearnerState` are shared with format 2; their postcard layout is part
+//! `NamedTensor` are shared with format 2; their postcard layout is part
 //! of format 1 (`fixtures/checkpoint_v1.ckpt` and its test guard it).
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{Checkpoint, Counters};
 use crate::config::PpoConfig;
 use crate::env::EpisodeStats;
-use crate::learner::LearnerState;
+use crate::learner::{LearnerState, NamedTensor};
 use crate::space::Space;
 
 #[derive(Deserialize)]
@@ -21,7 +21,16 @@ struct CheckpointV1 {
     config: ConfigV1,
     counters: CountersV1,
     recent_episodes: Vec<EpisodeStats>,
-    learner: LearnerState,
+    learner: LearnerStateV1,
+}
+
+#[derive(Deserialize)]
+struct LearnerStateV1 {
+    variables: Vec<NamedTensor>,
+    adam_m: Vec<f32>,
+    adam_v: Vec<f32>,
+    adam_steps: u64,
+    updates: u64,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +121,13 @@ pub(super) fn decode(payload: &[u8]) -> Result<Checkpoint, postcard::Error> {
             train_seconds: c.counters.train_seconds,
         },
         recent_episodes: c.recent_episodes,
-        learner: c.learner,
+        learner: LearnerState {
+            variables: c.learner.variables,
+            adam_m: c.learner.adam_m,
+            adam_v: c.learner.adam_v,
+            adam_steps: c.learner.adam_steps,
+            updates: c.learner.updates,
+            reward_scaler: Default::default(),
+        },
     })
 }
