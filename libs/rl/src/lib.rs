@@ -60,7 +60,9 @@
 //!   surrogate, optionally clipped value loss, entropy bonus, minibatch
 //!   epochs (with CleanRL's optional KL early stop after each epoch),
 //!   per-minibatch advantage normalisation, global gradient-norm clipping,
-//!   linear learning-rate annealing over the run's budget. Adam is written out over one
+//!   linear learning-rate annealing over the run's budget, optional reward
+//!   normalization (`normalize_rewards`), and a Gaussian log-std bounded
+//!   to `[-5, 2]`. Adam is written out over one
 //!   flat vector (PyTorch's arithmetic) so that its moments go into
 //!   checkpoints and a step is a handful of tensor operations.
 //! - **Supervision**: workers are children of their own one-for-one
