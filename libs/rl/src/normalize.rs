@@ -130,4 +130,17 @@ mod tests {
         );
         assert!(scale > 0.0 && scale < 0.1, "{scale}");
     }
+
+    #[test]
+    fn the_statistics_survive_a_checkpoint() {
+        let mut s = RewardScaler::default();
+        s.update(&fragment(0, vec![1.0, -2.0, 3.0], vec![false; 3]), 0.9);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&s, &mut bytes).unwrap();
+        let back: RewardScaler = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!(back, s);
+        // A learner state without them (older file) starts afresh.
+        let empty: RewardScaler = ciborium::from_reader(&[0xa0u8][..]).unwrap();
+        assert_eq!(empty, RewardScaler::default());
+    }
 }
