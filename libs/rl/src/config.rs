@@ -33,6 +33,7 @@ use crate::error::RlError;
 /// # Ok::<(), troupe_rl::RlError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PpoConfig {
     /// Seeds the environments, the workers' sampling, the initial weights
     /// and the minibatch order (default 0). For runs that repeat bit for
@@ -49,10 +50,16 @@ pub struct PpoConfig {
     pub hidden: Vec<usize>,
     /// Adam's learning rate (default 4e-3).
     pub learning_rate: f64,
-    /// Anneal the learning rate linearly to 0 over `total_env_steps`
-    /// (default true).
+    /// Anneal the learning rate linearly to 0 over the run's budget
+    /// (default true): the env-step or iteration limit of the
+    /// [`Stop`](crate::Stop) given to
+    /// [`Trainer::train_until`](crate::Trainer::train_until), else
+    /// `total_env_steps`. `false` keeps it constant.
     pub anneal_lr: bool,
-    /// The step budget the annealing spans (default 200,000).
+    /// The step budget the annealing spans when the run has none of its
+    /// own: bare [`Trainer::train`](crate::Trainer::train) calls, or a
+    /// stop with only a return target or a wall time (default 200,000).
+    /// Training past it goes on at a learning rate of 0, with a warning.
     pub total_env_steps: u64,
     /// Discount γ (default 0.98).
     pub gamma: f64,
@@ -64,6 +71,13 @@ pub struct PpoConfig {
     pub num_minibatches: usize,
     /// Normalise advantages per minibatch (default true).
     pub normalize_advantages: bool,
+    /// Divide rewards by the running standard deviation of the discounted
+    /// return (Gymnasium's `NormalizeReward`, as CleanRL's continuous PPO;
+    /// default false). The learner keeps the statistics, per environment,
+    /// and scales each fragment's rewards after adding it to them; the
+    /// reported episode returns stay unscaled. Helps where rewards are
+    /// large, as in Pendulum-v1.
+    pub normalize_rewards: bool,
     /// PPO's clip range ε for the ratio (default 0.2).
     pub clip_coef: f64,
     /// Clip the value loss around the old values with `clip_coef` (default
@@ -76,7 +90,9 @@ pub struct PpoConfig {
     /// Global gradient-norm clip (default 0.5).
     pub max_grad_norm: f64,
     /// Stop an update's epochs early once the approximate KL exceeds this
-    /// (default none).
+    /// (default none). As in CleanRL's `ppo.py`, the check comes after each
+    /// whole epoch, on the approximate KL of its last minibatch: an epoch
+    /// once begun is finished.
     pub target_kl: Option<f64>,
     /// Adam's ε (default 1e-5).
     pub adam_eps: f64,
@@ -85,15 +101,28 @@ pub struct PpoConfig {
     /// GPUs the learner asks for: `None` (default) means one if the node
     /// has any, else none; the learner runs on `troupe::gpu::device()`.
     pub learner_gpus: Option<f64>,
-    /// Restarts each worker is allowed over the trainer's life (default 3).
+    /// Failures (panics, kills, hangs) each worker may have within
+    /// `worker_restart_window` (default 3): each restarts the worker and
+    /// samples its fragment again; one more within the window stops
+    /// training with an error. OTP's restart intensity, per worker, so a
+    /// long run survives occasional failures however many there are in
+    /// all.
     pub max_worker_restarts: u32,
-    /// How long one fragment may take before training stops with an error
-    /// (default 60 s).
+    /// The sliding window `max_worker_restarts` counts over (default 60 s).
+    pub worker_restart_window: Duration,
+    /// How long one fragment may take (default 60 s). A worker that has not
+    /// answered by then is taken as hung: it is killed, its supervisor
+    /// replaces it, and its fragment is sampled again (a failure counted
+    /// against `max_worker_restarts`).
     pub sample_timeout: Duration,
     /// libtorch threads for the learner (default 1: the model is small and
     /// the workers have the other cores). libtorch's thread count is
     /// process-wide: the learner sets it when it starts.
     pub learner_threads: usize,
+    /// Steps after which [`Trainer::evaluate`](crate::Trainer::evaluate)
+    /// cuts an episode that has not ended (default 100,000), so that a
+    /// policy that never ends an episode cannot hang it.
+    pub eval_max_episode_steps: u64,
 }
 
 impl Default for PpoConfig {
@@ -112,6 +141,7 @@ impl Default for PpoConfig {
             update_epochs: 10,
             num_minibatches: 1,
             normalize_advantages: true,
+            normalize_rewards: false,
             clip_coef: 0.2,
             clip_value_loss: false,
             entropy_coef: 0.0,
@@ -122,8 +152,10 @@ impl Default for PpoConfig {
             num_cpus_per_worker: 1.0,
             learner_gpus: None,
             max_worker_restarts: 3,
+            worker_restart_window: Duration::from_secs(60),
             sample_timeout: Duration::from_secs(60),
             learner_threads: 1,
+            eval_max_episode_steps: 100_000,
         }
     }
 }
@@ -161,6 +193,7 @@ setters! {
     update_epochs: usize,
     num_minibatches: usize,
     normalize_advantages: bool,
+    normalize_rewards: bool,
     clip_coef: f64,
     clip_value_loss: bool,
     entropy_coef: f64,
@@ -171,8 +204,10 @@ setters! {
     num_cpus_per_worker: f64,
     learner_gpus: Option<f64>,
     max_worker_restarts: u32,
+    worker_restart_window: Duration,
     sample_timeout: Duration,
     learner_threads: usize,
+    eval_max_episode_steps: u64,
 }
 
 impl PpoConfig {
@@ -279,6 +314,12 @@ impl PpoConfig {
         }
         if self.sample_timeout.is_zero() {
             return bad("sample_timeout", "must be positive");
+        }
+        if self.worker_restart_window.is_zero() {
+            return bad("worker_restart_window", "must be positive");
+        }
+        if self.eval_max_episode_steps == 0 {
+            return bad("eval_max_episode_steps", "must be at least 1");
         }
         Ok(())
     }

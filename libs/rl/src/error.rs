@@ -49,8 +49,9 @@ pub enum RlError {
     /// The object store refused or lost an object.
     #[error("object store: {0}")]
     Object(#[from] ObjectError),
-    /// A worker failed more often than its restarts allow, or died.
-    #[error("rollout worker {worker} failed and could not be recovered after {attempts} attempts: {cause}; training stopped (raise max_worker_restarts, or fix what makes it fail)")]
+    /// A worker failed more often than its restart intensity allows
+    /// (`max_worker_restarts` within `worker_restart_window`), or died.
+    #[error("rollout worker {worker} failed and could not be recovered after {attempts} attempts: {cause}; training stopped (fix what makes it fail, or raise max_worker_restarts or shorten worker_restart_window)")]
     WorkerFailed {
         /// Which worker.
         worker: usize,

@@ -96,6 +96,17 @@ impl Fragment {
     /// observation (the next row's value, or `last_values` at the end); and
     /// neither passes advantages back across the episode boundary.
     pub fn advantages(&self, gamma: f32, lambda: f32) -> (Vec<f32>, Vec<f32>) {
+        self.advantages_scaled(gamma, lambda, 1.0)
+    }
+
+    /// [`Fragment::advantages`] with every reward multiplied by `scale`
+    /// (reward normalization).
+    pub(crate) fn advantages_scaled(
+        &self,
+        gamma: f32,
+        lambda: f32,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
         let (n, rows) = (self.num_envs, self.rows());
         let mut advantages = vec![0.0f32; rows];
         let mut returns = vec![0.0f32; rows];
@@ -115,7 +126,7 @@ impl Fragment {
                 } else {
                     gamma * next_value
                 };
-                let delta = self.rewards[i] + bootstrap - self.values[i];
+                let delta = self.rewards[i] * scale + bootstrap - self.values[i];
                 let advantage = if ended {
                     delta
                 } else {

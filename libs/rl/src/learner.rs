@@ -16,6 +16,7 @@ use crate::config::PpoConfig;
 use crate::error::RlError;
 use crate::fragment::Fragment;
 use crate::mix_seed;
+use crate::normalize::RewardScaler;
 use crate::policy::{tensor_to_vec, ActionHead, PolicyShape, TorchPolicy};
 
 /// What one update measured (means over its minibatches).
@@ -58,6 +59,9 @@ pub(crate) struct LearnerState {
     pub(crate) adam_v: Vec<f32>,
     pub(crate) adam_steps: u64,
     pub(crate) updates: u64,
+    /// Reward normalization's statistics (default: none gathered yet).
+    #[serde(default)]
+    pub(crate) reward_scaler: RewardScaler,
 }
 
 /// Adam over all parameters as one flat vector (PyTorch's `Adam`
@@ -154,6 +158,7 @@ struct LearnerCore {
     policy: TorchPolicy,
     adam: Adam,
     updates: u64,
+    rewards: RewardScaler,
 }
 
 impl Learner {
@@ -176,6 +181,7 @@ impl Learner {
                 policy,
                 adam,
                 updates: 0,
+                rewards: RewardScaler::default(),
             }),
         })
     }
@@ -219,7 +225,12 @@ impl LearnerCore {
                     shape.head.action_len()
                 )));
             }
-            let (a, r) = f.advantages(c.gamma as f32, c.gae_lambda as f32);
+            let scale = if c.normalize_rewards {
+                self.rewards.update(f, c.gamma)
+            } else {
+                1.0
+            };
+            let (a, r) = f.advantages_scaled(c.gamma as f32, c.gae_lambda as f32, scale);
             for i in 0..f.rows() {
                 if f.valid[i] {
                     obs.extend_from_slice(&f.observations[i * f.obs_len..(i + 1) * f.obs_len]);
@@ -241,25 +252,22 @@ impl LearnerCore {
         if n == 0 {
             return Ok(stats);
         }
-        let tensor = |v: &[f32], cols: usize| -> Tensor {
-            let t = Tensor::from_slice(v).to_device(on);
-            if cols == 1 {
-                t
-            } else {
-                t.reshape([n as i64, cols as i64])
-            }
-        };
-        let obs = tensor(&obs, shape.obs_len);
+        // Per-row values are `[n]`; observations and continuous actions are
+        // always `[n, len]`, also when `len` is 1 (a `[n]` action minus the
+        // `[n, 1]` mean would broadcast to `[n, n]`).
+        let column = |v: &[f32]| Tensor::from_slice(v).to_device(on);
+        let matrix = |v: &[f32], cols: usize| column(v).reshape([n as i64, cols as i64]);
+        let obs = matrix(&obs, shape.obs_len);
         let act = if discrete {
-            tensor(&act, 1)
+            column(&act)
         } else {
-            tensor(&act, shape.head.action_len())
+            matrix(&act, shape.head.action_len())
         };
         let (old_logp, adv, ret, old_v) = (
-            tensor(&old_logp, 1),
-            tensor(&adv, 1),
-            tensor(&ret, 1),
-            tensor(&old_v, 1),
+            column(&old_logp),
+            column(&adv),
+            column(&ret),
+            column(&old_v),
         );
 
         let mb = n.div_ceil(c.num_minibatches);
@@ -267,7 +275,8 @@ impl LearnerCore {
         let mut order: Vec<i64> = (0..n as i64).collect();
         let sums = Tensor::zeros([5], (Kind::Float, on));
         let mut steps = 0usize;
-        'epochs: for _ in 0..c.update_epochs {
+        for _ in 0..c.update_epochs {
+            let mut last_kl = None;
             // When one minibatch is the whole batch its order changes
             // nothing: skip the shuffle and the gathers.
             let perm = if mb == n {
@@ -329,10 +338,13 @@ impl LearnerCore {
                     let _ = sums.shallow_clone().g_add_(&row);
                     kl
                 });
-                if let Some(target) = c.target_kl {
-                    if approx_kl.double_value(&[]) > target {
-                        break 'epochs;
-                    }
+                last_kl = Some(approx_kl);
+            }
+            // CleanRL's early stop: after a whole epoch, on the approximate
+            // KL of its last minibatch.
+            if let (Some(target), Some(kl)) = (c.target_kl, &last_kl) {
+                if kl.double_value(&[]) > target {
+                    break;
                 }
             }
         }
@@ -395,6 +407,7 @@ impl LearnerCore {
             adam_v: tensor_to_vec(&self.adam.v)?,
             adam_steps: self.adam.steps,
             updates: self.updates,
+            reward_scaler: self.rewards.clone(),
         })
     }
 
@@ -446,6 +459,7 @@ impl LearnerCore {
         });
         self.adam.steps = state.adam_steps;
         self.updates = state.updates;
+        self.rewards = state.reward_scaler;
         Ok(())
     }
 }
@@ -507,5 +521,132 @@ impl Learner {
     /// so a mismatch changes nothing.
     pub(crate) fn load_state(&mut self, state: LearnerState) -> Result<(), RlError> {
         self.core_mut()?.load_state(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::Space;
+
+    /// `rows` CartPole-like rows of one environment, all trained on.
+    fn fragment(rows: usize) -> Fragment {
+        let obs_len = 4;
+        Fragment {
+            worker: 0,
+            policy_version: 0,
+            num_envs: 1,
+            steps: rows,
+            obs_len,
+            action_len: 1,
+            observations: (0..rows * obs_len)
+                .map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0)
+                .collect(),
+            actions: (0..rows).map(|i| (i % 2) as f32).collect(),
+            log_probs: vec![0.5f32.ln(); rows],
+            values: vec![0.0; rows],
+            rewards: (0..rows).map(|i| f32::from(i % 3 == 0)).collect(),
+            terminated: vec![false; rows],
+            truncated: vec![false; rows],
+            valid: vec![true; rows],
+            last_values: vec![0.0],
+            episodes: vec![],
+        }
+    }
+
+    fn core(config: PpoConfig) -> LearnerCore {
+        let shape = PolicyShape {
+            obs_len: 4,
+            hidden: config.hidden.clone(),
+            head: ActionHead::for_space(&Space::discrete(2)).unwrap(),
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let policy = TorchPolicy::new(shape, tch::Device::Cpu, &mut rng).unwrap();
+        let adam = Adam::new(&policy.vs, config.adam_eps);
+        LearnerCore {
+            config,
+            policy,
+            adam,
+            updates: 0,
+            rewards: RewardScaler::default(),
+        }
+    }
+
+    /// A fragment sampled by the CPU copy of `core`'s policy, so that the
+    /// first update's ratios are 1 and its approximate KL 0.
+    fn sampled_by(core: &LearnerCore, obs_len: usize, rows: usize) -> Fragment {
+        let shape = core.policy.shape.clone();
+        let weights = Weights::snapshot(&core.policy.vs).unwrap();
+        let mut cpu = crate::policy::CpuPolicy::from_weights(&shape, &weights).unwrap();
+        let obs: Vec<f32> = (0..rows * obs_len)
+            .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
+            .collect();
+        let mut out = crate::policy::PolicyOutput::default();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        cpu.act(
+            &obs,
+            rows,
+            crate::policy::ActMode::Sample,
+            &mut rng,
+            &mut out,
+        );
+        let mut f = fragment(rows);
+        f.obs_len = obs_len;
+        f.action_len = shape.head.action_len();
+        f.observations = obs;
+        f.actions = out.actions;
+        f.log_probs = out.log_probs;
+        f.values = out.values;
+        f
+    }
+
+    #[test]
+    fn one_dimensional_observations_and_actions_keep_their_rows_apart() {
+        // Pendulum's 1-D torque, and a 1-D observation with a discrete action.
+        for (obs_len, space) in [
+            (3, Space::bounded(vec![-2.0], vec![2.0]).unwrap()),
+            (1, Space::discrete(2)),
+        ] {
+            let config = PpoConfig::default().update_epochs(1);
+            let shape = PolicyShape {
+                obs_len,
+                hidden: config.hidden.clone(),
+                head: ActionHead::for_space(&space).unwrap(),
+            };
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+            let policy = TorchPolicy::new(shape, tch::Device::Cpu, &mut rng).unwrap();
+            let adam = Adam::new(&policy.vs, config.adam_eps);
+            let mut core = LearnerCore {
+                config,
+                policy,
+                adam,
+                updates: 0,
+                rewards: RewardScaler::default(),
+            };
+            let f = Arc::new(sampled_by(&core, obs_len, 64));
+            let stats = core.train(&[f], 1e-9).unwrap();
+            assert!(
+                stats.approx_kl.abs() < 1e-5 && stats.clip_fraction == 0.0,
+                "{space}: the learner's log-probabilities are the workers': {stats:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_kl_early_stop_ends_the_update_after_a_whole_epoch_as_cleanrl_does() {
+        let f = Arc::new(fragment(64));
+        let config = PpoConfig::default()
+            .update_epochs(3)
+            .num_minibatches(4)
+            .target_kl(Some(1e-12));
+        let stats = core(config.clone())
+            .train(std::slice::from_ref(&f), 0.01)
+            .unwrap();
+        assert_eq!(
+            stats.gradient_steps, 4,
+            "the first epoch's 4 minibatches, then the stop"
+        );
+        let stats = core(config.target_kl(None)).train(&[f], 0.01).unwrap();
+        assert_eq!(stats.gradient_steps, 12, "3 epochs of 4 without a target");
     }
 }

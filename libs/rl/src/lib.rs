@@ -58,22 +58,41 @@
 //!   the device the runtime gave it: a GPU if the node has one, the CPU
 //!   otherwise. The update is CleanRL's `ppo.py`: GAE, the clipped
 //!   surrogate, optionally clipped value loss, entropy bonus, minibatch
-//!   epochs, per-minibatch advantage normalisation, global gradient-norm
-//!   clipping, linear learning-rate annealing. Adam is written out over one
+//!   epochs (with CleanRL's optional KL early stop after each epoch),
+//!   per-minibatch advantage normalisation, global gradient-norm clipping,
+//!   linear learning-rate annealing over the run's budget, optional reward
+//!   normalization (`normalize_rewards`), and a Gaussian log-std bounded
+//!   to `[-5, 2]`. Adam is written out over one
 //!   flat vector (PyTorch's arithmetic) so that its moments go into
 //!   checkpoints and a step is a handful of tensor operations.
 //! - **Supervision**: workers are children of their own one-for-one
-//!   supervisor with `max_restarts`. A worker that panics mid-fragment
-//!   answers the trainer's call with `ActorError::Panicked`; the
-//!   supervisor restarts it (fresh environments, new seeds) and the trainer
-//!   asks it for the fragment again. A worker that is dead for good
-//!   (`ActorDied`) or silent past `sample_timeout` ends training with an
-//!   error, never a hang. An environment's *error* (a bad action, a NaN
-//!   observation) is returned, not panicked: retrying cannot fix it, so
-//!   training stops with an error naming the environment.
+//!   supervisor. A worker that panics mid-fragment answers the trainer's
+//!   call with `ActorError::Panicked`; the supervisor restarts it (fresh
+//!   environments, new seeds) and the trainer asks it for the fragment
+//!   again. A worker silent past `sample_timeout` (a hung environment) is
+//!   killed, replaced the same way and asked again. Each worker may fail
+//!   `max_worker_restarts` times within `worker_restart_window` (OTP's
+//!   restart intensity, per worker; the supervisor's intensity is the sum
+//!   over workers); one more within the window, or a worker dead for good
+//!   (`ActorDied`), ends training with an error, never a hang. Restarts and
+//!   replacements are logged (`tracing` warnings) and counted
+//!   (`troupe_rl_fragments_resampled_total`,
+//!   `troupe_rl_workers_replaced_total`). An environment's *error* (a bad
+//!   action, a NaN observation) is returned, not panicked: retrying cannot
+//!   fix it, so training stops with an error naming the environment.
+//! - **Threads**: a rollout (environment steps and policy inference) runs
+//!   on a blocking thread (`spawn_blocking`), never on the runtime's async
+//!   workers, so a slow environment cannot starve timers, the trainer's
+//!   deadlines or other actors; a hung one holds its thread only (a thread
+//!   stuck in user code cannot be stopped, and the runtime's shutdown
+//!   waits for it). The learner's update and [`Trainer::evaluate`] run on
+//!   blocking threads too.
 //! - **Resources**: workers ask the runtime for `num_cpus_per_worker` CPUs
-//!   and the learner for a GPU where there is one, so the same code spreads
-//!   over a cluster's nodes once Troupe has one.
+//!   and the learner for a GPU where there is one, from the node that
+//!   builds the trainer: the learner and the workers (children of a
+//!   supervisor there) are spawned in its process, so in a cluster they all
+//!   run on that one node; Troupe places an actor on another node only
+//!   through `spawn_remote`, which the trainer does not use.
 //! - **Determinism**: every generator is seeded from `PpoConfig::seed`
 //!   (environments, sampling, initial weights, minibatch order), each
 //!   stream derived with [`mix_seed`], so a seed reproduces a run's
@@ -83,10 +102,16 @@
 //! ## Checkpoints
 //!
 //! [`Trainer::save`] writes model, optimizer moments, config, counters and
-//! the last 100 episodes into one file with a header, a length and a CRC
-//! (see [`checkpoint`]). A restored trainer's policy acts exactly as the
-//! saved one and training goes on from its counters; the environments
-//! start new episodes (their states are not saved).
+//! the last 100 episodes into one file with a header (magic, format
+//! version, length, CRC) and a self-describing CBOR payload, fsynced and
+//! renamed into place (see [`checkpoint`]): config fields added later take
+//! their defaults when an older file lacks them, and format-1 files are
+//! still read. A restored trainer's policy acts exactly as the saved one
+//! and training goes on from its counters, with the checkpoint's config
+//! ([`Trainer::from_checkpoint`]) or another one that keeps the model's
+//! shape ([`Trainer::from_checkpoint_with`], [`Trainer::load`]: more
+//! workers, a longer budget); the environments start new episodes (their
+//! states are not saved).
 
 // The lint wall (CI denies warnings): no unsafe code but where a
 // `SAFETY` comment allows it; every public item documented and truly
@@ -102,9 +127,12 @@ mod env;
 mod error;
 mod fragment;
 mod learner;
+mod normalize;
 mod plot;
 mod policy;
 mod report;
+mod sampling;
+mod schedule;
 mod space;
 mod trainer;
 mod vec_env;

@@ -140,6 +140,14 @@ fn orthogonal(
     Ok((q * gain).contiguous())
 }
 
+/// Bounds of a Gaussian policy's log standard deviation, applied where it
+/// is used (the learner's log-probabilities and entropy, the workers'
+/// sampling): the standard deviation stays within [0.0067, 7.4], so it can
+/// neither collapse to 0 nor blow up.
+pub(crate) const LOG_STD_MIN: f64 = -5.0;
+/// See [`LOG_STD_MIN`].
+pub(crate) const LOG_STD_MAX: f64 = 2.0;
+
 impl TorchPolicy {
     /// A freshly initialised model (CleanRL's `layer_init`: orthogonal
     /// weights, gain √2 for hidden layers, 0.01 for the actor's output, 1 for
@@ -220,14 +228,15 @@ impl TorchPolicy {
                 (logp, entropy, value)
             }
             Some(log_std) => {
-                let z = (actions - &out) * (-log_std).exp();
+                let log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX);
+                let z = (actions - &out) * (-&log_std).exp();
                 let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
-                let logp = (z.square() * -0.5 - log_std - half_log_2pi).sum_dim_intlist(
+                let logp = (z.square() * -0.5 - &log_std - half_log_2pi).sum_dim_intlist(
                     -1,
                     false,
                     Kind::Float,
                 );
-                let entropy_per_dim = log_std + 0.5 + half_log_2pi;
+                let entropy_per_dim = &log_std + 0.5 + half_log_2pi;
                 let entropy = entropy_per_dim
                     .sum(Kind::Float)
                     .expand([out.size()[0]], false);
@@ -397,7 +406,11 @@ impl CpuPolicy {
         };
         let log_std = match &shape.head {
             ActionHead::Gaussian { low, .. } => {
-                read_weights(weights, "actor.log_std", &[low.len()])?
+                let mut log_std = read_weights(weights, "actor.log_std", &[low.len()])?;
+                for v in &mut log_std {
+                    *v = v.clamp(LOG_STD_MIN as f32, LOG_STD_MAX as f32);
+                }
+                log_std
             }
             ActionHead::Categorical { .. } => Vec::new(),
         };
@@ -607,6 +620,41 @@ mod tests {
             // Continuous actions reach the env clipped to the box.
             assert!(out.continuous.iter().all(|a| (-1.0..=1.0).contains(a)));
         }
+    }
+
+    #[test]
+    fn the_log_std_is_bounded_alike_in_the_learner_and_the_workers() {
+        let shape = shape(ActionHead::Gaussian {
+            low: vec![-1.0; 2],
+            high: vec![1.0; 2],
+        });
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+        let torch = TorchPolicy::new(shape.clone(), Device::Cpu, &mut rng).unwrap();
+        if let Some(log_std) = &torch.log_std {
+            tch::no_grad(|| {
+                log_std
+                    .shallow_clone()
+                    .copy_(&Tensor::from_slice(&[9.0f32, -30.0]))
+            });
+        }
+        let mut cpu =
+            CpuPolicy::from_weights(&shape, &Weights::snapshot(&torch.vs).unwrap()).unwrap();
+        let rows = 16;
+        let obs: Vec<f32> = (0..rows * shape.obs_len)
+            .map(|_| standard_normal(&mut rng))
+            .collect();
+        let mut out = PolicyOutput::default();
+        cpu.act(&obs, rows, ActMode::Sample, &mut rng, &mut out);
+        let obs_t = Tensor::from_slice(&obs).reshape([rows as i64, shape.obs_len as i64]);
+        let act_t = Tensor::from_slice(&out.actions).reshape([rows as i64, 2]);
+        let (logp, entropy, _) = tch::no_grad(|| torch.evaluate(&obs_t, &act_t));
+        for (a, b) in out.log_probs.iter().zip(tensor_to_vec(&logp).unwrap()) {
+            assert!((a - b).abs() < 1e-4, "log-probability {a} vs {b}");
+        }
+        let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+        let want = (LOG_STD_MAX + LOG_STD_MIN + 2.0 * (0.5 + half_log_2pi)) as f32;
+        let got = tensor_to_vec(&entropy).unwrap()[0];
+        assert!((got - want).abs() < 1e-5, "entropy {got}, want {want}");
     }
 
     #[test]

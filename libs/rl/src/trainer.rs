@@ -22,6 +22,8 @@ use crate::fragment::Fragment;
 use crate::learner::{Learner, LearnerHandle, UpdateStats};
 use crate::policy::{ActMode, ActionHead, CpuPolicy, PolicyOutput, PolicyShape};
 use crate::report::{IterationMetrics, Reporter};
+use crate::sampling::{sample_one, RestartWindow};
+use crate::schedule::{self, LrSchedule};
 use crate::space::{Actions, Space};
 use crate::worker::{RolloutWorker, RolloutWorkerHandle, WorkerSetup};
 use crate::{mix_seed, VecEnv};
@@ -101,6 +103,9 @@ pub struct Evaluation {
     pub returns: Vec<f64>,
     /// Length of each episode.
     pub lengths: Vec<u64>,
+    /// Episodes cut at `eval_max_episode_steps` (their return is what they
+    /// had gathered by then).
+    pub capped: usize,
 }
 
 impl Evaluation {
@@ -145,6 +150,9 @@ pub struct Trainer {
     counters: Counters,
     recent: VecDeque<EpisodeStats>,
     history: Vec<IterationMetrics>,
+    lr: LrSchedule,
+    /// Each worker's recent failures (its restart intensity).
+    restarts: Vec<RestartWindow>,
 }
 
 impl Trainer {
@@ -185,13 +193,18 @@ impl Trainer {
             .await?
         };
 
-        let restarts = config.max_worker_restarts;
+        // Each worker may fail max_worker_restarts times per window (the
+        // trainer counts, per worker, and stops with an error past that);
+        // the supervisor's intensity is the same budget for all of them
+        // together, plus the failure that stops training, so that it never
+        // gives up first. A child's own cap would count over its whole life.
         let mut tree = SupervisorSpec::new("rl-rollout-workers", Strategy::OneForOne).intensity(
             Intensity::new(
-                restarts
-                    .saturating_mul(config.num_workers as u32)
-                    .saturating_add(1),
-                Duration::from_secs(60),
+                config
+                    .max_worker_restarts
+                    .saturating_add(1)
+                    .saturating_mul(config.num_workers as u32),
+                config.worker_restart_window,
             ),
         );
         let mut workers = Vec::with_capacity(config.num_workers);
@@ -212,7 +225,7 @@ impl Trainer {
                 incarnations: Arc::new(AtomicU64::new(0)),
             };
             let options = ActorOptions::new()
-                .max_restarts(restarts)
+                .max_restarts(None)
                 .resources(worker_resources.clone());
             let (child, handle) = rt
                 .actor_child(options, move || RolloutWorker::new(setup.clone()))
@@ -238,6 +251,7 @@ impl Trainer {
             device = %learner.device().await??,
             "PPO trainer started"
         );
+        let config_workers = config.num_workers;
         Ok(Trainer {
             rt: rt.clone(),
             config,
@@ -253,6 +267,10 @@ impl Trainer {
             counters: Counters::default(),
             recent: VecDeque::with_capacity(RETURN_WINDOW),
             history: Vec::new(),
+            lr: LrSchedule::default(),
+            restarts: (0..config_workers)
+                .map(|_| RestartWindow::default())
+                .collect(),
         })
     }
 
@@ -269,8 +287,37 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Loads a checkpoint into this trainer: the same environment, spaces
-    /// and config are required (the error names the first difference).
+    /// A trainer restored from a checkpoint with a config of its own: to
+    /// resume with another worker count, budget or hyperparameters. Only
+    /// what fixes the model's shape must match the checkpoint
+    /// ([`checkpoint::SHAPE_FIELDS`](crate::checkpoint::SHAPE_FIELDS)); the
+    /// error names the first that differs.
+    ///
+    /// ```no_run
+    /// # use troupe::prelude::*;
+    /// # use troupe_rl::{EnvMaker, PpoConfig, Trainer};
+    /// # async fn run(rt: &Runtime) -> Result<(), troupe_rl::RlError> {
+    /// let config = PpoConfig::default().num_workers(8).total_env_steps(2_000_000);
+    /// let trainer = Trainer::from_checkpoint_with(rt, EnvMaker::cart_pole(), "run.ckpt", config).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_checkpoint_with(
+        rt: &Runtime,
+        env: EnvMaker,
+        path: impl AsRef<Path>,
+        config: PpoConfig,
+    ) -> Result<Trainer, RlError> {
+        let path = path.as_ref();
+        let checkpoint = Checkpoint::read(path)?;
+        let mut trainer = Trainer::new(rt, env, config).await?;
+        trainer.apply(checkpoint, path).await?;
+        Ok(trainer)
+    }
+
+    /// Loads a checkpoint into this trainer, which keeps its own config:
+    /// the environment, spaces and hidden layers must match the
+    /// checkpoint's (the error names the first difference); the worker
+    /// count, budget and other settings may differ.
     pub async fn load(&mut self, path: impl AsRef<Path>) -> Result<(), RlError> {
         let path = path.as_ref();
         let checkpoint = Checkpoint::read(path)?;
@@ -345,52 +392,20 @@ impl Trainer {
     }
 
     /// Asks every worker for a fragment with the current weights; a worker
-    /// that panics (or is killed) is restarted by its supervisor and asked
-    /// again, up to `max_worker_restarts` times; one dead for good or
-    /// silent past `sample_timeout` is an error.
+    /// that panics, is killed or hangs past `sample_timeout` is restarted
+    /// (replaced) by its supervisor and asked again, as long as it failed
+    /// at most `max_worker_restarts` times within `worker_restart_window`;
+    /// one that fails more often, or is dead for good, is an error.
     async fn sample(&mut self) -> Result<(Vec<ObjectRef<Fragment>>, u64), RlError> {
-        let timeout = self.config.sample_timeout;
-        let max_attempts = self.config.max_worker_restarts + 1;
-        let calls = self.workers.iter().enumerate().map(|(index, worker)| {
-            let weights = self.weights.clone();
-            let version = self.version;
-            async move {
-                let mut failures = 0u32;
-                loop {
-                    let call = tokio::time::timeout(timeout, worker.sample(weights.clone(), version)).await;
-                    let cause = match call {
-                        Err(_) => {
-                            return Err(RlError::Timeout {
-                                what: format!("rollout worker {index}"),
-                                after: timeout,
-                            })
-                        }
-                        Ok(Ok(Ok(fragment))) => return Ok((fragment, failures)),
-                        Ok(Ok(Err(err))) => return Err(err),
-                        Ok(Err(err @ ActorError::Panicked { .. })) => err.to_string(),
-                        // Killed under the call but restarting: ask again.
-                        Ok(Err(err @ ActorError::ActorDied { .. })) if !worker.is_dead() => err.to_string(),
-                        Ok(Err(err)) => {
-                            return Err(RlError::WorkerFailed {
-                                worker: index,
-                                attempts: failures + 1,
-                                cause: err.to_string(),
-                            })
-                        }
-                    };
-                    failures += 1;
-                    metrics::counter!("troupe_rl_fragments_resampled_total").increment(1);
-                    tracing::warn!(worker = index, failures, cause = %cause, "rollout worker failed mid-fragment; sampling it again");
-                    if failures >= max_attempts {
-                        return Err(RlError::WorkerFailed {
-                            worker: index,
-                            attempts: failures,
-                            cause,
-                        });
-                    }
-                }
-            }
-        });
+        let (weights, version, config) = (&self.weights, self.version, &self.config);
+        let calls = self
+            .workers
+            .iter()
+            .zip(self.restarts.iter_mut())
+            .enumerate()
+            .map(|(index, (worker, window))| {
+                sample_one(index, worker, weights, version, config, window)
+            });
         let results = futures::future::join_all(calls).await;
         let mut fragments = Vec::with_capacity(results.len());
         let mut resampled = 0;
@@ -404,17 +419,24 @@ impl Trainer {
 
     /// One iteration: every worker samples a fragment with the current
     /// weights, the learner updates on them, and the new weights go to the
-    /// store for the next one.
+    /// store for the next one. With `anneal_lr`, the learning rate anneals
+    /// over [`PpoConfig::total_env_steps`]; [`Trainer::train_until`]
+    /// anneals over its [`Stop`]'s budget instead.
     pub async fn train(&mut self) -> Result<IterationMetrics, RlError> {
+        self.train_within(self.config.total_env_steps).await
+    }
+
+    /// One iteration whose learning rate reaches 0 at `horizon` env steps.
+    async fn train_within(&mut self, horizon: u64) -> Result<IterationMetrics, RlError> {
         let span = tracing::info_span!(
             "ppo_iteration",
             iteration = self.counters.iteration + 1,
             env = self.env.name()
         );
-        self.iterate().instrument(span).await
+        self.iterate(horizon).instrument(span).await
     }
 
-    async fn iterate(&mut self) -> Result<IterationMetrics, RlError> {
+    async fn iterate(&mut self, horizon: u64) -> Result<IterationMetrics, RlError> {
         let began = Instant::now();
         let (fragments, resampled) = self.sample().await?;
         let sampled_in = began.elapsed();
@@ -431,12 +453,8 @@ impl Trainer {
                 self.recent.push_back(*e);
             }
         }
-        let lr = if self.config.anneal_lr {
-            let done = self.counters.env_steps as f64 / self.config.total_env_steps as f64;
-            self.config.learning_rate * (1.0 - done).max(0.0)
-        } else {
-            self.config.learning_rate
-        };
+        let lr = self.lr.rate(&self.config, self.counters.env_steps, horizon);
+        metrics::gauge!("troupe_rl_learning_rate").set(lr);
         let stats: UpdateStats = self.learner.update(fragments, lr).await??;
         self.weights = self.learner.publish().await??;
         self.version += 1;
@@ -487,15 +505,26 @@ impl Trainer {
         Ok(m)
     }
 
-    /// Trains until `stop` says so, reporting each iteration.
+    /// Trains until `stop` says so, reporting each iteration. With
+    /// `anneal_lr`, the learning rate anneals to 0 at the stop's env-step
+    /// or iteration budget (the nearer one; counted like the stop, from
+    /// the trainer's counters), never before its last update; a stop
+    /// without either (a return target or wall time alone) anneals over
+    /// [`PpoConfig::total_env_steps`].
     pub async fn train_until(
         &mut self,
         stop: &Stop,
         reporter: &mut dyn Reporter,
     ) -> Result<TrainSummary, RlError> {
         let began = Instant::now();
+        let horizon = schedule::horizon(
+            &self.config,
+            stop.env_steps,
+            stop.iterations,
+            (self.counters.env_steps, self.counters.iteration),
+        );
         let result = loop {
-            let m = match self.train().await {
+            let m = match self.train_within(horizon).await {
                 Ok(m) => m,
                 Err(err) => break Err(err),
             };
@@ -516,21 +545,32 @@ impl Trainer {
 
     /// Runs `episodes` evaluation episodes with the current policy acting
     /// deterministically (argmax or mean) on fresh environments seeded
-    /// `seed`, `seed + 1`, ... (on a blocking thread).
+    /// `seed`, `seed + 1`, ... (on a blocking thread). An episode still
+    /// running after `eval_max_episode_steps` steps is cut there (as a time
+    /// limit would) and counted in [`Evaluation::capped`].
     pub async fn evaluate(&self, episodes: usize, seed: u64) -> Result<Evaluation, RlError> {
         let mut policy = self.policy().await?;
         let maker = self.env.clone();
+        let cap = self.config.eval_max_episode_steps;
         let run = move || -> Result<Evaluation, RlError> {
             let env_error = |source| RlError::Env { worker: 0, source };
-            let mut returns = Vec::with_capacity(episodes);
-            let mut lengths = Vec::with_capacity(episodes);
+            let mut eval = Evaluation {
+                returns: Vec::with_capacity(episodes),
+                lengths: Vec::with_capacity(episodes),
+                capped: 0,
+            };
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, &[5]));
             let mut out = PolicyOutput::default();
             for episode in 0..episodes {
                 let mut env = VecEnv::from_maker(&maker, 0, 1).map_err(env_error)?;
                 env.reset(Some(seed.wrapping_add(episode as u64)))
                     .map_err(env_error)?;
+                let (mut steps, mut total) = (0u64, 0.0);
                 while env.episodes().is_empty() {
+                    if steps == cap {
+                        eval.capped += 1;
+                        break;
+                    }
                     policy.act(
                         env.observations(),
                         1,
@@ -544,12 +584,17 @@ impl Trainer {
                         Actions::Discrete(&out.discrete)
                     };
                     env.step(actions).map_err(env_error)?;
+                    steps += 1;
+                    total += env.rewards()[0];
                 }
-                let e = env.episodes()[0];
-                returns.push(e.episode_return);
-                lengths.push(e.length);
+                let (episode_return, length) = match env.episodes().first() {
+                    Some(e) => (e.episode_return, e.length),
+                    None => (total, steps),
+                };
+                eval.returns.push(episode_return);
+                eval.lengths.push(length);
             }
-            Ok(Evaluation { returns, lengths })
+            Ok(eval)
         };
         tokio::task::spawn_blocking(run)
             .await

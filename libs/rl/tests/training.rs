@@ -12,79 +12,14 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use troupe::prelude::*;
 use troupe_rl::{
-    ActMode, Action, CartPole, CheckpointError, Env, EnvError, EnvMaker, Info, PolicyOutput,
-    PpoConfig, RlError, Space, Stop, Trainer, Transition,
+    ActMode, CartPole, CheckpointError, EnvError, EnvMaker, PolicyOutput, PpoConfig, RlError, Stop,
+    Trainer,
 };
 
 use troupe_test_kit::within_for;
 
-/// The deadline for anything in training that could hang.
-const TRAINING: Duration = Duration::from_secs(120);
-
-/// A small trainer; a quarter CPU per worker, so that several trainers
-/// fit one runtime at once.
-fn small() -> PpoConfig {
-    PpoConfig::default()
-        .num_workers(2)
-        .envs_per_worker(2)
-        .fragment_len(16)
-        .num_cpus_per_worker(0.25)
-}
-
-/// CartPole with a hook that runs after each step, given the env's step
-/// count and the observation: to make it panic, slow or broken.
-struct Hooked<H> {
-    inner: CartPole,
-    steps: u32,
-    hook: H,
-}
-
-impl<H: FnMut(u32, &mut [f32]) + Send + 'static> Env for Hooked<H> {
-    fn observation_space(&self) -> Space {
-        self.inner.observation_space()
-    }
-    fn action_space(&self) -> Space {
-        self.inner.action_space()
-    }
-    fn reset(&mut self, seed: Option<u64>, obs: &mut [f32]) -> Result<Info, EnvError> {
-        self.inner.reset(seed, obs)
-    }
-    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
-        let t = self.inner.step(action, obs)?;
-        self.steps += 1;
-        (self.hook)(self.steps, obs);
-        Ok(t)
-    }
-}
-
-/// Environments from `make_hook(index)`.
-fn hooked<H, F>(name: &str, make_hook: F) -> EnvMaker
-where
-    H: FnMut(u32, &mut [f32]) + Send + 'static,
-    F: Fn(usize) -> H + Send + Sync + 'static,
-{
-    EnvMaker::new(name.to_owned(), move |index| {
-        Ok(Hooked {
-            inner: CartPole::new(),
-            steps: 0,
-            hook: make_hook(index),
-        })
-    })
-}
-
-/// CartPole that panics in the middle of an episode when `trigger` is set
-/// (once: it clears the trigger), or at every step for env `always_for_env`.
-fn fragile(trigger: Arc<AtomicBool>, always_for_env: Option<usize>) -> EnvMaker {
-    hooked("FragileCartPole", move |index| {
-        let trigger = trigger.clone();
-        move |steps, _: &mut [f32]| {
-            if always_for_env == Some(index) || (steps > 5 && trigger.swap(false, Ordering::AcqRel))
-            {
-                panic!("the simulator crashed");
-            }
-        }
-    })
-}
+mod common;
+use common::{fragile, hooked, small, TRAINING};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_seeded_ppo_run_improves_cartpole() {

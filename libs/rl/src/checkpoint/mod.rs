@@ -1,21 +1,37 @@
 //! Checkpoint files: a trainer's model, optimizer, config and counters.
 //!
-//! Layout (little-endian), version 1:
+//! Layout (little-endian):
 //!
 //! ```text
 //! offset  size  field
 //! 0       8     magic "TROUPERL"
-//! 8       4     format version (u32) = 1
+//! 8       4     format version (u32): 2 (1 is still read)
 //! 12      8     payload length in bytes (u64)
 //! 20      4     CRC-32 of the payload (u32)
-//! 24      n     payload: postcard encoding of the checkpoint
+//! 24      n     payload
 //! ```
 //!
-//! Reading checks each field in order, so a file that is not a checkpoint,
-//! one cut short, one damaged, and one from another version each get their
-//! own error; a checkpoint whose config or spaces differ from the trainer's
-//! is refused naming the first field that differs.
+//! The payload of format 2 is CBOR (RFC 8949), self-describing: every
+//! struct is a map keyed by field name. A field added later is filled with
+//! its default when an older file lacks it, and a field a newer file has
+//! but this code does not know is skipped, so adding a config field needs
+//! no new format version. Format 1's payload was postcard (fields by
+//! position); it is still read (module `v1`, guarded by
+//! `fixtures/checkpoint_v1.ckpt`).
+//!
+//! Reading checks each header field in order, so a file that is not a
+//! checkpoint, one cut short, one damaged, and one of an unknown version
+//! each get their own error. Only what fixes the model's shape must match
+//! the trainer that loads it ([`SHAPE_FIELDS`]); the number of workers,
+//! the budget and the other hyperparameters may differ. Writing goes to a
+//! temporary file that is fsynced, renamed over the checkpoint, and the
+//! directory fsynced, so that a crash leaves the old checkpoint or the new
+//! one, never a mix or an empty file.
 
+mod v1;
+
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +42,13 @@ use crate::learner::LearnerState;
 use crate::space::Space;
 
 const MAGIC: &[u8; 8] = b"TROUPERL";
-const VERSION: u32 = 1;
+/// The format this code writes.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER: usize = 24;
+
+/// What must be equal between a checkpoint and the trainer that loads it:
+/// they fix the model's shape.
+pub const SHAPE_FIELDS: &[&str] = &["env", "observation_space", "action_space", "hidden"];
 
 /// A checkpoint could not be written, read or used.
 #[derive(Debug, thiserror::Error)]
@@ -64,16 +85,16 @@ pub enum CheckpointError {
         /// The file.
         path: PathBuf,
     },
-    /// Written by another format version.
+    /// Written by a format version this code does not read.
     #[error(
-        "checkpoint {path} has format version {found}; this troupe-rl reads version {supported}"
+        "checkpoint {path} has format version {found}; this troupe-rl reads versions 1 to {supported} (a newer troupe-rl wrote it: load it with that one)"
     )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,
         /// Its version.
         found: u32,
-        /// Ours.
+        /// The newest version read here.
         supported: u32,
     },
     /// The payload could not be decoded.
@@ -81,15 +102,23 @@ pub enum CheckpointError {
     Decode {
         /// The file.
         path: PathBuf,
+        /// Why (with the file's format version).
+        reason: String,
+    },
+    /// The checkpoint could not be encoded.
+    #[error("checkpoint {path} could not be encoded: {reason}")]
+    Encode {
+        /// The file.
+        path: PathBuf,
         /// Why.
         reason: String,
     },
-    /// The checkpoint belongs to a differently configured trainer.
-    #[error("checkpoint {path} was saved with {field} = {saved}, but this trainer has {field} = {current}; build the trainer with the checkpoint's config (Trainer::from_checkpoint) or use a matching checkpoint")]
+    /// The checkpoint's model has another shape than the trainer's.
+    #[error("checkpoint {path} was saved with {field} = {saved}, but this trainer has {field} = {current}; env, observation_space, action_space and hidden fix the model's shape and must match (other settings, such as num_workers or the budget, may differ): build the trainer with the checkpoint's (Trainer::from_checkpoint) or use a matching checkpoint")]
     ConfigMismatch {
         /// The file.
         path: PathBuf,
-        /// The first field that differs.
+        /// The first field that differs (one of [`SHAPE_FIELDS`]).
         field: String,
         /// Its value in the checkpoint.
         saved: String,
@@ -100,6 +129,7 @@ pub enum CheckpointError {
 
 /// Where training stood.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Updates done.
     pub iteration: u64,
@@ -108,7 +138,7 @@ pub struct Counters {
     pub env_steps: u64,
     /// Episodes finished.
     pub episodes: u64,
-    /// Fragments sampled again after a worker failed.
+    /// Fragments sampled again after a worker failed, hung or was killed.
     pub worker_restarts: u64,
     /// Seconds spent training.
     pub train_seconds: f64,
@@ -120,34 +150,73 @@ pub(crate) struct Checkpoint {
     pub(crate) env: String,
     pub(crate) observation_space: Space,
     pub(crate) action_space: Space,
+    #[serde(default)]
     pub(crate) config: PpoConfig,
+    #[serde(default)]
     pub(crate) counters: Counters,
     /// The last 100 episodes, for the running mean.
+    #[serde(default)]
     pub(crate) recent_episodes: Vec<EpisodeStats>,
     pub(crate) learner: LearnerState,
 }
 
+/// `path` with `.tmp` appended (not replacing its extension, so that
+/// `a.ckpt` and `a.bak` never share a temporary file).
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, fsynced, renamed
+/// over `path`, then the directory fsynced (the rename itself is durable
+/// only once the directory is).
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary(path);
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(err) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        // Best effort: the temporary file is garbage now.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
+    }
+    sync_directory(path)
+}
+
+#[cfg(unix)]
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_directory(_: &Path) -> std::io::Result<()> {
+    // Directories cannot be opened for fsync here; the rename is atomic.
+    Ok(())
+}
+
 impl Checkpoint {
-    pub(crate) fn write(&self, path: &Path) -> Result<(), CheckpointError> {
-        let io = |source| CheckpointError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let payload = postcard::to_stdvec(self).map_err(|e| CheckpointError::Decode {
+    pub(crate) fn encode(&self, path: &Path) -> Result<Vec<u8>, CheckpointError> {
+        let mut payload = Vec::new();
+        ciborium::into_writer(self, &mut payload).map_err(|e| CheckpointError::Encode {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let mut bytes = Vec::with_capacity(HEADER + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        // Write then rename: a crash mid-write never leaves a half file
-        // under the checkpoint's name.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        Ok(framed(FORMAT_VERSION, &payload))
+    }
+
+    pub(crate) fn write(&self, path: &Path) -> Result<(), CheckpointError> {
+        let bytes = self.encode(path)?;
+        write_durably(path, &bytes).map_err(|source| CheckpointError::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     pub(crate) fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
@@ -182,17 +251,17 @@ impl Checkpoint {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
         let version = u32_at(8);
-        if version != VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::UnsupportedVersion {
                 path: path(),
                 found: version,
-                supported: VERSION,
+                supported: FORMAT_VERSION,
             });
         }
         let mut len = [0u8; 8];
         len.copy_from_slice(&bytes[12..20]);
         let len = u64::from_le_bytes(len);
-        let expected = HEADER as u64 + len;
+        let expected = (HEADER as u64).saturating_add(len);
         if (bytes.len() as u64) < expected {
             return Err(CheckpointError::Truncated {
                 path: path(),
@@ -204,13 +273,18 @@ impl Checkpoint {
         if crc32fast::hash(payload) != u32_at(20) || bytes.len() as u64 != expected {
             return Err(CheckpointError::Corrupt { path: path() });
         }
-        postcard::from_bytes(payload).map_err(|e| CheckpointError::Decode {
+        let decoded = match version {
+            1 => v1::decode(payload).map_err(|e| e.to_string()),
+            _ => ciborium::from_reader(payload).map_err(|e| e.to_string()),
+        };
+        decoded.map_err(|reason| CheckpointError::Decode {
             path: path(),
-            reason: e.to_string(),
+            reason: format!("format {version}: {reason}"),
         })
     }
 
-    /// Refuses a checkpoint of another environment, spaces or config.
+    /// Refuses a checkpoint whose model has another shape: another
+    /// environment, spaces or hidden layers ([`SHAPE_FIELDS`]).
     pub(crate) fn check_matches(
         &self,
         path: &Path,
@@ -247,104 +321,27 @@ impl Checkpoint {
                 action_space.to_string(),
             ));
         }
-        if let Some((field, saved, current)) = self.config.first_difference(config) {
-            return Err(mismatch(field, saved, current));
+        if self.config.hidden != config.hidden {
+            return Err(mismatch(
+                "hidden",
+                format!("{:?}", self.config.hidden),
+                format!("{:?}", config.hidden),
+            ));
         }
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> Checkpoint {
-        Checkpoint {
-            env: "CartPole-v1".into(),
-            observation_space: Space::unbounded(4),
-            action_space: Space::discrete(2),
-            config: PpoConfig::default(),
-            counters: Counters {
-                iteration: 3,
-                ..Counters::default()
-            },
-            recent_episodes: vec![EpisodeStats {
-                episode_return: 12.0,
-                length: 12,
-            }],
-            learner: LearnerState {
-                variables: vec![],
-                adam_m: vec![1.0],
-                adam_v: vec![2.0],
-                adam_steps: 3,
-                updates: 3,
-            },
-        }
-    }
-
-    #[test]
-    fn round_trip_and_every_kind_of_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.ckpt");
-        let c = sample();
-        c.write(&path).unwrap();
-        assert_eq!(Checkpoint::read(&path).unwrap(), c);
-        let bytes = std::fs::read(&path).unwrap();
-        let p = Path::new("x");
-        for cut in [3, 10, HEADER, bytes.len() - 1] {
-            let err = Checkpoint::decode(&bytes[..cut], p).unwrap_err();
-            assert!(
-                matches!(err, CheckpointError::Truncated { .. }),
-                "cut at {cut}: {err}"
-            );
-            assert!(err.to_string().contains("truncated"), "{err}");
-        }
-        let mut flipped = bytes.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 0xff;
-        assert!(matches!(
-            Checkpoint::decode(&flipped, p),
-            Err(CheckpointError::Corrupt { .. })
-        ));
-        let mut version = bytes.clone();
-        version[8] = 9;
-        assert!(matches!(
-            Checkpoint::decode(&version, p),
-            Err(CheckpointError::UnsupportedVersion { found: 9, .. })
-        ));
-        assert!(matches!(
-            Checkpoint::decode(b"hello, world, not a checkpoint", p),
-            Err(CheckpointError::NotACheckpoint { .. })
-        ));
-        assert!(matches!(
-            Checkpoint::decode(b"", p),
-            Err(CheckpointError::NotACheckpoint { .. })
-        ));
-    }
-
-    #[test]
-    fn another_config_is_refused_by_name() {
-        let c = sample();
-        let p = Path::new("x");
-        let (obs, act) = (Space::unbounded(4), Space::discrete(2));
-        c.check_matches(p, "CartPole-v1", &obs, &act, &PpoConfig::default())
-            .unwrap();
-        let err = c
-            .check_matches(
-                p,
-                "CartPole-v1",
-                &obs,
-                &act,
-                &PpoConfig::default().hidden(vec![32]),
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("hidden = [64, 64]"), "{err}");
-        let err = c
-            .check_matches(p, "Pendulum-v1", &obs, &act, &PpoConfig::default())
-            .unwrap_err();
-        assert!(
-            matches!(&err, CheckpointError::ConfigMismatch { field, .. } if field == "env"),
-            "{err}"
-        );
-    }
+/// The header and `payload`.
+fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
 }
+
+#[cfg(test)]
+mod tests;
