@@ -123,6 +123,23 @@ async fn kill_and_wait(cluster: &mut LocalCluster, rt: &Runtime, victim: &LocalN
 
 /// A plain TCP copy of `total` bytes over loopback, sent in the chunks the
 /// data path uses: the bar the cross-node read is compared with.
+/// SIGKILLs `victim`, then calls `echo` until an answer comes (from its
+/// restart elsewhere): the seconds from the kill to that answer.
+async fn kill_until_answered(
+    cluster: &mut LocalCluster,
+    victim: &LocalNode,
+    echo: &EchoHandle,
+    never: &str,
+) -> f64 {
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| cluster.kill(victim));
+    while echo.ping(2).await.is_err() {
+        assert!(killed.elapsed() < Duration::from_secs(60), "{never}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    killed.elapsed().as_secs_f64()
+}
+
 async fn tcp_copy(total: usize) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -505,23 +522,14 @@ async fn run(filters: Vec<String>) {
         );
         let echo = Echo::remote(&rt, options).new().await.expect("spawned");
         assert_eq!(echo.ping(1).await.expect("answers"), 1);
-        let killed = Instant::now();
-        tokio::task::block_in_place(|| cluster.kill(&victim));
-        loop {
-            if echo.ping(2).await.is_ok() {
-                break;
-            }
-            assert!(
-                killed.elapsed() < Duration::from_secs(60),
-                "the actor was never restarted elsewhere"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        print(
-            "actor_restarted_elsewhere_s",
-            killed.elapsed().as_secs_f64(),
-            "s",
-        );
+        let answered = kill_until_answered(
+            &mut cluster,
+            &victim,
+            &echo,
+            "the actor was never restarted elsewhere",
+        )
+        .await;
+        print("actor_restarted_elsewhere_s", answered, "s");
     }
     if wanted(&filters, "supervised_child_restarted_elsewhere_s") {
         // A supervisor here whose child lives on a node that is SIGKILLed:
@@ -543,23 +551,14 @@ async fn run(filters: Vec<String>) {
             .await
             .expect("the supervisor starts");
         assert_eq!(echo.ping(1).await.expect("answers"), 1);
-        let killed = Instant::now();
-        tokio::task::block_in_place(|| cluster.kill(&victim));
-        loop {
-            if echo.ping(2).await.is_ok() {
-                break;
-            }
-            assert!(
-                killed.elapsed() < Duration::from_secs(60),
-                "the child was never restarted elsewhere"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        print(
-            "supervised_child_restarted_elsewhere_s",
-            killed.elapsed().as_secs_f64(),
-            "s",
-        );
+        let answered = kill_until_answered(
+            &mut cluster,
+            &victim,
+            &echo,
+            "the child was never restarted elsewhere",
+        )
+        .await;
+        print("supervised_child_restarted_elsewhere_s", answered, "s");
         sup.stop(Duration::from_secs(5)).await;
     }
     if let Some(minutes) = std::env::var("TROUPE_BENCH_IDLE_MINUTES")
