@@ -419,7 +419,20 @@ async fn job_through(
             );
             ran
         }
-        (Ok(Err(err)), ()) => panic!("seed {seed}, {chaos:?} after {after:?}: {err}"),
+        (Ok(Err(err)), ()) => {
+            let members: Vec<String> = ClusterNode::current()
+                .map(|c| c.members())
+                .unwrap_or_default()
+                .iter()
+                .map(|m| format!("{} {:?}", m.hello.node, m.state))
+                .collect();
+            let ids: Vec<_> = nodes.iter().map(|n| n.node).skip(2).collect();
+            let reports = dag::reports(rt, &ids).await;
+            let here = dag::awaited_here(rt, &reports);
+            let log = p.log_tail(&nodes[nodes.len() - 1]);
+            let log = log[log.len().saturating_sub(40)..].join("\n");
+            panic!("seed {seed}, {chaos:?} after {after:?}: {err}; members {members:?}\nthe nodes: {reports:#?}\n{here}\nthe last worker's log:\n{log}")
+        }
         (Err(_), ()) => panic!("seed {seed}: not done within 5 minutes"),
     }
 }

@@ -450,10 +450,30 @@ impl Dag {
                 return Err(format!("{}\n{}", self.stuck(rt, i), self.stalled(rt, refs)));
             };
             let got = match answer {
-                Ok(payload) => read(rt, &payload)
-                    .await
-                    .map(Ok)
-                    .map_err(|e| format!("reading it: {e}")),
+                Ok(payload) => {
+                    let inner = std::time::Duration::from_secs(60);
+                    let Ok(read) = tokio::time::timeout(inner, read(rt, &payload)).await else {
+                        let what = match &*payload {
+                            Payload::Ref(r) => {
+                                let objects = rt.objects().list();
+                                let known = objects.iter().find(|o| o.id == r.id()).map(|o| {
+                                    format!(
+                                        "{} refs={} borrowers={:?} at {:?}",
+                                        o.state, o.refs, o.borrowers, o.location
+                                    )
+                                });
+                                format!("{}: {known:?}", r.id())
+                            }
+                            Payload::Bytes(_) => "bytes".to_owned(),
+                        };
+                        return Err(format!(
+                            "{}\nits inner ref ({what}) was not read within a minute\n{}",
+                            self.stuck(rt, i),
+                            self.stalled(rt, refs)
+                        ));
+                    };
+                    read.map(Ok).map_err(|e| format!("reading it: {e}"))
+                }
                 Err(err) => root(&err).map(Err),
             };
             match got {
@@ -532,8 +552,25 @@ impl Dag {
                 )
             })
             .collect();
+        // Where the unfinished tasks stand, by state and node: a task
+        // delegated to a node that died and was never failed shows here.
+        let mut by_place = std::collections::BTreeMap::<String, usize>::new();
+        let of = |state| troupe::TaskFilter {
+            state: Some(state),
+            limit: usize::MAX,
+            ..troupe::TaskFilter::default()
+        };
+        let delegated = rt.tasks(&of(troupe::TaskState::Delegated));
+        let unplaced = rt.tasks(&of(troupe::TaskState::Unplaced));
+        for t in delegated.iter().chain(&unplaced) {
+            if !t.state.is_final() {
+                *by_place
+                    .entry(format!("{:?} on {:?}", t.state, t.node))
+                    .or_default() += 1;
+            }
+        }
         format!(
-            "seed {}: node {i} ({node:?}) did not answer within a minute; the driver's unfinished tasks: {unfinished:#?}; summary {:?}",
+            "seed {}: node {i} ({node:?}) did not answer within a minute; the driver's unfinished tasks: {unfinished:#?}; by state and node: {by_place:#?}; summary {:?}",
             self.seed,
             rt.task_summary()
         )

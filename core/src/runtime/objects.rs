@@ -6,7 +6,7 @@ use std::time::Duration;
 use troupe_objects::{Blob, Object, ObjectError, ObjectRef, ObjectStore};
 
 use super::Runtime;
-use crate::scheduler::Lent;
+use crate::scheduler::{Blocked, Lent};
 
 impl Runtime {
     /// The node's object store.
@@ -14,13 +14,16 @@ impl Runtime {
         &self.inner.objects
     }
 
-    /// Inside a task of this runtime that is about to wait: lend its CPUs.
-    fn lend_while_waiting(&self) -> Option<Lent> {
+    /// Inside a task of this runtime that is about to wait: lend its CPUs,
+    /// and, on a CPU-pool thread, let the pool start another for the job
+    /// this one may be waiting for.
+    fn lend_while_waiting(&self) -> Option<(Option<Lent>, Option<Blocked>)> {
         let context = crate::context::task()?;
         if context.node != self.node_id() {
             return None;
         }
-        self.inner.scheduler.lend(context.task_id)
+        let blocked = self.inner.scheduler.blocking();
+        Some((self.inner.scheduler.lend(context.task_id), blocked))
     }
 
     /// Stores a value (moved in, not copied) and returns its ref; the object

@@ -25,7 +25,12 @@
 //!
 //! The pool keeps `base` threads (the node's CPUs) and starts another when a
 //! job is queued and no thread is idle (bodies that block must not starve
-//! the others); extra threads exit after sitting idle.
+//! the others); extra threads exit after sitting idle. A thread whose body
+//! waits in `get` ([`CpuPool::blocking`]) does not count against the cap on
+//! running threads: the job it waits for may be queued behind it, and a
+//! DAG whose tasks all land on one node can have more than a thousand
+//! bodies waiting at once (Ray starts a worker for each blocked one too).
+//! Only the ceiling on threads in all bounds them.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -35,8 +40,11 @@ use std::time::Duration;
 
 type Work = Box<dyn FnOnce() + Send>;
 
-/// Most threads the pool grows to.
-const MAX_THREADS: usize = 512;
+/// Most threads running bodies that do not wait in `get`.
+const MAX_RUNNING: usize = 512;
+/// Most threads in all, waiting ones included: past it, a queued job
+/// waits for a thread to come free (and an error says why).
+const MAX_THREADS: usize = 4096;
 /// How long an extra thread stays idle before it exits.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// How long the spinning thread looks for work before it parks.
@@ -147,6 +155,10 @@ pub(crate) struct CpuPool {
     /// Threads parked, waiting for work.
     idle: AtomicUsize,
     threads: AtomicUsize,
+    /// Threads whose body waits in `get` (see [`CpuPool::blocking`]).
+    blocked: AtomicUsize,
+    /// The ceiling was hit with jobs queued (said once).
+    exhausted: AtomicBool,
     base: usize,
     closed: AtomicBool,
     /// A thread is spinning (looking for work before it parks).
@@ -160,6 +172,8 @@ impl CpuPool {
             work: Condvar::new(),
             idle: AtomicUsize::new(0),
             threads: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+            exhausted: AtomicBool::new(false),
             base: base.max(1),
             closed: AtomicBool::new(false),
             spinning: AtomicBool::new(false),
@@ -204,9 +218,39 @@ impl CpuPool {
             // The spinner will find it: no wake-up needed.
         } else if self.idle.load(Ordering::Acquire) > 0 {
             self.work.notify_one();
-        } else if self.threads.load(Ordering::Acquire) < MAX_THREADS {
-            self.spawn_thread();
+        } else {
+            let threads = self.threads.load(Ordering::Acquire);
+            let running = threads.saturating_sub(self.blocked.load(Ordering::Acquire));
+            if running < MAX_RUNNING && threads < MAX_THREADS {
+                self.spawn_thread();
+            } else if threads >= MAX_THREADS && !self.exhausted.swap(true, Ordering::AcqRel) {
+                metrics::counter!("troupe_cpu_pool_exhausted_total").increment(1);
+                tracing::error!(
+                    threads,
+                    "every CPU thread is taken ({MAX_THREADS}, most waiting in get): queued task bodies wait for one to come free; if this node stalls, fewer sync tasks should wait on others at once (async task bodies hold no thread while they wait)"
+                );
+            }
         }
+    }
+
+    /// Marks this thread, if it is one of this pool's, as waiting in `get`
+    /// until the guard drops: it stops counting against the cap on running
+    /// threads, and a job queued behind it gets a thread of its own.
+    pub(crate) fn blocking(self: &Arc<Self>) -> Option<Blocked> {
+        let ours = LOCAL.with(|local| {
+            local
+                .borrow()
+                .as_ref()
+                .is_some_and(|l| std::ptr::eq(l.pool.as_ptr(), Arc::as_ptr(self)))
+        });
+        if !ours {
+            return None;
+        }
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        if !self.lock().is_empty() {
+            self.wake_one();
+        }
+        Some(Blocked(self.clone()))
     }
 
     fn spawn_thread(self: &Arc<Self>) {
@@ -338,6 +382,11 @@ impl CpuPool {
         self.threads.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Threads whose body waits in `get` now (for tests and metrics).
+    pub(crate) fn blocked(&self) -> usize {
+        self.blocked.load(Ordering::Acquire)
+    }
+
     /// Threads running now (for tests and metrics).
     pub(crate) fn threads(&self) -> usize {
         self.threads.load(Ordering::Acquire)
@@ -347,6 +396,15 @@ impl CpuPool {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.work.notify_all();
+    }
+}
+
+/// A pool thread waiting in `get` (see [`CpuPool::blocking`]).
+pub(crate) struct Blocked(Arc<CpuPool>);
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.0.blocked.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -392,6 +450,44 @@ mod tests {
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();
         assert_eq!(got.iter().filter(|s| **s == "job").count(), 99);
+        pool.close();
+    }
+
+    /// More bodies waiting in `get` at once than the cap on running
+    /// threads, each for the job queued after it: every one starts, because
+    /// a waiting thread does not count against that cap (before, the
+    /// 513th job waited for a thread forever).
+    #[test]
+    fn more_bodies_waiting_than_the_cap_on_running_threads_all_finish() {
+        let pool = CpuPool::new(1);
+        let n = MAX_RUNNING + 40;
+        let (done_tx, done_rx) = mpsc::channel();
+        // started[i] fires when job i starts; job i waits for job i + 1
+        // (the last for one that never comes: its sender is dropped).
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..=n).map(|_| mpsc::channel()).unzip();
+        let mut receivers: Vec<Option<mpsc::Receiver<()>>> =
+            receivers.into_iter().map(Some).collect();
+        for (i, started) in senders.into_iter().enumerate().take(n) {
+            let next = receivers[i + 1].take().unwrap();
+            let done = done_tx.clone();
+            let in_pool = pool.clone();
+            pool.execute(job(move || {
+                started.send(()).unwrap();
+                let waiting = in_pool.blocking().expect("a pool thread");
+                let next_started = next.recv_timeout(Duration::from_secs(30)).is_ok();
+                drop(waiting);
+                done.send(next_started).unwrap();
+            }));
+        }
+        let finished: Vec<bool> = (0..n)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(60)).unwrap())
+            .collect();
+        // The last job's successor never runs: it alone may say false.
+        assert!(
+            finished.iter().filter(|ok| !**ok).count() <= 1,
+            "{finished:?}"
+        );
+        assert_eq!(pool.blocked(), 0);
         pool.close();
     }
 

@@ -31,6 +31,7 @@ mod task;
 mod timing;
 mod units;
 
+pub(crate) use cpu_pool::Blocked;
 pub use history::{TaskFilter, TaskInfo, TaskState};
 pub(crate) use reservation::Reservation;
 pub use state::Counts;
@@ -458,6 +459,12 @@ impl Scheduler {
         }
     }
 
+    /// This thread, if it is a CPU-pool thread, is about to wait in `get`
+    /// (see `CpuPool::blocking`).
+    pub(crate) fn blocking(&self) -> Option<Blocked> {
+        self.cpus.blocking()
+    }
+
     /// A running task is about to wait in `get`: its CPUs go back to the
     /// node until the returned guard drops.
     pub(crate) fn lend(self: &Arc<Self>, id: TaskId) -> Option<Lent> {
@@ -531,6 +538,7 @@ impl Scheduler {
         metrics::gauge!("troupe_scheduler_unplaced_tasks").set(counts.unplaced as f64);
         metrics::gauge!("troupe_scheduler_delegated_tasks").set(counts.delegated as f64);
         metrics::gauge!("troupe_cpu_threads").set(self.cpus.threads() as f64);
+        metrics::gauge!("troupe_cpu_threads_waiting").set(self.cpus.blocked() as f64);
         for function in self.functions.iter() {
             function.sample_metrics();
         }
