@@ -241,6 +241,12 @@ pub enum ClusterEvent {
         /// What it offers.
         resources: Resources,
     },
+    /// A node suspected (silent past the suspicion limit, so sent no new
+    /// work) was heard from again: work that found no node goes again.
+    NodeRecovered {
+        /// The node.
+        node: NodeId,
+    },
     /// A node left or was declared dead.
     NodeDown {
         /// The node.

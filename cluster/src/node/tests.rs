@@ -312,6 +312,41 @@ async fn a_node_joins_the_head_only_as_the_node_its_link_proved() {
     h.rt.shutdown().await.expect("shut down");
 }
 
+/// A member suspected (its heartbeats came late) and then heard from again
+/// is told to the runtime, whose tasks that found no node meanwhile are
+/// placed again: before, they waited for a node to join, which in a
+/// cluster that lost its other workers never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspected_member_heard_from_again_is_published_as_recovered() {
+    let h = Harness::new(PEER).await;
+    let mut events = h.rt.cluster_events();
+    let worker = NodeId(77);
+    let mut suspect = member(worker);
+    suspect.state = MemberState::Suspect;
+    let mut epoch = 0;
+    let mut send = |members: Vec<Member>| {
+        epoch += 1;
+        h.peer
+            .notify(NODE, directory(epoch, 0, 1, members))
+            .expect("sent");
+    };
+    send(vec![member(PEER), member(worker)]);
+    send(vec![member(PEER), suspect]);
+    send(vec![member(PEER), member(worker)]);
+    let recovered = within("the recovery is published", async {
+        loop {
+            match events.recv().await {
+                Ok(ClusterEvent::NodeRecovered { node }) => return node,
+                Ok(_) => continue,
+                Err(err) => panic!("events ended: {err}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(recovered, worker);
+    h.rt.shutdown().await.expect("shut down");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_the_directory_lists_as_dead_is_fenced_its_frames_dropped() {
     // The peer is the head here: its directory declares another node dead.

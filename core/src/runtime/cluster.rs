@@ -15,8 +15,9 @@ impl Runtime {
     /// Tells this node what happened to another (the cluster calls this).
     /// A dead node's objects are lost here (this node's own are made again
     /// from their lineage when read) and its borrows end; tasks that
-    /// ran there are retried or fail as their attempts would. A new node
-    /// gets another chance at tasks that fitted no node.
+    /// ran there are retried or fail as their attempts would. A new node,
+    /// or one heard from again after a silence, gets another chance at
+    /// tasks that fitted no node.
     pub fn publish(&self, event: ClusterEvent) {
         match &event {
             ClusterEvent::NodeDown { node, reason } => {
@@ -35,6 +36,10 @@ impl Runtime {
             }
             ClusterEvent::NodeUp { node, .. } => {
                 tracing::info!(%node, "node up");
+                self.inner.scheduler.node_up();
+            }
+            ClusterEvent::NodeRecovered { node } => {
+                tracing::info!(%node, "node heard from again");
                 self.inner.scheduler.node_up();
             }
         }
