@@ -148,10 +148,18 @@ static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// survivor of this binary with 2 CPUs each, and this process as a driver
 /// offering one.
 async fn cluster(test: &str) -> (LocalCluster, LocalNode, LocalNode, Runtime) {
+    cluster_with(test, &[]).await
+}
+
+/// [`cluster`], with `head_args` for the head.
+async fn cluster_with(
+    test: &str,
+    head_args: &[&str],
+) -> (LocalCluster, LocalNode, LocalNode, Runtime) {
     lineage_metrics(); // installed, and drained of earlier tests' changes
     let mut p = processes(test);
     let head = p
-        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), head_args)
         .expect("the head starts");
     let victim = p
         .worker(&head, &["--num-cpus", "2"])
@@ -468,5 +476,34 @@ async fn a_lost_put_object_and_a_lost_result_of_a_task_with_no_retries_say_why()
     );
     drop((put, unretried));
     common::eventually("no lineage left", || rt.lineage_bytes() == 0).await;
+    rt.shutdown().await.unwrap();
+}
+
+/// A result read the moment its holder is SIGKILLed, before the failure
+/// detector has declared that node dead: the read waits for the verdict and
+/// gets the value made again, instead of failing because the holder's data
+/// port refused the connection (which a chaos run hit when two nodes died).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_a_holder_killed_before_it_is_declared_dead_gets_the_value_made_again() {
+    let _turn = DRIVER.lock().await;
+    // A slow verdict (6 s) leaves a wide gap between the kill and the
+    // death, in which the victim's data port refuses connections.
+    let (mut p, victim, survivor, rt) =
+        cluster_with("lineage-read-at-kill", &["--dead-after-ms", "6000"]).await;
+    let r = source::options(near(victim.node)).remote(&rt, 21);
+    made(&rt, "the result on the victim", r.id()).await;
+    assert_eq!(rt.objects().location(r.id()), Some(Some(victim.node)));
+    p.kill(&victim);
+    let value = troupe_test_kit::within_for(Duration::from_secs(60), "the read", rt.get(&r))
+        .await
+        .unwrap_or_else(|err| panic!("a read at the kill failed: {err}"));
+    assert_eq!(*value, bytes_of(21, SIZE));
+    let now_at = rt.objects().location(r.id());
+    assert!(
+        now_at != Some(Some(victim.node)),
+        "still at the dead victim: {now_at:?} (the survivor is {})",
+        survivor.node
+    );
+    drop((r, value));
     rt.shutdown().await.unwrap();
 }

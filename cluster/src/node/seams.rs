@@ -356,19 +356,38 @@ impl ObjectDirectory for Seams {
             async move {
                 // A transfer that fails on the way (a dropped connection, a
                 // holder slow to start) is tried again, a few times, with
-                // pauses; the object being lost or failed is final.
+                // pauses; the object being lost or failed is final. A holder
+                // that went silent (killed, or stalled) is waited for until
+                // the failure detector decides: alive again, it is read;
+                // dead, the object is lost with it and its owner makes it
+                // again (a reader that is the owner is told it is lost,
+                // which starts that; any other asks the owner again).
                 let mut pause = Duration::from_millis(50);
                 let mut tries = 0;
+                let mut location = location;
+                let verdict_by = std::time::Instant::now() + shared.options.request_timeout;
                 loop {
                     tries += 1;
-                    match shared.fetch_once(id, location).await {
-                        Err(err @ ObjectError::Fetch { .. }) if tries < FETCH_TRIES => {
-                            tracing::debug!(object = %id, %err, tries, "fetch failed; trying again");
-                            tokio::time::sleep(pause).await;
-                            pause *= 4;
-                        }
+                    let err = match shared.fetch_once(id, location).await {
+                        Err(err @ ObjectError::Fetch { .. }) => err,
                         other => return other,
+                    };
+                    let holder = location.map(|node| (node, shared.holder_state(node)));
+                    match holder {
+                        Some((node, Holder::Gone)) => {
+                            if shared.me() == Some(id.node) {
+                                return Err(shared.lost_with(id, node));
+                            }
+                            location = None; // the owner knows where it is now
+                        }
+                        Some((_, Holder::Silent)) if std::time::Instant::now() < verdict_by => {}
+                        _ if tries < FETCH_TRIES => {}
+                        _ => return Err(err),
                     }
+                    tracing::debug!(object = %id, %err, tries, "fetch failed; trying again");
+                    metrics::counter!("troupe_cluster_fetch_retries_total").increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(400));
                 }
             }
             .instrument(tracing::debug_span!("fetch", object = %id)),
@@ -408,7 +427,43 @@ fn outcome_of(task: TaskId, node: NodeId, answer: Result<Reply, TransportError>)
 /// next read tries again).
 const FETCH_TRIES: u32 = 3;
 
+/// What a reader knows of the node that holds an object it could not pull.
+enum Holder {
+    /// Alive and reachable, as far as this node knows.
+    Up,
+    /// Suspected, or this node has no session to it: the failure detector
+    /// has not decided yet.
+    Silent,
+    /// Declared dead, or left.
+    Gone,
+}
+
 impl Shared {
+    fn holder_state(&self, node: NodeId) -> Holder {
+        let connected = self.transport.get().is_some_and(|t| t.connected(node));
+        match self.member(node).map(|m| m.state) {
+            Some(MemberState::Dead | MemberState::Left) => Holder::Gone,
+            Some(MemberState::Suspect) => Holder::Silent,
+            _ if !connected => Holder::Silent,
+            _ => Holder::Up,
+        }
+    }
+
+    /// `id`, this node's, was held by `node`, which died: lost (the
+    /// store's own error when it has one, which says whether it can be
+    /// made again).
+    fn lost_with(&self, id: ObjectId, node: NodeId) -> ObjectError {
+        let known = self.runtime().and_then(|rt| rt.objects().failure(id));
+        match known {
+            Some(err @ ObjectError::Lost { .. }) => err,
+            _ => ObjectError::Lost {
+                id,
+                node,
+                why: "the node that held it died".to_owned(),
+            },
+        }
+    }
+
     /// One try at fetching `id`: from where it was last heard of, unless
     /// that is its owner (then the owner says where: it may hold the
     /// value, or know where it was made); again if it moved from its owner
