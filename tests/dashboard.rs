@@ -192,6 +192,13 @@ async fn the_dashboard_serves_the_page_the_api_and_live_updates() {
             >= 2
     );
 
+    // The cluster view: this node runs alone, and has no jobs.
+    let cluster = json(&http::get(&at, "/api/cluster").await.unwrap().body);
+    assert_eq!(cluster["alone"], true, "{cluster:#}");
+    let no_jobs = http::get(&at, "/api/jobs/log?id=job-1").await.unwrap();
+    assert_eq!(no_jobs.status, 404);
+    assert!(no_jobs.body.contains("alone"), "{}", no_jobs.body);
+
     // The timeline: refused until recorded, then a Chrome trace.
     let refused = http::get(&at, "/api/timeline").await.unwrap();
     assert_eq!(refused.status, 409);
@@ -281,8 +288,12 @@ async fn a_page_left_open_costs_nothing_once_closed() {
     .unwrap();
     let at = authority(&dash::url(&rt).unwrap());
     let mut events = Events::open(&at, "/api/events").await.unwrap();
-    events.next_within(Duration::from_secs(10)).await.unwrap();
-    events.next_within(Duration::from_secs(10)).await.unwrap();
+    // Two snapshots (the cluster view's events come between them).
+    let mut snapshots = 0;
+    while snapshots < 2 {
+        let (name, _) = events.next_within(Duration::from_secs(10)).await.unwrap();
+        snapshots += usize::from(name == "snapshot");
+    }
     let status = |body: &str| {
         let v = json(body);
         (v["clients"].as_u64().unwrap(), v["polls"].as_u64().unwrap())
@@ -320,7 +331,14 @@ async fn a_token_guards_every_request_and_is_required_beyond_loopback() {
         .await
         .unwrap();
     let at = authority(&dash::url(&rt).unwrap());
-    for path in ["/", "/api/state", "/api/snapshot", "/api/status"] {
+    for path in [
+        "/",
+        "/api/state",
+        "/api/snapshot",
+        "/api/status",
+        "/api/cluster",
+        "/api/jobs/log?id=job-1",
+    ] {
         let refused = http::get(&at, path).await.unwrap();
         assert_eq!(refused.status, 401, "{path} without the token");
         assert!(
