@@ -97,11 +97,11 @@ pub struct NodeCard {
     /// Placement groups with a bundle on it (of those this node created),
     /// and those it created that are not reserved yet.
     pub placement_groups: u64,
-    /// Its actors, at most [`LISTED`].
+    /// Its actors, at most 20.
     pub actor_list: Vec<Row>,
-    /// Its tasks (live ones first), at most [`LISTED`].
+    /// Its tasks (live ones first), at most 20.
     pub task_list: Vec<Row>,
-    /// Its objects, at most [`LISTED`].
+    /// Its objects, at most 20.
     pub object_list: Vec<Row>,
     /// How many more actors, tasks and objects than listed.
     pub more: [u64; 3],
