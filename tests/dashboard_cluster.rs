@@ -2,7 +2,7 @@
 //! processes: a head and two worker nodes (this test binary re-launched in
 //! node mode, see `common::cluster`), and this process as the driver that
 //! serves the dashboard. The page shows every node with its resources and
-//! the actor placed on it, a job and its log, and then a SIGKILLed node
+//! the actor placed on it (and a placement group on one), a job and its log, and then a SIGKILLed node
 //! turn dead, live; a screenshot is saved (its path is printed).
 //!
 //! Chromium is found, or the test skipped, as in `dashboard_browser.rs`.
@@ -102,6 +102,15 @@ async fn the_cluster_view_shows_every_node_a_job_and_a_death_live_in_chromium() 
             .expect("spawned on its node");
         residents.push((n, actor.info().id.to_string()));
     }
+    // A placement group that only B fits: B's CPUs are all reserved.
+    let group = rt
+        .placement_group(PlacementGroupOptions::new(vec![Resources::cpus(2.0)]))
+        .expect("a placement group");
+    let placed = group
+        .ready(Duration::from_secs(20))
+        .await
+        .expect("reserved");
+    assert_eq!(placed, vec![b.node]);
     let job = node
         .submit_job(JobSpec {
             command: ["/bin/sh", "-c", "echo hello from the job; sleep 60"]
@@ -152,10 +161,14 @@ async fn the_cluster_view_shows_every_node_a_job_and_a_death_live_in_chromium() 
             )
             .await;
         }
-        until("B's 2 CPUs", || async {
-            text(&client, &card(b.node, "alive"))
-                .await
-                .filter(|t| t.contains("/ 2"))
+        let b_groups = format!(
+            "{} [data-count=\"placement-groups\"]",
+            card(b.node, "alive")
+        );
+        until("B's 2 CPUs reserved by its placement group", || async {
+            let shown = text(&client, &card(b.node, "alive")).await?;
+            let groups = text(&client, &b_groups).await?;
+            (shown.contains("2 / 2") && groups.starts_with("1 ")).then_some(())
         })
         .await;
 

@@ -322,7 +322,8 @@
       el("span", { "data-count": "actors" }, el("b", { text: String(n.actors) }), " actors"),
       el("span", { "data-count": "tasks" }, el("b", { text: String(n.tasks) }), " tasks"),
       el("span", { "data-count": "objects" }, el("b", { text: String(n.objects) }), ` objects (${bytes(n.store_bytes)})`),
-      el("span", { "data-count": "placement-groups" }, el("b", { text: String(n.placement_groups) }), " placement groups"),
+      el("span", { "data-count": "placement-groups" }, el("b", { text: String(n.placement_groups) }), " placement groups" +
+        (n.placement_groups_pending > 0 ? ` (${n.placement_groups_pending} pending)` : "")),
       el("span", { class: "muted", text: `load: ${n.tasks_queued} queued, ${n.tasks_running} running` }),
       n.last_known ? el("span", { class: "muted", text: "(last known)" }) : null));
     card.append(

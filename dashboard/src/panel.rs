@@ -94,9 +94,11 @@ pub struct NodeCard {
     pub tasks: u64,
     /// Objects in its store.
     pub objects: u64,
-    /// Placement groups with a bundle on it (of those this node created),
-    /// and those it created that are not reserved yet.
+    /// Placement groups with a bundle reserved on it (as it answered; else
+    /// those of the groups this node created).
     pub placement_groups: u64,
+    /// Placement groups it created that are not reserved yet.
+    pub placement_groups_pending: u64,
     /// Its actors, at most 20.
     pub actor_list: Vec<Row>,
     /// Its tasks (live ones first), at most 20.
@@ -200,8 +202,8 @@ fn card(node: &NodeView, groups: &BTreeMap<NodeId, u64>) -> NodeCard {
         actors: load.actors,
         tasks: load.tasks_queued + load.tasks_unplaced,
         objects: load.objects,
-        placement_groups: groups.get(&node.id).copied().unwrap_or(0)
-            + load.placement_groups_pending,
+        placement_groups: groups.get(&node.id).copied().unwrap_or(0),
+        placement_groups_pending: load.placement_groups_pending,
         actor_list: Vec::new(),
         task_list: Vec::new(),
         object_list: Vec::new(),
@@ -223,6 +225,7 @@ fn card(node: &NodeView, groups: &BTreeMap<NodeId, u64>) -> NodeCard {
             + counts.unplaced
             + counts.delegated) as u64;
         card.objects = summary.objects.objects as u64;
+        card.placement_groups = summary.placement_groups as u64;
         card.store_bytes = summary.objects.memory_bytes;
         card.store_budget = summary.objects.budget_bytes;
         card.actor_list = state
@@ -281,6 +284,7 @@ pub(crate) fn carry_forward(cards: &mut [NodeCard], previous: &[NodeCard]) {
         card.actors = before.actors;
         card.tasks = before.tasks;
         card.objects = before.objects;
+        card.placement_groups = before.placement_groups;
         card.store_bytes = before.store_bytes;
         card.store_budget = before.store_budget;
         card.actor_list = before.actor_list.clone();
@@ -305,6 +309,7 @@ pub(crate) fn jobs_newest_first(mut jobs: Vec<JobView>) -> Vec<JobView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_core::placement_group::PlacementGroupOptions;
     use troupe_core::runtime::{JobView, NodeLoad};
     use troupe_core::{ActorHandle, ActorOptions, Config, StateQuery};
 
@@ -352,6 +357,13 @@ mod tests {
             );
         }
         let _kept = rt.put(vec![1u8; 4096]).await.unwrap();
+        let group = rt
+            .placement_group(PlacementGroupOptions::new(vec![Resources::cpus(0.5); 2]))
+            .unwrap();
+        group
+            .ready(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
         let state = rt.state_with(&StateQuery::new().limit(LISTED + 2)).await;
         let me = state.node;
         let view = ClusterView {
@@ -401,17 +413,17 @@ mod tests {
         assert_eq!(alive.objects, 1);
         assert_eq!(alive.object_list.len(), 1);
         assert!(alive.store_bytes >= 4096 && alive.store_budget > 0);
-        assert_eq!(
-            alive.placement_groups,
-            2 + 1,
-            "two groups here, one pending"
-        );
+        assert_eq!(alive.placement_groups, 1, "as it answered");
+        assert_eq!(alive.placement_groups_pending, 1);
 
         // What did not: its heartbeat's numbers.
         let silent = &cards[1];
         assert_eq!((silent.actors, silent.objects, silent.tasks), (7, 9, 3));
         assert_eq!(silent.store_bytes, 1024);
-        assert_eq!(silent.placement_groups, 1 + 1);
+        assert_eq!(
+            silent.placement_groups, 1,
+            "no answer: the groups this node created with a bundle there"
+        );
         assert!(silent.actor_list.is_empty() && silent.more == [0; 3]);
         assert!(alive.answered && !silent.answered && !silent.last_known);
         let cpu = &silent.resources[0];
