@@ -192,6 +192,13 @@ async fn the_dashboard_serves_the_page_the_api_and_live_updates() {
             >= 2
     );
 
+    // The cluster view: this node runs alone, and has no jobs.
+    let cluster = json(&http::get(&at, "/api/cluster").await.unwrap().body);
+    assert_eq!(cluster["alone"], true, "{cluster:#}");
+    let no_jobs = http::get(&at, "/api/jobs/log?id=job-1").await.unwrap();
+    assert_eq!(no_jobs.status, 404);
+    assert!(no_jobs.body.contains("alone"), "{}", no_jobs.body);
+
     // The timeline: refused until recorded, then a Chrome trace.
     let refused = http::get(&at, "/api/timeline").await.unwrap();
     assert_eq!(refused.status, 409);
@@ -281,8 +288,12 @@ async fn a_page_left_open_costs_nothing_once_closed() {
     .unwrap();
     let at = authority(&dash::url(&rt).unwrap());
     let mut events = Events::open(&at, "/api/events").await.unwrap();
-    events.next_within(Duration::from_secs(10)).await.unwrap();
-    events.next_within(Duration::from_secs(10)).await.unwrap();
+    // Two snapshots (the cluster view's events come between them).
+    let mut snapshots = 0;
+    while snapshots < 2 {
+        let (name, _) = events.next_within(Duration::from_secs(10)).await.unwrap();
+        snapshots += usize::from(name == "snapshot");
+    }
     let status = |body: &str| {
         let v = json(body);
         (v["clients"].as_u64().unwrap(), v["polls"].as_u64().unwrap())
@@ -320,7 +331,14 @@ async fn a_token_guards_every_request_and_is_required_beyond_loopback() {
         .await
         .unwrap();
     let at = authority(&dash::url(&rt).unwrap());
-    for path in ["/", "/api/state", "/api/snapshot", "/api/status"] {
+    for path in [
+        "/",
+        "/api/state",
+        "/api/snapshot",
+        "/api/status",
+        "/api/cluster",
+        "/api/jobs/log?id=job-1",
+    ] {
         let refused = http::get(&at, path).await.unwrap();
         assert_eq!(refused.status, 401, "{path} without the token");
         assert!(
@@ -370,4 +388,139 @@ async fn a_token_guards_every_request_and_is_required_beyond_loopback() {
         ),
         "{err}"
     );
+}
+
+/// A cluster seen through a stand-in inspector: answers once, then never.
+struct OnceThenSilent {
+    node: troupe::NodeId,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl troupe::runtime::ClusterInspector for OnceThenSilent {
+    fn cluster(
+        &self,
+        _: troupe::StateQuery,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<troupe::runtime::ClusterView, troupe::runtime::InspectError>,
+    > {
+        use troupe::runtime::{ClusterView, NodeHealth, NodeLoad, NodeReply, NodeView};
+        let first = self.asked.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0;
+        let node = self.node;
+        Box::pin(async move {
+            if !first {
+                std::future::pending::<()>().await;
+            }
+            Ok(ClusterView {
+                head: Some(node),
+                me: Some(node),
+                nodes: vec![NodeView {
+                    id: node,
+                    name: "stand-in".to_owned(),
+                    address: "127.0.0.1:1".to_owned(),
+                    role: "head".to_owned(),
+                    pid: 1,
+                    health: NodeHealth::Alive,
+                    total: Resources::cpus(8.0),
+                    available: Resources::cpus(6.0),
+                    load: NodeLoad::default(),
+                    reply: NodeReply::NoAnswer("asleep".to_owned()),
+                }],
+            })
+        })
+    }
+
+    fn jobs(
+        &self,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<Vec<troupe::runtime::JobView>, troupe::runtime::InspectError>,
+    > {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn job_log(
+        &self,
+        id: String,
+        from: u64,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<troupe::runtime::JobLogPage, troupe::runtime::InspectError>,
+    > {
+        Box::pin(async move {
+            let text = format!("{id} from {from}\n");
+            Ok(troupe::runtime::JobLogPage {
+                next: from + text.len() as u64,
+                bytes: text.into_bytes(),
+                ended: true,
+            })
+        })
+    }
+}
+
+/// The cluster view is polled apart: a cluster that stops answering
+/// delays neither the page's own snapshots nor the view, which keeps its
+/// last answer, says why it is old, and counts the poll that timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cluster_delays_nothing_and_its_last_answer_stays_shown() {
+    let node = troupe::NodeId(0xfeed);
+    let inspector = std::sync::Arc::new(OnceThenSilent {
+        node,
+        asked: Default::default(),
+    });
+    let rt = troupe::init(
+        Config::default()
+            .cluster(troupe::ClusterSeams {
+                inspector: Some(inspector),
+                ..Default::default()
+            })
+            .service(
+                Dashboard::new("127.0.0.1:0")
+                    .interval(Duration::from_millis(20))
+                    .cluster_interval(Duration::from_millis(20))
+                    .cluster_deadline(Duration::from_millis(100)),
+            ),
+    )
+    .await
+    .unwrap();
+    let at = authority(&dash::url(&rt).unwrap());
+    let mut events = Events::open(&at, "/api/events").await.unwrap();
+    let (mut snapshots, mut stale) = (0, None);
+    while stale.is_none() || snapshots < 5 {
+        let (name, data) = events.next_within(Duration::from_secs(10)).await.unwrap();
+        match name.as_str() {
+            "snapshot" => snapshots += 1,
+            "cluster" => {
+                let panel = json(&data);
+                assert_eq!(panel["alone"], false);
+                assert_eq!(panel["nodes"][0]["status"], "no answer", "{panel:#}");
+                assert_eq!(panel["nodes"][0]["why"], "asleep");
+                assert_eq!(panel["nodes"][0]["resources"][0]["used"], 2.0);
+                if panel["error"].is_string() {
+                    stale = Some(panel);
+                }
+            }
+            other => panic!("an unexpected event {other}"),
+        }
+    }
+    let stale = stale.unwrap();
+    assert!(
+        stale["error"].as_str().unwrap().contains("did not answer"),
+        "{stale:#}"
+    );
+    assert!(stale["polled_at_us"].as_u64() > stale["nodes_at_us"].as_u64());
+    let status = json(&http::get(&at, "/api/status").await.unwrap().body);
+    assert!(
+        status["cluster_timeouts"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let log = json(
+        &http::get(&at, "/api/jobs/log?id=job-7&from=3")
+            .await
+            .unwrap()
+            .body,
+    );
+    assert_eq!(log["text"], "job-7 from 3\n");
+    assert_eq!(log["ended"], true);
+    rt.shutdown().await.unwrap();
 }

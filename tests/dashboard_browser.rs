@@ -11,16 +11,14 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use futures::FutureExt;
 use troupe::dashboard::{self as dash, Dashboard};
 use troupe::prelude::*;
 
+use common::browser::{attribute, open_browser, screenshot, start_driver, text, until};
 use common::http::{self, authority};
 
 struct Worker;
@@ -45,143 +43,17 @@ fn fail(x: u64) -> u64 {
     panic!("task {x} failed on purpose")
 }
 
-/// How long the page may take to show anything.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn binary(env: &str, default: &str) -> PathBuf {
-    std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-/// chromedriver on a free port, killed when dropped.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
-async fn start_driver(chromedriver: &Path) -> Driver {
-    let port = free_port();
-    let child = Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {}: {e}", chromedriver.display()));
-    let driver = Driver { child, port };
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok(status) = http::get(&format!("127.0.0.1:{port}"), "/status").await {
-            if status.body.contains("ready") {
-                return driver;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "chromedriver did not answer on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn open_browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        serde_json::json!({
-            "binary": chromium,
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--window-size=1400,2000",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .unwrap_or_else(|e| panic!("Chromium did not start through chromedriver: {e}"))
-}
-
-/// Polls the page until `check` finds what it wants.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "the page never showed {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A CSS selector for the tree entry at `path` (ids hold quotes: `Worker#3 "a"`).
 fn entry(path: &str) -> String {
     let escaped = path.replace('\\', "\\\\").replace('"', "\\\"");
     format!("li[data-path=\"{escaped}\"]")
 }
 
-/// The attribute of the first element matching `css`, if any.
-async fn attribute(client: &Client, css: &str, name: &str) -> Option<String> {
-    let element = client.find(Locator::Css(css)).await.ok()?;
-    element.attr(name).await.ok().flatten()
-}
-
-async fn text(client: &Client, css: &str) -> Option<String> {
-    let element = client.find(Locator::Css(css)).await.ok()?;
-    element.text().await.ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_tree_and_a_restart_live_in_chromium() {
-    let chromium = binary("TROUPE_CHROMIUM", "/usr/bin/chromium");
-    let chromedriver = binary("TROUPE_CHROMEDRIVER", "/usr/bin/chromedriver");
-    if !chromium.exists() || !chromedriver.exists() {
-        let missing = format!(
-            "Chromium ({}) or chromedriver ({}) is missing; install them with scripts/setup-chromium.sh (scripts/test.sh does)",
-            chromium.display(),
-            chromedriver.display()
-        );
-        // CI runs it always: a skip there would hide a missing install step.
-        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        if !in_ci && std::env::var_os("TROUPE_SKIP_BROWSER_TESTS").is_some_and(|v| v == "1") {
-            eprintln!("SKIPPED (TROUPE_SKIP_BROWSER_TESTS=1): {missing}");
-            return;
-        }
-        panic!(
-            "{missing}; set TROUPE_SKIP_BROWSER_TESTS=1 to skip this test on a developer machine"
-        );
-    }
+    let Some((chromium, chromedriver)) = common::browser::installed() else {
+        return;
+    };
 
     // A runtime with a tree of workers, an actor in place, some tasks.
     let rt = troupe::init(
@@ -292,17 +164,15 @@ async fn the_dashboard_shows_the_tree_and_a_restart_live_in_chromium() {
         .await;
         assert!(failure.starts_with("last failure"), "{failure}");
 
-        // The screenshot, for the test log.
-        let png = client.screenshot().await.expect("a screenshot");
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(dir).unwrap();
-        let shot = dir.join("dashboard.png");
-        std::fs::write(&shot, &png).unwrap();
-        // Straight to stderr, past the test harness's capture: the path
-        // belongs in the test log even when the test passes.
-        let line = format!("dashboard screenshot: {}\n", shot.display());
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        // The screenshot, for the test log; a lone node says so in the
+        // cluster view.
+        until("the cluster view's note", || async {
+            text(&client, "#cluster-note")
+                .await
+                .filter(|t| t == "this node runs alone")
+        })
+        .await;
+        screenshot(&client, "dashboard.png").await;
     };
     let outcome = std::panic::AssertUnwindSafe(checks).catch_unwind().await;
     let _ = client.close().await;

@@ -69,6 +69,7 @@ async fn a_group_holds_its_bundles_and_gives_them_back_when_removed() {
     assert_eq!(nodes, vec![rt.node_id(); 3]);
     assert_eq!(rt.available_resources().num_cpus, 1.0, "3 of 4 CPUs held");
     assert_eq!(rt.hosted_bundles().len(), 3);
+    assert_eq!(rt.summary().placement_groups, 1, "one group, three bundles");
     let listed = rt.placement_groups();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1.as_deref(), Some("trio"));
@@ -86,6 +87,7 @@ async fn a_group_holds_its_bundles_and_gives_them_back_when_removed() {
     assert_eq!(group.state(), PlacementGroupState::Removed);
     assert_eq!(rt.available_resources().num_cpus, 4.0, "all given back");
     assert!(rt.hosted_bundles().is_empty());
+    assert_eq!(rt.summary().placement_groups, 0);
     let late =
         square::options(TaskOptions::default().placement_group(&group, Some(0))).remote(&rt, 2);
     let err = rt.get(&late).await.unwrap_err();

@@ -189,6 +189,7 @@ async fn pair() -> Pair {
                     peer: b_link.clone(),
                     me: a_link.clone(),
                 })),
+                ..ClusterSeams::default()
             }),
     )
     .await

@@ -1,5 +1,6 @@
 // Troupe's dashboard: renders each snapshot the server sends over
-// server-sent events (/api/events). No framework, nothing fetched from
+// server-sent events (/api/events): `snapshot` events for this node,
+// `cluster` events for every node and the jobs. No framework, nothing fetched from
 // elsewhere. Text from the runtime (names, errors) only ever goes through
 // textContent, never innerHTML.
 "use strict";
@@ -9,6 +10,9 @@
   const closedSupervisors = new Set(); // paths the user folded
   let taskFilter = "";
   let last = null;
+  const openNodes = new Set(); // node cards whose lists the user unfolded
+  const LOG_KEEP = 64 * 1024; // characters of a job's log the page keeps
+  const job = { id: null, next: 0, timer: null, intervalMs: 1000 };
 
   // ---- small helpers ------------------------------------------------------
 
@@ -268,8 +272,142 @@
     if (items.length === 0) list.append(el("li", { class: "empty", text: "no failures" }));
   }
 
+
+  // ---- the cluster --------------------------------------------------------
+
+  const STATUS_CLASS = (status) => status.replace(/\s+/g, "-");
+
+  function rowList(title, rows, more, openKey) {
+    const details = el("details", { "data-list": title });
+    details.open = openNodes.has(openKey);
+    details.addEventListener("toggle", () => {
+      if (details.open) openNodes.add(openKey);
+      else openNodes.delete(openKey);
+    });
+    details.append(el("summary", { text: `${title} (${rows.length + more})` }));
+    const list = el("ul", { class: "rows" });
+    for (const row of rows) {
+      list.append(el("li", { "data-id": row.id },
+        el("code", { text: row.id }), " ", row.what, " ",
+        el("span", { class: "muted", text: row.state })));
+    }
+    if (more > 0) list.append(el("li", { class: "muted", text: `${more} more` }));
+    if (rows.length === 0 && more === 0) list.append(el("li", { class: "muted", text: "none" }));
+    details.append(list);
+    return details;
+  }
+
+  function nodeCard(n) {
+    const cls = STATUS_CLASS(n.status);
+    const card = el("div", {
+      class: "node-card " + cls,
+      "data-node": n.id,
+      "data-status": n.status,
+      "data-actors": n.actors,
+    });
+    card.append(el("div", { class: "head" },
+      el("span", { class: "badge " + cls, text: n.status }),
+      el("code", { text: n.id }),
+      el("b", { text: n.role }),
+      el("span", { text: n.name }),
+      el("span", { class: "muted mono", text: `${n.address} · pid ${n.pid}` })));
+    if (n.why) card.append(el("div", { class: "why", text: n.why }));
+    const list = el("div", { class: "resources" });
+    for (const r of n.resources) {
+      list.append(resourceRow(r.name, r.used, r.total, r.name === "memory" ? bytes : amount));
+    }
+    if (n.store_budget > 0) list.append(resourceRow("store", n.store_bytes, n.store_budget, bytes));
+    card.append(list);
+    card.append(el("div", { class: "counts" },
+      el("span", { "data-count": "actors" }, el("b", { text: String(n.actors) }), " actors"),
+      el("span", { "data-count": "tasks" }, el("b", { text: String(n.tasks) }), " tasks"),
+      el("span", { "data-count": "objects" }, el("b", { text: String(n.objects) }), ` objects (${bytes(n.store_bytes)})`),
+      el("span", { "data-count": "placement-groups" }, el("b", { text: String(n.placement_groups) }), " placement groups" +
+        (n.placement_groups_pending > 0 ? ` (${n.placement_groups_pending} pending)` : "")),
+      el("span", { class: "muted", text: `load: ${n.tasks_queued} queued, ${n.tasks_running} running` }),
+      n.last_known ? el("span", { class: "muted", text: "(last known)" }) : null));
+    card.append(
+      rowList("actors", n.actor_list, n.more[0], n.id + "/actors"),
+      rowList("tasks", n.task_list, n.more[1], n.id + "/tasks"),
+      rowList("objects", n.object_list, n.more[2], n.id + "/objects"));
+    return card;
+  }
+
+  function renderJobs(panel) {
+    const nowUs = panel.polled_at_us;
+    const rows = panel.jobs.map((j) => {
+      const button = el("button", { class: "link", type: "button", "data-log": j.id, text: "view" });
+      button.addEventListener("click", () => showLog(j.id));
+      return el("tr", { "data-job": j.id, "data-status": j.status },
+        el("td", {}, el("code", { text: j.id })),
+        el("td", { text: j.error ? `${j.status}: ${j.error}` : j.status }),
+        el("td", {}, el("code", { text: j.command })),
+        el("td", { text: ago(j.submitted_at_us, nowUs) }),
+        el("td", {}, button));
+    });
+    const note = panel.jobs_error ? `jobs unavailable: ${panel.jobs_error}` : "no jobs";
+    fill($("jobs").tBodies[0], rows, 5, note);
+  }
+
+  function renderCluster(panel) {
+    const note = $("cluster-note");
+    document.body.dataset.clusterAt = String(panel.polled_at_us);
+    if (panel.alone) {
+      note.textContent = "this node runs alone";
+      $("cluster-nodes").replaceChildren();
+      $("jobs-block").hidden = true;
+      return;
+    }
+    const age = panel.polled_at_us - panel.nodes_at_us;
+    note.textContent = `${panel.nodes.length} nodes` +
+      (panel.error ? ` · ${panel.error}` + (age > 0 ? ` (as of ${duration(age)} ago)` : "") : "");
+    note.classList.toggle("error", Boolean(panel.error));
+    $("cluster-nodes").replaceChildren(...panel.nodes.map(nodeCard));
+    $("jobs-block").hidden = false;
+    renderJobs(panel);
+  }
+
+  // A job's log: followed page by page from the start, the page keeping
+  // its last LOG_KEEP characters; polled while shown, until it ended.
+  function showLog(id) {
+    if (job.timer) clearTimeout(job.timer);
+    job.id = id;
+    job.next = 0;
+    $("job-log").textContent = "";
+    $("job-log-id").textContent = id;
+    $("job-log-note").textContent = "loading…";
+    $("job-log-block").hidden = false;
+    followLog(id);
+  }
+
+  async function followLog(id) {
+    if (job.id !== id) return;
+    let wait = job.intervalMs;
+    try {
+      const response = await fetch(`/api/jobs/log?id=${encodeURIComponent(id)}&from=${job.next}`);
+      if (!response.ok) throw new Error(await response.text());
+      const page = await response.json();
+      if (job.id !== id) return;
+      const pre = $("job-log");
+      if (page.text) {
+        const text = (pre.textContent + page.text);
+        pre.textContent = text.length > LOG_KEEP ? text.slice(text.length - LOG_KEEP) : text;
+        pre.scrollTop = pre.scrollHeight;
+      }
+      const more = page.next > job.next;
+      job.next = page.next;
+      $("job-log-note").textContent = page.ended ? "ended" : "live";
+      if (page.ended && !more) return; // all of it is here
+      if (more) wait = 0; // catching up
+    } catch (err) {
+      $("job-log-note").textContent = `could not read the log: ${err.message}`;
+    }
+    job.timer = setTimeout(() => followLog(id), wait);
+  }
+
   function render(snapshot) {
     last = snapshot;
+    job.intervalMs = Math.max(250, snapshot.interval_ms || 1000);
     const state = snapshot.state;
     renderHeader(state);
     renderNodes(state);
@@ -291,6 +429,13 @@
   function connect() {
     const source = new EventSource("/api/events");
     source.addEventListener("open", () => setStatus("live", "live"));
+    source.addEventListener("cluster", (event) => {
+      try {
+        renderCluster(JSON.parse(event.data));
+      } catch (err) {
+        console.error("could not render the cluster", err);
+      }
+    });
     source.addEventListener("snapshot", (event) => {
       setStatus("live", "live");
       try {

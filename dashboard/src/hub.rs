@@ -102,6 +102,11 @@ impl Hub {
         self.idle.load(Ordering::Acquire)
     }
 
+    /// Whether the dashboard has stopped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// The update interval.
     pub(crate) fn interval(&self) -> Duration {
         self.interval

@@ -7,9 +7,12 @@
 //! - [`Dashboard`]: a live page (nodes and resources, the supervision
 //!   tree with each child's restarts and last failure, tasks by state
 //!   with their errors, the object store's use over time, recent
-//!   failures), updated over server-sent events, every asset embedded in
-//!   the binary; and the state API as JSON (`/api/state`) and the timeline
-//!   as a Chrome trace (`/api/timeline`).
+//!   failures), and, in a cluster, every node (health, resources, load,
+//!   object store, its actors, tasks and objects) and the head's jobs with
+//!   their logs; updated over server-sent events, every asset embedded in
+//!   the binary; and the state API as JSON (`/api/state`), the cluster
+//!   view (`/api/cluster`) and the timeline as a Chrome trace
+//!   (`/api/timeline`).
 //! - [`MetricsExporter`]: every `metrics` counter, gauge and histogram
 //!   Troupe records, in Prometheus's text format at `/metrics`.
 //!
@@ -38,7 +41,10 @@
 //! The page polls the runtime's state only while a browser has it open
 //! (once per [`Dashboard::interval`], and at once after a supervision
 //! event); with no page open it samples three numbers of the object
-//! store per interval, for the page's usage chart.
+//! store per interval, for the page's usage chart. The cluster view is
+//! polled apart, once per [`Dashboard::cluster_interval`] while a page is
+//! open, through core's [`ClusterInspector`](troupe_core::runtime::ClusterInspector)
+//! seam (the cluster crate plugs it in; this crate does not depend on it).
 
 // The lint wall (CI denies warnings): no unsafe code but where a
 // `SAFETY` comment allows it; every public item documented and truly
@@ -49,7 +55,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod auth;
+mod cluster;
 mod hub;
+mod panel;
 mod prometheus;
 mod server;
 mod view;
@@ -61,6 +69,7 @@ use futures::future::BoxFuture;
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError};
 use troupe_core::{Config, Runtime, StateQuery, TaskFilter};
 
+pub use panel::{ClusterPanel, NodeCard, ResourceUse, Row};
 pub use prometheus::MetricsExporter;
 pub use view::{Failure, Snapshot, StoreSample};
 
@@ -151,7 +160,10 @@ fn endpoint(runtime: &Runtime, name: &str) -> Option<String> {
 /// [`Snapshot`] per change), `/api/snapshot` (the latest one),
 /// `/api/state?state=failed&function=f&limit=100` (the state API),
 /// `/api/timeline` (the Chrome trace, once the timeline has recorded),
-/// `/api/status` (open pages, snapshots taken, whether the poller idles), `/healthz`.
+/// `/api/status` (open pages, snapshots taken, whether the poller idles),
+/// `/api/cluster` (the cluster view: a [`ClusterPanel`]; "alone" without a
+/// cluster), `/api/jobs/log?id=job-1&from=0` (a page of a job's log),
+/// `/healthz`.
 #[derive(Clone, Debug)]
 pub struct Dashboard {
     addr: String,
@@ -159,6 +171,8 @@ pub struct Dashboard {
     samples: usize,
     query: StateQuery,
     token: Option<String>,
+    cluster_interval: Duration,
+    cluster_deadline: Duration,
 }
 
 impl Dashboard {
@@ -175,7 +189,26 @@ impl Dashboard {
                 .limit(200)
                 .tasks(TaskFilter::new().limit(200)),
             token: None,
+            cluster_interval: Duration::from_secs(1),
+            cluster_deadline: Duration::from_secs(5),
         }
+    }
+
+    /// How often the cluster view asks the cluster for every node's state
+    /// and the jobs while a page is open (default 1 s; one poll for all
+    /// pages).
+    pub fn cluster_interval(mut self, interval: Duration) -> Self {
+        self.cluster_interval = interval.max(Duration::from_millis(50));
+        self
+    }
+
+    /// How long one such poll may take (default 5 s): past it, the page
+    /// keeps the last answer and says why it is old. The head waits a few
+    /// seconds for a member that does not answer before listing it as
+    /// such, so a deadline shorter than that hides the other members too.
+    pub fn cluster_deadline(mut self, deadline: Duration) -> Self {
+        self.cluster_deadline = deadline.max(Duration::from_millis(50));
+        self
     }
 
     /// Requires `token` of every request (see the crate docs for how a

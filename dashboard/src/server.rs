@@ -22,6 +22,7 @@ use troupe_core::runtime::{RunningService, WeakRuntime};
 use troupe_core::{Runtime, StateQuery, TaskFilter, TaskState, TimelineError};
 
 use crate::auth::Auth;
+use crate::cluster::ClusterFeed;
 use crate::hub::Hub;
 use crate::{bind, Dashboard, DashboardError};
 
@@ -158,6 +159,7 @@ impl Drop for Served {
 struct App {
     runtime: WeakRuntime,
     hub: Arc<Hub>,
+    cluster: Arc<ClusterFeed>,
 }
 
 impl App {
@@ -191,6 +193,11 @@ pub(crate) async fn start_dashboard(
         dashboard.interval,
         dashboard.samples,
     );
+    let cluster = ClusterFeed::new(
+        runtime.clone(),
+        dashboard.cluster_interval,
+        dashboard.cluster_deadline,
+    );
     let app = Router::new()
         .route("/", get(index))
         .route("/assets/app.js", get(script))
@@ -200,11 +207,14 @@ pub(crate) async fn start_dashboard(
         .route("/api/state", get(state))
         .route("/api/timeline", get(timeline))
         .route("/api/status", get(status))
+        .route("/api/cluster", get(cluster_view))
+        .route("/api/jobs/log", get(job_log))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(not_found)
         .with_state(App {
             runtime,
             hub: hub.clone(),
+            cluster: cluster.clone(),
         })
         .layer(axum::middleware::from_fn_with_state(
             auth,
@@ -218,6 +228,7 @@ pub(crate) async fn start_dashboard(
     let mut served = Served::start(listener, url, app);
     served.helpers.push(tokio::spawn(hub.clone().run_poller()));
     served.helpers.push(tokio::spawn(hub.clone().run_sampler()));
+    served.helpers.push(tokio::spawn(cluster.run(hub.clone())));
     served.hub = Some(hub);
     Ok(served)
 }
@@ -269,28 +280,42 @@ fn json(body: impl Into<axum::body::Body>) -> Response {
         .into_response()
 }
 
-/// The page's live updates: the latest snapshot at once, then each new one.
+/// The page's live updates: the latest snapshot at once, then each new
+/// one (`snapshot` events); the cluster view likewise (`cluster` events).
 async fn events(Extract(app): Extract<App>) -> Response {
     if app.runtime().is_none() {
         return gone();
     }
     let (client, updates) = app.hub.connect();
+    let cluster = app.cluster.subscribe();
     let hub = app.hub.clone();
+    // The page's own snapshot goes first: the cluster's waits for it.
     let stream = futures::stream::unfold(
-        (client, updates, hub),
-        |(client, mut updates, hub)| async move {
+        (client, updates, cluster, hub, false),
+        |(client, mut updates, mut cluster, hub, mut rendered)| async move {
             loop {
-                if updates.changed().await.is_err() {
+                // Either feed's sender lives as long as the server: an
+                // error means the dashboard stopped.
+                let (kind, latest) = tokio::select! {
+                    changed = updates.changed() => {
+                        changed.ok()?;
+                        ("snapshot", updates.borrow_and_update().clone())
+                    }
+                    changed = cluster.changed(), if rendered => {
+                        changed.ok()?;
+                        ("cluster", cluster.borrow_and_update().clone())
+                    }
+                };
+                if hub.closed.load(Ordering::Acquire) {
                     return None;
                 }
-                let latest = updates.borrow_and_update().clone();
-                match latest {
-                    Some(json) => {
-                        let event = Event::default().event("snapshot").data(&*json);
-                        return Some((Ok::<_, Infallible>(event), (client, updates, hub)));
-                    }
-                    None if hub.closed.load(Ordering::Acquire) => return None,
-                    None => continue,
+                if let Some(json) = latest {
+                    rendered = true;
+                    let event = Event::default().event(kind).data(&*json);
+                    return Some((
+                        Ok::<_, Infallible>(event),
+                        (client, updates, cluster, hub, rendered),
+                    ));
                 }
             }
         },
@@ -298,6 +323,69 @@ async fn events(Extract(app): Extract<App>) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// The cluster view: every node and the jobs (the latest poll's, or one
+/// taken now if none was).
+async fn cluster_view(Extract(app): Extract<App>) -> Response {
+    if app.runtime().is_none() {
+        return gone();
+    }
+    match app.cluster.latest().await {
+        Some(latest) => json(latest.to_string()),
+        None => gone(),
+    }
+}
+
+/// `/api/jobs/log`'s query: the job, and the byte to start from.
+#[derive(Debug, Deserialize)]
+struct LogParams {
+    id: String,
+    #[serde(default)]
+    from: u64,
+}
+
+/// A page of a job's log (at most the head's page size), as text.
+async fn job_log(Extract(app): Extract<App>, Query(params): Query<LogParams>) -> Response {
+    if app.runtime().is_none() {
+        return gone();
+    }
+    match app.cluster.job_log(params.id, params.from).await {
+        None => (
+            StatusCode::NOT_FOUND,
+            "this node runs alone: there are no jobs\n",
+        )
+            .into_response(),
+        Some(Ok(page)) => {
+            let (text, next) = whole_chars(&page.bytes, page.next);
+            json(
+                serde_json::json!({
+                    "text": text,
+                    "next": next,
+                    "ended": page.ended,
+                })
+                .to_string(),
+            )
+        }
+        Some(Err(why)) => (StatusCode::BAD_GATEWAY, format!("{why}\n")).into_response(),
+    }
+}
+
+/// A log page as text, and where the next starts: a character cut at the
+/// page's end is left for the next page (the rest of what is not UTF-8
+/// shows as U+FFFD).
+fn whole_chars(bytes: &[u8], next: u64) -> (String, u64) {
+    let cut = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        // An incomplete character at the very end (no error length).
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    let left = (bytes.len() - cut) as u64;
+    (
+        String::from_utf8_lossy(&bytes[..cut]).into_owned(),
+        next.saturating_sub(left),
+    )
 }
 
 /// The dashboard itself: open pages, snapshots taken, whether the poller
@@ -309,6 +397,8 @@ async fn status(Extract(app): Extract<App>) -> Response {
             "polls": app.hub.polls(),
             "idle": app.hub.idle(),
             "interval_ms": app.hub.interval().as_millis() as u64,
+            "cluster_polls": app.cluster.counts().0,
+            "cluster_timeouts": app.cluster.counts().1,
         })
         .to_string(),
     )
@@ -426,5 +516,15 @@ mod tests {
             Some(TaskState::WaitingForArgs)
         );
         assert_eq!(parse_state("done"), None);
+    }
+
+    #[test]
+    fn a_character_cut_at_a_log_page_end_waits_for_the_next_page() {
+        assert_eq!(whole_chars(b"ok\n", 13), ("ok\n".to_owned(), 13));
+        let e_acute = "é".as_bytes(); // two bytes
+        let cut = [b"caf".as_slice(), &e_acute[..1]].concat();
+        assert_eq!(whole_chars(&cut, 4), ("caf".to_owned(), 3));
+        let bad = [b"a".as_slice(), &[0xff], b"b"].concat();
+        assert_eq!(whole_chars(&bad, 3), ("a\u{fffd}b".to_owned(), 3));
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "dashboard")]
+pub mod browser;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod http;

@@ -255,6 +255,7 @@ impl ClusterNode {
             placement: Some(Arc::new(Seams(self.shared.clone()))),
             executor: Some(Arc::new(Seams(self.shared.clone()))),
             objects: Some(Arc::new(Seams(self.shared.clone()))),
+            inspector: Some(Arc::new(inspect::Inspector(self.shared.clone()))),
         }
     }
 
@@ -525,6 +526,7 @@ mod address;
 mod borrows;
 mod dispatch;
 mod frames;
+mod inspect;
 mod jobs;
 mod lifecycle;
 mod seams;

@@ -71,6 +71,8 @@ pub struct ClusterSeams {
     pub executor: Option<Arc<dyn RemoteExecutor>>,
     /// Finds objects that live on other nodes.
     pub objects: Option<Arc<dyn ObjectDirectory>>,
+    /// Shows every node (the dashboard's cluster view).
+    pub inspector: Option<Arc<dyn super::ClusterInspector>>,
 }
 
 impl std::fmt::Debug for ClusterSeams {
@@ -79,6 +81,7 @@ impl std::fmt::Debug for ClusterSeams {
             .field("placement", &self.placement.is_some())
             .field("executor", &self.executor.is_some())
             .field("objects", &self.objects.is_some())
+            .field("inspector", &self.inspector.is_some())
             .finish()
     }
 }

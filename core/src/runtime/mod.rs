@@ -18,14 +18,16 @@
 //! [`Runtime`] is a cheap handle; its methods are split by concern:
 //! `boot.rs` (start), `objects.rs` (put/get/wait), `tasks.rs` (submit,
 //! cancel), `actors.rs` (spawn, names, trees), `cluster.rs` (events from
-//! other nodes), `state.rs` (the state API), `recording.rs` (the timeline
-//! and metrics), `service.rs` (services beside the runtime: the seam a
-//! dashboard plugs into), and this file (the tree, shutdown).
+//! other nodes), `state.rs` (the state API), `inspect.rs` (every node's,
+//! through the cluster's seam), `recording.rs` (the timeline and metrics),
+//! `service.rs` (services beside the runtime: the seam a dashboard plugs
+//! into), and this file (the tree, shutdown).
 
 mod actors;
 mod boot;
 mod cluster;
 mod config;
+mod inspect;
 mod lineage;
 mod objects;
 mod placed_actors;
@@ -39,6 +41,10 @@ mod tasks;
 
 pub use boot::init;
 pub use config::{ClusterSeams, Config};
+pub use inspect::{
+    ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, NodeHealth, NodeLoad,
+    NodeReply, NodeView,
+};
 pub use service::{RunningService, RuntimeService, ServiceError, ServiceInfo, WeakRuntime};
 pub use state::{
     ActorCounts, ChildKind, ChildView, NodeInfo, ObjectSummary, State, StateQuery, Summary,

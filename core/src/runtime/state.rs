@@ -175,6 +175,9 @@ pub struct Summary {
     pub objects: ObjectSummary,
     /// Whether the timeline records now.
     pub timeline_recording: bool,
+    /// Placement groups (of any node) with a bundle reserved on this node.
+    #[serde(default)]
+    pub placement_groups: usize,
 }
 
 /// What a runtime runs now: the state API's snapshot.
@@ -277,6 +280,13 @@ impl Runtime {
                 pooled_bytes: store.pooled_bytes(),
             },
             timeline_recording: self.inner.timeline.is_recording(),
+            placement_groups: {
+                // Sorted by group: a group's bundles are neighbours.
+                let mut groups: Vec<_> =
+                    self.hosted_bundles().into_iter().map(|(g, _)| g).collect();
+                groups.dedup();
+                groups.len()
+            },
         }
     }
 
