@@ -409,7 +409,21 @@ async fn job_through(
     );
     let finished = tokio::join!(job, strike);
     for keeper in &keepers {
-        keeper.stop().await;
+        // A keeper stuck in a call (a get that never ends) would hold this
+        // stop forever: said, with the job's own outcome.
+        if tokio::time::timeout(Duration::from_secs(60), keeper.stop())
+            .await
+            .is_err()
+        {
+            let ids: Vec<_> = nodes.iter().map(|n| n.node).skip(2).collect();
+            let reports = dag::reports(rt, &ids).await;
+            let outcome = match &finished.0 {
+                Ok(Ok(ran)) => format!("answered in {:?}", ran.elapsed),
+                Ok(Err(err)) => err.clone(),
+                Err(_) => "not done within 5 minutes".to_owned(),
+            };
+            panic!("seed {seed}: a keeper did not stop within a minute; the job: {outcome}\nthe nodes: {reports:#?}");
+        }
     }
     match finished {
         (Ok(Ok(ran)), ()) => {

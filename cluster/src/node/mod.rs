@@ -432,8 +432,10 @@ impl Shared {
         match data.pull(member.hello.data_addr, id).await {
             Ok(blob) => Ok(blob),
             Err(DataError::Remote(err)) => Err(err),
-            // Died while we pulled? Then it is lost, not a glitch.
-            Err(_) if self.declared_dead(id, node).await => Err(lost_at(id, node)),
+            // Died while we pulled? Then it is lost, not a glitch. Nobody
+            // listening at its address says so even while this node's links
+            // to it still look up (their end is not read yet, under load).
+            Err(err) if self.declared_dead(id, node, refused(&err)).await => Err(lost_at(id, node)),
             Err(err) => Err(ObjectError::Fetch {
                 id,
                 reason: err.to_string(),
@@ -446,8 +448,9 @@ impl Shared {
     /// before the head's verdict: while its links are down, this waits for
     /// the verdict (bounded by the detector's limit), so that the read
     /// becomes a recovery rather than an error. A node still connected had
-    /// a glitch (the read tries again).
-    async fn declared_dead(&self, id: ObjectId, node: NodeId) -> bool {
+    /// a glitch (the read tries again), unless it `refused` the connection:
+    /// nobody listens there, whatever the links say yet.
+    async fn declared_dead(&self, id: ObjectId, node: NodeId, refused: bool) -> bool {
         let dead_after = self
             .options
             .detector
@@ -459,7 +462,7 @@ impl Shared {
                 break;
             }
             let connected = self.transport.get().is_some_and(|t| t.connected(node));
-            if connected || Instant::now() >= deadline || self.is_ended() {
+            if (connected && !refused) || Instant::now() >= deadline || self.is_ended() {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -541,6 +544,13 @@ mod tests;
 
 /// `id` was lost with `node`, which held it: its owner makes it again if
 /// it can (a read asks the owner again); if `node` was its owner, it cannot.
+/// Whether a pull failed because nothing listens at the holder's data
+/// address: its process is gone (or another took its port).
+fn refused(err: &DataError) -> bool {
+    matches!(err, DataError::Connect { source, .. }
+        if source.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 fn lost_at(id: ObjectId, node: NodeId) -> ObjectError {
     if node == id.node {
         return ObjectError::owner_died(id);
