@@ -42,6 +42,7 @@ pub struct TrainerConfig {
     pub(crate) bucket_bytes: usize,
     pub(crate) collective_timeout: Duration,
     pub(crate) restart_timeout: Duration,
+    pub(crate) torch_threads: Option<usize>,
 }
 
 impl TrainerConfig {
@@ -61,6 +62,7 @@ impl TrainerConfig {
             bucket_bytes: 25 << 20,
             collective_timeout: Duration::from_secs(600),
             restart_timeout: Duration::from_secs(60),
+            torch_threads: None,
         }
     }
 
@@ -143,6 +145,23 @@ impl TrainerConfig {
     pub fn collective_timeout(mut self, timeout: Duration) -> Self {
         self.collective_timeout = timeout;
         self
+    }
+
+    /// libtorch's intra-op threads for each worker's loop (set on the
+    /// worker's thread before the loop runs; with libtorch's OpenMP build
+    /// this is per thread). Default: the worker's CPUs, rounded down, at
+    /// least 1, as Ray Train sets `OMP_NUM_THREADS`; without it, every
+    /// worker would use one thread per core of the machine and the workers
+    /// of a node would contend for the cores.
+    pub fn torch_threads(mut self, threads: usize) -> Self {
+        self.torch_threads = Some(threads.max(1));
+        self
+    }
+
+    pub(crate) fn threads_per_worker(&self) -> usize {
+        self.torch_threads
+            .unwrap_or(self.resources.num_cpus.floor() as usize)
+            .max(1)
     }
 
     /// How long the trainer waits for the supervisor to restart the group

@@ -151,7 +151,13 @@ impl TrainWorker {
         let span = tracing::info_span!("train_worker", rank = self.rank, attempt = ctx.attempt);
         let _entered = span.enter();
         let _guard = AbortOnUnwind(ctx.group.clone(), self.rank);
-        match (self.train_loop)(&mut ctx) {
+        // libtorch's OpenMP thread count is per thread: give this one the
+        // worker's share and put the pool thread back as it was after.
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(ctx.run.config.threads_per_worker() as i32);
+        let outcome = (self.train_loop)(&mut ctx);
+        tch::set_num_threads(threads);
+        match outcome {
             Ok(()) => Ok(()),
             Err(e) => {
                 let aborted =

@@ -13,6 +13,9 @@ use troupe_train::{ReduceOp, TrainError, Trainer, TrainerConfig};
 const SIZES: [usize; 4] = [1, 7, 1000, 100_003];
 const KINDS: [Kind; 4] = [Kind::Float, Kind::Double, Kind::Int64, Kind::Int];
 
+/// (rank, size, kind, op, exact) for every case run.
+type Cases = Arc<Mutex<Vec<(usize, usize, Kind, ReduceOp, bool)>>>;
+
 /// Rank `rank`'s random input for a case: normal-ish floats (not integers:
 /// the order of the sum matters), or integers of both signs.
 fn input(rank: usize, size: usize, kind: Kind) -> Tensor {
@@ -47,8 +50,7 @@ fn expected(world: usize, size: usize, kind: Kind, op: ReduceOp) -> Tensor {
 async fn all_reduce_is_exactly_the_sequential_sum_on_2_to_4_workers() {
     let rt = common::runtime(4.0).await;
     for world in 2..=4 {
-        // (rank, size, kind, op, equal) for every case.
-        let seen: Arc<Mutex<Vec<(usize, usize, Kind, ReduceOp, bool)>>> = Arc::default();
+        let seen: Cases = Arc::default();
         let out = seen.clone();
         Trainer::new(&rt, TrainerConfig::new(world))
             .fit(move |ctx| {
