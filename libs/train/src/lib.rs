@@ -18,9 +18,10 @@
 //! [`resume_from`](TrainerConfig::resume_from) starts a new `fit` where
 //! one left off.
 //!
-//! This version's worker group lives on one node: its collectives go
-//! through shared memory (see [`ReduceOp`] and the `collective` module's
-//! notes); a cross-node ring all-reduce is not implemented yet.
+//! This version's worker group lives in one process on one node: its
+//! collectives go through shared memory (see
+//! [`all_reduce`](WorkerContext::all_reduce): bitwise the sequential sum in
+//! rank order); a cross-node ring all-reduce is not implemented yet.
 //!
 //! ```no_run
 //! use tch::nn::{self, Module, OptimizerConfig};

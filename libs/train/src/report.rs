@@ -60,6 +60,8 @@ pub struct TrainResult {
     pub best_checkpoint: Option<CheckpointInfo>,
     /// How many times the group was restarted after a failure.
     pub restarts: u32,
+    /// The failures the group recovered from, in order: `rank N: message`.
+    pub failures: Vec<String>,
 }
 
 impl TrainResult {

@@ -148,6 +148,7 @@ impl TrainWorker {
     /// Runs the training loop once, to its end or its first failure.
     #[blocking]
     pub(crate) fn run(&mut self, mut ctx: WorkerContext) -> Result<(), Failure> {
+        ctx.device = device(ctx.run.config.use_gpu, self.rank);
         let span = tracing::info_span!("train_worker", rank = self.rank, attempt = ctx.attempt);
         let _entered = span.enter();
         let _guard = AbortOnUnwind(ctx.group.clone(), self.rank);
@@ -171,6 +172,21 @@ impl TrainWorker {
                 })
             }
         }
+    }
+}
+
+/// The worker's device: the first GPU Troupe gave its actor (or GPU
+/// `rank % count` when it was given none by ordinal), when it asked for
+/// GPUs and libtorch sees CUDA; else the CPU.
+fn device(use_gpu: bool, rank: usize) -> Device {
+    if !use_gpu || !tch::Cuda::is_available() {
+        return Device::Cpu;
+    }
+    let count = tch::Cuda::device_count().max(1) as usize;
+    let given = troupe::actor::current().and_then(|a| a.gpu_ids.first().copied());
+    match given {
+        Some(id) if (id as usize) < count => Device::Cuda(id as usize),
+        _ => Device::Cuda(rank % count),
     }
 }
 
@@ -256,13 +272,14 @@ impl Trainer {
             tracing::warn!("the worker group's supervisor did not stop within 10 s");
         }
         self.rt.remove_placement_group(&started.group).await;
-        let restarts = outcome?;
+        let failures = outcome?;
         let inner = lock(&state.inner);
         Ok(TrainResult {
+            restarts: failures.len() as u32,
+            failures,
             history: inner.history.clone(),
             checkpoints: inner.checkpoints.clone(),
             best_checkpoint: report::best(&inner.checkpoints, config.keep.as_ref()),
-            restarts,
         })
     }
 
@@ -317,19 +334,16 @@ impl Trainer {
         }
     }
 
-    fn device(&self, rank: usize) -> Device {
-        if self.config.use_gpu && tch::Cuda::is_available() {
-            let n = tch::Cuda::device_count().max(1) as usize;
-            Device::Cuda(rank % n)
-        } else {
-            Device::Cpu
-        }
-    }
-
-    /// Runs attempts until one succeeds or the budget is spent; restarts.
-    async fn attempts(&self, started: &Started, state: &Arc<RunState>) -> Result<u32, TrainError> {
+    /// Runs attempts until one succeeds or the budget is spent; the
+    /// failures recovered from.
+    async fn attempts(
+        &self,
+        started: &Started,
+        state: &Arc<RunState>,
+    ) -> Result<Vec<String>, TrainError> {
         let config = &self.config;
         let mut failures = 0u32;
+        let mut recovered = Vec::new();
         loop {
             let (iteration, checkpoint) = state.rollback();
             let group = Arc::new(Group::new(config.workers, config.collective_timeout));
@@ -341,7 +355,7 @@ impl Trainer {
             let calls = started.workers.iter().enumerate().map(|(rank, w)| {
                 let ctx = WorkerContext {
                     rank,
-                    device: self.device(rank),
+                    device: Device::Cpu, // the worker picks its own
                     attempt: failures,
                     iteration,
                     group: group.clone(),
@@ -358,7 +372,7 @@ impl Trainer {
             );
             let results = futures::future::join_all(calls).instrument(span).await;
             let Some((rank, message, alive)) = primary_failure(&results) else {
-                return Ok(failures);
+                return Ok(recovered);
             };
             group.abort(&message);
             failures += 1;
@@ -371,6 +385,7 @@ impl Trainer {
                 });
             }
             crate::metrics::restart();
+            recovered.push(format!("rank {rank}: {message}"));
             tracing::warn!(rank, failures, %message, "a worker failed; restarting the group from its last checkpoint");
             if alive {
                 // It returned an error: end its incarnation so that the

@@ -139,3 +139,41 @@ async fn broadcast_copies_the_root_and_mismatches_fail_fast() {
     }
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rank_that_skips_a_collective_times_out_and_the_group_retries() {
+    let rt = common::runtime(2.0).await;
+    let started = std::time::Instant::now();
+    // 2 s: a timeout of the second attempt on a loaded machine would be a
+    // further restart, which the budget of 3 allows.
+    let config = TrainerConfig::new(2)
+        .max_failures(3)
+        .collective_timeout(std::time::Duration::from_secs(2));
+    let result = Trainer::new(&rt, config)
+        .fit(|ctx| {
+            // On the first attempt rank 1 skips the barrier: rank 0 would
+            // wait forever without the timeout.
+            if !(ctx.attempt() == 0 && ctx.rank() == 1) {
+                ctx.barrier()?;
+            }
+            let mut t = Tensor::from_slice(&[1i64]);
+            ctx.all_reduce(&mut t, ReduceOp::Sum)?;
+            ctx.report(
+                troupe_train::Metrics::new().with("sum", t.int64_value(&[0]) as f64),
+                None,
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("the second attempt succeeds");
+    assert!((1..=3).contains(&result.restarts), "{}", result.restarts);
+    assert!(
+        result.failures[0].contains("waited more than 2s"),
+        "the first failure is the timeout: {:?}",
+        result.failures
+    );
+    assert_eq!(result.history.len(), 1);
+    assert_eq!(result.history[0].metrics.get("sum"), Some(2.0));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    rt.shutdown().await.unwrap();
+}

@@ -115,6 +115,12 @@ async fn a_failing_worker_restarts_the_group_from_the_last_checkpoint() {
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: recovers: {e}"));
         assert_eq!(result.restarts, 1, "{fault:?}");
+        assert_eq!(result.failures.len(), 1);
+        assert!(
+            result.failures[0].contains("injected"),
+            "{:?}",
+            result.failures
+        );
         let iterations: Vec<u64> = result.history.iter().map(|r| r.iteration).collect();
         assert_eq!(
             iterations,
@@ -240,5 +246,54 @@ async fn a_new_fit_resumes_from_a_checkpoint_and_keeps_the_best() {
         .await
         .expect_err("not a checkpoint");
     assert!(matches!(err, TrainError::BadCheckpoint { .. }), "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_read_their_shards_of_object_refs() {
+    let rt = common::runtime(2.0).await;
+    let mut refs = Vec::new();
+    for i in 0..10u64 {
+        refs.push(rt.put(vec![i; 3]).await.unwrap());
+    }
+    let refs = Arc::new(refs);
+    let seen: Arc<std::sync::Mutex<Vec<(usize, u64, u64)>>> = Arc::default();
+    let out = seen.clone();
+    Trainer::new(&rt, TrainerConfig::new(2).seed(11))
+        .fit(move |ctx| {
+            for epoch in 0..2 {
+                for r in ctx.shard(&refs, epoch) {
+                    let values = ctx.runtime().get_blocking(&r)?;
+                    out.lock().unwrap().push((ctx.rank(), epoch, values[0]));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    for epoch in 0..2 {
+        let mut all: Vec<u64> = seen.iter().filter(|s| s.1 == epoch).map(|s| s.2).collect();
+        assert_eq!(all.len(), 10);
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..10).collect::<Vec<_>>(),
+            "epoch {epoch}: each ref once"
+        );
+        for rank in 0..2 {
+            assert_eq!(
+                seen.iter().filter(|s| s.0 == rank && s.1 == epoch).count(),
+                5
+            );
+        }
+    }
+    let order = |rank, epoch| -> Vec<u64> {
+        seen.iter()
+            .filter(|s| s.0 == rank && s.1 == epoch)
+            .map(|s| s.2)
+            .collect()
+    };
+    assert_ne!(order(0, 0), order(0, 1), "reshuffled each epoch");
     rt.shutdown().await.unwrap();
 }
