@@ -3,10 +3,11 @@
 //!
 //! The all-reduce is a reduce-scatter then an all-gather: every rank
 //! publishes (a shallow view of) its flattened tensor; rank `r` sums chunk
-//! `r` of every rank's tensor, **in rank order** `0, 1, ..., N-1`, into its
-//! own buffer; then every rank copies all reduced chunks back into its
-//! tensor. Each rank reads and writes `size` bytes and the work runs on all
-//! ranks at once. Summing in rank order makes the result bitwise equal to
+//! `r` of every rank's tensor, **in rank order** `0, 1, ..., N-1`, into
+//! chunk `r` of its own tensor (no other rank reads it in that phase);
+//! then every rank copies the other ranks' reduced chunks into its tensor.
+//! No buffer is allocated for two ranks, and the work runs on all ranks at
+//! once. Summing in rank order makes the result bitwise equal to
 //! the sequential sum `x0 + x1 + ... + xN-1` of one process, and identical on
 //! every rank (the replicas of a model stay in lockstep).
 //!
@@ -112,7 +113,6 @@ impl Barrier {
 pub(crate) struct Group {
     world: usize,
     inputs: Vec<Mutex<Option<Tensor>>>,
-    reduced: Vec<Mutex<Option<Tensor>>>,
     barrier: Barrier,
 }
 
@@ -131,7 +131,6 @@ impl Group {
         Group {
             world,
             inputs: (0..world).map(|_| Mutex::new(None)).collect(),
-            reduced: (0..world).map(|_| Mutex::new(None)).collect(),
             barrier: Barrier::new(world, timeout),
         }
     }
@@ -204,23 +203,33 @@ impl Group {
         let numel = flat.numel() as i64;
         *lock(&self.inputs[rank]) = Some(flat.shallow_clone());
         self.barrier()?;
-        // Reduce-scatter: this rank sums its chunk of every input, in rank order.
+        // Reduce-scatter: this rank sums its chunk of every input, in rank
+        // order, into that chunk of its own tensor (which only it reads).
         let step = self.check_inputs(rank, &flat).and_then(|()| {
             let (start, len) = chunk(numel, self.world, rank);
-            let mut acc = self.input_chunk(0, start, len)?.f_detach()?.copy();
-            for i in 1..self.world {
-                let part = self.input_chunk(i, start, len)?;
-                let part = if part.device() == acc.device() {
-                    part
+            let device = flat.device();
+            let part = |i: usize| -> Result<Tensor, TrainError> {
+                let p = self.input_chunk(i, start, len)?;
+                Ok(if p.device() == device {
+                    p
                 } else {
-                    part.f_to(acc.device())?
-                };
-                let _ = acc.f_add_(&part)?;
+                    p.f_to(device)?
+                })
+            };
+            let own = flat.f_narrow(0, start, len)?;
+            let last = self.world - 1;
+            if self.world == 2 {
+                let _ = part(0)?.f_add_out(&own, &part(1)?)?;
+            } else {
+                let mut acc = part(0)?.f_add(&part(1)?)?;
+                for i in 2..last {
+                    let _ = acc.f_add_(&part(i)?)?;
+                }
+                let _ = acc.f_add_out(&own, &part(last)?)?;
             }
             if op == ReduceOp::Mean {
-                let _ = acc.f_div_scalar_(self.world as f64)?;
+                let _ = own.shallow_clone().f_div_scalar_(self.world as f64)?;
             }
-            *lock(&self.reduced[rank]) = Some(acc);
             Ok(())
         });
         if let Err(e) = step {
@@ -228,13 +237,11 @@ impl Group {
             return Err(e);
         }
         self.barrier()?;
-        // All-gather: every rank copies every reduced chunk into its tensor.
-        let gathered = (0..self.world).try_for_each(|c| {
+        // All-gather: every rank copies the other ranks' reduced chunks
+        // (chunk c lives in rank c's tensor) into its own.
+        let gathered = (0..self.world).filter(|c| *c != rank).try_for_each(|c| {
             let (start, len) = chunk(numel, self.world, c);
-            let part = lock(&self.reduced[c])
-                .as_ref()
-                .map(Tensor::shallow_clone)
-                .ok_or_else(|| TrainError::Mismatch(format!("rank {c} reduced nothing")))?;
+            let part = self.input_chunk(c, start, len)?;
             let mut dst = flat.f_narrow(0, start, len)?;
             dst.f_copy_(&part)?;
             Ok::<(), TrainError>(())
