@@ -219,6 +219,35 @@ struct Started {
     group: PlacementGroup,
     supervisor: SupervisorRef,
     workers: Vec<TrainWorkerHandle>,
+    /// The running attempt's group, for a cancelled `fit` to abort.
+    current: Mutex<Option<Arc<Group>>>,
+}
+
+/// Tears the worker group down if `fit` is dropped before it ends: aborts
+/// the running attempt's collectives (so the loops return at their next
+/// one), stops the supervisor and removes the placement group.
+struct Teardown {
+    rt: Runtime,
+    started: Option<Arc<Started>>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        if let Some(group) = lock(&started.current).as_ref() {
+            group.abort("fit was cancelled");
+        }
+        tracing::debug!("fit was cancelled; stopping the worker group");
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let rt = self.rt.clone();
+            handle.spawn(async move {
+                started.supervisor.stop(Duration::from_secs(10)).await;
+                rt.remove_placement_group(&started.group).await;
+            });
+        }
+    }
 }
 
 impl Trainer {
@@ -266,8 +295,13 @@ impl Trainer {
                 start_iteration,
             }),
         });
-        let started = self.start(Arc::new(train_loop)).await?;
+        let started = Arc::new(self.start(Arc::new(train_loop)).await?);
+        let mut teardown = Teardown {
+            rt: self.rt.clone(),
+            started: Some(started.clone()),
+        };
         let outcome = self.attempts(&started, &state).await;
+        teardown.started = None; // it ended: tear down here, in order
         if !started.supervisor.stop(Duration::from_secs(10)).await {
             tracing::warn!("the worker group's supervisor did not stop within 10 s");
         }
@@ -326,6 +360,7 @@ impl Trainer {
                 group,
                 supervisor,
                 workers,
+                current: Mutex::new(None),
             }),
             Err(e) => {
                 self.rt.remove_placement_group(&group).await;
@@ -347,6 +382,7 @@ impl Trainer {
         loop {
             let (iteration, checkpoint) = state.rollback();
             let group = Arc::new(Group::new(config.workers, config.collective_timeout));
+            *lock(&started.current) = Some(group.clone());
             let before: Vec<u32> = started
                 .workers
                 .iter()

@@ -141,7 +141,7 @@ async fn broadcast_copies_the_root_and_mismatches_fail_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rank_that_skips_a_collective_times_out_and_the_group_retries() {
+async fn a_rank_that_leaves_early_times_out_the_others_and_the_group_retries() {
     let rt = common::runtime(2.0).await;
     let started = std::time::Instant::now();
     // 2 s: a timeout of the second attempt on a loaded machine would be a
@@ -151,11 +151,12 @@ async fn a_rank_that_skips_a_collective_times_out_and_the_group_retries() {
         .collective_timeout(std::time::Duration::from_secs(2));
     let result = Trainer::new(&rt, config)
         .fit(|ctx| {
-            // On the first attempt rank 1 skips the barrier: rank 0 would
-            // wait forever without the timeout.
-            if !(ctx.attempt() == 0 && ctx.rank() == 1) {
-                ctx.barrier()?;
+            // On the first attempt rank 1 returns at once: rank 0 would
+            // wait for it in the barrier forever without the timeout.
+            if ctx.attempt() == 0 && ctx.rank() == 1 {
+                return Ok(());
             }
+            ctx.barrier()?;
             let mut t = Tensor::from_slice(&[1i64]);
             ctx.all_reduce(&mut t, ReduceOp::Sum)?;
             ctx.report(
@@ -168,12 +169,74 @@ async fn a_rank_that_skips_a_collective_times_out_and_the_group_retries() {
         .expect("the second attempt succeeds");
     assert!((1..=3).contains(&result.restarts), "{}", result.restarts);
     assert!(
-        result.failures[0].contains("waited more than 2s"),
+        result.failures[0].starts_with("rank 0: a collective waited more than 2s"),
         "the first failure is the timeout: {:?}",
         result.failures
     );
     assert_eq!(result.history.len(), 1);
     assert_eq!(result.history[0].metrics.get("sum"), Some(2.0));
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+
+    // Rank 1 skips the barrier: its all-reduce meets rank 0's barrier and
+    // finds no tensor from rank 0, a mismatch (or, if rank 0 gets there
+    // first, the timeout): the attempt fails either way, and nothing hangs.
+    let err = Trainer::new(
+        &rt,
+        TrainerConfig::new(2).collective_timeout(std::time::Duration::from_secs(2)),
+    )
+    .fit(|ctx| {
+        if ctx.rank() == 0 {
+            ctx.barrier()?;
+        }
+        let mut t = Tensor::from_slice(&[1i64]);
+        ctx.all_reduce(&mut t, ReduceOp::Sum)?;
+        Ok(())
+    })
+    .await
+    .expect_err("the calls do not match");
+    let message = err.to_string();
+    assert!(
+        message.contains("published no tensor") || message.contains("waited more than 2s"),
+        "{message}"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_fit_stops_its_workers_and_gives_back_its_bundles() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let rt = common::runtime(2.0).await;
+    let (steps, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, e) = (steps.clone(), ended.clone());
+    let trainer = Trainer::new(&rt, TrainerConfig::new(2));
+    let train_loop =
+        move |ctx: &mut troupe_train::WorkerContext| -> Result<(), troupe_train::LoopError> {
+            // Endless: only the cancellation ends it (an Aborted collective).
+            let outcome = loop {
+                if let Err(err) = ctx.barrier() {
+                    break err;
+                }
+                s.fetch_add(1, Ordering::SeqCst);
+            };
+            e.fetch_add(1, Ordering::SeqCst);
+            Err(outcome.into())
+        };
+    let fit = tokio::spawn(async move { trainer.fit(train_loop).await });
+    troupe_test_kit::eventually("the workers are stepping", || {
+        steps.load(Ordering::SeqCst) > 100
+    })
+    .await;
+    assert_eq!(
+        rt.available_resources().num_cpus,
+        0.0,
+        "2 bundles of 1 CPU held"
+    );
+    fit.abort();
+    let _ = fit.await;
+    troupe_test_kit::eventually("both loops end and the bundles are given back", || {
+        ended.load(Ordering::SeqCst) == 2 && rt.available_resources().num_cpus == 2.0
+    })
+    .await;
     rt.shutdown().await.unwrap();
 }
