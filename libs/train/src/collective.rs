@@ -113,6 +113,9 @@ impl Barrier {
 pub(crate) struct Group {
     world: usize,
     inputs: Vec<Mutex<Option<Tensor>>>,
+    /// Each rank's collective calls so far and the kind of its last one:
+    /// checked on entry, so that ranks whose calls differ fail at once.
+    calls: Vec<Mutex<(u64, &'static str)>>,
     barrier: Barrier,
 }
 
@@ -131,6 +134,7 @@ impl Group {
         Group {
             world,
             inputs: (0..world).map(|_| Mutex::new(None)).collect(),
+            calls: (0..world).map(|_| Mutex::new((0, ""))).collect(),
             barrier: Barrier::new(world, timeout),
         }
     }
@@ -144,7 +148,44 @@ impl Group {
         self.barrier.abort(why);
     }
 
-    pub(crate) fn barrier(&self) -> Result<(), TrainError> {
+    /// Waits until every rank has called it.
+    pub(crate) fn barrier(&self, rank: usize) -> Result<(), TrainError> {
+        if self.world > 1 {
+            self.enter(rank, "barrier")?;
+        }
+        self.barrier.wait()
+    }
+
+    /// Enters collective `op`: waits for every rank and checks that each
+    /// is at the same call, of the same kind. Every collective waits at
+    /// least once more before a rank can enter the next one, so no rank
+    /// changes its record while another still reads it.
+    fn enter(&self, rank: usize, op: &'static str) -> Result<(), TrainError> {
+        let mine = {
+            let mut call = lock(&self.calls[rank]);
+            *call = (call.0 + 1, op);
+            *call
+        };
+        self.barrier.wait()?;
+        for (i, theirs) in self.calls.iter().enumerate() {
+            let theirs = *lock(theirs);
+            if theirs != mine {
+                let e = TrainError::Mismatch(format!(
+                    "rank {rank}'s collective call #{} is {}, rank {i}'s is #{} {}",
+                    mine.0, mine.1, theirs.0, theirs.1
+                ));
+                self.abort(&e.to_string());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// A report's wait: every rank leaves once rank 0 has recorded it.
+    pub(crate) fn report(&self, rank: usize) -> Result<(), TrainError> {
+        if self.world > 1 {
+            self.enter(rank, "report")?;
+        }
         self.barrier.wait()
     }
 
@@ -202,7 +243,7 @@ impl Group {
         let flat = tensor.f_contiguous()?.f_reshape([-1])?;
         let numel = flat.numel() as i64;
         *lock(&self.inputs[rank]) = Some(flat.shallow_clone());
-        self.barrier()?;
+        self.enter(rank, "all_reduce")?;
         // Reduce-scatter: this rank sums its chunk of every input, in rank
         // order, into that chunk of its own tensor (which only it reads).
         let step = self.check_inputs(rank, &flat).and_then(|()| {
@@ -236,7 +277,7 @@ impl Group {
             self.abort(&e.to_string());
             return Err(e);
         }
-        self.barrier()?;
+        self.barrier.wait()?;
         // All-gather: every rank copies the other ranks' reduced chunks
         // (chunk c lives in rank c's tensor) into its own.
         let gathered = (0..self.world).filter(|c| *c != rank).try_for_each(|c| {
@@ -251,7 +292,7 @@ impl Group {
             return Err(e);
         }
         // Nobody may publish the next inputs before all have gathered.
-        self.barrier()?;
+        self.barrier.wait()?;
         *lock(&self.inputs[rank]) = None;
         if flat.data_ptr() != tensor.data_ptr() || !tensor.is_contiguous() {
             tensor.f_copy_(&flat.f_view_as(tensor)?)?;
@@ -280,7 +321,7 @@ impl Group {
         if rank == root {
             *lock(&self.inputs[rank]) = Some(tensor.shallow_clone());
         }
-        self.barrier()?;
+        self.enter(rank, "broadcast")?;
         if rank != root {
             let copied = (|| {
                 let src = lock(&self.inputs[root])
@@ -306,7 +347,7 @@ impl Group {
                 return Err(e);
             }
         }
-        self.barrier()?;
+        self.barrier.wait()?;
         if rank == root {
             *lock(&self.inputs[rank]) = None;
         }

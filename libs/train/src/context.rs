@@ -114,7 +114,7 @@ impl WorkerContext {
 
     /// Waits until every rank has called it.
     pub fn barrier(&self) -> Result<(), TrainError> {
-        self.group.barrier()
+        self.group.barrier(self.rank)
     }
 
     /// Averages the gradients of `vs`'s trainable variables over the ranks
@@ -208,7 +208,7 @@ impl WorkerContext {
                 return Err(e);
             }
         }
-        self.group.barrier()
+        self.group.report(self.rank)
     }
 }
 
