@@ -164,8 +164,10 @@ impl TrainerConfig {
             .max(1)
     }
 
-    /// How long the trainer waits for the supervisor to restart the group
-    /// after a failure (default 60 s).
+    /// How long the trainer waits for the placement group to be placed at
+    /// the start (a group that does not fit the cluster waits for room),
+    /// and for the supervisor to restart the group after a failure
+    /// (default 60 s).
     pub fn restart_timeout(mut self, timeout: Duration) -> Self {
         self.restart_timeout = timeout;
         self

@@ -297,3 +297,21 @@ async fn workers_read_their_shards_of_object_refs() {
     assert_ne!(order(0, 0), order(0, 1), "reshuffled each epoch");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_cannot_be_placed_fails_with_what_it_needs() {
+    let rt = common::runtime(2.0).await;
+    let config = TrainerConfig::new(3).restart_timeout(std::time::Duration::from_millis(500));
+    let err = Trainer::new(&rt, config)
+        .fit(|_| Ok(()))
+        .await
+        .expect_err("3 workers of 1 CPU do not fit 2 CPUs");
+    assert!(matches!(err, TrainError::Start(_)), "{err}");
+    assert!(err.to_string().contains("placing 3 workers"), "{err}");
+    assert_eq!(
+        rt.available_resources().num_cpus,
+        2.0,
+        "nothing is held after"
+    );
+    rt.shutdown().await.unwrap();
+}
