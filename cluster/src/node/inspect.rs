@@ -62,11 +62,7 @@ impl ClusterInspector for Inspector {
 }
 
 /// The gathered state in core's words.
-fn cluster_view(
-    state: ClusterState,
-    head: Option<NodeId>,
-    me: Option<NodeId>,
-) -> ClusterView {
+fn cluster_view(state: ClusterState, head: Option<NodeId>, me: Option<NodeId>) -> ClusterView {
     let nodes = state
         .nodes
         .into_iter()
