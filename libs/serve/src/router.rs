@@ -172,6 +172,13 @@ impl Router {
         self.freed.notify_waiters();
     }
 
+    /// The deployment was deleted: new and queued requests fail at once
+    /// ([`CallError::NoDeployment`]); those on replicas finish.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.freed.notify_waiters();
+    }
+
     /// Removes a replica from routing (it must be drained first).
     pub(crate) fn remove(&self, index: u64) -> Option<Arc<ReplicaSlot>> {
         let mut replicas = write(&self.replicas);

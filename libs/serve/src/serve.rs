@@ -530,6 +530,10 @@ impl Serve {
         let deployed = lock(&self.inner.deployments)
             .remove(name)
             .ok_or_else(|| ServeError::NoDeployment(name.to_owned()))?;
+        // New calls through handles fail at once, from the moment the
+        // deployment is gone from the status (not once its controller has
+        // stopped); those on replicas finish.
+        deployed.state.router.close();
         {
             let mut routes = write(&self.inner.routes);
             let kept: Vec<Route> = routes
@@ -540,8 +544,6 @@ impl Serve {
             *routes = Arc::new(kept);
         }
         self.stop_driver(&deployed).await;
-        // New calls through handles fail at once; those on replicas finish.
-        deployed.state.router.closed.store(true, Ordering::SeqCst);
         deployed.state.drain_all().await;
         Ok(())
     }
