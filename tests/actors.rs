@@ -353,6 +353,24 @@ async fn named_lookup_is_typed() {
     rt.shutdown().await.unwrap();
 }
 
+/// `stop` returns once the actor is dead and its name given back: a spawn
+/// under the same name right after never finds it taken (it did, now and
+/// then, when `stop` returned as the actor's death began rather than
+/// ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_free_the_moment_stop_returns() {
+    let rt = runtime().await;
+    let named = ActorOptions::new().name("again");
+    for round in 0..2_000 {
+        let actor = rt
+            .spawn_actor(named.clone(), || Other)
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        actor.stop().await;
+    }
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_taken_name_is_refused() {
     let rt = runtime().await;

@@ -178,6 +178,9 @@ pub(crate) struct Slot<A: Actor> {
     pub(crate) restarts: AtomicU32,
     /// Why it is dead for good, once it is.
     dead: OnceLock<String>,
+    /// `mark_dead` has run to its end: its name and resources are given
+    /// back (what `wait_dead` waits for; `dead` is set first).
+    buried: AtomicBool,
     /// Woken when an incarnation ends and when the actor dies for good.
     changed: Notify,
     /// Run once when the actor is dead for good (gives its resources back).
@@ -212,6 +215,7 @@ impl<A: Actor> Slot<A> {
             incarnations: AtomicU64::new(0),
             restarts: AtomicU32::new(0),
             dead: OnceLock::new(),
+            buried: AtomicBool::new(false),
             changed: Notify::new(),
             on_dead: Mutex::new(Vec::new()),
             directory,
@@ -417,6 +421,7 @@ impl<A: Actor> Slot<A> {
         for hook in hooks {
             hook(&reason);
         }
+        self.buried.store(true, Ordering::Release);
         self.changed.notify_waiters();
     }
 
@@ -436,7 +441,9 @@ impl<A: Actor> Slot<A> {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.dead.get().is_some() {
+            // Not `dead`: that is set as `mark_dead` starts, and a stopper
+            // woken then could find the name still taken.
+            if self.buried.load(Ordering::Acquire) {
                 return;
             }
             changed.await;
