@@ -610,7 +610,7 @@ async fn run(filters: Vec<String>) {
     rt.shutdown().await.expect("shutdown");
     if wanted(&filters, "head_restart_recovered_s") && !with_tls() {
         // The head SIGKILLed and started again at its address: from the
-        // kill until `troupe status` lists every worker process again.
+        // kill until `troupe status` lists every worker alive again.
         let port = head.address.rsplit(':').next().expect("a port").to_owned();
         let killed = Instant::now();
         tokio::task::block_in_place(|| cluster.kill(&head));
@@ -625,7 +625,9 @@ async fn run(filters: Vec<String>) {
         ];
         let head = tokio::task::block_in_place(|| cluster.start_with(&this_program(), &args))
             .expect("the head starts again");
-        let all = format!("{} nodes ({} alive)", workers + 1, workers + 1);
+        // Every worker taken back (under its id) and the new head; the old
+        // head is listed as dead.
+        let all = format!("({} alive)", workers + 1);
         loop {
             let (ok, status) = tokio::task::block_in_place(|| {
                 cluster.run(&["status", "--address", &head.address])

@@ -550,65 +550,114 @@ async fn a_worker_stalled_mid_job_leaves_every_answer_exact() {
     }
 }
 
-/// The head SIGKILLed and started again at the same address: every worker
-/// process rejoins it as a new node (the work of the old cluster was lost
-/// with its head) within seconds, and a new driver's tasks run on them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_rejoin_a_head_restarted_at_the_same_address() {
-    let _turn = DRIVER.lock().await;
-    let mut p = processes("head-restart");
-    let troupe = binary(env!("CARGO_BIN_EXE_troupe"));
-    let port = troupe::cluster::local::free_port()
-        .expect("a free port")
-        .to_string();
-    let head_args = ["start", "--head", "--block", "--port", port.as_str()];
-    let head = p.start_with(&troupe, &head_args).expect("the head starts");
-    let workers: Vec<LocalNode> = (0..2)
-        .map(|_| {
-            p.worker(&head, &["--num-cpus", "2"])
-                .expect("a worker starts")
-        })
-        .collect();
-    p.kill(&head);
-    let killed = std::time::Instant::now();
-    let head = p
-        .start_with(&troupe, &head_args)
-        .expect("the head starts again at the same address");
-    let rt = join_as_driver(&p, &head).await;
-    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
-    let mut back = Vec::new();
-    common::eventually("every worker process rejoins the new head", || {
-        back = ClusterNode::current()
-            .map(|c| c.members())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| m.state == MemberState::Alive && pids.contains(&m.hello.pid))
-            .map(|m| m.hello.node)
-            .collect();
-        back.len() == workers.len()
+/// Whether `troupe status`'s table lists each of `nodes` as alive.
+fn status_lists_alive(status: &str, nodes: &[troupe::NodeId]) -> bool {
+    nodes.iter().all(|node| {
+        status
+            .lines()
+            .any(|line| line.starts_with(&node.to_string()) && line.contains(" Alive "))
     })
-    .await;
-    eprintln!("every worker back {:?} after the kill", killed.elapsed());
-    for worker in &workers {
-        assert!(
-            !back.contains(&worker.node),
-            "{} came back under its old id",
-            worker.node
+}
+
+/// The head SIGKILLed and started again at the same address in the middle
+/// of a random DAG: tasks submitted while it is down run; every worker and
+/// the driver are taken back under their own ids, their work kept; `troupe
+/// status` lists every node alive again within seconds; every answer is
+/// exact and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_restarted_mid_job_takes_every_node_back_and_the_job_is_exact() {
+    let _turn = DRIVER.lock().await;
+    for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
+        let (mut p, head, nodes, rt) = readme_cluster(&format!("head-restart-{seed}"), 3).await;
+        let troupe = binary(env!("CARGO_BIN_EXE_troupe"));
+        let port = head.address.rsplit(':').next().expect("a port").to_owned();
+        let head_args = ["start", "--head", "--block", "--port", port.as_str()];
+        let mut rng = dag::Rng::new(seed);
+        let after = Duration::from_millis(rng.range(100, 1_000));
+        let mut wanted: Vec<troupe::NodeId> = nodes.iter().map(|n| n.node).collect();
+        wanted.push(rt.node_id());
+        let restart = async {
+            tokio::time::sleep(after).await;
+            sigkill(&head);
+            // Work submitted while the head is down runs on the nodes known.
+            let while_down: Vec<_> = (0..20).map(|_| where_am_i::remote(&rt)).collect();
+            for r in &while_down {
+                let node = *common::within("a task while the head is down", rt.get(r))
+                    .await
+                    .expect("a task runs while the head is down");
+                assert!(nodes.iter().any(|n| n.node == node), "ran on {node}");
+            }
+            let again = tokio::task::block_in_place(|| p.start_with(&troupe, &head_args))
+                .expect("the head starts again at the same address");
+            let up = std::time::Instant::now();
+            let deadline = up + Duration::from_secs(30);
+            loop {
+                let (ok, status) = p
+                    .run(&["status", "--address", &again.address])
+                    .expect("troupe status runs");
+                if ok && status_lists_alive(&status, &wanted) {
+                    break (again, up.elapsed(), status);
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "troupe status does not list every node alive 30 s after the restart: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let shape = survivable();
+        let job = tokio::time::timeout(
+            Duration::from_secs(300),
+            dag::run_seed(&rt, seed, &shape, &[]),
         );
+        let (ran, (again, back_after, status)) = tokio::join!(job, restart);
+        eprintln!(
+            "seed {seed}: head restarted after {after:?}; every node listed alive {back_after:?} after it was up\n{status}"
+        );
+        assert_ne!(again.node, head.node, "a restarted head is a new node");
+        let ran = match ran {
+            Ok(Ok(ran)) => {
+                eprintln!(
+                    "seed {seed}: {} tasks answered in {:?}",
+                    ran.tasks, ran.elapsed
+                );
+                ran
+            }
+            Ok(Err(err)) => panic!("seed {seed}: the job across the head's restart: {err}"),
+            Err(_) => panic!("seed {seed}: the job was not done within 5 minutes"),
+        };
+        // The driver follows the new head, and the old one is dead for it.
+        let members = ClusterNode::current()
+            .map(|c| c.members())
+            .unwrap_or_default();
+        let state = |node| {
+            members
+                .iter()
+                .find(|m| m.hello.node == node)
+                .map(|m| m.state)
+        };
+        assert_eq!(state(head.node), Some(MemberState::Dead), "{members:?}");
+        assert_eq!(state(again.node), Some(MemberState::Alive), "{members:?}");
+        assert_eq!(
+            ClusterNode::current().and_then(|c| c.head()),
+            Some(again.node)
+        );
+        nothing_left(&rt, seed, &nodes, &ran).await;
+        for node in &nodes {
+            let asked = where_am_i::options(TaskOptions::default().scheduling_strategy(
+                SchedulingStrategy::NodeAffinity {
+                    node: node.node,
+                    soft: false,
+                },
+            ))
+            .remote(&rt);
+            let there = common::within("a task on a worker taken back", rt.get(&asked))
+                .await
+                .expect("the worker runs a task under its old id");
+            assert_eq!(*there, node.node);
+        }
+        rt.shutdown().await.unwrap();
     }
-    for node in back {
-        let asked = where_am_i::options(
-            TaskOptions::default()
-                .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false }),
-        )
-        .remote(&rt);
-        let there = tokio::time::timeout(Duration::from_secs(30), rt.get(&asked))
-            .await
-            .expect("within 30 s")
-            .expect("the rejoined worker runs a task");
-        assert_eq!(*there, node);
-    }
-    rt.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,34 @@ pub const MAX_CUSTOM_RESOURCES: usize = 32;
 /// See [`MAX_CUSTOM_RESOURCES`].
 pub const MAX_RESOURCE_NAME_BYTES: usize = 64;
 
+/// How long a member that a rejoining member knew has to join a
+/// restarted head before it is declared dead: members notice the head's
+/// loss within the detector's limit (1.5 s), then dial it every second at
+/// most.
+pub const REJOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The most members one rejoining member may make the head expect.
+const MAX_ADOPTED: usize = 4096;
+
+/// Whether `hello` declares nothing larger than a member may.
+fn bounded(hello: &Hello) -> Result<(), String> {
+    if hello.name.len() > MAX_NAME_BYTES || hello.control_addr.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "a node name or address over {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    let custom = &hello.resources.custom;
+    if custom.len() > MAX_CUSTOM_RESOURCES
+        || custom.keys().any(|k| k.len() > MAX_RESOURCE_NAME_BYTES)
+    {
+        return Err(format!(
+            "more than {MAX_CUSTOM_RESOURCES} custom resources, or one named with over \
+             {MAX_RESOURCE_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 struct Entry {
     member: Member,
     last_heard: Instant,
@@ -183,20 +211,7 @@ impl Directory {
                 None => self.build_id = Some(hello.build_id),
             }
         }
-        if hello.name.len() > MAX_NAME_BYTES || hello.control_addr.len() > MAX_NAME_BYTES {
-            return Err(format!(
-                "a node name or address over {MAX_NAME_BYTES} bytes"
-            ));
-        }
-        let custom = &hello.resources.custom;
-        if custom.len() > MAX_CUSTOM_RESOURCES
-            || custom.keys().any(|k| k.len() > MAX_RESOURCE_NAME_BYTES)
-        {
-            return Err(format!(
-                "more than {MAX_CUSTOM_RESOURCES} custom resources, or one named with over \
-                 {MAX_RESOURCE_NAME_BYTES} bytes"
-            ));
-        }
+        bounded(&hello)?;
         if hello.node == self.head {
             return Err(format!("node {} is the head's id", hello.node));
         }
@@ -258,6 +273,64 @@ impl Directory {
         } else {
             vec![Change::Up(node)]
         };
+        Ok((welcome, changes))
+    }
+
+    /// Takes back `hello`, a member of the cluster whose head `lost` it
+    /// knew is gone (restarted as this head, or back from a stall), under
+    /// its own id: as [`join`](Self::join), and then what it knew. `lost`,
+    /// if it is not this head, is dead (its work was lost with it); each
+    /// other live member it knew is expected back: kept as `Suspect`, dead
+    /// unless it joins within [`REJOIN_GRACE`].
+    pub fn rejoin(
+        &mut self,
+        hello: Hello,
+        lost: NodeId,
+        known: Vec<Member>,
+        now: Instant,
+    ) -> Result<(Welcome, Vec<Change>), String> {
+        let joiner = hello.node;
+        let (mut welcome, mut changes) = self.join(hello, now)?;
+        let grace = REJOIN_GRACE.max(self.detector.dead_after * 2);
+        let mut adopted = 0;
+        for member in known {
+            let node = member.hello.node;
+            let unknown = node != joiner && node != self.head && !self.members.contains_key(&node);
+            let live = !matches!(member.state, MemberState::Dead | MemberState::Left);
+            if !unknown
+                || !live
+                || member.hello.role == Role::Client
+                || bounded(&member.hello).is_err()
+            {
+                continue;
+            }
+            if adopted == MAX_ADOPTED {
+                break;
+            }
+            adopted += 1;
+            let lost_head = node == lost && member.hello.role == Role::Head;
+            let entry = Entry {
+                member: Member {
+                    state: if lost_head {
+                        MemberState::Dead
+                    } else {
+                        MemberState::Suspect
+                    },
+                    ..member
+                },
+                // Heard from, as it were, so that it is dead `grace` from now.
+                last_heard: now + grace.saturating_sub(self.detector.dead_after),
+                departed_at: lost_head.then_some(now),
+            };
+            self.members.insert(node, entry);
+            if lost_head {
+                changes.push(Change::Dead(
+                    node,
+                    "the head restarted as a new node: what ran on the old one was lost".to_owned(),
+                ));
+            }
+        }
+        welcome.members = trim_to_frame(self.members());
         Ok((welcome, changes))
     }
 
@@ -452,6 +525,111 @@ mod tests {
 
     fn directory(t0: Instant) -> Directory {
         Directory::new(hello(1, Role::Head, 7), Some(7), Detector::default(), t0)
+    }
+
+    fn state(d: &Directory, node: u64) -> Option<MemberState> {
+        d.get(NodeId(node)).map(|m| m.state)
+    }
+
+    #[test]
+    fn a_restarted_head_takes_members_back_under_their_ids_and_waits_for_the_others() {
+        let t0 = Instant::now();
+        let mut old = directory(t0);
+        for node in [2, 3, 4] {
+            old.join(hello(node, Role::Worker, 7), t0).unwrap();
+        }
+        old.join(hello(5, Role::Client, 0), t0).unwrap();
+        let known = old.members();
+        // Restarted from the `troupe` binary (no build) as node 9.
+        let mut d = Directory::new(hello(9, Role::Head, 0), None, Detector::default(), t0);
+        let (welcome, changes) = d
+            .rejoin(hello(2, Role::Worker, 7), NodeId(1), known.clone(), t0)
+            .unwrap();
+        assert_eq!(welcome.head, NodeId(9));
+        assert!(changes.contains(&Change::Up(NodeId(2))), "{changes:?}");
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Dead(NodeId(1), why) if why.contains("restarted"))),
+            "the lost head is dead: {changes:?}"
+        );
+        let listed = |id: u64| {
+            welcome
+                .members
+                .iter()
+                .find(|m| m.hello.node == NodeId(id))
+                .map(|m| m.state)
+        };
+        assert_eq!(listed(1), Some(MemberState::Dead));
+        assert_eq!(listed(2), Some(MemberState::Alive));
+        assert_eq!(listed(3), Some(MemberState::Suspect), "expected back");
+        assert_eq!(listed(5), None, "a client is not expected back");
+        // 3 comes back in time, under its id; the lost head stays dead.
+        let (_, changes) = d
+            .rejoin(
+                hello(3, Role::Worker, 7),
+                NodeId(1),
+                known.clone(),
+                t0 + ms(3000),
+            )
+            .unwrap();
+        assert_eq!(changes, vec![Change::Up(NodeId(3))]);
+        assert_eq!(state(&d, 3), Some(MemberState::Alive));
+        // 4 never does: dead once the grace has passed, not before.
+        for at in [3000, 4900] {
+            for node in [2, 3] {
+                d.heartbeat(
+                    NodeId(node),
+                    Resources::cpus(1.0),
+                    Load::default(),
+                    t0 + ms(at),
+                );
+            }
+            assert!(d.tick(t0 + ms(at)).is_empty(), "at {at} ms");
+        }
+        let dead = d.tick(t0 + REJOIN_GRACE);
+        assert!(
+            matches!(&dead[..], [Change::Dead(NodeId(4), _)]),
+            "{dead:?}"
+        );
+        // Dead is final: a late rejoin under that id is refused.
+        let late = d.rejoin(hello(4, Role::Worker, 7), NodeId(1), known, t0 + ms(5100));
+        assert!(late.unwrap_err().contains("already left or died"));
+    }
+
+    #[test]
+    fn a_rejoin_cannot_kill_a_live_member_or_the_head_nor_take_their_ids() {
+        let t0 = Instant::now();
+        let mut d = directory(t0);
+        d.join(hello(2, Role::Worker, 7), t0).unwrap();
+        // It claims that the live head (1) and a live member (2) were the
+        // head it lost, and lists the head as a live worker.
+        let claims = vec![
+            Member {
+                available: Resources::default(),
+                hello: hello(2, Role::Head, 7),
+                state: MemberState::Alive,
+                load: Load::default(),
+            },
+            Member {
+                available: Resources::default(),
+                hello: hello(1, Role::Worker, 7),
+                state: MemberState::Alive,
+                load: Load::default(),
+            },
+        ];
+        for lost in [1, 2] {
+            let (_, changes) = d
+                .rejoin(hello(3, Role::Worker, 7), NodeId(lost), claims.clone(), t0)
+                .unwrap();
+            assert_eq!(changes, vec![Change::Up(NodeId(3))]);
+        }
+        assert_eq!(state(&d, 1), Some(MemberState::Alive));
+        assert_eq!(state(&d, 2), Some(MemberState::Alive));
+        assert_eq!(d.get(NodeId(1)).map(|m| m.hello.role), Some(Role::Head));
+        assert!(d
+            .rejoin(hello(1, Role::Worker, 7), NodeId(2), Vec::new(), t0)
+            .is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,6 +152,17 @@ pub struct Welcome {
 pub enum Request {
     /// To the head: let me join.
     Join(Hello),
+    /// To the head at the address of the head this member lost (restarted
+    /// there, or back from a stall): take me back under my id, keeping my
+    /// work; the members I knew are expected back too.
+    Rejoin {
+        /// Who it is (its id unchanged).
+        hello: Hello,
+        /// The head it lost.
+        lost: NodeId,
+        /// Its last view of the members.
+        members: Vec<Member>,
+    },
     /// Run one attempt of this task here (the sender owns its results).
     RunTask(TaskSpec),
     /// Call a method of an actor living here.
@@ -243,6 +254,7 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Join(_) => "joining",
+            Request::Rejoin { .. } => "joining again",
             Request::RunTask(_) => "running a task",
             Request::CallActor { .. } => "calling an actor",
             Request::Locate(_) => "locating an object",

@@ -253,6 +253,13 @@ fn failure() -> impl Strategy<Value = Failure> {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         hello().prop_map(Request::Join),
+        (hello(), node(), prop::collection::vec(member(), 0..4)).prop_map(
+            |(hello, lost, members)| Request::Rejoin {
+                hello,
+                lost,
+                members
+            }
+        ),
         task_spec().prop_map(Request::RunTask),
         (actor_id(), text(), encoded()).prop_map(|(actor, method, args)| Request::CallActor {
             actor,

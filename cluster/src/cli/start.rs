@@ -15,10 +15,11 @@ const REJOIN_FIRST_PAUSE: Duration = Duration::from_millis(200);
 const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is stopped. A worker cut off from its cluster
-/// (declared dead after a stall or a partition, or its head silent too
-/// long) has had its work handled as lost by the others: it drops its
-/// runtime and joins again as a new node, dialing the head with backoff
-/// until it answers (a head restarted at the same address included).
+/// (declared dead after a stall or a partition) has had its work handled
+/// as lost by the others: it drops its runtime and joins again as a new
+/// node, dialing the head with backoff until it answers. (A worker whose
+/// head is lost keeps its runtime, and a head restarted at the same
+/// address takes it back: `node/member.rs`.)
 pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), ClusterError> {
     let options = options_of(&args, user_build)?;
     let role = options.role;

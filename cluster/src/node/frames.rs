@@ -258,7 +258,7 @@ impl Shared {
     fn notice(self: &Arc<Self>, from: NodeId, body: Notice) {
         match body {
             Notice::Fenced { why } => {
-                if Some(from) == self.head.get().copied() && lock(&self.directory).is_none() {
+                if Some(from) == self.head() && lock(&self.directory).is_none() {
                     self.cut_off(format!("the head declared this node dead ({why})"));
                 }
             }
@@ -278,7 +278,7 @@ impl Shared {
                 parts,
                 members,
             } => {
-                if Some(from) != self.head.get().copied() {
+                if Some(from) != self.head() {
                     return;
                 }
                 let whole = Assembly::add(
@@ -333,14 +333,28 @@ impl Shared {
     /// Answers a control request (nothing here runs user code).
     async fn answer(self: &Arc<Self>, rt: &Runtime, from: NodeId, body: Request) -> Reply {
         match body {
-            Request::Join(hello) => {
-                let result = match lock(&self.directory).as_mut() {
+            Request::Join(_) | Request::Rejoin { .. } => {
+                let result = match (lock(&self.directory).as_mut(), body) {
+                    (None, _) => Err("this node is not the head".to_owned()),
                     // A node joins as itself: the id its link proved.
-                    Some(_) if hello.node != from => {
+                    (Some(_), Request::Join(hello) | Request::Rejoin { hello, .. })
+                        if hello.node != from =>
+                    {
                         Err(format!("node {from} asked to join as node {}", hello.node))
                     }
-                    Some(d) => d.join(hello, Instant::now()),
-                    None => Err("this node is not the head".to_owned()),
+                    (
+                        Some(d),
+                        Request::Rejoin {
+                            hello,
+                            lost,
+                            members,
+                        },
+                    ) => {
+                        tracing::info!(node = %from, %lost, known = members.len(), "a member of a lost head joins again");
+                        d.rejoin(hello, lost, members, Instant::now())
+                    }
+                    (Some(d), Request::Join(hello)) => d.join(hello, Instant::now()),
+                    (Some(_), other) => Err(format!("not a join: {}", other.kind())),
                 };
                 match result {
                     Ok((welcome, changes)) => {
@@ -429,7 +443,7 @@ impl Shared {
                 Reply::Ok
             }
             Request::Stop => {
-                if Some(from) == self.head.get().copied() {
+                if Some(from) == self.head() {
                     Reply::Ok
                 } else {
                     Reply::Refused("only the head stops its members".to_owned())

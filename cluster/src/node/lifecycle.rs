@@ -16,7 +16,7 @@ use crate::tls::{Credentials, Tls};
 /// Opens a ractor_cluster session to `addr` (node `expect`, when known)
 /// through the session port's handshake (`session.rs`), over TLS when this
 /// node has it.
-async fn open_session(
+pub(super) async fn open_session(
     shared: &Shared,
     server: &ActorRef<NodeServerMessage>,
     addr: &str,
@@ -344,7 +344,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     };
 
     if options.role == Role::Head {
-        let _ = shared.head.set(me);
+        *write(&shared.head) = Some(me);
         *lock(&shared.directory) = Some(Directory::new(
             hello,
             options.build_id,
@@ -369,6 +369,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         let Some(head_addr) = options.head.clone() else {
             return Err(ClusterError::Start("no head address to join".to_owned()));
         };
+        let hello_again = hello.clone();
         let head = match join(&shared, &server, &mut events, &head_addr, hello).await {
             Ok(head) => head,
             Err(err) => {
@@ -376,14 +377,16 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
                 return Err(err);
             }
         };
-        let _ = shared.head.set(head);
+        *write(&shared.head) = Some(head);
         running.tasks.push(tokio::spawn(async move {
             while events.recv().await.is_some() {}
         }));
         if options.role != Role::Client {
-            running
-                .tasks
-                .push(tokio::spawn(member_loop(shared.clone())));
+            running.tasks.push(tokio::spawn(super::member::member_loop(
+                shared.clone(),
+                server.clone(),
+                hello_again,
+            )));
         }
     }
     if options.role != Role::Client {
@@ -574,63 +577,6 @@ async fn head_loop(shared: Arc<Shared>) {
     }
 }
 
-/// A member: heartbeats to the head, and watches the head's directory.
-async fn member_loop(shared: Arc<Shared>) {
-    let detector = shared.options.detector;
-    // The head is lost after this much silence (its directory doubles as
-    // its heartbeat); twice the death limit, so that a busy head is not
-    // abandoned before it would declare anyone dead itself.
-    let head_timeout = (detector.dead_after * 2).max(Duration::from_secs(5));
-    let mut interval = tokio::time::interval(detector.heartbeat);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_tick = Instant::now();
-    // Since when no session and links to the head are up: a head that
-    // died (or restarted) closed them, which a busy one does not.
-    let mut unreachable_since: Option<Instant> = None;
-    loop {
-        interval.tick().await;
-        if shared.is_ended() {
-            return;
-        }
-        // This node stalled (starved of CPU): the head's silence meanwhile
-        // is ours, not its; start counting again.
-        let stalled = last_tick.elapsed();
-        last_tick = Instant::now();
-        if stalled > detector.suspect_after {
-            *lock(&shared.last_directory) = Instant::now();
-            unreachable_since = None;
-        }
-        let (Some(transport), Some(head)) = (shared.transport.get(), shared.head.get().copied())
-        else {
-            return;
-        };
-        let (available, load) = shared.load();
-        let _ = transport.notify(head, Notice::Heartbeat { available, load });
-        if transport.connected(head) {
-            unreachable_since = None;
-        } else {
-            let since = *unreachable_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > detector.dead_after {
-                shared.cut_off(format!(
-                    "the head {head} was lost: its connections closed {} ms ago and did not come back",
-                    since.elapsed().as_millis()
-                ));
-                return;
-            }
-        }
-        let silent = lock(&shared.last_directory).elapsed();
-        if silent > head_timeout {
-            shared.cut_off(format!(
-                "the head {head} was lost: {:?} node {} heard nothing from it for {} ms",
-                shared.options.role,
-                transport.me(),
-                silent.as_millis()
-            ));
-            return;
-        }
-    }
-}
-
 impl Running {
     fn stop_now(&mut self) {
         for task in self.tasks.drain(..) {
@@ -661,8 +607,7 @@ impl RunningService for Running {
     fn stop(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             // A clean leave: the head records it as one, not a failure.
-            if let (Some(transport), Some(head)) =
-                (self.shared.transport.get(), self.shared.head.get().copied())
+            if let (Some(transport), Some(head)) = (self.shared.transport.get(), self.shared.head())
             {
                 if head != transport.me() {
                     // Answered once the head recorded it: the session may

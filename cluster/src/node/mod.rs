@@ -193,7 +193,9 @@ struct Shared {
     runtime: OnceLock<WeakRuntime>,
     transport: OnceLock<Arc<Transport>>,
     data: OnceLock<DataClient>,
-    head: OnceLock<NodeId>,
+    /// The head's id, once joined (another after a restarted head took
+    /// this node back).
+    head: RwLock<Option<NodeId>>,
     /// The last directory (the head's own, on the head).
     view: RwLock<Vec<Member>>,
     last_directory: Mutex<Instant>,
@@ -227,7 +229,7 @@ impl ClusterNode {
                 runtime: OnceLock::new(),
                 transport: OnceLock::new(),
                 data: OnceLock::new(),
-                head: OnceLock::new(),
+                head: RwLock::new(None),
                 view: RwLock::new(Vec::new()),
                 last_directory: Mutex::new(Instant::now()),
                 directory: Mutex::new(None),
@@ -281,16 +283,17 @@ impl ClusterNode {
     /// Whether this node is part of its cluster now: joined (or the head)
     /// and not left. What the health endpoint reports.
     pub fn healthy(&self) -> bool {
-        self.shared.head.get().is_some() && !self.shared.is_ended()
+        self.shared.head().is_some() && !self.shared.is_ended()
     }
 
     /// The head's node id, once joined.
     pub fn head(&self) -> Option<NodeId> {
-        self.shared.head.get().copied()
+        self.shared.head()
     }
 
     /// Resolves once this node is no longer part of the cluster (stopped
-    /// by `troupe stop`, or the head was lost), with why.
+    /// by `troupe stop`, or cut off: declared dead, or refused by its head),
+    /// with why.
     pub async fn ended(&self) -> String {
         let mut rx = self.shared.ended.subscribe();
         loop {
@@ -304,7 +307,7 @@ impl ClusterNode {
     }
 
     /// Whether this node ended cut off from the cluster (the head declared
-    /// it dead, or the head was silent too long) rather than stopped: a
+    /// it dead, or a head refused to take it back) rather than stopped: a
     /// worker process then starts again as a new node (`troupe start`
     /// does), since the cluster handled its work as lost.
     pub fn was_cut_off(&self) -> bool {
@@ -313,11 +316,7 @@ impl ClusterNode {
 
     /// The head's id, once joined.
     fn head_id(&self) -> Result<NodeId, ClusterError> {
-        self.shared
-            .head
-            .get()
-            .copied()
-            .ok_or(ClusterError::NotJoined)
+        self.shared.head().ok_or(ClusterError::NotJoined)
     }
 
     /// Asks the head for the members (what `troupe status` shows).
@@ -374,6 +373,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     fn runtime(&self) -> Option<Runtime> {
         self.runtime.get()?.upgrade()
+    }
+
+    fn head(&self) -> Option<NodeId> {
+        *read(&self.head)
     }
 
     fn me(&self) -> Option<NodeId> {
@@ -497,7 +500,7 @@ impl Shared {
     }
 
     /// A member cut off from the cluster (declared dead by the head, or
-    /// the head silent too long): every other node's work is gone for this
+    /// a head refused to take it back): every other node's work is gone for this
     /// one, as if they had all died, and it stops being a member (a worker
     /// process then rejoins as a new node: `cli/start.rs`).
     fn cut_off(&self, why: String) {
@@ -532,6 +535,7 @@ mod frames;
 mod inspect;
 mod jobs;
 mod lifecycle;
+mod member;
 mod seams;
 mod state;
 mod view;

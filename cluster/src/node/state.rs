@@ -207,7 +207,7 @@ impl ClusterNode {
         from: u64,
         record: Option<bool>,
     ) -> Result<TimelinePage, String> {
-        let head = self.shared.head.get().copied().ok_or("not joined")?;
+        let head = self.shared.head().ok_or("not joined")?;
         let reply = if Some(head) == self.shared.me() {
             self.shared.timeline_page(node, from, record).await
         } else {

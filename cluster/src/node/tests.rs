@@ -33,7 +33,7 @@ impl Harness {
             .expect("a runtime");
         let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1")).shared;
         let _ = node.runtime.set(rt.downgrade());
-        let _ = node.head.set(head);
+        *write(&node.head) = Some(head);
         let transport = Transport::new(NODE, Timeouts::default());
         let handler = Arc::downgrade(&node);
         transport.set_link(setup(Arc::new(move |message| {

@@ -14,7 +14,7 @@ impl Shared {
         let was = |node: NodeId| old.iter().find(|m| m.hello.node == node);
         for m in &members {
             let node = m.hello.node;
-            if Some(node) == me && m.state == MemberState::Dead && self.head.get().copied() != me {
+            if Some(node) == me && m.state == MemberState::Dead && self.head() != me {
                 // Its Fenced notice may have been lost; the directory says
                 // the same.
                 self.cut_off("the head's directory lists this node as dead".to_owned());
@@ -34,8 +34,10 @@ impl Shared {
                 .unwrap_or(false);
             let known = was(node).is_some();
             if departed && !was_departed && (known || m.state == MemberState::Dead) {
-                let reason = match m.state {
-                    MemberState::Left => "left the cluster".to_owned(),
+                let reason = match (m.state, m.hello.role) {
+                    (MemberState::Left, _) => "left the cluster".to_owned(),
+                    // Only a restarted head lists a head as dead.
+                    (_, Role::Head) => "the head was restarted as a new node".to_owned(),
                     _ => "declared dead by the head's failure detector".to_owned(),
                 };
                 metrics::counter!("troupe_cluster_nodes_down_total").increment(1);
