@@ -340,8 +340,9 @@ enum Chaos {
     KillTwo,
 }
 
-/// A DAG without objects owned by the workers (`put` in a task), which a
-/// node's death loses for good, nor (yet) keeper actors:
+/// A DAG with a few intermediates of 16 to 100 MB, without objects owned
+/// by the workers (`put` in a task), which a node's death loses for good,
+/// nor (by default) keeper actors:
 /// `TROUPE_CHAOS_KEEPERS=1` adds them, on a worker that stays.
 fn survivable() -> dag::Shape {
     let tasks = std::env::var("TROUPE_CHAOS_TASKS")
@@ -350,6 +351,11 @@ fn survivable() -> dag::Shape {
         .unwrap_or(1_000);
     dag::Shape {
         tasks,
+        // Intermediates of 16 to 100 MB: lost with their node, read across
+        // nodes, made again.
+        large: (tasks / 1000).max(3),
+        large_min: 16 << 20,
+        large_max: 100 << 20,
         keepers: std::env::var_os("TROUPE_CHAOS_KEEPERS").is_some(),
         puts: false,
         ..dag::Shape::default()

@@ -170,8 +170,9 @@ pub struct Shape {
     pub tasks: usize,
     /// The longest line of ref arguments.
     pub max_depth: usize,
-    /// Nodes that make 4 MB or more (up to `large_max` bytes).
+    /// Nodes that make `large_min` bytes or more (up to `large_max`).
     pub large: usize,
+    pub large_min: u32,
     pub large_max: u32,
     /// Whether keeper actor calls are mixed in.
     pub keepers: bool,
@@ -188,6 +189,7 @@ impl Default for Shape {
             tasks: 400,
             max_depth: 100,
             large: 1,
+            large_min: 4 << 20,
             large_max: 64 << 20,
             keepers: true,
             puts: true,
@@ -333,7 +335,8 @@ impl Dag {
                 }
             }
             let len = if large.binary_search(&i).is_ok() {
-                rng.range(4 << 20, u64::from(shape.large_max).max(4 << 20)) as u32
+                let min = u64::from(shape.large_min);
+                rng.range(min, u64::from(shape.large_max).max(min)) as u32
             } else {
                 match rng.below(100) {
                     0..=74 => rng.range(8, 256) as u32,
