@@ -35,15 +35,16 @@
 
 pub use troupe_core::local_message;
 pub use troupe_core::register_cause;
+pub use troupe_core::remote_tree;
 pub use troupe_core::{
     actor, error, init, object_store, placement_group, registry, remote, resources, runtime,
     scheduler, supervisor, task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo,
     ActorOptions, AnyObjectRef, Availability, Blob, CallProblem, Cause, ClusterSeams, Config,
     Encoded, Fetched, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError, NodeId, Object,
     ObjectDirectory, ObjectError, ObjectId, ObjectRef, ObjectStore, ObjectStream, Pending,
-    Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, State, StateQuery,
-    StoreConfig, SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError, TaskFilter,
-    TaskId, TaskInfo, TaskOptions, TaskState, TimelineError, TimelineEvent,
+    RemoteTree, Resources, Runtime, SchedulingStrategy, ShutdownError, SpawnError, State,
+    StateQuery, StoreConfig, SupervisionEvent, SupervisorError, TaskCause, TaskContext, TaskError,
+    TaskFilter, TaskId, TaskInfo, TaskOptions, TaskState, TimelineError, TimelineEvent,
 };
 pub use troupe_macros::{actor, remote};
 
@@ -104,7 +105,7 @@ pub mod prelude {
     };
     pub use troupe_core::{
         ActorError, ActorOptions, Blob, Config, GetSize, Limit, ObjectError, ObjectRef, Pending,
-        Resources, Runtime, SpawnError, StoreConfig, TaskError, TaskOptions,
+        RemoteTree, Resources, Runtime, SpawnError, StoreConfig, TaskError, TaskOptions,
     };
     /// `.dashboard(addr)` and `.metrics_addr(addr)` on `Config`.
     #[cfg(feature = "dashboard")]

@@ -124,6 +124,75 @@ impl Tally {
     }
 }
 
+/// Where each member of a remote tree came up, in order: what the driver
+/// sees of a tree that runs on other nodes.
+#[derive(Default)]
+pub struct Ledger {
+    arrivals: Vec<(String, NodeId)>,
+}
+
+#[troupe::actor]
+impl Ledger {
+    pub fn new() -> Self {
+        Ledger::default()
+    }
+
+    pub fn arrived(&mut self, label: String, node: NodeId) {
+        self.arrivals.push((label, node));
+    }
+
+    pub fn arrivals(&self) -> Vec<(String, NodeId)> {
+        self.arrivals.clone()
+    }
+}
+
+/// A member of a remote tree: tells the ledger where it came up.
+pub struct Enlisted {
+    _label: String,
+}
+
+#[troupe::actor]
+impl Enlisted {
+    pub fn new(label: String, ledger: LedgerHandle) -> Self {
+        let node = troupe::task::runtime().expect("in a runtime").node_id();
+        ledger.arrived(label.clone(), node).detach();
+        Enlisted { _label: label }
+    }
+}
+
+/// A one-for-all tree of two members placed near nodes `b` and `c`
+/// (from wherever the tree runs), allowing one restart a minute.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Pair {
+    b: NodeId,
+    c: NodeId,
+    ledger: LedgerHandle,
+}
+
+impl RemoteTree for Pair {
+    const NAME: &'static str = "cluster_tests::Pair";
+
+    fn spec(self, rt: &Runtime) -> SupervisorSpec {
+        self.ledger
+            .arrived("tree".to_owned(), rt.node_id())
+            .detach();
+        let mut spec = SupervisorSpec::new("pair", Strategy::OneForAll)
+            .intensity(Intensity::new(1, Duration::from_secs(60)));
+        for (label, node) in [("b", self.b), ("c", self.c)] {
+            let near = ActorOptions::new()
+                .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: true });
+            let args = (label.to_owned(), self.ledger.clone());
+            let (child, _) = rt
+                .remote_child::<Enlisted>(&format!("pair-{label}"), near, "new", &args)
+                .expect("a remote child");
+            spec = spec.child(child);
+        }
+        spec
+    }
+}
+
+troupe::remote_tree!(Pair);
+
 /// Holds a handle to a tally it was given, and adds through it.
 pub struct Relay {
     tally: TallyHandle,
@@ -527,6 +596,135 @@ async fn a_supervisor_restarts_its_children_on_other_nodes_as_otp_says() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "its remote children were killed with it");
+    rt.shutdown().await.unwrap();
+}
+
+/// The nodes `label` came up on, in order.
+async fn arrivals(ledger: &LedgerHandle, label: &str) -> Vec<NodeId> {
+    ledger
+        .arrivals()
+        .await
+        .expect("the ledger answers")
+        .into_iter()
+        .filter(|(l, _)| l == label)
+        .map(|(_, node)| node)
+        .collect()
+}
+
+/// Waits until `label` came up `times` times; the nodes it came up on.
+async fn came_up(ledger: &LedgerHandle, label: &str, times: usize) -> Vec<NodeId> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = arrivals(ledger, label).await;
+        if nodes.len() >= times {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label} came up {} times, not {times}: {nodes:?}",
+            nodes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A supervision subtree on another node: a one-for-all tree on node A
+/// (children near B and C) under a supervisor on the driver. B's death is
+/// one failure of the tree, which restarts both children itself (its
+/// parent sees nothing); C's is a second, past the tree's intensity: it
+/// escalates to its parent on the driver, which starts the tree again.
+/// The tree's own node dying is its parent's child exiting (noconnection),
+/// and the tree starts again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtree_on_another_node_restarts_its_children_and_escalates_to_its_parent() {
+    let _turn = DRIVER.lock().await;
+    let two = ["--num-cpus", "2"];
+    let (mut p, _head, nodes, rt) = started("remote-tree", "1", &[&two, &two, &two]).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let ledger = rt
+        .spawn_actor(ActorOptions::new(), Ledger::new)
+        .await
+        .unwrap();
+    let mut events = rt.subscribe();
+    let pair = Pair {
+        b: b.node,
+        c: c.node,
+        ledger: ledger.clone(),
+    };
+    let on_a = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: a.node,
+        soft: true,
+    });
+    let tree = rt.remote_tree_child("tree", on_a, &pair).unwrap();
+    let top = rt
+        .spawn_supervisor(
+            SupervisorSpec::new("top", Strategy::OneForOne)
+                .intensity(Intensity::new(3, Duration::from_secs(60)))
+                .child(tree),
+        )
+        .await
+        .unwrap();
+    assert_eq!(came_up(&ledger, "tree", 1).await, vec![a.node]);
+    assert_eq!(came_up(&ledger, "b", 1).await, vec![b.node]);
+    assert_eq!(came_up(&ledger, "c", 1).await, vec![c.node]);
+    let tree_exited = |e: &SupervisionEvent| matches!(e, SupervisionEvent::ChildExited { supervisor, child, .. } if &**supervisor == "top" && &**child == "tree");
+
+    // B dies: the tree restarts both its children (one-for-all), B's
+    // elsewhere; one failure, within its intensity: its parent sees nothing.
+    p.kill(b);
+    let b_nodes = came_up(&ledger, "b", 2).await;
+    assert_ne!(b_nodes[1], b.node, "restarted on a live node");
+    came_up(&ledger, "c", 2).await;
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !tree_exited(&event),
+            "the tree escalated too early: {event:?}"
+        );
+    }
+    assert_eq!(
+        arrivals(&ledger, "tree").await.len(),
+        1,
+        "the tree itself ran on"
+    );
+
+    // C dies: a second failure within the minute. The tree gives up and
+    // escalates: its parent, on the driver, sees it exit and restarts it.
+    p.kill(c);
+    match common::next_event(&mut events, tree_exited).await {
+        SupervisionEvent::ChildExited {
+            abnormal, reason, ..
+        } => assert!(abnormal, "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    common::next_event(&mut events, |e| {
+        matches!(e, SupervisionEvent::ChildRestarted { supervisor, child, .. } if &**supervisor == "top" && &**child == "tree")
+    })
+    .await;
+    let trees = came_up(&ledger, "tree", 2).await;
+    came_up(&ledger, "b", 3).await;
+    came_up(&ledger, "c", 3).await;
+
+    // The tree's own node dies: to its parent, noconnection.
+    let host = nodes
+        .iter()
+        .find(|n| n.node == trees[1])
+        .expect("the tree runs on a worker");
+    p.kill(host);
+    match common::next_event(&mut events, tree_exited).await {
+        SupervisionEvent::ChildExited {
+            abnormal, reason, ..
+        } => assert!(abnormal && reason.contains("noconnection"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let trees = came_up(&ledger, "tree", 3).await;
+    assert_ne!(trees[2], host.node, "started again on a live node");
+    came_up(&ledger, "b", 4).await;
+    came_up(&ledger, "c", 4).await;
+    assert!(
+        top.is_alive(),
+        "the parent's own intensity was not exceeded"
+    );
+    assert!(top.stop(Duration::from_secs(10)).await);
     rt.shutdown().await.unwrap();
 }
 

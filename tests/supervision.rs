@@ -454,3 +454,45 @@ async fn terminate_child_gives_up_waiting_after_its_timeout() {
     assert!(matches!(err, SupervisorError::Timeout { .. }), "{err}");
     sup.stop(Duration::from_millis(100)).await;
 }
+
+/// A tree meant for another node (see `tests/cluster.rs` for one running).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Elsewhere {
+    name: String,
+}
+
+impl RemoteTree for Elsewhere {
+    const NAME: &'static str = "supervision_tests::Elsewhere";
+
+    fn spec(self, _rt: &Runtime) -> SupervisorSpec {
+        SupervisorSpec::new(self.name, Strategy::OneForOne)
+    }
+}
+
+troupe::remote_tree!(Elsewhere);
+
+/// Without a cluster a remote subtree cannot start, and the supervisor's
+/// start fails saying why (instead of hanging or running it here).
+#[tokio::test]
+async fn a_remote_subtree_without_a_cluster_fails_to_start_saying_why() {
+    let rt = troupe::init(Config::default().name("no-cluster"))
+        .await
+        .unwrap();
+    let tree = rt
+        .remote_tree_child(
+            "tree",
+            ActorOptions::new(),
+            &Elsewhere {
+                name: "far".to_owned(),
+            },
+        )
+        .unwrap();
+    let started = within(
+        "the supervisor's start",
+        rt.spawn_supervisor(SupervisorSpec::new("top", Strategy::OneForOne).child(tree)),
+    )
+    .await;
+    let err = started.expect_err("no cluster to run the tree on");
+    assert!(err.to_string().contains("cluster"), "{err}");
+    rt.shutdown().await.unwrap();
+}

@@ -62,7 +62,7 @@ pub use error::{
 pub use generator::ObjectStream;
 pub use ids::{ActorId, TaskId};
 pub use resources::{GpuDetector, GpuInfo, Resources};
-pub use runtime::{init, ClusterSeams, Config, Runtime, State, StateQuery};
+pub use runtime::{init, ClusterSeams, Config, RemoteTree, Runtime, State, StateQuery};
 pub use scheduler::{TaskFilter, TaskInfo, TaskState};
 pub use spec::{IntoArg, SchedulingStrategy};
 pub use supervisor::{SupervisionEvent, SupervisorError};
@@ -117,6 +117,7 @@ pub mod __private {
         build_task, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method, NoRemoteCall,
         NotByName, NotByNameNew, Refusal, RemoteCall, RemoteFunction, Wire, WireNew,
     };
+    pub use crate::runtime::{build_tree, TreeType};
     pub use crate::spec::Arg;
     pub use futures::future::BoxFuture;
     pub use inventory;

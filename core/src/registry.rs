@@ -194,6 +194,7 @@ fn registry() -> &'static Registry {
                 lines.push(format!("new {} {} {}", t.name, c.name, c.signature));
             }
         }
+        lines.extend(crate::runtime::remote_tree_names().map(|name| format!("tree {name}")));
         lines.sort();
         let mut build_id = 0xcbf2_9ce4_8422_2325;
         for line in &lines {

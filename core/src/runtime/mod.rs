@@ -35,6 +35,7 @@ mod placement_groups;
 mod recording;
 mod remote_actors;
 mod remote_child;
+mod remote_tree;
 mod service;
 mod state;
 mod tasks;
@@ -45,6 +46,8 @@ pub use inspect::{
     ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, NodeHealth, NodeLoad,
     NodeReply, NodeView,
 };
+pub(crate) use remote_tree::tree_names as remote_tree_names;
+pub use remote_tree::{build_tree, RemoteTree, Subtree, TreeType};
 pub use service::{RunningService, RuntimeService, ServiceError, ServiceInfo, WeakRuntime};
 pub use state::{
     ActorCounts, ChildKind, ChildView, NodeInfo, ObjectSummary, State, StateQuery, Summary,
