@@ -565,19 +565,72 @@ fn status_lists_alive(status: &str, nodes: &[troupe::NodeId]) -> bool {
     })
 }
 
+/// A head that runs work too: this program's, with 2 CPUs, and two workers.
+async fn working_head_cluster(test: &str) -> (LocalCluster, LocalNode, Vec<LocalNode>, Runtime) {
+    let mut p = processes(test);
+    let port = troupe::cluster::local::free_port()
+        .expect("a free port")
+        .to_string();
+    let head = p
+        .start(&[
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--port",
+            &port,
+        ])
+        .expect("the head starts");
+    let nodes: Vec<LocalNode> = (0..2)
+        .map(|_| {
+            p.worker(&head, &["--num-cpus", "2"])
+                .expect("a worker starts")
+        })
+        .collect();
+    let rt = join_as_driver(&p, &head).await;
+    common::eventually("every node is in the driver's view", || {
+        ClusterNode::current().is_some_and(|c| {
+            c.members()
+                .iter()
+                .filter(|m| {
+                    m.state == MemberState::Alive
+                        && matches!(m.hello.role, Role::Head | Role::Worker)
+                })
+                .count()
+                == 3
+        })
+    })
+    .await;
+    (p, head, nodes, rt)
+}
+
 /// The head SIGKILLed and started again at the same address in the middle
-/// of a random DAG: tasks submitted while it is down run; every worker and
-/// the driver are taken back under their own ids, their work kept; `troupe
-/// status` lists every node alive again within seconds; every answer is
-/// exact and nothing is left behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_restarted_mid_job_takes_every_node_back_and_the_job_is_exact() {
-    let _turn = DRIVER.lock().await;
-    for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
-        let (mut p, head, nodes, rt) = readme_cluster(&format!("head-restart-{seed}"), 3).await;
-        let troupe = binary(env!("CARGO_BIN_EXE_troupe"));
+/// of seed `seed`'s random DAG (through `troupe`, the `troupe` binary, or
+/// else this program with 2 CPUs, as it was started): tasks submitted while
+/// it is down run; every worker and the driver are taken back under their
+/// own ids, their work kept; `troupe status` lists every node alive again
+/// within seconds; what ran on the head is retried or made again; every
+/// answer is exact and nothing is left behind.
+async fn head_restarted_mid_job(
+    seed: u64,
+    (mut p, head, nodes, rt): (LocalCluster, LocalNode, Vec<LocalNode>, Runtime),
+    troupe: Option<troupe::cluster::local::Launcher>,
+) {
+    {
         let port = head.address.rsplit(':').next().expect("a port").to_owned();
-        let head_args = ["start", "--head", "--block", "--port", port.as_str()];
+        let head_args: Vec<&str> = match troupe {
+            Some(_) => vec!["start", "--head", "--block", "--port", port.as_str()],
+            None => vec![
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--port",
+                port.as_str(),
+            ],
+        };
         let mut rng = dag::Rng::new(seed);
         let after = Duration::from_millis(rng.range(100, 1_000));
         let mut wanted: Vec<troupe::NodeId> = nodes.iter().map(|n| n.node).collect();
@@ -593,8 +646,11 @@ async fn a_head_restarted_mid_job_takes_every_node_back_and_the_job_is_exact() {
                     .expect("a task runs while the head is down");
                 assert!(nodes.iter().any(|n| n.node == node), "ran on {node}");
             }
-            let again = tokio::task::block_in_place(|| p.start_with(&troupe, &head_args))
-                .expect("the head starts again at the same address");
+            let again = tokio::task::block_in_place(|| match &troupe {
+                Some(troupe) => p.start_with(troupe, &head_args),
+                None => p.start(&head_args),
+            })
+            .expect("the head starts again at the same address");
             let up = std::time::Instant::now();
             let deadline = up + Duration::from_secs(30);
             loop {
@@ -663,6 +719,29 @@ async fn a_head_restarted_mid_job_takes_every_node_back_and_the_job_is_exact() {
             assert_eq!(*there, node.node);
         }
         rt.shutdown().await.unwrap();
+    }
+}
+
+/// [`head_restarted_mid_job`] with a head from the `troupe` binary (no
+/// work of its own) and three workers, as the README starts a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_restarted_mid_job_takes_every_node_back_and_the_job_is_exact() {
+    let _turn = DRIVER.lock().await;
+    for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
+        let cluster = readme_cluster(&format!("head-restart-{seed}"), 3).await;
+        let troupe = binary(env!("CARGO_BIN_EXE_troupe"));
+        head_restarted_mid_job(seed, cluster, Some(troupe)).await;
+    }
+}
+
+/// [`head_restarted_mid_job`] with a head that runs tasks and holds
+/// results: its tasks are retried and its results made again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_ran_work_restarted_mid_job_leaves_every_answer_exact() {
+    let _turn = DRIVER.lock().await;
+    for seed in seeds("TROUPE_CHAOS_SEEDS", 2..=2) {
+        let cluster = working_head_cluster(&format!("working-head-{seed}")).await;
+        head_restarted_mid_job(seed, cluster, None).await;
     }
 }
 
