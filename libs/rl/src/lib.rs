@@ -135,6 +135,8 @@ mod sampling;
 mod schedule;
 mod space;
 mod trainer;
+#[cfg(feature = "tune")]
+pub mod tune;
 mod vec_env;
 mod worker;
 
