@@ -134,22 +134,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds = began.elapsed().as_secs_f64();
 
     let count = |s: TrialStatus| results.trials().iter().filter(|t| t.status == s).count();
+    let ran = results
+        .trials()
+        .iter()
+        .filter(|t| !t.history.is_empty())
+        .count();
+    let ended =
+        count(TrialStatus::Stopped) + count(TrialStatus::Terminated) + count(TrialStatus::Errored);
     println!(
-        "{:.1} s: {} trials ran, {} stopped early, {} finished, {} errored, {} not started",
-        seconds,
-        results
-            .trials()
-            .iter()
-            .filter(|t| !t.history.is_empty())
-            .count(),
+        "{seconds:.1} s: {ran} trials ran: {} stopped early by the scheduler, {} finished, {} errored, {} cut short when the search ended; {} not started",
         count(TrialStatus::Stopped),
         count(TrialStatus::Terminated),
         count(TrialStatus::Errored),
-        results
-            .trials()
-            .iter()
-            .filter(|t| t.history.is_empty())
-            .count(),
+        ran.saturating_sub(ended),
+        results.trials().len() - ran,
     );
     for t in results.errors() {
         println!(
