@@ -35,7 +35,7 @@
 //!   when the trial reaches its target return; more, up to
 //!   [`MAX_ITERATIONS_PER_STEP`], while no episode has ended yet, so that
 //!   every report has a mean return). Its [`Metrics`] are the last
-//!   iteration's [`IterationMetrics`](crate::IterationMetrics) by their
+//!   iteration's [`IterationMetrics`] by their
 //!   names (`episode_return_mean`, `env_steps`, `policy_loss`, ...), with
 //!   the trainer's own iteration count as `ppo_iteration`; values that are
 //!   not finite are left out.
@@ -275,7 +275,7 @@ impl PpoTrainable {
     }
 
     /// Stops the whole experiment (through the tuner's
-    /// [`StopHandle`](troupe_tune::StopHandle)) when this trial reaches
+    /// [`StopHandle`]) when this trial reaches
     /// its target return: the search ends at its first solution.
     pub fn stop_experiment_at_target(mut self, handle: StopHandle) -> Self {
         self.stop_experiment = Some(handle);
