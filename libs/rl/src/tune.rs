@@ -67,7 +67,7 @@ use crate::config::PpoConfig;
 use crate::env::EnvMaker;
 use crate::error::RlError;
 use crate::report::IterationMetrics;
-use crate::trainer::Trainer;
+use crate::trainer::{Trainer, RETURN_WINDOW};
 
 /// The most [`Trainer::train`] calls one step makes while waiting for a
 /// first finished episode.
@@ -268,7 +268,8 @@ impl PpoTrainable {
     }
 
     /// Ends the trial (its step reports done, at once, mid-step) when the
-    /// mean return of the last 100 episodes reaches `target`.
+    /// mean return of the last 100 episodes reaches `target` (once 100
+    /// have finished, as [`Stop::at_return`](crate::Stop::at_return)).
     pub fn stop_at_return(mut self, target: f64) -> Self {
         self.target_return = Some(target);
         self
@@ -309,6 +310,12 @@ impl PpoTrainable {
             .as_mut()
             .ok_or_else(|| TrainableError::Failed("the trainer did not start".to_owned()))
     }
+}
+
+/// Whether the mean return reached `target`, over a full window of
+/// episodes (as [`Stop::at_return`](crate::Stop::at_return) counts).
+fn at_target(m: &IterationMetrics, target: Option<f64>) -> bool {
+    target.is_some_and(|t| m.episodes >= RETURN_WINDOW as u64 && m.episode_return_mean >= t)
 }
 
 fn failed(e: RlError) -> TrainableError {
@@ -353,7 +360,7 @@ impl Trainable for PpoTrainable {
                 loop {
                     let m = trainer.train().await?;
                     done += 1;
-                    let reached = target.is_some_and(|t| m.episode_return_mean >= t);
+                    let reached = at_target(&m, target);
                     let no_episode = m.episode_return_mean.is_nan();
                     if reached
                         || (done >= n && !no_episode)
@@ -366,7 +373,7 @@ impl Trainable for PpoTrainable {
             .map_err(failed)?;
         let steps = last.env_steps - first_steps;
         let mut metrics = report(&last, began.elapsed().as_secs_f64(), steps);
-        if target.is_some_and(|t| last.episode_return_mean >= t) {
+        if at_target(&last, target) {
             metrics = metrics.done();
             if let Some(handle) = &self.stop_experiment {
                 handle.stop();

@@ -260,3 +260,45 @@ async fn a_ppo_trial_that_panics_resumes_from_its_checkpoint() {
     assert_eq!(t.checkpoint.as_ref().map(|c| c.iteration), Some(3));
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_at_its_target_return_ends_and_stops_the_search() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let space = SearchSpace::new().grid("learning_rate", [1e-2, 4e-3, 2e-3]);
+    let options = TuneOptions::new("episode_return_mean", Mode::Max)
+        .max_concurrent(1)
+        .max_iterations(40)
+        .dir(dir.path())
+        .progress(false)
+        .plots(false);
+    let stop = Arc::new(std::sync::OnceLock::new());
+    let (factory_rt, factory_stop) = (rt.clone(), stop.clone());
+    let tuner = Tuner::new(rt.clone(), space, options, move |p: &Params| {
+        let trial = PpoTrainable::from_params(&factory_rt, EnvMaker::cart_pole(), &config(), p)?
+            .iterations_per_step(2)
+            .stop_at_return(30.0);
+        Ok(match factory_stop.get() {
+            Some(handle) => trial.stop_experiment_at_target(troupe_tune::StopHandle::clone(handle)),
+            None => trial,
+        })
+    });
+    assert!(stop.set(tuner.stop_handle()).is_ok());
+    let results = within_for(DEADLINE, "the experiment", tuner.fit())
+        .await
+        .unwrap();
+    let first = &results.trials()[0];
+    let last = first.last().unwrap();
+    assert_eq!(first.status, TrialStatus::Terminated);
+    assert!(first.iteration() < 40, "ended by its target, not the limit");
+    assert!(last.is_done());
+    assert!(last.get("episode_return_mean").unwrap() >= 30.0);
+    assert!(
+        last.get("episodes").unwrap() >= 100.0,
+        "a mean over 100 episodes"
+    );
+    // The search stopped there: the other trials never ran.
+    assert!(results.interrupted());
+    assert!(results.trials()[1..].iter().all(|t| t.history.is_empty()));
+    rt.shutdown().await.unwrap();
+}
