@@ -1,7 +1,9 @@
 //! PPO on troupe-tune (the `tune` feature): a `PpoTrainable` saves and
 //! restores exactly (also into a trial of another config, as PBT's exploit
 //! does), ASHA over a few configs stops the bad ones early and gives the
-//! best, and a trial that panics resumes from its checkpoint.
+//! best, PBT's exploit goes on training from the donor's checkpoint, a
+//! trial that panics resumes from its checkpoint, and a trial at its
+//! target return ends the search.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use troupe_rl::tune::{ppo_config, trial_config, PpoTrainable};
 use troupe_rl::{ActMode, CpuPolicy, EnvMaker, PolicyOutput, PpoConfig};
 use troupe_test_kit::within_for;
 use troupe_tune::{
-    Asha, Metrics, Mode, Params, Scheduler, SearchSpace, Trainable, TrainableError, TrialStatus,
-    TuneOptions, Tuner,
+    Asha, Metrics, Mode, Params, Pbt, Scheduler, SearchSpace, Trainable, TrainableError,
+    TrialStatus, TuneOptions, Tuner,
 };
 
 /// The deadline for an experiment or a few PPO iterations (debug build).
@@ -300,5 +302,51 @@ async fn a_trial_at_its_target_return_ends_and_stops_the_search() {
     // The search stopped there: the other trials never ran.
     assert!(results.interrupted());
     assert!(results.trials()[1..].iter().all(|t| t.history.is_empty()));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbt_exploits_by_training_on_from_the_donors_ppo_checkpoint() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One trial at a time: the good one runs to its end; the bad one, at
+    // its first perturbation, ranks below it and takes its checkpoint.
+    let mutations = SearchSpace::new().log_uniform("learning_rate", 1e-3, 1e-2);
+    let options = TuneOptions::new("episode_return_mean", Mode::Max)
+        .max_concurrent(1)
+        .max_iterations(4)
+        .scheduler(Scheduler::Pbt(
+            Pbt::new(mutations, 1).perturbation_interval(1),
+        ))
+        .dir(dir.path())
+        .progress(false)
+        .plots(false);
+    let space = SearchSpace::new().grid("learning_rate", [1e-2, 1e-7]);
+    let factory_rt = rt.clone();
+    let tuner = Tuner::new(rt.clone(), space, options, move |p: &Params| {
+        Ok(
+            PpoTrainable::from_params(&factory_rt, EnvMaker::cart_pole(), &config(), p)?
+                .iterations_per_step(4),
+        )
+    });
+    let results = within_for(DEADLINE, "the experiment", tuner.fit())
+        .await
+        .unwrap();
+    let (good, bad) = (&results.trials()[0], &results.trials()[1]);
+    assert_eq!(good.iteration(), 4);
+    assert_eq!(bad.status, TrialStatus::Terminated, "{:?}", bad.error);
+    // After its first iteration the bad trial took the donor's last
+    // checkpoint (iteration 4, its end): its next report is iteration 5
+    // (past max_iterations, so its last), and its trainer went on from the
+    // donor's 16 PPO iterations to 20, not from its own 4 to 8.
+    let reports: Vec<_> = bad
+        .history
+        .iter()
+        .map(|r| (r.iteration, r.metrics.get("ppo_iteration")))
+        .collect();
+    assert_eq!(reports, vec![(1, Some(4.0)), (5, Some(20.0))]);
+    // With the donor's learning rate, perturbed, not its own.
+    let lr = bad.params.f64("learning_rate").unwrap();
+    assert!(lr > 1e-4, "learning rate {lr}");
     rt.shutdown().await.unwrap();
 }
