@@ -31,6 +31,7 @@ seconds and trials started, `metric value unit` lines; progress on stderr.
 import argparse
 import collections
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -196,6 +197,7 @@ def search(seed, max_seconds):
         f"{time.perf_counter() - began:.1f} s in all",
         file=sys.stderr,
     )
+    shutil.rmtree(storage, ignore_errors=True)
     seconds = None if stopper.reached is None else stopper.reached - began
     return seconds, trials
 
