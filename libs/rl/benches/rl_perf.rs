@@ -4,6 +4,7 @@
 //! cargo bench -p troupe-rl --bench rl_perf            # everything
 //! cargo bench -p troupe-rl --bench rl_perf -- sampling  # metrics whose name contains "sampling"
 //! RL_PERF_SEEDS=5 cargo bench -p troupe-rl --bench rl_perf -- ppo
+//! cargo bench -p troupe-rl --features tune --bench rl_perf -- asha pbt  # the tuning searches
 //! ```
 //!
 //! - `cartpole_env_steps_per_s`: a `VecEnv` of 64 CartPoles stepped on one
@@ -18,6 +19,13 @@
 //!   trained until the mean return of the last 100 episodes reaches 475,
 //!   timed from building the trainer; the same to 450 (the figure quoted
 //!   for RLlib), then each seed's figures.
+//! - `asha_cartpole_seconds_to_475`, `pbt_cartpole_seconds_to_475` (with
+//!   `--features tune`): the `tune_ppo_cartpole` example's search, ASHA
+//!   over 16 configs of [`troupe_rl::tune::ppo_search_space`] (and PBT over
+//!   8, exploiting by copying a checkpoint), 2 trials at a time: wall time
+//!   from `Tuner::fit` until some trial's mean return reaches 475, median
+//!   over search seeds 0..3 (`RL_PERF_SEEDS`), then each seed's figure and
+//!   the trials it started.
 
 use std::time::{Duration, Instant};
 
@@ -153,6 +161,121 @@ async fn ppo_to_475(rt: &Runtime, seed: u64) -> Result<Solved, Box<dyn std::erro
     }
 }
 
+/// The tuning example's search, timed to the first trial at 475.
+#[cfg(feature = "tune")]
+mod tuning {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Instant;
+
+    use troupe::prelude::*;
+    use troupe_rl::tune::{ppo_search_space, trial_config, PpoTrainable};
+    use troupe_rl::EnvMaker;
+    use troupe_tune::{
+        Asha, Metrics, Mode, Params, Pbt, Scheduler, SearchSpace, StopHandle, Trainable,
+        TrainableError, TuneOptions, Tuner,
+    };
+
+    /// As in the example: 10 PPO updates per tune iteration, 40 at most.
+    const ITERATIONS_PER_STEP: u64 = 10;
+    const MAX_T: u64 = 40;
+
+    /// A PPO trial that notes when it reached the target (its step said
+    /// done), and then stops the experiment.
+    struct Timed {
+        inner: PpoTrainable,
+        reached: Arc<OnceLock<Instant>>,
+        stop: StopHandle,
+    }
+
+    impl Trainable for Timed {
+        fn step(&mut self) -> Result<Metrics, TrainableError> {
+            let m = self.inner.step()?;
+            if m.is_done() && m.get("episode_return_mean").is_some_and(|r| r >= 475.0) {
+                let _ = self.reached.set(Instant::now());
+                self.stop.stop();
+            }
+            Ok(m)
+        }
+        fn save(&mut self) -> Result<Vec<u8>, TrainableError> {
+            self.inner.save()
+        }
+        fn restore(&mut self, checkpoint: &[u8]) -> Result<(), TrainableError> {
+            self.inner.restore(checkpoint)
+        }
+    }
+
+    /// Seconds from `fit` to the first trial at 475, and the trials
+    /// started by then.
+    pub(crate) fn seconds_to_475(
+        rt: &Runtime,
+        pbt: bool,
+        seed: u64,
+    ) -> Result<(f64, usize), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let scheduler = if pbt {
+            let mutations = SearchSpace::new()
+                .log_uniform("learning_rate", 1e-3, 1e-2)
+                .choice("clip_coef", [0.1, 0.2, 0.3])
+                .choice("entropy_coef", [0.0, 0.001, 0.01])
+                .choice("gae_lambda", [0.8, 0.9, 0.95]);
+            Scheduler::Pbt(Pbt::new(mutations, seed).perturbation_interval(2))
+        } else {
+            Scheduler::Asha(
+                Asha::new()
+                    .max_t(MAX_T)
+                    .grace_period(1)
+                    .reduction_factor(4.0),
+            )
+        };
+        let options = TuneOptions::new("episode_return_mean", Mode::Max)
+            .num_samples(if pbt { 8 } else { 16 })
+            .seed(seed)
+            .max_concurrent(2)
+            .max_failures(2)
+            .max_iterations(MAX_T)
+            .scheduler(scheduler)
+            .dir(dir.path())
+            .progress(false)
+            .plots(false);
+        let base = trial_config().total_env_steps(MAX_T * ITERATIONS_PER_STEP * 512);
+        let reached = Arc::new(OnceLock::new());
+        let stop = Arc::new(OnceLock::<StopHandle>::new());
+        let (factory_rt, factory_reached, factory_stop) =
+            (rt.clone(), reached.clone(), stop.clone());
+        let tuner = Tuner::new(
+            rt.clone(),
+            ppo_search_space(),
+            options,
+            move |p: &Params| {
+                Ok(Timed {
+                    inner: PpoTrainable::from_params(&factory_rt, EnvMaker::cart_pole(), &base, p)?
+                        .iterations_per_step(ITERATIONS_PER_STEP)
+                        .stop_at_return(475.0),
+                    reached: factory_reached.clone(),
+                    stop: factory_stop.get().cloned().unwrap_or_default(),
+                })
+            },
+        );
+        let _ = stop.set(tuner.stop_handle());
+        let began = Instant::now();
+        let results = rt.block_on(tuner.fit())?;
+        let started = results
+            .trials()
+            .iter()
+            .filter(|t| !t.history.is_empty())
+            .count();
+        match reached.get() {
+            Some(at) => Ok((at.duration_since(began).as_secs_f64(), started)),
+            None => Err(format!(
+                "{} seed {seed}: no trial reached 475 within {MAX_T} iterations of {} trials",
+                if pbt { "PBT" } else { "ASHA" },
+                results.trials().len()
+            )
+            .into()),
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -213,6 +336,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("ppo_cartpole_seconds_to_{target}_seed{seed} {s:.2} s");
                 println!("ppo_cartpole_env_steps_to_{target}_seed{seed} {n:.0} steps");
             }
+        }
+    }
+    #[cfg(feature = "tune")]
+    for (name, pbt) in [("asha", false), ("pbt", true)] {
+        let metric = format!("{name}_cartpole_seconds_to_475");
+        if !wanted(&metric) {
+            continue;
+        }
+        let seeds: u64 = std::env::var("RL_PERF_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        let mut runs = Vec::new();
+        for seed in 0..seeds {
+            let (seconds, trials) = tuning::seconds_to_475(&rt, pbt, seed)?;
+            eprintln!("# {name} seed {seed}: 475 after {seconds:.2} s, {trials} trials started");
+            runs.push((seconds, trials));
+        }
+        println!(
+            "{metric} {:.2} s",
+            median(runs.iter().map(|r| r.0).collect())
+        );
+        for (seed, (seconds, trials)) in runs.iter().enumerate() {
+            println!("{metric}_seed{seed} {seconds:.2} s");
+            println!("{name}_cartpole_trials_to_475_seed{seed} {trials} trials");
         }
     }
     rt.block_on(rt.shutdown())?;

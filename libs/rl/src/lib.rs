@@ -99,6 +99,17 @@
 //!   randomness; for bit-identical arithmetic too, set
 //!   `MKL_CBWR=COMPATIBLE` (libtorch's MKL picks kernels by alignment).
 //!
+//! ## Tuning
+//!
+//! With the `tune` feature, the module `tune` makes PPO a
+//! [troupe-tune](https://docs.rs/troupe-tune) trainable: `PpoTrainable`
+//! steps a trainer a few iterations at a time, reports its metrics by
+//! name, and saves and restores through this crate's checkpoints (so a
+//! trial that panics resumes training, and PBT's exploit copies a real
+//! model and optimizer); `ppo_config` maps a trial's config onto a
+//! [`PpoConfig`]. The `tune_ppo_cartpole` example tunes CartPole with ASHA
+//! (or PBT).
+//!
 //! ## Checkpoints
 //!
 //! [`Trainer::save`] writes model, optimizer moments, config, counters and
@@ -135,6 +146,8 @@ mod sampling;
 mod schedule;
 mod space;
 mod trainer;
+#[cfg(feature = "tune")]
+pub mod tune;
 mod vec_env;
 mod worker;
 

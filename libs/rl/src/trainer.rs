@@ -115,6 +115,9 @@ impl Evaluation {
     }
 }
 
+/// The name an in-memory checkpoint has in error messages.
+const IN_MEMORY: &str = "<checkpoint in memory>";
+
 /// A PPO trainer: a learner actor (on `troupe::gpu::device()`) and
 /// `num_workers` rollout worker actors under a supervisor of their own,
 /// on a Troupe runtime.
@@ -340,9 +343,30 @@ impl Trainer {
         Ok(())
     }
 
+    /// Loads a checkpoint held in memory (the bytes of a checkpoint file,
+    /// or of [`save_to_bytes`](Self::save_to_bytes)), as
+    /// [`load`](Self::load) does: this trainer keeps its config.
+    pub async fn load_from_bytes(&mut self, bytes: &[u8]) -> Result<(), RlError> {
+        let path = Path::new(IN_MEMORY);
+        let checkpoint = Checkpoint::decode(bytes, path)?;
+        self.apply(checkpoint, path).await
+    }
+
     /// Saves model, optimizer, config, counters and the recent episodes.
     pub async fn save(&self, path: impl AsRef<Path>) -> Result<(), RlError> {
-        let checkpoint = Checkpoint {
+        self.checkpoint().await?.write(path.as_ref())?;
+        Ok(())
+    }
+
+    /// What [`save`](Self::save) writes, as bytes (the same format: header,
+    /// CRC and CBOR payload), for a checkpoint kept elsewhere than in a
+    /// file of its own, such as a tuning trial's.
+    pub async fn save_to_bytes(&self) -> Result<Vec<u8>, RlError> {
+        Ok(self.checkpoint().await?.encode(Path::new(IN_MEMORY))?)
+    }
+
+    async fn checkpoint(&self) -> Result<Checkpoint, RlError> {
+        Ok(Checkpoint {
             env: self.env.name().to_owned(),
             observation_space: self.observation_space.clone(),
             action_space: self.action_space.clone(),
@@ -350,9 +374,7 @@ impl Trainer {
             counters: self.counters.clone(),
             recent_episodes: self.recent.iter().copied().collect(),
             learner: self.learner.state().await??,
-        };
-        checkpoint.write(path.as_ref())?;
-        Ok(())
+        })
     }
 
     /// The configuration.
