@@ -15,7 +15,7 @@ use troupe::cluster::{ClusterError, ClusterNode, ClusterOptions, MemberState, Ro
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
 use troupe::task::{TaskId, TraceContext};
-use troupe::{NodeId, SchedulingStrategy, SpawnError, TaskCause};
+use troupe::{NodeId, SchedulingStrategy, SpawnError, TaskCause, TaskState};
 
 /// Node mode: this test binary re-launched as a node (see `common::cluster`).
 #[test]
@@ -484,8 +484,26 @@ async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one(
     rt.remove_placement_group(&apart).await;
 
     // A node with one of the SPREAD bundles dies: it is reserved again on
-    // a node with room, and work in it runs there.
+    // a node with room, and work in it runs there. A result made in that
+    // bundle (too large to travel inline: it stays on its node), which
+    // nobody read, is made again in the bundle where it is now.
     let lost = placed.iter().position(|n| *n == a.node).expect("a has one");
+    let in_bundle = || TaskOptions::default().placement_group(&spread, Some(lost));
+    let made = pattern::options(in_bundle()).remote(&rt, 1 << 20, 7);
+    let pattern_runs = || {
+        rt.tasks(&troupe::TaskFilter {
+            function: Some("pattern".to_owned()),
+            ..Default::default()
+        })
+        .into_iter()
+        .map(|t| (t.state, t.attempt, t.node))
+        .collect::<Vec<_>>()
+    };
+    // Made (`wait` would fetch it here: a copy the driver would keep).
+    common::eventually("the result is made in its bundle", || {
+        pattern_runs() == vec![(TaskState::Finished, 1, Some(a.node))]
+    })
+    .await;
     p.kill(a);
     let mut again = None;
     common::eventually("the lost bundle is reserved again", || {
@@ -493,12 +511,21 @@ async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one(
         again.is_some()
     })
     .await;
-    let r = where_am_i::options(TaskOptions::default().placement_group(&spread, Some(lost)))
-        .remote(&rt, 1);
+    let r = where_am_i::options(in_bundle()).remote(&rt, 1);
     let ran = *common::within("a task in the moved bundle", rt.get(&r))
         .await
         .unwrap();
     assert_eq!(Some(ran), again);
+    let value = common::within("the lost result, made again", rt.get(&made))
+        .await
+        .expect("made again in its bundle's new node");
+    assert_eq!(*value, pattern(1 << 20, 7));
+    let runs = pattern_runs();
+    assert!(
+        runs.contains(&(TaskState::Finished, 2, again)),
+        "made again (attempt 2) on the bundle's new node {again:?}: {runs:?}"
+    );
+    drop((made, value));
 
     rt.remove_placement_group(&spread).await;
     common::eventually("every live node has its CPUs back", || {

@@ -63,6 +63,20 @@ pub struct TaskOptions {
     retry_exceptions: bool,
     strategy: SchedulingStrategy,
     generator_backpressure: u32,
+    /// Where it was placed from, once renamed into a placement group's
+    /// bundle (see [`GroupPlacement`]).
+    in_group: Option<Box<GroupPlacement>>,
+}
+
+/// A task in a placement group, once its options were renamed into its
+/// bundle and pinned to the bundle's node: the group, the bundle asked
+/// for and its own needs. Running it again for its lost results places it
+/// in the bundle wherever the bundle is by then.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct GroupPlacement {
+    group: crate::placement_group::PlacementGroupId,
+    bundle: Option<usize>,
+    needs: Resources,
 }
 
 impl Default for TaskOptions {
@@ -77,6 +91,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             strategy: SchedulingStrategy::Default,
             generator_backpressure: 64,
+            in_group: None,
         }
     }
 }
@@ -155,6 +170,39 @@ impl TaskOptions {
     }
 
     /// The task's needs, renamed into its bundle's resources.
+    /// Renames these options into a bundle of `group` on `node` (`needs`
+    /// its share of the bundle), remembering where they came from.
+    pub(crate) fn into_bundle(
+        mut self,
+        group: crate::placement_group::PlacementGroupId,
+        bundle: Option<usize>,
+        node: crate::ids::NodeId,
+        renamed: Resources,
+    ) -> Self {
+        self.in_group = Some(Box::new(GroupPlacement {
+            group,
+            bundle,
+            needs: self.needs(),
+        }));
+        self.set_needs(renamed);
+        self.strategy = SchedulingStrategy::NodeAffinity { node, soft: false };
+        self
+    }
+
+    /// Options renamed into a bundle ([`into_bundle`](Self::into_bundle))
+    /// as they were asked for: in the group, for the bundle wherever it is
+    /// now. Others unchanged.
+    pub(crate) fn out_of_bundle(mut self) -> Self {
+        if let Some(placed) = self.in_group.take() {
+            self.set_needs(placed.needs);
+            self.strategy = SchedulingStrategy::PlacementGroup {
+                group: placed.group,
+                bundle: placed.bundle,
+            };
+        }
+        self
+    }
+
     pub(crate) fn set_needs(&mut self, needs: Resources) {
         self.num_cpus = needs.num_cpus;
         self.num_gpus = needs.num_gpus;

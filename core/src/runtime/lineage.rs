@@ -210,6 +210,12 @@ impl Runtime {
             }
         }
         let results = spec.results.clone();
+        // In a placement group: into its bundle wherever the bundle is now
+        // (reserved again elsewhere when its node died), not where it was.
+        let spec = TaskSpec {
+            options: spec.options.out_of_bundle(),
+            ..spec
+        };
         let submitted = match self.submit_spec(spec) {
             Ok(submitted) => submitted,
             Err(err) => {

@@ -299,10 +299,7 @@ impl Runtime {
         let needs = spec.options.needs();
         match self.bundle_for(group, bundle, &needs, &spec.function) {
             Ok(Some((node, renamed, _))) => {
-                spec.options.set_needs(renamed);
-                spec.options = spec
-                    .options
-                    .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false });
+                spec.options = spec.options.into_bundle(group, bundle, node, renamed);
                 self.submit_task(spec, body);
             }
             Ok(None) => {
