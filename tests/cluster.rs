@@ -504,6 +504,18 @@ async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one(
         pattern_runs() == vec![(TaskState::Finished, 1, Some(a.node))]
     })
     .await;
+    // And a task running in the bundle as its node dies: retried in it.
+    let running = where_am_i::options(in_bundle()).remote(&rt, 3_000);
+    common::eventually("a task runs in the bundle", || {
+        rt.tasks(&troupe::TaskFilter {
+            function: Some("where_am_i".to_owned()),
+            state: Some(TaskState::Delegated),
+            ..Default::default()
+        })
+        .len()
+            == 1
+    })
+    .await;
     p.kill(a);
     let mut again = None;
     common::eventually("the lost bundle is reserved again", || {
@@ -516,6 +528,10 @@ async fn placement_groups_spread_over_nodes_wait_for_one_and_outlive_a_dead_one(
         .await
         .unwrap();
     assert_eq!(Some(ran), again);
+    let retried = *common::within("the retry in the moved bundle", rt.get(&running))
+        .await
+        .expect("retried in its bundle, wherever it is now");
+    assert_eq!(Some(retried), again);
     let value = common::within("the lost result, made again", rt.get(&made))
         .await
         .expect("made again in its bundle's new node");

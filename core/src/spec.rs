@@ -75,7 +75,10 @@ pub struct TaskOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct GroupPlacement {
     group: crate::placement_group::PlacementGroupId,
+    /// The bundle asked for (`None`: any).
     bundle: Option<usize>,
+    /// The bundle it was renamed into.
+    index: usize,
     needs: Resources,
 }
 
@@ -175,13 +178,14 @@ impl TaskOptions {
     pub(crate) fn into_bundle(
         mut self,
         group: crate::placement_group::PlacementGroupId,
-        bundle: Option<usize>,
+        (bundle, index): (Option<usize>, usize),
         node: crate::ids::NodeId,
         renamed: Resources,
     ) -> Self {
         self.in_group = Some(Box::new(GroupPlacement {
             group,
             bundle,
+            index,
             needs: self.needs(),
         }));
         self.set_needs(renamed);
@@ -201,6 +205,11 @@ impl TaskOptions {
             };
         }
         self
+    }
+
+    /// The group and bundle these options were renamed into, if any.
+    pub(crate) fn bundle(&self) -> Option<(crate::placement_group::PlacementGroupId, usize)> {
+        self.in_group.as_ref().map(|p| (p.group, p.index))
     }
 
     pub(crate) fn set_needs(&mut self, needs: Resources) {

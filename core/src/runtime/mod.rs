@@ -163,6 +163,12 @@ impl Runtime {
         any.downcast::<Inner>().ok().map(|inner| Runtime { inner })
     }
 
+    /// The runtime behind a type-erased reference to its insides (what
+    /// task contexts and the scheduler hold).
+    pub(crate) fn from_any(any: Arc<dyn std::any::Any + Send + Sync>) -> Option<Runtime> {
+        any.downcast::<Inner>().ok().map(|inner| Runtime { inner })
+    }
+
     /// Makes this runtime the current one while decoding what another node
     /// sent (unless code of this runtime runs here already).
     pub(crate) fn decode_frame(&self) -> Option<crate::context::FrameGuard> {

@@ -220,6 +220,17 @@ impl Runtime {
         }
     }
 
+    /// The node holding bundle `index` of `group` (created here) now:
+    /// `None` while it is being reserved again, or the group is gone.
+    pub(crate) fn bundle_node_now(&self, group: PlacementGroupId, index: usize) -> Option<NodeId> {
+        let shared = lock(&self.inner.groups.owned).get(&group)?.shared.clone();
+        let state = shared.state.borrow();
+        match &*state {
+            PlacementGroupState::Ready { nodes } => nodes.get(index).copied(),
+            _ => None,
+        }
+    }
+
     /// The bundles this node holds, by group and index.
     pub fn hosted_bundles(&self) -> Vec<(PlacementGroupId, usize)> {
         let mut held: Vec<_> = lock(&self.inner.groups.hosted).keys().copied().collect();
@@ -298,8 +309,10 @@ impl Runtime {
     ) {
         let needs = spec.options.needs();
         match self.bundle_for(group, bundle, &needs, &spec.function) {
-            Ok(Some((node, renamed, _))) => {
-                spec.options = spec.options.into_bundle(group, bundle, node, renamed);
+            Ok(Some((node, renamed, index))) => {
+                spec.options = spec
+                    .options
+                    .into_bundle(group, (bundle, index), node, renamed);
                 self.submit_task(spec, body);
             }
             Ok(None) => {

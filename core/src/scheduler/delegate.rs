@@ -39,13 +39,35 @@ impl Scheduler {
         // already ran it.
         let owned_here = task.spec.owner == self.node;
         let decision = match &self.placement {
-            Some(hook) if owned_here => hook.place(&PlacementRequest {
-                spec: &task.spec,
-                needs: &task.resources,
-                feasible_here,
-                fits_now,
-                excluded: &excluded,
-            }),
+            Some(hook) if owned_here => {
+                let decision = hook.place(&PlacementRequest {
+                    spec: &task.spec,
+                    needs: &task.resources,
+                    feasible_here,
+                    fits_now,
+                    excluded: &excluded,
+                });
+                match (decision, task.spec.options.bundle()) {
+                    // Pinned to its bundle's node, which died: the bundle
+                    // goes where it is reserved again (its renamed
+                    // resources are only there), or waits until it is.
+                    (PlacementDecision::NodeGone(gone), Some((group, index))) => {
+                        match self
+                            .runtime()
+                            .and_then(|rt| rt.bundle_node_now(group, index))
+                        {
+                            Some(node) if node == self.node && feasible_here => {
+                                PlacementDecision::Here
+                            }
+                            Some(node) if node != gone && node != self.node => {
+                                PlacementDecision::Node(node)
+                            }
+                            _ => PlacementDecision::Wait,
+                        }
+                    }
+                    (decision, _) => decision,
+                }
+            }
             _ if feasible_here => PlacementDecision::Here,
             _ => PlacementDecision::Infeasible,
         };
@@ -91,6 +113,12 @@ impl Scheduler {
             }
         };
         self.perform(actions);
+    }
+
+    /// The runtime this scheduler serves, while it lives.
+    fn runtime(&self) -> Option<crate::runtime::Runtime> {
+        let any = self.runtime.get()?.upgrade()?;
+        crate::runtime::Runtime::from_any(any)
     }
 
     pub(super) fn infeasible(&self, task: &Task) -> TaskError {

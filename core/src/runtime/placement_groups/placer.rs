@@ -41,7 +41,7 @@ pub(super) async fn place_group(
                     .record(started.elapsed().as_secs_f64());
                 tracing::info!(group = %id, ?nodes, "placement group ready");
             }
-            shared.state.send_if_modified(|s| {
+            let ready = shared.state.send_if_modified(|s| {
                 if *s == PlacementGroupState::Removed {
                     return false;
                 }
@@ -50,6 +50,10 @@ pub(super) async fn place_group(
                 };
                 true
             });
+            if ready {
+                // Retries waiting for a bundle reserved again go there now.
+                rt.inner.scheduler.node_up();
+            }
             drop(rt);
             // Ready: until removed, or a node holding a bundle dies.
             tokio::select! {
