@@ -244,4 +244,33 @@ mod tests {
         let csv = fs::read_to_string(dir.path().join("progress.csv")).unwrap();
         assert_eq!(csv, "iteration,m\n1,1\n2,2\n");
     }
+
+    #[test]
+    fn a_history_with_nan_and_infinite_metrics_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let reports = [
+            Report {
+                iteration: 1,
+                metrics: Metrics::new().with("loss", f64::NAN).with("m", 1.0),
+            },
+            Report {
+                iteration: 2,
+                metrics: Metrics::new().with("loss", f64::INFINITY).with("m", 2.0),
+            },
+            Report {
+                iteration: 3,
+                metrics: Metrics::new().with("loss", 0.5).with("m", 3.0),
+            },
+        ];
+        rewrite_history(dir.path(), &reports).unwrap();
+        let read = read_history(dir.path()).unwrap();
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert!(read[0].metrics.get("loss").unwrap().is_nan());
+        assert!(
+            read[1].metrics.get("loss").unwrap().is_nan(),
+            "JSON keeps no infinity"
+        );
+        assert_eq!(read[2], reports[2]);
+        assert_eq!(read[1].metrics.get("m"), Some(2.0));
+    }
 }

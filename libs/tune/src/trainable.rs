@@ -22,9 +22,22 @@ use crate::params::Params;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    // JSON has no NaN nor infinities: serde_json writes them as `null`,
+    // read back as NaN (else a resumed history would end at that line).
+    #[serde(deserialize_with = "values_or_nan")]
     values: BTreeMap<String, f64>,
     #[serde(default)]
     done: bool,
+}
+
+fn values_or_nan<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, f64>, D::Error> {
+    let values: BTreeMap<String, Option<f64>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(values
+        .into_iter()
+        .map(|(name, value)| (name, value.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 impl Metrics {
