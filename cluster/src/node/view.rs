@@ -169,7 +169,13 @@ impl Shared {
                     members: members.clone(),
                 };
                 if let Err(err) = transport.notify(node, notice) {
-                    tracing::warn!(%node, %err, "could not send the directory");
+                    // A suspected member (silent, or not back yet after the
+                    // head restarted) is expected to miss it, every 200 ms.
+                    if transport.connected(node) {
+                        tracing::warn!(%node, %err, "could not send the directory");
+                    } else {
+                        tracing::debug!(%node, %err, "could not send the directory");
+                    }
                     break;
                 }
             }
