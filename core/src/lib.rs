@@ -61,8 +61,9 @@ pub use error::{
 };
 pub use generator::ObjectStream;
 pub use ids::{ActorId, TaskId};
+pub use registry::RemoteTree;
 pub use resources::{GpuDetector, GpuInfo, Resources};
-pub use runtime::{init, ClusterSeams, Config, RemoteTree, Runtime, State, StateQuery};
+pub use runtime::{init, ClusterSeams, Config, Runtime, State, StateQuery};
 pub use scheduler::{TaskFilter, TaskInfo, TaskState};
 pub use spec::{IntoArg, SchedulingStrategy};
 pub use supervisor::{SupervisionEvent, SupervisorError};
@@ -114,10 +115,10 @@ pub mod __private {
     };
     pub use crate::generator::StreamSink;
     pub use crate::registry::{
-        build_task, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method, NoRemoteCall,
-        NotByName, NotByNameNew, Refusal, RemoteCall, RemoteFunction, Wire, WireNew,
+        build_task, build_tree, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method,
+        NoRemoteCall, NotByName, NotByNameNew, Refusal, RemoteCall, RemoteFunction, TreeType, Wire,
+        WireNew,
     };
-    pub use crate::runtime::{build_tree, TreeType};
     pub use crate::spec::Arg;
     pub use futures::future::BoxFuture;
     pub use inventory;

@@ -27,7 +27,10 @@ use crate::remote::{RemoteOutcome, RemoteResult};
 use crate::runtime::Runtime;
 use crate::spec::{TaskArgs, TaskSpec};
 
+mod tree;
 mod wire;
+
+pub use tree::{build_tree, RemoteTree, Subtree, TreeType};
 
 pub use wire::{
     ByName, ByNameNew, NoRemoteCall, NotByName, NotByNameNew, RemoteCall, Wire, WireNew,
@@ -194,7 +197,7 @@ fn registry() -> &'static Registry {
                 lines.push(format!("new {} {} {}", t.name, c.name, c.signature));
             }
         }
-        lines.extend(crate::runtime::remote_tree_names().map(|name| format!("tree {name}")));
+        lines.extend(tree::tree_names().map(|name| format!("tree {name}")));
         lines.sort();
         let mut build_id = 0xcbf2_9ce4_8422_2325;
         for line in &lines {

@@ -188,6 +188,11 @@ async fn boot(mut config: Config, tokio: OwnedTokio) -> Result<Runtime, SpawnErr
         .load_full()
         .map_or_else(|| Arc::from("root/user"), |sup| Arc::from(sup.path()));
     let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
+        let groups = me.clone();
+        scheduler.set_bundle_locator(Arc::new(move |group, index| {
+            let inner = groups.upgrade()?;
+            Runtime { inner }.bundle_node_now(group, index)
+        }));
         let me: std::sync::Weak<dyn std::any::Any + Send + Sync> = me.clone();
         scheduler.set_runtime(me.clone());
         Inner {

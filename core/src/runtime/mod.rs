@@ -35,7 +35,6 @@ mod placement_groups;
 mod recording;
 mod remote_actors;
 mod remote_child;
-mod remote_tree;
 mod service;
 mod state;
 mod tasks;
@@ -46,8 +45,6 @@ pub use inspect::{
     ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, NodeHealth, NodeLoad,
     NodeReply, NodeView,
 };
-pub(crate) use remote_tree::tree_names as remote_tree_names;
-pub use remote_tree::{build_tree, RemoteTree, Subtree, TreeType};
 pub use service::{RunningService, RuntimeService, ServiceError, ServiceInfo, WeakRuntime};
 pub use state::{
     ActorCounts, ChildKind, ChildView, NodeInfo, ObjectSummary, State, StateQuery, Summary,
@@ -160,12 +157,6 @@ impl Runtime {
     /// (Ray's implicit context).
     pub fn current() -> Option<Runtime> {
         let any = crate::context::runtime()?;
-        any.downcast::<Inner>().ok().map(|inner| Runtime { inner })
-    }
-
-    /// The runtime behind a type-erased reference to its insides (what
-    /// task contexts and the scheduler hold).
-    pub(crate) fn from_any(any: Arc<dyn std::any::Any + Send + Sync>) -> Option<Runtime> {
         any.downcast::<Inner>().ok().map(|inner| Runtime { inner })
     }
 

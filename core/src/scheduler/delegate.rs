@@ -52,10 +52,8 @@ impl Scheduler {
                     // goes where it is reserved again (its renamed
                     // resources are only there), or waits until it is.
                     (PlacementDecision::NodeGone(gone), Some((group, index))) => {
-                        match self
-                            .runtime()
-                            .and_then(|rt| rt.bundle_node_now(group, index))
-                        {
+                        let now = self.bundles.get().and_then(|locate| locate(group, index));
+                        match now {
                             Some(node) if node == self.node && feasible_here => {
                                 PlacementDecision::Here
                             }
@@ -113,12 +111,6 @@ impl Scheduler {
             }
         };
         self.perform(actions);
-    }
-
-    /// The runtime this scheduler serves, while it lives.
-    fn runtime(&self) -> Option<crate::runtime::Runtime> {
-        let any = self.runtime.get()?.upgrade()?;
-        crate::runtime::Runtime::from_any(any)
     }
 
     pub(super) fn infeasible(&self, task: &Task) -> TaskError {

@@ -85,6 +85,8 @@ pub(crate) struct Scheduler {
     actor: ArcSwapOption<ActorRef<SchedulerMsg>>,
     /// The runtime, for task contexts; weak: it owns us.
     runtime: OnceLock<Weak<dyn Any + Send + Sync>>,
+    /// Where bundle `index` of a group created here is now, if reserved.
+    bundles: OnceLock<BundleLocator>,
     placement: Option<Arc<dyn Placement>>,
     remote: Option<Arc<dyn RemoteExecutor>>,
     /// Each function's record, by name.
@@ -100,6 +102,11 @@ pub(crate) struct Scheduler {
     run_by_waiter: metrics::Counter,
     cpu_lends: metrics::Counter,
 }
+
+/// Where bundle `index` of a placement group is now (`None`: being
+/// reserved again, or gone).
+pub(crate) type BundleLocator =
+    Arc<dyn Fn(crate::placement_group::PlacementGroupId, usize) -> Option<NodeId> + Send + Sync>;
 
 /// What the scheduler records besides scheduling: the runtime's clock and
 /// timeline, and how many finished tasks the state API keeps.
@@ -132,6 +139,7 @@ impl Scheduler {
             nudged: AtomicBool::new(false),
             actor: ArcSwapOption::empty(),
             runtime: OnceLock::new(),
+            bundles: OnceLock::new(),
             placement,
             remote,
             functions: dashmap::DashMap::new(),
@@ -232,6 +240,12 @@ impl Scheduler {
 
     pub(crate) fn set_runtime(&self, runtime: Weak<dyn Any + Send + Sync>) {
         let _ = self.runtime.set(runtime);
+    }
+
+    /// How the scheduler finds where a placement group's bundle is now
+    /// (the runtime's groups, which it cannot name: they are above it).
+    pub(crate) fn set_bundle_locator(&self, locate: BundleLocator) {
+        let _ = self.bundles.set(locate);
     }
 
     fn lock(&self) -> MutexGuard<'_, State<TaskRef, Waiter>> {

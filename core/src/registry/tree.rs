@@ -23,11 +23,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::Runtime;
+use super::{Constructor, Spawning};
 use crate::actor::{Actor, ActorHandle, ActorOptions, Factory, StopHow};
 use crate::error::SpawnError;
 use crate::ids::ActorId;
-use crate::registry::{Constructor, Spawning};
+use crate::runtime::Runtime;
 use crate::supervisor::{ChildSpec, SupervisorRef, SupervisorSpec};
 
 /// How long a subtree's supervisor has to stop its children in order once
@@ -138,7 +138,7 @@ impl Drop for Subtree {
 }
 
 inventory::submit! {
-    crate::registry::ActorType {
+    super::ActorType {
         name: <Subtree as Actor>::NAME,
         methods: &[],
         constructors: &[Constructor {
