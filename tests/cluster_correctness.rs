@@ -181,6 +181,12 @@ async fn readme_cluster(
         })
         .collect();
     let rt = join_as_driver(&p, &head).await;
+    in_view(workers + 1).await;
+    (p, head, nodes, rt)
+}
+
+/// Waits until the driver's view lists `nodes` live heads and workers.
+async fn in_view(nodes: usize) {
     common::eventually("every node is in the driver's view", || {
         ClusterNode::current().is_some_and(|c| {
             c.members()
@@ -190,11 +196,10 @@ async fn readme_cluster(
                         && matches!(m.hello.role, Role::Head | Role::Worker)
                 })
                 .count()
-                == workers + 1
+                == nodes
         })
     })
     .await;
-    (p, head, nodes, rt)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,19 +594,7 @@ async fn working_head_cluster(test: &str) -> (LocalCluster, LocalNode, Vec<Local
         })
         .collect();
     let rt = join_as_driver(&p, &head).await;
-    common::eventually("every node is in the driver's view", || {
-        ClusterNode::current().is_some_and(|c| {
-            c.members()
-                .iter()
-                .filter(|m| {
-                    m.state == MemberState::Alive
-                        && matches!(m.hello.role, Role::Head | Role::Worker)
-                })
-                .count()
-                == 3
-        })
-    })
-    .await;
+    in_view(3).await;
     (p, head, nodes, rt)
 }
 
