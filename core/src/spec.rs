@@ -172,9 +172,8 @@ impl TaskOptions {
         })
     }
 
-    /// The task's needs, renamed into its bundle's resources.
-    /// Renames these options into a bundle of `group` on `node` (`needs`
-    /// its share of the bundle), remembering where they came from.
+    /// Renames these options into a bundle of `group` on `node` (`renamed`:
+    /// its needs in the bundle's resources), remembering where they came from.
     pub(crate) fn into_bundle(
         mut self,
         group: crate::placement_group::PlacementGroupId,
@@ -212,6 +211,7 @@ impl TaskOptions {
         self.in_group.as_ref().map(|p| (p.group, p.index))
     }
 
+    /// The task's needs, renamed into its bundle's resources.
     pub(crate) fn set_needs(&mut self, needs: Resources) {
         self.num_cpus = needs.num_cpus;
         self.num_gpus = needs.num_gpus;
