@@ -496,3 +496,72 @@ async fn a_remote_subtree_without_a_cluster_fails_to_start_saying_why() {
     assert!(err.to_string().contains("cluster"), "{err}");
     rt.shutdown().await.unwrap();
 }
+
+/// A tree whose spec panics, as a user's may.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Panicky;
+
+impl RemoteTree for Panicky {
+    const NAME: &'static str = "supervision_tests::Panicky";
+
+    fn spec(self, _rt: &Runtime) -> SupervisorSpec {
+        panic!("no spec today")
+    }
+}
+
+troupe::remote_tree!(Panicky);
+
+/// Whether the state API lists a supervisor or child named `name`.
+async fn listed(rt: &Runtime, name: &str) -> bool {
+    let state = serde_json::to_string(&rt.state().await).expect("state as JSON");
+    state.contains(&format!("\"{name}\""))
+}
+
+/// What a node does when another asks it to host a subtree (the built-in
+/// `troupe::Subtree` actor, spawned by name): the tree's supervisor runs as
+/// long as that actor and goes with it; a spec that panics is the spawn's
+/// error, and the node runs on.
+#[tokio::test]
+async fn a_hosted_subtree_lives_as_its_actor_and_a_panicking_spec_is_an_error() {
+    let rt = troupe::init(Config::default().name("host")).await.unwrap();
+    let err = rt
+        .spawn_by_name(
+            "troupe::Subtree",
+            "new",
+            ActorOptions::new(),
+            &hosted::<Panicky>(&Panicky),
+        )
+        .await
+        .expect_err("a spec that panics fails the spawn");
+    assert!(err.to_string().contains("no spec today"), "{err}");
+    let tree = Elsewhere {
+        name: "hosted-tree".to_owned(),
+    };
+    let id = rt
+        .spawn_by_name(
+            "troupe::Subtree",
+            "new",
+            ActorOptions::new(),
+            &hosted::<Elsewhere>(&tree),
+        )
+        .await
+        .expect("the tree starts here");
+    assert!(rt.actor_info(id).is_some());
+    assert!(listed(&rt, "hosted-tree").await, "its supervisor runs");
+    rt.stop_requested(id, troupe::remote::StopHow::Kill { no_restart: true })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(&rt, "hosted-tree").await {
+        assert!(Instant::now() < deadline, "the tree outlived its actor");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rt.shutdown().await.unwrap();
+}
+
+/// Encodes a tree as the `Subtree` constructor reads it: its type's name,
+/// then the tree.
+fn hosted<T: RemoteTree>(tree: &T) -> Vec<u8> {
+    troupe::Encoded::of(&(T::NAME, tree))
+        .expect("a tree encodes")
+        .bytes
+}

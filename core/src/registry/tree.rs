@@ -157,7 +157,15 @@ fn spawn_subtree(rt: &Runtime, options: ActorOptions, bytes: &[u8]) -> Result<Sp
     let kind = tree_type(&name).ok_or_else(|| {
         format!("no remote tree named {name:?} is registered in this program (remote_tree!)")
     })?;
-    let spec = (kind.build)(rt, rest).map_err(|e| format!("the tree {name}: {e}"))?;
+    // User code: a panic in it is this spawn's error, not the host's.
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (kind.build)(rt, rest)))
+        .unwrap_or_else(|panic| {
+            Err(format!(
+                "its spec panicked: {}",
+                crate::error::panic_message(&*panic)
+            ))
+        });
+    let spec = built.map_err(|e| format!("the tree {name}: {e}"))?;
     let rt = rt.clone();
     Ok(Box::pin(
         async move { start_subtree(rt, options, spec).await },
