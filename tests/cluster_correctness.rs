@@ -345,9 +345,9 @@ enum Chaos {
     KillTwo,
 }
 
-/// A DAG with a few intermediates of 16 to 100 MB, without objects owned
-/// by the workers (`put` in a task), which a node's death loses for good,
-/// nor (by default) keeper actors:
+/// A DAG with a few intermediates of 16 to 100 MB (half with a replica),
+/// without objects owned by the workers (`put` in a task), which a node's
+/// death loses for good, nor (by default) keeper actors:
 /// `TROUPE_CHAOS_KEEPERS=1` adds them, on a worker that stays.
 fn survivable() -> dag::Shape {
     let tasks = std::env::var("TROUPE_CHAOS_TASKS")
@@ -363,6 +363,8 @@ fn survivable() -> dag::Shape {
         large_max: 100 << 20,
         keepers: std::env::var_os("TROUPE_CHAOS_KEEPERS").is_some(),
         puts: false,
+        // Half of them kept twice: read from the replica when lost.
+        replicas: true,
         ..dag::Shape::default()
     }
 }
@@ -988,5 +990,105 @@ async fn actors_die_with_the_driver_that_spawned_them_unless_detached() {
     })
     .await;
     detached.stop().await;
+    rt.shutdown().await.unwrap();
+}
+
+/// Whether this driver has a session to `node` now.
+fn connected_to(node: troupe::NodeId) -> bool {
+    ClusterNode::current().is_some_and(|c| c.connected().contains(&node))
+}
+
+/// Runs `where_am_i` on `node` alone; where it ran.
+async fn run_on(rt: &Runtime, node: troupe::NodeId) -> troupe::NodeId {
+    let options = TaskOptions::default()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false });
+    let r = where_am_i::options(options).remote(rt);
+    *common::within("a task on the worker", rt.get(&r))
+        .await
+        .unwrap_or_else(|err| panic!("a task on the worker: {err}"))
+}
+
+/// Every connection between the driver and a worker cut at once (a
+/// partition between the two while both still reach the head): the
+/// session is dialed again, the worker is never declared dead, and work
+/// and objects reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_between_two_live_members_is_dialed_again() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("redial");
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .expect("the head starts");
+    // The worker listens on 127.0.0.1 and advertises 127.0.0.2, where the
+    // forwarder takes its ports: whoever dials it goes through the cut.
+    let ports = common::forwarder::free_ports(3);
+    let forwarder = common::forwarder::Forwarder::start("127.0.0.2", "127.0.0.1", &ports).await;
+    let [port, link_port, data_port] = [ports[0], ports[1], ports[2]].map(|p| p.to_string());
+    let worker = p
+        .worker(
+            &head,
+            &[
+                "--num-cpus",
+                "2",
+                "--bind",
+                "127.0.0.1",
+                "--advertise",
+                "127.0.0.2",
+                "--port",
+                &port,
+                "--link-port",
+                &link_port,
+                "--data-port",
+                &data_port,
+            ],
+        )
+        .expect("a worker starts");
+    let rt = join_as_driver(&p, &head).await;
+    in_view(2).await;
+    common::eventually("a session to the worker", || connected_to(worker.node)).await;
+    assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    let made = block::options(TaskOptions::default().scheduling_strategy(
+        SchedulingStrategy::NodeAffinity {
+            node: worker.node,
+            soft: false,
+        },
+    ))
+    .remote(&rt, 3);
+    rt.objects().made(made.id()).await;
+    assert!(
+        forwarder.accepted() >= 1,
+        "the driver reached it through the forwarder"
+    );
+
+    // The driver dialed the worker (it joined later): its session goes
+    // through the forwarder. Whichever end has the larger id dials again
+    // (the driver, through the forwarder; or the worker, directly).
+    let mut events = rt.cluster_events();
+    let cut = forwarder.cut();
+    assert!(cut >= 2, "the session and its links cut: {cut} connections");
+    // Down for at least the first pause before a dial (100 ms).
+    common::eventually("the cut is seen", || !connected_to(worker.node)).await;
+    common::eventually("the session is up again", || connected_to(worker.node)).await;
+    assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    let bytes = common::within("the worker's object", rt.get(&made))
+        .await
+        .unwrap_or_else(|err| panic!("the worker's object: {err}"));
+    assert_eq!(dag::digest(&bytes), dag::digest(&dag::pattern(3, 16 << 20)));
+    // Suspected by the head as its link through the cut closed, heard
+    // from again with the next heartbeat; never declared dead.
+    common::eventually("the worker alive in the head's view", || {
+        ClusterNode::current().is_some_and(|c| {
+            c.members()
+                .iter()
+                .any(|m| m.hello.node == worker.node && m.state == MemberState::Alive)
+        })
+    })
+    .await;
+    while let Ok(event) = events.try_recv() {
+        if let troupe::remote::ClusterEvent::NodeDown { node, reason } = event {
+            assert_ne!(node, worker.node, "declared down: {reason}");
+        }
+    }
+    drop((made, bytes));
     rt.shutdown().await.unwrap();
 }

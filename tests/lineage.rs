@@ -110,7 +110,9 @@ fn lineage_metrics() -> Vec<(String, f64)> {
         .into_iter()
         .filter(|(key, ..)| {
             let name = key.key().name();
-            name.starts_with("troupe_lineage_") || name == "troupe_data_bytes_received_total"
+            name.starts_with("troupe_lineage_")
+                || name == "troupe_data_bytes_received_total"
+                || name == "troupe_object_store_moved_to_replica_total"
         })
         .map(|(key, _, _, value)| {
             let value = match value {
@@ -505,5 +507,63 @@ async fn a_read_from_a_holder_killed_before_it_is_declared_dead_gets_the_value_m
         survivor.node
     );
     drop((r, value));
+    rt.shutdown().await.unwrap();
+}
+
+/// The objects in `node`'s store, as the driver last heard (heartbeats).
+fn objects_on(node: troupe::NodeId) -> Option<u64> {
+    let cluster = ClusterNode::current()?;
+    let member = cluster
+        .members()
+        .into_iter()
+        .find(|m| m.hello.node == node)?;
+    Some(member.load.objects)
+}
+
+/// A result kept on two nodes (`replicas(2)`) by a task that may not run
+/// again outlives the node that made it: read from the other copy, never
+/// run twice, and freed on every node once the driver drops its ref.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_with_a_replica_outlives_its_node_without_running_again() {
+    let _turn = DRIVER.lock().await;
+    let (mut p, victim, survivor, rt) = cluster("lineage-replica").await;
+    let options = near(victim.node).max_retries(0).replicas(2);
+    let kept = source::options(options).remote(&rt, 11);
+    made(&rt, "the result and its replica", kept.id()).await;
+    assert_eq!(rt.objects().location(kept.id()), Some(Some(victim.node)));
+    // The head runs another program and the driver owns it: the replica
+    // goes to the survivor.
+    assert_eq!(
+        rt.objects().keepers(kept.id()),
+        vec![victim.node, survivor.node]
+    );
+    assert_eq!(rt.lineage_tasks(), 0, "no lineage: it cannot run again");
+
+    kill(&mut p, &rt, &victim).await;
+    let value = common::within("the result, from its replica", rt.get(&kept))
+        .await
+        .unwrap_or_else(|err| panic!("the replicated result was lost: {err}"));
+    assert_eq!(*value, bytes_of(11, SIZE));
+    assert_eq!(attempts(&rt, "source"), [1], "read, not run again");
+    let metrics = lineage_metrics();
+    assert_eq!(
+        metric(&metrics, "troupe_object_store_moved_to_replica_total"),
+        1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metric(&metrics, "troupe_lineage_reconstructions_started_total"),
+        0.0
+    );
+    common::eventually("the survivor holds the replica", || {
+        objects_on(survivor.node) == Some(1)
+    })
+    .await;
+
+    drop((kept, value));
+    common::eventually("the replica is freed with the driver's ref", || {
+        objects_on(survivor.node) == Some(0)
+    })
+    .await;
     rt.shutdown().await.unwrap();
 }

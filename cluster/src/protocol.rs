@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -247,6 +247,19 @@ pub enum Request {
     },
     /// Give back every bundle of this placement group held here.
     ReleaseBundles(troupe_core::placement_group::PlacementGroupId),
+    /// From the node that made a task's result and keeps it for its owner:
+    /// pull it from me and keep a replica for the owner (answered `Ok`
+    /// once kept, or `Refused` with why).
+    KeepCopy {
+        /// The object.
+        id: ObjectId,
+        /// Its owner, who will release the replica.
+        owner: NodeId,
+        /// The remote function whose task made it.
+        function: String,
+        /// Which of the task's results it is.
+        index: u32,
+    },
 }
 
 impl Request {
@@ -264,6 +277,7 @@ impl Request {
             Request::LocateActor(_) => "locating an actor",
             Request::ReserveBundles { .. } => "reserving placement group bundles",
             Request::ReleaseBundles(_) => "releasing placement group bundles",
+            Request::KeepCopy { .. } => "keeping a replica",
             Request::Status => "the status",
             Request::StopCluster => "stopping the cluster",
             Request::Leave => "leaving",
@@ -441,7 +455,7 @@ impl Frame {
                     .iter()
                     .filter_map(|(_, r)| match r {
                         RemoteResult::Inline(encoded) => Some(encoded),
-                        RemoteResult::At(_) => None,
+                        RemoteResult::At { .. } => None,
                     })
                     .collect(),
                 Reply::Actor(Ok(encoded)) => vec![encoded],
@@ -469,7 +483,7 @@ impl Frame {
                     .iter_mut()
                     .filter_map(|(_, r)| match r {
                         RemoteResult::Inline(encoded) => Some(encoded),
-                        RemoteResult::At(_) => None,
+                        RemoteResult::At { .. } => None,
                     })
                     .collect(),
                 Reply::Actor(Ok(encoded)) => vec![encoded],

@@ -301,13 +301,22 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (node(), any::<u64>())
             .prop_map(|(node, seq)| Request::ReleaseBundles(PlacementGroupId { node, seq })),
+        (object_id(), node(), text(), any::<u32>()).prop_map(|(id, owner, function, index)| {
+            Request::KeepCopy {
+                id,
+                owner,
+                function,
+                index,
+            }
+        }),
     ]
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
     let result = prop_oneof![
         encoded().prop_map(RemoteResult::Inline),
-        node().prop_map(RemoteResult::At)
+        (node(), prop::collection::vec(node(), 0..3))
+            .prop_map(|(node, replicas)| RemoteResult::At { node, replicas })
     ];
     prop_oneof![
         (node(), any::<u64>(), members(), any::<u64>()).prop_map(

@@ -19,8 +19,8 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use troupe_objects::{
-    AnyObjectRef, Cause, Completer, NodeId, Object, ObjectError, ObjectId, ObjectRef, ObjectStore,
-    RemoteError,
+    AnyObjectRef, Cause, Completer, Fetched, NodeId, Object, ObjectError, ObjectId, ObjectRef,
+    ObjectStore, RemoteError,
 };
 
 use crate::context::{self, Frame};
@@ -110,6 +110,23 @@ pub trait Returns: Send + Sync + 'static {
     ) -> Result<(), ObjectError>;
     /// The refs, untyped.
     fn erase(refs: Self::Refs) -> Vec<AnyObjectRef>;
+    /// Keeps a replica of result `index` (`id`, owned by `owner`) from
+    /// its fetched bytes, decoded as that result's type; its size.
+    fn keep_copy(
+        store: &ObjectStore,
+        index: usize,
+        id: ObjectId,
+        owner: NodeId,
+        fetched: Fetched,
+    ) -> BoxFuture<'static, Result<u64, ObjectError>>;
+}
+
+/// A replica asked of a result a function does not have.
+fn no_such_result(id: ObjectId, index: usize) -> ObjectError {
+    ObjectError::Fetch {
+        id,
+        reason: format!("the function has no result {index}"),
+    }
 }
 
 /// A single result.
@@ -161,6 +178,22 @@ impl<R: Object> Returns for One<R> {
         vec![r.erase()]
     }
 
+    fn keep_copy(
+        store: &ObjectStore,
+        index: usize,
+        id: ObjectId,
+        owner: NodeId,
+        fetched: Fetched,
+    ) -> BoxFuture<'static, Result<u64, ObjectError>> {
+        let store = store.clone();
+        Box::pin(async move {
+            match index {
+                0 => store.keep_copy::<R>(id, owner, fetched).await,
+                _ => Err(no_such_result(id, index)),
+            }
+        })
+    }
+
     fn complete_remote(
         completer: Completer<R>,
         results: Vec<(ObjectId, RemoteResult)>,
@@ -180,8 +213,9 @@ fn settle_remote<T: Object>(
     match result {
         // Its refs stay held (since the reply arrived) until it is decoded.
         RemoteResult::Inline(encoded) => completer.complete_encoded(&encoded.bytes),
-        RemoteResult::At(node) => {
-            completer.relocate(node);
+        RemoteResult::At { node, replicas } => {
+            let keepers: Vec<NodeId> = std::iter::once(node).chain(replicas).collect();
+            completer.relocate(&keepers);
             Ok(())
         }
     }
@@ -234,6 +268,22 @@ macro_rules! tuple_returns {
 
             fn erase(refs: Self::Refs) -> Vec<AnyObjectRef> {
                 vec![$(refs.$i.erase()),+]
+            }
+
+            fn keep_copy(
+                store: &ObjectStore,
+                index: usize,
+                id: ObjectId,
+                owner: NodeId,
+                fetched: Fetched,
+            ) -> BoxFuture<'static, Result<u64, ObjectError>> {
+                let store = store.clone();
+                Box::pin(async move {
+                    match index {
+                        $($i => store.keep_copy::<$T>(id, owner, fetched).await,)+
+                        _ => Err(no_such_result(id, index)),
+                    }
+                })
             }
 
             fn complete_remote(

@@ -90,6 +90,7 @@ pub mod task {
     pub use crate::registry::{build_id, remote_function, RemoteFunction, Submitted};
     pub use crate::spec::{
         Arg, FunctionName, IntoArg, Returns, SchedulingStrategy, TaskArgs, TaskOptions, TaskSpec,
+        MAX_REPLICAS,
     };
 
     /// The context of the task running this code, if any (async and sync
@@ -115,9 +116,9 @@ pub mod __private {
     };
     pub use crate::generator::StreamSink;
     pub use crate::registry::{
-        build_task, build_tree, ActorType, ByName, ByNameNew, Constructor, EncodedReply, Method,
-        NoRemoteCall, NotByName, NotByNameNew, Refusal, RemoteCall, RemoteFunction, TreeType, Wire,
-        WireNew,
+        build_task, build_tree, keep_copy, ActorType, ByName, ByNameNew, Constructor, EncodedReply,
+        Method, NoRemoteCall, NotByName, NotByNameNew, Refusal, RemoteCall, RemoteFunction,
+        TreeType, Wire, WireNew,
     };
     pub use crate::spec::Arg;
     pub use futures::future::BoxFuture;

@@ -16,14 +16,15 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use troupe_objects::{AnyObjectRef, Encoded, ObjectError, ObjectStore};
 
 use crate::actor::{Actor, ActorOptions, Factory};
 use crate::error::{ActorError, CallProblem, SpawnError, TaskError};
 use crate::function::{Failure, RemoteFn, Returns, Start, TypedTask};
 use crate::generator;
-use crate::ids::ActorId;
-use crate::remote::{RemoteOutcome, RemoteResult};
+use crate::ids::{ActorId, NodeId};
+use crate::remote::{RemoteOutcome, RemoteResult, ReplicaRequest};
 use crate::runtime::Runtime;
 use crate::spec::{TaskArgs, TaskSpec};
 
@@ -62,6 +63,32 @@ pub struct RemoteFunction {
     /// objects under the owner's ids).
     #[doc(hidden)]
     pub build: fn(&ObjectStore, &TaskSpec) -> Result<Built, TaskError>,
+    /// Keeps a replica of one of its results, from the bytes fetched from
+    /// the node that made it (decoded as that result's type).
+    #[doc(hidden)]
+    pub keep_copy: KeepCopy,
+}
+
+/// The type of [`RemoteFunction::keep_copy`].
+#[doc(hidden)]
+pub type KeepCopy = fn(
+    &ObjectStore,
+    usize,
+    troupe_objects::ObjectId,
+    troupe_objects::NodeId,
+    troupe_objects::Fetched,
+) -> BoxFuture<'static, Result<u64, ObjectError>>;
+
+/// The generic `keep_copy` of a remote function: used by generated code.
+#[doc(hidden)]
+pub fn keep_copy<F: RemoteFn>(
+    store: &ObjectStore,
+    index: usize,
+    id: troupe_objects::ObjectId,
+    owner: troupe_objects::NodeId,
+    fetched: troupe_objects::Fetched,
+) -> BoxFuture<'static, Result<u64, ObjectError>> {
+    F::Returns::keep_copy(store, index, id, owner, fetched)
 }
 
 inventory::collect!(RemoteFunction);
@@ -304,6 +331,8 @@ impl Runtime {
         let owner = spec.owner;
         spec.options = spec.options.max_retries(0);
         let task = spec.id;
+        let copies = spec.options.get_replicas() - 1;
+        let function = spec.function.to_string();
         let submitted = {
             // A short sync body runs here, on the thread that received it,
             // rather than wake a pool thread and be woken back (two
@@ -321,7 +350,7 @@ impl Runtime {
             }
         };
         let mut results = Vec::with_capacity(submitted.results.len());
-        for r in &submitted.results {
+        for (index, r) in submitted.results.iter().enumerate() {
             if !self.objects().is_settled(r.id()) {
                 self.inner.scheduler.run_or_queue(r.id());
             }
@@ -333,12 +362,69 @@ impl Runtime {
                 }
                 Ok(_) => {
                     let _ = self.objects().add_borrower(r.id(), owner);
-                    results.push((r.id(), RemoteResult::At(self.node_id())));
+                    let replicas = match copies {
+                        0 => Vec::new(),
+                        copies => {
+                            let request = ReplicaRequest {
+                                id: r.id(),
+                                owner,
+                                function: function.clone(),
+                                index: index as u32,
+                                copies,
+                            };
+                            self.replicate(request).await
+                        }
+                    };
+                    let node = self.node_id();
+                    results.push((r.id(), RemoteResult::At { node, replicas }));
                 }
                 Err(err) => return RemoteOutcome::Failed(failure_of(err)),
             }
         }
         RemoteOutcome::Done(results)
+    }
+
+    /// Has other nodes keep replicas of a result this node made and keeps
+    /// for its owner; the nodes that do. Fewer than asked (a cluster too
+    /// small, nodes that refused) is logged and counted, not an error: the
+    /// result is made, and keeps what copies it got.
+    async fn replicate(&self, request: ReplicaRequest) -> Vec<NodeId> {
+        let Some(executor) = self.inner.config.cluster.executor.clone() else {
+            return Vec::new();
+        };
+        let (id, copies) = (request.id, request.copies);
+        let span = tracing::debug_span!("replicate", object = %id, copies);
+        let kept = executor.replicate(request).instrument(span).await;
+        metrics::counter!("troupe_object_replicas_made_total").increment(kept.len() as u64);
+        if kept.len() < usize::from(copies) {
+            metrics::counter!("troupe_object_replicas_missing_total")
+                .increment((usize::from(copies) - kept.len()) as u64);
+            tracing::warn!(object = %id, asked = copies, kept = kept.len(), "fewer replicas than asked: too few nodes of this program could keep one");
+        }
+        kept
+    }
+
+    /// Keeps a replica of `id`, result `index` of a task of `function`
+    /// made on another node, for its owner `owner`, from its bytes
+    /// (`fetched`): how a node answers another's
+    /// [`RemoteExecutor::replicate`](crate::remote::RemoteExecutor::replicate).
+    /// Its size, or why not (an unknown function, a node that holds refs
+    /// to it already, bytes that do not decode).
+    #[doc(hidden)]
+    pub async fn keep_copy(
+        &self,
+        function: &str,
+        index: u32,
+        id: troupe_objects::ObjectId,
+        owner: NodeId,
+        fetched: troupe_objects::Fetched,
+    ) -> Result<u64, String> {
+        let Some(entry) = remote_function(function) else {
+            return Err(format!("no function {function} in this node's program"));
+        };
+        (entry.keep_copy)(self.objects(), index as usize, id, owner, fetched)
+            .await
+            .map_err(|err| err.to_string())
     }
 
     /// Spawns an actor of the registered type `type_name` with its

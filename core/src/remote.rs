@@ -77,9 +77,25 @@ pub enum RemoteResult {
     /// Small enough to come back with the reply: its encoding (and the
     /// refs it holds).
     Inline(Encoded),
-    /// Kept on the node that made it; fetched through the object
-    /// directory when read.
-    At(NodeId),
+    /// Kept on the node that made it (`node`) and, when the task asked
+    /// for replicas, on `replicas` too; fetched through the object
+    /// directory when read, from the next of them once one dies.
+    At {
+        /// The node that made it.
+        node: NodeId,
+        /// The nodes that keep a copy for the owner as well.
+        replicas: Vec<NodeId>,
+    },
+}
+
+impl RemoteResult {
+    /// Kept only where it was made.
+    pub fn at(node: NodeId) -> Self {
+        RemoteResult::At {
+            node,
+            replicas: Vec::new(),
+        }
+    }
 }
 
 /// How an attempt that ran on another node ended.
@@ -204,11 +220,37 @@ pub trait RemoteExecutor: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// Has up to `copies` other nodes keep a replica of `id`, result
+    /// `index` of a task of `function` that `owner` owns and this node
+    /// made and keeps (`Runtime::keep_copy` on each): nodes of the same
+    /// program, not this one, the owner last. Resolves to the nodes that
+    /// keep one, once they do. Default: no other node to ask.
+    fn replicate(&self, copy: ReplicaRequest) -> BoxFuture<'static, Vec<NodeId>> {
+        let _ = copy;
+        Box::pin(async { Vec::new() })
+    }
+
     /// Whether `node` is a live member this node can reach. Default: yes.
     fn node_alive(&self, node: NodeId) -> bool {
         let _ = node;
         true
     }
+}
+
+/// A result to keep replicas of ([`RemoteExecutor::replicate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaRequest {
+    /// The object.
+    pub id: ObjectId,
+    /// Its owner, for whom the replicas are kept.
+    pub owner: NodeId,
+    /// The remote function whose task made it (its result types are how a
+    /// replica's node decodes it).
+    pub function: String,
+    /// Which of the task's results it is.
+    pub index: u32,
+    /// How many other nodes should keep one.
+    pub copies: u8,
 }
 
 /// What is called with a remote attempt's outcome.

@@ -45,6 +45,9 @@ pub enum SchedulingStrategy {
     },
 }
 
+/// The most copies [`TaskOptions::replicas`] keeps of a result.
+pub const MAX_REPLICAS: u8 = 8;
+
 /// How to run a task (Ray's `.options(...)`). Serializable, so that a task
 /// travels to another node unchanged.
 ///
@@ -63,6 +66,8 @@ pub struct TaskOptions {
     retry_exceptions: bool,
     strategy: SchedulingStrategy,
     generator_backpressure: u32,
+    /// Copies of each large result, on distinct nodes (1: only where made).
+    replicas: u8,
     /// Where it was placed from, once renamed into a placement group's
     /// bundle (see [`GroupPlacement`]).
     in_group: Option<Box<GroupPlacement>>,
@@ -94,6 +99,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             strategy: SchedulingStrategy::Default,
             generator_backpressure: 64,
+            replicas: 1,
             in_group: None,
         }
     }
@@ -225,6 +231,35 @@ impl TaskOptions {
     pub fn generator_backpressure(mut self, items: u32) -> Self {
         self.generator_backpressure = items.max(1);
         self
+    }
+
+    /// Copies of each result kept on distinct nodes when it runs on
+    /// another node than its owner's (default 1, at most
+    /// [`MAX_REPLICAS`]): the node that made it pushes `n - 1` more to
+    /// other nodes of the same program before it answers, and the owner
+    /// reads from the next copy when a node keeping one dies, so that a
+    /// result survives `n - 1` nodes' loss without running again: for a
+    /// task with `max_retries = 0`, one that is not deterministic, or one
+    /// too costly to run twice. Each copy takes memory on its node until
+    /// the last ref is dropped. Small results (up to 100 KiB) travel back
+    /// to the owner and need none; a result made on the owner's node gets
+    /// none (it lives as long as its owner). A cluster with too few nodes
+    /// keeps fewer copies, and says so in its logs.
+    ///
+    /// ```
+    /// use troupe_core::task::TaskOptions;
+    /// let kept_twice = TaskOptions::default().max_retries(0).replicas(2);
+    /// assert_eq!(kept_twice.get_replicas(), 2);
+    /// assert_eq!(TaskOptions::default().replicas(0).get_replicas(), 1);
+    /// ```
+    pub fn replicas(mut self, n: u8) -> Self {
+        self.replicas = n.clamp(1, MAX_REPLICAS);
+        self
+    }
+
+    /// How many copies of each result to keep.
+    pub fn get_replicas(&self) -> u8 {
+        self.replicas.clamp(1, MAX_REPLICAS)
     }
 
     /// What the task needs from a node.

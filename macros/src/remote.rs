@@ -356,6 +356,7 @@ pub(crate) fn expand_remote(func: &ItemFn, num_returns: usize) -> syn::Result<To
                     signature: #signature,
                     returns: <Function as ::troupe::__private::RemoteFn>::RETURNS,
                     build: ::troupe::__private::build_task::<Function>,
+                    keep_copy: ::troupe::__private::keep_copy::<Function>,
                 }
             }
 

@@ -55,4 +55,6 @@ pub mod __private {
 }
 
 #[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{GetSize, ObjectError, ObjectStore, StoreConfig};
 
-fn store() -> ObjectStore {
+pub(crate) fn store() -> ObjectStore {
     ObjectStore::new(StoreConfig::default())
 }
 
@@ -593,16 +593,16 @@ async fn a_failed_fetch_fails_its_readers_and_the_next_read_fetches_again() {
 
 /// A directory over other in-process stores: the seam exercised with real
 /// stores on both sides (the cluster's transport replaces the lookup).
-struct Peers {
+pub(crate) struct Peers {
     stores: Vec<ObjectStore>,
-    released: std::sync::Mutex<Vec<(crate::ObjectId, crate::NodeId, u32)>>,
+    pub(crate) released: std::sync::Mutex<Vec<(crate::ObjectId, crate::NodeId, u32)>>,
     fetches: std::sync::atomic::AtomicUsize,
     /// Fetches still to fail on the way (a dropped connection, say).
     failing: std::sync::atomic::AtomicUsize,
 }
 
 impl Peers {
-    fn new(stores: Vec<ObjectStore>) -> Self {
+    pub(crate) fn new(stores: Vec<ObjectStore>) -> Self {
         Peers {
             stores,
             released: Default::default(),

@@ -5,6 +5,8 @@
 pub mod browser;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+#[cfg(feature = "cluster")]
+pub mod forwarder;
 pub mod http;
 
 use std::sync::{Arc, Mutex};

@@ -161,6 +161,8 @@ pub struct Node {
     pub len: u32,
     pub fail: bool,
     pub indirect: bool,
+    /// Copies of its result kept on distinct nodes (`TaskOptions::replicas`).
+    pub replicas: u8,
 }
 
 /// What a random DAG is made of.
@@ -181,6 +183,9 @@ pub struct Shape {
     pub puts: bool,
     /// Planned failures, per thousand nodes.
     pub fail_per_mille: u64,
+    /// Whether half the large nodes keep a replica of their result (the
+    /// other half, only the copy where it was made).
+    pub replicas: bool,
 }
 
 impl Default for Shape {
@@ -194,6 +199,7 @@ impl Default for Shape {
             keepers: true,
             puts: true,
             fail_per_mille: 30,
+            replicas: false,
         }
     }
 }
@@ -334,7 +340,8 @@ impl Dag {
                     nested.push(rng.below(i as u64) as usize);
                 }
             }
-            let len = if large.binary_search(&i).is_ok() {
+            let is_large = large.binary_search(&i).is_ok();
+            let len = if is_large {
                 let min = u64::from(shape.large_min);
                 rng.range(min, u64::from(shape.large_max).max(min)) as u32
             } else {
@@ -351,14 +358,20 @@ impl Dag {
                 .max()
                 .unwrap_or(1);
             depth.push(d);
+            let salt = rng.next();
             nodes.push(Node {
                 keeper,
                 inputs,
                 nested,
-                salt: rng.next(),
+                salt,
                 len,
                 fail: rng.chance(shape.fail_per_mille),
                 indirect: keeper || (rng.chance(200) && shape.puts),
+                replicas: if is_large && shape.replicas && salt % 2 == 0 {
+                    2
+                } else {
+                    1
+                },
             });
         }
         Dag { seed, nodes }
@@ -426,12 +439,13 @@ impl Dag {
                 via_keeper::remote(rt, plan, keeper)
             } else {
                 let a = |k: usize| &refs[node.inputs[k]];
+                let options = TaskOptions::default().replicas(node.replicas);
                 match node.inputs.len() {
-                    0 => step0::remote(rt, plan),
-                    1 => step1::remote(rt, plan, a(0)),
-                    2 => step2::remote(rt, plan, a(0), a(1)),
-                    3 => step3::remote(rt, plan, a(0), a(1), a(2)),
-                    _ => step4::remote(rt, plan, a(0), a(1), a(2), a(3)),
+                    0 => step0::options(options).remote(rt, plan),
+                    1 => step1::options(options).remote(rt, plan, a(0)),
+                    2 => step2::options(options).remote(rt, plan, a(0), a(1)),
+                    3 => step3::options(options).remote(rt, plan, a(0), a(1), a(2)),
+                    _ => step4::options(options).remote(rt, plan, a(0), a(1), a(2), a(3)),
                 }
             };
             refs.push(r);

@@ -330,6 +330,40 @@ impl Shared {
         }
     }
 
+    /// Keeps a replica of `id` (result `index` of a task of `function`,
+    /// owned by `owner`) pulled from `from`, which made it; why not. Given
+    /// two thirds of a request's patience, so that the asker hears the
+    /// answer before it stops waiting (a copy kept after it gave up would
+    /// never be released).
+    async fn keep_copy(
+        &self,
+        rt: &Runtime,
+        from: NodeId,
+        id: ObjectId,
+        owner: NodeId,
+        function: &str,
+        index: u32,
+    ) -> Result<(), String> {
+        let patience = self.options.request_timeout * 2 / 3;
+        let kept = tokio::time::timeout(patience, async {
+            let fetched = self.pull(id, from).await.map_err(|err| err.to_string())?;
+            rt.keep_copy(function, index, id, owner, fetched).await
+        })
+        .await
+        .map_err(|_| format!("its bytes did not arrive from node {from} within {patience:?}"))??;
+        // Its owner died while it travelled (after this node heard of the
+        // death and let go of what it kept for it): nobody would release it.
+        if matches!(
+            self.member(owner).map(|m| m.state),
+            Some(MemberState::Dead | MemberState::Left)
+        ) {
+            rt.objects().remove_borrower(id, owner, 1);
+            return Err(format!("its owner, node {owner}, died"));
+        }
+        metrics::counter!("troupe_object_replica_bytes_total").increment(kept);
+        Ok(())
+    }
+
     /// Answers a control request (nothing here runs user code).
     async fn answer(self: &Arc<Self>, rt: &Runtime, from: NodeId, body: Request) -> Reply {
         match body {
@@ -378,6 +412,18 @@ impl Shared {
                 rt.release_bundles(group);
                 Reply::Ok
             }
+            Request::KeepCopy {
+                id,
+                owner,
+                function,
+                index,
+            } => match self.keep_copy(rt, from, id, owner, &function, index).await {
+                Ok(()) => Reply::Ok,
+                Err(why) => {
+                    tracing::debug!(object = %id, %from, %why, "no replica kept");
+                    Reply::Refused(why)
+                }
+            },
             Request::LocateActor(actor) => Reply::ActorAt(rt.placed_actor_location(actor).await),
             Request::Locate(id) => {
                 // Answered once it is made (again, if it was lost with its

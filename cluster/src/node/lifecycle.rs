@@ -387,6 +387,10 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
                 server.clone(),
                 hello_again,
             )));
+            running.tasks.push(tokio::spawn(super::peers::redial_loop(
+                shared.clone(),
+                server.clone(),
+            )));
         }
     }
     if options.role != Role::Client {

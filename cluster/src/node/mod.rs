@@ -21,7 +21,7 @@ use troupe_core::error::{ActorError, Failure};
 use troupe_core::placement_group::{NodeRoom, PlacementGroupId};
 use troupe_core::remote::{
     ActorOwner, ClusterEvent, Placement, PlacementDecision, PlacementRequest, Relocation,
-    RemoteExecutor, RemoteOutcome, RemoteSpawn, StopHow, TaskDone,
+    RemoteExecutor, RemoteOutcome, RemoteSpawn, ReplicaRequest, StopHow, TaskDone,
 };
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
 use troupe_core::task::TaskSpec;
@@ -415,6 +415,28 @@ impl Shared {
         }
     }
 
+    /// Where replicas of an object `owner` owns, made here, may go, best
+    /// first: live members running this program that this node reaches,
+    /// not this one, the least memory in use first, the owner last (it
+    /// may run short of memory; a copy there survives what the object can).
+    fn replica_holders(&self, me: NodeId, owner: NodeId) -> Vec<NodeId> {
+        let transport = self.transport.get();
+        let build = self.options.build_id;
+        let mut holders: Vec<(bool, u64, NodeId)> = read(&self.view)
+            .iter()
+            .filter(|m| {
+                let node = m.hello.node;
+                m.state == MemberState::Alive
+                    && node != me
+                    && Some(m.hello.build_id) == build
+                    && transport.is_some_and(|t| t.connected(node))
+            })
+            .map(|m| (m.hello.node == owner, m.load.object_bytes, m.hello.node))
+            .collect();
+        holders.sort_unstable();
+        holders.into_iter().map(|(.., node)| node).collect()
+    }
+
     /// Pulls `id`'s bytes from `node` over the data path.
     async fn pull(&self, id: ObjectId, node: NodeId) -> Result<Fetched, ObjectError> {
         let Some(member) = self.member(node) else {
@@ -536,6 +558,7 @@ mod inspect;
 mod jobs;
 mod lifecycle;
 mod member;
+mod peers;
 mod seams;
 mod state;
 mod view;

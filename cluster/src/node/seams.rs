@@ -206,6 +206,48 @@ impl RemoteExecutor for Seams {
         })
     }
 
+    fn replicate(&self, copy: ReplicaRequest) -> BoxFuture<'static, Vec<NodeId>> {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let Some(transport) = shared.transport.get().cloned() else {
+                return Vec::new();
+            };
+            let mut candidates = shared
+                .replica_holders(transport.me(), copy.owner)
+                .into_iter();
+            let ask = |node: NodeId| {
+                let request = Request::KeepCopy {
+                    id: copy.id,
+                    owner: copy.owner,
+                    function: copy.function.clone(),
+                    index: copy.index,
+                };
+                let transport = transport.clone();
+                async move { (node, transport.request(node, request).await) }
+            };
+            // The first candidates at once; one that cannot keep a copy
+            // hands its turn to the next.
+            let mut asked: futures::stream::FuturesUnordered<_> = candidates
+                .by_ref()
+                .take(usize::from(copy.copies))
+                .map(ask)
+                .collect();
+            let mut kept = Vec::new();
+            while let Some((node, answer)) = futures::StreamExt::next(&mut asked).await {
+                match answer {
+                    Ok(Reply::Ok) => kept.push(node),
+                    other => {
+                        tracing::debug!(object = %copy.id, %node, answer = ?other, "no replica there");
+                        if let Some(next) = candidates.next() {
+                            asked.push(ask(next));
+                        }
+                    }
+                }
+            }
+            kept
+        })
+    }
+
     fn release_bundles(&self, node: NodeId, group: PlacementGroupId) -> BoxFuture<'static, ()> {
         let shared = self.0.clone();
         Box::pin(async move {

@@ -308,7 +308,7 @@ impl Transport {
     }
 
     /// Whether `node`'s agent (its session) is up.
-    fn has_agent(&self, node: NodeId) -> bool {
+    pub(crate) fn has_agent(&self, node: NodeId) -> bool {
         self.peers.get(&node).is_some_and(|p| p.agent.is_some())
     }
 

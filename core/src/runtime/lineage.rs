@@ -89,18 +89,21 @@ impl Runtime {
         Box::pin(running)
     }
 
-    /// Fetches a copy of `id`, lost here, from a node registered as
-    /// borrowing it (it may have read it), trying each in turn; true if one
-    /// had it (or it is not lost any more), false if none did.
+    /// Fetches a copy of `id`, lost here, from a node that keeps a
+    /// replica of it or is registered as borrowing it (it may have read
+    /// it), trying each in turn; true if one had it (or it is not lost any
+    /// more), false if none did.
     async fn another_copy(&self, id: ObjectId) -> bool {
         let store = &self.inner.objects;
         if !matches!(store.failure(id), Some(ObjectError::Lost { .. })) {
             return true; // not lost here (any more): a read will tell
         }
-        for node in store.borrowers(id) {
+        let mut nodes = store.keepers(id);
+        nodes.extend(store.borrowers(id));
+        for node in nodes {
             match store.fetch_copy(id, node).await {
                 Ok(()) => {
-                    tracing::info!(object = %id, %node, "a lost object's copy found on a borrower");
+                    tracing::info!(object = %id, %node, "a lost object's copy found on another node");
                     metrics::counter!("troupe_lineage_copies_found_total").increment(1);
                     return true;
                 }

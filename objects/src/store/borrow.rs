@@ -13,10 +13,11 @@
 //! ref and no positive registration count remain.
 
 use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
 
 use super::{Entry, Kind, ObjectStore, State};
 use crate::codec::Encoded;
-use crate::{AnyObjectRef, NodeId, Object, ObjectError, ObjectId, ObjectRef};
+use crate::{AnyObjectRef, Fetched, NodeId, Object, ObjectError, ObjectId, ObjectRef};
 
 impl ObjectStore {
     /// Registers an object that lives on `location` (or wherever the
@@ -77,6 +78,40 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// Keeps a replica of `id`, an object `owner` owns, from `fetched` (its
+    /// bytes, pulled from the node that made it), for `owner`: held like
+    /// that node's copy, until `owner` releases it or dies, and read here
+    /// like any copy. Returns its size. Fails, keeping nothing, if this
+    /// node knows `id` already (it borrows it: a replica belongs on a node
+    /// that does not) or the bytes do not decode as `T`.
+    pub async fn keep_copy<T: Object>(
+        &self,
+        id: ObjectId,
+        owner: NodeId,
+        fetched: Fetched,
+    ) -> Result<u64, ObjectError> {
+        if self.inner.objects.contains_key(&id) {
+            return Err(known_here(id));
+        }
+        let kind = Kind::of::<T>();
+        let (value, size) = self.materialize(id, kind, fetched).await?;
+        match self.inner.objects.entry(id) {
+            dashmap::Entry::Occupied(_) => return Err(known_here(id)),
+            dashmap::Entry::Vacant(vacant) => {
+                let mut entry = Entry::new(State::Ready(value), kind);
+                entry.size = size;
+                entry.borrowers.push((owner, 1));
+                entry.last_used.store(self.inner.tick(), Ordering::Relaxed);
+                vacant.insert(entry);
+                self.inner.account(size);
+            }
+        }
+        self.inner
+            .completions
+            .send_modify(|n| *n = n.wrapping_add(1));
+        Ok(size)
+    }
+
     /// `node` gave back `times` registrations of `id`; frees it if nothing
     /// else holds it. A release may arrive before the registration it
     /// cancels (they travel on different connections): the count goes
@@ -101,9 +136,19 @@ impl ObjectStore {
     pub fn location(&self, id: ObjectId) -> Option<Option<NodeId>> {
         let entry = self.inner.objects.get(&id)?;
         Some(match &entry.state {
-            State::Remote { location, .. } => location.or(entry.kept_at),
+            State::Remote { location, .. } => location.or(entry.kept_at.first().copied()),
             _ => None,
         })
+    }
+
+    /// The nodes that keep `id`'s value for this node, its owner: where a
+    /// task made it, then its replicas; dead ones left out.
+    pub fn keepers(&self, id: ObjectId) -> Vec<NodeId> {
+        self.inner
+            .objects
+            .get(&id)
+            .map(|e| e.kept_at.clone())
+            .unwrap_or_default()
     }
 
     /// The nodes registered as holding refs to `id`.
@@ -121,7 +166,8 @@ impl ObjectStore {
             .unwrap_or_default()
     }
 
-    /// `node` died: it borrows nothing any more, and objects whose value
+    /// `node` died: it borrows nothing any more, this node's objects with
+    /// a replica elsewhere are read from there, and objects whose value
     /// lived only there are gone from it. Returns this node's own objects
     /// that were lost (their owner, this node, may make them again, and
     /// may say why not with [`replace_failure`](Self::replace_failure)).
@@ -144,6 +190,7 @@ impl ObjectStore {
         let mut orphans = Vec::new();
         let mut lost = Vec::new();
         let mut relocate = Vec::new();
+        let mut moved = 0u64;
         for mut entry in self.inner.objects.iter_mut() {
             let before = entry.borrowers.len();
             entry.borrowers.retain(|(n, _)| *n != node);
@@ -151,12 +198,18 @@ impl ObjectStore {
                 orphans.push(*entry.key());
             }
             let id = *entry.key();
+            entry.kept_at.retain(|keeper| *keeper != node);
+            let replica = entry.kept_at.first().copied();
             if let State::Remote {
                 location: Some(at), ..
             } = entry.state
             {
                 if at == node {
-                    if id.node == node || id.node == self.inner.node {
+                    if id.node == self.inner.node && replica.is_some() {
+                        // This node's object with a replica left: read there.
+                        entry.state = State::remote(replica);
+                        moved += 1;
+                    } else if id.node == node || id.node == self.inner.node {
                         lost.push((id, None));
                     } else {
                         relocate.push(id);
@@ -182,7 +235,19 @@ impl ObjectStore {
                 self.inner.objects.get(&id).is_some_and(
                     |e| matches!(e.state, State::Pending { fetch, .. } if fetch == token),
                 );
-            if in_flight {
+            let replica = match id.node == self.inner.node {
+                true => self
+                    .inner
+                    .objects
+                    .get(&id)
+                    .and_then(|e| e.kept_at.first().copied()),
+                false => None,
+            };
+            if in_flight && replica.is_some() {
+                // Fetched again, from the replica, by the next read.
+                moved += 1;
+                self.inner.settle_from(id, token, State::remote(replica), 0);
+            } else if in_flight {
                 if id.node == node || id.node == self.inner.node {
                     lost.push((id, Some(token)));
                 } else {
@@ -198,6 +263,10 @@ impl ObjectStore {
                     );
                 }
             }
+        }
+        if moved > 0 {
+            metrics::counter!("troupe_object_store_moved_to_replica_total").increment(moved);
+            tracing::info!(%node, objects = moved, "objects kept on a dead node: read from their replicas");
         }
         for id in orphans {
             self.inner.last_ref_dropped(id);
@@ -280,5 +349,13 @@ fn count(entry: &mut Entry, node: NodeId, delta: i64) {
             }
         }
         None => entry.borrowers.push((node, delta)),
+    }
+}
+
+/// Why a replica of `id` is not kept on a node that knows it already.
+fn known_here(id: ObjectId) -> ObjectError {
+    ObjectError::Fetch {
+        id,
+        reason: "this node holds refs to it already: a replica belongs on another node".to_owned(),
     }
 }

@@ -151,10 +151,10 @@ pub(crate) struct Entry {
     /// with its owner as a borrower (released together when the entry
     /// goes).
     pub(crate) credits: u32,
-    /// For an object of this node whose value another node keeps for it
-    /// (a task's result left where it was made): that node, told when this
-    /// node lets go.
-    pub(crate) kept_at: Option<NodeId>,
+    /// For an object of this node whose value other nodes keep for it (a
+    /// task's result left where it was made, then its replicas): those
+    /// nodes, the maker first, each told when this node lets go.
+    pub(crate) kept_at: Vec<NodeId>,
 }
 
 impl Entry {
@@ -169,7 +169,7 @@ impl Entry {
             pinned: false,
             borrowers: Vec::new(),
             credits: 0,
-            kept_at: None,
+            kept_at: Vec::new(),
         }
     }
 

@@ -370,8 +370,10 @@ impl Inner {
             if entry.credits > 0 {
                 directory.released(id, id.node, entry.credits);
             }
-        } else if let Some(keeper) = entry.kept_at {
-            directory.released(id, keeper, 1);
+        } else {
+            for keeper in entry.kept_at {
+                directory.released(id, keeper, 1);
+            }
         }
     }
 }
@@ -625,8 +627,8 @@ impl ObjectStore {
                     .map(|(node, _)| *node)
                     .collect(),
                 location: match &e.state {
-                    State::Remote { location, .. } => location.or(e.kept_at),
-                    _ => e.kept_at,
+                    State::Remote { location, .. } => location.or(e.kept_at.first().copied()),
+                    _ => e.kept_at.first().copied(),
                 },
             })
             .collect()

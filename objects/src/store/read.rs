@@ -384,7 +384,7 @@ impl ObjectStore {
     /// held first). Decoding a large object takes long enough to hold up an
     /// async worker (and the tasks queued behind it: a node's heartbeats):
     /// it runs on a blocking thread.
-    async fn materialize(
+    pub(super) async fn materialize(
         &self,
         id: ObjectId,
         kind: Kind,

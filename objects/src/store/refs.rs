@@ -208,17 +208,25 @@ impl<T: Object> Completer<T> {
         }
     }
 
-    /// The value lives on `location` (the node that made it): the object
-    /// becomes remote here, and readers fetch it through the directory.
-    pub fn relocate(mut self, location: crate::NodeId) {
+    /// The value lives on `keepers` (the node that made it first, then
+    /// the nodes that keep replicas of it): the object becomes remote here,
+    /// readers fetch it through the directory, and each keeper holds its
+    /// copy until this node lets go. Losing a keeper moves reads to the
+    /// next ([`node_died`](crate::ObjectStore::node_died)).
+    pub fn relocate(mut self, keepers: &[crate::NodeId]) {
+        let Some(&location) = keepers.first() else {
+            let id = self.id;
+            let reason = "the reply named no node that keeps its value".to_owned();
+            return self.fail(Cause::new(ObjectError::Fetch { id, reason }));
+        };
         self.done = true;
         let Some(store) = self.store.upgrade() else {
             return;
         };
         let kept = match store.objects.get_mut(&self.id) {
             Some(mut entry) if matches!(entry.state, State::Pending { fetch: 0, .. }) => {
-                // That node keeps it for this one until told otherwise.
-                entry.kept_at = Some(location);
+                // Those nodes keep it for this one until told otherwise.
+                entry.kept_at = keepers.to_vec();
                 true
             }
             _ => false,
@@ -227,8 +235,10 @@ impl<T: Object> Completer<T> {
             store.settle(self.id, State::remote(Some(location)), 0);
         } else if let Some(directory) = store.directory.get() {
             // Nobody here wants it any more (its refs were dropped while
-            // it was made): that node need not keep it.
-            directory.released(self.id, location, 1);
+            // it was made): the keepers need not keep it.
+            for keeper in keepers {
+                directory.released(self.id, *keeper, 1);
+            }
         }
     }
 

@@ -1,0 +1,94 @@
+//! A TCP forwarder between two loopback addresses that can cut every
+//! connection it carries at once (a partition between one node and the
+//! nodes that reach it through the forwarder), and keeps accepting new
+//! ones. A node bound to 127.0.0.1 that advertises 127.0.0.2 is reached
+//! through it on the same ports.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Forwards `listen_host:port` to `target_host:port` for each port.
+pub struct Forwarder {
+    cut: watch::Sender<u64>,
+    open: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+/// `n` ports free on 127.0.0.1 now (a node started next may take them).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("its address").port())
+        .collect()
+}
+
+impl Forwarder {
+    pub async fn start(listen_host: &str, target_host: &str, ports: &[u16]) -> Self {
+        let (cut, _) = watch::channel(0u64);
+        let open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let mut listeners = Vec::new();
+        for port in ports {
+            let listener = TcpListener::bind((listen_host, *port))
+                .await
+                .unwrap_or_else(|err| panic!("the forwarder binds {listen_host}:{port}: {err}"));
+            let target = format!("{target_host}:{port}");
+            let (cut, open, accepted) = (cut.clone(), open.clone(), accepted.clone());
+            listeners.push(tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let target = target.clone();
+                    let mut cut = cut.subscribe();
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        open.fetch_add(1, Ordering::SeqCst);
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        // Both dropped here: each end sees its connection close.
+                    });
+                }
+            }));
+        }
+        Forwarder {
+            cut,
+            open,
+            accepted,
+            listeners,
+        }
+    }
+
+    /// Closes every connection open now; returns how many there were.
+    pub fn cut(&self) -> usize {
+        let open = self.open.load(Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+        open
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut.send_modify(|n| *n += 1);
+        for listener in &self.listeners {
+            listener.abort();
+        }
+    }
+}
