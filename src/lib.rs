@@ -37,7 +37,7 @@ pub use troupe_core::local_message;
 pub use troupe_core::register_cause;
 pub use troupe_core::remote_tree;
 pub use troupe_core::{
-    actor, error, init, object_store, placement_group, registry, remote, resources, runtime,
+    actor, error, init, logs, object_store, placement_group, registry, remote, resources, runtime,
     scheduler, supervisor, task, timeline, Actor, ActorError, ActorHandle, ActorId, ActorInfo,
     ActorOptions, AnyObjectRef, Availability, Blob, CallProblem, Cause, ClusterSeams, Config,
     Encoded, Fetched, GetSize, GpuDetector, GpuInfo, IntoArg, Limit, LookupError, NodeId, Object,

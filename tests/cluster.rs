@@ -107,6 +107,7 @@ impl Tally {
 
     pub fn add(&mut self, by: u64) -> u64 {
         self.n += by;
+        tracing::info!(by, total = self.n, "added");
         self.n
     }
 
@@ -1422,6 +1423,97 @@ async fn the_state_and_timeline_of_every_node_are_listed_and_written_and_a_dead_
         .expect("runs");
     assert!(!ok && out.contains("no task with id task-0-0"), "{out}");
 
+    // What each task's and actor's code logged, on the node that ran it.
+    assert_eq!(tally.add(2).await.expect("added"), 3);
+    let squares: Vec<(String, NodeId)> = rt
+        .tasks(&troupe::TaskFilter::default())
+        .into_iter()
+        .filter(|t| t.function.ends_with("::square"))
+        .map(|t| (t.id.to_string(), t.node.expect("it ran somewhere")))
+        .collect();
+    assert_eq!(squares.len(), 3, "{squares:?}");
+    for (task, ran_on) in &squares {
+        let out = run(&p, &["logs", "--task", task]);
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains(" INFO ")).collect();
+        let short = &ran_on.to_string()[..8];
+        assert_eq!(lines.len(), 1, "{task}: {out}");
+        assert!(
+            lines[0].contains("squaring x=3")
+                && lines[0].contains(&format!("node={short}"))
+                && lines[0].contains(&format!("task={task}")),
+            "{task} on {ran_on}: {out}"
+        );
+    }
+    let actor = tally.info().id.to_string();
+    let out = run(
+        &p,
+        &[
+            "logs",
+            "--actor",
+            &actor,
+            "--node",
+            &b.node.to_string()[..6],
+        ],
+    );
+    assert!(out.contains("added by=2 total=3"), "{out}");
+    let page = node
+        .logs(
+            b.node,
+            troupe::logs::LogQuery {
+                actor: Some(actor),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("B's log");
+    assert_eq!(page.lines.len(), 1, "{page:?}");
+    // Followed: a line logged after `troupe logs -f` started comes out.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["logs", "-f", "--actor", &tally.info().id.to_string()])
+        .args(address)
+        .env("TROUPE_HOME", p.home())
+        .env("TROUPE_COOKIE", p.cookie())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("troupe logs -f starts");
+    let stdout = follow.stdout.take().expect("its output");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines_rx.recv_timeout(left) {
+                Ok(line) if line.contains(want) => return,
+                Ok(_) => continue,
+                Err(err) => panic!("no line with {want:?} from troupe logs -f: {err}"),
+            }
+        }
+    };
+    wait_for("added by=2 total=3");
+    assert_eq!(tally.add(5).await.expect("added"), 8);
+    wait_for("added by=5 total=8");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let (ok, out) = p
+        .run(&[&["logs", "--node", "ffffffffffffffff"][..], &address[..]].concat())
+        .expect("runs");
+    assert!(
+        !ok && out.contains("no live node's id starts with"),
+        "{out}"
+    );
+
     // One trace, a process per node, each node's tasks on it, on one clock.
     run(&p, &["timeline", "-o", &trace_path]);
     let trace: serde_json::Value =
@@ -1562,9 +1654,10 @@ async fn a_job_runs_on_the_head_and_stopping_it_ends_its_actors() {
     rt.shutdown().await.unwrap();
 }
 
-/// `x` squared, wherever it runs.
+/// `x` squared, wherever it runs (and said in its node's log).
 #[troupe::remote]
 fn square(x: u64) -> u64 {
+    tracing::info!(x, "squaring");
     x * x
 }
 

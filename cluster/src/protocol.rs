@@ -247,6 +247,14 @@ pub enum Request {
     },
     /// Give back every bundle of this placement group held here.
     ReleaseBundles(troupe_core::placement_group::PlacementGroupId),
+    /// A page of `node`'s log (`troupe logs`): the node asked answers for
+    /// itself or asks `node`.
+    LogPage {
+        /// Whose log.
+        node: NodeId,
+        /// Which lines.
+        query: troupe_core::logs::LogQuery,
+    },
     /// From the node that made a task's result and keeps it for its owner:
     /// pull it from me and keep a replica for the owner (answered `Ok`
     /// once kept, or `Refused` with why).
@@ -278,6 +286,7 @@ impl Request {
             Request::ReserveBundles { .. } => "reserving placement group bundles",
             Request::ReleaseBundles(_) => "releasing placement group bundles",
             Request::KeepCopy { .. } => "keeping a replica",
+            Request::LogPage { .. } => "a log",
             Request::Status => "the status",
             Request::StopCluster => "stopping the cluster",
             Request::Leave => "leaving",
@@ -325,6 +334,8 @@ pub enum Reply {
     ClusterState(crate::state::ClusterState),
     /// A page of a node's timeline.
     TimelinePage(Box<crate::state::TimelinePage>),
+    /// A page of a node's log.
+    LogPage(Box<troupe_core::logs::LogPage>),
     /// A job.
     Job(Box<crate::jobs::JobInfo>),
     /// The head's jobs, oldest first.

@@ -21,6 +21,7 @@ use troupe_cluster::protocol::{
     MAX_FRAME_BYTES,
 };
 use troupe_core::error::Failure;
+use troupe_core::logs::{LogLine, LogPage, LogQuery};
 use troupe_core::remote::{Relocation, RemoteOutcome, RemoteResult, RemoteSpawn, StopHow};
 use troupe_core::task::{Returns, TaskArgs, TaskId, TaskOptions, TaskSpec, TraceContext};
 use troupe_core::{
@@ -301,6 +302,17 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (node(), any::<u64>())
             .prop_map(|(node, seq)| Request::ReleaseBundles(PlacementGroupId { node, seq })),
+        (node(), any::<u64>(), prop::option::of(text()), any::<u32>()).prop_map(
+            |(node, from, task, limit)| Request::LogPage {
+                node,
+                query: LogQuery {
+                    from,
+                    task,
+                    actor: None,
+                    limit,
+                },
+            }
+        ),
         (object_id(), node(), text(), any::<u32>()).prop_map(|(id, owner, function, index)| {
             Request::KeepCopy {
                 id,
@@ -350,6 +362,27 @@ fn reply() -> impl Strategy<Value = Reply> {
         object_error().prop_map(|e| Reply::Location(Err(e))),
         members().prop_map(Reply::Status),
         LazyJust::new(|| Reply::Ok),
+        (
+            prop::collection::vec((any::<u64>(), text(), prop::option::of(text())), 0..4),
+            any::<u64>()
+        )
+            .prop_map(|(lines, next)| Reply::LogPage(Box::new(LogPage {
+                lines: lines
+                    .into_iter()
+                    .map(|(seq, text, task)| LogLine {
+                        seq,
+                        unix_ms: seq / 3,
+                        level: "INFO".to_owned(),
+                        target: "app".to_owned(),
+                        text,
+                        task,
+                        actor: None,
+                    })
+                    .collect(),
+                next,
+                dropped: next / 7,
+                more: next % 2 == 0,
+            }))),
     ]
 }
 

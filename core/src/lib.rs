@@ -42,6 +42,7 @@ mod function;
 mod generator;
 mod ids;
 mod lineage;
+pub mod logs;
 pub mod object_store;
 mod panics;
 pub mod placement_group;

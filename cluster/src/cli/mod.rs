@@ -22,10 +22,16 @@ use crate::tls::{Credentials, Tls};
 use crate::{cookie, ClusterError, ADDRESS_ENV};
 
 mod job;
+mod logs;
 mod start;
 mod state;
 pub use job::{JobArgs, JobCommand, ListJobsArgs, LogsArgs, SubmitArgs};
+pub use logs::NodeLogsArgs;
 pub use state::{Format, GetArgs, Kind, ListArgs, SummaryArgs, TimelineArgs};
+
+/// The levels `troupe logs` keeps, as `RUST_LOG` would say them (default
+/// `info,ractor_cluster=error`).
+pub const CAPTURE_ENV: &str = "TROUPE_LOG_CAPTURE";
 
 /// Troupe's cluster commands.
 #[derive(Debug, Parser)]
@@ -56,6 +62,10 @@ pub enum Command {
     Summary(state::SummaryArgs),
     /// Prints one actor's, task's or object's whole record.
     Get(state::GetArgs),
+    /// Prints what the nodes logged, merged by time: every node's, one
+    /// node's (`--node`), or only what one task's or actor's code wrote
+    /// (`--task`, `--actor`); `-f` follows.
+    Logs(logs::NodeLogsArgs),
     /// Writes every node's timeline as one Chrome trace (a process per
     /// node, clocks aligned to the head's).
     Timeline(state::TimelineArgs),
@@ -253,14 +263,24 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
     // A node's log: warnings and errors by default (refused connections,
     // peers lost; ractor_cluster's errors only, as it warns once per closed
     // connection, which a flood of them would turn into a flood of lines),
-    // more with RUST_LOG. A program that installed its own subscriber keeps
-    // it.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ractor_cluster=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    // more with RUST_LOG. What `troupe logs` reads keeps INFO too (each
+    // task's and actor's own lines among them), or TROUPE_LOG_CAPTURE's
+    // levels. A program that installed its own subscriber keeps it.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,ractor_cluster=error"));
+    let captured = EnvFilter::try_from_env(CAPTURE_ENV)
+        .unwrap_or_else(|_| EnvFilter::new("info,ractor_cluster=error"));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_filter(filter),
+        )
+        .with(troupe_core::logs::LogCapture::global().with_filter(captured))
         .try_init();
     let tokio = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -282,6 +302,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, user_build: bool) -> ExitCo
         Command::Summary(args) => tokio.block_on(state::summary(args)),
         Command::Get(args) => tokio.block_on(state::get(args)),
         Command::Timeline(args) => tokio.block_on(state::timeline(args)),
+        Command::Logs(args) => tokio.block_on(logs::logs(args)),
         Command::Job(command) => tokio.block_on(job::run(command)),
         Command::Cert(command) => cert(command),
     };

@@ -463,6 +463,7 @@ impl Shared {
             Request::TimelinePage { node, from, record } => {
                 self.timeline_page(node, from, record).await
             }
+            Request::LogPage { node, query } => self.log_page(node, query).await,
             Request::StopCluster => {
                 let Some(transport) = self.transport.get() else {
                     return Reply::Refused("not started".to_owned());

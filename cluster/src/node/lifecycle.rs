@@ -517,6 +517,10 @@ async fn join(
         })
         .map(|m| (m.hello.node, m.hello.control_addr.clone()))
         .collect();
+    // The members are known before any session to them is up: once one
+    // is, it may send work at once (a task whose argument it holds), and
+    // this node must know where to pull it from.
+    shared.apply_view(welcome.members);
     // Clients talk to the head only; nodes connect to every earlier member
     // (later ones connect to them), and are ready once those sessions are.
     if shared.options.role != Role::Client {
@@ -536,7 +540,6 @@ async fn join(
             }
         }
     }
-    shared.apply_view(welcome.members);
     Ok(head)
 }
 

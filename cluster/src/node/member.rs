@@ -216,6 +216,9 @@ impl Shared {
                 welcome.head
             )));
         }
+        // Known before their sessions are up (work may come at once).
+        *write(&self.head) = Some(head);
+        self.apply_view(welcome.members.clone());
         // Members that joined while this one was away: reach them too.
         let me = transport.me();
         for m in &welcome.members {
@@ -233,8 +236,6 @@ impl Shared {
                 }
             }
         }
-        *write(&self.head) = Some(head);
-        self.apply_view(welcome.members);
         Ok(head)
     }
 }

@@ -1,12 +1,14 @@
-//! The state API and the timeline across nodes: a member's own snapshot,
-//! cut to its share of a frame, and the gathering of every member's by one
-//! node; timeline pages, with each node's clock offset.
+//! The state API, the timeline and the logs across nodes: a member's own
+//! snapshot, cut to its share of a frame, and the gathering of every
+//! member's by one node; timeline pages, with each node's clock offset;
+//! log pages.
 
 use super::*;
 use crate::state::{
     fit, share, timeline_page, ClusterState, ClusterTimeline, NodeAnswer, NodeState, NodeTimeline,
     TimelinePage, TIMELINE_PAGE_EVENTS,
 };
+use troupe_core::logs::{LogBook, LogPage, LogQuery};
 use troupe_core::StateQuery;
 
 /// How long a member has to answer beyond the query's own wait for its
@@ -113,6 +115,26 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// A page of `node`'s log: this node's own, or asked of `node`.
+    pub(super) async fn log_page(self: &Arc<Self>, node: NodeId, query: LogQuery) -> Reply {
+        if Some(node) == self.me() {
+            return Reply::LogPage(Box::new(LogBook::global().read(&query)));
+        }
+        let Some(transport) = self.transport.get() else {
+            return Reply::Refused("not joined".to_owned());
+        };
+        match transport
+            .request(node, Request::LogPage { node, query })
+            .await
+        {
+            Ok(reply @ Reply::LogPage(_)) => reply,
+            Ok(other) => Reply::Refused(format!("node {node} answered {other:?}")),
+            Err(err) => Reply::Refused(format!("node {node}: {err}")),
+        }
+    }
+}
+
 fn state_answer(reply: Result<Reply, String>) -> NodeAnswer {
     match reply {
         Ok(Reply::NodeState { state, truncated }) => NodeAnswer::State { state, truncated },
@@ -197,6 +219,27 @@ impl ClusterNode {
             .into_iter()
             .filter(|m| m.hello.role != Role::Client && !departed(m))
             .collect())
+    }
+
+    /// A page of `node`'s log (`troupe logs`): the lines its processes'
+    /// `tracing` events made, tagged with the task or actor that wrote
+    /// them (kept where `troupe start` runs the node, or where a program
+    /// installed [`LogCapture`](troupe_core::logs::LogCapture)); asked of
+    /// the head, which asks `node`.
+    pub async fn logs(&self, node: NodeId, query: LogQuery) -> Result<LogPage, ClusterError> {
+        let head = self.shared.head().ok_or(ClusterError::NotJoined)?;
+        let reply = if Some(head) == self.shared.me() {
+            self.shared.log_page(node, query).await
+        } else {
+            self.request(head, Request::LogPage { node, query }).await?
+        };
+        match reply {
+            Reply::LogPage(page) => Ok(*page),
+            Reply::Refused(why) => Err(ClusterError::Query(why)),
+            other => Err(ClusterError::Protocol(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
     }
 
     /// One page of `node`'s timeline, asked of the head (or answered here,
