@@ -332,7 +332,8 @@ impl Runtime {
         spec.options = spec.options.max_retries(0);
         let task = spec.id;
         let copies = spec.options.get_replicas() - 1;
-        let function = spec.function.to_string();
+        // Named only when replicas are asked for (most tasks: no allocation).
+        let function = (copies > 0).then(|| spec.function.to_string());
         let submitted = {
             // A short sync body runs here, on the thread that received it,
             // rather than wake a pool thread and be woken back (two
@@ -362,9 +363,9 @@ impl Runtime {
                 }
                 Ok(_) => {
                     let _ = self.objects().add_borrower(r.id(), owner);
-                    let replicas = match copies {
-                        0 => Vec::new(),
-                        copies => {
+                    let replicas = match &function {
+                        None => Vec::new(),
+                        Some(function) => {
                             let request = ReplicaRequest {
                                 id: r.id(),
                                 owner,
