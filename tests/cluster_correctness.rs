@@ -1021,8 +1021,8 @@ async fn a_session_cut_between_two_live_members_is_dialed_again() {
         .expect("the head starts");
     // The worker listens on 127.0.0.1 and advertises 127.0.0.2, where the
     // forwarder takes its ports: whoever dials it goes through the cut.
-    let ports = common::forwarder::free_ports(3);
-    let forwarder = common::forwarder::Forwarder::start("127.0.0.2", "127.0.0.1", &ports).await;
+    let forwarder = common::forwarder::Forwarder::start("127.0.0.2", "127.0.0.1", 3).await;
+    let ports = forwarder.ports();
     let [port, link_port, data_port] = [ports[0], ports[1], ports[2]].map(|p| p.to_string());
     let worker = p
         .worker(

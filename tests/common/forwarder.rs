@@ -12,34 +12,37 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Forwards `listen_host:port` to `target_host:port` for each port.
+/// Forwards `listen_host:port` to `target_host:port` for each of its ports.
 pub struct Forwarder {
+    ports: Vec<u16>,
     cut: watch::Sender<u64>,
     open: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
     listeners: Vec<JoinHandle<()>>,
 }
 
-/// `n` ports free on 127.0.0.1 now (a node started next may take them).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("its address").port())
-        .collect()
-}
-
 impl Forwarder {
-    pub async fn start(listen_host: &str, target_host: &str, ports: &[u16]) -> Self {
+    /// Listens on `n` ports the kernel picks on `listen_host`, forwarding
+    /// each to the same port on `target_host`. The ports are held from
+    /// the moment they are picked: choosing free ports first and binding
+    /// them later lets another process take one in between, and while
+    /// they are held no wildcard bind or outgoing connection is given
+    /// them, so the node started next can bind them on `target_host`.
+    pub async fn start(listen_host: &str, target_host: &str, n: usize) -> Self {
         let (cut, _) = watch::channel(0u64);
         let open = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let mut listeners = Vec::new();
-        for port in ports {
-            let listener = TcpListener::bind((listen_host, *port))
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            let listener = TcpListener::bind((listen_host, 0))
                 .await
-                .unwrap_or_else(|err| panic!("the forwarder binds {listen_host}:{port}: {err}"));
+                .unwrap_or_else(|err| panic!("the forwarder binds {listen_host}: {err}"));
+            let port = listener
+                .local_addr()
+                .unwrap_or_else(|err| panic!("the forwarder's address: {err}"))
+                .port();
+            ports.push(port);
             let target = format!("{target_host}:{port}");
             let (cut, open, accepted) = (cut.clone(), open.clone(), accepted.clone());
             listeners.push(tokio::spawn(async move {
@@ -64,11 +67,17 @@ impl Forwarder {
             }));
         }
         Forwarder {
+            ports,
             cut,
             open,
             accepted,
             listeners,
         }
+    }
+
+    /// The ports it listens on, in the order they were asked for.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// Closes every connection open now; returns how many there were.
