@@ -235,6 +235,21 @@ async fn the_dashboard_serves_the_page_the_api_and_live_updates() {
         text.contains("troupe_scheduler_queued_tasks"),
         "sampled gauges are fresh"
     );
+    // Prometheus's discovery: a runtime alone lists itself, where it was
+    // reached.
+    let targets = http::get(&authority(&metrics_url), "/targets")
+        .await
+        .unwrap();
+    assert_eq!(targets.status, 200, "{}", targets.body);
+    let groups = json(&targets.body);
+    assert_eq!(
+        groups[0]["targets"][0].as_str(),
+        Some(authority(&metrics_url).as_str()),
+        "{groups}"
+    );
+    assert_eq!(groups[0]["labels"]["troupe_role"], "alone");
+    assert_eq!(groups[0]["labels"]["troupe_node"], rt.node_id().to_string());
+    assert_eq!(groups.as_array().map(Vec::len), Some(1));
 
     // Shut down: the services stop first, and the ports close.
     rt.shutdown().await.unwrap();
@@ -425,6 +440,7 @@ impl troupe::runtime::ClusterInspector for OnceThenSilent {
                     available: Resources::cpus(6.0),
                     load: NodeLoad::default(),
                     reply: NodeReply::NoAnswer("asleep".to_owned()),
+                    metrics: None,
                 }],
             })
         })
@@ -455,6 +471,10 @@ impl troupe::runtime::ClusterInspector for OnceThenSilent {
                 ended: true,
             })
         })
+    }
+
+    fn metrics_targets(&self) -> Vec<troupe::runtime::MetricsTarget> {
+        Vec::new()
     }
 }
 

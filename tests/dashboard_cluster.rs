@@ -6,6 +6,9 @@
 //! turn dead, live; a screenshot is saved (its path is printed).
 //!
 //! Chromium is found, or the test skipped, as in `dashboard_browser.rs`.
+//!
+//! Also here: Prometheus's service discovery over the same kind of
+//! cluster (no browser needed).
 
 mod common;
 
@@ -15,11 +18,15 @@ use fantoccini::Locator;
 use futures::FutureExt;
 use troupe::cluster::jobs::JobSpec;
 use troupe::cluster::{ClusterNode, ClusterOptions, MemberState};
-use troupe::dashboard::{self as dash, Dashboard};
+use troupe::dashboard::{self as dash, ConfigExt, Dashboard};
 use troupe::prelude::*;
 use troupe::SchedulingStrategy;
 
 use common::browser::{attribute, open_browser, screenshot, start_driver, text, until};
+
+/// One cluster driver at a time in this process (a process has one
+/// current cluster node).
+static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Node mode: this test binary re-launched as a node (see `common::cluster`).
 #[test]
@@ -53,6 +60,7 @@ async fn the_cluster_view_shows_every_node_a_job_and_a_death_live_in_chromium() 
     let Some((chromium, chromedriver)) = common::browser::installed() else {
         return;
     };
+    let _turn = DRIVER.lock().await;
     let began = Instant::now();
     let mut p = common::cluster::processes("dashboard-cluster");
     let head = p.head(&["--num-cpus", "1"]).expect("the head starts");
@@ -230,4 +238,162 @@ async fn the_cluster_view_shows_every_node_a_job_and_a_death_live_in_chromium() 
     }
     let line = format!("cluster view test took {:?}\n", began.elapsed());
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// What `/targets` lists: (node id, role, name) by address.
+fn discovered(body: &str) -> Vec<(String, String, String, String)> {
+    let groups: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let label =
+        |g: &serde_json::Value, key: &str| g["labels"][key].as_str().unwrap_or("").to_owned();
+    let mut found: Vec<_> = groups
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of groups: {body}"))
+        .iter()
+        .map(|g| {
+            let targets = g["targets"].as_array().expect("a group's targets");
+            assert_eq!(targets.len(), 1, "one target per node: {body}");
+            (
+                targets[0].as_str().expect("an address").to_owned(),
+                label(g, "troupe_node"),
+                label(g, "troupe_role"),
+                label(g, "troupe_name"),
+            )
+        })
+        .collect();
+    found.sort_by(|a, b| a.2.cmp(&b.2));
+    found
+}
+
+/// One scrape config finds every node: nodes started with
+/// `--metrics-port`, and a driver with its own endpoint, tell the others
+/// where they serve metrics; any one endpoint's `/targets` (Prometheus's
+/// HTTP service discovery) lists each with its id, role and name, a node
+/// without an endpoint is left out, each target answers a scrape with its
+/// own process's series, and a dead node drops out of the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scrape_config_finds_every_nodes_metrics() {
+    let _turn = DRIVER.lock().await;
+    let mut p = common::cluster::processes("metrics-discovery");
+    let head = p
+        .head(&["--num-cpus", "1", "--metrics-port", "0"])
+        .expect("the head starts");
+    let worker = p
+        .worker(
+            &head,
+            &[
+                "--num-cpus",
+                "1",
+                "--metrics-port",
+                "0",
+                "--name",
+                "scraped",
+            ],
+        )
+        .expect("a worker starts");
+    let unscraped = p
+        .worker(&head, &["--num-cpus", "1"])
+        .expect("a worker without metrics starts");
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie().to_owned());
+    options.state_dir = Some(p.home().clone());
+    // The endpoint before the node, so that the node can advertise it.
+    let rt = troupe::init(
+        Config::default()
+            .name("metrics-driver")
+            .resources(Resources::default())
+            .metrics_addr("127.0.0.1:0")
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins");
+    let url = dash::metrics_url(&rt).expect("the driver serves metrics");
+    let at = common::http::authority(&url);
+
+    let expected = |with_worker: bool| {
+        let mut nodes = vec![
+            (head.node.to_string(), "head".to_owned()),
+            (rt.node_id().to_string(), "driver".to_owned()),
+        ];
+        if with_worker {
+            nodes.push((worker.node.to_string(), "worker".to_owned()));
+        }
+        nodes.sort();
+        nodes
+    };
+    let listed = |body: &str| {
+        let mut nodes: Vec<_> = discovered(body)
+            .into_iter()
+            .map(|(_, node, role, _)| (node, role))
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    let targets = || async {
+        let answer = common::http::get(&at, "/targets")
+            .await
+            .expect("/targets answers");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(
+            answer
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "Prometheus reads JSON"
+        );
+        answer.body
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = targets().await;
+    while listed(&body) != expected(true) {
+        assert!(
+            Instant::now() < deadline,
+            "every node with an endpoint listed in time: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        body = targets().await;
+    }
+    let found = discovered(&body);
+    assert!(
+        !found
+            .iter()
+            .any(|(_, node, ..)| *node == unscraped.node.to_string()),
+        "a node without an endpoint is not a target: {body}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(_, node, _, name)| *node == worker.node.to_string() && name == "scraped"),
+        "each target carries its node's name: {body}"
+    );
+
+    // Each target is that process's own endpoint: only the head counts
+    // heartbeats received, and every node records its runtime's series.
+    for (address, node, role, _) in &found {
+        let scrape = common::http::get(address, "/metrics")
+            .await
+            .unwrap_or_else(|e| panic!("{role} {node} at {address}: {e}"));
+        assert_eq!(scrape.status, 200, "{role} at {address}: {}", scrape.body);
+        assert!(
+            scrape.body.contains("troupe_object_store_objects"),
+            "{role} at {address} serves the runtime's metrics: {}",
+            scrape.body
+        );
+        assert_eq!(
+            scrape
+                .body
+                .contains("troupe_cluster_heartbeats_received_total"),
+            role == "head",
+            "{role} at {address}: only the head receives heartbeats"
+        );
+    }
+
+    // A dead node is no target.
+    p.kill(&worker);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed(&body) != expected(false) {
+        assert!(Instant::now() < deadline, "the dead worker dropped: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        body = targets().await;
+    }
+    rt.shutdown().await.expect("the driver leaves");
 }

@@ -546,46 +546,71 @@ fn the_head_service_exposes_the_heads_ports_and_workers_join_it() {
 fn the_cookie_comes_from_a_secret_key_that_exists() {
     let docs = manifests();
     for node in nodes(&docs) {
-        let var = items(&node.container["env"])
+        secret_from_env(&docs, &node, "TROUPE_COOKIE");
+    }
+}
+
+/// A node serving metrics beyond loopback needs a token (it refuses to
+/// start without one): it comes from a Secret, as the cookie does.
+#[test]
+fn a_node_serving_metrics_takes_its_token_from_a_secret() {
+    let docs = manifests();
+    let serving: Vec<_> = nodes(&docs)
+        .into_iter()
+        .filter(|n| n.explicit("metrics-port"))
+        .collect();
+    assert!(!serving.is_empty(), "no node serves metrics");
+    for node in serving {
+        let port = node.port_value("metrics-port");
+        let exposed = items(&node.container["ports"])
             .iter()
-            .find(|v| v["name"].as_str() == Some("TROUPE_COOKIE"))
-            .unwrap_or_else(|| panic!("{}: no TROUPE_COOKIE in env", node.at));
+            .any(|p| p["containerPort"].as_i64() == port);
         assert!(
-            var["value"].is_badvalue(),
-            "{}: TROUPE_COOKIE is written in the manifest; take it from the Secret",
+            exposed,
+            "{}: --metrics-port {port:?} is not a container port",
             node.at
         );
-        let by = &var["valueFrom"]["secretKeyRef"];
-        let (name, key) = (by["name"].as_str(), by["key"].as_str());
-        let secret = docs
-            .iter()
-            .find(|d| d.kind() == "Secret" && Some(d.name()) == name)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: TROUPE_COOKIE's Secret {name:?} is not in deploy/k8s",
-                    node.at
-                )
-            });
-        let keys: BTreeSet<String> = ["data", "stringData"]
-            .iter()
-            .flat_map(|field| string_map(&secret.yaml[*field]).into_keys())
-            .collect();
-        assert!(
-            key.is_some_and(|k| keys.contains(k)),
-            "{}: TROUPE_COOKIE's key {key:?} is not in Secret {} (keys {keys:?})",
+        secret_from_env(&docs, &node, "TROUPE_METRICS_TOKEN");
+    }
+}
+
+/// Checks that `node`'s environment variable `var` comes from a key of a
+/// Secret in deploy/k8s, which ships it empty (secrets are not committed).
+fn secret_from_env(docs: &[Doc], node: &Node<'_>, var: &str) {
+    let entry = items(&node.container["env"])
+        .iter()
+        .find(|v| v["name"].as_str() == Some(var))
+        .unwrap_or_else(|| panic!("{}: no {var} in env", node.at));
+    assert!(
+        entry["value"].is_badvalue(),
+        "{}: {var} is written in the manifest; take it from the Secret",
+        node.at
+    );
+    let by = &entry["valueFrom"]["secretKeyRef"];
+    let (name, key) = (by["name"].as_str(), by["key"].as_str());
+    let secret = docs
+        .iter()
+        .find(|d| d.kind() == "Secret" && Some(d.name()) == name)
+        .unwrap_or_else(|| panic!("{}: {var}'s Secret {name:?} is not in deploy/k8s", node.at));
+    let keys: BTreeSet<String> = ["data", "stringData"]
+        .iter()
+        .flat_map(|field| string_map(&secret.yaml[*field]).into_keys())
+        .collect();
+    let key = key.filter(|k| keys.contains(*k)).unwrap_or_else(|| {
+        panic!(
+            "{}: {var}'s key {key:?} is not in Secret {} (keys {keys:?})",
             node.at,
             secret.name()
-        );
-        // The cookie is not to be committed: the file ships an empty one.
-        for field in ["data", "stringData"] {
-            if let Some(value) = string_map(&secret.yaml[field]).get(key.unwrap()) {
-                assert!(
-                    value.is_empty(),
-                    "{}: Secret {} ships a cookie; leave it empty in the repository",
-                    secret.file,
-                    secret.name()
-                );
-            }
+        )
+    });
+    for field in ["data", "stringData"] {
+        if let Some(value) = string_map(&secret.yaml[field]).get(key) {
+            assert!(
+                value.is_empty(),
+                "{}: Secret {} ships {key}; leave it empty in the repository",
+                secret.file,
+                secret.name()
+            );
         }
     }
 }

@@ -321,13 +321,14 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Parses `troupe start`'s line `troupe: <role> <node id> up at <address>`
-/// (anywhere in `line`).
+/// (anywhere in `line`, and what may follow the address, such as its
+/// metrics endpoint).
 pub fn parse_up_line(line: &str) -> Option<(NodeId, String)> {
     let said = line.split("troupe: ").nth(1)?;
     let (head, address) = said.split_once(" up at ")?;
     let id = head.split_whitespace().nth(1)?;
     let node = u64::from_str_radix(id, 16).ok().map(NodeId)?;
-    Some((node, address.trim().to_owned()))
+    Some((node, address.split_whitespace().next()?.to_owned()))
 }
 
 /// A [`Launcher`] for a program whose command line is `troupe`'s own (the

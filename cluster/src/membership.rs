@@ -516,6 +516,7 @@ mod tests {
             data_addr: "127.0.0.1:2".parse().unwrap(),
             resources: Resources::cpus(1.0),
             pid: 1,
+            metrics: None,
         }
     }
 

@@ -251,6 +251,7 @@ mod tests {
                 data_addr: "127.0.0.1:1".parse().unwrap(),
                 resources: total,
                 pid: 0,
+                metrics: None,
             },
             state: MemberState::Alive,
             available: free,

@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,6 +86,8 @@ pub struct Hello {
     pub resources: Resources,
     /// Its process id (for `troupe status`).
     pub pid: u32,
+    /// Where it serves Prometheus metrics (`host:port`), if it does.
+    pub metrics: Option<String>,
 }
 
 /// A member as the directory lists it.

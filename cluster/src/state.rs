@@ -295,6 +295,7 @@ mod tests {
                 data_addr: "127.0.0.1:2".parse().expect("an address"),
                 resources: troupe_core::Resources::cpus(1.0),
                 pid: 1,
+                metrics: None,
             },
             state: crate::protocol::MemberState::Alive,
             available: troupe_core::Resources::cpus(1.0),

@@ -97,10 +97,16 @@ fn hello() -> impl Strategy<Value = Hello> {
         ],
         (text(), any::<[u8; 4]>(), any::<u16>()),
         resources(),
-        any::<u32>(),
+        (any::<u32>(), proptest::option::of(text())),
     )
         .prop_map(
-            |((protocol, build_id, node, name), role, (control_addr, ip, port), resources, pid)| {
+            |(
+                (protocol, build_id, node, name),
+                role,
+                (control_addr, ip, port),
+                resources,
+                (pid, metrics),
+            )| {
                 Hello {
                     protocol,
                     build_id,
@@ -111,6 +117,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                     data_addr: (ip, port).into(),
                     resources,
                     pid,
+                    metrics,
                 }
             },
         )

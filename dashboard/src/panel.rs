@@ -340,6 +340,7 @@ mod tests {
                 ..NodeLoad::default()
             },
             reply,
+            metrics: None,
         }
     }
 

@@ -1,8 +1,12 @@
 //! The Prometheus endpoint: installs a Prometheus recorder as the
 //! process's `metrics` recorder (once per process: a recorder is
 //! process-wide by the `metrics` crate's design), and serves its text
-//! format at `/metrics`, refreshing the runtime's sampled gauges first.
+//! format at `/metrics`, refreshing the runtime's sampled gauges first;
+//! `/targets` lists every cluster member's endpoint for Prometheus's HTTP
+//! service discovery, so that one scrape config finds every node.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
 use troupe_core::Runtime;
 
@@ -60,6 +65,19 @@ pub(crate) fn recorder() -> Result<PrometheusHandle, DashboardError> {
 /// it fails with [`DashboardError::RecorderTaken`] if another recorder is
 /// installed. Runtimes of one process share the recorder: each endpoint
 /// serves the whole process's metrics.
+///
+/// `/targets` serves Prometheus's HTTP service discovery: on a cluster
+/// node, every live member that serves metrics (each node tells the
+/// others its endpoint when it joins, so add this service before the
+/// cluster node's); alone, this endpoint. One scrape config then finds
+/// every node:
+///
+/// ```yaml
+/// scrape_configs:
+///   - job_name: troupe
+///     http_sd_configs:
+///       - url: http://HEAD:9464/targets
+/// ```
 #[derive(Clone, Debug)]
 pub struct MetricsExporter {
     addr: String,
@@ -68,7 +86,7 @@ pub struct MetricsExporter {
 
 impl MetricsExporter {
     /// Its name among the runtime's services.
-    pub const NAME: &'static str = "metrics";
+    pub const NAME: &'static str = troupe_core::runtime::METRICS_SERVICE;
 
     /// An endpoint on `addr` (`ip:port`; port 0 picks a free one).
     pub fn new(addr: impl Into<String>) -> Self {
@@ -115,9 +133,11 @@ impl RuntimeService for MetricsExporter {
             let app = Router::new()
                 .route("/metrics", get(scrape))
                 .route("/", get(scrape))
+                .route("/targets", get(targets))
                 .with_state(Scrape {
                     runtime,
                     handle: handle.clone(),
+                    local,
                 })
                 .layer(axum::middleware::from_fn_with_state(
                     auth,
@@ -143,6 +163,66 @@ impl RuntimeService for MetricsExporter {
 struct Scrape {
     runtime: WeakRuntime,
     handle: PrometheusHandle,
+    local: SocketAddr,
+}
+
+/// One group of Prometheus's HTTP service discovery: a node's endpoint
+/// and the labels its series get.
+#[derive(Serialize)]
+struct TargetGroup {
+    targets: Vec<String>,
+    labels: BTreeMap<&'static str, String>,
+}
+
+fn labels(node: String, role: String, name: String) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("troupe_node", node),
+        ("troupe_role", role),
+        ("troupe_name", name),
+    ])
+}
+
+/// Prometheus's HTTP service discovery (`http_sd_configs`): every live
+/// member's metrics endpoint as the cluster's directory lists it, one
+/// group per node; a runtime alone lists itself, at the address the
+/// request came to.
+async fn targets(Extract(scrape): Extract<Scrape>, headers: axum::http::HeaderMap) -> Response {
+    let runtime = match scrape.runtime.upgrade() {
+        Some(runtime) if !runtime.is_shut_down() => runtime,
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the runtime has shut down\n",
+            )
+                .into_response()
+        }
+    };
+    let groups: Vec<TargetGroup> = match runtime.cluster_inspector() {
+        Some(inspector) => inspector
+            .metrics_targets()
+            .into_iter()
+            .map(|t| TargetGroup {
+                targets: vec![t.address],
+                labels: labels(t.node.to_string(), t.role, t.name),
+            })
+            .collect(),
+        None => {
+            let reached_at = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_else(|| scrape.local.to_string());
+            vec![TargetGroup {
+                targets: vec![reached_at],
+                labels: labels(
+                    runtime.node_id().to_string(),
+                    "alone".to_owned(),
+                    runtime.config().name.clone(),
+                ),
+            }]
+        }
+    };
+    axum::Json(groups).into_response()
 }
 
 async fn scrape(Extract(scrape): Extract<Scrape>) -> Response {

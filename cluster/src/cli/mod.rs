@@ -180,6 +180,17 @@ pub struct StartArgs {
     /// this port of the bind address: for Kubernetes probes.
     #[arg(long)]
     pub health_port: Option<u16>,
+    /// Serve Prometheus metrics on this port of the bind address (0: any
+    /// free port): this node's at `/metrics`, and at `/targets` every
+    /// node's endpoint for Prometheus's HTTP service discovery. Needs a
+    /// build with the `dashboard` feature, and a token beyond loopback.
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+    /// The token every scrape must carry (`Authorization: Bearer TOKEN`):
+    /// 16 or more letters, digits, `-`, `_` or `.`. Set it through the
+    /// environment rather than the command line, which others may read.
+    #[arg(long, env = "TROUPE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub heartbeat_ms: u64,
@@ -423,6 +434,7 @@ fn resources_of(args: &StartArgs) -> Result<Resources, ClusterError> {
 /// in the state directory's `logs/`, and returns once it is up (its node
 /// file appeared) or has failed (its log's tail is shown).
 fn start_detached(args: StartArgs) -> Result<(), ClusterError> {
+    start::check_metrics(&args)?;
     let dir = cookie::state_dir(args.state_dir.as_deref());
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|source| ClusterError::CookieFile {

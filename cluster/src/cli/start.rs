@@ -14,6 +14,49 @@ use crate::{ClusterError, ClusterNode};
 const REJOIN_FIRST_PAUSE: Duration = Duration::from_millis(200);
 const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(5);
 
+/// Refuses `--metrics-port` where it could not be served (a build
+/// without the dashboard, or beyond loopback without a token) before the
+/// node starts.
+pub(super) fn check_metrics(args: &StartArgs) -> Result<(), ClusterError> {
+    if args.metrics_port.is_none() {
+        return Ok(());
+    }
+    if !cfg!(feature = "dashboard") {
+        return Err(ClusterError::Start(
+            "--metrics-port needs a program built with troupe's `dashboard` feature \
+             (it serves the Prometheus endpoint)"
+                .to_owned(),
+        ));
+    }
+    if !args.bind.is_loopback() && args.metrics_token.as_deref().unwrap_or("").is_empty() {
+        return Err(ClusterError::Start(format!(
+            "--metrics-port on {} (beyond loopback) needs a token that scrapes must carry: \
+             set TROUPE_METRICS_TOKEN (16 or more letters, digits, `-`, `_` or `.`)",
+            args.bind
+        )));
+    }
+    Ok(())
+}
+
+/// Adds the Prometheus endpoint `--metrics-port` asks for.
+#[cfg(feature = "dashboard")]
+fn with_metrics(config: Config, args: &StartArgs) -> Config {
+    let Some(port) = args.metrics_port else {
+        return config;
+    };
+    let addr = std::net::SocketAddr::new(args.bind, port).to_string();
+    let mut exporter = troupe_dashboard::MetricsExporter::new(addr);
+    if let Some(token) = &args.metrics_token {
+        exporter = exporter.token(token.clone());
+    }
+    config.service(exporter)
+}
+
+#[cfg(not(feature = "dashboard"))]
+fn with_metrics(config: Config, _: &StartArgs) -> Config {
+    config
+}
+
 /// Runs a node until it is stopped. A worker cut off from its cluster
 /// (declared dead after a stall or a partition) has had its work handled
 /// as lost by the others: it drops its runtime and joins again as a new
@@ -22,6 +65,7 @@ const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(5);
 /// address takes it back: `node/member.rs`.)
 pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), ClusterError> {
     let options = options_of(&args, user_build)?;
+    check_metrics(&args)?;
     let role = options.role;
     let name = args
         .name
@@ -60,6 +104,9 @@ pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), Cl
         if let Some(bytes) = args.object_store_memory {
             config = config.objects(troupe_objects::StoreConfig::with_budget(bytes));
         }
+        // Before the node's own service, which tells the others where
+        // this endpoint is.
+        config = with_metrics(config, &args);
         let rt = match troupe_core::init(node.configure(config)).await {
             Ok(rt) => rt,
             Err(err) if rejoining => {
@@ -74,13 +121,20 @@ pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), Cl
             Err(err) => break Err(ClusterError::Start(err.to_string())),
         };
         pause = REJOIN_FIRST_PAUSE;
-        let address = rt
-            .services()
-            .into_iter()
-            .find(|s| s.name == crate::SERVICE_NAME)
-            .and_then(|s| s.endpoint)
+        let endpoint = |name: &str| {
+            rt.services()
+                .into_iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.endpoint)
+        };
+        let address = endpoint(crate::SERVICE_NAME).unwrap_or_default();
+        let scraped_at = endpoint(troupe_core::runtime::METRICS_SERVICE)
+            .map(|url| format!(" (metrics: {url})"))
             .unwrap_or_default();
-        println!("troupe: {role:?} {} up at {address}", rt.node_id());
+        println!(
+            "troupe: {role:?} {} up at {address}{scraped_at}",
+            rt.node_id()
+        );
         let (why, interrupted) = tokio::select! {
             why = node.ended() => (why, false),
             _ = tokio::signal::ctrl_c() => ("interrupted".to_owned(), true),

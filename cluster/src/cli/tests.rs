@@ -25,6 +25,41 @@ fn byte_counts_take_units_and_bad_ones_are_named() {
     assert!(parse_bytes("99999999999999999999G").is_err());
 }
 
+fn start_args(args: &[&str]) -> StartArgs {
+    let line = ["troupe", "start"].iter().chain(args);
+    match Cli::try_parse_from(line).unwrap().command {
+        Command::Start(args) => args,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_metrics_port_that_could_not_be_served_is_refused_before_starting() {
+    let plain = start_args(&["--head"]);
+    assert!(start::check_metrics(&plain).is_ok());
+    let asked = start_args(&["--head", "--metrics-port", "0"]);
+    let checked = start::check_metrics(&asked);
+    assert_eq!(checked.is_ok(), cfg!(feature = "dashboard"), "{checked:?}");
+    if let Err(err) = checked {
+        assert!(err.to_string().contains("`dashboard` feature"), "{err}");
+    }
+    if cfg!(feature = "dashboard") {
+        let open = start_args(&["--head", "--bind", "0.0.0.0", "--metrics-port", "9464"]);
+        let err = start::check_metrics(&open).unwrap_err().to_string();
+        assert!(err.contains("TROUPE_METRICS_TOKEN"), "{err}");
+        let guarded = start_args(&[
+            "--head",
+            "--bind",
+            "0.0.0.0",
+            "--metrics-port",
+            "9464",
+            "--metrics-token",
+            "a-token-of-16-or-more",
+        ]);
+        assert!(start::check_metrics(&guarded).is_ok());
+    }
+}
+
 #[test]
 fn start_needs_a_head_flag_or_an_address() {
     assert!(Cli::try_parse_from(["troupe", "start"]).is_err());

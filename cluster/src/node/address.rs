@@ -77,6 +77,26 @@ pub(super) async fn advertised(host: &str, port: u16) -> Result<SocketAddr, Clus
     }
 }
 
+/// Where others scrape this node's Prometheus metrics (`host:port`),
+/// given the metrics service's endpoint (`http://IP:PORT/metrics`): its
+/// own address, or the advertised host where it listens on every
+/// interface. `None` for an endpoint that names no socket address.
+pub(super) fn metrics_target(endpoint: &str, host: &str) -> Option<String> {
+    let authority = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let listens: SocketAddr = authority.parse().ok()?;
+    if !listens.ip().is_unspecified() {
+        return Some(listens.to_string());
+    }
+    Some(match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, listens.port()).to_string(),
+        Err(_) => format!("{host}:{}", listens.port()),
+    })
+}
+
 async fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, ClusterError> {
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
@@ -103,5 +123,27 @@ mod tests {
         assert!(loopback_hint("192.0.2.2:4000", "192.0.2.10:6380")
             .await
             .is_empty());
+    }
+
+    #[test]
+    fn metrics_are_scraped_where_they_listen_or_at_the_advertised_host() {
+        let at = |endpoint, host| metrics_target(endpoint, host);
+        assert_eq!(
+            at("http://127.0.0.1:9464/metrics", "10.0.0.5").as_deref(),
+            Some("127.0.0.1:9464")
+        );
+        assert_eq!(
+            at("http://0.0.0.0:9464/metrics", "10.0.0.5").as_deref(),
+            Some("10.0.0.5:9464")
+        );
+        assert_eq!(
+            at("http://[::]:9464/metrics", "fd00::5").as_deref(),
+            Some("[fd00::5]:9464")
+        );
+        assert_eq!(
+            at("http://0.0.0.0:9464/metrics", "worker-3.troupe").as_deref(),
+            Some("worker-3.troupe:9464")
+        );
+        assert_eq!(at("not an address", "10.0.0.5"), None);
     }
 }

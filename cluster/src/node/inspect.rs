@@ -2,8 +2,8 @@
 //! words, for a dashboard that knows nothing of the cluster crate.
 
 use troupe_core::runtime::{
-    ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, NodeHealth, NodeLoad,
-    NodeReply, NodeView,
+    ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, MetricsTarget, NodeHealth,
+    NodeLoad, NodeReply, NodeView,
 };
 use troupe_core::StateQuery;
 
@@ -59,6 +59,31 @@ impl ClusterInspector for Inspector {
             })
         })
     }
+
+    fn metrics_targets(&self) -> Vec<MetricsTarget> {
+        self.0
+            .members()
+            .into_iter()
+            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .filter_map(|m| {
+                Some(MetricsTarget {
+                    node: m.hello.node,
+                    role: role_name(m.hello.role).to_owned(),
+                    address: m.hello.metrics?,
+                    name: m.hello.name,
+                })
+            })
+            .collect()
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Head => "head",
+        Role::Worker => "worker",
+        Role::Driver => "driver",
+        Role::Client => "client",
+    }
 }
 
 /// The gathered state in core's words.
@@ -72,13 +97,7 @@ fn cluster_view(state: ClusterState, head: Option<NodeId>, me: Option<NodeId>) -
                 id: m.hello.node,
                 name: m.hello.name,
                 address: m.hello.control_addr,
-                role: match m.hello.role {
-                    Role::Head => "head",
-                    Role::Worker => "worker",
-                    Role::Driver => "driver",
-                    Role::Client => "client",
-                }
-                .to_owned(),
+                role: role_name(m.hello.role).to_owned(),
                 pid: m.hello.pid,
                 health: match m.state {
                     MemberState::Alive => NodeHealth::Alive,
@@ -94,6 +113,7 @@ fn cluster_view(state: ClusterState, head: Option<NodeId>, me: Option<NodeId>) -
                     NodeAnswer::Departed => NodeReply::Departed,
                     NodeAnswer::NoAnswer(why) => NodeReply::NoAnswer(why),
                 },
+                metrics: m.hello.metrics,
             }
         })
         .collect();
@@ -148,6 +168,7 @@ mod tests {
                 data_addr: "127.0.0.1:2".parse().expect("an address"),
                 resources: Resources::cpus(4.0),
                 pid: node as u32,
+                metrics: None,
             },
             state,
             available: Resources::cpus(1.0),

@@ -7,7 +7,7 @@
 //! runs on: a task body that blocks every worker of the program's runtime
 //! cannot get its healthy node declared dead.
 
-use super::address::{advertised, reachable_bind};
+use super::address::{advertised, metrics_target, reachable_bind};
 use super::*;
 use crate::handshake::HandshakeError;
 use crate::session::{self, SessionError, SessionEvent, SessionEvents, SessionServer};
@@ -313,6 +313,14 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
     let data_addr = advertised(&host, data_server.local_addr().port()).await?;
 
     let control_addr = format!("{host}:{port}");
+    // A metrics service configured before this one has started: its
+    // endpoint goes to every member, for Prometheus's discovery.
+    let metrics = rt
+        .services()
+        .into_iter()
+        .find(|s| s.name == troupe_core::runtime::METRICS_SERVICE)
+        .and_then(|s| s.endpoint)
+        .and_then(|endpoint| metrics_target(&endpoint, &host));
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         build_id: options.build_id.unwrap_or_default(),
@@ -323,6 +331,7 @@ async fn start(shared: Arc<Shared>, rt: Runtime) -> Result<Running, ClusterError
         data_addr,
         resources: rt.total_resources(),
         pid: std::process::id(),
+        metrics,
     };
 
     // The dispatcher, on the runtime's threads (work that arrived before it

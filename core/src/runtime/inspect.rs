@@ -101,6 +101,22 @@ pub struct NodeView {
     pub load: NodeLoad,
     /// Its state, or why there is none.
     pub reply: NodeReply,
+    /// Where it serves Prometheus metrics (`host:port`), if it does.
+    pub metrics: Option<String>,
+}
+
+/// Where one member serves its Prometheus metrics: a target for
+/// Prometheus's service discovery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsTarget {
+    /// The member's id.
+    pub node: NodeId,
+    /// Its runtime's name.
+    pub name: String,
+    /// `head`, `worker` or `driver`.
+    pub role: String,
+    /// Where its metrics endpoint listens (`host:port`).
+    pub address: String,
 }
 
 /// A job the head runs.
@@ -156,6 +172,11 @@ pub trait ClusterInspector: Send + Sync + 'static {
         id: String,
         from: u64,
     ) -> BoxFuture<'static, Result<JobLogPage, InspectError>>;
+
+    /// Where every live member that serves Prometheus metrics serves
+    /// them, from this node's copy of the directory: no member is asked,
+    /// so a scrape's discovery costs nothing and cannot hang.
+    fn metrics_targets(&self) -> Vec<MetricsTarget>;
 }
 
 impl Runtime {

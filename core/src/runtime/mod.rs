@@ -42,10 +42,12 @@ mod tasks;
 pub use boot::init;
 pub use config::{ClusterSeams, Config};
 pub use inspect::{
-    ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, NodeHealth, NodeLoad,
-    NodeReply, NodeView,
+    ClusterInspector, ClusterView, InspectError, JobLogPage, JobView, MetricsTarget, NodeHealth,
+    NodeLoad, NodeReply, NodeView,
 };
-pub use service::{RunningService, RuntimeService, ServiceError, ServiceInfo, WeakRuntime};
+pub use service::{
+    RunningService, RuntimeService, ServiceError, ServiceInfo, WeakRuntime, METRICS_SERVICE,
+};
 pub use state::{
     ActorCounts, ChildKind, ChildView, NodeInfo, ObjectSummary, State, StateQuery, Summary,
     SupervisorView,

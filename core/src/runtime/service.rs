@@ -96,6 +96,12 @@ pub trait RuntimeService: fmt::Debug + Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Box<dyn RunningService>, ServiceError>>;
 }
 
+/// The name of the service that serves the process's metrics in
+/// Prometheus's format (the dashboard crate's `MetricsExporter`): a
+/// cluster node advertises its endpoint's port to the others, so that one
+/// node can list every node's for Prometheus's service discovery.
+pub const METRICS_SERVICE: &str = "metrics";
+
 /// A started service, held by its runtime until shutdown.
 pub trait RunningService: Send + Sync + 'static {
     /// Where it can be reached, if anywhere (a URL): what
