@@ -381,6 +381,7 @@ fn sigkill(node: &LocalNode) {
 async fn job_through(
     p: &LocalCluster,
     rt: &Runtime,
+    head: &LocalNode,
     nodes: &[LocalNode],
     seed: u64,
     chaos: Chaos,
@@ -456,9 +457,19 @@ async fn job_through(
             let ids: Vec<_> = nodes.iter().map(|n| n.node).skip(2).collect();
             let reports = dag::reports(rt, &ids).await;
             let here = dag::awaited_here(rt, &reports);
-            let log = p.log_tail(&nodes[nodes.len() - 1]);
-            let log = log[log.len().saturating_sub(40)..].join("\n");
-            panic!("seed {seed}, {chaos:?} after {after:?}: {err}; members {members:?}\nthe nodes: {reports:#?}\n{here}\nthe last worker's log:\n{log}")
+            // What membership said (deaths, stalls, rejoins), without the
+            // flood of tasks that failed for good once a node was lost.
+            let membership = |node: &LocalNode| {
+                let log: Vec<String> = p
+                    .log_tail(node)
+                    .into_iter()
+                    .filter(|line| !line.contains("task failed for good"))
+                    .collect();
+                log[log.len().saturating_sub(40)..].join("\n")
+            };
+            let head_log = membership(head);
+            let log = membership(&nodes[nodes.len() - 1]);
+            panic!("seed {seed}, {chaos:?} after {after:?}: {err}; members {members:?}\nthe nodes: {reports:#?}\n{here}\nthe head's log:\n{head_log}\nthe last worker's log:\n{log}")
         }
         (Err(_), ()) => panic!("seed {seed}: not done within 5 minutes"),
     }
@@ -474,8 +485,8 @@ async fn job_through(
 async fn a_worker_killed_mid_job_leaves_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=2) {
-        let (p, _head, nodes, rt) = readme_cluster(&format!("kill-{seed}"), 3).await;
-        let ran = job_through(&p, &rt, &nodes, seed, Chaos::Kill).await;
+        let (p, head, nodes, rt) = readme_cluster(&format!("kill-{seed}"), 3).await;
+        let ran = job_through(&p, &rt, &head, &nodes, seed, Chaos::Kill).await;
         nothing_left(&rt, seed, &nodes, &ran).await;
         rt.shutdown().await.unwrap();
     }
@@ -542,8 +553,8 @@ async fn a_stalled_worker_is_fenced_and_rejoins_as_a_new_node_that_takes_work() 
 async fn two_workers_killed_one_after_the_other_leave_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=1) {
-        let (p, _head, nodes, rt) = readme_cluster(&format!("kill-two-{seed}"), 3).await;
-        let ran = job_through(&p, &rt, &nodes, seed, Chaos::KillTwo).await;
+        let (p, head, nodes, rt) = readme_cluster(&format!("kill-two-{seed}"), 3).await;
+        let ran = job_through(&p, &rt, &head, &nodes, seed, Chaos::KillTwo).await;
         nothing_left(&rt, seed, &nodes, &ran).await;
         rt.shutdown().await.unwrap();
     }
@@ -556,8 +567,8 @@ async fn two_workers_killed_one_after_the_other_leave_every_answer_exact() {
 async fn a_worker_stalled_mid_job_leaves_every_answer_exact() {
     let _turn = DRIVER.lock().await;
     for seed in seeds("TROUPE_CHAOS_SEEDS", 1..=2) {
-        let (p, _head, nodes, rt) = readme_cluster(&format!("stall-{seed}"), 3).await;
-        let ran = job_through(&p, &rt, &nodes, seed, Chaos::Stall).await;
+        let (p, head, nodes, rt) = readme_cluster(&format!("stall-{seed}"), 3).await;
+        let ran = job_through(&p, &rt, &head, &nodes, seed, Chaos::Stall).await;
         nothing_left(&rt, seed, &nodes, &ran).await;
         rt.shutdown().await.unwrap();
     }
@@ -575,9 +586,6 @@ fn status_lists_alive(status: &str, nodes: &[troupe::NodeId]) -> bool {
 /// A head that runs work too: this program's, with 2 CPUs, and two workers.
 async fn working_head_cluster(test: &str) -> (LocalCluster, LocalNode, Vec<LocalNode>, Runtime) {
     let mut p = processes(test);
-    let port = troupe::cluster::local::free_port()
-        .expect("a free port")
-        .to_string();
     let head = p
         .start(&[
             "start",
@@ -586,7 +594,7 @@ async fn working_head_cluster(test: &str) -> (LocalCluster, LocalNode, Vec<Local
             "--num-cpus",
             "2",
             "--port",
-            &port,
+            "0",
         ])
         .expect("the head starts");
     let nodes: Vec<LocalNode> = (0..2)

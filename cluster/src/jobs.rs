@@ -79,6 +79,7 @@ pub struct JobInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPage {
     /// The bytes from the page's offset.
+    #[serde(with = "troupe_objects::bytes_field")]
     pub bytes: Vec<u8>,
     /// Where the next page starts.
     pub next: u64,

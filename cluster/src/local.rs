@@ -202,19 +202,19 @@ impl LocalCluster {
         }
     }
 
-    /// Starts a head on a free port, with `extra` flags.
+    /// Starts a head on a port the OS picks as it binds (`--port 0`: a
+    /// port found free first and bound later may be taken in between),
+    /// with `extra` flags; its address is the one it says it is up at.
     pub fn head(&mut self, extra: &[&str]) -> Result<LocalNode, String> {
-        let port = free_port().map_err(|e| e.to_string())?.to_string();
-        let mut args = vec!["start", "--head", "--block", "--port", &port];
+        let mut args = vec!["start", "--head", "--block", "--port", "0"];
         args.extend_from_slice(extra);
         self.start(&args)
     }
 
-    /// Starts a head on a free port through `launcher` (the `troupe`
-    /// binary's: [`binary`]), with `extra` flags.
+    /// Starts a head as [`head`](Self::head) does, through `launcher`
+    /// (the `troupe` binary's: [`binary`]), with `extra` flags.
     pub fn head_with(&mut self, launcher: &Launcher, extra: &[&str]) -> Result<LocalNode, String> {
-        let port = free_port().map_err(|e| e.to_string())?.to_string();
-        let mut args = vec!["start", "--head", "--block", "--port", &port];
+        let mut args = vec!["start", "--head", "--block", "--port", "0"];
         args.extend_from_slice(extra);
         self.start_with(launcher, &args)
     }
@@ -313,7 +313,8 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A free TCP port on loopback.
+/// A TCP port free on loopback now (another process may take it before
+/// it is bound: prefer port 0 where the port can be read back).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

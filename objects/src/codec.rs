@@ -251,6 +251,7 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcar
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Encoded {
     /// The postcard encoding.
+    #[serde(with = "crate::bytes_field")]
     pub bytes: Vec<u8>,
     /// The objects whose refs it holds, each once.
     pub refs: Vec<ObjectId>,

@@ -27,6 +27,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod blob;
+pub mod bytes_field;
 mod codec;
 mod directory;
 mod error;

@@ -47,6 +47,7 @@ pub(super) async fn member_loop(
     // Since when no session and links to the head are up: a head that
     // died (or restarted) closed them, which a busy one does not.
     let mut unreachable_since: Option<Instant> = None;
+    let mut unsent_said: Option<Instant> = None;
     loop {
         interval.tick().await;
         if shared.is_ended() {
@@ -56,6 +57,14 @@ pub(super) async fn member_loop(
         // is ours, not its; start counting again.
         let stalled = last_tick.elapsed();
         last_tick = Instant::now();
+        let late = stalled.saturating_sub(detector.heartbeat);
+        metrics::histogram!("troupe_cluster_heartbeat_late_seconds").record(late.as_secs_f64());
+        if late > detector.heartbeat * 2 {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "this node's heartbeat went out late: its cluster thread was held up"
+            );
+        }
         if stalled > detector.suspect_after {
             *lock(&shared.last_directory) = Instant::now();
             unreachable_since = None;
@@ -64,7 +73,14 @@ pub(super) async fn member_loop(
             return;
         };
         let (available, load) = shared.load();
-        let _ = transport.notify(head, Notice::Heartbeat { available, load });
+        if let Err(err) = transport.notify(head, Notice::Heartbeat { available, load }) {
+            // Said once a second at most: the head hears nothing meanwhile.
+            if unsent_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                unsent_said = Some(Instant::now());
+                tracing::warn!(%head, %err, "a heartbeat could not be sent to the head");
+            }
+            metrics::counter!("troupe_cluster_heartbeats_unsent_total").increment(1);
+        }
         let mut lost = None;
         if transport.connected(head) {
             unreachable_since = None;
