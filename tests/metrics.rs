@@ -301,9 +301,22 @@ async fn tasks_actors_and_objects(snapshotter: &Snapshotter) {
         gauge("troupe_object_store_spilled_bytes"),
         rt.objects().spilled().0 as f64
     );
-    match m.unlabelled("troupe_object_store_spill_seconds") {
-        Some(DebugValue::Histogram(times)) => assert!(!times.is_empty()),
-        other => panic!("no spill time: {other:?}"),
+    // A round's time is recorded as the round ends, after its first object
+    // counted as spilled (what the wait above saw): a later snapshot may
+    // hold it.
+    let spill_times = |m: &Metrics| match m.unlabelled("troupe_object_store_spill_seconds") {
+        Some(DebugValue::Histogram(times)) => times.len(),
+        _ => 0,
+    };
+    let mut recorded = spill_times(&m);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorded == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no spill time recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        recorded += spill_times(&Metrics::take(snapshotter));
     }
     // Sampled gauges: tasks by where they are, free resources.
     assert!(matches!(
