@@ -157,19 +157,24 @@ impl Holder {
 /// One driver per process: the tests of this file take turns.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// With `TROUPE_TEST_LOG` (a filter), the driver's own log on stderr, for
+/// a failing case (nodes log per `RUST_LOG`).
+fn log_driver_if_asked() {
+    if let Ok(filter) = std::env::var("TROUPE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// A head from the `troupe` binary, `workers` nodes of this binary with 2
 /// CPUs each, and this process as a driver offering none.
 async fn readme_cluster(
     test: &str,
     workers: usize,
 ) -> (LocalCluster, LocalNode, Vec<LocalNode>, Runtime) {
-    if let Ok(filter) = std::env::var("TROUPE_TEST_LOG") {
-        // The driver's own log, for a failing seed (workers log per RUST_LOG).
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    log_driver_if_asked();
     let mut p = processes(test);
     let head = p
         .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
@@ -1016,25 +1021,19 @@ async fn run_on(rt: &Runtime, node: troupe::NodeId) -> troupe::NodeId {
         .unwrap_or_else(|err| panic!("a task on the worker: {err}"))
 }
 
-/// Every connection between the driver and a worker cut at once (a
-/// partition between the two while both still reach the head): the
-/// session is dialed again, the worker is never declared dead, and work
-/// and objects reach it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_cut_between_two_live_members_is_dialed_again() {
-    let _turn = DRIVER.lock().await;
-    let mut p = processes("redial");
-    let head = p
-        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
-        .expect("the head starts");
-    // The worker listens on 127.0.0.1 and advertises 127.0.0.2, where the
-    // forwarder takes its ports: whoever dials it goes through the cut.
+/// A worker that listens on 127.0.0.1 and advertises 127.0.0.2, where a
+/// forwarder takes its ports (session, control link, data path, in that
+/// order): whoever dials it goes through the forwarder.
+async fn worker_behind_forwarder(
+    p: &mut LocalCluster,
+    head: &LocalNode,
+) -> (common::forwarder::Forwarder, LocalNode) {
     let forwarder = common::forwarder::Forwarder::start("127.0.0.2", "127.0.0.1", 3).await;
     let ports = forwarder.ports();
     let [port, link_port, data_port] = [ports[0], ports[1], ports[2]].map(|p| p.to_string());
     let worker = p
         .worker(
-            &head,
+            head,
             &[
                 "--num-cpus",
                 "2",
@@ -1051,6 +1050,21 @@ async fn a_session_cut_between_two_live_members_is_dialed_again() {
             ],
         )
         .expect("a worker starts");
+    (forwarder, worker)
+}
+
+/// Every connection between the driver and a worker cut at once (a
+/// partition between the two while both still reach the head): the
+/// session is dialed again, the worker is never declared dead, and work
+/// and objects reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_between_two_live_members_is_dialed_again() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("redial");
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .expect("the head starts");
+    let (forwarder, worker) = worker_behind_forwarder(&mut p, &head).await;
     let rt = join_as_driver(&p, &head).await;
     in_view(2).await;
     common::eventually("a session to the worker", || connected_to(worker.node)).await;
@@ -1098,5 +1112,56 @@ async fn a_session_cut_between_two_live_members_is_dialed_again() {
         }
     }
     drop((made, bytes));
+    rt.shutdown().await.unwrap();
+}
+
+/// The control links to a worker go silent without closing (half-open
+/// connections, or a firewall dropping their packets) while the worker
+/// still reaches the head: nothing waits forever and nobody is declared
+/// dead. The driver's task sent on its link gets no answer to its probe:
+/// the link is closed and dialed again, and the task runs on the worker.
+/// The head's link goes silent too: the worker, hearing nothing from the
+/// head, rejoins while its heartbeats go on, and the head dials it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_link_gone_silent_is_dialed_again_and_its_work_retried() {
+    let _turn = DRIVER.lock().await;
+    log_driver_if_asked();
+    let mut p = processes("silent-link");
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .expect("the head starts");
+    let (forwarder, worker) = worker_behind_forwarder(&mut p, &head).await;
+    let rt = join_as_driver(&p, &head).await;
+    in_view(2).await;
+    common::eventually("a session to the worker", || connected_to(worker.node)).await;
+    assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    let dialed = forwarder.accepted();
+
+    let mut events = rt.cluster_events();
+    forwarder.stall(forwarder.ports()[1]);
+    let options = TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: worker.node,
+        soft: false,
+    });
+    let r = where_am_i::options(options).remote(&rt);
+    // Probed after 2 s, unanswered for 10 s, then retried on a new link.
+    let limit = troupe::cluster::PROBE_AFTER * 2 + troupe::cluster::PROBE_ANSWER_WITHIN;
+    let answer = tokio::time::timeout(limit + common::DEADLINE, rt.get(&r)).await;
+    let Ok(Ok(ran_on)) = answer else {
+        for node in [&head, &worker] {
+            eprintln!("{}", p.log_tail(node).join("\n"));
+        }
+        panic!("the task sent on a silent link: {answer:?}");
+    };
+    assert_eq!(*ran_on, worker.node);
+    assert!(
+        forwarder.accepted() > dialed,
+        "the control link was dialed again"
+    );
+    while let Ok(event) = events.try_recv() {
+        if let troupe::remote::ClusterEvent::NodeDown { node, reason } = event {
+            assert_ne!(node, worker.node, "declared down: {reason}");
+        }
+    }
     rt.shutdown().await.unwrap();
 }

@@ -54,7 +54,7 @@ pub use data_path::{DataClient, DataError, DataLimits, DataServer};
 pub use membership::Detector;
 pub use node::{ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, SERVICE_NAME, TLS_DIR_ENV};
 pub use protocol::{Member, MemberState, Role};
-pub use transport::{Patience, TransportError, PROBE_AFTER};
+pub use transport::{Patience, TransportError, PROBE_AFTER, PROBE_ANSWER_WITHIN};
 use troupe_core::Config;
 
 /// The environment variable a driver reads the head's address from.

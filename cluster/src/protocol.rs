@@ -21,7 +21,7 @@ use troupe_core::{ActorId, Encoded, NodeId, ObjectId, Resources};
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The version of this protocol; a node speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// One message between two agents.
 #[derive(Debug, Serialize, Deserialize)]
@@ -398,8 +398,9 @@ pub enum Notice {
         /// The requests' ids.
         ids: Vec<u64>,
     },
-    /// The answer to a probe: the receiver does not know these requests
-    /// (never received, or answered before this notice).
+    /// The answer to a probe (always sent, empty when all are known): the
+    /// receiver does not know these requests (never received, or answered
+    /// before this notice).
     Unknown {
         /// The requests' ids.
         ids: Vec<u64>,

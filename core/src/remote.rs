@@ -284,7 +284,8 @@ pub enum ClusterEvent {
         resources: Resources,
     },
     /// A node suspected (silent past the suspicion limit, so sent no new
-    /// work) was heard from again: work that found no node goes again.
+    /// work) was heard from again, or this node's links to it came back
+    /// after a cut: work that found no node goes again.
     NodeRecovered {
         /// The node.
         node: NodeId,

@@ -62,29 +62,41 @@ fn free_port() -> u16 {
         .expect("a free local port")
 }
 
+/// Starts chromedriver on a free port. The port is picked before
+/// chromedriver binds it (it takes no listening socket), so another
+/// process may take it in between: chromedriver then exits, and it is
+/// started again on another port.
 pub async fn start_driver(chromedriver: &Path) -> Driver {
-    let port = free_port();
-    let child = Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {}: {e}", chromedriver.display()));
-    let driver = Driver { child, port };
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok(status) = http::get(&format!("127.0.0.1:{port}"), "/status").await {
-            if status.body.contains("ready") {
-                return driver;
+    const TRIES: usize = 3;
+    for _ in 0..TRIES {
+        let port = free_port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", chromedriver.display()));
+        let mut driver = Driver { child, port };
+        let give_up = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(status) = http::get(&format!("127.0.0.1:{port}"), "/status").await {
+                if status.body.contains("ready") {
+                    return driver;
+                }
             }
+            if let Ok(Some(exit)) = driver.child.try_wait() {
+                eprintln!("chromedriver exited ({exit}) before it answered on port {port}: trying another port");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "chromedriver did not answer on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "chromedriver did not answer on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    panic!("chromedriver exited {TRIES} times before it answered");
 }
 
 pub async fn open_browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {

@@ -1,7 +1,8 @@
 //! A TCP forwarder between two loopback addresses that can cut every
 //! connection it carries at once (a partition between one node and the
-//! nodes that reach it through the forwarder), and keeps accepting new
-//! ones. A node bound to 127.0.0.1 that advertises 127.0.0.2 is reached
+//! nodes that reach it through the forwarder), or silence those of one
+//! port without closing them (half-open connections), and keeps accepting
+//! new ones. A node bound to 127.0.0.1 that advertises 127.0.0.2 is reached
 //! through it on the same ports.
 #![allow(dead_code)]
 
@@ -16,6 +17,8 @@ use tokio::task::JoinHandle;
 pub struct Forwarder {
     ports: Vec<u16>,
     cut: watch::Sender<u64>,
+    /// Per port: bumped to silence its open connections.
+    stall: Vec<watch::Sender<u64>>,
     open: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
     listeners: Vec<JoinHandle<()>>,
@@ -34,6 +37,7 @@ impl Forwarder {
         let accepted = Arc::new(AtomicUsize::new(0));
         let mut listeners = Vec::new();
         let mut ports = Vec::new();
+        let mut stalls = Vec::new();
         for _ in 0..n {
             let listener = TcpListener::bind((listen_host, 0))
                 .await
@@ -45,20 +49,29 @@ impl Forwarder {
             ports.push(port);
             let target = format!("{target_host}:{port}");
             let (cut, open, accepted) = (cut.clone(), open.clone(), accepted.clone());
+            let (stall, _) = watch::channel(0u64);
+            stalls.push(stall.clone());
             listeners.push(tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let target = target.clone();
                     let mut cut = cut.subscribe();
+                    let mut stall = stall.subscribe();
                     let open = open.clone();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(&target).await else {
                             return;
                         };
                         open.fetch_add(1, Ordering::SeqCst);
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.changed() => {}
+                        let stalled = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            _ = cut.changed() => false,
+                            _ = stall.changed() => true,
+                        };
+                        if stalled {
+                            // Held open, never read or written: each end's
+                            // bytes vanish and nothing tells it so.
+                            let _ = cut.changed().await;
                         }
                         open.fetch_sub(1, Ordering::SeqCst);
                         // Both dropped here: each end sees its connection close.
@@ -69,6 +82,7 @@ impl Forwarder {
         Forwarder {
             ports,
             cut,
+            stall: stalls,
             open,
             accepted,
             listeners,
@@ -85,6 +99,17 @@ impl Forwarder {
         let open = self.open.load(Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
         open
+    }
+
+    /// Silences every connection open now on `port` (one of
+    /// [`ports`](Self::ports)): kept open, they carry nothing more either
+    /// way, as a half-open connection or a firewall that drops its packets.
+    /// Connections accepted later are forwarded.
+    pub fn stall(&self, port: u16) {
+        let Some(i) = self.ports.iter().position(|p| *p == port) else {
+            panic!("port {port} is not one of the forwarder's {:?}", self.ports);
+        };
+        self.stall[i].send_modify(|n| *n += 1);
     }
 
     /// Connections accepted so far.

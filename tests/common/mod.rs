@@ -17,7 +17,7 @@ use troupe::supervisor::SupervisionEvent;
 
 // Not every test file uses both.
 #[allow(unused_imports)]
-pub use troupe_test_kit::{eventually, within};
+pub use troupe_test_kit::{eventually, within, within_for, DEADLINE};
 
 /// A runtime with the default config (every core, no GPU).
 pub async fn runtime() -> troupe::Runtime {

@@ -88,8 +88,11 @@ impl Shared {
             Inbound::PeerUp(node) => {
                 tracing::debug!(%node, "session up");
                 if let (Some(rt), Some(m)) = (self.runtime(), self.member(node)) {
-                    if m.hello.role != Role::Client {
-                        self.announce(&rt, &m);
+                    if m.hello.role != Role::Client && self.announce(&rt, &m) {
+                        // Its links came back after a cut or a silent
+                        // spell: tasks that found no way to it meanwhile
+                        // would wait for a join that never comes.
+                        rt.publish(ClusterEvent::NodeRecovered { node });
                     }
                 }
             }
@@ -302,12 +305,12 @@ impl Shared {
                 borrower,
                 delta,
             } => self.borrow(id, borrower, delta),
+            // Always answered (with no ids when all are known): an
+            // unanswered probe tells the prober the link is broken.
             Notice::Probe { ids } => {
                 if let Some(transport) = self.transport.get() {
                     let unknown = transport.not_working_on(from, ids);
-                    if !unknown.is_empty() {
-                        let _ = transport.notify(from, Notice::Unknown { ids: unknown });
-                    }
+                    let _ = transport.notify(from, Notice::Unknown { ids: unknown });
                 }
             }
             Notice::Unknown { ids } => {
@@ -367,40 +370,20 @@ impl Shared {
     /// Answers a control request (nothing here runs user code).
     async fn answer(self: &Arc<Self>, rt: &Runtime, from: NodeId, body: Request) -> Reply {
         match body {
-            Request::Join(_) | Request::Rejoin { .. } => {
-                let result = match (lock(&self.directory).as_mut(), body) {
-                    (None, _) => Err("this node is not the head".to_owned()),
-                    // A node joins as itself: the id its link proved.
-                    (Some(_), Request::Join(hello) | Request::Rejoin { hello, .. })
-                        if hello.node != from =>
-                    {
-                        Err(format!("node {from} asked to join as node {}", hello.node))
-                    }
-                    (
-                        Some(d),
-                        Request::Rejoin {
-                            hello,
-                            lost,
-                            members,
-                        },
-                    ) => {
-                        tracing::info!(node = %from, %lost, known = members.len(), "a member of a lost head joins again");
-                        d.rejoin(hello, lost, members, Instant::now())
-                    }
-                    (Some(d), Request::Join(hello)) => d.join(hello, Instant::now()),
-                    (Some(_), other) => Err(format!("not a join: {}", other.kind())),
-                };
-                match result {
-                    Ok((welcome, changes)) => {
-                        self.head_changes(changes);
-                        Reply::Welcome(welcome)
-                    }
-                    Err(why) => {
-                        tracing::warn!(%from, %why, "join refused");
-                        Reply::Refused(why)
+            Request::Rejoin { lost, .. } if Some(lost) == self.me() => {
+                // A member that lost this head while this head's link to it
+                // is up: nothing on that link reaches it. A new link takes
+                // the answer (within the connect timeout; past it, the
+                // member asks again).
+                if let Some(transport) = self.transport.get() {
+                    if transport.connected(from) {
+                        transport.close_unheard_link(from);
+                        let _ = transport.session(from, self.options.connect_timeout).await;
                     }
                 }
+                self.answer_join(from, body)
             }
+            Request::Join(_) | Request::Rejoin { .. } => self.answer_join(from, body),
             Request::FindActor(name) => Reply::Found(rt.named_actor(&name)),
             Request::ReserveBundles { group, bundles } => {
                 match rt.reserve_bundles(group, &bundles) {
@@ -514,6 +497,42 @@ impl Shared {
             | Request::SpawnActor(_)
             | Request::StopActor { .. } => {
                 Reply::Refused("this request is answered elsewhere".to_owned())
+            }
+        }
+    }
+
+    /// Answers a join, or a rejoin after the head was lost.
+    fn answer_join(&self, from: NodeId, body: Request) -> Reply {
+        let result = match (lock(&self.directory).as_mut(), body) {
+            (None, _) => Err("this node is not the head".to_owned()),
+            // A node joins as itself: the id its link proved.
+            (Some(_), Request::Join(hello) | Request::Rejoin { hello, .. })
+                if hello.node != from =>
+            {
+                Err(format!("node {from} asked to join as node {}", hello.node))
+            }
+            (
+                Some(d),
+                Request::Rejoin {
+                    hello,
+                    lost,
+                    members,
+                },
+            ) => {
+                tracing::info!(node = %from, %lost, known = members.len(), "a member of a lost head joins again");
+                d.rejoin(hello, lost, members, Instant::now())
+            }
+            (Some(d), Request::Join(hello)) => d.join(hello, Instant::now()),
+            (Some(_), other) => Err(format!("not a join: {}", other.kind())),
+        };
+        match result {
+            Ok((welcome, changes)) => {
+                self.head_changes(changes);
+                Reply::Welcome(welcome)
+            }
+            Err(why) => {
+                tracing::warn!(%from, %why, "join refused");
+                Reply::Refused(why)
             }
         }
     }

@@ -8,6 +8,8 @@
 //! (a member that dies meanwhile is declared dead by the restarted head,
 //! once the grace it gives the members it was told of has passed).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::lifecycle::open_session;
 use super::*;
 
@@ -36,10 +38,68 @@ pub(super) async fn member_loop(
     server: ActorRef<NodeServerMessage>,
     hello: Hello,
 ) {
+    // Heartbeats go on while the head is dialed again: a head that is
+    // alive but whose frames stopped reaching this node (a link gone
+    // silent one way) still hears from it, and does not declare it dead
+    // while it rejoins.
+    let regaining = Arc::new(AtomicBool::new(false));
+    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), regaining.clone()));
+    watch_head(&shared, &server, &hello, &regaining).await;
+    heartbeats.abort();
+}
+
+/// Sends a heartbeat to the head every period, while the node runs.
+async fn heartbeat_loop(shared: Arc<Shared>, regaining: Arc<AtomicBool>) {
+    let period = shared.options.detector.heartbeat;
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    let mut unsent_said: Option<Instant> = None;
+    loop {
+        interval.tick().await;
+        if shared.is_ended() {
+            return;
+        }
+        let late = last_tick.elapsed().saturating_sub(period);
+        last_tick = Instant::now();
+        metrics::histogram!("troupe_cluster_heartbeat_late_seconds").record(late.as_secs_f64());
+        if late > period * 2 {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "this node's heartbeat went out late: its cluster thread was held up"
+            );
+        }
+        let (Some(transport), Some(head)) = (shared.transport.get(), shared.head()) else {
+            continue;
+        };
+        let (available, load) = shared.load();
+        if let Err(err) = transport.notify(head, Notice::Heartbeat { available, load }) {
+            metrics::counter!("troupe_cluster_heartbeats_unsent_total").increment(1);
+            // Said once a second at most, and not while the head is known
+            // to be lost (that is said already).
+            let quiet = regaining.load(Ordering::Relaxed)
+                || unsent_said.is_some_and(|at: Instant| at.elapsed() < Duration::from_secs(1));
+            if !quiet {
+                unsent_said = Some(Instant::now());
+                tracing::warn!(%head, %err, "a heartbeat could not be sent to the head");
+            }
+        }
+    }
+}
+
+/// Watches the head: lost once its connections stay closed, or once
+/// nothing came from it (its directory doubles as its heartbeat) for long;
+/// then dials it until it takes this node back. Returns when the node ends
+/// or is cut off.
+async fn watch_head(
+    shared: &Arc<Shared>,
+    server: &ActorRef<NodeServerMessage>,
+    hello: &Hello,
+    regaining: &AtomicBool,
+) {
     let detector = shared.options.detector;
-    // The head is lost after this much silence (its directory doubles as
-    // its heartbeat); twice the death limit, so that a busy head is not
-    // abandoned before it would declare anyone dead itself.
+    // Twice the death limit, so that a busy head is not abandoned before
+    // it would declare anyone dead itself.
     let head_timeout = (detector.dead_after * 2).max(Duration::from_secs(5));
     let mut interval = tokio::time::interval(detector.heartbeat);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -47,7 +107,6 @@ pub(super) async fn member_loop(
     // Since when no session and links to the head are up: a head that
     // died (or restarted) closed them, which a busy one does not.
     let mut unreachable_since: Option<Instant> = None;
-    let mut unsent_said: Option<Instant> = None;
     loop {
         interval.tick().await;
         if shared.is_ended() {
@@ -57,14 +116,6 @@ pub(super) async fn member_loop(
         // is ours, not its; start counting again.
         let stalled = last_tick.elapsed();
         last_tick = Instant::now();
-        let late = stalled.saturating_sub(detector.heartbeat);
-        metrics::histogram!("troupe_cluster_heartbeat_late_seconds").record(late.as_secs_f64());
-        if late > detector.heartbeat * 2 {
-            tracing::warn!(
-                late_ms = late.as_millis() as u64,
-                "this node's heartbeat went out late: its cluster thread was held up"
-            );
-        }
         if stalled > detector.suspect_after {
             *lock(&shared.last_directory) = Instant::now();
             unreachable_since = None;
@@ -72,15 +123,6 @@ pub(super) async fn member_loop(
         let (Some(transport), Some(head)) = (shared.transport.get(), shared.head()) else {
             return;
         };
-        let (available, load) = shared.load();
-        if let Err(err) = transport.notify(head, Notice::Heartbeat { available, load }) {
-            // Said once a second at most: the head hears nothing meanwhile.
-            if unsent_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
-                unsent_said = Some(Instant::now());
-                tracing::warn!(%head, %err, "a heartbeat could not be sent to the head");
-            }
-            metrics::counter!("troupe_cluster_heartbeats_unsent_total").increment(1);
-        }
         let mut lost = None;
         if transport.connected(head) {
             unreachable_since = None;
@@ -101,7 +143,10 @@ pub(super) async fn member_loop(
             ));
         }
         if let Some(why) = lost {
-            if let Err(why) = shared.regain_head(&server, &hello, head, why).await {
+            regaining.store(true, Ordering::Relaxed);
+            let regained = shared.regain_head(server, hello, head, why).await;
+            regaining.store(false, Ordering::Relaxed);
+            if let Err(why) = regained {
                 shared.cut_off(why);
                 return;
             }

@@ -458,7 +458,7 @@ fn outcome_of(task: TaskId, node: NodeId, answer: Result<Reply, TransportError>)
         Err(TransportError::NodeDied(_) | TransportError::NoSession(_)) => {
             RemoteOutcome::Failed(Failure::NodeDied(node))
         }
-        Err(err @ TransportError::Lost(_)) => {
+        Err(err @ (TransportError::Lost(_) | TransportError::Unanswered(..))) => {
             RemoteOutcome::Failed(Failure::Lost(node, err.to_string()))
         }
         Err(err) => RemoteOutcome::Failed(Failure::Error(Cause::new(ClusterError::Transport(err)))),

@@ -63,20 +63,23 @@ impl Shared {
     }
 
     /// Publishes `NodeUp` for `m` once: when it is alive in the view and
-    /// this node has a session to it.
-    pub(super) fn announce(&self, rt: &Runtime, m: &Member) {
+    /// this node has a session to it. Returns whether it was announced
+    /// before (then nothing is published).
+    pub(super) fn announce(&self, rt: &Runtime, m: &Member) -> bool {
         let node = m.hello.node;
         let connected = self.transport.get().is_some_and(|t| t.connected(node));
         if m.state != MemberState::Alive || !connected {
-            return;
+            return false;
         }
-        if lock(&self.announced).insert(node) {
-            metrics::counter!("troupe_cluster_nodes_up_total").increment(1);
-            rt.publish(ClusterEvent::NodeUp {
-                node,
-                resources: m.hello.resources.clone(),
-            });
+        if !lock(&self.announced).insert(node) {
+            return true;
         }
+        metrics::counter!("troupe_cluster_nodes_up_total").increment(1);
+        rt.publish(ClusterEvent::NodeUp {
+            node,
+            resources: m.hello.resources.clone(),
+        });
+        false
     }
 
     /// What this node reports with each heartbeat: its free resources and

@@ -16,6 +16,14 @@
 //! (its reply would have arrived before the answer, on the same link). A
 //! peer that dies, or whose link ends, fails everything waiting on it.
 //!
+//! A probe is always answered, so an unanswered one is news: a link can go
+//! silent without ending (a connection half-open after a host's reboot, a
+//! firewall or NAT that drops its packets) while the peer's heartbeats
+//! still reach the head by another path. Past [`PROBE_ANSWER_WITHIN`]
+//! without an answer, the requests waiting on that peer fail with
+//! [`TransportError::Unanswered`] (retried as a lost reply is) and the
+//! link is closed and dialed again.
+//!
 //! No frame is dropped quietly: a frame that cannot be queued (the peer
 //! has not read 64 MiB) closes the link, which the peer sees; its requests
 //! waiting on this node fail and are retried.
@@ -47,6 +55,12 @@ use requests::Waiting;
 /// its peer is asked whether it still works on it (and again as often).
 pub const PROBE_AFTER: Duration = Duration::from_secs(2);
 
+/// How long a probe may go unanswered before the link it went on counts
+/// as broken. Well above a live but busy peer's pauses (a loaded node's
+/// cluster thread was seen held up for 1.4 s) and the failure detector's
+/// verdict on a dead one (1.5 s), which comes first.
+pub const PROBE_ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// How often pending requests are checked against their deadlines.
 const WATCH_TICK: Duration = Duration::from_millis(250);
 
@@ -73,6 +87,14 @@ pub enum TransportError {
     /// or may not have been carried out.
     #[error("node {0} no longer knows the request: its reply was lost")]
     Lost(NodeId),
+    /// The peer answered no probe for this long, though no one declared it
+    /// dead: the link to it was closed and is dialed again. The request may
+    /// or may not have been carried out.
+    #[error(
+        "node {0} answered nothing on its control link for {1:?} (a half-open or \
+         filtered connection?): the link was closed and is dialed again"
+    )]
+    Unanswered(NodeId, Duration),
 }
 
 impl From<FrameError> for TransportError {
@@ -185,6 +207,8 @@ struct Peer {
     link_addr: Option<SocketAddr>,
     /// Requests of this node waiting on it.
     pending: usize,
+    /// When the oldest probe sent to it and not answered yet went out.
+    unanswered_probe: Option<Instant>,
 }
 
 impl Peer {
@@ -457,6 +481,19 @@ impl Transport {
         tracing::debug!(%node, %why, "control link lost");
         if let Some(addr) = again {
             self.connect_link(node, addr);
+        }
+    }
+
+    /// `node` heard nothing from this node for long though this node's link
+    /// to it is up (it said so by rejoining): the link went silent without
+    /// ending. Closes it, which dials it again while the session is up;
+    /// what waited on `node` fails, as for any link that ends.
+    pub(crate) fn close_unheard_link(&self, node: NodeId) {
+        let outbound = self.peers.get(&node).and_then(|p| p.outbound.clone());
+        if let Some(outbound) = outbound {
+            metrics::counter!("troupe_cluster_links_silent_total").increment(1);
+            tracing::warn!(%node, "a peer hears nothing on this node's link to it: closing the link and dialing again");
+            outbound.writer.abort("the peer hears nothing on it");
         }
     }
 

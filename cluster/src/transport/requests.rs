@@ -56,8 +56,9 @@ impl Transport {
         }
     }
 
-    /// Fails requests past their deadlines, and asks peers about requests
-    /// that waited long (see [`PROBE_AFTER`]).
+    /// Fails requests past their deadlines, asks peers about requests that
+    /// waited long (see [`PROBE_AFTER`]), and closes the links of peers
+    /// that left a probe unanswered (see [`PROBE_ANSWER_WITHIN`]).
     pub(super) fn watch_pending(&self, now: Instant) {
         let mut expired = Vec::new();
         let mut probes: HashMap<NodeId, Vec<u64>> = HashMap::new();
@@ -89,15 +90,54 @@ impl Transport {
             }
         }
         for (node, ids) in probes {
-            let _ = self.notify(node, Notice::Probe { ids });
+            if self.notify(node, Notice::Probe { ids }).is_ok() {
+                if let Some(mut peer) = self.peers.get_mut(&node) {
+                    peer.unanswered_probe.get_or_insert(now);
+                }
+            }
+        }
+        let silent: Vec<(NodeId, Duration)> = self
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let waited = now.saturating_duration_since(p.unanswered_probe?);
+                (waited >= PROBE_ANSWER_WITHIN).then_some((*p.key(), waited))
+            })
+            .collect();
+        for (node, waited) in silent {
+            self.close_silent_link(node, waited);
+        }
+    }
+
+    /// `node` answered no probe for `waited`: what waits on it fails (the
+    /// request or its reply may be stuck in a connection that will never
+    /// deliver it), and this node's link to it is closed, which dials it
+    /// again while its session is up.
+    fn close_silent_link(&self, node: NodeId, waited: Duration) {
+        let outbound = self.peers.get_mut(&node).and_then(|mut peer| {
+            peer.unanswered_probe = None;
+            peer.outbound.clone()
+        });
+        metrics::counter!("troupe_cluster_links_silent_total").increment(1);
+        tracing::warn!(
+            %node,
+            ?waited,
+            "a peer answered no probe on its control link: closing the link and dialing again"
+        );
+        self.fail_pending(node, TransportError::Unanswered(node, waited));
+        if let Some(outbound) = outbound {
+            outbound.writer.abort("the peer answered no probe");
         }
     }
 
     /// `node` answered a probe: of the requests this node asked about,
     /// these it does not know (not received, or answered already: such a
     /// reply came before this answer, on the same link). Those still
-    /// waiting lost their replies.
+    /// waiting lost their replies. The link to it works both ways.
     pub(crate) fn unknown_to(&self, node: NodeId, ids: &[u64]) {
+        if let Some(mut peer) = self.peers.get_mut(&node) {
+            peer.unanswered_probe = None;
+        }
         for id in ids {
             let ours = self.pending.get(id).is_some_and(|w| w.node == node);
             if !ours {

@@ -172,3 +172,64 @@ async fn a_request_its_peer_no_longer_knows_is_lost_and_others_wait_on() {
     t.reply(NodeId(5), 1, Reply::Ok);
     assert_eq!(t.not_working_on(NodeId(5), vec![1]), vec![1]);
 }
+
+/// `t` connected to node 2 by a link whose frames go to the returned
+/// receiver and never arrive: a silent, half-open connection.
+fn silent_link_to_2(t: &Transport) -> mpsc::UnboundedReceiver<Vec<u8>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    t.update(NodeId(2), |peer| {
+        peer.outbound = Some(Arc::new(Outbound {
+            writer: Writer::Memory(tx),
+            serial: 1,
+        }));
+        peer.inbound = Some(1);
+        ((), false)
+    });
+    rx
+}
+
+#[tokio::test]
+async fn a_probe_unanswered_fails_what_waits_on_that_peer_and_an_answer_clears_it() {
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let mut wire = silent_link_to_2(&t);
+    let (w, rx) = waiting(2, Patience::WhileAlive);
+    t.pending.insert(7, w);
+    let (w3, mut rx3) = waiting(3, Patience::WhileAlive);
+    t.pending.insert(8, w3);
+    let start = Instant::now(); // not before they were sent
+
+    // Probed; answered (with no ids: it works on all of them) in time.
+    t.watch_pending(start + PROBE_AFTER);
+    let probe = Frame::decode(&wire.recv().await.unwrap()).unwrap();
+    assert!(matches!(
+        probe,
+        Frame::Notice { body: Notice::Probe { ref ids }, .. } if ids == &[7]
+    ));
+    t.unknown_to(NodeId(2), &[]);
+
+    // Probed again; this time nothing comes back.
+    let probed_again = start + PROBE_AFTER * 2;
+    t.watch_pending(probed_again);
+    assert!(wire.recv().await.is_some(), "a second probe went out");
+    t.watch_pending(probed_again + PROBE_ANSWER_WITHIN - Duration::from_millis(1));
+    assert!(t.pending.contains_key(&7), "not yet past the limit");
+    t.watch_pending(probed_again + PROBE_ANSWER_WITHIN);
+    let answer = rx.await;
+    assert!(
+        matches!(
+            answer,
+            Ok(Err(TransportError::Unanswered(NodeId(2), waited))) if waited == PROBE_ANSWER_WITHIN
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        rx3.try_recv().is_err(),
+        "another peer's request still waits"
+    );
+    assert!(
+        t.peers
+            .get(&NodeId(2))
+            .is_some_and(|p| p.unanswered_probe.is_none()),
+        "counted once: the redialed link starts afresh"
+    );
+}
