@@ -1021,19 +1021,21 @@ async fn run_on(rt: &Runtime, node: troupe::NodeId) -> troupe::NodeId {
         .unwrap_or_else(|err| panic!("a task on the worker: {err}"))
 }
 
-/// A worker that listens on 127.0.0.1 and advertises 127.0.0.2, where a
-/// forwarder takes its ports (session, control link, data path, in that
-/// order): whoever dials it goes through the forwarder.
-async fn worker_behind_forwarder(
-    p: &mut LocalCluster,
-    head: &LocalNode,
-) -> (common::forwarder::Forwarder, LocalNode) {
+/// A head, a worker behind a forwarder, and this process as a driver that
+/// ran a task there. The worker listens on 127.0.0.1 and advertises
+/// 127.0.0.2, where the forwarder takes its ports (session, control link,
+/// data path, in that order): whoever dials it goes through the forwarder.
+async fn driver_and_worker_behind_forwarder(test: &str) -> BehindForwarder {
+    let mut p = processes(test);
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .expect("the head starts");
     let forwarder = common::forwarder::Forwarder::start("127.0.0.2", "127.0.0.1", 3).await;
     let ports = forwarder.ports();
     let [port, link_port, data_port] = [ports[0], ports[1], ports[2]].map(|p| p.to_string());
     let worker = p
         .worker(
-            head,
+            &head,
             &[
                 "--num-cpus",
                 "2",
@@ -1050,7 +1052,37 @@ async fn worker_behind_forwarder(
             ],
         )
         .expect("a worker starts");
-    (forwarder, worker)
+    let rt = join_as_driver(&p, &head).await;
+    in_view(2).await;
+    common::eventually("a session to the worker", || connected_to(worker.node)).await;
+    assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    BehindForwarder {
+        p,
+        head,
+        forwarder,
+        worker,
+        rt,
+    }
+}
+
+struct BehindForwarder {
+    p: LocalCluster,
+    head: LocalNode,
+    forwarder: common::forwarder::Forwarder,
+    worker: LocalNode,
+    rt: Runtime,
+}
+
+/// Fails if `events` holds a `NodeDown` for `node`.
+fn assert_never_down(
+    events: &mut tokio::sync::broadcast::Receiver<troupe::remote::ClusterEvent>,
+    node: troupe::NodeId,
+) {
+    while let Ok(event) = events.try_recv() {
+        if let troupe::remote::ClusterEvent::NodeDown { node: down, reason } = event {
+            assert_ne!(down, node, "declared down: {reason}");
+        }
+    }
 }
 
 /// Every connection between the driver and a worker cut at once (a
@@ -1060,15 +1092,14 @@ async fn worker_behind_forwarder(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cut_between_two_live_members_is_dialed_again() {
     let _turn = DRIVER.lock().await;
-    let mut p = processes("redial");
-    let head = p
-        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
-        .expect("the head starts");
-    let (forwarder, worker) = worker_behind_forwarder(&mut p, &head).await;
-    let rt = join_as_driver(&p, &head).await;
-    in_view(2).await;
-    common::eventually("a session to the worker", || connected_to(worker.node)).await;
-    assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    // The cluster's processes live as long as `_p`.
+    let BehindForwarder {
+        p: _p,
+        head: _,
+        forwarder,
+        worker,
+        rt,
+    } = driver_and_worker_behind_forwarder("redial").await;
     let made = block::options(TaskOptions::default().scheduling_strategy(
         SchedulingStrategy::NodeAffinity {
             node: worker.node,
@@ -1106,11 +1137,7 @@ async fn a_session_cut_between_two_live_members_is_dialed_again() {
         })
     })
     .await;
-    while let Ok(event) = events.try_recv() {
-        if let troupe::remote::ClusterEvent::NodeDown { node, reason } = event {
-            assert_ne!(node, worker.node, "declared down: {reason}");
-        }
-    }
+    assert_never_down(&mut events, worker.node);
     drop((made, bytes));
     rt.shutdown().await.unwrap();
 }
@@ -1126,15 +1153,13 @@ async fn a_session_cut_between_two_live_members_is_dialed_again() {
 async fn a_control_link_gone_silent_is_dialed_again_and_its_work_retried() {
     let _turn = DRIVER.lock().await;
     log_driver_if_asked();
-    let mut p = processes("silent-link");
-    let head = p
-        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
-        .expect("the head starts");
-    let (forwarder, worker) = worker_behind_forwarder(&mut p, &head).await;
-    let rt = join_as_driver(&p, &head).await;
-    in_view(2).await;
-    common::eventually("a session to the worker", || connected_to(worker.node)).await;
-    assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    let BehindForwarder {
+        p,
+        head,
+        forwarder,
+        worker,
+        rt,
+    } = driver_and_worker_behind_forwarder("silent-link").await;
     let dialed = forwarder.accepted();
 
     let mut events = rt.cluster_events();
@@ -1158,10 +1183,6 @@ async fn a_control_link_gone_silent_is_dialed_again_and_its_work_retried() {
         forwarder.accepted() > dialed,
         "the control link was dialed again"
     );
-    while let Ok(event) = events.try_recv() {
-        if let troupe::remote::ClusterEvent::NodeDown { node, reason } = event {
-            assert_ne!(node, worker.node, "declared down: {reason}");
-        }
-    }
+    assert_never_down(&mut events, worker.node);
     rt.shutdown().await.unwrap();
 }
