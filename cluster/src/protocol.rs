@@ -357,6 +357,10 @@ pub enum Notice {
         available: Resources,
         /// Load now.
         load: Load,
+        /// When it was sent, in microseconds since the Unix epoch by the
+        /// sender's clock: the head measures how long heartbeats take to
+        /// reach it (meaningful where clocks agree: one host, or NTP).
+        sent_at_micros: u64,
     },
     /// Head to members: the directory (sent periodically: it is also the
     /// head's heartbeat), in `parts` notices of one `epoch` when one frame
@@ -576,13 +580,19 @@ mod tests {
                     tasks_running: 3,
                     ..Load::default()
                 },
+                sent_at_micros: 5,
             },
         };
         let bytes = frame.encode().unwrap();
         match Frame::decode(&bytes).unwrap() {
             Frame::Notice {
                 from,
-                body: Notice::Heartbeat { available, load },
+                body:
+                    Notice::Heartbeat {
+                        available,
+                        load,
+                        sent_at_micros: 5,
+                    },
             } => {
                 assert_eq!(from, NodeId(7));
                 assert_eq!(available.custom["special"], 1.0);

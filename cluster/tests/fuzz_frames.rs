@@ -396,7 +396,13 @@ fn reply() -> impl Strategy<Value = Reply> {
 fn notice() -> impl Strategy<Value = Notice> {
     let ids = || prop::collection::vec(any::<u64>(), 0..6);
     prop_oneof![
-        (resources(), load()).prop_map(|(available, load)| Notice::Heartbeat { available, load }),
+        (resources(), load(), any::<u64>()).prop_map(|(available, load, sent_at_micros)| {
+            Notice::Heartbeat {
+                available,
+                load,
+                sent_at_micros,
+            }
+        }),
         (any::<u64>(), any::<u32>(), any::<u32>(), members()).prop_map(
             |(epoch, part, parts, members)| Notice::Directory {
                 epoch,
@@ -481,6 +487,7 @@ fn seeds() -> Vec<Vec<u8>> {
             body: Notice::Heartbeat {
                 available: Resources::cpus(2.0),
                 load: Load::default(),
+                sent_at_micros: 1_796_000_000_000_000,
             },
         }
         .encode()

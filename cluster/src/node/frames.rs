@@ -265,9 +265,14 @@ impl Shared {
                     self.cut_off(format!("the head declared this node dead ({why})"));
                 }
             }
-            Notice::Heartbeat { available, load } => {
+            Notice::Heartbeat {
+                available,
+                load,
+                sent_at_micros,
+            } => {
                 metrics::counter!("troupe_cluster_heartbeats_received_total", "node" => from.to_string())
                     .increment(1);
+                self.heartbeat_transit(from, sent_at_micros);
                 let mut directory = lock(&self.directory);
                 if let Some(d) = directory.as_mut() {
                     let changes = d.heartbeat(from, available, load, Instant::now());

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::lifecycle::open_session;
+use super::view::unix_micros;
 use super::*;
 
 /// The first pause between dials of a lost head, doubled after each failed
@@ -73,7 +74,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, regaining: Arc<AtomicBool>) {
             continue;
         };
         let (available, load) = shared.load();
-        if let Err(err) = transport.notify(head, Notice::Heartbeat { available, load }) {
+        let heartbeat = Notice::Heartbeat {
+            available,
+            load,
+            sent_at_micros: unix_micros(),
+        };
+        if let Err(err) = transport.notify(head, heartbeat) {
             metrics::counter!("troupe_cluster_heartbeats_unsent_total").increment(1);
             // Said once a second at most, and not while the head is known
             // to be lost (that is said already).

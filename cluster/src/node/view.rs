@@ -184,4 +184,28 @@ impl Shared {
             }
         }
     }
+
+    /// On the head: how long a heartbeat sent at `sent_at_micros` (by the
+    /// member's clock) took to be read here. A heartbeat sent on time that
+    /// arrives late was held up on the way (the member's link, the network,
+    /// or this head's reading): said past a third of the death limit.
+    pub(super) fn heartbeat_transit(&self, from: NodeId, sent_at_micros: u64) {
+        let transit = Duration::from_micros(unix_micros().saturating_sub(sent_at_micros));
+        metrics::histogram!("troupe_cluster_heartbeat_transit_seconds")
+            .record(transit.as_secs_f64());
+        if transit > self.options.detector.dead_after / 3 {
+            tracing::warn!(
+                node = %from,
+                transit_ms = transit.as_millis() as u64,
+                "a heartbeat took long to reach the head"
+            );
+        }
+    }
+}
+
+/// Now, in microseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
