@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::tests::{store, Peers};
+use crate::tests::across_nodes::Peers;
+use crate::tests::store;
 use crate::{Fetched, ObjectError, ObjectRef, ObjectStore};
 
 /// `value` made on `maker` under an id `owner` minted, kept there for the
