@@ -353,6 +353,8 @@ impl Transport {
             }
             let down = (before && !after) || session_ended;
             if down {
+                // A probe sent on the old link says nothing of the next.
+                peer.unanswered_probe = None;
                 self.peers_changed.send_modify(|n| *n += 1);
                 let _ = self.events.send(Inbound::PeerDown(node));
             }

@@ -233,3 +233,27 @@ async fn a_probe_unanswered_fails_what_waits_on_that_peer_and_an_answer_clears_i
         "counted once: the redialed link starts afresh"
     );
 }
+
+#[tokio::test]
+async fn a_probe_left_on_a_link_that_ended_does_not_close_the_next_one() {
+    let t = Transport::new(NodeId(1), Timeouts::default());
+    let _old = silent_link_to_2(&t);
+    let (w, _rx) = waiting(2, Patience::WhileAlive);
+    t.pending.insert(7, w);
+    let start = Instant::now();
+    t.watch_pending(start + PROBE_AFTER);
+    assert!(t
+        .peers
+        .get(&NodeId(2))
+        .is_some_and(|p| p.unanswered_probe.is_some()));
+    // The link ends (its waiting request fails), and a new one comes up.
+    t.update(NodeId(2), |peer| {
+        peer.outbound = None;
+        ((), false)
+    });
+    let _new = silent_link_to_2(&t);
+    let (w, mut rx) = waiting(2, Patience::WhileAlive);
+    t.pending.insert(8, w);
+    t.watch_pending(start + PROBE_AFTER + PROBE_ANSWER_WITHIN);
+    assert!(rx.try_recv().is_err(), "the new link's request still waits");
+}
