@@ -436,6 +436,15 @@ fn probes_hit_the_health_port() {
                 "{}: {probe} port is not --health-port={health}",
                 node.at
             );
+            // A node with --tls-dir serves /healthz over TLS only.
+            let scheme = get["scheme"].as_str().unwrap_or("HTTP");
+            let tls = node.value("tls-dir").is_some();
+            assert_eq!(
+                scheme,
+                if tls { "HTTPS" } else { "HTTP" },
+                "{}: {probe}.httpGet.scheme (the node has --tls-dir: {tls})",
+                node.at
+            );
         }
     }
 }

@@ -1,18 +1,25 @@
-//! A node's health endpoint (`troupe start --health-port`): plain HTTP,
-//! `GET /healthz` answers `200 ok` while the node is part of its cluster
-//! and `503` otherwise (not joined yet, or left): what Kubernetes probes.
-//! Anything else gets `404`; a request over 1 KiB or slower than 2 s
-//! closes its connection, as does one past 64 open at once (a flood holds
-//! a bounded share of the node). It serves nothing that changes the node.
+//! A node's health endpoint (`troupe start --health-port`): `GET /healthz`
+//! answers `200 ok` while the node is part of its cluster and `503`
+//! otherwise (not joined yet, or left): what Kubernetes probes. Anything
+//! else gets `404`; a request over 1 KiB or slower than 2 s (TLS handshake
+//! included) closes its connection, as does one past 64 open at once (a
+//! flood holds a bounded share of the node). It serves nothing that
+//! changes the node.
+//!
+//! A node with TLS serves it over TLS (HTTPS) with its own certificate,
+//! and asks none of the client: probes present none (Kubernetes' `scheme:
+//! HTTPS` does not verify the server's either). It is plain HTTP otherwise.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
+use crate::tls::Tls;
 use crate::ClusterNode;
 
 const MAX_REQUEST: usize = 1024;
@@ -20,11 +27,14 @@ const MAX_REQUEST: usize = 1024;
 const MAX_OPEN: usize = 64;
 
 /// Serves the health of the node `node` holds on `addr` until the returned
-/// task is aborted (a watch: a worker that rejoins as a new node swaps it).
+/// task is aborted (a watch: a worker that rejoins as a new node swaps it);
+/// over TLS with `tls`'s certificate when given.
 pub async fn serve(
     addr: SocketAddr,
     node: tokio::sync::watch::Receiver<ClusterNode>,
+    tls: Option<&Tls>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let tls: Option<TlsAcceptor> = tls.map(|tls| TlsAcceptor::from(tls.https_config()));
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -45,8 +55,15 @@ pub async fn serve(
                 continue;
             };
             let node = node.borrow().clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(2), answer(stream, &node)).await;
+                let check = async {
+                    match tls {
+                        Some(tls) => answer(tls.accept(stream).await?, &node).await,
+                        None => answer(stream, &node).await,
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), check).await;
                 drop(slot);
             });
         }
@@ -54,7 +71,10 @@ pub async fn serve(
     Ok((local, task))
 }
 
-async fn answer(mut stream: TcpStream, node: &ClusterNode) -> std::io::Result<()> {
+async fn answer(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    node: &ClusterNode,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -90,6 +110,7 @@ async fn answer(mut stream: TcpStream, node: &ClusterNode) -> std::io::Result<()
 mod tests {
     use super::*;
     use crate::ClusterOptions;
+    use tokio::net::TcpStream;
 
     async fn get(addr: SocketAddr, request: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -105,7 +126,9 @@ mod tests {
     async fn a_node_not_in_a_cluster_is_unhealthy_and_other_paths_are_not_found() {
         let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1"));
         let (_keep, node) = tokio::sync::watch::channel(node);
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node).await.unwrap();
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node, None)
+            .await
+            .unwrap();
         let answer = get(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         let answer = get(addr, b"GET /other HTTP/1.1\r\n\r\n").await;
@@ -122,7 +145,9 @@ mod tests {
     async fn past_the_bound_of_open_checks_a_connection_is_closed_and_later_ones_answered() {
         let node = ClusterNode::new(ClusterOptions::worker("127.0.0.1:1"));
         let (_keep, node) = tokio::sync::watch::channel(node);
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node).await.unwrap();
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), node, None)
+            .await
+            .unwrap();
         let mut idle = Vec::new();
         for _ in 0..MAX_OPEN {
             idle.push(TcpStream::connect(addr).await.unwrap());

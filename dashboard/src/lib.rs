@@ -60,12 +60,15 @@ mod hub;
 mod panel;
 mod prometheus;
 mod server;
+mod tls;
 mod view;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio_rustls::rustls::ServerConfig;
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError};
 use troupe_core::{Config, Runtime, StateQuery, TaskFilter};
 
@@ -173,6 +176,7 @@ pub struct Dashboard {
     token: Option<String>,
     cluster_interval: Duration,
     cluster_deadline: Duration,
+    tls: Option<Arc<ServerConfig>>,
 }
 
 impl Dashboard {
@@ -191,7 +195,15 @@ impl Dashboard {
             token: None,
             cluster_interval: Duration::from_secs(1),
             cluster_deadline: Duration::from_secs(5),
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `config` (a server certificate the browsers that
+    /// open it trust): the token then never crosses the network in clear.
+    pub fn tls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// How often the cluster view asks the cluster for every node's state

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State as Extract;
@@ -18,6 +18,7 @@ use axum::Router;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
+use tokio_rustls::rustls::ServerConfig;
 use troupe_core::runtime::{RunningService, RuntimeService, ServiceError, WeakRuntime};
 use troupe_core::Runtime;
 
@@ -78,10 +79,21 @@ pub(crate) fn recorder() -> Result<PrometheusHandle, DashboardError> {
 ///     http_sd_configs:
 ///       - url: http://HEAD:9464/targets
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MetricsExporter {
     addr: String,
     token: Option<String>,
+    tls: Option<Arc<ServerConfig>>,
+}
+
+impl std::fmt::Debug for MetricsExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsExporter")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl MetricsExporter {
@@ -93,7 +105,15 @@ impl MetricsExporter {
         Self {
             addr: addr.into(),
             token: None,
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `config` (a node's certificate, say; Prometheus
+    /// then scrapes with `scheme: https` and the CA in its `tls_config`).
+    pub fn tls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Requires `token` of every scrape (`Authorization: Bearer TOKEN`, as
@@ -123,6 +143,7 @@ impl RuntimeService for MetricsExporter {
     ) -> BoxFuture<'static, Result<Box<dyn RunningService>, ServiceError>> {
         let addr = self.addr.clone();
         let token = self.token.clone();
+        let tls = self.tls.clone();
         let runtime = runtime.downgrade();
         Box::pin(async move {
             let auth = crate::auth::Auth::new(token.as_deref())?;
@@ -147,7 +168,7 @@ impl RuntimeService for MetricsExporter {
                     HostGuard::for_addr(local),
                     guard,
                 ));
-            let mut served = Served::start(listener, format!("http://{local}/metrics"), app);
+            let mut served = Served::start(listener, tls, "/metrics", app)?;
             served.helpers.push(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(UPKEEP).await;

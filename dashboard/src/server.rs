@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ServerConfig;
 use troupe_core::runtime::{RunningService, WeakRuntime};
 use troupe_core::{Runtime, StateQuery, TaskFilter, TaskState, TimelineError};
 
@@ -96,24 +97,48 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    /// Serves `app` on `listener` until `stop`.
-    pub(crate) fn start(listener: tokio::net::TcpListener, url: String, app: Router) -> Self {
+    /// Serves `app` on `listener` until `stop`, over TLS with `tls`; its
+    /// URL is `path` at the address it listens on.
+    pub(crate) fn start(
+        listener: tokio::net::TcpListener,
+        tls: Option<Arc<ServerConfig>>,
+        path: &str,
+        app: Router,
+    ) -> Result<Self, DashboardError> {
+        let local = local_addr(&listener)?;
         let shutdown = Arc::new(Notify::new());
         let signal = shutdown.clone();
-        let server = tokio::spawn(async move {
-            let serving = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { signal.notified().await });
-            if let Err(err) = serving.await {
-                tracing::error!(%err, "the HTTP server stopped with an error");
+        let url = match &tls {
+            Some(_) => format!("https://{local}{path}"),
+            None => format!("http://{local}{path}"),
+        };
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let serving = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { signal.notified().await });
+                if let Err(err) = serving.await {
+                    tracing::error!(%err, "the HTTP server stopped with an error");
+                }
+            }),
+            Some(config) => {
+                let listener = crate::tls::TlsListener::new(listener, config)
+                    .map_err(|cause| DashboardError::Bind { addr: local, cause })?;
+                tokio::spawn(async move {
+                    let serving = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { signal.notified().await });
+                    if let Err(err) = serving.await {
+                        tracing::error!(%err, "the HTTPS server stopped with an error");
+                    }
+                })
             }
-        });
-        Self {
+        };
+        Ok(Self {
             url,
             server,
             helpers: Vec::new(),
             shutdown,
             hub: None,
-        }
+        })
     }
 
     fn abort(&self) {
@@ -224,8 +249,7 @@ pub(crate) async fn start_dashboard(
             HostGuard::for_addr(local),
             guard,
         ));
-    let url = format!("http://{local}/");
-    let mut served = Served::start(listener, url, app);
+    let mut served = Served::start(listener, dashboard.tls.clone(), "/", app)?;
     served.helpers.push(tokio::spawn(hub.clone().run_poller()));
     served.helpers.push(tokio::spawn(hub.clone().run_sampler()));
     served.helpers.push(tokio::spawn(cluster.run(hub.clone())));

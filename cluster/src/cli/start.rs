@@ -40,7 +40,8 @@ pub(super) fn check_metrics(args: &StartArgs) -> Result<(), ClusterError> {
 
 /// Adds the Prometheus endpoint `--metrics-port` asks for.
 #[cfg(feature = "dashboard")]
-fn with_metrics(config: Config, args: &StartArgs) -> Config {
+/// HTTPS with the node's certificate when it has TLS.
+fn with_metrics(config: Config, args: &StartArgs, tls: Option<&crate::tls::Tls>) -> Config {
     let Some(port) = args.metrics_port else {
         return config;
     };
@@ -49,11 +50,14 @@ fn with_metrics(config: Config, args: &StartArgs) -> Config {
     if let Some(token) = &args.metrics_token {
         exporter = exporter.token(token.clone());
     }
+    if let Some(tls) = tls {
+        exporter = exporter.tls(tls.https_config());
+    }
     config.service(exporter)
 }
 
 #[cfg(not(feature = "dashboard"))]
-fn with_metrics(config: Config, _: &StartArgs) -> Config {
+fn with_metrics(config: Config, _: &StartArgs, _: Option<&crate::tls::Tls>) -> Config {
     config
 }
 
@@ -72,13 +76,18 @@ pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), Cl
         .clone()
         .unwrap_or_else(|| if role == Role::Head { "head" } else { "node" }.to_owned());
     let resources = resources_of(&args)?;
+    // The HTTPS endpoints' certificate (the node loads its own as it starts).
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(crate::tls::Tls::load(dir)?),
+        None => None,
+    };
     let (current, watched) = tokio::sync::watch::channel(ClusterNode::new(options.clone()));
     // Up before joining, so that a probe sees 503 (not a refused
     // connection) while the node joins.
     let health = match args.health_port {
         Some(port) => {
             let addr = std::net::SocketAddr::new(args.bind, port);
-            let (_, task) = crate::health::serve(addr, watched)
+            let (_, task) = crate::health::serve(addr, watched, tls.as_deref())
                 .await
                 .map_err(|source| ClusterError::Bind {
                     addr: addr.to_string(),
@@ -106,7 +115,7 @@ pub(super) async fn blocking(args: StartArgs, user_build: bool) -> Result<(), Cl
         }
         // Before the node's own service, which tells the others where
         // this endpoint is.
-        config = with_metrics(config, &args);
+        config = with_metrics(config, &args, tls.as_deref());
         let rt = match troupe_core::init(node.configure(config)).await {
             Ok(rt) => rt,
             Err(err) if rejoining => {

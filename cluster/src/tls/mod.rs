@@ -101,6 +101,10 @@ impl Credentials {
 pub struct Tls {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
+    /// The HTTPS endpoints' (health, metrics): this node's certificate,
+    /// none asked of the client (Kubernetes' probes and Prometheus present
+    /// none).
+    https: Arc<ServerConfig>,
     dir: PathBuf,
 }
 
@@ -194,6 +198,12 @@ impl Tls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| unusable(format!("node.pem and node.key: {e}")))?;
+        let https = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| unusable(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| unusable(format!("node.pem and node.key: {e}")))?;
         let client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| unusable(e.to_string()))?
@@ -203,8 +213,16 @@ impl Tls {
         Ok(Arc::new(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
+            https: Arc::new(https),
             dir: dir.to_owned(),
         }))
+    }
+
+    /// What the HTTPS endpoints serve with (TLS 1.3, which Kubernetes'
+    /// probes and Prometheus speak): clients check the certificate against
+    /// `ca.pem`, under the name [`SERVER_NAME`].
+    pub(crate) fn https_config(&self) -> Arc<ServerConfig> {
+        self.https.clone()
     }
 
     /// Where its files are.

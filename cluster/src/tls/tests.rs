@@ -298,3 +298,88 @@ async fn nodes_speak_tls_1_3_with_aes_128_gcm() {
         assert_eq!(suite.suite(), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     }
 }
+
+/// An HTTPS request from a client that trusts `dir`'s CA and presents no
+/// certificate (as Kubernetes' probes and Prometheus): the answer.
+async fn https_get(dir: &Dir, addr: std::net::SocketAddr, path: &str) -> String {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&dir.0.join("ca.pem")).expect("ca.pem") {
+        roots.add(cert).expect("a root");
+    }
+    let client = ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut https = TlsConnector::from(Arc::new(client))
+        .connect(Tls::server_name(), tcp)
+        .await
+        .expect("an HTTPS handshake without a client certificate");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    https.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    let _ = https.read_to_string(&mut answer).await;
+    answer
+}
+
+/// What a plain-HTTP request to `addr` gets back.
+async fn plain_get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    let _ = plain.write_all(request.as_bytes()).await;
+    let mut bytes = Vec::new();
+    let _ = plain.read_to_end(&mut bytes).await;
+    bytes
+}
+
+/// Kubernetes' probes present no certificate: the health endpoint of a TLS
+/// node serves them HTTPS with the node's certificate, and nothing in clear.
+#[tokio::test]
+async fn the_health_endpoint_speaks_https_to_a_client_without_a_certificate() {
+    let (dir, tls) = cluster("health", 30);
+    let node = crate::ClusterNode::new(crate::ClusterOptions::worker("127.0.0.1:1"));
+    let (_keep, node) = tokio::sync::watch::channel(node);
+    let (addr, task) = crate::health::serve("127.0.0.1:0".parse().expect("addr"), node, Some(&tls))
+        .await
+        .expect("serves");
+    let answer = https_get(&dir, addr, "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let bytes = plain_get(addr, "/healthz").await;
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "answered in clear: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    task.abort();
+}
+
+/// `troupe start --metrics-port` with `--tls-dir` serves HTTPS: the token
+/// Prometheus sends never crosses the network in clear. A client that
+/// never finishes its handshake holds nobody up.
+#[cfg(feature = "dashboard")]
+#[tokio::test]
+async fn the_metrics_endpoint_of_a_tls_node_serves_https_only() {
+    let (dir, tls) = cluster("metrics", 30);
+    let exporter = troupe_dashboard::MetricsExporter::new("127.0.0.1:0").tls(tls.https_config());
+    let rt = troupe_core::init(troupe_core::Config::default().service(exporter))
+        .await
+        .expect("a runtime");
+    let url = troupe_dashboard::metrics_url(&rt).expect("the endpoint is up");
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTPS URL: {url}"));
+    let _stalled = TcpStream::connect(addr).await.expect("connect");
+    let answer = https_get(&dir, addr, "/metrics").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("troupe_"), "no Troupe metric in: {answer}");
+    let bytes = plain_get(addr, "/metrics").await;
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "answered in clear: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    rt.shutdown().await.expect("shuts down");
+}

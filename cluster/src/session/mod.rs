@@ -12,6 +12,10 @@
 //! to loopback on a random port behind TLS that has no certificate to
 //! present, so no connection through it can complete.
 //!
+//! The stream ractor gets is bounded both ways (`guard.rs`): whole frames
+//! at a bounded rate, a bounded number of remote actors and groups, and a
+//! deadline on writes to a peer that reads nothing.
+//!
 //! The node id proven here travels with the stream (its peer label); when
 //! ractor reports the session authenticated, a peer whose ractor name
 //! claims another node is disconnected.
@@ -37,6 +41,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 use troupe_core::NodeId;
 
+mod guard;
+
+use self::guard::{DeadlineWrite, GuardedRead, SessionLimits};
 use crate::handshake::{self, HandshakeError, Purpose, RefusalLog, Standing};
 use futures::future::BoxFuture;
 
@@ -68,9 +75,15 @@ struct SessionStream {
 }
 
 impl ClusterBidiStream for SessionStream {
+    /// Both halves bounded (`guard.rs`): what ractor_cluster would queue
+    /// for this peer without limit.
     fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let limits = SessionLimits::standard();
         let (read, write) = tokio::io::split(self.stream);
-        (Box::new(read), Box::new(write))
+        (
+            Box::new(GuardedRead::new(read, limits.clone(), self.label.clone())),
+            Box::new(DeadlineWrite::new(write, limits.write_stall, self.label)),
+        )
     }
 
     fn peer_label(&self) -> Option<String> {
@@ -452,6 +465,42 @@ mod tests {
                 "the sealed listener sent data"
             );
         }
+    }
+
+    /// The halves ractor gets are bounded: a peer that never reads is cut
+    /// off, and a frame over the limit ends the read side.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_stream_is_bounded_in_both_directions() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (ours, _) = listener.accept().await.expect("accept");
+        let stream = Box::new(SessionStream {
+            stream: Stream::Plain(ours),
+            label: label(NodeId(9), None),
+        });
+        let (mut read, mut write) = stream.split();
+        // The peer never reads: the kernel's buffers fill, then the limit.
+        let started = tokio::time::Instant::now();
+        let chunk = vec![0u8; 1 << 20];
+        let err = loop {
+            if let Err(err) = write.write_all(&chunk).await {
+                break err;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() >= SessionLimits::standard().write_stall);
+
+        let mut peer = peer;
+        let oversize = (SessionLimits::standard().frame_bytes as u64 + 1).to_be_bytes();
+        peer.write_all(&oversize).await.expect("write");
+        let err = read
+            .read(&mut [0u8; 16])
+            .await
+            .expect_err("an oversize frame is refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     fn rand_suffix() -> u64 {
