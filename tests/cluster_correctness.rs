@@ -1085,6 +1085,63 @@ fn assert_never_down(
     }
 }
 
+/// A worker whose cluster I/O runtime is held up for longer than the death
+/// limit (a long poll, or a deep queue of ready work on a loaded machine)
+/// is not declared dead: its heartbeats go out from a thread of their own.
+/// Three holds of 2.5 s (the limit is 1.5 s); tasks sent there meanwhile
+/// run, late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_io_runtime_is_held_up_is_not_declared_dead() {
+    let _turn = DRIVER.lock().await;
+    let mut p = processes("held-io");
+    let head = p
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .expect("the head starts");
+    let held = common::cluster::node_launcher(&[(troupe::cluster::HOLD_IO_ENV, "2500")]);
+    let join = [
+        "start",
+        "--block",
+        "--address",
+        head.address.as_str(),
+        "--num-cpus",
+        "1",
+    ];
+    let worker = p.start_with(&held, &join).expect("a worker starts");
+    let rt = join_as_driver(&p, &head).await;
+    in_view(2).await;
+    let mut events = rt.cluster_events();
+    let holds = |p: &LocalCluster| {
+        p.log_tail(&worker)
+            .iter()
+            .filter(|line| line.contains("holding the cluster's I/O runtime"))
+            .count()
+    };
+    // Tasks run there throughout: until the third hold began, then for as
+    // long as it lasts and the death limit after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while holds(&p) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never held its I/O runtime 3 times"
+        );
+        assert_eq!(run_on(&rt, worker.node).await, worker.node);
+        assert_never_down(&mut events, worker.node);
+    }
+    let after = std::time::Instant::now() + Duration::from_millis(2500 + 1500 + 500);
+    while std::time::Instant::now() < after {
+        assert_eq!(run_on(&rt, worker.node).await, worker.node);
+    }
+    assert_never_down(&mut events, worker.node);
+    assert!(
+        ClusterNode::current().is_some_and(|c| c
+            .members()
+            .iter()
+            .any(|m| m.hello.node == worker.node && m.state == MemberState::Alive)),
+        "the worker is alive in the head's view"
+    );
+    rt.shutdown().await.unwrap();
+}
+
 /// Every connection between the driver and a worker cut at once (a
 /// partition between the two while both still reach the head): the
 /// session is dialed again, the worker is never declared dead, and work

@@ -52,7 +52,9 @@ use std::path::PathBuf;
 pub use agent::{AGENT_GROUP, MAX_PENDING_PER_PEER};
 pub use data_path::{DataClient, DataError, DataLimits, DataServer};
 pub use membership::Detector;
-pub use node::{ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, SERVICE_NAME, TLS_DIR_ENV};
+pub use node::{
+    ClusterNode, ClusterOptions, NodeService, DEFAULT_PORT, HOLD_IO_ENV, SERVICE_NAME, TLS_DIR_ENV,
+};
 pub use protocol::{Member, MemberState, Role};
 pub use transport::{Patience, TransportError, PROBE_AFTER, PROBE_ANSWER_WITHIN};
 use troupe_core::Config;

@@ -38,6 +38,10 @@ pub struct LocalNode {
     index: usize,
 }
 
+/// Set (to anything), every child's log lines are also written to this
+/// process's stderr, prefixed with the child's index: to follow a test.
+pub const ECHO_LOGS_ENV: &str = "TROUPE_TEST_NODE_LOGS";
+
 /// How many of a node's last log lines are kept.
 const LOG_LINES_KEPT: usize = 400;
 
@@ -148,8 +152,13 @@ impl LocalCluster {
         let mut stderr_reader = None;
         if let Some(stderr) = child.stderr.take() {
             let kept = last_errors.clone();
+            let echo = std::env::var_os(ECHO_LOGS_ENV).is_some();
+            let index = self.children.len();
             stderr_reader = Some(std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("[node {index}] {line}");
+                    }
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() == LOG_LINES_KEPT {
                         kept.pop_front();

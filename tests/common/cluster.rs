@@ -34,14 +34,23 @@ pub fn run_node_if_asked() {
 /// A cluster of this test binary's processes in node mode (their
 /// `node_process` test), in a temporary home named after `test`.
 pub fn processes(test: &str) -> LocalCluster {
-    let launcher: Launcher = Box::new(|args: &[String]| {
+    LocalCluster::new(test, node_launcher(&[])).expect("a temporary directory")
+}
+
+/// Starts nodes as this test binary's `node_process`, with `env` set.
+pub fn node_launcher(env: &[(&str, &str)]) -> Launcher {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Box::new(move |args: &[String]| {
         let mut command = Command::new(std::env::current_exe().expect("the test binary"));
         command
             .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
-            .env(NODE_ARGS, args.join("\u{1f}"));
+            .env(NODE_ARGS, args.join("\u{1f}"))
+            .envs(env.iter().map(|(k, v)| (k, v)));
         command
-    });
-    LocalCluster::new(test, launcher).expect("a temporary directory")
+    })
 }
 
 /// This process as a driver (no CPUs of its own) of `head`'s cluster.

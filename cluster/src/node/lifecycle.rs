@@ -98,6 +98,7 @@ impl RuntimeService for NodeService {
             };
             // Started on the I/O runtime: everything the node spawns runs
             // there.
+            hold_io_if_asked(&io);
             let started = match io.spawn(start(shared, rt)).await {
                 Ok(started) => started,
                 Err(join) => Err(ClusterError::Start(format!("its start task: {join}"))),
@@ -115,6 +116,28 @@ impl RuntimeService for NodeService {
             }
         })
     }
+}
+
+/// A fault for tests (`tests/cluster_correctness.rs`): set to a number of
+/// milliseconds, this node's I/O runtime is held that long without a yield
+/// (as a long poll would hold it), three times, 2 s apart. Unset, nothing.
+pub const HOLD_IO_ENV: &str = "TROUPE_FAULT_HOLD_IO_MS";
+
+fn hold_io_if_asked(io: &tokio::runtime::Runtime) {
+    let Some(hold) = std::env::var(HOLD_IO_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    else {
+        return;
+    };
+    let hold = Duration::from_millis(hold);
+    io.spawn(async move {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tracing::warn!(?hold, "holding the cluster's I/O runtime ({HOLD_IO_ENV})");
+            std::thread::sleep(hold);
+        }
+    });
 }
 
 /// Session events from ractor_cluster, forwarded to the node.

@@ -10,6 +10,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tracing::Instrument;
+
 use super::lifecycle::open_session;
 use super::view::unix_micros;
 use super::*;
@@ -44,9 +46,47 @@ pub(super) async fn member_loop(
     // silent one way) still hears from it, and does not declare it dead
     // while it rejoins.
     let regaining = Arc::new(AtomicBool::new(false));
-    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), regaining.clone()));
+    let heartbeats = Heartbeats::start(shared.clone(), regaining.clone());
     watch_head(&shared, &server, &hello, &regaining).await;
-    heartbeats.abort();
+    drop(heartbeats);
+}
+
+/// The heartbeat loop, on a thread of its own until dropped.
+///
+/// Not on the cluster's I/O runtime: under load its one thread has a queue
+/// of ready tasks (frames, replies, pulls) and shares the cores with every
+/// task body, and a heartbeat queued behind them went out a second late,
+/// long enough for the head to declare this live node dead. A thread that
+/// sleeps between ticks is scheduled as soon as it wakes; the send itself
+/// is a socket write from this thread (`LinkWriter::send`).
+struct Heartbeats {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Heartbeats {
+    fn start(shared: Arc<Shared>, regaining: Arc<AtomicBool>) -> Heartbeats {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let span = tracing::Span::current();
+        let beating = async move {
+            tokio::select! {
+                _ = heartbeat_loop(shared, regaining) => {}
+                _ = stopped => {}
+            }
+        }
+        .instrument(span);
+        let thread = std::thread::Builder::new()
+            .name("troupe-heartbeat".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                    Ok(rt) => rt.block_on(beating),
+                    Err(err) => tracing::error!(%err, "no runtime for the heartbeat thread: this node sends no heartbeats"),
+                }
+            });
+        if let Err(err) = thread {
+            tracing::error!(%err, "could not start the heartbeat thread: this node sends no heartbeats");
+        }
+        Heartbeats { _stop: stop }
+    }
 }
 
 /// Sends a heartbeat to the head every period, while the node runs.

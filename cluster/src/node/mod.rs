@@ -563,7 +563,7 @@ mod seams;
 mod state;
 mod view;
 
-pub use lifecycle::{NodeService, SERVICE_NAME};
+pub use lifecycle::{NodeService, HOLD_IO_ENV, SERVICE_NAME};
 use seams::Seams;
 
 #[cfg(test)]
