@@ -1092,22 +1092,50 @@ fn assert_never_down(
 /// run, late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_io_runtime_is_held_up_is_not_declared_dead() {
+    held_io_is_not_death("held-io", false).await;
+}
+
+/// The same over TLS, where a link's writer task seals every frame: it
+/// runs apart from the I/O runtime too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_io_runtime_is_held_up_is_not_declared_dead_over_tls() {
+    held_io_is_not_death("held-io-tls", true).await;
+}
+
+async fn held_io_is_not_death(test: &str, tls: bool) {
     let _turn = DRIVER.lock().await;
-    let mut p = processes("held-io");
+    let mut p = processes(test);
+    let tls_dir = p.home().join("tls");
+    let tls_arg = tls_dir.to_str().expect("a UTF-8 path").to_owned();
+    let mut extra = vec!["--num-cpus", "1"];
+    if tls {
+        for cert in [
+            &["cert", "init", "--dir", &tls_arg][..],
+            &["cert", "issue", "--ca-dir", &tls_arg][..],
+        ] {
+            let (ok, out) = p.run(cert).expect("runs");
+            assert!(ok, "{out}");
+        }
+        extra.extend(["--tls-dir", &tls_arg]);
+    }
     let head = p
-        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &[])
+        .head_with(&binary(env!("CARGO_BIN_EXE_troupe")), &extra)
         .expect("the head starts");
     let held = common::cluster::node_launcher(&[(troupe::cluster::HOLD_IO_ENV, "2500")]);
-    let join = [
-        "start",
-        "--block",
-        "--address",
-        head.address.as_str(),
-        "--num-cpus",
-        "1",
-    ];
+    let mut join = vec!["start", "--block", "--address", head.address.as_str()];
+    join.extend(&extra);
     let worker = p.start_with(&held, &join).expect("a worker starts");
-    let rt = join_as_driver(&p, &head).await;
+    let mut options = ClusterOptions::driver(&head.address);
+    options.cookie = Some(p.cookie().to_owned());
+    options.state_dir = Some(p.home().clone());
+    options.tls_dir = tls.then(|| tls_dir.clone());
+    let rt = troupe::init(
+        Config::default()
+            .resources(Resources::default())
+            .cluster_node(options),
+    )
+    .await
+    .expect("the driver joins");
     in_view(2).await;
     let mut events = rt.cluster_events();
     let holds = |p: &LocalCluster| {

@@ -31,7 +31,9 @@
 //! is queued and written with the others by the link's writer task after
 //! one yield: a burst becomes a few large writes. At most
 //! `MAX_QUEUED_BYTES` wait; past that, sending fails (a peer that stops
-//! reading cannot grow this node's memory).
+//! reading cannot grow this node's memory). Under TLS every frame goes
+//! through the writer task (it seals them), which runs on a thread of its
+//! own ([`sealing`]), not on the cluster's I/O runtime.
 
 use std::io;
 use std::net::SocketAddr;
@@ -343,10 +345,12 @@ impl LinkWriter {
             sent: metrics::counter!("troupe_cluster_control_bytes_sent_total"),
             broken: Mutex::new(Some(broken)),
         });
-        tokio::spawn(
-            write_queued(inner.clone(), sealed)
-                .instrument(tracing::debug_span!("link_out", %to, %addr)),
-        );
+        let writing = write_queued(inner.clone(), sealed)
+            .instrument(tracing::debug_span!("link_out", %to, %addr));
+        match (inner.direct.is_none(), sealing()) {
+            (true, Some(sealing)) => drop(sealing.spawn(writing)),
+            _ => drop(tokio::spawn(writing)),
+        }
         Ok(LinkWriter { inner })
     }
 
@@ -457,6 +461,36 @@ impl Drop for LinkWriter {
 /// writes what is queued, until nothing is. With TLS it owns the stream
 /// (`sealed`) and writes every frame; otherwise it writes to the socket the
 /// senders share.
+/// Where TLS links' writer tasks run: a thread of their own, not the
+/// cluster's I/O runtime. A TLS link's every frame is sealed and written
+/// by its writer task, heartbeats included, so a writer queued behind the
+/// I/O runtime's ready work on a loaded machine would hold them up (and
+/// get a live node declared dead). The stream stays registered with the
+/// I/O runtime's reactor: a write that fits the socket's buffer, as a
+/// heartbeat's does, needs nothing from it. `None` if the thread could not
+/// be started (the writers then run on the I/O runtime).
+fn sealing() -> Option<&'static tokio::runtime::Handle> {
+    // Lives as long as the process (statics are never dropped): nodes come
+    // and go in one (a worker that rejoins), and an idle one costs a
+    // parked thread.
+    static SEALING: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    SEALING
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("troupe-link-seal")
+                .enable_all()
+                .build()
+                .map_err(|err| {
+                    tracing::warn!(%err, "no thread for TLS link writers: they share the I/O runtime")
+                })
+                .ok()
+        })
+        .as_ref()
+        .map(|runtime| runtime.handle())
+}
+
 async fn write_queued(inner: Arc<Writer>, mut sealed: Option<Stream>) {
     let mut batch = Vec::new();
     loop {
