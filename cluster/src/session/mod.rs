@@ -503,6 +503,71 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
+    /// A holder of the read-only token gets the status, and is refused
+    /// anything else by the node itself (not only by the `troupe` command):
+    /// submitting or stopping a job, stopping the cluster.
+    #[tokio::test]
+    async fn an_observer_gets_the_status_and_is_refused_anything_else() {
+        use ractor::Actor;
+        let cookie: &[u8] = b"a session cookie";
+        let node_server = ractor_cluster::NodeServer::new(
+            0,
+            "unused".to_owned(),
+            "troupe-5".to_owned(),
+            "127.0.0.1".to_owned(),
+            Some(ractor_cluster::IncomingEncryptionMode::Tls(
+                sealed().expect("sealed TLS"),
+            )),
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let (node_server, _) = Actor::spawn(None, node_server, ())
+            .await
+            .expect("a node server");
+        let observe: Observe = Arc::new(|request| {
+            Box::pin(async move {
+                match request {
+                    Request::Status => Reply::Ok,
+                    other => Reply::Refused(format!("the test's observe got {}", other.kind())),
+                }
+            })
+        });
+        let served = SessionServer::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            NodeId(5),
+            Credentials::cookie(cookie),
+            node_server.clone(),
+            observe,
+        )
+        .await
+        .expect("bound");
+        let addr = served.local_addr().to_string();
+        let token = Credentials::cookie(crate::cookie::read_only_token(cookie));
+        let within = Duration::from_secs(5);
+        let status = ask(&addr, &token, Request::Status, within).await;
+        assert!(matches!(status, Ok(Reply::Ok)), "{status:?}");
+        let submit = Request::JobSubmit(crate::jobs::JobSpec {
+            command: vec!["sh".to_owned(), "-c".to_owned(), "echo owned".to_owned()],
+            env: Vec::new(),
+            working_dir: None,
+        });
+        for request in [
+            submit,
+            Request::JobStop("job-1".to_owned()),
+            Request::StopCluster,
+        ] {
+            let kind = request.kind();
+            match ask(&addr, &token, request, within).await {
+                Ok(Reply::Refused(why)) => {
+                    assert!(why.contains(kind) && why.contains("cookie"), "{why}")
+                }
+                other => panic!("{kind} by an observer: {other:?}"),
+            }
+        }
+        drop(served);
+        node_server.stop(None);
+    }
+
     fn rand_suffix() -> u64 {
         let mut bytes = [0u8; 8];
         let _ = getrandom::fill(&mut bytes);
