@@ -227,6 +227,59 @@ fn tcp_pingpong(seconds: f64) -> f64 {
     rate
 }
 
+/// What opening one authenticated connection costs (TCP, TLS with the
+/// cluster's certificates when on, the mutual cookie handshake): a pull of
+/// a 64-byte object over a fresh data-path connection, less the same pull
+/// over the connection it left open; the medians of 200 of each.
+async fn connection_handshake_ms(tls_dir: &std::path::Path) -> f64 {
+    use troupe::cluster::tls::{Credentials, Tls};
+    use troupe::cluster::{DataClient, DataLimits, DataServer};
+    let mut credentials = Credentials::cookie(b"a bench cookie");
+    if with_tls() {
+        credentials = credentials.with_tls(Tls::load(tls_dir).expect("the bench's certificates"));
+    }
+    let holder = troupe::ObjectStore::new(troupe::StoreConfig::with_budget(1 << 26));
+    let any = "127.0.0.1:0".parse().expect("an address");
+    let server = DataServer::bind(
+        any,
+        holder.clone(),
+        DataLimits::default(),
+        credentials.clone(),
+    )
+    .await
+    .expect("a data server");
+    let small = holder.put_bytes(&[7u8; 64]).await.expect("put");
+    let client = DataClient::new(
+        troupe::ObjectStore::new(troupe::StoreConfig::with_budget(1 << 26)),
+        DataLimits::default(),
+        credentials,
+    );
+    let addr = server.local_addr();
+    let rounds = if quick() { 20 } else { 200 };
+    let (mut fresh, mut reused) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        client.forget(addr);
+        let began = Instant::now();
+        client
+            .pull(addr, small.id())
+            .await
+            .expect("a pull on a new connection");
+        fresh.push(began.elapsed().as_secs_f64());
+        let began = Instant::now();
+        client
+            .pull(addr, small.id())
+            .await
+            .expect("a pull on an open connection");
+        reused.push(began.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    server.shutdown();
+    (median(fresh) - median(reused)) * 1e3
+}
+
 fn main() {
     echo_if_requested();
     troupe::node::main_if_requested();
@@ -292,6 +345,10 @@ async fn run(filters: Vec<String>) {
     wait_for("three nodes", || alive_nodes() == 3).await;
     print("cluster_start_seconds", began.elapsed().as_secs_f64(), "s");
 
+    if wanted(&filters, "connection_handshake_ms") {
+        let ms = connection_handshake_ms(&tls_dir).await;
+        print("connection_handshake_ms", ms, "ms");
+    }
     if wanted(&filters, "tcp_pingpong_round_trips_per_s") {
         let seconds = if quick() { 0.3 } else { 2.0 };
         let rate = tokio::task::block_in_place(|| tcp_pingpong(seconds));
