@@ -395,3 +395,39 @@ async fn invalid_configs_and_unusable_envs_are_refused_at_build_time() {
     assert!(err.to_string().contains("no simulator licence"), "{err}");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_the_cluster_need_a_registered_env_and_a_cluster() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    // A closure cannot reach another process: a typed error that says to
+    // register the environment, not a panic.
+    let closure = EnvMaker::new("MyCartPole", |_| Ok(CartPole::new()));
+    let config = small().workers_on_cluster(true);
+    let err = Trainer::new(&rt, closure, config.clone())
+        .await
+        .err()
+        .expect("refused");
+    match &err {
+        RlError::EnvNotRegistered { env } => assert_eq!(env, "MyCartPole"),
+        other => panic!("expected EnvNotRegistered, got {other}"),
+    }
+    assert!(err.to_string().contains("register_env!"), "{err}");
+    // A registered env on a runtime that is no cluster's: says to join one.
+    let err = Trainer::new(&rt, EnvMaker::cart_pole(), config)
+        .await
+        .err()
+        .expect("refused");
+    match &err {
+        RlError::Placement { reason } => {
+            assert!(reason.contains("joined a cluster"), "{reason}")
+        }
+        other => panic!("expected Placement, got {other}"),
+    }
+    // The same config with local workers trains.
+    let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), small())
+        .await
+        .unwrap();
+    trainer.train().await.unwrap();
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
