@@ -766,7 +766,9 @@ impl Trainer {
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.stop(Duration::from_secs(5)).await;
         }
-        stop_all(&std::mem::take(&mut self.workers)).await;
+        if !self.remote.is_empty() {
+            stop_all(&std::mem::take(&mut self.workers)).await;
+        }
         if let Some(group) = self.group.take() {
             self.rt.remove_placement_group(&group).await;
         }
