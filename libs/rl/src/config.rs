@@ -154,10 +154,23 @@ pub struct PpoConfig {
     /// respawned by the trainer on a live node, and its fragment sampled
     /// again, within the same `max_worker_restarts` per
     /// `worker_restart_window` as local workers. Sampling stays
-    /// synchronous: every fragment of an update is sampled with the
-    /// current weights (no staleness). Needs a runtime that joined a
+    /// synchronous unless [`async_sampling`](Self::async_sampling) is on.
+    /// Needs a runtime that joined a
     /// cluster (Troupe's `cluster` feature, e.g. troupe-rl's own).
     pub workers_on_cluster: bool,
+    /// Sample the next batch while the learner updates on this one
+    /// (default false). The workers then act with the weights from before
+    /// the update: every batch but the first is exactly one update stale
+    /// (`IterationMetrics::policy_lag` is 1), never more. PPO's ratio is
+    /// taken against the log-probabilities the workers recorded, so the
+    /// clip still bounds each step from the policy that acted. Sampling
+    /// and learning overlap, which pays where they run on different
+    /// cores or nodes (workers on the cluster, a GPU learner). The batch
+    /// sampled during the last update is kept for the next iteration; a
+    /// checkpoint loaded into the trainer discards it, as does
+    /// [`Trainer::shutdown`](crate::Trainer::shutdown) (its steps are
+    /// not counted).
+    pub async_sampling: bool,
     /// Where workers on the cluster go (default: a placement group of one
     /// bundle per worker, [`PlacementStrategy::Spread`]); only with
     /// `workers_on_cluster`.
@@ -220,6 +233,7 @@ impl Default for PpoConfig {
             adam_eps: 1e-5,
             num_cpus_per_worker: 1.0,
             workers_on_cluster: false,
+            async_sampling: false,
             worker_placement: WorkerPlacement::default(),
             placement_timeout: Duration::from_secs(60),
             learner_gpus: None,
@@ -275,6 +289,7 @@ setters! {
     adam_eps: f64,
     num_cpus_per_worker: f64,
     workers_on_cluster: bool,
+    async_sampling: bool,
     worker_placement: WorkerPlacement,
     placement_timeout: Duration,
     learner_gpus: Option<f64>,

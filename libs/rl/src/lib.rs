@@ -39,6 +39,7 @@
 //!         in bundle i of a placement group; respawned by the trainer
 //! iteration: sample(weights, version) on every worker (concurrently)
 //!            → learner.update(fragment refs, lr) → learner.publish()
+//!            (async_sampling: the next batch's sample() runs during update)
 //! ```
 //!
 //! - **Environments** are a trait ([`Env`]) with named implementations
@@ -108,8 +109,12 @@
 //!   (its next incarnation, on a live node) and asked for the fragment
 //!   again, within the same restart budget as local workers; its fragments
 //!   are copied to the driver's store as they arrive, so that a node lost
-//!   later loses nothing the learner needs. Sampling is synchronous: every
-//!   fragment of an update is sampled with the current weights.
+//!   later loses nothing the learner needs.
+//! - **Asynchronous sampling** ([`PpoConfig::async_sampling`]): the
+//!   workers sample the next batch while the learner updates, with the
+//!   weights from before the update; every batch but the first is exactly
+//!   one update stale ([`IterationMetrics::policy_lag`]). Off by default:
+//!   every fragment of an update is then sampled with the current weights.
 //! - **Determinism**: every generator is seeded from `PpoConfig::seed`
 //!   (environments, sampling, initial weights, minibatch order), each
 //!   stream derived with [`mix_seed`], so a seed reproduces a run's

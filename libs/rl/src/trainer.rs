@@ -153,6 +153,8 @@ pub struct Trainer {
     remote: Vec<RemoteSlot>,
     /// The placement group the cluster workers live in, if any.
     group: Option<PlacementGroup>,
+    /// With `async_sampling`: the batch sampled during the last update.
+    next_batch: Option<Batch>,
     learner: LearnerHandle,
     weights: ObjectRef<Weights>,
     version: u64,
@@ -236,6 +238,7 @@ impl Trainer {
             workers,
             remote,
             group,
+            next_batch: None,
             learner,
             weights,
             version: 0,
@@ -467,6 +470,8 @@ impl Trainer {
             &self.config,
         )?;
         self.learner.load_state(checkpoint.learner).await??;
+        // A batch sampled in the background acted with the old policy.
+        self.next_batch = None;
         self.weights = self.learner.publish().await??;
         self.version += 1;
         self.counters = checkpoint.counters;
@@ -546,33 +551,19 @@ impl Trainer {
         CpuPolicy::from_weights(&self.shape, &weights)
     }
 
-    /// Asks every worker for a fragment with the current weights; a worker
-    /// that panics, is killed or hangs past `sample_timeout` is restarted
-    /// (replaced) by its supervisor and asked again, as long as it failed
-    /// at most `max_worker_restarts` times within `worker_restart_window`;
-    /// one that fails more often, or is dead for good, is an error.
-    async fn sample(&mut self) -> Result<(Vec<ObjectRef<Fragment>>, u64), RlError> {
-        let (weights, version, config) = (&self.weights, self.version, &self.config);
-        let rt = &self.rt;
-        let mut remote = self.remote.iter_mut();
-        let calls = self
-            .workers
-            .iter_mut()
-            .zip(self.restarts.iter_mut())
-            .enumerate()
-            .map(|(index, (worker, window))| {
-                let remote = remote.next().map(|slot| (rt, slot));
-                sample_one(index, worker, remote, weights, version, config, window)
-            });
-        let results = futures::future::join_all(calls).await;
-        let mut fragments = Vec::with_capacity(results.len());
-        let mut resampled = 0;
-        for result in results {
-            let (fragment, failures) = result?;
-            fragments.push(fragment);
-            resampled += u64::from(failures);
-        }
-        Ok((fragments, resampled))
+    /// Asks every worker for a fragment with the current weights (see
+    /// [`sample_all`]).
+    async fn sample(&mut self) -> Result<Batch, RlError> {
+        sample_all(
+            &self.rt,
+            &mut self.workers,
+            &mut self.remote,
+            &mut self.restarts,
+            &self.weights,
+            self.version,
+            &self.config,
+        )
+        .await
     }
 
     /// One iteration: every worker samples a fragment with the current
@@ -596,8 +587,15 @@ impl Trainer {
 
     async fn iterate(&mut self, horizon: u64) -> Result<IterationMetrics, RlError> {
         let began = Instant::now();
-        let (fragments, resampled) = self.sample().await?;
-        let sampled_in = began.elapsed();
+        let Batch {
+            fragments,
+            resampled,
+            sampled_in,
+            version: sampled_with,
+        } = match self.next_batch.take() {
+            Some(batch) => batch,
+            None => self.sample().await?,
+        };
         let mut steps = 0u64;
         let mut finished = 0u64;
         for fragment in &fragments {
@@ -613,7 +611,27 @@ impl Trainer {
         }
         let lr = self.lr.rate(&self.config, self.counters.env_steps, horizon);
         metrics::gauge!("troupe_rl_learning_rate").set(lr);
-        let stats: UpdateStats = self.learner.update(fragments, lr).await??;
+        let policy_lag = self.version - sampled_with;
+        let stats: UpdateStats = if self.config.async_sampling {
+            // The next batch, with the weights from before this update,
+            // while the learner updates.
+            let update = self.learner.update(fragments, lr);
+            let next = sample_all(
+                &self.rt,
+                &mut self.workers,
+                &mut self.remote,
+                &mut self.restarts,
+                &self.weights,
+                self.version,
+                &self.config,
+            );
+            let (stats, next) = tokio::join!(update, next);
+            let stats = stats??;
+            self.next_batch = Some(next?);
+            stats
+        } else {
+            self.learner.update(fragments, lr).await??
+        };
         self.weights = self.learner.publish().await??;
         self.version += 1;
 
@@ -649,6 +667,7 @@ impl Trainer {
             learning_rate: stats.learning_rate,
             wall_seconds: self.counters.train_seconds,
             worker_restarts: self.counters.worker_restarts,
+            policy_lag,
         };
         metrics::counter!("troupe_rl_iterations_total").increment(1);
         metrics::histogram!("troupe_rl_iteration_seconds").record(took.as_secs_f64());
@@ -773,6 +792,59 @@ impl Trainer {
             self.rt.remove_placement_group(&group).await;
         }
     }
+}
+
+/// Fragments of one batch, and how they were sampled.
+struct Batch {
+    fragments: Vec<ObjectRef<Fragment>>,
+    /// Failed attempts it took (fragments sampled again).
+    resampled: u64,
+    /// How long sampling took.
+    sampled_in: Duration,
+    /// The weights' version the workers acted with.
+    version: u64,
+}
+
+/// Asks every worker for a fragment with `weights`; a worker that panics,
+/// is killed or hangs past `sample_timeout` is restarted (replaced) by its
+/// supervisor, or respawned on the cluster, and asked again, as long as it
+/// failed at most `max_worker_restarts` times within
+/// `worker_restart_window`; one that fails more often, or is dead for
+/// good, is an error.
+async fn sample_all(
+    rt: &Runtime,
+    workers: &mut [RolloutWorkerHandle],
+    remote: &mut [RemoteSlot],
+    restarts: &mut [RestartWindow],
+    weights: &ObjectRef<Weights>,
+    version: u64,
+    config: &PpoConfig,
+) -> Result<Batch, RlError> {
+    let began = Instant::now();
+    let mut remote = remote.iter_mut();
+    let calls =
+        workers
+            .iter_mut()
+            .zip(restarts.iter_mut())
+            .enumerate()
+            .map(|(index, (worker, window))| {
+                let remote = remote.next().map(|slot| (rt, slot));
+                sample_one(index, worker, remote, weights, version, config, window)
+            });
+    let results = futures::future::join_all(calls).await;
+    let mut fragments = Vec::with_capacity(results.len());
+    let mut resampled = 0;
+    for result in results {
+        let (fragment, failures) = result?;
+        fragments.push(fragment);
+        resampled += u64::from(failures);
+    }
+    Ok(Batch {
+        fragments,
+        resampled,
+        sampled_in: began.elapsed(),
+        version,
+    })
 }
 
 /// Kills workers on the cluster (each within a deadline: a node that does

@@ -247,8 +247,11 @@ async fn a_worker_node_killed_mid_training_is_replaced_and_training_completes() 
     let env = EnvMaker::by_id("ClusterTest-CartPole-v0").unwrap();
     // Placed by resources alone (the default, a spread placement group,
     // is the other test's).
+    // Sampling overlaps the updates (async_sampling): a worker is lost
+    // while the learner works too.
     let config = config()
         .worker_placement(WorkerPlacement::Resources)
+        .async_sampling(true)
         .sample_timeout(Duration::from_secs(20));
     let mut trainer = within_for(
         DEADLINE,
@@ -309,6 +312,11 @@ async fn a_worker_node_killed_mid_training_is_replaced_and_training_completes() 
         after.iter().all(|n| *n == survivor.node),
         "every worker on the surviving node {}: {after:?}",
         survivor.node
+    );
+    let lags: Vec<u64> = trainer.history().iter().map(|m| m.policy_lag).collect();
+    assert!(
+        lags[0] == 0 && lags[1..].iter().all(|l| *l == 1),
+        "one update stale, never more: {lags:?}"
     );
     let m = trainer.history().last().unwrap();
     assert!(m.episode_return_mean.is_finite() && m.policy_loss.is_finite());
