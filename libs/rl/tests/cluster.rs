@@ -20,8 +20,8 @@ use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
 use troupe::prelude::*;
 use troupe::NodeId;
 use troupe_rl::{
-    CartPole, EnvMaker, IterationMetrics, PpoConfig, Reporter, RlError, Stop, Trainer,
-    WorkerPlacement,
+    Action, CartPole, Env, EnvError, EnvMaker, Info, IterationMetrics, PpoConfig, Reporter,
+    RlError, Space, Stop, Trainer, Transition, WorkerPlacement,
 };
 use troupe_test_kit::{eventually_within, within_for};
 
@@ -38,6 +38,56 @@ const DEADLINE: Duration = Duration::from_secs(90);
 // Short episodes: a policy that learns shows it within a few iterations.
 troupe_rl::register_env!("ClusterTest-CartPole-v0", |_index| {
     Ok(CartPole::new().max_episode_steps(200))
+});
+
+/// The file whose absence makes `ClusterTest-PanicsOnce-v0` panic (once:
+/// it creates it first): named after the test process, the parent of the
+/// nodes that run the environment.
+fn panic_marker(test_pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("troupe-rl-cluster-test-{test_pid}-panicked"))
+}
+
+/// A CartPole whose environment 0 panics at its 10th step, the first time
+/// only, on a node of this test (a worker's panic on its node).
+struct PanicsOnce {
+    inner: CartPole,
+    index: usize,
+    steps: u32,
+}
+
+impl Env for PanicsOnce {
+    fn observation_space(&self) -> Space {
+        self.inner.observation_space()
+    }
+    fn action_space(&self) -> Space {
+        self.inner.action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>, obs: &mut [f32]) -> Result<Info, EnvError> {
+        self.inner.reset(seed, obs)
+    }
+    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Result<Transition, EnvError> {
+        self.steps += 1;
+        if self.index == 0 && self.steps == 10 {
+            let marker = panic_marker(std::os::unix::process::parent_id());
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_ok()
+            {
+                panic!("ClusterTest-PanicsOnce-v0 panics once, as asked");
+            }
+        }
+        self.inner.step(action, obs)
+    }
+}
+
+troupe_rl::register_env!("ClusterTest-PanicsOnce-v0", |index| {
+    Ok(PanicsOnce {
+        inner: CartPole::new(),
+        index,
+        steps: 0,
+    })
 });
 
 /// Node mode: with [`NODE_ARGS`] set, runs `troupe start ...` and exits
@@ -322,4 +372,45 @@ async fn a_worker_node_killed_mid_training_is_replaced_and_training_completes() 
     assert!(m.episode_return_mean.is_finite() && m.policy_loss.is_finite());
     trainer.shutdown().await;
     rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_on_its_node_is_respawned_and_its_fragment_sampled_again() {
+    let _turn = DRIVER.lock().await;
+    let marker = panic_marker(std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    let (p, head, [a, b]) = head_and_two_nodes("rl-worker-panics", "1");
+    let rt = join_as_driver(&p, &head).await;
+    let env = EnvMaker::by_id("ClusterTest-PanicsOnce-v0").unwrap();
+    let mut trainer = within_for(
+        DEADLINE,
+        "the trainer starts",
+        Trainer::new(&rt, env, config()),
+    )
+    .await
+    .unwrap();
+    let first = trainer.workers()[0].id();
+    let summary = within_for(
+        DEADLINE,
+        "training past the panic",
+        trainer.train_until(&Stop::default().or_iterations(4), &mut ()),
+    )
+    .await
+    .unwrap();
+    assert!(marker.exists(), "the environment panicked on a node");
+    assert_eq!(
+        summary.last.worker_restarts, 1,
+        "one fragment sampled again"
+    );
+    assert_eq!(summary.last.env_steps, 4 * 512);
+    assert_ne!(trainer.workers()[0].id(), first, "worker 0 was respawned");
+    let nodes: BTreeSet<NodeId> = worker_nodes(&trainer).await.into_iter().collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from([a.node, b.node]),
+        "back in its bundle"
+    );
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&marker);
 }
