@@ -3,8 +3,11 @@
 //! binary re-launched in node mode (`node_process` below runs the `troupe
 //! start` command line), and the test itself is the driver, holding the
 //! learner. The head and the driver offer no CPUs, so every worker runs on
-//! one of the two nodes. Every process a test starts is killed when its
-//! guard drops, even when the test fails.
+//! one of the two nodes. PPO with a worker on each node learns CartPole
+//! and samples what local workers would; a worker node SIGKILLed mid-run,
+//! a worker whose environment panics on its node, and one that hangs there
+//! are each replaced and their fragments sampled again. Every process a
+//! test starts is killed when its guard drops, even when the test fails.
 //!
 //! Run with `cargo test -p troupe-rl --features cluster --test cluster`.
 
@@ -47,12 +50,14 @@ fn panic_marker(test_pid: u32) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("troupe-rl-cluster-test-{test_pid}-panicked"))
 }
 
-/// A CartPole whose environment 0 panics at its 10th step, the first time
-/// only, on a node of this test (a worker's panic on its node).
+/// A CartPole whose environment 0 fails at its 10th step, the first time
+/// only, on a node of this test: it panics (a worker's panic on its node),
+/// or with `hang`, blocks for ten minutes (a hung environment).
 struct PanicsOnce {
     inner: CartPole,
     index: usize,
     steps: u32,
+    hang: bool,
 }
 
 impl Env for PanicsOnce {
@@ -75,6 +80,9 @@ impl Env for PanicsOnce {
                 .open(&marker)
                 .is_ok()
             {
+                if self.hang {
+                    std::thread::sleep(Duration::from_secs(600));
+                }
                 panic!("ClusterTest-PanicsOnce-v0 panics once, as asked");
             }
         }
@@ -87,6 +95,16 @@ troupe_rl::register_env!("ClusterTest-PanicsOnce-v0", |index| {
         inner: CartPole::new(),
         index,
         steps: 0,
+        hang: false,
+    })
+});
+
+troupe_rl::register_env!("ClusterTest-HangsOnce-v0", |index| {
+    Ok(PanicsOnce {
+        inner: CartPole::new(),
+        index,
+        steps: 0,
+        hang: true,
     })
 });
 
@@ -410,6 +428,47 @@ async fn a_worker_that_panics_on_its_node_is_respawned_and_its_fragment_sampled_
         BTreeSet::from([a.node, b.node]),
         "back in its bundle"
     );
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_hung_on_its_node_is_replaced_after_sample_timeout() {
+    let _turn = DRIVER.lock().await;
+    let marker = panic_marker(std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    // The hung worker is killed, and its replacement spawned into the
+    // bundle it held.
+    let (p, head, _) = head_and_two_nodes("rl-worker-hangs", "1");
+    let rt = join_as_driver(&p, &head).await;
+    let env = EnvMaker::by_id("ClusterTest-HangsOnce-v0").unwrap();
+    let timeout = Duration::from_secs(3);
+    let config = config().sample_timeout(timeout);
+    let mut trainer = within_for(
+        DEADLINE,
+        "the trainer starts",
+        Trainer::new(&rt, env, config),
+    )
+    .await
+    .unwrap();
+    let first = trainer.workers()[0].id();
+    let began = std::time::Instant::now();
+    let summary = within_for(
+        DEADLINE,
+        "training past the hang",
+        trainer.train_until(&Stop::default().or_iterations(3), &mut ()),
+    )
+    .await
+    .unwrap();
+    assert!(marker.exists(), "the environment hung on a node");
+    assert!(began.elapsed() >= timeout, "waited for sample_timeout");
+    assert_eq!(
+        summary.last.worker_restarts, 1,
+        "one fragment sampled again"
+    );
+    assert_eq!(summary.last.env_steps, 3 * 512);
+    assert_ne!(trainer.workers()[0].id(), first, "worker 0 was replaced");
     trainer.shutdown().await;
     rt.shutdown().await.unwrap();
     let _ = std::fs::remove_file(&marker);
