@@ -10,6 +10,7 @@
 //! $B troupe start --address 127.0.0.1:6380 --num-cpus 1 &    # two nodes, a worker each
 //! $B troupe start --address 127.0.0.1:6380 --num-cpus 1 &
 //! TROUPE_ADDRESS=127.0.0.1:6380 $B                            # the driver: trains to 475
+//! TROUPE_ADDRESS=127.0.0.1:6380 $B --async                    # sampling during the updates
 //! $B troupe stop --address 127.0.0.1:6380
 //! ```
 //!
@@ -31,17 +32,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     troupe::node::main_if_requested();
     let rt = Runtime::start(Config::connect_from_env()?)?;
     rt.block_on(async {
-        let env = EnvMaker::by_id(if std::env::args().any(|a| a == "--long") {
+        // `--long`: the registered LongCartPole-v0; `--async`: sample the
+        // next batch during each update (one update stale); `--seed=N`,
+        // `--budget=STEPS` (default 7 and 300,000).
+        let flag = |name: &str| std::env::args().any(|a| a == name);
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            let prefix = format!("--{name}=");
+            match std::env::args().find_map(|a| a.strip_prefix(&prefix).map(str::to_owned)) {
+                Some(n) => n.parse().map_err(|e| format!("{prefix}{n}: {e}")),
+                None => Ok(default),
+            }
+        };
+        let (seed, budget) = (number("seed", 7)?, number("budget", 300_000)?);
+        let env = EnvMaker::by_id(if flag("--long") {
             "LongCartPole-v0"
         } else {
             "CartPole-v1"
         })?;
-        let config = PpoConfig::default().seed(7).workers_on_cluster(true);
+        let config = PpoConfig::default()
+            .seed(seed)
+            .workers_on_cluster(true)
+            .async_sampling(flag("--async"));
         let mut trainer = Trainer::new(&rt, env, config).await?;
         for (i, worker) in trainer.workers().iter().enumerate() {
             println!("worker {i} runs on node {:?}", worker.node().await?);
         }
-        let budget = 300_000;
         let summary = trainer
             .train_until(
                 &Stop::at_return(475.0).or_env_steps(budget),
