@@ -153,10 +153,13 @@ pub struct PpoConfig {
     /// with its node (or that panics, or hangs past `sample_timeout`) is
     /// respawned by the trainer on a live node, and its fragment sampled
     /// again, within the same `max_worker_restarts` per
-    /// `worker_restart_window` as local workers. Sampling stays
+    /// `worker_restart_window` as local workers. A worker samples the same
+    /// wherever it runs, so without failures the training is the same as
+    /// with local workers, iteration for iteration. Sampling stays
     /// synchronous unless [`async_sampling`](Self::async_sampling) is on.
-    /// Needs a runtime that joined a
-    /// cluster (Troupe's `cluster` feature, e.g. troupe-rl's own).
+    /// Needs a runtime that joined a cluster (Troupe's `cluster` feature;
+    /// troupe-rl's `cluster` feature turns it on): see the `ppo_cluster`
+    /// example.
     pub workers_on_cluster: bool,
     /// Sample the next batch while the learner updates on this one
     /// (default false). The workers then act with the weights from before
