@@ -3,8 +3,51 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use troupe::prelude::PlacementStrategy;
 
 use crate::error::RlError;
+
+/// Where rollout workers on the cluster go
+/// ([`PpoConfig::workers_on_cluster`]).
+///
+/// ```
+/// use troupe::prelude::PlacementStrategy;
+/// use troupe_rl::{PpoConfig, WorkerPlacement};
+/// // One worker per node, or the trainer fails to start (after
+/// // placement_timeout) rather than doubling workers up. The default
+/// // spreads them as far as the nodes allow.
+/// let config = PpoConfig::default()
+///     .workers_on_cluster(true)
+///     .worker_placement(WorkerPlacement::Group(PlacementStrategy::StrictSpread));
+/// config.validate()?;
+/// # Ok::<(), troupe_rl::RlError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerPlacement {
+    /// Into a placement group the trainer reserves when it starts
+    /// (default: `Group(PlacementStrategy::Spread)`): one bundle of
+    /// `num_cpus_per_worker` CPUs per worker, spread over the nodes by this
+    /// strategy; worker `i` lives in bundle `i`, and a respawned worker
+    /// goes back into its bundle (reserved again on a live node when its
+    /// node died). The reservation asks each node, so workers never queue
+    /// on a full node while another has room. The trainer removes the
+    /// group at [`Trainer::shutdown`](crate::Trainer::shutdown).
+    Group(PlacementStrategy),
+    /// Each worker spawned on a node the cluster picks for its
+    /// `num_cpus_per_worker` CPUs (the driver's own node included, if it
+    /// offers CPUs), as any actor spawned on the cluster, one after
+    /// another. The cluster picks by the free resources it last heard of
+    /// (heartbeats, every 200 ms by default): a worker spawned right after
+    /// another may queue on the same full node while another has room.
+    /// Prefer a group, unless nodes have room to spare.
+    Resources,
+}
+
+impl Default for WorkerPlacement {
+    fn default() -> Self {
+        WorkerPlacement::Group(PlacementStrategy::Spread)
+    }
+}
 
 /// The configuration of a PPO [`Trainer`](crate::Trainer): a builder whose
 /// setters have the fields' names.
@@ -98,6 +141,48 @@ pub struct PpoConfig {
     pub adam_eps: f64,
     /// CPUs each worker asks the runtime for (default 1).
     pub num_cpus_per_worker: f64,
+    /// Run the rollout workers on the nodes of the cluster the runtime
+    /// belongs to (default false: on this node, children of a local
+    /// supervisor). Each worker is an actor spawned through its registered
+    /// constructor, placed by `num_cpus_per_worker` or into a placement
+    /// group ([`worker_placement`](Self::worker_placement)); it builds its
+    /// environments by name, so the [`EnvMaker`](crate::EnvMaker) must be
+    /// a registered one (built in, or
+    /// [`register_env!`](crate::register_env)). Weights reach the workers
+    /// and fragments the learner through the object store. A worker lost
+    /// with its node (or that panics, or hangs past `sample_timeout`) is
+    /// respawned by the trainer on a live node, and its fragment sampled
+    /// again, within the same `max_worker_restarts` per
+    /// `worker_restart_window` as local workers. A worker samples the same
+    /// wherever it runs, so without failures the training is the same as
+    /// with local workers, iteration for iteration. Sampling stays
+    /// synchronous unless [`async_sampling`](Self::async_sampling) is on.
+    /// Needs a runtime that joined a cluster (Troupe's `cluster` feature;
+    /// troupe-rl's `cluster` feature turns it on): see the `ppo_cluster`
+    /// example.
+    pub workers_on_cluster: bool,
+    /// Sample the next batch while the learner updates on this one
+    /// (default false). The workers then act with the weights from before
+    /// the update: every batch but the first is exactly one update stale
+    /// (`IterationMetrics::policy_lag` is 1), never more. PPO's ratio is
+    /// taken against the log-probabilities the workers recorded, so the
+    /// clip still bounds each step from the policy that acted. Sampling
+    /// and learning overlap, which pays where they run on different
+    /// cores or nodes (workers on the cluster, a GPU learner). The batch
+    /// sampled during the last update is kept for the next iteration; a
+    /// checkpoint loaded into the trainer discards it, as does
+    /// [`Trainer::shutdown`](crate::Trainer::shutdown) (its steps are
+    /// not counted).
+    pub async_sampling: bool,
+    /// Where workers on the cluster go (default: a placement group of one
+    /// bundle per worker, [`PlacementStrategy::Spread`]); only with
+    /// `workers_on_cluster`.
+    pub worker_placement: WorkerPlacement,
+    /// How long starting a worker on the cluster may take: reserving the
+    /// placement group, and each spawn or respawn (default 60 s). Past it
+    /// the trainer fails to start, or training stops, with an error that
+    /// says what did not fit.
+    pub placement_timeout: Duration,
     /// GPUs the learner asks for: `None` (default) means one if the node
     /// has any, else none; the learner runs on `troupe::gpu::device()`.
     pub learner_gpus: Option<f64>,
@@ -150,6 +235,10 @@ impl Default for PpoConfig {
             target_kl: None,
             adam_eps: 1e-5,
             num_cpus_per_worker: 1.0,
+            workers_on_cluster: false,
+            async_sampling: false,
+            worker_placement: WorkerPlacement::default(),
+            placement_timeout: Duration::from_secs(60),
             learner_gpus: None,
             max_worker_restarts: 3,
             worker_restart_window: Duration::from_secs(60),
@@ -202,6 +291,10 @@ setters! {
     target_kl: Option<f64>,
     adam_eps: f64,
     num_cpus_per_worker: f64,
+    workers_on_cluster: bool,
+    async_sampling: bool,
+    worker_placement: WorkerPlacement,
+    placement_timeout: Duration,
     learner_gpus: Option<f64>,
     max_worker_restarts: u32,
     worker_restart_window: Duration,
@@ -321,6 +414,18 @@ impl PpoConfig {
         if self.eval_max_episode_steps == 0 {
             return bad("eval_max_episode_steps", "must be at least 1");
         }
+        if self.placement_timeout.is_zero() {
+            return bad("placement_timeout", "must be positive");
+        }
+        if let (true, WorkerPlacement::Group(_)) = (self.workers_on_cluster, self.worker_placement)
+        {
+            if self.num_cpus_per_worker <= 0.0 {
+                return bad(
+                    "worker_placement",
+                    "reserves num_cpus_per_worker CPUs per worker, which is 0: set num_cpus_per_worker above 0, or use WorkerPlacement::Resources",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -378,6 +483,35 @@ mod tests {
             err.to_string(),
             "invalid PPO config: num_workers must be at least 1"
         );
+    }
+
+    #[test]
+    fn a_placement_group_needs_cpus() {
+        let group = WorkerPlacement::Group(PlacementStrategy::Spread);
+        assert_eq!(PpoConfig::default().worker_placement, group);
+        // Local workers take no group: any placement goes.
+        PpoConfig::default()
+            .num_cpus_per_worker(0.0)
+            .validate()
+            .unwrap();
+        let err = PpoConfig::default()
+            .workers_on_cluster(true)
+            .worker_placement(group)
+            .num_cpus_per_worker(0.0)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("num_cpus_per_worker"), "{err}");
+        PpoConfig::default()
+            .workers_on_cluster(true)
+            .worker_placement(WorkerPlacement::Resources)
+            .num_cpus_per_worker(0.0)
+            .validate()
+            .unwrap();
+        PpoConfig::default()
+            .workers_on_cluster(true)
+            .worker_placement(group)
+            .validate()
+            .unwrap();
     }
 
     #[test]

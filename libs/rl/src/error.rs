@@ -86,6 +86,20 @@ pub enum RlError {
         #[source]
         source: std::io::Error,
     },
+    /// Rollout workers on other nodes were asked for with an environment
+    /// made from a closure, which cannot travel between processes.
+    #[error("rollout workers on other nodes (workers_on_cluster) make their environments by name, and {env:?} was made from a closure (EnvMaker::new), which cannot reach another process; register it with troupe_rl::register_env!({env:?}, |index| ...) and make it with EnvMaker::by_id({env:?}), or leave workers_on_cluster off")]
+    EnvNotRegistered {
+        /// The environment's name.
+        env: String,
+    },
+    /// The rollout workers could not be placed on the cluster: no cluster,
+    /// a placement group that does not fit, a spawn that did not finish.
+    #[error("rollout workers on the cluster: {reason}")]
+    Placement {
+        /// What did not fit or failed, and what to do.
+        reason: String,
+    },
     /// The learning-curve image could not be drawn.
     #[error("could not draw {path}: {reason}")]
     Plot {

@@ -34,8 +34,12 @@
 //!   └── Supervisor "rl-rollout-workers" (one_for_one)
 //!         ├── RolloutWorker 0  VecEnv of K envs + CpuPolicy → ObjectRef<Fragment>
 //!         └── RolloutWorker 1  ...
+//!   or, with workers_on_cluster: no supervisor, and
+//!   RolloutWorker i on a node of the cluster (RolloutWorker::on_node),
+//!         in bundle i of a placement group; respawned by the trainer
 //! iteration: sample(weights, version) on every worker (concurrently)
 //!            → learner.update(fragment refs, lr) → learner.publish()
+//!            (async_sampling: the next batch's sample() runs during update)
 //! ```
 //!
 //! - **Environments** are a trait ([`Env`]) with named implementations
@@ -88,11 +92,29 @@
 //!   waits for it). The learner's update and [`Trainer::evaluate`] run on
 //!   blocking threads too.
 //! - **Resources**: workers ask the runtime for `num_cpus_per_worker` CPUs
-//!   and the learner for a GPU where there is one, from the node that
-//!   builds the trainer: the learner and the workers (children of a
-//!   supervisor there) are spawned in its process, so in a cluster they all
-//!   run on that one node; Troupe places an actor on another node only
-//!   through `spawn_remote`, which the trainer does not use.
+//!   and the learner for a GPU where there is one. The learner runs on the
+//!   node that builds the trainer, and so do the workers (children of a
+//!   supervisor there) by default.
+//! - **Workers on any node**: with
+//!   [`PpoConfig::workers_on_cluster`], on a runtime that joined a
+//!   cluster, each worker is spawned on the cluster through its registered
+//!   constructor [`RolloutWorker::on_node`] from a [`WorkerSetup`] (plain
+//!   data: the environment's registered id, counts, policy shape, seed,
+//!   index, incarnation), into bundle `i` of a placement group the trainer
+//!   reserves (spread by default; see [`WorkerPlacement`]). Rust cannot
+//!   send a closure to another process, so such workers make their
+//!   environments by name: the built-ins, or yours registered with
+//!   [`register_env!`] (every node runs the same program). A worker lost
+//!   with its node, or that panics or hangs, is respawned by the trainer
+//!   (its next incarnation, on a live node) and asked for the fragment
+//!   again, within the same restart budget as local workers; its fragments
+//!   are copied to the driver's store as they arrive, so that a node lost
+//!   later loses nothing the learner needs.
+//! - **Asynchronous sampling** ([`PpoConfig::async_sampling`]): the
+//!   workers sample the next batch while the learner updates, with the
+//!   weights from before the update; every batch but the first is exactly
+//!   one update stale ([`IterationMetrics::policy_lag`]). Off by default:
+//!   every fragment of an update is then sampled with the current weights.
 //! - **Determinism**: every generator is seeded from `PpoConfig::seed`
 //!   (environments, sampling, initial weights, minibatch order), each
 //!   stream derived with [`mix_seed`], so a seed reproduces a run's
@@ -152,7 +174,7 @@ mod vec_env;
 mod worker;
 
 pub use checkpoint::{CheckpointError, Counters};
-pub use config::PpoConfig;
+pub use config::{PpoConfig, WorkerPlacement};
 pub use env::{CartPole, Env, EnvError, EnvMaker, EpisodeStats, Info, Pendulum, Transition};
 pub use error::RlError;
 pub use fragment::Fragment;
@@ -163,7 +185,14 @@ pub use report::{read_csv_log, CsvLog, IterationMetrics, Progress, Reporter};
 pub use space::{Action, Actions, Space};
 pub use trainer::{Evaluation, Stop, TrainSummary, Trainer, RETURN_WINDOW};
 pub use vec_env::VecEnv;
-pub use worker::RolloutWorkerHandle;
+pub use worker::{RolloutWorker, RolloutWorkerHandle, SampleError, WorkerSetup};
+
+/// What `register_env!` expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::env::{boxed_env, EnvRegistration};
+    pub use inventory;
+}
 
 /// A seed for one random stream, derived from the run's seed and the
 /// stream's coordinates (SplitMix64 finalisation over each word), so that

@@ -47,6 +47,12 @@ pub struct IterationMetrics {
     pub wall_seconds: f64,
     /// Fragments sampled again after a worker failed, so far.
     pub worker_restarts: u64,
+    /// Updates between the weights this batch was sampled with and the
+    /// ones it trained: 0 with synchronous sampling, 1 with
+    /// [`PpoConfig::async_sampling`](crate::PpoConfig::async_sampling)
+    /// (0 for its first batch).
+    #[serde(default)]
+    pub policy_lag: u64,
 }
 
 /// Receives every iteration's metrics while a trainer runs

@@ -16,16 +16,17 @@ use troupe::ObjectRef;
 
 use crate::checkpoint::{Checkpoint, Counters};
 use crate::config::PpoConfig;
+use crate::config::WorkerPlacement;
 use crate::env::{EnvMaker, EpisodeStats};
 use crate::error::RlError;
 use crate::fragment::Fragment;
 use crate::learner::{Learner, LearnerHandle, UpdateStats};
 use crate::policy::{ActMode, ActionHead, CpuPolicy, PolicyOutput, PolicyShape};
 use crate::report::{IterationMetrics, Reporter};
-use crate::sampling::{sample_one, RestartWindow};
+use crate::sampling::{sample_one, spawn_on_cluster, RemoteSlot, RestartWindow};
 use crate::schedule::{self, LrSchedule};
 use crate::space::{Actions, Space};
-use crate::worker::{RolloutWorker, RolloutWorkerHandle, WorkerSetup};
+use crate::worker::{LocalSetup, RolloutWorker, RolloutWorkerHandle, WorkerSetup};
 use crate::{mix_seed, VecEnv};
 
 /// Episodes the running mean return is taken over (as RLlib and CleanRL do).
@@ -145,8 +146,15 @@ pub struct Trainer {
     observation_space: Space,
     action_space: Space,
     shape: PolicyShape,
-    supervisor: SupervisorRef,
+    /// The local workers' supervisor; `None` with workers on the cluster.
+    supervisor: Option<SupervisorRef>,
     workers: Vec<RolloutWorkerHandle>,
+    /// How to respawn each worker on the cluster (empty for local ones).
+    remote: Vec<RemoteSlot>,
+    /// The placement group the cluster workers live in, if any.
+    group: Option<PlacementGroup>,
+    /// With `async_sampling`: the batch sampled during the last update.
+    next_batch: Option<Batch>,
     learner: LearnerHandle,
     weights: ObjectRef<Weights>,
     version: u64,
@@ -196,56 +204,20 @@ impl Trainer {
             .await?
         };
 
-        // Each worker may fail max_worker_restarts times per window (the
-        // trainer counts, per worker, and stops with an error past that);
-        // the supervisor's intensity is the same budget for all of them
-        // together, plus the failure that stops training, so that it never
-        // gives up first. A child's own cap would count over its whole life.
-        let mut tree = SupervisorSpec::new("rl-rollout-workers", Strategy::OneForOne).intensity(
-            Intensity::new(
-                config
-                    .max_worker_restarts
-                    .saturating_add(1)
-                    .saturating_mul(config.num_workers as u32),
-                config.worker_restart_window,
-            ),
-        );
-        let mut workers = Vec::with_capacity(config.num_workers);
         let worker_resources = if config.num_cpus_per_worker > 0.0 {
             Resources::cpus(config.num_cpus_per_worker)
         } else {
             Resources::default()
         };
-        for index in 0..config.num_workers {
-            let setup = WorkerSetup {
-                index,
-                rt: rt.clone(),
-                maker: env.clone(),
-                envs: config.envs_per_worker,
-                fragment_len: config.fragment_len,
-                shape: shape.clone(),
-                seed: config.seed,
-                incarnations: Arc::new(AtomicU64::new(0)),
-            };
-            let options = ActorOptions::new()
-                .max_restarts(None)
-                .resources(worker_resources.clone());
-            let (child, handle) = rt
-                .actor_child(options, move || RolloutWorker::new(setup.clone()))
-                .map_err(|err| match err {
-                    SpawnError::ResourcesBusy { .. } | SpawnError::Infeasible { .. } => RlError::Config {
-                        field: "num_cpus_per_worker",
-                        reason: format!(
-                            "× num_workers ({} × {}) do not fit this node ({err}); lower num_workers or num_cpus_per_worker",
-                            config.num_cpus_per_worker, config.num_workers
-                        ),
-                    },
-                    other => RlError::Spawn(other),
-                })?;
-            tree = tree.child(child);
-            workers.push(handle);
-        }
-        let supervisor = rt.spawn_supervisor(tree).await?;
+        let (supervisor, workers, remote, group) = if config.workers_on_cluster {
+            let (workers, remote, group) =
+                Self::spawn_on_cluster(rt, &env, &config, &shape, worker_resources).await?;
+            (None, workers, remote, group)
+        } else {
+            let (supervisor, workers) =
+                Self::spawn_local(rt, &env, &config, &shape, worker_resources).await?;
+            (Some(supervisor), workers, Vec::new(), None)
+        };
         let weights = learner.publish().await??;
         tracing::info!(
             env = env.name(),
@@ -264,6 +236,9 @@ impl Trainer {
             shape,
             supervisor,
             workers,
+            remote,
+            group,
+            next_batch: None,
             learner,
             weights,
             version: 0,
@@ -275,6 +250,165 @@ impl Trainer {
                 .map(|_| RestartWindow::default())
                 .collect(),
         })
+    }
+
+    /// The workers as children of a local supervisor (any maker).
+    async fn spawn_local(
+        rt: &Runtime,
+        env: &EnvMaker,
+        config: &PpoConfig,
+        shape: &PolicyShape,
+        worker_resources: Resources,
+    ) -> Result<(SupervisorRef, Vec<RolloutWorkerHandle>), RlError> {
+        // Each worker may fail max_worker_restarts times per window (the
+        // trainer counts, per worker, and stops with an error past that);
+        // the supervisor's intensity is the same budget for all of them
+        // together, plus the failure that stops training, so that it never
+        // gives up first. A child's own cap would count over its whole life.
+        let mut tree = SupervisorSpec::new("rl-rollout-workers", Strategy::OneForOne).intensity(
+            Intensity::new(
+                config
+                    .max_worker_restarts
+                    .saturating_add(1)
+                    .saturating_mul(config.num_workers as u32),
+                config.worker_restart_window,
+            ),
+        );
+        let mut workers = Vec::with_capacity(config.num_workers);
+        for index in 0..config.num_workers {
+            let setup = LocalSetup {
+                index,
+                rt: rt.clone(),
+                maker: env.clone(),
+                envs: config.envs_per_worker,
+                fragment_len: config.fragment_len,
+                shape: shape.clone(),
+                seed: config.seed,
+                incarnations: Arc::new(AtomicU64::new(0)),
+            };
+            let options = ActorOptions::new()
+                .max_restarts(None)
+                .resources(worker_resources.clone());
+            let (child, handle) = rt
+                .actor_child(options, move || RolloutWorker::local(setup.clone()))
+                .map_err(|err| match err {
+                    SpawnError::ResourcesBusy { .. } | SpawnError::Infeasible { .. } => RlError::Config {
+                        field: "num_cpus_per_worker",
+                        reason: format!(
+                            "× num_workers ({} × {}) do not fit this node ({err}); lower num_workers or num_cpus_per_worker",
+                            config.num_cpus_per_worker, config.num_workers
+                        ),
+                    },
+                    other => RlError::Spawn(other),
+                })?;
+            tree = tree.child(child);
+            workers.push(handle);
+        }
+        Ok((rt.spawn_supervisor(tree).await?, workers))
+    }
+
+    /// The workers on the nodes of the cluster, each through its registered
+    /// constructor (the environment by name), placed by resources or into
+    /// a placement group of one bundle per worker.
+    async fn spawn_on_cluster(
+        rt: &Runtime,
+        env: &EnvMaker,
+        config: &PpoConfig,
+        shape: &PolicyShape,
+        worker_resources: Resources,
+    ) -> Result<
+        (
+            Vec<RolloutWorkerHandle>,
+            Vec<RemoteSlot>,
+            Option<PlacementGroup>,
+        ),
+        RlError,
+    > {
+        if !env.is_registered() {
+            return Err(RlError::EnvNotRegistered {
+                env: env.name().to_owned(),
+            });
+        }
+        let group =
+            match config.worker_placement {
+                WorkerPlacement::Resources => None,
+                WorkerPlacement::Group(strategy) => {
+                    let bundles = vec![worker_resources.clone(); config.num_workers];
+                    let group = rt
+                        .placement_group(PlacementGroupOptions::new(bundles).strategy(strategy))
+                        .map_err(|err| RlError::Placement {
+                            reason: format!("the placement group is invalid: {err}"),
+                        })?;
+                    if let Err(err) = group.ready(config.placement_timeout).await {
+                        rt.remove_placement_group(&group).await;
+                        return Err(RlError::Placement {
+                            reason: format!(
+                            "{err} ({} bundles of {} CPU(s), {strategy:?}; placement_timeout {:?})",
+                            config.num_workers, config.num_cpus_per_worker, config.placement_timeout
+                        ),
+                        });
+                    }
+                    Some(group)
+                }
+            };
+        let slots: Vec<RemoteSlot> = (0..config.num_workers)
+            .map(|index| {
+                let mut options = ActorOptions::new()
+                    .max_restarts(0)
+                    .resources(worker_resources.clone());
+                if let Some(group) = &group {
+                    options = options.placement_group(group, Some(index));
+                }
+                RemoteSlot {
+                    setup: WorkerSetup {
+                        env: env.name().to_owned(),
+                        index,
+                        envs: config.envs_per_worker,
+                        fragment_len: config.fragment_len,
+                        shape: shape.clone(),
+                        seed: config.seed,
+                        incarnation: 0,
+                    },
+                    options,
+                    respawns: 0,
+                }
+            })
+            .collect();
+        // Into a group: each to its bundle, all at once. By resources: one
+        // after another, so that each placement sees the last one's.
+        let spawned = if group.is_some() {
+            futures::future::join_all(slots.iter().map(|slot| spawn_on_cluster(rt, slot, config)))
+                .await
+        } else {
+            let mut spawned = Vec::with_capacity(slots.len());
+            for slot in &slots {
+                let result = spawn_on_cluster(rt, slot, config).await;
+                let failed = result.is_err();
+                spawned.push(result);
+                if failed {
+                    break;
+                }
+            }
+            spawned
+        };
+        let mut workers = Vec::with_capacity(spawned.len());
+        let mut failed = None;
+        for result in spawned {
+            match result {
+                Ok(worker) => workers.push(worker),
+                Err(err) => failed = failed.or(Some(err)),
+            }
+        }
+        if let Some(err) = failed {
+            stop_all(&workers).await;
+            if let Some(group) = &group {
+                rt.remove_placement_group(group).await;
+            }
+            return Err(err);
+        }
+        let nodes: Vec<_> = workers.iter().map(|w| w.info().node).collect();
+        tracing::info!(?nodes, "rollout workers started on the cluster");
+        Ok((workers, slots, group))
     }
 
     /// A trainer restored from a checkpoint, with the checkpoint's config.
@@ -336,6 +470,8 @@ impl Trainer {
             &self.config,
         )?;
         self.learner.load_state(checkpoint.learner).await??;
+        // A batch sampled in the background acted with the old policy.
+        self.next_batch = None;
         self.weights = self.learner.publish().await??;
         self.version += 1;
         self.counters = checkpoint.counters;
@@ -397,7 +533,9 @@ impl Trainer {
         self.learner.device().await?
     }
 
-    /// The rollout workers' handles (to watch or kill them).
+    /// The rollout workers' handles (to watch or kill them). With workers
+    /// on the cluster, a respawned worker's handle replaces the lost one;
+    /// `workers()[i].info().node` is where worker `i` runs now.
     pub fn workers(&self) -> &[RolloutWorkerHandle] {
         &self.workers
     }
@@ -413,30 +551,19 @@ impl Trainer {
         CpuPolicy::from_weights(&self.shape, &weights)
     }
 
-    /// Asks every worker for a fragment with the current weights; a worker
-    /// that panics, is killed or hangs past `sample_timeout` is restarted
-    /// (replaced) by its supervisor and asked again, as long as it failed
-    /// at most `max_worker_restarts` times within `worker_restart_window`;
-    /// one that fails more often, or is dead for good, is an error.
-    async fn sample(&mut self) -> Result<(Vec<ObjectRef<Fragment>>, u64), RlError> {
-        let (weights, version, config) = (&self.weights, self.version, &self.config);
-        let calls = self
-            .workers
-            .iter()
-            .zip(self.restarts.iter_mut())
-            .enumerate()
-            .map(|(index, (worker, window))| {
-                sample_one(index, worker, weights, version, config, window)
-            });
-        let results = futures::future::join_all(calls).await;
-        let mut fragments = Vec::with_capacity(results.len());
-        let mut resampled = 0;
-        for result in results {
-            let (fragment, failures) = result?;
-            fragments.push(fragment);
-            resampled += u64::from(failures);
-        }
-        Ok((fragments, resampled))
+    /// Asks every worker for a fragment with the current weights (see
+    /// [`sample_all`]).
+    async fn sample(&mut self) -> Result<Batch, RlError> {
+        sample_all(
+            &self.rt,
+            &mut self.workers,
+            &mut self.remote,
+            &mut self.restarts,
+            &self.weights,
+            self.version,
+            &self.config,
+        )
+        .await
     }
 
     /// One iteration: every worker samples a fragment with the current
@@ -460,8 +587,15 @@ impl Trainer {
 
     async fn iterate(&mut self, horizon: u64) -> Result<IterationMetrics, RlError> {
         let began = Instant::now();
-        let (fragments, resampled) = self.sample().await?;
-        let sampled_in = began.elapsed();
+        let Batch {
+            fragments,
+            resampled,
+            sampled_in,
+            version: sampled_with,
+        } = match self.next_batch.take() {
+            Some(batch) => batch,
+            None => self.sample().await?,
+        };
         let mut steps = 0u64;
         let mut finished = 0u64;
         for fragment in &fragments {
@@ -477,7 +611,27 @@ impl Trainer {
         }
         let lr = self.lr.rate(&self.config, self.counters.env_steps, horizon);
         metrics::gauge!("troupe_rl_learning_rate").set(lr);
-        let stats: UpdateStats = self.learner.update(fragments, lr).await??;
+        let policy_lag = self.version - sampled_with;
+        let stats: UpdateStats = if self.config.async_sampling {
+            // The next batch, with the weights from before this update,
+            // while the learner updates.
+            let update = self.learner.update(fragments, lr);
+            let next = sample_all(
+                &self.rt,
+                &mut self.workers,
+                &mut self.remote,
+                &mut self.restarts,
+                &self.weights,
+                self.version,
+                &self.config,
+            );
+            let (stats, next) = tokio::join!(update, next);
+            let stats = stats??;
+            self.next_batch = Some(next?);
+            stats
+        } else {
+            self.learner.update(fragments, lr).await??
+        };
         self.weights = self.learner.publish().await??;
         self.version += 1;
 
@@ -513,6 +667,7 @@ impl Trainer {
             learning_rate: stats.learning_rate,
             wall_seconds: self.counters.train_seconds,
             worker_restarts: self.counters.worker_restarts,
+            policy_lag,
         };
         metrics::counter!("troupe_rl_iterations_total").increment(1);
         metrics::histogram!("troupe_rl_iteration_seconds").record(took.as_secs_f64());
@@ -623,21 +778,107 @@ impl Trainer {
             .map_err(|e| RlError::Learner(format!("evaluation thread failed: {e}")))?
     }
 
-    /// Stops the workers' supervisor (the learner stops with the last
-    /// handle to it).
-    pub async fn shutdown(self) {
-        self.supervisor.stop(Duration::from_secs(5)).await;
+    /// Stops the workers: the local workers' supervisor, or the workers
+    /// on the cluster and their placement group (the learner stops with
+    /// the last handle to it).
+    pub async fn shutdown(mut self) {
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.stop(Duration::from_secs(5)).await;
+        }
+        if !self.remote.is_empty() {
+            stop_all(&std::mem::take(&mut self.workers)).await;
+        }
+        if let Some(group) = self.group.take() {
+            self.rt.remove_placement_group(&group).await;
+        }
     }
+}
+
+/// Fragments of one batch, and how they were sampled.
+struct Batch {
+    fragments: Vec<ObjectRef<Fragment>>,
+    /// Failed attempts it took (fragments sampled again).
+    resampled: u64,
+    /// How long sampling took.
+    sampled_in: Duration,
+    /// The weights' version the workers acted with.
+    version: u64,
+}
+
+/// Asks every worker for a fragment with `weights`; a worker that panics,
+/// is killed or hangs past `sample_timeout` is restarted (replaced) by its
+/// supervisor, or respawned on the cluster, and asked again, as long as it
+/// failed at most `max_worker_restarts` times within
+/// `worker_restart_window`; one that fails more often, or is dead for
+/// good, is an error.
+async fn sample_all(
+    rt: &Runtime,
+    workers: &mut [RolloutWorkerHandle],
+    remote: &mut [RemoteSlot],
+    restarts: &mut [RestartWindow],
+    weights: &ObjectRef<Weights>,
+    version: u64,
+    config: &PpoConfig,
+) -> Result<Batch, RlError> {
+    let began = Instant::now();
+    let mut remote = remote.iter_mut();
+    let calls =
+        workers
+            .iter_mut()
+            .zip(restarts.iter_mut())
+            .enumerate()
+            .map(|(index, (worker, window))| {
+                let remote = remote.next().map(|slot| (rt, slot));
+                sample_one(index, worker, remote, weights, version, config, window)
+            });
+    let results = futures::future::join_all(calls).await;
+    let mut fragments = Vec::with_capacity(results.len());
+    let mut resampled = 0;
+    for result in results {
+        let (fragment, failures) = result?;
+        fragments.push(fragment);
+        resampled += u64::from(failures);
+    }
+    Ok(Batch {
+        fragments,
+        resampled,
+        sampled_in: began.elapsed(),
+        version,
+    })
+}
+
+/// Kills workers on the cluster (each within a deadline: a node that does
+/// not answer is left to kill its actors when its owner is gone).
+async fn stop_all(workers: &[RolloutWorkerHandle]) {
+    futures::future::join_all(
+        workers
+            .iter()
+            .map(|w| tokio::time::timeout(Duration::from_secs(5), w.kill(true))),
+    )
+    .await;
 }
 
 impl Drop for Trainer {
     fn drop(&mut self) {
         // A trainer dropped without shutdown() still stops its workers.
-        if self.supervisor.is_alive() {
-            let supervisor = self.supervisor.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { supervisor.stop(Duration::from_secs(5)).await });
-            }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(supervisor) = self.supervisor.take().filter(|s| s.is_alive()) {
+            handle.spawn(async move { supervisor.stop(Duration::from_secs(5)).await });
+        }
+        if !self.remote.is_empty() {
+            let (workers, group, rt) = (
+                std::mem::take(&mut self.workers),
+                self.group.take(),
+                self.rt.clone(),
+            );
+            handle.spawn(async move {
+                stop_all(&workers).await;
+                if let Some(group) = group {
+                    rt.remove_placement_group(&group).await;
+                }
+            });
         }
     }
 }

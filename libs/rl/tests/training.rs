@@ -395,3 +395,94 @@ async fn invalid_configs_and_unusable_envs_are_refused_at_build_time() {
     assert!(err.to_string().contains("no simulator licence"), "{err}");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_the_cluster_need_a_registered_env_and_a_cluster() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    // A closure cannot reach another process: a typed error that says to
+    // register the environment, not a panic.
+    let closure = EnvMaker::new("MyCartPole", |_| Ok(CartPole::new()));
+    let config = small().workers_on_cluster(true);
+    let err = Trainer::new(&rt, closure, config.clone())
+        .await
+        .err()
+        .expect("refused");
+    match &err {
+        RlError::EnvNotRegistered { env } => assert_eq!(env, "MyCartPole"),
+        other => panic!("expected EnvNotRegistered, got {other}"),
+    }
+    assert!(err.to_string().contains("register_env!"), "{err}");
+    // A registered env on a runtime that is no cluster's: says to join one.
+    let err = Trainer::new(&rt, EnvMaker::cart_pole(), config)
+        .await
+        .err()
+        .expect("refused");
+    match &err {
+        RlError::Placement { reason } => {
+            assert!(reason.contains("joined a cluster"), "{reason}")
+        }
+        other => panic!("expected Placement, got {other}"),
+    }
+    // The same config with local workers trains.
+    let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), small())
+        .await
+        .unwrap();
+    trainer.train().await.unwrap();
+    trainer.shutdown().await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_sampling_is_one_update_stale_and_still_learns() {
+    let rt = troupe::init(Config::default()).await.unwrap();
+    let config = PpoConfig::default().seed(1).async_sampling(true);
+    let mut trainer = Trainer::new(&rt, EnvMaker::cart_pole(), config)
+        .await
+        .unwrap();
+    let summary = within_for(
+        TRAINING,
+        "training with async sampling",
+        trainer.train_until(&Stop::at_return(100.0).or_env_steps(40_000), &mut ()),
+    )
+    .await
+    .unwrap();
+    let lags: Vec<u64> = trainer.history().iter().map(|m| m.policy_lag).collect();
+    assert_eq!(lags[0], 0, "the first batch is fresh");
+    assert!(lags[1..].iter().all(|lag| *lag == 1), "lags {lags:?}");
+    let batch = 2 * 8 * 32;
+    assert_eq!(
+        summary.last.env_steps,
+        summary.last.iteration * batch,
+        "each batch trained once"
+    );
+    let start = trainer.history()[..4]
+        .iter()
+        .map(|m| m.episode_return_mean)
+        .find(|r| r.is_finite())
+        .unwrap();
+    let end = summary.last.episode_return_mean;
+    eprintln!(
+        "async: mean return {start:.1} -> {end:.1} in {} steps",
+        summary.last.env_steps
+    );
+    assert!(
+        end > 2.0 * start && end > 60.0,
+        "mean return went from {start:.1} to {end:.1}"
+    );
+    // A checkpoint loaded in between discards the batch sampled with the
+    // old policy: the next one is fresh.
+    let bytes = trainer.save_to_bytes().await.unwrap();
+    trainer.load_from_bytes(&bytes).await.unwrap();
+    let next = trainer.train().await.unwrap();
+    assert_eq!(next.policy_lag, 0);
+    trainer.shutdown().await;
+    // Synchronous sampling is never stale.
+    let mut sync = Trainer::new(&rt, EnvMaker::cart_pole(), small())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(sync.train().await.unwrap().policy_lag, 0);
+    }
+    sync.shutdown().await;
+    rt.shutdown().await.unwrap();
+}

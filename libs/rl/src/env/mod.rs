@@ -141,7 +141,8 @@ pub struct EpisodeStats {
 }
 
 /// What went wrong in an environment. Each message names what is wrong.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Serializable: a rollout worker on another node sends it back as it is.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum EnvError {
     /// The action is not an element of the action space.
@@ -211,28 +212,118 @@ impl EnvError {
 
 type MakeFn = dyn Fn(usize) -> Result<Box<dyn Env>, EnvError> + Send + Sync;
 
+/// How a registered environment is made: its name and a plain function of
+/// the environment's index. Made by [`register_env!`](crate::register_env);
+/// collected when the program is linked, so that every node of a cluster
+/// (all running the same program) knows the same names.
+#[doc(hidden)]
+pub struct EnvRegistration {
+    name: &'static str,
+    make: fn(usize) -> Result<Box<dyn Env>, EnvError>,
+}
+
+impl EnvRegistration {
+    #[doc(hidden)]
+    pub const fn new(
+        name: &'static str,
+        make: fn(usize) -> Result<Box<dyn Env>, EnvError>,
+    ) -> EnvRegistration {
+        EnvRegistration { name, make }
+    }
+}
+
+inventory::collect!(EnvRegistration);
+
+/// Boxes a registered maker's environment (used by `register_env!`).
+#[doc(hidden)]
+pub fn boxed_env<E: Env>(made: Result<E, EnvError>) -> Result<Box<dyn Env>, EnvError> {
+    made.map(|env| Box::new(env) as Box<dyn Env>)
+}
+
+/// The built-in environments' ids, in the order [`EnvMaker::registered_ids`]
+/// lists them first.
+const BUILT_IN: [&str; 2] = ["CartPole-v1", "Pendulum-v1"];
+
+/// Registers an environment under a name, when the program is linked, so
+/// that [`EnvMaker::by_id`] makes it on any node: what rollout workers on
+/// other nodes of a cluster need ([`PpoConfig::workers_on_cluster`]), since
+/// a closure cannot travel between processes but a name can (every node
+/// runs the same program).
+///
+/// The maker is a closure of the environment's index (`0..` over all
+/// workers) that captures nothing, returning `Result<E, EnvError>` for any
+/// `E: Env`. Write it at the top level of a module (as any `static`); the
+/// name must be unique and not a built-in's (`CartPole-v1`, `Pendulum-v1`):
+/// [`EnvMaker::by_id`] refuses a name registered twice.
+///
+/// ```
+/// use troupe_rl::{CartPole, EnvMaker};
+///
+/// troupe_rl::register_env!("LongCartPole-v0", |_index| {
+///     Ok(CartPole::new().max_episode_steps(1000))
+/// });
+///
+/// let maker = EnvMaker::by_id("LongCartPole-v0")?;
+/// assert_eq!(maker.name(), "LongCartPole-v0");
+/// assert!(maker.is_registered());
+/// assert!(EnvMaker::registered_ids().contains(&"LongCartPole-v0"));
+/// # Ok::<(), troupe_rl::EnvError>(())
+/// ```
+///
+/// [`PpoConfig::workers_on_cluster`]: crate::PpoConfig::workers_on_cluster
+#[macro_export]
+macro_rules! register_env {
+    ($name:expr, $make:expr $(,)?) => {
+        const _: () = {
+            fn __troupe_rl_make_env(
+                index: usize,
+            ) -> ::std::result::Result<::std::boxed::Box<dyn $crate::Env>, $crate::EnvError> {
+                let make = $make;
+                $crate::__private::boxed_env(make(index))
+            }
+            $crate::__private::inventory::submit! {
+                $crate::__private::EnvRegistration::new($name, __troupe_rl_make_env)
+            }
+        };
+    };
+}
+
 /// Builds environments by index: what each rollout worker calls (again
 /// after a restart) to make its own copies. Cheap to clone.
+///
+/// A maker is either *registered*, known by its name on every node (the
+/// built-ins, and environments registered with
+/// [`register_env!`](crate::register_env), made with [`EnvMaker::by_id`]),
+/// or built from a closure ([`EnvMaker::new`]), which works in this
+/// process only: rollout workers on other nodes
+/// ([`PpoConfig::workers_on_cluster`](crate::PpoConfig::workers_on_cluster))
+/// need a registered one.
 ///
 /// ```
 /// use troupe_rl::{CartPole, EnvMaker};
 /// let cart_pole = EnvMaker::cart_pole();
 /// assert_eq!(cart_pole.name(), "CartPole-v1");
 /// let same = EnvMaker::by_id("CartPole-v1").unwrap();
+/// assert!(same.is_registered());
 /// let custom = EnvMaker::new("LongCartPole", |_index| {
 ///     Ok(CartPole::new().max_episode_steps(1000))
 /// });
+/// assert!(!custom.is_registered()); // a closure: this process only
 /// # let _ = (same, custom);
 /// ```
 #[derive(Clone)]
 pub struct EnvMaker {
     name: Arc<str>,
     make: Arc<MakeFn>,
+    /// Made by name ([`EnvMaker::by_id`]): any node can make it again.
+    registered: bool,
 }
 
 impl EnvMaker {
     /// A maker called `name` (checkpoints record it) from a function of the
-    /// environment's index (`0..` over all workers).
+    /// environment's index (`0..` over all workers). It works in this
+    /// process only; register the environment with
+    /// [`register_env!`](crate::register_env) for workers on other nodes.
     pub fn new<E, F>(name: impl Into<Arc<str>>, make: F) -> EnvMaker
     where
         E: Env,
@@ -241,34 +332,84 @@ impl EnvMaker {
         EnvMaker {
             name: name.into(),
             make: Arc::new(move |index| make(index).map(|env| Box::new(env) as Box<dyn Env>)),
+            registered: false,
         }
     }
 
     /// Gymnasium's `CartPole-v1`.
     pub fn cart_pole() -> EnvMaker {
-        EnvMaker::new("CartPole-v1", |_| Ok(CartPole::new()))
+        EnvMaker {
+            registered: true,
+            ..EnvMaker::new(BUILT_IN[0], |_| Ok(CartPole::new()))
+        }
     }
 
     /// Gymnasium's `Pendulum-v1`.
     pub fn pendulum() -> EnvMaker {
-        EnvMaker::new("Pendulum-v1", |_| Ok(Pendulum::new()))
+        EnvMaker {
+            registered: true,
+            ..EnvMaker::new(BUILT_IN[1], |_| Ok(Pendulum::new()))
+        }
     }
 
-    /// A built-in environment by its Gymnasium id.
+    /// An environment by its id: a built-in one (Gymnasium's
+    /// `CartPole-v1`, `Pendulum-v1`) or one registered with
+    /// [`register_env!`](crate::register_env). An unknown id, or one
+    /// registered twice, is an [`EnvError::Make`] that lists the known ids.
     pub fn by_id(id: &str) -> Result<EnvMaker, EnvError> {
-        match id {
-            "CartPole-v1" => Ok(EnvMaker::cart_pole()),
-            "Pendulum-v1" => Ok(EnvMaker::pendulum()),
-            other => Err(EnvError::Make {
+        let mut registered = inventory::iter::<EnvRegistration>().filter(|r| r.name == id);
+        let first = registered.next();
+        let built_in = BUILT_IN.contains(&id);
+        if (built_in && first.is_some()) || registered.next().is_some() {
+            return Err(EnvError::Make {
+                env: id.to_owned(),
+                reason: "this id is registered more than once (with register_env!, or over a built-in's id); give each environment a name of its own".into(),
+            });
+        }
+        match (id, first) {
+            ("CartPole-v1", _) => Ok(EnvMaker::cart_pole()),
+            ("Pendulum-v1", _) => Ok(EnvMaker::pendulum()),
+            (_, Some(registration)) => {
+                let make = registration.make;
+                Ok(EnvMaker {
+                    name: Arc::from(registration.name),
+                    make: Arc::new(make),
+                    registered: true,
+                })
+            }
+            (other, None) => Err(EnvError::Make {
                 env: other.to_owned(),
-                reason: "no built-in environment has this id (built in: CartPole-v1, Pendulum-v1); use EnvMaker::new for your own".into(),
+                reason: format!(
+                    "no environment has this id (known: {}); register yours with troupe_rl::register_env!, or use EnvMaker::new for one used in this process only",
+                    EnvMaker::registered_ids().join(", ")
+                ),
             }),
         }
+    }
+
+    /// Every id [`EnvMaker::by_id`] knows: the built-ins, then the
+    /// registered environments sorted by name.
+    pub fn registered_ids() -> Vec<&'static str> {
+        let mut user: Vec<&'static str> = inventory::iter::<EnvRegistration>()
+            .map(|r| r.name)
+            .collect();
+        user.sort_unstable();
+        user.dedup();
+        BUILT_IN.iter().copied().chain(user).collect()
     }
 
     /// The environment's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether any node can make this environment from its name alone
+    /// ([`EnvMaker::by_id`]: a built-in or a
+    /// [`register_env!`](crate::register_env) one), as rollout workers on
+    /// other nodes must; `false` for a maker built from a closure
+    /// ([`EnvMaker::new`]).
+    pub fn is_registered(&self) -> bool {
+        self.registered
     }
 
     /// Builds environment number `index`.
@@ -281,6 +422,91 @@ impl fmt::Debug for EnvMaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EnvMaker")
             .field("name", &self.name)
+            .field("registered", &self.registered)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::register_env!("RegistryTest-LongCartPole", |_index| {
+        Ok(CartPole::new().max_episode_steps(7))
+    });
+    crate::register_env!("RegistryTest-Twice", |_| Ok(CartPole::new()));
+    crate::register_env!("RegistryTest-Twice", |_| Ok(Pendulum::new()));
+    crate::register_env!("Pendulum-v1", |_| Ok(CartPole::new()));
+
+    #[test]
+    fn registered_envs_are_made_by_name() {
+        let maker = EnvMaker::by_id("RegistryTest-LongCartPole").unwrap();
+        assert_eq!(maker.name(), "RegistryTest-LongCartPole");
+        assert!(maker.is_registered());
+        let mut env = maker.make(3).unwrap();
+        let mut obs = [0.0; 4];
+        env.reset(Some(0), &mut obs).unwrap();
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let t = env.step(crate::Action::Discrete(0), &mut obs).unwrap();
+            if t.terminated || t.truncated {
+                break;
+            }
+        }
+        assert!(
+            steps <= 7,
+            "the registered maker's time limit, not CartPole's 500"
+        );
+        let ids = EnvMaker::registered_ids();
+        assert_eq!(&ids[..2], &["CartPole-v1", "Pendulum-v1"]);
+        assert!(ids.contains(&"RegistryTest-LongCartPole"));
+    }
+
+    #[test]
+    fn built_ins_are_registered_and_closures_are_not() {
+        assert!(EnvMaker::by_id("CartPole-v1").unwrap().is_registered());
+        assert!(EnvMaker::cart_pole().is_registered());
+        let closure = EnvMaker::new("CartPole-v1", |_| Ok(CartPole::new()));
+        assert!(!closure.is_registered(), "a closure is never made by name");
+    }
+
+    #[test]
+    fn an_unknown_id_is_a_clear_error_listing_the_known_ones() {
+        let err = EnvMaker::by_id("NoSuchEnv-v9").unwrap_err();
+        match &err {
+            EnvError::Make { env, reason } => {
+                assert_eq!(env, "NoSuchEnv-v9");
+                assert!(reason.contains("CartPole-v1"), "{reason}");
+                assert!(reason.contains("RegistryTest-LongCartPole"), "{reason}");
+                assert!(reason.contains("register_env!"), "{reason}");
+            }
+            other => panic!("expected Make, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_name_registered_twice_or_over_a_built_in_is_refused() {
+        for id in ["RegistryTest-Twice", "Pendulum-v1"] {
+            match EnvMaker::by_id(id) {
+                Err(EnvError::Make { env, reason }) => {
+                    assert_eq!(env, id);
+                    assert!(reason.contains("more than once"), "{reason}");
+                }
+                other => panic!("{id}: expected Make, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn env_errors_survive_the_wire() {
+        let err = EnvError::InvalidAction {
+            action: "7".into(),
+            space: Space::discrete(2),
+        }
+        .in_batch(3);
+        let bytes = postcard::to_allocvec(&err).unwrap();
+        let back: EnvError = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.to_string(), err.to_string());
     }
 }
