@@ -163,12 +163,16 @@ impl Placer {
 /// Where a new actor needing `needs` goes: its `preferred` node (a soft
 /// affinity) when that is live and fits now, else a live node whose free
 /// resources fit now (this one first, then the least loaded), else one
-/// whose total fits; `None` if no node can ever hold it.
+/// whose total fits; `None` if no node can ever hold it. Free now is what
+/// the node reported, and no more than its total less what this node
+/// `sent` it since (spawns its heartbeats may not show yet: two spawns
+/// in a row do not both go to a node with room for one).
 pub fn place_actor(
     me: NodeId,
     members: &[Member],
     needs: &Resources,
     preferred: Option<NodeId>,
+    sent: &dyn Fn(NodeId) -> Sent,
 ) -> Option<NodeId> {
     let runnable = || {
         members.iter().filter(|m| {
@@ -177,7 +181,13 @@ pub fn place_actor(
                 && fits(needs, &m.hello.resources)
         })
     };
-    let free_now = |m: &&Member| fits(needs, &m.available);
+    let free_now = |m: &&Member| {
+        let s = sent(m.hello.node);
+        let mut free = m.available.clone();
+        free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - s.cpus);
+        free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - s.gpus);
+        fits(needs, &free)
+    };
     for first in preferred.into_iter().chain([me]) {
         if let Some(m) = runnable().find(|m| m.hello.node == first && free_now(m)) {
             return Some(m.hello.node);
@@ -426,32 +436,67 @@ mod tests {
             ),
         ];
         members[1].load.actors = 5;
-        assert_eq!(place_actor(NodeId(1), &members, &c, None), Some(NodeId(1)));
+        assert_eq!(
+            place_actor(NodeId(1), &members, &c, None, &none_sent),
+            Some(NodeId(1))
+        );
         let gpuish = Resources::default().with("gpu-ish", 1.0);
         assert_eq!(
-            place_actor(NodeId(1), &members, &gpuish, None),
+            place_actor(NodeId(1), &members, &gpuish, None, &none_sent),
             Some(NodeId(3))
         );
         members[0].available = Resources::default();
         assert_eq!(
-            place_actor(NodeId(1), &members, &c, None),
+            place_actor(NodeId(1), &members, &c, None, &none_sent),
             Some(NodeId(3)),
             "fewest actors"
         );
         assert_eq!(
-            place_actor(NodeId(1), &members, &Resources::cpus(9.0), None),
+            place_actor(NodeId(1), &members, &Resources::cpus(9.0), None, &none_sent),
             None
         );
         // A soft affinity goes first while its node is live and fits.
         assert_eq!(
-            place_actor(NodeId(1), &members, &c, Some(NodeId(2))),
+            place_actor(NodeId(1), &members, &c, Some(NodeId(2)), &none_sent),
             Some(NodeId(2))
         );
         members[1].state = MemberState::Dead;
         assert_eq!(
-            place_actor(NodeId(1), &members, &c, Some(NodeId(2))),
+            place_actor(NodeId(1), &members, &c, Some(NodeId(2)), &none_sent),
             Some(NodeId(3)),
             "its node is dead: anywhere that fits"
+        );
+    }
+
+    fn none_sent(_: NodeId) -> Sent {
+        Sent::default()
+    }
+
+    /// Two spawns in a row, each needing the one free CPU of either of two
+    /// nodes whose heartbeats still show both free: the second goes to the
+    /// other node, not to queue behind the first.
+    #[test]
+    fn an_actor_spawned_just_now_counts_against_its_node() {
+        let c = Resources::cpus(1.0);
+        let members = vec![
+            member(2, c.clone(), c.clone(), 0),
+            member(3, c.clone(), c.clone(), 0),
+        ];
+        let placer = Placer::default();
+        let first =
+            place_actor(NodeId(1), &members, &c, None, &|n| placer.outstanding(n)).expect("a node");
+        placer.sent(first, &c);
+        let second =
+            place_actor(NodeId(1), &members, &c, None, &|n| placer.outstanding(n)).expect("a node");
+        assert_ne!(first, second, "both spawns went to {first}");
+        // With both counted, the next waits on the one with fewest actors
+        // (its total fits), as before.
+        placer.sent(second, &c);
+        assert!(place_actor(NodeId(1), &members, &c, None, &|n| placer.outstanding(n)).is_some());
+        placer.answered(first, &c);
+        assert_eq!(
+            place_actor(NodeId(1), &members, &c, None, &|n| placer.outstanding(n)),
+            Some(first)
         );
     }
 

@@ -346,17 +346,22 @@ impl Seams {
                 let view = read(&shared.view).clone();
                 // Reachable, and running this program (its constructors).
                 let build = shared.options.build_id;
-                let reachable: Vec<Member> = view
+                let mut reachable: Vec<Member> = view
                     .into_iter()
                     .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
                     .filter(|m| Some(m.hello.build_id) == build)
                     .collect();
+                // This node's room as it is now, not as last heartbeat said.
+                for m in reachable.iter_mut().filter(|m| m.hello.node == me) {
+                    m.available = rt.available_resources();
+                }
                 let preferred = match request.options.get_strategy() {
                     SchedulingStrategy::NodeAffinity { node, soft: true } => Some(*node),
                     _ => None,
                 };
                 let needs = request.options.get_resources();
-                crate::placement::place_actor(me, &reachable, needs, preferred).ok_or_else(
+                let sent = |node| shared.placer.outstanding(node);
+                crate::placement::place_actor(me, &reachable, needs, preferred, &sent).ok_or_else(
                     || SpawnError::Remote {
                         node: None,
                         reason: format!(
@@ -370,10 +375,25 @@ impl Seams {
         if target == me {
             return rt.spawn_requested(request, me).await;
         }
-        match transport
+        // Counted against the target until its heartbeats can show the
+        // actor's resources held: a spawn right after this one does not
+        // pick the same full node from a stale view.
+        let needs = request.options.get_resources().clone();
+        shared.placer.sent(target, &needs);
+        let answer = transport
             .request(target, Request::SpawnActor(request))
-            .await
-        {
+            .await;
+        if matches!(answer, Ok(Reply::Spawned(Ok(_)))) {
+            let heard_by = shared.options.detector.heartbeat * 2;
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(heard_by).await;
+                shared.placer.answered(target, &needs);
+            });
+        } else {
+            shared.placer.answered(target, &needs);
+        }
+        match answer {
             Ok(Reply::Spawned(result)) => result,
             Ok(other) => Err(SpawnError::Remote {
                 node: Some(target),
