@@ -266,18 +266,7 @@ async fn started(
 
 async fn wait_for_nodes(n: usize) {
     common::eventually("every node is in the driver's view", || {
-        ClusterNode::current()
-            .map(|c| {
-                c.members()
-                    .iter()
-                    .filter(|m| {
-                        m.state == MemberState::Alive
-                            && matches!(m.hello.role, Role::Head | Role::Worker)
-                    })
-                    .count()
-                    == n
-            })
-            .unwrap_or(false)
+        ClusterNode::current().is_some_and(|c| c.alive_nodes() == n)
     })
     .await;
 }

@@ -193,16 +193,7 @@ async fn readme_cluster(
 /// Waits until the driver's view lists `nodes` live heads and workers.
 async fn in_view(nodes: usize) {
     common::eventually("every node is in the driver's view", || {
-        ClusterNode::current().is_some_and(|c| {
-            c.members()
-                .iter()
-                .filter(|m| {
-                    m.state == MemberState::Alive
-                        && matches!(m.hello.role, Role::Head | Role::Worker)
-                })
-                .count()
-                == nodes
-        })
+        ClusterNode::current().is_some_and(|c| c.alive_nodes() == nodes)
     })
     .await;
 }

@@ -14,7 +14,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 use common::cluster::processes;
 use troupe::cluster::local::{binary, LocalCluster, LocalNode};
-use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
+use troupe::cluster::{ClusterNode, ClusterOptions};
 use troupe::prelude::*;
 use troupe::remote::ClusterEvent;
 use troupe::{SchedulingStrategy, TaskFilter};
@@ -181,16 +181,7 @@ async fn cluster_with(
     .await
     .expect("the driver joins");
     common::eventually("every node is in the driver's view", || {
-        ClusterNode::current().is_some_and(|c| {
-            c.members()
-                .iter()
-                .filter(|m| {
-                    m.state == MemberState::Alive
-                        && matches!(m.hello.role, Role::Head | Role::Worker)
-                })
-                .count()
-                == 3
-        })
+        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 3)
     })
     .await;
     (p, victim, survivor, rt)

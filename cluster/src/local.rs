@@ -87,6 +87,16 @@ impl LocalCluster {
         &self.home
     }
 
+    /// Options for this process to join the cluster of `head` as a driver:
+    /// the cluster's cookie and state directory set (pass them to
+    /// `Config::cluster_node`).
+    pub fn driver_options(&self, head: &LocalNode) -> crate::ClusterOptions {
+        let mut options = crate::ClusterOptions::driver(&head.address);
+        options.cookie = Some(self.cookie.clone());
+        options.state_dir = Some(self.home.clone());
+        options
+    }
+
     fn command(&self, args: &[&str], cookie: &str) -> Command {
         self.command_of(&self.launcher, args, cookie)
     }
@@ -362,6 +372,68 @@ pub fn this_program() -> Launcher {
         command.arg("troupe").args(args.iter().map(OsString::from));
         command
     })
+}
+
+/// Set on a test binary re-launched as a node by [`test_binary`]: the
+/// `troupe` arguments it runs, separated by U+001F.
+pub const TEST_NODE_ARGS_ENV: &str = "TROUPE_TEST_NODE_ARGS";
+
+/// A [`Launcher`] for a test binary (tests in `tests/` cannot add a
+/// `troupe` subcommand to `main`): it re-runs this binary's test `test`
+/// alone, with [`TEST_NODE_ARGS_ENV`] and `env` set. That test's body is
+/// [`run_node_if_asked`]: in node mode it becomes the node.
+///
+/// ```no_run
+/// use troupe_cluster::local::{run_node_if_asked, test_binary, LocalCluster};
+///
+/// #[test]
+/// fn node_process() {
+///     run_node_if_asked();
+/// }
+///
+/// #[test]
+/// fn two_nodes() {
+///     let mut cluster = LocalCluster::new("two-nodes", test_binary("node_process", &[]))
+///         .expect("a temporary directory");
+///     let head = cluster.head(&[]).expect("the head starts");
+///     cluster.worker(&head, &["--num-cpus", "1"]).expect("a worker starts");
+///     // Join it as a driver with `cluster.driver_options(&head)`.
+/// }
+/// ```
+pub fn test_binary(test: &'static str, env: &[(&str, &str)]) -> Launcher {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Box::new(move |args: &[String]| {
+        // A test binary that cannot find itself cannot start nodes; the
+        // spawn then fails with this path in its error.
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("current_exe-unknown"));
+        let mut command = Command::new(exe);
+        command
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(TEST_NODE_ARGS_ENV, args.join("\u{1f}"))
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        command
+    })
+}
+
+/// The body of the test that [`test_binary`] re-runs: with
+/// [`TEST_NODE_ARGS_ENV`] set, runs `troupe <args>` (with this program's
+/// remote functions and actor types) and exits with its status; without
+/// it, returns at once, so that the test passes in a normal run.
+pub fn run_node_if_asked() {
+    let Ok(args) = std::env::var(TEST_NODE_ARGS_ENV) else {
+        return;
+    };
+    let argv =
+        std::iter::once(OsString::from("troupe")).chain(args.split('\u{1f}').map(OsString::from));
+    let code = crate::cli::run(argv, true);
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
 }
 
 fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {

@@ -232,6 +232,14 @@ pub(crate) fn expand(block: &ItemImpl) -> syn::Result<TokenStream2> {
             },
         ),
         (
+            "location",
+            quote! {
+                /// Where the actor lives now, as far as this handle knows (an
+                /// actor on another node restarted elsewhere: its new node).
+                pub fn location(&self) -> ::std::sync::Arc<::troupe::ActorInfo> { self.0.location() }
+            },
+        ),
+        (
             "is_alive",
             quote! {
                 /// Whether an incarnation is running now (false while restarting).

@@ -3,7 +3,7 @@
 //! For `impl Counter { pub fn incr(&mut self, by: u64) -> u64 {..} }` it
 //! keeps the block as written and generates:
 //! - `CounterHandle`, a cheap-to-clone typed handle with the management
-//!   methods of `troupe::ActorHandle` (`stop`, `kill`, `id`, `info`,
+//!   methods of `troupe::ActorHandle` (`stop`, `kill`, `id`, `info`, `location`,
 //!   `is_alive`, `is_dead`, `restarts`, `options`), unless an actor method
 //!   has that name, and
 //!   `AsRef<troupe::ActorHandle<Counter>>`;

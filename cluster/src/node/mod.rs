@@ -271,6 +271,19 @@ impl ClusterNode {
         read(&self.shared.view).clone()
     }
 
+    /// How many nodes that run work (the head and workers, not drivers
+    /// or clients) this node last heard of as alive: what a program waits
+    /// for before it places work on a cluster it just joined.
+    pub fn alive_nodes(&self) -> usize {
+        read(&self.shared.view)
+            .iter()
+            .filter(|m| {
+                m.state == crate::MemberState::Alive
+                    && matches!(m.hello.role, crate::Role::Head | crate::Role::Worker)
+            })
+            .count()
+    }
+
     /// The members this node has a session to now.
     pub fn connected(&self) -> Vec<NodeId> {
         self.shared

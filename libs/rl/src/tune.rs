@@ -172,7 +172,7 @@ pub fn ppo_config(base: &PpoConfig, params: &Params) -> Result<PpoConfig, Traina
             other => {
                 return Err(TrainableError::Param {
                     name: other.to_owned(),
-                    wanted: "a name troupe_rl::tune::TUNABLE lists",
+                    wanted: "a name troupe_rl::tune::TUNABLE lists".into(),
                     found: format!("{:?}", params.get(other)),
                 })
             }
@@ -188,7 +188,7 @@ fn count(params: &Params, name: &str) -> Result<usize, TrainableError> {
     let v = params.i64(name)?;
     usize::try_from(v).map_err(|_| TrainableError::Param {
         name: name.to_owned(),
-        wanted: "a non-negative integer",
+        wanted: "a non-negative integer".into(),
         found: v.to_string(),
     })
 }
@@ -203,7 +203,7 @@ fn widths(params: &Params, name: &str) -> Result<Vec<usize>, TrainableError> {
         .filter(|w| !w.is_empty())
         .ok_or_else(|| TrainableError::Param {
             name: name.to_owned(),
-            wanted: "layer widths such as \"64x64\"",
+            wanted: "layer widths such as \"64x64\"".into(),
             found: format!("{:?}", Value::Str(text.to_owned())),
         })
 }

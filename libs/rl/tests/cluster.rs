@@ -12,14 +12,12 @@
 //! Run with `cargo test -p troupe-rl --features cluster --test cluster`.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use troupe::cluster::local::{Launcher, LocalCluster, LocalNode};
-use troupe::cluster::{ClusterNode, ClusterOptions, MemberState, Role};
+use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
+use troupe::cluster::ClusterNode;
 use troupe::prelude::*;
 use troupe::NodeId;
 use troupe_rl::{
@@ -27,9 +25,6 @@ use troupe_rl::{
     RlError, Space, Stop, Trainer, Transition, WorkerPlacement,
 };
 use troupe_test_kit::{eventually_within, within_for};
-
-/// Set on a re-launched test binary: the `troupe start` arguments it runs.
-const NODE_ARGS: &str = "TROUPE_RL_TEST_NODE_ARGS";
 
 /// One cluster node per process: the tests take turns as the driver.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -108,33 +103,16 @@ troupe_rl::register_env!("ClusterTest-HangsOnce-v0", |index| {
     })
 });
 
-/// Node mode: with [`NODE_ARGS`] set, runs `troupe start ...` and exits
-/// with its status; otherwise does nothing.
+/// Node mode: when this binary is re-launched as a node, runs it;
+/// otherwise does nothing.
 #[test]
 fn node_process() {
-    let Ok(args) = std::env::var(NODE_ARGS) else {
-        return;
-    };
-    let argv =
-        std::iter::once(OsString::from("troupe")).chain(args.split('\u{1f}').map(OsString::from));
-    let code = troupe::cluster::cli::run(argv, true);
-    std::process::exit(if code == std::process::ExitCode::SUCCESS {
-        0
-    } else {
-        1
-    });
+    run_node_if_asked();
 }
 
 /// A cluster of this test binary's processes in node mode.
 fn processes(test: &str) -> LocalCluster {
-    let launcher: Launcher = Box::new(|args: &[String]| {
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
-        command
-            .args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
-            .env(NODE_ARGS, args.join("\u{1f}"));
-        command
-    });
-    LocalCluster::new(test, launcher).expect("a temporary directory")
+    LocalCluster::new(test, test_binary("node_process", &[])).expect("a temporary directory")
 }
 
 /// A head with no CPUs (no worker lands there) and two nodes with `cpus`
@@ -154,9 +132,7 @@ fn head_and_two_nodes(test: &str, cpus: &str) -> (LocalCluster, LocalNode, [Loca
 /// This process as a driver (no CPUs) of `head`'s cluster, once it sees
 /// the head and both nodes alive.
 async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
-    let mut options = ClusterOptions::driver(&head.address);
-    options.cookie = Some(p.cookie().to_owned());
-    options.state_dir = Some(p.home().clone());
+    let options = p.driver_options(head);
     let rt = troupe::init(
         Config::default()
             .resources(Resources::default())
@@ -165,16 +141,7 @@ async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
     .await
     .expect("the driver joins");
     eventually_within(DEADLINE, "the head and both nodes are alive", || {
-        ClusterNode::current().is_some_and(|c| {
-            c.members()
-                .iter()
-                .filter(|m| {
-                    m.state == MemberState::Alive
-                        && matches!(m.hello.role, Role::Head | Role::Worker)
-                })
-                .count()
-                == 3
-        })
+        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 3)
     })
     .await;
     rt

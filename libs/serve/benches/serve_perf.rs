@@ -17,6 +17,11 @@
 //! - `bare_axum_requests_per_s`: a plain axum server returning its input,
 //!   no actors, 64 connections: the ceiling of this machine and load
 //!   generator.
+//! - `remote_noop_requests_per_s` (with the `cluster` feature): the noop
+//!   deployment's 2 replicas on another node (a worker process of a
+//!   local cluster, this bench re-launched; the bench is the driver and
+//!   holds the proxy), requests and responses crossing as JSON over
+//!   loopback, 64 connections; `remote_p50_latency_ms` at 8.
 //!
 //! Every figure comes from the same load generator in the same run, so the
 //! ratios are comparable: this file's (on the tests' HTTP/1.1 client, in
@@ -40,6 +45,9 @@ use troupe_serve::{BatchConfig, Deployment, DeploymentOptions, HandlerError, Ser
 mod client;
 
 struct Echo;
+
+// By kind, so that a node of the local cluster builds its replicas.
+troupe_serve::register_deployment!("serve-perf-echo", Echo, || Echo);
 
 impl Deployment for Echo {
     type Request = serde_json::Value;
@@ -282,7 +290,57 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// A local cluster of this bench's processes: a head and a worker node of
+/// 2 CPUs; the bench joins as a driver with no CPUs of its own, so that the
+/// remote deployment's replicas (1 CPU each) go to the worker.
+#[cfg(feature = "cluster")]
+fn cluster() -> Result<(troupe::cluster::local::LocalCluster, Config), Box<dyn std::error::Error>> {
+    use troupe::cluster::local::{test_binary, LocalCluster};
+    let mut cluster = LocalCluster::new("serve-perf", test_binary("serve-perf-node", &[]))?;
+    let head = cluster.head(&["--num-cpus", "0"])?;
+    cluster.worker(&head, &["--num-cpus", "2"])?;
+    let config = Config::default()
+        .resources(Resources::default())
+        .cluster_node(cluster.driver_options(&head));
+    Ok((cluster, config))
+}
+
+/// The noop deployment with its replicas on the cluster's worker.
+#[cfg(feature = "cluster")]
+async fn serve_echo_remote(rt: &Runtime) -> Result<Serve, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while troupe::cluster::ClusterNode::current().is_none_or(|c| c.alive_nodes() != 2) {
+        if Instant::now() > deadline {
+            return Err("the local cluster's nodes did not come up within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr: SocketAddr = "127.0.0.1:0".parse()?;
+    let serve = Serve::start(rt, ServeOptions::new().http(addr)).await?;
+    let options = DeploymentOptions::new()
+        .replicas(2)
+        .num_cpus(1.0)
+        .replicas_on_cluster(true)
+        .route_prefix("/");
+    serve
+        .deploy_registered::<Echo>("echo", options, "serve-perf-echo")
+        .await?;
+    Ok(serve)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Re-launched as a node of the local cluster: be that node.
+    #[cfg(feature = "cluster")]
+    troupe::cluster::local::run_node_if_asked();
+    #[cfg(feature = "cluster")]
+    let (_cluster, config) = if wanted("remote") {
+        let (cluster, config) = cluster()?;
+        (Some(cluster), config)
+    } else {
+        (None, Config::default())
+    };
+    #[cfg(not(feature = "cluster"))]
+    let config = Config::default();
     let rounds: usize = if quick() {
         1
     } else {
@@ -291,7 +349,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|r| r.parse().ok())
             .unwrap_or(3)
     };
-    let rt = Runtime::start(Config::default())?;
+    let rt = Runtime::start(config)?;
     let medians = rt.block_on(async {
         // Every server runs for the whole bench and the rounds take them in
         // turn, so that a change in the machine's load (it may be shared)
@@ -307,7 +365,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("p99_latency_ms", "ms", vec![]),
             ("batched_requests_per_s", "requests/s", vec![]),
             ("bare_axum_requests_per_s", "requests/s", vec![]),
+            ("remote_noop_requests_per_s", "requests/s", vec![]),
+            ("remote_p50_latency_ms", "ms", vec![]),
         ];
+        #[cfg(feature = "cluster")]
+        let remote = match wanted("remote") {
+            true => Some(serve_echo_remote(&rt).await?),
+            false => None,
+        };
+        #[cfg(feature = "cluster")]
+        let remote_addr = remote.as_ref().and_then(|r| r.http_addr());
+        #[cfg(not(feature = "cluster"))]
+        let remote_addr: Option<SocketAddr> = None;
         for round in 1..=rounds {
             if wanted("noop") {
                 let l = load(plain_addr, 64).await;
@@ -330,6 +399,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 detail(&format!("round {round}: bare axum, 64 connections"), &l);
                 samples[4].2.push(l.rate());
             }
+            if let Some(addr) = remote_addr {
+                let l = load(addr, 64).await;
+                detail(&format!("round {round}: remote noop, 64 connections"), &l);
+                samples[5].2.push(l.rate());
+                let l = load(addr, 8).await;
+                detail(&format!("round {round}: remote noop, 8 connections"), &l);
+                samples[6].2.push(l.percentile_ms(0.5));
+            }
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(remote) = remote {
+            remote.shutdown().await?;
         }
         plain.shutdown().await?;
         batched.shutdown().await?;
@@ -349,6 +430,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let of = |name: &str| medians.iter().find(|(m, _, _)| *m == name).map(|m| m.2);
     if let (Some(noop), Some(bare)) = (of("noop_requests_per_s"), of("bare_axum_requests_per_s")) {
         eprintln!("  noop / bare axum: {:.2}", noop / bare);
+    }
+    if let (Some(remote), Some(noop)) =
+        (of("remote_noop_requests_per_s"), of("noop_requests_per_s"))
+    {
+        eprintln!("  remote noop / noop: {:.2}", remote / noop);
     }
     Ok(())
 }

@@ -12,9 +12,13 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::deployment::{AnyRequest, BatchConfig};
+use troupe::ActorError;
+
+use crate::deployment::{AnyRequest, AnyResponse, BatchConfig};
+use crate::error::HandlerError;
 use crate::lock::read;
 use crate::metrics::DeploymentMetrics;
+use crate::registry::RemoteCodec;
 use crate::replica::{ReplicaHandle, ReplicaReply};
 
 /// A request waiting for its batch, and where its answer goes.
@@ -30,18 +34,20 @@ pub(crate) fn start(
     deployment: &str,
     replica: u64,
     handle: ReplicaHandle,
+    remote: Option<RemoteCodec>,
     config: Arc<RwLock<BatchConfig>>,
     metrics: Arc<DeploymentMetrics>,
 ) -> mpsc::UnboundedSender<BatchRequest> {
     let (tx, rx) = mpsc::unbounded_channel();
     let span = tracing::debug_span!("serve_batcher", deployment, replica);
-    tokio::spawn(run(rx, handle, config, metrics).instrument(span));
+    tokio::spawn(run(rx, handle, remote, config, metrics).instrument(span));
     tx
 }
 
 async fn run(
     mut rx: mpsc::UnboundedReceiver<BatchRequest>,
     handle: ReplicaHandle,
+    remote: Option<RemoteCodec>,
     config: Arc<RwLock<BatchConfig>>,
     metrics: Arc<DeploymentMetrics>,
 ) {
@@ -69,7 +75,11 @@ async fn run(
         metrics.batch_size.record(batch.len() as f64);
         let (requests, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|b| (b.request, b.reply)).unzip();
-        match handle.handle_batch(requests).await {
+        let answered = match &remote {
+            None => handle.handle_batch(requests).await,
+            Some(codec) => call_remote(&handle, codec, requests).await,
+        };
+        match answered {
             Ok(answers) => {
                 let mut answers = answers.into_iter();
                 for reply in replies {
@@ -88,4 +98,51 @@ async fn run(
             }
         }
     }
+}
+
+/// A batch sent to a replica on another node: the requests encoded (one
+/// that does not encode gets its own error, the others go as one batch),
+/// the responses decoded.
+async fn call_remote(
+    handle: &ReplicaHandle,
+    codec: &RemoteCodec,
+    requests: Vec<AnyRequest>,
+) -> Result<Vec<Result<AnyResponse, HandlerError>>, ActorError> {
+    let (encoded, slots) = encode_batch(codec, requests);
+    let mut answers = handle.handle_batch_encoded(encoded).await?.into_iter();
+    Ok(slots
+        .into_iter()
+        .map(|slot| match slot {
+            Some(e) => Err(e),
+            None => match answers.next() {
+                Some(answer) => answer.and_then(|bytes| {
+                    (codec.decode_response)(&bytes).map_err(HandlerError::internal)
+                }),
+                None => Err(HandlerError::internal(
+                    "the batch returned fewer results than it had requests",
+                )),
+            },
+        })
+        .collect())
+}
+
+/// The requests that encode, and for each request its own error if it
+/// does not (sync: the requests are not `Sync`, and are not held across
+/// the call).
+fn encode_batch(
+    codec: &RemoteCodec,
+    requests: Vec<AnyRequest>,
+) -> (Vec<Vec<u8>>, Vec<Option<HandlerError>>) {
+    let mut encoded = Vec::with_capacity(requests.len());
+    let mut slots = Vec::with_capacity(requests.len());
+    for request in &requests {
+        match (codec.encode_request)(request) {
+            Ok(bytes) => {
+                encoded.push(bytes);
+                slots.push(None);
+            }
+            Err(problem) => slots.push(Some(HandlerError::bad_request(problem))),
+        }
+    }
+    (encoded, slots)
 }

@@ -8,7 +8,8 @@
 //!
 //! [[deployments]]
 //! name = "echo"
-//! kind = "echo"            # registered in the program with Registry::register
+//! kind = "echo"            # Registry::register, or register_deployment!
+//! replicas_on_cluster = false  # true: on the cluster's nodes (register_deployment! kinds)
 //! route_prefix = "/echo"
 //! replicas = 2
 //! num_cpus = 0.5
@@ -111,6 +112,9 @@ pub struct DeploymentConfig {
     pub batching: Option<BatchConfig>,
     /// Autoscaling.
     pub autoscaling: Option<AutoscalingConfig>,
+    /// Run the replicas on the cluster's nodes (the kind must be registered
+    /// with `register_deployment!`).
+    pub replicas_on_cluster: Option<bool>,
 }
 
 fn seconds(deployment: &str, field: &str, value: f64) -> Result<Duration, ServeError> {
@@ -169,6 +173,9 @@ impl DeploymentConfig {
         }
         if let Some(v) = self.autoscaling {
             o = o.autoscaling(v);
+        }
+        if let Some(v) = self.replicas_on_cluster {
+            o = o.replicas_on_cluster(v);
         }
         o.validate(name)?;
         Ok(o)
@@ -270,15 +277,25 @@ impl Registry {
         // Check every entry before starting anything.
         let mut plans = Vec::new();
         for d in &config.deployments {
-            let deploy =
-                self.kinds
-                    .get(&d.kind)
-                    .cloned()
-                    .ok_or_else(|| ServeError::UnknownKind {
+            // This registry's kinds first, then those registered by name
+            // (register_deployment!), which replicas on the cluster need.
+            let deploy = match self.kinds.get(&d.kind) {
+                Some(deploy) => deploy.clone(),
+                None if crate::registry::registered(&d.kind).is_ok() => by_kind(&d.kind),
+                None => {
+                    let mut registered: Vec<String> = self.kinds.keys().cloned().collect();
+                    registered.extend(
+                        crate::registry::registered_deployments()
+                            .into_iter()
+                            .map(str::to_owned),
+                    );
+                    return Err(ServeError::UnknownKind {
                         deployment: d.name.clone(),
                         kind: d.kind.clone(),
-                        registered: self.kinds.keys().cloned().collect(),
-                    })?;
+                        registered,
+                    });
+                }
+            };
             plans.push((d.name.clone(), d.options()?, deploy));
         }
         let serve = Serve::start(rt, config.serve_options()?).await?;
@@ -290,6 +307,15 @@ impl Registry {
         }
         Ok(serve)
     }
+}
+
+/// Deploys the kind registered by name as `kind`.
+fn by_kind(kind: &str) -> Deploy {
+    let kind = kind.to_owned();
+    Arc::new(move |serve: Serve, name: String, options| {
+        let kind = kind.clone();
+        Box::pin(async move { serve.deploy_kind(&name, options, &kind).await })
+    })
 }
 
 /// `serve run CONFIG` for a binary: reads the file and serves it on `rt`

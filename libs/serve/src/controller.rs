@@ -23,6 +23,7 @@ use crate::deployment::{BatchConfig, DeploymentOptions, Factory};
 use crate::error::ServeError;
 use crate::lock::{lock, read};
 use crate::plan::{plan, Action, ReplicaView};
+use crate::registry::RemoteCodec;
 use crate::replica::Replica;
 use crate::router::{ReplicaSlot, Router};
 
@@ -42,6 +43,16 @@ pub(crate) struct DeploymentState {
 pub(crate) struct Spec {
     pub(crate) options: DeploymentOptions,
     pub(crate) factory: Factory,
+    /// Its registered kind, when it was deployed by kind: what replicas on
+    /// other nodes are built from.
+    pub(crate) registered: Option<Registration>,
+}
+
+/// A deployment deployed by its registered kind.
+#[derive(Clone)]
+pub(crate) struct Registration {
+    pub(crate) kind: String,
+    pub(crate) remote: RemoteCodec,
 }
 
 /// The controller's progress.
@@ -62,6 +73,7 @@ impl DeploymentState {
         router: Arc<Router>,
         options: DeploymentOptions,
         factory: Factory,
+        registered: Option<Registration>,
     ) -> Self {
         let batching = options
             .batching
@@ -78,12 +90,21 @@ impl DeploymentState {
                 autoscaler: Autoscaler::default(),
                 last_health_round: None,
             }),
-            spec: Mutex::new(Spec { options, factory }),
+            spec: Mutex::new(Spec {
+                options,
+                factory,
+                registered,
+            }),
         }
     }
 
     /// A new version or new options: the next steps converge to them.
-    pub(crate) fn update(&self, options: DeploymentOptions, factory: Factory) {
+    pub(crate) fn update(
+        &self,
+        options: DeploymentOptions,
+        factory: Factory,
+        registered: Option<Registration>,
+    ) {
         apply_settings(&self.router, &options);
         if let Some(b) = options.batching {
             *crate::lock::write(&self.batching) = b;
@@ -93,7 +114,11 @@ impl DeploymentState {
             Some(a) => control.target.clamp(a.min_replicas, a.max_replicas),
             None => options.replicas,
         };
-        *lock(&self.spec) = Spec { options, factory };
+        *lock(&self.spec) = Spec {
+            options,
+            factory,
+            registered,
+        };
     }
 
     /// The replicas as the plan sees them.
@@ -189,14 +214,16 @@ impl DeploymentState {
 
     /// Starts a replica of the current version and adds it to routing.
     async fn start_replica(&self) -> Result<(), ServeError> {
-        let (factory, version, resources, start_timeout, batched) = {
+        let (factory, version, resources, start_timeout, batched, on_cluster) = {
             let spec = lock(&self.spec);
+            let on_cluster = spec.registered.clone().filter(|_| spec.options.on_cluster);
             (
                 spec.factory.clone(),
                 spec.options.version.clone(),
                 spec.options.resources.clone(),
                 spec.options.start_timeout,
                 spec.options.batching.is_some(),
+                on_cluster,
             )
         };
         let index = {
@@ -207,9 +234,19 @@ impl DeploymentState {
         let options = ActorOptions::new()
             .max_restarts(Limit::Unlimited)
             .resources(resources);
-        let spawn = self
-            .rt
-            .spawn_actor(options, move || Replica { code: factory() });
+        // On the cluster: wherever it places a replica's resources (this
+        // node included), built there by kind; its owner (this node)
+        // restarts it elsewhere when its node dies.
+        let remote = on_cluster.as_ref().map(|r| r.remote);
+        let spawn: futures::future::BoxFuture<'_, _> = match on_cluster {
+            Some(registration) => {
+                Box::pin(Replica::remote(&self.rt, options).on_node(registration.kind))
+            }
+            None => Box::pin(self.rt.spawn_actor(options, move || Replica {
+                code: factory(),
+                codec: None,
+            })),
+        };
         let handle = match tokio::time::timeout(start_timeout, spawn).await {
             Ok(Ok(handle)) => handle,
             Ok(Err(source)) => {
@@ -230,11 +267,12 @@ impl DeploymentState {
                 &self.name,
                 index,
                 handle.clone(),
+                remote,
                 self.batching.clone(),
                 self.router.metrics.clone(),
             )
         });
-        tracing::info!(deployment = %self.name, replica = index, %version, "replica started");
+        tracing::info!(deployment = %self.name, replica = index, %version, node = %handle.info().node, "replica started");
         self.router.add(Arc::new(ReplicaSlot {
             index,
             version,
@@ -245,6 +283,7 @@ impl DeploymentState {
             unhealthy: Default::default(),
             checking: Default::default(),
             batcher,
+            remote,
         }));
         Ok(())
     }

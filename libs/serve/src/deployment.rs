@@ -274,6 +274,7 @@ pub struct DeploymentOptions {
     pub(crate) autoscaling: Option<AutoscalingConfig>,
     pub(crate) version: String,
     pub(crate) start_timeout: Duration,
+    pub(crate) on_cluster: bool,
 }
 
 impl Default for DeploymentOptions {
@@ -293,6 +294,7 @@ impl Default for DeploymentOptions {
             autoscaling: None,
             version: String::new(),
             start_timeout: Duration::from_secs(30),
+            on_cluster: false,
         }
     }
 }
@@ -406,6 +408,21 @@ impl DeploymentOptions {
     /// How long starting a replica may wait for its resources.
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// Runs the replicas on the nodes of the cluster this runtime joined
+    /// (Ray Serve on a Ray cluster): each where the cluster places its
+    /// [`resources`](Self::resources) (this node included, if it offers
+    /// them), built there from the deployment's registered kind
+    /// ([`register_deployment!`](crate::register_deployment),
+    /// [`Serve::deploy_registered`](crate::Serve::deploy_registered)).
+    /// Requests and responses cross as JSON. A replica whose node dies is
+    /// restarted on another node; its requests in flight fail with 503 (or
+    /// are retried, [`retry_on_replica_failure`](Self::retry_on_replica_failure)).
+    /// Default false: every replica on this node.
+    pub fn replicas_on_cluster(mut self, on: bool) -> Self {
+        self.on_cluster = on;
         self
     }
 

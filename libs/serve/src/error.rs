@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// What a deployment's handler returns instead of a response: a problem
 /// with the request (HTTP 400) or with the handler itself (HTTP 500).
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum HandlerError {
     /// The request decoded but makes no sense to the handler; the message

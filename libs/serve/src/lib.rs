@@ -26,6 +26,10 @@
 //!   HTTP 503 saying so, or are retried once on another replica
 //!   ([`DeploymentOptions::retry_on_replica_failure`]); requests go to the
 //!   other replicas meanwhile.
+//! - **Clusters**: a deployment registered by kind
+//!   ([`register_deployment!`], [`Serve::deploy_registered`]) with
+//!   [`DeploymentOptions::replicas_on_cluster`] runs its replicas on any
+//!   node, built there by kind; requests and responses cross as JSON.
 //! - **The controller** decides from a snapshot (its plan is a pure
 //!   function) and holds no data: its state is shared with the router, so
 //!   when it panics it is restarted and goes on.
@@ -56,6 +60,7 @@ mod lock;
 mod metrics;
 mod plan;
 mod proxy;
+mod registry;
 mod remote_status;
 mod replica;
 mod router;
@@ -71,6 +76,14 @@ pub use config::{run_config_file, DeploymentConfig, HttpConfig, Registry, ServeC
 pub use deployment::{AutoscalingConfig, BatchConfig, Deployment, DeploymentOptions};
 pub use error::{CallError, HandlerError, ServeError};
 pub use handle::DeploymentHandle;
+pub use registry::registered_deployments;
 pub use remote_status::fetch_status;
 pub use serve::{Serve, ServeOptions};
 pub use status::{DeploymentStatus, ReplicaState, ReplicaStatus, ServeStatus};
+
+/// What `register_deployment!` expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{built, types, Built, DeploymentRegistration, Types};
+    pub use inventory;
+}

@@ -25,9 +25,10 @@ use troupe::ActorError;
 
 use crate::batch::BatchRequest;
 use crate::deployment::{AnyRequest, AnyResponse, Codec};
-use crate::error::CallError;
+use crate::error::{CallError, HandlerError};
 use crate::lock::{read, write};
 use crate::metrics::DeploymentMetrics;
+use crate::registry::RemoteCodec;
 use crate::replica::{ReplicaHandle, ReplicaReply};
 
 /// How often a queued request looks again for a free replica even without
@@ -53,6 +54,8 @@ pub(crate) struct ReplicaSlot {
     pub(crate) checking: AtomicBool,
     /// Its batcher's queue, when the deployment batches.
     pub(crate) batcher: Option<mpsc::UnboundedSender<BatchRequest>>,
+    /// On another node: how its requests and responses are encoded.
+    pub(crate) remote: Option<RemoteCodec>,
 }
 
 impl ReplicaSlot {
@@ -387,16 +390,41 @@ fn send(lease: Lease, request: AnyRequest) -> Reply {
                 answer
             })
         }
-        None => {
-            let pending = slot.handle.handle(request);
-            Box::pin(async move {
-                let answer = pending.await;
-                lease.slot.served.fetch_add(1, Ordering::Relaxed);
-                drop(lease);
-                answer
-            })
-        }
+        None => match slot.remote {
+            None => {
+                let pending = slot.handle.handle(request);
+                Box::pin(async move {
+                    let answer = pending.await;
+                    lease.slot.served.fetch_add(1, Ordering::Relaxed);
+                    drop(lease);
+                    answer
+                })
+            }
+            Some(codec) => {
+                let pending =
+                    (codec.encode_request)(&request).map(|bytes| slot.handle.handle_encoded(bytes));
+                Box::pin(async move {
+                    let answer = match pending {
+                        Ok(pending) => decoded(&codec, pending.await),
+                        Err(problem) => Ok(Err(HandlerError::bad_request(problem))),
+                    };
+                    lease.slot.served.fetch_add(1, Ordering::Relaxed);
+                    drop(lease);
+                    answer
+                })
+            }
+        },
     }
+}
+
+/// A remote replica's encoded answer, decoded.
+pub(crate) fn decoded(
+    codec: &RemoteCodec,
+    answer: Result<Result<Vec<u8>, HandlerError>, ActorError>,
+) -> ReplicaReply {
+    answer.map(|r| {
+        r.and_then(|bytes| (codec.decode_response)(&bytes).map_err(HandlerError::internal))
+    })
 }
 
 fn batcher_gone(slot: &ReplicaSlot) -> ActorError {

@@ -11,7 +11,7 @@ use troupe::{ActorOptions, Limit, Runtime};
 
 use crate::controller::{
     apply_settings, batching_of, start_ticker, Controller, ControllerHandle, DeploymentState,
-    KILL_TIMEOUT,
+    Registration, KILL_TIMEOUT,
 };
 use crate::deployment::{
     BatchConfig, Codec, Deployment, DeploymentOptions, ErasedDeployment, Factory, Typed,
@@ -21,6 +21,7 @@ use crate::handle::DeploymentHandle;
 use crate::lock::{lock, read, write};
 use crate::plan::Action;
 use crate::proxy::{self, HttpServer};
+use crate::registry;
 use crate::router::{Router, RouterSettings};
 use crate::status::{DeploymentStatus, ReplicaState, ReplicaStatus, ServeStatus};
 
@@ -176,6 +177,7 @@ fn deployment_status(d: &Deployed) -> DeploymentStatus {
             ongoing_requests: slot.ongoing.load(Ordering::SeqCst),
             served: slot.served.load(Ordering::Relaxed),
             restarts: slot.handle.restarts(),
+            node: slot.handle.location().node.to_string(),
         })
         .collect();
     DeploymentStatus {
@@ -297,19 +299,115 @@ impl Serve {
         F: Fn() -> D + Send + Sync + 'static,
     {
         options.validate(name)?;
+        if options.on_cluster {
+            return Err(ServeError::InvalidOptions {
+                deployment: name.to_owned(),
+                problem: "replicas on the cluster are built by kind on their nodes, and this deployment's code is a closure, which cannot reach another process; register it with troupe_serve::register_deployment!(\"kind\", Type, || ...) and deploy it with Serve::deploy_registered, or leave replicas_on_cluster off".into(),
+            });
+        }
         let factory: Factory =
             Arc::new(move || Box::new(Typed(factory())) as Box<dyn ErasedDeployment>);
-        let codec = Codec::of::<D>();
+        let router = self
+            .deploy_erased(name, options, factory, Codec::of::<D>(), None)
+            .await?;
+        Ok(DeploymentHandle::new(router))
+    }
+
+    /// Deploys the deployment type registered as `kind` with
+    /// [`register_deployment!`](crate::register_deployment), as
+    /// [`deploy`](Self::deploy) does; with
+    /// [`DeploymentOptions::replicas_on_cluster`] its replicas run on the
+    /// nodes of the cluster, built there by kind. `D` must be the type
+    /// registered under `kind` ([`ServeError::WrongType`] otherwise); an
+    /// unknown kind is [`ServeError::UnknownKind`].
+    pub async fn deploy_registered<D: Deployment>(
+        &self,
+        name: &str,
+        options: DeploymentOptions,
+        kind: &str,
+    ) -> Result<DeploymentHandle<D>, ServeError> {
+        let found = self.registered_kind(name, kind)?;
+        if found.types.type_id != std::any::TypeId::of::<D>() {
+            return Err(ServeError::WrongType {
+                deployment: name.to_owned(),
+                expected: std::any::type_name::<D>(),
+                actual: found.types.type_name,
+            });
+        }
+        let router = self.deploy_found(name, options, kind, found).await?;
+        Ok(DeploymentHandle::new(router))
+    }
+
+    /// Deploys the kind registered as `kind`, whatever its type (a config
+    /// file's entry).
+    pub(crate) async fn deploy_kind(
+        &self,
+        name: &str,
+        options: DeploymentOptions,
+        kind: &str,
+    ) -> Result<(), ServeError> {
+        let found = self.registered_kind(name, kind)?;
+        self.deploy_found(name, options, kind, found)
+            .await
+            .map(|_| ())
+    }
+
+    fn registered_kind(&self, name: &str, kind: &str) -> Result<registry::Registered, ServeError> {
+        registry::registered(kind).map_err(|_| ServeError::UnknownKind {
+            deployment: name.to_owned(),
+            kind: kind.to_owned(),
+            registered: registry::registered_deployments()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    async fn deploy_found(
+        &self,
+        name: &str,
+        options: DeploymentOptions,
+        kind: &str,
+        found: registry::Registered,
+    ) -> Result<Arc<Router>, ServeError> {
+        options.validate(name)?;
+        let make = found.make.clone();
+        let factory: Factory = Arc::new(move || make());
+        let registration = Registration {
+            kind: kind.to_owned(),
+            remote: found.types.remote,
+        };
+        self.deploy_erased(
+            name,
+            options,
+            factory,
+            found.types.codec,
+            Some(registration),
+        )
+        .await
+    }
+
+    async fn deploy_erased(
+        &self,
+        name: &str,
+        options: DeploymentOptions,
+        factory: Factory,
+        codec: Codec,
+        registered: Option<Registration>,
+    ) -> Result<Arc<Router>, ServeError> {
         let existing = lock(&self.inner.deployments).get(name).cloned();
         let created = existing.is_none();
         let deployed = match existing {
             Some(d) => {
                 check_types(name, &d.state.router.codec, &codec)?;
                 self.reroute(name, &d, options.route_prefix.clone())?;
-                d.state.update(options, factory);
+                d.state.update(options, factory, registered);
                 d
             }
-            None => self.create(name, options, factory, codec).await?,
+            None => {
+                self.create(name, options, factory, codec, registered)
+                    .await?
+            }
         };
         if let Err(e) = self.settle(&deployed).await {
             if created {
@@ -318,7 +416,7 @@ impl Serve {
             }
             return Err(e);
         }
-        Ok(DeploymentHandle::new(deployed.state.router.clone()))
+        Ok(deployed.state.router.clone())
     }
 
     async fn create(
@@ -327,6 +425,7 @@ impl Serve {
         options: DeploymentOptions,
         factory: Factory,
         codec: Codec,
+        registered: Option<Registration>,
     ) -> Result<Arc<Deployed>, ServeError> {
         let settings = RouterSettings {
             max_ongoing: Default::default(),
@@ -343,6 +442,7 @@ impl Serve {
             router,
             options,
             factory,
+            registered,
         ));
         let for_controller = state.clone();
         let controller = self

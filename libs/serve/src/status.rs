@@ -55,6 +55,11 @@ pub struct ReplicaStatus {
     /// How often its actor restarted (after panics or failed health
     /// checks).
     pub restarts: u32,
+    /// The node it runs on (as far as this node knows: a replica restarted
+    /// elsewhere shows its new node once a request or check reached it), in
+    /// hex as `troupe status` shows nodes.
+    #[serde(default)]
+    pub node: String,
 }
 
 /// What a replica is doing.

@@ -77,7 +77,7 @@ impl TuneError {
 
 /// An error a trainable returns (a returned error fails the trial at once;
 /// a panic is retried up to `max_failures`).
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum TrainableError {
     /// A hyperparameter is missing or of another type.
@@ -86,7 +86,7 @@ pub enum TrainableError {
         /// Its name.
         name: String,
         /// The type asked for.
-        wanted: &'static str,
+        wanted: String,
         /// What the config holds.
         found: String,
     },

@@ -20,9 +20,13 @@
 //!
 //! - **Trainables** implement [`Trainable`] (step, save, restore), or are a
 //!   step function over a serde state ([`Tuner::with_fn`]).
-//! - **Failures**: a panic is retried from the last checkpoint up to
-//!   [`TuneOptions::max_failures`] times, then the trial is errored with
-//!   the panic message; the experiment goes on.
+//! - **Clusters**: with [`TuneOptions::trials_on_cluster`], trials run on
+//!   any node with room, their trainable built there from the name it was
+//!   registered under ([`register_trainable!`], [`Tuner::registered`]).
+//! - **Failures**: a panic (or the death of a trial's node) is retried
+//!   from the last checkpoint up to [`TuneOptions::max_failures`] times,
+//!   then the trial is errored with the panic message; the experiment goes
+//!   on.
 //! - **Resuming**: [`StopHandle::stop`] (or a crash) leaves a directory
 //!   that [`Tuner::resume`] continues: finished trials are kept,
 //!   unfinished ones restart from their last checkpoint.
@@ -45,6 +49,7 @@ mod options;
 mod params;
 mod plot;
 mod progress;
+mod registry;
 mod results;
 mod run;
 mod scheduler;
@@ -61,9 +66,17 @@ pub struct ReadmeDoctests;
 pub use error::{TrainableError, TuneError};
 pub use options::TuneOptions;
 pub use params::{Params, Value};
+pub use registry::registered_trainables;
 pub use results::{ResultGrid, TrialResult, TrialStatus};
 pub use scheduler::{Asha, MedianStopping, Mode, Pbt, Scheduler};
 pub use space::{Domain, SearchSpace};
 pub use store::{Checkpoint, Report, STATE_FILE};
 pub use trainable::{FnTrainable, Metrics, StepFn, Trainable};
 pub use tuner::{StopHandle, Tuner};
+
+/// What `register_trainable!` expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{boxed_trainable, TrainableRegistration};
+    pub use inventory;
+}

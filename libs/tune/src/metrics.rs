@@ -37,6 +37,12 @@ pub(crate) fn checkpoint_bytes(n: usize) {
     counter!("troupe_tune_checkpoint_bytes_total").increment(n as u64);
 }
 
+/// Checkpoint bytes carried between the tuner's node and a trial's on
+/// another node (both ways).
+pub(crate) fn checkpoint_transferred(n: usize) {
+    counter!("troupe_tune_checkpoint_transferred_bytes_total").increment(n as u64);
+}
+
 pub(crate) fn exploit() {
     counter!("troupe_tune_exploits_total").increment(1);
 }

@@ -38,6 +38,7 @@ pub struct TuneOptions {
     pub(crate) dir: PathBuf,
     pub(crate) progress: bool,
     pub(crate) plots: bool,
+    pub(crate) on_cluster: bool,
 }
 
 impl TuneOptions {
@@ -63,6 +64,7 @@ impl TuneOptions {
             dir: PathBuf::from("tune_results"),
             progress: true,
             plots: true,
+            on_cluster: false,
         }
     }
 
@@ -145,6 +147,25 @@ impl TuneOptions {
     /// trial's `curve.png`).
     pub fn plots(mut self, on: bool) -> Self {
         self.plots = on;
+        self
+    }
+
+    /// Runs each trial on a node of the cluster this runtime joined (Ray
+    /// Tune on a Ray cluster): the cluster places each trial's actor by
+    /// [`resources_per_trial`](Self::resources_per_trial), on any node
+    /// with room (this one included, if it offers them). Default false:
+    /// every trial on this node.
+    ///
+    /// Needs a trainable registered by name
+    /// ([`register_trainable!`](crate::register_trainable), run with
+    /// [`Tuner::registered`](crate::Tuner::registered)), since a closure
+    /// cannot reach another process, and a runtime that joined a cluster
+    /// (Troupe's `cluster` feature). Checkpoints come back to this node (the
+    /// experiment directory is here). A trial whose node dies is a failure
+    /// of that trial: it starts again on another node from its last
+    /// checkpoint, within [`max_failures`](Self::max_failures).
+    pub fn trials_on_cluster(mut self, on: bool) -> Self {
+        self.on_cluster = on;
         self
     }
 

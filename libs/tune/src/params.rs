@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainableError;
 
 /// One hyperparameter's value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+///
+/// Serialized untagged where the format is human-readable (a JSON state
+/// file says `"lr": 0.01`), tagged elsewhere (postcard, between nodes,
+/// cannot read an untagged enum).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// An integer (a grid or choice of integers; PBT keeps it integral).
     Int(i64),
@@ -17,6 +20,76 @@ pub enum Value {
     Float(f64),
     /// A string (a choice of names).
     Str(String),
+}
+
+/// [`Value`] as it is written.
+#[derive(Serialize)]
+enum ValueRef<'a> {
+    Int(i64),
+    Float(f64),
+    Str(&'a str),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum UntaggedRef<'a> {
+    Int(i64),
+    Float(f64),
+    Str(&'a str),
+}
+
+/// [`Value`] as it is read.
+#[derive(Deserialize)]
+enum Tagged {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Untagged {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            match self {
+                Value::Int(v) => UntaggedRef::Int(*v),
+                Value::Float(v) => UntaggedRef::Float(*v),
+                Value::Str(v) => UntaggedRef::Str(v),
+            }
+            .serialize(serializer)
+        } else {
+            match self {
+                Value::Int(v) => ValueRef::Int(*v),
+                Value::Float(v) => ValueRef::Float(*v),
+                Value::Str(v) => ValueRef::Str(v),
+            }
+            .serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(if deserializer.is_human_readable() {
+            match Untagged::deserialize(deserializer)? {
+                Untagged::Int(v) => Value::Int(v),
+                Untagged::Float(v) => Value::Float(v),
+                Untagged::Str(v) => Value::Str(v),
+            }
+        } else {
+            match Tagged::deserialize(deserializer)? {
+                Tagged::Int(v) => Value::Int(v),
+                Tagged::Float(v) => Value::Float(v),
+                Tagged::Str(v) => Value::Str(v),
+            }
+        })
+    }
 }
 
 impl fmt::Display for Value {
@@ -123,7 +196,7 @@ impl Params {
     fn wrong(&self, name: &str, wanted: &'static str, found: Option<&Value>) -> TrainableError {
         TrainableError::Param {
             name: name.to_owned(),
-            wanted,
+            wanted: wanted.to_owned(),
             found: found.map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}")),
         }
     }
@@ -138,5 +211,53 @@ impl fmt::Display for Params {
             write!(f, "{k}={v}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Metrics, TrainableError};
+
+    fn params() -> Params {
+        Params::new()
+            .with("lr", 0.01)
+            .with("layers", 3)
+            .with("act", "relu")
+    }
+
+    #[test]
+    fn configs_read_back_from_json_and_from_the_wire() {
+        let json = serde_json::to_string(&params()).unwrap();
+        assert_eq!(
+            json, r#"{"act":"relu","layers":3,"lr":0.01}"#,
+            "untagged in JSON"
+        );
+        assert_eq!(serde_json::from_str::<Params>(&json).unwrap(), params());
+        let wire = postcard::to_stdvec(&params()).unwrap();
+        assert_eq!(postcard::from_bytes::<Params>(&wire).unwrap(), params());
+    }
+
+    #[test]
+    fn metrics_and_errors_cross_the_wire() {
+        let metrics = Metrics::new()
+            .with("loss", f64::NAN)
+            .with("acc", 0.5)
+            .done();
+        let back: Metrics = postcard::from_bytes(&postcard::to_stdvec(&metrics).unwrap()).unwrap();
+        assert!(back.get("loss").is_some_and(f64::is_nan));
+        assert_eq!(back.get("acc"), Some(0.5));
+        assert!(back.is_done());
+        let json: Metrics =
+            serde_json::from_str(&serde_json::to_string(&metrics).unwrap()).unwrap();
+        assert!(
+            json.get("loss").is_some_and(f64::is_nan),
+            "JSON's null reads as NaN"
+        );
+
+        let error = params().i64("act").unwrap_err();
+        let back: TrainableError =
+            postcard::from_bytes(&postcard::to_stdvec(&error).unwrap()).unwrap();
+        assert_eq!(back, error);
     }
 }

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tracing::Instrument;
-use troupe::{ActorError, ActorOptions, Limit, Runtime};
+use troupe::{ActorError, ActorOptions, Blob, Limit, Runtime};
 
 use crate::actor::{TrialActor, TrialActorHandle};
-use crate::error::TuneError;
+use crate::error::{TrainableError, TuneError};
 use crate::experiment::{Experiment, StateWriter};
 use crate::lock::lock;
 use crate::metrics;
@@ -33,6 +33,8 @@ use crate::tuner::StopHandle;
 pub(crate) struct Shared {
     pub(crate) rt: Runtime,
     pub(crate) factory: Factory,
+    /// The trainable's registered name: trials on the cluster build it.
+    pub(crate) registered: Option<String>,
     pub(crate) options: TuneOptions,
     pub(crate) dir: PathBuf,
     pub(crate) experiment: Mutex<Experiment>,
@@ -65,27 +67,44 @@ async fn drive(sh: Arc<Shared>, id: usize) -> Result<(), TuneError> {
     };
     metrics::started();
     tracing::debug!(%params, "trial started");
-    let cell = Arc::new(Mutex::new(params));
+    let cell = Arc::new(Mutex::new(params.clone()));
     let options = ActorOptions::new()
         .resources(sh.options.resources.clone())
         .max_restarts(Limit::Unlimited);
-    let (factory, current) = (sh.factory.clone(), cell.clone());
-    let actor = sh
-        .rt
-        .spawn_actor(options, move || TrialActor::new(&factory, &current))
-        .await
-        .map_err(|source| TuneError::Spawn {
+    let spawned = match (&sh.registered, sh.options.on_cluster) {
+        (Some(name), true) => {
+            TrialActor::remote(&sh.rt, options)
+                .on_node(name.clone(), params)
+                .await
+        }
+        _ => {
+            let (factory, current) = (sh.factory.clone(), cell.clone());
+            sh.rt
+                .spawn_actor(options, move || TrialActor::new(&factory, &current))
+                .await
+        }
+    };
+    let actor = Trial {
+        handle: spawned.map_err(|source| TuneError::Spawn {
             trial: id,
             source: Box::new(source),
-        })?;
+        })?,
+        rt: sh.rt.clone(),
+        remote: sh.options.on_cluster,
+    };
+    tracing::debug!(node = %actor.handle.info().node, "trial placed");
     let outcome = match checkpoint {
         Some(c) => match restore(&actor, &c).await {
-            Ok(()) => iterate(&sh, id, &actor, &cell).await,
-            Err(e) => Ok(Outcome::Errored(e)),
+            Ok(Ok(())) => iterate(&sh, id, &actor, &cell).await,
+            Ok(Err(e)) => Ok(Outcome::Errored(e)),
+            Err(failure) => match recover(&sh, id, &actor, &cell, &failure).await {
+                Ok(None) => iterate(&sh, id, &actor, &cell).await,
+                ended => ended.map(|o| o.unwrap_or(Outcome::Interrupted)),
+            },
         },
         None => iterate(&sh, id, &actor, &cell).await,
     };
-    actor.stop().await;
+    actor.handle.stop().await;
     let outcome = outcome?;
     {
         let mut ex = lock(&sh.experiment);
@@ -117,19 +136,87 @@ async fn drive(sh: Arc<Shared>, id: usize) -> Result<(), TuneError> {
     Ok(())
 }
 
-/// Restores `checkpoint` on the actor; the error is the trial's.
-async fn restore(actor: &TrialActorHandle, checkpoint: &Checkpoint) -> Result<(), String> {
-    match actor.restore(checkpoint.bytes.clone()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!(
+/// A trial's actor, here or on another node.
+struct Trial {
+    handle: TrialActorHandle,
+    rt: Runtime,
+    /// On the cluster: checkpoints travel as objects, and a restart builds
+    /// the trainable from the config the trial was spawned with.
+    remote: bool,
+}
+
+/// A call's outcome: the outer error is the actor's failure (a panic, its
+/// node's death), retried from the last checkpoint; the inner one the
+/// trainable's, which fails the trial.
+type Called<T> = Result<Result<T, TrainableError>, String>;
+
+impl Trial {
+    async fn step(&self) -> Called<Metrics> {
+        self.handle.step().await.map_err(|e| panic_message(&e))
+    }
+
+    async fn save(&self) -> Called<Arc<Vec<u8>>> {
+        if !self.remote {
+            let saved = self.handle.save().await.map_err(|e| panic_message(&e))?;
+            return Ok(saved.map(Arc::new));
+        }
+        let saved = match self.handle.save_object().await {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(e) => return Err(panic_message(&e)),
+        };
+        // Not read: the node that holds it died, most likely (a failure of
+        // the trial's, as its actor's).
+        let blob = self
+            .rt
+            .get(&saved)
+            .await
+            .map_err(|e| format!("reading the checkpoint from the trial's node: {e}"))?;
+        metrics::checkpoint_transferred(blob.len());
+        Ok(Ok(Arc::new(blob.to_vec())))
+    }
+
+    async fn restore(&self, bytes: &Arc<Vec<u8>>) -> Called<()> {
+        if !self.remote {
+            return self
+                .handle
+                .restore(bytes.clone())
+                .await
+                .map_err(|e| panic_message(&e));
+        }
+        let object = self
+            .rt
+            .put(Blob::from(bytes.as_ref().clone()))
+            .await
+            .map_err(|e| format!("putting the checkpoint in this node's store: {e}"))?;
+        metrics::checkpoint_transferred(bytes.len());
+        self.handle
+            .restore_object(object)
+            .await
+            .map_err(|e| panic_message(&e))
+    }
+
+    async fn reset(&self, params: Params) -> Result<(), String> {
+        self.handle
+            .reset(params)
+            .await
+            .map_err(|e| panic_message(&e))
+    }
+}
+
+/// Restores `checkpoint` on the actor: the outer error is the actor's
+/// failure (retried), the inner one the trial's.
+async fn restore(actor: &Trial, checkpoint: &Checkpoint) -> Result<Result<(), String>, String> {
+    let context = |e: &dyn std::fmt::Display| {
+        format!(
             "restoring the checkpoint of iteration {}: {e}",
             checkpoint.iteration
-        )),
-        Err(e) => Err(format!(
-            "restoring the checkpoint of iteration {}: {}",
-            checkpoint.iteration,
-            panic_message(&e)
-        )),
+        )
+    };
+    match actor.restore(&checkpoint.bytes).await {
+        Ok(Ok(())) => Ok(Ok(())),
+        Ok(Err(e)) => Ok(Err(context(&e))),
+        Err(e) => Err(context(&e)),
     }
 }
 
@@ -143,7 +230,7 @@ fn panic_message(e: &ActorError) -> String {
 async fn iterate(
     sh: &Shared,
     id: usize,
-    actor: &TrialActorHandle,
+    actor: &Trial,
     cell: &Arc<Mutex<Params>>,
 ) -> Result<Outcome, TuneError> {
     let opts = &sh.options;
@@ -154,13 +241,10 @@ async fn iterate(
         let metrics = match actor.step().await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Ok(Outcome::Errored(e.to_string())),
-            Err(e) => {
-                let message = panic_message(&e);
-                match recover(sh, id, actor, &message).await? {
-                    Some(outcome) => return Ok(outcome),
-                    None => continue,
-                }
-            }
+            Err(message) => match recover(sh, id, actor, cell, &message).await? {
+                Some(outcome) => return Ok(outcome),
+                None => continue,
+            },
         };
         let (iteration, reports) = record(sh, id, &metrics)?;
         let at_end = metrics.is_done() || opts.max_iterations.is_some_and(|n| iteration >= n);
@@ -172,13 +256,13 @@ async fn iterate(
                     let c = Checkpoint {
                         iteration,
                         params,
-                        bytes: Arc::new(bytes),
+                        bytes,
                         reports,
                     };
                     keep_checkpoint(sh, id, c)?;
                 }
                 Ok(Err(e)) => return Ok(Outcome::Errored(format!("saving a checkpoint: {e}"))),
-                Err(e) => match recover(sh, id, actor, &panic_message(&e)).await? {
+                Err(message) => match recover(sh, id, actor, cell, &message).await? {
                     Some(outcome) => return Ok(outcome),
                     None => continue,
                 },
@@ -208,8 +292,8 @@ async fn iterate(
                 return Ok(Outcome::Stopped);
             }
             Decision::Exploit { donor, params } => {
-                if let Err(e) = exploit(sh, id, actor, cell, donor, params).await? {
-                    return Ok(Outcome::Errored(e));
+                if let Some(outcome) = exploit(sh, id, actor, cell, donor, params).await? {
+                    return Ok(outcome);
                 }
             }
         }
@@ -252,59 +336,80 @@ fn keep_checkpoint(sh: &Shared, id: usize, c: Checkpoint) -> Result<(), TuneErro
 }
 
 /// After a failure of the actor: errors the trial past its budget, or
-/// goes back to the last checkpoint (`None`: go on).
+/// goes back to the last checkpoint (`None`: go on). A failure while
+/// going back (its node died too) is counted, and tried again.
 async fn recover(
     sh: &Shared,
     id: usize,
-    actor: &TrialActorHandle,
+    actor: &Trial,
+    cell: &Arc<Mutex<Params>>,
     message: &str,
 ) -> Result<Option<Outcome>, TuneError> {
-    let (failures, checkpoint) = {
-        let mut ex = lock(&sh.experiment);
-        let t = &mut ex.trials[id];
-        t.state.failures += 1;
-        (t.state.failures, t.checkpoint.clone())
-    };
-    if failures > sh.options.max_failures {
-        return Ok(Some(Outcome::Errored(format!(
-            "failed {failures} times (max_failures {}); last: {message}",
-            sh.options.max_failures
-        ))));
-    }
-    metrics::failure();
-    let keep = checkpoint.as_ref().map_or(0, |c| c.reports);
-    tracing::warn!(
-        failures,
-        error = message,
-        from_iteration = checkpoint.as_ref().map_or(0, |c| c.iteration),
-        "trial failed; retrying from its last checkpoint"
-    );
-    let history = {
-        let mut ex = lock(&sh.experiment);
-        let t = &mut ex.trials[id];
-        t.history.truncate(keep);
-        t.iteration = checkpoint.as_ref().map_or(0, |c| c.iteration);
-        t.history.clone()
-    };
-    store::rewrite_history(&store::trial_dir(&sh.dir, id), &history)?;
-    if let Some(c) = checkpoint {
-        if let Err(e) = restore(actor, &c).await {
-            return Ok(Some(Outcome::Errored(e)));
+    let mut message = message.to_owned();
+    loop {
+        let (failures, checkpoint) = {
+            let mut ex = lock(&sh.experiment);
+            let t = &mut ex.trials[id];
+            t.state.failures += 1;
+            (t.state.failures, t.checkpoint.clone())
+        };
+        if failures > sh.options.max_failures {
+            return Ok(Some(Outcome::Errored(format!(
+                "failed {failures} times (max_failures {}); last: {message}",
+                sh.options.max_failures
+            ))));
         }
+        metrics::failure();
+        let keep = checkpoint.as_ref().map_or(0, |c| c.reports);
+        tracing::warn!(
+            failures,
+            error = message,
+            from_iteration = checkpoint.as_ref().map_or(0, |c| c.iteration),
+            "trial failed; retrying from its last checkpoint"
+        );
+        let history = {
+            let mut ex = lock(&sh.experiment);
+            let t = &mut ex.trials[id];
+            t.history.truncate(keep);
+            t.iteration = checkpoint.as_ref().map_or(0, |c| c.iteration);
+            t.history.clone()
+        };
+        store::rewrite_history(&store::trial_dir(&sh.dir, id), &history)?;
+        // A trial restarted on the cluster was built from the config it was
+        // spawned with; PBT may have changed it since.
+        if actor.remote {
+            let params = lock(cell).clone();
+            if let Err(e) = actor.reset(params).await {
+                message = format!("rebuilding the trainable: {e}");
+                continue;
+            }
+        }
+        if let Some(c) = checkpoint {
+            match restore(actor, &c).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ok(Some(Outcome::Errored(e))),
+                Err(e) => {
+                    message = e;
+                    continue;
+                }
+            }
+        }
+        return Ok(None);
     }
-    Ok(None)
 }
 
 /// PBT's exploit: the donor's last checkpoint and `params` (its config,
-/// perturbed) replace the trial's. The inner error fails the trial.
+/// perturbed) replace the trial's (recorded first, so that a failure while
+/// copying them goes back to the donor's checkpoint). `Some`: the trial
+/// ended.
 async fn exploit(
     sh: &Shared,
     id: usize,
-    actor: &TrialActorHandle,
+    actor: &Trial,
     cell: &Arc<Mutex<Params>>,
     donor: usize,
     params: Params,
-) -> Result<Result<(), String>, TuneError> {
+) -> Result<Option<Outcome>, TuneError> {
     let (donor_checkpoint, reports) = {
         let ex = lock(&sh.experiment);
         (
@@ -313,19 +418,10 @@ async fn exploit(
         )
     };
     let Some(from) = donor_checkpoint else {
-        return Ok(Ok(())); // the donor has no checkpoint yet: nothing to copy
+        return Ok(None); // the donor has no checkpoint yet: nothing to copy
     };
     tracing::debug!(donor, iteration = from.iteration, %params, "exploiting");
     *lock(cell) = params.clone();
-    if let Err(e) = actor.reset(params.clone()).await {
-        return Ok(Err(format!(
-            "rebuilding with the donor's config: {}",
-            panic_message(&e)
-        )));
-    }
-    if let Err(e) = restore(actor, &from).await {
-        return Ok(Err(e));
-    }
     {
         let mut ex = lock(&sh.experiment);
         let t = &mut ex.trials[id];
@@ -336,12 +432,20 @@ async fn exploit(
     metrics::exploit();
     let c = Checkpoint {
         iteration: from.iteration,
-        params,
+        params: params.clone(),
         bytes: from.bytes.clone(),
         reports,
     };
     keep_checkpoint(sh, id, c)?;
-    Ok(Ok(()))
+    let failure = match actor.reset(params).await {
+        Err(e) => format!("rebuilding with the donor's config: {e}"),
+        Ok(()) => match restore(actor, &from).await {
+            Ok(Ok(())) => return Ok(None),
+            Ok(Err(e)) => return Ok(Some(Outcome::Errored(e))),
+            Err(e) => e,
+        },
+    };
+    recover(sh, id, actor, cell, &failure).await
 }
 
 fn refresh(sh: &Shared) {

@@ -33,6 +33,11 @@ pub struct Metrics {
 fn values_or_nan<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, f64>, D::Error> {
+    // Only JSON writes NaN as null: a binary format (postcard, between
+    // nodes) keeps every f64 as it is.
+    if !deserializer.is_human_readable() {
+        return serde::Deserialize::deserialize(deserializer);
+    }
     let values: BTreeMap<String, Option<f64>> = serde::Deserialize::deserialize(deserializer)?;
     Ok(values
         .into_iter()

@@ -17,6 +17,7 @@ use crate::lock::lock;
 use crate::options::TuneOptions;
 use crate::params::Params;
 use crate::progress::Progress;
+use crate::registry;
 use crate::results::ResultGrid;
 use crate::run::{run_trial, Shared};
 use crate::space::SearchSpace;
@@ -80,6 +81,8 @@ enum Source {
 pub struct Tuner {
     rt: Runtime,
     factory: Factory,
+    /// The trainable's registered name (`Tuner::registered`).
+    registered: Option<String>,
     options: TuneOptions,
     source: Source,
     stop: StopHandle,
@@ -106,6 +109,7 @@ impl Tuner {
         Tuner {
             rt,
             factory: erase(factory),
+            registered: None,
             options,
             source: Source::Space(space),
             stop: StopHandle::default(),
@@ -136,10 +140,44 @@ impl Tuner {
         Tuner {
             rt,
             factory: erase(factory),
+            registered: None,
             options,
             source: Source::Resume,
             stop: StopHandle::default(),
         }
+    }
+
+    /// Trials of the trainable registered as `name` with
+    /// [`register_trainable!`](crate::register_trainable): what
+    /// [`TuneOptions::trials_on_cluster`] needs (every node builds it by
+    /// name). Fails at once on a name not registered, or registered twice.
+    pub fn registered(
+        rt: Runtime,
+        space: SearchSpace,
+        options: TuneOptions,
+        name: &str,
+    ) -> Result<Self, TuneError> {
+        Ok(Tuner {
+            rt,
+            factory: registry::registered(name)
+                .map_err(|e| TuneError::invalid("trainable", e.to_string()))?,
+            registered: Some(name.to_owned()),
+            options,
+            source: Source::Space(space),
+            stop: StopHandle::default(),
+        })
+    }
+
+    /// [`resume`](Self::resume) of an experiment of the trainable
+    /// registered as `name` (see [`registered`](Self::registered)).
+    pub fn resume_registered(
+        rt: Runtime,
+        options: TuneOptions,
+        name: &str,
+    ) -> Result<Self, TuneError> {
+        let mut tuner = Tuner::registered(rt, SearchSpace::new(), options, name)?;
+        tuner.source = Source::Resume;
+        Ok(tuner)
     }
 
     /// Whether `dir` holds an experiment to resume.
@@ -160,6 +198,12 @@ impl Tuner {
     pub async fn fit(self) -> Result<ResultGrid, TuneError> {
         let mut options = self.options;
         options.validate()?;
+        if options.on_cluster && self.registered.is_none() {
+            return Err(TuneError::invalid(
+                "trials_on_cluster",
+                "trials on other nodes build their trainable by name, and this tuner's is a closure, which cannot reach another process; register it with troupe_tune::register_trainable!(\"name\", |params| ...) and build the tuner with Tuner::registered, or leave trials_on_cluster off",
+            ));
+        }
         let dir = options.dir.clone();
         store::create_dir(&dir)?;
         let experiment = match self.source {
@@ -201,6 +245,7 @@ impl Tuner {
         let shared = Arc::new(Shared {
             rt: self.rt,
             factory: self.factory,
+            registered: self.registered,
             writer: StateWriter::new(&dir),
             options,
             dir,
