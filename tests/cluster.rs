@@ -125,6 +125,38 @@ impl Tally {
     }
 }
 
+/// Fills its own node: holds a local actor of 1 CPU, spawned by the node
+/// itself (so that another node's view of its room lags until its next
+/// heartbeat: as when another program fills it).
+#[derive(Default)]
+pub struct Hog {
+    held: Option<TallyHandle>,
+}
+
+#[troupe::actor]
+impl Hog {
+    pub fn new() -> Self {
+        Hog::default()
+    }
+
+    pub async fn hold_a_cpu(&mut self) -> Result<(), String> {
+        let rt = troupe::task::runtime().ok_or("no runtime")?;
+        let options = ActorOptions::new().resources(Resources::cpus(1.0));
+        let held = rt
+            .spawn_actor(options, || Tally { n: 0 })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.held = Some(held);
+        Ok(())
+    }
+
+    pub async fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            held.stop().await;
+        }
+    }
+}
+
 /// Where each member of a remote tree came up, in order: what the driver
 /// sees of a tree that runs on other nodes.
 #[derive(Default)]
@@ -415,6 +447,63 @@ fn free_cpus() -> std::collections::BTreeMap<NodeId, f64> {
         .filter(|m| m.state == MemberState::Alive && m.hello.role != Role::Driver)
         .map(|m| (m.hello.node, m.available.num_cpus))
         .collect()
+}
+
+/// An actor placed on a node that another program has just filled (its
+/// room as last heard of is stale) is placed again on a node with room,
+/// not queued there; with no room anywhere, it waits until some frees,
+/// and lands there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_sent_to_a_node_filled_meanwhile_is_placed_again_elsewhere() {
+    let _turn = DRIVER.lock().await;
+    let one_cpu: &[&str] = &["--num-cpus", "1"];
+    let (_p, _head, nodes, rt) = started("replace-spawn", "0", &[one_cpu, one_cpu]).await;
+    let (a, b) = (nodes[0].node, nodes[1].node);
+    let hard_on_a = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: a,
+        soft: false,
+    });
+    let hog = common::within("a hog on a", Hog::remote(&rt, hard_on_a).new())
+        .await
+        .unwrap();
+    // Node a is full from now on; the driver last heard it had a CPU free.
+    common::within("a's CPU taken", hog.hold_a_cpu())
+        .await
+        .unwrap()
+        .unwrap();
+    let prefers_a = ActorOptions::new()
+        .resources(Resources::cpus(1.0))
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: a,
+            soft: true,
+        });
+    let placed = common::within(
+        "an actor placed again on b",
+        Tally::remote(&rt, prefers_a.clone()).new(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::within("where", placed.node()).await.unwrap(), b);
+
+    // Both full: the next one waits, and lands on a once a's CPU frees.
+    let waiting = tokio::spawn({
+        let rt = rt.clone();
+        async move { Tally::remote(&rt, prefers_a).new(2).await }
+    });
+    common::eventually("both nodes full in the view", || {
+        free_cpus().get(&a) == Some(&0.0) && free_cpus().get(&b) == Some(&0.0)
+    })
+    .await;
+    assert!(!waiting.is_finished(), "no node had room");
+    common::within("a's CPU freed", hog.release())
+        .await
+        .unwrap();
+    let landed = common::within("the waiting actor lands", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(common::within("where", landed.node()).await.unwrap(), a);
+    rt.shutdown().await.unwrap();
 }
 
 /// Placement groups over real nodes: SPREAD gives each bundle its own node

@@ -275,14 +275,17 @@ fn request() -> impl Strategy<Value = Request> {
             args
         }),
         object_id().prop_map(Request::Locate),
-        (text(), text(), encoded()).prop_map(|(type_name, constructor, args)| {
-            Request::SpawnActor(RemoteSpawn {
-                type_name,
-                constructor,
-                options: ActorOptions::default(),
-                args,
-            })
-        }),
+        (text(), text(), encoded(), any::<bool>()).prop_map(
+            |(type_name, constructor, args, wait_for_room)| {
+                Request::SpawnActor(RemoteSpawn {
+                    type_name,
+                    constructor,
+                    options: ActorOptions::default(),
+                    args,
+                    wait_for_room,
+                })
+            }
+        ),
         (actor_id(), prop::option::of(any::<bool>())).prop_map(|(actor, kill)| {
             Request::StopActor {
                 actor,

@@ -268,6 +268,17 @@ pub struct RemoteSpawn {
     pub options: ActorOptions,
     /// The constructor's encoded arguments (a tuple).
     pub args: Encoded,
+    /// Whether the node waits for room for the actor's resources (true),
+    /// or answers `SpawnError::ResourcesBusy` at once when they are taken
+    /// (false): how the cluster places an actor again on another node
+    /// rather than leave it queued on a full one, and never leaves an
+    /// actor behind that starts after its spawner gave up.
+    #[serde(default = "waits")]
+    pub wait_for_room: bool,
+}
+
+fn waits() -> bool {
+    true
 }
 
 /// Something that happened to a node of the cluster. The cluster publishes

@@ -339,41 +339,100 @@ impl Seams {
                 reason: "this node is not part of a cluster".to_owned(),
             });
         };
-        let me = transport.me();
-        let target = match node {
-            Some(node) => node,
-            None => {
-                let view = read(&shared.view).clone();
-                // Reachable, and running this program (its constructors).
-                let build = shared.options.build_id;
-                let mut reachable: Vec<Member> = view
-                    .into_iter()
-                    .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
-                    .filter(|m| Some(m.hello.build_id) == build)
-                    .collect();
-                // This node's room as it is now, not as last heartbeat said.
-                for m in reachable.iter_mut().filter(|m| m.hello.node == me) {
-                    m.available = rt.available_resources();
+        // Each try asks its node to spawn only if it has room now: a node
+        // that has none (its heartbeat was stale; another program filled
+        // it) refuses, and the actor is placed again on another. With no
+        // room anywhere, tries go on with backoff until room frees or the
+        // caller gives up; either way no actor is left queued on a node to
+        // start after its spawner stopped waiting.
+        let mut request = request;
+        request.wait_for_room = false;
+        let mut refused: Vec<NodeId> = Vec::new();
+        let mut pause = SPAWN_FIRST_PAUSE;
+        loop {
+            let target = match node {
+                Some(node) => Some(node),
+                None => Self::place_spawn(&shared, &transport, &rt, &request, &refused)?,
+            };
+            let Some(target) = target else {
+                // Every node that can hold it refused: wait, then ask all
+                // again.
+                tracing::debug!(actor = %request.type_name, ?pause, "no node has room for the actor now; trying again");
+                metrics::counter!("troupe_cluster_spawn_no_room_total").increment(1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(SPAWN_MAX_PAUSE);
+                refused.clear();
+                continue;
+            };
+            match Self::spawn_at(&shared, &transport, &rt, target, request.clone()).await {
+                Err(SpawnError::ResourcesBusy { .. }) => {
+                    tracing::debug!(node = %target, actor = %request.type_name, "no room there now: placing the actor again");
+                    metrics::counter!("troupe_cluster_spawn_replaced_total").increment(1);
+                    if node.is_some() {
+                        // Its only node: wait there for room, as a local
+                        // spawn would, but from here.
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(SPAWN_MAX_PAUSE);
+                    } else {
+                        refused.push(target);
+                    }
                 }
-                let preferred = match request.options.get_strategy() {
-                    SchedulingStrategy::NodeAffinity { node, soft: true } => Some(*node),
-                    _ => None,
-                };
-                let needs = request.options.get_resources();
-                let sent = |node| shared.placer.outstanding(node);
-                crate::placement::place_actor(me, &reachable, needs, preferred, &sent).ok_or_else(
-                    || SpawnError::Remote {
-                        node: None,
-                        reason: format!(
-                            "no node can hold an actor needing {:?}",
-                            request.options.get_resources()
-                        ),
-                    },
-                )?
+                answer => return answer,
             }
+        }
+    }
+
+    /// Where an actor goes among the reachable nodes of this program that
+    /// have not `refused` it; `None` when they all have; an error when no
+    /// node can ever hold it.
+    fn place_spawn(
+        shared: &Arc<Shared>,
+        transport: &Transport,
+        rt: &Runtime,
+        request: &RemoteSpawn,
+        refused: &[NodeId],
+    ) -> Result<Option<NodeId>, SpawnError> {
+        let me = transport.me();
+        let view = read(&shared.view).clone();
+        // Reachable, and running this program (its constructors).
+        let build = shared.options.build_id;
+        let mut reachable: Vec<Member> = view
+            .into_iter()
+            .filter(|m| m.hello.node == me || transport.connected(m.hello.node))
+            .filter(|m| Some(m.hello.build_id) == build)
+            .collect();
+        // This node's room as it is now, not as last heartbeat said.
+        for m in reachable.iter_mut().filter(|m| m.hello.node == me) {
+            m.available = rt.available_resources();
+        }
+        let preferred = match request.options.get_strategy() {
+            SchedulingStrategy::NodeAffinity { node, soft: true } => Some(*node),
+            _ => None,
         };
-        if target == me {
-            return rt.spawn_requested(request, me).await;
+        let needs = request.options.get_resources();
+        let sent = |node| shared.placer.outstanding(node);
+        if crate::placement::place_actor(me, &reachable, needs, preferred, &sent).is_none() {
+            return Err(SpawnError::Remote {
+                node: None,
+                reason: format!("no node can hold an actor needing {needs:?}"),
+            });
+        }
+        reachable.retain(|m| !refused.contains(&m.hello.node));
+        Ok(crate::placement::place_actor(
+            me, &reachable, needs, preferred, &sent,
+        ))
+    }
+
+    /// Asks `target` (this node included) to spawn the actor.
+    async fn spawn_at(
+        shared: &Arc<Shared>,
+        transport: &Transport,
+        rt: &Runtime,
+        target: NodeId,
+        request: RemoteSpawn,
+    ) -> Result<ActorInfo, SpawnError> {
+        if target == transport.me() {
+            return rt.spawn_requested(request, target).await;
         }
         // Counted against the target until its heartbeats can show the
         // actor's resources held: a spawn right after this one does not
@@ -406,6 +465,11 @@ impl Seams {
         }
     }
 }
+
+/// The first pause before a spawn that found no room anywhere tries
+/// again, doubled after each round up to [`SPAWN_MAX_PAUSE`].
+const SPAWN_FIRST_PAUSE: Duration = Duration::from_millis(20);
+const SPAWN_MAX_PAUSE: Duration = Duration::from_millis(500);
 
 impl ObjectDirectory for Seams {
     fn fetch(

@@ -106,6 +106,19 @@ pub struct ActorOptions {
     pub(crate) strategy: crate::spec::SchedulingStrategy,
     #[serde(default)]
     pub(crate) detached: bool,
+    /// Whether a spawn waits for the node's resources (the default), or
+    /// fails at once with `SpawnError::ResourcesBusy` when they are taken:
+    /// what a spawn placed by the cluster asks, so that it is placed again
+    /// elsewhere instead of waiting on a full node ([`RemoteSpawn`]'s
+    /// `wait_for_room`). Never sent: set by the node that spawns.
+    ///
+    /// [`RemoteSpawn`]: crate::remote::RemoteSpawn
+    #[serde(skip, default = "waits_for_room")]
+    pub(crate) wait_for_room: bool,
+}
+
+fn waits_for_room() -> bool {
+    true
 }
 
 impl Default for ActorOptions {
@@ -118,6 +131,7 @@ impl Default for ActorOptions {
             shutdown: DEFAULT_SHUTDOWN,
             strategy: crate::spec::SchedulingStrategy::Default,
             detached: false,
+            wait_for_room: true,
         }
     }
 }

@@ -81,8 +81,21 @@ impl Runtime {
         let options = self.local_actor_in_group(options, A::NAME).await?;
         let reservation = match self.needs_of(&options)? {
             None => None,
-            Some(needs) => {
+            Some(needs) if options.wait_for_room => {
                 let reserved = self.inner.scheduler.reserve(needs).await;
+                Some(self.reserved::<A>(&options, reserved)?)
+            }
+            Some(needs) => {
+                let reserved = match self.inner.scheduler.try_reserve(&needs) {
+                    Ok(Some(granted)) => Ok(granted),
+                    Ok(None) => {
+                        return Err(SpawnError::ResourcesBusy {
+                            what: A::NAME.to_owned(),
+                            needs: options.resources.clone(),
+                        })
+                    }
+                    Err(err) => Err(err),
+                };
                 Some(self.reserved::<A>(&options, reserved)?)
             }
         };

@@ -358,6 +358,7 @@ mod tests {
             constructor: "new".into(),
             options,
             args: troupe_objects::Encoded::default(),
+            wait_for_room: true,
         }
     }
 

@@ -54,6 +54,7 @@ impl Runtime {
             constructor: constructor.to_owned(),
             options: options.clone(),
             args,
+            wait_for_room: true,
         };
         let info = executor.spawn_actor(node, request.clone()).await?;
         // With restarts left, this runtime owns it: it restarts it on
@@ -137,6 +138,8 @@ impl Runtime {
         owner: NodeId,
     ) -> Result<ActorInfo, SpawnError> {
         let detached = request.options.detached;
+        let mut request = request;
+        request.options.wait_for_room = request.wait_for_room;
         let id = self
             .spawn_by_name(
                 &request.type_name,

@@ -78,6 +78,7 @@ impl Runtime {
             constructor: constructor.to_owned(),
             options: spawned,
             args,
+            wait_for_room: true,
         };
         let key = self.inner.ids.actor();
         self.inner.placed.supervise(key, request.clone());

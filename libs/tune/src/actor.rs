@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use troupe::{Blob, NodeId, ObjectRef, Runtime};
+use troupe::{Blob, ObjectRef, Runtime};
 
 use crate::error::TrainableError;
 use crate::lock::lock;
@@ -111,10 +111,5 @@ impl TrialActor {
     #[blocking]
     pub(crate) fn reset(&mut self, params: Params) {
         self.trainable = (self.factory)(&params);
-    }
-
-    /// The node the trial runs on.
-    pub(crate) fn node(&self) -> Option<NodeId> {
-        Runtime::current().map(|rt| rt.node_id())
     }
 }
