@@ -85,19 +85,7 @@ impl Runtime {
                 let reserved = self.inner.scheduler.reserve(needs).await;
                 Some(self.reserved::<A>(&options, reserved)?)
             }
-            Some(needs) => {
-                let reserved = match self.inner.scheduler.try_reserve(&needs) {
-                    Ok(Some(granted)) => Ok(granted),
-                    Ok(None) => {
-                        return Err(SpawnError::ResourcesBusy {
-                            what: A::NAME.to_owned(),
-                            needs: options.resources.clone(),
-                        })
-                    }
-                    Err(err) => Err(err),
-                };
-                Some(self.reserved::<A>(&options, reserved)?)
-            }
+            Some(needs) => Some(self.reserve_now::<A>(&options, &needs)?),
         };
         let bundle = (!options.resources.custom.is_empty()).then(|| options.resources.clone());
         let (slot, handle) = self.new_slot::<A>(options, reservation, collect, true)?;
@@ -163,19 +151,7 @@ impl Runtime {
         };
         let reservation = match self.needs_of(&options)? {
             None => None,
-            Some(needs) => {
-                let reserved = match self.inner.scheduler.try_reserve(&needs) {
-                    Ok(Some(granted)) => Ok(granted),
-                    Ok(None) => {
-                        return Err(SpawnError::ResourcesBusy {
-                            what: A::NAME.to_owned(),
-                            needs: options.resources.clone(),
-                        })
-                    }
-                    Err(err) => Err(err),
-                };
-                Some(self.reserved::<A>(&options, reserved)?)
-            }
+            Some(needs) => Some(self.reserve_now::<A>(&options, &needs)?),
         };
         let max_restarts = options.max_restarts;
         let shutdown = options.shutdown;
@@ -229,6 +205,25 @@ impl Runtime {
             .map_err(SpawnError::InvalidResources)?;
         let needs = Units::of(&options.resources);
         Ok((!needs.is_zero()).then_some(needs))
+    }
+
+    /// Holds `needs` for the actor now, or fails with `ResourcesBusy`.
+    fn reserve_now<A: Actor>(
+        &self,
+        options: &ActorOptions,
+        needs: &Units,
+    ) -> Result<Reservation, SpawnError> {
+        let reserved = match self.inner.scheduler.try_reserve(needs) {
+            Ok(Some(granted)) => Ok(granted),
+            Ok(None) => {
+                return Err(SpawnError::ResourcesBusy {
+                    what: A::NAME.to_owned(),
+                    needs: options.resources.clone(),
+                })
+            }
+            Err(err) => Err(err),
+        };
+        self.reserved::<A>(options, reserved)
     }
 
     fn reserved<A: Actor>(
