@@ -281,7 +281,14 @@ impl Registry {
             // (register_deployment!), which replicas on the cluster need.
             let deploy = match self.kinds.get(&d.kind) {
                 Some(deploy) => deploy.clone(),
-                None if crate::registry::registered(&d.kind).is_ok() => by_kind(&d.kind),
+                // A kind registered twice is refused, saying so, as it deploys.
+                None if !matches!(
+                    crate::registry::registered(&d.kind),
+                    Err(crate::registry::Unregistered::Unknown(_))
+                ) =>
+                {
+                    by_kind(&d.kind)
+                }
                 None => {
                     let mut registered: Vec<String> = self.kinds.keys().cloned().collect();
                     registered.extend(

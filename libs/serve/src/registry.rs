@@ -194,8 +194,33 @@ pub(crate) struct Registered {
     pub(crate) types: Types,
 }
 
+/// Why no registered deployment can be used for a kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unregistered {
+    /// No kind of that name.
+    Unknown(String),
+    /// Two registrations of that name.
+    Twice(String),
+}
+
+impl std::fmt::Display for Unregistered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unregistered::Twice(kind) => write!(
+                f,
+                "the deployment kind {kind:?} is registered more than once (register_deployment!); give each a name of its own"
+            ),
+            Unregistered::Unknown(kind) => write!(
+                f,
+                "no deployment kind {kind:?} is registered in this program (registered: {}); register it with troupe_serve::register_deployment!, and run the same program on every node",
+                registered_deployments().join(", ")
+            ),
+        }
+    }
+}
+
 /// The deployment registered as `kind`, or why there is none to use.
-pub(crate) fn registered(kind: &str) -> Result<Registered, String> {
+pub(crate) fn registered(kind: &str) -> Result<Registered, Unregistered> {
     let mut found = inventory::iter::<DeploymentRegistration>().filter(|r| r.kind == kind);
     match (found.next(), found.next()) {
         (Some(one), None) => {
@@ -205,12 +230,60 @@ pub(crate) fn registered(kind: &str) -> Result<Registered, String> {
                 types: (one.types)(),
             })
         }
-        (Some(_), Some(_)) => Err(format!(
-            "the deployment kind {kind:?} is registered more than once (register_deployment!); give each a name of its own"
-        )),
-        (None, _) => Err(format!(
-            "no deployment kind {kind:?} is registered in this program (registered: {}); register it with troupe_serve::register_deployment!, and run the same program on every node",
-            registered_deployments().join(", ")
-        )),
+        (Some(_), Some(_)) => Err(Unregistered::Twice(kind.to_owned())),
+        (None, _) => Err(Unregistered::Unknown(kind.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HandlerError;
+
+    #[derive(Default)]
+    struct Negate;
+
+    impl Deployment for Negate {
+        type Request = i64;
+        type Response = i64;
+        async fn call(&mut self, x: i64) -> Result<i64, HandlerError> {
+            Ok(-x)
+        }
+    }
+
+    crate::register_deployment!("RegistryTest-Negate", Negate, Negate::default);
+    crate::register_deployment!("RegistryTest-Twice", Negate, Negate::default);
+    crate::register_deployment!("RegistryTest-Twice", Negate, Negate::default);
+
+    #[tokio::test]
+    async fn a_registered_kind_builds_its_code_and_carries_its_values_as_json() {
+        let found = registered("RegistryTest-Negate").unwrap();
+        assert_eq!(found.types.type_id, TypeId::of::<Negate>());
+        let mut code = (found.make)();
+        // The caller's side encodes, the replica's side decodes, and back.
+        let request: AnyRequest = Box::new(21_i64);
+        let bytes = (found.types.remote.encode_request)(&request).unwrap();
+        let decoded = (found.types.codec.decode)(&bytes).unwrap();
+        let response = code.call(decoded).await.unwrap();
+        let bytes = (found.types.codec.encode)(response).unwrap();
+        let back = (found.types.remote.decode_response)(&bytes).unwrap();
+        assert_eq!(*back.downcast::<i64>().unwrap(), -21);
+        assert!(registered_deployments().contains(&"RegistryTest-Negate"));
+    }
+
+    #[test]
+    fn an_unknown_or_twice_registered_kind_says_what_to_do() {
+        let Err(unknown) = registered("RegistryTest-Nobody") else {
+            panic!("an unknown kind is refused");
+        };
+        assert_eq!(unknown, Unregistered::Unknown("RegistryTest-Nobody".into()));
+        assert!(
+            unknown.to_string().contains("RegistryTest-Negate"),
+            "lists the kinds"
+        );
+        let Err(twice) = registered("RegistryTest-Twice") else {
+            panic!("a kind registered twice is refused");
+        };
+        assert!(twice.to_string().contains("more than once"), "{twice}");
     }
 }

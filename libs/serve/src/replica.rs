@@ -83,7 +83,7 @@ impl Replica {
                 codec: Some(found.types.codec),
             },
             Err(reason) => Replica {
-                code: Box::new(Unbuildable(reason)),
+                code: Box::new(Unbuildable(reason.to_string())),
                 codec: None,
             },
         }

@@ -353,13 +353,19 @@ impl Serve {
     }
 
     fn registered_kind(&self, name: &str, kind: &str) -> Result<registry::Registered, ServeError> {
-        registry::registered(kind).map_err(|_| ServeError::UnknownKind {
-            deployment: name.to_owned(),
-            kind: kind.to_owned(),
-            registered: registry::registered_deployments()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+        registry::registered(kind).map_err(|why| match why {
+            registry::Unregistered::Unknown(_) => ServeError::UnknownKind {
+                deployment: name.to_owned(),
+                kind: kind.to_owned(),
+                registered: registry::registered_deployments()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            },
+            twice @ registry::Unregistered::Twice(_) => ServeError::InvalidOptions {
+                deployment: name.to_owned(),
+                problem: twice.to_string(),
+            },
         })
     }
 
