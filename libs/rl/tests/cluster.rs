@@ -450,3 +450,54 @@ async fn a_worker_hung_on_its_node_is_replaced_after_sample_timeout() {
     rt.shutdown().await.unwrap();
     let _ = std::fs::remove_file(&marker);
 }
+
+/// PPO tuned with troupe-tune, each trial on a node of the cluster (the
+/// `tune` feature too).
+#[cfg(feature = "tune")]
+mod tuned {
+    use super::*;
+    use troupe_rl::tune::{trial_config, PpoTrainable};
+    use troupe_tune::{Mode, Params, SearchSpace, TrainableError, TrialStatus, TuneOptions, Tuner};
+
+    // Built on the trial's node, from its registered name: the node's
+    // runtime is the current one while a trial's actor is constructed.
+    troupe_tune::register_trainable!("ClusterTest-PPO", |params: &Params| {
+        let rt = Runtime::current()
+            .ok_or_else(|| TrainableError::Failed("built outside a runtime".into()))?;
+        let env = EnvMaker::by_id("ClusterTest-CartPole-v0")
+            .map_err(|e| TrainableError::Failed(e.to_string()))?;
+        PpoTrainable::from_params(&rt, env, &trial_config().seed(3), params)
+    });
+
+    /// Two PPO trials, one per node (each holds the node's only CPU; the
+    /// head and the driver offer none): both train their 4 iterations
+    /// there, and their checkpoints (troupe-rl's format) come back here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ppo_trials_train_on_the_nodes_and_checkpoint_here() {
+        let _turn = DRIVER.lock().await;
+        let (p, head, _nodes) = head_and_two_nodes("rl-tune", "1");
+        let rt = join_as_driver(&p, &head).await;
+        let dir = tempfile::tempdir().unwrap();
+        let space = SearchSpace::new().grid("learning_rate", [0.001, 0.003]);
+        let options = TuneOptions::new("episode_return_mean", Mode::Max)
+            .dir(dir.path())
+            .max_concurrent(2)
+            .max_iterations(4)
+            .progress(false)
+            .plots(false)
+            .trials_on_cluster(true);
+        let tuner = Tuner::registered(rt.clone(), space, options, "ClusterTest-PPO").unwrap();
+        let results = within_for(DEADLINE, "two PPO trials on the nodes", tuner.fit())
+            .await
+            .unwrap();
+        assert_eq!(results.trials().len(), 2);
+        for trial in results.trials() {
+            assert_eq!(trial.status, TrialStatus::Terminated, "{:?}", trial.error);
+            assert_eq!(trial.iteration(), 4);
+            let checkpoint = trial.checkpoint.as_ref().expect("a checkpoint came back");
+            assert_eq!(checkpoint.iteration, 4);
+            assert!(!checkpoint.bytes.is_empty());
+        }
+        rt.shutdown().await.unwrap();
+    }
+}
