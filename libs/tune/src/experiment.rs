@@ -34,6 +34,9 @@ pub(crate) struct TrialState {
     pub(crate) status: TrialStatus,
     pub(crate) error: Option<String>,
     pub(crate) failures: u32,
+    /// The node its actor ran on last (absent in older state files).
+    #[serde(default)]
+    pub(crate) node: Option<troupe::NodeId>,
 }
 
 /// The state file.
@@ -83,6 +86,7 @@ impl Experiment {
                     status: TrialStatus::Pending,
                     error: None,
                     failures: 0,
+                    node: None,
                 },
                 history: Vec::new(),
                 checkpoint: None,
@@ -228,6 +232,7 @@ impl Experiment {
                     status: t.state.status,
                     error: t.state.error.clone(),
                     failures: t.state.failures,
+                    node: t.state.node,
                     history: t.history.clone(),
                     checkpoint: t.checkpoint.clone(),
                     dir: store::trial_dir(dir, t.state.id),

@@ -52,8 +52,11 @@ pub struct TrialResult {
     pub status: TrialStatus,
     /// The error (a panic message, or the trainable's error), if it errored.
     pub error: Option<String>,
-    /// Failures retried from a checkpoint (panics).
+    /// Failures retried from a checkpoint (panics, its node's death).
     pub failures: u32,
+    /// The node its actor ran its last iteration on (this node unless
+    /// trials run on the cluster; `None` before its first iteration).
+    pub node: Option<troupe::NodeId>,
     /// Every iteration's report, in order.
     pub history: Vec<Report>,
     /// Its last checkpoint, if it made one.

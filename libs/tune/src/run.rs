@@ -239,7 +239,12 @@ async fn iterate(
             return Ok(Outcome::Interrupted);
         }
         let metrics = match actor.step().await {
-            Ok(Ok(m)) => m,
+            Ok(Ok(m)) => {
+                // Where it ran: for a trial on the cluster, its node now.
+                let node = actor.handle.location().node;
+                lock(&sh.experiment).trials[id].state.node = Some(node);
+                m
+            }
             Ok(Err(e)) => return Ok(Outcome::Errored(e.to_string())),
             Err(message) => match recover(sh, id, actor, cell, &message).await? {
                 Some(outcome) => return Ok(outcome),

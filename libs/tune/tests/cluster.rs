@@ -145,6 +145,13 @@ async fn trials_run_on_the_nodes_and_report_what_they_would_here() {
         assert_eq!(values, here, "trial {} (x = {x})", trial.id);
         let trial_pids = pids(&trial.history);
         assert_eq!(trial_pids.len(), 1, "trial {} ran in one process", trial.id);
+        let node = trial.node.expect("the trial's node");
+        let pid = if node == a.node { a.pid } else { b.pid };
+        assert_eq!(
+            trial_pids,
+            BTreeSet::from([pid]),
+            "the result names its node"
+        );
         ran_in.extend(trial_pids);
         assert!(trial.checkpoint.is_some(), "its checkpoint came back here");
     }
@@ -226,6 +233,11 @@ async fn a_trial_whose_node_dies_goes_on_elsewhere_from_its_checkpoint() {
         trial.history.last().and_then(|r| r.metrics.get("pid")),
         Some(f64::from(alive.pid)),
         "it finished on the other node"
+    );
+    assert_eq!(
+        trial.node,
+        Some(alive.node),
+        "the result names the other node"
     );
     rt.shutdown().await.unwrap();
 }
