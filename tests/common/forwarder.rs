@@ -63,10 +63,15 @@ impl Forwarder {
                             return;
                         };
                         open.fetch_add(1, Ordering::SeqCst);
+                        // Biased, the cut and the stall first: bytes that
+                        // arrive after `stall` or `cut` returned are never
+                        // forwarded, even when this task runs late (a loaded
+                        // machine) and finds both ready at once.
                         let stalled = tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            biased;
                             _ = cut.changed() => false,
                             _ = stall.changed() => true,
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
                         };
                         if stalled {
                             // Held open, never read or written: each end's
