@@ -1,0 +1,239 @@
+//! Files: Parquet, CSV and JSON-lines readers (one read task per Parquet
+//! row group, per CSV or JSON file) and writers (one file per block,
+//! written to a temporary name and renamed, so a reader never sees half
+//! a file).
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::DataError;
+use crate::plan::{Batches, ReadTask};
+
+/// The files `paths` name: files as given, every file of a directory
+/// (sorted), and glob patterns (`data/*.parquet`) expanded and sorted.
+pub(crate) fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let text = path.to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            let matches = glob::glob(&text).map_err(|e| DataError::io(&text, e))?;
+            let mut found: Vec<PathBuf> = matches
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            if found.is_empty() {
+                return Err(DataError::io(&text, "the pattern matches no file"));
+            }
+            found.sort();
+            files.extend(found);
+        } else if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| DataError::io(path.display(), e))?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            return Err(DataError::io(path.display(), "no such file or directory"));
+        }
+    }
+    if files.is_empty() {
+        return Err(DataError::Invalid(format!("no files in {paths:?}")));
+    }
+    Ok(files)
+}
+
+fn open(path: &Path) -> Result<File, DataError> {
+    File::open(path).map_err(|e| DataError::io(path.display(), e))
+}
+
+/// One read task per row group of every file, each cut into batches of
+/// at most `rows_per_block` rows.
+pub(crate) fn parquet_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> {
+    let mut tasks = Vec::new();
+    for path in files {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+            .map_err(|e| DataError::io(path.display(), e))?;
+        let mut first_row = 0u64;
+        for (group, meta) in builder.metadata().row_groups().iter().enumerate() {
+            let path = Arc::new(path.clone());
+            let start = first_row;
+            first_row += meta.num_rows().max(0) as u64;
+            tasks.push(ReadTask {
+                source: format!("{} row group {group}", path.display()).into(),
+                open: Arc::new(move |rows_per_block| {
+                    let reader = ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
+                        .and_then(|b| {
+                            b.with_row_groups(vec![group])
+                                .with_batch_size(rows_per_block)
+                                .build()
+                        })
+                        .map_err(|e| DataError::io(path.display(), e))?;
+                    let path = path.clone();
+                    let mut row = start;
+                    Ok(Box::new(reader.map(move |batch| {
+                        let batch = batch.map_err(|e| DataError::io(path.display(), e))?;
+                        let rows = row..row + batch.num_rows() as u64;
+                        row = rows.end;
+                        Ok((batch, Some(rows)))
+                    })) as Batches)
+                }),
+            });
+        }
+    }
+    Ok(tasks)
+}
+
+/// How a text format's reader is built from a file and its schema.
+type TextReader = fn(
+    File,
+    SchemaRef,
+    usize,
+) -> Result<
+    Box<dyn Iterator<Item = Result<RecordBatch, arrow_schema::ArrowError>> + Send>,
+    arrow_schema::ArrowError,
+>;
+
+fn text_tasks(files: &[PathBuf], schema: SchemaRef, reader: TextReader) -> Vec<ReadTask> {
+    files
+        .iter()
+        .map(|path| {
+            let (path, schema) = (Arc::new(path.clone()), schema.clone());
+            ReadTask {
+                source: path.display().to_string().into(),
+                open: Arc::new(move |rows_per_block| {
+                    let batches = reader(open(&path)?, schema.clone(), rows_per_block).map_err(|e| DataError::io(path.display(), e))?;
+                    let path = path.clone();
+                    let mut row = 0u64;
+                    Ok(Box::new(batches.map(move |batch| {
+                        let batch = batch.map_err(|e| DataError::io(path.display(), format!("{e} (the schema was inferred from the first file; every file must match it)")))?;
+                        let rows = row..row + batch.num_rows() as u64;
+                        row = rows.end;
+                        Ok((batch, Some(rows)))
+                    })) as Batches)
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Rows a schema is inferred from, at the start of the first file.
+const INFER_ROWS: usize = 10_000;
+
+/// CSV with a header row; the schema is inferred from the first file.
+pub(crate) fn csv_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> {
+    let first = files
+        .first()
+        .ok_or_else(|| DataError::Invalid("no CSV files".into()))?;
+    let format = arrow_csv::reader::Format::default().with_header(true);
+    let (schema, _) = format
+        .infer_schema(open(first)?, Some(INFER_ROWS))
+        .map_err(|e| DataError::io(first.display(), e))?;
+    let reader: TextReader = |file, schema, rows| {
+        let reader = arrow_csv::ReaderBuilder::new(schema)
+            .with_header(true)
+            .with_batch_size(rows)
+            .build(file)?;
+        Ok(Box::new(reader))
+    };
+    Ok(text_tasks(files, Arc::new(schema), reader))
+}
+
+/// JSON lines (one object per line); the schema is inferred from the first file.
+pub(crate) fn json_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> {
+    let first = files
+        .first()
+        .ok_or_else(|| DataError::Invalid("no JSON files".into()))?;
+    let mut reader = BufReader::new(open(first)?);
+    let (schema, _) = arrow_json::reader::infer_json_schema(&mut reader, Some(INFER_ROWS))
+        .map_err(|e| DataError::io(first.display(), e))?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| DataError::io(first.display(), e))?;
+    let reader: TextReader = |file, schema, rows| {
+        let reader = arrow_json::ReaderBuilder::new(schema)
+            .with_batch_size(rows)
+            .build(BufReader::new(file))?;
+        Ok(Box::new(reader))
+    };
+    Ok(text_tasks(files, Arc::new(schema), reader))
+}
+
+/// A file format a dataset can be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Parquet,
+    Csv,
+    Json,
+}
+
+impl Format {
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// Writes one block as `dir/part-NNNNN.ext` (through a hidden temporary
+/// file, fsynced, then renamed). Returns the file's path and size.
+pub(crate) fn write_block(
+    dir: &Path,
+    index: usize,
+    batch: &RecordBatch,
+    format: Format,
+) -> Result<(PathBuf, u64), DataError> {
+    let name = format!("part-{index:05}.{}", format.extension());
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let err = |e: &dyn std::fmt::Display| DataError::io(tmp.display(), e);
+    let file = File::create(&tmp).map_err(|e| err(&e))?;
+    match format {
+        Format::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build();
+            let mut writer =
+                ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| err(&e))?;
+            writer.write(batch).map_err(|e| err(&e))?;
+            let file = writer.into_inner().map_err(|e| err(&e))?;
+            file.sync_all().map_err(|e| err(&e))?;
+        }
+        Format::Csv => {
+            let mut writer = arrow_csv::WriterBuilder::new()
+                .with_header(true)
+                .build(file);
+            writer.write(batch).map_err(|e| err(&e))?;
+            writer.into_inner().sync_all().map_err(|e| err(&e))?;
+        }
+        Format::Json => {
+            let mut writer = arrow_json::LineDelimitedWriter::new(file);
+            writer.write(batch).map_err(|e| err(&e))?;
+            writer.finish().map_err(|e| err(&e))?;
+            writer.into_inner().sync_all().map_err(|e| err(&e))?;
+        }
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| DataError::io(path.display(), e))?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok((path, size))
+}
