@@ -8,7 +8,7 @@ use arrow_schema::{Field, Schema, SchemaRef};
 use futures::stream::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use troupe::Runtime;
+use troupe::{Runtime, TaskOptions};
 
 use crate::block::BlockRef;
 use crate::budget::ExecStats;
@@ -271,6 +271,32 @@ impl Dataset {
             input: self.plan.clone(),
             names: vec!["map_batches_on_actors".into()],
             compute: Compute::Actors { strategy, make },
+            f: None,
+        })
+    }
+
+    /// Applies the batch function registered as `name`
+    /// ([`register_batch_fn!`](crate::register_batch_fn)) as tasks of one
+    /// CPU, placed by the cluster on any node (this one included), retried
+    /// on another when their node dies (Troupe's default `max_retries`);
+    /// each output block stays on the node that made it until read. An
+    /// unknown name fails the run, naming those registered.
+    pub fn map_batches_registered(&self, name: &str) -> Self {
+        self.map_batches_registered_with(name, TaskOptions::default())
+    }
+
+    /// [`map_batches_registered`](Self::map_batches_registered) with these
+    /// task options (CPUs, GPUs, retries, a scheduling strategy).
+    pub fn map_batches_registered_with(&self, name: &str, options: TaskOptions) -> Self {
+        let compute = Compute::Registered {
+            name: name.into(),
+            options,
+        };
+        let names = vec![format!("map_batches({name})").into()];
+        self.then(Plan::Map {
+            input: self.plan.clone(),
+            names,
+            compute,
             f: None,
         })
     }

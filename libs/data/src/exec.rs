@@ -3,23 +3,22 @@
 //! starts work while the memory budget allows (see [`crate::budget`]).
 //! Order is kept: an operator emits its blocks in its input's order.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::{ArrayRef, Int64Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::RecordBatch;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use troupe::Runtime;
 
 use crate::block::{Block, BlockRef};
 use crate::budget::{Budget, Charge, ExecStats, OperatorStats};
 use crate::error::{BlockOrigin, DataError};
-use crate::plan::{AllToAll, BatchFn, Compute, Plan, ReadTask, Source};
+use crate::plan::{AllToAll, BatchFn, Compute, Plan, Source};
 use crate::worker::{spawn_task_worker, Applied, Failure, Pool};
 use crate::DataOptions;
 
@@ -30,7 +29,7 @@ pub(crate) struct Flow {
 }
 
 pub(crate) type FlowRx = mpsc::Receiver<Result<Flow, DataError>>;
-type FlowTx = mpsc::Sender<Result<Flow, DataError>>;
+pub(crate) type FlowTx = mpsc::Sender<Result<Flow, DataError>>;
 
 /// One run of a plan.
 pub(crate) struct Exec {
@@ -43,15 +42,15 @@ pub(crate) struct Exec {
 }
 
 /// An operator's bookkeeping: its budget index, stats row and bar.
-struct Operator {
-    exec: Arc<Exec>,
-    id: usize,
+pub(crate) struct Operator {
+    pub(crate) exec: Arc<Exec>,
+    pub(crate) id: usize,
     row: usize,
-    name: Arc<str>,
+    pub(crate) name: Arc<str>,
     started: Instant,
     bar: Option<indicatif::ProgressBar>,
     /// The size of its last block: the estimate of its next.
-    typical: AtomicUsize,
+    pub(crate) typical: AtomicUsize,
 }
 
 impl Operator {
@@ -79,7 +78,7 @@ impl Operator {
     }
 
     /// Puts a batch this operator made into the store, charged to the budget.
-    fn put(
+    pub(crate) fn put(
         &self,
         batch: RecordBatch,
         origin: BlockOrigin,
@@ -166,7 +165,7 @@ impl Exec {
         }
     }
 
-    fn operator(self: &Arc<Self>, name: &str) -> Operator {
+    pub(crate) fn operator(self: &Arc<Self>, name: &str) -> Operator {
         let mut stats = self.lock_stats();
         stats.push(OperatorStats {
             name: name.to_string(),
@@ -228,7 +227,8 @@ impl Exec {
                 spawner.spawn(exec.read(name, tasks.clone(), tx));
             }
             Plan::Source(Source::Range(n)) => {
-                let tasks = range_tasks(*n, self.options.rows_per_block.max(1) as u64);
+                let tasks =
+                    crate::source::range_tasks(*n, self.options.rows_per_block.max(1) as u64);
                 spawner.spawn(exec.read("range", Arc::new(tasks), tx));
             }
             Plan::Map {
@@ -272,52 +272,6 @@ impl Exec {
         rx
     }
 
-    /// Runs read tasks, `parallelism` at once, forwarding their blocks in
-    /// task order. Each task reads on a blocking thread, one batch per
-    /// admission, so a slow consumer stops the readers.
-    async fn read(self: Arc<Self>, name: &'static str, tasks: Arc<Vec<ReadTask>>, tx: FlowTx) {
-        let op = Arc::new(self.operator(name));
-        let mut started: VecDeque<mpsc::Receiver<Result<Flow, DataError>>> = VecDeque::new();
-        let mut next = 0;
-        // The task whose blocks are forwarded now.
-        let front_task = Arc::new(AtomicUsize::new(0));
-        loop {
-            while started.len() < self.options.parallelism.max(1) && next < tasks.len() {
-                let (task_tx, task_rx) = mpsc::channel(1);
-                let (op, task) = (op.clone(), tasks[next].clone());
-                let handle = self.rt.tokio_handle().clone();
-                let (front, downstream, me) = (front_task.clone(), tx.clone(), next);
-                // The front task may always read while the operator after
-                // this one has nothing queued: no deadlock behind blocks
-                // read ahead.
-                let exempt = move || {
-                    front.load(Ordering::Acquire) == me
-                        && downstream.capacity() == downstream.max_capacity()
-                };
-                handle
-                    .clone()
-                    .spawn_blocking(move || read_task(&handle, &op, &task, &task_tx, &exempt));
-                started.push_back(task_rx);
-                next += 1;
-            }
-            let Some(front) = started.front_mut() else {
-                return;
-            };
-            match front.recv().await {
-                Some(flow) => {
-                    let failed = flow.is_err();
-                    if tx.send(flow).await.is_err() || failed {
-                        return;
-                    }
-                }
-                None => {
-                    started.pop_front();
-                    front_task.fetch_add(1, Ordering::AcqRel);
-                }
-            }
-        }
-    }
-
     /// A one-to-one stage: each block through the stage's function, on a
     /// task-like actor per block or on the stage's actor pool.
     async fn map(
@@ -341,6 +295,12 @@ impl Exec {
         >;
         let op = self.operator(&name);
         let op_name: Arc<str> = name.into();
+        if let Compute::Registered { name, .. } = &compute {
+            if let Err(message) = crate::registry::lookup(name) {
+                let _ = tx.send(Err(DataError::Invalid(message))).await;
+                return;
+            }
+        }
         let mut pool = match &compute {
             Compute::Actors { strategy, make } => {
                 match Pool::start(&self.rt, strategy.clone(), make.clone()).await {
@@ -356,11 +316,11 @@ impl Exec {
                     }
                 }
             }
-            Compute::Tasks { .. } => None,
+            Compute::Tasks { .. } | Compute::Registered { .. } => None,
         };
         let limit = match &compute {
             Compute::Actors { strategy, .. } => strategy.max.max(1),
-            Compute::Tasks { .. } => self.options.parallelism.max(1),
+            Compute::Tasks { .. } | Compute::Registered { .. } => self.options.parallelism.max(1),
         };
         let mut running: FuturesOrdered<Running> = FuturesOrdered::new();
         let mut next: Option<Flow> = None;
@@ -418,13 +378,27 @@ impl Exec {
                     let (rt, op_name) = (self.rt.clone(), op_name.clone());
                     let task = match &compute {
                         Compute::Tasks { num_cpus } => f.clone().map(|f| (*num_cpus, f)),
-                        Compute::Actors { .. } => None,
+                        Compute::Actors { .. } | Compute::Registered { .. } => None,
+                    };
+                    let registered = match &compute {
+                        Compute::Registered { name, options } => Some((name.clone(), options.clone())),
+                        _ => None,
                     };
                     let input_bytes = flow.block.bytes;
+                    let span = tracing::debug_span!(
+                        "data_block",
+                        operator = %op_name,
+                        block = flow.block.origin.index,
+                    );
                     running.push_back(Box::pin(async move {
-                        let result = apply(&rt, &op_name, flow, charge, worker.clone(), task).await;
+                        let result = match registered {
+                            Some((name, options)) => {
+                                crate::registry::apply_remote(&rt, &op_name, &name, options, flow, charge).await
+                            }
+                            None => apply(&rt, &op_name, flow, charge, worker.clone(), task).await,
+                        };
                         (result, worker, input_bytes)
-                    }));
+                    }.instrument(span)));
                 }
                 got = input.recv(), if next.is_none() && !input_done => match got {
                     Some(Ok(flow)) => next = Some(flow),
@@ -576,9 +550,6 @@ async fn apply(
         operator: op_name.to_string(),
         message,
     };
-    let span =
-        tracing::debug_span!("data_block", operator = %op_name, block = input.block.origin.index);
-    let _ = &span;
     let (worker, ephemeral) = match (worker, task) {
         (Some(worker), _) => (worker, false),
         (None, Some((num_cpus, f))) => (
@@ -627,83 +598,6 @@ async fn apply(
         },
         _charge: Some(charge),
     })
-}
-
-/// Reads one task's batches on a blocking thread, one admission each.
-fn read_task(
-    handle: &tokio::runtime::Handle,
-    op: &Operator,
-    task: &ReadTask,
-    tx: &FlowTx,
-    exempt: &(dyn Fn() -> bool + Sync),
-) {
-    let fail = |e: DataError| {
-        let _ = tx.blocking_send(Err(e));
-    };
-    let per_block = op.exec.options.rows_per_block.max(1);
-    let batches = match (task.open)(per_block) {
-        Ok(batches) => batches,
-        Err(e) => return fail(e),
-    };
-    // Cut batches larger than a block (a range, the user's batches).
-    let mut batches = batches.flat_map(move |next| -> Vec<crate::plan::ReadBatch> {
-        match next {
-            Ok((batch, rows)) if batch.num_rows() > per_block => (0..batch.num_rows())
-                .step_by(per_block)
-                .map(|start| {
-                    let len = per_block.min(batch.num_rows() - start);
-                    let cut = rows
-                        .as_ref()
-                        .map(|r| r.start + start as u64..r.start + (start + len) as u64);
-                    Ok((batch.slice(start, len), cut))
-                })
-                .collect(),
-            other => vec![other],
-        }
-    });
-    let mut estimate = 0;
-    for index in 0.. {
-        let wanted = estimate.max(op.typical.load(Ordering::Relaxed));
-        let charge = handle.block_on(op.exec.budget.admit_unless(op.id, wanted, exempt));
-        let Some(next) = batches.next() else { return };
-        let (batch, rows) = match next {
-            Ok(next) => next,
-            Err(e) => return fail(e),
-        };
-        estimate = crate::block::batch_bytes(&batch);
-        let origin = BlockOrigin {
-            index,
-            source: task.source.to_string(),
-            rows,
-        };
-        let flow = op.put(batch, origin, charge);
-        let failed = flow.is_err();
-        if tx.blocking_send(flow).is_err() || failed {
-            return;
-        }
-    }
-}
-
-/// `0..n` in an `Int64` column `id`, one read task per block.
-fn range_tasks(n: u64, per_block: u64) -> Vec<ReadTask> {
-    (0..n.div_ceil(per_block))
-        .map(|i| {
-            let rows = i * per_block..((i + 1) * per_block).min(n);
-            ReadTask {
-                source: "range".into(),
-                open: Arc::new(move |_| {
-                    let schema =
-                        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-                    let ids: ArrayRef =
-                        Arc::new(Int64Array::from_iter_values(rows.clone().map(|v| v as i64)));
-                    let batch = RecordBatch::try_new(schema, vec![ids])
-                        .map_err(|e| DataError::arrow("range", e))?;
-                    Ok(Box::new(std::iter::once(Ok((batch, Some(rows.clone())))))
-                        as crate::plan::Batches)
-                }),
-            }
-        })
-        .collect()
 }
 
 /// Every block of an input, in order (their budget charges released:

@@ -11,8 +11,10 @@
 //! them. A sink runs the plan as a streaming pipeline whose bytes in flight
 //! stay within [`DataOptions::memory_budget`].
 //!
-//! This version runs on the node that owns the dataset: its functions are
-//! closures, which cannot reach another process.
+//! Closures run on the node that runs the dataset (a closure cannot reach
+//! another process); a function registered by name
+//! ([`register_batch_fn!`]) runs as tasks on any node of a cluster
+//! ([`map_batches_registered`](Dataset::map_batches_registered)).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -26,16 +28,30 @@ mod error;
 mod exec;
 mod io;
 mod plan;
+mod registry;
 mod rows;
 mod shuffle;
+mod source;
 mod worker;
 mod write;
 
 pub use aggregate::Aggregation;
+/// Arrow's arrays and record batches, as this crate uses them.
+pub use arrow_array;
+/// Arrow's schemas and errors.
+pub use arrow_schema;
 pub use block::{Block, BlockRef};
 pub use budget::{ExecStats, OperatorStats};
 pub use dataset::{DataOptions, Dataset, Grouped};
 pub use error::{BlockOrigin, BoxError, DataError};
+pub use registry::registered_batch_fns;
 pub use shuffle::SortKey;
 pub use worker::ActorPoolStrategy;
+
+/// For the macros' expansions only.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::BatchFnRegistration;
+    pub use inventory;
+}
 pub use write::WriteSummary;

@@ -61,6 +61,12 @@ pub(crate) enum Source {
 pub(crate) enum Compute {
     /// Each block on an ephemeral actor holding `num_cpus`, as a task.
     Tasks { num_cpus: f64 },
+    /// Each block as a task of the function registered as `name`, placed
+    /// by the cluster (any node that fits `options`).
+    Registered {
+        name: Arc<str>,
+        options: troupe::TaskOptions,
+    },
     /// On a pool of long-lived actors, each built once.
     Actors {
         strategy: crate::ActorPoolStrategy,

@@ -1,0 +1,154 @@
+//! Sources in a run: read tasks on blocking threads, in order, each
+//! admitted block by block.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use tokio::sync::mpsc;
+
+use crate::error::{BlockOrigin, DataError};
+use crate::exec::{Exec, Flow, FlowTx, Operator};
+use crate::plan::ReadTask;
+
+impl Exec {
+    /// Runs read tasks, `parallelism` at once, forwarding their blocks in
+    /// task order. Each task reads on a blocking thread, one batch per
+    /// admission, so a slow consumer stops the readers.
+    pub(crate) async fn read(
+        self: Arc<Self>,
+        name: &'static str,
+        tasks: Arc<Vec<ReadTask>>,
+        tx: FlowTx,
+    ) {
+        let op = Arc::new(self.operator(name));
+        let mut started: VecDeque<mpsc::Receiver<Result<Flow, DataError>>> = VecDeque::new();
+        let mut next = 0;
+        // The task whose blocks are forwarded now.
+        let front_task = Arc::new(AtomicUsize::new(0));
+        let mut forwarded = 0;
+        loop {
+            while started.len() < self.options.parallelism.max(1) && next < tasks.len() {
+                let (task_tx, task_rx) = mpsc::channel(1);
+                let (op, task) = (op.clone(), tasks[next].clone());
+                let handle = self.rt.tokio_handle().clone();
+                let (front, downstream, me) = (front_task.clone(), tx.clone(), next);
+                // The front task may always read while the operator after
+                // this one has nothing queued: no deadlock behind blocks
+                // read ahead.
+                let exempt = move || {
+                    front.load(Ordering::Acquire) == me
+                        && downstream.capacity() == downstream.max_capacity()
+                };
+                handle
+                    .clone()
+                    .spawn_blocking(move || read_task(&handle, &op, &task, &task_tx, &exempt));
+                started.push_back(task_rx);
+                next += 1;
+            }
+            let Some(front) = started.front_mut() else {
+                return;
+            };
+            match front.recv().await {
+                Some(flow) => {
+                    // Readers number blocks within their task; the source's
+                    // order is known here.
+                    let flow = flow.map(|mut flow| {
+                        let mut origin = (*flow.block.origin).clone();
+                        origin.index = forwarded;
+                        flow.block.origin = Arc::new(origin);
+                        flow
+                    });
+                    forwarded += 1;
+                    let failed = flow.is_err();
+                    if tx.send(flow).await.is_err() || failed {
+                        return;
+                    }
+                }
+                None => {
+                    started.pop_front();
+                    front_task.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+}
+
+/// Reads one task's batches on a blocking thread, one admission each.
+fn read_task(
+    handle: &tokio::runtime::Handle,
+    op: &Operator,
+    task: &ReadTask,
+    tx: &FlowTx,
+    exempt: &(dyn Fn() -> bool + Sync),
+) {
+    let fail = |e: DataError| {
+        let _ = tx.blocking_send(Err(e));
+    };
+    let per_block = op.exec.options.rows_per_block.max(1);
+    let batches = match (task.open)(per_block) {
+        Ok(batches) => batches,
+        Err(e) => return fail(e),
+    };
+    // Cut batches larger than a block (a range, the user's batches).
+    let mut batches = batches.flat_map(move |next| -> Vec<crate::plan::ReadBatch> {
+        match next {
+            Ok((batch, rows)) if batch.num_rows() > per_block => (0..batch.num_rows())
+                .step_by(per_block)
+                .map(|start| {
+                    let len = per_block.min(batch.num_rows() - start);
+                    let cut = rows
+                        .as_ref()
+                        .map(|r| r.start + start as u64..r.start + (start + len) as u64);
+                    Ok((batch.slice(start, len), cut))
+                })
+                .collect(),
+            other => vec![other],
+        }
+    });
+    let mut estimate = 0;
+    for index in 0.. {
+        let wanted = estimate.max(op.typical.load(Ordering::Relaxed));
+        let charge = handle.block_on(op.exec.budget.admit_unless(op.id, wanted, exempt));
+        let Some(next) = batches.next() else { return };
+        let (batch, rows) = match next {
+            Ok(next) => next,
+            Err(e) => return fail(e),
+        };
+        estimate = crate::block::batch_bytes(&batch);
+        let origin = BlockOrigin {
+            index,
+            source: task.source.to_string(),
+            rows,
+        };
+        let flow = op.put(batch, origin, charge);
+        let failed = flow.is_err();
+        if tx.blocking_send(flow).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// `0..n` in an `Int64` column `id`, one read task per block.
+pub(crate) fn range_tasks(n: u64, per_block: u64) -> Vec<ReadTask> {
+    (0..n.div_ceil(per_block))
+        .map(|i| {
+            let rows = i * per_block..((i + 1) * per_block).min(n);
+            ReadTask {
+                source: "range".into(),
+                open: Arc::new(move |_| {
+                    let schema =
+                        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+                    let ids: ArrayRef =
+                        Arc::new(Int64Array::from_iter_values(rows.clone().map(|v| v as i64)));
+                    let batch = RecordBatch::try_new(schema, vec![ids])
+                        .map_err(|e| DataError::arrow("range", e))?;
+                    Ok(Box::new(std::iter::once(Ok((batch, Some(rows.clone())))))
+                        as crate::plan::Batches)
+                }),
+            }
+        })
+        .collect()
+}
