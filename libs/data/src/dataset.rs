@@ -630,10 +630,14 @@ pub struct Grouped {
 
 impl Grouped {
     /// One row per group, sorted by the keys: the keys, then each
-    /// aggregate (`count()`, `sum(x)`, ...; see [`Aggregation`]).
+    /// aggregate (`count()`, `sum(x)`, ...; see [`Aggregation`]). A hash
+    /// aggregation: each block is folded into per-group values as it
+    /// arrives, so the input is never held whole.
     pub fn aggregate(&self, aggregations: impl IntoIterator<Item = Aggregation>) -> Dataset {
         let aggregations = aggregations.into_iter().collect();
-        self.dataset.all(AllToAll::GroupBy {
+        let dataset = &self.dataset;
+        dataset.then(Plan::GroupBy {
+            input: dataset.plan.clone(),
             keys: self.keys.clone(),
             aggregations,
         })

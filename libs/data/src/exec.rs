@@ -112,7 +112,7 @@ impl Operator {
 
 impl Operator {
     /// Emits batches an all-to-all operator made, one admission each.
-    async fn emit_all(&self, batches: Vec<RecordBatch>, tx: &FlowTx) {
+    pub(crate) async fn emit_all(&self, batches: Vec<RecordBatch>, tx: &FlowTx) {
         for (index, batch) in batches.into_iter().enumerate() {
             let estimate = crate::block::batch_bytes(&batch);
             let charge = self.exec.budget.admit(self.id, estimate).await;
@@ -245,6 +245,15 @@ impl Exec {
             Plan::AllToAll { input, op } => {
                 let input = self.run(input);
                 spawner.spawn(exec.all_to_all(input, op.clone(), tx));
+            }
+            Plan::GroupBy {
+                input,
+                keys,
+                aggregations,
+            } => {
+                let input = self.run(input);
+                let (keys, aggregations) = (keys.clone(), aggregations.clone());
+                spawner.spawn(exec.group_by(input, keys, aggregations, tx));
             }
             Plan::Union(inputs) => {
                 let inputs = inputs.clone();

@@ -85,10 +85,6 @@ pub(crate) enum AllToAll {
     Sort {
         keys: Vec<crate::SortKey>,
     },
-    GroupBy {
-        keys: Vec<String>,
-        aggregations: Vec<Aggregation>,
-    },
 }
 
 impl AllToAll {
@@ -97,7 +93,6 @@ impl AllToAll {
             AllToAll::Repartition(_) => "repartition",
             AllToAll::RandomShuffle { .. } => "random_shuffle",
             AllToAll::Sort { .. } => "sort",
-            AllToAll::GroupBy { .. } => "groupby",
         }
     }
 }
@@ -117,6 +112,12 @@ pub(crate) enum Plan {
     AllToAll {
         input: Arc<Plan>,
         op: AllToAll,
+    },
+    /// A hash aggregation, fed block by block (it never holds its input).
+    GroupBy {
+        input: Arc<Plan>,
+        keys: Vec<String>,
+        aggregations: Vec<Aggregation>,
     },
     Union(Vec<Arc<Plan>>),
     Zip(Arc<Plan>, Arc<Plan>),
@@ -138,6 +139,9 @@ impl Plan {
                 format!("{} -> {}", input.describe(), names.join("+"))
             }
             Plan::AllToAll { input, op } => format!("{} -> {}", input.describe(), op.name()),
+            Plan::GroupBy { input, keys, .. } => {
+                format!("{} -> groupby({})", input.describe(), keys.join(", "))
+            }
             Plan::Union(inputs) => {
                 let parts: Vec<String> = inputs.iter().map(|p| p.describe()).collect();
                 format!("union({})", parts.join(", "))
