@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, UInt32Array};
 use arrow_row::{OwnedRow, RowConverter, Rows, SortField};
 use arrow_schema::{Field, Schema, SortOptions};
 use arrow_select::concat::concat_batches;
+use arrow_select::take::take_record_batch;
 use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use troupe::Runtime;
@@ -69,16 +70,13 @@ pub(crate) fn run(
         AllToAll::Repartition(n) => repartition(&schema, &batches, *n),
         AllToAll::RandomShuffle { seed, partitions } => {
             let n = partitions.unwrap_or(batches.len()).max(1);
-            random_shuffle(&batches, *seed, n, parallelism)
+            random_shuffle(&schema, &batches, *seed, n, parallelism)
         }
         AllToAll::Sort { keys } => {
             let sort = RangeSort::new(&schema, keys)?;
             let n = batches.len().max(1);
-            let (rows, parts) = sort.partition(&batches, n, parallelism)?;
-            let blocks: Vec<&RecordBatch> = batches.iter().collect();
-            par_map((0..n).collect(), parallelism, |j| {
-                sort.gather(&blocks, &rows, &parts, j)
-            })
+            let parts = sort.partition(&batches, n, parallelism)?;
+            par_map(parts, parallelism, |pieces| sort.sorted(&schema, &pieces))
         }
     }
 }
@@ -153,51 +151,59 @@ fn seeded(seed: u64, stream: u64) -> Xoshiro256PlusPlus {
     )
 }
 
+fn take_rows(batch: &RecordBatch, indices: Vec<u32>) -> Result<RecordBatch, DataError> {
+    take_record_batch(batch, &UInt32Array::from(indices))
+        .map_err(|e| DataError::arrow("taking rows", e))
+}
+
 /// A seeded, push-based shuffle: each block's rows go to random partitions
 /// (map), then each partition's rows are permuted (reduce). The same seed
 /// and input give the same output.
 fn random_shuffle(
+    schema: &Arc<Schema>,
     batches: &[RecordBatch],
     seed: u64,
     n: usize,
     parallelism: usize,
 ) -> Result<Vec<RecordBatch>, DataError> {
-    // Map: each block's rows dealt to partitions (indices only, no copy).
     let indexed: Vec<(usize, &RecordBatch)> = batches.iter().enumerate().collect();
-    let parts = par_map(indexed, parallelism, |(i, batch)| {
+    let pieces = par_map(indexed, parallelism, |(i, batch)| {
         let mut rng = seeded(seed, i as u64);
         let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n];
         for row in 0..batch.num_rows() {
             parts[(rng.next_u64() % n as u64) as usize].push(row as u32);
         }
-        Ok(parts)
+        parts
+            .into_iter()
+            .map(|rows| take_rows(batch, rows))
+            .collect::<Result<Vec<_>, _>>()
     })?;
-    // Reduce: each partition's rows permuted, then copied once.
-    let blocks: Vec<&RecordBatch> = batches.iter().collect();
-    par_map((0..n).collect(), parallelism, |j| {
-        let mut order = gathered(&parts, j);
+    let partitions = transpose(pieces, n);
+    let indexed: Vec<(usize, Vec<RecordBatch>)> = partitions.into_iter().enumerate().collect();
+    par_map(indexed, parallelism, |(j, pieces)| {
+        let all = concat(schema, &pieces)?;
+        let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
         let mut rng = seeded(seed, (1 << 40) + j as u64);
         for k in (1..order.len()).rev() {
             let r = (rng.next_u64() % (k as u64 + 1)) as usize;
             order.swap(k, r);
         }
-        interleave(&blocks, &order)
+        take_rows(&all, order)
     })
 }
 
-/// The `(block, row)` pairs of partition `j`, in block order.
-fn gathered(parts: &[Vec<Vec<u32>>], j: usize) -> Vec<(usize, usize)> {
-    parts
-        .iter()
-        .enumerate()
-        .flat_map(|(b, p)| p[j].iter().map(move |r| (b, *r as usize)))
-        .collect()
-}
-
-/// The rows `order` names, copied once into one batch.
-fn interleave(blocks: &[&RecordBatch], order: &[(usize, usize)]) -> Result<RecordBatch, DataError> {
-    arrow_select::interleave::interleave_record_batch(blocks, order)
-        .map_err(|e| DataError::arrow("gathering rows (do the blocks' schemas match?)", e))
+/// `pieces[block][partition]` into `partitions[partition][block]`.
+fn transpose(pieces: Vec<Vec<RecordBatch>>, n: usize) -> Vec<Vec<RecordBatch>> {
+    let mut partitions: Vec<Vec<RecordBatch>> =
+        (0..n).map(|_| Vec::with_capacity(pieces.len())).collect();
+    for block in pieces {
+        for (j, piece) in block.into_iter().enumerate() {
+            if piece.num_rows() > 0 {
+                partitions[j].push(piece);
+            }
+        }
+    }
+    partitions
 }
 
 /// Sorting by keys of any Arrow type, through Arrow's row format (whose
@@ -247,25 +253,22 @@ impl RangeSort {
             .map_err(|e| DataError::arrow("sort keys", e))
     }
 
-    /// Each block's keys, and its rows dealt to `n` key ranges (bounds
-    /// from a sample of every block's keys): `parts[block][range]`.
-    #[allow(clippy::type_complexity)]
+    /// Cuts every block into `n` key ranges (bounds from a sample of each
+    /// block's keys): `partitions[j]` holds the rows of range `j`.
     fn partition(
         &self,
         batches: &[RecordBatch],
         n: usize,
         parallelism: usize,
-    ) -> Result<(Vec<Rows>, Vec<Vec<Vec<u32>>>), DataError> {
-        let rows = par_map(batches.iter().collect(), parallelism, |b: &RecordBatch| {
-            self.rows(b)
-        })?;
+    ) -> Result<Vec<Vec<RecordBatch>>, DataError> {
         let mut sample: Vec<OwnedRow> = Vec::new();
-        for keys in &rows {
-            let step = (keys.num_rows() / 64).max(1);
+        for batch in batches {
+            let rows = self.rows(batch)?;
+            let step = (rows.num_rows() / 64).max(1);
             sample.extend(
-                (0..keys.num_rows())
+                (0..rows.num_rows())
                     .step_by(step)
-                    .map(|i| keys.row(i).owned()),
+                    .map(|i| rows.row(i).owned()),
             );
         }
         sample.sort();
@@ -273,60 +276,68 @@ impl RangeSort {
             .filter_map(|j| sample.get(j * sample.len() / n).cloned())
             .collect();
         let bounds = &bounds;
-        let parts = par_map(rows.iter().collect(), parallelism, |keys: &Rows| {
-            let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n];
-            for i in 0..keys.num_rows() {
-                let row = keys.row(i);
-                parts[bounds.partition_point(|b| b.row() <= row)].push(i as u32);
-            }
-            Ok(parts)
-        })?;
-        Ok((rows, parts))
+        let pieces = par_map(
+            batches.iter().collect(),
+            parallelism,
+            |batch: &RecordBatch| {
+                let rows = self.rows(batch)?;
+                let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n];
+                for i in 0..rows.num_rows() {
+                    let row = rows.row(i);
+                    let j = bounds.partition_point(|b| b.row() <= row);
+                    parts[j].push(i as u32);
+                }
+                parts
+                    .into_iter()
+                    .map(|rows| take_rows(batch, rows))
+                    .collect::<Result<Vec<_>, _>>()
+            },
+        )?;
+        Ok(transpose(pieces, n))
     }
 
-    /// Range `j`'s rows sorted by the keys (stable), copied once.
-    fn gather(
+    /// A partition's pieces as one block sorted by the keys (stable).
+    fn sorted(
         &self,
-        blocks: &[&RecordBatch],
-        rows: &[Rows],
-        parts: &[Vec<Vec<u32>>],
-        j: usize,
+        schema: &Arc<Schema>,
+        pieces: &[RecordBatch],
     ) -> Result<RecordBatch, DataError> {
-        let mut order = gathered(parts, j);
-        match packed_keys(rows, &order) {
+        let all = concat(schema, pieces)?;
+        let rows = self.rows(&all)?;
+        let order = match packed_keys(&rows) {
             // Keys of at most 16 bytes each (a number or two, a date): sort
-            // (key, position) pairs, which is stable and several times
+            // (key, index) pairs, which is stable and several times
             // faster than comparing rows.
             Some(mut keyed) => {
                 keyed.sort_unstable();
-                order = keyed.into_iter().map(|(_, p)| order[p as usize]).collect();
+                keyed.into_iter().map(|(_, i)| i).collect()
             }
-            None => order.sort_by(|a, b| rows[a.0].row(a.1).cmp(&rows[b.0].row(b.1))),
-        }
-        interleave(blocks, &order)
+            None => {
+                let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+                order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+                order
+            }
+        };
+        take_rows(&all, order)
     }
 }
 
-/// Each of `order`'s key bytes as a big-endian `u128` (equal-length
-/// keys of at most 16 bytes, zero-padded, compare as their bytes do), with
-/// its position in `order`.
-fn packed_keys(rows: &[Rows], order: &[(usize, usize)]) -> Option<Vec<(u128, u32)>> {
-    let width = order
-        .first()
-        .map_or(0, |(b, r)| rows[*b].row(*r).as_ref().len());
+/// Each row's key bytes as a big-endian `u128` (equal-length rows of at
+/// most 16 bytes, zero-padded, compare as their bytes do), with its index.
+fn packed_keys(rows: &Rows) -> Option<Vec<(u128, u32)>> {
+    let width = rows.iter().next().map_or(0, |r| r.as_ref().len());
     if width == 0 || width > 16 {
         return None;
     }
-    let mut keyed = Vec::with_capacity(order.len());
-    for (position, (b, r)) in order.iter().enumerate() {
-        let row = rows[*b].row(*r);
+    let mut keyed = Vec::with_capacity(rows.num_rows());
+    for (i, row) in rows.iter().enumerate() {
         let bytes = row.as_ref();
         if bytes.len() != width {
             return None;
         }
         let mut buf = [0u8; 16];
         buf[..width].copy_from_slice(bytes);
-        keyed.push((u128::from_be_bytes(buf), position as u32));
+        keyed.push((u128::from_be_bytes(buf), i as u32));
     }
     Some(keyed)
 }
