@@ -90,6 +90,7 @@ async fn run(
     let started = Instant::now();
     let input = Dataset::read_parquet(rt, &[dir.join("input")])?.with_options(options.clone());
     let by_key = input
+        .select_columns(&["key", "f0", "f1", "f2", "f3"]) // only these are decoded
         .map_batches(with_score)
         .filter_batches(positive)
         .groupby(["key"])

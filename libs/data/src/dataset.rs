@@ -136,6 +136,7 @@ impl Dataset {
             Plan::Source(Source::Reads {
                 name,
                 tasks: Arc::new(tasks),
+                columns: None,
             }),
         )
     }
@@ -162,7 +163,7 @@ impl Dataset {
                 first = rows.end;
                 ReadTask {
                     source: "from_batches".into(),
-                    open: Arc::new(move |_| {
+                    open: Arc::new(move |_: &crate::plan::ReadSpec| {
                         Ok(
                             Box::new(std::iter::once(Ok((batch.clone(), Some(rows.clone())))))
                                 as crate::plan::Batches,
@@ -375,8 +376,18 @@ impl Dataset {
         )
     }
 
-    /// Keeps these columns, in this order.
+    /// Keeps these columns, in this order (right after `read_parquet`, only
+    /// they are decoded).
     pub fn select_columns(&self, columns: &[&str]) -> Self {
+        // Right after a file source, the readers decode only these columns.
+        if let Plan::Source(Source::Reads { name, tasks, .. }) = &*self.plan {
+            let columns: Arc<[String]> = columns.iter().map(|c| c.to_string()).collect();
+            return self.then(Plan::Source(Source::Reads {
+                name,
+                tasks: tasks.clone(),
+                columns: Some(columns),
+            }));
+        }
         let name: Arc<str> = "select_columns".into();
         let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         self.map_named(

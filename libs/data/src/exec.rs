@@ -223,13 +223,17 @@ impl Exec {
                     }
                 });
             }
-            Plan::Source(Source::Reads { name, tasks }) => {
-                spawner.spawn(exec.read(name, tasks.clone(), tx));
+            Plan::Source(Source::Reads {
+                name,
+                tasks,
+                columns,
+            }) => {
+                spawner.spawn(exec.read(name, tasks.clone(), columns.clone(), tx));
             }
             Plan::Source(Source::Range(n)) => {
                 let tasks =
                     crate::source::range_tasks(*n, self.options.rows_per_block.max(1) as u64);
-                spawner.spawn(exec.read("range", Arc::new(tasks), tx));
+                spawner.spawn(exec.read("range", Arc::new(tasks), None, tx));
             }
             Plan::Map {
                 input,

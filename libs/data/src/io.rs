@@ -11,12 +11,12 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::error::DataError;
-use crate::plan::{Batches, ReadTask};
+use crate::plan::{Batches, ReadSpec, ReadTask};
 
 /// The files `paths` name: files as given, every file of a directory
 /// (sorted), and glob patterns (`data/*.parquet`) expanded and sorted.
@@ -79,12 +79,27 @@ pub(crate) fn parquet_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataErro
             first_row += meta.num_rows().max(0) as u64;
             tasks.push(ReadTask {
                 source: format!("{} row group {group}", path.display()).into(),
-                open: Arc::new(move |rows_per_block| {
+                open: Arc::new(move |spec: &ReadSpec| {
+                    let rows_per_block = spec.rows_per_block;
                     let reader = ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
                         .and_then(|b| {
-                            b.with_row_groups(vec![group])
-                                .with_batch_size(rows_per_block)
-                                .build()
+                            let b = b
+                                .with_row_groups(vec![group])
+                                .with_batch_size(rows_per_block);
+                            // Decode only the selected columns (the executor
+                            // puts them in the order asked, and names any
+                            // that is missing).
+                            let b = match &spec.columns {
+                                Some(columns) => {
+                                    let mask = ProjectionMask::columns(
+                                        b.parquet_schema(),
+                                        columns.iter().map(String::as_str),
+                                    );
+                                    b.with_projection(mask)
+                                }
+                                None => b,
+                            };
+                            b.build()
                         })
                         .map_err(|e| DataError::io(path.display(), e))?;
                     let path = path.clone();
@@ -119,7 +134,8 @@ fn text_tasks(files: &[PathBuf], schema: SchemaRef, reader: TextReader) -> Vec<R
             let (path, schema) = (Arc::new(path.clone()), schema.clone());
             ReadTask {
                 source: path.display().to_string().into(),
-                open: Arc::new(move |rows_per_block| {
+                open: Arc::new(move |spec: &ReadSpec| {
+                    let rows_per_block = spec.rows_per_block;
                     let batches = reader(open(&path)?, schema.clone(), rows_per_block).map_err(|e| DataError::io(path.display(), e))?;
                     let path = path.clone();
                     let mut row = 0u64;

@@ -31,15 +31,25 @@ pub(crate) type ReadBatch = Result<(RecordBatch, Option<Range<u64>>), DataError>
 /// The batches a read task yields.
 pub(crate) type Batches = Box<dyn Iterator<Item = ReadBatch> + Send>;
 
+/// What a run wants of a read task. A reader may ignore either: the
+/// executor slices larger batches and projects every batch it is given.
+pub(crate) struct ReadSpec {
+    /// Rows per block.
+    pub(crate) rows_per_block: usize,
+    /// Only these columns, in this order (a `select_columns` right after
+    /// the source: Parquet then decodes only those).
+    pub(crate) columns: Option<Arc<[String]>>,
+}
+
+/// Opens a read task's batches.
+pub(crate) type OpenFn = dyn Fn(&ReadSpec) -> Result<Batches, DataError> + Send + Sync;
+
 /// One unit of reading: a file's row group, a file, a chunk of a range.
 #[derive(Clone)]
 pub(crate) struct ReadTask {
     /// What it reads, for errors and progress (`data/a.parquet`).
     pub(crate) source: Arc<str>,
-    /// Opens the source; its argument is the rows per block wanted (a
-    /// reader that cannot cut its batches may ignore it: the executor
-    /// slices larger ones).
-    pub(crate) open: Arc<dyn Fn(usize) -> Result<Batches, DataError> + Send + Sync>,
+    pub(crate) open: Arc<OpenFn>,
 }
 
 /// Where a dataset's blocks come from.
@@ -53,6 +63,7 @@ pub(crate) enum Source {
     Reads {
         name: &'static str,
         tasks: Arc<Vec<ReadTask>>,
+        columns: Option<Arc<[String]>>,
     },
 }
 
@@ -133,7 +144,18 @@ impl Plan {
         match self {
             Plan::Source(Source::Blocks(b)) => format!("from_blocks({})", b.len()),
             Plan::Source(Source::Range(n)) => format!("range({n})"),
-            Plan::Source(Source::Reads { name, tasks }) => format!("{name}({} tasks)", tasks.len()),
+            Plan::Source(Source::Reads {
+                name,
+                tasks,
+                columns: None,
+            }) => format!("{name}({} tasks)", tasks.len()),
+            Plan::Source(Source::Reads {
+                name,
+                tasks,
+                columns: Some(c),
+            }) => {
+                format!("{name}({} tasks, columns {})", tasks.len(), c.join(", "))
+            }
             Plan::Map { input, names, .. } => {
                 let names: Vec<&str> = names.iter().map(|n| &**n).collect();
                 format!("{} -> {}", input.describe(), names.join("+"))

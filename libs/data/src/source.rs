@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{BlockOrigin, DataError};
 use crate::exec::{Exec, Flow, FlowTx, Operator};
-use crate::plan::ReadTask;
+use crate::plan::{ReadSpec, ReadTask};
 
 impl Exec {
     /// Runs read tasks, `parallelism` at once, forwarding their blocks in
@@ -21,6 +21,7 @@ impl Exec {
         self: Arc<Self>,
         name: &'static str,
         tasks: Arc<Vec<ReadTask>>,
+        columns: Option<Arc<[String]>>,
         tx: FlowTx,
     ) {
         let op = Arc::new(self.operator(name));
@@ -32,7 +33,7 @@ impl Exec {
         loop {
             while started.len() < self.options.parallelism.max(1) && next < tasks.len() {
                 let (task_tx, task_rx) = mpsc::channel(1);
-                let (op, task) = (op.clone(), tasks[next].clone());
+                let (op, task, columns) = (op.clone(), tasks[next].clone(), columns.clone());
                 let handle = self.rt.tokio_handle().clone();
                 let (front, downstream, me) = (front_task.clone(), tx.clone(), next);
                 // The front task may always read while the operator after
@@ -42,9 +43,9 @@ impl Exec {
                     front.load(Ordering::Acquire) == me
                         && downstream.capacity() == downstream.max_capacity()
                 };
-                handle
-                    .clone()
-                    .spawn_blocking(move || read_task(&handle, &op, &task, &task_tx, &exempt));
+                handle.clone().spawn_blocking(move || {
+                    read_task(&handle, &op, &task, columns.as_ref(), &task_tx, &exempt)
+                });
                 started.push_back(task_rx);
                 next += 1;
             }
@@ -81,6 +82,7 @@ fn read_task(
     handle: &tokio::runtime::Handle,
     op: &Operator,
     task: &ReadTask,
+    columns: Option<&Arc<[String]>>,
     tx: &FlowTx,
     exempt: &(dyn Fn() -> bool + Sync),
 ) {
@@ -88,10 +90,39 @@ fn read_task(
         let _ = tx.blocking_send(Err(e));
     };
     let per_block = op.exec.options.rows_per_block.max(1);
-    let batches = match (task.open)(per_block) {
+    let spec = ReadSpec {
+        rows_per_block: per_block,
+        columns: columns.cloned(),
+    };
+    let batches = match (task.open)(&spec) {
         Ok(batches) => batches,
         Err(e) => return fail(e),
     };
+    // The selected columns, in the order asked (a reader may give others,
+    // or the file's order).
+    let source = task.source.clone();
+    let batches = batches.map(move |next| match (next, &spec.columns) {
+        (Ok((batch, rows)), Some(columns)) => {
+            let schema = batch.schema();
+            let indices = columns
+                .iter()
+                .map(|c| {
+                    schema.index_of(c).map_err(|_| DataError::Column {
+                        column: c.clone(),
+                        message: format!(
+                            "no such column in {source}; the columns are {:?}",
+                            crate::shuffle::column_names(&schema)
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let batch = batch
+                .project(&indices)
+                .map_err(|e| DataError::arrow("selecting columns", e))?;
+            Ok((batch, rows))
+        }
+        (next, _) => next,
+    });
     // Cut batches larger than a block (a range, the user's batches).
     let mut batches = batches.flat_map(move |next| -> Vec<crate::plan::ReadBatch> {
         match next {
@@ -138,7 +169,7 @@ pub(crate) fn range_tasks(n: u64, per_block: u64) -> Vec<ReadTask> {
             let rows = i * per_block..((i + 1) * per_block).min(n);
             ReadTask {
                 source: "range".into(),
-                open: Arc::new(move |_| {
+                open: Arc::new(move |_: &ReadSpec| {
                     let schema =
                         Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
                     let ids: ArrayRef =

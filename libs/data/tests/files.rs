@@ -138,3 +138,41 @@ fn a_corrupt_parquet_file_is_an_error_naming_the_file() {
         .expect("not parquet");
     assert!(err.to_string().contains("bad.parquet"), "{err}");
 }
+
+#[test]
+fn a_selection_right_after_read_parquet_decodes_only_its_columns_in_its_order() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (ds, all) = source();
+    runtime()
+        .block_on(ds.write_parquet(dir.path()))
+        .expect("writes");
+    let read = Dataset::read_parquet(runtime(), &[dir.path()]).expect("finds the files");
+    let selected = read.select_columns(&["flag", "id"]);
+    assert_eq!(
+        selected.describe(),
+        "read_parquet(5 tasks, columns flag, id)"
+    );
+    let got = concat(&runtime().block_on(selected.collect()).expect("reads"));
+    let names: Vec<String> = got
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["flag", "id"]);
+    assert_eq!(
+        got.column(0).as_ref(),
+        all.column_by_name("flag").expect("flag").as_ref()
+    );
+    assert_eq!(
+        got.column(1).as_ref(),
+        all.column_by_name("id").expect("id").as_ref()
+    );
+    let err = runtime()
+        .block_on(read.select_columns(&["id", "nope"]).count())
+        .expect_err("no such column");
+    assert!(
+        err.to_string().contains("\"nope\"") && err.to_string().contains("row group"),
+        "{err}"
+    );
+}
