@@ -110,6 +110,13 @@ pub trait ActorLink: Send + Sync + 'static {
         let _ = (owner, known);
         None
     }
+
+    /// Runs `decode` with this node's runtime current, so that the actor
+    /// handles a reply holds become handles of this runtime (a reply is
+    /// decoded wherever its caller awaits it, maybe outside any task).
+    fn in_runtime(&self, decode: &mut dyn FnMut()) {
+        decode()
+    }
 }
 
 /// What an actor's owner answers when asked where it lives now.
@@ -269,17 +276,23 @@ impl RemoteActor {
         let call = self.call_encoded(method, bytes);
         let store = self.store.clone();
         let info = self.info.clone();
+        let link = self.executor.clone();
         Pending::from_future(async move {
             // Its refs are held (since it arrived) until it is decoded.
             let reply = call.await?;
-            store
-                .decode::<R>(&reply.bytes)
-                .map_err(|err| ActorError::BadCall {
-                    actor: info,
-                    method: method.to_owned(),
-                    problem: CallProblem::Result,
-                    reason: format!("its reply did not decode: {err}"),
-                })
+            let mut decoded = None;
+            link.in_runtime(&mut || decoded = Some(store.decode::<R>(&reply.bytes)));
+            let bad = |reason: String| ActorError::BadCall {
+                actor: info,
+                method: method.to_owned(),
+                problem: CallProblem::Result,
+                reason,
+            };
+            match decoded {
+                Some(Ok(value)) => Ok(value),
+                Some(Err(err)) => Err(bad(format!("its reply did not decode: {err}"))),
+                None => Err(bad("the cluster's link did not decode its reply".to_owned())),
+            }
         })
     }
 

@@ -297,6 +297,12 @@ impl ActorLink for ExecutorLink {
     fn alive(&self, node: NodeId) -> bool {
         node == self.me || self.executor.node_alive(node)
     }
+
+    fn in_runtime(&self, decode: &mut dyn FnMut()) {
+        let rt = self.runtime.upgrade();
+        let _current = rt.as_ref().and_then(Runtime::decode_frame);
+        decode()
+    }
 }
 
 /// The link of a handle made without a cluster: every call fails.

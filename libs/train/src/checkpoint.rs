@@ -114,6 +114,88 @@ impl Checkpoint {
     pub(crate) fn tensor_count(&self) -> usize {
         self.tensors.len()
     }
+
+    /// The checkpoint as bytes, to travel between nodes: the numbers as
+    /// JSON after their length (8 bytes, little-endian), then the tensors in
+    /// libtorch's format (what `tensors.ot` holds).
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, TrainError> {
+        let named: Vec<(&str, &Tensor)> =
+            self.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        // tch takes the stream by value, for `'static`: share the buffer.
+        let buffer = SharedBuffer::default();
+        Tensor::save_multi_to_stream(&named, buffer.clone())?;
+        let tensors = std::mem::take(&mut *buffer.0.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(frame(&self.values, &tensors))
+    }
+
+    /// A checkpoint that [`encode`](Self::encode) or [`read_encoded`] made.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
+        let (values, tensors) = unframe(bytes)?;
+        let tensors = Tensor::load_multi_from_stream(std::io::Cursor::new(tensors))
+            .map_err(|e| wire_error(format!("its tensors do not load: {e}")))?;
+        Ok(Checkpoint { tensors, values })
+    }
+}
+
+/// A byte buffer that a writer tch owns appends to.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn wire_error(reason: String) -> TrainError {
+    TrainError::BadCheckpoint {
+        path: PathBuf::from("<received from another node>"),
+        reason,
+    }
+}
+
+fn frame(values: &BTreeMap<String, f64>, tensors: &[u8]) -> Vec<u8> {
+    // A map of strings to numbers always encodes.
+    let json = serde_json::to_vec(values).unwrap_or_default();
+    let mut out = Vec::with_capacity(8 + json.len() + tensors.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(tensors);
+    out
+}
+
+fn unframe(bytes: &[u8]) -> Result<(BTreeMap<String, f64>, &[u8]), TrainError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| wire_error(format!("{} bytes are too short", bytes.len())))?;
+    let len = usize::try_from(u64::from_le_bytes(*len))
+        .ok()
+        .filter(|n| *n <= rest.len())
+        .ok_or_else(|| wire_error("its numbers' length is past its end".to_owned()))?;
+    let (json, tensors) = rest.split_at(len);
+    let values = serde_json::from_slice(json)
+        .map_err(|e| wire_error(format!("its numbers do not parse: {e}")))?;
+    Ok((values, tensors))
+}
+
+/// A checkpoint directory as [`Checkpoint::encode`] lays it out, read
+/// without decoding its tensors (sent to workers on other nodes).
+pub(crate) fn read_encoded(path: &Path) -> Result<Vec<u8>, TrainError> {
+    let meta = read_meta(path)?;
+    let tensors_path = path.join(TENSORS);
+    let tensors = fs::read(&tensors_path).map_err(|e| TrainError::BadCheckpoint {
+        path: path.to_owned(),
+        reason: format!("reading {TENSORS}: {e}"),
+    })?;
+    Ok(frame(&meta.values, &tensors))
 }
 
 /// What `meta.json` holds.
@@ -238,5 +320,40 @@ pub(crate) fn remove(path: &Path) -> Result<(), TrainError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(TrainError::io("removing", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_travels_as_bytes_and_a_directory_reads_as_the_same_bytes() {
+        let c = Checkpoint::new()
+            .with_tensor("w", &Tensor::from_slice(&[1.5f32, -2.0, 3.25]))
+            .with_value("epoch", 4.0);
+        let back = Checkpoint::decode(&c.encode().expect("encodes")).expect("decodes");
+        assert_eq!(back.value("epoch"), Some(4.0));
+        assert!(back
+            .tensor("w")
+            .is_some_and(|t| t.equal(&Tensor::from_slice(&[1.5f32, -2.0, 3.25]))));
+
+        let dir = tempfile::tempdir().expect("a directory");
+        let meta = Meta {
+            iteration: 7,
+            values: c.values().clone(),
+            history: Vec::new(),
+        };
+        let path = write(dir.path(), &c, &meta).expect("written");
+        let read = Checkpoint::decode(&read_encoded(&path).expect("read")).expect("decodes");
+        assert!(read
+            .tensor("w")
+            .is_some_and(|t| t.equal(c.tensor("w").expect("w"))));
+        assert_eq!(read.value("epoch"), Some(4.0));
+
+        for bad in [&b""[..], &[200, 0, 0, 0, 0, 0, 0, 0, b'{'][..]] {
+            let err = Checkpoint::decode(bad).expect_err("not a checkpoint");
+            assert!(err.to_string().contains("another node"), "{err}");
+        }
     }
 }

@@ -15,12 +15,13 @@
 //! others return [`TrainError::Aborted`] from their next (or current)
 //! collective instead of waiting forever.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
 use crate::error::TrainError;
+use crate::mesh::Mesh;
 
 /// How an all-reduce combines the ranks' tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +121,7 @@ pub(crate) struct Group {
 }
 
 /// `[start, start + len)` of chunk `c` of `numel` elements in `world` chunks.
-fn chunk(numel: i64, world: usize, c: usize) -> (i64, i64) {
+pub(crate) fn chunk(numel: i64, world: usize, c: usize) -> (i64, i64) {
     let w = world as i64;
     let c = c as i64;
     let (base, extra) = (numel / w, numel % w);
@@ -240,6 +241,7 @@ impl Group {
         if self.world == 1 {
             return Ok(());
         }
+        let started = Instant::now();
         let flat = tensor.f_contiguous()?.f_reshape([-1])?;
         let numel = flat.numel() as i64;
         *lock(&self.inputs[rank]) = Some(flat.shallow_clone());
@@ -298,6 +300,7 @@ impl Group {
             tensor.f_copy_(&flat.f_view_as(tensor)?)?;
         }
         crate::metrics::allreduce_bytes(flat.numel() * flat.kind().elt_size_in_bytes());
+        crate::metrics::allreduce_seconds("shared_memory", started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -352,6 +355,88 @@ impl Group {
             *lock(&self.inputs[rank]) = None;
         }
         Ok(())
+    }
+}
+
+/// A worker's group: in this process (shared memory), or spread over
+/// processes (`mesh.rs`, over the transport).
+#[derive(Clone)]
+pub(crate) enum Collectives {
+    Local(Arc<Group>),
+    Mesh(Arc<Mesh>),
+}
+
+impl Collectives {
+    pub(crate) fn world(&self) -> usize {
+        match self {
+            Collectives::Local(g) => g.world(),
+            Collectives::Mesh(m) => m.world(),
+        }
+    }
+
+    /// Makes every waiting and later collective of the attempt fail with
+    /// `Aborted(why)`, on every rank.
+    pub(crate) fn abort(&self, why: &str) {
+        match self {
+            Collectives::Local(g) => g.abort(why),
+            Collectives::Mesh(m) => m.abort(why),
+        }
+    }
+
+    pub(crate) fn barrier(&self, rank: usize) -> Result<(), TrainError> {
+        match self {
+            Collectives::Local(g) => g.barrier(rank),
+            Collectives::Mesh(m) => m.barrier("barrier"),
+        }
+    }
+
+    pub(crate) fn report(&self, rank: usize) -> Result<(), TrainError> {
+        match self {
+            Collectives::Local(g) => g.report(rank),
+            Collectives::Mesh(m) => m.barrier("report"),
+        }
+    }
+
+    pub(crate) fn all_reduce(
+        &self,
+        rank: usize,
+        tensor: &mut Tensor,
+        op: ReduceOp,
+    ) -> Result<(), TrainError> {
+        if op == ReduceOp::Mean && !tensor.is_floating_point() {
+            let e = TrainError::Mismatch(format!(
+                "ReduceOp::Mean needs a floating-point tensor, got {:?}; use Sum",
+                tensor.kind()
+            ));
+            self.abort(&e.to_string());
+            return Err(e);
+        }
+        match self {
+            Collectives::Local(g) => g.all_reduce(rank, tensor, op),
+            Collectives::Mesh(_) if self.world() == 1 => Ok(()),
+            Collectives::Mesh(m) => m.all_reduce(tensor, op),
+        }
+    }
+
+    pub(crate) fn broadcast(
+        &self,
+        rank: usize,
+        tensor: &mut Tensor,
+        root: usize,
+    ) -> Result<(), TrainError> {
+        if root >= self.world() {
+            let e = TrainError::Mismatch(format!(
+                "broadcast root {root} is not a rank of a group of {}",
+                self.world()
+            ));
+            self.abort(&e.to_string());
+            return Err(e);
+        }
+        match self {
+            Collectives::Local(g) => g.broadcast(rank, tensor, root),
+            Collectives::Mesh(_) if self.world() == 1 => Ok(()),
+            Collectives::Mesh(m) => m.broadcast(tensor, root),
+        }
     }
 }
 

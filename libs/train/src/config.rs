@@ -4,8 +4,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use troupe::placement_group::PlacementStrategy;
 use troupe::Resources;
+
+/// The part of the configuration a worker uses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Settings {
+    pub(crate) seed: u64,
+    pub(crate) bucket_bytes: usize,
+    pub(crate) use_gpu: bool,
+    pub(crate) threads: usize,
+    pub(crate) collective_timeout: Duration,
+}
 
 /// Whether a lower or a higher metric is better (for keeping the best
 /// checkpoints).
@@ -162,6 +173,18 @@ impl TrainerConfig {
         self.torch_threads
             .unwrap_or(self.resources.num_cpus.floor() as usize)
             .max(1)
+    }
+
+    /// What a worker needs of the configuration (sent to workers on other
+    /// nodes).
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            seed: self.seed,
+            bucket_bytes: self.bucket_bytes,
+            use_gpu: self.use_gpu,
+            threads: self.threads_per_worker(),
+            collective_timeout: self.collective_timeout,
+        }
     }
 
     /// How long the trainer waits for the placement group to be placed at

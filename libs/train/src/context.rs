@@ -8,11 +8,13 @@ use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use troupe::Runtime;
+use troupe::{Blob, ObjectRef, Runtime};
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::collective::{Group, ReduceOp};
+use crate::collective::{Collectives, ReduceOp};
+use crate::config::Settings;
 use crate::error::TrainError;
+use crate::remote::ReportSinkHandle;
 use crate::report::Metrics;
 use crate::trainer::RunState;
 
@@ -33,10 +35,26 @@ pub struct WorkerContext {
     pub(crate) device: Device,
     pub(crate) attempt: u32,
     pub(crate) iteration: u64,
-    pub(crate) group: Arc<Group>,
-    pub(crate) run: Arc<RunState>,
-    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) group: Collectives,
+    pub(crate) settings: Settings,
+    pub(crate) reporter: Reporter,
+    pub(crate) checkpoint: Option<StartFrom>,
+    pub(crate) loop_config: Option<Arc<str>>,
     pub(crate) rt: Runtime,
+}
+
+/// Where rank 0's reports go: the run's state in this process, or the
+/// trainer's sink on another node.
+pub(crate) enum Reporter {
+    Local(Arc<RunState>),
+    Remote(ReportSinkHandle),
+}
+
+/// The checkpoint a worker starts from: a directory here, or one the
+/// trainer read and sent (to a worker on another node).
+pub(crate) enum StartFrom {
+    Dir(PathBuf),
+    Object(ObjectRef<Blob>),
 }
 
 impl WorkerContext {
@@ -77,7 +95,45 @@ impl WorkerContext {
     /// restart, or the one given to `resume_from`; `None` on a fresh start.
     /// Loaded from disk (onto the CPU) on each call.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, TrainError> {
-        self.checkpoint.as_deref().map(checkpoint::load).transpose()
+        match &self.checkpoint {
+            None => Ok(None),
+            Some(StartFrom::Dir(path)) => checkpoint::load(path).map(Some),
+            Some(StartFrom::Object(r)) => {
+                let bytes = self.rt.get_blocking(r).map_err(|e| {
+                    TrainError::Transport(format!("reading the checkpoint to start from: {e}"))
+                })?;
+                Checkpoint::decode(&bytes).map(Some)
+            }
+        }
+    }
+
+    /// The configuration given to
+    /// [`fit_registered_with`](crate::Trainer::fit_registered_with) (a
+    /// registered loop's parameters: a batch size, a data path), decoded.
+    ///
+    /// ```no_run
+    /// #[derive(serde::Deserialize)]
+    /// struct Params { batch: usize }
+    ///
+    /// troupe_train::register_train_loop!("with-params", |ctx| {
+    ///     let params: Params = ctx.loop_config()?;
+    ///     let _batches = ctx.shard_indices(1000, 0).chunks(params.batch).count();
+    ///     Ok::<_, troupe_train::TrainError>(())
+    /// });
+    /// ```
+    pub fn loop_config<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
+        let json = self.loop_config.as_deref().ok_or_else(|| {
+            TrainError::Config(
+                "this loop was given no configuration; pass one to Trainer::fit_registered_with"
+                    .to_owned(),
+            )
+        })?;
+        serde_json::from_str(json).map_err(|e| {
+            TrainError::Config(format!(
+                "the loop's configuration does not decode as {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// This rank's shard of `0..len` for `epoch`: the indices shuffled with
@@ -88,7 +144,7 @@ impl WorkerContext {
     /// batches of size `b` together are the `k`-th batch of size
     /// `b * world_size` of one worker.
     pub fn shard_indices(&self, len: usize, epoch: u64) -> Vec<usize> {
-        shard_indices(len, epoch, self.run.seed(), self.rank, self.world_size())
+        shard_indices(len, epoch, self.settings.seed, self.rank, self.world_size())
     }
 
     /// This rank's shard of `items` for `epoch` (see
@@ -132,7 +188,7 @@ impl WorkerContext {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let limit = self.run.bucket_bytes();
+        let limit = self.settings.bucket_bytes;
         tch::no_grad(|| {
             let mut bucket: Vec<Tensor> = Vec::new();
             let mut bytes = 0;
@@ -202,13 +258,43 @@ impl WorkerContext {
     ) -> Result<(), TrainError> {
         self.iteration += 1;
         if self.rank == 0 {
-            if let Err(e) = self.run.record(self.iteration, metrics, checkpoint) {
+            if let Err(e) = self.record(metrics, checkpoint) {
                 self.group
                     .abort(&format!("rank 0 failed to record a report: {e}"));
                 return Err(e);
             }
         }
         self.group.report(self.rank)
+    }
+
+    /// Rank 0's report, into the run's history (and its checkpoint onto
+    /// the trainer's disk) before any rank leaves `report`.
+    fn record(&self, metrics: Metrics, checkpoint: Option<Checkpoint>) -> Result<(), TrainError> {
+        match &self.reporter {
+            Reporter::Local(run) => run.record(self.iteration, metrics, checkpoint),
+            Reporter::Remote(sink) => {
+                let stored = match checkpoint {
+                    None => None,
+                    Some(c) => {
+                        Some(self.rt.put_blocking(Blob::from(c.encode()?)).map_err(|e| {
+                            TrainError::Transport(format!("storing a checkpoint: {e}"))
+                        })?)
+                    }
+                };
+                let timeout = self.settings.collective_timeout;
+                let reply = sink.record(self.iteration, metrics, stored);
+                match self.rt.block_on(tokio::time::timeout(timeout, reply)) {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(e))) => Err(TrainError::Transport(format!(
+                        "the trainer failed to record the report: {e}"
+                    ))),
+                    Ok(Err(e)) => Err(TrainError::Transport(format!(
+                        "sending the report to the trainer: {e}"
+                    ))),
+                    Err(_) => Err(TrainError::CollectiveTimeout(timeout)),
+                }
+            }
+        }
     }
 }
 

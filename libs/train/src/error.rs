@@ -27,6 +27,11 @@ pub enum TrainError {
     /// The ranks of a collective passed tensors that do not match.
     #[error("collective mismatch: {0}; every rank must pass tensors of the same shape and kind")]
     Mismatch(String),
+    /// A message between workers on different nodes could not be sent or
+    /// read (a node died, or the cluster's links failed): the group
+    /// restarts from its last checkpoint while the failure budget lasts.
+    #[error("a message between workers failed: {0}")]
+    Transport(String),
     /// An operation on a tensor failed in libtorch.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] tch::TchError),

@@ -18,10 +18,11 @@
 //! [`resume_from`](TrainerConfig::resume_from) starts a new `fit` where
 //! one left off.
 //!
-//! This version's worker group lives in one process on one node: its
-//! collectives go through shared memory (see
-//! [`all_reduce`](WorkerContext::all_reduce): bitwise the sequential sum in
-//! rank order); a cross-node ring all-reduce is not implemented yet.
+//! [`Trainer::fit`] runs a closure on workers in this process, whose
+//! collectives go through shared memory. [`Trainer::fit_registered`] runs a
+//! loop registered by name ([`register_train_loop!`]) on workers on any
+//! node of a cluster, whose collectives go over Troupe's transport. Both
+//! all-reduce to bitwise the sum one process makes in rank order.
 //!
 //! ```no_run
 //! use tch::nn::{self, Module, OptimizerConfig};
@@ -66,7 +67,10 @@ mod config;
 mod context;
 pub mod data;
 mod error;
+mod mesh;
 mod metrics;
+mod registry;
+mod remote;
 mod report;
 mod trainer;
 
@@ -75,5 +79,13 @@ pub use collective::ReduceOp;
 pub use config::{Mode, TrainerConfig};
 pub use context::WorkerContext;
 pub use error::{LoopError, TrainError};
+pub use registry::registered_train_loops;
 pub use report::{Metrics, Report, TrainResult};
 pub use trainer::Trainer;
+
+/// What `register_train_loop!` expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::TrainLoopRegistration;
+    pub use inventory;
+}

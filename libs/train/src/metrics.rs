@@ -20,3 +20,9 @@ pub(crate) fn restart() {
 pub(crate) fn checkpoint() {
     metrics::counter!("troupe_train_checkpoints_total").increment(1);
 }
+
+/// How long one all-reduce took on this rank, by where its group is
+/// (`shared_memory` in one process, `transport` across processes).
+pub(crate) fn allreduce_seconds(path: &'static str, seconds: f64) {
+    metrics::histogram!("troupe_train_allreduce_seconds", "path" => path).record(seconds);
+}

@@ -26,13 +26,14 @@ use troupe::supervisor::SupervisorRef;
 use troupe::ActorError;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointInfo, Meta};
-use crate::collective::Group;
+use crate::collective::{Collectives, Group};
 use crate::config::TrainerConfig;
-use crate::context::WorkerContext;
+use crate::context::{Reporter, StartFrom, WorkerContext};
 use crate::error::{LoopError, TrainError};
 use crate::report::{self, Metrics, Report, TrainResult};
+use crate::{registry, remote};
 
-type LoopFn = dyn Fn(&mut WorkerContext) -> Result<(), LoopError> + Send + Sync;
+pub(crate) type LoopFn = dyn Fn(&mut WorkerContext) -> Result<(), LoopError> + Send + Sync;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -52,12 +53,8 @@ struct RunInner {
 }
 
 impl RunState {
-    pub(crate) fn seed(&self) -> u64 {
-        self.config.seed
-    }
-
-    pub(crate) fn bucket_bytes(&self) -> usize {
-        self.config.bucket_bytes
+    pub(crate) fn config(&self) -> &TrainerConfig {
+        &self.config
     }
 
     /// Rank 0's report: into the history, its checkpoint onto disk.
@@ -107,7 +104,7 @@ impl RunState {
     }
 
     /// Back to the last checkpoint (or the start): its iteration and path.
-    fn rollback(&self) -> (u64, Option<PathBuf>) {
+    pub(crate) fn rollback(&self) -> (u64, Option<PathBuf>) {
         let mut inner = lock(&self.inner);
         let (iteration, path) = match &inner.last {
             Some(c) => (c.iteration, Some(c.path.clone())),
@@ -125,15 +122,15 @@ pub(crate) struct TrainWorker {
 }
 
 /// How a worker's attempt failed.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Failure {
-    message: String,
+    pub(crate) message: String,
     /// Only because another worker failed first.
-    aborted: bool,
+    pub(crate) aborted: bool,
 }
 
 /// Aborts the group if the training loop unwinds (a panic).
-struct AbortOnUnwind(Arc<Group>, usize);
+struct AbortOnUnwind(Collectives, usize);
 
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {
@@ -148,29 +145,38 @@ impl TrainWorker {
     /// Runs the training loop once, to its end or its first failure.
     #[blocking]
     pub(crate) fn run(&mut self, mut ctx: WorkerContext) -> Result<(), Failure> {
-        ctx.device = device(ctx.run.config.use_gpu, self.rank);
-        let span = tracing::info_span!("train_worker", rank = self.rank, attempt = ctx.attempt);
-        let _entered = span.enter();
-        let _guard = AbortOnUnwind(ctx.group.clone(), self.rank);
-        // libtorch's OpenMP thread count is per thread: give this one the
-        // worker's share and put the pool thread back as it was after.
-        let threads = tch::get_num_threads();
-        tch::set_num_threads(ctx.run.config.threads_per_worker() as i32);
-        let outcome = (self.train_loop)(&mut ctx);
-        tch::set_num_threads(threads);
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let aborted =
-                    matches!(e.downcast_ref::<TrainError>(), Some(TrainError::Aborted(_)));
-                if !aborted {
-                    ctx.group.abort(&format!("rank {} failed: {e}", self.rank));
-                }
-                Err(Failure {
-                    message: e.to_string(),
-                    aborted,
-                })
+        run_loop(self.rank, &mut ctx, &*self.train_loop)
+    }
+}
+
+/// Runs `train_loop` as rank `rank` (on this worker's thread): its device
+/// and libtorch threads set, the group aborted if it fails.
+pub(crate) fn run_loop(
+    rank: usize,
+    ctx: &mut WorkerContext,
+    train_loop: &LoopFn,
+) -> Result<(), Failure> {
+    ctx.device = device(ctx.settings.use_gpu, rank);
+    let span = tracing::info_span!("train_worker", rank, attempt = ctx.attempt);
+    let _entered = span.enter();
+    let _guard = AbortOnUnwind(ctx.group.clone(), rank);
+    // libtorch's OpenMP thread count is per thread: give this one the
+    // worker's share and put the pool thread back as it was after.
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(ctx.settings.threads as i32);
+    let outcome = train_loop(ctx);
+    tch::set_num_threads(threads);
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let aborted = matches!(e.downcast_ref::<TrainError>(), Some(TrainError::Aborted(_)));
+            if !aborted {
+                ctx.group.abort(&format!("rank {rank} failed: {e}"));
             }
+            Err(Failure {
+                message: e.to_string(),
+                aborted,
+            })
         }
     }
 }
@@ -266,6 +272,93 @@ impl Trainer {
     where
         F: Fn(&mut WorkerContext) -> Result<(), LoopError> + Send + Sync + 'static,
     {
+        self.fit_with(Arc::new(train_loop), None).await
+    }
+
+    /// Runs the training loop registered as `name`
+    /// ([`register_train_loop!`](crate::register_train_loop)) as
+    /// [`fit`](Self::fit) does. On a runtime that joined a cluster, the
+    /// workers run on whichever nodes the placement group puts them (a
+    /// closure cannot travel to another process; a name can), their
+    /// collectives go over Troupe's transport, rank 0's reports and
+    /// checkpoints come back to this process (checkpoints are written
+    /// here, under [`storage_path`](TrainerConfig::storage_path)), and a
+    /// node that dies fails its workers like a panic does: the group
+    /// restarts from the last checkpoint. Without a cluster, the workers
+    /// run here.
+    ///
+    /// ```no_run
+    /// use troupe_train::{Metrics, Trainer, TrainerConfig};
+    ///
+    /// troupe_train::register_train_loop!("ten-steps", |ctx| {
+    ///     for _ in ctx.iteration()..10 {
+    ///         let mut x = tch::Tensor::from(ctx.rank() as f32);
+    ///         ctx.all_reduce(&mut x, troupe_train::ReduceOp::Sum)?;
+    ///         ctx.report(Metrics::new().with("x", x.double_value(&[])), None)?;
+    ///     }
+    ///     Ok::<_, troupe_train::TrainError>(())
+    /// });
+    ///
+    /// # async fn f(rt: &troupe::Runtime) -> Result<(), troupe_train::TrainError> {
+    /// let result = Trainer::new(rt, TrainerConfig::new(2)).fit_registered("ten-steps").await?;
+    /// assert_eq!(result.history.len(), 10);
+    /// # Ok(()) }
+    /// ```
+    pub async fn fit_registered(&self, name: &str) -> Result<TrainResult, TrainError> {
+        self.registered(name, None).await
+    }
+
+    /// [`fit_registered`](Self::fit_registered) with a configuration for
+    /// the loop (any serde type, sent as JSON; the loop reads it with
+    /// [`WorkerContext::loop_config`]).
+    pub async fn fit_registered_with<C: serde::Serialize>(
+        &self,
+        name: &str,
+        loop_config: &C,
+    ) -> Result<TrainResult, TrainError> {
+        let json = serde_json::to_string(loop_config).map_err(|e| {
+            TrainError::Config(format!("the loop's configuration does not encode: {e}"))
+        })?;
+        self.registered(name, Some(Arc::from(json))).await
+    }
+
+    async fn registered(
+        &self,
+        name: &str,
+        loop_config: Option<Arc<str>>,
+    ) -> Result<TrainResult, TrainError> {
+        let train_loop = registry::lookup(name).map_err(TrainError::Config)?;
+        if self.rt.cluster_inspector().is_none() {
+            return self.fit_with(Arc::new(train_loop), loop_config).await;
+        }
+        let state = self.run_state()?;
+        let outcome = remote::fit(&self.rt, &state, name, loop_config).await;
+        Ok(self.result(&state, outcome?))
+    }
+
+    async fn fit_with(
+        &self,
+        train_loop: Arc<LoopFn>,
+        loop_config: Option<Arc<str>>,
+    ) -> Result<TrainResult, TrainError> {
+        let state = self.run_state()?;
+        let started = Arc::new(self.start(train_loop).await?);
+        let mut teardown = Teardown {
+            rt: self.rt.clone(),
+            started: Some(started.clone()),
+        };
+        let outcome = self.attempts(&started, &state, loop_config).await;
+        teardown.started = None; // it ended: tear down here, in order
+        if !started.supervisor.stop(Duration::from_secs(10)).await {
+            tracing::warn!("the worker group's supervisor did not stop within 10 s");
+        }
+        self.rt.remove_placement_group(&started.group).await;
+        Ok(self.result(&state, outcome?))
+    }
+
+    /// The run's state: empty, or the history of the checkpoint to resume
+    /// from.
+    fn run_state(&self) -> Result<Arc<RunState>, TrainError> {
         let config = &self.config;
         if config.workers == 0 {
             return Err(TrainError::Config("workers must be at least 1".to_owned()));
@@ -286,7 +379,7 @@ impl Trainer {
             }
             None => (Vec::new(), 0, None),
         };
-        let state = Arc::new(RunState {
+        Ok(Arc::new(RunState {
             config: config.clone(),
             inner: Mutex::new(RunInner {
                 history,
@@ -294,27 +387,18 @@ impl Trainer {
                 last,
                 start_iteration,
             }),
-        });
-        let started = Arc::new(self.start(Arc::new(train_loop)).await?);
-        let mut teardown = Teardown {
-            rt: self.rt.clone(),
-            started: Some(started.clone()),
-        };
-        let outcome = self.attempts(&started, &state).await;
-        teardown.started = None; // it ended: tear down here, in order
-        if !started.supervisor.stop(Duration::from_secs(10)).await {
-            tracing::warn!("the worker group's supervisor did not stop within 10 s");
-        }
-        self.rt.remove_placement_group(&started.group).await;
-        let failures = outcome?;
+        }))
+    }
+
+    fn result(&self, state: &RunState, failures: Vec<String>) -> TrainResult {
         let inner = lock(&state.inner);
-        Ok(TrainResult {
+        TrainResult {
             restarts: failures.len() as u32,
             failures,
             history: inner.history.clone(),
             checkpoints: inner.checkpoints.clone(),
-            best_checkpoint: report::best(&inner.checkpoints, config.keep.as_ref()),
-        })
+            best_checkpoint: report::best(&inner.checkpoints, self.config.keep.as_ref()),
+        }
     }
 
     /// The placement group, the workers and their supervisor.
@@ -330,6 +414,17 @@ impl Trainer {
             return Err(TrainError::Start(format!(
                 "placing {} workers: {e}",
                 config.workers
+            )));
+        }
+        // A closure cannot leave this process: on a cluster, every bundle
+        // must have landed here.
+        let here = self.rt.node_id();
+        let elsewhere = (0..config.workers)
+            .find_map(|i| group.bundle_node(i).filter(|n| *n != here).map(|n| (i, n)));
+        if let Some((rank, node)) = elsewhere {
+            self.rt.remove_placement_group(&group).await;
+            return Err(TrainError::Start(format!(
+                "the placement group put worker {rank} on node {node}, but fit runs a closure, which cannot leave this process; register the loop (register_train_loop!) and call fit_registered to train on other nodes, or give this node the resources of every worker"
             )));
         }
         let mut spec =
@@ -375,6 +470,7 @@ impl Trainer {
         &self,
         started: &Started,
         state: &Arc<RunState>,
+        loop_config: Option<Arc<str>>,
     ) -> Result<Vec<String>, TrainError> {
         let config = &self.config;
         let mut failures = 0u32;
@@ -394,9 +490,11 @@ impl Trainer {
                     device: Device::Cpu, // the worker picks its own
                     attempt: failures,
                     iteration,
-                    group: group.clone(),
-                    run: state.clone(),
-                    checkpoint: checkpoint.clone(),
+                    group: Collectives::Local(group.clone()),
+                    settings: config.settings(),
+                    reporter: Reporter::Local(state.clone()),
+                    checkpoint: checkpoint.clone().map(StartFrom::Dir),
+                    loop_config: loop_config.clone(),
                     rt: self.rt.clone(),
                 };
                 w.run(ctx)
@@ -411,18 +509,7 @@ impl Trainer {
                 return Ok(recovered);
             };
             group.abort(&message);
-            failures += 1;
-            if failures > config.max_failures {
-                return Err(TrainError::Failed {
-                    failures,
-                    max_failures: config.max_failures,
-                    rank,
-                    message,
-                });
-            }
-            crate::metrics::restart();
-            recovered.push(format!("rank {rank}: {message}"));
-            tracing::warn!(rank, failures, %message, "a worker failed; restarting the group from its last checkpoint");
+            count_failure(config, &mut failures, &mut recovered, rank, message)?;
             if alive {
                 // It returned an error: end its incarnation so that the
                 // supervisor restarts the whole group.
@@ -455,9 +542,33 @@ impl Trainer {
     }
 }
 
+/// Counts a failure against the budget: the error that ends the run once
+/// it is spent, else the failure noted as one recovered from.
+pub(crate) fn count_failure(
+    config: &TrainerConfig,
+    failures: &mut u32,
+    recovered: &mut Vec<String>,
+    rank: usize,
+    message: String,
+) -> Result<(), TrainError> {
+    *failures += 1;
+    if *failures > config.max_failures {
+        return Err(TrainError::Failed {
+            failures: *failures,
+            max_failures: config.max_failures,
+            rank,
+            message,
+        });
+    }
+    crate::metrics::restart();
+    tracing::warn!(rank, failures = *failures, %message, "a worker failed; restarting the group from its last checkpoint");
+    recovered.push(format!("rank {rank}: {message}"));
+    Ok(())
+}
+
 /// The failure that caused the others: a panic or an error that was not
 /// an abort, else any; its rank, message and whether its actor survived.
-fn primary_failure(
+pub(crate) fn primary_failure(
     results: &[Result<Result<(), Failure>, ActorError>],
 ) -> Option<(usize, String, bool)> {
     let mut fallback = None;

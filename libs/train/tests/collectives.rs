@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::input;
+
 use std::sync::{Arc, Mutex};
 
 use tch::{Kind, Tensor};
@@ -15,25 +17,6 @@ const KINDS: [Kind; 4] = [Kind::Float, Kind::Double, Kind::Int64, Kind::Int];
 
 /// (rank, size, kind, op, exact) for every case run.
 type Cases = Arc<Mutex<Vec<(usize, usize, Kind, ReduceOp, bool)>>>;
-
-/// Rank `rank`'s random input for a case: normal-ish floats (not integers:
-/// the order of the sum matters), or integers of both signs.
-fn input(rank: usize, size: usize, kind: Kind) -> Tensor {
-    let mut s = (rank as u64 + 1) * 0x9E37_79B9 + size as u64 * 31 + kind as u64;
-    let values: Vec<f64> = (0..size)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            match kind {
-                Kind::Float | Kind::Double => (u - 0.5) * 1e3 / (1.0 + 7.0 * u),
-                _ => ((u - 0.5) * 2e6).round(),
-            }
-        })
-        .collect();
-    Tensor::from_slice(&values).to_kind(kind)
-}
 
 fn expected(world: usize, size: usize, kind: Kind, op: ReduceOp) -> Tensor {
     let mut sum = input(0, size, kind);

@@ -28,6 +28,7 @@ async fn steps_bytes_restarts_and_checkpoints_are_counted() {
         batch: 16,
         checkpoint_every: 3,
         fault: Some(Break::Panic { rank: 1, step: 4 }),
+        pace_ms: 0,
     };
     let config = TrainerConfig::new(2)
         .max_failures(1)
@@ -57,6 +58,26 @@ async fn steps_bytes_restarts_and_checkpoints_are_counted() {
     assert_eq!(
         counter("troupe_train_allreduce_bytes_total"),
         7 * 2 * (387 + 1) * 4
+    );
+    let timed = snapshot.iter().find_map(|(key, .., value)| {
+        let k = key.key();
+        let path = k
+            .labels()
+            .find(|l| l.key() == "path")
+            .map(|l| l.value().to_owned());
+        match value {
+            DebugValue::Histogram(v) if k.name() == "troupe_train_allreduce_seconds" => {
+                Some((path, v.len()))
+            }
+            _ => None,
+        }
+    });
+    // At least the 7 completed steps' two all-reduces on each rank.
+    assert!(
+        timed
+            .as_ref()
+            .is_some_and(|(path, n)| path.as_deref() == Some("shared_memory") && *n >= 7 * 2 * 2),
+        "{timed:?}"
     );
     rt.shutdown().await.unwrap();
 }

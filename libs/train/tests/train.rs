@@ -49,6 +49,7 @@ async fn two_workers_follow_one_worker_with_twice_the_batch() {
                 batch: 32,
                 checkpoint_every: 0,
                 fault: None,
+                pace_ms: 0,
             },
         ))
         .await
@@ -61,6 +62,7 @@ async fn two_workers_follow_one_worker_with_twice_the_batch() {
                 batch: 16,
                 checkpoint_every: 0,
                 fault: None,
+                pace_ms: 0,
             },
         ))
         .await
@@ -85,6 +87,7 @@ async fn a_failing_worker_restarts_the_group_from_the_last_checkpoint() {
         batch: 16,
         checkpoint_every: 5,
         fault: None,
+        pace_ms: 0,
     };
     let clean = Trainer::new(
         &rt,
@@ -109,6 +112,7 @@ async fn a_failing_worker_restarts_the_group_from_the_last_checkpoint() {
                 data(),
                 Mlp {
                     fault: Some(fault),
+                    pace_ms: 0,
                     ..p
                 },
             ))
@@ -149,6 +153,7 @@ async fn a_failing_worker_restarts_the_group_from_the_last_checkpoint() {
         data(),
         Mlp {
             fault: Some(Break::Panic { rank: 1, step: 3 }),
+            pace_ms: 0,
             ..p
         },
     ))
@@ -178,6 +183,7 @@ async fn a_new_fit_resumes_from_a_checkpoint_and_keeps_the_best() {
         batch: 16,
         checkpoint_every: 4,
         fault: None,
+        pace_ms: 0,
     };
     let whole = Trainer::new(
         &rt,

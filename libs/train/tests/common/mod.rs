@@ -17,7 +17,7 @@ pub async fn runtime(cpus: f64) -> Runtime {
 }
 
 /// How a test breaks a worker.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Break {
     /// `rank` panics before step `step` of the first attempt.
     Panic { rank: usize, step: u64 },
@@ -25,7 +25,7 @@ pub enum Break {
     Error { rank: usize, step: u64 },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Mlp {
     pub steps: u64,
     /// Per worker.
@@ -33,6 +33,9 @@ pub struct Mlp {
     /// 0: never.
     pub checkpoint_every: u64,
     pub fault: Option<Break>,
+    /// Each step lasts at least this long (so that a test can act in the
+    /// middle of a run).
+    pub pace_ms: u64,
 }
 
 /// Every variable of `vs`, in name order, from a seeded generator: the
@@ -94,6 +97,7 @@ pub fn mlp_loop(
         let per_epoch = (data.len() / ctx.world_size() / p.batch) as u64;
         let mut shard: Option<(u64, Vec<usize>)> = None;
         for step in ctx.iteration()..p.steps {
+            let began = std::time::Instant::now();
             match p.fault {
                 Some(Break::Panic { rank, step: s })
                     if ctx.attempt() == 0 && ctx.rank() == rank && step == s =>
@@ -134,6 +138,8 @@ pub fn mlp_loop(
             let due = p.checkpoint_every > 0 && (step + 1) % p.checkpoint_every == 0;
             let checkpoint =
                 (due && ctx.rank() == 0).then(|| Checkpoint::new().with_var_store(&vs));
+            let pace = std::time::Duration::from_millis(p.pace_ms);
+            std::thread::sleep(pace.saturating_sub(began.elapsed()));
             ctx.report(metrics, checkpoint)?;
         }
         Ok(())
@@ -146,4 +152,23 @@ pub fn losses(result: &troupe_train::TrainResult) -> Vec<f64> {
         .iter()
         .map(|r| r.metrics.get("loss").expect("every report has a loss"))
         .collect()
+}
+
+/// Rank `rank`'s random input for a case: normal-ish floats (not integers:
+/// the order of the sum matters), or integers of both signs.
+pub fn input(rank: usize, size: usize, kind: Kind) -> Tensor {
+    let mut s = (rank as u64 + 1) * 0x9E37_79B9 + size as u64 * 31 + kind as u64;
+    let values: Vec<f64> = (0..size)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            match kind {
+                Kind::Float | Kind::Double => (u - 0.5) * 1e3 / (1.0 + 7.0 * u),
+                _ => ((u - 0.5) * 2e6).round(),
+            }
+        })
+        .collect();
+    Tensor::from_slice(&values).to_kind(kind)
 }

@@ -1,0 +1,608 @@
+//! Collectives between workers in different processes (on any nodes of a
+//! cluster), over Troupe's own transport: every worker has an [`Inbox`]
+//! actor on its node, and the workers send each other their chunks as
+//! calls to those inboxes. A chunk up to [`INLINE_BYTES`] travels inside
+//! the call; a larger one is put in the sender's object store and its ref
+//! travels, so its bytes take the data path.
+//!
+//! The all-reduce is the same reduce-scatter then all-gather as the
+//! one-process group's (`collective.rs`): rank `r` owns chunk `r`, receives
+//! it from every other rank, sums the parts **in rank order** and sends
+//! the sum back to every rank. So the result is bitwise the sum one process
+//! makes in rank order, on every rank. Each rank sends and receives
+//! `(N-1)/N` of the tensor in each phase, as a ring all-reduce does, in
+//! two rounds instead of a ring's `2(N-1)`; what a ring adds (only ever
+//! talking to neighbours) matters for large groups, not for the few
+//! workers of a data-parallel job here.
+//!
+//! Message flow of one all-reduce (N = 3, rank 0's view):
+//! `deliver(chunk 1) → rank 1`, `deliver(chunk 2) → rank 2`; wait for
+//! chunk 0 from ranks 1 and 2; sum `c0 + c1 + c2`; `deliver(sum 0) → 1, 2`;
+//! wait for sums 1 and 2; every call's reply is awaited before returning.
+//!
+//! Every message names its attempt, its collective's number, kind, size and
+//! element kind: a message of an earlier attempt is dropped, and one whose
+//! call differs from the receiver's fails both with a mismatch. Every wait
+//! has a deadline (`collective_timeout`) and ends at once when the group is
+//! aborted: by a failing rank, which tells every inbox, or by the trainer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+use troupe::{Blob, ObjectRef, Pending, Runtime};
+
+use crate::collective::{chunk, ReduceOp};
+use crate::error::TrainError;
+
+/// Chunks up to this size travel inside the call (control frames are at
+/// most 1 MiB); larger ones through the object store and the data path.
+pub(crate) const INLINE_BYTES: usize = 256 << 10;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which collective a message belongs to: its number in the attempt, its
+/// kind, and the tensor's size and element kind (checked on receipt).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Call {
+    number: u64,
+    op: String,
+    numel: i64,
+    kind: String,
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{} {} of {} {}",
+            self.number, self.op, self.numel, self.kind
+        )
+    }
+}
+
+/// A chunk's bytes, inline or in the sender's store.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Payload {
+    Empty,
+    Inline(Blob),
+    Stored(ObjectRef<Blob>),
+}
+
+/// One message between two ranks.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    attempt: u32,
+    from: usize,
+    phase: u8,
+    call: Call,
+    payload: Payload,
+}
+
+struct InboxInner {
+    attempt: u32,
+    aborted: Option<String>,
+    arrived: HashMap<(u64, u8, usize), Envelope>,
+}
+
+/// What an inbox received and not yet taken, shared between its actor and
+/// the worker's loop.
+pub(crate) struct InboxState {
+    inner: Mutex<InboxInner>,
+    cv: Condvar,
+}
+
+impl InboxState {
+    pub(crate) fn new(attempt: u32) -> Arc<Self> {
+        Arc::new(InboxState {
+            inner: Mutex::new(InboxInner {
+                attempt,
+                aborted: None,
+                arrived: HashMap::new(),
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn put(&self, envelope: Envelope) {
+        let mut inner = lock(&self.inner);
+        if envelope.attempt != inner.attempt || inner.aborted.is_some() {
+            return; // an earlier attempt's, or nobody will take it
+        }
+        let key = (envelope.call.number, envelope.phase, envelope.from);
+        inner.arrived.insert(key, envelope);
+        self.cv.notify_all();
+    }
+
+    pub(crate) fn abort(&self, why: &str) {
+        let mut inner = lock(&self.inner);
+        if inner.aborted.is_none() {
+            inner.aborted = Some(why.to_owned());
+        }
+        inner.arrived.clear();
+        self.cv.notify_all();
+    }
+
+    fn take(
+        &self,
+        key: (u64, u8, usize),
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Envelope, TrainError> {
+        let mut inner = lock(&self.inner);
+        loop {
+            if let Some(why) = &inner.aborted {
+                return Err(TrainError::Aborted(why.clone()));
+            }
+            if let Some(envelope) = inner.arrived.remove(&key) {
+                return Ok(envelope);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(TrainError::CollectiveTimeout(timeout));
+            }
+            inner = self
+                .cv
+                .wait_timeout(inner, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A worker's inbox: other ranks' chunks for it arrive as calls.
+pub(crate) struct Inbox {
+    state: Arc<InboxState>,
+}
+
+impl Inbox {
+    /// A new inbox for `attempt` on this node, and what it fills.
+    pub(crate) async fn start(
+        rt: &Runtime,
+        attempt: u32,
+    ) -> Result<(InboxHandle, Arc<InboxState>), troupe::SpawnError> {
+        let state = InboxState::new(attempt);
+        let shared = state.clone();
+        let inbox = rt
+            .spawn_actor(troupe::ActorOptions::new(), move || Inbox {
+                state: shared.clone(),
+            })
+            .await?;
+        Ok((inbox, state))
+    }
+}
+
+#[troupe::actor]
+impl Inbox {
+    /// A message from another rank.
+    pub(crate) fn deliver(&mut self, envelope: Envelope) {
+        self.state.put(envelope);
+    }
+
+    /// Fails this rank's current and later collectives of the attempt.
+    pub(crate) fn abort(&mut self, why: String) {
+        self.state.abort(&why);
+    }
+}
+
+/// One rank's end of a group whose ranks may be in other processes.
+pub(crate) struct Mesh {
+    rank: usize,
+    attempt: u32,
+    peers: Vec<InboxHandle>,
+    inbox: Arc<InboxState>,
+    rt: Runtime,
+    timeout: Duration,
+    calls: AtomicU64,
+}
+
+/// A tensor's bytes (on the CPU, contiguous).
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, TrainError> {
+    let t = t.f_to(Device::Cpu)?.f_contiguous()?;
+    let numel = t.numel();
+    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut bytes, numel)?;
+    Ok(bytes)
+}
+
+impl Mesh {
+    pub(crate) fn new(
+        rank: usize,
+        attempt: u32,
+        peers: Vec<InboxHandle>,
+        inbox: Arc<InboxState>,
+        rt: Runtime,
+        timeout: Duration,
+    ) -> Self {
+        Mesh {
+            rank,
+            attempt,
+            peers,
+            inbox,
+            rt,
+            timeout,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn world(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Fails every rank's current and later collectives of this attempt.
+    pub(crate) fn abort(&self, why: &str) {
+        self.inbox.abort(why);
+        for (i, peer) in self.peers.iter().enumerate() {
+            if i != self.rank {
+                peer.abort(why.to_owned()).detach();
+            }
+        }
+    }
+
+    /// Aborts the group with `e` unless `e` is an abort already.
+    fn failed(&self, e: TrainError) -> TrainError {
+        if !matches!(e, TrainError::Aborted(_)) {
+            self.abort(&format!("rank {}: {e}", self.rank));
+        }
+        e
+    }
+
+    fn next_call(&self, op: &str, t: Option<&Tensor>) -> Call {
+        Call {
+            number: self.calls.fetch_add(1, Ordering::Relaxed) + 1,
+            op: op.to_owned(),
+            numel: t.map_or(0, |t| t.numel() as i64),
+            kind: t.map_or_else(String::new, |t| format!("{:?}", t.kind())),
+        }
+    }
+
+    /// Sends `part` (or nothing) to rank `to`; the reply to await.
+    fn send(
+        &self,
+        to: usize,
+        phase: u8,
+        call: &Call,
+        part: Option<&Tensor>,
+    ) -> Result<Pending<()>, TrainError> {
+        let payload = match part {
+            None => Payload::Empty,
+            Some(t) => {
+                let bytes = tensor_bytes(t)?;
+                if bytes.len() <= INLINE_BYTES {
+                    Payload::Inline(Blob::from(bytes))
+                } else {
+                    let stored = self.rt.put_blocking(Blob::from(bytes)).map_err(|e| {
+                        TrainError::Transport(format!("putting a chunk in the store: {e}"))
+                    })?;
+                    Payload::Stored(stored)
+                }
+            }
+        };
+        Ok(self.peers[to].deliver(Envelope {
+            attempt: self.attempt,
+            from: self.rank,
+            phase,
+            call: call.clone(),
+            payload,
+        }))
+    }
+
+    /// Rank `from`'s message of `call` and `phase`: its chunk of `numel`
+    /// elements of `kind`, on `device` (or `None` for an empty message).
+    fn receive(
+        &self,
+        from: usize,
+        phase: u8,
+        call: &Call,
+        numel: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Option<Tensor>, TrainError> {
+        let deadline = Instant::now() + self.timeout;
+        let envelope = self
+            .inbox
+            .take((call.number, phase, from), deadline, self.timeout)?;
+        if envelope.call != *call {
+            return Err(TrainError::Mismatch(format!(
+                "rank {}'s collective call is {call}, rank {from}'s is {}",
+                self.rank, envelope.call
+            )));
+        }
+        let bytes = match envelope.payload {
+            Payload::Empty => return Ok(None),
+            Payload::Inline(bytes) => Arc::new(bytes),
+            Payload::Stored(r) => self
+                .rt
+                .get_blocking(&r)
+                .map_err(|e| TrainError::Transport(format!("reading rank {from}'s chunk: {e}")))?,
+        };
+        let expected = usize::try_from(numel).unwrap_or(0) * kind.elt_size_in_bytes();
+        if bytes.len() != expected {
+            return Err(TrainError::Mismatch(format!(
+                "rank {from} sent {} bytes where {numel} elements of {kind:?} take {expected}",
+                bytes.len()
+            )));
+        }
+        let t = Tensor::f_from_data_size(&bytes, &[numel], kind)?;
+        Ok(Some(if device == Device::Cpu {
+            t
+        } else {
+            t.f_to(device)?
+        }))
+    }
+
+    /// Waits for the replies of `sends` (each within the timeout).
+    fn settle(&self, sends: Vec<(usize, Pending<()>)>) -> Result<(), TrainError> {
+        let timeout = self.timeout;
+        self.rt.block_on(async move {
+            for (to, reply) in sends {
+                match tokio::time::timeout(timeout, reply).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(TrainError::Transport(format!("sending to rank {to}: {e}")))
+                    }
+                    Err(_) => return Err(TrainError::CollectiveTimeout(timeout)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Waits until every rank has made this call (`op`: its name, checked).
+    pub(crate) fn barrier(&self, op: &str) -> Result<(), TrainError> {
+        let call = self.next_call(op, None);
+        self.exchange_empty(&call).map_err(|e| self.failed(e))
+    }
+
+    fn exchange_empty(&self, call: &Call) -> Result<(), TrainError> {
+        let mut sends = Vec::with_capacity(self.world());
+        for to in (0..self.world()).filter(|i| *i != self.rank) {
+            sends.push((to, self.send(to, 0, call, None)?));
+        }
+        for from in (0..self.world()).filter(|i| *i != self.rank) {
+            self.receive(from, 0, call, 0, Kind::Uint8, Device::Cpu)?;
+        }
+        self.settle(sends)
+    }
+
+    /// Replaces `tensor` on every rank by the reduction of all ranks'.
+    pub(crate) fn all_reduce(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let flat = tensor.f_contiguous()?.f_reshape([-1])?;
+        let call = self.next_call("all_reduce", Some(&flat));
+        self.reduce(&flat, &call, op).map_err(|e| self.failed(e))?;
+        if flat.data_ptr() != tensor.data_ptr() || !tensor.is_contiguous() {
+            tensor.f_copy_(&flat.f_view_as(tensor)?)?;
+        }
+        crate::metrics::allreduce_bytes(flat.numel() * flat.kind().elt_size_in_bytes());
+        crate::metrics::allreduce_seconds("transport", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn reduce(&self, flat: &Tensor, call: &Call, op: ReduceOp) -> Result<(), TrainError> {
+        let world = self.world();
+        let numel = flat.numel() as i64;
+        let (kind, device) = (flat.kind(), flat.device());
+        // Reduce-scatter: chunk c to its owner, rank c.
+        let mut sends = Vec::with_capacity(2 * world);
+        for to in (0..world).filter(|i| *i != self.rank) {
+            let (start, len) = chunk(numel, world, to);
+            let part = flat.f_narrow(0, start, len)?;
+            sends.push((to, self.send(to, 1, call, Some(&part))?));
+        }
+        let (start, len) = chunk(numel, world, self.rank);
+        let own = flat.f_narrow(0, start, len)?;
+        let part = |i: usize| -> Result<Tensor, TrainError> {
+            if i == self.rank {
+                let mut mine = own.f_empty_like()?;
+                mine.f_copy_(&own)?;
+                return Ok(mine);
+            }
+            self.receive(i, 1, call, len, kind, device)?
+                .ok_or_else(|| TrainError::Mismatch(format!("rank {i} sent no chunk")))
+        };
+        // In rank order, as one process sums.
+        let mut acc = part(0)?;
+        for i in 1..world {
+            let _ = acc.f_add_(&part(i)?)?;
+        }
+        own.shallow_clone().f_copy_(&acc)?;
+        if op == ReduceOp::Mean {
+            let _ = own.shallow_clone().f_div_scalar_(world as f64)?;
+        }
+        // All-gather: this rank's sum to every rank, theirs into ours.
+        for to in (0..world).filter(|i| *i != self.rank) {
+            sends.push((to, self.send(to, 2, call, Some(&own))?));
+        }
+        for from in (0..world).filter(|i| *i != self.rank) {
+            let (start, len) = chunk(numel, world, from);
+            let sum = self
+                .receive(from, 2, call, len, kind, device)?
+                .ok_or_else(|| TrainError::Mismatch(format!("rank {from} sent no sum")))?;
+            flat.f_narrow(0, start, len)?.f_copy_(&sum)?;
+        }
+        self.settle(sends)
+    }
+
+    /// Replaces `tensor` on every rank by `root`'s.
+    pub(crate) fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), TrainError> {
+        let call = self.next_call("broadcast", Some(tensor));
+        let world = self.world();
+        let done = if self.rank == root {
+            (|| {
+                let mut sends = Vec::with_capacity(world);
+                for to in (0..world).filter(|i| *i != root) {
+                    sends.push((to, self.send(to, 1, &call, Some(tensor))?));
+                }
+                self.settle(sends)
+            })()
+        } else {
+            (|| {
+                let numel = tensor.numel() as i64;
+                let got = self
+                    .receive(root, 1, &call, numel, tensor.kind(), tensor.device())?
+                    .ok_or_else(|| TrainError::Mismatch(format!("root {root} sent nothing")))?;
+                tensor.f_copy_(&got.f_view_as(tensor)?)?;
+                Ok(())
+            })()
+        };
+        done.map_err(|e| self.failed(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe::prelude::*;
+
+    /// `world` meshes in this process (their inboxes local actors), as
+    /// the workers of one attempt.
+    async fn meshes(rt: &Runtime, world: usize, attempt: u32) -> Vec<Arc<Mesh>> {
+        let mut states = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..world {
+            let (inbox, state) = Inbox::start(rt, attempt).await.expect("an inbox starts");
+            states.push(state);
+            inboxes.push(inbox);
+        }
+        states
+            .into_iter()
+            .enumerate()
+            .map(|(rank, state)| {
+                Arc::new(Mesh::new(
+                    rank,
+                    attempt,
+                    inboxes.clone(),
+                    state,
+                    rt.clone(),
+                    Duration::from_secs(30),
+                ))
+            })
+            .collect()
+    }
+
+    /// Rank `rank`'s input: its own generator (libtorch's is global, and
+    /// the ranks run at once).
+    fn input(rank: usize, size: i64, kind: Kind) -> Tensor {
+        let mut s = (rank as u64 + 1) * 0x9E37_79B9 + size as u64 * 31;
+        let values: Vec<f64> = (0..size)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                (u - 0.5) * 1e3 / (1.0 + 7.0 * u)
+            })
+            .collect();
+        let t = Tensor::from_slice(&values);
+        match kind {
+            Kind::Int64 => t.round().to_kind(kind),
+            _ => t.to_kind(kind),
+        }
+    }
+
+    /// Runs `f` as every rank, each on a thread of its own; each rank's
+    /// result.
+    fn on_every_rank<T: Send + 'static>(
+        meshes: &[Arc<Mesh>],
+        f: impl Fn(&Mesh) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let f = Arc::new(f);
+        let threads: Vec<_> = meshes
+            .iter()
+            .map(|m| {
+                let (m, f) = (m.clone(), f.clone());
+                std::thread::spawn(move || f(&m))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a rank's thread"))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn all_reduce_over_inboxes_is_bitwise_the_sum_in_rank_order() {
+        let rt = troupe::init(Config::default()).await.expect("a runtime");
+        // The largest size travels through the object store.
+        let big = (INLINE_BYTES / 4 + 1000) as i64;
+        for world in [2, 3] {
+            let group = meshes(&rt, world, 0).await;
+            let results = tokio::task::spawn_blocking(move || {
+                on_every_rank(&group, move |m| {
+                    let mut out = Vec::new();
+                    for size in [1, 7, 1001, big] {
+                        for kind in [Kind::Float, Kind::Double, Kind::Int64] {
+                            let mut t = input(m.rank, size, kind);
+                            m.all_reduce(&mut t, ReduceOp::Sum).expect("all-reduce");
+                            out.push((size, kind, t));
+                        }
+                    }
+                    let mut x = Tensor::from(m.rank as f64 + 1.0);
+                    m.broadcast(&mut x, world - 1).expect("broadcast");
+                    m.barrier("barrier").expect("barrier");
+                    (out, x.double_value(&[]))
+                })
+            })
+            .await
+            .expect("the ranks");
+            for (rank, (out, root)) in results.into_iter().enumerate() {
+                assert_eq!(root, world as f64, "rank {rank} has the root's value");
+                for (size, kind, t) in out {
+                    let mut want = input(0, size, kind);
+                    for r in 1..world {
+                        want += input(r, size, kind);
+                    }
+                    assert!(
+                        t.equal(&want),
+                        "rank {rank} of {world}: {size} {kind:?} is not the sum in rank order"
+                    );
+                }
+            }
+        }
+        rt.shutdown().await.expect("shuts down");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mismatch_or_an_abort_fails_every_rank_instead_of_hanging() {
+        let rt = troupe::init(Config::default()).await.expect("a runtime");
+        let group = meshes(&rt, 2, 0).await;
+        let results = tokio::task::spawn_blocking(move || {
+            on_every_rank(&group, |m| {
+                let mut t = Tensor::zeros([3 + m.rank as i64], (Kind::Float, Device::Cpu));
+                m.all_reduce(&mut t, ReduceOp::Sum).map(|_| ())
+            })
+        })
+        .await
+        .expect("the ranks");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(TrainError::Mismatch(m)) if m.contains("all_reduce"))),
+            "{results:?}"
+        );
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+
+        // A rank that never comes: the other leaves when the group is
+        // aborted (as the trainer does when a node dies).
+        let group = meshes(&rt, 2, 1).await;
+        let waiting = group[0].clone();
+        let blocked = tokio::task::spawn_blocking(move || waiting.barrier("barrier"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        group[1].abort("rank 1's node died");
+        let left = tokio::time::timeout(Duration::from_secs(10), blocked)
+            .await
+            .expect("rank 0 leaves")
+            .expect("the thread");
+        assert!(
+            matches!(&left, Err(TrainError::Aborted(why)) if why.contains("node died")),
+            "{left:?}"
+        );
+        rt.shutdown().await.expect("shuts down");
+    }
+}
