@@ -558,4 +558,33 @@ mod tests {
         assert_eq!(parse_key("pg/garbage"), None);
         assert_eq!(parse_key("gpu"), None);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ready_group_is_left_alone_until_something_changes() {
+        let rt =
+            crate::runtime::init(crate::runtime::Config::default().resources(Resources::cpus(2.0)))
+                .await
+                .expect("a runtime");
+        let group = rt
+            .placement_group(crate::placement_group::PlacementGroupOptions::new(vec![
+                Resources::cpus(1.0),
+            ]))
+            .expect("a group");
+        group
+            .ready(std::time::Duration::from_secs(10))
+            .await
+            .expect("ready");
+        // Its placer once sent Ready over and over, waking itself each
+        // time: a core spent for as long as the group lived.
+        let mut state = group.shared.state.subscribe();
+        state.borrow_and_update();
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        let quiet =
+            tokio::time::timeout(std::time::Duration::from_millis(200), state.changed()).await;
+        assert!(quiet.is_err(), "the state of a ready group keeps changing");
+        rt.remove_placement_group(&group).await;
+        rt.shutdown().await.expect("shuts down");
+    }
 }

@@ -41,13 +41,17 @@ pub(super) async fn place_group(
                     .record(started.elapsed().as_secs_f64());
                 tracing::info!(group = %id, ?nodes, "placement group ready");
             }
+            // Only a change is sent: `removed` watches this state too, so
+            // sending the same Ready again would wake this loop at once,
+            // and it would spin for as long as the group lives.
             let ready = shared.state.send_if_modified(|s| {
-                if *s == PlacementGroupState::Removed {
-                    return false;
-                }
-                *s = PlacementGroupState::Ready {
+                let next = PlacementGroupState::Ready {
                     nodes: nodes.clone(),
                 };
+                if *s == PlacementGroupState::Removed || *s == next {
+                    return false;
+                }
+                *s = next;
                 true
             });
             if ready {
