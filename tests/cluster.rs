@@ -123,6 +123,15 @@ impl Tally {
     pub fn crash(&mut self) -> u64 {
         panic!("asked to crash at {}", self.n)
     }
+
+    /// A handle to a new tally on this node, named `name` (a name keeps it
+    /// alive once the handle has left).
+    pub async fn sibling(&self, name: String, start: u64) -> Result<TallyHandle, String> {
+        let rt = troupe::task::runtime().ok_or("no runtime")?;
+        rt.spawn_actor(ActorOptions::new().name(name), move || Tally { n: start })
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Fills its own node: holds a local actor of 1 CPU, spawned by the node
@@ -1128,6 +1137,15 @@ async fn an_actor_on_one_node_is_called_from_another_and_found_by_name_and_its_d
         last = p.await.unwrap();
     }
     assert_eq!(last, 61);
+
+    // A reply may hold a handle: it decodes here (outside any task) as a
+    // handle to the actor on B.
+    let sibling = common::within("a handle in a reply", tally.sibling("sibling".into(), 5))
+        .await
+        .unwrap()
+        .expect("spawned on B");
+    assert_eq!(sibling.info().node, b.node);
+    assert_eq!(common::within("a call", sibling.add(2)).await.unwrap(), 7);
 
     // A task on C finds it by name and calls it.
     let r = add_to_tally::options(TaskOptions::default().resource("c", 1.0)).remote(&rt, 100);
