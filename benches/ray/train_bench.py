@@ -22,6 +22,14 @@ line each on stdout (progress on stderr).
   with --quick), after one warm-up and a barrier before each.
 - `train_fit_seconds` (Ray mode only): wall time of `trainer.fit()` for the
   MLP run, startup included.
+- `step_overhead_ms_default_poll` (Ray mode only): the overhead loop at Ray's
+  default RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s), 10 steps.
+
+Ray Train 2.60's report() blocks until the controller polls the worker (once
+per RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default), so a loop that
+reports every step runs at about one step per poll: the MLP and overhead
+figures are taken with that interval at 0.001 s (--poll-interval); the
+all-reduce (no report inside the timed rounds) runs at Ray's default.
 
 Each worker runs torch with one intra-op thread (torch.set_num_threads(1)).
 DDP: torch.multiprocessing.spawn, 2 processes, gloo over tcp://127.0.0.1.
@@ -31,6 +39,7 @@ Ray: ray.init(num_cpus=2), TorchTrainer with 2 CPU workers.
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -223,54 +232,95 @@ def ray_loop(config):
     ray.train.report({"value": value})
 
 
-def run_ray(quick):
-    import ray
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+def ray_fit(storage, job, tag, **cfg):
+    """One TorchTrainer run of `job`; (rank 0's value, seconds of fit())."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    out = os.path.join(storage, f"{job}-{tag}.json")
+    trainer = TorchTrainer(
+        ray_loop,
+        train_loop_config={"job": job, "out": out, **cfg},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(name=f"train-bench-{job}-{tag}", storage_path=storage),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    secs = time.perf_counter() - started
+    if result.error:
+        raise result.error
+    with open(out) as f:
+        value = json.load(f)["value"]
+    os.remove(out)
+    reported = (result.metrics or {}).get("value")
+    if reported is not None and reported != value:
+        log(f"{job}: result.metrics value {reported} != rank 0's file {value}")
+    return value, secs
+
+
+def run_ray(quick, poll_interval, default_poll_steps):
+    """Ray Train 2.60 (Train V2) hands each worker's report to its
+    controller through a queue of one, which the controller drains once per
+    poll, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): a loop
+    that reports every step runs at one step per poll. The main figures are
+    taken with that interval set to `poll_interval`, except the all-reduce
+    (one report in all), run at Ray's default, since a short interval has the
+    controller poll the workers for the CPUs; `step_overhead_ms_default_poll`
+    is the overhead loop at Ray's default, `default_poll_steps` steps."""
+    import ray
+
     rounds, mlp_steps, overhead_steps = sizes(quick)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     storage = tempfile.mkdtemp(prefix="train-bench-ray-")
-
-    def fit(job, **cfg):
-        out = os.path.join(storage, f"{job}.json")
-        trainer = TorchTrainer(
-            ray_loop,
-            train_loop_config={"job": job, "out": out, **cfg},
-            scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-            run_config=RunConfig(name=f"train-bench-{job}", storage_path=storage),
-        )
-        started = time.perf_counter()
-        result = trainer.fit()
-        secs = time.perf_counter() - started
-        if result.error:
-            raise result.error
-        with open(out) as f:
-            value = json.load(f)["value"]
-        reported = (result.metrics or {}).get("value")
-        if reported is not None and reported != value:
-            log(f"{job}: result.metrics value {reported} != rank 0's file {value}")
-        return value, secs
-
+    default = None
+    os.environ.pop(POLL_ENV, None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        log("Ray: all-reduce")
-        ar, _ = fit("allreduce", rounds=rounds)
-        log(f"Ray: MLP, {mlp_steps} steps")
-        mlp, fit_secs = fit("mlp", steps=mlp_steps)
-        log(f"Ray: step overhead, {overhead_steps} steps")
-        over, _ = fit("overhead", steps=overhead_steps)
+        log("Ray (default poll interval): all-reduce")
+        ar, _ = ray_fit(storage, "allreduce", "default", rounds=rounds)
+        if default_poll_steps > 0:
+            log(f"Ray (default poll interval): step overhead, {default_poll_steps} steps")
+            default, _ = ray_fit(storage, "overhead", "default", steps=default_poll_steps)
     finally:
         ray.shutdown()
+    if poll_interval is not None:
+        os.environ[POLL_ENV] = str(poll_interval)
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": {POLL_ENV: os.environ[POLL_ENV]}} if poll_interval is not None else None,
+    )
+    try:
+        log(f"Ray ({POLL_ENV}={os.environ.get(POLL_ENV, 'default')}): MLP, {mlp_steps} steps")
+        mlp, fit_secs = ray_fit(storage, "mlp", "main", steps=mlp_steps)
+        log(f"Ray: step overhead, {overhead_steps} steps")
+        over, _ = ray_fit(storage, "overhead", "main", steps=overhead_steps)
+    finally:
+        ray.shutdown()
+    shutil.rmtree(storage, ignore_errors=True)
     print(f"allreduce_100mb_gigabytes_per_s {BYTES / ar / 1e9:.3f} GB/s")
     print(f"mlp_samples_per_s_2_workers {samples_per_s(mlp_steps, mlp):.0f} samples/s")
     print(f"train_fit_seconds {fit_secs:.2f} s")
     print(f"step_overhead_ms {over * 1e3 / overhead_steps:.4f} ms")
+    if default is not None:
+        print(f"step_overhead_ms_default_poll {default * 1e3 / default_poll_steps:.4f} ms")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["ddp", "ray"], required=True)
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    ap.add_argument(
+        "--poll-interval", type=float, default=0.001,
+        help="Ray: RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for the main figures "
+        "(Ray's default, 2 s, caps a loop that reports each step at one step per 2 s); "
+        "a negative value keeps Ray's default",
+    )
+    ap.add_argument(
+        "--default-poll-steps", type=int, default=10,
+        help="Ray: steps of the overhead loop at Ray's default poll interval (0: skip)",
+    )
     args = ap.parse_args()
     # gloo finds its interface from the hostname; keep it on loopback.
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -278,7 +328,7 @@ def main():
     if args.mode == "ddp":
         run_ddp(args.quick)
     else:
-        run_ray(args.quick)
+        run_ray(args.quick, None if args.poll_interval < 0 else args.poll_interval, args.default_poll_steps)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@
 # Both run from a cached, git-ignored venv (.cache/train-venv) with the
 # pinned versions of benches/ray/train_requirements.txt (Ray 2.60 with Train,
 # PyPI's torch, NumPy). Each worker gets one torch thread; Ray gets
-# ray.init(num_cpus=2). The Rust side is not run here: compare with
-#   cargo bench -p troupe-train --bench train_perf
+# ray.init(num_cpus=2). Ray Train's report() waits for its controller's poll
+# (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default), so its per-step figures
+# are taken with that interval at 0.001 s, and step_overhead_ms_default_poll
+# gives the default's (see train_bench.py). Then troupe-train's bench, in
+# one process and on two node processes (built before anything is timed).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -43,6 +46,14 @@ fi
 
 echo "train_compare: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), ray $("$venv/bin/python" -c 'import ray; print(ray.__version__)')" >&2
 
+echo "train_compare: building troupe-train's train_perf bench (and libtorch if needed)" >&2
+scripts/setup-libtorch.sh
+cargo bench -p troupe-train --features cluster --bench train_perf --no-run --quiet
+quick_env=()
+if [[ ${#args[@]} -gt 0 ]]; then
+    quick_env=(TROUPE_PERF_QUICK=1)
+fi
+
 echo "train_compare: running PyTorch DDP (gloo, 2 processes)" >&2
 "$venv/bin/python" benches/ray/train_bench.py --mode ddp "${args[@]}" >"$out/ddp.txt"
 
@@ -55,3 +66,9 @@ echo "== PyTorch DDP (gloo, 2 processes; 1 thread each) =="
 cat "$out/ddp.txt"
 echo "== Ray Train $("$venv/bin/python" -c 'import ray; print(ray.__version__)') (TorchTrainer, 2 workers) =="
 cat "$out/ray.txt"
+
+echo "train_compare: running troupe-train (one process, then two node processes)" >&2
+echo "== troupe-train, one process (2 workers: threads, shared memory) =="
+env "${quick_env[@]}" cargo bench -p troupe-train --features cluster --bench train_perf --quiet 2>/dev/null
+echo "== troupe-train, two node processes (1 worker each, over the transport) =="
+env "${quick_env[@]}" TROUPE_TRAIN_BENCH_NODES=1 cargo bench -p troupe-train --features cluster --bench train_perf --quiet 2>/dev/null
