@@ -97,6 +97,42 @@ impl LocalCluster {
         options
     }
 
+    /// Joins this process to the cluster of `head` as a driver that offers
+    /// no resources (so all work goes to the nodes), and waits until
+    /// `members` members (the head and the nodes: drivers not counted) are
+    /// alive in its view, for at most `within`.
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: &troupe_cluster::local::LocalCluster, head: &troupe_cluster::local::LocalNode) -> Result<(), String> {
+    /// let rt = cluster.join_as_driver(head, 3, std::time::Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_as_driver(
+        &self,
+        head: &LocalNode,
+        members: usize,
+        within: Duration,
+    ) -> Result<troupe_core::Runtime, String> {
+        use crate::ConfigExt as _;
+        let config = troupe_core::Config::default()
+            .resources(troupe_core::Resources::default())
+            .cluster_node(self.driver_options(head));
+        let rt = troupe_core::init(config)
+            .await
+            .map_err(|e| format!("the driver did not join {}: {e}", head.address))?;
+        let deadline = Instant::now() + within;
+        while crate::ClusterNode::current().is_none_or(|c| c.alive_nodes() != members) {
+            if Instant::now() >= deadline {
+                let alive = crate::ClusterNode::current().map_or(0, |c| c.alive_nodes());
+                return Err(format!(
+                    "{members} members were not alive within {within:?} ({alive} are)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(rt)
+    }
+
     fn command(&self, args: &[&str], cookie: &str) -> Command {
         self.command_of(&self.launcher, args, cookie)
     }

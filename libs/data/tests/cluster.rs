@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
-use troupe::cluster::ClusterNode;
 use troupe::prelude::*;
 use troupe_data::arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use troupe_data::arrow_schema::{DataType, Field, Schema};
 use troupe_data::{DataError, DataOptions, Dataset};
-use troupe_test_kit::{eventually_within, within_for};
+use troupe_test_kit::within_for;
 
 /// One cluster per test at a time: each test joins as the driver.
 static DRIVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -85,17 +84,10 @@ fn head_and_two_nodes(test: &str) -> (LocalCluster, LocalNode, [LocalNode; 2]) {
 
 /// This process as a driver (no CPUs), once it sees the three nodes alive.
 async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(p.driver_options(head)),
-    )
-    .await
-    .expect("the driver joins");
-    eventually_within(DEADLINE, "the head and both nodes are alive", || {
-        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 3)
-    })
-    .await;
+    let rt = p
+        .join_as_driver(head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
     rt
 }
 

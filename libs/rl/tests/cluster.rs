@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
-use troupe::cluster::ClusterNode;
 use troupe::prelude::*;
 use troupe::NodeId;
 use troupe_rl::{
@@ -132,18 +131,10 @@ fn head_and_two_nodes(test: &str, cpus: &str) -> (LocalCluster, LocalNode, [Loca
 /// This process as a driver (no CPUs) of `head`'s cluster, once it sees
 /// the head and both nodes alive.
 async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
-    let options = p.driver_options(head);
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(options),
-    )
-    .await
-    .expect("the driver joins");
-    eventually_within(DEADLINE, "the head and both nodes are alive", || {
-        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 3)
-    })
-    .await;
+    let rt = p
+        .join_as_driver(head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
     rt
 }
 

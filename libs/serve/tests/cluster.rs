@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use support::client;
 use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
-use troupe::cluster::ClusterNode;
 use troupe::prelude::*;
 use troupe_serve::{
     BatchConfig, CallError, Deployment, DeploymentOptions, HandlerError, Registry, ReplicaState,
@@ -103,17 +102,10 @@ fn head_and_two_nodes(test: &str, cpus: &str) -> (LocalCluster, LocalNode, [Loca
 /// This process as a driver (no CPUs) of `head`'s cluster, serving HTTP
 /// on a loopback port, once it sees the head and both nodes alive.
 async fn serve_as_driver(p: &LocalCluster, head: &LocalNode) -> (Runtime, Serve, SocketAddr) {
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(p.driver_options(head)),
-    )
-    .await
-    .expect("the driver joins");
-    eventually_within(DEADLINE, "the head and both nodes are alive", || {
-        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 3)
-    })
-    .await;
+    let rt = p
+        .join_as_driver(head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let serve = Serve::start(&rt, ServeOptions::new().http(any))
         .await
@@ -336,13 +328,10 @@ async fn a_replicas_node_killed_its_replica_starts_elsewhere() {
 async fn a_config_file_puts_a_registered_kind_on_the_cluster() {
     let _turn = DRIVER.lock().await;
     let (p, head, nodes) = head_and_two_nodes("serve-config", "1");
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(p.driver_options(&head)),
-    )
-    .await
-    .expect("the driver joins");
+    let rt = p
+        .join_as_driver(&head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
     let config = ServeConfig::from_toml(
         r#"
         [http]

@@ -18,7 +18,6 @@ use common::{input, losses, mlp_loop, Mlp};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
-use troupe::cluster::ClusterNode;
 use troupe::prelude::*;
 use troupe_test_kit::{eventually_within, within_for};
 use troupe_train::data::SyntheticClassification;
@@ -50,17 +49,10 @@ async fn cluster(test: &str) -> (LocalCluster, Vec<LocalNode>, Runtime) {
                 .expect("a node starts")
         })
         .collect();
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(p.driver_options(&head)),
-    )
-    .await
-    .expect("the driver joins");
-    eventually_within(DEADLINE, "the head and three nodes are alive", || {
-        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 4)
-    })
-    .await;
+    let rt = p
+        .join_as_driver(&head, 4, DEADLINE)
+        .await
+        .expect("the driver joins");
     (p, nodes, rt)
 }
 

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
-use troupe::cluster::ClusterNode;
 use troupe::prelude::*;
 use troupe_test_kit::{eventually_within, within_for};
 use troupe_tune::{
@@ -78,17 +77,10 @@ fn head_and_two_nodes(test: &str) -> (LocalCluster, LocalNode, [LocalNode; 2]) {
 /// This process as a driver (no CPUs) of `head`'s cluster, once it sees
 /// the head and both nodes alive.
 async fn join_as_driver(p: &LocalCluster, head: &LocalNode) -> Runtime {
-    let rt = troupe::init(
-        Config::default()
-            .resources(Resources::default())
-            .cluster_node(p.driver_options(head)),
-    )
-    .await
-    .expect("the driver joins");
-    eventually_within(DEADLINE, "the head and both nodes are alive", || {
-        ClusterNode::current().is_some_and(|c| c.alive_nodes() == 3)
-    })
-    .await;
+    let rt = p
+        .join_as_driver(head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
     rt
 }
 
