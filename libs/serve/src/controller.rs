@@ -26,6 +26,7 @@ use crate::plan::{plan, Action, ReplicaView};
 use crate::registry::RemoteCodec;
 use crate::replica::Replica;
 use crate::router::{ReplicaSlot, Router};
+use crate::status::{DeploymentStatus, ReplicaState, ReplicaStatus};
 
 /// What a deployment is and how far it has got: shared by its controller,
 /// its ticker, [`Serve`](crate::Serve) and (through the router) the proxy.
@@ -37,7 +38,18 @@ pub(crate) struct DeploymentState {
     pub(crate) batching: Arc<RwLock<BatchConfig>>,
     pub(crate) spec: Mutex<Spec>,
     pub(crate) control: Mutex<Control>,
+    /// When a handle in another process last asked for the replicas
+    /// (`directory`): while such handles follow, a drain gives them time
+    /// to learn of it before the replica stops.
+    followed: Mutex<Option<Instant>>,
 }
+
+/// How long after a drain starts followers have surely heard of it (three
+/// of their steps).
+const FOLLOWER_NOTICE: Duration = crate::directory::FOLLOW_EVERY.saturating_mul(3);
+
+/// How long a follower that stopped asking is still counted.
+const FOLLOWER_FORGOTTEN: Duration = Duration::from_secs(5);
 
 /// What the user deployed last.
 pub(crate) struct Spec {
@@ -95,7 +107,21 @@ impl DeploymentState {
                 factory,
                 registered,
             }),
+            followed: Mutex::new(None),
         }
+    }
+
+    /// A handle in another process asked for the replicas now.
+    pub(crate) fn followed(&self) {
+        *lock(&self.followed) = Some(Instant::now());
+    }
+
+    /// Whether a drain that started at `since` may stop its replica as
+    /// far as followers are concerned: none asked lately, or they have
+    /// had time to hear of the drain.
+    fn followers_noticed(&self, since: Instant, now: Instant) -> bool {
+        lock(&self.followed).is_none_or(|at| now.duration_since(at) > FOLLOWER_FORGOTTEN)
+            || now.duration_since(since) >= FOLLOWER_NOTICE
     }
 
     /// A new version or new options: the next steps converge to them.
@@ -134,12 +160,11 @@ impl DeploymentState {
             .iter()
             .map(|slot| {
                 let draining = slot.draining.load(Ordering::SeqCst);
+                let since = control.drains.get(&slot.index);
                 let drained = draining
-                    && (slot.ongoing.load(Ordering::SeqCst) == 0
-                        || control
-                            .drains
-                            .get(&slot.index)
-                            .is_none_or(|since| now.duration_since(*since) >= drain_timeout));
+                    && ((slot.ongoing.load(Ordering::SeqCst) == 0
+                        && since.is_none_or(|since| self.followers_noticed(*since, now)))
+                        || since.is_none_or(|since| now.duration_since(*since) >= drain_timeout));
                 ReplicaView {
                     index: slot.index,
                     current: slot.version == version,
@@ -242,10 +267,15 @@ impl DeploymentState {
             Some(registration) => {
                 Box::pin(Replica::remote(&self.rt, options).on_node(registration.kind))
             }
-            None => Box::pin(self.rt.spawn_actor(options, move || Replica {
-                code: factory(),
-                codec: None,
-            })),
+            // Here, it takes requests as they are from this process's
+            // router, and encoded from handles connected elsewhere.
+            None => {
+                let codec = self.router.codec;
+                Box::pin(self.rt.spawn_actor(options, move || Replica {
+                    code: factory(),
+                    codec: Some(codec),
+                }))
+            }
         };
         let handle = match tokio::time::timeout(start_timeout, spawn).await {
             Ok(Ok(handle)) => handle,
@@ -362,11 +392,13 @@ impl DeploymentState {
         for slot in replicas.iter() {
             slot.draining.store(true, Ordering::SeqCst);
         }
-        let until = Instant::now() + grace;
+        let since = Instant::now();
+        let until = since + grace;
         while Instant::now() < until
-            && replicas
+            && (replicas
                 .iter()
                 .any(|s| s.ongoing.load(Ordering::SeqCst) > 0)
+                || !self.followers_noticed(since, Instant::now()))
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -497,4 +529,50 @@ pub(crate) fn batching_of(state: &DeploymentState) -> Option<BatchConfig> {
         .options
         .batching
         .map(|_| *read(&state.batching))
+}
+
+/// What `serve status` shows of one deployment, served at `route_prefix`.
+pub(crate) fn deployment_status(
+    state: &DeploymentState,
+    route_prefix: Option<String>,
+) -> DeploymentStatus {
+    let (version, autoscaling) = {
+        let spec = lock(&state.spec);
+        (spec.options.version.clone(), spec.options.autoscaling)
+    };
+    let target = lock(&state.control).target;
+    let replicas = state
+        .router
+        .replicas()
+        .iter()
+        .map(|slot| ReplicaStatus {
+            index: slot.index,
+            version: slot.version.clone(),
+            state: if slot.handle.is_dead() {
+                ReplicaState::Dead
+            } else if slot.draining.load(Ordering::SeqCst) {
+                ReplicaState::Draining
+            } else if slot.unhealthy.load(Ordering::SeqCst) {
+                ReplicaState::Unhealthy
+            } else if !slot.handle.is_alive() {
+                ReplicaState::Restarting
+            } else {
+                ReplicaState::Running
+            },
+            ongoing_requests: slot.ongoing.load(Ordering::SeqCst),
+            served: slot.served.load(Ordering::Relaxed),
+            restarts: slot.handle.restarts(),
+            node: slot.handle.location().node.to_string(),
+        })
+        .collect();
+    DeploymentStatus {
+        name: state.name.clone(),
+        route_prefix,
+        version,
+        target_replicas: target,
+        queued_requests: state.router.queued.load(Ordering::SeqCst),
+        batching: batching_of(state),
+        autoscaling,
+        replicas,
+    }
 }

@@ -193,6 +193,17 @@ pub enum ServeError {
     /// No deployment of this name exists.
     #[error("no deployment {0:?}; deploy it first")]
     NoDeployment(String),
+    /// [`DeploymentHandle::connect`](crate::DeploymentHandle::connect)
+    /// could not reach the deployment of a `Serve` in another process.
+    #[error("cannot connect to deployment {deployment:?} of Serve {app:?}: {problem}")]
+    Connect {
+        /// The `Serve`'s name ([`ServeOptions::app`](crate::ServeOptions::app)).
+        app: String,
+        /// The deployment.
+        deployment: String,
+        /// What went wrong.
+        problem: String,
+    },
     /// A deployment of this name exists with another request or response
     /// type than the handle asked for.
     #[error("deployment {deployment:?} serves {actual}, not {expected}")]

@@ -30,6 +30,9 @@
 //!   ([`register_deployment!`], [`Serve::deploy_registered`]) with
 //!   [`DeploymentOptions::replicas_on_cluster`] runs its replicas on any
 //!   node, built there by kind; requests and responses cross as JSON.
+//!   [`DeploymentHandle::connect`] reaches a deployment from any process of
+//!   the cluster (a task, another program's replica), by the `Serve`'s
+//!   name ([`ServeOptions::app`]).
 //! - **The controller** decides from a snapshot (its plan is a pure
 //!   function) and holds no data: its state is shared with the router, so
 //!   when it panics it is restarted and goes on.
@@ -54,6 +57,7 @@ mod batch;
 mod config;
 mod controller;
 mod deployment;
+mod directory;
 mod error;
 mod handle;
 mod lock;

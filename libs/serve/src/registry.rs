@@ -50,6 +50,21 @@ pub(crate) struct RemoteCodec {
     pub(crate) decode_response: fn(&[u8]) -> Result<AnyResponse, String>,
 }
 
+impl RemoteCodec {
+    /// JSON for `D`'s requests and responses, on the caller's side.
+    pub(crate) fn of<D>() -> Self
+    where
+        D: Deployment,
+        D::Request: Serialize,
+        D::Response: DeserializeOwned,
+    {
+        RemoteCodec {
+            encode_request: encode_request::<D>,
+            decode_response: decode_response::<D>,
+        }
+    }
+}
+
 impl std::fmt::Debug for RemoteCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteCodec").finish_non_exhaustive()
@@ -103,10 +118,7 @@ where
         type_id: TypeId::of::<D>(),
         type_name: std::any::type_name::<D>(),
         codec: Codec::of::<D>(),
-        remote: RemoteCodec {
-            encode_request: encode_request::<D>,
-            decode_response: decode_response::<D>,
-        },
+        remote: RemoteCodec::of::<D>(),
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -10,12 +9,13 @@ use tokio::sync::watch;
 use troupe::{ActorOptions, Limit, Runtime};
 
 use crate::controller::{
-    apply_settings, batching_of, start_ticker, Controller, ControllerHandle, DeploymentState,
+    apply_settings, deployment_status, start_ticker, Controller, ControllerHandle, DeploymentState,
     Registration, KILL_TIMEOUT,
 };
 use crate::deployment::{
     BatchConfig, Codec, Deployment, DeploymentOptions, ErasedDeployment, Factory, Typed,
 };
+use crate::directory::{self, DirectoryHandle};
 use crate::error::ServeError;
 use crate::handle::DeploymentHandle;
 use crate::lock::{lock, read, write};
@@ -23,7 +23,7 @@ use crate::plan::Action;
 use crate::proxy::{self, HttpServer};
 use crate::registry;
 use crate::router::{Router, RouterSettings};
-use crate::status::{DeploymentStatus, ReplicaState, ReplicaStatus, ServeStatus};
+use crate::status::ServeStatus;
 
 /// How serving runs as a whole.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ pub struct ServeOptions {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrent_requests: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) app: String,
 }
 
 impl Default for ServeOptions {
@@ -43,13 +44,15 @@ impl Default for ServeOptions {
             max_body_bytes: 16 << 20,
             max_concurrent_requests: 10_000,
             shutdown_timeout: Duration::from_secs(30),
+            app: "default".to_owned(),
         }
     }
 }
 
 impl ServeOptions {
     /// No HTTP proxy (handles only), a control step every 100 ms, bodies up
-    /// to 16 MiB, 10,000 HTTP requests in flight, 30 s to shut down.
+    /// to 16 MiB, 10,000 HTTP requests in flight, 30 s to shut down, and
+    /// the name `"default"`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -83,6 +86,14 @@ impl ServeOptions {
         self
     }
 
+    /// The name other processes of the cluster find this `Serve` by, with
+    /// [`DeploymentHandle::connect`] (`"default"` unless set). Two `Serve`s
+    /// on one runtime need two names.
+    pub fn app(mut self, name: impl Into<String>) -> Self {
+        self.app = name.into();
+        self
+    }
+
     /// How long [`Serve::shutdown`] waits for the HTTP requests in flight.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -113,9 +124,28 @@ pub(crate) struct ServeInner {
     routes: RwLock<Arc<Vec<Route>>>,
     http: Mutex<Option<HttpServer>>,
     http_addr: Option<SocketAddr>,
+    /// Where other processes find the deployments.
+    directory: Mutex<Option<DirectoryHandle>>,
 }
 
 impl ServeInner {
+    /// Deployment `name`'s state, if it is deployed.
+    pub(crate) fn deployment(&self, name: &str) -> Option<Arc<DeploymentState>> {
+        lock(&self.deployments).get(name).map(|d| d.state.clone())
+    }
+
+    /// A typed handle on deployment `name` ([`Serve::handle`]).
+    pub(crate) fn handle<D: Deployment>(
+        &self,
+        name: &str,
+    ) -> Result<DeploymentHandle<D>, ServeError> {
+        let state = self
+            .deployment(name)
+            .ok_or_else(|| ServeError::NoDeployment(name.to_owned()))?;
+        check_types(name, &state.router.codec, &Codec::of::<D>())?;
+        Ok(DeploymentHandle::new(state.router.clone()))
+    }
+
     /// The deployment serving `path`: the longest prefix that is the path
     /// or a whole-segment start of it.
     pub(crate) fn route(&self, path: &str) -> Option<Arc<Router>> {
@@ -144,51 +174,11 @@ impl ServeInner {
         deployments.sort_by(|a, b| a.state.name.cmp(&b.state.name));
         ServeStatus {
             proxy: self.http_addr.map(|a| a.to_string()),
-            deployments: deployments.iter().map(|d| deployment_status(d)).collect(),
+            deployments: deployments
+                .iter()
+                .map(|d| deployment_status(&d.state, lock(&d.route).clone()))
+                .collect(),
         }
-    }
-}
-
-fn deployment_status(d: &Deployed) -> DeploymentStatus {
-    let state = &d.state;
-    let (version, autoscaling) = {
-        let spec = lock(&state.spec);
-        (spec.options.version.clone(), spec.options.autoscaling)
-    };
-    let target = lock(&state.control).target;
-    let replicas = state
-        .router
-        .replicas()
-        .iter()
-        .map(|slot| ReplicaStatus {
-            index: slot.index,
-            version: slot.version.clone(),
-            state: if slot.handle.is_dead() {
-                ReplicaState::Dead
-            } else if slot.draining.load(Ordering::SeqCst) {
-                ReplicaState::Draining
-            } else if slot.unhealthy.load(Ordering::SeqCst) {
-                ReplicaState::Unhealthy
-            } else if !slot.handle.is_alive() {
-                ReplicaState::Restarting
-            } else {
-                ReplicaState::Running
-            },
-            ongoing_requests: slot.ongoing.load(Ordering::SeqCst),
-            served: slot.served.load(Ordering::Relaxed),
-            restarts: slot.handle.restarts(),
-            node: slot.handle.location().node.to_string(),
-        })
-        .collect();
-    DeploymentStatus {
-        name: state.name.clone(),
-        route_prefix: lock(&d.route).clone(),
-        version,
-        target_replicas: target,
-        queued_requests: state.router.queued.load(Ordering::SeqCst),
-        batching: batching_of(state),
-        autoscaling,
-        replicas,
     }
 }
 
@@ -264,7 +254,10 @@ impl Serve {
             routes: RwLock::new(Arc::new(Vec::new())),
             http: Mutex::new(None),
             http_addr,
+            directory: Mutex::new(None),
         });
+        let directory = directory::start(rt, &inner.options.app, &inner).await?;
+        *lock(&inner.directory) = Some(directory);
         if let Some(listener) = listener {
             let server = proxy::start(listener, Arc::downgrade(&inner), &inner.options);
             *lock(&inner.http) = Some(server);
@@ -589,12 +582,7 @@ impl Serve {
     /// A typed handle on deployment `name`, which must serve `D`'s request
     /// and response types.
     pub fn handle<D: Deployment>(&self, name: &str) -> Result<DeploymentHandle<D>, ServeError> {
-        let deployed = lock(&self.inner.deployments)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ServeError::NoDeployment(name.to_owned()))?;
-        check_types(name, &deployed.state.router.codec, &Codec::of::<D>())?;
-        Ok(DeploymentHandle::new(deployed.state.router.clone()))
+        self.inner.handle(name)
     }
 
     /// Changes a batching deployment's batch size and wait, from its next
@@ -671,6 +659,11 @@ impl Serve {
     /// the requests it has (within the shutdown timeout), then every
     /// deployment drains and stops.
     pub async fn shutdown(&self) -> Result<(), ServeError> {
+        let directory = lock(&self.inner.directory).take();
+        if let Some(directory) = directory {
+            // Connected handles learn that the deployments are gone.
+            let _ = tokio::time::timeout(KILL_TIMEOUT, directory.stop()).await;
+        }
         let server = lock(&self.inner.http).take();
         if let Some(server) = server {
             server.stop(self.inner.options.shutdown_timeout).await;

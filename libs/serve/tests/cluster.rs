@@ -19,8 +19,8 @@ use support::client;
 use troupe::cluster::local::{run_node_if_asked, test_binary, LocalCluster, LocalNode};
 use troupe::prelude::*;
 use troupe_serve::{
-    BatchConfig, CallError, Deployment, DeploymentOptions, HandlerError, Registry, ReplicaState,
-    Serve, ServeConfig, ServeError, ServeOptions,
+    BatchConfig, CallError, Deployment, DeploymentHandle, DeploymentOptions, HandlerError,
+    Registry, ReplicaState, Serve, ServeConfig, ServeError, ServeOptions,
 };
 use troupe_test_kit::{eventually_within, within_for};
 
@@ -33,10 +33,10 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// An answer: the request's text upper-cased, the process that made it,
 /// and the size of the batch it was in (1 unbatched).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Answer {
-    text: String,
-    pid: u32,
-    batch: usize,
+pub struct Answer {
+    pub text: String,
+    pub pid: u32,
+    pub batch: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,11 +47,15 @@ struct Ask {
 #[derive(Default)]
 struct Upper;
 
+/// Requests `Upper::call` answered in this process.
+static ANSWERED_HERE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Deployment for Upper {
     type Request = Ask;
     type Response = Answer;
 
     async fn call(&mut self, ask: Ask) -> Result<Answer, HandlerError> {
+        ANSWERED_HERE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if ask.text.is_empty() {
             return Err(HandlerError::bad_request("say something"));
         }
@@ -66,6 +70,9 @@ impl Deployment for Upper {
         let n = asks.len();
         asks.into_iter()
             .map(|ask| {
+                if ask.text.is_empty() {
+                    return Err(HandlerError::bad_request("say something"));
+                }
                 Ok(Answer {
                     text: ask.text.to_uppercase(),
                     pid: std::process::id(),
@@ -392,5 +399,316 @@ async fn replicas_on_the_cluster_need_a_registered_kind() {
         panic!("another type than the kind's is refused");
     };
     serve.shutdown().await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+/// What a task on a node saw of a deployment through a connected handle.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Seen {
+    pub answers: Vec<Answer>,
+    /// The handler's error for an empty text, as the handle reported it.
+    pub refused: String,
+    /// The pid of the process the task ran in.
+    pub pid: u32,
+}
+
+impl troupe::GetSize for Seen {}
+
+/// Connects to deployment `name` of the Serve `app` from the node this
+/// task runs on, and asks each text (all at once when `together`).
+#[troupe::remote]
+async fn ask_from_a_node(
+    app: String,
+    name: String,
+    texts: Vec<String>,
+    together: bool,
+) -> Result<Seen, String> {
+    let rt = troupe::task::runtime().ok_or("not in a runtime")?;
+    let handle = DeploymentHandle::<Upper>::connect(&rt, &app, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let asks = texts.into_iter().map(|text| handle.call(Ask { text }));
+    let answers: Vec<Result<Answer, CallError>> = if together {
+        futures::future::join_all(asks).await
+    } else {
+        let mut answers = Vec::new();
+        for ask in asks {
+            answers.push(ask.await);
+        }
+        answers
+    };
+    let answers = answers
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let refused = match handle
+        .call(Ask {
+            text: String::new(),
+        })
+        .await
+    {
+        Err(CallError::Handler { source, .. }) => source.to_string(),
+        other => format!("not the handler's error: {other:?}"),
+    };
+    Ok(Seen {
+        answers,
+        refused,
+        pid: std::process::id(),
+    })
+}
+
+/// Connects from a node and calls until the deployment is gone: how many
+/// calls were answered, and the kind of the error that ended them.
+#[troupe::remote]
+async fn call_until_gone(app: String, name: String) -> Result<(u64, String), String> {
+    let rt = troupe::task::runtime().ok_or("not in a runtime")?;
+    let handle = DeploymentHandle::<Upper>::connect(&rt, &app, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut answered = 0u64;
+    while std::time::Instant::now() < deadline {
+        match handle
+            .call(Ask {
+                text: "still".into(),
+            })
+            .await
+        {
+            Ok(_) => answered += 1,
+            Err(e) => return Ok((answered, e.kind().to_owned())),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err(format!("still answered after a minute ({answered} calls)"))
+}
+
+/// What connecting from a node says for `app` and `name`.
+#[troupe::remote]
+async fn connect_error(app: String, name: String) -> String {
+    let Some(rt) = troupe::task::runtime() else {
+        return "not in a runtime".into();
+    };
+    match DeploymentHandle::<Upper>::connect(&rt, &app, &name).await {
+        Ok(_) => "connected".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Handles connected from tasks on other nodes: they reach replicas on the
+/// cluster and replicas in the Serve's own process, exactly; calls made
+/// together are batched; the handler's errors cross back; a deployment or
+/// Serve that does not exist is named in the error; and a deleted
+/// deployment's connected handles fail with `no_deployment`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_connected_from_other_nodes_reach_the_replicas() {
+    let _turn = DRIVER.lock().await;
+    let (p, head, [a, b]) = head_and_two_nodes("serve-connect", "2");
+    let rt = p
+        .join_as_driver(&head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
+    let serve = Serve::start(&rt, ServeOptions::new().app("shop"))
+        .await
+        .expect("serve starts");
+    within_for(
+        DEADLINE,
+        "the cluster deployment starts",
+        serve.deploy_registered::<Upper>(
+            "upper",
+            on_cluster()
+                .replicas(2)
+                .batching(BatchConfig::new(4, Duration::from_millis(200))),
+            "ClusterTest-Upper",
+        ),
+    )
+    .await
+    .unwrap();
+    // Replicas in this process (it offers no CPUs: they ask for none).
+    within_for(
+        DEADLINE,
+        "the local deployment starts",
+        serve.deploy(
+            "here",
+            DeploymentOptions::new().num_cpus(0.0).replicas(1),
+            Upper::default,
+        ),
+    )
+    .await
+    .unwrap();
+    let nodes = BTreeSet::from([a.pid, b.pid]);
+    let texts: Vec<String> = (0..16).map(|i| format!("text {i}")).collect();
+    let expected: Vec<String> = texts.iter().map(|t| t.to_uppercase()).collect();
+
+    for (name, together) in [("upper", true), ("upper", false), ("here", false)] {
+        let asked = ask_from_a_node::remote(
+            &rt,
+            "shop".to_owned(),
+            name.to_owned(),
+            texts.clone(),
+            together,
+        );
+        // A task that returns Err fails: its error is the get's.
+        let seen = within_for(DEADLINE, "the task's calls", rt.get(&asked))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(nodes.contains(&seen.pid), "the task ran on a node");
+        let got: Vec<String> = seen.answers.iter().map(|a| a.text.clone()).collect();
+        assert_eq!(got, expected, "{name}: every caller its own answer");
+        let makers: BTreeSet<u32> = seen.answers.iter().map(|a| a.pid).collect();
+        if name == "here" {
+            assert_eq!(makers, BTreeSet::from([std::process::id()]), "made here");
+        } else {
+            assert!(makers.is_subset(&nodes), "made on the nodes: {makers:?}");
+        }
+        if together {
+            let largest = seen.answers.iter().map(|a| a.batch).max();
+            assert!(largest > Some(1), "calls made together are batched");
+        }
+        assert!(seen.refused.contains("say something"), "{}", seen.refused);
+    }
+
+    for (app, name, says) in [
+        ("shop", "nope", "no deployment \"nope\""),
+        ("elsewhere", "upper", "no Serve called \"elsewhere\""),
+    ] {
+        let asked = connect_error::remote(&rt, app.to_owned(), name.to_owned());
+        let error = within_for(DEADLINE, "the connect fails", rt.get(&asked))
+            .await
+            .expect("the task runs");
+        assert!(error.contains(says), "{error}");
+    }
+
+    // A handle connected on a node, calling when the deployment is deleted
+    // (its replica is here, so its answers can be counted here).
+    let calling = call_until_gone::remote(&rt, "shop".to_owned(), "here".to_owned());
+    let answered = || ANSWERED_HERE.load(std::sync::atomic::Ordering::SeqCst);
+    let before = answered();
+    eventually_within(DEADLINE, "the task's handle is calling", || {
+        answered() > before + 5
+    })
+    .await;
+    within_for(DEADLINE, "the delete", serve.delete("here"))
+        .await
+        .unwrap();
+    let ended = within_for(DEADLINE, "the calls end", rt.get(&calling))
+        .await
+        .expect("the calls end");
+    let (answered, kind) = &*ended;
+    assert!(*answered > 5, "{answered} calls answered before the delete");
+    assert_eq!(kind, "no_deployment");
+
+    within_for(DEADLINE, "serve shuts down", serve.shutdown())
+        .await
+        .unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+/// A deployment that answers with the version of its code.
+struct Versioned(&'static str);
+
+impl Deployment for Versioned {
+    type Request = ();
+    type Response = String;
+
+    async fn call(&mut self, _: ()) -> Result<String, HandlerError> {
+        ANSWERED_HERE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(self.0.to_owned())
+    }
+}
+
+/// Calls deployment `name` of Serve `app` from a node, four at a time,
+/// until a replica of `until` answers: the calls answered and the errors.
+#[troupe::remote]
+async fn call_until_version(app: String, name: String, until: String) -> (u64, Vec<String>) {
+    let Some(rt) = troupe::task::runtime() else {
+        return (0, vec!["not in a runtime".into()]);
+    };
+    let handle = match DeploymentHandle::<Versioned>::connect(&rt, &app, &name).await {
+        Ok(handle) => handle,
+        Err(e) => return (0, vec![e.to_string()]),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut answered, mut errors) = (0u64, Vec::new());
+    while std::time::Instant::now() < deadline {
+        let calls = futures::future::join_all((0..4).map(|_| handle.call(()))).await;
+        let mut done = false;
+        for call in calls {
+            match call {
+                Ok(version) => {
+                    answered += 1;
+                    done |= version == until;
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if done {
+            return (answered, errors);
+        }
+    }
+    errors.push(format!("no answer from {until} within a minute"));
+    (answered, errors)
+}
+
+/// A rolling update while a handle connected from another node calls
+/// throughout: no call fails, and the new version answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_fails_no_call_of_a_handle_connected_elsewhere() {
+    let _turn = DRIVER.lock().await;
+    let (p, head, _nodes) = head_and_two_nodes("serve-connect-update", "2");
+    let rt = p
+        .join_as_driver(&head, 3, DEADLINE)
+        .await
+        .expect("the driver joins");
+    let serve = Serve::start(&rt, ServeOptions::new())
+        .await
+        .expect("serve starts");
+    // Replicas here, so that their answers can be counted here.
+    let options = |version: &str| {
+        DeploymentOptions::new()
+            .num_cpus(0.0)
+            .replicas(2)
+            .version(version)
+    };
+    within_for(
+        DEADLINE,
+        "v1 starts",
+        serve.deploy("versioned", options("v1"), || Versioned("v1")),
+    )
+    .await
+    .unwrap();
+    let calling = call_until_version::remote(
+        &rt,
+        "default".to_owned(),
+        "versioned".to_owned(),
+        "v2".to_owned(),
+    );
+    let answered = || ANSWERED_HERE.load(std::sync::atomic::Ordering::SeqCst);
+    let before = answered();
+    eventually_within(DEADLINE, "the task's handle is calling", || {
+        answered() > before + 20
+    })
+    .await;
+    within_for(
+        DEADLINE,
+        "the rolling update",
+        serve.deploy("versioned", options("v2"), || Versioned("v2")),
+    )
+    .await
+    .unwrap();
+    let seen = within_for(DEADLINE, "the calls end", rt.get(&calling))
+        .await
+        .expect("the task runs");
+    let (calls, errors) = &*seen;
+    assert!(
+        errors.is_empty(),
+        "{} of {calls} calls failed: {errors:?}",
+        errors.len()
+    );
+    assert!(*calls > 20, "{calls} calls");
+
+    within_for(DEADLINE, "serve shuts down", serve.shutdown())
+        .await
+        .unwrap();
     rt.shutdown().await.unwrap();
 }

@@ -653,3 +653,50 @@ async fn a_batch_that_panics_fails_each_of_its_callers_with_a_503() {
     assert_eq!((reply.status, reply.text()), (200, "5".to_string()));
     stop(rt, serve).await;
 }
+
+/// `DeploymentHandle::connect` in the `Serve`'s own process: the `Serve`'s
+/// handle; an unknown `Serve` or deployment is named in the error; two
+/// `Serve`s of one name on one runtime are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_connected_in_the_serves_process_routes_through_its_router() {
+    let (rt, serve, _addr) = start(ServeOptions::new().app("shop")).await;
+    within(
+        "the deployment starts",
+        serve.deploy("echo", DeploymentOptions::new().replicas(2), || Echo),
+    )
+    .await
+    .unwrap();
+    let echo = DeploymentHandle::<Echo>::connect(&rt, "shop", "echo")
+        .await
+        .expect("connects");
+    let answer = echo.call(serde_json::json!({"n": 7})).await.unwrap();
+    assert_eq!(answer, serde_json::json!({"n": 7}));
+    assert!(
+        serve.status().deployments[0]
+            .replicas
+            .iter()
+            .any(|r| r.served > 0),
+        "the Serve's router counted the call"
+    );
+
+    match DeploymentHandle::<Echo>::connect(&rt, "elsewhere", "echo").await {
+        Err(ServeError::Connect { problem, .. }) => {
+            assert!(
+                problem.contains("no Serve called \"elsewhere\""),
+                "{problem}"
+            )
+        }
+        other => panic!("not a Connect error: {other:?}"),
+    }
+    match DeploymentHandle::<Echo>::connect(&rt, "shop", "missing").await {
+        Err(ServeError::NoDeployment(name)) => assert_eq!(name, "missing"),
+        other => panic!("not NoDeployment: {other:?}"),
+    }
+    match troupe_serve::Serve::start(&rt, ServeOptions::new().app("shop")).await {
+        Err(ServeError::InvalidOptions { problem, .. }) => {
+            assert!(problem.contains("ServeOptions::app"), "{problem}")
+        }
+        other => panic!("a second Serve called shop: {other:?}"),
+    }
+    stop(rt, serve).await;
+}
