@@ -18,7 +18,7 @@ use crate::io;
 use crate::plan::{
     AllToAll, BatchFn, Compute, MakeStateful, Plan, ReadTask, Source, StatefulFn, StepError,
 };
-use crate::{ActorPoolStrategy, Aggregation, SortKey};
+use crate::{ActorPoolStrategy, Aggregation, SortKey, TextReadOptions};
 
 /// How a dataset runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,7 +130,7 @@ impl Dataset {
         }
     }
 
-    fn reads(rt: &Runtime, name: &'static str, tasks: Vec<ReadTask>) -> Self {
+    pub(crate) fn reads(rt: &Runtime, name: &'static str, tasks: Vec<ReadTask>) -> Self {
         Self::from_plan(
             rt,
             Plan::Source(Source::Reads {
@@ -202,16 +202,43 @@ impl Dataset {
         Ok(Self::reads(rt, "read_parquet", io::parquet_tasks(&files)?))
     }
 
-    /// CSV files with a header row; the schema is inferred from the start of the first.
+    /// CSV files with a header row (paths, directories or globs); the
+    /// schema is inferred from the start of the first. A file over 64 MiB
+    /// is read by several tasks, one per byte range, which needs its split
+    /// points outside quoted fields: see [`TextReadOptions`].
     pub fn read_csv<P: AsRef<Path>>(rt: &Runtime, paths: &[P]) -> Result<Self, DataError> {
-        let files = io::expand(&owned(paths))?;
-        Ok(Self::reads(rt, "read_csv", io::csv_tasks(&files)?))
+        Self::read_csv_with(rt, paths, TextReadOptions::default())
     }
 
-    /// JSON-lines files; the schema is inferred from the start of the first.
-    pub fn read_json<P: AsRef<Path>>(rt: &Runtime, paths: &[P]) -> Result<Self, DataError> {
+    /// [`read_csv`](Self::read_csv) with byte-range splits of
+    /// `options.split_bytes`, or one task per file (when quoted fields hold
+    /// line breaks): see [`TextReadOptions`]. Each file's header is its
+    /// first line; its other ranges are read against the same schema.
+    pub fn read_csv_with<P: AsRef<Path>>(
+        rt: &Runtime,
+        paths: &[P],
+        options: TextReadOptions,
+    ) -> Result<Self, DataError> {
         let files = io::expand(&owned(paths))?;
-        Ok(Self::reads(rt, "read_json", io::json_tasks(&files)?))
+        let tasks = io::csv_tasks(&files, options.split_bytes)?;
+        Ok(Self::reads(rt, "read_csv", tasks))
+    }
+
+    /// JSON-lines files; the schema is inferred from the start of the
+    /// first. A file over 64 MiB is read in byte ranges, as `read_csv`'s.
+    pub fn read_json<P: AsRef<Path>>(rt: &Runtime, paths: &[P]) -> Result<Self, DataError> {
+        Self::read_json_with(rt, paths, TextReadOptions::default())
+    }
+
+    /// [`read_json`](Self::read_json) with these splits (see [`TextReadOptions`]).
+    pub fn read_json_with<P: AsRef<Path>>(
+        rt: &Runtime,
+        paths: &[P],
+        options: TextReadOptions,
+    ) -> Result<Self, DataError> {
+        let files = io::expand(&owned(paths))?;
+        let tasks = io::json_tasks(&files, options.split_bytes)?;
+        Ok(Self::reads(rt, "read_json", tasks))
     }
 
     fn map_named(&self, name: &str, num_cpus: f64, f: BatchFn) -> Self {

@@ -13,7 +13,9 @@ pub struct BlockOrigin {
     /// The source the rows were read from (a file, `range`, `from_iter`).
     pub source: String,
     /// The rows of that source the block holds, when the source knows them
-    /// (a file's rows, a range's values); `None` after a shuffle or a sort.
+    /// (a file's rows, a range's values; for a byte range of a CSV or JSON
+    /// file, `data.csv bytes 67108864..134217728`, its rows counted from the
+    /// first line it reads); `None` after a shuffle or a sort.
     pub rows: Option<std::ops::Range<u64>>,
 }
 

@@ -1,10 +1,10 @@
 //! Files: Parquet, CSV and JSON-lines readers (one read task per Parquet
-//! row group, per CSV or JSON file) and writers (one file per block,
-//! written to a temporary name and renamed, so a reader never sees half
-//! a file).
+//! row group, per CSV or JSON file, or per byte range of a large one: see
+//! `text_split`) and writers (one file per block, written to a temporary
+//! name and renamed, so a reader never sees half a file).
 
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::DataError;
 use crate::plan::{Batches, ReadSpec, ReadTask};
+use crate::text_split::{self, RangeReader, SplitCheck};
 
 /// The files `paths` name: files as given, every file of a directory
 /// (sorted), and glob patterns (`data/*.parquet`) expanded and sorted.
@@ -117,45 +118,87 @@ pub(crate) fn parquet_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataErro
     Ok(tasks)
 }
 
-/// How a text format's reader is built from a file and its schema.
+/// How a text format's reader is built from a file's bytes, its schema,
+/// the rows per batch and whether the bytes start with a CSV header.
 type TextReader = fn(
-    File,
+    Box<dyn BufRead + Send>,
     SchemaRef,
     usize,
+    bool,
 ) -> Result<
     Box<dyn Iterator<Item = Result<RecordBatch, arrow_schema::ArrowError>> + Send>,
     arrow_schema::ArrowError,
 >;
 
-fn text_tasks(files: &[PathBuf], schema: SchemaRef, reader: TextReader) -> Vec<ReadTask> {
-    files
-        .iter()
-        .map(|path| {
+/// One read task per file, or per byte range of a file larger than the
+/// split (see `text_split`), files in order and each file's ranges in order.
+fn text_tasks(
+    files: &[PathBuf],
+    schema: SchemaRef,
+    reader: TextReader,
+    check: SplitCheck,
+    split: Option<u64>,
+) -> Result<Vec<ReadTask>, DataError> {
+    let mut tasks = Vec::new();
+    for path in files {
+        let len = std::fs::metadata(path)
+            .map_err(|e| DataError::io(path.display(), e))?
+            .len();
+        let ranges = text_split::ranges(len, split);
+        let whole = ranges.len() == 1;
+        for range in ranges {
             let (path, schema) = (Arc::new(path.clone()), schema.clone());
-            ReadTask {
-                source: path.display().to_string().into(),
+            // A split's rows are counted from its first line: its label names it.
+            let label: Arc<str> = if whole {
+                path.display().to_string().into()
+            } else {
+                format!("{} bytes {}..{}", path.display(), range.start, range.end).into()
+            };
+            tasks.push(ReadTask {
+                source: label.clone(),
                 open: Arc::new(move |spec: &ReadSpec| {
                     let rows_per_block = spec.rows_per_block;
-                    let batches = reader(open(&path)?, schema.clone(), rows_per_block).map_err(|e| DataError::io(path.display(), e))?;
-                    let path = path.clone();
+                    let bytes: Box<dyn BufRead + Send> = if whole {
+                        Box::new(BufReader::new(open(&path)?))
+                    } else {
+                        Box::new(
+                            RangeReader::open(&path, range.clone(), check)
+                                .map_err(|e| DataError::io(&label, e))?,
+                        )
+                    };
+                    let header = range.start == 0;
+                    let batches = reader(bytes, schema.clone(), rows_per_block, header)
+                        .map_err(|e| DataError::io(&label, e))?;
+                    let label = label.clone();
                     let mut row = 0u64;
                     Ok(Box::new(batches.map(move |batch| {
-                        let batch = batch.map_err(|e| DataError::io(path.display(), format!("{e} (the schema was inferred from the first file; every file must match it)")))?;
+                        let batch = batch.map_err(|e| match text_split::split_error(&e) {
+                            Some(message) => DataError::io(&label, message),
+                            None => DataError::io(
+                                &label,
+                                format!(
+                                    "{e} (the schema was inferred from the first file; \
+                                     every file must match it)"
+                                ),
+                            ),
+                        })?;
                         let rows = row..row + batch.num_rows() as u64;
                         row = rows.end;
                         Ok((batch, Some(rows)))
                     })) as Batches)
                 }),
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(tasks)
 }
 
 /// Rows a schema is inferred from, at the start of the first file.
 const INFER_ROWS: usize = 10_000;
 
-/// CSV with a header row; the schema is inferred from the first file.
-pub(crate) fn csv_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> {
+/// CSV with a header row (in the first range of each file only); the
+/// schema is inferred from the first file.
+pub(crate) fn csv_tasks(files: &[PathBuf], split: Option<u64>) -> Result<Vec<ReadTask>, DataError> {
     let first = files
         .first()
         .ok_or_else(|| DataError::Invalid("no CSV files".into()))?;
@@ -163,18 +206,21 @@ pub(crate) fn csv_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> {
     let (schema, _) = format
         .infer_schema(open(first)?, Some(INFER_ROWS))
         .map_err(|e| DataError::io(first.display(), e))?;
-    let reader: TextReader = |file, schema, rows| {
+    let reader: TextReader = |bytes, schema, rows, header| {
         let reader = arrow_csv::ReaderBuilder::new(schema)
-            .with_header(true)
+            .with_header(header)
             .with_batch_size(rows)
-            .build(file)?;
+            .build_buffered(bytes)?;
         Ok(Box::new(reader))
     };
-    Ok(text_tasks(files, Arc::new(schema), reader))
+    text_tasks(files, Arc::new(schema), reader, SplitCheck::Csv, split)
 }
 
 /// JSON lines (one object per line); the schema is inferred from the first file.
-pub(crate) fn json_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> {
+pub(crate) fn json_tasks(
+    files: &[PathBuf],
+    split: Option<u64>,
+) -> Result<Vec<ReadTask>, DataError> {
     let first = files
         .first()
         .ok_or_else(|| DataError::Invalid("no JSON files".into()))?;
@@ -184,13 +230,13 @@ pub(crate) fn json_tasks(files: &[PathBuf]) -> Result<Vec<ReadTask>, DataError> 
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| DataError::io(first.display(), e))?;
-    let reader: TextReader = |file, schema, rows| {
+    let reader: TextReader = |bytes, schema, rows, _header| {
         let reader = arrow_json::ReaderBuilder::new(schema)
             .with_batch_size(rows)
-            .build(BufReader::new(file))?;
+            .build(bytes)?;
         Ok(Box::new(reader))
     };
-    Ok(text_tasks(files, Arc::new(schema), reader))
+    text_tasks(files, Arc::new(schema), reader, SplitCheck::Json, split)
 }
 
 /// A file format a dataset can be written in.

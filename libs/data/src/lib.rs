@@ -32,6 +32,7 @@ mod registry;
 mod rows;
 mod shuffle;
 mod source;
+mod text_split;
 mod worker;
 mod write;
 
@@ -46,6 +47,7 @@ pub use dataset::{DataOptions, Dataset, Grouped};
 pub use error::{BlockOrigin, BoxError, DataError};
 pub use registry::registered_batch_fns;
 pub use shuffle::SortKey;
+pub use text_split::TextReadOptions;
 pub use worker::ActorPoolStrategy;
 
 /// For the macros' expansions only.

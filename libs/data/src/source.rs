@@ -13,6 +13,13 @@ use crate::error::{BlockOrigin, DataError};
 use crate::exec::{Exec, Flow, FlowTx, Operator};
 use crate::plan::{ReadSpec, ReadTask};
 
+/// Blocks a read task may have read ahead of the one forwarded now: the
+/// budget bounds their bytes; this, their number (tiny blocks). One task's
+/// blocks wait behind the task before it, so a bound of one would leave
+/// every reader but the front one idle (a file read in splits, Parquet row
+/// groups: one task at a time).
+const READ_AHEAD: usize = 64;
+
 impl Exec {
     /// Runs read tasks, `parallelism` at once, forwarding their blocks in
     /// task order. Each task reads on a blocking thread, one batch per
@@ -32,7 +39,7 @@ impl Exec {
         let mut forwarded = 0;
         loop {
             while started.len() < self.options.parallelism.max(1) && next < tasks.len() {
-                let (task_tx, task_rx) = mpsc::channel(1);
+                let (task_tx, task_rx) = mpsc::channel(READ_AHEAD);
                 let (op, task, columns) = (op.clone(), tasks[next].clone(), columns.clone());
                 let handle = self.rt.tokio_handle().clone();
                 let (front, downstream, me) = (front_task.clone(), tx.clone(), next);
@@ -182,4 +189,52 @@ pub(crate) fn range_tasks(n: u64, per_block: u64) -> Vec<ReadTask> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use troupe::prelude::{Config, Runtime};
+
+    use super::*;
+    use crate::{DataOptions, Dataset};
+
+    /// Tasks after the front one read ahead (within the budget) rather
+    /// than wait for it: four tasks of ten slow batches, read four at a
+    /// time, take about one task's time (a file's splits, row groups).
+    #[test]
+    fn read_tasks_behind_the_front_one_read_ahead() {
+        const PAUSE: Duration = Duration::from_millis(20);
+        let rt = Runtime::start(Config::default()).expect("a runtime");
+        let tasks = (0..4)
+            .map(|task| ReadTask {
+                source: "slow".into(),
+                open: Arc::new(move |_: &ReadSpec| {
+                    let batches = (0..10i64).map(move |i| {
+                        std::thread::sleep(PAUSE);
+                        let ids: ArrayRef = Arc::new(Int64Array::from(vec![task * 10 + i]));
+                        let batch = RecordBatch::try_from_iter([("id", ids)])
+                            .map_err(|e| DataError::arrow("slow", e))?;
+                        Ok((batch, None))
+                    });
+                    Ok(Box::new(batches) as crate::plan::Batches)
+                }),
+            })
+            .collect();
+        let ds = Dataset::reads(&rt, "slow", tasks).with_options(DataOptions::new().parallelism(4));
+        let start = Instant::now();
+        let batches = rt.block_on(ds.collect()).expect("reads");
+        let elapsed = start.elapsed();
+        let ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>();
+                ids.expect("Int64").values().to_vec()
+            })
+            .collect();
+        assert_eq!(ids, (0..40).collect::<Vec<_>>(), "in task order");
+        // One task alone: 10 pauses; one after the other: 40.
+        assert!(elapsed < PAUSE * 20, "{elapsed:?}");
+    }
 }
