@@ -193,7 +193,8 @@ pub(crate) fn range_tasks(n: u64, per_block: u64) -> Vec<ReadTask> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
     use troupe::prelude::{Config, Runtime};
 
@@ -201,31 +202,40 @@ mod tests {
     use crate::{DataOptions, Dataset};
 
     /// Tasks after the front one read ahead (within the budget) rather
-    /// than wait for it: four tasks of ten slow batches, read four at a
-    /// time, take about one task's time (a file's splits, row groups).
+    /// than wait for it: of four tasks of ten slow batches, read four at a
+    /// time, the second has read most of its batches before the first
+    /// reads its last (with room for one block each, it could read two).
     #[test]
     fn read_tasks_behind_the_front_one_read_ahead() {
         const PAUSE: Duration = Duration::from_millis(20);
         let rt = Runtime::start(Config::default()).expect("a runtime");
+        // (task, batch) in the order the batches were read.
+        let reads: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
         let tasks = (0..4)
-            .map(|task| ReadTask {
-                source: "slow".into(),
-                open: Arc::new(move |_: &ReadSpec| {
-                    let batches = (0..10i64).map(move |i| {
-                        std::thread::sleep(PAUSE);
-                        let ids: ArrayRef = Arc::new(Int64Array::from(vec![task * 10 + i]));
-                        let batch = RecordBatch::try_from_iter([("id", ids)])
-                            .map_err(|e| DataError::arrow("slow", e))?;
-                        Ok((batch, None))
-                    });
-                    Ok(Box::new(batches) as crate::plan::Batches)
-                }),
+            .map(|task| {
+                let reads = reads.clone();
+                ReadTask {
+                    source: "slow".into(),
+                    open: Arc::new(move |_: &ReadSpec| {
+                        let reads = reads.clone();
+                        let batches = (0..10i64).map(move |i| {
+                            std::thread::sleep(PAUSE);
+                            reads
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((task, i));
+                            let ids: ArrayRef = Arc::new(Int64Array::from(vec![task * 10 + i]));
+                            let batch = RecordBatch::try_from_iter([("id", ids)])
+                                .map_err(|e| DataError::arrow("slow", e))?;
+                            Ok((batch, None))
+                        });
+                        Ok(Box::new(batches) as crate::plan::Batches)
+                    }),
+                }
             })
             .collect();
         let ds = Dataset::reads(&rt, "slow", tasks).with_options(DataOptions::new().parallelism(4));
-        let start = Instant::now();
         let batches = rt.block_on(ds.collect()).expect("reads");
-        let elapsed = start.elapsed();
         let ids: Vec<i64> = batches
             .iter()
             .flat_map(|b| {
@@ -234,7 +244,15 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, (0..40).collect::<Vec<_>>(), "in task order");
-        // One task alone: 10 pauses; one after the other: 40.
-        assert!(elapsed < PAUSE * 20, "{elapsed:?}");
+        let reads = reads.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let first_done = reads
+            .iter()
+            .position(|r| *r == (0, 9))
+            .expect("the first task read its last batch");
+        let second_ahead = reads[..first_done].iter().filter(|r| r.0 == 1).count();
+        assert!(
+            second_ahead >= 5,
+            "the second task read {second_ahead} batches while the first read: {reads:?}"
+        );
     }
 }
