@@ -4,7 +4,7 @@
 //! name and renamed, so a reader never sees half a file).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -177,7 +177,7 @@ fn text_tasks(
                             None => DataError::io(
                                 &label,
                                 format!(
-                                    "{e} (the schema was inferred from the first file; \
+                                    "{e} (the schema was inferred from the first file with rows; \
                                      every file must match it)"
                                 ),
                             ),
@@ -193,19 +193,36 @@ fn text_tasks(
     Ok(tasks)
 }
 
-/// Rows a schema is inferred from, at the start of the first file.
+/// Rows a schema is inferred from, at the start of the first file with
+/// rows.
 const INFER_ROWS: usize = 10_000;
 
+/// The schema `infer` finds in the first of `files` that has a row (a
+/// header-only or empty first file would type every column `Null`, and
+/// every later value would read as null); the first file's when none has.
+fn infer_from_first_with_rows(
+    files: &[PathBuf],
+    format: &str,
+    infer: impl Fn(File) -> Result<(arrow_schema::Schema, usize), arrow_schema::ArrowError>,
+) -> Result<arrow_schema::Schema, DataError> {
+    let mut first = None;
+    for path in files {
+        let (schema, rows) = infer(open(path)?).map_err(|e| DataError::io(path.display(), e))?;
+        if rows > 0 {
+            return Ok(schema);
+        }
+        first.get_or_insert(schema);
+    }
+    first.ok_or_else(|| DataError::Invalid(format!("no {format} files")))
+}
+
 /// CSV with a header row (in the first range of each file only); the
-/// schema is inferred from the first file.
+/// schema is inferred from the first file with a row.
 pub(crate) fn csv_tasks(files: &[PathBuf], split: Option<u64>) -> Result<Vec<ReadTask>, DataError> {
-    let first = files
-        .first()
-        .ok_or_else(|| DataError::Invalid("no CSV files".into()))?;
     let format = arrow_csv::reader::Format::default().with_header(true);
-    let (schema, _) = format
-        .infer_schema(open(first)?, Some(INFER_ROWS))
-        .map_err(|e| DataError::io(first.display(), e))?;
+    let schema = infer_from_first_with_rows(files, "CSV", |file| {
+        format.infer_schema(file, Some(INFER_ROWS))
+    })?;
     let reader: TextReader = |bytes, schema, rows, header| {
         let reader = arrow_csv::ReaderBuilder::new(schema)
             .with_header(header)
@@ -216,20 +233,15 @@ pub(crate) fn csv_tasks(files: &[PathBuf], split: Option<u64>) -> Result<Vec<Rea
     text_tasks(files, Arc::new(schema), reader, SplitCheck::Csv, split)
 }
 
-/// JSON lines (one object per line); the schema is inferred from the first file.
+/// JSON lines (one object per line); the schema is inferred from the
+/// first file with a record.
 pub(crate) fn json_tasks(
     files: &[PathBuf],
     split: Option<u64>,
 ) -> Result<Vec<ReadTask>, DataError> {
-    let first = files
-        .first()
-        .ok_or_else(|| DataError::Invalid("no JSON files".into()))?;
-    let mut reader = BufReader::new(open(first)?);
-    let (schema, _) = arrow_json::reader::infer_json_schema(&mut reader, Some(INFER_ROWS))
-        .map_err(|e| DataError::io(first.display(), e))?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| DataError::io(first.display(), e))?;
+    let schema = infer_from_first_with_rows(files, "JSON", |file| {
+        arrow_json::reader::infer_json_schema(&mut BufReader::new(file), Some(INFER_ROWS))
+    })?;
     let reader: TextReader = |bytes, schema, rows, _header| {
         let reader = arrow_json::ReaderBuilder::new(schema)
             .with_batch_size(rows)

@@ -115,6 +115,46 @@ fn csv_and_json_round_trip_with_inferred_schemas() {
     }
 }
 
+/// A header-only CSV file, or an empty JSON file, first in the list: the
+/// schema comes from the next file with rows, so its values read as they
+/// are (they read as nulls when the empty file's all-Null schema won).
+#[test]
+fn an_empty_first_file_does_not_decide_the_schema() {
+    for (format, empty, full) in [
+        ("csv", "id,name\n", "id,name\n1,a\n2,b\n"),
+        (
+            "json",
+            "",
+            "{\"id\":1,\"name\":\"a\"}\n{\"id\":2,\"name\":\"b\"}\n",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join(format!("a.{format}")), empty).expect("writes");
+        std::fs::write(dir.path().join(format!("b.{format}")), full).expect("writes");
+        let rt = runtime();
+        let ds = match format {
+            "csv" => Dataset::read_csv(rt, &[dir.path()]),
+            _ => Dataset::read_json(rt, &[dir.path()]),
+        }
+        .expect("reads the schema");
+        let read = concat(&rt.block_on(ds.collect()).expect("reads"));
+        let ids = read
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .unwrap_or_else(|| panic!("{format}: an Int64 id column in {:?}", read.schema()));
+        assert_eq!(ids.values().to_vec(), vec![1, 2], "{format}");
+        let names = read
+            .column_by_name("name")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .unwrap_or_else(|| panic!("{format}: a Utf8 name column in {:?}", read.schema()));
+        assert_eq!(
+            names.iter().collect::<Vec<_>>(),
+            vec![Some("a"), Some("b")],
+            "{format}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_path_or_an_unmatched_glob_is_an_error_naming_it() {
     let err = Dataset::read_parquet(runtime(), &["/nonexistent/data.parquet"])
