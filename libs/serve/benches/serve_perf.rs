@@ -244,12 +244,14 @@ fn detail(what: &str, load: &Load) {
     );
 }
 
+/// A `Serve` named `app` (two run side by side on one runtime).
 async fn serve_echo(
     rt: &Runtime,
+    app: &str,
     batching: Option<BatchConfig>,
 ) -> Result<Serve, Box<dyn std::error::Error>> {
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
-    let serve = Serve::start(rt, ServeOptions::new().http(addr)).await?;
+    let serve = Serve::start(rt, ServeOptions::new().http(addr).app(app)).await?;
     let mut options = DeploymentOptions::new().replicas(2).route_prefix("/");
     if let Some(b) = batching {
         // Room on each replica for a whole batch and the next one.
@@ -354,8 +356,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Every server runs for the whole bench and the rounds take them in
         // turn, so that a change in the machine's load (it may be shared)
         // falls on all of them alike.
-        let plain = serve_echo(&rt, None).await?;
-        let batched = serve_echo(&rt, Some(BatchConfig::new(32, Duration::from_millis(2)))).await?;
+        let plain = serve_echo(&rt, "plain", None).await?;
+        let batched = serve_echo(
+            &rt,
+            "batched",
+            Some(BatchConfig::new(32, Duration::from_millis(2))),
+        )
+        .await?;
         let (bare_addr, bare) = bare_axum().await?;
         let plain_addr = plain.http_addr().ok_or("no proxy")?;
         let batched_addr = batched.http_addr().ok_or("no proxy")?;

@@ -145,13 +145,7 @@ pub(crate) async fn start(
         })
         .await
         .map_err(|source| match source {
-            troupe::SpawnError::NameTaken(_) => ServeError::InvalidOptions {
-                deployment: String::new(),
-                problem: format!(
-                    "another Serve on this runtime is already called {app:?}; give this one \
-                     another name with ServeOptions::app"
-                ),
-            },
+            troupe::SpawnError::NameTaken(_) => ServeError::AppTaken(app.to_owned()),
             source => ServeError::Spawn {
                 deployment: name.clone(),
                 source: Box::new(source),

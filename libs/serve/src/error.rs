@@ -193,6 +193,12 @@ pub enum ServeError {
     /// No deployment of this name exists.
     #[error("no deployment {0:?}; deploy it first")]
     NoDeployment(String),
+    /// Another `Serve` on this runtime already has this name.
+    #[error(
+        "another Serve on this runtime is already called {0:?}; give this one another name with \
+         ServeOptions::app"
+    )]
+    AppTaken(String),
     /// [`DeploymentHandle::connect`](crate::DeploymentHandle::connect)
     /// could not reach the deployment of a `Serve` in another process.
     #[error("cannot connect to deployment {deployment:?} of Serve {app:?}: {problem}")]

@@ -88,7 +88,7 @@ impl ServeOptions {
 
     /// The name other processes of the cluster find this `Serve` by, with
     /// [`DeploymentHandle::connect`] (`"default"` unless set). Two `Serve`s
-    /// on one runtime need two names.
+    /// on one runtime need two names ([`ServeError::AppTaken`]).
     pub fn app(mut self, name: impl Into<String>) -> Self {
         self.app = name.into();
         self

@@ -693,9 +693,7 @@ async fn a_handle_connected_in_the_serves_process_routes_through_its_router() {
         other => panic!("not NoDeployment: {other:?}"),
     }
     match troupe_serve::Serve::start(&rt, ServeOptions::new().app("shop")).await {
-        Err(ServeError::InvalidOptions { problem, .. }) => {
-            assert!(problem.contains("ServeOptions::app"), "{problem}")
-        }
+        Err(ServeError::AppTaken(app)) => assert_eq!(app, "shop"),
         other => panic!("a second Serve called shop: {other:?}"),
     }
     stop(rt, serve).await;
