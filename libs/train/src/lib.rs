@@ -61,6 +61,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod byte_view;
 mod checkpoint;
 mod collective;
 mod config;

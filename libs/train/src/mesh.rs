@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use troupe::{Blob, ObjectRef, Pending, Runtime};
 
+use crate::byte_view::{bytes_of, BlobTensor};
 use crate::collective::{chunk, ReduceOp};
 use crate::error::TrainError;
 
@@ -227,15 +228,6 @@ pub(crate) struct Mesh {
     calls: AtomicU64,
 }
 
-/// A tensor's bytes (on the CPU, contiguous).
-fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, TrainError> {
-    let t = t.f_to(Device::Cpu)?.f_contiguous()?;
-    let numel = t.numel();
-    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut bytes, numel)?;
-    Ok(bytes)
-}
-
 impl Mesh {
     pub(crate) fn new(
         rank: usize,
@@ -309,16 +301,17 @@ impl Mesh {
             sends.push((to, self.peers[to].deliver(envelope(0, Payload::Empty))));
             return Ok(());
         };
-        let flat = part.f_contiguous()?.f_reshape([-1])?;
-        for (i, (start, len)) in pieces(flat.numel() as i64, flat.kind().elt_size_in_bytes())
-            .into_iter()
-            .enumerate()
-        {
-            let bytes = tensor_bytes(&flat.f_narrow(0, start, len)?)?;
+        // On the CPU and compact once; each piece's bytes are then copied
+        // once, straight into a store buffer (or the call, if small).
+        let flat = part.f_to(Device::Cpu)?.f_contiguous()?.f_reshape([-1])?;
+        let elt = flat.kind().elt_size_in_bytes();
+        for (i, (start, len)) in pieces(flat.numel() as i64, elt).into_iter().enumerate() {
+            let piece = flat.f_narrow(0, start, len)?;
+            let bytes = bytes_of(&piece)?;
             let payload = if bytes.len() <= INLINE_BYTES {
-                Payload::Inline(Blob::from(bytes))
+                Payload::Inline(Blob::from(bytes.to_vec()))
             } else {
-                let stored = self.rt.put_blocking(Blob::from(bytes)).map_err(|e| {
+                let stored = self.rt.block_on(self.rt.put_bytes(bytes)).map_err(|e| {
                     TrainError::Transport(format!("putting a chunk in the store: {e}"))
                 })?;
                 Payload::Stored(stored)
@@ -328,8 +321,12 @@ impl Mesh {
         Ok(())
     }
 
-    /// Rank `from`'s message of `call` and `phase`: its chunk of `numel`
-    /// elements of `kind`, on `device` (or `None` for an empty message).
+    /// Rank `from`'s message of `call` and `phase`, a chunk of `numel`
+    /// elements of `kind`: `each(start, piece)` for every piece as it
+    /// arrives, in order, `piece` on `device` (on the CPU, a view of the
+    /// received bytes: read it, never keep it). `false` for an empty
+    /// message (a barrier's).
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &self,
         from: usize,
@@ -338,7 +335,8 @@ impl Mesh {
         numel: i64,
         kind: Kind,
         device: Device,
-    ) -> Result<Option<Tensor>, TrainError> {
+        mut each: impl FnMut(i64, &Tensor) -> Result<(), TrainError>,
+    ) -> Result<bool, TrainError> {
         let deadline = Instant::now() + self.timeout;
         let parts = pieces(numel, kind.elt_size_in_bytes());
         let mut payloads = Vec::with_capacity(parts.len());
@@ -354,12 +352,11 @@ impl Mesh {
             payloads.push(envelope.payload);
         }
         if let [Payload::Empty] = payloads.as_slice() {
-            return Ok(None);
+            return Ok(false);
         }
-        let out = Tensor::f_empty([numel], (kind, Device::Cpu))?;
         let rt = &self.rt;
-        let filled = rt.block_on(async {
-            // Every piece pulled at once; each copied in as it arrives.
+        rt.block_on(async {
+            // Every piece pulled at once; each used as it arrives.
             let mut pulls: futures::stream::FuturesOrdered<_> = payloads
                 .into_iter()
                 .map(|payload| async move {
@@ -380,24 +377,19 @@ impl Mesh {
                 let Some(&(start, len)) = next.next() else {
                     break;
                 };
-                let expected = usize::try_from(len).unwrap_or(0) * kind.elt_size_in_bytes();
-                if bytes.len() != expected {
-                    return Err(TrainError::Mismatch(format!(
-                        "rank {from} sent {} bytes where {len} elements of {kind:?} take {expected}",
-                        bytes.len()
-                    )));
+                let view = BlobTensor::new(bytes, len, kind).map_err(|e| match e {
+                    TrainError::Mismatch(m) => TrainError::Mismatch(format!("rank {from}: {m}")),
+                    e => e,
+                })?;
+                if device == Device::Cpu {
+                    each(start, view.tensor())?;
+                } else {
+                    each(start, &view.tensor().f_to(device)?)?;
                 }
-                let piece = Tensor::f_from_data_size(&bytes, &[len], kind)?;
-                out.f_narrow(0, start, len)?.f_copy_(&piece)?;
             }
             Ok::<_, TrainError>(())
-        });
-        filled?;
-        Ok(Some(if device == Device::Cpu {
-            out
-        } else {
-            out.f_to(device)?
-        }))
+        })?;
+        Ok(true)
     }
 
     /// Waits for the replies of `sends` (each within the timeout).
@@ -429,7 +421,7 @@ impl Mesh {
             self.send(&mut sends, to, 0, call, None)?;
         }
         for from in (0..self.world()).filter(|i| *i != self.rank) {
-            self.receive(from, 0, call, 0, Kind::Uint8, Device::Cpu)?;
+            self.receive(from, 0, call, 0, Kind::Uint8, Device::Cpu, |_, _| Ok(()))?;
         }
         self.settle(sends)
     }
@@ -461,21 +453,7 @@ impl Mesh {
         }
         let (start, len) = chunk(numel, world, self.rank);
         let own = flat.f_narrow(0, start, len)?;
-        let part = |i: usize| -> Result<Tensor, TrainError> {
-            if i == self.rank {
-                let mut mine = own.f_empty_like()?;
-                mine.f_copy_(&own)?;
-                return Ok(mine);
-            }
-            self.receive(i, 1, call, len, kind, device)?
-                .ok_or_else(|| TrainError::Mismatch(format!("rank {i} sent no chunk")))
-        };
-        // In rank order, as one process sums.
-        let mut acc = part(0)?;
-        for i in 1..world {
-            let _ = acc.f_add_(&part(i)?)?;
-        }
-        own.shallow_clone().f_copy_(&acc)?;
+        self.sum_in_rank_order(&own, call)?;
         if op == ReduceOp::Mean {
             let _ = own.shallow_clone().f_div_scalar_(world as f64)?;
         }
@@ -485,12 +463,61 @@ impl Mesh {
         }
         for from in (0..world).filter(|i| *i != self.rank) {
             let (start, len) = chunk(numel, world, from);
-            let sum = self
-                .receive(from, 2, call, len, kind, device)?
-                .ok_or_else(|| TrainError::Mismatch(format!("rank {from} sent no sum")))?;
-            flat.f_narrow(0, start, len)?.f_copy_(&sum)?;
+            let sum = flat.f_narrow(0, start, len)?;
+            let got = self.receive(from, 2, call, len, kind, device, |at, piece| {
+                sum.f_narrow(0, at, piece.size()[0])?.f_copy_(piece)?;
+                Ok(())
+            })?;
+            if !got {
+                return Err(TrainError::Mismatch(format!("rank {from} sent no sum")));
+            }
         }
         self.settle(sends)
+    }
+
+    /// Replaces `own` (this rank's chunk) by the sum of every rank's,
+    /// `c0 + c1 + ... + c(N-1)` left to right as one process sums, each
+    /// received piece read in place. The partial sum lives in `own` from
+    /// this rank's turn on (rank 1 starts with `c0 + own` in one pass);
+    /// before it, from rank 2 on, in a buffer of its own.
+    fn sum_in_rank_order(&self, own: &Tensor, call: &Call) -> Result<(), TrainError> {
+        let (len, kind, device) = (own.size()[0], own.kind(), own.device());
+        let early = if self.rank >= 2 {
+            Some(own.f_empty_like()?)
+        } else {
+            None
+        };
+        for i in 0..self.world() {
+            if i == self.rank {
+                if let Some(early) = &early {
+                    let _ = early.f_add_out(own, own)?; // own = (c0 + .. + c(i-1)) + own
+                }
+                continue;
+            }
+            let got = self.receive(i, 1, call, len, kind, device, |at, piece| {
+                let n = piece.size()[0];
+                let mine = own.f_narrow(0, at, n)?;
+                match (&early, i) {
+                    (Some(early), 0) => {
+                        early.f_narrow(0, at, n)?.f_copy_(piece)?;
+                    }
+                    (None, 0) => {
+                        let _ = piece.f_add_out(&mine, &mine)?; // own = c0 + own
+                    }
+                    (Some(early), i) if i < self.rank => {
+                        let _ = early.f_narrow(0, at, n)?.f_add_(piece)?;
+                    }
+                    _ => {
+                        let _ = mine.shallow_clone().f_add_(piece)?;
+                    }
+                }
+                Ok(())
+            })?;
+            if !got {
+                return Err(TrainError::Mismatch(format!("rank {i} sent no chunk")));
+            }
+        }
+        Ok(())
     }
 
     /// Replaces `tensor` on every rank by `root`'s.
@@ -508,10 +535,22 @@ impl Mesh {
         } else {
             (|| {
                 let numel = tensor.numel() as i64;
-                let got = self
-                    .receive(root, 1, &call, numel, tensor.kind(), tensor.device())?
-                    .ok_or_else(|| TrainError::Mismatch(format!("root {root} sent nothing")))?;
-                tensor.f_copy_(&got.f_view_as(tensor)?)?;
+                let into = if tensor.is_contiguous() {
+                    tensor.f_view([-1])?
+                } else {
+                    Tensor::f_empty([numel], (tensor.kind(), tensor.device()))?
+                };
+                let (kind, device) = (tensor.kind(), tensor.device());
+                let got = self.receive(root, 1, &call, numel, kind, device, |at, piece| {
+                    into.f_narrow(0, at, piece.size()[0])?.f_copy_(piece)?;
+                    Ok(())
+                })?;
+                if !got {
+                    return Err(TrainError::Mismatch(format!("root {root} sent nothing")));
+                }
+                if !tensor.is_contiguous() {
+                    tensor.f_copy_(&into.f_view_as(tensor)?)?;
+                }
                 Ok(())
             })()
         };
@@ -597,7 +636,9 @@ mod tests {
         // more than one piece.
         let stored = (INLINE_BYTES / 4 + 1000) as i64;
         let pieces = (PIECE_BYTES / 4 * 2 + 77) as i64;
-        for world in [2, 3] {
+        // Rank 2 of 3 and of 4 sums its first operands aside, rank 2 of 4
+        // then adds a later rank's in place.
+        for world in [2, 3, 4] {
             let group = meshes(&rt, world, 0).await;
             let results = tokio::task::spawn_blocking(move || {
                 on_every_rank(&group, move |m| {
