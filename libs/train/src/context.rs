@@ -8,7 +8,7 @@ use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use troupe::{Blob, ObjectRef, Runtime};
+use troupe::{Blob, ObjectRef, Pending, Runtime};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::collective::{Collectives, ReduceOp};
@@ -38,6 +38,8 @@ pub struct WorkerContext {
     pub(crate) group: Collectives,
     pub(crate) settings: Settings,
     pub(crate) reporter: Reporter,
+    /// Rank 0's last report across nodes, sent and not yet confirmed.
+    pub(crate) unconfirmed: Option<Pending<Result<(), String>>>,
     pub(crate) checkpoint: Option<StartFrom>,
     pub(crate) loop_config: Option<Arc<str>>,
     pub(crate) rt: Runtime,
@@ -247,10 +249,13 @@ impl WorkerContext {
     }
 
     /// Reports this step's metrics, and maybe a checkpoint: a collective
-    /// (every rank calls it once per step). Rank 0's metrics go into the
-    /// history, and its checkpoint, if any, is written (atomically) before
-    /// any rank returns; other ranks' metrics and checkpoints are dropped,
-    /// so they may pass `None`.
+    /// (every rank calls it once per step). Rank 0's checkpoint, if any, is
+    /// written (atomically) and its metrics are in the history before any
+    /// rank returns. Without a checkpoint, on a group across nodes, rank
+    /// 0's metrics are sent and confirmed by its next report or at the
+    /// loop's end (before `fit` returns), not waited for at each step.
+    /// Other ranks' metrics and checkpoints are dropped, so they may pass
+    /// `None`.
     pub fn report(
         &mut self,
         metrics: Metrics,
@@ -268,32 +273,55 @@ impl WorkerContext {
     }
 
     /// Rank 0's report, into the run's history (and its checkpoint onto
-    /// the trainer's disk) before any rank leaves `report`.
-    fn record(&self, metrics: Metrics, checkpoint: Option<Checkpoint>) -> Result<(), TrainError> {
-        match &self.reporter {
-            Reporter::Local(run) => run.record(self.iteration, metrics, checkpoint),
-            Reporter::Remote(sink) => {
-                let stored = match checkpoint {
-                    None => None,
-                    Some(c) => {
-                        Some(self.rt.put_blocking(Blob::from(c.encode()?)).map_err(|e| {
-                            TrainError::Transport(format!("storing a checkpoint: {e}"))
-                        })?)
-                    }
-                };
-                let timeout = self.settings.collective_timeout;
-                let reply = sink.record(self.iteration, metrics, stored);
-                match self.rt.block_on(tokio::time::timeout(timeout, reply)) {
-                    Ok(Ok(Ok(()))) => Ok(()),
-                    Ok(Ok(Err(e))) => Err(TrainError::Transport(format!(
-                        "the trainer failed to record the report: {e}"
-                    ))),
-                    Ok(Err(e)) => Err(TrainError::Transport(format!(
-                        "sending the report to the trainer: {e}"
-                    ))),
-                    Err(_) => Err(TrainError::CollectiveTimeout(timeout)),
-                }
-            }
+    /// the trainer's disk) before any rank leaves `report`. Across nodes,
+    /// metrics alone are sent and not waited for: they cannot fail to be
+    /// recorded, the trainer's sink takes reports in the order sent, and
+    /// the next report (or the loop's end) confirms this one. That takes a
+    /// round trip to the trainer off every step; a checkpoint is still
+    /// waited for, so it is on disk before any rank leaves.
+    fn record(
+        &mut self,
+        metrics: Metrics,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<(), TrainError> {
+        let sink = match &self.reporter {
+            Reporter::Local(run) => return run.record(self.iteration, metrics, checkpoint),
+            Reporter::Remote(sink) => sink.clone(),
+        };
+        // The previous step's: in long ago, as a rule.
+        self.confirm_reports()?;
+        let Some(c) = checkpoint else {
+            self.unconfirmed = Some(sink.record(self.iteration, metrics, None));
+            return Ok(());
+        };
+        let stored = self
+            .rt
+            .put_blocking(Blob::from(c.encode()?))
+            .map_err(|e| TrainError::Transport(format!("storing a checkpoint: {e}")))?;
+        let reply = sink.record(self.iteration, metrics, Some(stored));
+        self.await_record(reply)
+    }
+
+    /// Waits for the trainer to have recorded every report sent (at the
+    /// loop's end, so the history is whole when the worker answers).
+    pub(crate) fn confirm_reports(&mut self) -> Result<(), TrainError> {
+        match self.unconfirmed.take() {
+            Some(reply) => self.await_record(reply),
+            None => Ok(()),
+        }
+    }
+
+    fn await_record(&self, reply: Pending<Result<(), String>>) -> Result<(), TrainError> {
+        let timeout = self.settings.collective_timeout;
+        match self.rt.block_on(tokio::time::timeout(timeout, reply)) {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(TrainError::Transport(format!(
+                "the trainer failed to record the report: {e}"
+            ))),
+            Ok(Err(e)) => Err(TrainError::Transport(format!(
+                "sending the report to the trainer: {e}"
+            ))),
+            Err(_) => Err(TrainError::CollectiveTimeout(timeout)),
         }
     }
 }

@@ -173,6 +173,7 @@ impl ClusterWorker {
             group: Collectives::Mesh(Arc::new(mesh)),
             settings: job.settings,
             reporter: Reporter::Remote(job.sink),
+            unconfirmed: None,
             checkpoint: job.checkpoint.map(StartFrom::Object),
             loop_config: job.loop_config.map(Arc::from),
             rt,

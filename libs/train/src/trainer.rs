@@ -164,8 +164,14 @@ pub(crate) fn run_loop(
     // worker's share and put the pool thread back as it was after.
     let threads = tch::get_num_threads();
     tch::set_num_threads(ctx.settings.threads as i32);
-    let outcome = train_loop(ctx);
+    let mut outcome = train_loop(ctx);
     tch::set_num_threads(threads);
+    // Every report in the history before the worker answers (on failure
+    // too: the trainer rolls the history back from there).
+    let confirmed = ctx.confirm_reports();
+    if let (Ok(()), Err(e)) = (&outcome, confirmed) {
+        outcome = Err(e.into());
+    }
     match outcome {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -493,6 +499,7 @@ impl Trainer {
                     group: Collectives::Local(group.clone()),
                     settings: config.settings(),
                     reporter: Reporter::Local(state.clone()),
+                    unconfirmed: None,
                     checkpoint: checkpoint.clone().map(StartFrom::Dir),
                     loop_config: loop_config.clone(),
                     rt: self.rt.clone(),
