@@ -217,7 +217,7 @@ where
     follower.apply(&router, view);
     let span = tracing::debug_span!("serve_handle_follower", app, deployment = name);
     tokio::spawn(follower.run(directory).instrument(span));
-    Ok(DeploymentHandle::new(router))
+    Ok(DeploymentHandle::new(app, router))
 }
 
 /// Why a directory gave no view.

@@ -98,6 +98,18 @@ pub enum CallError {
         /// The name asked for.
         deployment: String,
     },
+    /// A handle that came from another process (inside a task's arguments
+    /// or an object) could not reach its deployment's `Serve` on its first
+    /// call (HTTP 503); the next call tries again.
+    #[error("a handle on deployment {deployment:?} of Serve {app:?} could not connect: {problem}")]
+    Connect {
+        /// The `Serve`'s name (`ServeOptions::app`).
+        app: String,
+        /// The deployment.
+        deployment: String,
+        /// Why.
+        problem: String,
+    },
     /// The response could not be encoded as JSON (HTTP 500): the
     /// deployment's response type does not serialize as JSON.
     #[error("deployment {deployment:?} returned a response that is not JSON-encodable: {problem}")]
@@ -119,7 +131,9 @@ impl CallError {
                 ..
             } => 400,
             CallError::Handler { .. } | CallError::BadResponse { .. } => 500,
-            CallError::Overloaded { .. } | CallError::ReplicaFailed { .. } => 503,
+            CallError::Overloaded { .. }
+            | CallError::ReplicaFailed { .. }
+            | CallError::Connect { .. } => 503,
             CallError::Timeout { .. } => 504,
             CallError::NoDeployment { .. } => 404,
         }
@@ -136,6 +150,7 @@ impl CallError {
             CallError::Timeout { .. } => "timeout",
             CallError::NoDeployment { .. } => "no_deployment",
             CallError::BadResponse { .. } => "bad_response",
+            CallError::Connect { .. } => "connect",
         }
     }
 }

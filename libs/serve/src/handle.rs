@@ -6,16 +6,26 @@
 //! handle connected from another process has a router of its own over the
 //! same replicas (see the `directory` module).
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::OnceCell;
 use troupe::Runtime;
 
 use crate::deployment::Deployment;
 use crate::error::{CallError, ServeError};
 use crate::router::Router;
+
+/// How a handle decoded in another process reaches its deployment: the
+/// typed `connect`, kept with the handle (decoding is where the request
+/// and response types are known to serialize).
+type Connector = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Arc<Router>, ServeError>> + Send>> + Send + Sync,
+>;
 
 /// A handle on a running deployment of type `D`, cheap to clone. Get one
 /// from [`Serve::deploy`](crate::Serve::deploy) or
@@ -23,15 +33,28 @@ use crate::router::Router;
 /// cluster with [`connect`](Self::connect). It follows the deployment
 /// through updates and autoscaling; once the deployment is deleted its
 /// calls fail with [`CallError::NoDeployment`].
+///
+/// A handle can travel: inside a task's arguments, an actor call or an
+/// object, it goes as the names of its `Serve` and deployment, and where
+/// it lands it [`connect`](Self::connect)s on its first call (a failure
+/// is [`CallError::Connect`], and the next call tries again).
 pub struct DeploymentHandle<D> {
-    router: Arc<Router>,
+    app: Arc<str>,
+    name: Arc<str>,
+    /// Set from the start, or on the first call of a decoded handle
+    /// (shared by its clones, so they connect once).
+    router: Arc<OnceCell<Arc<Router>>>,
+    connect: Option<Connector>,
     _types: PhantomData<fn() -> D>,
 }
 
 impl<D> Clone for DeploymentHandle<D> {
     fn clone(&self) -> Self {
         Self {
+            app: self.app.clone(),
+            name: self.name.clone(),
             router: self.router.clone(),
+            connect: self.connect.clone(),
             _types: PhantomData,
         }
     }
@@ -40,34 +63,134 @@ impl<D> Clone for DeploymentHandle<D> {
 impl<D> std::fmt::Debug for DeploymentHandle<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeploymentHandle")
-            .field("deployment", &self.router.name)
+            .field("app", &self.app)
+            .field("deployment", &self.name)
+            .field("connected", &self.router.initialized())
             .finish()
     }
 }
 
+/// What a handle is on the wire: whose deployment it is.
+#[derive(Serialize, Deserialize)]
+struct HandleWire {
+    app: String,
+    deployment: String,
+}
+
+impl<D> Serialize for DeploymentHandle<D> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        HandleWire {
+            app: self.app.to_string(),
+            deployment: self.name.to_string(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, D> Deserialize<'de> for DeploymentHandle<D>
+where
+    D: Deployment,
+    D::Request: Serialize,
+    D::Response: DeserializeOwned,
+{
+    fn deserialize<De: Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+        let wire = HandleWire::deserialize(d)?;
+        let (app, name): (Arc<str>, Arc<str>) = (wire.app.into(), wire.deployment.into());
+        // Decoding runs with the receiving runtime current; a handle
+        // decoded elsewhere looks for one when it first calls.
+        let decoded_in = Runtime::current();
+        let (to_app, to_name) = (app.clone(), name.clone());
+        let connect: Connector = Arc::new(move || {
+            let (app, name) = (to_app.clone(), to_name.clone());
+            let rt = decoded_in.clone().or_else(Runtime::current);
+            Box::pin(async move {
+                let rt = rt.ok_or_else(|| ServeError::Connect {
+                    app: app.to_string(),
+                    deployment: name.to_string(),
+                    problem: "the handle was decoded and called outside a Troupe runtime".into(),
+                })?;
+                let handle = crate::directory::connect::<D>(&rt, &app, &name).await?;
+                handle
+                    .router
+                    .get()
+                    .cloned()
+                    .ok_or_else(|| ServeError::Connect {
+                        app: app.to_string(),
+                        deployment: name.to_string(),
+                        problem: "connect returned a handle without a router".into(),
+                    })
+            })
+        });
+        Ok(DeploymentHandle {
+            app,
+            name,
+            router: Arc::new(OnceCell::new()),
+            connect: Some(connect),
+            _types: PhantomData,
+        })
+    }
+}
+
+impl<D> troupe::GetSize for DeploymentHandle<D> {}
+
 impl<D: Deployment> DeploymentHandle<D> {
-    pub(crate) fn new(router: Arc<Router>) -> Self {
+    pub(crate) fn new(app: &str, router: Arc<Router>) -> Self {
         Self {
-            router,
+            app: app.into(),
+            name: router.name.as_str().into(),
+            router: Arc::new(OnceCell::new_with(Some(router))),
+            connect: None,
             _types: PhantomData,
         }
     }
 
     /// The deployment's name.
     pub fn name(&self) -> &str {
-        &self.router.name
+        &self.name
+    }
+
+    /// The name of the deployment's [`Serve`](crate::Serve)
+    /// ([`ServeOptions::app`](crate::ServeOptions::app)).
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// The router, connecting first if this handle was decoded here.
+    async fn router(&self) -> Result<&Arc<Router>, CallError> {
+        if let Some(router) = self.router.get() {
+            return Ok(router);
+        }
+        let failed = |problem: String| CallError::Connect {
+            app: self.app.to_string(),
+            deployment: self.name.to_string(),
+            problem,
+        };
+        let Some(connect) = &self.connect else {
+            return Err(failed(
+                "the handle has neither a router nor a way to connect".into(),
+            ));
+        };
+        self.router
+            .get_or_try_init(|| connect())
+            .await
+            .map_err(|e| match e {
+                ServeError::NoDeployment(deployment) => CallError::NoDeployment { deployment },
+                ServeError::Connect { problem, .. } => failed(problem),
+                other => failed(other.to_string()),
+            })
     }
 
     /// Sends `request` to a replica and waits for its response (at most
     /// the deployment's request timeout). Not retried after a replica
     /// failure: the request was moved into the failed replica.
     pub async fn call(&self, request: D::Request) -> Result<D::Response, CallError> {
-        let response = self.router.call(Box::new(request), None).await?;
+        let router = self.router().await?;
+        let response = router.call(Box::new(request), None).await?;
         response
             .downcast::<D::Response>()
             .map(|r| *r)
             .map_err(|_| CallError::BadResponse {
-                deployment: self.router.name.clone(),
+                deployment: self.name.to_string(),
                 problem: format!(
                     "the replica answered with something other than a {}",
                     std::any::type_name::<D::Response>()

@@ -143,7 +143,10 @@ impl ServeInner {
             .deployment(name)
             .ok_or_else(|| ServeError::NoDeployment(name.to_owned()))?;
         check_types(name, &state.router.codec, &Codec::of::<D>())?;
-        Ok(DeploymentHandle::new(state.router.clone()))
+        Ok(DeploymentHandle::new(
+            &self.options.app,
+            state.router.clone(),
+        ))
     }
 
     /// The deployment serving `path`: the longest prefix that is the path
@@ -303,7 +306,7 @@ impl Serve {
         let router = self
             .deploy_erased(name, options, factory, Codec::of::<D>(), None)
             .await?;
-        Ok(DeploymentHandle::new(router))
+        Ok(DeploymentHandle::new(&self.inner.options.app, router))
     }
 
     /// Deploys the deployment type registered as `kind` with
@@ -328,7 +331,7 @@ impl Serve {
             });
         }
         let router = self.deploy_found(name, options, kind, found).await?;
-        Ok(DeploymentHandle::new(router))
+        Ok(DeploymentHandle::new(&self.inner.options.app, router))
     }
 
     /// Deploys the kind registered as `kind`, whatever its type (a config

@@ -40,12 +40,12 @@ pub struct Answer {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Ask {
-    text: String,
+pub struct Ask {
+    pub text: String,
 }
 
 #[derive(Default)]
-struct Upper;
+pub struct Upper;
 
 /// Requests `Upper::call` answered in this process.
 static ANSWERED_HERE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -457,6 +457,17 @@ async fn ask_from_a_node(
     })
 }
 
+/// Calls through a handle that came in the task's arguments: the answer,
+/// and the process the task ran in.
+#[troupe::remote]
+async fn ask_through_a_sent_handle(
+    handle: DeploymentHandle<Upper>,
+    text: String,
+) -> Result<(String, u32), String> {
+    let answer = handle.call(Ask { text }).await.map_err(|e| e.to_string())?;
+    Ok((answer.text, std::process::id()))
+}
+
 /// Connects from a node and calls until the deployment is gone: how many
 /// calls were answered, and the kind of the error that ended them.
 #[troupe::remote]
@@ -502,7 +513,9 @@ async fn connect_error(app: String, name: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handles_connected_from_other_nodes_reach_the_replicas() {
     let _turn = DRIVER.lock().await;
-    let (p, head, [a, b]) = head_and_two_nodes("serve-connect", "2");
+    // Three CPUs a node: the two replicas of "upper" may both land on one
+    // node, and each task here must find a CPU free wherever it goes.
+    let (p, head, [a, b]) = head_and_two_nodes("serve-connect", "3");
     let rt = p
         .join_as_driver(&head, 3, DEADLINE)
         .await
@@ -577,6 +590,17 @@ async fn handles_connected_from_other_nodes_reach_the_replicas() {
             .expect("the task runs");
         assert!(error.contains(says), "{error}");
     }
+
+    // A handle made here travels in a task's arguments and connects on
+    // the node it lands on.
+    let handle = serve.handle::<Upper>("upper").expect("a handle");
+    let sent = ask_through_a_sent_handle::remote(&rt, handle, "sent".to_owned());
+    let got = within_for(DEADLINE, "the sent handle's call", rt.get(&sent))
+        .await
+        .expect("the sent handle answers");
+    let (text, pid) = &*got;
+    assert_eq!(text, "SENT");
+    assert!(nodes.contains(pid), "the task ran on a node");
 
     // A handle connected on a node, calling when the deployment is deleted
     // (its replica is here, so its answers can be counted here).

@@ -696,5 +696,18 @@ async fn a_handle_connected_in_the_serves_process_routes_through_its_router() {
         Err(ServeError::AppTaken(app)) => assert_eq!(app, "shop"),
         other => panic!("a second Serve called shop: {other:?}"),
     }
+    // A handle travels as its names; decoded where no runtime's code runs
+    // (here, outside any task), its call says why it cannot connect. (In
+    // a task on another node it connects: tests/cluster.rs.)
+    let bytes = serde_json::to_vec(&echo).expect("a handle encodes");
+    let decoded: DeploymentHandle<Echo> = serde_json::from_slice(&bytes).expect("and decodes");
+    assert_eq!((decoded.app(), decoded.name()), ("shop", "echo"));
+    match decoded.call(serde_json::json!(1)).await {
+        Err(e @ troupe_serve::CallError::Connect { .. }) => {
+            assert!(e.to_string().contains("outside a Troupe runtime"), "{e}");
+            assert_eq!(e.status(), 503);
+        }
+        other => panic!("not a Connect error: {other:?}"),
+    }
     stop(rt, serve).await;
 }
