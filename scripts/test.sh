@@ -9,4 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-libtorch.sh
 scripts/setup-chromium.sh
-cargo test --workspace --features troupe/gpu,troupe/dashboard,troupe/cluster,troupe-rl/tune,troupe-rl/cluster,troupe-tune/cluster,troupe-serve/cluster,troupe-data/cluster,troupe-train/cluster "$@"
+. scripts/features.sh
+cargo test --workspace --features "$all_features" "$@"
