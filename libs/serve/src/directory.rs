@@ -167,13 +167,29 @@ where
     D::Request: Serialize,
     D::Response: DeserializeOwned,
 {
+    let router = connect_router::<D>(rt, app, name).await?;
+    Ok(DeploymentHandle::new(app, router))
+}
+
+/// [`connect`]'s router alone: what a handle decoded without one sets
+/// up on its first call.
+pub(crate) async fn connect_router<D>(
+    rt: &Runtime,
+    app: &str,
+    name: &str,
+) -> Result<Arc<Router>, ServeError>
+where
+    D: Deployment,
+    D::Request: Serialize,
+    D::Response: DeserializeOwned,
+{
     let failed = |problem: String| ServeError::Connect {
         app: app.to_owned(),
         deployment: name.to_owned(),
         problem,
     };
     if let Some(serve) = local(rt.node_id(), app) {
-        return serve.handle::<D>(name);
+        return serve.router::<D>(name);
     }
     let directory = tokio::time::timeout(ASK_TIMEOUT, rt.find_actor::<Directory>(&actor_name(app)))
         .await
@@ -217,7 +233,7 @@ where
     follower.apply(&router, view);
     let span = tracing::debug_span!("serve_handle_follower", app, deployment = name);
     tokio::spawn(follower.run(directory).instrument(span));
-    Ok(DeploymentHandle::new(app, router))
+    Ok(router)
 }
 
 /// Why a directory gave no view.

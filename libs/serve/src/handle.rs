@@ -109,16 +109,7 @@ where
                     deployment: name.to_string(),
                     problem: "the handle was decoded and called outside a Troupe runtime".into(),
                 })?;
-                let handle = crate::directory::connect::<D>(&rt, &app, &name).await?;
-                handle
-                    .router
-                    .get()
-                    .cloned()
-                    .ok_or_else(|| ServeError::Connect {
-                        app: app.to_string(),
-                        deployment: name.to_string(),
-                        problem: "connect returned a handle without a router".into(),
-                    })
+                crate::directory::connect_router::<D>(&rt, &app, &name).await
             })
         });
         Ok(DeploymentHandle {

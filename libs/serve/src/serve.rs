@@ -139,14 +139,17 @@ impl ServeInner {
         &self,
         name: &str,
     ) -> Result<DeploymentHandle<D>, ServeError> {
+        let router = self.router::<D>(name)?;
+        Ok(DeploymentHandle::new(&self.options.app, router))
+    }
+
+    /// The router of deployment `name`, if it serves `D`'s types.
+    pub(crate) fn router<D: Deployment>(&self, name: &str) -> Result<Arc<Router>, ServeError> {
         let state = self
             .deployment(name)
             .ok_or_else(|| ServeError::NoDeployment(name.to_owned()))?;
         check_types(name, &state.router.codec, &Codec::of::<D>())?;
-        Ok(DeploymentHandle::new(
-            &self.options.app,
-            state.router.clone(),
-        ))
+        Ok(state.router.clone())
     }
 
     /// The deployment serving `path`: the longest prefix that is the path

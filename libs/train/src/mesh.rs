@@ -324,8 +324,8 @@ impl Mesh {
     /// Rank `from`'s message of `call` and `phase`, a chunk of `numel`
     /// elements of `kind`: `each(start, piece)` for every piece as it
     /// arrives, in order, `piece` on `device` (on the CPU, a view of the
-    /// received bytes: read it, never keep it). `false` for an empty
-    /// message (a barrier's).
+    /// received bytes: read it, never keep it). An empty message is a
+    /// barrier's (`numel` 0); anywhere else it is a mismatch.
     #[allow(clippy::too_many_arguments)]
     fn receive(
         &self,
@@ -336,7 +336,7 @@ impl Mesh {
         kind: Kind,
         device: Device,
         mut each: impl FnMut(i64, &Tensor) -> Result<(), TrainError>,
-    ) -> Result<bool, TrainError> {
+    ) -> Result<(), TrainError> {
         let deadline = Instant::now() + self.timeout;
         let parts = pieces(numel, kind.elt_size_in_bytes());
         let mut payloads = Vec::with_capacity(parts.len());
@@ -352,7 +352,12 @@ impl Mesh {
             payloads.push(envelope.payload);
         }
         if let [Payload::Empty] = payloads.as_slice() {
-            return Ok(false);
+            return match numel {
+                0 => Ok(()),
+                _ => Err(TrainError::Mismatch(format!(
+                    "rank {from} sent nothing where {numel} elements were due"
+                ))),
+            };
         }
         let rt = &self.rt;
         rt.block_on(async {
@@ -388,8 +393,7 @@ impl Mesh {
                 }
             }
             Ok::<_, TrainError>(())
-        })?;
-        Ok(true)
+        })
     }
 
     /// Waits for the replies of `sends` (each within the timeout).
@@ -464,13 +468,10 @@ impl Mesh {
         for from in (0..world).filter(|i| *i != self.rank) {
             let (start, len) = chunk(numel, world, from);
             let sum = flat.f_narrow(0, start, len)?;
-            let got = self.receive(from, 2, call, len, kind, device, |at, piece| {
+            self.receive(from, 2, call, len, kind, device, |at, piece| {
                 sum.f_narrow(0, at, piece.size()[0])?.f_copy_(piece)?;
                 Ok(())
             })?;
-            if !got {
-                return Err(TrainError::Mismatch(format!("rank {from} sent no sum")));
-            }
         }
         self.settle(sends)
     }
@@ -494,7 +495,7 @@ impl Mesh {
                 }
                 continue;
             }
-            let got = self.receive(i, 1, call, len, kind, device, |at, piece| {
+            self.receive(i, 1, call, len, kind, device, |at, piece| {
                 let n = piece.size()[0];
                 let mine = own.f_narrow(0, at, n)?;
                 match (&early, i) {
@@ -513,9 +514,6 @@ impl Mesh {
                 }
                 Ok(())
             })?;
-            if !got {
-                return Err(TrainError::Mismatch(format!("rank {i} sent no chunk")));
-            }
         }
         Ok(())
     }
@@ -541,13 +539,10 @@ impl Mesh {
                     Tensor::f_empty([numel], (tensor.kind(), tensor.device()))?
                 };
                 let (kind, device) = (tensor.kind(), tensor.device());
-                let got = self.receive(root, 1, &call, numel, kind, device, |at, piece| {
+                self.receive(root, 1, &call, numel, kind, device, |at, piece| {
                     into.f_narrow(0, at, piece.size()[0])?.f_copy_(piece)?;
                     Ok(())
                 })?;
-                if !got {
-                    return Err(TrainError::Mismatch(format!("root {root} sent nothing")));
-                }
                 if !tensor.is_contiguous() {
                     tensor.f_copy_(&into.f_view_as(tensor)?)?;
                 }
