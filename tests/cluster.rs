@@ -166,6 +166,20 @@ impl Hog {
     }
 }
 
+/// A [`Hog`] on `node` that holds one of its CPUs.
+async fn hog_holding_a_cpu_on(rt: &Runtime, node: NodeId) -> HogHandle {
+    let pinned = ActorOptions::new()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node, soft: false });
+    let hog = common::within("a hog", Hog::remote(rt, pinned).new())
+        .await
+        .unwrap();
+    common::within("its CPU held", hog.hold_a_cpu())
+        .await
+        .unwrap()
+        .unwrap();
+    hog
+}
+
 /// Where each member of a remote tree came up, in order: what the driver
 /// sees of a tree that runs on other nodes.
 #[derive(Default)]
@@ -468,18 +482,8 @@ async fn an_actor_sent_to_a_node_filled_meanwhile_is_placed_again_elsewhere() {
     let one_cpu: &[&str] = &["--num-cpus", "1"];
     let (_p, _head, nodes, rt) = started("replace-spawn", "0", &[one_cpu, one_cpu]).await;
     let (a, b) = (nodes[0].node, nodes[1].node);
-    let hard_on_a = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
-        node: a,
-        soft: false,
-    });
-    let hog = common::within("a hog on a", Hog::remote(&rt, hard_on_a).new())
-        .await
-        .unwrap();
     // Node a is full from now on; the driver last heard it had a CPU free.
-    common::within("a's CPU taken", hog.hold_a_cpu())
-        .await
-        .unwrap()
-        .unwrap();
+    let hog = hog_holding_a_cpu_on(&rt, a).await;
     let prefers_a = ActorOptions::new()
         .resources(Resources::cpus(1.0))
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {
@@ -512,6 +516,34 @@ async fn an_actor_sent_to_a_node_filled_meanwhile_is_placed_again_elsewhere() {
         .unwrap()
         .unwrap();
     assert_eq!(common::within("where", landed.node()).await.unwrap(), a);
+    rt.shutdown().await.unwrap();
+}
+
+/// Tasks sent to a node whose CPU an actor holds for life do not wait
+/// there for ever: once another node has room they go there (spillback),
+/// through their owner, and none runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_queued_behind_an_actor_that_holds_the_cpu_move_to_a_node_with_room() {
+    let _turn = DRIVER.lock().await;
+    let one_cpu: &[&str] = &["--num-cpus", "1"];
+    let (_p, _head, nodes, rt) = started("spillback", "0", &[one_cpu, one_cpu]).await;
+    let (a, b) = (nodes[0].node, nodes[1].node);
+    let _hog = hog_holding_a_cpu_on(&rt, a).await;
+    let busy = where_am_i::options(on(b)).remote(&rt, 1500);
+    common::eventually("both nodes full in the view", || {
+        free_cpus().get(&a) == Some(&0.0) && free_cpus().get(&b) == Some(&0.0)
+    })
+    .await;
+    // No node has room: the driver queues them where their need fits the
+    // total, the least loaded first, so at least the first on a.
+    let refs: Vec<_> = (0..4).map(|_| where_am_i::remote(&rt, 50)).collect();
+    for r in &refs {
+        let ran_on = *common::within("a task queued on a full node", rt.get(r))
+            .await
+            .unwrap();
+        assert_eq!(ran_on, b, "a's CPU stays held: every task ran on b");
+    }
+    assert_eq!(*common::within("b's task", rt.get(&busy)).await.unwrap(), b);
     rt.shutdown().await.unwrap();
 }
 

@@ -133,6 +133,15 @@ impl Placer {
             }
             _ => {}
         }
+        // Where the node it waited on saw room (spillback), while live.
+        if let Some(preferred) = request.preferred {
+            if members
+                .iter()
+                .any(|m| m.hello.node == preferred && runnable(&m))
+            {
+                return here_or(me, preferred);
+            }
+        }
         if request.fits_now {
             return PlacementDecision::Here;
         }
@@ -157,6 +166,49 @@ impl Placer {
             Some(m) => PlacementDecision::Node(m.hello.node),
             None => PlacementDecision::Wait,
         }
+    }
+}
+
+impl Placer {
+    /// For a task that has waited on node `me` for resources: another
+    /// live node, of those `can_run` says yes to, whose free resources fit
+    /// it now (as last heard, less what this node sent it since and what
+    /// `promised` spills to it), the least loaded first; `None` if no node
+    /// has room (it keeps waiting).
+    pub fn spill_to(
+        &self,
+        me: NodeId,
+        members: &[Member],
+        can_run: &dyn Fn(&Member) -> bool,
+        request: &PlacementRequest<'_>,
+        promised: &[(NodeId, Resources)],
+    ) -> Option<NodeId> {
+        let sent = self.lock().clone();
+        let sent_to = |node: NodeId| sent.get(&node).copied().unwrap_or_default();
+        members
+            .iter()
+            .filter(|m| {
+                let s = sent_to(m.hello.node);
+                let mut free = m.available.clone();
+                free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - s.cpus);
+                free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - s.gpus);
+                for (_, needs) in promised.iter().filter(|(n, _)| *n == m.hello.node) {
+                    free.num_cpus -= needs.num_cpus;
+                    free.num_gpus -= needs.num_gpus;
+                }
+                m.hello.node != me
+                    && m.state == MemberState::Alive
+                    && m.hello.role != Role::Client
+                    && fits(request.needs, &free)
+                    && can_run(m)
+            })
+            .min_by_key(|m| {
+                (
+                    m.load.tasks_queued + sent_to(m.hello.node).tasks,
+                    m.hello.node,
+                )
+            })
+            .map(|m| m.hello.node)
     }
 }
 
@@ -272,6 +324,29 @@ mod tests {
         }
     }
 
+    /// A task of node 1 with `options`.
+    fn spec_of(options: TaskOptions) -> TaskSpec {
+        let id = troupe_core::TaskId {
+            node: NodeId(1),
+            seq: 1,
+        };
+        TaskSpec {
+            id,
+            trace: troupe_core::task::TraceContext {
+                root: id,
+                parent: None,
+            },
+            function: "f".into(),
+            args: troupe_core::task::TaskArgs::Encoded(troupe_core::Encoded::default()),
+            deps: Vec::new(),
+            options,
+            owner: NodeId(1),
+            attempt: 1,
+            results: Vec::new(),
+            returns: troupe_core::task::Returns::One,
+        }
+    }
+
     fn decide(
         placer: &Placer,
         members: &[Member],
@@ -290,25 +365,7 @@ mod tests {
         feasible_here: bool,
         fits_now: bool,
     ) -> PlacementDecision {
-        let id = troupe_core::TaskId {
-            node: NodeId(1),
-            seq: 1,
-        };
-        let spec = TaskSpec {
-            id,
-            trace: troupe_core::task::TraceContext {
-                root: id,
-                parent: None,
-            },
-            function: "f".into(),
-            args: troupe_core::task::TaskArgs::Encoded(troupe_core::Encoded::default()),
-            deps: Vec::new(),
-            options: options.clone(),
-            owner: NodeId(1),
-            attempt: 1,
-            results: Vec::new(),
-            returns: troupe_core::task::Returns::One,
-        };
+        let spec = spec_of(options.clone());
         let needs = options.needs();
         placer.place(
             NodeId(1),
@@ -320,8 +377,78 @@ mod tests {
                 feasible_here,
                 fits_now,
                 excluded: &[],
+                preferred: None,
             },
         )
+    }
+
+    #[test]
+    fn a_task_that_waited_goes_where_its_node_saw_room_while_that_node_lives() {
+        let c = Resources::cpus(2.0);
+        let members = vec![
+            // The owner, busy.
+            member(1, c.clone(), Resources::default(), 0),
+            // Where it waited: CPUs held (by actors, say).
+            member(2, c.clone(), Resources::default(), 0),
+            member(3, c.clone(), c.clone(), 4),
+            member(4, c.clone(), c.clone(), 0),
+        ];
+        let spec = spec_of(TaskOptions::default());
+        let needs = Resources::cpus(1.0);
+        let request = |preferred| PlacementRequest {
+            spec: &spec,
+            needs: &needs,
+            feasible_here: true,
+            fits_now: false,
+            excluded: &[],
+            preferred,
+        };
+        let p = Placer::default();
+        let all = |_: &Member| true;
+        // Node 2 asks where it may go: the least loaded node with room,
+        // never itself, never one it cannot send to.
+        assert_eq!(
+            p.spill_to(NodeId(2), &members, &all, &request(None), &[]),
+            Some(NodeId(4))
+        );
+        let not_4 = |m: &Member| m.hello.node != NodeId(4);
+        assert_eq!(
+            p.spill_to(NodeId(2), &members, &not_4, &request(None), &[]),
+            Some(NodeId(3))
+        );
+        // No room elsewhere: it keeps waiting.
+        assert_eq!(
+            p.spill_to(NodeId(2), &members[..2], &all, &request(None), &[]),
+            None
+        );
+        // The owner sends it where node 2 saw room, over the least loaded...
+        assert_eq!(
+            p.place(NodeId(1), &members, &all, &request(Some(NodeId(3)))),
+            PlacementDecision::Node(NodeId(3))
+        );
+        // ...unless that node died meanwhile: the usual rules.
+        let mut gone = members.clone();
+        gone[2].state = MemberState::Dead;
+        assert_eq!(
+            p.place(NodeId(1), &gone, &all, &request(Some(NodeId(3)))),
+            PlacementDecision::Node(NodeId(4))
+        );
+        // Node 4 has room for two: a check spills two there, the third
+        // to node 3, and then none.
+        let one = Resources::cpus(1.0);
+        let mut promised = Vec::new();
+        for want in [Some(4), Some(4), Some(3), Some(3), None] {
+            let to = p.spill_to(NodeId(2), &members, &all, &request(None), &promised);
+            assert_eq!(to, want.map(NodeId), "after {promised:?}");
+            promised.extend(to.map(|n| (n, one.clone())));
+        }
+        // What this node sent a node since its heartbeat counts against its
+        // room.
+        p.sent(NodeId(4), &c);
+        assert_eq!(
+            p.spill_to(NodeId(2), &members, &all, &request(None), &[]),
+            Some(NodeId(3))
+        );
     }
 
     #[test]

@@ -354,6 +354,7 @@ fn reply() -> impl Strategy<Value = Reply> {
             .prop_map(|r| Reply::Task(RemoteOutcome::Done(r))),
         failure().prop_map(|f| Reply::Task(RemoteOutcome::Failed(f))),
         text().prop_map(|t| Reply::Task(RemoteOutcome::Refused(t))),
+        node().prop_map(|n| Reply::Task(RemoteOutcome::Spilled(n))),
         encoded().prop_map(|e| Reply::Actor(Ok(e))),
         (actor_info(), text(), text()).prop_map(|(actor, method, message)| {
             Reply::Actor(Err(ActorError::Panicked {

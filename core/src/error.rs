@@ -386,6 +386,19 @@ pub enum TaskError {
         /// What the decoder said.
         cause: String,
     },
+    /// The task, sent here by its owner on another node, waited for
+    /// resources while node `to` had room: it goes back to its owner, who
+    /// sends it there (spillback). Seen only on the node it left; its
+    /// owner's `get` never returns it.
+    #[error("task {task} ({id}) waited here for resources and went to node {to}, which had room")]
+    Spilled {
+        /// The function's name.
+        task: Cow<'static, str>,
+        /// The task.
+        id: TaskId,
+        /// The node it went to.
+        to: NodeId,
+    },
 }
 
 /// How a dependency error says where its failure began.
@@ -447,6 +460,7 @@ impl TaskError {
             | TaskError::InvalidResources { id, .. }
             | TaskError::PlacementGroup { id, .. }
             | TaskError::Cancelled { id, .. }
+            | TaskError::Spilled { id, .. }
             | TaskError::ShutDown { id, .. }
             | TaskError::ResultNotStored { id, .. }
             | TaskError::UnknownFunction { id, .. }

@@ -379,7 +379,12 @@ impl Runtime {
                     let node = self.node_id();
                     results.push((r.id(), RemoteResult::At { node, replicas }));
                 }
-                Err(err) => return RemoteOutcome::Failed(failure_of(err)),
+                Err(err) => {
+                    if let Some(TaskError::Spilled { to, .. }) = err.failure::<TaskError>() {
+                        return RemoteOutcome::Spilled(*to);
+                    }
+                    return RemoteOutcome::Failed(failure_of(err));
+                }
             }
         }
         RemoteOutcome::Done(results)

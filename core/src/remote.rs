@@ -34,6 +34,9 @@ pub struct PlacementRequest<'a> {
     /// Nodes that refused it (they cannot run it: another build): never
     /// these again.
     pub excluded: &'a [NodeId],
+    /// The node it should go to if that node is live and can run it: where
+    /// the node it waited on saw room (spillback).
+    pub preferred: Option<NodeId>,
 }
 
 /// Where a task goes.
@@ -67,6 +70,19 @@ pub trait Placement: Send + Sync + 'static {
     /// last heard: where placement groups' bundles may go. Default: none
     /// (a group is placed on this node alone).
     fn nodes(&self) -> Option<Vec<crate::placement_group::NodeRoom>> {
+        None
+    }
+
+    /// Another node whose free resources, as last heard and less what
+    /// `promised` sends it (tasks spilled to it since), fit `request`'s
+    /// task now: where a task that has waited here for resources may go
+    /// instead (spillback). Default: none (it waits here).
+    fn spill_to(
+        &self,
+        request: &PlacementRequest<'_>,
+        promised: &[(NodeId, Resources)],
+    ) -> Option<NodeId> {
+        let _ = (request, promised);
         None
     }
 }
@@ -108,6 +124,10 @@ pub enum RemoteOutcome {
     /// The node cannot run it at all (no function of that name in its
     /// build): not an attempt; the owner places it on another node.
     Refused(String),
+    /// It waited on the node for resources while this node had room as
+    /// last heard (spillback): not an attempt; the owner sends it there,
+    /// or places it again if that node is gone.
+    Spilled(NodeId),
 }
 
 /// Runs tasks and actor calls on other nodes (the cluster's transport).

@@ -40,6 +40,27 @@ impl Placement for Seams {
         decision
     }
 
+    fn spill_to(
+        &self,
+        request: &PlacementRequest<'_>,
+        promised: &[(NodeId, Resources)],
+    ) -> Option<NodeId> {
+        let shared = &self.0;
+        let me = shared.me()?;
+        if shared.is_ended() {
+            return None;
+        }
+        let view = read(&shared.view);
+        let transport = shared.transport.get()?;
+        let build = shared.options.build_id;
+        let runs = |m: &Member| {
+            transport.connected(m.hello.node)
+                && Some(m.hello.build_id) == build
+                && !request.excluded.contains(&m.hello.node)
+        };
+        shared.placer.spill_to(me, &view, &runs, request, promised)
+    }
+
     fn nodes(&self) -> Option<Vec<NodeRoom>> {
         let shared = &self.0;
         let me = shared.me()?;

@@ -38,6 +38,12 @@ impl Scheduler {
         // decided, and a second hop could bring it back to a node that
         // already ran it.
         let owned_here = task.spec.owner == self.node;
+        // Where a node it waited on saw room (spillback), tried first once.
+        let preferred = task
+            .spilled_to
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let decision = match &self.placement {
             Some(hook) if owned_here => {
                 let decision = hook.place(&PlacementRequest {
@@ -46,6 +52,7 @@ impl Scheduler {
                     feasible_here,
                     fits_now,
                     excluded: &excluded,
+                    preferred,
                 });
                 match (decision, task.spec.options.bundle()) {
                     // Pinned to its bundle's node, which died: the bundle
@@ -209,13 +216,23 @@ impl Scheduler {
             self.perform(actions);
             return;
         }
+        if let RemoteOutcome::Spilled(to) = outcome {
+            // It waited there while `to` had room: it goes there now (not
+            // an attempt).
+            tracing::debug!(task = %id, %to, "the node it waited on sends it on (spillback)");
+            metrics::counter!("troupe_tasks_spilled_back_total").increment(1);
+            *task.spilled_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+            let actions = self.lock().delegated_refused(id, attempt);
+            self.perform(actions);
+            return;
+        }
         let outcome = match outcome {
             RemoteOutcome::Done(results) => match task.body.complete_remote(results) {
                 Ok(()) => Outcome::Done,
                 Err(err) => Outcome::Failed(Failure::Store(err)),
             },
             RemoteOutcome::Failed(failure) => Outcome::Failed(failure),
-            RemoteOutcome::Refused(_) => return,
+            RemoteOutcome::Refused(_) | RemoteOutcome::Spilled(_) => return,
         };
         let actions = self
             .lock()

@@ -19,18 +19,21 @@
 //! async body, a job on a CPU thread for a sync one. A ractor actor per
 //! attempt would cost about 25 µs to spawn here (see ARCHITECTURE.md).
 
+mod actor;
 mod attempt;
 mod cpu_pool;
 mod delegate;
 mod history;
 mod placement;
 mod reservation;
+mod spillback;
 pub(crate) mod state;
 mod stats;
 mod task;
 mod timing;
 mod units;
 
+pub use actor::{SchedulerActor, SchedulerMsg};
 pub(crate) use cpu_pool::Blocked;
 pub use history::{TaskFilter, TaskInfo, TaskState};
 pub(crate) use reservation::Reservation;
@@ -46,7 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::ActorRef;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use troupe_objects::{Availability, NodeId, ObjectId, ObjectStore};
@@ -58,7 +61,6 @@ use crate::ids::TaskId;
 use crate::lineage::Lineage;
 use crate::remote::{Placement, RemoteExecutor};
 use crate::spec::{FunctionName, SchedulingStrategy, TaskSpec};
-use crate::supervisor::AliveGauge;
 use crate::timeline::{self, Clock, Timeline, TimelineEvent, Work};
 use crate::Resources;
 use cpu_pool::{CpuPool, Job};
@@ -101,6 +103,8 @@ pub(crate) struct Scheduler {
     /// Counters of hot paths, registered once.
     run_by_waiter: metrics::Counter,
     cpu_lends: metrics::Counter,
+    /// Spillback checks so far (`spillback`).
+    spillback_checks: AtomicU64,
 }
 
 /// Where bundle `index` of a placement group is now (`None`: being
@@ -149,6 +153,7 @@ impl Scheduler {
             lineage: recording.lineage,
             run_by_waiter: metrics::counter!("troupe_tasks_run_by_waiter_total"),
             cpu_lends: metrics::counter!("troupe_task_cpu_lends_total"),
+            spillback_checks: AtomicU64::new(0),
         }
     }
 
@@ -639,54 +644,5 @@ impl SubmitterRuns {
 impl Drop for SubmitterRuns {
     fn drop(&mut self) {
         SUBMITTER_RUNS.with(|s| s.set(self.0));
-    }
-}
-
-/// Messages of the scheduler actor.
-pub enum SchedulerMsg {
-    /// Tasks were queued: sort and launch them.
-    Pump,
-}
-
-#[cfg(feature = "cluster")]
-impl ractor::Message for SchedulerMsg {}
-
-/// The scheduler actor, supervised in the system subtree. It holds no
-/// data: it drives bursts of submissions on the runtime's scheduler.
-#[derive(Clone)]
-pub struct SchedulerActor {
-    pub(crate) scheduler: Arc<Scheduler>,
-}
-
-impl ractor::Actor for SchedulerActor {
-    type Msg = SchedulerMsg;
-    type State = AliveGauge;
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<SchedulerMsg>,
-        _: (),
-    ) -> Result<AliveGauge, ActorProcessingErr> {
-        self.scheduler.actor.store(Some(Arc::new(myself.clone())));
-        // Pick up whatever arrived while no actor was listening.
-        self.scheduler.nudged.store(false, Ordering::Release);
-        let _ = myself.send_message(SchedulerMsg::Pump);
-        Ok(AliveGauge::new("troupe::scheduler"))
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<SchedulerMsg>,
-        msg: SchedulerMsg,
-        _: &mut AliveGauge,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SchedulerMsg::Pump => {
-                self.scheduler.nudged.store(false, Ordering::Release);
-                self.scheduler.pump();
-            }
-        }
-        Ok(())
     }
 }

@@ -51,6 +51,7 @@ const SKIP_LIMIT: usize = 64;
 
 mod actions;
 mod reservations;
+mod spill;
 
 pub use actions::Counts;
 pub(crate) use actions::{

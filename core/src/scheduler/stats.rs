@@ -37,6 +37,10 @@ pub struct FunctionSummary {
     pub cancelled: u64,
     /// Attempts that failed and were tried again.
     pub retried: u64,
+    /// Tasks other nodes sent here that waited for resources and went
+    /// back to their owner for a node with room (spillback).
+    #[serde(default)]
+    pub spilled: u64,
 }
 
 /// The handles of one function's metrics.
@@ -47,6 +51,7 @@ struct Handles {
     failed: Counter,
     cancelled: Counter,
     retried: Counter,
+    spilled: Counter,
     running: Gauge,
     scheduling_latency: Histogram,
 }
@@ -61,6 +66,7 @@ impl Handles {
             failed: metrics::counter!("troupe_tasks_failed_total", "function" => label.clone()),
             cancelled: metrics::counter!("troupe_tasks_cancelled_total", "function" => label.clone()),
             retried: metrics::counter!("troupe_task_retries_total", "function" => label.clone()),
+            spilled: metrics::counter!("troupe_tasks_spilled_away_total", "function" => label.clone()),
             running: metrics::gauge!("troupe_tasks_running", "function" => label.clone()),
             scheduling_latency: metrics::histogram!(
                 "troupe_task_scheduling_latency_seconds",
@@ -80,6 +86,7 @@ pub(crate) struct FunctionStats {
     failed: AtomicU64,
     cancelled: AtomicU64,
     retried: AtomicU64,
+    spilled: AtomicU64,
     running: AtomicI64,
     metrics: Handles,
 }
@@ -97,6 +104,7 @@ impl FunctionStats {
             failed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
             running: AtomicI64::new(0),
         }
     }
@@ -146,24 +154,31 @@ impl FunctionStats {
         self.metrics.retried.increment(1);
     }
 
+    pub(crate) fn spilled(&self) {
+        self.spilled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.spilled.increment(1);
+    }
+
     pub(crate) fn summary(&self) -> FunctionSummary {
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let submitted = load(&self.submitted);
         let finished = load(&self.finished);
         let failed = load(&self.failed);
         let cancelled = load(&self.cancelled);
+        let spilled = load(&self.spilled);
         let running = self.running.load(Ordering::Relaxed).max(0) as u64;
         FunctionSummary {
             function: self.name.to_string(),
             submitted,
             pending: submitted
-                .saturating_sub(finished + failed + cancelled)
+                .saturating_sub(finished + failed + cancelled + spilled)
                 .saturating_sub(running),
             running,
             finished,
             failed,
             cancelled,
             retried: load(&self.retried),
+            spilled,
         }
     }
 }
@@ -188,19 +203,22 @@ mod tests {
         stats.attempt_ended();
         stats.failed();
         stats.cancelled();
+        stats.submitted();
+        stats.spilled();
         stats.attempt_started(Some(Duration::ZERO));
         let summary = stats.summary();
         assert_eq!(
             summary,
             FunctionSummary {
                 function: "app::f".to_owned(),
-                submitted: 5,
+                submitted: 6,
                 pending: 1,
                 running: 1,
                 finished: 1,
                 failed: 1,
                 cancelled: 1,
                 retried: 1,
+                spilled: 1,
             }
         );
     }

@@ -38,6 +38,12 @@ pub(crate) struct Task {
     /// fails with it).
     pub(super) last_failure: Mutex<Option<Failure>>,
     pub(super) delegated: AtomicBool,
+    /// The spillback check that first saw it waiting for resources here
+    /// (0: none has; see `spillback`).
+    pub(super) waiting_since: AtomicU64,
+    /// Where the node it waited on saw room (spillback): placement tries
+    /// that node first.
+    pub(super) spilled_to: Mutex<Option<NodeId>>,
 }
 
 impl Task {
@@ -61,6 +67,8 @@ impl Task {
             excluded: Mutex::new(Vec::new()),
             last_failure: Mutex::new(None),
             delegated: AtomicBool::new(false),
+            waiting_since: AtomicU64::new(0),
+            spilled_to: Mutex::new(None),
         }
     }
 

@@ -107,6 +107,45 @@ fn tasks_run_in_order_while_resources_last() {
 }
 
 #[test]
+fn a_task_withdrawn_while_it_waits_for_resources_never_launches_here() {
+    let settled = Settled::default();
+    let mut s = S::new(cpus(1), 0);
+    let (one, two, three) = (
+        task(1, cpus(1), vec![]),
+        task(2, cpus(1), vec![]),
+        task(3, cpus(1), vec![]),
+    );
+    assert_eq!(launched(&s.submit(one.clone(), &settled.f())), [1]);
+    assert!(launched(&s.submit(two.clone(), &settled.f())).is_empty());
+    assert!(launched(&s.submit(three.clone(), &settled.f())).is_empty());
+    let waiting: Vec<u64> = s
+        .waiting_for_resources(8)
+        .iter()
+        .map(|t| t.id.seq)
+        .collect();
+    assert_eq!(waiting, [2, 3]);
+    assert_eq!(s.waiting_for_resources(1).len(), 1);
+    // Two leaves the node (back to its owner): forgotten here, so a
+    // cancel of it finds nothing; three stays tracked while it is placed
+    // again.
+    let gone = s.withdraw_waiting(two.id, true).expect("two waits");
+    assert_eq!((gone.task.id, gone.attempt), (two.id, 1));
+    assert!(s.cancel(two.results[0], &settled.f()).is_none());
+    let moving = s.withdraw_waiting(three.id, false).expect("three waits");
+    assert!(s.withdraw_waiting(three.id, false).is_none(), "taken once");
+    assert_eq!(s.counts().queued, 0);
+    // One ends: nothing is launched in their place, and the CPU is free.
+    let a = s.finished(one.id, Outcome::Done, &settled.f());
+    assert!(launched(&a).is_empty());
+    assert_eq!(s.free(), &cpus(1));
+    // Placed here again (the hook chose this node after all), it runs.
+    s.requeue(moving).expect("not shut down");
+    let mut actions = Actions::default();
+    s.step(&settled.f(), &mut actions);
+    assert_eq!(launched(&actions), [3]);
+}
+
+#[test]
 fn a_dependent_waits_under_its_argument_and_runs_when_it_is_done() {
     let mut settled = Settled::default();
     let mut s = S::new(cpus(2), 0);
