@@ -38,6 +38,15 @@ pub fn fits(need: &Resources, have: &Resources) -> bool {
             .all(|(k, v)| *v <= have.custom.get(k).copied().unwrap_or(0.0) + EPS)
 }
 
+/// What `m` has free now as this node sees it: what it reported, and no
+/// more than its total less `sent` (what this node sent it since).
+fn free_now(m: &Member, sent: Sent) -> Resources {
+    let mut free = m.available.clone();
+    free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - sent.cpus);
+    free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - sent.gpus);
+    free
+}
+
 /// `needs` less the resources of placement group bundles.
 fn without_bundles(needs: &Resources) -> std::borrow::Cow<'_, Resources> {
     use troupe_core::placement_group::is_bundle_resource;
@@ -83,15 +92,7 @@ impl Placer {
     ) -> PlacementDecision {
         let sent = self.lock().clone();
         let sent_to = |node: NodeId| sent.get(&node).copied().unwrap_or_default();
-        // Free now as this node sees it: what the node reported, and no
-        // more than its total less what this node sent it since.
-        let free_now = |m: &Member| {
-            let s = sent_to(m.hello.node);
-            let mut free = m.available.clone();
-            free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - s.cpus);
-            free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - s.gpus);
-            free
-        };
+        let free_now = |m: &Member| free_now(m, sent_to(m.hello.node));
         let load = |m: &Member| m.load.tasks_queued + sent_to(m.hello.node).tasks;
         let needs = request.needs;
         // A node's totals never list bundles' resources (they come and go
@@ -188,10 +189,7 @@ impl Placer {
         members
             .iter()
             .filter(|m| {
-                let s = sent_to(m.hello.node);
-                let mut free = m.available.clone();
-                free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - s.cpus);
-                free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - s.gpus);
+                let mut free = free_now(m, sent_to(m.hello.node));
                 for (_, needs) in promised.iter().filter(|(n, _)| *n == m.hello.node) {
                     free.num_cpus -= needs.num_cpus;
                     free.num_gpus -= needs.num_gpus;
@@ -233,13 +231,7 @@ pub fn place_actor(
                 && fits(needs, &m.hello.resources)
         })
     };
-    let free_now = |m: &&Member| {
-        let s = sent(m.hello.node);
-        let mut free = m.available.clone();
-        free.num_cpus = free.num_cpus.min(m.hello.resources.num_cpus - s.cpus);
-        free.num_gpus = free.num_gpus.min(m.hello.resources.num_gpus - s.gpus);
-        fits(needs, &free)
-    };
+    let free_now = |m: &&Member| fits(needs, &free_now(m, sent(m.hello.node)));
     for first in preferred.into_iter().chain([me]) {
         if let Some(m) = runnable().find(|m| m.hello.node == first && free_now(m)) {
             return Some(m.hello.node);
